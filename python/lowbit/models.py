@@ -1,0 +1,72 @@
+"""Small reference CNNs used by the demo and by QAT training (torch required).
+
+Contract: every model here is torch.fx-traceable and uses only Conv2d,
+BatchNorm2d, ReLU, tensor add, AdaptiveAvgPool2d, flatten and Linear, so that
+``lowbit.qat.prepare`` and the lowbit converter can handle it without
+special cases.
+"""
+
+import torch
+from torch import nn
+
+__all__ = ["BasicBlock", "FmnistResNet", "fmnist_resnet"]
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN + shortcut, then ReLU.
+
+    The shortcut is the identity when shape is kept, else a 1x1 conv (with the
+    block's stride) followed by BN.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu2 = nn.ReLU()
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
+        else:
+            self.downsample = nn.Identity()
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.downsample(x))
+
+
+class FmnistResNet(nn.Module):
+    """ResNet-style CNN for (N, 1, 28, 28) inputs -> (N, num_classes) logits.
+
+    stem conv3x3(1->w)+BN+ReLU, basic blocks at widths w (28x28), 2w (stride 2,
+    14x14), 4w (stride 2, 7x7), global average pool, flatten, Linear(4w, classes).
+    """
+
+    def __init__(self, width: int = 32, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        self.width = width
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        )
+        self.layer1 = BasicBlock(width, width, 1)
+        self.layer2 = BasicBlock(width, 2 * width, 2)
+        self.layer3 = BasicBlock(2 * width, 4 * width, 2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.layer3(self.layer2(self.layer1(x)))
+        x = torch.flatten(self.pool(x), 1)
+        return self.fc(x)
+
+
+def fmnist_resnet(width: int = 32, num_classes: int = 10) -> FmnistResNet:
+    """The Fashion-MNIST demo network (default widths 32/64/128)."""
+    return FmnistResNet(width=width, num_classes=num_classes)
