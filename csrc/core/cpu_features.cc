@@ -1,0 +1,89 @@
+#include "core/cpu_features.h"
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#define LOWBIT_X86 1
+#include <cpuid.h>
+#endif
+
+namespace lowbit {
+
+const char* tier_name(Tier t) {
+  switch (t) {
+    case Tier::scalar: return "scalar";
+    case Tier::avx2: return "avx2";
+    case Tier::avx512: return "avx512";
+    case Tier::avx512icl: return "avx512icl";
+  }
+  return "unknown";
+}
+
+uint32_t tier_required_features(Tier t) {
+  const uint32_t avx2 = kAVX2 | kFMA | kBMI2;
+  const uint32_t avx512 = avx2 | kAVX512F | kAVX512BW | kAVX512VL | kAVX512DQ;
+  const uint32_t icl = avx512 | kAVX512VBMI | kAVX512VBMI2 | kAVX512VNNI |
+                       kAVX512VPOPCNTDQ | kAVX512BITALG | kGFNI;
+  switch (t) {
+    case Tier::scalar: return 0;
+    case Tier::avx2: return avx2;
+    case Tier::avx512: return avx512;
+    case Tier::avx512icl: return icl;
+  }
+  return ~0u;
+}
+
+#ifdef LOWBIT_X86
+static uint64_t read_xcr0() {
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t(hi) << 32) | lo;
+}
+
+static uint32_t detect() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+  const bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1;
+  if (!osxsave || !avx) return 0;
+  const uint64_t xcr0 = read_xcr0();
+  const bool os_ymm = (xcr0 & 0x6) == 0x6;            // SSE + AVX state
+  const bool os_zmm = os_ymm && (xcr0 & 0xE0) == 0xE0;  // opmask, ZMM_Hi256, Hi16_ZMM
+  if (__get_cpuid_max(0, nullptr) < 7) return 0;
+  __cpuid_count(7, 0, a, b, c, d);
+  uint32_t f = 0;
+  if (os_ymm) {
+    if ((b >> 5) & 1) f |= kAVX2;
+    if (fma) f |= kFMA;
+    if ((b >> 8) & 1) f |= kBMI2;
+  }
+  if (os_zmm && ((b >> 16) & 1)) {
+    f |= kAVX512F;
+    if ((b >> 30) & 1) f |= kAVX512BW;
+    if ((b >> 31) & 1) f |= kAVX512VL;
+    if ((b >> 17) & 1) f |= kAVX512DQ;
+    if ((c >> 1) & 1) f |= kAVX512VBMI;
+    if ((c >> 6) & 1) f |= kAVX512VBMI2;
+    if ((c >> 11) & 1) f |= kAVX512VNNI;
+    if ((c >> 12) & 1) f |= kAVX512BITALG;
+    if ((c >> 14) & 1) f |= kAVX512VPOPCNTDQ;
+    if ((c >> 8) & 1) f |= kGFNI;
+  }
+  return f;
+}
+#else
+static uint32_t detect() { return 0; }
+#endif
+
+uint32_t cpu_features() {
+  static const uint32_t f = detect();
+  return f;
+}
+
+Tier best_tier() {
+  Tier best = Tier::scalar;
+  for (int t = 1; t < kNumTiers; ++t) {
+    const uint32_t req = tier_required_features(Tier(t));
+    if ((cpu_features() & req) == req) best = Tier(t);
+  }
+  return best;
+}
+
+}  // namespace lowbit

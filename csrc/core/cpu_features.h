@@ -1,0 +1,37 @@
+// CPU feature detection (cpuid + xgetbv) and the ISA tier chain.
+#pragma once
+#include <cstdint>
+
+namespace lowbit {
+
+// Feature bits. A tier is usable only when every feature it lists is present
+// AND the OS has enabled the matching register state (XCR0).
+enum Feature : uint32_t {
+  kAVX2 = 1u << 0,       // includes OS-enabled YMM state
+  kFMA = 1u << 1,
+  kBMI2 = 1u << 2,
+  kAVX512F = 1u << 3,    // includes OS-enabled ZMM + opmask state
+  kAVX512BW = 1u << 4,
+  kAVX512VL = 1u << 5,
+  kAVX512DQ = 1u << 6,
+  kAVX512VBMI = 1u << 7,
+  kAVX512VBMI2 = 1u << 8,
+  kAVX512VNNI = 1u << 9,
+  kAVX512VPOPCNTDQ = 1u << 10,
+  kAVX512BITALG = 1u << 11,
+  kGFNI = 1u << 12,
+};
+
+// Tiers form a chain; each includes everything below it.
+enum class Tier : int { scalar = 0, avx2 = 1, avx512 = 2, avx512icl = 3 };
+constexpr int kNumTiers = 4;
+
+const char* tier_name(Tier t);
+uint32_t tier_required_features(Tier t);
+
+// Detected once (thread-safe static init). Zero on non-x86 hosts.
+uint32_t cpu_features();
+// Highest tier whose features are all present.
+Tier best_tier();
+
+}  // namespace lowbit

@@ -1,0 +1,53 @@
+// Family "lutgemm": the paper-faithful DeepGEMM product lookup table, W2A2.
+//
+// Every product cbA[a] * cbW[w] of an activation level and a weight level is
+// precomputed into a 16-entry table; packed 2-bit codes form 4-bit indices and
+// a byte shuffle (vpshufb / vpermb) looks up 32 or 64 products at once.
+//
+// K step: 128 codes (32 bytes of a packed row). k_steps = ceil(K / 128).
+//
+// Packed activations (rows of 32 * k_steps bytes): byte j holds codes
+// k = 4j, 4j+1, 4j+2, 4j+3 at bits [1:0], [3:2], [5:4], [7:6]. Positions >= K
+// hold code 0.
+//
+// Kernel-layout weights (one row of 32 * k_steps bytes per output channel,
+// rows padded to a multiple of NR): byte j holds
+//   w[4j+1] at [1:0], w[4j] at [3:2], w[4j+3] at [5:4], w[4j+2] at [7:6]
+// (the two codes of each nibble swapped, done once at pack time), so that one
+// bitwise select per byte pair forms two 4-bit indices per byte:
+//   i1 = (A & 0xCC) | (W & 0x33): nibbles (a1<<2 | w1), (a3<<2 | w3)  -> table T
+//   i2 = (W & 0xCC) | (A & 0x33): nibbles (w0<<2 | a0), (w2<<2 | a2)  -> table Tt
+//
+// Tables, TableKind::i8 (32 bytes): T[a<<2|w] = cbA[a]*cbW[w] at [0, 16),
+//   Tt[w<<2|a] = cbA[a]*cbW[w] at [16, 32). Requires 4 * max|product| <= 127:
+//   the four lookups of one byte position are summed in an int8 lane.
+// Tables, TableKind::split (64 bytes): the int16 product as low byte (uint8)
+//   and high byte (int8): Tlo [0,16), Thi [16,32), Ttlo [32,48), Tthi [48,64).
+//   product = Thi * 256 + Tlo.
+//
+// Accumulator bounds (per 16-bit lane, per k step of 128 codes):
+//   i8:    8 products per lane per step, so flush16 = floor(32767 / (8 * max|P|)).
+//   split: 8 low bytes (<= 255 each) per lane per step: flush16 = 16.
+// int32 lanes wrap modulo 2^32; the driver guarantees K <= K_max so the true
+// result (after the padding correction) fits int32.
+//
+// Padding: k >= K contributes cbA[0]*cbW[0] per padded position; the driver
+// subtracts (128 * k_steps - K) * cbA[0] * cbW[0].
+#pragma once
+#include "kernels/ukernel.h"
+
+namespace lowbit {
+
+constexpr int kLutgemmStepBytes = 32;
+
+void lutgemm_w2a2_i8__scalar(const UKernelArgs& p);
+void lutgemm_w2a2_split__scalar(const UKernelArgs& p);
+#if LOWBIT_HAVE_X86_KERNELS
+void lutgemm_w2a2_i8__avx2(const UKernelArgs& p);
+void lutgemm_w2a2_split__avx2(const UKernelArgs& p);
+void lutgemm_w2a2_i8__avx512(const UKernelArgs& p);
+void lutgemm_w2a2_i8__avx512icl(const UKernelArgs& p);
+void lutgemm_w2a2_split__avx512icl(const UKernelArgs& p);
+#endif
+
+}  // namespace lowbit

@@ -1,0 +1,41 @@
+// The kernel registry: every kernel compiled into this binary. Dispatch,
+// tests, benchmarks and lowbit.kernels() all iterate this one table.
+// Adding a kernel = one line here plus its family folder.
+#include "kernels/grouplut/grouplut.h"
+#include "kernels/lutgemm/lutgemm.h"
+
+namespace lowbit {
+namespace {
+
+const KernelInfo kRegistry[] = {
+    // name, family, w_bits, a_bits, tier, mr, nr, table kind, fn, description
+    {"a2w2_lutgemm_1x1__scalar", "lutgemm", 2, 2, Tier::scalar, 1, 1, TableKind::i8, lutgemm_w2a2_i8__scalar,
+     "DeepGEMM product LUT, scalar twin"},
+    {"a2w2_lutgemm16_1x1__scalar", "lutgemm", 2, 2, Tier::scalar, 1, 1, TableKind::split, lutgemm_w2a2_split__scalar,
+     "DeepGEMM product LUT, int16 products as lo/hi byte tables, scalar twin"},
+    {"grouplut_1x32__scalar", "grouplut", 0, 0, Tier::scalar, 1, 32, TableKind::i8, grouplut__scalar,
+     "activation-selected product-sum LUT, scalar twin"},
+#if LOWBIT_HAVE_X86_KERNELS
+    {"a2w2_lutgemm_2x2__avx2", "lutgemm", 2, 2, Tier::avx2, 2, 2, TableKind::i8, lutgemm_w2a2_i8__avx2,
+     "DeepGEMM product LUT, vpshufb ymm"},
+    {"a2w2_lutgemm16_2x2__avx2", "lutgemm", 2, 2, Tier::avx2, 2, 2, TableKind::split, lutgemm_w2a2_split__avx2,
+     "DeepGEMM product LUT, lo/hi byte tables, vpshufb ymm"},
+    {"a2w2_lutgemm_4x2__avx512", "lutgemm", 2, 2, Tier::avx512, 4, 2, TableKind::i8, lutgemm_w2a2_i8__avx512,
+     "DeepGEMM product LUT, vpshufb zmm + vpternlogd"},
+    {"a2w2_lutgemm_4x4__avx512icl", "lutgemm", 2, 2, Tier::avx512icl, 4, 4, TableKind::i8,
+     lutgemm_w2a2_i8__avx512icl, "DeepGEMM product LUT, vpermb zmm + vpternlogd + vpdpbusd"},
+    {"a2w2_lutgemm16_4x2__avx512icl", "lutgemm", 2, 2, Tier::avx512icl, 4, 2, TableKind::split,
+     lutgemm_w2a2_split__avx512icl, "DeepGEMM product LUT, lo/hi byte tables, vpermb zmm + vpdpbusd"},
+    {"grouplut_4x32__avx2", "grouplut", 0, 0, Tier::avx2, 4, 32, TableKind::i8, grouplut__avx2,
+     "activation-selected product-sum LUT, vpshufb ymm, 32 channels per lookup"},
+#endif
+};
+
+}  // namespace
+
+const KernelInfo* kernel_registry(size_t* count) {
+  *count = sizeof(kRegistry) / sizeof(kRegistry[0]);
+  return kRegistry;
+}
+
+}  // namespace lowbit

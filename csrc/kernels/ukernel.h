@@ -1,0 +1,50 @@
+// The one microkernel interface every GEMM kernel family implements, and the
+// registry entry that describes a kernel to dispatch, tests and benchmarks.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "core/cpu_features.h"
+
+namespace lowbit {
+
+// One call computes an mr x nr tile of raw int32 sums over the family's padded
+// K and WRITES (does not accumulate) them to c. Family-specific corrections
+// (padding, zero points) are applied by the op driver afterwards.
+struct UKernelArgs {
+  const uint8_t* a;      // packed activations, first row of the tile
+  size_t a_stride;       // bytes between packed activation rows
+  const uint8_t* w;      // kernel-layout weights for this n-tile
+  size_t w_stride;       // family-specific (bytes between weight rows or groups)
+  size_t k_steps;        // K in the family's step unit (see each family header)
+  const int8_t* tables;  // family-specific lookup tables
+  int32_t* c;            // output tile, row-major
+  size_t c_stride;       // int32 elements between output rows
+  size_t mr, nr;         // actual tile size, 1 <= mr <= MR, 1 <= nr <= NR
+  uint32_t flush8;       // steps an 8-bit accumulator may take before widening
+  uint32_t flush16;      // widenings a 16-bit accumulator may take before int32
+};
+
+using UKernelFn = void (*)(const UKernelArgs&);
+
+// How a family's table entries are stored.
+enum class TableKind : int {
+  i8 = 0,     // one int8 table; the family checks its entries (and sums) fit
+  split = 1,  // int16 entries as a low uint8 table and a high int8 table
+};
+
+struct KernelInfo {
+  const char* name;    // <op>_<tile>__<tier>; the tier token is always last
+  const char* family;  // "lutgemm", "grouplut", "dotgemm"
+  int w_bits, a_bits;  // 0 = any (the family handles several widths)
+  Tier tier;
+  int mr, nr;          // tile size in outputs
+  TableKind table_kind;
+  UKernelFn fn;
+  const char* description;
+};
+
+// The registry: every kernel built into this binary, scalar first.
+const KernelInfo* kernel_registry(size_t* count);
+
+}  // namespace lowbit

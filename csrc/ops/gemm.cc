@@ -1,0 +1,93 @@
+#include "ops/gemm.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/thread_pool.h"
+#include "kernels/grouplut/grouplut.h"
+#include "kernels/lutgemm/lutgemm.h"
+
+namespace lowbit {
+
+bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* g, std::string* why) {
+  const size_t n_tiles = (N + size_t(k.nr) - 1) / size_t(k.nr);
+  const std::string family = k.family;
+  if (family == "lutgemm") {
+    g->a_row_bytes = k_steps * kLutgemmStepBytes;
+    g->w_stride = k_steps * kLutgemmStepBytes;  // one row per output channel
+    g->w_tile_stride = g->w_stride * size_t(k.nr);
+    g->table_bytes = k.table_kind == TableKind::i8 ? 32 : 64;
+  } else if (family == "grouplut") {
+    g->a_row_bytes = k_steps;  // one byte per group
+    g->w_stride = kGrouplutLanes;
+    g->w_tile_stride = k_steps * kGrouplutLanes;
+    g->table_bytes = 256 * 16;
+  } else {
+    *why = "unknown kernel family '" + family + "'";
+    return false;
+  }
+  g->w_bytes = n_tiles * g->w_tile_stride;
+  return true;
+}
+
+namespace {
+
+struct Task {
+  const GemmCall* call;
+  const GemmGeometry* g;
+  size_t tm, tn;            // task size in rows / columns (multiples of MR / NR)
+  size_t tasks_n;           // tasks along N
+};
+
+void run_task(void* ctx, size_t index) {
+  const Task& t = *static_cast<const Task*>(ctx);
+  const GemmCall& c = *t.call;
+  const KernelInfo& k = *c.kernel;
+  const size_t m0 = (index / t.tasks_n) * t.tm, n0 = (index % t.tasks_n) * t.tn;
+  const size_t m1 = std::min(c.M, m0 + t.tm), n1 = std::min(c.N, n0 + t.tn);
+  UKernelArgs p;
+  p.a_stride = c.a_stride;
+  p.w_stride = t.g->w_stride;
+  p.k_steps = c.k_steps;
+  p.tables = c.tables;
+  p.c_stride = c.c_stride;
+  p.flush8 = c.flush8;
+  p.flush16 = c.flush16;
+  // N tiles outer, M tiles inner: a weight tile is reused from cache by all
+  // row tiles of the task.
+  for (size_t n = n0; n < n1; n += size_t(k.nr)) {
+    p.w = c.w + (n / size_t(k.nr)) * t.g->w_tile_stride;
+    p.nr = std::min(size_t(k.nr), n1 - n);
+    for (size_t m = m0; m < m1; m += size_t(k.mr)) {
+      p.a = c.a + m * c.a_stride;
+      p.c = c.c + m * c.c_stride + n;
+      p.mr = std::min(size_t(k.mr), m1 - m);
+      k.fn(p);
+    }
+  }
+  if (c.correction != 0) {
+    for (size_t m = m0; m < m1; ++m) {
+      int32_t* row = c.c + m * c.c_stride;
+      for (size_t n = n0; n < n1; ++n) row[n] = int32_t(uint32_t(row[n]) - uint32_t(c.correction));
+    }
+  }
+}
+
+}  // namespace
+
+void run_gemm(const GemmCall& call, const GemmGeometry& g) {
+  if (call.M == 0 || call.N == 0) return;
+  const KernelInfo& k = *call.kernel;
+  Task t;
+  t.call = &call;
+  t.g = &g;
+  // About 64 rows x 64 columns per task: enough tasks for all threads on real
+  // layers, and big enough that one task reuses its weight tile many times.
+  t.tm = std::max<size_t>(size_t(k.mr), 64 / size_t(k.mr) * size_t(k.mr));
+  t.tn = std::max<size_t>(size_t(k.nr), 64 / size_t(k.nr) * size_t(k.nr));
+  t.tasks_n = (call.N + t.tn - 1) / t.tn;
+  const size_t tasks_m = (call.M + t.tm - 1) / t.tm;
+  parallel_for(tasks_m * t.tasks_n, run_task, &t);
+}
+
+}  // namespace lowbit

@@ -1,0 +1,42 @@
+// The GEMM op driver: splits an M x N output into tasks for the thread pool
+// and runs a registry kernel on each tile, then applies the per-output
+// correction (padding terms). Families differ only in the geometry below.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "kernels/ukernel.h"
+
+namespace lowbit {
+
+// Byte geometry a family's kernel layouts must have for (M, N, k_steps).
+struct GemmGeometry {
+  size_t a_row_bytes;    // bytes each packed activation row must provide
+  size_t w_stride;       // UKernelArgs::w_stride
+  size_t w_tile_stride;  // bytes between consecutive NR-tiles of weights
+  size_t w_bytes;        // total bytes the weight layout must provide
+  size_t table_bytes;    // bytes the table buffer must provide
+};
+
+// Returns false and sets *why for an unknown family.
+bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* g, std::string* why);
+
+struct GemmCall {
+  const KernelInfo* kernel;
+  const uint8_t* a;
+  size_t a_stride;  // >= geometry.a_row_bytes
+  const uint8_t* w;
+  const int8_t* tables;
+  size_t M, N, k_steps;
+  uint32_t flush8, flush16;
+  int32_t correction;  // subtracted (mod 2^32) from every output
+  int32_t* c;
+  size_t c_stride;
+};
+
+// Runs the whole GEMM (multi-threaded). Inputs must already be validated
+// against gemm_geometry().
+void run_gemm(const GemmCall& call, const GemmGeometry& g);
+
+}  // namespace lowbit

@@ -1,0 +1,67 @@
+// AVX2 activation packer (see ops/pack.h for the contract). 32 codes per
+// vector; the row remainder goes through the scalar rule.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "ops/pack.h"
+
+namespace lowbit {
+namespace {
+
+// 32 codes -> 32/group bytes. Returns the number of bytes written.
+inline int pack32(const uint8_t* src, int bits, int group, uint8_t* dst, __m256i* seen) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+  *seen = _mm256_or_si256(*seen, v);
+  if (group == 1) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), v);
+    return 32;
+  }
+  if (group == 8) {  // bits == 1: bit i of the mask is code i
+    const uint32_t mask = uint32_t(_mm256_movemask_epi8(_mm256_slli_epi16(v, 7)));
+    std::memcpy(dst, &mask, 4);
+    return 4;
+  }
+  // pairs: a0 + (a1 << bits) in 16-bit lanes (vpmaddubsw, unsigned codes x small weights)
+  const __m256i pair = _mm256_maddubs_epi16(v, _mm256_set1_epi16(int16_t(1 | (1 << (8 + bits)))));
+  if (group == 2) {
+    const __m128i lo = _mm256_castsi256_si128(pair), hi = _mm256_extracti128_si256(pair, 1);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_packus_epi16(lo, hi));
+    return 16;
+  }
+  // group == 4: quads in 32-bit lanes, then narrow 8 x int32 -> 8 bytes
+  const __m256i quad = _mm256_madd_epi16(pair, _mm256_set1_epi32(1 | (1 << (16 + 2 * bits))));
+  const __m256i bytes = _mm256_shuffle_epi8(quad, _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                                    -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                                    -1, -1, -1, -1));
+  const uint32_t lo = uint32_t(_mm256_extract_epi32(bytes, 0)), hi = uint32_t(_mm256_extract_epi32(bytes, 4));
+  std::memcpy(dst, &lo, 4);
+  std::memcpy(dst + 4, &hi, 4);
+  return 8;
+}
+
+}  // namespace
+
+bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out,
+                       size_t out_stride) {
+  __m256i seen = _mm256_setzero_si256();
+  unsigned seen_tail = 0;
+  const size_t kvec = K / 32 * 32;
+  for (size_t m = 0; m < M; ++m) {
+    const uint8_t* row = codes + m * K;
+    uint8_t* dst = out + m * out_stride;
+    size_t j = 0;
+    for (size_t k = 0; k < kvec; k += 32) j += size_t(pack32(row + k, bits, group, dst + j, &seen));
+    std::memset(dst + j, 0, out_stride - j);
+    for (size_t k = kvec; k < K; ++k) {
+      seen_tail |= row[k];
+      dst[k / group] |= uint8_t(row[k] << (bits * (k % group)));
+    }
+  }
+  alignas(32) uint8_t lanes[32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), seen);
+  for (uint8_t b : lanes) seen_tail |= b;
+  return (seen_tail >> bits) == 0;
+}
+
+}  // namespace lowbit

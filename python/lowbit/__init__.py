@@ -1,0 +1,57 @@
+"""lowbit: 1- to 4-bit neural-network inference on CPUs with lookup-table kernels.
+
+Core API (NumPy only)::
+
+    packed = lowbit.pack_weights(w_codes, bits=2, codebook=None)   # (N, K) uint8 codes
+    y = lowbit.gemm(a_codes, packed, a_bits=2, a_codebook=None)    # (M, K) uint8 -> (M, N) int32
+    pa = lowbit.pack_activations(a_codes, bits=2)                  # pack once, reuse
+    y = lowbit.gemm(pa, packed)
+"""
+from . import _core
+from ._dispatch import cpu_features, kernels, last_kernel, supported_tiers, use
+from .ops import explain, gemm
+from .packing import PackedActivations, PackedWeights, pack_activations, pack_weights
+
+__version__ = "0.1.0"
+
+
+def get_num_threads() -> int:
+    """Threads lowbit kernels use (default: the CPUs in this process's affinity mask)."""
+    return _core.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Use n threads (n <= 0 restores the default). Results do not depend on n."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+def info() -> dict:
+    """CPU features, usable tiers and the registry, with the kernel gemm would
+    pick for W2A2 (default codebooks) marked."""
+    from . import _dispatch, ops
+
+    try:
+        _, _, chosen, _ = ops._plan_for(2, 2, *(__import__("numpy").arange(4, dtype="int32"),) * 2)
+        chosen_name = chosen["name"]
+    except Exception as exc:  # a bad LOWBIT_ISA still lets info() report
+        chosen_name = f"error: {exc}"
+    ks = kernels()
+    for k in ks:
+        k["selected_for_w2a2"] = k["name"] == chosen_name
+    return {
+        "version": __version__,
+        "features": cpu_features(),
+        "tiers": supported_tiers(),
+        "tier_cap": _dispatch.tier_cap() if not chosen_name.startswith("error") else chosen_name,
+        "num_threads": get_num_threads(),
+        "kernels": ks,
+        "w2a2_kernel": chosen_name,
+    }
+
+
+__all__ = [
+    "PackedActivations", "PackedWeights", "cpu_features", "explain", "gemm", "get_num_threads", "info",
+    "kernels", "last_kernel", "pack_activations", "pack_weights", "set_num_threads", "supported_tiers", "use",
+]

@@ -1,0 +1,127 @@
+"""ISA tiers, the kernel registry as seen from Python, forcing and reporting.
+
+The registry itself lives in C++ (csrc/kernels/registry.cc); this module reads
+it once and answers: which tiers this CPU supports, which tier cap is in force
+(``LOWBIT_ISA`` or :func:`use`), which kernel a call may use, and which kernel
+ran last on this thread.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+from . import _core
+
+TIERS = tuple(t["name"] for t in _core.tiers())  # chain order, scalar first
+_TIER_RANK = {name: i for i, name in enumerate(TIERS)}
+_SUPPORTED = {t["name"]: t["supported"] for t in _core.tiers()}
+KERNELS = tuple(_core.kernels())
+_BY_NAME = {k["name"]: k for k in KERNELS}
+FAMILIES = tuple(sorted({k["family"] for k in KERNELS}))
+
+_local = threading.local()
+
+
+def cpu_features() -> dict:
+    """CPU features detected with cpuid + xgetbv (OS-enabled state)."""
+    return dict(_core.cpu_features())
+
+
+def supported_tiers() -> list:
+    """Tier names this CPU (and OS) can run, in chain order."""
+    return [t for t in TIERS if _SUPPORTED[t]]
+
+
+def best_supported_tier() -> str:
+    return supported_tiers()[-1]
+
+
+def _check_tier_name(tier: str, what: str) -> str:
+    if tier not in _TIER_RANK:
+        raise ValueError(f"{what}: unknown ISA tier {tier!r}; expected one of {', '.join(TIERS)}")
+    return tier
+
+
+def tier_cap() -> str:
+    """The highest tier dispatch may use now.
+
+    ``lowbit.use(isa=...)`` wins over the ``LOWBIT_ISA`` environment variable.
+    Asking for a tier this CPU lacks raises here, i.e. when a kernel is first
+    selected, never at import.
+    """
+    forced = getattr(_local, "isa", None)
+    source = "lowbit.use(isa=...)"
+    if forced is None:
+        forced = os.environ.get("LOWBIT_ISA") or None
+        source = "LOWBIT_ISA"
+    if forced is None:
+        return best_supported_tier()
+    _check_tier_name(forced, source)
+    if not _SUPPORTED[forced]:
+        raise RuntimeError(
+            f"{source}={forced!r}: this CPU does not support the {forced} tier "
+            f"(supported here: {', '.join(supported_tiers())})")
+    return forced
+
+
+def tier_rank(tier: str) -> int:
+    return _TIER_RANK[tier]
+
+
+def forced_kernel():
+    """(kernel name or None, strategy/family name or None) forced by use()."""
+    return getattr(_local, "kernel", None), getattr(_local, "strategy", None)
+
+
+@contextlib.contextmanager
+def use(isa: str | None = None, kernel: str | None = None, strategy: str | None = None):
+    """Cap dispatch at an ISA tier and/or force a kernel or a kernel family.
+
+    ``isa``: a tier name (``scalar``, ``avx2``, ``avx512``, ``avx512icl``).
+    ``kernel``: a registry name (see :func:`lowbit.kernels`). A call the kernel
+    cannot compute exactly raises instead of silently using another kernel.
+    ``strategy``: a family name (``lutgemm`` = DeepGEMM product LUT,
+    ``grouplut``, ...): the best kernel of that family at or below the cap.
+    Settings are per thread and restored on exit.
+    """
+    if isa is not None:
+        _check_tier_name(isa, "isa")
+    if kernel is not None and kernel not in _BY_NAME:
+        raise ValueError(f"kernel: unknown kernel {kernel!r}; see lowbit.kernels() for the registry")
+    if strategy is not None and strategy not in FAMILIES:
+        raise ValueError(f"strategy: unknown strategy {strategy!r}; expected one of {', '.join(FAMILIES)}")
+    saved = (getattr(_local, "isa", None), getattr(_local, "kernel", None), getattr(_local, "strategy", None))
+    _local.isa = isa if isa is not None else saved[0]
+    _local.kernel = kernel if kernel is not None else saved[1]
+    _local.strategy = strategy if strategy is not None else saved[2]
+    try:
+        yield
+    finally:
+        _local.isa, _local.kernel, _local.strategy = saved
+
+
+def kernel_info(name: str) -> dict:
+    return dict(_BY_NAME[name])
+
+
+def kernels() -> list:
+    """The registry: one dict per kernel, with ``available`` for this CPU."""
+    return [dict(k, available=_SUPPORTED[k["tier"]]) for k in KERNELS]
+
+
+def candidates(family: str, table_kind: str) -> list:
+    """Kernels of a family/table kind usable under the current cap, best tier first."""
+    cap = tier_rank(tier_cap())
+    found = [k for k in KERNELS if k["family"] == family and k["table_kind"] == table_kind
+             and k["tier_rank"] <= cap and _SUPPORTED[k["tier"]]]
+    return sorted(found, key=lambda k: -k["tier_rank"])
+
+
+def set_last_kernel(name: str) -> None:
+    _local.last_kernel = name
+
+
+def last_kernel():
+    """Registry name of the kernel that ran this thread's last lowbit call (or None)."""
+    return getattr(_local, "last_kernel", None)

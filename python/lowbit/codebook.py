@@ -1,0 +1,54 @@
+"""Codebooks: the value each code stands for.
+
+An integer codebook for ``bits`` in 1..4 is a sequence of ``2**bits`` integers
+in [-128, 127]; ``None`` means ``0 .. 2**bits - 1``. For ``bits == 8`` the
+values may be in [-128, 255] (uint8 or int8 data); ``None`` means 0..255.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SUPPORTED_BITS = (1, 2, 3, 4)
+
+
+def check_bits(bits, name: str = "bits", allowed=SUPPORTED_BITS) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int in {allowed}, got {type(bits).__name__}")
+    if int(bits) not in allowed:
+        if int(bits) in (5, 6, 7, 8):
+            raise NotImplementedError(f"{name}={int(bits)}: supported bit widths are {allowed}")
+        raise ValueError(f"{name}: expected one of {allowed}, got {bits}")
+    return int(bits)
+
+
+def normalize(codebook, bits: int, name: str = "codebook") -> np.ndarray:
+    """Validated integer codebook as an int32 array of length 2**bits."""
+    n = 1 << bits
+    if codebook is None:
+        return np.arange(n, dtype=np.int32)
+    arr = np.asarray(codebook)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} values for {bits}-bit codes, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise ValueError(
+                f"{name}: expected integer levels; map float levels with "
+                "lowbit.quant.integer_codebook(levels) first")
+    elif arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integers, got dtype {arr.dtype}")
+    lo, hi = (-128, 255) if bits == 8 else (-128, 127)
+    vals = arr.astype(np.int64)
+    if vals.min() < lo or vals.max() > hi:
+        raise ValueError(f"{name}: expected values in [{lo}, {hi}], got [{vals.min()}, {vals.max()}]")
+    return vals.astype(np.int32)
+
+
+def products(cb_a: np.ndarray, cb_w: np.ndarray) -> np.ndarray:
+    """P[a, w] = cb_a[a] * cb_w[w] (int64)."""
+    return np.multiply.outer(cb_a.astype(np.int64), cb_w.astype(np.int64))
+
+
+def k_max(cb_a: np.ndarray, cb_w: np.ndarray) -> int:
+    """Largest K whose sums are exact in int32: floor((2**31 - 1) / max|product|)."""
+    pmax = int(np.abs(products(cb_a, cb_w)).max())
+    return (2**31 - 1) // max(pmax, 1)

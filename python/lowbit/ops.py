@@ -1,0 +1,107 @@
+"""GEMM on packed low-bit codes.
+
+    y[m, n] = sum_k a_codebook[a[m, k]] * w_codebook[w[n, k]]      (exact int32)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from . import _core, _dispatch
+from . import codebook as cbmod
+from ._families import FAMILIES, PREFERENCE
+from .packing import PackedActivations, PackedWeights
+
+
+def _plan_for(bw, ba, cb_w, cb_a):
+    """(plan, family class, kernel dict, reasons) honouring use(kernel=/strategy=)."""
+    forced_kernel, forced_family = _dispatch.forced_kernel()
+    if forced_kernel is not None:
+        info = _dispatch.kernel_info(forced_kernel)
+        fam = FAMILIES[info["family"]]
+        plan, why_not = fam.plan(bw, ba, cb_w, cb_a)
+        if plan is None:
+            raise ValueError(f"kernel {forced_kernel!r} cannot compute this GEMM exactly: {why_not}")
+        if plan.table_kind == "i8" and info["table_kind"] == "split":
+            plan = dataclasses.replace(plan, table_kind="split", why="int16 lo/hi byte tables (forced)")
+        if plan.table_kind != info["table_kind"]:
+            raise ValueError(f"kernel {forced_kernel!r} uses {info['table_kind']} tables but these codebooks "
+                             f"need {plan.table_kind} ({plan.why})")
+        if (info["w_bits"], info["a_bits"]) not in ((0, 0), (bw, ba)):
+            raise ValueError(f"kernel {forced_kernel!r} is for W{info['w_bits']}A{info['a_bits']}, got W{bw}A{ba}")
+        cap = _dispatch.tier_cap()
+        if _dispatch.tier_rank(info["tier"]) > _dispatch.tier_rank(cap):
+            raise RuntimeError(f"kernel {forced_kernel!r} needs tier {info['tier']} but dispatch is capped at {cap}")
+        return plan, fam, info, [f"forced by lowbit.use(kernel={forced_kernel!r})"]
+    order = (forced_family,) if forced_family is not None else PREFERENCE
+    reasons = []
+    for name in order:
+        fam = FAMILIES[name]
+        plan, why_not = fam.plan(bw, ba, cb_w, cb_a)
+        if plan is None:
+            reasons.append(f"{name}: {why_not}")
+            continue
+        found = _dispatch.candidates(name, plan.table_kind)
+        if not found:
+            reasons.append(f"{name}: no {plan.table_kind} kernel at or below tier {_dispatch.tier_cap()}")
+            continue
+        reasons.append(f"{name}: {plan.why}")
+        return plan, fam, found[0], reasons
+    raise NotImplementedError(f"no kernel can compute W{bw}A{ba} with these codebooks: " + "; ".join(reasons))
+
+
+def _tables(packed: PackedWeights, fam, plan, cb_a):
+    key = ("tables", plan, tuple(cb_a.tolist()))
+    return packed.layout(key, lambda _codes: fam.tables(packed.codebook, cb_a, plan))
+
+
+def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None) -> np.ndarray:
+    """Exact low-bit GEMM: (M, K) activation codes x packed (N, K) weights -> (M, N) int32.
+
+    ``a`` is a uint8 array of codes in [0, 2**a_bits) or a :class:`PackedActivations`
+    (then ``a_bits``/``a_codebook`` come from it). ``a_codebook`` is a sequence of
+    2**a_bits integers in [-128, 127] (None: 0 .. 2**a_bits - 1).
+    """
+    if not isinstance(packed, PackedWeights):
+        raise TypeError(f"packed: expected lowbit.PackedWeights (from lowbit.pack_weights), "
+                        f"got {type(packed).__name__}")
+    if isinstance(a, PackedActivations):
+        if a_bits is not None and int(a_bits) != a.bits:
+            raise ValueError(f"a_bits: {a_bits} does not match the PackedActivations ({a.bits} bits)")
+        if a_codebook is not None:
+            raise ValueError("a_codebook: already set by the PackedActivations; pass None")
+        pa = a
+    else:
+        pa = PackedActivations.from_codes(a, 2 if a_bits is None else a_bits, a_codebook)
+    if pa.K != packed.K:
+        raise ValueError(f"a: K mismatch: activations have K={pa.K}, weights have K={packed.K}")
+    cb_a, cb_w = pa.codebook, packed.codebook
+    kmax = cbmod.k_max(cb_a, cb_w)
+    if pa.K > kmax:
+        raise ValueError(f"K={pa.K} exceeds K_max={kmax} for these codebooks "
+                         "(int32 sums could overflow); split K and add the partial results in int64")
+    plan, fam, kern, _ = _plan_for(packed.bits, pa.bits, cb_w, cb_a)
+    tier_rank = kern["tier_rank"]
+    w_layout = packed.layout(("w", plan, kern["nr"]), lambda codes: fam.weight_layout(codes, plan, kern))
+    a_packed = pa.packed((plan.family, plan.params, tier_rank > 0),
+                         lambda codes: fam.pack_activations(codes, plan, tier_rank))
+    tables, flush8, flush16 = _tables(packed, fam, plan, cb_a)
+    correction = (fam.padded_k(pa.K, plan) - pa.K) * int(cb_a[0]) * int(cb_w[0])
+    y = _core.gemm(kern["index"], a_packed, w_layout, tables, pa.M, packed.N, fam.k_steps(pa.K, plan),
+                   flush8, flush16, correction)
+    _dispatch.set_last_kernel(kern["name"])
+    return y
+
+
+def explain(M: int, N: int, K: int, w_bits: int, a_bits: int, w_codebook=None, a_codebook=None) -> str:
+    """Which kernel :func:`gemm` would run for this problem, and why."""
+    bw = cbmod.check_bits(w_bits, "w_bits")
+    ba = cbmod.check_bits(a_bits, "a_bits")
+    cb_w = cbmod.normalize(w_codebook, bw, "w_codebook")
+    cb_a = cbmod.normalize(a_codebook, ba, "a_codebook")
+    plan, fam, kern, reasons = _plan_for(bw, ba, cb_w, cb_a)
+    lines = [f"GEMM M={M} N={N} K={K} W{bw}A{ba}: kernel {kern['name']} (tier cap {_dispatch.tier_cap()})"]
+    lines += [f"  - {r}" for r in reasons]
+    lines.append(f"  - K_max for these codebooks: {cbmod.k_max(cb_a, cb_w)}")
+    return "\n".join(lines)

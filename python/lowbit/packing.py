@@ -1,0 +1,181 @@
+"""Packed weights and activations.
+
+``PackedWeights`` is self-describing and ISA-neutral: its payload is the codes
+packed densely, ``bits`` per code, LSB first, one row per output channel
+(``ceil(K * bits / 8)`` bytes a row; byte diagrams in docs/packing-formats.md).
+Kernel-specific layouts (nibble-swapped rows for the DeepGEMM kernel, group
+indices in 32-channel blocks for grouplut) are built lazily from it, cached on
+the object and reported by :attr:`PackedWeights.layout_nbytes`.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from . import codebook as cbmod
+
+_MAGIC = b"LOWBITPW"
+_FORMAT_VERSION = 1
+# magic, version, bits, n_levels, reserved, N, K, row_bytes
+_HEADER = struct.Struct("<8sHBBHQQQ")
+
+
+def _as_code_matrix(codes, name: str) -> np.ndarray:
+    if not isinstance(codes, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray of uint8 codes, got {type(codes).__name__}")
+    if codes.dtype != np.uint8:
+        raise TypeError(f"{name}: expected dtype uint8, got {codes.dtype}")
+    if codes.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got {codes.ndim}-D with shape {codes.shape}")
+    return np.ascontiguousarray(codes)  # strided input is copied, never misread
+
+
+def _check_range(codes: np.ndarray, bits: int, name: str) -> None:
+    if codes.size and int(codes.max()) >= (1 << bits):
+        raise ValueError(f"{name}: expected every code in [0, {1 << bits}) for bits={bits}, "
+                         f"got max {int(codes.max())}")
+
+
+def pack_dense(codes: np.ndarray, bits: int) -> np.ndarray:
+    """(R, K) codes -> (R, ceil(K*bits/8)) bytes, LSB-first bitstream per row."""
+    r, k = codes.shape
+    bitplanes = ((codes[:, :, None] >> np.arange(bits, dtype=np.uint8)) & 1).reshape(r, k * bits)
+    return np.packbits(bitplanes, axis=1, bitorder="little")
+
+
+def unpack_dense(payload: np.ndarray, k: int, bits: int) -> np.ndarray:
+    r = payload.shape[0]
+    bitplanes = np.unpackbits(payload, axis=1, count=k * bits, bitorder="little").reshape(r, k, bits)
+    return (bitplanes << np.arange(bits, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
+
+
+class PackedWeights:
+    """Weights of one layer: N output channels x K codes of ``bits`` bits.
+
+    Build with :func:`lowbit.pack_weights`; serialize with :meth:`to_bytes`.
+    """
+
+    def __init__(self, payload: np.ndarray, n: int, k: int, bits: int, codebook: np.ndarray):
+        self.N, self.K, self.bits = int(n), int(k), int(bits)
+        self.codebook = codebook
+        self._payload = payload
+        self._layouts = {}  # kernel layout key -> uint8 array
+        self._codes = None
+
+    # ---- construction / serialization ---------------------------------------------------
+    @classmethod
+    def from_codes(cls, w_codes, bits: int, codebook=None) -> "PackedWeights":
+        bits = cbmod.check_bits(bits, "bits")
+        codes = _as_code_matrix(w_codes, "w_codes")
+        if codes.shape[0] < 1 or codes.shape[1] < 1:
+            raise ValueError(f"w_codes: expected shape (N, K) with N, K >= 1, got {codes.shape}")
+        _check_range(codes, bits, "w_codes")
+        cb = cbmod.normalize(codebook, bits, "codebook")
+        pw = cls(pack_dense(codes, bits), codes.shape[0], codes.shape[1], bits, cb)
+        pw._codes = codes.copy()
+        return pw
+
+    def to_bytes(self) -> bytes:
+        header = _HEADER.pack(_MAGIC, _FORMAT_VERSION, self.bits, len(self.codebook), 0, self.N, self.K,
+                              self._payload.shape[1])
+        body = header + self.codebook.astype("<i2").tobytes() + self._payload.tobytes()
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    @classmethod
+    def from_bytes(cls, data) -> "PackedWeights":
+        data = bytes(data)
+        if len(data) < _HEADER.size + 4:
+            raise ValueError("data: truncated PackedWeights payload (shorter than its header)")
+        magic, version, bits, n_levels, _, n, k, row_bytes = _HEADER.unpack_from(data)
+        if magic != _MAGIC:
+            raise ValueError("data: not a lowbit PackedWeights payload (bad magic)")
+        if version != _FORMAT_VERSION:
+            raise ValueError(f"data: PackedWeights format version {version} is not supported "
+                             f"(this lowbit reads version {_FORMAT_VERSION})")
+        if bits not in cbmod.SUPPORTED_BITS or n_levels != (1 << bits):
+            raise ValueError(f"data: corrupted header (bits={bits}, levels={n_levels})")
+        if row_bytes != (k * bits + 7) // 8 or n < 1 or k < 1:
+            raise ValueError("data: corrupted header (inconsistent N/K/row size)")
+        expected = _HEADER.size + 2 * n_levels + n * row_bytes + 4
+        if len(data) != expected:
+            raise ValueError(f"data: truncated or oversized PackedWeights payload ({len(data)} bytes, "
+                             f"expected {expected})")
+        (crc,) = struct.unpack_from("<I", data, len(data) - 4)
+        if crc != zlib.crc32(data[:-4]):
+            raise ValueError("data: PackedWeights checksum mismatch (corrupted payload)")
+        off = _HEADER.size
+        cb = np.frombuffer(data, "<i2", n_levels, off).astype(np.int32)
+        cb = cbmod.normalize(cb, bits, "data codebook")
+        off += 2 * n_levels
+        payload = np.frombuffer(data, np.uint8, n * row_bytes, off).reshape(n, row_bytes).copy()
+        return cls(payload, n, k, bits, cb)
+
+    # ---- views ---------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Size of the compact, ISA-neutral payload (N * ceil(K*bits/8))."""
+        return int(self._payload.nbytes)
+
+    @property
+    def layout_nbytes(self) -> dict:
+        """Bytes of every kernel-specific layout built (and cached) so far."""
+        return {str(key): int(arr.nbytes) for key, arr in self._layouts.items()}
+
+    def codes(self) -> np.ndarray:
+        """The (N, K) uint8 codes."""
+        if self._codes is None:
+            self._codes = unpack_dense(self._payload, self.K, self.bits)
+        return self._codes
+
+    def layout(self, key, builder):
+        """Kernel layout `key`, built once with builder(codes) and cached."""
+        arr = self._layouts.get(key)
+        if arr is None:
+            arr = builder(self.codes())
+            self._layouts[key] = arr
+        return arr
+
+    def __repr__(self):
+        return (f"PackedWeights(N={self.N}, K={self.K}, bits={self.bits}, "
+                f"codebook={self.codebook.tolist()}, nbytes={self.nbytes})")
+
+
+class PackedActivations:
+    """Activation codes (M x K, ``bits`` each) validated once, with every packed
+    form a kernel asked for cached, so one pack serves many GEMMs."""
+
+    def __init__(self, codes: np.ndarray, bits: int, codebook: np.ndarray):
+        self.codes = codes
+        self.M, self.K = codes.shape
+        self.bits = bits
+        self.codebook = codebook
+        self._packed = {}
+
+    @classmethod
+    def from_codes(cls, a_codes, bits: int, codebook=None) -> "PackedActivations":
+        bits = cbmod.check_bits(bits, "bits")
+        codes = _as_code_matrix(a_codes, "a_codes")
+        _check_range(codes, bits, "a_codes")
+        return cls(codes, bits, cbmod.normalize(codebook, bits, "codebook"))
+
+    def packed(self, key, builder):
+        arr = self._packed.get(key)
+        if arr is None:
+            arr = builder(self.codes)
+            self._packed[key] = arr
+        return arr
+
+    def __repr__(self):
+        return f"PackedActivations(M={self.M}, K={self.K}, bits={self.bits}, codebook={self.codebook.tolist()})"
+
+
+def pack_weights(w_codes, bits: int = 2, codebook=None) -> PackedWeights:
+    """Pack (N, K) uint8 weight codes in [0, 2**bits) for :func:`lowbit.gemm`."""
+    return PackedWeights.from_codes(w_codes, bits, codebook)
+
+
+def pack_activations(a_codes, bits: int = 2, codebook=None) -> PackedActivations:
+    """Validate (M, K) uint8 activation codes once so several GEMMs can reuse them."""
+    return PackedActivations.from_codes(a_codes, bits, codebook)
