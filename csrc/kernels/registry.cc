@@ -26,8 +26,8 @@ const KernelInfo kRegistry[] = {
      lutgemm_w2a2_i8__avx512icl, "DeepGEMM product LUT, vpermb zmm + vpternlogd + vpdpbusd"},
     {"a2w2_lutgemm16_4x2__avx512icl", "lutgemm", 2, 2, Tier::avx512icl, 4, 2, TableKind::split,
      lutgemm_w2a2_split__avx512icl, "DeepGEMM product LUT, lo/hi byte tables, vpermb zmm + vpdpbusd"},
-    {"grouplut_4x32__avx2", "grouplut", 0, 0, Tier::avx2, 4, 32, TableKind::i8, grouplut__avx2,
-     "activation-selected product-sum LUT, vpshufb ymm, 32 channels per lookup"},
+    {"grouplut_4x64__avx2", "grouplut", 0, 0, Tier::avx2, 4, 64, TableKind::i8, grouplut__avx2,
+     "activation-selected product-sum LUT, vpshufb ymm, 4 rows x 64 channels"},
 #endif
 };
 

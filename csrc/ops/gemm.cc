@@ -20,8 +20,10 @@ bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* 
   } else if (family == "grouplut") {
     g->a_row_bytes = k_steps;  // one byte per group
     g->w_stride = kGrouplutLanes;
-    g->w_tile_stride = k_steps * kGrouplutLanes;
+    g->w_tile_stride = k_steps * size_t(k.nr);  // NR / 32 consecutive 32-channel blocks
     g->table_bytes = 256 * 16;
+    g->w_bytes = (N + kGrouplutLanes - 1) / kGrouplutLanes * k_steps * kGrouplutLanes;
+    return true;
   } else {
     *why = "unknown kernel family '" + family + "'";
     return false;

@@ -50,5 +50,5 @@ def products(cb_a: np.ndarray, cb_w: np.ndarray) -> np.ndarray:
 
 def k_max(cb_a: np.ndarray, cb_w: np.ndarray) -> int:
     """Largest K whose sums are exact in int32: floor((2**31 - 1) / max|product|)."""
-    pmax = int(np.abs(products(cb_a, cb_w)).max())
+    pmax = max(abs(int(cb_a.min())), abs(int(cb_a.max()))) * max(abs(int(cb_w.min())), abs(int(cb_w.max())))
     return (2**31 - 1) // max(pmax, 1)

@@ -10,13 +10,26 @@ import numpy as np
 
 from . import _core, _dispatch
 from . import codebook as cbmod
-from ._families import FAMILIES, PREFERENCE
+from .families import FAMILIES, PREFERENCE
 from .packing import PackedActivations, PackedWeights
 
 
+_PLAN_CACHE = {}
+
+
 def _plan_for(bw, ba, cb_w, cb_a):
-    """(plan, family class, kernel dict, reasons) honouring use(kernel=/strategy=)."""
+    """(plan, family class, kernel dict, reasons) honouring use(kernel=/strategy=).
+
+    Cached per (bits, codebooks, forcing, tier cap): planning builds tables."""
     forced_kernel, forced_family = _dispatch.forced_kernel()
+    key = (bw, ba, cb_w.tobytes(), cb_a.tobytes(), forced_kernel, forced_family, _dispatch.tier_cap())
+    hit = _PLAN_CACHE.get(key)
+    if hit is None:
+        hit = _PLAN_CACHE[key] = _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family)
+    return hit
+
+
+def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
     if forced_kernel is not None:
         info = _dispatch.kernel_info(forced_kernel)
         fam = FAMILIES[info["family"]]
@@ -73,15 +86,16 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None) -
             raise ValueError("a_codebook: already set by the PackedActivations; pass None")
         pa = a
     else:
-        pa = PackedActivations.from_codes(a, 2 if a_bits is None else a_bits, a_codebook)
+        # code range is checked by the native packer below
+        pa = PackedActivations.from_codes(a, 2 if a_bits is None else a_bits, a_codebook, validate=False)
     if pa.K != packed.K:
         raise ValueError(f"a: K mismatch: activations have K={pa.K}, weights have K={packed.K}")
     cb_a, cb_w = pa.codebook, packed.codebook
+    plan, fam, kern, _ = _plan_for(packed.bits, pa.bits, cb_w, cb_a)
     kmax = cbmod.k_max(cb_a, cb_w)
     if pa.K > kmax:
         raise ValueError(f"K={pa.K} exceeds K_max={kmax} for these codebooks "
                          "(int32 sums could overflow); split K and add the partial results in int64")
-    plan, fam, kern, _ = _plan_for(packed.bits, pa.bits, cb_w, cb_a)
     tier_rank = kern["tier_rank"]
     w_layout = packed.layout(("w", plan, kern["nr"]), lambda codes: fam.weight_layout(codes, plan, kern))
     a_packed = pa.packed((plan.family, plan.params, tier_rank > 0),

@@ -154,10 +154,13 @@ class PackedActivations:
         self._packed = {}
 
     @classmethod
-    def from_codes(cls, a_codes, bits: int, codebook=None) -> "PackedActivations":
+    def from_codes(cls, a_codes, bits: int, codebook=None, validate: bool = True) -> "PackedActivations":
+        """validate=False skips the code-range scan; only for callers whose next
+        step is a native packer, which checks the range itself."""
         bits = cbmod.check_bits(bits, "bits")
         codes = _as_code_matrix(a_codes, "a_codes")
-        _check_range(codes, bits, "a_codes")
+        if validate:
+            _check_range(codes, bits, "a_codes")
         return cls(codes, bits, cbmod.normalize(codebook, bits, "codebook"))
 
     def packed(self, key, builder):

@@ -114,7 +114,8 @@ class LsqQuantizer(nn.Module):
     it sees (``initialized`` buffer, saved in the state_dict).
     """
 
-    def __init__(self, bits: int, signed: bool, num_channels: Optional[int] = None):
+    def __init__(self, bits: int, signed: bool, num_channels: Optional[int] = None,
+                 device=None, dtype=None):
         super().__init__()
         self.bits = int(bits)
         self.signed = bool(signed)
@@ -122,8 +123,8 @@ class LsqQuantizer(nn.Module):
         self.binary_signed = self.signed and self.bits == 1
         self.num_channels = num_channels
         shape = (num_channels,) if num_channels is not None else ()
-        self.step = nn.Parameter(torch.ones(shape))
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.step = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool, device=device))
 
     @property
     def per_channel(self) -> bool:
@@ -202,12 +203,13 @@ class LsqQuantizer(nn.Module):
         return c, self.levels(), s.reshape(self.step.shape).clone()
 
 
-def _act_quantizer(bits: int, signed: bool) -> LsqQuantizer:
-    return LsqQuantizer(bits, signed, None)
+def _act_quantizer(weight: torch.Tensor, bits: int, signed: bool) -> LsqQuantizer:
+    return LsqQuantizer(bits, signed, None, device=weight.device, dtype=weight.dtype)
 
 
 def _weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bool) -> LsqQuantizer:
-    q = LsqQuantizer(bits, True, weight.shape[0] if per_channel else None)
+    q = LsqQuantizer(bits, True, weight.shape[0] if per_channel else None,
+                     device=weight.device, dtype=weight.dtype)
     q.init_from(weight)
     return q
 
@@ -228,7 +230,7 @@ class QConv2d(nn.Conv2d):
             raise ValueError(f"QConv2d supports padding_mode='zeros' only, got {self.padding_mode!r}")
         self.w_bits, self.a_bits, self.act_signed = int(w_bits), int(a_bits), bool(act_signed)
         self.weight_quant = _weight_quantizer(self.weight, self.w_bits, per_channel)
-        self.act_quant = _act_quantizer(self.a_bits, self.act_signed)
+        self.act_quant = _act_quantizer(self.weight, self.a_bits, self.act_signed)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int, act_signed: bool,
@@ -249,7 +251,7 @@ class QConv2d(nn.Conv2d):
         q.train(conv.training)
         q.w_bits, q.a_bits, q.act_signed = int(w_bits), int(a_bits), bool(act_signed)
         q.weight_quant = _weight_quantizer(q.weight, q.w_bits, per_channel)
-        q.act_quant = _act_quantizer(q.a_bits, q.act_signed)
+        q.act_quant = _act_quantizer(q.weight, q.a_bits, q.act_signed)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,7 +270,7 @@ class QLinear(nn.Linear):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.w_bits, self.a_bits, self.act_signed = int(w_bits), int(a_bits), bool(act_signed)
         self.weight_quant = _weight_quantizer(self.weight, self.w_bits, per_channel)
-        self.act_quant = _act_quantizer(self.a_bits, self.act_signed)
+        self.act_quant = _act_quantizer(self.weight, self.a_bits, self.act_signed)
 
     @classmethod
     def from_float(cls, lin: nn.Linear, w_bits: int, a_bits: int, act_signed: bool,

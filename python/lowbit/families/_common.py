@@ -1,0 +1,21 @@
+"""Shared pieces of the per-family plans."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Plan:
+    family: str
+    table_kind: str       # "i8" or "split"
+    params: tuple         # family-specific, hashable (layout/table cache key)
+    why: str              # one line for explain()
+
+
+def pad_codes(codes: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Zero-pad an (R, K) code matrix to (rows, cols)."""
+    out = np.zeros((rows, cols), np.uint8)
+    out[: codes.shape[0], : codes.shape[1]] = codes
+    return out

@@ -1,0 +1,60 @@
+"""Family lutgemm: the paper-faithful DeepGEMM product LUT (W2A2).
+
+Layouts: csrc/kernels/lutgemm/lutgemm.h.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from .. import codebook as cbmod
+from ._common import Plan, pad_codes
+
+class Lutgemm:
+    name = "lutgemm"
+    STEP_CODES = 128  # one 32-byte step of packed 2-bit codes
+
+    @staticmethod
+    def plan(bw, ba, cb_w, cb_a):
+        if (bw, ba) != (2, 2):
+            return None, f"lutgemm implements W2A2 only (got W{bw}A{ba})"
+        pmax = int(np.abs(cbmod.products(cb_a, cb_w)).max())
+        if 4 * pmax <= 127:
+            return Plan("lutgemm", "i8", (), f"int8 product table (4 x max|product| = {4 * pmax} <= 127)"), None
+        return Plan("lutgemm", "split", (), f"products up to {pmax} need int16: lo/hi byte tables"), None
+
+    @staticmethod
+    def k_steps(k, plan):
+        return -(-k // Lutgemm.STEP_CODES)
+
+    @staticmethod
+    def weight_layout(codes, plan, kernel):
+        n, k = codes.shape
+        steps = Lutgemm.k_steps(k, plan)
+        c = pad_codes(codes, -(-n // kernel["nr"]) * kernel["nr"], steps * Lutgemm.STEP_CODES)
+        c = c.reshape(c.shape[0], -1, 4)
+        # nibble-swapped: w1 at [1:0], w0 at [3:2], w3 at [5:4], w2 at [7:6]
+        packed = c[:, :, 1] | (c[:, :, 0] << 2) | (c[:, :, 3] << 4) | (c[:, :, 2] << 6)
+        return np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
+
+    @staticmethod
+    def pack_activations(codes, plan, tier_rank):
+        steps = Lutgemm.k_steps(codes.shape[1], plan)
+        return _core.pack_groups(codes, 2, 4, steps * 32, tier_rank)
+
+    @staticmethod
+    def tables(cb_w, cb_a, plan):
+        p = cbmod.products(cb_a, cb_w)              # p[a, w]
+        t = p.reshape(16)                           # index a<<2 | w
+        tt = p.T.reshape(16)                        # index w<<2 | a
+        if plan.table_kind == "i8":
+            pmax = max(int(np.abs(p).max()), 1)
+            return np.concatenate([t, tt]).astype(np.int8), 1, 32767 // (8 * pmax)
+        lo_t, hi_t = t & 0xFF, t >> 8
+        lo_tt, hi_tt = tt & 0xFF, tt >> 8
+        tab = np.concatenate([lo_t, hi_t, lo_tt, hi_tt]).astype(np.int64)
+        return tab.astype(np.uint8).view(np.int8), 1, 16
+
+    @staticmethod
+    def padded_k(k, plan):
+        return Lutgemm.k_steps(k, plan) * Lutgemm.STEP_CODES
