@@ -4,7 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <string>
+#include <vector>
 
 #include "core/cpu_features.h"
 #include "core/thread_pool.h"
@@ -87,6 +89,7 @@ py::list kernel_list() {
     d["nr"] = k.nr;
     d["table_kind"] = k.table_kind == TableKind::i8 ? "i8" : "split";
     d["description"] = k.description;
+    d["indirect"] = k.indirect;
     out.append(d);
   }
   return out;
@@ -112,32 +115,30 @@ py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group,
   return out;
 }
 
-py::array_t<int32_t> gemm_py(size_t kernel_index, const py::array& a, const py::array& w, const py::array& tables,
-                             size_t M, size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16,
-                             int64_t correction) {
+// One entry point for every GEMM: direct or indirect activations, int32 output
+// or the fused epilogue (ops/epilogue.h).
+py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array& w, const py::array& tables, size_t M,
+                  size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction,
+                  const py::object& a_offsets_obj, size_t seg_steps, const std::string& out_kind,
+                  const py::object& scale_obj, const py::object& bias_obj, const py::object& residual_obj,
+                  float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
   const KernelInfo& k = kernel_at(kernel_index);
   if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
     throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
-  require_array<uint8_t>(a, "a", 2, "uint8");
   require_array<uint8_t>(w, "w", 1, "uint8");
   require_array<int8_t>(tables, "tables", 1, "int8");
   GemmGeometry g;
   std::string why;
   if (!gemm_geometry(k, N, k_steps, &g, &why)) throw py::value_error(why);
-  if (size_t(a.shape(0)) < M || size_t(a.shape(1)) < g.a_row_bytes)
-    throw py::value_error("a: expected at least " + std::to_string(M) + " x " + std::to_string(g.a_row_bytes) +
-                          " packed bytes for kernel " + k.name);
   if (size_t(w.shape(0)) < g.w_bytes)
     throw py::value_error("w: expected at least " + std::to_string(g.w_bytes) + " bytes for kernel " + k.name);
   if (size_t(tables.shape(0)) < g.table_bytes)
     throw py::value_error("tables: expected at least " + std::to_string(g.table_bytes) + " bytes");
   if (flush8 == 0 || flush16 == 0) throw py::value_error("flush8/flush16: expected >= 1");
   if (correction < INT32_MIN || correction > INT32_MAX) throw py::value_error("correction: out of int32 range");
-  py::array_t<int32_t> out({M, N});
+
   GemmCall call;
   call.kernel = &k;
-  call.a = static_cast<const uint8_t*>(a.data());
-  call.a_stride = size_t(a.shape(1));
   call.w = static_cast<const uint8_t*>(w.data());
   call.tables = static_cast<const int8_t*>(tables.data());
   call.M = M;
@@ -146,11 +147,145 @@ py::array_t<int32_t> gemm_py(size_t kernel_index, const py::array& a, const py::
   call.flush8 = flush8;
   call.flush16 = flush16;
   call.correction = int32_t(correction);
-  call.c = out.mutable_data();
-  call.c_stride = N;
+
+  // Activations: a 2-D packed matrix, or (indirect) a 1-D buffer plus an
+  // (M, segments) int64 array of byte offsets, each segment seg_steps bytes.
+  const py::array a = py::reinterpret_borrow<py::array>(a_obj);
+  std::vector<const uint8_t*> ind;
+  if (a_offsets_obj.is_none()) {
+    require_array<uint8_t>(a, "a", 2, "uint8");
+    if (size_t(a.shape(0)) < M || size_t(a.shape(1)) < g.a_row_bytes)
+      throw py::value_error("a: expected at least " + std::to_string(M) + " x " + std::to_string(g.a_row_bytes) +
+                            " packed bytes for kernel " + k.name);
+    call.a = static_cast<const uint8_t*>(a.data());
+    call.a_stride = size_t(a.shape(1));
+  } else {
+    if (!k.indirect) throw py::value_error(std::string("kernel ") + k.name + " does not take indirect activations");
+    require_array<uint8_t>(a, "a", 1, "uint8");
+    const py::array offs = py::reinterpret_borrow<py::array>(a_offsets_obj);
+    require_array<int64_t>(offs, "a_offsets", 2, "int64");
+    if (seg_steps == 0) throw py::value_error("seg_steps: expected >= 1");
+    const size_t segs = (k_steps + seg_steps - 1) / seg_steps;
+    if (size_t(offs.shape(0)) != M || size_t(offs.shape(1)) != segs)
+      throw py::value_error("a_offsets: expected shape (" + std::to_string(M) + ", " + std::to_string(segs) + ")");
+    const size_t len = size_t(a.shape(0));
+    const int64_t* o = static_cast<const int64_t*>(offs.data());
+    const uint8_t* base = static_cast<const uint8_t*>(a.data());
+    ind.resize(M * segs);
+    for (size_t i = 0; i < M * segs; ++i) {
+      const size_t seg_len = (i % segs + 1 == segs) ? k_steps - (segs - 1) * seg_steps : seg_steps;
+      if (o[i] < 0 || size_t(o[i]) + seg_len > len)
+        throw py::value_error("a_offsets: offset " + std::to_string(o[i]) + " reads outside a (" +
+                              std::to_string(len) + " bytes)");
+      ind[i] = base + o[i];
+    }
+    call.a = nullptr;
+    call.a_ind = ind.data();
+    call.a_ind_stride = segs;
+    call.seg_steps = seg_steps;
+  }
+
+  py::array out;
+  if (out_kind == "int32") {
+    py::array_t<int32_t> o({M, N});
+    call.c = o.mutable_data();
+    call.c_stride = N;
+    out = o;
+  } else {
+    Epilogue& e = call.epilogue;
+    const py::array scale = py::reinterpret_borrow<py::array>(scale_obj);
+    const py::array bias = py::reinterpret_borrow<py::array>(bias_obj);
+    require_array<float>(scale, "scale", 1, "float32");
+    require_array<float>(bias, "bias", 1, "float32");
+    if (size_t(scale.shape(0)) != N || size_t(bias.shape(0)) != N)
+      throw py::value_error("scale/bias: expected " + std::to_string(N) + " values");
+    e.scale = static_cast<const float*>(scale.data());
+    e.bias = static_cast<const float*>(bias.data());
+    if (!residual_obj.is_none()) {
+      const py::array res = py::reinterpret_borrow<py::array>(residual_obj);
+      require_array<float>(res, "residual", 2, "float32");
+      if (size_t(res.shape(0)) != M || size_t(res.shape(1)) != N)
+        throw py::value_error("residual: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + ")");
+      e.residual = static_cast<const float*>(res.data());
+      e.residual_stride = N;
+    }
+    e.clamp_lo = clamp_lo;
+    e.clamp_hi = clamp_hi;
+    if (out_kind == "float32") {
+      e.kind = OutKind::float32;
+      py::array_t<float> o({M, N});
+      e.out = o.mutable_data();
+      out = o;
+    } else if (out_kind == "codes") {
+      if (!(qmin <= qmax && qmax - qmin <= 255)) throw py::value_error("qmin/qmax: expected qmin <= qmax <= qmin + 255");
+      if (!std::isfinite(inv_step) || inv_step <= 0) throw py::value_error("inv_step: expected a finite value > 0");
+      e.kind = OutKind::codes;
+      e.inv_step = inv_step;
+      e.qmin = qmin;
+      e.qmax = qmax;
+      py::array_t<uint8_t> o({M, N});
+      e.out = o.mutable_data();
+      out = o;
+    } else {
+      throw py::value_error("out_kind: expected 'int32', 'float32' or 'codes'");
+    }
+    e.out_stride = N;
+  }
   {
     py::gil_scoped_release release;
     run_gemm(call, g);
+  }
+  return out;
+}
+
+// The fused epilogue on its own, for paths that must correct int32 sums
+// between the GEMM and the epilogue (e.g. padding with a nonzero level).
+py::array epilogue_py(const py::array& acc, const py::array& scale, const py::array& bias,
+                      const py::object& residual_obj, float clamp_lo, float clamp_hi, const std::string& out_kind,
+                      float inv_step, int qmin, int qmax) {
+  require_array<int32_t>(acc, "acc", 2, "int32");
+  require_array<float>(scale, "scale", 1, "float32");
+  require_array<float>(bias, "bias", 1, "float32");
+  const size_t M = size_t(acc.shape(0)), N = size_t(acc.shape(1));
+  if (size_t(scale.shape(0)) != N || size_t(bias.shape(0)) != N)
+    throw py::value_error("scale/bias: expected " + std::to_string(N) + " values");
+  Epilogue e;
+  e.scale = static_cast<const float*>(scale.data());
+  e.bias = static_cast<const float*>(bias.data());
+  if (!residual_obj.is_none()) {
+    const py::array res = py::reinterpret_borrow<py::array>(residual_obj);
+    require_array<float>(res, "residual", 2, "float32");
+    if (size_t(res.shape(0)) != M || size_t(res.shape(1)) != N)
+      throw py::value_error("residual: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + ")");
+    e.residual = static_cast<const float*>(res.data());
+    e.residual_stride = N;
+  }
+  e.clamp_lo = clamp_lo;
+  e.clamp_hi = clamp_hi;
+  e.out_stride = N;
+  py::array out;
+  if (out_kind == "float32") {
+    e.kind = OutKind::float32;
+    py::array_t<float> o({M, N});
+    e.out = o.mutable_data();
+    out = o;
+  } else if (out_kind == "codes") {
+    if (!(qmin <= qmax && qmax - qmin <= 255)) throw py::value_error("qmin/qmax: expected qmin <= qmax <= qmin + 255");
+    if (!std::isfinite(inv_step) || inv_step <= 0) throw py::value_error("inv_step: expected a finite value > 0");
+    e.kind = OutKind::codes;
+    e.inv_step = inv_step;
+    e.qmin = qmin;
+    e.qmax = qmax;
+    py::array_t<uint8_t> o({M, N});
+    e.out = o.mutable_data();
+    out = o;
+  } else {
+    throw py::value_error("out_kind: expected 'float32' or 'codes'");
+  }
+  const int32_t* src = static_cast<const int32_t*>(acc.data());
+  {
+    py::gil_scoped_release release;
+    apply_epilogue(e, src, N, 0, M, 0, N);
   }
   return out;
 }
@@ -165,7 +300,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("pack_groups", &pack_groups_py, py::arg("codes"), py::arg("bits"), py::arg("group"), py::arg("out_stride"),
         py::arg("tier"));
   m.def("gemm", &gemm_py, py::arg("kernel_index"), py::arg("a"), py::arg("w"), py::arg("tables"), py::arg("M"),
-        py::arg("N"), py::arg("k_steps"), py::arg("flush8"), py::arg("flush16"), py::arg("correction"));
+        py::arg("N"), py::arg("k_steps"), py::arg("flush8"), py::arg("flush16"), py::arg("correction"),
+        py::arg("a_offsets") = py::none(), py::arg("seg_steps") = 0, py::arg("out_kind") = "int32",
+        py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),
+        py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f,
+        py::arg("qmin") = 0, py::arg("qmax") = 0);
+  m.def("epilogue", &epilogue_py, py::arg("acc"), py::arg("scale"), py::arg("bias"), py::arg("residual") = py::none(),
+        py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("out_kind") = "float32",
+        py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);
   m.def("default_num_threads", &default_num_threads);

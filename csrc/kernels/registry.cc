@@ -8,26 +8,26 @@ namespace lowbit {
 namespace {
 
 const KernelInfo kRegistry[] = {
-    // name, family, w_bits, a_bits, tier, mr, nr, table kind, fn, description
+    // name, family, w_bits, a_bits, tier, mr, nr, table kind, fn, description, indirect
     {"a2w2_lutgemm_1x1__scalar", "lutgemm", 2, 2, Tier::scalar, 1, 1, TableKind::i8, lutgemm_w2a2_i8__scalar,
-     "DeepGEMM product LUT, scalar twin"},
+     "DeepGEMM product LUT, scalar twin", false},
     {"a2w2_lutgemm16_1x1__scalar", "lutgemm", 2, 2, Tier::scalar, 1, 1, TableKind::split, lutgemm_w2a2_split__scalar,
-     "DeepGEMM product LUT, int16 products as lo/hi byte tables, scalar twin"},
+     "DeepGEMM product LUT, int16 products as lo/hi byte tables, scalar twin", false},
     {"grouplut_1x32__scalar", "grouplut", 0, 0, Tier::scalar, 1, 32, TableKind::i8, grouplut__scalar,
-     "activation-selected product-sum LUT, scalar twin"},
+     "activation-selected product-sum LUT, scalar twin", true},
 #if LOWBIT_HAVE_X86_KERNELS
     {"a2w2_lutgemm_2x2__avx2", "lutgemm", 2, 2, Tier::avx2, 2, 2, TableKind::i8, lutgemm_w2a2_i8__avx2,
-     "DeepGEMM product LUT, vpshufb ymm"},
+     "DeepGEMM product LUT, vpshufb ymm", false},
     {"a2w2_lutgemm16_2x2__avx2", "lutgemm", 2, 2, Tier::avx2, 2, 2, TableKind::split, lutgemm_w2a2_split__avx2,
-     "DeepGEMM product LUT, lo/hi byte tables, vpshufb ymm"},
+     "DeepGEMM product LUT, lo/hi byte tables, vpshufb ymm", false},
     {"a2w2_lutgemm_4x2__avx512", "lutgemm", 2, 2, Tier::avx512, 4, 2, TableKind::i8, lutgemm_w2a2_i8__avx512,
-     "DeepGEMM product LUT, vpshufb zmm + vpternlogd"},
+     "DeepGEMM product LUT, vpshufb zmm + vpternlogd", false},
     {"a2w2_lutgemm_4x4__avx512icl", "lutgemm", 2, 2, Tier::avx512icl, 4, 4, TableKind::i8,
-     lutgemm_w2a2_i8__avx512icl, "DeepGEMM product LUT, vpermb zmm + vpternlogd + vpdpbusd"},
+     lutgemm_w2a2_i8__avx512icl, "DeepGEMM product LUT, vpermb zmm + vpternlogd + vpdpbusd", false},
     {"a2w2_lutgemm16_4x2__avx512icl", "lutgemm", 2, 2, Tier::avx512icl, 4, 2, TableKind::split,
-     lutgemm_w2a2_split__avx512icl, "DeepGEMM product LUT, lo/hi byte tables, vpermb zmm + vpdpbusd"},
+     lutgemm_w2a2_split__avx512icl, "DeepGEMM product LUT, lo/hi byte tables, vpermb zmm + vpdpbusd", false},
     {"grouplut_4x64__avx2", "grouplut", 0, 0, Tier::avx2, 4, 64, TableKind::i8, grouplut__avx2,
-     "activation-selected product-sum LUT, vpshufb ymm, 4 rows x 64 channels"},
+     "activation-selected product-sum LUT, vpshufb ymm, 4 rows x 64 channels", true},
 #endif
 };
 

@@ -23,6 +23,13 @@ struct UKernelArgs {
   size_t mr, nr;         // actual tile size, 1 <= mr <= MR, 1 <= nr <= NR
   uint32_t flush8;       // steps an 8-bit accumulator may take before widening
   uint32_t flush16;      // widenings a 16-bit accumulator may take before int32
+  // Indirect activations (convolution without an im2col copy), for kernels
+  // with KernelInfo::indirect: when a_ind is not null, K is made of segments
+  // of seg_steps steps; row m's segment s starts at a_ind[m * a_ind_stride + s]
+  // (a and a_stride are then unused).
+  const uint8_t* const* a_ind;
+  size_t a_ind_stride;
+  size_t seg_steps;
 };
 
 using UKernelFn = void (*)(const UKernelArgs&);
@@ -42,6 +49,7 @@ struct KernelInfo {
   TableKind table_kind;
   UKernelFn fn;
   const char* description;
+  bool indirect;       // accepts UKernelArgs::a_ind
 };
 
 // The registry: every kernel built into this binary, scalar first.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "core/thread_pool.h"
 #include "kernels/grouplut/grouplut.h"
@@ -47,32 +48,50 @@ void run_task(void* ctx, size_t index) {
   const KernelInfo& k = *c.kernel;
   const size_t m0 = (index / t.tasks_n) * t.tm, n0 = (index % t.tasks_n) * t.tn;
   const size_t m1 = std::min(c.M, m0 + t.tm), n1 = std::min(c.N, n0 + t.tn);
+  // With an epilogue the int32 sums of this task go to a per-thread scratch
+  // block first; otherwise straight to the int32 output.
+  const bool fused = c.epilogue.kind != OutKind::int32;
+  thread_local std::vector<int32_t> scratch;
+  int32_t* out = c.c;
+  size_t out_stride = c.c_stride, om0 = 0, on0 = 0;
+  if (fused) {
+    scratch.resize(t.tm * t.tn);
+    out = scratch.data();
+    out_stride = t.tn;
+    om0 = m0;
+    on0 = n0;
+  }
   UKernelArgs p;
   p.a_stride = c.a_stride;
   p.w_stride = t.g->w_stride;
   p.k_steps = c.k_steps;
   p.tables = c.tables;
-  p.c_stride = c.c_stride;
+  p.c_stride = out_stride;
   p.flush8 = c.flush8;
   p.flush16 = c.flush16;
+  p.a_ind = nullptr;
+  p.a_ind_stride = c.a_ind_stride;
+  p.seg_steps = c.seg_steps;
   // N tiles outer, M tiles inner: a weight tile is reused from cache by all
   // row tiles of the task.
   for (size_t n = n0; n < n1; n += size_t(k.nr)) {
     p.w = c.w + (n / size_t(k.nr)) * t.g->w_tile_stride;
     p.nr = std::min(size_t(k.nr), n1 - n);
     for (size_t m = m0; m < m1; m += size_t(k.mr)) {
-      p.a = c.a + m * c.a_stride;
-      p.c = c.c + m * c.c_stride + n;
+      p.a = c.a ? c.a + m * c.a_stride : nullptr;
+      if (c.a_ind) p.a_ind = c.a_ind + m * c.a_ind_stride;
+      p.c = out + (m - om0) * out_stride + (n - on0);
       p.mr = std::min(size_t(k.mr), m1 - m);
       k.fn(p);
     }
   }
   if (c.correction != 0) {
     for (size_t m = m0; m < m1; ++m) {
-      int32_t* row = c.c + m * c.c_stride;
-      for (size_t n = n0; n < n1; ++n) row[n] = int32_t(uint32_t(row[n]) - uint32_t(c.correction));
+      int32_t* row = out + (m - om0) * out_stride;
+      for (size_t n = n0; n < n1; ++n) row[n - on0] = int32_t(uint32_t(row[n - on0]) - uint32_t(c.correction));
     }
   }
+  if (fused) apply_epilogue(c.epilogue, out, out_stride, m0, m1, n0, n1);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kernels/ukernel.h"
+#include "ops/epilogue.h"
 
 namespace lowbit {
 
@@ -31,8 +32,14 @@ struct GemmCall {
   size_t M, N, k_steps;
   uint32_t flush8, flush16;
   int32_t correction;  // subtracted (mod 2^32) from every output
-  int32_t* c;
-  size_t c_stride;
+  // Indirect activation rows (kernel must have KernelInfo::indirect): row m's
+  // segment s is a_ind[m * a_ind_stride + s], seg_steps steps long.
+  const uint8_t* const* a_ind = nullptr;
+  size_t a_ind_stride = 0, seg_steps = 0;
+  // int32 output (epilogue.kind == int32) or the fused epilogue's output.
+  int32_t* c = nullptr;
+  size_t c_stride = 0;
+  Epilogue epilogue;
 };
 
 // Runs the whole GEMM (multi-threaded). Inputs must already be validated

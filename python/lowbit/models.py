@@ -6,10 +6,12 @@ BatchNorm2d, ReLU, tensor add, AdaptiveAvgPool2d, flatten and Linear, so that
 special cases.
 """
 
+import os
+
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "FmnistResNet", "fmnist_resnet"]
+__all__ = ["BasicBlock", "FmnistResNet", "fmnist_resnet", "load_fmnist", "DATA_DIR"]
 
 
 class BasicBlock(nn.Module):
@@ -70,3 +72,34 @@ class FmnistResNet(nn.Module):
 def fmnist_resnet(width: int = 32, num_classes: int = 10) -> FmnistResNet:
     """The Fashion-MNIST demo network (default widths 32/64/128)."""
     return FmnistResNet(width=width, num_classes=num_classes)
+
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")  # trained checkpoints
+
+
+def load_fmnist(kind: str = "w2a2_qat", data_dir=None) -> nn.Module:
+    """Load a trained demo model in eval mode.
+
+    kind: "fp32" -> fmnist_resnet(width) with ``fmnist_fp32.pt``;
+          "w2a2_qat" -> ``lowbit.qat.prepare(fmnist_resnet(width), **qat_prepare)``
+          with ``fmnist_w2a2_qat.pt`` (fake-quant model; LSQ steps included).
+    width and the prepare() arguments are read from ``fmnist_train.json``.
+    """
+    import json
+
+    data_dir = data_dir or DATA_DIR
+    with open(os.path.join(data_dir, "fmnist_train.json")) as f:
+        info = json.load(f)
+    width = info["hyperparameters"]["width"]
+    model = fmnist_resnet(width)
+    if kind == "fp32":
+        path = os.path.join(data_dir, info["fp32"]["file"])
+    elif kind == "w2a2_qat":
+        from . import qat
+
+        model = qat.prepare(model, **info["qat_prepare"])
+        path = os.path.join(data_dir, info["qat"]["file"])
+    else:
+        raise ValueError(f"kind must be 'fp32' or 'w2a2_qat', got {kind!r}")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()

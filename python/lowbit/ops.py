@@ -69,12 +69,33 @@ def _tables(packed: PackedWeights, fam, plan, cb_a):
     return packed.layout(key, lambda _codes: fam.tables(packed.codebook, cb_a, plan))
 
 
-def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None) -> np.ndarray:
+def _prepare(pa: PackedActivations, packed: PackedWeights, k: int):
+    """Plan, kernel, layouts and tables for codes of depth k (checks K_max)."""
+    cb_a, cb_w = pa.codebook, packed.codebook
+    plan, fam, kern, _ = _plan_for(packed.bits, pa.bits, cb_w, cb_a)
+    kmax = cbmod.k_max(cb_a, cb_w)
+    if k > kmax:
+        raise ValueError(f"K={k} exceeds K_max={kmax} for these codebooks "
+                         "(int32 sums could overflow); split K and add the partial results in int64")
+    w_layout = packed.layout(("w", plan, kern["nr"]), lambda codes: fam.weight_layout(codes, plan, kern))
+    tables, flush8, flush16 = _tables(packed, fam, plan, cb_a)
+    return plan, fam, kern, w_layout, tables, flush8, flush16
+
+
+def _epilogue_kwargs(epilogue) -> dict:
+    if epilogue is None:
+        return {"out_kind": "int32"}
+    return epilogue.kwargs()
+
+
+def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, epilogue=None) -> np.ndarray:
     """Exact low-bit GEMM: (M, K) activation codes x packed (N, K) weights -> (M, N) int32.
 
     ``a`` is a uint8 array of codes in [0, 2**a_bits) or a :class:`PackedActivations`
     (then ``a_bits``/``a_codebook`` come from it). ``a_codebook`` is a sequence of
     2**a_bits integers in [-128, 127] (None: 0 .. 2**a_bits - 1).
+    ``epilogue`` (a :class:`lowbit.Epilogue`) fuses scale, bias, clamp and
+    float or requantized-code output; without it the result is int32.
     """
     if not isinstance(packed, PackedWeights):
         raise TypeError(f"packed: expected lowbit.PackedWeights (from lowbit.pack_weights), "
@@ -90,20 +111,15 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None) -
         pa = PackedActivations.from_codes(a, 2 if a_bits is None else a_bits, a_codebook, validate=False)
     if pa.K != packed.K:
         raise ValueError(f"a: K mismatch: activations have K={pa.K}, weights have K={packed.K}")
-    cb_a, cb_w = pa.codebook, packed.codebook
-    plan, fam, kern, _ = _plan_for(packed.bits, pa.bits, cb_w, cb_a)
-    kmax = cbmod.k_max(cb_a, cb_w)
-    if pa.K > kmax:
-        raise ValueError(f"K={pa.K} exceeds K_max={kmax} for these codebooks "
-                         "(int32 sums could overflow); split K and add the partial results in int64")
+    plan, fam, kern, w_layout, tables, flush8, flush16 = _prepare(pa, packed, pa.K)
     tier_rank = kern["tier_rank"]
-    w_layout = packed.layout(("w", plan, kern["nr"]), lambda codes: fam.weight_layout(codes, plan, kern))
     a_packed = pa.packed((plan.family, plan.params, tier_rank > 0),
                          lambda codes: fam.pack_activations(codes, plan, tier_rank))
-    tables, flush8, flush16 = _tables(packed, fam, plan, cb_a)
-    correction = (fam.padded_k(pa.K, plan) - pa.K) * int(cb_a[0]) * int(cb_w[0])
+    correction = (fam.padded_k(pa.K, plan) - pa.K) * int(pa.codebook[0]) * int(packed.codebook[0])
+    if epilogue is not None:
+        epilogue.check(packed.N, pa.M)
     y = _core.gemm(kern["index"], a_packed, w_layout, tables, pa.M, packed.N, fam.k_steps(pa.K, plan),
-                   flush8, flush16, correction)
+                   flush8, flush16, correction, **_epilogue_kwargs(epilogue))
     _dispatch.set_last_kernel(kern["name"])
     return y
 

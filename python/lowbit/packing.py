@@ -151,6 +151,7 @@ class PackedActivations:
         self.M, self.K = codes.shape
         self.bits = bits
         self.codebook = codebook
+        self.shape = None  # (B, H, W, C) when the rows are NHWC pixels
         self._packed = {}
 
     @classmethod

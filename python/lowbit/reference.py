@@ -19,3 +19,56 @@ def gemm(a_codes, w_codes, a_bits=2, w_bits=2, a_codebook=None, w_codebook=None)
     if y.size and (y.max() > 2**31 - 1 or y.min() < -(2**31)):
         raise OverflowError("reference gemm: result does not fit int32")
     return y.astype(np.int32)
+
+
+def epilogue(acc, scale, bias, residual=None, clamp_lo=-np.inf, clamp_hi=np.inf, requant=None):
+    """The epilogue of csrc/ops/epilogue.h in NumPy float32, step by step."""
+    v = np.asarray(acc, np.int32).astype(np.float32)
+    v = v * np.asarray(scale, np.float32)[None, :]
+    v = v + np.asarray(bias, np.float32)[None, :]
+    if residual is not None:
+        v = v + np.asarray(residual, np.float32)
+    lo, hi = np.float32(clamp_lo), np.float32(clamp_hi)
+    v = np.where(v < lo, lo, v)
+    v = np.where(v > hi, hi, v)
+    if requant is None:
+        return v
+    q = np.rint(v * np.float32(requant.inv_step))
+    q = np.where(q < requant.qmin, np.float32(requant.qmin), q)
+    q = np.where(q > requant.qmax, np.float32(requant.qmax), q)
+    return (q.astype(np.int32) - requant.qmin).astype(np.uint8)
+
+
+def conv2d(x_codes, w_codes, a_codebook, w_codebook, a_bits, w_bits, stride=1, padding=0, dilation=1, groups=1,
+           a_pad_value=0):
+    """Exact integer convolution on decoded levels.
+
+    x_codes: (B, H, W, C) NHWC codes; w_codes: (Cout, C // groups, kh, kw).
+    Padding inserts the value ``a_pad_value`` (0: zero padding, whatever the
+    codebook). Returns (B, OH, OW, Cout) int32.
+    """
+    cb_a = cbmod.normalize(a_codebook, a_bits, "a_codebook").astype(np.int64)
+    cb_w = cbmod.normalize(w_codebook, w_bits, "w_codebook").astype(np.int64)
+    x = cb_a[np.asarray(x_codes)]
+    w = cb_w[np.asarray(w_codes)]
+    b, h, wd, c = x.shape
+    cout, cg, kh, kw = w.shape
+    sh, sw = (stride, stride) if np.isscalar(stride) else stride
+    ph, pw = (padding, padding) if np.isscalar(padding) else padding
+    dh, dw = (dilation, dilation) if np.isscalar(dilation) else dilation
+    xp = np.full((b, h + 2 * ph, wd + 2 * pw, c), a_pad_value, np.int64)
+    xp[:, ph:ph + h, pw:pw + wd, :] = x
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((b, oh, ow, cout), np.int64)
+    opg = cout // groups
+    for ky in range(kh):
+        for kx in range(kw):
+            patch = xp[:, ky * dh: ky * dh + sh * (oh - 1) + 1: sh, kx * dw: kx * dw + sw * (ow - 1) + 1: sw, :]
+            for gi in range(groups):
+                xs = patch[..., gi * cg:(gi + 1) * cg]
+                ws = w[gi * opg:(gi + 1) * opg, :, ky, kx]
+                out[..., gi * opg:(gi + 1) * opg] += xs @ ws.T
+    if out.size and (out.max() > 2**31 - 1 or out.min() < -(2**31)):
+        raise OverflowError("reference conv2d: result does not fit int32")
+    return out.astype(np.int32)

@@ -1,0 +1,32 @@
+#include "ops/epilogue.h"
+
+#include <cmath>
+
+namespace lowbit {
+
+void apply_epilogue(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
+                    size_t n1) {
+  for (size_t m = m0; m < m1; ++m) {
+    const int32_t* src = acc + (m - m0) * acc_stride;
+    const float* res = e.residual ? e.residual + m * e.residual_stride : nullptr;
+    for (size_t n = n0; n < n1; ++n) {
+      float v = static_cast<float>(src[n - n0]);
+      v = v * e.scale[n];
+      v = v + e.bias[n];
+      if (res) v = v + res[n];
+      v = v < e.clamp_lo ? e.clamp_lo : v;
+      v = v > e.clamp_hi ? e.clamp_hi : v;
+      if (e.kind == OutKind::float32) {
+        static_cast<float*>(e.out)[m * e.out_stride + n] = v;
+      } else {
+        float q = v * e.inv_step;
+        q = std::nearbyint(q);
+        q = q < float(e.qmin) ? float(e.qmin) : q;
+        q = q > float(e.qmax) ? float(e.qmax) : q;
+        static_cast<uint8_t*>(e.out)[m * e.out_stride + n] = uint8_t(int32_t(q) - e.qmin);
+      }
+    }
+  }
+}
+
+}  // namespace lowbit

@@ -1,0 +1,43 @@
+// The fused GEMM epilogue, specified exactly so that the NumPy reference
+// (lowbit.reference.epilogue) matches it bit for bit. For output (m, n) with
+// exact int32 sum acc:
+//
+//   v = float32(acc)                      round to nearest even
+//   v = v * scale[n]                      float32 multiply, rounded
+//   v = v + bias[n]                       float32 add, rounded
+//   v = v + residual[m, n]                (if a residual is given) float32 add
+//   v = min(max(v, clamp_lo), clamp_hi)   ReLU: (0, +inf); ReLU6: (0, 6)
+//   float output:  out[m, n] = v
+//   code output:   q = nearbyint(v * inv_step)   multiply rounded, then round half to even
+//                  out[m, n] = uint8(min(max(q, qmin), qmax) - qmin)
+//
+// No FMA contraction anywhere (this file is built with -ffp-contract=off and
+// every step is a separate statement). All parameters are finite (checked by
+// the bindings).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace lowbit {
+
+enum class OutKind : int { int32 = 0, float32 = 1, codes = 2 };
+
+struct Epilogue {
+  OutKind kind = OutKind::int32;
+  const float* scale = nullptr;     // [N]
+  const float* bias = nullptr;      // [N]
+  const float* residual = nullptr;  // [M, residual_stride] or null
+  size_t residual_stride = 0;
+  float clamp_lo = 0, clamp_hi = 0;
+  float inv_step = 1;
+  int32_t qmin = 0, qmax = 0;
+  void* out = nullptr;  // float32 [M, N] or uint8 [M, N]
+  size_t out_stride = 0;  // elements
+};
+
+// Applies the epilogue to rows [m0, m1) x columns [n0, n1) of `acc` (row
+// stride acc_stride, already corrected).
+void apply_epilogue(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
+                    size_t n1);
+
+}  // namespace lowbit

@@ -1,0 +1,106 @@
+"""The fused GEMM epilogue (exact spec: csrc/ops/epilogue.h).
+
+For output (m, n) with exact int32 sum acc, in float32 with every step rounded
+(no FMA), exactly as :func:`lowbit.reference.epilogue` computes it::
+
+    v = float32(acc) * scale[n] + bias[n] (+ residual[m, n])
+    v = min(max(v, clamp_lo), clamp_hi)
+    float output, or codes: q = rint(v * inv_step) clamped to [qmin, qmax], code = q - qmin
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+_ACTIVATIONS = {"none": (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
+
+
+@dataclass
+class Requant:
+    """Requantize into ``bits``-bit codes of a uniform grid qmin..qmax with step ``step``.
+
+    ``signed``: qmin = -2**(bits-1), qmax = 2**(bits-1) - 1; else 0 .. 2**bits - 1.
+    The codes' integer codebook is ``qmin .. qmax`` (code c stands for qmin + c).
+    """
+    bits: int
+    step: float
+    signed: bool = False
+
+    def __post_init__(self):
+        if self.bits not in (1, 2, 3, 4, 8):
+            raise ValueError(f"bits: expected 1, 2, 3, 4 or 8, got {self.bits}")
+        if self.signed and self.bits == 1:
+            raise NotImplementedError("signed 1-bit requantization ({-s, +s}) is not a uniform grid; "
+                                      "use unsigned 1-bit ({0, s}) or 2+ bits")
+        if not (np.isfinite(self.step) and self.step > 0):
+            raise ValueError(f"step: expected a finite value > 0, got {self.step}")
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    @property
+    def inv_step(self) -> np.float32:
+        return np.float32(1.0) / np.float32(self.step)
+
+    def codebook(self) -> np.ndarray:
+        return np.arange(self.qmin, self.qmax + 1, dtype=np.int32)
+
+
+class Epilogue:
+    """Per-output-channel scale and bias, optional residual, clamp, then float32
+    output or requantization into the next layer's codes."""
+
+    def __init__(self, scale, bias=None, activation="none", requant: Requant | None = None, residual=None):
+        self.scale = np.ascontiguousarray(scale, dtype=np.float32).reshape(-1)
+        n = self.scale.shape[0]
+        self.bias = (np.zeros(n, np.float32) if bias is None
+                     else np.ascontiguousarray(bias, dtype=np.float32).reshape(-1))
+        if self.bias.shape[0] != n:
+            raise ValueError(f"bias: expected {n} values (one per output channel), got {self.bias.shape[0]}")
+        if not (np.all(np.isfinite(self.scale)) and np.all(np.isfinite(self.bias))):
+            raise ValueError("scale/bias: expected finite values")
+        if isinstance(activation, str):
+            if activation not in _ACTIVATIONS:
+                raise ValueError(f"activation: expected one of {sorted(_ACTIVATIONS)} or (lo, hi), got {activation!r}")
+            lo, hi = _ACTIVATIONS[activation]
+        else:
+            lo, hi = activation
+        if np.isnan(lo) or np.isnan(hi) or lo > hi:
+            raise ValueError(f"activation: expected clamp bounds lo <= hi, got ({lo}, {hi})")
+        self.clamp_lo, self.clamp_hi = np.float32(lo), np.float32(hi)
+        self.requant = requant
+        self.residual = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
+
+    def with_residual(self, residual) -> "Epilogue":
+        e = Epilogue(self.scale, self.bias, (self.clamp_lo, self.clamp_hi), self.requant)
+        e.residual = np.ascontiguousarray(residual, dtype=np.float32)
+        return e
+
+    def slice(self, n0: int, n1: int) -> "Epilogue":
+        """The epilogue of output channels [n0, n1) (grouped convolution)."""
+        e = Epilogue(self.scale[n0:n1], self.bias[n0:n1], (self.clamp_lo, self.clamp_hi), self.requant)
+        if self.residual is not None:
+            e.residual = np.ascontiguousarray(self.residual[:, n0:n1])
+        return e
+
+    def check(self, n: int, m: int) -> None:
+        if self.scale.shape[0] != n:
+            raise ValueError(f"epilogue: scale has {self.scale.shape[0]} values but the layer has {n} outputs")
+        if self.residual is not None and self.residual.shape != (m, n):
+            raise ValueError(f"epilogue: residual shape {self.residual.shape}, expected {(m, n)}")
+
+    def kwargs(self) -> dict:
+        kw = dict(scale=self.scale, bias=self.bias, residual=self.residual,
+                  clamp_lo=float(self.clamp_lo), clamp_hi=float(self.clamp_hi))
+        if self.requant is None:
+            kw["out_kind"] = "float32"
+        else:
+            kw.update(out_kind="codes", inv_step=float(self.requant.inv_step),
+                      qmin=self.requant.qmin, qmax=self.requant.qmax)
+        return kw
