@@ -22,6 +22,9 @@ unsigned, b >= 1      0 .. 2^b-1                      level
 signed, b == 1        {-1, +1}                        0 -> -1, 1 -> +1
 ====================  ==============================  =====================
 
+Rounding is ``torch.round``: round half to even (x/s = 2.5 -> 2, -0.5 -> 0);
+an integer re-implementation must do the same to match bit for bit.
+
 Export for the converter: ``codes, codebook, step = quantizer.codes(x)`` with
 ``torch.tensor(codebook)[codes.long()] * step_broadcast == quantizer(x)``
 bit-exactly (see :meth:`LsqQuantizer.codes`).
