@@ -7,7 +7,7 @@ Core API (NumPy only)::
     pa = lowbit.pack_activations(a_codes, bits=2)                  # pack once, reuse
     y = lowbit.gemm(pa, packed)
 """
-from . import _core
+from . import _core, reference
 from ._dispatch import cpu_features, kernels, last_kernel, supported_tiers, use
 from .conv import ConvWeights, conv2d, linear, pack_activations_nhwc
 from .epilogue import Epilogue, Requant

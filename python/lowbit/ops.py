@@ -65,8 +65,7 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
 
 
 def _tables(packed: PackedWeights, fam, plan, cb_a):
-    key = ("tables", plan, tuple(cb_a.tolist()))
-    return packed.layout(key, lambda _codes: fam.tables(packed.codebook, cb_a, plan))
+    return packed.tables((plan, cb_a.tobytes()), lambda: fam.tables(packed.codebook, cb_a, plan))
 
 
 def _prepare(pa: PackedActivations, packed: PackedWeights, k: int):

@@ -61,7 +61,8 @@ class PackedWeights:
         self.N, self.K, self.bits = int(n), int(k), int(bits)
         self.codebook = codebook
         self._payload = payload
-        self._layouts = {}  # kernel layout key -> uint8 array
+        self._layouts = {}  # kernel layout key -> uint8 array (reported by layout_nbytes)
+        self._tables = {}   # (plan, activation codebook) -> (tables, flush8, flush16)
         self._codes = None
 
     # ---- construction / serialization ---------------------------------------------------
@@ -136,6 +137,13 @@ class PackedWeights:
             arr = builder(self.codes())
             self._layouts[key] = arr
         return arr
+
+    def tables(self, key, builder):
+        """Lookup tables for `key` (plan + activation codebook), built once."""
+        hit = self._tables.get(key)
+        if hit is None:
+            hit = self._tables[key] = builder()
+        return hit
 
     def __repr__(self):
         return (f"PackedWeights(N={self.N}, K={self.K}, bits={self.bits}, "

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian/Ubuntu machine (run as root, or with sudo
+# available): the Fashion-MNIST data set and qemu-user (for the no-AVX-512
+# emulation test) from Debian, the CPU build of PyTorch (a local wheel here;
+# pinned so pip never pulls a CUDA build), then lowbit itself with its test
+# extras. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+if command -v apt-get >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist qemu-user >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+"$PY" -m pip install -q "torch==2.13.0"
+"$PY" -m pip install -q ".[test]"
