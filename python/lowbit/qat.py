@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
