@@ -8,9 +8,11 @@
 
 namespace lowbit {
 
-// One call computes an mr x nr tile of raw int32 sums over the family's padded
-// K and WRITES (does not accumulate) them to c. Family-specific corrections
-// (padding, zero points) are applied by the op driver afterwards.
+// One call computes an mr x nr block of raw int32 sums over the family's padded
+// K and WRITES (does not accumulate) them to c: nr <= NR columns and any number
+// of rows (the kernel walks them MR at a time, so its constants are set up
+// once per call). Family-specific corrections (padding, zero points) are
+// applied by the op driver afterwards.
 struct UKernelArgs {
   const uint8_t* a;      // packed activations, first row of the tile
   size_t a_stride;       // bytes between packed activation rows
@@ -20,7 +22,7 @@ struct UKernelArgs {
   const int8_t* tables;  // family-specific lookup tables
   int32_t* c;            // output tile, row-major
   size_t c_stride;       // int32 elements between output rows
-  size_t mr, nr;         // actual tile size, 1 <= mr <= MR, 1 <= nr <= NR
+  size_t mr, nr;         // rows (>= 1, any count) and columns (1 <= nr <= NR)
   uint32_t flush8;       // steps an 8-bit accumulator may take before widening
   uint32_t flush16;      // widenings a 16-bit accumulator may take before int32
   // Indirect activations (convolution without an im2col copy), for kernels
@@ -55,4 +57,21 @@ struct KernelInfo {
 // The registry: every kernel built into this binary, scalar first.
 const KernelInfo* kernel_registry(size_t* count);
 
+namespace {  // internal linkage: each ISA translation unit gets its own copy
+
+// Calls tile(q) for consecutive blocks of at most `MR` rows of p, with q's
+// activation and output pointers moved to the block.
+template <class Tile>
+inline void for_row_blocks(const UKernelArgs& p, size_t MR, Tile&& tile) {
+  UKernelArgs q = p;
+  for (size_t m = 0; m < p.mr; m += MR) {
+    q.mr = p.mr - m < MR ? p.mr - m : MR;
+    if (p.a) q.a = p.a + m * p.a_stride;
+    if (p.a_ind) q.a_ind = p.a_ind + m * p.a_ind_stride;
+    q.c = p.c + m * p.c_stride;
+    tile(q);
+  }
+}
+
+}  // namespace
 }  // namespace lowbit

@@ -72,18 +72,16 @@ void run_task(void* ctx, size_t index) {
   p.a_ind = nullptr;
   p.a_ind_stride = c.a_ind_stride;
   p.seg_steps = c.seg_steps;
-  // N tiles outer, M tiles inner: a weight tile is reused from cache by all
-  // row tiles of the task.
+  // One kernel call per N tile covers all rows of the task (the kernel walks
+  // them MR at a time), so the weight tile is reused from cache by every row.
   for (size_t n = n0; n < n1; n += size_t(k.nr)) {
     p.w = c.w + (n / size_t(k.nr)) * t.g->w_tile_stride;
     p.nr = std::min(size_t(k.nr), n1 - n);
-    for (size_t m = m0; m < m1; m += size_t(k.mr)) {
-      p.a = c.a ? c.a + m * c.a_stride : nullptr;
-      if (c.a_ind) p.a_ind = c.a_ind + m * c.a_ind_stride;
-      p.c = out + (m - om0) * out_stride + (n - on0);
-      p.mr = std::min(size_t(k.mr), m1 - m);
-      k.fn(p);
-    }
+    p.a = c.a ? c.a + m0 * c.a_stride : nullptr;
+    if (c.a_ind) p.a_ind = c.a_ind + m0 * c.a_ind_stride;
+    p.c = out + (m0 - om0) * out_stride + (n - on0);
+    p.mr = m1 - m0;
+    k.fn(p);
   }
   if (c.correction != 0) {
     for (size_t m = m0; m < m1; ++m) {

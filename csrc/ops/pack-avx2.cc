@@ -45,23 +45,27 @@ inline int pack32(const uint8_t* src, int bits, int group, uint8_t* dst, __m256i
 bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out,
                        size_t out_stride) {
   __m256i seen = _mm256_setzero_si256();
-  unsigned seen_tail = 0;
-  const size_t kvec = K / 32 * 32;
+  const size_t kvec = K / 32 * 32, tail = K - kvec;
+  const size_t tail_bytes = (tail + size_t(group) - 1) / size_t(group);
   for (size_t m = 0; m < M; ++m) {
     const uint8_t* row = codes + m * K;
     uint8_t* dst = out + m * out_stride;
     size_t j = 0;
     for (size_t k = 0; k < kvec; k += 32) j += size_t(pack32(row + k, bits, group, dst + j, &seen));
-    std::memset(dst + j, 0, out_stride - j);
-    for (size_t k = kvec; k < K; ++k) {
-      seen_tail |= row[k];
-      dst[k / group] |= uint8_t(row[k] << (bits * (k % group)));
+    if (tail) {  // the row's last codes, zero-padded to a full vector (zero codes pack to zero bits)
+      alignas(32) uint8_t in[32] = {}, packed[32];
+      std::memcpy(in, row + kvec, tail);
+      pack32(in, bits, group, packed, &seen);
+      std::memcpy(dst + j, packed, tail_bytes);
+      j += tail_bytes;
     }
+    std::memset(dst + j, 0, out_stride - j);
   }
   alignas(32) uint8_t lanes[32];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), seen);
-  for (uint8_t b : lanes) seen_tail |= b;
-  return (seen_tail >> bits) == 0;
+  unsigned all = 0;
+  for (uint8_t b : lanes) all |= b;
+  return (all >> bits) == 0;
 }
 
 }  // namespace lowbit

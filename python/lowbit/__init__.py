@@ -35,7 +35,7 @@ def info() -> dict:
     from . import _dispatch, ops
 
     try:
-        _, _, chosen, _ = ops._plan_for(2, 2, *(__import__("numpy").arange(4, dtype="int32"),) * 2)
+        _, _, chosen, _, _ = ops._plan_for(2, 2, *(__import__("numpy").arange(4, dtype="int32"),) * 2)
         chosen_name = chosen["name"]
     except Exception as exc:  # a bad LOWBIT_ISA still lets info() report
         chosen_name = f"error: {exc}"
@@ -58,3 +58,10 @@ __all__ = [
     "pack_activations_nhwc", "cpu_features", "explain", "gemm", "get_num_threads", "info",
     "kernels", "last_kernel", "pack_activations", "pack_weights", "set_num_threads", "supported_tiers", "use",
 ]
+
+# Model runtime, PyTorch conversion (torch imported only when convert() runs), save/load.
+from .runtime import Model  # noqa: E402
+from .convert import convert  # noqa: E402
+from .io import load  # noqa: E402
+
+__all__ += ["Model", "convert", "load"]

@@ -50,7 +50,7 @@ def tier_cap() -> str:
     Asking for a tier this CPU lacks raises here, i.e. when a kernel is first
     selected, never at import.
     """
-    forced = getattr(_local, "isa", None)
+    forced = _local.__dict__.get("isa")
     source = "lowbit.use(isa=...)"
     if forced is None:
         forced = os.environ.get("LOWBIT_ISA") or None
@@ -71,7 +71,8 @@ def tier_rank(tier: str) -> int:
 
 def forced_kernel():
     """(kernel name or None, strategy/family name or None) forced by use()."""
-    return getattr(_local, "kernel", None), getattr(_local, "strategy", None)
+    d = _local.__dict__
+    return d.get("kernel"), d.get("strategy")
 
 
 @contextlib.contextmanager

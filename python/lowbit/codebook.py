@@ -21,11 +21,24 @@ def check_bits(bits, name: str = "bits", allowed=SUPPORTED_BITS) -> int:
     return int(bits)
 
 
+_DEFAULTS = {}
+
+
+def _default(bits: int) -> np.ndarray:
+    """The default codebook 0 .. 2**bits - 1 (shared, read-only)."""
+    cb = _DEFAULTS.get(bits)
+    if cb is None:
+        cb = np.arange(1 << bits, dtype=np.int32)
+        cb.flags.writeable = False
+        _DEFAULTS[bits] = cb
+    return cb
+
+
 def normalize(codebook, bits: int, name: str = "codebook") -> np.ndarray:
     """Validated integer codebook as an int32 array of length 2**bits."""
     n = 1 << bits
     if codebook is None:
-        return np.arange(n, dtype=np.int32)
+        return _default(bits)
     arr = np.asarray(codebook)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name}: expected {n} values for {bits}-bit codes, got shape {arr.shape}")

@@ -25,7 +25,8 @@ def _plan_for(bw, ba, cb_w, cb_a):
     key = (bw, ba, cb_w.tobytes(), cb_a.tobytes(), forced_kernel, forced_family, _dispatch.tier_cap())
     hit = _PLAN_CACHE.get(key)
     if hit is None:
-        hit = _PLAN_CACHE[key] = _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family)
+        hit = _PLAN_CACHE[key] = _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family) + (
+            cbmod.k_max(cb_a, cb_w),)
     return hit
 
 
@@ -71,8 +72,7 @@ def _tables(packed: PackedWeights, fam, plan, cb_a):
 def _prepare(pa: PackedActivations, packed: PackedWeights, k: int):
     """Plan, kernel, layouts and tables for codes of depth k (checks K_max)."""
     cb_a, cb_w = pa.codebook, packed.codebook
-    plan, fam, kern, _ = _plan_for(packed.bits, pa.bits, cb_w, cb_a)
-    kmax = cbmod.k_max(cb_a, cb_w)
+    plan, fam, kern, _, kmax = _plan_for(packed.bits, pa.bits, cb_w, cb_a)
     if k > kmax:
         raise ValueError(f"K={k} exceeds K_max={kmax} for these codebooks "
                          "(int32 sums could overflow); split K and add the partial results in int64")
@@ -129,7 +129,7 @@ def explain(M: int, N: int, K: int, w_bits: int, a_bits: int, w_codebook=None, a
     ba = cbmod.check_bits(a_bits, "a_bits")
     cb_w = cbmod.normalize(w_codebook, bw, "w_codebook")
     cb_a = cbmod.normalize(a_codebook, ba, "a_codebook")
-    plan, fam, kern, reasons = _plan_for(bw, ba, cb_w, cb_a)
+    plan, fam, kern, reasons, _ = _plan_for(bw, ba, cb_w, cb_a)
     lines = [f"GEMM M={M} N={N} K={K} W{bw}A{ba}: kernel {kern['name']} (tier cap {_dispatch.tier_cap()})"]
     lines += [f"  - {r}" for r in reasons]
     lines.append(f"  - K_max for these codebooks: {cbmod.k_max(cb_a, cb_w)}")

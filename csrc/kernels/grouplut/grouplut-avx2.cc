@@ -140,8 +140,8 @@ void by_rows(const UKernelArgs& p) {
 }  // namespace
 
 void grouplut__avx2(const UKernelArgs& p) {
-  if (p.nr > size_t(kGrouplutLanes)) return by_rows<2>(p);
-  return by_rows<1>(p);
+  if (p.nr > size_t(kGrouplutLanes)) return for_row_blocks(p, 4, by_rows<2>);
+  return for_row_blocks(p, 4, by_rows<1>);
 }
 
 }  // namespace lowbit

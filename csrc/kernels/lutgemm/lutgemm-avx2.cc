@@ -1,5 +1,7 @@
 // lutgemm, AVX2 tier: vpshufb on ymm (the 16-entry table is replicated in both
-// 128-bit lanes). Tile 2x2 outputs; lanes run along K.
+// 128-bit lanes). Tile 2x2 outputs; lanes run along K. Each iteration reads
+// 32 bytes (two family steps) of every row; an odd last step reads 16 bytes
+// into the low lane and masks the high lane's products to zero.
 // Built with -mavx2 -mfma -mbmi2; everything here has internal linkage so no
 // AVX2 code can leak into baseline translation units.
 #include <immintrin.h>
@@ -9,60 +11,98 @@
 namespace lowbit {
 namespace {
 
-inline int32_t hsum_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-  return _mm_cvtsi128_si32(s);
-}
-
 inline __m256i load_table(const int8_t* t) {
   return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(t)));
+}
+
+// 32 bytes of a row, or (tail) 16 bytes in the low lane and zeros above.
+inline __m256i load_row(const uint8_t* p, bool tail) {
+  if (tail) return _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
 
 inline __m256i lo_nib(__m256i x, __m256i m0f) { return _mm256_and_si256(x, m0f); }
 inline __m256i hi_nib(__m256i x, __m256i m0f) { return _mm256_and_si256(_mm256_srli_epi16(x, 4), m0f); }
 
-// TableKind::i8. Per 32-byte step and output pair: 2 OR + 6 index ops,
-// 4 vpshufb, 3 vpaddb (int8 sum of 4 products), 1 vpmaddubsw + 1 vpaddw.
+// Sums of the 8 int32 lanes of four accumulators: {v0, v1, v2, v3}.
+inline __m128i hsum4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+  return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+inline void store_tile(const UKernelArgs& p, __m128i sums) {  // sums = {c00, c01, c10, c11}
+  alignas(16) int32_t s[4];
+  _mm_store_si128(reinterpret_cast<__m128i*>(s), sums);
+  for (size_t m = 0; m < p.mr; ++m)
+    for (size_t n = 0; n < p.nr; ++n) p.c[m * p.c_stride + n] = s[m * 2 + n];
+}
+
+struct Consts {
+  __m256i T, Tt, mcc, m33, m0f, ones8, ones16, low_lane;
+  explicit Consts(const int8_t* t)
+      : T(load_table(t)), Tt(load_table(t + 16)), mcc(_mm256_set1_epi8(char(0xCC))), m33(_mm256_set1_epi8(0x33)),
+        m0f(_mm256_set1_epi8(0x0F)), ones8(_mm256_set1_epi8(1)), ones16(_mm256_set1_epi16(1)),
+        low_lane(_mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0)) {}
+};
+
+// TableKind::i8, one block of at most 2x2 outputs. Per 32-byte iteration and
+// output pair: 2 OR + 6 index ops, 4 vpshufb, 3 vpaddb (the 4 products of a
+// byte position) + 1 vpaddb into an int8 accumulator. Every flush8 iterations
+// the int8 lanes go to int16 (vpmaddubsw + vpaddw), every flush16 of those to
+// int32 (vpmaddwd).
 template <int MR, int NR>
-void tile_i8(const UKernelArgs& p) {
-  const __m256i T = load_table(p.tables), Tt = load_table(p.tables + 16);
-  const __m256i mcc = _mm256_set1_epi8(char(0xCC)), m33 = _mm256_set1_epi8(0x33);
-  const __m256i m0f = _mm256_set1_epi8(0x0F), ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-  __m256i acc16[MR][NR], acc32[MR][NR];
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) acc16[m][n] = acc32[m][n] = _mm256_setzero_si256();
-  uint32_t left = p.flush16;
-  for (size_t s = 0; s < p.k_steps; ++s) {
+void tile_i8(const UKernelArgs& p, const Consts& k) {
+  __m256i acc8[2][2], acc16[2][2];
+  alignas(32) int32_t acc32[2][2][8] = {};
+  for (int m = 0; m < 2; ++m)
+    for (int n = 0; n < 2; ++n) acc8[m][n] = acc16[m][n] = _mm256_setzero_si256();
+  uint32_t left8 = p.flush8, left16 = p.flush16;
+  for (size_t s = 0; s < p.k_steps; s += 2) {
+    const bool tail = s + 1 == p.k_steps;
     __m256i am[MR], al[MR];
     for (int m = 0; m < MR; ++m) {
-      const __m256i A = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.a + m * p.a_stride + s * 32));
-      am[m] = _mm256_and_si256(A, mcc);
-      al[m] = _mm256_and_si256(A, m33);
+      const __m256i A = load_row(p.a + m * p.a_stride + s * kLutgemmStepBytes, tail);
+      am[m] = _mm256_and_si256(A, k.mcc);
+      al[m] = _mm256_and_si256(A, k.m33);
     }
     for (int n = 0; n < NR; ++n) {
-      const __m256i W = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + n * p.w_stride + s * 32));
-      const __m256i wl = _mm256_and_si256(W, m33), wh = _mm256_and_si256(W, mcc);
+      const __m256i W = load_row(p.w + n * p.w_stride + s * kLutgemmStepBytes, tail);
+      const __m256i wl = _mm256_and_si256(W, k.m33), wh = _mm256_and_si256(W, k.mcc);
       for (int m = 0; m < MR; ++m) {
         const __m256i i1 = _mm256_or_si256(am[m], wl), i2 = _mm256_or_si256(al[m], wh);
-        const __m256i s1 = _mm256_add_epi8(_mm256_shuffle_epi8(T, lo_nib(i1, m0f)), _mm256_shuffle_epi8(T, hi_nib(i1, m0f)));
-        const __m256i s2 = _mm256_add_epi8(_mm256_shuffle_epi8(Tt, lo_nib(i2, m0f)), _mm256_shuffle_epi8(Tt, hi_nib(i2, m0f)));
-        acc16[m][n] = _mm256_add_epi16(acc16[m][n], _mm256_maddubs_epi16(ones8, _mm256_add_epi8(s1, s2)));
+        const __m256i s1 = _mm256_add_epi8(_mm256_shuffle_epi8(k.T, lo_nib(i1, k.m0f)),
+                                           _mm256_shuffle_epi8(k.T, hi_nib(i1, k.m0f)));
+        const __m256i s2 = _mm256_add_epi8(_mm256_shuffle_epi8(k.Tt, lo_nib(i2, k.m0f)),
+                                           _mm256_shuffle_epi8(k.Tt, hi_nib(i2, k.m0f)));
+        __m256i sum = _mm256_add_epi8(s1, s2);
+        if (tail) sum = _mm256_and_si256(sum, k.low_lane);  // zero bytes read no data
+        acc8[m][n] = _mm256_add_epi8(acc8[m][n], sum);
       }
     }
-    if (--left == 0) {
+    if (--left8 == 0 || tail || s + 2 == p.k_steps) {
       for (int m = 0; m < MR; ++m)
         for (int n = 0; n < NR; ++n) {
-          acc32[m][n] = _mm256_add_epi32(acc32[m][n], _mm256_madd_epi16(acc16[m][n], ones16));
-          acc16[m][n] = _mm256_setzero_si256();
+          acc16[m][n] = _mm256_add_epi16(acc16[m][n], _mm256_maddubs_epi16(k.ones8, acc8[m][n]));
+          acc8[m][n] = _mm256_setzero_si256();
         }
-      left = p.flush16;
+      left8 = p.flush8;
+      if (--left16 == 0) {
+        for (int m = 0; m < MR; ++m)
+          for (int n = 0; n < NR; ++n) {
+            __m256i* d = reinterpret_cast<__m256i*>(acc32[m][n]);
+            _mm256_store_si256(d, _mm256_add_epi32(_mm256_load_si256(d), _mm256_madd_epi16(acc16[m][n], k.ones16)));
+            acc16[m][n] = _mm256_setzero_si256();
+          }
+        left16 = p.flush16;
+      }
     }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n)
-      p.c[m * p.c_stride + n] = hsum_epi32(_mm256_add_epi32(acc32[m][n], _mm256_madd_epi16(acc16[m][n], ones16)));
+  __m256i fin[2][2];
+  for (int m = 0; m < 2; ++m)
+    for (int n = 0; n < 2; ++n)
+      fin[m][n] = _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc32[m][n])),
+                                   _mm256_madd_epi16(acc16[m][n], k.ones16));
+  store_tile(p, hsum4(fin[0][0], fin[0][1], fin[1][0], fin[1][1]));
 }
 
 // TableKind::split. Low bytes are unsigned: vpmaddubsw(lo, ones) sums two of
@@ -73,26 +113,33 @@ void tile_split(const UKernelArgs& p) {
   const __m256i Ttlo = load_table(p.tables + 32), Tthi = load_table(p.tables + 48);
   const __m256i mcc = _mm256_set1_epi8(char(0xCC)), m33 = _mm256_set1_epi8(0x33);
   const __m256i m0f = _mm256_set1_epi8(0x0F), ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-  __m256i lo16[MR][NR], hi16[MR][NR], lo32[MR][NR], hi32[MR][NR];
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n) lo16[m][n] = hi16[m][n] = lo32[m][n] = hi32[m][n] = _mm256_setzero_si256();
+  const __m256i low_lane = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
+  __m256i lo16[2][2], hi16[2][2], lo32[2][2], hi32[2][2];
+  for (int m = 0; m < 2; ++m)
+    for (int n = 0; n < 2; ++n) lo16[m][n] = hi16[m][n] = lo32[m][n] = hi32[m][n] = _mm256_setzero_si256();
   uint32_t left = p.flush16;
-  for (size_t s = 0; s < p.k_steps; ++s) {
+  for (size_t s = 0; s < p.k_steps; s += 2) {
+    const bool tail = s + 1 == p.k_steps;
     for (int n = 0; n < NR; ++n) {
-      const __m256i W = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + n * p.w_stride + s * 32));
+      const __m256i W = load_row(p.w + n * p.w_stride + s * kLutgemmStepBytes, tail);
       for (int m = 0; m < MR; ++m) {
-        const __m256i A = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.a + m * p.a_stride + s * 32));
+        const __m256i A = load_row(p.a + m * p.a_stride + s * kLutgemmStepBytes, tail);
         const __m256i i1 = _mm256_or_si256(_mm256_and_si256(A, mcc), _mm256_and_si256(W, m33));
         const __m256i i2 = _mm256_or_si256(_mm256_and_si256(W, mcc), _mm256_and_si256(A, m33));
         const __m256i idx[4] = {lo_nib(i1, m0f), hi_nib(i1, m0f), lo_nib(i2, m0f), hi_nib(i2, m0f)};
         for (int q = 0; q < 4; ++q) {
-          const __m256i tl = q < 2 ? Tlo : Ttlo, th = q < 2 ? Thi : Tthi;
-          lo16[m][n] = _mm256_add_epi16(lo16[m][n], _mm256_maddubs_epi16(_mm256_shuffle_epi8(tl, idx[q]), ones8));
-          hi16[m][n] = _mm256_add_epi16(hi16[m][n], _mm256_maddubs_epi16(ones8, _mm256_shuffle_epi8(th, idx[q])));
+          __m256i l = _mm256_shuffle_epi8(q < 2 ? Tlo : Ttlo, idx[q]);
+          __m256i h = _mm256_shuffle_epi8(q < 2 ? Thi : Tthi, idx[q]);
+          if (tail) {
+            l = _mm256_and_si256(l, low_lane);
+            h = _mm256_and_si256(h, low_lane);
+          }
+          lo16[m][n] = _mm256_add_epi16(lo16[m][n], _mm256_maddubs_epi16(l, ones8));
+          hi16[m][n] = _mm256_add_epi16(hi16[m][n], _mm256_maddubs_epi16(ones8, h));
         }
       }
     }
-    if (--left == 0 || s + 1 == p.k_steps) {
+    if (--left == 0 || s + 2 >= p.k_steps) {
       for (int m = 0; m < MR; ++m)
         for (int n = 0; n < NR; ++n) {
           lo32[m][n] = _mm256_add_epi32(lo32[m][n], _mm256_madd_epi16(lo16[m][n], ones16));
@@ -102,9 +149,10 @@ void tile_split(const UKernelArgs& p) {
       left = p.flush16;
     }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < NR; ++n)
-      p.c[m * p.c_stride + n] = int32_t(uint32_t(hsum_epi32(hi32[m][n])) * 256u + uint32_t(hsum_epi32(lo32[m][n])));
+  // total = hi * 256 + lo, in wrapping int32 arithmetic
+  const __m128i lo = hsum4(lo32[0][0], lo32[0][1], lo32[1][0], lo32[1][1]);
+  const __m128i hi = hsum4(hi32[0][0], hi32[0][1], hi32[1][0], hi32[1][1]);
+  store_tile(p, _mm_add_epi32(_mm_slli_epi32(hi, 8), lo));
 }
 
 #define LOWBIT_TILE_SWITCH(fn, p)                                  \
@@ -117,7 +165,17 @@ void tile_split(const UKernelArgs& p) {
 
 }  // namespace
 
-void lutgemm_w2a2_i8__avx2(const UKernelArgs& p) { LOWBIT_TILE_SWITCH(tile_i8, p); }
-void lutgemm_w2a2_split__avx2(const UKernelArgs& p) { LOWBIT_TILE_SWITCH(tile_split, p); }
+void lutgemm_w2a2_i8__avx2(const UKernelArgs& p) {
+  const Consts k(p.tables);
+  for_row_blocks(p, 2, [&k](const UKernelArgs& q) {
+    if (q.mr == 2 && q.nr == 2) return tile_i8<2, 2>(q, k);
+    if (q.mr == 2) return tile_i8<2, 1>(q, k);
+    if (q.nr == 2) return tile_i8<1, 2>(q, k);
+    return tile_i8<1, 1>(q, k);
+  });
+}
+void lutgemm_w2a2_split__avx2(const UKernelArgs& p) {
+  for_row_blocks(p, 2, [](const UKernelArgs& q) { LOWBIT_TILE_SWITCH(tile_split, q); });
+}
 
 }  // namespace lowbit

@@ -15,12 +15,16 @@ inline __m512i table64(const int8_t* t) {
 // Bitwise select: bits of a where mask is 1, bits of b elsewhere.
 inline __m512i select(__m512i mask, __m512i a, __m512i b) { return _mm512_ternarylogic_epi32(mask, a, b, 0xCA); }
 
-// Number of 64-byte iterations and the load mask of the last one.
+// 64-byte iterations (four 16-byte family steps); the last one may be partial.
 struct Steps {
-  size_t full;       // iterations with all 64 bytes valid
-  bool half_tail;    // one more iteration with only the low 32 bytes valid
+  size_t iters;          // number of iterations
+  __mmask64 last_mask;   // valid bytes of the last iteration
 };
-inline Steps steps_of(size_t k_steps) { return Steps{k_steps / 2, (k_steps & 1) != 0}; }
+inline Steps steps_of(size_t k_steps) {
+  const size_t rem = k_steps % 4;
+  return Steps{(k_steps + 3) / 4, rem ? (__mmask64(1) << (16 * rem)) - 1 : ~__mmask64(0)};
+}
+inline __mmask64 iter_mask(const Steps& st, size_t it) { return it + 1 == st.iters ? st.last_mask : ~__mmask64(0); }
 
 // Runtime tile size -> template instance (tiles at the matrix edge are smaller).
 #define LOWBIT_TILE_4x4(fn, p)                                                   \

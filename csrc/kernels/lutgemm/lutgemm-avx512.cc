@@ -1,7 +1,7 @@
 // lutgemm, __avx512 tier (F/BW/VL/DQ): vpshufb on zmm, indices built with
 // vpternlogd bitwise selects, int8 sums widened with vpmaddubsw/vpmaddwd.
-// 64-byte steps (two family K steps); an odd last step runs on the low 32
-// bytes with the products of the high half masked to zero.
+// 64-byte iterations (four family K steps); a partial last iteration masks its
+// loads and the products of the missing bytes to zero.
 #include "kernels/lutgemm/lutgemm-avx512-common.h"
 
 namespace lowbit {
@@ -20,8 +20,8 @@ void tile_i8_bw(const UKernelArgs& p) {
   // A 64-byte iteration adds 8 products to each 16-bit lane, the same as one
   // 32-byte family step does on AVX2, so flush16 applies per iteration.
   uint32_t left = p.flush16;
-  for (size_t it = 0; it < st.full + st.half_tail; ++it) {
-    const __mmask64 k = it < st.full ? ~__mmask64(0) : __mmask64(0xFFFFFFFFu);
+  for (size_t it = 0; it < st.iters; ++it) {
+    const __mmask64 k = iter_mask(st, it);
     __m512i A[MR];
     for (int m = 0; m < MR; ++m) A[m] = load_step(p.a + m * p.a_stride + it * 64, k);
     for (int n = 0; n < NR; ++n) {
@@ -54,6 +54,8 @@ void tile_i8_bw(const UKernelArgs& p) {
 
 }  // namespace
 
-void lutgemm_w2a2_i8__avx512(const UKernelArgs& p) { LOWBIT_TILE_4x2(tile_i8_bw, p); }
+void lutgemm_w2a2_i8__avx512(const UKernelArgs& p) {
+  for_row_blocks(p, 4, [](const UKernelArgs& q) { LOWBIT_TILE_4x2(tile_i8_bw, q); });
+}
 
 }  // namespace lowbit

@@ -16,8 +16,8 @@ void tile_i8_icl(const UKernelArgs& p) {
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_si512();
   const Steps st = steps_of(p.k_steps);
-  for (size_t it = 0; it < st.full + st.half_tail; ++it) {
-    const __mmask64 k = it < st.full ? ~__mmask64(0) : __mmask64(0xFFFFFFFFu);
+  for (size_t it = 0; it < st.iters; ++it) {
+    const __mmask64 k = iter_mask(st, it);
     __m512i A[MR];
     for (int m = 0; m < MR; ++m) A[m] = load_step(p.a + m * p.a_stride + it * 64, k);
     for (int n = 0; n < NR; ++n) {
@@ -45,8 +45,8 @@ void tile_split_icl(const UKernelArgs& p) {
   for (int m = 0; m < MR; ++m)
     for (int n = 0; n < NR; ++n) lo[m][n] = hi[m][n] = _mm512_setzero_si512();
   const Steps st = steps_of(p.k_steps);
-  for (size_t it = 0; it < st.full + st.half_tail; ++it) {
-    const __mmask64 k = it < st.full ? ~__mmask64(0) : __mmask64(0xFFFFFFFFu);
+  for (size_t it = 0; it < st.iters; ++it) {
+    const __mmask64 k = iter_mask(st, it);
     __m512i A[MR];
     for (int m = 0; m < MR; ++m) A[m] = load_step(p.a + m * p.a_stride + it * 64, k);
     for (int n = 0; n < NR; ++n) {
@@ -71,7 +71,11 @@ void tile_split_icl(const UKernelArgs& p) {
 
 }  // namespace
 
-void lutgemm_w2a2_i8__avx512icl(const UKernelArgs& p) { LOWBIT_TILE_4x4(tile_i8_icl, p); }
-void lutgemm_w2a2_split__avx512icl(const UKernelArgs& p) { LOWBIT_TILE_4x2(tile_split_icl, p); }
+void lutgemm_w2a2_i8__avx512icl(const UKernelArgs& p) {
+  for_row_blocks(p, 4, [](const UKernelArgs& q) { LOWBIT_TILE_4x4(tile_i8_icl, q); });
+}
+void lutgemm_w2a2_split__avx512icl(const UKernelArgs& p) {
+  for_row_blocks(p, 4, [](const UKernelArgs& q) { LOWBIT_TILE_4x2(tile_split_icl, q); });
+}
 
 }  // namespace lowbit

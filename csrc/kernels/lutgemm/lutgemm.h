@@ -4,13 +4,15 @@
 // precomputed into a 16-entry table; packed 2-bit codes form 4-bit indices and
 // a byte shuffle (vpshufb / vpermb) looks up 32 or 64 products at once.
 //
-// K step: 128 codes (32 bytes of a packed row). k_steps = ceil(K / 128).
+// K step: 64 codes (16 bytes of a packed row). k_steps = ceil(K / 64).
+// Kernels load 32 (AVX2) or 64 (AVX-512) bytes at a time and finish with a
+// narrower, masked tail, so the waste is at most 63 codes per row.
 //
-// Packed activations (rows of 32 * k_steps bytes): byte j holds codes
+// Packed activations (rows of 16 * k_steps bytes): byte j holds codes
 // k = 4j, 4j+1, 4j+2, 4j+3 at bits [1:0], [3:2], [5:4], [7:6]. Positions >= K
 // hold code 0.
 //
-// Kernel-layout weights (one row of 32 * k_steps bytes per output channel,
+// Kernel-layout weights (one row of 16 * k_steps bytes per output channel,
 // rows padded to a multiple of NR): byte j holds
 //   w[4j+1] at [1:0], w[4j] at [3:2], w[4j+3] at [5:4], w[4j+2] at [7:6]
 // (the two codes of each nibble swapped, done once at pack time), so that one
@@ -25,20 +27,25 @@
 //   and high byte (int8): Tlo [0,16), Thi [16,32), Ttlo [32,48), Tthi [48,64).
 //   product = Thi * 256 + Tlo.
 //
-// Accumulator bounds (per 16-bit lane, per k step of 128 codes):
-//   i8:    8 products per lane per step, so flush16 = floor(32767 / (8 * max|P|)).
-//   split: 8 low bytes (<= 255 each) per lane per step: flush16 = 16.
+// Accumulator bounds (P = max|product|). One loop iteration (a 32- or 64-byte
+// load, or the tail) adds 4 products to each byte lane.
+//   i8:    int8 lanes take flush8 = floor(127 / (4P)) iterations, then are
+//          widened pairwise into int16 lanes (at most 2 * 4P * flush8 each
+//          time); int16 lanes take flush16 = floor(32767 / (8P * flush8))
+//          widenings, then go to int32. (Kernels may flush earlier.)
+//   split: per iteration a 16-bit lane gets at most 8 low bytes (<= 255) or
+//          8 high bytes (|hi| <= 64): flush16 = 16 iterations; flush8 unused.
 // int32 lanes wrap modulo 2^32; the driver guarantees K <= K_max so the true
 // result (after the padding correction) fits int32.
 //
 // Padding: k >= K contributes cbA[0]*cbW[0] per padded position; the driver
-// subtracts (128 * k_steps - K) * cbA[0] * cbW[0].
+// subtracts (64 * k_steps - K) * cbA[0] * cbW[0].
 #pragma once
 #include "kernels/ukernel.h"
 
 namespace lowbit {
 
-constexpr int kLutgemmStepBytes = 32;
+constexpr int kLutgemmStepBytes = 16;
 
 void lutgemm_w2a2_i8__scalar(const UKernelArgs& p);
 void lutgemm_w2a2_split__scalar(const UKernelArgs& p);

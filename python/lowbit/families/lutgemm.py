@@ -12,7 +12,7 @@ from ._common import Plan, pad_codes
 
 class Lutgemm:
     name = "lutgemm"
-    STEP_CODES = 128  # one 32-byte step of packed 2-bit codes
+    STEP_CODES = 64  # one 16-byte step of packed 2-bit codes
 
     @staticmethod
     def plan(bw, ba, cb_w, cb_a):
@@ -40,7 +40,7 @@ class Lutgemm:
     @staticmethod
     def pack_activations(codes, plan, tier_rank):
         steps = Lutgemm.k_steps(codes.shape[1], plan)
-        return _core.pack_groups(codes, 2, 4, steps * 32, tier_rank)
+        return _core.pack_groups(codes, 2, 4, steps * 16, tier_rank)
 
     @staticmethod
     def tables(cb_w, cb_a, plan):
@@ -49,7 +49,8 @@ class Lutgemm:
         tt = p.T.reshape(16)                        # index w<<2 | a
         if plan.table_kind == "i8":
             pmax = max(int(np.abs(p).max()), 1)
-            return np.concatenate([t, tt]).astype(np.int8), 1, 32767 // (8 * pmax)
+            flush8 = 127 // (4 * pmax)          # bounds: csrc/kernels/lutgemm/lutgemm.h
+            return np.concatenate([t, tt]).astype(np.int8), flush8, 32767 // (8 * pmax * flush8)
         lo_t, hi_t = t & 0xFF, t >> 8
         lo_tt, hi_tt = tt & 0xFF, tt >> 8
         tab = np.concatenate([lo_t, hi_t, lo_tt, hi_tt]).astype(np.int64)

@@ -1,0 +1,102 @@
+// Scalar twin of the dotgemm family (the oracle the SIMD kernels must match bit
+// for bit), the scalar activation packer, and the packer's C entry point.
+// Built with baseline flags: the entry point dispatches to the AVX2 packer
+// only when asked to (the caller checked the tier).
+#include <algorithm>
+#include <cstring>
+
+#include "core/thread_pool.h"
+#include "kernels/dotgemm/dotgemm.h"
+
+namespace lowbit {
+
+void dotgemm__scalar(const UKernelArgs& p) {
+  // Any tile width: channel n of step s sits at w + s * w_stride + 4n.
+  for (size_t m = 0; m < p.mr; ++m) {
+    const uint8_t* a = p.a + m * p.a_stride;
+    for (size_t n = 0; n < p.nr; ++n) {
+      uint32_t sum = 0;  // wraps modulo 2^32 like the SIMD int32 lanes
+      for (size_t s = 0; s < p.k_steps; ++s) {
+        int16_t av[2], wv[2];
+        std::memcpy(av, a + s * kDotgemmStepBytes, sizeof(av));
+        std::memcpy(wv, p.w + s * p.w_stride + n * kDotgemmStepBytes, sizeof(wv));
+        sum += uint32_t(int32_t(av[0]) * int32_t(wv[0]) + int32_t(av[1]) * int32_t(wv[1]));
+      }
+      p.c[m * p.c_stride + n] = int32_t(sum);
+    }
+  }
+}
+
+bool dotgemm_pack_a__scalar(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels, int16_t* out,
+                            size_t out_cols) {
+  unsigned seen = 0;  // OR of all codes: any bit >= `bits` means out of range
+  const unsigned mask = (1u << bits) - 1;
+  for (size_t m = 0; m < M; ++m) {
+    const uint8_t* row = codes + m * K;
+    int16_t* dst = out + m * out_cols;
+    for (size_t k = 0; k < K; ++k) {
+      seen |= row[k];
+      dst[k] = levels[row[k] & mask];
+    }
+    std::fill(dst + K, dst + out_cols, int16_t(0));
+  }
+  return (seen >> bits) == 0;
+}
+
+}  // namespace lowbit
+
+namespace {
+
+struct PackJob {
+  const uint8_t* codes;
+  size_t M, K, rows_per_task;
+  int bits;
+  const int16_t* levels;
+  int16_t* out;
+  size_t out_cols;
+  int tier;
+  bool bad[256];  // one flag per task (tasks <= 256)
+};
+
+void pack_task(void* ctx, size_t i) {
+  PackJob& j = *static_cast<PackJob*>(ctx);
+  const size_t m0 = i * j.rows_per_task, m1 = std::min(j.M, m0 + j.rows_per_task);
+  const uint8_t* src = j.codes + m0 * j.K;
+  int16_t* dst = j.out + m0 * j.out_cols;
+  bool ok;
+#if LOWBIT_HAVE_X86_KERNELS
+  if (j.tier >= 1)
+    ok = lowbit::dotgemm_pack_a__avx2(src, m1 - m0, j.K, j.bits, j.levels, dst, j.out_cols);
+  else
+#endif
+    ok = lowbit::dotgemm_pack_a__scalar(src, m1 - m0, j.K, j.bits, j.levels, dst, j.out_cols);
+  j.bad[i] = !ok;
+}
+
+}  // namespace
+
+extern "C" int lowbit_dotgemm_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits,
+                                               const int16_t* levels, int16_t* out, size_t out_cols, int tier) {
+  if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8) || out_cols < K) return -1;
+  if (M == 0) return 1;
+  if ((M > 0 && K > 0 && !codes) || !levels || !out) return -1;
+  PackJob j;
+  j.codes = codes;
+  j.M = M;
+  j.K = K;
+  j.bits = bits;
+  j.levels = levels;
+  j.out = out;
+  j.out_cols = out_cols;
+  j.tier = tier;
+  // Tasks of >= 64 Ki codes each (threads only pay off on big inputs), <= 256.
+  const size_t min_rows = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(K, 1));
+  size_t tasks = std::min<size_t>(256, (M + min_rows - 1) / min_rows);
+  j.rows_per_task = (M + tasks - 1) / tasks;
+  tasks = (M + j.rows_per_task - 1) / j.rows_per_task;
+  std::fill(j.bad, j.bad + 256, false);
+  lowbit::parallel_for(tasks, pack_task, &j);
+  for (size_t i = 0; i < tasks; ++i)
+    if (j.bad[i]) return 0;
+  return 1;
+}
