@@ -1,0 +1,635 @@
+"""PyTorch QAT model -> :class:`lowbit.Model` (needs torch; the result does not).
+
+``m = lowbit.convert(qat, example_input)`` where ``qat`` comes from
+:func:`lowbit.qat.prepare` (and was trained or at least calibrated: every LSQ
+quantizer must be initialised).
+
+How the graph is mapped
+-----------------------
+* ``torch.fx`` traces ``qat`` with QConv2d / QLinear as leaves; the example
+  input runs through it once (eval mode) to get shapes and the exact LSQ steps.
+* QConv2d / QLinear -> ``conv`` / ``linear`` nodes. Weight codes come from
+  ``weight_quant.codes(weight)`` (the trained codes, unchanged); the epilogue
+  scale is ``act_step * weight_step[c]`` (float64 product, rounded once).
+* A BatchNorm right after a conv/linear (its only user) folds into the
+  **epilogue's** per-channel scale and bias, never into the weights:
+  ``scale *= gamma / sqrt(var + eps)``, ``bias = (bias - mean) * g + beta``.
+  Elsewhere BatchNorm becomes a float ``affine`` node.
+* A tensor add of a conv/linear output (its only user) and another tensor
+  becomes the epilogue's residual input (the later of the two convs of a
+  ResNet block takes the other as residual); otherwise a float ``add`` node.
+* ReLU / ReLU6 / Hardtanh / clamp right after (only user) -> the epilogue clamp;
+  elsewhere a float ``clamp`` node.
+* Activations: a conv/linear whose output is read only by quantized layers
+  sharing one activation quantizer (and by nothing else) requantizes in its
+  epilogue into that quantizer's codes (``Requant(bits, step, signed)``), so
+  codes flow between layers without a float round trip. Any other producer
+  (the network input, a block output that also feeds a residual add or
+  pooling, an output read by two quantizers with different steps) gives
+  float32, and each quantized reader gets a ``quantize`` node that computes
+  LSQ exactly like torch (division, round half to even).
+  ``requant_in_epilogue=False`` turns the first rule off (float + quantize
+  everywhere: slower, and on the demo model as faithful; see docs/pipeline.md).
+* Pooling (max, avg, adaptive avg; ``mean`` over H, W), flatten/view(B, -1),
+  Identity and Dropout (eval) are supported. Anything else raises
+  ``NotImplementedError`` listing every unsupported module/function by name.
+
+Input size: the batch size is free. The channel count must match
+``example_input``. The spatial size is free when every flatten reads a global
+pooling's 1x1 output; otherwise (flatten of an HxW map, fixed-size pooling
+before flatten) it must equal ``example_input``'s, which ``Model`` checks
+(``m.spatial_fixed``).
+"""
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+from .runtime import Model, Node
+
+__all__ = ["convert", "ConversionError"]
+
+
+class ConversionError(NotImplementedError):
+    """The model uses modules or functions lowbit cannot convert (listed in the message)."""
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("lowbit.convert needs PyTorch (pip install torch); the converted model does not") from exc
+    return torch
+
+
+def _pair(v):
+    if isinstance(v, (tuple, list)):
+        if len(v) == 1:
+            return [int(v[0]), int(v[0])]
+        return [int(v[0]), int(v[1])]
+    return [int(v), int(v)]
+
+
+def _f(v):
+    """JSON float (None for +-inf)."""
+    return None if v is None or math.isinf(v) else float(v)
+
+
+class _Converter:
+    def __init__(self, qat, example_input, requant_in_epilogue=True):
+        torch = _torch()
+        from torch import fx, nn
+        import torch.nn.functional as F
+
+        from . import qat as qatmod
+
+        self.torch, self.nn, self.F, self.fx = torch, nn, F, fx
+        self.Q = (qatmod.QConv2d, qatmod.QLinear)
+        self.LSQ = qatmod.LsqQuantizer
+        self.qat = qat
+        self.requant = requant_in_epilogue
+        if not isinstance(example_input, torch.Tensor):
+            example_input = torch.as_tensor(np.asarray(example_input, dtype=np.float32))
+        if example_input.dim() != 4:
+            raise ValueError(f"example_input: expected a 4-D NCHW batch, got shape {tuple(example_input.shape)}")
+        self.example = example_input.detach().float()
+        self.modules = dict(qat.named_modules())
+
+    # ---- tracing -----------------------------------------------------------------------------
+    def trace(self):
+        fx, Q, LSQ = self.fx, self.Q, self.LSQ
+
+        class _Tracer(fx.Tracer):
+            def is_leaf_module(self, m, qualname):
+                return isinstance(m, Q + (LSQ,)) or super().is_leaf_module(m, qualname)
+
+        try:
+            self.graph = _Tracer().trace(self.qat)
+        except Exception as exc:
+            raise ConversionError(f"lowbit.convert: torch.fx could not trace the model "
+                                  f"({type(exc).__name__}: {exc})") from exc
+        self.check_supported()
+        uninit = [n for n, m in self.modules.items() if isinstance(m, LSQ) and not bool(m.initialized)]
+        if uninit:
+            raise ValueError("lowbit.convert: these LSQ quantizers are not initialised (train or run a "
+                             "calibration batch through the QAT model first): " + ", ".join(uninit))
+        gm = fx.GraphModule(self.qat, self.graph)
+        shapes, layer_inputs = {}, {}
+        torch, Qt = self.torch, Q
+
+        class _Rec(fx.Interpreter):
+            def run_node(self, n):
+                out = super().run_node(n)
+                shapes[n] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+                if n.op == "call_module" and isinstance(self.module.get_submodule(n.target), Qt):
+                    layer_inputs[n] = self.fetch_args_kwargs_from_env(n)[0][0]
+                return out
+
+        was_training = self.qat.training
+        self.qat.eval()
+        try:
+            with torch.no_grad():
+                _Rec(gm).run(self.example)
+        finally:
+            self.qat.train(was_training)
+        self.shapes, self.layer_inputs = shapes, layer_inputs
+
+    # ---- support check -----------------------------------------------------------------------
+    _ALIAS_METHODS = ("contiguous", "detach", "clone")
+
+    def _classify(self, n):
+        """A short kind string for supported fx nodes, None for unsupported ones."""
+        nn, F, torch = self.nn, self.F, self.torch
+        if n.op in ("placeholder", "output"):
+            return n.op
+        if n.op == "call_module":
+            m = self.modules[n.target]
+            if isinstance(m, self.Q):
+                return "quantized"
+            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+                return "bn" if m.track_running_stats and m.running_mean is not None else None
+            if isinstance(m, (nn.ReLU, nn.ReLU6, nn.Hardtanh)):
+                return "act"
+            if isinstance(m, nn.MaxPool2d):
+                return "maxpool" if not m.ceil_mode and not m.return_indices else None
+            if isinstance(m, nn.AvgPool2d):
+                return "avgpool" if not m.ceil_mode and m.divisor_override is None else None
+            if isinstance(m, nn.AdaptiveAvgPool2d):
+                return "adaptive_avgpool"
+            if isinstance(m, nn.Flatten):
+                return "flatten" if m.start_dim == 1 and m.end_dim == -1 else None
+            if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d)):
+                return "alias"
+            return None
+        if n.op == "call_function":
+            t = n.target
+            if t in (F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp, torch.clip):
+                return "act"
+            if t in (operator.add, operator.iadd, torch.add):
+                return "add" if len(n.args) == 2 and not n.kwargs else None
+            if t is torch.flatten:
+                return "flatten" if self._flatten_ok(n) else None
+            if t is F.adaptive_avg_pool2d:
+                return "adaptive_avgpool"
+            if t is F.max_pool2d:
+                return "maxpool"
+            if t is F.avg_pool2d:
+                return "avgpool"
+            if t is F.dropout:
+                return "alias"
+            return None
+        if n.op == "call_method":
+            t = n.target
+            if t in ("relu", "relu_", "clamp", "clamp_", "clip", "clip_"):
+                return "act"
+            if t in ("add", "add_"):
+                return "add" if len(n.args) == 2 and not n.kwargs else None
+            if t == "flatten":
+                return "flatten" if self._flatten_ok(n) else None
+            if t in ("view", "reshape"):
+                return "flatten" if self._view_is_flatten(n) else None
+            if t == "size":
+                return "size" if all(u.op == "call_method" and u.target in ("view", "reshape")
+                                     for u in n.users) else None
+            if t == "mean":
+                return "mean" if self._mean_ok(n) else None
+            if t in self._ALIAS_METHODS:
+                return "alias"
+        return None
+
+    @staticmethod
+    def _flatten_ok(n):
+        start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+        end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+        return start == 1 and end == -1
+
+    @staticmethod
+    def _view_is_flatten(n):
+        shape = list(n.args[1:])
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = list(shape[0])
+        if len(shape) != 2 or shape[1] != -1:
+            return False
+        first = shape[0]
+        return isinstance(first, int) or (getattr(first, "op", None) == "call_method" and first.target == "size"
+                                          and tuple(first.args[1:]) == (0,))
+
+    @staticmethod
+    def _mean_ok(n):
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        if not isinstance(dim, (tuple, list)):
+            return False
+        return sorted(d % 4 for d in dim) == [2, 3] and not n.kwargs.get("dtype")
+
+    def _describe(self, n):
+        if n.op == "call_module":
+            m = self.modules[n.target]
+            name = type(m).__name__
+            if isinstance(m, (self.nn.Conv2d, self.nn.Linear)):
+                name += " (not quantized: prepare the model with lowbit.qat.prepare)"
+            elif isinstance(m, (self.nn.BatchNorm2d, self.nn.BatchNorm1d)):
+                name += " (without running statistics)"
+            elif isinstance(m, self.LSQ):
+                name += " (a standalone quantizer outside QConv2d/QLinear)"
+            elif isinstance(m, (self.nn.MaxPool2d, self.nn.AvgPool2d, self.nn.Flatten)):
+                name += f" ({m.extra_repr()}: unsupported options)"
+            return f"module '{n.target}' ({name})"
+        if n.op == "call_function":
+            t = n.target
+            fname = f"{getattr(t, '__module__', '') or ''}.{getattr(t, '__name__', repr(t))}".lstrip(".")
+            return f"function {fname} (node '{n.name}')"
+        if n.op == "call_method":
+            return f"method Tensor.{n.target} (node '{n.name}')"
+        if n.op == "get_attr":
+            return f"parameter/buffer access '{n.target}' (node '{n.name}')"
+        return f"{n.op} '{n.name}'"
+
+    def check_supported(self):
+        bad, inputs = [], 0
+        self.kinds = {}
+        for n in self.graph.nodes:
+            k = self._classify(n)
+            if k is None:
+                bad.append(self._describe(n))
+            elif k == "placeholder":
+                inputs += 1
+            self.kinds[n] = k
+        if inputs != 1:
+            bad.append(f"{inputs} graph inputs (exactly one NCHW tensor input is supported)")
+        if bad:
+            seen = list(dict.fromkeys(bad))
+            raise ConversionError("lowbit.convert: unsupported operations in the model:\n  - " + "\n  - ".join(seen)
+                                  + "\nSupported: QConv2d, QLinear, BatchNorm, ReLU/ReLU6/Hardtanh/clamp, tensor "
+                                  "add, max/avg/adaptive-avg pooling, mean over H,W, flatten/view(B, -1), "
+                                  "Identity, Dropout.")
+
+    # ---- graph building ----------------------------------------------------------------------
+    def eff_users(self, n):
+        out = []
+        for u in n.users:
+            if self.kinds.get(u) == "alias":
+                out += self.eff_users(u)
+            else:
+                out.append(u)
+        return out
+
+    def build(self):
+        self.nodes, self.env, self.pos, self.stage = [], {}, {}, {}
+        self.scale64, self.bias64, self.flatten_srcs = {}, {}, []
+        names = set()
+
+        def add_node(node):
+            self.pos[node.name] = len(self.nodes)
+            self.nodes.append(node)
+            names.add(node.name)
+            return node.name
+
+        def uname(base):
+            base = base.replace(":", "_") or "node"
+            name, i = base, 1
+            while name in names:
+                i += 1
+                name = f"{base}_{i}"
+            return name
+
+        self.uname, self.add_node = uname, add_node
+        out_val = None
+        for n in self.graph.nodes:
+            k = self.kinds[n]
+            if k == "placeholder":
+                b, c, h, w = self.example.shape
+                self.env[n] = add_node(Node(uname("input"), "input", [], {"channels": int(c), "height": int(h),
+                                                                             "width": int(w)}))
+            elif k == "output":
+                arg = n.args[0]
+                if not isinstance(arg, self.fx.Node):
+                    raise ConversionError("lowbit.convert: the model must return a single tensor")
+                out_val = self.env[arg]
+            elif k in ("alias",):
+                self.env[n] = self.env[n.args[0]]
+            elif k == "size":
+                pass
+            else:
+                getattr(self, "_op_" + k)(n)
+        self.finish(out_val)
+
+    def _src(self, n, i=0):
+        a = n.args[i] if len(n.args) > i else None
+        if a is None or not isinstance(a, self.fx.Node):
+            raise ConversionError(f"lowbit.convert: node '{n.name}' has no tensor input")
+        return a
+
+    def _fusable(self, src_fx, max_stage):
+        """IR conv/linear behind src_fx if the fx value has a single (effective) user
+        and the epilogue is still open to the given stage."""
+        v = self.env[src_fx]
+        node = self.nodes[self.pos[v]]
+        if node.op not in ("conv", "linear") or self.stage[v] >= max_stage:
+            return None
+        if len(self.eff_users(src_fx)) != 1:
+            return None
+        return node
+
+    def _op_quantized(self, n):
+        torch = self.torch
+        m = self.modules[n.target]
+        src = self._src(n)
+        aq, wq = m.act_quant, m.weight_quant
+        if aq.per_channel:
+            raise ConversionError(f"lowbit.convert: '{n.target}': per-channel activation quantizers are not "
+                                  "supported")
+        x_in = self.layer_inputs[n]
+        _, levels, a_step = aq.codes(x_in)
+        wcodes, wlevels, w_step = wq.codes(m.weight.detach())
+        a_step = float(a_step.reshape(-1)[0])
+        cout = m.weight.shape[0]
+        w_step = np.broadcast_to(w_step.detach().double().cpu().numpy().reshape(-1), (cout,)).astype(np.float64)
+        wcodes = wcodes.cpu().numpy().astype(np.uint8)
+        scale = np.float64(a_step) * w_step
+        bias = (m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros(cout))
+        attrs = {"w_bits": int(wq.bits), "w_codebook": [int(v) for v in wlevels], "a_bits": int(aq.bits),
+                 "a_codebook": [int(v) for v in levels], "a_step": a_step, "a_signed": bool(aq.signed),
+                 "a_binary": bool(aq.binary_signed), "a_qn": int(aq.qn), "a_qp": int(aq.qp),
+                 "clamp": [None, None], "requant": None, "residual": False, "bn": False,
+                 "source": f"{n.target} ({type(m).__name__})"}
+        if isinstance(m, torch.nn.Conv2d):
+            if isinstance(m.padding, str):
+                if m.padding == "valid":
+                    pad = [0, 0]
+                else:
+                    tot = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+                    if any(t % 2 for t in tot) or any(s != 1 for s in m.stride):
+                        raise ConversionError(f"lowbit.convert: '{n.target}': padding='same' needs "
+                                              "asymmetric padding here, which is not supported")
+                    pad = [t // 2 for t in tot]
+            else:
+                pad = _pair(m.padding)
+            attrs.update(stride=_pair(m.stride), padding=pad, dilation=_pair(m.dilation), groups=int(m.groups))
+            op = "conv"
+        else:
+            if len(self.shapes.get(src) or ()) != 2:
+                raise ConversionError(f"lowbit.convert: '{n.target}': QLinear on a "
+                                      f"{len(self.shapes.get(src) or ())}-D input is not supported (flatten first)")
+            op = "linear"
+        name = self.uname(n.target if n.target not in {x.name for x in self.nodes} else n.name)
+        node = Node(name, op, [self.env[src]], attrs, {"w_codes": wcodes})
+        self.add_node(node)
+        self.scale64[name], self.bias64[name], self.stage[name] = scale, bias, 0
+        self.env[n] = name
+
+    def _op_bn(self, n):
+        m = self.modules[n.target]
+        src = self._src(n)
+        var = m.running_var.detach().double().cpu().numpy()
+        mean = m.running_mean.detach().double().cpu().numpy()
+        gamma = m.weight.detach().double().cpu().numpy() if m.weight is not None else np.ones_like(var)
+        beta = m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros_like(var)
+        g = gamma / np.sqrt(var + m.eps)
+        b = beta - mean * g
+        node = self._fusable(src, 1)
+        if node is not None:
+            self.scale64[node.name] = self.scale64[node.name] * g
+            self.bias64[node.name] = self.bias64[node.name] * g + b
+            node.attrs["bn"] = True
+            node.attrs.setdefault("fused", []).append(n.target)
+            self.stage[node.name] = 1
+            self.env[n] = node.name
+            return
+        name = self.add_node(Node(self.uname(n.target), "affine", [self.env[src]], {"source": n.target},
+                                  {"scale": g.astype(np.float32), "bias": b.astype(np.float32)}))
+        self.env[n] = name
+
+    def _act_bounds(self, n):
+        nn, F = self.nn, self.F
+
+        def arg(i, key, default):
+            if len(n.args) > i:
+                return n.args[i]
+            return n.kwargs.get(key, default)
+
+        if n.op == "call_module":
+            m = self.modules[n.target]
+            if isinstance(m, nn.ReLU6):
+                return 0.0, 6.0
+            if isinstance(m, nn.Hardtanh):
+                return float(m.min_val), float(m.max_val)
+            return 0.0, None
+        t = n.target
+        if t in (F.relu, self.torch.relu, "relu", "relu_"):
+            return 0.0, None
+        if t is F.relu6:
+            return 0.0, 6.0
+        if t is F.hardtanh:
+            return float(arg(1, "min_val", -1.0)), float(arg(2, "max_val", 1.0))
+        lo, hi = arg(1, "min", None), arg(2, "max", None)
+        for v in (lo, hi):
+            if v is not None and not isinstance(v, (int, float)):
+                raise ConversionError(f"lowbit.convert: clamp with tensor bounds (node '{n.name}') is not supported")
+        return (None if lo is None else float(lo)), (None if hi is None else float(hi))
+
+    def _op_act(self, n):
+        src = self._src(n)
+        lo, hi = self._act_bounds(n)
+        node = self._fusable(src, 3)
+        if node is not None:
+            node.attrs["clamp"] = [lo, hi]
+            node.attrs.setdefault("fused", []).append(n.target if n.op == "call_module" else n.name)
+            self.stage[node.name] = 3
+            self.env[n] = node.name
+            return
+        self.env[n] = self.add_node(Node(self.uname(str(n.target) if n.op == "call_module" else n.name), "clamp",
+                                         [self.env[src]], {"clamp": [lo, hi]}))
+
+    def _op_add(self, n):
+        a, b = n.args
+        if not (isinstance(a, self.fx.Node) and isinstance(b, self.fx.Node)):
+            raise ConversionError(f"lowbit.convert: add of a tensor and a constant (node '{n.name}') is not supported")
+        va, vb = self.env[a], self.env[b]
+        same_shape = self.shapes.get(a) == self.shapes.get(b)
+        best = None
+        if va != vb and same_shape:
+            for fxv, v, other in ((a, va, vb), (b, vb, va)):
+                node = self._fusable(fxv, 2)
+                if node is not None and self.pos[other] < self.pos[v]:
+                    if best is None or self.pos[v] > self.pos[best[0].name]:
+                        best = (node, other)
+        if best is not None:
+            node, other = best
+            node.inputs.append(other)
+            node.attrs["residual"] = True
+            node.attrs.setdefault("fused", []).append(n.name)
+            self.stage[node.name] = 2
+            self.env[n] = node.name
+            return
+        if not same_shape:
+            raise ConversionError(f"lowbit.convert: broadcasting add (node '{n.name}', shapes "
+                                  f"{self.shapes.get(a)} and {self.shapes.get(b)}) is not supported")
+        self.env[n] = self.add_node(Node(self.uname(n.name), "add", [va, vb]))
+
+    def _pool_params(self, n, kind):
+        def arg(i, key, default):
+            if len(n.args) > i:
+                return n.args[i]
+            return n.kwargs.get(key, default)
+
+        if n.op == "call_module":
+            m = self.modules[n.target]
+            if kind == "adaptive_avgpool":
+                return {"output_size": self._osize(m.output_size)}
+            k = _pair(m.kernel_size)
+            p = {"kernel": k, "stride": _pair(m.stride if m.stride is not None else m.kernel_size),
+                 "padding": _pair(m.padding)}
+            if kind == "maxpool":
+                p["dilation"] = _pair(m.dilation)
+            else:
+                p["count_include_pad"] = bool(m.count_include_pad)
+            return p
+        if kind == "adaptive_avgpool":
+            return {"output_size": self._osize(arg(1, "output_size", None))}
+        k = _pair(arg(1, "kernel_size", None))
+        stride = arg(2, "stride", None)
+        p = {"kernel": k, "stride": _pair(stride) if stride not in (None, [], ()) else list(k),
+             "padding": _pair(arg(3, "padding", 0))}
+        if kind == "maxpool":
+            p["dilation"] = _pair(arg(4, "dilation", 1))
+            if arg(5, "ceil_mode", False) or arg(6, "return_indices", False):
+                raise ConversionError(f"lowbit.convert: max_pool2d with ceil_mode/return_indices (node '{n.name}')")
+        else:
+            if arg(4, "ceil_mode", False) or arg(6, "divisor_override", None) is not None:
+                raise ConversionError(f"lowbit.convert: avg_pool2d with ceil_mode/divisor_override "
+                                      f"(node '{n.name}')")
+            p["count_include_pad"] = bool(arg(5, "count_include_pad", True))
+        return p
+
+    @staticmethod
+    def _osize(s):
+        if isinstance(s, (tuple, list)):
+            return [None if v is None else int(v) for v in s]
+        return [int(s), int(s)]
+
+    def _pool(self, n, kind):
+        src = self._src(n)
+        if len(self.shapes.get(src) or ()) != 4:
+            raise ConversionError(f"lowbit.convert: pooling of a non-4-D tensor (node '{n.name}')")
+        name = self.uname(str(n.target) if n.op == "call_module" else n.name)
+        self.env[n] = self.add_node(Node(name, kind, [self.env[src]], self._pool_params(n, kind)))
+
+    def _op_maxpool(self, n):
+        self._pool(n, "maxpool")
+
+    def _op_avgpool(self, n):
+        self._pool(n, "avgpool")
+
+    def _op_adaptive_avgpool(self, n):
+        self._pool(n, "adaptive_avgpool")
+
+    def _op_mean(self, n):
+        src = self._src(n)
+        keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+        name = self.add_node(Node(self.uname(n.name), "adaptive_avgpool", [self.env[src]], {"output_size": [1, 1]}))
+        if not keep:
+            self.flatten_srcs.append(name)
+            name = self.add_node(Node(self.uname(n.name + "_flatten"), "flatten", [name]))
+        self.env[n] = name
+
+    def _op_flatten(self, n):
+        src = self._src(n)
+        if len(self.shapes.get(src) or ()) == 2:
+            self.env[n] = self.env[src]
+            return
+        if len(self.shapes.get(src) or ()) != 4:
+            raise ConversionError(f"lowbit.convert: flatten of a {len(self.shapes.get(src) or ())}-D tensor "
+                                  f"(node '{n.name}')")
+        self.flatten_srcs.append(self.env[src])
+        name = self.uname(str(n.target) if n.op == "call_module" else n.name)
+        self.env[n] = self.add_node(Node(name, "flatten", [self.env[src]]))
+
+    # ---- activation representation and cleanup -----------------------------------------------
+    def finish(self, out_val):
+        nodes = self.nodes
+        # keep only what the output needs
+        need, by_name = {out_val}, {nd.name: nd for nd in nodes}
+        for nd in reversed(nodes):
+            if nd.name in need:
+                need.update(nd.inputs)
+        nodes = [nd for nd in nodes if nd.name in need]
+        if nodes[-1].name != out_val:
+            raise ConversionError("lowbit.convert: internal error: output is not the last node")
+        # epilogue parameters
+        for nd in nodes:
+            if nd.op in ("conv", "linear"):
+                nd.arrays["scale"] = self.scale64[nd.name].astype(np.float32)
+                nd.arrays["bias"] = self.bias64[nd.name].astype(np.float32)
+                if not (np.all(np.isfinite(nd.arrays["scale"])) and np.all(np.isfinite(nd.arrays["bias"]))):
+                    raise ValueError(f"lowbit.convert: '{nd.name}': non-finite folded scale/bias "
+                                     "(BatchNorm running_var + eps <= 0?)")
+        # readers of each value: 'q' = quantized input of a conv/linear, 'f' = anything else
+        readers = {}
+        for nd in nodes:
+            for i, s in enumerate(nd.inputs):
+                role = "q" if (nd.op in ("conv", "linear") and i == 0) else "f"
+                readers.setdefault(s, []).append((nd, role))
+
+        def key(nd):
+            a = nd.attrs
+            return (a["a_bits"], a["a_signed"], a["a_binary"], np.float32(a["a_step"]).tobytes())
+
+        quant_nodes, before = {}, {}
+        for nd in nodes:
+            if nd.op not in ("conv", "linear"):
+                continue
+            v = nd.inputs[0]
+            prod = by_name[v]
+            rd = readers[v]
+            codes_ok = (self.requant and prod.op in ("conv", "linear") and v != out_val
+                        and all(role == "q" and key(r) == key(nd) for r, role in rd)
+                        and not nd.attrs["a_binary"])
+            if codes_ok:
+                a = nd.attrs
+                prod.attrs["requant"] = {"bits": a["a_bits"], "step": a["a_step"], "signed": a["a_signed"]}
+                continue
+            k = (v,) + key(nd)
+            qname = quant_nodes.get(k)
+            if qname is None:
+                a = nd.attrs
+                qname = self.uname(f"{nd.name}.quant")
+                q = Node(qname, "quantize", [v], {"bits": a["a_bits"], "signed": a["a_signed"],
+                                                  "binary": a["a_binary"], "qn": a["a_qn"], "qp": a["a_qp"],
+                                                  "step": a["a_step"], "levels": a["a_codebook"]})
+                quant_nodes[k] = qname
+                before.setdefault(nd.name, []).append(q)
+            nd.inputs[0] = qname
+        ordered = []
+        for nd in nodes:
+            ordered += before.get(nd.name, [])
+            ordered.append(nd)
+        # spatial size: free iff every flatten reads a 1x1 global pooling
+        spatial_fixed = False
+        for nd in ordered:
+            if nd.op == "flatten":
+                src = by_name.get(nd.inputs[0])
+                if not (src is not None and src.op == "adaptive_avgpool" and src.attrs["output_size"] == [1, 1]):
+                    spatial_fixed = True
+        ordered[0].attrs["spatial_fixed"] = spatial_fixed
+        self.nodes = ordered
+
+
+def convert(qat, example_input, requant_in_epilogue: bool = True) -> Model:
+    """Convert a :func:`lowbit.qat.prepare` model into a :class:`lowbit.Model`.
+
+    ``example_input``: a float32 NCHW batch (torch tensor or NumPy array) of the
+    size the model is used at; see the module docstring for what must match.
+    Raises :class:`ConversionError` (a NotImplementedError) listing every
+    unsupported module or function.
+    """
+    torch = _torch()
+    if not isinstance(qat, torch.nn.Module):
+        raise TypeError(f"qat: expected a torch.nn.Module from lowbit.qat.prepare, got {type(qat).__name__}")
+    conv = _Converter(qat, example_input, requant_in_epilogue)
+    conv.trace()
+    conv.build()
+    meta = {"source_model": type(qat).__name__, "example_input_shape": list(conv.example.shape),
+            "requant_in_epilogue": bool(requant_in_epilogue), "torch_version": torch.__version__}
+    return Model(conv.nodes, meta)

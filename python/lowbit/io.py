@@ -1,0 +1,192 @@
+"""Save and load :class:`lowbit.Model` files (NumPy only).
+
+File format, version 1 (all integers little-endian)::
+
+    offset      size  field
+    0           8     magic  b"LOWBITMD"
+    8           4     format version (uint32) = 1
+    12          4     H: header length in bytes (uint32)
+    16          8     D: data length in bytes (uint64)
+    24          H     header: UTF-8 JSON (below)
+    24+H        D     data: the tensors, each starting at a multiple of 16 from the data start
+    24+H+D      4     CRC-32 (zlib.crc32) of bytes [0, 24+H+D)
+
+The file is exactly 28 + H + D bytes. The header JSON is::
+
+    {"format": "lowbit.Model", "format_version": 1, "lowbit_version": "...",
+     "graph": {"version": 1, "meta": {...},
+               "nodes": [{"name", "op", "inputs", "attrs"}, ...]},   # runtime.py docstring
+     "tensors": [{"node", "key", "encoding", "dtype", "shape", "offset", "nbytes"}, ...]}
+
+Tensor encodings:
+
+* ``"packed_weights"``: weight codes of 1-4-bit layers as
+  :meth:`lowbit.PackedWeights.to_bytes` (its own header, codebook and CRC),
+  rows = output channels, K = the remaining axes flattened in C order;
+  ``shape`` is the logical code shape, e.g. (Cout, Cin/groups, kh, kw).
+* ``"raw"``: C-order bytes of ``dtype`` (``<f4`` float32 scale/bias, ``|u1``
+  8-bit weight codes, which are their own dense packing).
+
+:func:`load` checks, in order: magic (foreign file), format version (files of
+another version are refused, not guessed at), lengths (truncated or extended
+files), CRC-32 (corruption), JSON and graph consistency; each failure raises
+:class:`LowbitFormatError` (a ValueError) saying which.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+
+import numpy as np
+
+from .packing import PackedWeights
+from .runtime import Model, Node
+
+__all__ = ["LowbitFormatError", "MAGIC", "FORMAT_VERSION", "load", "save", "to_bytes", "from_bytes"]
+
+MAGIC = b"LOWBITMD"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<8sIIQ")  # magic, version, header length, data length
+_ALIGN = 16
+_DTYPES = {"<f4": np.float32, "|u1": np.uint8, "<i4": np.int32}
+
+
+class LowbitFormatError(ValueError):
+    """A file is not a valid lowbit model file (foreign, truncated, corrupted, other version)."""
+
+
+def _encode(arr: np.ndarray, key: str, bits: int | None):
+    if key == "w_codes" and bits is not None and bits <= 4:
+        pw = PackedWeights.from_codes(np.ascontiguousarray(arr.reshape(arr.shape[0], -1)), bits)
+        return "packed_weights", pw.to_bytes()
+    dt = np.dtype(arr.dtype).newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype
+    code = dt.str
+    if code not in _DTYPES:
+        raise TypeError(f"cannot store tensor {key!r} of dtype {arr.dtype}")
+    return "raw", np.ascontiguousarray(arr, dtype=dt).tobytes()
+
+
+def to_bytes(model: Model) -> bytes:
+    """The file contents of ``model`` (see the module docstring)."""
+    from . import __version__
+
+    tensors, chunks, offset = [], [], 0
+    for n in model.nodes:
+        for key, arr in n.arrays.items():
+            enc, blob = _encode(arr, key, n.attrs.get("w_bits"))
+            pad = (-offset) % _ALIGN
+            if pad:
+                chunks.append(b"\0" * pad)
+                offset += pad
+            tensors.append({"node": n.name, "key": key, "encoding": enc, "dtype": np.dtype(arr.dtype).str,
+                            "shape": list(arr.shape), "offset": offset, "nbytes": len(blob)})
+            chunks.append(blob)
+            offset += len(blob)
+    header = json.dumps({"format": "lowbit.Model", "format_version": FORMAT_VERSION,
+                         "lowbit_version": __version__, "graph": model.graph(), "tensors": tensors},
+                        separators=(",", ":"), allow_nan=False).encode("utf-8")
+    data = b"".join(chunks)
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), len(data)) + header + data
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def save(model: Model, path) -> None:
+    """Write ``model`` to ``path`` atomically (a temporary file, then rename)."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model: expected lowbit.Model, got {type(model).__name__}")
+    blob = to_bytes(model)
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(blob)
+    os.replace(tmp, path)
+
+
+def _foreign_hint(data: bytes) -> str:
+    if data[:2] == b"PK":
+        return " (it looks like a zip archive, e.g. a PyTorch checkpoint: convert the model with lowbit.convert)"
+    if data[:6] == b"\x93NUMPY":
+        return " (it looks like a .npy array)"
+    if data[:8] == b"LOWBITPW":
+        return " (it is a PackedWeights payload, not a model: use lowbit.PackedWeights.from_bytes)"
+    return ""
+
+
+def from_bytes(data, source: str = "data") -> Model:
+    """Parse and verify a model file's contents (see the module docstring)."""
+    data = bytes(data)
+    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+        if len(data) < len(MAGIC) and MAGIC.startswith(data):
+            raise LowbitFormatError(f"{source}: truncated lowbit model file ({len(data)} bytes)")
+        raise LowbitFormatError(f"{source}: not a lowbit model file (bad magic){_foreign_hint(data)}")
+    if len(data) < _PREFIX.size:
+        raise LowbitFormatError(f"{source}: truncated lowbit model file ({len(data)} bytes, shorter than "
+                                f"its {_PREFIX.size}-byte prefix)")
+    _, version, hlen, dlen = _PREFIX.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise LowbitFormatError(f"{source}: lowbit model format version {version} is not supported "
+                                f"(this lowbit reads version {FORMAT_VERSION}); re-save it with a matching lowbit")
+    expected = _PREFIX.size + hlen + dlen + 4
+    if len(data) < expected:
+        raise LowbitFormatError(f"{source}: truncated lowbit model file ({len(data)} bytes, expected {expected})")
+    if len(data) > expected:
+        raise LowbitFormatError(f"{source}: {len(data) - expected} unexpected bytes after the end of the "
+                                f"lowbit model ({len(data)} bytes, expected {expected})")
+    (crc,) = struct.unpack_from("<I", data, expected - 4)
+    if crc != zlib.crc32(memoryview(data)[:expected - 4]):
+        raise LowbitFormatError(f"{source}: checksum mismatch: the lowbit model file is corrupted")
+    try:
+        header = json.loads(data[_PREFIX.size:_PREFIX.size + hlen].decode("utf-8"))
+        graph, tensors = header["graph"], header["tensors"]
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise LowbitFormatError(f"{source}: unreadable header ({exc})") from exc
+    base = _PREFIX.size + hlen
+    try:
+        return _build(graph, tensors, data, base, dlen)
+    except LowbitFormatError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise LowbitFormatError(f"{source}: inconsistent model ({type(exc).__name__}: {exc})") from exc
+
+
+def _build(graph, tensors, data, base, dlen) -> Model:
+    if graph.get("version") != Model.FORMAT_GRAPH_VERSION:
+        raise LowbitFormatError(f"graph version {graph.get('version')} is not supported")
+    arrays = {}
+    for t in tensors:
+        off, nb = int(t["offset"]), int(t["nbytes"])
+        if off < 0 or nb < 0 or off + nb > dlen:
+            raise LowbitFormatError(f"tensor {t['node']}.{t['key']} lies outside the data section")
+        blob = data[base + off: base + off + nb]
+        shape = tuple(int(s) for s in t["shape"])
+        if t["encoding"] == "packed_weights":
+            pw = PackedWeights.from_bytes(blob)
+            if (pw.N, pw.K) != (shape[0], int(np.prod(shape[1:]))):
+                raise LowbitFormatError(f"tensor {t['node']}.{t['key']}: packed shape {(pw.N, pw.K)} "
+                                        f"does not match {shape}")
+            arr = pw.codes().reshape(shape).copy()
+        elif t["encoding"] == "raw":
+            dt = _DTYPES.get(t["dtype"])
+            if dt is None:
+                raise LowbitFormatError(f"tensor {t['node']}.{t['key']}: unknown dtype {t['dtype']!r}")
+            if nb != int(np.prod(shape)) * np.dtype(dt).itemsize:
+                raise LowbitFormatError(f"tensor {t['node']}.{t['key']}: {nb} bytes for shape {shape}")
+            arr = np.frombuffer(blob, dt).reshape(shape).copy()
+        else:
+            raise LowbitFormatError(f"tensor {t['node']}.{t['key']}: unknown encoding {t['encoding']!r}")
+        arrays.setdefault(t["node"], {})[t["key"]] = arr
+    nodes = [Node(d["name"], d["op"], d["inputs"], d["attrs"], arrays.pop(d["name"], {})) for d in graph["nodes"]]
+    if arrays:
+        raise LowbitFormatError(f"tensors for unknown nodes: {sorted(arrays)}")
+    return Model(nodes, graph.get("meta"))
+
+
+def load(path) -> Model:
+    """Read a model written by :meth:`lowbit.Model.save`; raises :class:`LowbitFormatError`
+    on a foreign, truncated, corrupted or other-version file."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    return from_bytes(data, source=path)

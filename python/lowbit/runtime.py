@@ -1,0 +1,638 @@
+"""``lowbit.Model``: a small graph runtime for converted low-bit CNNs.
+
+The runtime needs only NumPy and lowbit's kernels; it never imports torch
+(:func:`lowbit.convert` builds a Model from a PyTorch QAT model; a saved Model
+loads with :func:`lowbit.load` on a machine without torch).
+
+Graph
+-----
+A Model is a list of nodes in execution order. Every node has a unique
+``name``, an ``op``, the names of its ``inputs``, JSON-able ``attrs`` and
+NumPy ``arrays``. A value flowing between nodes is either
+
+* **float**: float32, NHWC ``(B, H, W, C)`` for feature maps, ``(B, F)`` after
+  flatten/linear; or
+* **codes**: uint8 codes of a uniform integer grid (``attrs['levels']`` of the
+  producer), NHWC or ``(B, F)``, carried as :class:`CodeTensor` (the kernel
+  path keeps the :class:`lowbit.PackedActivations` inside it, so packing done
+  for one consumer is reused).
+
+Ops (inputs -> output):
+
+``input``           NCHW float32 from the caller -> NHWC float32 (a view)
+``quantize``        float -> codes. LSQ exactly as torch computes it:
+                    ``q = round_half_even(clamp(x / step, Qn, Qp))`` in float32
+                    with a true division (1-bit signed: ``code = x >= 0``)
+``dequantize``      codes -> float: ``float32(level) * float32(step)``
+``conv``            codes [, float residual] -> float or codes. ``lowbit.conv2d``
+                    with the fused :class:`lowbit.Epilogue`: scale, bias (folded
+                    BatchNorm), + residual, clamp (ReLU/ReLU6/clamp), then float32
+                    or requantized codes (``attrs['requant']``)
+``linear``          codes (B, K) -> float or codes, ``lowbit.linear`` + epilogue
+``add``             float + float -> float (float32 add)
+``clamp``           float -> float (ReLU = clamp(0, inf))
+``affine``          float -> float, per-channel ``x * scale + bias`` (a BatchNorm that
+                    could not be folded into a conv epilogue)
+``maxpool``         float -> float (padding never wins: it is -inf)
+``avgpool``         float -> float (float64 sums, like torch's CPU kernel)
+``adaptive_avgpool`` float -> float (torch's start/end index rule)
+``flatten``         NHWC -> (B, C*H*W) in torch's NCHW order (float or codes)
+
+The model output is the value of the last node: float32 (B, F) logits (a 4-D
+output is returned as NCHW).
+
+Representation choices (see docs/pipeline.md): a conv/linear whose output is
+read only by quantized layers that share one activation quantizer requantizes
+in its epilogue (codes stay packed between layers); an output that also feeds
+a float op (a residual add, pooling, a second quantizer) is emitted as float32
+and quantized by a ``quantize`` node per quantizer, with torch's division
+semantics. Residual adds fold into the epilogue of the later conv of the pair.
+
+Execution
+---------
+``m(x)`` runs the kernels. :meth:`Model.run_reference` runs the same graph with
+the slow NumPy oracles (:func:`lowbit.reference.conv2d`, ``reference.gemm`` and
+``reference.epilogue``); the two agree bit for bit on every code and every
+float (the epilogue is specified exactly), which :meth:`Model.trace` lets a
+test check node by node.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import _dispatch
+from . import reference as _ref
+from .epilogue import Epilogue, Requant
+from .packing import PackedActivations, PackedWeights
+
+__all__ = ["CodeTensor", "Model", "Node", "OPS"]
+
+OPS = ("input", "quantize", "dequantize", "conv", "linear", "add", "clamp", "affine", "maxpool", "avgpool",
+       "adaptive_avgpool", "flatten")
+_QUANTIZED = ("conv", "linear")
+
+
+class CodeTensor:
+    """uint8 codes (NHWC or (B, F)) of integer levels ``levels`` (code c stands
+    for levels[c]) with their ``step``; ``packed`` is the PackedActivations
+    they came in (kernel path), reused so a consumer does not repack."""
+
+    __slots__ = ("codes", "bits", "levels", "step", "packed")
+
+    def __init__(self, codes: np.ndarray, bits: int, levels, step: float, packed=None):
+        self.codes = codes
+        self.bits = int(bits)
+        self.levels = np.asarray(levels, dtype=np.int32)
+        self.step = float(step)
+        self.packed = packed
+
+    @property
+    def shape(self):
+        return self.codes.shape
+
+    def as_packed(self) -> PackedActivations:
+        """PackedActivations for the kernels: NHWC for 4-D codes, (M, K) for 2-D."""
+        if self.packed is None:
+            c = np.ascontiguousarray(self.codes)
+            if c.ndim == 4:
+                pa = PackedActivations(c.reshape(-1, c.shape[3]), self.bits, self.levels)
+                pa.shape = c.shape
+            else:
+                pa = PackedActivations(c, self.bits, self.levels)
+            self.packed = pa
+        return self.packed
+
+
+class Node:
+    """One graph node (see the module docstring for ops and attrs)."""
+
+    __slots__ = ("name", "op", "inputs", "attrs", "arrays", "kernel", "out_shape", "_cache")
+
+    def __init__(self, name: str, op: str, inputs=(), attrs=None, arrays=None):
+        if op not in OPS:
+            raise ValueError(f"node {name!r}: unknown op {op!r} (known: {', '.join(OPS)})")
+        self.name = str(name)
+        self.op = op
+        self.inputs = [str(i) for i in inputs]
+        self.attrs = dict(attrs or {})
+        self.arrays = dict(arrays or {})
+        self.kernel = None      # registry name of the kernel its last kernel-path run used
+        self.out_shape = None   # output shape of the last run
+        self._cache = {}
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "op": self.op, "inputs": list(self.inputs), "attrs": self.attrs}
+
+    def weight_bytes(self) -> int:
+        """Bytes this node needs at inference: packed weight codes + float32 arrays."""
+        n = 0
+        for key, arr in self.arrays.items():
+            if key == "w_codes":
+                bits = self.attrs["w_bits"]
+                rows = arr.shape[0]
+                k = int(np.prod(arr.shape[1:]))
+                n += rows * ((k * bits + 7) // 8)
+            else:
+                n += arr.nbytes
+        return n
+
+    def __repr__(self):
+        return f"Node({self.name!r}, {self.op!r}, inputs={self.inputs})"
+
+
+def _bounds(attrs):
+    lo, hi = attrs.get("clamp", [None, None])
+    return (-np.inf if lo is None else np.float32(lo)), (np.inf if hi is None else np.float32(hi))
+
+
+def _to_numpy(x):
+    """float32 NCHW NumPy array from a NumPy array or a torch tensor (duck-typed: no torch import)."""
+    if not isinstance(x, np.ndarray):
+        if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
+            x = x.detach().cpu().numpy()
+        else:
+            raise TypeError(f"x: expected a float32 NCHW numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        if x.dtype.kind != "f":
+            raise TypeError(f"x: expected float32 values, got dtype {x.dtype}")
+        x = x.astype(np.float32)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Float ops shared by the kernel path and the reference path (plain NumPy).
+
+def quantize(x: np.ndarray, attrs) -> np.ndarray:
+    """LSQ codes of float32 ``x``: clamp(round_half_even(x / step), Qn, Qp) - Qn, computed in
+    float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0)."""
+    if attrs.get("binary"):
+        return (x >= 0).astype(np.uint8)
+    q = np.divide(x, np.float32(attrs["step"]), dtype=np.float32)
+    q = np.clip(q, np.float32(attrs["qn"]), np.float32(attrs["qp"]))
+    q = np.rint(q)
+    return (q - np.float32(attrs["qn"])).astype(np.uint8)
+
+
+def dequantize(c: CodeTensor) -> np.ndarray:
+    lv = c.levels.astype(np.float32)
+    return lv[c.codes] * np.float32(c.step)
+
+
+def _pool_windows(x, kernel, stride, padding, dilation, pad_value):
+    """Yield the (B, OH, OW, C) strided views of each kernel tap of padded NHWC x."""
+    b, h, w, c = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"pooling: input {h}x{w} is too small for a {kh}x{kw} window")
+    if ph or pw:
+        xp = np.full((b, h + 2 * ph, w + 2 * pw, c), pad_value, x.dtype)
+        xp[:, ph:ph + h, pw:pw + w] = x
+    else:
+        xp = x
+    for ky in range(kh):
+        for kx in range(kw):
+            y0, x0 = ky * dh, kx * dw
+            yield xp[:, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw], (oh, ow)
+
+
+def maxpool(x, attrs):
+    out = None
+    for v, _ in _pool_windows(x, attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"],
+                              -np.inf):
+        out = v.copy() if out is None else np.maximum(out, v, out=out)
+    return out
+
+
+def avgpool(x, attrs):
+    acc, ones = None, None
+    (kh, kw), (ph, pw) = attrs["kernel"], attrs["padding"]
+    for v, (oh, ow) in _pool_windows(x.astype(np.float64), attrs["kernel"], attrs["stride"], attrs["padding"],
+                                     (1, 1), 0.0):
+        acc = v.copy() if acc is None else acc + v
+    if attrs["count_include_pad"] or (ph == 0 and pw == 0):
+        return (acc / (kh * kw)).astype(np.float32)
+    # divisor = number of non-padding taps of each window
+    b, h, w, c = x.shape
+    one = np.ones((1, h, w, 1))
+    for v, _ in _pool_windows(one, attrs["kernel"], attrs["stride"], attrs["padding"], (1, 1), 0.0):
+        ones = v.copy() if ones is None else ones + v
+    return (acc / ones).astype(np.float32)
+
+
+def adaptive_avgpool(x, attrs):
+    b, h, w, c = x.shape
+    oh, ow = attrs["output_size"]
+    oh = h if oh is None else oh
+    ow = w if ow is None else ow
+    if (oh, ow) == (1, 1):
+        return x.astype(np.float64).mean(axis=(1, 2), keepdims=True).astype(np.float32)
+    out = np.empty((b, oh, ow, c), np.float32)
+    for i in range(oh):
+        y0, y1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+        for j in range(ow):
+            x0, x1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+            out[:, i, j] = x[:, y0:y1, x0:x1].astype(np.float64).mean(axis=(1, 2))
+    return out
+
+
+def _flatten(v):
+    if isinstance(v, CodeTensor):
+        c = v.codes
+        if c.ndim == 4:
+            c = np.ascontiguousarray(c.transpose(0, 3, 1, 2)).reshape(c.shape[0], -1)
+        return CodeTensor(c, v.bits, v.levels, v.step)
+    if v.ndim == 4:
+        return np.ascontiguousarray(v.transpose(0, 3, 1, 2)).reshape(v.shape[0], -1)
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+
+class Model:
+    """A converted low-bit network: ``logits = m(x)``.
+
+    Build one with :func:`lowbit.convert` (from a PyTorch QAT model) or
+    :func:`lowbit.load`. ``x``: float32 NCHW (NumPy array or torch tensor), any
+    batch size; returns float32 NumPy logits.
+    """
+
+    FORMAT_GRAPH_VERSION = 1
+
+    def __init__(self, nodes, meta=None):
+        self.nodes = list(nodes)
+        self.meta = dict(meta or {})
+        self._by_name = {}
+        self._validate()
+
+    # ---- structure ---------------------------------------------------------------------------
+    def _validate(self):
+        if not self.nodes or self.nodes[0].op != "input":
+            raise ValueError("graph: the first node must be the 'input' node")
+        for i, n in enumerate(self.nodes):
+            if n.name in self._by_name:
+                raise ValueError(f"graph: duplicate node name {n.name!r}")
+            if n.op == "input" and i:
+                raise ValueError("graph: exactly one 'input' node is supported")
+            for src in n.inputs:
+                if src not in self._by_name:
+                    raise ValueError(f"graph: node {n.name!r} reads {src!r}, which is not computed before it")
+            self._check_node(n)
+            self._by_name[n.name] = n
+
+    @staticmethod
+    def _check_node(n: Node):
+        need = {"input": 0, "quantize": 1, "dequantize": 1, "add": 2, "clamp": 1, "affine": 1, "maxpool": 1,
+                "avgpool": 1, "adaptive_avgpool": 1, "flatten": 1}
+        if n.op in need and len(n.inputs) != need[n.op]:
+            raise ValueError(f"node {n.name!r} ({n.op}): expected {need[n.op]} inputs, got {len(n.inputs)}")
+        if n.op in _QUANTIZED:
+            a = n.attrs
+            want = 1 + bool(a.get("residual"))
+            if len(n.inputs) != want:
+                raise ValueError(f"node {n.name!r} ({n.op}): expected {want} inputs, got {len(n.inputs)}")
+            w = n.arrays.get("w_codes")
+            if not isinstance(w, np.ndarray) or w.dtype != np.uint8:
+                raise ValueError(f"node {n.name!r}: missing uint8 'w_codes'")
+            if (n.op == "conv" and w.ndim != 4) or (n.op == "linear" and w.ndim != 2):
+                raise ValueError(f"node {n.name!r}: w_codes has shape {w.shape}")
+            cout = w.shape[0]
+            for key in ("scale", "bias"):
+                arr = n.arrays.get(key)
+                if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != (cout,):
+                    raise ValueError(f"node {n.name!r}: '{key}' must be float32 of shape ({cout},)")
+            if w.size and int(w.max()) >= (1 << a["w_bits"]):
+                raise ValueError(f"node {n.name!r}: weight code out of range for {a['w_bits']} bits")
+            if len(a["w_codebook"]) != 1 << a["w_bits"] or len(a["a_codebook"]) != 1 << a["a_bits"]:
+                raise ValueError(f"node {n.name!r}: codebook sizes do not match the bit widths")
+        if n.op == "affine":
+            c = n.arrays.get("scale")
+            if c is None or n.arrays.get("bias") is None or c.shape != n.arrays["bias"].shape:
+                raise ValueError(f"node {n.name!r}: affine needs 'scale' and 'bias' of one shape")
+
+    def node(self, name: str) -> Node:
+        return self._by_name[name]
+
+    @property
+    def input_shape(self):
+        """(C, H, W) of the example input given to convert()."""
+        a = self.nodes[0].attrs
+        return (a["channels"], a["height"], a["width"])
+
+    @property
+    def spatial_fixed(self) -> bool:
+        """True when the input H x W must equal the example input's (e.g. flatten of a
+        spatial map into a linear layer); False when any size that the convolutions
+        accept works (global pooling before the classifier)."""
+        return bool(self.nodes[0].attrs.get("spatial_fixed", True))
+
+    def graph(self) -> dict:
+        return {"version": self.FORMAT_GRAPH_VERSION, "nodes": [n.to_dict() for n in self.nodes],
+                "meta": self.meta}
+
+    # ---- execution ---------------------------------------------------------------------------
+    def __call__(self, x, batch_size: int = 256) -> np.ndarray:
+        return self.run(x, batch_size=batch_size)
+
+    def run(self, x, batch_size: int = 256, reference: bool = False, profile: dict | None = None) -> np.ndarray:
+        """Logits for float32 NCHW ``x``, ``batch_size`` images at a time (results do
+        not depend on it). ``reference=True`` runs the NumPy oracles instead of the
+        kernels. ``profile``: a dict that receives per-node CPU seconds (summed)."""
+        x = self._check_input(x)
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        outs = [self._execute(x[i:i + batch_size], reference, None, profile)
+                for i in range(0, max(len(x), 1), batch_size)]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def run_reference(self, x, batch_size: int = 64) -> np.ndarray:
+        """Logits from the slow NumPy reference executor (lowbit.reference oracles)."""
+        return self.run(x, batch_size=batch_size, reference=True)
+
+    def trace(self, x, reference: bool = False) -> dict:
+        """{node name: output} for one run: uint8 codes (CodeTensor.codes) or float32 arrays."""
+        x = self._check_input(x)
+        values = {}
+        self._execute(x, reference, values, None)
+        return {k: (v.codes if isinstance(v, CodeTensor) else v) for k, v in values.items()}
+
+    def _check_input(self, x):
+        x = _to_numpy(x)
+        c, h, w = self.input_shape
+        if x.ndim != 4:
+            raise ValueError(f"x: expected a 4-D NCHW batch (N, {c}, H, W), got shape {x.shape}")
+        if x.shape[1] != c:
+            raise ValueError(f"x: expected {c} channels (NCHW), got shape {x.shape}")
+        if self.spatial_fixed and x.shape[2:] != (h, w):
+            raise ValueError(f"x: this model needs {h}x{w} inputs (the example_input size; it flattens a "
+                             f"spatial map into a linear layer), got {x.shape[2]}x{x.shape[3]}")
+        if x.shape[0] == 0:
+            raise ValueError("x: empty batch")
+        return x
+
+    def _execute(self, x, reference, record, profile):
+        vals = {}
+        last_use = self._last_use()
+        clock = time.thread_time
+        for i, n in enumerate(self.nodes):
+            t0 = clock() if profile is not None else 0.0
+            if n.op == "input":
+                out = x.transpose(0, 2, 3, 1)
+            else:
+                args = [vals[s] for s in n.inputs]
+                out = self._run_node(n, args, reference)
+            if profile is not None:
+                profile[n.name] = profile.get(n.name, 0.0) + clock() - t0
+            n.out_shape = tuple(out.shape)
+            vals[n.name] = out
+            if record is not None:
+                record[n.name] = out
+            else:
+                for s in last_use.get(i, ()):
+                    del vals[s]
+        out = vals[self.nodes[-1].name]
+        if isinstance(out, CodeTensor):
+            out = dequantize(out)
+        if out.ndim == 4:
+            out = out.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _last_use(self):
+        if "last_use" not in self.__dict__.setdefault("_memo", {}):
+            last = {}
+            for i, n in enumerate(self.nodes):
+                for s in n.inputs:
+                    last[s] = i
+            by_index = {}
+            final = self.nodes[-1].name
+            for s, i in last.items():
+                if s != final:
+                    by_index.setdefault(i, []).append(s)
+            self._memo["last_use"] = by_index
+        return self._memo["last_use"]
+
+    def _run_node(self, n: Node, args, reference: bool):
+        op, a = n.op, n.attrs
+        if op == "quantize":
+            x = args[0]
+            if isinstance(x, CodeTensor):
+                raise RuntimeError(f"node {n.name!r}: quantize got codes")
+            return CodeTensor(quantize(x, a), a["bits"], a["levels"], a["step"])
+        if op == "dequantize":
+            return dequantize(args[0])
+        if op in _QUANTIZED:
+            return self._run_quantized(n, args, reference)
+        x = args[0]
+        if op == "flatten":
+            return _flatten(x)
+        if isinstance(x, CodeTensor):
+            raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
+        if op == "add":
+            return np.add(x, args[1], dtype=np.float32)
+        if op == "clamp":
+            lo, hi = _bounds(a)
+            return np.minimum(np.maximum(x, np.float32(lo)), np.float32(hi))
+        if op == "affine":
+            return (x * n.arrays["scale"] + n.arrays["bias"]).astype(np.float32)
+        if op == "maxpool":
+            return maxpool(x, a)
+        if op == "avgpool":
+            return avgpool(x, a)
+        if op == "adaptive_avgpool":
+            return adaptive_avgpool(x, a)
+        raise AssertionError(op)
+
+    # ---- conv / linear -----------------------------------------------------------------------
+    @staticmethod
+    def _requant(a):
+        r = a.get("requant")
+        return None if r is None else Requant(r["bits"], r["step"], r["signed"])
+
+    def _epilogue(self, n: Node):
+        ep = n._cache.get("epilogue")
+        if ep is None:
+            ep = n._cache["epilogue"] = Epilogue(n.arrays["scale"], n.arrays["bias"], _bounds(n.attrs),
+                                                 self._requant(n.attrs))
+        return ep
+
+    def _weights(self, n: Node):
+        """ConvWeights / PackedWeights, built on first use (packing is cached inside them)."""
+        w = n._cache.get("weights")
+        if w is None:
+            from .conv import ConvWeights
+
+            a = n.attrs
+            codes = n.arrays["w_codes"]
+            if n.op == "conv":
+                w = ConvWeights(codes, a["w_bits"], a["w_codebook"], a["groups"])
+            else:
+                w = PackedWeights.from_codes(codes, a["w_bits"], a["w_codebook"])
+            n._cache["weights"] = w
+        return w
+
+    def _run_quantized(self, n: Node, args, reference: bool):
+        a = n.attrs
+        x = args[0]
+        if not isinstance(x, CodeTensor):
+            raise RuntimeError(f"node {n.name!r}: expected activation codes, got float (graph error)")
+        if x.bits != a["a_bits"] or x.levels.tolist() != list(a["a_codebook"]):
+            raise RuntimeError(f"node {n.name!r}: input codes are {x.bits}-bit {x.levels.tolist()}, expected "
+                               f"{a['a_bits']}-bit {a['a_codebook']}")
+        residual = args[1] if len(args) > 1 else None
+        conv = n.op == "conv"
+        if conv:
+            if x.codes.ndim != 4:
+                raise ValueError(f"node {n.name!r}: conv needs NHWC codes, got shape {x.codes.shape}")
+            b, h, w, _ = x.codes.shape
+        elif x.codes.ndim != 2:
+            raise ValueError(f"node {n.name!r}: linear needs (B, K) input, got shape {x.codes.shape}")
+        cout = n.arrays["w_codes"].shape[0]
+        if reference:
+            return self._run_reference(n, x, residual)
+        ep = self._epilogue(n)
+        if residual is not None:
+            ep = ep.with_residual(residual.reshape(-1, cout))
+        weights = self._weights(n)
+        if conv:
+            from .conv import conv2d
+
+            y = conv2d(x.as_packed(), weights, a["stride"], a["padding"], a["dilation"], epilogue=ep)
+        else:
+            from .conv import linear
+
+            y = linear(x.as_packed(), weights, epilogue=ep)
+        n.kernel = _dispatch.last_kernel()
+        if isinstance(y, PackedActivations):
+            r = a["requant"]
+            shape = y.shape if y.shape is not None else y.codes.shape
+            codes = y.codes.reshape(shape)
+            return CodeTensor(codes, r["bits"], y.codebook, r["step"], packed=y)
+        return y
+
+    def _run_reference(self, n: Node, x: CodeTensor, residual):
+        a = n.attrs
+        w = n.arrays["w_codes"]
+        if n.op == "conv":
+            acc = _ref.conv2d(x.codes, w, a["a_codebook"], a["w_codebook"], a["a_bits"], a["w_bits"],
+                              tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
+            out_shape = acc.shape
+            acc = acc.reshape(-1, w.shape[0])
+        else:
+            acc = _ref.gemm(x.codes, w, a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"])
+            out_shape = acc.shape
+        lo, hi = _bounds(a)
+        rq = self._requant(a)
+        res = None if residual is None else residual.reshape(acc.shape)
+        y = _ref.epilogue(acc, n.arrays["scale"], n.arrays["bias"], res, lo, hi, rq)
+        n.kernel = "numpy-reference"
+        y = y.reshape(out_shape)
+        if rq is None:
+            return y
+        return CodeTensor(y, rq.bits, rq.codebook(), rq.step)
+
+    # ---- reporting ---------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes of everything inference needs: packed weight codes and float32 parameters."""
+        return sum(n.weight_bytes() for n in self.nodes)
+
+    def layers(self) -> list:
+        """One dict per node: name, op, bits, kernel (after a run), output shape, bytes."""
+        rows = []
+        for n in self.nodes:
+            a = n.attrs
+            bits = ""
+            if n.op in _QUANTIZED:
+                bits = f"W{a['w_bits']}A{a['a_bits']}"
+            elif n.op == "quantize":
+                bits = f"A{a['bits']}"
+            rows.append({"name": n.name, "op": n.op, "bits": bits, "detail": self._detail(n),
+                         "kernel": n.kernel if n.op in _QUANTIZED else None,
+                         "out_shape": n.out_shape, "bytes": n.weight_bytes(), "inputs": list(n.inputs),
+                         "source": a.get("source")})
+        return rows
+
+    @staticmethod
+    def _detail(n: Node) -> str:
+        a = n.attrs
+        if n.op == "conv":
+            w = n.arrays["w_codes"]
+            s = (f"{w.shape[2]}x{w.shape[3]} {w.shape[1] * a['groups']}->{w.shape[0]} s{a['stride'][0]}"
+                 f" p{a['padding'][0]}" + (f" d{a['dilation'][0]}" if max(a["dilation"]) > 1 else "")
+                 + (f" g{a['groups']}" if a["groups"] > 1 else ""))
+        elif n.op == "linear":
+            w = n.arrays["w_codes"]
+            s = f"{w.shape[1]}->{w.shape[0]}"
+        elif n.op == "quantize":
+            kind = "signed" if a["signed"] else "unsigned"
+            return f"{kind} step={a['step']:.6g}"
+        elif n.op == "clamp":
+            lo, hi = a["clamp"]
+            return f"[{lo}, {hi}]"
+        elif n.op in ("maxpool", "avgpool"):
+            return f"{a['kernel'][0]}x{a['kernel'][1]} s{a['stride'][0]} p{a['padding'][0]}"
+        elif n.op == "adaptive_avgpool":
+            return f"-> {a['output_size']}"
+        else:
+            return ""
+        fused = []
+        if a.get("bn"):
+            fused.append("bn")
+        if a.get("residual"):
+            fused.append("+res")
+        lo, hi = a.get("clamp", [None, None])
+        if lo is not None or hi is not None:
+            fused.append("relu" if (lo == 0 and hi is None) else "relu6" if (lo == 0 and hi == 6) else
+                         f"clamp[{lo},{hi}]")
+        r = a.get("requant")
+        fused.append(f"->A{r['bits']} codes" if r else "->f32")
+        return s + " " + " ".join(fused)
+
+    def summary(self, print_fn=print, example: bool = True) -> str:
+        """Print (and return) a table of layers: op, bit widths, kernel that ran, bytes.
+
+        Kernels are known after a run; if the model has not run yet and ``example``,
+        one image of the example input size (zeros) runs first."""
+        if example and any(n.kernel is None for n in self.nodes if n.op in _QUANTIZED):
+            c, h, w = self.input_shape
+            self.run(np.zeros((1, c, h, w), np.float32))
+        rows = self.layers()
+        head = f"{'#':>3} {'name':<22} {'op':<16} {'bits':<6} {'detail':<40} {'out shape':<18} {'kernel':<26} {'bytes':>9}"
+        lines = [f"lowbit.Model: {len(self.nodes)} nodes, input (N, {', '.join(map(str, self.input_shape))}) "
+                 f"float32 NCHW, spatial size {'fixed' if self.spatial_fixed else 'free'}", head,
+                 "-" * len(head)]
+        for i, r in enumerate(rows):
+            shp = "" if r["out_shape"] is None else "x".join(map(str, r["out_shape"][1:]))
+            lines.append(f"{i:>3} {r['name'][:22]:<22} {r['op']:<16} {r['bits']:<6} {r['detail'][:40]:<40} "
+                         f"{shp:<18} {(r['kernel'] or '')[:26]:<26} {r['bytes'] or '':>9}")
+        q = [n for n in self.nodes if n.op in _QUANTIZED]
+        lines.append("-" * len(head))
+        lines.append(f"{len(q)} quantized layers ("
+                     + ", ".join(f"{k}: {v}" for k, v in sorted(self._bit_counts().items()))
+                     + f"); {self.nbytes} bytes of weights and epilogue parameters")
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def _bit_counts(self):
+        out = {}
+        for n in self.nodes:
+            if n.op in _QUANTIZED:
+                k = f"W{n.attrs['w_bits']}A{n.attrs['a_bits']}"
+                out[k] = out.get(k, 0) + 1
+        return out
+
+    def __repr__(self):
+        return (f"lowbit.Model({len(self.nodes)} nodes, input {self.input_shape}, "
+                f"{self._bit_counts()}, {self.nbytes} bytes)")
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the model to ``path`` (format: docs/pipeline.md, :mod:`lowbit.io`)."""
+        from . import io
+
+        io.save(self, path)
