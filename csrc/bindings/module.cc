@@ -90,6 +90,7 @@ py::list kernel_list() {
     d["table_kind"] = k.table_kind == TableKind::i8 ? "i8" : "split";
     d["description"] = k.description;
     d["indirect"] = k.indirect;
+    d["layout"] = k.layout;
     out.append(d);
   }
   return out;

@@ -52,6 +52,7 @@ struct KernelInfo {
   UKernelFn fn;
   const char* description;
   bool indirect;       // accepts UKernelArgs::a_ind
+  int layout;          // family-specific weight layout variant (0 = the family default)
 };
 
 // The registry: every kernel built into this binary, scalar first.

@@ -76,7 +76,8 @@ def _prepare(pa: PackedActivations, packed: PackedWeights, k: int):
     if k > kmax:
         raise ValueError(f"K={k} exceeds K_max={kmax} for these codebooks "
                          "(int32 sums could overflow); split K and add the partial results in int64")
-    w_layout = packed.layout(("w", plan, kern["nr"]), lambda codes: fam.weight_layout(codes, plan, kern))
+    w_layout = packed.layout(("w", plan, kern["nr"], kern["layout"]),
+                             lambda codes: fam.weight_layout(codes, plan, kern))
     tables, flush8, flush16 = _tables(packed, fam, plan, cb_a)
     return plan, fam, kern, w_layout, tables, flush8, flush16
 

@@ -1,5 +1,7 @@
 // lutgemm, AVX2 tier: vpshufb on ymm (the 16-entry table is replicated in both
-// 128-bit lanes). Tile 2x2 outputs; lanes run along K. Each iteration reads
+// 128-bit lanes); lanes run along K. The int8-table kernel reads weight
+// layout 1 (pre-masked planes, tile 1x4); the split-table kernel reads the
+// dense layout 0 (tile 2x2). Each iteration reads
 // 32 bytes (two family steps) of every row; an odd last step reads 16 bytes
 // into the low lane and masks the high lane's products to zero.
 // Built with -mavx2 -mfma -mbmi2; everything here has internal linkage so no
@@ -45,64 +47,49 @@ struct Consts {
         low_lane(_mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0)) {}
 };
 
-// TableKind::i8, one block of at most 2x2 outputs. Per 32-byte iteration and
-// output pair: 2 OR + 6 index ops, 4 vpshufb, 3 vpaddb (the 4 products of a
-// byte position) + 1 vpaddb into an int8 accumulator. Every flush8 iterations
-// the int8 lanes go to int16 (vpmaddubsw + vpaddw), every flush16 of those to
-// int32 (vpmaddwd).
-template <int MR, int NR>
+// TableKind::i8 on weight layout 1 (four pre-masked planes), one row x up to
+// 4 columns. Per 32-byte iteration: the row's 4 activation planes (1 shift +
+// 4 AND, shared by the columns); per output: 4 OR (each with a weight plane
+// straight from memory), 4 vpshufb, 3 vpaddb for the 4 products of a byte
+// position and 1 vpaddb into an int8 accumulator. Every flush8 iterations the
+// int8 lanes go to int32 (vpmaddubsw with ones, vpmaddwd with ones, vpaddd).
+template <int NR>
 void tile_i8(const UKernelArgs& p, const Consts& k) {
-  __m256i acc8[2][2], acc16[2][2];
-  alignas(32) int32_t acc32[2][2][8] = {};
-  for (int m = 0; m < 2; ++m)
-    for (int n = 0; n < 2; ++n) acc8[m][n] = acc16[m][n] = _mm256_setzero_si256();
-  uint32_t left8 = p.flush8, left16 = p.flush16;
+  __m256i acc8[NR], acc32[NR];
+  for (int n = 0; n < NR; ++n) acc8[n] = acc32[n] = _mm256_setzero_si256();
+  const __m256i m0c = _mm256_set1_epi8(0x0C), m03 = _mm256_set1_epi8(0x03);
+  uint32_t left8 = p.flush8;
   for (size_t s = 0; s < p.k_steps; s += 2) {
     const bool tail = s + 1 == p.k_steps;
-    __m256i am[MR], al[MR];
-    for (int m = 0; m < MR; ++m) {
-      const __m256i A = load_row(p.a + m * p.a_stride + s * kLutgemmStepBytes, tail);
-      am[m] = _mm256_and_si256(A, k.mcc);
-      al[m] = _mm256_and_si256(A, k.m33);
-    }
+    const size_t plane = tail ? 16 : 32;  // bytes per weight plane in this iteration
+    const __m256i A = load_row(p.a + s * kLutgemmStepBytes, tail);
+    const __m256i As = _mm256_srli_epi16(A, 4);
+    const __m256i a1 = _mm256_and_si256(A, m0c), a0 = _mm256_and_si256(A, m03);
+    const __m256i a3 = _mm256_and_si256(As, m0c), a2 = _mm256_and_si256(As, m03);
     for (int n = 0; n < NR; ++n) {
-      const __m256i W = load_row(p.w + n * p.w_stride + s * kLutgemmStepBytes, tail);
-      const __m256i wl = _mm256_and_si256(W, k.m33), wh = _mm256_and_si256(W, k.mcc);
-      for (int m = 0; m < MR; ++m) {
-        const __m256i i1 = _mm256_or_si256(am[m], wl), i2 = _mm256_or_si256(al[m], wh);
-        const __m256i s1 = _mm256_add_epi8(_mm256_shuffle_epi8(k.T, lo_nib(i1, k.m0f)),
-                                           _mm256_shuffle_epi8(k.T, hi_nib(i1, k.m0f)));
-        const __m256i s2 = _mm256_add_epi8(_mm256_shuffle_epi8(k.Tt, lo_nib(i2, k.m0f)),
-                                           _mm256_shuffle_epi8(k.Tt, hi_nib(i2, k.m0f)));
-        __m256i sum = _mm256_add_epi8(s1, s2);
-        if (tail) sum = _mm256_and_si256(sum, k.low_lane);  // zero bytes read no data
-        acc8[m][n] = _mm256_add_epi8(acc8[m][n], sum);
-      }
+      const uint8_t* w = p.w + n * p.w_stride + s * 4 * kLutgemmStepBytes;
+      const __m256i s1 = _mm256_add_epi8(_mm256_shuffle_epi8(k.T, _mm256_or_si256(a1, load_row(w, tail))),
+                                         _mm256_shuffle_epi8(k.Tt, _mm256_or_si256(a0, load_row(w + plane, tail))));
+      const __m256i s2 = _mm256_add_epi8(_mm256_shuffle_epi8(k.T, _mm256_or_si256(a3, load_row(w + 2 * plane, tail))),
+                                         _mm256_shuffle_epi8(k.Tt, _mm256_or_si256(a2, load_row(w + 3 * plane, tail))));
+      __m256i sum = _mm256_add_epi8(s1, s2);
+      if (tail) sum = _mm256_and_si256(sum, k.low_lane);  // zero bytes read no data
+      acc8[n] = _mm256_add_epi8(acc8[n], sum);
     }
-    if (--left8 == 0 || tail || s + 2 == p.k_steps) {
-      for (int m = 0; m < MR; ++m)
-        for (int n = 0; n < NR; ++n) {
-          acc16[m][n] = _mm256_add_epi16(acc16[m][n], _mm256_maddubs_epi16(k.ones8, acc8[m][n]));
-          acc8[m][n] = _mm256_setzero_si256();
-        }
-      left8 = p.flush8;
-      if (--left16 == 0) {
-        for (int m = 0; m < MR; ++m)
-          for (int n = 0; n < NR; ++n) {
-            __m256i* d = reinterpret_cast<__m256i*>(acc32[m][n]);
-            _mm256_store_si256(d, _mm256_add_epi32(_mm256_load_si256(d), _mm256_madd_epi16(acc16[m][n], k.ones16)));
-            acc16[m][n] = _mm256_setzero_si256();
-          }
-        left16 = p.flush16;
+    if (--left8 == 0 || s + 2 >= p.k_steps) {
+      for (int n = 0; n < NR; ++n) {
+        acc32[n] = _mm256_add_epi32(acc32[n], _mm256_madd_epi16(_mm256_maddubs_epi16(k.ones8, acc8[n]), k.ones16));
+        acc8[n] = _mm256_setzero_si256();
       }
+      left8 = p.flush8;
     }
   }
-  __m256i fin[2][2];
-  for (int m = 0; m < 2; ++m)
-    for (int n = 0; n < 2; ++n)
-      fin[m][n] = _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc32[m][n])),
-                                   _mm256_madd_epi16(acc16[m][n], k.ones16));
-  store_tile(p, hsum4(fin[0][0], fin[0][1], fin[1][0], fin[1][1]));
+  const __m256i z = _mm256_setzero_si256();
+  alignas(16) int32_t out[4];
+  _mm_store_si128(reinterpret_cast<__m128i*>(out),
+                  hsum4(acc32[0], NR > 1 ? acc32[NR > 1 ? 1 : 0] : z, NR > 2 ? acc32[NR > 2 ? 2 : 0] : z,
+                        NR > 3 ? acc32[NR > 3 ? 3 : 0] : z));
+  for (int n = 0; n < NR; ++n) p.c[n] = out[n];
 }
 
 // TableKind::split. Low bytes are unsigned: vpmaddubsw(lo, ones) sums two of
@@ -167,11 +154,13 @@ void tile_split(const UKernelArgs& p) {
 
 void lutgemm_w2a2_i8__avx2(const UKernelArgs& p) {
   const Consts k(p.tables);
-  for_row_blocks(p, 2, [&k](const UKernelArgs& q) {
-    if (q.mr == 2 && q.nr == 2) return tile_i8<2, 2>(q, k);
-    if (q.mr == 2) return tile_i8<2, 1>(q, k);
-    if (q.nr == 2) return tile_i8<1, 2>(q, k);
-    return tile_i8<1, 1>(q, k);
+  for_row_blocks(p, 1, [&k](const UKernelArgs& q) {
+    switch (q.nr) {
+      case 1: return tile_i8<1>(q, k);
+      case 2: return tile_i8<2>(q, k);
+      case 3: return tile_i8<3>(q, k);
+      default: return tile_i8<4>(q, k);
+    }
   });
 }
 void lutgemm_w2a2_split__avx2(const UKernelArgs& p) {

@@ -15,7 +15,14 @@
 // Kernel-layout weights (one row of 16 * k_steps bytes per output channel,
 // rows padded to a multiple of NR): byte j holds
 //   w[4j+1] at [1:0], w[4j] at [3:2], w[4j+3] at [5:4], w[4j+2] at [7:6]
-// (the two codes of each nibble swapped, done once at pack time), so that one
+// (the two codes of each nibble swapped, done once at pack time). Layout 1
+// (KernelInfo::layout, the AVX2 kernel) instead stores, per pair of steps
+// (32 dense bytes W; 16 for an odd last step), four pre-masked planes
+//   [W & 0x03][W & 0x0C][(W >> 4) & 0x03][(W >> 4) & 0x0C]
+// (row stride 64 * k_steps bytes), so every index is ONE OR with the
+// matching activation plane (A & 0x0C, A & 0x03, (A>>4) & 0x0C, (A>>4) & 0x03,
+// computed once per row and reused by 4 columns) and needs no mask at all:
+// the unpacking work moves offline. Layout 0 is used as follows: one
 // bitwise select per byte pair forms two 4-bit indices per byte:
 //   i1 = (A & 0xCC) | (W & 0x33): nibbles (a1<<2 | w1), (a3<<2 | w3)  -> table T
 //   i2 = (W & 0xCC) | (A & 0x33): nibbles (w0<<2 | a0), (w2<<2 | a2)  -> table Tt

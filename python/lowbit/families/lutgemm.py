@@ -34,8 +34,24 @@ class Lutgemm:
         c = pad_codes(codes, -(-n // kernel["nr"]) * kernel["nr"], steps * Lutgemm.STEP_CODES)
         c = c.reshape(c.shape[0], -1, 4)
         # nibble-swapped: w1 at [1:0], w0 at [3:2], w3 at [5:4], w2 at [7:6]
-        packed = c[:, :, 1] | (c[:, :, 0] << 2) | (c[:, :, 3] << 4) | (c[:, :, 2] << 6)
+        packed = (c[:, :, 1] | (c[:, :, 0] << 2) | (c[:, :, 3] << 4) | (c[:, :, 2] << 6)).astype(np.uint8)
+        if kernel["layout"] == 1:
+            packed = Lutgemm._masked_planes(packed, steps)
         return np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1)
+
+    @staticmethod
+    def _masked_planes(packed, steps):
+        """Layout 1: per pair of 16-byte steps (or the odd last step), the planes
+        W & 0x03, W & 0x0C, (W >> 4) & 0x03, (W >> 4) & 0x0C."""
+        rows = packed.shape[0]
+        hi = packed >> 4
+        planes = [packed & 0x03, packed & 0x0C, hi & 0x03, hi & 0x0C]
+        chunks = []
+        for s in range(0, steps, 2):
+            width = 16 * min(2, steps - s)
+            sl = slice(16 * s, 16 * s + width)
+            chunks.extend(p[:, sl] for p in planes)
+        return np.concatenate(chunks, axis=1).reshape(rows, 64 * steps)
 
     @staticmethod
     def pack_activations(codes, plan, tier_rank):
