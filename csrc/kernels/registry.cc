@@ -1,6 +1,7 @@
 // The kernel registry: every kernel compiled into this binary. Dispatch,
 // tests, benchmarks and lowbit.kernels() all iterate this one table.
 // Adding a kernel = one line here plus its family folder.
+#include "kernels/dotgemm/dotgemm.h"
 #include "kernels/grouplut/grouplut.h"
 #include "kernels/lutgemm/lutgemm.h"
 
@@ -28,6 +29,17 @@ const KernelInfo kRegistry[] = {
      lutgemm_w2a2_split__avx512icl, "DeepGEMM product LUT, lo/hi byte tables, vpermb zmm + vpdpbusd", false},
     {"grouplut_4x64__avx2", "grouplut", 0, 0, Tier::avx2, 4, 64, TableKind::i8, grouplut__avx2,
      "activation-selected product-sum LUT, vpshufb ymm, 4 rows x 64 channels", true},
+#endif
+    // ---- dotgemm: exact int16 x int16 dot products (8-bit and wide codebooks)
+    {"dotgemm_1x16__scalar", "dotgemm", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dotgemm__scalar,
+     "decoded int16 levels, int32 dot products, scalar twin", false},
+#if LOWBIT_HAVE_X86_KERNELS
+    {"dotgemm_6x16__avx2", "dotgemm", 0, 0, Tier::avx2, 6, 16, TableKind::i8, dotgemm_6x16__avx2,
+     "decoded int16 levels, vpmaddwd + vpaddd ymm, 6 rows x 16 channels", false},
+    {"dotgemm_8x32__avx512", "dotgemm", 0, 0, Tier::avx512, 8, 32, TableKind::i8, dotgemm_8x32__avx512,
+     "decoded int16 levels, vpmaddwd + vpaddd zmm, 8 rows x 32 channels", false},
+    {"dotgemm_8x32__avx512icl", "dotgemm", 0, 0, Tier::avx512icl, 8, 32, TableKind::i8, dotgemm_8x32__avx512icl,
+     "decoded int16 levels, vpdpwssd zmm, 8 rows x 32 channels", false},
 #endif
 };
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/dotgemm/dotgemm.h"
 #include "kernels/grouplut/grouplut.h"
 #include "kernels/lutgemm/lutgemm.h"
 
@@ -15,16 +16,22 @@ bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* 
   const std::string family = k.family;
   if (family == "lutgemm") {
     g->a_row_bytes = k_steps * kLutgemmStepBytes;
-    g->w_stride = k_steps * kLutgemmStepBytes;  // one row per output channel
+    // one row per output channel; layout 1 stores 4 pre-masked planes per byte
+    g->w_stride = k_steps * kLutgemmStepBytes * (k.layout == 1 ? 4 : 1);
     g->w_tile_stride = g->w_stride * size_t(k.nr);
     g->table_bytes = k.table_kind == TableKind::i8 ? 32 : 64;
   } else if (family == "grouplut") {
     g->a_row_bytes = k_steps;  // one byte per group
     g->w_stride = kGrouplutLanes;
     g->w_tile_stride = k_steps * size_t(k.nr);  // NR / 32 consecutive 32-channel blocks
-    g->table_bytes = 256 * 16;
+    g->table_bytes = 256 * 32;
     g->w_bytes = (N + kGrouplutLanes - 1) / kGrouplutLanes * k_steps * kGrouplutLanes;
     return true;
+  } else if (family == "dotgemm") {
+    g->a_row_bytes = k_steps * kDotgemmStepBytes;  // int16 level pairs
+    g->w_stride = size_t(k.nr) * kDotgemmStepBytes;  // one k pair of NR channels
+    g->w_tile_stride = k_steps * g->w_stride;
+    g->table_bytes = 0;  // no tables
   } else {
     *why = "unknown kernel family '" + family + "'";
     return false;

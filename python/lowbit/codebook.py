@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
-SUPPORTED_BITS = (1, 2, 3, 4)
+SUPPORTED_BITS = (1, 2, 3, 4, 8)
 
 
 def check_bits(bits, name: str = "bits", allowed=SUPPORTED_BITS) -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
         raise TypeError(f"{name}: expected an int in {allowed}, got {type(bits).__name__}")
     if int(bits) not in allowed:
-        if int(bits) in (5, 6, 7, 8):
+        if int(bits) in (5, 6, 7):
             raise NotImplementedError(f"{name}={int(bits)}: supported bit widths are {allowed}")
         raise ValueError(f"{name}: expected one of {allowed}, got {bits}")
     return int(bits)

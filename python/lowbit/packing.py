@@ -40,12 +40,16 @@ def _check_range(codes: np.ndarray, bits: int, name: str) -> None:
 
 def pack_dense(codes: np.ndarray, bits: int) -> np.ndarray:
     """(R, K) codes -> (R, ceil(K*bits/8)) bytes, LSB-first bitstream per row."""
+    if bits == 8:  # the bitstream of 8-bit codes is the codes themselves
+        return np.ascontiguousarray(codes, dtype=np.uint8).copy()
     r, k = codes.shape
     bitplanes = ((codes[:, :, None] >> np.arange(bits, dtype=np.uint8)) & 1).reshape(r, k * bits)
     return np.packbits(bitplanes, axis=1, bitorder="little")
 
 
 def unpack_dense(payload: np.ndarray, k: int, bits: int) -> np.ndarray:
+    if bits == 8:
+        return np.ascontiguousarray(payload[:, :k])
     r = payload.shape[0]
     bitplanes = np.unpackbits(payload, axis=1, count=k * bits, bitorder="little").reshape(r, k, bits)
     return (bitplanes << np.arange(bits, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
@@ -79,7 +83,8 @@ class PackedWeights:
         return pw
 
     def to_bytes(self) -> bytes:
-        header = _HEADER.pack(_MAGIC, _FORMAT_VERSION, self.bits, len(self.codebook), 0, self.N, self.K,
+        # n_levels is one byte: 2**bits mod 256 (0 for 8-bit codebooks of 256 levels)
+        header = _HEADER.pack(_MAGIC, _FORMAT_VERSION, self.bits, len(self.codebook) & 0xFF, 0, self.N, self.K,
                               self._payload.shape[1])
         body = header + self.codebook.astype("<i2").tobytes() + self._payload.tobytes()
         return body + struct.pack("<I", zlib.crc32(body))
@@ -95,8 +100,9 @@ class PackedWeights:
         if version != _FORMAT_VERSION:
             raise ValueError(f"data: PackedWeights format version {version} is not supported "
                              f"(this lowbit reads version {_FORMAT_VERSION})")
-        if bits not in cbmod.SUPPORTED_BITS or n_levels != (1 << bits):
+        if bits not in cbmod.SUPPORTED_BITS or n_levels != (1 << bits) & 0xFF:
             raise ValueError(f"data: corrupted header (bits={bits}, levels={n_levels})")
+        n_levels = 1 << bits
         if row_bytes != (k * bits + 7) // 8 or n < 1 or k < 1:
             raise ValueError("data: corrupted header (inconsistent N/K/row size)")
         expected = _HEADER.size + 2 * n_levels + n * row_bytes + 4

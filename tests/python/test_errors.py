@@ -132,17 +132,17 @@ def test_native_layer_rejects_bad_buffers():
 
     k = next(k for k in lowbit.kernels() if k["name"].endswith("__scalar") and k["family"] == "grouplut")
     with pytest.raises(ValueError, match="w: expected at least"):
-        _core.gemm(k["index"], np.zeros((4, 8), np.uint8), np.zeros(10, np.uint8), np.zeros(4096, np.int8),
+        _core.gemm(k["index"], np.zeros((4, 8), np.uint8), np.zeros(10, np.uint8), np.zeros(8192, np.int8),
                    4, 32, 8, 1, 1, 0)
     with pytest.raises(ValueError, match="tables"):
         _core.gemm(k["index"], np.zeros((4, 8), np.uint8), np.zeros(256, np.uint8), np.zeros(16, np.int8),
                    4, 32, 8, 1, 1, 0)
     with pytest.raises(ValueError, match="a: expected"):
-        _core.gemm(k["index"], np.zeros((2, 8), np.uint8), np.zeros(256, np.uint8), np.zeros(4096, np.int8),
+        _core.gemm(k["index"], np.zeros((2, 8), np.uint8), np.zeros(256, np.uint8), np.zeros(8192, np.int8),
                    4, 32, 8, 1, 1, 0)
     with pytest.raises(TypeError, match="a: expected dtype uint8"):
-        _core.gemm(k["index"], np.zeros((4, 8), np.int8), np.zeros(256, np.uint8), np.zeros(4096, np.int8),
+        _core.gemm(k["index"], np.zeros((4, 8), np.int8), np.zeros(256, np.uint8), np.zeros(8192, np.int8),
                    4, 32, 8, 1, 1, 0)
     with pytest.raises(ValueError, match="a_offsets"):
-        _core.gemm(k["index"], np.zeros(16, np.uint8), np.zeros(256, np.uint8), np.zeros(4096, np.int8),
+        _core.gemm(k["index"], np.zeros(16, np.uint8), np.zeros(256, np.uint8), np.zeros(8192, np.int8),
                    1, 32, 8, 1, 1, 0, a_offsets=np.array([[20]], np.int64), seg_steps=8)

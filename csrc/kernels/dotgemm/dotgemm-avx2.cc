@@ -134,14 +134,16 @@ inline void decode32_small(const uint8_t* src, int16_t* dst, __m256i tlo, __m256
 }  // namespace
 
 void dotgemm_6x16__avx2(const UKernelArgs& p) {
-  switch (p.mr) {
-    case 1: return tile<1>(p);
-    case 2: return tile<2>(p);
-    case 3: return tile<3>(p);
-    case 4: return tile<4>(p);
-    case 5: return tile<5>(p);
-    default: return tile6(p);
-  }
+  for_row_blocks(p, 6, [](const UKernelArgs& q) {
+    switch (q.mr) {
+      case 1: return tile<1>(q);
+      case 2: return tile<2>(q);
+      case 3: return tile<3>(q);
+      case 4: return tile<4>(q);
+      case 5: return tile<5>(q);
+      default: return tile6(q);
+    }
+  });
 }
 
 bool dotgemm_pack_a__avx2(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels, int16_t* out,

@@ -1,6 +1,6 @@
 // grouplut, AVX2 tier. Tile: up to 4 rows x 64 channels (two 32-channel
 // blocks of the layout). Per group: one 32-byte load of weight indices per
-// block serves all rows; each row broadcasts its 16-byte table (picked by its
+// block serves all rows; each row loads its table (picked by its
 // activation group code) once and does one vpshufb + vpaddb per block: 32
 // lanes x gw multiply-accumulates per lookup.
 // int8 accumulators live in registers; every flush8 groups they are widened
@@ -85,8 +85,8 @@ void tile(const UKernelArgs& p) {
           for (int v = 0; v < NV; ++v)
             widx[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wblk[v] + g * kGrouplutLanes));
           for (int m = 0; m < MR; ++m) {
-            const __m256i t = _mm256_broadcastsi128_si256(
-                _mm_loadu_si128(reinterpret_cast<const __m128i*>(tab + size_t(rp[m][g - seg_begin]) * 16)));
+            const __m256i t =
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab + size_t(rp[m][g - seg_begin]) * 32));
             for (int v = 0; v < NV; ++v)
               acc8[m][v] = _mm256_add_epi8(acc8[m][v], _mm256_shuffle_epi8(t, widx[v]));
           }

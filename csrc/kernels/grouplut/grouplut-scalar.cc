@@ -13,7 +13,7 @@ void grouplut__scalar(const UKernelArgs& p) {
       for (size_t g = 0; g < p.k_steps; ++g) {
         const uint8_t code = p.a_ind ? p.a_ind[m * p.a_ind_stride + g / p.seg_steps][g % p.seg_steps]
                                      : p.a[m * p.a_stride + g];
-        sum += uint32_t(int32_t(int8_t(tab[size_t(code) * 16 + (p.w[g * p.w_stride + n] & 15)])));
+        sum += uint32_t(int32_t(int8_t(tab[size_t(code) * 32 + (p.w[g * p.w_stride + n] & 15)])));
       }
       p.c[m * p.c_stride + n] = int32_t(sum);
     }

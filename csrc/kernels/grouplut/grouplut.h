@@ -19,8 +19,11 @@
 // Kernel-layout weights: n-blocks of NR = 32 output channels; block b starts at
 //   w + b * (G * 32); byte [g * 32 + i] = sum_j w[32b + i][g*gw + j] << (bw*j)
 //   (bits 4..7 zero). Channels >= N hold code 0.
-// Tables: 256 tables x 16 int8 (4096 bytes; tables and entries that cannot be
-//   indexed are 0). Requires Tmax = max|entry| <= 127.
+// Tables: 256 tables x 32 int8 (8192 bytes): each 16-entry table is stored
+//   twice in a row so a kernel loads it for both 128-bit lanes with a plain
+//   32-byte load (a broadcast from memory costs a shuffle-port uop on some
+//   cores). Tables and entries that cannot be indexed are 0. Requires
+//   Tmax = max|entry| <= 127.
 // Accumulator bounds: an int8 lane takes flush8 = floor(127 / Tmax) lookups,
 //   then is widened into two int16 lanes (even/odd channels); an int16 lane
 //   takes flush16 = floor(32767 / (flush8 * Tmax)) widenings, then is added

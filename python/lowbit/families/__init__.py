@@ -6,12 +6,14 @@ tables. Adding a family = a module here + an entry in FAMILIES + its C++
 folder and registry lines.
 """
 from ._common import Plan
+from .dotgemm import Dotgemm
 from .grouplut import Grouplut
 from .lutgemm import Lutgemm
 
-FAMILIES = {"lutgemm": Lutgemm, "grouplut": Grouplut}
+FAMILIES = {"lutgemm": Lutgemm, "grouplut": Grouplut, "dotgemm": Dotgemm}
 
-# Automatic choice, fastest first (measured: bench/results, docs/kernels.md).
-PREFERENCE = ("grouplut", "lutgemm")
+# Automatic choice, fastest first (measured: bench/results, docs/kernels.md);
+# dotgemm computes everything exactly and is the last resort.
+PREFERENCE = ("grouplut", "lutgemm", "dotgemm")
 
 __all__ = ["FAMILIES", "PREFERENCE", "Plan"]

@@ -1,0 +1,84 @@
+"""Family dotgemm: the exact general path (no tables).
+
+Codes are decoded to int16 levels (weights here, once per layout; activations
+per call by the native packer) and multiplied with int16 x int16 -> int32 pair
+dot products (vpmaddwd on AVX2, vpdpwssd on AVX-512 VNNI). It computes every
+bit width (1-4 and 8) with every integer codebook in [-128, 255] exactly, so
+it is dispatch's last resort: 8-bit layers, and 1-4-bit pairs whose products
+are too large for the table families.
+
+Layouts and the accumulator bound: csrc/kernels/dotgemm/dotgemm.h.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from .. import _core
+from ._common import Plan
+
+_lib = ctypes.CDLL(_core.__file__)  # the already-loaded extension: same handle
+_pack = _lib.lowbit_dotgemm_pack_activations
+_pack.restype = ctypes.c_int
+_pack.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p,
+                  ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+class Dotgemm:
+    name = "dotgemm"
+    STEP = 2  # one k step = one pair of int16 levels
+
+    @staticmethod
+    def plan(bw, ba, cb_w, cb_a):
+        lo = min(int(cb_w.min()), int(cb_a.min()))
+        hi = max(int(cb_w.max()), int(cb_a.max()))
+        if lo < -128 or hi > 255:
+            return None, f"dotgemm needs levels in [-128, 255], got [{lo}, {hi}]"
+        # Both codebooks travel in params: the weight layout and the packed
+        # activations hold decoded levels (and are cached by plan).
+        params = (bw, ba, cb_w.astype("<i2").tobytes(), cb_a.astype("<i2").tobytes())
+        return Plan("dotgemm", "i8", params,
+                    "exact int16 x int16 -> int32 dot products (no tables; any codebook in [-128, 255])"), None
+
+    @staticmethod
+    def k_steps(k, plan):
+        return -(-k // Dotgemm.STEP)
+
+    @staticmethod
+    def weight_layout(codes, plan, kernel):
+        """Tiles of NR channels: [tile][k pair][channel][2] int16 levels, zero padded."""
+        cb_w = np.frombuffer(plan.params[2], "<i2")
+        nr = int(kernel["nr"])
+        n, k = codes.shape
+        s = Dotgemm.k_steps(k, plan)
+        lv = np.zeros((-(-n // nr) * nr, 2 * s), "<i2")
+        lv[:n, :k] = cb_w[codes]
+        lv = lv.reshape(-1, nr, s, 2).transpose(0, 2, 1, 3)
+        return np.ascontiguousarray(lv).view(np.uint8).reshape(-1)
+
+    @staticmethod
+    def pack_activations(codes, plan, tier_rank):
+        """(M, K) codes -> (M, 4 * k_steps) bytes of int16 levels (native, multi-threaded)."""
+        ba = plan.params[1]
+        levels = np.frombuffer(plan.params[3], "<i2")
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        m, k = codes.shape
+        cols = 2 * Dotgemm.k_steps(k, plan)
+        out = np.empty((m, cols), "<i2")
+        rc = _pack(codes.ctypes.data, m, k, ba, levels.ctypes.data, out.ctypes.data, cols, int(tier_rank))
+        if rc == 0:
+            raise ValueError(f"a_codes: expected every code in [0, {1 << ba}) for bits={ba}, "
+                             f"got max {int(codes.max())}")
+        if rc != 1:
+            raise RuntimeError(f"dotgemm activation packer rejected its arguments (code {rc})")
+        return out.view(np.uint8)
+
+    @staticmethod
+    def tables(cb_w, cb_a, plan):
+        # No tables; flush8/flush16 are unused (no narrow accumulators).
+        return np.zeros(1, np.int8), 1, 1
+
+    @staticmethod
+    def padded_k(k, plan):
+        return k  # padding holds level 0 (not the level of code 0): nothing to correct
