@@ -99,8 +99,7 @@ py::list kernel_list() {
 py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group, size_t out_stride, int tier) {
   require_array<uint8_t>(codes, "codes", 2, "uint8");
   if (bits < 1 || bits > 8) throw py::value_error("bits: expected 1..8");
-  if (!(group == 1 || group == 2 || group == 4 || group == 8) || group * bits > 8)
-    throw py::value_error("group: expected 1, 2, 4 or 8 with group * bits <= 8");
+  if (group < 1 || group * bits > 8) throw py::value_error("group: expected 1..8 with group * bits <= 8");
   const size_t M = size_t(codes.shape(0)), K = size_t(codes.shape(1));
   if (out_stride < (K + size_t(group) - 1) / size_t(group))
     throw py::value_error("out_stride: too small for K=" + std::to_string(K));

@@ -3,22 +3,25 @@
 // Adding a kernel = one line here plus its family folder.
 #include "kernels/dotgemm/dotgemm.h"
 #include "kernels/grouplut/grouplut.h"
+#include "kernels/grouplut6/grouplut6.h"
 #include "kernels/lutgemm/lutgemm.h"
 
 namespace lowbit {
 namespace {
 
 const KernelInfo kRegistry[] = {
-    // name, family, w_bits, a_bits, tier, mr, nr, table kind, fn, description, indirect
+    // name, family, w_bits, a_bits, tier, mr, nr, table kind, fn, description, indirect[, layout]
     {"a2w2_lutgemm_1x1__scalar", "lutgemm", 2, 2, Tier::scalar, 1, 1, TableKind::i8, lutgemm_w2a2_i8__scalar,
      "DeepGEMM product LUT, scalar twin", false},
     {"a2w2_lutgemm16_1x1__scalar", "lutgemm", 2, 2, Tier::scalar, 1, 1, TableKind::split, lutgemm_w2a2_split__scalar,
      "DeepGEMM product LUT, int16 products as lo/hi byte tables, scalar twin", false},
     {"grouplut_1x32__scalar", "grouplut", 0, 0, Tier::scalar, 1, 32, TableKind::i8, grouplut__scalar,
      "activation-selected product-sum LUT, scalar twin", true},
+    {"grouplut6_1x64__scalar", "grouplut6", 0, 0, Tier::scalar, 1, 64, TableKind::i8, grouplut6__scalar,
+     "activation-selected product-sum LUT, 64-entry tables, scalar twin", true},
 #if LOWBIT_HAVE_X86_KERNELS
-    {"a2w2_lutgemm_2x2__avx2", "lutgemm", 2, 2, Tier::avx2, 2, 2, TableKind::i8, lutgemm_w2a2_i8__avx2,
-     "DeepGEMM product LUT, vpshufb ymm", false},
+    {"a2w2_lutgemm_1x4__avx2", "lutgemm", 2, 2, Tier::avx2, 1, 4, TableKind::i8, lutgemm_w2a2_i8__avx2,
+     "DeepGEMM product LUT, vpshufb ymm, weights as 4 pre-masked planes", false, 1},
     {"a2w2_lutgemm16_2x2__avx2", "lutgemm", 2, 2, Tier::avx2, 2, 2, TableKind::split, lutgemm_w2a2_split__avx2,
      "DeepGEMM product LUT, lo/hi byte tables, vpshufb ymm", false},
     {"a2w2_lutgemm_4x2__avx512", "lutgemm", 2, 2, Tier::avx512, 4, 2, TableKind::i8, lutgemm_w2a2_i8__avx512,
@@ -29,6 +32,8 @@ const KernelInfo kRegistry[] = {
      lutgemm_w2a2_split__avx512icl, "DeepGEMM product LUT, lo/hi byte tables, vpermb zmm + vpdpbusd", false},
     {"grouplut_4x64__avx2", "grouplut", 0, 0, Tier::avx2, 4, 64, TableKind::i8, grouplut__avx2,
      "activation-selected product-sum LUT, vpshufb ymm, 4 rows x 64 channels", true},
+    {"grouplut6_4x64__avx512icl", "grouplut6", 0, 0, Tier::avx512icl, 4, 64, TableKind::i8, grouplut6__avx512icl,
+     "activation-selected product-sum LUT, vpermb zmm on 64-entry tables, 4 rows x 64 channels", true},
 #endif
     // ---- dotgemm: exact int16 x int16 dot products (8-bit and wide codebooks)
     {"dotgemm_1x16__scalar", "dotgemm", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dotgemm__scalar,

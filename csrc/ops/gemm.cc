@@ -7,6 +7,7 @@
 #include "core/thread_pool.h"
 #include "kernels/dotgemm/dotgemm.h"
 #include "kernels/grouplut/grouplut.h"
+#include "kernels/grouplut6/grouplut6.h"
 #include "kernels/lutgemm/lutgemm.h"
 
 namespace lowbit {
@@ -27,6 +28,11 @@ bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* 
     g->table_bytes = 256 * 32;
     g->w_bytes = (N + kGrouplutLanes - 1) / kGrouplutLanes * k_steps * kGrouplutLanes;
     return true;
+  } else if (family == "grouplut6") {
+    g->a_row_bytes = k_steps;  // one byte per group
+    g->w_stride = kGrouplut6Lanes;
+    g->w_tile_stride = k_steps * kGrouplut6Lanes;
+    g->table_bytes = 256 * 64;
   } else if (family == "dotgemm") {
     g->a_row_bytes = k_steps * kDotgemmStepBytes;  // int16 level pairs
     g->w_stride = size_t(k.nr) * kDotgemmStepBytes;  // one k pair of NR channels

@@ -22,7 +22,8 @@ bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out, size_t out_stride,
                  Tier tier) {
 #if LOWBIT_HAVE_X86_KERNELS
-  if (tier >= Tier::avx2) return pack_groups__avx2(codes, M, K, bits, group, out, out_stride);
+  const bool vector_group = group == 1 || group == 2 || group == 4 || group == 8;
+  if (tier >= Tier::avx2 && vector_group) return pack_groups__avx2(codes, M, K, bits, group, out, out_stride);
 #endif
   (void)tier;
   return pack_groups__scalar(codes, M, K, bits, group, out, out_stride);

@@ -10,7 +10,8 @@ namespace lowbit {
 // Packs `group` consecutive codes of `bits` bits into one byte, LSB first:
 //   out[m][j] = sum_i codes[m][group*j + i] << (bits*i),  for j < ceil(K/group)
 // and zero-fills out[m][ceil(K/group) .. out_stride). Requires group*bits <= 8
-// and group in {1, 2, 4, 8}. codes is M x K, row stride K (C-contiguous).
+// (vector paths for group 1, 2, 4, 8; others run the scalar rule). codes is
+// M x K, row stride K (C-contiguous).
 // Returns false (output unspecified) when any code is >= 2**bits.
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out, size_t out_stride,
                  Tier tier);

@@ -163,7 +163,7 @@ def _conv_group(pa, weights, g, rows, epilogue):
     ekw = _epilogue_kwargs(epilogue)
     fused = zero.size > 0
     m = rows.shape[0]
-    indirect = kern["indirect"] and plan.family == "grouplut" and cg % plan.params[2] == 0
+    indirect = kern["indirect"] and plan.family in ("grouplut", "grouplut6") and cg % plan.params[2] == 0
     if indirect:
         gw = plan.params[2]
         seg = cg // gw

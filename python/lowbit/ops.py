@@ -48,9 +48,9 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
         if _dispatch.tier_rank(info["tier"]) > _dispatch.tier_rank(cap):
             raise RuntimeError(f"kernel {forced_kernel!r} needs tier {info['tier']} but dispatch is capped at {cap}")
         return plan, fam, info, [f"forced by lowbit.use(kernel={forced_kernel!r})"]
-    order = (forced_family,) if forced_family is not None else PREFERENCE
-    reasons = []
-    for name in order:
+    names = [forced_family] if forced_family is not None else list(dict.fromkeys(f for f, _ in PREFERENCE))
+    reasons, options = [], []
+    for name in names:
         fam = FAMILIES[name]
         plan, why_not = fam.plan(bw, ba, cb_w, cb_a)
         if plan is None:
@@ -60,9 +60,14 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
         if not found:
             reasons.append(f"{name}: no {plan.table_kind} kernel at or below tier {_dispatch.tier_cap()}")
             continue
-        reasons.append(f"{name}: {plan.why}")
-        return plan, fam, found[0], reasons
-    raise NotImplementedError(f"no kernel can compute W{bw}A{ba} with these codebooks: " + "; ".join(reasons))
+        order = next(i for i, (f, kind) in enumerate(PREFERENCE) if f == name and kind in (None, plan.table_kind))
+        reasons.append(f"{name}: {plan.why} (best kernel {found[0]['name']})")
+        options.append((-found[0]["tier_rank"], order, plan, fam, found[0]))
+    if not options:
+        raise NotImplementedError(f"no kernel can compute W{bw}A{ba} with these codebooks: " + "; ".join(reasons))
+    _, _, plan, fam, kern = min(options, key=lambda o: o[:2])
+    reasons.append(f"chosen: {kern['name']} (highest tier, then fastest family)")
+    return plan, fam, kern, reasons
 
 
 def _tables(packed: PackedWeights, fam, plan, cb_a):

@@ -8,12 +8,16 @@ folder and registry lines.
 from ._common import Plan
 from .dotgemm import Dotgemm
 from .grouplut import Grouplut
+from .grouplut6 import Grouplut6
 from .lutgemm import Lutgemm
 
-FAMILIES = {"lutgemm": Lutgemm, "grouplut": Grouplut, "dotgemm": Dotgemm}
+FAMILIES = {"lutgemm": Lutgemm, "grouplut": Grouplut, "grouplut6": Grouplut6, "dotgemm": Dotgemm}
 
-# Automatic choice, fastest first (measured: bench/results, docs/kernels.md);
-# dotgemm computes everything exactly and is the last resort.
-PREFERENCE = ("grouplut", "lutgemm", "dotgemm")
+# Automatic choice: among the (family, table kind) plans that are exact, the
+# kernel of the highest ISA tier wins; ties go to the earlier entry here
+# (fastest first, measured: bench/results, docs/kernels.md). None matches any
+# table kind. dotgemm computes everything exactly; lutgemm's int16 (split)
+# tables are slower than dotgemm's int16 multiply-adds.
+PREFERENCE = (("grouplut6", "i8"), ("grouplut", "i8"), ("lutgemm", "i8"), ("dotgemm", None), ("lutgemm", "split"))
 
 __all__ = ["FAMILIES", "PREFERENCE", "Plan"]
