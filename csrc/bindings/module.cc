@@ -13,6 +13,7 @@
 #include "kernels/ukernel.h"
 #include "ops/gemm.h"
 #include "ops/pack.h"
+#include "ops/roofline.h"
 
 namespace py = pybind11;
 using namespace lowbit;
@@ -308,6 +309,20 @@ PYBIND11_MODULE(_core, m) {
   m.def("epilogue", &epilogue_py, py::arg("acc"), py::arg("scale"), py::arg("bias"), py::arg("residual") = py::none(),
         py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("out_kind") = "float32",
         py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0);
+  m.def(
+      "lookup_rates",
+      [](double seconds) {
+        LookupRates r;
+        {
+          py::gil_scoped_release release;
+          r = measure_lookup_rates(seconds);
+        }
+        py::dict d;
+        d["lookups_per_s"] = r.lookups_per_s;
+        d["lookup_add_per_s"] = r.lookup_add_per_s;
+        return d;
+      },
+      py::arg("seconds") = 0.2, "Byte-lookup ceilings of this core (tight AVX2 vpshufb loops; 0 without AVX2)");
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);
   m.def("default_num_threads", &default_num_threads);
