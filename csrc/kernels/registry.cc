@@ -4,6 +4,7 @@
 #include "kernels/dotgemm/dotgemm.h"
 #include "kernels/grouplut/grouplut.h"
 #include "kernels/grouplut6/grouplut6.h"
+#include "kernels/bitserial/bitserial.h"
 #include "kernels/lutgemm/lutgemm.h"
 
 namespace lowbit {
@@ -19,6 +20,8 @@ const KernelInfo kRegistry[] = {
      "activation-selected product-sum LUT, scalar twin", true},
     {"grouplut6_1x64__scalar", "grouplut6", 0, 0, Tier::scalar, 1, 64, TableKind::i8, grouplut6__scalar,
      "activation-selected product-sum LUT, 64-entry tables, scalar twin", true},
+    {"a1w1_bitserial_1x1__scalar", "bitserial", 1, 0, Tier::scalar, 1, 1, TableKind::i8, bitserial__scalar,
+     "AND + popcount over bit planes (W1 x A1/A2), scalar twin", false},
 #if LOWBIT_HAVE_X86_KERNELS
     {"a2w2_lutgemm_1x4__avx2", "lutgemm", 2, 2, Tier::avx2, 1, 4, TableKind::i8, lutgemm_w2a2_i8__avx2,
      "DeepGEMM product LUT, vpshufb ymm, weights as 4 pre-masked planes", false, 1},
@@ -34,6 +37,10 @@ const KernelInfo kRegistry[] = {
      "activation-selected product-sum LUT, vpshufb ymm, 4 rows x 64 channels", true},
     {"grouplut6_4x64__avx512icl", "grouplut6", 0, 0, Tier::avx512icl, 4, 64, TableKind::i8, grouplut6__avx512icl,
      "activation-selected product-sum LUT, vpermb zmm on 64-entry tables, 4 rows x 64 channels", true},
+    {"a1w1_bitserial_1x4__avx2", "bitserial", 1, 0, Tier::avx2, 1, 4, TableKind::i8, bitserial__avx2,
+     "AND + popcount (vpshufb nibble table) over bit planes (W1 x A1/A2)", false},
+    {"a1w1_bitserial_1x4__avx512icl", "bitserial", 1, 0, Tier::avx512icl, 1, 4, TableKind::i8,
+     bitserial__avx512icl, "AND + vpopcntq over bit planes (W1 x A1/A2)", false},
 #endif
     // ---- dotgemm: exact int16 x int16 dot products (8-bit and wide codebooks)
     {"dotgemm_1x16__scalar", "dotgemm", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dotgemm__scalar,

@@ -8,6 +8,7 @@
 #include "kernels/dotgemm/dotgemm.h"
 #include "kernels/grouplut/grouplut.h"
 #include "kernels/grouplut6/grouplut6.h"
+#include "kernels/bitserial/bitserial.h"
 #include "kernels/lutgemm/lutgemm.h"
 
 namespace lowbit {
@@ -33,6 +34,11 @@ bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* 
     g->w_stride = kGrouplut6Lanes;
     g->w_tile_stride = k_steps * kGrouplut6Lanes;
     g->table_bytes = 256 * 64;
+  } else if (family == "bitserial") {
+    g->a_row_bytes = 2 * k_steps * kBitserialStepBytes;  // up to 2 activation planes
+    g->w_stride = (k_steps + 1) * kBitserialStepBytes;    // plane + popcount trailer
+    g->w_tile_stride = g->w_stride * size_t(k.nr);
+    g->table_bytes = 32;
   } else if (family == "dotgemm") {
     g->a_row_bytes = k_steps * kDotgemmStepBytes;  // int16 level pairs
     g->w_stride = size_t(k.nr) * kDotgemmStepBytes;  // one k pair of NR channels

@@ -42,7 +42,7 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
         if plan.table_kind != info["table_kind"]:
             raise ValueError(f"kernel {forced_kernel!r} uses {info['table_kind']} tables but these codebooks "
                              f"need {plan.table_kind} ({plan.why})")
-        if (info["w_bits"], info["a_bits"]) not in ((0, 0), (bw, ba)):
+        if info["w_bits"] not in (0, bw) or info["a_bits"] not in (0, ba):
             raise ValueError(f"kernel {forced_kernel!r} is for W{info['w_bits']}A{info['a_bits']}, got W{bw}A{ba}")
         cap = _dispatch.tier_cap()
         if _dispatch.tier_rank(info["tier"]) > _dispatch.tier_rank(cap):
