@@ -1,0 +1,143 @@
+"""Float codebooks -> exact integer codebooks plus a scale.
+
+lowbit's kernels are exact on *integer* levels. A float codebook (learned
+levels such as ``[-1.3, -0.4, 0.4, 1.3]``, power-of-two levels, k-means
+centroids, or an LSQ step times integers) is mapped once, explicitly, to
+
+    int_level[i] = round_half_even(level[i] / scale),
+    scale        = max_i |level[i]| / max_abs        (1.0 when all levels are 0)
+
+so the largest |level| maps to exactly ``max_abs``. The rounding bound is
+
+    |level[i] - int_level[i] * scale| <= scale / 2          for every i,
+
+which :func:`integer_codebook` verifies before returning (it is exact when a
+level is already an integer multiple of ``scale``, e.g. uniform LSQ levels).
+
+For a GEMM with float weight levels ``w`` (scale ``s_w``) and activation levels
+``a`` (scale ``s_a``), ``lowbit.gemm`` on the integer codebooks returns the exact
+integer sum ``Y`` and
+
+    y_float[m, n] = sum_k a[m, k] * w[n, k]  ~=  Y[m, n] * s_a * s_w
+
+with, per output, using |a - a_int*s_a| <= s_a/2, |w - w_int*s_w| <= s_w/2,
+|a_int*s_a| <= max|a| and |w_int*s_w| <= max|w|:
+
+    |y_float - Y * s_a * s_w| <= K * (s_a/2 * max|w| + s_w/2 * max|a| + s_a*s_w/4)
+
+(:meth:`GemmCodebooks.error_bound`; exact arithmetic, the float64 evaluation of
+the right-hand side adds only its own rounding).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import codebook as cbmod
+
+__all__ = ["GemmCodebooks", "gemm_codebooks", "integer_codebook", "rounding_error"]
+
+
+def _bits_for(n: int, name: str) -> int:
+    for bits in cbmod.SUPPORTED_BITS:
+        if n == 1 << bits:
+            return bits
+    raise ValueError(f"{name}: expected {', '.join(str(1 << b) for b in cbmod.SUPPORTED_BITS)} levels, got {n}")
+
+
+def _levels(levels, bits, name: str):
+    arr = np.asarray(levels, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D sequence of levels, got shape {arr.shape}")
+    if bits is None:
+        bits = _bits_for(arr.shape[0], name)
+    else:
+        bits = cbmod.check_bits(bits, "bits")
+        if arr.shape[0] != 1 << bits:
+            raise ValueError(f"{name}: expected {1 << bits} levels for {bits}-bit codes, got {arr.shape[0]}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: levels must be finite")
+    return arr, bits
+
+
+def rounding_error(levels, int_codebook, scale: float) -> float:
+    """max_i |levels[i] - int_codebook[i] * scale| (float64)."""
+    lv = np.asarray(levels, dtype=np.float64)
+    return float(np.max(np.abs(lv - np.asarray(int_codebook, dtype=np.float64) * float(scale)))) if lv.size else 0.0
+
+
+def integer_codebook(levels, bits: int | None = None, max_abs: int = 127):
+    """Map float levels to ``(int_codebook, scale)`` with ``levels ~= int_codebook * scale``.
+
+    ``levels``: 2**bits finite floats (``bits`` inferred from the count when None:
+    2, 4, 8, 16 or 256 levels). ``max_abs``: the integer the largest |level|
+    maps to, 1..127; 128 when the largest |level| belongs to negative levels only
+    (e.g. uniform signed levels -128..127 times a step); up to 255 for 8-bit
+    codebooks whose levels are all >= 0 (8-bit codebooks span [-128, 255]).
+    A result outside the codebook range raises ValueError. Smaller ``max_abs`` gives
+    smaller products, which lets the lookup-table kernels (products must fit
+    int8 table entries) run instead of the exact int16 path, at the price of a
+    coarser grid.
+
+    Returns an int32 array accepted as a lowbit codebook and a float ``scale``
+    > 0. Guarantees (checked): ``|levels[i] - int_codebook[i] * scale| <= scale / 2``
+    and ``max |int_codebook| == max_abs`` unless every level is 0 (then scale is 1).
+    """
+    lv, bits = _levels(levels, bits, "levels")
+    if isinstance(max_abs, bool) or not isinstance(max_abs, (int, np.integer)):
+        raise TypeError(f"max_abs: expected an int, got {type(max_abs).__name__}")
+    limit = 255 if (bits == 8 and lv.min() >= 0) else 128  # +128 itself is rejected by normalize below
+    if not 1 <= int(max_abs) <= limit:
+        raise ValueError(f"max_abs: expected 1..{limit} for these levels, got {max_abs}")
+    peak = float(np.max(np.abs(lv)))
+    scale = peak / int(max_abs) if peak > 0 else 1.0
+    ints = np.rint(lv / scale)                       # round half to even
+    ints = np.clip(ints, -int(max_abs), int(max_abs))  # only guards the last ulp of lv/scale
+    cb = cbmod.normalize(ints.astype(np.int64), bits, "int_codebook")
+    err = rounding_error(lv, cb, scale)
+    # scale/2 plus the float64 rounding of the check itself
+    if err > scale / 2 * (1 + 1e-12) + 4 * np.finfo(np.float64).eps * peak:
+        raise AssertionError(f"integer_codebook: rounding bound violated ({err} > {scale / 2})")
+    return cb, float(scale)
+
+
+@dataclass(frozen=True)
+class GemmCodebooks:
+    """Integer codebooks and scales for one float-codebook GEMM (see the module doc)."""
+    w_codebook: np.ndarray
+    a_codebook: np.ndarray
+    w_scale: float
+    a_scale: float
+    w_bits: int
+    a_bits: int
+    w_peak: float  # max |w level|
+    a_peak: float  # max |a level|
+
+    @property
+    def out_scale(self) -> float:
+        """Multiply ``lowbit.gemm``'s int32 result by this to get the float GEMM."""
+        return self.a_scale * self.w_scale
+
+    def error_bound(self, k: int) -> float:
+        """Upper bound of |y_float - gemm * out_scale| for one output of depth k."""
+        sa, sw = self.a_scale, self.w_scale
+        return float(k) * (sa / 2 * self.w_peak + sw / 2 * self.a_peak + sa * sw / 4)
+
+
+def gemm_codebooks(w_levels, a_levels, w_bits: int | None = None, a_bits: int | None = None,
+                   w_max_abs: int = 127, a_max_abs: int = 127) -> GemmCodebooks:
+    """Exact-integer codebooks for float weight and activation levels, and the
+    combined output scale::
+
+        cbs = lowbit.quant.gemm_codebooks([-1.3, -0.4, 0.4, 1.3], a_levels)
+        packed = lowbit.pack_weights(w_codes, 2, cbs.w_codebook)
+        y = lowbit.gemm(a_codes, packed, 2, cbs.a_codebook) * cbs.out_scale
+        # |y - y_float| <= cbs.error_bound(K)
+    """
+    w_lv, w_bits = _levels(w_levels, w_bits, "w_levels")
+    a_lv, a_bits = _levels(a_levels, a_bits, "a_levels")
+    w_cb, w_scale = integer_codebook(w_lv, w_bits, w_max_abs)
+    a_cb, a_scale = integer_codebook(a_lv, a_bits, a_max_abs)
+    return GemmCodebooks(w_cb, a_cb, w_scale, a_scale, w_bits, a_bits, float(np.max(np.abs(w_lv))),
+                         float(np.max(np.abs(a_lv))))

@@ -1,0 +1,112 @@
+"""Threads: results are bit-identical for any thread count, several Python
+threads may call gemm at once, and a forked child (after the parent used the
+pool) computes correctly and exits instead of deadlocking."""
+import multiprocessing
+import threading
+
+import numpy as np
+import pytest
+
+import lowbit
+from lowbit import reference
+
+# (w_bits, a_bits, w codebook, a codebook): one per kernel family at least
+CASES = [
+    (8, 8, None, None),                                  # dotgemm
+    (4, 4, list(range(-128, 128, 16)), list(range(-128, 128, 16))),  # dotgemm (wide products)
+    (2, 2, [-2, -1, 0, 1], None),                        # grouplut
+    (2, 2, [-128, 127, 0, 1], [-128, 127, 0, 1]),        # lutgemm16 / dotgemm
+    (1, 8, [-1, 1], None),                               # dotgemm
+]
+
+
+def _problem(rng, bw, ba, m=150, n=200, k=301):
+    a = rng.integers(0, 1 << ba, (m, k), dtype=np.uint8)
+    w = rng.integers(0, 1 << bw, (n, k), dtype=np.uint8)
+    return a, w
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"W{c[0]}A{c[1]}")
+def test_deterministic_across_thread_counts(case, rng):
+    bw, ba, cb_w, cb_a = case
+    a, w = _problem(rng, bw, ba)
+    ref = reference.gemm(a, w, ba, bw, cb_a, cb_w)
+    packed = lowbit.pack_weights(w, bw, cb_w)
+    kernels = [k["name"] for k in lowbit.kernels() if k["available"]]
+    results = {}
+    for n in (1, 2, 3, 7):
+        lowbit.set_num_threads(n)
+        assert lowbit.get_num_threads() == n
+        results[n] = lowbit.gemm(a, packed, ba, cb_a)
+        used = lowbit.last_kernel()
+        assert used in kernels
+        assert np.array_equal(results[n], ref), (n, used)
+        for name in kernels:  # every kernel that can compute it, at this thread count
+            try:
+                with lowbit.use(kernel=name):
+                    y = lowbit.gemm(a, packed, ba, cb_a)
+            except ValueError:
+                continue  # kernel does not apply to these bits / codebooks
+            assert np.array_equal(y, ref), (n, name)
+    for n in (2, 3, 7):
+        assert np.array_equal(results[n], results[1])
+
+
+def test_concurrent_callers(rng):
+    lowbit.set_num_threads(2)
+    jobs = []
+    for i in range(6):
+        bw, ba, cb_w, cb_a = CASES[i % len(CASES)]
+        a, w = _problem(rng, bw, ba, m=40 + 7 * i, n=70 + 5 * i, k=129 + i)
+        jobs.append((lowbit.pack_weights(w, bw, cb_w), a, ba, cb_a, reference.gemm(a, w, ba, bw, cb_a, cb_w)))
+    errors = []
+    start = threading.Barrier(len(jobs))
+
+    def worker(job):
+        packed, a, ba, cb_a, ref = job
+        try:
+            start.wait(timeout=30)
+            for _ in range(15):
+                y = lowbit.gemm(a, packed, ba, cb_a)
+                if not np.array_equal(y, ref):
+                    errors.append(f"mismatch in {threading.current_thread().name} ({lowbit.last_kernel()})")
+                    return
+        except Exception as exc:  # reported below, never swallowed
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(job,), name=f"caller{i}") for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a caller thread hung"
+    assert not errors, errors
+
+
+def _child(packed, a, ba, cb_a, ref, threads, queue):
+    lowbit.set_num_threads(threads)
+    ok = all(np.array_equal(lowbit.gemm(a, packed, ba, cb_a), ref) for _ in range(3))
+    queue.put(bool(ok))
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # forking one is the point
+@pytest.mark.parametrize("child_threads", [1, 2])
+def test_fork_after_pool_use(child_threads, rng):
+    ctx = multiprocessing.get_context("fork")
+    bw, ba, cb_w, cb_a = CASES[0]
+    a, w = _problem(rng, bw, ba)
+    ref = reference.gemm(a, w, ba, bw, cb_a, cb_w)
+    packed = lowbit.pack_weights(w, bw, cb_w)
+    lowbit.set_num_threads(2)
+    assert np.array_equal(lowbit.gemm(a, packed, ba, cb_a), ref)  # the parent's pool exists and ran
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(packed, a, ba, cb_a, ref, child_threads, queue))
+    proc.start()
+    proc.join(timeout=60)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        pytest.fail("forked child deadlocked (did not finish in 60 s)")
+    assert proc.exitcode == 0
+    assert queue.get(timeout=5) is True
+    assert np.array_equal(lowbit.gemm(a, packed, ba, cb_a), ref)  # the parent's pool still works
