@@ -81,7 +81,7 @@ def integer_codebook(levels, bits: int | None = None, max_abs: int = 127):
     coarser grid.
 
     Returns an int32 array accepted as a lowbit codebook and a float ``scale``
-    > 0. Guarantees (checked): ``|levels[i] - int_codebook[i] * scale| <= scale / 2``
+    > 0 (levels so small that the scale would be subnormal raise ValueError). Guarantees (checked): ``|levels[i] - int_codebook[i] * scale| <= scale / 2``
     and ``max |int_codebook| == max_abs`` unless every level is 0 (then scale is 1).
     """
     lv, bits = _levels(levels, bits, "levels")
@@ -92,6 +92,8 @@ def integer_codebook(levels, bits: int | None = None, max_abs: int = 127):
         raise ValueError(f"max_abs: expected 1..{limit} for these levels, got {max_abs}")
     peak = float(np.max(np.abs(lv)))
     scale = peak / int(max_abs) if peak > 0 else 1.0
+    if not scale >= np.finfo(np.float64).tiny:  # a subnormal step cannot hold the bound
+        raise ValueError(f"levels: max |level| = {peak!r} is too small to scale to integers; rescale the levels")
     ints = np.rint(lv / scale)                       # round half to even
     ints = np.clip(ints, -int(max_abs), int(max_abs))  # only guards the last ulp of lv/scale
     cb = cbmod.normalize(ints.astype(np.int64), bits, "int_codebook")

@@ -33,6 +33,11 @@ def test_uniform_levels_are_exact():
 def test_rounding_bound(bits, max_abs, data):
     levels = data.draw(st.lists(st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False),
                                 min_size=1 << bits, max_size=1 << bits))
+    peak = max(abs(x) for x in levels)
+    if peak > 0 and not peak / max_abs >= np.finfo(np.float64).tiny:  # subnormal (or zero) step
+        with pytest.raises(ValueError, match="too small"):
+            quant.integer_codebook(levels, bits, max_abs=max_abs)
+        return
     cb, scale = quant.integer_codebook(levels, bits, max_abs=max_abs)
     assert scale > 0
     assert int(np.abs(cb).max()) <= max_abs
@@ -74,6 +79,8 @@ def test_invalid_inputs():
         quant.integer_codebook([0.1, 0.2], max_abs=1.5)
     cb, scale = quant.integer_codebook([0.0, 0.0])
     assert cb.tolist() == [0, 0] and scale == 1.0
+    with pytest.raises(ValueError, match="too small"):
+        quant.integer_codebook([5e-324, 0.0], max_abs=2)  # the step would be subnormal
 
 
 @pytest.mark.parametrize("bw,ba,w_max,a_max", [(2, 2, 127, 127), (2, 2, 3, 3), (4, 3, 100, 20), (8, 8, 127, 127),
