@@ -1,0 +1,1625 @@
+"""QONNX models (Brevitas exports) on lowbit: ``lowbit.from_qonnx(path) -> lowbit.Model``.
+
+QONNX is ONNX plus three custom ops in the domain ``qonnx.custom_op.general``
+(Brevitas' ``export_qonnx`` writes them; older files use ``finn.custom_op.general``
+or ``onnx.brevitas``):
+
+``Quant(x, scale, zero_point, bit_width)``, attrs ``signed``, ``narrow``, ``rounding_mode``::
+
+    q = clamp(x / scale + zero_point, qmin, qmax); q = round(q); y = (q - zero_point) * scale
+    qmin, qmax = 0 .. 2^b - 1 - narrow (unsigned), -2^(b-1) + narrow .. 2^(b-1) - 1 (signed)
+
+``BipolarQuant(x, scale)``: ``y = (x >= 0 ? +1 : -1) * scale``.
+
+``Trunc(x, scale, zero_point, in_bits, out_scale, out_bits)`` (v2; v1 has no
+``out_scale`` and rescales by ``scale``)::
+
+    q = round(x / scale + zero_point); T = 2^round(log2(out_scale / scale))
+    r = rounding_mode(clamp(q / T, qmin(out_bits), qmax(out_bits))); y = (r - zero_point / T) * out_scale
+
+How a graph maps onto :class:`lowbit.Model` nodes
+-------------------------------------------------
+The converter interprets the graph in topological order. Every tensor is
+either a constant (initializers, ``Constant`` nodes and everything computed
+from constants only, folded here) or an activation. An activation that is the
+output of a ``Quant``/``BipolarQuant``/``Trunc`` (or a value-preserving op of
+one: ``MaxPool``, ``Flatten``/``Reshape``, ``Identity``) carries its **grid**:
+values are ``level * step`` with integer levels ``qmin - zp .. qmax - zp``, or
+``+-step`` for bipolar.
+
+* A ``Quant``/``BipolarQuant`` on a constant (weights, biases) is evaluated
+  with NumPy in float32 exactly as the QONNX formula above; weights keep their
+  integer values ``q - zero_point``, which become the layer's **integer
+  codebook** (uniform grid ``qmin - zp .. qmax - zp``, padded to ``2^bits``
+  entries with 0; narrow range and zero points cost nothing). Per-channel
+  weight scales go to the epilogue scale.
+* ``Conv``/``Gemm``/``MatMul`` with quantized weights and a quantized input
+  become ``conv``/``linear`` nodes: epilogue ``scale[c] = act_step *
+  w_scale[c]`` (float64 product, rounded once), ``bias`` from the bias input.
+  Then, while the conv's output has no other reader, ``BatchNormalization``,
+  ``Mul``/``Add`` by a per-channel constant, one ``Add`` of another activation
+  (residual), ``Relu``/``Clip`` and finally a ``Quant`` fold into its fused
+  epilogue (in that order; the ``Quant`` becomes ``requant`` when its grid is a
+  plain ``0..2^b-1`` / ``-2^(b-1)..2^(b-1)-1`` one, so codes stay packed).
+  Elsewhere those ops become float ``affine``/``add``/``clamp``/``quantize`` nodes.
+* Activation code widths: a grid of n levels gets the smallest supported code
+  width with ``2^bits >= n`` (1, 2, 3, 4 or 8). Layers whose activation and
+  weight codes are 1-4 bits run on the LUT kernels (grouplut/lutgemm); a 5-8-bit
+  side (typically the first layer reading an 8-bit input quantizer) runs on the
+  exact int16 ``dotgemm`` path. There is no float convolution path: a ``Conv``
+  whose input or weights are not quantized raises :class:`QonnxConversionError`.
+* ``MaxPool``, ``AveragePool``, ``GlobalAveragePool``/``GlobalMaxPool``,
+  ``ReduceMean`` over H, W, ``Flatten``, ``Reshape``/``Squeeze`` to (N, C*H*W)
+  map to the runtime's pooling and ``flatten`` nodes. ``Transpose`` of
+  activations is supported where it only reorders what a following ``Gemm``/
+  ``MatMul`` reads (e.g. NHWC flattening): the permutation moves into the
+  weights. ``Identity`` and ``Dropout`` are aliases.
+* ``Trunc`` (Brevitas ``TruncAvgPool2d``) becomes a ``quantize`` node at the
+  input scale whose codebook holds ``r * T`` for each code (``r`` computed
+  exactly as above, any rounding mode), so its output values are bit exact.
+
+Exactness (what "agrees with the qonnx executor" means)
+------------------------------------------------------
+lowbit sums exact integers and applies ``float32(acc) * scale + bias``; the
+qonnx executor (onnxruntime) convolves the dequantized float32 values. The two
+pre-quantization values differ by float rounding only (a relative error of
+order ``K * 2^-24``), so an activation code can differ **only where that value
+lies within float rounding of a rounding boundary** (ties ``k + 0.5``). The
+requantizing epilogue computes ``v * (1 / step)`` where QONNX divides, and a
+nonzero activation zero point is subtracted from the clamp bounds instead of
+added to ``x / step``: both again move only values within float rounding of a
+boundary. Everything else is bit exact: bipolar and 1-bit codes, ``Trunc``
+codes, max pooling, flatten/transposes, and the dequantized values of every
+code (``level * step`` in float32, as QONNX computes them).
+
+The signed 1-bit ``Quant``
+--------------------------
+QONNX defines a signed 1-bit ``Quant`` like every other width: levels
+``qmin..qmax = -1..0`` (``{-scale, 0}``), which is what Brevitas computes in
+PyTorch for a 1-bit signed integer quantizer. qonnx 1.0's executor instead
+returns ``+-scale`` for it (``intquant.py``: "BUG: 1-bit IntQuant ops currently
+not exported correctly"). lowbit implements the definition (``{-1, 0}``), so for
+this case compare lowbit with Brevitas' PyTorch output, not with the qonnx
+executor. Note also that Brevitas 0.13 *exports* every 1-bit quantizer (even an
+integer one whose PyTorch levels are ``{-1, 0}`` or ``{0, 1}``) as
+``BipolarQuant``; lowbit executes the graph it is given (``+-scale`` there), so
+use Brevitas' binary quantizers (``SignedBinaryWeightPerTensorConst`` and
+friends) for 1-bit layers. See docs/brevitas.md.
+
+Functions
+---------
+:func:`from_qonnx` converts; :func:`to_float_onnx` lowers every quantizer to
+standard float ONNX ops (for onnxruntime); :func:`compare_qonnx` measures
+parity against the qonnx executor; :func:`bench_qonnx` times lowbit against
+onnxruntime on the float-lowered model.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+
+import numpy as np
+
+from .runtime import Model, Node
+
+__all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute",
+           "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]
+
+QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "qonnx.custom_op")
+_QOPS = ("Quant", "BipolarQuant", "Trunc")
+# ops that may read activations (anything may appear on constants: it is folded)
+SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip",
+                 "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
+                 "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout")
+_ALIAS = ("Identity", "Dropout")
+
+
+class QonnxConversionError(NotImplementedError):
+    """The QONNX graph uses something lowbit cannot run (the message names it)."""
+
+
+def _onnx():
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("lowbit.from_qonnx needs the onnx package (pip install 'lowbit[qonnx]')") from exc
+    return onnx, numpy_helper
+
+
+def _load(model):
+    """onnx.ModelProto from a path, bytes, a ModelProto or a qonnx ModelWrapper (copied)."""
+    onnx, _ = _onnx()
+    if isinstance(model, (str, os.PathLike)):
+        if not os.path.exists(model):
+            raise FileNotFoundError(f"model: no such file {os.fspath(model)!r}")
+        return onnx.load(os.fspath(model))
+    if isinstance(model, (bytes, bytearray)):
+        return onnx.load_from_string(bytes(model))
+    if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):  # qonnx ModelWrapper
+        model = model.model
+    if isinstance(model, onnx.ModelProto):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        return m
+    raise TypeError(f"model: expected a path to a .onnx file, an onnx.ModelProto or a qonnx ModelWrapper, "
+                    f"got {type(model).__name__}")
+
+
+def _attrs(node) -> dict:
+    onnx, _ = _onnx()
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        out[a.name] = v
+    return out
+
+
+def _is_qop(node) -> bool:
+    return node.op_type in _QOPS and (node.domain in QONNX_DOMAINS or node.domain.startswith("qonnx")
+                                      or node.domain.startswith("finn") or node.domain == "")
+
+
+def _desc(node) -> str:
+    return f"{node.op_type} node {node.name or node.output[0]!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantizer arithmetic (NumPy, float32, exactly the QONNX formulas)
+
+def min_int(signed, narrow, bits) -> int:
+    if signed:
+        return -(1 << (bits - 1)) + int(bool(narrow))
+    return 0
+
+
+def max_int(signed, narrow, bits) -> int:
+    if signed:
+        return (1 << (bits - 1)) - 1
+    return (1 << bits) - 1 - int(bool(narrow))
+
+
+def _round_fn(mode: str, where: str):
+    m = (mode or "ROUND").upper()
+    if m in ("ROUND", "HALF_EVEN"):
+        return np.round
+    if m == "FLOOR":
+        return np.floor
+    if m == "CEIL":
+        return np.ceil
+    if m == "DOWN":
+        return np.fix
+    if m == "UP":
+        return lambda v: np.sign(v) * np.ceil(np.abs(v))
+    if m == "HALF_UP":
+        return lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5)
+    if m == "HALF_DOWN":
+        return lambda v: np.sign(v) * np.ceil(np.abs(v) - 0.5)
+    raise QonnxConversionError(f"{where}: unknown rounding_mode {mode!r}")
+
+
+def quant_numpy(x, scale, zero_point, bits, signed, narrow, rounding_mode="ROUND"):
+    """QONNX ``Quant`` in float32 NumPy (the definition; a signed 1-bit Quant has
+    levels -1..0 here, unlike qonnx 1.0's executor). Returns (y, q - zero_point)."""
+    x = np.asarray(x, np.float32)
+    s = np.asarray(scale, np.float32)
+    zp = np.asarray(zero_point, np.float32)
+    bits = int(round(float(np.asarray(bits).reshape(-1)[0])))
+    y = x / s
+    y = y + zp
+    lo, hi = np.float32(min_int(signed, narrow, bits)), np.float32(max_int(signed, narrow, bits))
+    y = np.where(y > hi, hi, y)
+    y = np.where(y < lo, lo, y)
+    y = _round_fn(rounding_mode, "Quant")(y).astype(np.float32)
+    q = y - zp
+    return (q * s).astype(np.float32), q
+
+
+def _as_scalar(arr, what, where):
+    a = np.asarray(arr)
+    if a.size != 1:
+        raise QonnxConversionError(f"{where}: {what} must be a scalar here, got shape {a.shape}")
+    return a.reshape(-1)[0]
+
+
+def _bits_for(n: int):
+    for b in (1, 2, 3, 4, 8):
+        if n <= (1 << b):
+            return b
+    return None
+
+
+def _pad_levels(levels, bits):
+    """Extend a level list to 2^bits entries with 0 (or its first level if 0 is absent)."""
+    levels = [int(v) for v in levels]
+    pad = 0 if 0 in levels else levels[0]
+    return levels + [pad] * ((1 << bits) - len(levels))
+
+
+def _check_levels(levels, bits, where):
+    lo, hi = (-128, 255) if bits == 8 else (-128, 127)
+    if min(levels) < lo or max(levels) > hi:
+        raise QonnxConversionError(f"{where}: integer levels [{min(levels)}, {max(levels)}] do not fit a "
+                                   f"{bits}-bit lowbit codebook ([{lo}, {hi}])")
+
+
+class _Grid:
+    """Values ``level * step`` for integer levels qn..qp, or ``+-step`` (binary)."""
+
+    __slots__ = ("step", "qn", "qp", "binary", "signed")
+
+    def __init__(self, step, qn, qp, binary=False, signed=None):
+        self.step = float(np.float32(step))
+        self.qn, self.qp, self.binary = int(qn), int(qp), bool(binary)
+        self.signed = (self.qn < 0) if signed is None else bool(signed)
+
+    @property
+    def n(self):
+        return 2 if self.binary else self.qp - self.qn + 1
+
+    @property
+    def bits(self):
+        return 1 if self.binary else _bits_for(self.n)
+
+    def levels(self):
+        if self.binary:
+            return [-1, 1]
+        return _pad_levels(range(self.qn, self.qp + 1), self.bits)
+
+    def key(self):
+        return (np.float32(self.step).tobytes(), self.qn, self.qp, self.binary)
+
+    def requant(self):
+        """The epilogue's Requant dict when its codebook equals levels(), else None."""
+        b = self.bits
+        if self.binary or b is None or self.n != (1 << b):
+            return None
+        if self.qn == 0:
+            return {"bits": b, "step": self.step, "signed": False}
+        if self.qn == -(1 << (b - 1)) and b > 1:
+            return {"bits": b, "step": self.step, "signed": True}
+        return None
+
+
+class _Codes:
+    """A lowbit node whose output is codes: bits, levels (list), step."""
+
+    __slots__ = ("node", "bits", "levels", "step")
+
+    def __init__(self, node, bits, levels, step):
+        self.node, self.bits, self.levels, self.step = node, int(bits), [int(v) for v in levels], float(step)
+
+    def matches(self, g: _Grid):
+        return g is not None and self.bits == g.bits and self.levels == g.levels() and \
+            np.float32(self.step) == np.float32(g.step)
+
+
+class _QConst:
+    """A quantized constant: float32 ``values`` (QONNX semantics), integer ``ints``
+    (q - zero_point, or None if not integral), ``scale`` broadcast to the full shape,
+    the integer range of the grid (or None) and whether it is bipolar."""
+
+    def __init__(self, values, ints, scale, bits, irange, binary=False):
+        self.values = np.asarray(values, np.float32)
+        self.ints = ints
+        self.scale = np.broadcast_to(np.asarray(scale, np.float32), self.values.shape).copy()
+        self.bits, self.irange, self.binary = bits, irange, binary
+
+    def transform(self, fn):
+        return _QConst(fn(self.values), None if self.ints is None else fn(self.ints), fn(self.scale), self.bits,
+                       self.irange, self.binary)
+
+
+class _Act:
+    """An activation tensor. ``shape``: its ONNX shape (batch dim None). Lowbit
+    values: ``fl`` (node giving float32, NHWC for 4-D) and/or ``cd`` (_Codes).
+    ``grid``: the grid its values lie on (or None). ``conv``: the conv/linear
+    node whose open epilogue produces it. ``perm``: 4-D tensors only, the ONNX
+    tensor is the NCHW value transposed by perm. ``colperm``: 2-D tensors only,
+    ONNX column i is column colperm[i] of the lowbit value. ``global_pool``: a
+    1x1 map made by global pooling (flattening it keeps the input size free)."""
+
+    __slots__ = ("shape", "fl", "cd", "grid", "conv", "perm", "colperm", "global_pool")
+
+    def __init__(self, shape, fl=None, cd=None, grid=None, conv=None, perm=None, colperm=None, global_pool=False):
+        self.shape = tuple(shape)
+        self.fl, self.cd, self.grid, self.conv = fl, cd, grid, conv
+        self.perm, self.colperm, self.global_pool = perm, colperm, global_pool
+
+    def copy(self, **kw):
+        a = _Act(self.shape, self.fl, self.cd, self.grid, self.conv, self.perm, self.colperm, self.global_pool)
+        for k, v in kw.items():
+            setattr(a, k, v)
+        return a
+
+
+def _pair_attr(v, default):
+    if v is None:
+        return list(default)
+    v = [int(x) for x in v]
+    return v
+
+
+def _pads(attrs, kernel, in_hw, strides, dilations, where):
+    """Symmetric [ph, pw] from ONNX pads / auto_pad (asymmetric padding is refused)."""
+    auto = attrs.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        p = _pair_attr(attrs.get("pads"), [0, 0, 0, 0])
+        if len(p) != 4:
+            raise QonnxConversionError(f"{where}: expected 4 pads, got {p}")
+        if p[0] != p[2] or p[1] != p[3]:
+            raise QonnxConversionError(f"{where}: asymmetric padding {p} is not supported")
+        return [p[0], p[1]]
+    if auto == "VALID":
+        return [0, 0]
+    pads = []
+    for i in range(2):
+        out = -(-in_hw[i] // strides[i])
+        total = max((out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - in_hw[i], 0)
+        if total % 2:
+            raise QonnxConversionError(f"{where}: auto_pad={auto} needs asymmetric padding here")
+        pads.append(total // 2)
+    return pads
+
+
+def _out_hw(in_hw, kernel, stride, pad, dil, ceil=False):
+    out = []
+    for i in range(2):
+        num = in_hw[i] + 2 * pad[i] - dil[i] * (kernel[i] - 1) - 1
+        o = (-(-num // stride[i]) if ceil else num // stride[i]) + 1
+        if ceil and (o - 1) * stride[i] >= in_hw[i] + pad[i]:
+            o -= 1
+        out.append(o)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+class _Converter:
+    def __init__(self, model, requant_in_epilogue=True):
+        onnx, nh = _onnx()
+        self.onnx, self.nh = onnx, nh
+        self.model = model
+        self.graph = model.graph
+        self.requant_ok = bool(requant_in_epilogue)
+        self.consts = {}
+        for init in self.graph.initializer:
+            self.consts[init.name] = nh.to_array(init)
+        self.vals = {}
+        self.nodes, self.names = [], set()
+        self.scale64, self.bias64, self.stage = {}, {}, {}
+        self.codes_of = {}   # lowbit node -> ONNX tensor whose Quant codes it outputs (for compare_qonnx)
+        self.spatial_fixed = False
+
+    # ---- structure -----------------------------------------------------------------------------
+    def toposort(self):
+        g = self.graph
+        known = set(self.consts) | {i.name for i in g.input} | {""}
+        pending, order = list(g.node), []
+        while pending:
+            rest = []
+            for n in pending:
+                if all(i in known for i in n.input):
+                    order.append(n)
+                    known.update(n.output)
+                else:
+                    rest.append(n)
+            if len(rest) == len(pending):
+                missing = sorted({i for n in rest for i in n.input if i not in known})
+                raise QonnxConversionError(f"graph: tensors {missing[:5]} are read but never produced (or the "
+                                           "graph has a cycle)")
+            pending = rest
+        return order
+
+    def check_supported(self, order):
+        inputs = [i for i in self.graph.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise QonnxConversionError(f"graph: expected exactly one (non-initializer) input, got "
+                                       f"{[i.name for i in inputs]}")
+        if len(self.graph.output) != 1:
+            raise QonnxConversionError(f"graph: expected exactly one output, got {len(self.graph.output)}")
+        const = set(self.consts) | {""}
+        bad = Counter()
+        where = {}
+        self.is_const = {}
+        for n in order:
+            c = n.op_type == "Constant" or all(i in const for i in n.input) or \
+                (n.op_type == "CastLike" and n.input[0] in const)  # activations are float32
+            if c and n.op_type != "Trunc":
+                const.update(n.output)
+                self.is_const[id(n)] = True
+                continue
+            self.is_const[id(n)] = False
+            std = n.domain in ("", "ai.onnx")
+            ok = (n.op_type in _QOPS and _is_qop(n)) or (std and n.op_type in SUPPORTED_OPS and
+                                                        n.op_type not in _QOPS)
+            if not ok:
+                key = n.op_type if std or n.domain == "" else f"{n.domain}.{n.op_type}"
+                bad[key] += 1
+                where.setdefault(key, []).append(n.name or n.output[0])
+        if bad:
+            parts = [f"{k} x{v} ({', '.join(where[k][:3])}{', ...' if len(where[k]) > 3 else ''})"
+                     for k, v in sorted(bad.items())]
+            raise QonnxConversionError(
+                "lowbit.from_qonnx: unsupported node types in the graph: " + "; ".join(parts)
+                + ". Supported on activations: " + ", ".join(SUPPORTED_OPS)
+                + " (anything computed from constants only is folded).")
+        self.input = inputs[0]
+
+    def consumers(self):
+        cnt = Counter()
+        for n in self.graph.node:
+            for i in n.input:
+                cnt[i] += 1
+        for o in self.graph.output:
+            cnt[o.name] += 1
+        self.n_readers = cnt
+
+    # ---- node list -----------------------------------------------------------------------------
+    def uname(self, base):
+        base = (base or "node").replace(":", "_").replace("/", ".")
+        name, i = base, 1
+        while name in self.names:
+            i += 1
+            name = f"{base}_{i}"
+        self.names.add(name)
+        return name
+
+    def add(self, name, op, inputs, attrs=None, arrays=None, before=None):
+        node = Node(self.uname(name), op, inputs, attrs, arrays)
+        if before is None:
+            self.nodes.append(node)
+        else:
+            idx = next(i for i, n in enumerate(self.nodes) if n.name == before)
+            self.nodes.insert(idx, node)
+        return node.name
+
+    def pos(self, name):
+        return next(i for i, n in enumerate(self.nodes) if n.name == name)
+
+    def node(self, name):
+        return next(n for n in self.nodes if n.name == name)
+
+    # ---- materialization -----------------------------------------------------------------------
+    def float_of(self, act: _Act, where, before=None):
+        if act.perm is not None:
+            raise QonnxConversionError(f"{where}: reads a Transpose(perm={list(act.perm)}) of an activation; "
+                                       "transposed activations are supported only before Flatten/Reshape into "
+                                       "a Gemm/MatMul")
+        if act.fl is None:
+            c = act.cd
+            act.fl = self.add(c.node + ".dequant", "dequantize", [c.node], {"source": "dequantize"}, before=before)
+        return act.fl
+
+    def codes_of_act(self, act: _Act, where):
+        """Codes a conv/linear can read: the act's own codes when they are the canonical
+        codes of its grid, otherwise a quantize node (exact for values on the grid)."""
+        if act.perm is not None:
+            self.float_of(act, where)  # raises
+        if act.cd is not None and (act.grid is None or act.cd.matches(act.grid)):
+            return act.cd
+        g = act.grid
+        if g is None:
+            raise QonnxConversionError(f"{where}: its input activation is not quantized (no Quant/BipolarQuant "
+                                       "before it); lowbit runs only quantized convolutions (add an input "
+                                       "quantizer, e.g. Brevitas QuantIdentity)")
+        fl = self.float_of(act, where)
+        act.cd = self.quantize(fl, g, f"{fl}.quant", where)
+        return act.cd
+
+    def quantize(self, src, g: _Grid, name, where, qn=None, qp=None, levels=None, bits=None, step=None):
+        bits = g.bits if bits is None else bits
+        if bits is None:
+            raise QonnxConversionError(f"{where}: {g.n} quantization levels do not fit 8-bit codes")
+        levels = g.levels() if levels is None else levels
+        _check_levels(levels, bits, where)
+        step = g.step if step is None else step
+        attrs = {"bits": bits, "signed": g.signed, "binary": g.binary,
+                 "qn": g.qn if qn is None else qn, "qp": g.qp if qp is None else qp,
+                 "step": float(step), "levels": [int(v) for v in levels], "source": where}
+        name = self.add(name, "quantize", [src], attrs)
+        return _Codes(name, bits, levels, step)
+
+    # ---- values --------------------------------------------------------------------------------
+    def const(self, name, where, allow_q=True):
+        v = self.vals.get(name)
+        if v is None and name in self.consts:
+            v = self.consts[name]
+        if isinstance(v, _QConst):
+            return v if allow_q else v.values
+        if isinstance(v, np.ndarray):
+            return v
+        raise QonnxConversionError(f"{where}: input {name!r} must be a constant")
+
+    def act(self, name, where):
+        v = self.vals.get(name)
+        if not isinstance(v, _Act):
+            raise QonnxConversionError(f"{where}: input {name!r} must be an activation here")
+        return v
+
+    def fusable(self, name, act, max_stage):
+        """The conv/linear node with an open epilogue behind activation ``name``."""
+        if act.conv is None or self.n_readers[name] != 1:
+            return None
+        if self.stage[act.conv] >= max_stage or self.node(act.conv).attrs.get("requant"):
+            return None
+        return act.conv
+
+    # ---- conversion ----------------------------------------------------------------------------
+    def run(self):
+        order = self.toposort()
+        self.check_supported(order)
+        self.consumers()
+        shp = self.input.type.tensor_type.shape
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in shp.dim]
+        if len(dims) != 4 or any(d is None or d < 1 for d in dims[1:]):
+            raise QonnxConversionError(f"graph input {self.input.name!r}: expected a 4-D NCHW image batch "
+                                       f"with static C, H, W, got shape {dims}")
+        self.export_batch = dims[0]
+        name = self.add("input", "input", [], {"channels": dims[1], "height": dims[2], "width": dims[3],
+                                              "onnx_input": self.input.name})
+        self.vals[self.input.name] = _Act((None,) + tuple(dims[1:]), fl=name)
+        for n in order:
+            if self.is_const[id(n)]:
+                self.fold(n)
+            else:
+                getattr(self, "op_" + n.op_type)(n, _attrs(n), _desc(n))
+        out = self.vals.get(self.graph.output[0].name)
+        if not isinstance(out, _Act):
+            raise QonnxConversionError("graph: the output does not depend on the input")
+        return self.finish(out)
+
+    def finish(self, out: _Act):
+        where = f"graph output {self.graph.output[0].name!r}"
+        if out.colperm is not None:
+            raise QonnxConversionError(f"{where}: a transposed flattening as the model output is not supported")
+        if out.perm is not None:
+            self.float_of(out, where)  # raises
+        if out.fl is not None:
+            last = out.fl
+        elif out.cd is not None:
+            last = out.cd.node
+        else:  # pragma: no cover
+            raise QonnxConversionError(f"{where}: has no value")
+        for nd in self.nodes:
+            if nd.op in ("conv", "linear"):
+                nd.arrays["scale"] = self.scale64[nd.name].astype(np.float32)
+                nd.arrays["bias"] = self.bias64[nd.name].astype(np.float32)
+                if not (np.all(np.isfinite(nd.arrays["scale"])) and np.all(np.isfinite(nd.arrays["bias"]))):
+                    raise QonnxConversionError(f"node {nd.name!r}: non-finite folded scale/bias")
+        need = {last}
+        for nd in reversed(self.nodes):
+            if nd.name in need:
+                need.update(nd.inputs)
+        nodes = [nd for nd in self.nodes if nd.name in need]
+        if nodes[-1].name != last:  # pragma: no cover
+            raise QonnxConversionError("internal error: the output is not the last node")
+        nodes[0].attrs["spatial_fixed"] = bool(self.spatial_fixed)
+        return nodes
+
+    # ---- constants -----------------------------------------------------------------------------
+    def fold(self, n):
+        where = _desc(n)
+        a = _attrs(n)
+        if n.op_type == "Constant":
+            t = n.attribute[0]
+            if t.name == "value":
+                v = self.nh.to_array(t.t)
+            elif t.name in ("value_float", "value_int"):
+                v = np.array(self.onnx.helper.get_attribute_value(t))
+            elif t.name in ("value_floats", "value_ints"):
+                v = np.array(self.onnx.helper.get_attribute_value(t))
+            else:
+                raise QonnxConversionError(f"{where}: unsupported Constant attribute {t.name}")
+            self.vals[n.output[0]] = v
+            return
+        if n.op_type == "Quant" and _is_qop(n):
+            x = self.const(n.input[0], where, allow_q=False)
+            s, zp, b = (self.const(i, where, allow_q=False) for i in n.input[1:4])
+            bits = int(round(float(_as_scalar(b, "bit_width", where))))
+            signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
+            y, q = quant_numpy(x, s, zp, bits, signed, narrow, a.get("rounding_mode", "ROUND"))
+            ints = np.rint(q).astype(np.int64) if np.all(q == np.rint(q)) else None
+            irange = None
+            zpa = np.asarray(zp, np.float32)
+            if zpa.size == 1 and float(zpa.reshape(-1)[0]).is_integer():
+                z = int(zpa.reshape(-1)[0])
+                irange = (min_int(signed, narrow, bits) - z, max_int(signed, narrow, bits) - z)
+            self.vals[n.output[0]] = _QConst(y, ints, s, bits, irange)
+            return
+        if n.op_type == "BipolarQuant" and _is_qop(n):
+            x = self.const(n.input[0], where, allow_q=False)
+            s = np.asarray(self.const(n.input[1], where, allow_q=False), np.float32)
+            ints = np.where(x >= 0, 1, -1).astype(np.int64)
+            self.vals[n.output[0]] = _QConst((ints.astype(np.float32) * s).astype(np.float32), ints, s, 1, (-1, 1),
+                                             binary=True)
+            return
+        ins = [self.vals.get(i, self.consts.get(i)) if i else None for i in n.input]
+        if n.op_type == "CastLike" and isinstance(ins[1], _Act):
+            ins[1] = np.zeros(0, np.float32)
+        if n.op_type in ("Transpose", "Reshape", "Identity", "Flatten", "Squeeze", "Unsqueeze") and \
+                isinstance(ins[0], _QConst):
+            rest = [v.values if isinstance(v, _QConst) else v for v in ins[1:]]
+            self.vals[n.output[0]] = ins[0].transform(lambda arr: self._eval(n, [arr] + rest)[0])
+            return
+        ins = [v.values if isinstance(v, _QConst) else v for v in ins]
+        for o, v in zip(n.output, self._eval(n, ins)):
+            self.vals[o] = v
+
+    def _eval(self, n, inputs):
+        from onnx.reference import ReferenceEvaluator
+
+        onnx = self.onnx
+        names = [f"i{k}" if i else "" for k, i in enumerate(n.input)]
+        node = onnx.helper.make_node(n.op_type, names, [f"o{k}" for k in range(len(n.output))], domain=n.domain)
+        node.attribute.extend(n.attribute)
+        feeds = {nm: np.asarray(v) for nm, v in zip(names, inputs) if nm}
+        try:
+            sess = ReferenceEvaluator(node)
+            out = sess.run(None, feeds)
+        except Exception as exc:
+            raise QonnxConversionError(f"{_desc(n)}: could not fold this constant expression "
+                                       f"({type(exc).__name__}: {exc})") from exc
+        dtype_keep = [np.asarray(v) for v in out]
+        return dtype_keep
+
+    # ---- activation ops ------------------------------------------------------------------------
+    def _alias(self, n, src):
+        act = self.act(src, _desc(n))
+        conv = act.conv if self.n_readers[src] == 1 else None
+        self.vals[n.output[0]] = act.copy(conv=conv)
+
+    def op_Identity(self, n, a, where):
+        self._alias(n, n.input[0])
+
+    def op_Dropout(self, n, a, where):
+        if len(n.output) > 1 and n.output[1] and self.n_readers[n.output[1]]:
+            raise QonnxConversionError(f"{where}: the Dropout mask output is read; not supported")
+        self._alias(n, n.input[0])
+
+    def op_Quant(self, n, a, where):
+        src = n.input[0]
+        x = self.act(src, where)
+        s, zp, b = (self.const(i, where, allow_q=False) for i in n.input[1:4])
+        if np.asarray(s).size != 1:
+            raise QonnxConversionError(f"{where}: per-channel activation scales (shape {np.asarray(s).shape}) "
+                                       "are not supported; use a per-tensor activation quantizer")
+        if np.asarray(zp).size != 1:
+            raise QonnxConversionError(f"{where}: per-channel activation zero points are not supported")
+        step = np.float32(_as_scalar(s, "scale", where))
+        z = float(np.float32(_as_scalar(zp, "zero_point", where)))
+        bits_f = float(_as_scalar(b, "bit_width", where))
+        if not bits_f.is_integer() or not 1 <= bits_f <= 8:
+            raise QonnxConversionError(f"{where}: activation bit width {bits_f:g} is not supported (1-8)")
+        if not z.is_integer():
+            raise QonnxConversionError(f"{where}: non-integer activation zero point {z} is not supported")
+        if not (np.isfinite(step) and step > 0):
+            raise QonnxConversionError(f"{where}: scale must be finite and > 0, got {step}")
+        mode = str(a.get("rounding_mode", "ROUND")).upper()
+        if mode not in ("ROUND", "HALF_EVEN"):
+            raise QonnxConversionError(f"{where}: rounding_mode {mode} on activations is not supported (ROUND, "
+                                       "the Brevitas default, is)")
+        bits, signed, narrow = int(bits_f), bool(a.get("signed", 1)), bool(a.get("narrow", 0))
+        z = int(z)
+        g = _Grid(step, min_int(signed, narrow, bits) - z, max_int(signed, narrow, bits) - z, signed=signed)
+        self._quant_act(n, src, x, g, where)
+
+    def op_BipolarQuant(self, n, a, where):
+        src = n.input[0]
+        x = self.act(src, where)
+        step = np.float32(_as_scalar(self.const(n.input[1], where, allow_q=False), "scale", where))
+        if not (np.isfinite(step) and step > 0):
+            raise QonnxConversionError(f"{where}: scale must be finite and > 0, got {step}")
+        self._quant_act(n, src, x, _Grid(step, -1, 1, binary=True, signed=True), where)
+
+    def _quant_act(self, n, src, x: _Act, g: _Grid, where):
+        out = n.output[0]
+        if x.perm is not None:
+            self.float_of(x, where)  # raises
+        if g.bits is None:
+            raise QonnxConversionError(f"{where}: {g.n} levels do not fit 8-bit codes")
+        _check_levels(g.levels(), g.bits, where)
+        conv = self.fusable(src, x, 4)
+        rq = g.requant()
+        if self.requant_ok and conv is not None and rq is not None:
+            node = self.node(conv)
+            node.attrs["requant"] = rq
+            node.attrs.setdefault("fused", []).append(n.name or out)
+            self.stage[conv] = 4
+            cd = _Codes(conv, g.bits, g.levels(), g.step)
+            self.codes_of[conv] = out
+            self.vals[out] = _Act(x.shape, cd=cd, grid=g, colperm=x.colperm)
+            return
+        fl = self.float_of(x, where)
+        cd = self.quantize(fl, g, n.name or out, where)
+        self.codes_of[cd.node] = out
+        self.vals[out] = _Act(x.shape, cd=cd, grid=g, colperm=x.colperm)
+
+    def op_Trunc(self, n, a, where):
+        x = self.act(n.input[0], where)
+        c = [self.const(i, where, allow_q=False) for i in n.input[1:]]
+        if len(c) == 5:     # v2
+            s, zp, in_b, out_s, out_b = c
+            v2 = True
+        elif len(c) == 4:   # v1
+            s, zp, in_b, out_b = c
+            out_s, v2 = s, False
+        else:
+            raise QonnxConversionError(f"{where}: expected 5 or 6 inputs, got {len(n.input)}")
+        s = np.float32(_as_scalar(s, "scale", where))
+        out_s = np.float32(_as_scalar(out_s, "output scale", where))
+        z = float(_as_scalar(zp, "zero_point", where))
+        in_bits = int(round(float(_as_scalar(in_b, "input bit width", where))))
+        out_bits = int(round(float(_as_scalar(out_b, "output bit width", where))))
+        if z != 0:
+            raise QonnxConversionError(f"{where}: a nonzero zero point is not supported for Trunc")
+        if not (np.isfinite(s) and s > 0 and np.isfinite(out_s) and out_s > 0):
+            raise QonnxConversionError(f"{where}: scales must be finite and > 0")
+        signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
+        rf = _round_fn(a.get("rounding_mode", "FLOOR"), where)
+        if v2:
+            t = float(2.0 ** np.round(np.log2(np.float64(out_s) / np.float64(s))))
+            lo, hi = min_int(signed, narrow, out_bits), max_int(signed, narrow, out_bits)
+            qn, qp = int(math.floor(lo * t)), int(math.ceil(hi * t))   # clamp(q/T) saturates outside
+            q = np.arange(qn, qp + 1, dtype=np.float64)
+            r = rf(np.clip(q / t, lo, hi))
+            if np.float32(np.float32(s) * np.float32(t)) != out_s:
+                raise QonnxConversionError(f"{where}: output scale {out_s} is not scale x 2^k ({s} x {t})")
+            levels = r * t
+            grid = _Grid(out_s, int(r.min()), int(r.max()), signed=signed)
+        else:
+            t = 2.0 ** (in_bits - out_bits)
+            qn, qp = min_int(signed, narrow, in_bits), max_int(signed, narrow, in_bits)
+            q = np.arange(qn, qp + 1, dtype=np.float64)
+            r = rf(q / t)
+            levels = r
+            grid = None
+            if np.all(np.diff(r) >= 0) and np.all(r == np.rint(r)):
+                grid = _Grid(s, int(r.min()), int(r.max()), signed=signed)
+        if not np.all(levels == np.rint(levels)):
+            raise QonnxConversionError(f"{where}: truncated levels are not integers")
+        bits = _bits_for(qp - qn + 1)
+        if bits is None:
+            if not v2:
+                raise QonnxConversionError(f"{where}: {qp - qn + 1} input levels do not fit 8-bit codes")
+            return self._trunc_wide(n, x, s, t, lo, hi, signed, str(a.get("rounding_mode", "FLOOR")).upper(),
+                                    where)
+        levels = _pad_levels(levels.astype(np.int64).tolist(), bits)
+        fl = self.float_of(x, where)
+        g_in = _Grid(s, qn, qp, signed=signed)
+        cd = self.quantize(fl, g_in, n.name or n.output[0], where, qn=qn, qp=qp, levels=levels, bits=bits, step=s)
+        self.codes_of[cd.node] = n.output[0]
+        self.vals[n.output[0]] = _Act(x.shape, cd=cd, grid=grid)
+
+    def _trunc_wide(self, n, x, s, t, lo, hi, signed, mode, where):
+        """Trunc whose integer input range q = lo*T .. hi*T does not fit 8-bit codes: one
+        quantize node at the output scale. FLOOR/CEIL (and, for grids without negative
+        levels, DOWN/UP/HALF_UP/HALF_DOWN) first shift x by an offset that moves every
+        q/T (a multiple of 1/T) strictly inside the rounding interval of its result (margin
+        1/(4T), far above float rounding), so they stay exact. ROUND/HALF_EVEN round
+        x / out_scale directly: an exact tie q/T = k + 1/2 may then go either way
+        (float rounding of the average decides it), the one inexact case."""
+        nonneg = lo >= 0
+        offsets = {"FLOOR": -(t - 1) / (2 * t), "CEIL": (t - 1) / (2 * t), "ROUND": 0.0, "HALF_EVEN": 0.0}
+        if nonneg:
+            offsets.update({"DOWN": offsets["FLOOR"], "UP": offsets["CEIL"], "HALF_UP": 1 / (4 * t),
+                            "HALF_DOWN": -1 / (4 * t)})
+        if mode not in offsets:
+            raise QonnxConversionError(f"{where}: rounding_mode {mode} with {int((hi - lo) * t) + 1} input "
+                                       "levels is not supported")
+        out_s = float(np.float32(s) * np.float32(t))
+        fl = self.float_of(x, where)
+        off = offsets[mode]
+        if off:
+            ch = x.shape[1]
+            fl = self.add(fl + ".trunc_offset", "affine", [fl], {"source": where},
+                          {"scale": np.ones(ch, np.float32), "bias": np.full(ch, off * out_s, np.float32)})
+        g = _Grid(out_s, lo, hi, signed=signed)
+        cd = self.quantize(fl, g, n.name or n.output[0], where)
+        self.codes_of[cd.node] = n.output[0]
+        self.vals[n.output[0]] = _Act(x.shape, cd=cd, grid=g)
+
+    # ---- conv / gemm ---------------------------------------------------------------------------
+    def _weights(self, wq, where, rows_axis_first=True):
+        """(codes uint8 like wq.ints, bits, codebook list, per-row scale float64) of a quantized weight
+        whose first axis is the output channel."""
+        if not isinstance(wq, _QConst):
+            raise QonnxConversionError(f"{where}: its weights are not quantized (no Quant/BipolarQuant on the "
+                                       "weight initializer); lowbit runs only quantized layers")
+        if wq.ints is None:
+            raise QonnxConversionError(f"{where}: weight zero point is not an integer")
+        ints = wq.ints
+        rows = wq.scale.reshape(wq.scale.shape[0], -1)
+        if not np.all(rows == rows[:, :1]):
+            raise QonnxConversionError(f"{where}: weight scales vary along the input dimension; only "
+                                       "per-tensor and per-output-channel weight scales are supported")
+        if rows.size and np.any(rows[:, 0] <= 0) or not np.all(np.isfinite(rows)):
+            raise QonnxConversionError(f"{where}: weight scales must be finite and > 0")
+        w_scale = rows[:, 0].astype(np.float64)
+        if wq.binary:
+            return (ints > 0).astype(np.uint8), 1, [-1, 1], w_scale
+        lo, hi = (wq.irange if wq.irange is not None else (int(ints.min()), int(ints.max())))
+        lo, hi = min(lo, int(ints.min())), max(hi, int(ints.max()))
+        bits = _bits_for(hi - lo + 1)
+        if bits is not None:
+            levels = _pad_levels(range(lo, hi + 1), bits)
+            codes = (ints - lo).astype(np.uint8)
+        else:
+            u = np.unique(ints)
+            bits = _bits_for(len(u))
+            if bits is None:
+                raise QonnxConversionError(f"{where}: {len(u)} distinct weight levels do not fit 8-bit codes")
+            levels = _pad_levels(u.tolist(), bits)
+            codes = np.searchsorted(u, ints).astype(np.uint8)
+        _check_levels(levels, bits, where)
+        return codes, bits, levels, w_scale
+
+    def _layer(self, n, op, x: _Act, codes, bits, levels, w_scale, bias, extra, out_shape, where):
+        cd = self.codes_of_act(x, where)
+        from . import codebook as cbmod
+
+        k = int(np.prod(codes.shape[1:]))
+        kmax = cbmod.k_max(np.asarray(cd.levels), np.asarray(levels))
+        if k > kmax:
+            raise QonnxConversionError(f"{where}: K={k} exceeds K_max={kmax} for these codebooks")
+        attrs = {"w_bits": bits, "w_codebook": [int(v) for v in levels], "a_bits": cd.bits,
+                 "a_codebook": list(cd.levels), "a_step": cd.step, "clamp": [None, None], "requant": None,
+                 "residual": False, "bn": False, "source": f"{n.name or n.output[0]} ({n.op_type})"}
+        attrs.update(extra)
+        name = self.add(n.name or n.output[0], op, [cd.node], attrs, {"w_codes": codes})
+        self.scale64[name] = np.float64(np.float32(cd.step)) * w_scale
+        self.bias64[name] = np.zeros(codes.shape[0]) if bias is None else bias.astype(np.float64)
+        self.stage[name] = 0
+        self.vals[n.output[0]] = _Act(out_shape, fl=name, conv=name)
+
+    def op_Conv(self, n, a, where):
+        x = self.act(n.input[0], where)
+        if len(x.shape) != 4:
+            raise QonnxConversionError(f"{where}: expected a 4-D input, got shape {x.shape}")
+        wq = self.const(n.input[1], where)
+        wv = wq.values if isinstance(wq, _QConst) else wq
+        if wv.ndim != 4:
+            raise QonnxConversionError(f"{where}: only 2-D convolutions are supported (weight shape {wv.shape})")
+        codes, bits, levels, w_scale = self._weights(wq, where)
+        cout, cg, kh, kw = wv.shape
+        groups = int(a.get("group", 1))
+        if cg * groups != x.shape[1]:
+            raise QonnxConversionError(f"{where}: weight shape {wv.shape} with group={groups} does not match "
+                                       f"{x.shape[1]} input channels")
+        ks = _pair_attr(a.get("kernel_shape"), [kh, kw])
+        if ks != [kh, kw]:
+            raise QonnxConversionError(f"{where}: kernel_shape {ks} does not match the weights")
+        stride = _pair_attr(a.get("strides"), [1, 1])
+        dil = _pair_attr(a.get("dilations"), [1, 1])
+        pad = _pads(a, [kh, kw], x.shape[2:], stride, dil, where)
+        bias = None
+        if len(n.input) > 2 and n.input[2]:
+            b = self.const(n.input[2], where)
+            bias = np.asarray(b.values if isinstance(b, _QConst) else b, np.float64).reshape(-1)
+        oh, ow = _out_hw(x.shape[2:], [kh, kw], stride, pad, dil)
+        if oh < 1 or ow < 1:
+            raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
+        self._layer(n, "conv", x, codes, bits, levels, w_scale, bias,
+                    {"stride": stride, "padding": pad, "dilation": dil, "groups": groups},
+                    (None, cout, oh, ow), where)
+
+    def _linear(self, n, x, wmat_q, bias, alpha, where):
+        """wmat_q: _QConst or array of shape (N, K)."""
+        if len(x.shape) != 2:
+            raise QonnxConversionError(f"{where}: expected a 2-D (N, K) input, got shape {x.shape} "
+                                       "(flatten first)")
+        codes, bits, levels, w_scale = self._weights(wmat_q, where)
+        if codes.shape[1] != x.shape[1]:
+            raise QonnxConversionError(f"{where}: weight K={codes.shape[1]} does not match the input's {x.shape[1]}")
+        if x.colperm is not None:
+            perm = np.empty_like(codes)
+            perm[:, x.colperm] = codes
+            codes = perm
+            x = x.copy(colperm=None)
+        self._layer(n, "linear", x, np.ascontiguousarray(codes), bits, levels, w_scale * alpha, bias, {},
+                    (None, codes.shape[0]), where)
+
+    def op_Gemm(self, n, a, where):
+        x = self.act(n.input[0], where)
+        if int(a.get("transA", 0)):
+            raise QonnxConversionError(f"{where}: transA=1 is not supported")
+        wq = self.const(n.input[1], where)
+        if not int(a.get("transB", 0)):
+            wq = wq.transform(lambda v: np.ascontiguousarray(np.swapaxes(v, 0, 1))) if isinstance(wq, _QConst) \
+                else wq.T
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        bias = None
+        nout = (wq.values if isinstance(wq, _QConst) else wq).shape[0]
+        if len(n.input) > 2 and n.input[2]:
+            b = self.const(n.input[2], where)
+            b = np.asarray(b.values if isinstance(b, _QConst) else b, np.float64)
+            bias = np.broadcast_to(b.reshape(-1) if b.size == nout else b, (nout,)) * beta
+        self._linear(n, x, wq, bias, alpha, where)
+
+    def op_MatMul(self, n, a, where):
+        x = self.act(n.input[0], where)
+        wq = self.const(n.input[1], where)
+        wv = wq.values if isinstance(wq, _QConst) else wq
+        if wv.ndim != 2:
+            raise QonnxConversionError(f"{where}: only (N, K) x (K, M) matrix products are supported")
+        wq = wq.transform(lambda v: np.ascontiguousarray(v.T)) if isinstance(wq, _QConst) else wq.T
+        self._linear(n, x, wq, None, 1.0, where)
+
+    # ---- epilogue-foldable ops -----------------------------------------------------------------
+    def _channel_vec(self, c, x: _Act, where):
+        """A constant that broadcasts over x as one value per channel (axis 1) -> (C,) float64."""
+        c = np.asarray(c, np.float64)
+        ch = x.shape[1]
+        if c.size == 1:
+            return np.full(ch, float(c.reshape(-1)[0]))
+        nd = len(x.shape)
+        shape = (1,) * (nd - c.ndim) + c.shape
+        want = [1] * nd
+        want[1] = ch
+        if list(shape) != want:
+            raise QonnxConversionError(f"{where}: constant of shape {c.shape} is not per-channel for an input "
+                                       f"of shape {tuple('N' if d is None else d for d in x.shape)}")
+        return c.reshape(-1)
+
+    def _affine(self, n, x, src, scale, bias, where):
+        if x.colperm is not None:  # ONNX column i is lowbit column colperm[i]
+            s2, b2 = np.empty_like(scale), np.empty_like(bias)
+            s2[x.colperm], b2[x.colperm] = scale, bias
+            scale, bias = s2, b2
+        fl = self.float_of(x, where)
+        name = self.add(n.name or n.output[0], "affine", [fl], {"source": f"{n.name} ({n.op_type})"},
+                        {"scale": scale.astype(np.float32), "bias": bias.astype(np.float32)})
+        self.vals[n.output[0]] = _Act(x.shape, fl=name, colperm=x.colperm)
+
+    def op_BatchNormalization(self, n, a, where):
+        src = n.input[0]
+        x = self.act(src, where)
+        if int(a.get("training_mode", 0)) or (len(n.output) > 1 and any(self.n_readers[o] for o in n.output[1:] if o)):
+            raise QonnxConversionError(f"{where}: training-mode BatchNormalization is not supported")
+        gamma, beta, mean, var = (np.asarray(self.const(i, where, allow_q=False), np.float64).reshape(-1)
+                                  for i in n.input[1:5])
+        eps = float(a.get("epsilon", 1e-5))
+        g = gamma / np.sqrt(var + eps)
+        b = beta - mean * g
+        conv = self.fusable(src, x, 1)
+        if conv is not None:
+            self.scale64[conv] = self.scale64[conv] * g
+            self.bias64[conv] = self.bias64[conv] * g + b
+            nd = self.node(conv)
+            nd.attrs["bn"] = True
+            nd.attrs.setdefault("fused", []).append(n.name or n.output[0])
+            self.stage[conv] = 1
+            self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
+            return
+        self._affine(n, x, src, g, b, where)
+
+    def _const_and_act(self, n, where):
+        ins = [self.vals.get(i, self.consts.get(i)) for i in n.input]
+        acts = [i for i, v in zip(n.input, ins) if isinstance(v, _Act)]
+        cons = [v for v in ins if not isinstance(v, _Act)]
+        return acts, [c.values if isinstance(c, _QConst) else c for c in cons]
+
+    def op_Mul(self, n, a, where):
+        acts, cons = self._const_and_act(n, where)
+        if len(acts) != 1:
+            raise QonnxConversionError(f"{where}: a product of two activations is not supported")
+        src = acts[0]
+        x = self.act(src, where)
+        c = self._channel_vec(cons[0], x, where) if x.colperm is None or np.asarray(cons[0]).size == 1 else None
+        if c is None:
+            raise QonnxConversionError(f"{where}: per-feature Mul after a transposed flatten is not supported")
+        conv = self.fusable(src, x, 1)
+        if conv is not None:
+            self.scale64[conv] = self.scale64[conv] * c
+            self.bias64[conv] = self.bias64[conv] * c
+            self.stage[conv] = 1
+            self.node(conv).attrs.setdefault("fused", []).append(n.name or n.output[0])
+            self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
+            return
+        self._affine(n, x, src, c, np.zeros_like(c), where)
+
+    def op_Add(self, n, a, where):
+        acts, cons = self._const_and_act(n, where)
+        if len(acts) == 1:
+            src = acts[0]
+            x = self.act(src, where)
+            c = self._channel_vec(cons[0], x, where) if x.colperm is None or np.asarray(cons[0]).size == 1 \
+                else None
+            if c is None:
+                raise QonnxConversionError(f"{where}: per-feature Add after a transposed flatten is not supported")
+            conv = self.fusable(src, x, 1)
+            if conv is not None:
+                self.bias64[conv] = self.bias64[conv] + c
+                self.stage[conv] = 1
+                self.node(conv).attrs.setdefault("fused", []).append(n.name or n.output[0])
+                self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
+                return
+            self._affine(n, x, src, np.ones_like(c), c, where)
+            return
+        sa, sb = n.input[0], n.input[1]
+        xa, xb = self.act(sa, where), self.act(sb, where)
+        if xa.shape != xb.shape:
+            raise QonnxConversionError(f"{where}: broadcasting Add of activations with shapes {xa.shape} and "
+                                       f"{xb.shape} is not supported")
+        if xa.colperm is not None or xb.colperm is not None:
+            if not (xa.colperm is not None and xb.colperm is not None and np.array_equal(xa.colperm, xb.colperm)):
+                raise QonnxConversionError(f"{where}: Add of differently ordered flattened activations")
+        best = None
+        if sa != sb:
+            for src, x, osrc, other in ((sa, xa, sb, xb), (sb, xb, sa, xa)):
+                conv = self.fusable(src, x, 2)
+                if conv is None or other.perm is not None:
+                    continue
+                cpos = self.pos(conv)
+                if other.fl is not None:
+                    if self.pos(other.fl) >= cpos:
+                        continue
+                elif other.cd is None or self.pos(other.cd.node) >= cpos:
+                    continue
+                if best is None or cpos > best[0]:
+                    best = (cpos, conv, x, other)
+        if best is not None:
+            _, conv, x, other = best
+            fl = self.float_of(other, where, before=conv)
+            nd = self.node(conv)
+            nd.inputs.append(fl)
+            nd.attrs["residual"] = True
+            nd.attrs.setdefault("fused", []).append(n.name or n.output[0])
+            self.stage[conv] = 2
+            self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
+            return
+        fa, fb = self.float_of(xa, where), self.float_of(xb, where)
+        name = self.add(n.name or n.output[0], "add", [fa, fb], {"source": f"{n.name} (Add)"})
+        self.vals[n.output[0]] = _Act(xa.shape, fl=name, colperm=xa.colperm)
+
+    def _clamp(self, n, lo, hi, where):
+        src = n.input[0]
+        x = self.act(src, where)
+        conv = self.fusable(src, x, 3)
+        if conv is not None:
+            nd = self.node(conv)
+            olo, ohi = nd.attrs["clamp"]
+            if olo is not None and lo is not None:
+                lo = max(lo, olo)
+            elif olo is not None:
+                lo = olo
+            if ohi is not None and hi is not None:
+                hi = min(hi, ohi)
+            elif ohi is not None:
+                hi = ohi
+            nd.attrs["clamp"] = [lo, hi]
+            nd.attrs.setdefault("fused", []).append(n.name or n.output[0])
+            self.stage[conv] = 3
+            self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
+            return
+        fl = self.float_of(x, where)
+        name = self.add(n.name or n.output[0], "clamp", [fl], {"clamp": [lo, hi], "source": f"{n.name} "
+                                                                                            f"({n.op_type})"})
+        self.vals[n.output[0]] = _Act(x.shape, fl=name, colperm=x.colperm)
+
+    def op_Relu(self, n, a, where):
+        self._clamp(n, 0.0, None, where)
+
+    def op_Clip(self, n, a, where):
+        lo, hi = a.get("min"), a.get("max")
+        for k, i in ((1, "min"), (2, "max")):
+            if len(n.input) > k and n.input[k]:
+                v = float(_as_scalar(self.const(n.input[k], where, allow_q=False), i, where))
+                if i == "min":
+                    lo = v
+                else:
+                    hi = v
+        lo = None if lo is None or (isinstance(lo, float) and math.isinf(lo)) else float(lo)
+        hi = None if hi is None or (isinstance(hi, float) and math.isinf(hi)) else float(hi)
+        self._clamp(n, lo, hi, where)
+
+    # ---- pooling / reshaping -------------------------------------------------------------------
+    def _pool_common(self, n, a, x, where):
+        if len(x.shape) != 4:
+            raise QonnxConversionError(f"{where}: expected a 4-D input")
+        ks = _pair_attr(a.get("kernel_shape"), None)
+        stride = _pair_attr(a.get("strides"), [1, 1])
+        dil = _pair_attr(a.get("dilations"), [1, 1])
+        pad = _pads(a, ks, x.shape[2:], stride, dil, where)
+        if any(p >= k for p, k in zip(pad, ks)):
+            raise QonnxConversionError(f"{where}: padding {pad} must be smaller than the kernel {ks}")
+        oh, ow = _out_hw(x.shape[2:], ks, stride, pad, dil)
+        if int(a.get("ceil_mode", 0)) and [oh, ow] != _out_hw(x.shape[2:], ks, stride, pad, dil, ceil=True):
+            raise QonnxConversionError(f"{where}: ceil_mode=1 changes the output size here; not supported")
+        if oh < 1 or ow < 1:
+            raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
+        return ks, stride, pad, dil, (None, x.shape[1], oh, ow)
+
+    def op_MaxPool(self, n, a, where):
+        x = self.act(n.input[0], where)
+        if len(n.output) > 1 and n.output[1] and self.n_readers[n.output[1]]:
+            raise QonnxConversionError(f"{where}: MaxPool indices output is not supported")
+        ks, stride, pad, dil, shape = self._pool_common(n, a, x, where)
+        fl = self.float_of(x, where)
+        name = self.add(n.name or n.output[0], "maxpool", [fl], {"kernel": ks, "stride": stride, "padding": pad,
+                                                                 "dilation": dil, "source": f"{n.name} (MaxPool)"})
+        # the maximum of values on a grid is on the grid (padding is -inf and never wins)
+        self.vals[n.output[0]] = _Act(shape, fl=name, grid=x.grid)
+
+    def op_AveragePool(self, n, a, where):
+        x = self.act(n.input[0], where)
+        ks, stride, pad, dil, shape = self._pool_common(n, a, x, where)
+        if dil != [1, 1]:
+            raise QonnxConversionError(f"{where}: dilated average pooling is not supported")
+        fl = self.float_of(x, where)
+        name = self.add(n.name or n.output[0], "avgpool", [fl],
+                        {"kernel": ks, "stride": stride, "padding": pad,
+                         "count_include_pad": bool(int(a.get("count_include_pad", 0))),
+                         "source": f"{n.name} (AveragePool)"})
+        self.vals[n.output[0]] = _Act(shape, fl=name)
+
+    def _global(self, n, x, op, where):
+        if len(x.shape) != 4:
+            raise QonnxConversionError(f"{where}: expected a 4-D input")
+        fl = self.float_of(x, where)
+        if op == "maxpool":
+            h, w = x.shape[2:]
+            attrs = {"kernel": [h, w], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1]}
+            self.spatial_fixed = True  # the window is the export-time size
+        else:
+            attrs = {"output_size": [1, 1]}
+        attrs["source"] = f"{n.name} ({n.op_type})"
+        name = self.add(n.name or n.output[0], op, [fl], attrs)
+        return _Act((None, x.shape[1], 1, 1), fl=name, grid=x.grid if op == "maxpool" else None,
+                    global_pool=op != "maxpool")
+
+    def op_GlobalAveragePool(self, n, a, where):
+        self.vals[n.output[0]] = self._global(n, self.act(n.input[0], where), "adaptive_avgpool", where)
+
+    def op_GlobalMaxPool(self, n, a, where):
+        self.vals[n.output[0]] = self._global(n, self.act(n.input[0], where), "maxpool", where)
+
+    def op_ReduceMean(self, n, a, where):
+        x = self.act(n.input[0], where)
+        axes = a.get("axes")
+        if len(n.input) > 1 and n.input[1]:
+            axes = self.const(n.input[1], where, allow_q=False)
+        axes = None if axes is None else sorted(int(v) % 4 for v in np.asarray(axes).reshape(-1))
+        if len(x.shape) != 4 or axes != [2, 3]:
+            raise QonnxConversionError(f"{where}: only a mean over H and W (axes [2, 3]) is supported, got {axes}")
+        out = self._global(n, x, "adaptive_avgpool", where)
+        if not int(a.get("keepdims", 1)):
+            out = self._flatten(out, n.output[0] + ".flatten", where)
+        self.vals[n.output[0]] = out
+
+    def _flatten(self, x: _Act, name, where):
+        if len(x.shape) == 2:
+            return x.copy(conv=None)
+        _, c, h, w = x.shape
+        if x.perm is not None:
+            if x.perm[0] != 0:
+                raise QonnxConversionError(f"{where}: a Transpose that moves the batch axis is not supported")
+            idx = np.arange(c * h * w).reshape(c, h, w).transpose([p - 1 for p in x.perm[1:]]).reshape(-1)
+            base = x.copy(perm=None, conv=None)
+            out = self._flatten(base, name, where)
+            out.colperm = idx
+            return out
+        if not (x.global_pool and h == 1 and w == 1):
+            self.spatial_fixed = True
+        # flatten whichever representations exist (codes stay codes)
+        fl = cd = None
+        if x.cd is not None:
+            cdn = self.add(name, "flatten", [x.cd.node], {"source": where})
+            cd = _Codes(cdn, x.cd.bits, x.cd.levels, x.cd.step)
+        if x.fl is not None or cd is None:
+            fl = self.add(name, "flatten", [self.float_of(x, where)], {"source": where})
+        return _Act((None, c * h * w), fl=fl, cd=cd, grid=x.grid)
+
+    def op_Flatten(self, n, a, where):
+        x = self.act(n.input[0], where)
+        axis = int(a.get("axis", 1))
+        if axis % max(len(x.shape), 1) != 1 and not (len(x.shape) == 2 and axis in (1, -1)):
+            raise QonnxConversionError(f"{where}: only Flatten(axis=1) is supported, got axis={axis}")
+        self.vals[n.output[0]] = self._flatten(x, n.name or n.output[0], where)
+
+    def op_Reshape(self, n, a, where):
+        x = self.act(n.input[0], where)
+        t = [int(v) for v in np.asarray(self.const(n.input[1], where, allow_q=False)).reshape(-1)]
+        feat = int(np.prod(x.shape[1:]))
+        lshape = list(x.shape)
+        if x.perm is not None:
+            lshape = [None] + [x.shape[p] for p in x.perm[1:]]
+        first_ok = t and (t[0] in (-1, self.export_batch) or (t[0] == 0 and not int(a.get("allowzero", 0))))
+        if first_ok and len(t) == 2 and t[1] in (feat, -1) and len(x.shape) == 4:
+            self.vals[n.output[0]] = self._flatten(x, n.name or n.output[0], where)
+            return
+        rest = [lshape[i] if (v == 0 and not int(a.get("allowzero", 0))) else v for i, v in enumerate(t)][1:]
+        if first_ok and (rest == list(lshape[1:]) or (rest.count(-1) == 1 and len(rest) == len(lshape) - 1 and all(
+                r in (-1, s) for r, s in zip(rest, lshape[1:])))):
+            self._alias(n, n.input[0])
+            return
+        if first_ok and len(x.shape) == 2 and len(t) == 4 and t[2:] == [1, 1] and t[1] in (x.shape[1], -1) \
+                and x.colperm is None:
+            raise QonnxConversionError(f"{where}: reshaping a flat (N, F) tensor back to 4-D is not supported")
+        raise QonnxConversionError(f"{where}: Reshape of {tuple('N' if d is None else d for d in lshape)} to {t} "
+                                   "is not supported (only flattening to (N, C*H*W))")
+
+    def op_Squeeze(self, n, a, where):
+        x = self.act(n.input[0], where)
+        axes = a.get("axes")
+        if len(n.input) > 1 and n.input[1]:
+            axes = self.const(n.input[1], where, allow_q=False)
+        axes = sorted(int(v) % 4 for v in np.asarray(axes).reshape(-1)) if axes is not None else None
+        if len(x.shape) == 4 and x.perm is None and x.shape[2:] == (1, 1) and axes in (None, [2, 3]):
+            self.vals[n.output[0]] = self._flatten(x, n.name or n.output[0], where)
+            return
+        raise QonnxConversionError(f"{where}: only squeezing a (N, C, 1, 1) map to (N, C) is supported")
+
+    def op_Transpose(self, n, a, where):
+        x = self.act(n.input[0], where)
+        if len(x.shape) != 4:
+            raise QonnxConversionError(f"{where}: Transpose of a {len(x.shape)}-D activation is not supported")
+        perm = [int(p) for p in a.get("perm", [3, 2, 1, 0])]
+        base = x.perm if x.perm is not None else [0, 1, 2, 3]
+        new = [base[p] for p in perm]
+        # the lowbit value (and .shape) stay NCHW; perm says how ONNX sees it
+        self.vals[n.output[0]] = x.copy(perm=None if new == [0, 1, 2, 3] else new, conv=None)
+
+
+def from_qonnx(model, requant_in_epilogue: bool = True) -> Model:
+    """Convert a QONNX model (a path to a ``.onnx`` file, an ``onnx.ModelProto``, its
+    bytes, or a qonnx ``ModelWrapper``) into a :class:`lowbit.Model`.
+
+    The model must take one float32 NCHW image batch with static C, H, W (the
+    batch size is free) and return one tensor. See the module docstring for the
+    mapping and for what is exact. ``requant_in_epilogue=False`` keeps every
+    conv/linear output in float32 and quantizes with separate ``quantize``
+    nodes (slower; the codes then differ from qonnx only through the
+    convolution's float rounding). Raises :class:`QonnxConversionError` (a
+    ``NotImplementedError``) naming the unsupported node types and counts, or
+    the node and the reason.
+    """
+    m = _load(model)
+    conv = _Converter(m, requant_in_epilogue)
+    nodes = conv.run()
+    onnx_producer = f"{m.producer_name} {m.producer_version}".strip()
+    meta = {"source_model": "qonnx", "onnx_producer": onnx_producer, "onnx_input": conv.input.name,
+            "onnx_output": m.graph.output[0].name, "requant_in_epilogue": bool(requant_in_epilogue),
+            "qonnx_codes": {k: v for k, v in conv.codes_of.items() if v is not None and
+                            k in {nd.name for nd in nodes}},
+            "example_input_shape": [1, nodes[0].attrs["channels"], nodes[0].attrs["height"],
+                                    nodes[0].attrs["width"]]}
+    return Model(nodes, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lowering to float ONNX (what a user runs on onnxruntime today)
+
+def to_float_onnx(model, dynamic_batch: bool = True):
+    """The QONNX model with every ``Quant``/``BipolarQuant``/``Trunc`` replaced by
+    standard float ONNX ops (Div, Add, Clip, Round, Sub, Mul; Where for bipolar)
+    and quantized constants (weights) folded into float initializers, so that
+    onnxruntime runs it. Signed 1-bit ``Quant`` follows the QONNX definition
+    (levels -1..0, as lowbit). ``dynamic_batch``: make the batch dimension free
+    (Reshape targets whose first entry is the export batch become -1)."""
+    onnx, nh = _onnx()
+    from onnx import helper, TensorProto
+
+    m = _load(model)
+    g = m.graph
+    consts = {i.name: nh.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = nh.to_array(n.attribute[0].t)
+    new_nodes, new_inits = [], []
+    counter = [0]
+
+    def cname(base):
+        counter[0] += 1
+        return f"{base}__lb{counter[0]}"
+
+    def const_input(v):
+        name = cname("c")
+        new_inits.append(nh.from_array(np.asarray(v, np.float32), name))
+        return name
+
+    def emit(op, ins, **kw):
+        out = cname(op.lower())
+        new_nodes.append(helper.make_node(op, ins, [out], **kw))
+        return out
+
+    def rounding(x, mode, where):
+        m_ = (mode or "ROUND").upper()
+        if m_ in ("ROUND", "HALF_EVEN"):
+            return emit("Round", [x])
+        if m_ == "FLOOR":
+            return emit("Floor", [x])
+        if m_ == "CEIL":
+            return emit("Ceil", [x])
+        raise QonnxConversionError(f"{where}: rounding_mode {mode} has no float ONNX lowering here")
+
+    for n in g.node:
+        if not (n.op_type in _QOPS and _is_qop(n)):
+            new_nodes.append(n)
+            continue
+        where = _desc(n)
+        a = _attrs(n)
+        ins = list(n.input)
+        if not all(i in consts for i in ins[1:]):
+            raise QonnxConversionError(f"{where}: quantizer parameters must be constants")
+        p = [consts[i] for i in ins[1:]]
+        out = n.output[0]
+        if ins[0] in consts:  # a quantized constant: fold
+            if n.op_type == "Quant":
+                y, _ = quant_numpy(consts[ins[0]], p[0], p[1], p[2], bool(a.get("signed", 1)),
+                                   bool(a.get("narrow", 0)), a.get("rounding_mode", "ROUND"))
+            elif n.op_type == "BipolarQuant":
+                y = (np.where(consts[ins[0]] >= 0, 1.0, -1.0) * p[0]).astype(np.float32)
+            else:
+                raise QonnxConversionError(f"{where}: Trunc of a constant is not supported")
+            consts[out] = y
+            new_inits.append(nh.from_array(y.astype(np.float32), out))
+            continue
+        x = ins[0]
+        if n.op_type == "BipolarQuant":
+            s = np.asarray(p[0], np.float32)
+            cond = emit("GreaterOrEqual", [x, const_input(np.float32(0))])
+            new_nodes.append(helper.make_node("Where", [cond, const_input(s), const_input(-s)], [out]))
+            continue
+        if n.op_type == "Quant":
+            s, zp, b = p
+            bits = int(round(float(np.asarray(b).reshape(-1)[0])))
+            signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
+            y = emit("Div", [x, const_input(s)])
+            if np.any(np.asarray(zp) != 0):
+                y = emit("Add", [y, const_input(zp)])
+            y = emit("Clip", [y, const_input(np.float32(min_int(signed, narrow, bits))),
+                              const_input(np.float32(max_int(signed, narrow, bits)))])
+            y = rounding(y, a.get("rounding_mode", "ROUND"), where)
+            if np.any(np.asarray(zp) != 0):
+                y = emit("Sub", [y, const_input(zp)])
+            new_nodes.append(helper.make_node("Mul", [y, const_input(s)], [out]))
+            continue
+        # Trunc
+        if len(p) == 5:
+            s, zp, in_b, out_s, out_b = p
+            t = float(2.0 ** np.round(np.log2(np.float64(np.asarray(out_s).reshape(-1)[0])
+                                              / np.float64(np.asarray(s).reshape(-1)[0]))))
+            v2 = True
+        else:
+            s, zp, in_b, out_b = p
+            out_s, v2 = s, False
+            t = 2.0 ** (float(np.asarray(in_b).reshape(-1)[0]) - float(np.asarray(out_b).reshape(-1)[0]))
+        signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
+        ob = int(round(float(np.asarray(out_b).reshape(-1)[0])))
+        y = emit("Div", [x, const_input(s)])
+        if np.any(np.asarray(zp) != 0):
+            y = emit("Add", [y, const_input(zp)])
+        y = emit("Round", [y])
+        y = emit("Div", [y, const_input(np.float32(t))])
+        if v2:
+            y = emit("Clip", [y, const_input(np.float32(min_int(signed, narrow, ob))),
+                              const_input(np.float32(max_int(signed, narrow, ob)))])
+        y = rounding(y, a.get("rounding_mode", "FLOOR"), where)
+        if np.any(np.asarray(zp) != 0):
+            y = emit("Sub", [y, const_input(np.asarray(zp, np.float32) / np.float32(t))])
+        new_nodes.append(helper.make_node("Mul", [y, const_input(out_s)], [out]))
+    # keep initializers that something still reads
+    used = {i for n in new_nodes for i in n.input} | {o.name for o in g.output}
+    keep = [i for i in g.initializer if i.name in used and i.name not in {x.name for x in new_inits}]
+    del g.node[:]
+    g.node.extend(new_nodes)
+    del g.initializer[:]
+    g.initializer.extend(keep + [i for i in new_inits if i.name in used])
+    init_names = {i.name for i in g.initializer}
+    ins = [i for i in g.input if i.name not in init_names or i.name in used]
+    ins = [i for i in ins if i.name not in init_names]
+    del g.input[:]
+    g.input.extend(ins)
+    del g.value_info[:]
+    if dynamic_batch and g.input:
+        batch = g.input[0].type.tensor_type.shape.dim[0]
+        export_batch = batch.dim_value if batch.HasField("dim_value") else None
+        batch.dim_param = "N"
+        for o in g.output:
+            if o.type.tensor_type.shape.dim:
+                o.type.tensor_type.shape.dim[0].dim_param = "N"
+        for n in g.node:
+            if n.op_type == "Reshape" and n.input[1] in consts:
+                t = np.asarray(consts[n.input[1]]).astype(np.int64).reshape(-1)
+                if t.size and t[0] == export_batch and -1 not in t[1:]:
+                    t = t.copy()
+                    t[0] = -1
+                    nm = cname("shape")
+                    g.initializer.append(nh.from_array(t, nm))
+                    n.input[1] = nm
+    opset = [o for o in m.opset_import if o.domain in ("", "ai.onnx")]
+    del m.opset_import[:]
+    m.opset_import.extend(opset)
+    del TensorProto
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity and speed
+
+def _qonnx_executor(model, batch):
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.cleanup import cleanup_model
+
+    return cleanup_model(ModelWrapper(_load(model)), override_inpsize=int(batch))
+
+
+def qonnx_execute(model, x, batch_size: int = 250, full: bool = False):
+    """Run float32 NCHW ``x`` through qonnx's own executor (``execute_onnx``) after
+    ``cleanup_model``; returns the output (or, with ``full``, (output, list of
+    per-batch execution contexts))."""
+    from qonnx.core.onnx_exec import execute_onnx
+
+    x = np.asarray(x, np.float32)
+    outs, ctxs, wrappers = [], [], {}
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        mw = wrappers.get(len(xb))
+        if mw is None:
+            mw = wrappers[len(xb)] = _qonnx_executor(model, len(xb))
+        ctx = execute_onnx(mw, {mw.graph.input[0].name: xb}, return_full_exec_context=full)
+        outs.append(np.asarray(ctx[mw.graph.output[0].name], np.float32))
+        if full:
+            ctxs.append(ctx)
+    out = np.concatenate(outs)
+    return (out, ctxs) if full else out
+
+
+def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int = 250, codes: bool = True,
+                  reference=None) -> dict:
+    """Parity of lowbit with the qonnx executor on float32 NCHW ``x``.
+
+    The QONNX model is first passed through qonnx's ``cleanup_model`` (both
+    sides then see the same graph and tensor names). Returns top-1 agreement,
+    max / mean / p99 of |logit difference|, the logits' std, and with ``codes``
+    the fraction of activation levels that differ at every quantizer the
+    lowbit model materializes (``code_diff``: per ONNX tensor; ``code_diff_fraction``).
+    ``reference``: precomputed reference logits (e.g. Brevitas' PyTorch output)
+    to compare against instead of the qonnx executor's (codes are then skipped).
+    """
+    x = np.asarray(x, np.float32)
+    cleaned = _qonnx_executor(model, batch_size).model
+    lb = lowbit_model if lowbit_model is not None else from_qonnx(cleaned)
+    if reference is not None:
+        ref, ctxs, codes = np.asarray(reference, np.float32), [], False
+    elif codes:
+        ref, ctxs = qonnx_execute(cleaned, x, batch_size, full=True)
+    else:
+        ref, ctxs = qonnx_execute(cleaned, x, batch_size), []
+    mine, diff = [], {}
+    qmap = lb.meta.get("qonnx_codes", {})
+    for bi, i in enumerate(range(0, len(x), batch_size)):
+        xb = x[i:i + batch_size]
+        if codes:
+            tr = lb.trace(xb)
+            mine.append(np.asarray(tr[lb.nodes[-1].name], np.float32))
+            ctx = ctxs[bi]
+            for node_name, tensor in qmap.items():
+                if tensor not in ctx or node_name not in tr:
+                    continue
+                nd = lb.node(node_name)
+                lv = np.asarray(nd.attrs["levels"] if nd.op == "quantize" else
+                                _requant_levels(nd.attrs["requant"]), np.float64)
+                step = np.float32(nd.attrs["step"] if nd.op == "quantize" else nd.attrs["requant"]["step"])
+                c = tr[node_name]
+                if c.ndim == 4:
+                    c = c.transpose(0, 3, 1, 2)
+                ours = lv[c]
+                theirs = np.rint(np.asarray(ctx[tensor], np.float64).reshape(ours.shape) / np.float64(step))
+                d = diff.setdefault(tensor, [0, 0])
+                d[0] += int(np.count_nonzero(ours != theirs))
+                d[1] += int(ours.size)
+        else:
+            mine.append(lb(xb))
+    lo = np.concatenate(mine)
+    if lo.shape != ref.shape:
+        lo = lo.reshape(ref.shape)
+    d = np.abs(ref.astype(np.float64) - lo)
+    flat_r, flat_l = ref.reshape(len(ref), -1), lo.reshape(len(lo), -1)
+    out = {"n": int(len(ref)), "top1_agreement": float(np.mean(flat_r.argmax(1) == flat_l.argmax(1))),
+           "logit_absdiff_max": float(d.max()), "logit_absdiff_mean": float(d.mean()),
+           "logit_absdiff_p99": float(np.percentile(d, 99)), "logit_std": float(ref.std()),
+           "reference_logits": ref, "lowbit_logits": lo, "model": lb}
+    if codes:
+        out["code_diff"] = {k: {"differ": v[0], "total": v[1], "fraction": v[0] / max(v[1], 1)}
+                            for k, v in diff.items()}
+        tot = sum(v[1] for v in diff.values())
+        out["code_diff_fraction"] = sum(v[0] for v in diff.values()) / max(tot, 1)
+        out["codes_differ"] = sum(v[0] for v in diff.values())
+        out["codes_total"] = tot
+    return out
+
+
+def _requant_levels(r):
+    from .epilogue import Requant
+
+    return Requant(r["bits"], r["step"], r["signed"]).codebook().tolist()
+
+
+def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmup: int = 5,
+                qdq: bool = False, print_fn=print) -> dict:
+    """Latency of a QONNX model under lowbit and under onnxruntime (float32, every
+    quantizer lowered to float ops by :func:`to_float_onnx`), same input, at
+    ``batch`` images and ``threads`` threads; with ``qdq`` also onnxruntime on
+    qonnx's QuantizeLinear/Clip/DequantizeLinear lowering (``QuantToQCDQ``; 8-bit
+    and narrower only). One process, runs interleaved, median of ``repeats``.
+    Returns a dict with milliseconds and ``speedup_vs_float`` (ort float / lowbit);
+    prints a short report through ``print_fn`` (None: silent)."""
+    import onnxruntime as ort
+
+    from . import get_num_threads, set_num_threads
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+    src = _load(path)
+    t0 = time.perf_counter()
+    lb = from_qonnx(src)
+    t_convert = time.perf_counter() - t0
+    c, h, w = lb.input_shape
+    x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
+
+    def session(proto):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    runners = {}
+    fl = session(to_float_onnx(src))
+    in_name = fl.get_inputs()[0].name
+    runners["onnxruntime_float"] = lambda: fl.run(None, {in_name: x})
+    if qdq:
+        from qonnx.core.modelwrapper import ModelWrapper
+        from qonnx.transformation.qonnx_to_qcdq import QuantToQCDQ
+        from qonnx.util.cleanup import cleanup_model
+
+        mw = cleanup_model(ModelWrapper(_load(src)), override_inpsize=batch).transform(QuantToQCDQ())
+        qd = session(mw.model)
+        qd_name = qd.get_inputs()[0].name
+        runners["onnxruntime_qdq"] = lambda: qd.run(None, {qd_name: x})
+    old = get_num_threads()
+    set_num_threads(threads)
+    try:
+        runners = {"lowbit": lambda: lb(x), **runners}
+        for _ in range(warmup):
+            for f in runners.values():
+                f()
+        times = {k: [] for k in runners}
+        for _ in range(repeats):
+            for k, f in runners.items():
+                t = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t)
+    finally:
+        set_num_threads(old)
+    ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    ref = fl.run(None, {in_name: x})[0]
+    mine = lb(x)
+    res = {"model": os.fspath(path) if isinstance(path, (str, os.PathLike)) else type(path).__name__,
+           "batch": batch, "threads": threads, "repeats": repeats, "convert_s": t_convert,
+           "lowbit_ms": ms["lowbit"], "onnxruntime_float_ms": ms["onnxruntime_float"],
+           "speedup_vs_float": ms["onnxruntime_float"] / ms["lowbit"],
+           "top1_agree_float": float(np.mean(ref.reshape(batch, -1).argmax(1) == mine.reshape(batch, -1).argmax(1))),
+           "layers": lb._bit_counts()}
+    if qdq:
+        res["onnxruntime_qdq_ms"] = ms["onnxruntime_qdq"]
+        res["speedup_vs_qdq"] = ms["onnxruntime_qdq"] / ms["lowbit"]
+    if print_fn is not None:
+        lines = [f"{res['model']}: batch {batch}, {threads} thread(s), median of {repeats}",
+                 f"  lowbit              {ms['lowbit']:9.3f} ms   ({', '.join(f'{k}: {v}' for k, v in res['layers'].items())})",
+                 f"  onnxruntime float32 {ms['onnxruntime_float']:9.3f} ms   lowbit is "
+                 f"{res['speedup_vs_float']:.2f}x faster"]
+        if qdq:
+            lines.append(f"  onnxruntime QDQ     {ms['onnxruntime_qdq']:9.3f} ms   lowbit is "
+                         f"{res['speedup_vs_qdq']:.2f}x faster")
+        print_fn("\n".join(lines))
+    return res
