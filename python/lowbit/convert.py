@@ -49,7 +49,7 @@ import numpy as np
 
 from .runtime import Model, Node
 
-__all__ = ["convert", "ConversionError"]
+__all__ = ["convert", "compare", "ConversionError"]
 
 
 class ConversionError(NotImplementedError):
@@ -353,7 +353,7 @@ class _Converter:
                  "a_codebook": [int(v) for v in levels], "a_step": a_step, "a_signed": bool(aq.signed),
                  "a_binary": bool(aq.binary_signed), "a_qn": int(aq.qn), "a_qp": int(aq.qp),
                  "clamp": [None, None], "requant": None, "residual": False, "bn": False,
-                 "source": f"{n.target} ({type(m).__name__})"}
+                 "module": n.target, "source": f"{n.target} ({type(m).__name__})"}
         if isinstance(m, torch.nn.Conv2d):
             if isinstance(m.padding, str):
                 if m.padding == "valid":
@@ -633,3 +633,70 @@ def convert(qat, example_input, requant_in_epilogue: bool = True) -> Model:
     meta = {"source_model": type(qat).__name__, "example_input_shape": list(conv.example.shape),
             "requant_in_epilogue": bool(requant_in_epilogue), "torch_version": torch.__version__}
     return Model(conv.nodes, meta)
+
+
+def compare(qat, model: Model, x, batch_size: int = 250, codes: bool = True) -> dict:
+    """How closely ``model`` (lowbit kernels) reproduces the PyTorch fake-quant ``qat``.
+
+    Returns top-1 agreement, logit differences (max, mean, 99th percentile of
+    |lowbit - torch|, and the logits' std for scale) and, with ``codes``, the
+    fraction of activation codes that differ at the input of every quantized
+    layer (torch side: ``act_quant.codes(input)``; lowbit side: the codes the
+    layer consumed). Both logit arrays are returned too.
+    """
+    torch = _torch()
+    from . import qat as qatmod
+
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
+    mods = dict(qat.named_modules())
+    layers = [n for n in model.nodes if n.op in ("conv", "linear") and n.attrs.get("module") in mods]
+    captured, handles = {}, []
+    if codes:
+        for nd in layers:
+            mod = mods[nd.attrs["module"]]
+            if not isinstance(mod, (qatmod.QConv2d, qatmod.QLinear)):
+                continue
+
+            def hook(module, inputs, _name=nd.name):
+                c = module.act_quant.codes(inputs[0])[0]
+                if c.dim() == 4:
+                    c = c.permute(0, 2, 3, 1)
+                captured[_name] = c.contiguous().cpu().numpy()
+            handles.append(mod.register_forward_pre_hook(hook))
+    was_training = qat.training
+    qat.eval()
+    t_logits, l_logits = [], []
+    diff = {nd.name: [0, 0] for nd in layers}
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                xb = x[i:i + batch_size]
+                captured.clear()
+                t_logits.append(qat(xb).float().cpu().numpy())
+                if codes:
+                    tr = model.trace(xb.cpu().numpy())
+                    l_logits.append(np.asarray(tr[model.nodes[-1].name], np.float32))
+                    for nd in layers:
+                        if nd.name in captured:
+                            ours = tr[nd.inputs[0]]
+                            theirs = captured[nd.name]
+                            diff[nd.name][0] += int(np.count_nonzero(ours != theirs))
+                            diff[nd.name][1] += int(theirs.size)
+                else:
+                    l_logits.append(model(xb.cpu().numpy()))
+    finally:
+        qat.train(was_training)
+        for h in handles:
+            h.remove()
+    t, lo = np.concatenate(t_logits), np.concatenate(l_logits)
+    d = np.abs(t.astype(np.float64) - lo)
+    out = {"n": int(len(t)), "top1_agreement": float(np.mean(t.argmax(1) == lo.argmax(1))),
+           "logit_absdiff_max": float(d.max()), "logit_absdiff_mean": float(d.mean()),
+           "logit_absdiff_p99": float(np.percentile(d, 99)), "logit_std": float(t.std()),
+           "torch_logits": t, "lowbit_logits": lo}
+    if codes:
+        out["code_diff"] = {k: {"differ": v[0], "total": v[1], "fraction": v[0] / max(v[1], 1)}
+                            for k, v in diff.items() if v[1]}
+        tot = sum(v[1] for v in diff.values())
+        out["code_diff_fraction"] = sum(v[0] for v in diff.values()) / max(tot, 1)
+    return out

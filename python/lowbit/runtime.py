@@ -58,6 +58,7 @@ test check node by node.
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -169,10 +170,13 @@ def quantize(x: np.ndarray, attrs) -> np.ndarray:
     float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0)."""
     if attrs.get("binary"):
         return (x >= 0).astype(np.uint8)
+    qn = attrs["qn"]
     q = np.divide(x, np.float32(attrs["step"]), dtype=np.float32)
-    q = np.clip(q, np.float32(attrs["qn"]), np.float32(attrs["qp"]))
-    q = np.rint(q)
-    return (q - np.float32(attrs["qn"])).astype(np.uint8)
+    np.clip(q, np.float32(qn), np.float32(attrs["qp"]), out=q)
+    np.rint(q, out=q)
+    if qn:
+        np.subtract(q, np.float32(qn), out=q)
+    return q.astype(np.uint8)
 
 
 def dequantize(c: CodeTensor) -> np.ndarray:
@@ -494,7 +498,9 @@ class Model:
             return self._run_reference(n, x, residual)
         ep = self._epilogue(n)
         if residual is not None:
-            ep = ep.with_residual(residual.reshape(-1, cout))
+            # a shallow copy: the parameters were validated once when the node's epilogue was built
+            ep = copy.copy(ep)
+            ep.residual = np.ascontiguousarray(residual.reshape(-1, cout), dtype=np.float32)
         weights = self._weights(n)
         if conv:
             from .conv import conv2d

@@ -1,0 +1,205 @@
+"""The ``lowbit`` command line: ``lowbit info|demo|bench|convert|run`` (also ``python -m lowbit``).
+
+    lowbit info [--json]                 CPU features, tiers, kernel registry, what each op would run
+    lowbit demo [--threads N] [--train]  the shipped W2A2 Fashion-MNIST model vs fp32 / int8
+    lowbit convert -o model.lowbit       convert the shipped W2A2 checkpoint (or --model pkg.mod:factory)
+    lowbit run model.lowbit --input x.npy [--output y.npy] | --fmnist N   run a saved model
+    lowbit bench [model.lowbit] [--batch 1,64] [--threads N]   latency and per-layer time of a model
+
+Only ``demo`` and ``convert`` need torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def _print_info(as_json: bool) -> None:
+    import lowbit
+
+    info = lowbit.info()
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    print(f"lowbit {info['version']}")
+    feats = info["features"]
+    print("CPU features: " + "  ".join(f"{k}{'+' if v else '-'}" for k, v in feats.items()))
+    print(f"dispatch tiers: {', '.join(info['tiers'])} (cap: {info['tier_cap']}); threads: {info['num_threads']}")
+    print(f"\nkernel registry ({len(info['kernels'])} kernels; * = runs here):")
+    print(f"  {'':2}{'name':<34} {'family':<10} {'W/A':<6} {'tier':<10} {'tile':<7} {'tables':<7} description")
+    for k in info["kernels"]:
+        wa = "any" if k["w_bits"] == 0 else f"W{k['w_bits']}A{k['a_bits']}"
+        mark = "*" if k["available"] else " "
+        tile = f"{k.get('mr', '?')}x{k.get('nr', '?')}"
+        print(f"  {mark} {k['name']:<34} {k['family']:<10} {wa:<6} {k['tier']:<10} {tile:<7} "
+              f"{k.get('table_kind', ''):<7} {k.get('description', '')}")
+    print("\nkernel each GEMM/conv would use here (M=3136 N=64 K=576, default codebooks):")
+    for bw, ba in ((1, 1), (2, 2), (3, 3), (4, 4), (2, 4), (8, 8)):
+        try:
+            line = lowbit.explain(3136, 64, 576, bw, ba).splitlines()[0]
+            kern = line.split("kernel ", 1)[1].split(" (", 1)[0]
+        except Exception as exc:  # noqa: BLE001 - report, do not fail
+            kern = f"none ({type(exc).__name__}: {str(exc).splitlines()[0][:70]})"
+        print(f"  W{bw}A{ba}: {kern}")
+
+
+def _load_model(path):
+    import lowbit
+
+    return lowbit.load(path)
+
+
+def _cmd_convert(args) -> int:
+    import importlib
+
+    import torch
+
+    import lowbit
+    from lowbit import models
+
+    if args.model:
+        mod_name, _, attr = args.model.partition(":")
+        factory = getattr(importlib.import_module(mod_name), attr or "model")
+        qat_model = factory()
+        if args.state_dict:
+            qat_model.load_state_dict(torch.load(args.state_dict, map_location="cpu", weights_only=True))
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    else:
+        qat_model = models.load_fmnist("w2a2_qat", args.data_dir)
+        shape = (1, 1, 28, 28)
+    qat_model.eval()
+    t0 = time.time()
+    m = lowbit.convert(qat_model, torch.zeros(shape), requant_in_epilogue=not args.no_requant)
+    m.save(args.output)
+    print(f"converted in {time.time() - t0:.2f}s -> {args.output}")
+    m.summary(example=True)
+    return 0
+
+
+def _read_input(args, model):
+    if args.input:
+        x = np.load(args.input)
+        return x, None
+    from lowbit import datasets
+
+    images, labels = datasets.load_fashion_mnist("test")
+    n = args.fmnist
+    return datasets.normalize(images[:n]), labels[:n]
+
+
+def _cmd_run(args) -> int:
+    import lowbit
+
+    if not args.input and not args.fmnist:
+        sys.exit("lowbit run: give --input x.npy (float32 NCHW) or --fmnist N")
+    lowbit.set_num_threads(args.threads)
+    m = _load_model(args.model)
+    x, labels = _read_input(args, m)
+    t0 = time.perf_counter()
+    y = m(x, batch_size=args.batch_size)
+    dt = time.perf_counter() - t0
+    if args.summary:
+        m.summary()
+    print(f"{len(x)} inputs in {dt:.3f}s ({len(x) / dt:.1f} images/s, {args.threads} thread(s))")
+    if labels is not None:
+        print(f"top-1 accuracy: {100 * np.mean(y.argmax(1) == labels):.2f}% on the first {len(x)} test images")
+    else:
+        for i, row in enumerate(y[:10]):
+            print(f"  [{i}] top-1 class {int(row.argmax())}  logits {np.array2string(row, precision=3)}")
+    if args.output:
+        np.save(args.output, y)
+        print(f"logits -> {args.output}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    import lowbit
+
+    lowbit.set_num_threads(args.threads)
+    if args.model:
+        m = _load_model(args.model)
+    else:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            sys.exit("lowbit bench: give a saved model (lowbit convert -o m.lowbit makes one) or install torch")
+        from lowbit import models
+
+        m = lowbit.convert(models.load_fmnist("w2a2_qat"), np.zeros((1, 1, 28, 28), np.float32))
+    c, h, w = m.input_shape
+    rng = np.random.default_rng(0)
+    print(f"{m!r}; {args.threads} thread(s)")
+    for bs in (int(b) for b in args.batch.split(",")):
+        x = rng.normal(size=(bs, c, h, w)).astype(np.float32)
+        m(x)
+        times, prof = [], {}
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            m.run(x, batch_size=bs, profile=prof)
+            times.append(time.perf_counter() - t0)
+        med = float(np.median(times))
+        print(f"\nbatch {bs}: median {1e3 * med:.3f} ms ({bs / med:.1f} images/s) over {args.repeats} runs")
+        total = sum(prof.values())
+        for name, t in sorted(prof.items(), key=lambda kv: -kv[1])[:args.top]:
+            n = m.node(name)
+            print(f"  {name:<28} {n.op:<16} {1e3 * t / args.repeats:8.3f} ms  {100 * t / total:5.1f}%  "
+                  f"{n.kernel or ''}")
+    print("\n(full comparisons against torch/onnxruntime: python bench/bench_resnet18.py, bench/README.md)")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="lowbit", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", metavar="{info,demo,bench,convert,run}")
+    pi = sub.add_parser("info", help="CPU features and the kernel registry")
+    pi.add_argument("--json", action="store_true")
+    sub.add_parser("demo", help="the Fashion-MNIST W2A2 demo (lowbit demo --help)", add_help=False)
+    pc = sub.add_parser("convert", help="convert a QAT model to a .lowbit file")
+    pc.add_argument("-o", "--output", required=True)
+    pc.add_argument("--data-dir", default=None, help="checkpoint directory of the demo model (default: shipped)")
+    pc.add_argument("--model", help="pkg.module:factory returning a prepared, calibrated QAT nn.Module")
+    pc.add_argument("--state-dict", help="state_dict to load into --model's module")
+    pc.add_argument("--input-shape", default="1,3,224,224", help="example input NCHW shape for --model")
+    pc.add_argument("--no-requant", action="store_true", help="float + quantize between all layers")
+    pr = sub.add_parser("run", help="run a saved model")
+    pr.add_argument("model")
+    pr.add_argument("--input", help=".npy float32 NCHW batch")
+    pr.add_argument("--fmnist", type=int, default=0, help="evaluate on the first N Fashion-MNIST test images")
+    pr.add_argument("--output", help="save logits to this .npy")
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--threads", type=int, default=0, help="0: all cores")
+    pr.add_argument("--summary", action="store_true")
+    pb = sub.add_parser("bench", help="latency and per-layer time of a saved model (default: the demo model)")
+    pb.add_argument("model", nargs="?")
+    pb.add_argument("--batch", default="1,64")
+    pb.add_argument("--threads", type=int, default=1)
+    pb.add_argument("--repeats", type=int, default=20)
+    pb.add_argument("--top", type=int, default=12, help="nodes to list")
+    if argv and argv[0] == "demo":
+        from . import demo
+
+        return demo.main(argv[1:])
+    args = p.parse_args(argv)
+    if args.cmd is None:
+        p.print_help()
+        return 2
+    if args.cmd == "info":
+        _print_info(args.json)
+        return 0
+    if args.cmd == "convert":
+        return _cmd_convert(args)
+    if args.cmd == "run":
+        return _cmd_run(args)
+    if args.cmd == "bench":
+        return _cmd_bench(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
