@@ -10,6 +10,7 @@
 
 #include "core/cpu_features.h"
 #include "core/thread_pool.h"
+#include "kernels/dotgemm/dotgemm.h"
 #include "kernels/ukernel.h"
 #include "ops/gemm.h"
 #include "ops/pack.h"
@@ -239,6 +240,31 @@ py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array&
   return out;
 }
 
+// dotgemm's activation packer: codes -> int16 levels (see dotgemm.h).
+py::array_t<int16_t> dotgemm_pack_py(const py::array& codes, int bits, const py::array& levels, size_t out_cols,
+                                     int tier) {
+  require_array<uint8_t>(codes, "codes", 2, "uint8");
+  require_array<int16_t>(levels, "levels", 1, "int16");
+  if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8)) throw py::value_error("bits: expected 1-4 or 8");
+  if (size_t(levels.shape(0)) != (size_t(1) << bits))
+    throw py::value_error("levels: expected " + std::to_string(1 << bits) + " values");
+  const size_t M = size_t(codes.shape(0)), K = size_t(codes.shape(1));
+  if (out_cols < K) throw py::value_error("out_cols: expected >= K");
+  tier_from_int(tier);
+  py::array_t<int16_t> out({M, out_cols});
+  const uint8_t* src = static_cast<const uint8_t*>(codes.data());
+  const int16_t* lv = static_cast<const int16_t*>(levels.data());
+  int16_t* dst = out.mutable_data();
+  int rc;
+  {
+    py::gil_scoped_release release;
+    rc = dotgemm_pack_activations(src, M, K, bits, lv, dst, out_cols, tier);
+  }
+  if (rc == 0) throw py::value_error("codes: expected every code in [0, " + std::to_string(1 << bits) + ")");
+  if (rc != 1) throw py::value_error("dotgemm_pack_activations: bad arguments");
+  return out;
+}
+
 // The fused epilogue on its own, for paths that must correct int32 sums
 // between the GEMM and the epilogue (e.g. padding with a nonzero level).
 py::array epilogue_py(const py::array& acc, const py::array& scale, const py::array& bias,
@@ -323,6 +349,8 @@ PYBIND11_MODULE(_core, m) {
         return d;
       },
       py::arg("seconds") = 0.2, "Byte-lookup ceilings of this core (tight AVX2 vpshufb loops; 0 without AVX2)");
+  m.def("dotgemm_pack_activations", &dotgemm_pack_py, py::arg("codes"), py::arg("bits"), py::arg("levels"),
+        py::arg("out_cols"), py::arg("tier"));
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);
   m.def("default_num_threads", &default_num_threads);

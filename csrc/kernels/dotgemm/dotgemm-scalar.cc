@@ -75,8 +75,8 @@ void pack_task(void* ctx, size_t i) {
 
 }  // namespace
 
-extern "C" int lowbit_dotgemm_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits,
-                                               const int16_t* levels, int16_t* out, size_t out_cols, int tier) {
+int lowbit::dotgemm_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels,
+                                     int16_t* out, size_t out_cols, int tier) {
   if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8) || out_cols < K) return -1;
   if (M == 0) return 1;
   if ((M > 0 && K > 0 && !codes) || !levels || !out) return -1;

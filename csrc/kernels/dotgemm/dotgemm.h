@@ -64,10 +64,13 @@ bool dotgemm_pack_a__avx2(const uint8_t* codes, size_t M, size_t K, int bits, co
 
 }  // namespace lowbit
 
-// C entry point of the packer (multi-threaded over rows, GIL-free), exported
-// from _core so Python reaches it through ctypes (lowbit/families/dotgemm.py)
-// without a binding in module.cc. tier: 0 = scalar, >= 1 = AVX2 when built.
-// Returns 1 on success, 0 when a code is out of range, -1 on bad arguments.
-extern "C" __attribute__((visibility("default"))) int lowbit_dotgemm_pack_activations(
-    const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels, int16_t* out, size_t out_cols,
-    int tier);
+namespace lowbit {
+
+// The activation packer, multi-threaded over rows (call without the GIL):
+// (M, K) codes -> (M, out_cols) int16 levels, zero padded. tier: 0 = scalar,
+// >= 1 = AVX2 when built. Returns 1 on success, 0 when a code is out of range,
+// -1 on bad arguments. Bound to Python as _core.dotgemm_pack_activations.
+int dotgemm_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels,
+                             int16_t* out, size_t out_cols, int tier);
+
+}  // namespace lowbit

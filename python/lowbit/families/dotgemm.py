@@ -11,18 +11,10 @@ Layouts and the accumulator bound: csrc/kernels/dotgemm/dotgemm.h.
 """
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 
 from .. import _core
 from ._common import Plan
-
-_lib = ctypes.CDLL(_core.__file__)  # the already-loaded extension: same handle
-_pack = _lib.lowbit_dotgemm_pack_activations
-_pack.restype = ctypes.c_int
-_pack.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p,
-                  ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 class Dotgemm:
@@ -63,15 +55,14 @@ class Dotgemm:
         ba = plan.params[1]
         levels = np.frombuffer(plan.params[3], "<i2")
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        m, k = codes.shape
-        cols = 2 * Dotgemm.k_steps(k, plan)
-        out = np.empty((m, cols), "<i2")
-        rc = _pack(codes.ctypes.data, m, k, ba, levels.ctypes.data, out.ctypes.data, cols, int(tier_rank))
-        if rc == 0:
-            raise ValueError(f"a_codes: expected every code in [0, {1 << ba}) for bits={ba}, "
-                             f"got max {int(codes.max())}")
-        if rc != 1:
-            raise RuntimeError(f"dotgemm activation packer rejected its arguments (code {rc})")
+        cols = 2 * Dotgemm.k_steps(codes.shape[1], plan)
+        try:
+            out = _core.dotgemm_pack_activations(codes, ba, np.ascontiguousarray(levels), cols, int(tier_rank))
+        except ValueError as exc:
+            if "codes:" in str(exc):
+                raise ValueError(f"a_codes: expected every code in [0, {1 << ba}) for bits={ba}, "
+                                 f"got max {int(codes.max())}") from None
+            raise
         return out.view(np.uint8)
 
     @staticmethod
