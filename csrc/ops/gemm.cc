@@ -119,10 +119,16 @@ void run_gemm(const GemmCall& call, const GemmGeometry& g) {
   Task t;
   t.call = &call;
   t.g = &g;
-  // About 64 rows x 64 columns per task: enough tasks for all threads on real
-  // layers, and big enough that one task reuses its weight tile many times.
-  t.tm = std::max<size_t>(size_t(k.mr), 64 / size_t(k.mr) * size_t(k.mr));
-  t.tn = std::max<size_t>(size_t(k.nr), 64 / size_t(k.nr) * size_t(k.nr));
+  // About 64 rows x 64 columns per task: big enough that a task reuses its
+  // weight tile many times. Small layers are cut finer (rows first, down to
+  // one register tile) until there are at least 4 tasks per thread.
+  const size_t mr = size_t(k.mr), nr = size_t(k.nr);
+  t.tm = std::max<size_t>(mr, 64 / mr * mr);
+  t.tn = std::max<size_t>(nr, 64 / nr * nr);
+  const size_t want = 4 * size_t(get_num_threads());
+  auto count = [&] { return ((call.M + t.tm - 1) / t.tm) * ((call.N + t.tn - 1) / t.tn); };
+  while (count() < want && t.tm > mr) t.tm = std::max(mr, (t.tm / 2 + mr - 1) / mr * mr);
+  while (count() < want && t.tn > nr) t.tn = std::max(nr, (t.tn / 2 + nr - 1) / nr * nr);
   t.tasks_n = (call.N + t.tn - 1) / t.tn;
   const size_t tasks_m = (call.M + t.tm - 1) / t.tm;
   parallel_for(tasks_m * t.tasks_n, run_task, &t);

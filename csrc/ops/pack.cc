@@ -1,32 +1,67 @@
 #include "ops/pack.h"
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
+
+#include "core/thread_pool.h"
 
 namespace lowbit {
 
 bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out,
                          size_t out_stride) {
   unsigned seen = 0;  // OR of all codes: any bit >= `bits` means out of range
+  const size_t g = size_t(group), full = K / g;
   for (size_t m = 0; m < M; ++m) {
     const uint8_t* row = codes + m * K;
     uint8_t* dst = out + m * out_stride;
-    std::memset(dst, 0, out_stride);
-    for (size_t k = 0; k < K; ++k) {
-      seen |= row[k];
-      dst[k / group] |= uint8_t(row[k] << (bits * (k % group)));
+    for (size_t j = 0; j < full; ++j) {
+      unsigned v = 0;
+      for (size_t i = 0; i < g; ++i) {
+        seen |= row[j * g + i];
+        v |= unsigned(row[j * g + i]) << (bits * int(i));
+      }
+      dst[j] = uint8_t(v);
     }
+    size_t j = full;
+    if (full * g < K) {
+      unsigned v = 0;
+      for (size_t k = full * g; k < K; ++k) {
+        seen |= row[k];
+        v |= unsigned(row[k]) << (bits * int(k - full * g));
+      }
+      dst[j++] = uint8_t(v);
+    }
+    std::memset(dst + j, 0, out_stride - j);
   }
   return (seen >> bits) == 0;
 }
 
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out, size_t out_stride,
                  Tier tier) {
+  // Rows are independent: split them over the thread pool in blocks of at
+  // least 64 Ki codes (threads only pay off on big inputs).
+  const size_t rows = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(K, 1));
+  const size_t tasks = (M + rows - 1) / rows;
+  std::vector<char> ok(tasks, 1);
+  auto task = [&](size_t i) {
+    const size_t m0 = i * rows, m = std::min(rows, M - m0);
+    const uint8_t* src = codes + m0 * K;
+    uint8_t* dst = out + m0 * out_stride;
 #if LOWBIT_HAVE_X86_KERNELS
-  const bool vector_group = group == 1 || group == 2 || group == 4 || group == 8;
-  if (tier >= Tier::avx2 && vector_group) return pack_groups__avx2(codes, M, K, bits, group, out, out_stride);
+    const bool vector_group = group == 1 || group == 2 || group == 4 || group == 8;
+    if (tier >= Tier::avx2 && vector_group) {
+      ok[i] = pack_groups__avx2(src, m, K, bits, group, dst, out_stride);
+      return;
+    }
 #endif
-  (void)tier;
-  return pack_groups__scalar(codes, M, K, bits, group, out, out_stride);
+    (void)tier;
+    ok[i] = pack_groups__scalar(src, m, K, bits, group, dst, out_stride);
+  };
+  parallel_for(tasks, task);
+  for (char v : ok)
+    if (!v) return false;
+  return true;
 }
 
 }  // namespace lowbit

@@ -62,11 +62,11 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
             continue
         order = next(i for i, (f, kind) in enumerate(PREFERENCE) if f == name and kind in (None, plan.table_kind))
         reasons.append(f"{name}: {plan.why} (best kernel {found[0]['name']})")
-        options.append((-found[0]["tier_rank"], order, plan, fam, found[0]))
+        options.append((found[0]["tier_rank"] == 0, order, plan, fam, found[0]))
     if not options:
         raise NotImplementedError(f"no kernel can compute W{bw}A{ba} with these codebooks: " + "; ".join(reasons))
     _, _, plan, fam, kern = min(options, key=lambda o: o[:2])
-    reasons.append(f"chosen: {kern['name']} (highest tier, then fastest family)")
+    reasons.append(f"chosen: {kern['name']} (fastest exact family as measured; SIMD before scalar-only)")
     return plan, fam, kern, reasons
 
 
