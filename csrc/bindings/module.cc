@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -15,6 +16,10 @@
 #include "ops/gemm.h"
 #include "ops/pack.h"
 #include "ops/roofline.h"
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace py = pybind11;
 using namespace lowbit;
@@ -321,6 +326,17 @@ py::array epilogue_py(const py::array& acc, const py::array& scale, const py::ar
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lowbit native core: CPU dispatch, kernel registry, packers and GEMM driver";
+#if defined(__GLIBC__)
+  // Every GEMM returns a fresh output (and packs activations into a fresh
+  // buffer). With glibc's defaults, buffers over ~128 KiB are new mmaps whose
+  // pages fault on first touch: on the VMs measured that doubled the time of
+  // a mid-sized layer. Keep such buffers on the heap and reuse them instead.
+  // Set LOWBIT_KEEP_MALLOC=1 to leave the process's malloc settings alone.
+  if (!std::getenv("LOWBIT_KEEP_MALLOC")) {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  }
+#endif
   m.def("cpu_features", &features_dict, "CPU features detected with cpuid + xgetbv");
   m.def("tiers", &tier_list, "ISA tiers in chain order, with required features and support here");
   m.def("kernels", &kernel_list, "The kernel registry");
