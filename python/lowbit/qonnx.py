@@ -321,17 +321,27 @@ class _Act:
     node whose open epilogue produces it. ``perm``: 4-D tensors only, the ONNX
     tensor is the NCHW value transposed by perm. ``colperm``: 2-D tensors only,
     ONNX column i is column colperm[i] of the lowbit value. ``global_pool``: a
-    1x1 map made by global pooling (flattening it keeps the input size free)."""
+    1x1 map made by global pooling (flattening it keeps the input size free).
 
-    __slots__ = ("shape", "fl", "cd", "grid", "conv", "perm", "colperm", "global_pool")
+    Quantization is lazy: a Quant output starts as ``pre`` (the float node it
+    quantizes) with its grid, and becomes codes (a quantize node, or the
+    requantizing epilogue of ``pre_conv``) or float (codes, then dequantize)
+    only when a reader asks. Max pooling commutes with the (monotone)
+    quantizer, so it runs on ``pre`` and the codes are made after it. ``name``:
+    the ONNX tensor (for compare_qonnx)."""
 
-    def __init__(self, shape, fl=None, cd=None, grid=None, conv=None, perm=None, colperm=None, global_pool=False):
+    __slots__ = ("shape", "fl", "cd", "grid", "conv", "perm", "colperm", "global_pool", "pre", "pre_conv", "name")
+
+    def __init__(self, shape, fl=None, cd=None, grid=None, conv=None, perm=None, colperm=None, global_pool=False,
+                 pre=None, pre_conv=None, name=None):
         self.shape = tuple(shape)
         self.fl, self.cd, self.grid, self.conv = fl, cd, grid, conv
         self.perm, self.colperm, self.global_pool = perm, colperm, global_pool
+        self.pre, self.pre_conv, self.name = pre, pre_conv, name
 
     def copy(self, **kw):
-        a = _Act(self.shape, self.fl, self.cd, self.grid, self.conv, self.perm, self.colperm, self.global_pool)
+        a = _Act(self.shape, self.fl, self.cd, self.grid, self.conv, self.perm, self.colperm, self.global_pool,
+                 self.pre, self.pre_conv, self.name)
         for k, v in kw.items():
             setattr(a, k, v)
         return a
@@ -491,13 +501,17 @@ class _Converter:
                                        "transposed activations are supported only before Flatten/Reshape into "
                                        "a Gemm/MatMul")
         if act.fl is None:
-            c = act.cd
+            c = act.cd if act.cd is not None else self.codes_of_act(act, where, before=before)
             act.fl = self.add(c.node + ".dequant", "dequantize", [c.node], {"source": "dequantize"}, before=before)
         return act.fl
 
-    def codes_of_act(self, act: _Act, where):
+    def is_read(self, name):
+        return any(name in nd.inputs for nd in self.nodes)
+
+    def codes_of_act(self, act: _Act, where, before=None):
         """Codes a conv/linear can read: the act's own codes when they are the canonical
-        codes of its grid, otherwise a quantize node (exact for values on the grid)."""
+        codes of its grid, else the requantizing epilogue of ``pre_conv`` or a quantize
+        node (exact for values already on the grid)."""
         if act.perm is not None:
             self.float_of(act, where)  # raises
         if act.cd is not None and (act.grid is None or act.cd.matches(act.grid)):
@@ -507,11 +521,33 @@ class _Converter:
             raise QonnxConversionError(f"{where}: its input activation is not quantized (no Quant/BipolarQuant "
                                        "before it); lowbit runs only quantized convolutions (add an input "
                                        "quantizer, e.g. Brevitas QuantIdentity)")
-        fl = self.float_of(act, where)
-        act.cd = self.quantize(fl, g, f"{fl}.quant", where)
+        if act.pre is not None and act.fl is None:
+            conv, rq = act.pre_conv, g.requant()
+            if self.requant_ok and conv is not None and rq is not None and not self.is_read(conv) \
+                    and not self.node(conv).attrs.get("requant"):
+                node = self.node(conv)
+                node.attrs["requant"] = rq
+                self.stage[conv] = 4
+                act.cd = _Codes(conv, g.bits, g.levels(), g.step)
+            else:
+                act.cd = self.quantize(act.pre, g, f"{act.name or act.pre}.quant", where, before=before)
+            act.pre = act.pre_conv = None
+            if act.name:
+                self.codes_of[act.cd.node] = act.name
+            return act.cd
+        fl = self.float_of(act, where, before=before)
+        act.cd = self.quantize(fl, g, f"{fl}.quant", where, before=before)
         return act.cd
 
-    def quantize(self, src, g: _Grid, name, where, qn=None, qp=None, levels=None, bits=None, step=None):
+    def pos_of(self, act: _Act):
+        """Position of the earliest node a reader of act could start from."""
+        for nm in (act.fl, act.cd.node if act.cd is not None else None, act.pre):
+            if nm is not None:
+                return self.pos(nm)
+        return None
+
+    def quantize(self, src, g: _Grid, name, where, qn=None, qp=None, levels=None, bits=None, step=None,
+                 before=None):
         bits = g.bits if bits is None else bits
         if bits is None:
             raise QonnxConversionError(f"{where}: {g.n} quantization levels do not fit 8-bit codes")
@@ -521,7 +557,7 @@ class _Converter:
         attrs = {"bits": bits, "signed": g.signed, "binary": g.binary,
                  "qn": g.qn if qn is None else qn, "qp": g.qp if qp is None else qp,
                  "step": float(step), "levels": [int(v) for v in levels], "source": where}
-        name = self.add(name, "quantize", [src], attrs)
+        name = self.add(name, "quantize", [src], attrs, before=before)
         return _Codes(name, bits, levels, step)
 
     # ---- values --------------------------------------------------------------------------------
@@ -579,6 +615,8 @@ class _Converter:
             raise QonnxConversionError(f"{where}: a transposed flattening as the model output is not supported")
         if out.perm is not None:
             self.float_of(out, where)  # raises
+        if out.fl is None and out.cd is None and out.pre is not None:
+            self.codes_of_act(out, where)
         if out.fl is not None:
             last = out.fl
         elif out.cd is not None:
@@ -670,6 +708,9 @@ class _Converter:
     # ---- activation ops ------------------------------------------------------------------------
     def _alias(self, n, src):
         act = self.act(src, _desc(n))
+        if act.conv is None:  # same value: share the object (and what gets materialized for it)
+            self.vals[n.output[0]] = act
+            return
         conv = act.conv if self.n_readers[src] == 1 else None
         self.vals[n.output[0]] = act.copy(conv=conv)
 
@@ -724,20 +765,10 @@ class _Converter:
             raise QonnxConversionError(f"{where}: {g.n} levels do not fit 8-bit codes")
         _check_levels(g.levels(), g.bits, where)
         conv = self.fusable(src, x, 4)
-        rq = g.requant()
-        if self.requant_ok and conv is not None and rq is not None:
-            node = self.node(conv)
-            node.attrs["requant"] = rq
-            node.attrs.setdefault("fused", []).append(n.name or out)
-            self.stage[conv] = 4
-            cd = _Codes(conv, g.bits, g.levels(), g.step)
-            self.codes_of[conv] = out
-            self.vals[out] = _Act(x.shape, cd=cd, grid=g, colperm=x.colperm)
-            return
         fl = self.float_of(x, where)
-        cd = self.quantize(fl, g, n.name or out, where)
-        self.codes_of[cd.node] = out
-        self.vals[out] = _Act(x.shape, cd=cd, grid=g, colperm=x.colperm)
+        if conv is not None:
+            self.node(conv).attrs.setdefault("fused", []).append(n.name or out)
+        self.vals[out] = _Act(x.shape, grid=g, colperm=x.colperm, pre=fl, pre_conv=conv, name=out)
 
     def op_Trunc(self, n, a, where):
         x = self.act(n.input[0], where)
@@ -1055,10 +1086,8 @@ class _Converter:
                 if conv is None or other.perm is not None:
                     continue
                 cpos = self.pos(conv)
-                if other.fl is not None:
-                    if self.pos(other.fl) >= cpos:
-                        continue
-                elif other.cd is None or self.pos(other.cd.node) >= cpos:
+                opos = self.pos_of(other)
+                if opos is None or opos >= cpos:
                     continue
                 if best is None or cpos > best[0]:
                     best = (cpos, conv, x, other)
@@ -1139,11 +1168,16 @@ class _Converter:
         if len(n.output) > 1 and n.output[1] and self.n_readers[n.output[1]]:
             raise QonnxConversionError(f"{where}: MaxPool indices output is not supported")
         ks, stride, pad, dil, shape = self._pool_common(n, a, x, where)
-        fl = self.float_of(x, where)
-        name = self.add(n.name or n.output[0], "maxpool", [fl], {"kernel": ks, "stride": stride, "padding": pad,
-                                                                 "dilation": dil, "source": f"{n.name} (MaxPool)"})
-        # the maximum of values on a grid is on the grid (padding is -inf and never wins)
-        self.vals[n.output[0]] = _Act(shape, fl=name, grid=x.grid)
+        lazy = x.pre is not None and x.fl is None and x.cd is None and x.perm is None
+        src = x.pre if lazy else self.float_of(x, where)
+        name = self.add(n.name or n.output[0], "maxpool", [src], {"kernel": ks, "stride": stride, "padding": pad,
+                                                                  "dilation": dil, "source": f"{n.name} (MaxPool)"})
+        # The maximum of values on a grid is on the grid (padding is -inf and never wins), and
+        # max commutes with a monotone quantizer: a lazily quantized input is pooled first.
+        if lazy:
+            self.vals[n.output[0]] = _Act(shape, grid=x.grid, pre=name, name=n.output[0])
+        else:
+            self.vals[n.output[0]] = _Act(shape, fl=name, grid=x.grid)
 
     def op_AveragePool(self, n, a, where):
         x = self.act(n.input[0], where)
@@ -1160,7 +1194,8 @@ class _Converter:
     def _global(self, n, x, op, where):
         if len(x.shape) != 4:
             raise QonnxConversionError(f"{where}: expected a 4-D input")
-        fl = self.float_of(x, where)
+        lazy = op == "maxpool" and x.pre is not None and x.fl is None and x.cd is None and x.perm is None
+        fl = x.pre if lazy else self.float_of(x, where)
         if op == "maxpool":
             h, w = x.shape[2:]
             attrs = {"kernel": [h, w], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1]}
@@ -1169,6 +1204,8 @@ class _Converter:
             attrs = {"output_size": [1, 1]}
         attrs["source"] = f"{n.name} ({n.op_type})"
         name = self.add(n.name or n.output[0], op, [fl], attrs)
+        if lazy:
+            return _Act((None, x.shape[1], 1, 1), grid=x.grid, pre=name, name=n.output[0])
         return _Act((None, x.shape[1], 1, 1), fl=name, grid=x.grid if op == "maxpool" else None,
                     global_pool=op != "maxpool")
 
@@ -1205,6 +1242,12 @@ class _Converter:
             return out
         if not (x.global_pool and h == 1 and w == 1):
             self.spatial_fixed = True
+        if x.pre is not None and x.fl is None and x.cd is None and x.pre_conv is not None and self.requant_ok \
+                and x.grid.requant() is not None:
+            self.codes_of_act(x, where)  # requantize in the conv's epilogue, then flatten the codes
+        if x.pre is not None and x.fl is None and x.cd is None:
+            pre = self.add(name, "flatten", [x.pre], {"source": where})
+            return _Act((None, c * h * w), grid=x.grid, pre=pre, name=x.name)
         # flatten whichever representations exist (codes stay codes)
         fl = cd = None
         if x.cd is not None:
@@ -1307,6 +1350,7 @@ def to_float_onnx(model, dynamic_batch: bool = True):
     m = _load(model)
     g = m.graph
     consts = {i.name: nh.to_array(i) for i in g.initializer}
+    orig_inits = set(consts)
     for n in g.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
             consts[n.output[0]] = nh.to_array(n.attribute[0].t)
@@ -1410,9 +1454,7 @@ def to_float_onnx(model, dynamic_batch: bool = True):
     g.node.extend(new_nodes)
     del g.initializer[:]
     g.initializer.extend(keep + [i for i in new_inits if i.name in used])
-    init_names = {i.name for i in g.initializer}
-    ins = [i for i in g.input if i.name not in init_names or i.name in used]
-    ins = [i for i in ins if i.name not in init_names]
+    ins = [i for i in g.input if i.name not in orig_inits]   # the real inputs only
     del g.input[:]
     g.input.extend(ins)
     del g.value_info[:]
@@ -1426,12 +1468,15 @@ def to_float_onnx(model, dynamic_batch: bool = True):
         for n in g.node:
             if n.op_type == "Reshape" and n.input[1] in consts:
                 t = np.asarray(consts[n.input[1]]).astype(np.int64).reshape(-1)
-                if t.size and t[0] == export_batch and -1 not in t[1:]:
+                if t.size and t[0] == export_batch and 0 not in t[1:]:
                     t = t.copy()
-                    t[0] = -1
+                    t[0] = 0  # copy the batch dimension of the input
                     nm = cname("shape")
                     g.initializer.append(nh.from_array(t, nm))
                     n.input[1] = nm
+                    for at in n.attribute:
+                        if at.name == "allowzero":
+                            at.i = 0
     opset = [o for o in m.opset_import if o.domain in ("", "ai.onnx")]
     del m.opset_import[:]
     m.opset_import.extend(opset)
@@ -1444,9 +1489,13 @@ def to_float_onnx(model, dynamic_batch: bool = True):
 
 def _qonnx_executor(model, batch):
     from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
     from qonnx.util.cleanup import cleanup_model
 
-    return cleanup_model(ModelWrapper(_load(model)), override_inpsize=int(batch))
+    mw = ModelWrapper(_load(model))
+    if any(not o.type.tensor_type.shape.dim for o in mw.graph.output):
+        mw = mw.transform(InferShapes())  # ChangeBatchSize needs the output shape
+    return cleanup_model(mw, override_inpsize=int(batch))
 
 
 def qonnx_execute(model, x, batch_size: int = 250, full: bool = False):
