@@ -98,6 +98,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -898,8 +899,10 @@ class _Converter:
         if k > kmax:
             raise QonnxConversionError(f"{where}: K={k} exceeds K_max={kmax} for these codebooks")
         attrs = {"w_bits": bits, "w_codebook": [int(v) for v in levels], "a_bits": cd.bits,
-                 "a_codebook": list(cd.levels), "a_step": cd.step, "clamp": [None, None], "requant": None,
-                 "residual": False, "bn": False, "source": f"{n.name or n.output[0]} ({n.op_type})"}
+                 "a_codebook": list(cd.levels), "a_step": cd.step, "a_signed": min(cd.levels) < 0,
+                 "a_binary": cd.bits == 1 and cd.levels == [-1, 1], "a_qn": min(cd.levels),
+                 "a_qp": max(cd.levels), "clamp": [None, None], "requant": None, "residual": False, "bn": False,
+                 "module": n.name or n.output[0], "source": f"{n.name or n.output[0]} ({n.op_type})"}
         attrs.update(extra)
         name = self.add(n.name or n.output[0], op, [cd.node], attrs, {"w_codes": codes})
         self.scale64[name] = np.float64(np.float32(cd.step)) * w_scale
@@ -1631,8 +1634,10 @@ def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmu
         from qonnx.transformation.qonnx_to_qcdq import QuantToQCDQ
         from qonnx.util.cleanup import cleanup_model
 
-        mw = cleanup_model(ModelWrapper(_load(src)), override_inpsize=batch).transform(QuantToQCDQ())
-        qd = session(mw.model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mw = cleanup_model(ModelWrapper(_load(src)), override_inpsize=batch).transform(QuantToQCDQ())
+        qd = session(to_float_onnx(mw.model, dynamic_batch=False))  # what QuantToQCDQ leaves (Trunc, ...)
         qd_name = qd.get_inputs()[0].name
         runners["onnxruntime_qdq"] = lambda: qd.run(None, {qd_name: x})
     old = get_num_threads()
