@@ -218,6 +218,7 @@ py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array&
     }
     e.clamp_lo = clamp_lo;
     e.clamp_hi = clamp_hi;
+    e.simd = k.tier >= Tier::avx2;  // a forced scalar tier runs the scalar epilogue too
     if (out_kind == "float32") {
       e.kind = OutKind::float32;
       py::array_t<float> o({M, N});
@@ -267,6 +268,26 @@ py::array_t<int16_t> dotgemm_pack_py(const py::array& codes, int bits, const py:
   }
   if (rc == 0) throw py::value_error("codes: expected every code in [0, " + std::to_string(1 << bits) + ")");
   if (rc != 1) throw py::value_error("dotgemm_pack_activations: bad arguments");
+  return out;
+}
+
+// im2col of NHWC codes for the convolution fallback (ops/pack.h).
+py::array_t<uint8_t> gather_pixels_py(const py::array& x, const py::array& rows, int pad_code) {
+  require_array<uint8_t>(x, "x", 2, "uint8");
+  require_array<int64_t>(rows, "rows", 2, "int64");
+  if (pad_code < 0 || pad_code > 255) throw py::value_error("pad_code: expected 0..255");
+  const size_t npix = size_t(x.shape(0)), C = size_t(x.shape(1));
+  const size_t M = size_t(rows.shape(0)), taps = size_t(rows.shape(1));
+  py::array_t<uint8_t> out({M, taps * C});
+  const uint8_t* src = static_cast<const uint8_t*>(x.data());
+  const int64_t* r = static_cast<const int64_t*>(rows.data());
+  uint8_t* dst = out.mutable_data();
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    ok = gather_pixels(src, npix, C, r, M, taps, uint8_t(pad_code), dst);
+  }
+  if (!ok) throw py::value_error("rows: pixel index out of range for x");
   return out;
 }
 
@@ -367,6 +388,7 @@ PYBIND11_MODULE(_core, m) {
       py::arg("seconds") = 0.2, "Byte-lookup ceilings of this core (tight AVX2 vpshufb loops; 0 without AVX2)");
   m.def("dotgemm_pack_activations", &dotgemm_pack_py, py::arg("codes"), py::arg("bits"), py::arg("levels"),
         py::arg("out_cols"), py::arg("tier"));
+  m.def("gather_pixels", &gather_pixels_py, py::arg("x"), py::arg("rows"), py::arg("pad_code"));
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);
   m.def("default_num_threads", &default_num_threads);

@@ -2,10 +2,20 @@
 
 #include <cmath>
 
+#include "core/cpu_features.h"
+
 namespace lowbit {
 
 void apply_epilogue(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
                     size_t n1) {
+#if LOWBIT_HAVE_X86_KERNELS
+  if (e.simd && best_tier() >= Tier::avx2) return apply_epilogue__avx2(e, acc, acc_stride, m0, m1, n0, n1);
+#endif
+  apply_epilogue__scalar(e, acc, acc_stride, m0, m1, n0, n1);
+}
+
+void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1,
+                            size_t n0, size_t n1) {
   for (size_t m = m0; m < m1; ++m) {
     const int32_t* src = acc + (m - m0) * acc_stride;
     const float* res = e.residual ? e.residual + m * e.residual_stride : nullptr;

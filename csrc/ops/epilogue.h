@@ -33,11 +33,20 @@ struct Epilogue {
   int32_t qmin = 0, qmax = 0;
   void* out = nullptr;  // float32 [M, N] or uint8 [M, N]
   size_t out_stride = 0;  // elements
+  bool simd = true;       // AVX2 path when built and the CPU has it (same results)
 };
 
 // Applies the epilogue to rows [m0, m1) x columns [n0, n1) of `acc` (row
 // stride acc_stride, already corrected).
 void apply_epilogue(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
                     size_t n1);
+void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1,
+                            size_t n0, size_t n1);
+#if LOWBIT_HAVE_X86_KERNELS
+// The same operations 8 lanes at a time (cvtdq2ps, mulps, addps, compare +
+// blend for the clamps, roundps to nearest even); identical results.
+void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
+                          size_t n1);
+#endif
 
 }  // namespace lowbit

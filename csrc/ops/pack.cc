@@ -37,6 +37,27 @@ bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int
   return (seen >> bits) == 0;
 }
 
+bool gather_pixels(const uint8_t* x, size_t npix, size_t C, const int64_t* rows, size_t M, size_t taps,
+                   uint8_t pad_code, uint8_t* out) {
+  for (size_t i = 0; i < M * taps; ++i)
+    if (rows[i] >= int64_t(npix)) return false;
+  const size_t block = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(taps * C, 1));
+  auto task = [&](size_t b) {
+    const size_t m1 = std::min(M, (b + 1) * block);
+    for (size_t m = b * block; m < m1; ++m)
+      for (size_t t = 0; t < taps; ++t) {
+        uint8_t* dst = out + (m * taps + t) * C;
+        const int64_t r = rows[m * taps + t];
+        if (r < 0)
+          std::memset(dst, pad_code, C);
+        else
+          std::memcpy(dst, x + size_t(r) * C, C);
+      }
+  };
+  parallel_for((M + block - 1) / block, task);
+  return true;
+}
+
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out, size_t out_stride,
                  Tier tier) {
   // Rows are independent: split them over the thread pool in blocks of at

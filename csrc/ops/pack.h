@@ -16,6 +16,13 @@ namespace lowbit {
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out, size_t out_stride,
                  Tier tier);
 
+// im2col for the convolution fallback: out[m] = concat over taps t of the
+// C codes of input pixel rows[m][t] (a row of x), or C copies of pad_code
+// when rows[m][t] < 0. x is npix x C, rows is M x taps, out is M x (taps*C).
+// Returns false (nothing written) if a pixel index is >= npix.
+bool gather_pixels(const uint8_t* x, size_t npix, size_t C, const int64_t* rows, size_t M, size_t taps,
+                   uint8_t pad_code, uint8_t* out);
+
 bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out,
                          size_t out_stride);
 #if LOWBIT_HAVE_X86_KERNELS

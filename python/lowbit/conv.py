@@ -181,8 +181,7 @@ def _conv_group(pa, weights, g, rows, epilogue):
                        a_offsets=offsets, seg_steps=seg, **(ekw if fused else {"out_kind": "int32"}))
     else:
         # documented fallback: im2col copy of the codes, then the plain GEMM
-        padded = np.concatenate([pa.codes, np.full((1, pa.codes.shape[1]), pad_code, np.uint8)])
-        cols = padded[np.where(rows >= 0, rows, pa.codes.shape[0])].reshape(m, k)
+        cols = _core.gather_pixels(pa.codes, rows, pad_code)  # native im2col, (M, taps * Cin)
         a_packed = fam.pack_activations(cols, plan, kern["tier_rank"])
         correction = (fam.padded_k(k, plan) - k) * int(cb_a[0]) * int(packed.codebook[0])
         y = _core.gemm(kern["index"], a_packed, w_layout, tables, m, packed.N, fam.k_steps(k, plan), flush8,

@@ -1,0 +1,43 @@
+// AVX2 twin of the epilogue (ops/epilogue.h): the same float32 operations in
+// the same order, 8 outputs at a time; the clamps are compare + blend so they
+// keep exactly the scalar `v < lo ? lo : v` semantics (signed zeros too).
+#include <immintrin.h>
+
+#include "ops/epilogue.h"
+
+namespace lowbit {
+
+void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
+                          size_t n1) {
+  const __m256 lo = _mm256_set1_ps(e.clamp_lo), hi = _mm256_set1_ps(e.clamp_hi);
+  const __m256 inv = _mm256_set1_ps(e.inv_step);
+  const __m256 qlo = _mm256_set1_ps(float(e.qmin)), qhi = _mm256_set1_ps(float(e.qmax));
+  const __m256i qmin = _mm256_set1_epi32(e.qmin);
+  const size_t nvec = n0 + (n1 - n0) / 8 * 8;
+  for (size_t m = m0; m < m1; ++m) {
+    const int32_t* row = acc + (m - m0) * acc_stride;  // row[n - n0] for n in [n0, n1)
+    const float* res = e.residual ? e.residual + m * e.residual_stride : nullptr;
+    for (size_t n = n0; n < nvec; n += 8) {
+      __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + (n - n0))));
+      v = _mm256_mul_ps(v, _mm256_loadu_ps(e.scale + n));
+      v = _mm256_add_ps(v, _mm256_loadu_ps(e.bias + n));
+      if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + n));
+      v = _mm256_blendv_ps(v, lo, _mm256_cmp_ps(v, lo, _CMP_LT_OQ));
+      v = _mm256_blendv_ps(v, hi, _mm256_cmp_ps(v, hi, _CMP_GT_OQ));
+      if (e.kind == OutKind::float32) {
+        _mm256_storeu_ps(static_cast<float*>(e.out) + m * e.out_stride + n, v);
+      } else {
+        __m256 q = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm256_blendv_ps(q, qlo, _mm256_cmp_ps(q, qlo, _CMP_LT_OQ));
+        q = _mm256_blendv_ps(q, qhi, _mm256_cmp_ps(q, qhi, _CMP_GT_OQ));
+        const __m256i c = _mm256_sub_epi32(_mm256_cvttps_epi32(q), qmin);  // 0 .. 255
+        const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(e.out) + m * e.out_stride + n),
+                         _mm_packus_epi16(w, w));
+      }
+    }
+    if (nvec < n1) apply_epilogue__scalar(e, row + (nvec - n0), acc_stride, m, m + 1, nvec, n1);
+  }
+}
+
+}  // namespace lowbit

@@ -1,0 +1,64 @@
+"""The fused epilogue matches lowbit.reference.epilogue bit for bit, on the
+SIMD and the scalar path, for every output kind."""
+import numpy as np
+import pytest
+
+import lowbit
+from lowbit import reference
+
+
+def cases(rng):
+    for requant in (None, lowbit.Requant(2, 0.37, False), lowbit.Requant(2, 0.05, True), lowbit.Requant(4, 0.11),
+                    lowbit.Requant(8, 0.013, True), lowbit.Requant(1, 0.5)):
+        for act in ("none", "relu", "relu6", (-0.75, 1.25)):
+            for residual in (False, True):
+                yield requant, act, residual
+
+
+@pytest.mark.parametrize("tier", lowbit.supported_tiers())
+def test_fused_epilogue_bit_exact(tier, rng):
+    m, n, k = 37, 75, 129
+    a = rng.integers(0, 4, (m, k), dtype=np.uint8)
+    w = rng.integers(0, 4, (n, k), dtype=np.uint8)
+    packed = lowbit.pack_weights(w, 2, [-2, -1, 0, 1])
+    acc = reference.gemm(a, w, 2, 2, None, [-2, -1, 0, 1])
+    for requant, act, use_res in cases(rng):
+        scale = (rng.random(n) * 0.02 + 1e-3).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        res = rng.standard_normal((m, n)).astype(np.float32) if use_res else None
+        ep = lowbit.Epilogue(scale, bias, act, requant, residual=res)
+        with lowbit.use(isa=tier):
+            y = lowbit.gemm(a, packed, 2, epilogue=ep)
+        lo, hi = ep.clamp_lo, ep.clamp_hi
+        ref = reference.epilogue(acc, scale, bias, res, lo, hi, requant)
+        assert y.dtype == (np.float32 if requant is None else np.uint8)
+        np.testing.assert_array_equal(y, ref, err_msg=f"{tier} {requant} {act} residual={use_res}")
+
+
+def test_rounding_ties_go_to_even_and_clamps_hold():
+    # acc * 0.5 lands exactly on .5 ties; requant step 1 -> codes must round half to even
+    acc = np.arange(-40, 40, dtype=np.int32).reshape(4, 20)
+    scale = np.full(20, 0.5, np.float32)
+    bias = np.zeros(20, np.float32)
+    rq = lowbit.Requant(4, 1.0, True)
+    got = lowbit._core.epilogue(acc, scale, bias, out_kind="codes", inv_step=1.0, qmin=rq.qmin, qmax=rq.qmax)
+    np.testing.assert_array_equal(got, reference.epilogue(acc, scale, bias, requant=rq))
+    vals = got.astype(int) + rq.qmin
+    halves = acc.astype(np.float64) * 0.5
+    inside = (halves > rq.qmin) & (halves < rq.qmax)
+    np.testing.assert_array_equal(vals[inside], np.round(halves[inside]))  # numpy rounds half to even
+    assert vals.min() == rq.qmin and vals.max() == rq.qmax
+
+
+def test_epilogue_argument_errors():
+    with pytest.raises(ValueError, match="bias"):
+        lowbit.Epilogue(np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="finite"):
+        lowbit.Epilogue(np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="activation"):
+        lowbit.Epilogue(np.ones(2), activation="gelu")
+    with pytest.raises(ValueError, match="step"):
+        lowbit.Requant(2, 0.0)
+    pw = lowbit.pack_weights(np.zeros((3, 8), np.uint8), 2)
+    with pytest.raises(ValueError, match="scale has 2 values"):
+        lowbit.gemm(np.zeros((1, 8), np.uint8), pw, 2, epilogue=lowbit.Epilogue(np.ones(2)))
