@@ -82,6 +82,7 @@ def pack_activations_nhwc(x, bits: int, codebook=None) -> PackedActivations:
 
 
 _OFFSET_CACHE = {}
+_INDIRECT_CACHE = {}  # byte offsets of the indirection buffer, per (tap rows, input pixels, segment)
 
 
 def _tap_rows(b, h, w, kh, kw, stride, padding, dilation):
@@ -176,7 +177,12 @@ def _conv_group(pa, weights, g, rows, epilogue):
 
         buf = pa.packed(("conv", plan.family, plan.params, tier_rank > 0, pad_code), pack_input)
         npix = pa.codes.shape[0]
-        offsets = np.where(rows >= 0, rows, npix) * seg
+        okey = (rows.ctypes.data, rows.shape, npix, seg)  # rows live in _OFFSET_CACHE, so the address is stable
+        offsets = _INDIRECT_CACHE.get(okey)
+        if offsets is None:
+            if len(_INDIRECT_CACHE) > 64:
+                _INDIRECT_CACHE.clear()
+            offsets = _INDIRECT_CACHE[okey] = np.where(rows >= 0, rows, npix) * seg
         y = _core.gemm(kern["index"], buf, w_layout, tables, m, packed.N, taps * seg, flush8, flush16, 0,
                        a_offsets=offsets, seg_steps=seg, **(ekw if fused else {"out_kind": "int32"}))
     else:
