@@ -82,7 +82,7 @@ def pack_activations_nhwc(x, bits: int, codebook=None) -> PackedActivations:
 
 
 _OFFSET_CACHE = {}
-_INDIRECT_CACHE = {}  # byte offsets of the indirection buffer, per (tap rows, input pixels, segment)
+_INDIRECT_CACHE = {}  # byte offsets of the indirection buffer, per (conv geometry, input pixels, segment)
 
 
 def _tap_rows(b, h, w, kh, kw, stride, padding, dilation):
@@ -127,7 +127,8 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     b, h, w, c = pa.shape
     if c != weights.cin_per_group * weights.groups:
         raise ValueError(f"x: expected {weights.cin_per_group * weights.groups} input channels, got {c}")
-    rows, oh, ow = _tap_rows(b, h, w, weights.kh, weights.kw, stride, padding, dilation)
+    geometry = (b, h, w, weights.kh, weights.kw, stride, padding, dilation)
+    rows, oh, ow = _tap_rows(*geometry)
     m = rows.shape[0]
     if epilogue is not None:
         epilogue.check(weights.cout, m)
@@ -136,7 +137,7 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     for g in range(weights.groups):
         xg = pa if weights.groups == 1 else _channel_slice(pa, g * cg, (g + 1) * cg)
         ep = None if epilogue is None else epilogue.slice(g * opg, (g + 1) * opg)
-        outs.append(_conv_group(xg, weights, g, rows, ep))
+        outs.append(_conv_group(xg, weights, g, rows, ep, geometry))
     y = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
     y = y.reshape(b, oh, ow, weights.cout)
     if epilogue is not None and epilogue.requant is not None:
@@ -153,7 +154,7 @@ def _channel_slice(pa, c0, c1):
     return out
 
 
-def _conv_group(pa, weights, g, rows, epilogue):
+def _conv_group(pa, weights, g, rows, epilogue, geometry):
     packed = weights.parts[g]
     taps, cg = weights.kh * weights.kw, weights.cin_per_group
     k = taps * cg
@@ -177,7 +178,7 @@ def _conv_group(pa, weights, g, rows, epilogue):
 
         buf = pa.packed(("conv", plan.family, plan.params, tier_rank > 0, pad_code), pack_input)
         npix = pa.codes.shape[0]
-        okey = (rows.ctypes.data, rows.shape, npix, seg)  # rows live in _OFFSET_CACHE, so the address is stable
+        okey = (geometry, npix, seg)
         offsets = _INDIRECT_CACHE.get(okey)
         if offsets is None:
             if len(_INDIRECT_CACHE) > 64:
