@@ -109,15 +109,33 @@ def lowbit_contenders(lb, shape, pairs, requested, rng, with_scalar=False):
                 with ctx() if ctx else contextlib.nullcontext():
                     fn()
                     ran = lb.last_kernel()
+                    macs = macs_per_lookup(lb, bw, ba, wcb, acb)
             except Exception as e:  # noqa: BLE001 - e.g. a kernel that rejects a codebook
                 errors[label] = f"{type(e).__name__}: {e}"
                 continue
             fns[label] = (fn, ctx) if ctx else fn
             info[label] = {"strategy": strat, "w_bits": bw, "a_bits": ba,
                            "codebook": "nonuniform" if nu else "uniform", "kernel_ran": ran,
+                           "macs_per_lookup": macs,
                            "w_codebook": None if wcb is None else wcb.tolist(),
                            "a_codebook": None if acb is None else acb.tolist()}
     return fns, info, errors
+
+
+def macs_per_lookup(lb, bw, ba, wcb, acb):
+    """Multiply-accumulates one byte lookup performs in the plan that just ran
+    (1 for DeepGEMM's product LUT, gw for the group tables), None for kernels
+    that do not look products up."""
+    try:
+        cb = lb.codebook
+        plan = lb.ops._plan_for(bw, ba, cb.normalize(wcb, bw), cb.normalize(acb, ba))[0]
+    except Exception:  # noqa: BLE001 - reporting only
+        return None
+    if plan.family == "lutgemm":
+        return 1 if plan.table_kind == "i8" else 0.5  # int16 tables: two byte lookups per product
+    if plan.family in ("grouplut", "grouplut6"):
+        return plan.params[2]
+    return None
 
 
 def summarize(shape, timings):
@@ -200,6 +218,9 @@ def main(argv=None):
         lb_meta["kernels"] = [dict(r) for r in lb.kernels()]
         lb_meta["version"] = getattr(lb, "__version__", None)
         lb_meta["path"] = getattr(lb, "__file__", None)
+        # this core's byte-lookup ceilings (tight vpshufb loops), to report LUT
+        # kernels as a fraction of the machine's limit
+        lb_meta["lookup_rates"] = lb._core.lookup_rates(0.3)
 
     rows = []
     for i, shape in enumerate(todo, 1):

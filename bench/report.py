@@ -54,6 +54,13 @@ def baseline_groups(shape):
     return groups
 
 
+def lookup_share(gops, macs, ceiling, threads):
+    """Byte lookups/s as a percentage of the measured per-core ceiling x threads."""
+    if not (gops and macs and ceiling):
+        return "-"
+    return f"{100 * gops * 1e9 / 2 / macs / (ceiling * threads):.0f}%"
+
+
 def write_md(r, stem, outdir):
     out = [f"# lowbit GEMM benchmark: {', '.join(r['config']['sets'])}, {r['threads']} thread(s)", "",
            f"Machine: {machine(r)}", "",
@@ -74,10 +81,17 @@ def write_md(r, stem, outdir):
                       + [s["best_int8"]["name"] if s["best_int8"] else "-"] for s in rows])
         labels = lowbit_labels(rows)
         if labels:
+            rates = r["lowbit"].get("lookup_rates") or {}
+            ceiling = max(rates.values()) if rates else None
             out += ["", "### lowbit, GOPS and speedups", ""]
-            out += table(["layer", "contender", "kernel ran", "GOPS", "x qnnpack", "x best_int8"],
+            if ceiling:
+                out += [f"`lookup %`: byte lookups per second the kernel performed (GOPS / 2 / MACs per lookup) "
+                        f"as a share of this core's measured ceiling, {ceiling / 1e9:.0f} G lookups/s "
+                        f"(tight vpshufb loops, `lowbit._core.lookup_rates`; x threads).", ""]
+            out += table(["layer", "contender", "kernel ran", "GOPS", "x qnnpack", "x best_int8", "lookup %"],
                          [[s["name"], f"`{x}`", s["lowbit"][x]["kernel_ran"], fmt(s["gops"][x]),
-                           fmt(s["ratios"][x]["vs_qnnpack"], 2), fmt(s["ratios"][x]["vs_best_int8"], 2)]
+                           fmt(s["ratios"][x]["vs_qnnpack"], 2), fmt(s["ratios"][x]["vs_best_int8"], 2),
+                           lookup_share(s["gops"][x], s["lowbit"][x].get("macs_per_lookup"), ceiling, r["threads"])]
                           for s in rows for x in labels if x in s["ratios"]])
         gm = r["geomean"].get(set_name, {})
         out += ["", f"### Geometric means over {len(rows)} layers (weighted = by layer count)", ""]
