@@ -114,7 +114,6 @@ _QOPS = ("Quant", "BipolarQuant", "Trunc")
 SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip",
                  "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
                  "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout")
-_ALIAS = ("Identity", "Dropout")
 
 
 class QonnxConversionError(NotImplementedError):
@@ -856,7 +855,7 @@ class _Converter:
         self.vals[n.output[0]] = _Act(x.shape, cd=cd, grid=g)
 
     # ---- conv / gemm ---------------------------------------------------------------------------
-    def _weights(self, wq, where, rows_axis_first=True):
+    def _weights(self, wq, where):
         """(codes uint8 like wq.ints, bits, codebook list, per-row scale float64) of a quantized weight
         whose first axis is the output channel."""
         if not isinstance(wq, _QConst):
@@ -1231,15 +1230,23 @@ class _Converter:
             out = self._flatten(out, n.output[0] + ".flatten", where)
         self.vals[n.output[0]] = out
 
+    @staticmethod
+    def _view(x: _Act, **kw):
+        """A copy of x that reads the same lowbit values (a lazily quantized x then never
+        requantizes in its conv's epilogue: both copies may read that conv's float output)."""
+        if x.pre is not None:
+            x.pre_conv = None
+        return x.copy(pre_conv=None, **kw)
+
     def _flatten(self, x: _Act, name, where):
         if len(x.shape) == 2:
-            return x.copy(conv=None)
+            return x if x.conv is None else x.copy(conv=None)
         _, c, h, w = x.shape
         if x.perm is not None:
             if x.perm[0] != 0:
                 raise QonnxConversionError(f"{where}: a Transpose that moves the batch axis is not supported")
             idx = np.arange(c * h * w).reshape(c, h, w).transpose([p - 1 for p in x.perm[1:]]).reshape(-1)
-            base = x.copy(perm=None, conv=None)
+            base = self._view(x, perm=None, conv=None)
             out = self._flatten(base, name, where)
             out.colperm = idx
             return out
@@ -1283,9 +1290,6 @@ class _Converter:
                 r in (-1, s) for r, s in zip(rest, lshape[1:])))):
             self._alias(n, n.input[0])
             return
-        if first_ok and len(x.shape) == 2 and len(t) == 4 and t[2:] == [1, 1] and t[1] in (x.shape[1], -1) \
-                and x.colperm is None:
-            raise QonnxConversionError(f"{where}: reshaping a flat (N, F) tensor back to 4-D is not supported")
         raise QonnxConversionError(f"{where}: Reshape of {tuple('N' if d is None else d for d in lshape)} to {t} "
                                    "is not supported (only flattening to (N, C*H*W))")
 
@@ -1308,7 +1312,7 @@ class _Converter:
         base = x.perm if x.perm is not None else [0, 1, 2, 3]
         new = [base[p] for p in perm]
         # the lowbit value (and .shape) stay NCHW; perm says how ONNX sees it
-        self.vals[n.output[0]] = x.copy(perm=None if new == [0, 1, 2, 3] else new, conv=None)
+        self.vals[n.output[0]] = self._view(x, perm=None if new == [0, 1, 2, 3] else new, conv=None)
 
 
 def from_qonnx(model, requant_in_epilogue: bool = True) -> Model:
@@ -1348,7 +1352,7 @@ def to_float_onnx(model, dynamic_batch: bool = True):
     (levels -1..0, as lowbit). ``dynamic_batch``: make the batch dimension free
     (Reshape targets whose first entry is the export batch become -1)."""
     onnx, nh = _onnx()
-    from onnx import helper, TensorProto
+    from onnx import helper
 
     m = _load(model)
     g = m.graph
@@ -1483,7 +1487,6 @@ def to_float_onnx(model, dynamic_batch: bool = True):
     opset = [o for o in m.opset_import if o.domain in ("", "ai.onnx")]
     del m.opset_import[:]
     m.opset_import.extend(opset)
-    del TensorProto
     return m
 
 
@@ -1523,7 +1526,7 @@ def qonnx_execute(model, x, batch_size: int = 250, full: bool = False):
 
 
 def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int = 250, codes: bool = True,
-                  reference=None) -> dict:
+                  reference=None, requant_in_epilogue: bool = True) -> dict:
     """Parity of lowbit with the qonnx executor on float32 NCHW ``x``.
 
     The QONNX model is first passed through qonnx's ``cleanup_model`` (both
@@ -1533,10 +1536,14 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
     lowbit model materializes (``code_diff``: per ONNX tensor; ``code_diff_fraction``).
     ``reference``: precomputed reference logits (e.g. Brevitas' PyTorch output)
     to compare against instead of the qonnx executor's (codes are then skipped).
+    ``lowbit_model``: compare this model instead of ``from_qonnx(cleaned graph,
+    requant_in_epilogue)``; its codes are matched by ONNX tensor name, so only
+    those of a model converted from the cleaned graph are compared
+    (``code_tensors`` says how many quantizers were).
     """
     x = np.asarray(x, np.float32)
     cleaned = _qonnx_executor(model, batch_size).model
-    lb = lowbit_model if lowbit_model is not None else from_qonnx(cleaned)
+    lb = lowbit_model if lowbit_model is not None else from_qonnx(cleaned, requant_in_epilogue)
     if reference is not None:
         ref, ctxs, codes = np.asarray(reference, np.float32), [], False
     elif codes:
@@ -1584,6 +1591,7 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
         out["code_diff_fraction"] = sum(v[0] for v in diff.values()) / max(tot, 1)
         out["codes_differ"] = sum(v[0] for v in diff.values())
         out["codes_total"] = tot
+        out["code_tensors"] = len(diff)
     return out
 
 
