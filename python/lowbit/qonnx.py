@@ -38,10 +38,16 @@ values are ``level * step`` with integer levels ``qmin - zp .. qmax - zp``, or
   w_scale[c]`` (float64 product, rounded once), ``bias`` from the bias input.
   Then, while the conv's output has no other reader, ``BatchNormalization``,
   ``Mul``/``Add`` by a per-channel constant, one ``Add`` of another activation
-  (residual), ``Relu``/``Clip`` and finally a ``Quant`` fold into its fused
-  epilogue (in that order; the ``Quant`` becomes ``requant`` when its grid is a
-  plain ``0..2^b-1`` / ``-2^(b-1)..2^(b-1)-1`` one, so codes stay packed).
-  Elsewhere those ops become float ``affine``/``add``/``clamp``/``quantize`` nodes.
+  (residual) and ``Relu``/``Clip`` fold into its fused epilogue (in that
+  order); elsewhere they become float ``affine``/``add``/``clamp`` nodes.
+* Activation quantizers are lazy: codes are made when a conv/linear reads
+  them, by the producing conv's epilogue (``requant``, when its grid is a plain
+  ``0..2^b-1`` / ``-2^(b-1)..2^(b-1)-1`` one and nothing else reads that
+  conv's float output) or by a ``quantize`` node; a float reader (residual
+  add, average pooling) gets ``dequantize`` of those codes. ``MaxPool``
+  commutes with a monotone quantizer, so it runs on the float value before
+  quantization (one quantize after the pool instead of quantize, dequantize,
+  pool, quantize).
 * Activation code widths: a grid of n levels gets the smallest supported code
   width with ``2^bits >= n`` (1, 2, 3, 4 or 8). Layers whose activation and
   weight codes are 1-4 bits run on the LUT kernels (grouplut/lutgemm); a 5-8-bit
@@ -56,7 +62,10 @@ values are ``level * step`` with integer levels ``qmin - zp .. qmax - zp``, or
   weights. ``Identity`` and ``Dropout`` are aliases.
 * ``Trunc`` (Brevitas ``TruncAvgPool2d``) becomes a ``quantize`` node at the
   input scale whose codebook holds ``r * T`` for each code (``r`` computed
-  exactly as above, any rounding mode), so its output values are bit exact.
+  exactly as above, any rounding mode), so its output values are bit exact,
+  when its integer input range spans at most 256 values; wider ones quantize
+  at the output scale (exact for FLOOR/CEIL via an offset; ROUND ties may go
+  either way), see ``_Converter._trunc_wide``.
 
 Exactness (what "agrees with the qonnx executor" means)
 ------------------------------------------------------
