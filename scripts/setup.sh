@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine (run as root, or with sudo
 # available): the Fashion-MNIST data set and qemu-user (for the no-AVX-512
-# emulation test) from Debian, the CPU build of PyTorch (a local wheel here;
-# pinned so pip never pulls a CUDA build), then lowbit itself with its test
-# extras. Safe to run again.
+# emulation test) from Debian, the CPU build of PyTorch (a local wheel here),
+# then lowbit itself with its test and Brevitas/QONNX extras. torch stays
+# pinned through a constraints file, so nothing can pull a CUDA build.
+# Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,5 +16,8 @@ if command -v apt-get >/dev/null 2>&1; then
 fi
 
 PY="${PYTHON:-python3}"
+CONSTRAINTS="$(mktemp)"
+echo "torch==2.13.0" > "$CONSTRAINTS"
 "$PY" -m pip install -q "torch==2.13.0"
-"$PY" -m pip install -q ".[test]"
+"$PY" -m pip install -q -c "$CONSTRAINTS" ".[test,qonnx]"
+rm -f "$CONSTRAINTS"
