@@ -57,7 +57,6 @@ __all__ = [
     "ConvWeights", "Epilogue", "PackedActivations", "PackedWeights", "Requant", "conv2d", "linear",
     "pack_activations_nhwc", "cpu_features", "explain", "gemm", "get_num_threads", "info",
     "kernels", "last_kernel", "pack_activations", "pack_weights", "set_num_threads", "supported_tiers", "use",
-    "Model", "convert", "load", "from_qonnx",
 ]
 
 # Model runtime, PyTorch conversion (torch imported only when convert() runs), save/load.
@@ -66,4 +65,4 @@ from .convert import convert  # noqa: E402
 from .io import load  # noqa: E402
 from .qonnx import from_qonnx  # noqa: E402  (onnx/qonnx are imported only when it runs)
 
-__all__ += ["Model", "convert", "load"]
+__all__ += ["Model", "convert", "load", "from_qonnx"]
