@@ -21,8 +21,8 @@ takes the float32 NCHW image and returns float32 logits, so input quantization i
 every side (lowbit: quantize + pack; torch/onnxruntime int8: QuantizeLinear).
 
 Then the lowbit model runs again with instrumentation to say where the time goes: native
-kernels (GEMM with its fused epilogue), the fused epilogue alone (same conv with int32 output,
-subtracted), native activation packing, NumPy graph ops (input quantization, pooling, adds),
+kernels (GEMM with its fused epilogue), the epilogue's share (the same epilogue run on its own
+over the layer's int32 sums), native activation packing and im2col gathers, NumPy graph ops (input quantization, pooling, adds),
 and the rest = Python/NumPy glue. Outputs (default): bench/results/e2e_resnet18.{json,md}
 and e2e_resnet18_layers.png (per-layer time, stacked by component).
 """
@@ -225,7 +225,8 @@ def breakdown(m, x, repeats):
     The model runs node by node ``repeats`` times with perf_counter around every node and
     around the native calls (lowbit._core.gemm and the activation packers, wrapped for the
     occasion); per-node figures are medians. The fused epilogue's share of a conv/linear is
-    the median of (fused epilogue) - (int32 output) on the same already-packed input."""
+    estimated by the same epilogue run on its own (lowbit._core.epilogue, the code the kernels
+    call per tile) over that layer's int32 sums, capped at the layer's native time."""
     from lowbit import _core
     from lowbit.conv import conv2d, linear
 
@@ -246,9 +247,9 @@ def breakdown(m, x, repeats):
         setattr(_core, name, w)
 
     for name in dir(_core):
-        if name == "gemm":
+        if name in ("gemm", "epilogue"):
             wrap(name, "gemm")
-        elif "pack" in name and callable(getattr(_core, name)):
+        elif ("pack" in name or "gather" in name or "im2col" in name) and callable(getattr(_core, name)):
             wrap(name, "pack")
     samples = {n.name: {"t": [], "gemm": [], "pack": []} for n in m.nodes}
     totals, epi = [], {n.name: [] for n in m.nodes if n.op in ("conv", "linear")}
@@ -276,15 +277,14 @@ def breakdown(m, x, repeats):
                 if a.get("residual"):
                     ep = copy.copy(ep)
                     ep.residual = np.ascontiguousarray(values[n.inputs[1]].reshape(-1, len(ep.scale)), np.float32)
-                ts = []
-                for e in (ep, None):
-                    t0 = clock()
-                    if n.op == "conv":
-                        conv2d(xin, w, a["stride"], a["padding"], a["dilation"], epilogue=e)
-                    else:
-                        linear(xin, w, epilogue=e)
-                    ts.append(clock() - t0)
-                epi[n.name].append(ts[0] - ts[1])
+                if n.op == "conv":
+                    acc = conv2d(xin, w, a["stride"], a["padding"], a["dilation"])
+                else:
+                    acc = linear(xin, w)
+                acc = np.ascontiguousarray(acc.reshape(-1, len(ep.scale)))
+                t0 = clock()
+                originals["epilogue"](acc, **ep.kwargs())
+                epi[n.name].append(clock() - t0)
     finally:
         for name, fn in originals.items():
             setattr(_core, name, fn)
@@ -306,8 +306,8 @@ def breakdown(m, x, repeats):
     tot_ms = 1e3 * med(totals)
     comp = {"kernels (native GEMM, excluding epilogue)": sum(r.get("gemm_ms", 0) for r in per_node),
             "fused epilogue (scale/bias/residual/clamp/requant)": sum(r.get("epilogue_ms", 0) for r in per_node),
-            "activation packing (native)": sum(r.get("pack_ms", 0) for r in per_node),
-            "Python/NumPy glue in conv2d/linear (im2col copies, plans, checks)":
+            "activation packing and im2col gathers (native)": sum(r.get("pack_ms", 0) for r in per_node),
+            "Python/NumPy glue in conv2d/linear (plans, checks, copies)":
                 sum(r.get("glue_ms", 0) for r in per_node),
             "NumPy graph ops (input quantization, pooling, flatten)":
                 sum(r.get("numpy_ms", 0) for r in per_node if r["op"] != "input")}
@@ -466,7 +466,7 @@ def plot(doc, path):
     rows = [r for r in r1["lowbit_breakdown"]["per_node"] if r["op"] != "input" and r["ms"] > 0.005]
     names = [r["name"] for r in rows]
     comps = [("gemm_ms", "GEMM kernel", "#1f77b4"), ("epilogue_ms", "fused epilogue", "#ff7f0e"),
-             ("pack_ms", "activation packing", "#2ca02c"), ("glue_ms", "Python/NumPy glue", "#d62728"),
+             ("pack_ms", "packing / im2col", "#2ca02c"), ("glue_ms", "Python/NumPy glue", "#d62728"),
              ("numpy_ms", "NumPy graph op", "#9467bd")]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, max(6, 0.28 * len(rows))),
                                   gridspec_kw={"width_ratios": [3, 1.3]})
@@ -491,7 +491,8 @@ def plot(doc, path):
     ax2.set_yticks(np.arange(len(keys)) + width * (len(doc["runs"]) - 1) / 2)
     ax2.set_yticklabels([NAMES[k].replace(" (", "\n(") for k in keys], fontsize=7)
     ax2.invert_yaxis()
-    ax2.set_xlabel("ms per image (median)")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("ms per image (median, log scale)")
     ax2.set_title("end to end, batch 1")
     ax2.legend(fontsize=8)
     fig.tight_layout()
