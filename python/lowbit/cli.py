@@ -56,9 +56,20 @@ def _load_model(path):
 def _cmd_convert(args) -> int:
     import importlib
 
+    import lowbit
+
+    if args.source:  # a QONNX / Brevitas export
+        if not args.source.endswith(".onnx"):
+            sys.exit("lowbit convert: SOURCE must be a .onnx (QONNX) file; use --model for PyTorch models")
+        t0 = time.time()
+        m = lowbit.from_qonnx(args.source)
+        m.save(args.output)
+        print(f"converted {args.source} in {time.time() - t0:.2f}s -> {args.output}")
+        m.summary(example=True)
+        return 0
+
     import torch
 
-    import lowbit
     from lowbit import models
 
     if args.model:
@@ -102,9 +113,8 @@ def _cmd_run(args) -> int:
     t0 = time.perf_counter()
     y = m(x, batch_size=args.batch_size)
     dt = time.perf_counter() - t0
-    if args.summary:
-        m.summary()
-    print(f"{len(x)} inputs in {dt:.3f}s ({len(x) / dt:.1f} images/s, {args.threads} thread(s))")
+    m.summary()
+    print(f"{len(x)} inputs in {dt:.3f}s ({len(x) / dt:.1f} images/s, {lowbit.get_num_threads()} thread(s))")
     if labels is not None:
         print(f"top-1 accuracy: {100 * np.mean(y.argmax(1) == labels):.2f}% on the first {len(x)} test images")
     else:
@@ -120,6 +130,12 @@ def _cmd_bench(args) -> int:
     import lowbit
 
     lowbit.set_num_threads(args.threads)
+    if args.model and args.model.endswith(".onnx"):  # QONNX model: lowbit vs onnxruntime on the float lowering
+        from lowbit.qonnx import bench_qonnx
+
+        for bs in (int(b) for b in args.batch.split(",")):
+            bench_qonnx(args.model, threads=args.threads, batch=bs, repeats=args.repeats)
+        return 0
     if args.model:
         m = _load_model(args.model)
     else:
@@ -160,7 +176,9 @@ def main(argv=None) -> int:
     pi = sub.add_parser("info", help="CPU features and the kernel registry")
     pi.add_argument("--json", action="store_true")
     sub.add_parser("demo", help="the Fashion-MNIST W2A2 demo (lowbit demo --help)", add_help=False)
-    pc = sub.add_parser("convert", help="convert a QAT model to a .lowbit file")
+    pc = sub.add_parser("convert", help="convert a QONNX (.onnx) or PyTorch QAT model to a .lowbit file")
+    pc.add_argument("source", nargs="?", help="a QONNX model (.onnx, e.g. a Brevitas export); default: the "
+                    "shipped demo QAT model, or --model")
     pc.add_argument("-o", "--output", required=True)
     pc.add_argument("--data-dir", default=None, help="checkpoint directory of the demo model (default: shipped)")
     pc.add_argument("--model", help="pkg.module:factory returning a prepared, calibrated QAT nn.Module")
@@ -174,8 +192,9 @@ def main(argv=None) -> int:
     pr.add_argument("--output", help="save logits to this .npy")
     pr.add_argument("--batch-size", type=int, default=256)
     pr.add_argument("--threads", type=int, default=0, help="0: all cores")
-    pr.add_argument("--summary", action="store_true")
-    pb = sub.add_parser("bench", help="latency and per-layer time of a saved model (default: the demo model)")
+    pr.add_argument("--summary", action="store_true", help="(kept for compatibility; the summary always prints)")
+    pb = sub.add_parser("bench", help="latency and per-layer time of a saved model (default: the demo model); "
+                        "for a .onnx QONNX model, lowbit against onnxruntime running its float lowering")
     pb.add_argument("model", nargs="?")
     pb.add_argument("--batch", default="1,64")
     pb.add_argument("--threads", type=int, default=1)
