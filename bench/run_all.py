@@ -27,7 +27,9 @@ def main():
         out = args.outdir / f"{args.tag}_t{t}.json"
         cmd = [sys.executable, str(HERE / "bench_gemm.py"), "--threads", str(t), "--out", str(out)] + extra
         print(f"== {t} thread(s): {' '.join(cmd)}", flush=True)
-        env = dict(os.environ, OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t))
+        # OMP_WAIT_POLICY=PASSIVE: idle OpenMP workers of one contender (torch) must not spin on
+        # the cores the next contender in the round-robin is timed on
+        env = dict(os.environ, OMP_NUM_THREADS=str(t), MKL_NUM_THREADS=str(t), OMP_WAIT_POLICY="PASSIVE")
         subprocess.run(cmd, check=True, env=env)
         outs.append(str(out))
     subprocess.run([sys.executable, str(HERE / "report.py"), *outs, "--outdir", str(args.outdir)], check=True)

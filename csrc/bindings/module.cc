@@ -122,6 +122,50 @@ py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group,
   return out;
 }
 
+// Checks the epilogue arguments for an M x N output, fills `e` and returns
+// the output array the epilogue writes (float32 or uint8 codes).
+py::array make_epilogue(Epilogue& e, size_t M, size_t N, const py::object& scale_obj, const py::object& bias_obj,
+                        const py::object& residual_obj, float clamp_lo, float clamp_hi, const std::string& out_kind,
+                        float inv_step, int qmin, int qmax) {
+  const py::array scale = py::reinterpret_borrow<py::array>(scale_obj);
+  const py::array bias = py::reinterpret_borrow<py::array>(bias_obj);
+  require_array<float>(scale, "scale", 1, "float32");
+  require_array<float>(bias, "bias", 1, "float32");
+  if (size_t(scale.shape(0)) != N || size_t(bias.shape(0)) != N)
+    throw py::value_error("scale/bias: expected " + std::to_string(N) + " values");
+  e.scale = static_cast<const float*>(scale.data());
+  e.bias = static_cast<const float*>(bias.data());
+  if (!residual_obj.is_none()) {
+    const py::array res = py::reinterpret_borrow<py::array>(residual_obj);
+    require_array<float>(res, "residual", 2, "float32");
+    if (size_t(res.shape(0)) != M || size_t(res.shape(1)) != N)
+      throw py::value_error("residual: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + ")");
+    e.residual = static_cast<const float*>(res.data());
+    e.residual_stride = N;
+  }
+  e.clamp_lo = clamp_lo;
+  e.clamp_hi = clamp_hi;
+  e.out_stride = N;
+  if (out_kind == "float32") {
+    e.kind = OutKind::float32;
+    py::array_t<float> o({M, N});
+    e.out = o.mutable_data();
+    return o;
+  }
+  if (out_kind == "codes") {
+    if (!(qmin <= qmax && qmax - qmin <= 255)) throw py::value_error("qmin/qmax: expected qmin <= qmax <= qmin + 255");
+    if (!std::isfinite(inv_step) || inv_step <= 0) throw py::value_error("inv_step: expected a finite value > 0");
+    e.kind = OutKind::codes;
+    e.inv_step = inv_step;
+    e.qmin = qmin;
+    e.qmax = qmax;
+    py::array_t<uint8_t> o({M, N});
+    e.out = o.mutable_data();
+    return o;
+  }
+  throw py::value_error("out_kind: expected 'int32', 'float32' or 'codes'");
+}
+
 // One entry point for every GEMM: direct or indirect activations, int32 output
 // or the fused epilogue (ops/epilogue.h).
 py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array& w, const py::array& tables, size_t M,
@@ -199,45 +243,9 @@ py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array&
     call.c_stride = N;
     out = o;
   } else {
-    Epilogue& e = call.epilogue;
-    const py::array scale = py::reinterpret_borrow<py::array>(scale_obj);
-    const py::array bias = py::reinterpret_borrow<py::array>(bias_obj);
-    require_array<float>(scale, "scale", 1, "float32");
-    require_array<float>(bias, "bias", 1, "float32");
-    if (size_t(scale.shape(0)) != N || size_t(bias.shape(0)) != N)
-      throw py::value_error("scale/bias: expected " + std::to_string(N) + " values");
-    e.scale = static_cast<const float*>(scale.data());
-    e.bias = static_cast<const float*>(bias.data());
-    if (!residual_obj.is_none()) {
-      const py::array res = py::reinterpret_borrow<py::array>(residual_obj);
-      require_array<float>(res, "residual", 2, "float32");
-      if (size_t(res.shape(0)) != M || size_t(res.shape(1)) != N)
-        throw py::value_error("residual: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + ")");
-      e.residual = static_cast<const float*>(res.data());
-      e.residual_stride = N;
-    }
-    e.clamp_lo = clamp_lo;
-    e.clamp_hi = clamp_hi;
-    e.simd = k.tier >= Tier::avx2;  // a forced scalar tier runs the scalar epilogue too
-    if (out_kind == "float32") {
-      e.kind = OutKind::float32;
-      py::array_t<float> o({M, N});
-      e.out = o.mutable_data();
-      out = o;
-    } else if (out_kind == "codes") {
-      if (!(qmin <= qmax && qmax - qmin <= 255)) throw py::value_error("qmin/qmax: expected qmin <= qmax <= qmin + 255");
-      if (!std::isfinite(inv_step) || inv_step <= 0) throw py::value_error("inv_step: expected a finite value > 0");
-      e.kind = OutKind::codes;
-      e.inv_step = inv_step;
-      e.qmin = qmin;
-      e.qmax = qmax;
-      py::array_t<uint8_t> o({M, N});
-      e.out = o.mutable_data();
-      out = o;
-    } else {
-      throw py::value_error("out_kind: expected 'int32', 'float32' or 'codes'");
-    }
-    e.out_stride = N;
+    call.epilogue.simd = k.tier >= Tier::avx2;  // a forced scalar tier runs the scalar epilogue too
+    out = make_epilogue(call.epilogue, M, N, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi, out_kind,
+                        inv_step, qmin, qmax);
   }
   {
     py::gil_scoped_release release;
@@ -293,48 +301,14 @@ py::array_t<uint8_t> gather_pixels_py(const py::array& x, const py::array& rows,
 
 // The fused epilogue on its own, for paths that must correct int32 sums
 // between the GEMM and the epilogue (e.g. padding with a nonzero level).
-py::array epilogue_py(const py::array& acc, const py::array& scale, const py::array& bias,
+py::array epilogue_py(const py::array& acc, const py::object& scale, const py::object& bias,
                       const py::object& residual_obj, float clamp_lo, float clamp_hi, const std::string& out_kind,
                       float inv_step, int qmin, int qmax) {
   require_array<int32_t>(acc, "acc", 2, "int32");
-  require_array<float>(scale, "scale", 1, "float32");
-  require_array<float>(bias, "bias", 1, "float32");
   const size_t M = size_t(acc.shape(0)), N = size_t(acc.shape(1));
-  if (size_t(scale.shape(0)) != N || size_t(bias.shape(0)) != N)
-    throw py::value_error("scale/bias: expected " + std::to_string(N) + " values");
+  if (out_kind == "int32") throw py::value_error("out_kind: expected 'float32' or 'codes'");
   Epilogue e;
-  e.scale = static_cast<const float*>(scale.data());
-  e.bias = static_cast<const float*>(bias.data());
-  if (!residual_obj.is_none()) {
-    const py::array res = py::reinterpret_borrow<py::array>(residual_obj);
-    require_array<float>(res, "residual", 2, "float32");
-    if (size_t(res.shape(0)) != M || size_t(res.shape(1)) != N)
-      throw py::value_error("residual: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + ")");
-    e.residual = static_cast<const float*>(res.data());
-    e.residual_stride = N;
-  }
-  e.clamp_lo = clamp_lo;
-  e.clamp_hi = clamp_hi;
-  e.out_stride = N;
-  py::array out;
-  if (out_kind == "float32") {
-    e.kind = OutKind::float32;
-    py::array_t<float> o({M, N});
-    e.out = o.mutable_data();
-    out = o;
-  } else if (out_kind == "codes") {
-    if (!(qmin <= qmax && qmax - qmin <= 255)) throw py::value_error("qmin/qmax: expected qmin <= qmax <= qmin + 255");
-    if (!std::isfinite(inv_step) || inv_step <= 0) throw py::value_error("inv_step: expected a finite value > 0");
-    e.kind = OutKind::codes;
-    e.inv_step = inv_step;
-    e.qmin = qmin;
-    e.qmax = qmax;
-    py::array_t<uint8_t> o({M, N});
-    e.out = o.mutable_data();
-    out = o;
-  } else {
-    throw py::value_error("out_kind: expected 'float32' or 'codes'");
-  }
+  py::array out = make_epilogue(e, M, N, scale, bias, residual_obj, clamp_lo, clamp_hi, out_kind, inv_step, qmin, qmax);
   const int32_t* src = static_cast<const int32_t*>(acc.data());
   {
     py::gil_scoped_release release;

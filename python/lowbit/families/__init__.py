@@ -9,7 +9,7 @@ from ._common import Plan
 from .bitserial import Bitserial
 from .dotgemm import Dotgemm
 from .grouplut import Grouplut
-from .grouplut6 import Grouplut6
+from .grouplut import Grouplut6
 from .lutgemm import Lutgemm
 
 FAMILIES = {"lutgemm": Lutgemm, "grouplut": Grouplut, "grouplut6": Grouplut6, "bitserial": Bitserial,

@@ -1,6 +1,10 @@
-"""Family grouplut: activation-selected product-sum tables, lanes along N.
+"""Families grouplut and grouplut6: activation-selected product-sum tables,
+lanes along N.
 
-Layouts: csrc/kernels/grouplut/grouplut.h.
+Layouts: csrc/kernels/grouplut/grouplut.h and csrc/kernels/grouplut6/grouplut6.h.
+The two differ only in the table width (16 entries for vpshufb, 64 for
+vpermb), hence in how many weight codes one index holds, and in the number
+of channels per weight block.
 """
 from __future__ import annotations
 
@@ -9,13 +13,17 @@ import numpy as np
 from .. import _core
 from ._common import Plan, pad_codes
 
+
 class Grouplut:
     name = "grouplut"
-    LANES = 32
+    LANES = 32          # output channels per weight block
+    INDEX_BITS = 4      # a table has 2**INDEX_BITS entries
+    TABLE_COPIES = 2    # each table stored twice in a row: one 32-byte load serves both 128-bit lanes
 
-    @staticmethod
-    def _table(cb_w, cb_a, bw, ba, gw):
-        tab = np.zeros((256, 16), np.int64)
+    @classmethod
+    def _table(cls, cb_w, cb_a, bw, ba, gw):
+        """(256, 2**INDEX_BITS) exact sums of gw products for every activation group code."""
+        tab = np.zeros((256, 1 << cls.INDEX_BITS), np.int64)
         acodes = np.arange(1 << (ba * gw))
         widx = np.arange(1 << (bw * gw))
         for j in range(gw):
@@ -24,34 +32,32 @@ class Grouplut:
             tab[: len(acodes), : len(widx)] += np.multiply.outer(av, wv)
         return tab
 
-    @staticmethod
-    def plan(bw, ba, cb_w, cb_a):
-        gw = 4 // bw
-        while gw >= 1:
+    @classmethod
+    def plan(cls, bw, ba, cb_w, cb_a):
+        for gw in range(cls.INDEX_BITS // bw, 0, -1):
             if ba * gw <= 8:
-                tmax = int(np.abs(Grouplut._table(cb_w, cb_a, bw, ba, gw)).max())
+                tmax = int(np.abs(cls._table(cb_w, cb_a, bw, ba, gw)).max())
                 if tmax <= 127:
-                    return Plan("grouplut", "i8", (bw, ba, gw),
+                    return Plan(cls.name, "i8", (bw, ba, gw),
                                 f"{gw} MAC(s) per lookup: table of {1 << (ba * gw)} x {1 << (bw * gw)} "
-                                f"product sums, max |entry| {tmax} <= 127"), None
-            gw //= 2
-        return None, "grouplut needs product sums that fit int8 (max |cbA x cbW| <= 127)"
+                                f"product sums ({1 << cls.INDEX_BITS}-entry tables), max |entry| {tmax} <= 127"), None
+        return None, f"{cls.name} needs product sums that fit int8 (max |cbA x cbW| <= 127)"
 
     @staticmethod
     def k_steps(k, plan):
         return -(-k // plan.params[2])
 
-    @staticmethod
-    def weight_layout(codes, plan, kernel):
+    @classmethod
+    def weight_layout(cls, codes, plan, kernel):
         bw, _, gw = plan.params
         n, k = codes.shape
-        g = Grouplut.k_steps(k, plan)
-        lanes = Grouplut.LANES
+        g = cls.k_steps(k, plan)
+        lanes = cls.LANES
         c = pad_codes(codes, -(-n // lanes) * lanes, g * gw).reshape(-1, g, gw).astype(np.uint8)
         idx = np.zeros(c.shape[:2], np.uint8)
         for j in range(gw):
             idx |= c[:, :, j] << (bw * j)
-        # blocks of 32 channels, group-major inside a block: [block][g][lane]
+        # blocks of LANES channels, group-major inside a block: [block][g][lane]
         return np.ascontiguousarray(idx.reshape(-1, lanes, g).transpose(0, 2, 1)).reshape(-1)
 
     @staticmethod
@@ -60,15 +66,23 @@ class Grouplut:
         g = -(-codes.shape[1] // gw)
         return _core.pack_groups(codes, ba, gw, g, tier_rank)
 
-    @staticmethod
-    def tables(cb_w, cb_a, plan):
+    @classmethod
+    def tables(cls, cb_w, cb_a, plan):
         bw, ba, gw = plan.params
-        tab = Grouplut._table(cb_w, cb_a, bw, ba, gw)
+        tab = cls._table(cb_w, cb_a, bw, ba, gw)
         tmax = max(int(np.abs(tab).max()), 1)
-        flush8 = 127 // tmax
-        # each 16-entry table twice in a row: one 32-byte load serves both lanes
-        return np.concatenate([tab, tab], axis=1).reshape(-1).astype(np.int8), flush8, 32767 // (flush8 * tmax)
+        flush8 = 127 // tmax  # bounds: see the family header
+        tab = np.concatenate([tab] * cls.TABLE_COPIES, axis=1)
+        return tab.reshape(-1).astype(np.int8), flush8, 32767 // (flush8 * tmax)
 
-    @staticmethod
-    def padded_k(k, plan):
-        return Grouplut.k_steps(k, plan) * plan.params[2]
+    @classmethod
+    def padded_k(cls, k, plan):
+        return cls.k_steps(k, plan) * plan.params[2]
+
+
+class Grouplut6(Grouplut):
+    """64-entry tables looked up with vpermb (AVX-512 VBMI): 6 index bits."""
+    name = "grouplut6"
+    LANES = 64
+    INDEX_BITS = 6
+    TABLE_COPIES = 1
