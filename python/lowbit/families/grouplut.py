@@ -19,6 +19,9 @@ class Grouplut:
     LANES = 32          # output channels per weight block
     INDEX_BITS = 4      # a table has 2**INDEX_BITS entries
     TABLE_COPIES = 2    # each table stored twice in a row: one 32-byte load serves both 128-bit lanes
+    # codes per group to try, most MACs per lookup first; powers of two keep
+    # the activation packer on its vector path
+    GW_CHOICES = (4, 2, 1)
 
     @classmethod
     def _table(cls, cb_w, cb_a, bw, ba, gw):
@@ -34,8 +37,8 @@ class Grouplut:
 
     @classmethod
     def plan(cls, bw, ba, cb_w, cb_a):
-        for gw in range(cls.INDEX_BITS // bw, 0, -1):
-            if ba * gw <= 8:
+        for gw in cls.GW_CHOICES:
+            if bw * gw <= cls.INDEX_BITS and ba * gw <= 8:
                 tmax = int(np.abs(cls._table(cb_w, cb_a, bw, ba, gw)).max())
                 if tmax <= 127:
                     return Plan(cls.name, "i8", (bw, ba, gw),
@@ -86,3 +89,4 @@ class Grouplut6(Grouplut):
     LANES = 64
     INDEX_BITS = 6
     TABLE_COPIES = 1
+    GW_CHOICES = (6, 4, 3, 2, 1)
