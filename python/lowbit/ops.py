@@ -61,6 +61,8 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
             reasons.append(f"{name}: no {plan.table_kind} kernel at or below tier {_dispatch.tier_cap()}")
             continue
         order = next(i for i, (f, kind) in enumerate(PREFERENCE) if f == name and kind in (None, plan.table_kind))
+        if plan.slow:  # the family itself says it is measured slower than dotgemm here
+            order = next(i for i, (f, _) in enumerate(PREFERENCE) if f == "dotgemm") + 0.5
         reasons.append(f"{name}: {plan.why} (best kernel {found[0]['name']})")
         options.append((found[0]["tier_rank"] == 0, order, plan, fam, found[0]))
     if not options:

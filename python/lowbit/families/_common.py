@@ -12,6 +12,8 @@ class Plan:
     table_kind: str       # "i8" or "split"
     params: tuple         # family-specific, hashable (layout/table cache key)
     why: str              # one line for explain()
+    # measured slower than dotgemm's exact int16 path (ranked after it)
+    slow: bool = False
 
 
 def pad_codes(codes: np.ndarray, rows: int, cols: int) -> np.ndarray:
