@@ -44,15 +44,21 @@ bool gather_pixels(const uint8_t* x, size_t npix, size_t C, const int64_t* rows,
   const size_t block = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(taps * C, 1));
   auto task = [&](size_t b) {
     const size_t m1 = std::min(M, (b + 1) * block);
-    for (size_t m = b * block; m < m1; ++m)
-      for (size_t t = 0; t < taps; ++t) {
-        uint8_t* dst = out + (m * taps + t) * C;
-        const int64_t r = rows[m * taps + t];
-        if (r < 0)
-          std::memset(dst, pad_code, C);
-        else
-          std::memcpy(dst, x + size_t(r) * C, C);
+    const int64_t* r = rows + b * block * taps;
+    uint8_t* dst = out + b * block * taps * C;
+    for (size_t i = 0, n = (m1 - b * block) * taps; i < n; ++i, dst += C) {
+      const int64_t p = r[i];
+      if (p < 0) {
+        std::memset(dst, pad_code, C);
+      } else if (C == 3) {  // RGB stems: skip the library call
+        const uint8_t* src = x + size_t(p) * 3;
+        dst[0] = src[0];
+        dst[1] = src[1];
+        dst[2] = src[2];
+      } else {
+        std::memcpy(dst, x + size_t(p) * C, C);
       }
+    }
   };
   parallel_for((M + block - 1) / block, task);
   return true;
