@@ -61,14 +61,18 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
             reasons.append(f"{name}: no {plan.table_kind} kernel at or below tier {_dispatch.tier_cap()}")
             continue
         order = next(i for i, (f, kind) in enumerate(PREFERENCE) if f == name and kind in (None, plan.table_kind))
-        if plan.slow:  # the family itself says it is measured slower than dotgemm here
-            order = next(i for i, (f, _) in enumerate(PREFERENCE) if f == "dotgemm") + 0.5
+        # plan.slow (measured slower than dotgemm) does not reorder: layers of
+        # 1-4 bits run on the lookup-table kernels whenever those are exact;
+        # explain() points to use(strategy="dotgemm") instead
         reasons.append(f"{name}: {plan.why} (best kernel {found[0]['name']})")
         options.append((found[0]["tier_rank"] == 0, order, plan, fam, found[0]))
     if not options:
         raise NotImplementedError(f"no kernel can compute W{bw}A{ba} with these codebooks: " + "; ".join(reasons))
     _, _, plan, fam, kern = min(options, key=lambda o: o[:2])
-    reasons.append(f"chosen: {kern['name']} (fastest exact family as measured; SIMD before scalar-only)")
+    reasons.append(f"chosen: {kern['name']} (first exact family in the measured order; SIMD before scalar-only)")
+    if plan.slow:
+        reasons.append("note: with these bit widths/codebooks the exact int16 path measured faster here: "
+                       "lowbit.use(strategy='dotgemm')")
     return plan, fam, kern, reasons
 
 

@@ -12,7 +12,7 @@ class Plan:
     table_kind: str       # "i8" or "split"
     params: tuple         # family-specific, hashable (layout/table cache key)
     why: str              # one line for explain()
-    # measured slower than dotgemm's exact int16 path (ranked after it)
+    # measured slower than dotgemm's exact int16 path (explain() suggests it)
     slow: bool = False
 
 

@@ -42,12 +42,12 @@ class Grouplut:
                 tmax = int(np.abs(cls._table(cb_w, cb_a, bw, ba, gw)).max())
                 if tmax <= 127:
                     # one MAC per lookup, or int8 lanes widened after every lookup (entries > 63):
-                    # measured slower than dotgemm (bench/results/allpairs_t1.md)
+                    # measured slower than dotgemm (bench/results/allpairs_t1.md); explain() says so
                     slow = gw == 1 or tmax > 63
                     return Plan(cls.name, "i8", (bw, ba, gw),
                                 f"{gw} MAC(s) per lookup: table of {1 << (ba * gw)} x {1 << (bw * gw)} "
                                 f"product sums ({1 << cls.INDEX_BITS}-entry tables), max |entry| {tmax} <= 127"
-                                + (" (slow: ranked after dotgemm)" if slow else ""), slow=slow), None
+                                + (" (measured slower than dotgemm)" if slow else ""), slow=slow), None
         return None, f"{cls.name} needs product sums that fit int8 (max |cbA x cbW| <= 127)"
 
     @staticmethod
