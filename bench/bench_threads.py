@@ -1,0 +1,65 @@
+"""Thread scaling of lowbit's W2A2 GEMM on the large ResNet-18 layers (and 1024^3).
+
+In one process: for each shape the thread counts are interleaved round-robin
+(lowbit.set_num_threads between calls, which only switches pools), and each
+keeps its fastest of --repeats calls, so a noisy shared host affects every
+count alike. Activation packing is included, as in bench_gemm.py.
+
+    python bench/bench_threads.py --threads 1,2 --out bench/results/threads.json
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+SHAPES = [("layer1_3x3", 3136, 64, 576), ("layer2_3x3", 784, 128, 1152), ("layer3_3x3", 196, 256, 2304),
+          ("layer4_3x3", 49, 512, 4608), ("conv1_7x7s2", 12544, 64, 147), ("square_1024", 1024, 1024, 1024)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--out", default=str(common.REPO / "bench" / "results" / "threads.json"))
+    args = ap.parse_args()
+    import lowbit
+
+    counts = [int(t) for t in args.threads.split(",")]
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, m, n, k in SHAPES:
+        a = rng.integers(0, 4, (m, k), dtype=np.uint8)
+        packed = lowbit.pack_weights(rng.integers(0, 4, (n, k), dtype=np.uint8), 2, [-2, -1, 0, 1])
+        best = {t: float("inf") for t in counts}
+        for _ in range(args.repeats):
+            for t in counts:
+                lowbit.set_num_threads(t)
+                t0 = time.perf_counter()
+                lowbit.gemm(a, packed, 2)
+                best[t] = min(best[t], time.perf_counter() - t0)
+        gops = {t: common.gops(m, n, k, best[t]) for t in counts}
+        rows.append({"name": name, "M": m, "N": n, "K": k, "kernel": lowbit.last_kernel(), "gops": gops,
+                     "scaling": {t: gops[t] / gops[counts[0]] for t in counts}})
+        print(name, " ".join(f"{t}t {gops[t]:.0f} GOPS (x{gops[t] / gops[counts[0]]:.2f})" for t in counts),
+              flush=True)
+    result = {"fingerprint": common.fingerprint(), "statistic": f"fastest of {args.repeats}, counts interleaved",
+              "shapes": rows}
+    out = Path(args.out)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    md = ["# lowbit W2A2 thread scaling (`python bench/bench_threads.py`)", "",
+          "| layer | M | N | K | " + " | ".join(f"{t} thr GOPS" for t in counts) + f" | x at {counts[-1]} |",
+          "|---|---:|---:|---:|" + "---:|" * (len(counts) + 1)]
+    md += [f"| {r['name']} | {r['M']} | {r['N']} | {r['K']} | " + " | ".join(f"{r['gops'][t]:.0f}" for t in counts)
+           + f" | {r['scaling'][counts[-1]]:.2f} |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
