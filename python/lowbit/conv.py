@@ -136,7 +136,7 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     outs = []
     for g in range(weights.groups):
         xg = pa if weights.groups == 1 else _channel_slice(pa, g * cg, (g + 1) * cg)
-        ep = None if epilogue is None else epilogue.slice(g * opg, (g + 1) * opg)
+        ep = epilogue if epilogue is None or weights.groups == 1 else epilogue.slice(g * opg, (g + 1) * opg)
         outs.append(_conv_group(xg, weights, g, rows, ep, geometry))
     y = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
     y = y.reshape(b, oh, ow, weights.cout)

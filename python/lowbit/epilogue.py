@@ -77,11 +77,6 @@ class Epilogue:
         self.requant = requant
         self.residual = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
 
-    def with_residual(self, residual) -> "Epilogue":
-        e = Epilogue(self.scale, self.bias, (self.clamp_lo, self.clamp_hi), self.requant)
-        e.residual = np.ascontiguousarray(residual, dtype=np.float32)
-        return e
-
     def slice(self, n0: int, n1: int) -> "Epilogue":
         """The epilogue of output channels [n0, n1) (grouped convolution)."""
         e = Epilogue(self.scale[n0:n1], self.bias[n0:n1], (self.clamp_lo, self.clamp_hi), self.requant)
