@@ -1,11 +1,16 @@
-// Scalar twin of the grouplut family: same layouts and tables, one lookup at a
-// time, int32 sums wrapping modulo 2^32 like the SIMD lanes. Supports the
-// indirect (segmented) activation rows used by convolution.
+// Scalar twins of the grouplut and grouplut6 families: same layouts and
+// tables, one lookup at a time, int32 sums wrapping modulo 2^32 like the SIMD
+// lanes. Both support the indirect (segmented) activation rows used by
+// convolution. They differ only in the table width (16 or 64 entries, stored
+// at a stride of 32 or 64 bytes).
 #include "kernels/grouplut/grouplut.h"
+#include "kernels/grouplut6/grouplut6.h"
 
 namespace lowbit {
+namespace {
 
-void grouplut__scalar(const UKernelArgs& p) {
+template <size_t kTableStride, unsigned kIndexMask>
+void scalar_tile(const UKernelArgs& p) {
   const uint8_t* tab = reinterpret_cast<const uint8_t*>(p.tables);
   for (size_t m = 0; m < p.mr; ++m) {
     for (size_t n = 0; n < p.nr; ++n) {
@@ -13,11 +18,16 @@ void grouplut__scalar(const UKernelArgs& p) {
       for (size_t g = 0; g < p.k_steps; ++g) {
         const uint8_t code = p.a_ind ? p.a_ind[m * p.a_ind_stride + g / p.seg_steps][g % p.seg_steps]
                                      : p.a[m * p.a_stride + g];
-        sum += uint32_t(int32_t(int8_t(tab[size_t(code) * 32 + (p.w[g * p.w_stride + n] & 15)])));
+        sum += uint32_t(int32_t(int8_t(tab[size_t(code) * kTableStride + (p.w[g * p.w_stride + n] & kIndexMask)])));
       }
       p.c[m * p.c_stride + n] = int32_t(sum);
     }
   }
 }
+
+}  // namespace
+
+void grouplut__scalar(const UKernelArgs& p) { scalar_tile<32, 15>(p); }
+void grouplut6__scalar(const UKernelArgs& p) { scalar_tile<64, 63>(p); }
 
 }  // namespace lowbit
