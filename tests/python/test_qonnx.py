@@ -303,7 +303,8 @@ def test_float_lowering_matches_executor():
 def test_bench_smoke():
     rng = np.random.default_rng(6)
     r = lbq.bench_qonnx(_op_zoo(rng), threads=1, repeats=2, warmup=1, print_fn=None)
-    assert r["lowbit_ms"] > 0 and r["onnxruntime_float_ms"] > 0 and r["speedup_vs_float"] > 0
+    reported = ("lowbit_ms", "onnxruntime_float_ms", "speedup_vs_float")  # values only, never compared
+    assert all(np.isfinite(r[key]) and r[key] > 0 for key in reported)
     with pytest.raises(ValueError, match="threads"):
         lbq.bench_qonnx(_op_zoo(rng), threads=0)
 
