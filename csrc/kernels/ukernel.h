@@ -74,5 +74,31 @@ inline void for_row_blocks(const UKernelArgs& p, size_t MR, Tile&& tile) {
   }
 }
 
+// Walks the activation bytes (one per K step) of MR consecutive rows, direct
+// or through the indirection buffer of a convolution, where K is made of
+// segments of seg_steps steps with their own start addresses.
+template <int MR>
+struct StepCursor {
+  const UKernelArgs& p;
+  const uint8_t* rows[MR];
+  size_t seg = 0, begin = 0, end = 0;
+
+  explicit StepCursor(const UKernelArgs& args) : p(args) {}
+  // Makes step s readable (entering its segment when s starts one) and
+  // returns the end of the run [s, min(limit, segment end)) readable as is.
+  size_t run(size_t s, size_t limit) {
+    if (s == end) {
+      const size_t steps = p.a_ind ? p.seg_steps : p.k_steps;
+      for (int m = 0; m < MR; ++m)
+        rows[m] = p.a_ind ? p.a_ind[size_t(m) * p.a_ind_stride + seg] : p.a + size_t(m) * p.a_stride;
+      begin = s;
+      end = s + steps;
+      ++seg;
+    }
+    return limit < end ? limit : end;
+  }
+  uint8_t code(int m, size_t s) const { return rows[m][s - begin]; }
+};
+
 }  // namespace
 }  // namespace lowbit

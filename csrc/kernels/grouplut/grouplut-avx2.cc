@@ -52,18 +52,7 @@ void tile(const UKernelArgs& p) {
   alignas(32) int32_t acc32[MR][NV][4][8];
   bool first_flush = true;  // the first int32 flush stores instead of adding
   const size_t chunk16 = size_t(p.flush8) * p.flush16;
-  // Row m's code of group g is rp[m][g - seg_begin] inside the current
-  // segment [seg_begin, seg_end); a direct call is a single segment.
-  const uint8_t* rp[MR];
-  size_t seg = 0, seg_begin = 0, seg_end = 0;
-  const size_t seg_steps = p.a_ind ? p.seg_steps : G;
-  auto enter_segment = [&](size_t g) {
-    for (int m = 0; m < MR; ++m)
-      rp[m] = p.a_ind ? p.a_ind[size_t(m) * p.a_ind_stride + seg] : p.a + size_t(m) * p.a_stride;
-    seg_begin = g;
-    seg_end = g + seg_steps;
-    ++seg;
-  };
+  StepCursor<MR> rows(p);  // activation group codes, direct or indirect
   size_t g = 0;
   while (g < G) {
     for (int m = 0; m < MR; ++m)
@@ -78,15 +67,14 @@ void tile(const UKernelArgs& p) {
         for (int v = 0; v < NV; ++v) acc8[m][v] = _mm256_setzero_si256();
       const size_t end8 = end16 - g < p.flush8 ? end16 : g + p.flush8;
       while (g < end8) {
-        if (g == seg_end) enter_segment(g);
-        const size_t stop = end8 < seg_end ? end8 : seg_end;
+        const size_t stop = rows.run(g, end8);
         for (; g < stop; ++g) {
           __m256i widx[NV];
           for (int v = 0; v < NV; ++v)
             widx[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wblk[v] + g * kGrouplutLanes));
           for (int m = 0; m < MR; ++m) {
             const __m256i t =
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab + size_t(rp[m][g - seg_begin]) * 32));
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tab + size_t(rows.code(m, g)) * 32));
             for (int v = 0; v < NV; ++v)
               acc8[m][v] = _mm256_add_epi8(acc8[m][v], _mm256_shuffle_epi8(t, widx[v]));
           }

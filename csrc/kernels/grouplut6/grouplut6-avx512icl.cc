@@ -18,16 +18,7 @@ void tile(const UKernelArgs& p) {
   alignas(64) int16_t e16[MR][32], o16[MR][32];   // channels 2j / 2j+1
   alignas(64) int32_t acc32[MR][4][16] = {};      // acc32[m][r][i]: channel 4i + r
   const size_t chunk16 = size_t(p.flush8) * p.flush16;
-  const uint8_t* rp[MR];
-  size_t seg = 0, seg_begin = 0, seg_end = 0;
-  const size_t seg_steps = p.a_ind ? p.seg_steps : G;
-  auto enter_segment = [&](size_t g) {
-    for (int m = 0; m < MR; ++m)
-      rp[m] = p.a_ind ? p.a_ind[size_t(m) * p.a_ind_stride + seg] : p.a + size_t(m) * p.a_stride;
-    seg_begin = g;
-    seg_end = g + seg_steps;
-    ++seg;
-  };
+  StepCursor<MR> rows(p);  // activation group codes, direct or indirect
   size_t g = 0;
   while (g < G) {
     for (int m = 0; m < MR; ++m) {
@@ -40,12 +31,11 @@ void tile(const UKernelArgs& p) {
       for (int m = 0; m < MR; ++m) acc8[m] = _mm512_setzero_si512();
       const size_t end8 = end16 - g < p.flush8 ? end16 : g + p.flush8;
       while (g < end8) {
-        if (g == seg_end) enter_segment(g);
-        const size_t stop = end8 < seg_end ? end8 : seg_end;
+        const size_t stop = rows.run(g, end8);
         for (; g < stop; ++g) {
           const __m512i widx = _mm512_loadu_si512(p.w + g * kGrouplut6Lanes);
           for (int m = 0; m < MR; ++m) {
-            const __m512i t = _mm512_loadu_si512(tab + size_t(rp[m][g - seg_begin]) * 64);
+            const __m512i t = _mm512_loadu_si512(tab + size_t(rows.code(m, g)) * 64);
             acc8[m] = _mm512_add_epi8(acc8[m], _mm512_permutexvar_epi8(widx, t));
           }
         }
