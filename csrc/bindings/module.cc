@@ -98,15 +98,19 @@ py::list kernel_list() {
     d["description"] = k.description;
     d["indirect"] = k.indirect;
     d["layout"] = k.layout;
+    d["subtracts_correction"] = k.subtracts_correction;
     out.append(d);
   }
   return out;
 }
 
-py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group, size_t out_stride, int tier) {
+py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group, size_t out_stride, int tier,
+                                    int shift) {
   require_array<uint8_t>(codes, "codes", 2, "uint8");
   if (bits < 1 || bits > 8) throw py::value_error("bits: expected 1..8");
   if (group < 1 || group * bits > 8) throw py::value_error("group: expected 1..8 with group * bits <= 8");
+  if (shift < 0 || shift > 2 || group * bits + shift > 8)
+    throw py::value_error("shift: expected 0..2 with group * bits + shift <= 8");
   const size_t M = size_t(codes.shape(0)), K = size_t(codes.shape(1));
   if (out_stride < (K + size_t(group) - 1) / size_t(group))
     throw py::value_error("out_stride: too small for K=" + std::to_string(K));
@@ -116,7 +120,7 @@ py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group,
   bool ok;
   {
     py::gil_scoped_release release;
-    ok = pack_groups(src, M, K, bits, group, dst, out_stride, tier_from_int(tier));
+    ok = pack_groups(src, M, K, bits, group, shift, dst, out_stride, tier_from_int(tier));
   }
   if (!ok) throw py::value_error("codes: expected every code in [0, " + std::to_string(1 << bits) + ")");
   return out;
@@ -170,7 +174,7 @@ py::array make_epilogue(Epilogue& e, size_t M, size_t N, const py::object& scale
 // or the fused epilogue (ops/epilogue.h).
 py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array& w, const py::array& tables, size_t M,
                   size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction,
-                  const py::object& a_offsets_obj, size_t seg_steps, const std::string& out_kind,
+                  uint32_t a_code_shift, const py::object& a_offsets_obj, size_t seg_steps, const std::string& out_kind,
                   const py::object& scale_obj, const py::object& bias_obj, const py::object& residual_obj,
                   float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
   const KernelInfo& k = kernel_at(kernel_index);
@@ -187,6 +191,9 @@ py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array&
     throw py::value_error("tables: expected at least " + std::to_string(g.table_bytes) + " bytes");
   if (flush8 == 0 || flush16 == 0) throw py::value_error("flush8/flush16: expected >= 1");
   if (correction < INT32_MIN || correction > INT32_MAX) throw py::value_error("correction: out of int32 range");
+  if (a_code_shift != 0 && !(a_code_shift == 2 && std::string(k.family) == "grouplut"))
+    throw py::value_error(std::string("a_code_shift: expected 0 (or 2 for grouplut kernels), got ") +
+                          std::to_string(a_code_shift) + " for kernel " + k.name);
 
   GemmCall call;
   call.kernel = &k;
@@ -198,6 +205,7 @@ py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array&
   call.flush8 = flush8;
   call.flush16 = flush16;
   call.correction = int32_t(correction);
+  call.a_code_shift = a_code_shift;
 
   // Activations: a 2-D packed matrix, or (indirect) a 1-D buffer plus an
   // (M, segments) int64 array of byte offsets, each segment seg_steps bytes.
@@ -336,10 +344,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("tiers", &tier_list, "ISA tiers in chain order, with required features and support here");
   m.def("kernels", &kernel_list, "The kernel registry");
   m.def("pack_groups", &pack_groups_py, py::arg("codes"), py::arg("bits"), py::arg("group"), py::arg("out_stride"),
-        py::arg("tier"));
+        py::arg("tier"), py::arg("shift") = 0);
   m.def("gemm", &gemm_py, py::arg("kernel_index"), py::arg("a"), py::arg("w"), py::arg("tables"), py::arg("M"),
         py::arg("N"), py::arg("k_steps"), py::arg("flush8"), py::arg("flush16"), py::arg("correction"),
-        py::arg("a_offsets") = py::none(), py::arg("seg_steps") = 0, py::arg("out_kind") = "int32",
+        py::arg("a_code_shift") = 0, py::arg("a_offsets") = py::none(), py::arg("seg_steps") = 0, py::arg("out_kind") = "int32",
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f,
         py::arg("qmin") = 0, py::arg("qmax") = 0);

@@ -11,15 +11,16 @@ namespace lowbit {
 namespace {
 
 const KernelInfo kRegistry[] = {
-    // name, family, w_bits, a_bits, tier, mr, nr, table kind, fn, description, indirect[, layout]
+    // name, family, w_bits, a_bits, tier, mr, nr, table kind, fn, description, indirect[, layout,
+    // subtracts_correction]
     {"a2w2_lutgemm_1x1__scalar", "lutgemm", 2, 2, Tier::scalar, 1, 1, TableKind::i8, lutgemm_w2a2_i8__scalar,
      "DeepGEMM product LUT, scalar twin", false},
     {"a2w2_lutgemm16_1x1__scalar", "lutgemm", 2, 2, Tier::scalar, 1, 1, TableKind::split, lutgemm_w2a2_split__scalar,
      "DeepGEMM product LUT, int16 products as lo/hi byte tables, scalar twin", false},
     {"grouplut_1x32__scalar", "grouplut", 0, 0, Tier::scalar, 1, 32, TableKind::i8, grouplut__scalar,
-     "activation-selected product-sum LUT, scalar twin", true},
+     "activation-selected product-sum LUT, scalar twin", true, 0, true},
     {"grouplut6_1x64__scalar", "grouplut6", 0, 0, Tier::scalar, 1, 64, TableKind::i8, grouplut6__scalar,
-     "activation-selected product-sum LUT, 64-entry tables, scalar twin", true},
+     "activation-selected product-sum LUT, 64-entry tables, scalar twin", true, 0, true},
     {"a1w1_bitserial_1x1__scalar", "bitserial", 1, 0, Tier::scalar, 1, 1, TableKind::i8, bitserial__scalar,
      "AND + popcount over bit planes (W1 x A1/A2), scalar twin", false},
 #if LOWBIT_HAVE_X86_KERNELS
@@ -34,7 +35,7 @@ const KernelInfo kRegistry[] = {
     {"a2w2_lutgemm16_4x2__avx512icl", "lutgemm", 2, 2, Tier::avx512icl, 4, 2, TableKind::split,
      lutgemm_w2a2_split__avx512icl, "DeepGEMM product LUT, lo/hi byte tables, vpermb zmm + vpdpbusd", false},
     {"grouplut_4x64__avx2", "grouplut", 0, 0, Tier::avx2, 4, 64, TableKind::i8, grouplut__avx2,
-     "activation-selected product-sum LUT, vpshufb ymm, 4 rows x 64 channels", true},
+     "activation-selected product-sum LUT, vpshufb ymm, 4 rows x 64 channels", true, 0, true},
     {"grouplut6_4x64__avx512icl", "grouplut6", 0, 0, Tier::avx512icl, 4, 64, TableKind::i8, grouplut6__avx512icl,
      "activation-selected product-sum LUT, vpermb zmm on 64-entry tables, 4 rows x 64 channels", true},
     {"a1w1_bitserial_1x4__avx2", "bitserial", 1, 0, Tier::avx2, 1, 4, TableKind::i8, bitserial__avx2,

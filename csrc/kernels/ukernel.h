@@ -32,6 +32,13 @@ struct UKernelArgs {
   const uint8_t* const* a_ind;
   size_t a_ind_stride;
   size_t seg_steps;
+  // grouplut: activation bytes hold the group code << a_code_shift (0, or 2
+  // when codes are < 64, so that table address = tables + byte * 8).
+  uint32_t a_code_shift;
+  // Kernels registered with KernelInfo::subtracts_correction subtract this
+  // (mod 2^32) from every sum they store; the driver passes 0 to the others
+  // and subtracts the correction itself.
+  int32_t correction;
 };
 
 using UKernelFn = void (*)(const UKernelArgs&);
@@ -53,6 +60,7 @@ struct KernelInfo {
   const char* description;
   bool indirect;       // accepts UKernelArgs::a_ind
   int layout;          // family-specific weight layout variant (0 = the family default)
+  bool subtracts_correction;  // applies UKernelArgs::correction while storing
 };
 
 // The registry: every kernel built into this binary, scalar first.

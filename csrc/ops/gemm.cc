@@ -91,6 +91,8 @@ void run_task(void* ctx, size_t index) {
   p.a_ind = nullptr;
   p.a_ind_stride = c.a_ind_stride;
   p.seg_steps = c.seg_steps;
+  p.a_code_shift = c.a_code_shift;
+  p.correction = k.subtracts_correction ? c.correction : 0;
   // One kernel call per N tile covers all rows of the task (the kernel walks
   // them MR at a time), so the weight tile is reused from cache by every row.
   for (size_t n = n0; n < n1; n += size_t(k.nr)) {
@@ -102,7 +104,7 @@ void run_task(void* ctx, size_t index) {
     p.mr = m1 - m0;
     k.fn(p);
   }
-  if (c.correction != 0) {
+  if (c.correction != 0 && !k.subtracts_correction) {
     for (size_t m = m0; m < m1; ++m) {
       int32_t* row = out + (m - om0) * out_stride;
       for (size_t n = n0; n < n1; ++n) row[n - on0] = int32_t(uint32_t(row[n - on0]) - uint32_t(c.correction));

@@ -36,6 +36,7 @@ struct GemmCall {
   // segment s is a_ind[m * a_ind_stride + s], seg_steps steps long.
   const uint8_t* const* a_ind = nullptr;
   size_t a_ind_stride = 0, seg_steps = 0;
+  uint32_t a_code_shift = 0;  // UKernelArgs::a_code_shift
   // int32 output (epilogue.kind == int32) or the fused epilogue's output.
   int32_t* c = nullptr;
   size_t c_stride = 0;

@@ -9,12 +9,14 @@
 namespace lowbit {
 namespace {
 
-// 32 codes -> 32/group bytes. Returns the number of bytes written.
-inline int pack32(const uint8_t* src, int bits, int group, uint8_t* dst, __m256i* seen) {
+// 32 codes -> 32/group bytes, each shifted left by `shift` (the packed bytes
+// are < 2**(8 - shift), so 16-bit lane shifts never carry into the next byte).
+// Returns the number of bytes written.
+inline int pack32(const uint8_t* src, int bits, int group, int shift, uint8_t* dst, __m256i* seen) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
   *seen = _mm256_or_si256(*seen, v);
   if (group == 1) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), v);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_sll_epi16(v, _mm_cvtsi32_si128(shift)));
     return 32;
   }
   if (group == 8) {  // bits == 1: bit i of the mask is code i
@@ -26,12 +28,12 @@ inline int pack32(const uint8_t* src, int bits, int group, uint8_t* dst, __m256i
   const __m256i pair = _mm256_maddubs_epi16(v, _mm256_set1_epi16(int16_t(1 | (1 << (8 + bits)))));
   if (group == 2) {
     const __m128i lo = _mm256_castsi256_si128(pair), hi = _mm256_extracti128_si256(pair, 1);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_packus_epi16(lo, hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_sll_epi16(_mm_packus_epi16(lo, hi), _mm_cvtsi32_si128(shift)));
     return 16;
   }
   // group == 4: quads in 32-bit lanes, then narrow 8 x int32 -> 8 bytes
   const __m256i quad = _mm256_madd_epi16(pair, _mm256_set1_epi32(1 | (1 << (16 + 2 * bits))));
-  const __m256i bytes = _mm256_shuffle_epi8(quad, _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+  const __m256i bytes = _mm256_shuffle_epi8(_mm256_sll_epi32(quad, _mm_cvtsi32_si128(shift)), _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
                                                                     -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
                                                                     -1, -1, -1, -1));
   const uint32_t lo = uint32_t(_mm256_extract_epi32(bytes, 0)), hi = uint32_t(_mm256_extract_epi32(bytes, 4));
@@ -42,7 +44,7 @@ inline int pack32(const uint8_t* src, int bits, int group, uint8_t* dst, __m256i
 
 }  // namespace
 
-bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out,
+bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
                        size_t out_stride) {
   __m256i seen = _mm256_setzero_si256();
   const size_t kvec = K / 32 * 32, tail = K - kvec;
@@ -51,11 +53,11 @@ bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int g
     const uint8_t* row = codes + m * K;
     uint8_t* dst = out + m * out_stride;
     size_t j = 0;
-    for (size_t k = 0; k < kvec; k += 32) j += size_t(pack32(row + k, bits, group, dst + j, &seen));
+    for (size_t k = 0; k < kvec; k += 32) j += size_t(pack32(row + k, bits, group, shift, dst + j, &seen));
     if (tail) {  // the row's last codes, zero-padded to a full vector (zero codes pack to zero bits)
       alignas(32) uint8_t in[32] = {}, packed[32];
       std::memcpy(in, row + kvec, tail);
-      pack32(in, bits, group, packed, &seen);
+      pack32(in, bits, group, shift, packed, &seen);
       std::memcpy(dst + j, packed, tail_bytes);
       j += tail_bytes;
     }

@@ -8,7 +8,7 @@
 
 namespace lowbit {
 
-bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out,
+bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
                          size_t out_stride) {
   unsigned seen = 0;  // OR of all codes: any bit >= `bits` means out of range
   const size_t g = size_t(group), full = K / g;
@@ -21,7 +21,7 @@ bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int
         seen |= row[j * g + i];
         v |= unsigned(row[j * g + i]) << (bits * int(i));
       }
-      dst[j] = uint8_t(v);
+      dst[j] = uint8_t(v << shift);
     }
     size_t j = full;
     if (full * g < K) {
@@ -30,7 +30,7 @@ bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int
         seen |= row[k];
         v |= unsigned(row[k]) << (bits * int(k - full * g));
       }
-      dst[j++] = uint8_t(v);
+      dst[j++] = uint8_t(v << shift);
     }
     std::memset(dst + j, 0, out_stride - j);
   }
@@ -64,8 +64,8 @@ bool gather_pixels(const uint8_t* x, size_t npix, size_t C, const int64_t* rows,
   return true;
 }
 
-bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, uint8_t* out, size_t out_stride,
-                 Tier tier) {
+bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
+                 size_t out_stride, Tier tier) {
   // Rows are independent: split them over the thread pool in blocks of at
   // least 64 Ki codes (threads only pay off on big inputs).
   const size_t rows = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(K, 1));
@@ -78,12 +78,12 @@ bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, 
 #if LOWBIT_HAVE_X86_KERNELS
     const bool vector_group = group == 1 || group == 2 || group == 4 || group == 8;
     if (tier >= Tier::avx2 && vector_group) {
-      ok[i] = pack_groups__avx2(src, m, K, bits, group, dst, out_stride);
+      ok[i] = pack_groups__avx2(src, m, K, bits, group, shift, dst, out_stride);
       return;
     }
 #endif
     (void)tier;
-    ok[i] = pack_groups__scalar(src, m, K, bits, group, dst, out_stride);
+    ok[i] = pack_groups__scalar(src, m, K, bits, group, shift, dst, out_stride);
   };
   parallel_for(tasks, task);
   for (char v : ok)

@@ -20,6 +20,11 @@ KERNELS = tuple(_core.kernels())
 _BY_NAME = {k["name"]: k for k in KERNELS}
 FAMILIES = tuple(sorted({k["family"] for k in KERNELS}))
 
+_BEST_TIER = [t for t in TIERS if _SUPPORTED[t]][-1]
+# LOWBIT_ISA is read once, when lowbit is imported (checked when a kernel is
+# first selected); lowbit.use(isa=...) changes the cap at run time.
+_ENV_ISA = os.environ.get("LOWBIT_ISA") or None
+
 _local = threading.local()
 
 
@@ -34,13 +39,20 @@ def supported_tiers() -> list:
 
 
 def best_supported_tier() -> str:
-    return supported_tiers()[-1]
+    return _BEST_TIER
 
 
 def _check_tier_name(tier: str, what: str) -> str:
     if tier not in _TIER_RANK:
         raise ValueError(f"{what}: unknown ISA tier {tier!r}; expected one of {', '.join(TIERS)}")
     return tier
+
+
+def state() -> tuple:
+    """(tier cap, forced kernel, forced strategy): what kernel choice depends on
+    besides the problem itself (a cache key)."""
+    d = _local.__dict__
+    return tier_cap(), d.get("kernel"), d.get("strategy")
 
 
 def tier_cap() -> str:
@@ -53,10 +65,10 @@ def tier_cap() -> str:
     forced = _local.__dict__.get("isa")
     source = "lowbit.use(isa=...)"
     if forced is None:
-        forced = os.environ.get("LOWBIT_ISA") or None
+        forced = _ENV_ISA
         source = "LOWBIT_ISA"
     if forced is None:
-        return best_supported_tier()
+        return _BEST_TIER
     _check_tier_name(forced, source)
     if not _SUPPORTED[forced]:
         raise RuntimeError(

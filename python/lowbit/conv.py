@@ -20,7 +20,7 @@ import numpy as np
 from . import _core, _dispatch
 from . import codebook as cbmod
 from .epilogue import Epilogue
-from .ops import _epilogue_kwargs, _prepare
+from .ops import _prepare
 from .packing import PackedActivations, PackedWeights
 
 
@@ -158,11 +158,11 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
     packed = weights.parts[g]
     taps, cg = weights.kh * weights.kw, weights.cin_per_group
     k = taps * cg
-    plan, fam, kern, w_layout, tables, flush8, flush16 = _prepare(pa, packed, k)
+    bound = _prepare(pa, packed, k)
+    plan, fam, kern = bound.plan, bound.fam, bound.kern
     cb_a = pa.codebook
     zero = np.flatnonzero(cb_a == 0)
     pad_code = int(zero[0]) if zero.size else 0
-    ekw = _epilogue_kwargs(epilogue)
     fused = zero.size > 0
     m = rows.shape[0]
     indirect = kern["indirect"] and plan.family in ("grouplut", "grouplut6") and cg % plan.params[2] == 0
@@ -174,7 +174,7 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
         def pack_input(codes):
             # packed input pixels followed by one all-padding pixel
             padded = np.concatenate([codes, np.full((1, codes.shape[1]), pad_code, np.uint8)])
-            return fam.pack_activations(padded, plan, tier_rank).reshape(-1)
+            return bound.pack(padded).reshape(-1)
 
         buf = pa.packed(("conv", plan.family, plan.params, tier_rank > 0, pad_code), pack_input)
         npix = pa.codes.shape[0]
@@ -184,16 +184,14 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
             if len(_INDIRECT_CACHE) > 64:
                 _INDIRECT_CACHE.clear()
             offsets = _INDIRECT_CACHE[okey] = np.where(rows >= 0, rows, npix) * seg
-        y = _core.gemm(kern["index"], buf, w_layout, tables, m, packed.N, taps * seg, flush8, flush16, 0,
-                       a_offsets=offsets, seg_steps=seg, **(ekw if fused else {"out_kind": "int32"}))
+        y = bound.run(buf, m, packed.N, taps * seg, bound.correction(taps * seg, 0), epilogue if fused else None,
+                      a_offsets=offsets, seg_steps=seg)
     else:
         # documented fallback: im2col copy of the codes, then the plain GEMM
         cols = _core.gather_pixels(pa.codes, rows, pad_code)  # native im2col, (M, taps * Cin)
-        a_packed = fam.pack_activations(cols, plan, kern["tier_rank"])
-        correction = (fam.padded_k(k, plan) - k) * int(cb_a[0]) * int(packed.codebook[0])
-        y = _core.gemm(kern["index"], a_packed, w_layout, tables, m, packed.N, fam.k_steps(k, plan), flush8,
-                       flush16, correction, **(ekw if fused else {"out_kind": "int32"}))
-    _dispatch.set_last_kernel(kern["name"])
+        k_steps = bound.k_steps(k)
+        correction = bound.correction(k_steps, (fam.padded_k(k, plan) - k) * int(cb_a[0]) * int(packed.codebook[0]))
+        y = bound.run(bound.pack(cols), m, packed.N, k_steps, correction, epilogue if fused else None)
     if fused:
         return y
     # No code stands for 0: padding read cbA[0]; remove it exactly.
@@ -201,7 +199,7 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
     y = (y.astype(np.int64) - corr).astype(np.int32)
     if epilogue is None:
         return y
-    return _core.epilogue(y, **{k2: v for k2, v in ekw.items()})
+    return _core.epilogue(y, **epilogue.kwargs())
 
 
 def linear(x, weights: PackedWeights, epilogue: Epilogue | None = None, a_bits: int | None = None,

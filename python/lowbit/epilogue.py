@@ -90,6 +90,14 @@ class Epilogue:
         if self.residual is not None and self.residual.shape != (m, n):
             raise ValueError(f"epilogue: residual shape {self.residual.shape}, expected {(m, n)}")
 
+    def native_args(self) -> tuple:
+        """The epilogue arguments of _core.gemm, in its positional order
+        (out_kind, scale, bias, residual, clamp_lo, clamp_hi, inv_step, qmin, qmax)."""
+        if self.requant is None:
+            return ("float32", self.scale, self.bias, self.residual, float(self.clamp_lo), float(self.clamp_hi))
+        return ("codes", self.scale, self.bias, self.residual, float(self.clamp_lo), float(self.clamp_hi),
+                float(self.requant.inv_step), self.requant.qmin, self.requant.qmax)
+
     def kwargs(self) -> dict:
         kw = dict(scale=self.scale, bias=self.bias, residual=self.residual,
                   clamp_lo=float(self.clamp_lo), clamp_hi=float(self.clamp_hi))

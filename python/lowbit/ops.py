@@ -76,27 +76,83 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
     return plan, fam, kern, reasons
 
 
-def _tables(packed: PackedWeights, fam, plan, cb_a):
-    return packed.tables((plan, cb_a.tobytes()), lambda: fam.tables(packed.codebook, cb_a, plan))
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """Everything a GEMM of one PackedWeights with one activation setting
+    (bits, codebook) needs under the current dispatch state: built once and
+    cached on the PackedWeights, so a call only packs activations and runs."""
+    plan: object
+    fam: type
+    kern: dict
+    w_layout: np.ndarray
+    tables: np.ndarray
+    flush8: int
+    flush16: int
+    step_bias: int       # added by every K step (centred tables); removed by correction()
+    code_shift: int      # packed activation bytes hold code << code_shift
+    kmax: int
+    pad_product: int     # cbA[0] * cbW[0]: what each padded k adds
+    _direct: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def check_k(self, k: int) -> None:
+        if k > self.kmax:
+            raise ValueError(f"K={k} exceeds K_max={self.kmax} for these codebooks "
+                             "(int32 sums could overflow); split K and add the partial results in int64")
+
+    def k_steps(self, k: int) -> int:
+        return self.fam.k_steps(k, self.plan)
+
+    def correction(self, k_steps: int, padded_terms: int) -> int:
+        """What the driver subtracts (mod 2**32) from every output: the padding
+        terms plus step_bias for each of the k_steps lookups."""
+        c = padded_terms + self.step_bias * k_steps
+        return (c + 2**31) % 2**32 - 2**31
+
+    def direct(self, k: int) -> tuple:
+        """(k_steps, correction) of a plain (M, k) x (N, k) GEMM, cached per k."""
+        hit = self._direct.get(k)
+        if hit is None:
+            k_steps = self.k_steps(k)
+            hit = self._direct[k] = (
+                k_steps, self.correction(k_steps, (self.fam.padded_k(k, self.plan) - k) * self.pad_product))
+        return hit
+
+    def pack(self, codes: np.ndarray) -> np.ndarray:
+        return self.fam.pack_activations(codes, self.plan, self.kern["tier_rank"])
+
+    def run(self, a, m: int, n: int, k_steps: int, correction: int, epilogue=None, a_offsets=None,
+            seg_steps: int = 0):
+        """The native GEMM (arguments positional: pybind11 keyword parsing costs microseconds)."""
+        kern = self.kern
+        if epilogue is None:
+            y = _core.gemm(kern["index"], a, self.w_layout, self.tables, m, n, k_steps, self.flush8, self.flush16,
+                           correction, self.code_shift, a_offsets, seg_steps)
+        else:
+            y = _core.gemm(kern["index"], a, self.w_layout, self.tables, m, n, k_steps, self.flush8, self.flush16,
+                           correction, self.code_shift, a_offsets, seg_steps, *epilogue.native_args())
+        _dispatch.set_last_kernel(kern["name"])
+        return y
 
 
-def _prepare(pa: PackedActivations, packed: PackedWeights, k: int):
-    """Plan, kernel, layouts and tables for codes of depth k (checks K_max)."""
-    cb_a, cb_w = pa.codebook, packed.codebook
-    plan, fam, kern, _, kmax = _plan_for(packed.bits, pa.bits, cb_w, cb_a)
-    if k > kmax:
-        raise ValueError(f"K={k} exceeds K_max={kmax} for these codebooks "
-                         "(int32 sums could overflow); split K and add the partial results in int64")
+def _bind(packed: PackedWeights, a_bits: int, cb_a: np.ndarray) -> Bound:
+    cb_w = packed.codebook
+    plan, fam, kern, _, kmax = _plan_for(packed.bits, a_bits, cb_w, cb_a)
     w_layout = packed.layout(("w", plan, kern["nr"], kern["layout"]),
                              lambda codes: fam.weight_layout(codes, plan, kern))
-    tables, flush8, flush16 = _tables(packed, fam, plan, cb_a)
-    return plan, fam, kern, w_layout, tables, flush8, flush16
+    tables, flush8, flush16, step_bias = packed.tables(
+        (plan, cb_a.tobytes()), lambda: fam.tables(cb_w, cb_a, plan))
+    return Bound(plan, fam, kern, w_layout, tables, flush8, flush16, step_bias, fam.code_shift(plan), kmax,
+                 int(cb_a[0]) * int(cb_w[0]))
 
 
-def _epilogue_kwargs(epilogue) -> dict:
-    if epilogue is None:
-        return {"out_kind": "int32"}
-    return epilogue.kwargs()
+def _prepare(pa: PackedActivations, packed: PackedWeights, k: int) -> Bound:
+    """The cached Bound for these activations' bits/codebook; checks K_max for depth k."""
+    key = (pa.bits, pa.codebook_key, _dispatch.state())
+    bound = packed._bound.get(key)
+    if bound is None:
+        bound = packed._bound[key] = _bind(packed, pa.bits, pa.codebook)
+    bound.check_k(k)
+    return bound
 
 
 def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, epilogue=None) -> np.ndarray:
@@ -122,17 +178,12 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
         pa = PackedActivations.from_codes(a, 2 if a_bits is None else a_bits, a_codebook, validate=False)
     if pa.K != packed.K:
         raise ValueError(f"a: K mismatch: activations have K={pa.K}, weights have K={packed.K}")
-    plan, fam, kern, w_layout, tables, flush8, flush16 = _prepare(pa, packed, pa.K)
-    tier_rank = kern["tier_rank"]
-    a_packed = pa.packed((plan.family, plan.params, tier_rank > 0),
-                         lambda codes: fam.pack_activations(codes, plan, tier_rank))
-    correction = (fam.padded_k(pa.K, plan) - pa.K) * int(pa.codebook[0]) * int(packed.codebook[0])
+    bound = _prepare(pa, packed, pa.K)
+    k_steps, correction = bound.direct(pa.K)
+    a_packed = pa.packed((bound.plan.family, bound.plan.params, bound.kern["tier_rank"] > 0), bound.pack)
     if epilogue is not None:
         epilogue.check(packed.N, pa.M)
-    y = _core.gemm(kern["index"], a_packed, w_layout, tables, pa.M, packed.N, fam.k_steps(pa.K, plan),
-                   flush8, flush16, correction, **_epilogue_kwargs(epilogue))
-    _dispatch.set_last_kernel(kern["name"])
-    return y
+    return bound.run(a_packed, pa.M, packed.N, k_steps, correction, epilogue)
 
 
 def explain(M: int, N: int, K: int, w_bits: int, a_bits: int, w_codebook=None, a_codebook=None) -> str:

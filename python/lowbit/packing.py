@@ -66,7 +66,8 @@ class PackedWeights:
         self.codebook = codebook
         self._payload = payload
         self._layouts = {}  # kernel layout key -> uint8 array (reported by layout_nbytes)
-        self._tables = {}   # (plan, activation codebook) -> (tables, flush8, flush16)
+        self._tables = {}   # (plan, activation codebook) -> (tables, flush8, flush16, step_bias)
+        self._bound = {}    # (a_bits, a_codebook bytes, dispatch state) -> ops.Bound
         self._codes = None
 
     # ---- construction / serialization ---------------------------------------------------
@@ -167,6 +168,14 @@ class PackedActivations:
         self.codebook = codebook
         self.shape = None  # (B, H, W, C) when the rows are NHWC pixels
         self._packed = {}
+        self._codebook_key = None
+
+    @property
+    def codebook_key(self) -> bytes:
+        """The codebook as bytes (a cache key), computed once."""
+        if self._codebook_key is None:
+            self._codebook_key = self.codebook.tobytes()
+        return self._codebook_key
 
     @classmethod
     def from_codes(cls, a_codes, bits: int, codebook=None, validate: bool = True) -> "PackedActivations":

@@ -16,11 +16,11 @@ void scalar_tile(const UKernelArgs& p) {
     for (size_t n = 0; n < p.nr; ++n) {
       uint32_t sum = 0;
       for (size_t g = 0; g < p.k_steps; ++g) {
-        const uint8_t code = p.a_ind ? p.a_ind[m * p.a_ind_stride + g / p.seg_steps][g % p.seg_steps]
+        const uint8_t byte = p.a_ind ? p.a_ind[m * p.a_ind_stride + g / p.seg_steps][g % p.seg_steps]
                                      : p.a[m * p.a_stride + g];
-        sum += uint32_t(int32_t(int8_t(tab[size_t(code) * kTableStride + (p.w[g * p.w_stride + n] & kIndexMask)])));
+        sum += uint32_t(int32_t(int8_t(tab[size_t(byte >> p.a_code_shift) * kTableStride + (p.w[g * p.w_stride + n] & kIndexMask)])));
       }
-      p.c[m * p.c_stride + n] = int32_t(sum);
+      p.c[m * p.c_stride + n] = int32_t(sum - uint32_t(p.correction));
     }
   }
 }

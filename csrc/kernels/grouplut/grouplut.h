@@ -15,7 +15,9 @@
 //
 // K step: one group. k_steps = G = ceil(K / gw).
 // Packed activations: one byte per group, code = sum_j a[g*gw + j] << (ba*j);
-//   positions >= K hold code 0. Row stride >= G bytes.
+//   positions >= K hold code 0. Row stride >= G bytes. When ba*gw <= 6 the
+//   byte may hold code << 2 instead (UKernelArgs::a_code_shift = 2): the
+//   table address code * 32 is then byte * 8, one addressing mode.
 // Kernel-layout weights: n-blocks of NR = 32 output channels; block b starts at
 //   w + b * (G * 32); byte [g * 32 + i] = sum_j w[32b + i][g*gw + j] << (bw*j)
 //   (bits 4..7 zero). Channels >= N hold code 0.
@@ -31,6 +33,9 @@
 //   result fits).
 // Padding: each padded k adds cbA[0] * cbW[0]; the driver subtracts
 //   (G * gw - K) * cbA[0] * cbW[0].
+// Centred tables: the entries may all be offset by one constant b (chosen at
+//   pack time to minimise Tmax, hence widen less often); every step then adds
+//   b, and the driver also subtracts G * b.
 #pragma once
 #include "kernels/ukernel.h"
 

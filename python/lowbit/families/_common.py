@@ -16,6 +16,15 @@ class Plan:
     slow: bool = False
 
 
+class Family:
+    """Defaults shared by the family classes."""
+
+    @staticmethod
+    def code_shift(plan):
+        """Left shift the packed activation bytes carry (UKernelArgs::a_code_shift)."""
+        return 0
+
+
 def pad_codes(codes: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Zero-pad an (R, K) code matrix to (rows, cols)."""
     out = np.zeros((rows, cols), np.uint8)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._common import Plan, pad_codes
+from ._common import Family, Plan, pad_codes
 
 
-class Bitserial:
+class Bitserial(Family):
     name = "bitserial"
     STEP_CODES = 256
 
@@ -53,7 +53,7 @@ class Bitserial:
     def tables(cb_w, cb_a, plan):
         _, ba, coef = plan.params
         vals = np.array(list(coef) + [0, ba, 0], dtype=np.int32)
-        return vals.view(np.int8), 1, 1
+        return vals.view(np.int8), 1, 1, 0
 
     @staticmethod
     def padded_k(k, plan):

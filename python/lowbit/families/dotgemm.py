@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._common import Plan
+from ._common import Family, Plan
 
 
-class Dotgemm:
+class Dotgemm(Family):
     name = "dotgemm"
     STEP = 2  # one k step = one pair of int16 levels
 
@@ -68,7 +68,7 @@ class Dotgemm:
     @staticmethod
     def tables(cb_w, cb_a, plan):
         # No tables; flush8/flush16 are unused (no narrow accumulators).
-        return np.zeros(1, np.int8), 1, 1
+        return np.zeros(1, np.int8), 1, 1, 0
 
     @staticmethod
     def padded_k(k, plan):

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._common import Plan, pad_codes
+from ._common import Family, Plan, pad_codes
 
 
-class Grouplut:
+class Grouplut(Family):
     name = "grouplut"
     LANES = 32          # output channels per weight block
     INDEX_BITS = 4      # a table has 2**INDEX_BITS entries
@@ -67,20 +67,37 @@ class Grouplut:
         # blocks of LANES channels, group-major inside a block: [block][g][lane]
         return np.ascontiguousarray(idx.reshape(-1, lanes, g).transpose(0, 2, 1)).reshape(-1)
 
-    @staticmethod
-    def pack_activations(codes, plan, tier_rank):
+    @classmethod
+    def code_shift(cls, plan):
+        """Packed activation bytes hold code << 2 when codes are < 64 and the
+        tables are 32 bytes apart: the kernel's table address is then
+        tables + byte * 8, one addressing mode (csrc/kernels/grouplut/grouplut.h)."""
+        _, ba, gw = plan.params
+        return 2 if cls.INDEX_BITS == 4 and ba * gw <= 6 else 0
+
+    @classmethod
+    def pack_activations(cls, codes, plan, tier_rank):
         _, ba, gw = plan.params
         g = -(-codes.shape[1] // gw)
-        return _core.pack_groups(codes, ba, gw, g, tier_rank)
+        return _core.pack_groups(codes, ba, gw, g, tier_rank, cls.code_shift(plan))
 
     @classmethod
     def tables(cls, cb_w, cb_a, plan):
+        """(tables, flush8, flush16, step_bias). The entries are centred: the
+        constant step_bias is added to all of them so that max|entry| (and thus
+        how often the int8 lanes must be widened) is smallest; each K step then
+        adds step_bias, which the driver's correction removes."""
         bw, ba, gw = plan.params
         tab = cls._table(cb_w, cb_a, bw, ba, gw)
-        tmax = max(int(np.abs(tab).max()), 1)
+        n_act, n_idx = 1 << (ba * gw), 1 << (bw * gw)
+        live = tab[:n_act, :n_idx]  # entries a kernel can index; the rest stay 0 (never read)
+        lo, hi = int(live.min()), int(live.max())
+        step_bias = -((lo + hi) // 2)
+        tab[:n_act, :n_idx] += step_bias
+        tmax = max(hi + step_bias, -(lo + step_bias), 1)
         flush8 = 127 // tmax  # bounds: see the family header
         tab = np.concatenate([tab] * cls.TABLE_COPIES, axis=1)
-        return tab.reshape(-1).astype(np.int8), flush8, 32767 // (flush8 * tmax)
+        return tab.reshape(-1).astype(np.int8), flush8, 32767 // (flush8 * tmax), step_bias
 
     @classmethod
     def padded_k(cls, k, plan):

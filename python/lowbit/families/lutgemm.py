@@ -8,9 +8,9 @@ import numpy as np
 
 from .. import _core
 from .. import codebook as cbmod
-from ._common import Plan, pad_codes
+from ._common import Family, Plan, pad_codes
 
-class Lutgemm:
+class Lutgemm(Family):
     name = "lutgemm"
     STEP_CODES = 64  # one 16-byte step of packed 2-bit codes
 
@@ -66,11 +66,11 @@ class Lutgemm:
         if plan.table_kind == "i8":
             pmax = max(int(np.abs(p).max()), 1)
             flush8 = 127 // (4 * pmax)          # bounds: csrc/kernels/lutgemm/lutgemm.h
-            return np.concatenate([t, tt]).astype(np.int8), flush8, 32767 // (8 * pmax * flush8)
+            return np.concatenate([t, tt]).astype(np.int8), flush8, 32767 // (8 * pmax * flush8), 0
         lo_t, hi_t = t & 0xFF, t >> 8
         lo_tt, hi_tt = tt & 0xFF, tt >> 8
         tab = np.concatenate([lo_t, hi_t, lo_tt, hi_tt]).astype(np.int64)
-        return tab.astype(np.uint8).view(np.int8), 1, 16
+        return tab.astype(np.uint8).view(np.int8), 1, 16, 0
 
     @staticmethod
     def padded_k(k, plan):

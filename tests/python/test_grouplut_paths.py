@@ -1,0 +1,123 @@
+"""grouplut's fast-path details: activation bytes pre-shifted for the table
+address, centred tables (step bias) and the correction the kernels subtract
+while storing. Each is checked bit-exactly against the NumPy reference on
+every tier this CPU has."""
+import numpy as np
+import pytest
+
+import lowbit
+from lowbit import _core, _dispatch, ops, reference
+from lowbit.families import Grouplut
+from lowbit.packing import PackedActivations
+
+TIERS = [t for t in lowbit.supported_tiers() if t in ("scalar", "avx2")]
+
+
+def _pack_reference(codes, bits, group, shift):
+    m, k = codes.shape
+    g = -(-k // group)
+    padded = np.zeros((m, g * group), np.uint32)
+    padded[:, :k] = codes
+    packed = np.zeros((m, g), np.uint32)
+    for i in range(group):
+        packed |= padded[:, i::group] << (bits * i)
+    return (packed << shift).astype(np.uint8)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("bits,group", [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (3, 2), (1, 6), (2, 3)])
+@pytest.mark.parametrize("shift", [0, 1, 2])
+def test_pack_groups_shift_matches_reference(tier, bits, group, shift, rng):
+    if bits * group + shift > 8:
+        pytest.skip("not a valid combination")
+    rank = _dispatch.tier_rank(tier)
+    for k in (1, 31, 32, 33, 100):
+        codes = rng.integers(0, 1 << bits, (5, k), dtype=np.uint8)
+        codes[0] = (1 << bits) - 1  # extreme codes: every bit set
+        g = -(-k // group)
+        got = _core.pack_groups(codes, bits, group, g + 3, rank, shift)
+        assert np.array_equal(got[:, :g], _pack_reference(codes, bits, group, shift)), (k, tier)
+        assert not got[:, g:].any()
+
+
+def test_pack_groups_rejects_bad_shift():
+    codes = np.zeros((2, 8), np.uint8)
+    with pytest.raises(ValueError, match="shift"):
+        _core.pack_groups(codes, 2, 4, 2, 0, 1)  # 2 * 4 + 1 > 8
+    with pytest.raises(ValueError, match="shift"):
+        _core.pack_groups(codes, 1, 1, 8, 0, 3)
+
+
+def test_gemm_rejects_code_shift_for_other_families():
+    k = next(k for k in lowbit.kernels() if k["family"] == "dotgemm" and k["tier"] == "scalar")
+    with pytest.raises(ValueError, match="a_code_shift"):
+        _core.gemm(k["index"], np.zeros((4, 8), np.uint8), np.zeros(4096, np.uint8), np.zeros(8, np.int8),
+                   4, 16, 4, 1, 1, 0, 2)
+    g = next(k for k in lowbit.kernels() if k["family"] == "grouplut" and k["tier"] == "scalar")
+    with pytest.raises(ValueError, match="a_code_shift"):
+        _core.gemm(g["index"], np.zeros((4, 8), np.uint8), np.zeros(4096, np.uint8), np.zeros(8192, np.int8),
+                   4, 16, 4, 1, 1, 0, 1)
+
+
+def test_registry_reports_who_subtracts_the_correction():
+    for k in lowbit.kernels():
+        assert isinstance(k["subtracts_correction"], bool)
+        if k["family"] == "grouplut":
+            assert k["subtracts_correction"], k["name"]
+
+
+def test_centred_tables_widen_less_often():
+    cb_w, cb_a = np.array([-2, -1, 0, 1]), np.arange(4)
+    plan, _ = Grouplut.plan(2, 2, cb_w, cb_a)
+    tables, flush8, flush16, step_bias = Grouplut.tables(cb_w, cb_a, plan)
+    # pair sums of a * w lie in [-12, 6]: centred by +3 they fit [-9, 9]
+    assert step_bias == 3
+    assert flush8 == 127 // 9 and flush16 == 32767 // (flush8 * 9)
+    live = tables.reshape(256, 32)[:16, :16].astype(int)
+    assert live.min() == -9 and live.max() == 9
+    assert Grouplut.code_shift(plan) == 2  # 4-bit activation group codes: bytes hold code << 2
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("bw,ba,cb_w,cb_a", [
+    (2, 2, [-2, -1, 0, 1], None),            # asymmetric: step bias 3
+    (2, 2, [-1, 0, 1, 2], [0, 1, 2, 3]),     # step bias -3
+    (1, 1, [-1, 1], None),                   # W1A1, 16 tables
+    (1, 4, [-1, 1], [0, 2, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31]),  # 8-bit group codes: no shift
+    (2, 3, [-3, -1, 1, 3], [-4, -3, -2, -1, 0, 1, 2, 3]),
+])
+def test_worst_case_long_k_across_chunks(tier, bw, ba, cb_w, cb_a):
+    """K long enough for several int8 flushes and several int16 chunks, with
+    the codes that give the largest |table entry| (overflow of a narrow lane
+    or a wrong step bias would show)."""
+    cbw = np.array(cb_w)
+    cba = np.arange(1 << ba) if cb_a is None else np.array(cb_a)
+    plan, _ = Grouplut.plan(bw, ba, cbw, cba)
+    _, flush8, flush16, _ = Grouplut.tables(cbw, cba, plan)
+    gw = plan.params[2]
+    k = flush8 * flush16 * gw * 2 + 3 * gw + 1  # two int16 chunks and a ragged tail
+    m, n = 5, 70
+    rng = np.random.default_rng(k)
+    a = np.empty((m, k), np.uint8)
+    w = np.empty((n, k), np.uint8)
+    a[0], w[0] = np.argmax(np.abs(cba)), np.argmax(np.abs(cbw))   # largest products
+    a[1], w[1] = np.argmax(cba), np.argmin(cbw)                   # most negative products
+    a[2:] = rng.integers(0, 1 << ba, (m - 2, k))
+    w[2:] = rng.integers(0, 1 << bw, (n - 2, k))
+    packed = lowbit.pack_weights(w, bw, cbw)
+    with lowbit.use(isa=tier):
+        y = lowbit.gemm(a, packed, ba, cba)
+        assert lowbit.last_kernel().startswith("grouplut_") and lowbit.last_kernel().endswith("__" + tier)
+    assert np.array_equal(y, reference.gemm(a, w, ba, bw, cba, cbw))
+
+
+def test_bound_is_cached_per_activation_setting(rng):
+    w = rng.integers(0, 4, (8, 40), dtype=np.uint8)
+    packed = lowbit.pack_weights(w, 2, [-2, -1, 0, 1])
+    pa = PackedActivations.from_codes(rng.integers(0, 4, (3, 40), dtype=np.uint8), 2, None)
+    b1 = ops._prepare(pa, packed, 40)
+    assert ops._prepare(pa, packed, 40) is b1
+    pa2 = PackedActivations.from_codes(pa.codes, 2, [0, 1, 2, 4])
+    assert ops._prepare(pa2, packed, 40) is not b1
+    with lowbit.use(isa="scalar"):
+        assert ops._prepare(pa, packed, 40) is not b1
