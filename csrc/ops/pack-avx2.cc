@@ -12,8 +12,7 @@ namespace {
 // 32 codes -> 32/group bytes, each shifted left by `shift` (the packed bytes
 // are < 2**(8 - shift), so 16-bit lane shifts never carry into the next byte).
 // Returns the number of bytes written.
-inline int pack32(const uint8_t* src, int bits, int group, int shift, uint8_t* dst, __m256i* seen) {
-  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+inline int pack32(__m256i v, int bits, int group, int shift, uint8_t* dst, __m256i* seen) {
   *seen = _mm256_or_si256(*seen, v);
   if (group == 1) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_sll_epi16(v, _mm_cvtsi32_si128(shift)));
@@ -49,15 +48,29 @@ bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int g
   __m256i seen = _mm256_setzero_si256();
   const size_t kvec = K / 32 * 32, tail = K - kvec;
   const size_t tail_bytes = (tail + size_t(group) - 1) / size_t(group);
+  const uint8_t* codes_end = codes + M * K;
+  // lanes < tail: keeps a row's last codes and zeroes the bytes read past it
+  const __m256i tail_mask = _mm256_cmpgt_epi8(
+      _mm256_set1_epi8(char(tail)), _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+                                                     19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31));
   for (size_t m = 0; m < M; ++m) {
     const uint8_t* row = codes + m * K;
     uint8_t* dst = out + m * out_stride;
     size_t j = 0;
-    for (size_t k = 0; k < kvec; k += 32) j += size_t(pack32(row + k, bits, group, shift, dst + j, &seen));
+    for (size_t k = 0; k < kvec; k += 32)
+      j += size_t(pack32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k)), bits, group, shift, dst + j,
+                         &seen));
     if (tail) {  // the row's last codes, zero-padded to a full vector (zero codes pack to zero bits)
-      alignas(32) uint8_t in[32] = {}, packed[32];
-      std::memcpy(in, row + kvec, tail);
-      pack32(in, bits, group, shift, packed, &seen);
+      __m256i v;
+      if (row + kvec + 32 <= codes_end) {  // read on into the next row (inside the input) and mask
+        v = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + kvec)), tail_mask);
+      } else {
+        alignas(32) uint8_t in[32] = {};
+        std::memcpy(in, row + kvec, tail);
+        v = _mm256_load_si256(reinterpret_cast<const __m256i*>(in));
+      }
+      alignas(32) uint8_t packed[32];
+      pack32(v, bits, group, shift, packed, &seen);
       std::memcpy(dst + j, packed, tail_bytes);
       j += tail_bytes;
     }
