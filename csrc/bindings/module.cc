@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -104,8 +105,11 @@ py::list kernel_list() {
   return out;
 }
 
+// Packs (M, K) codes into an (M + pad_rows, out_stride) array; the pad_rows
+// extra rows hold K copies of pad_code packed the same way (convolution's
+// all-padding pixel, so the input needs no copy with the pixel appended).
 py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group, size_t out_stride, int tier,
-                                    int shift) {
+                                    int shift, size_t pad_rows, int pad_code) {
   require_array<uint8_t>(codes, "codes", 2, "uint8");
   if (bits < 1 || bits > 8) throw py::value_error("bits: expected 1..8");
   if (group < 1 || group * bits > 8) throw py::value_error("group: expected 1..8 with group * bits <= 8");
@@ -114,13 +118,21 @@ py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group,
   const size_t M = size_t(codes.shape(0)), K = size_t(codes.shape(1));
   if (out_stride < (K + size_t(group) - 1) / size_t(group))
     throw py::value_error("out_stride: too small for K=" + std::to_string(K));
-  py::array_t<uint8_t> out({M, out_stride});
+  if (pad_rows > 0 && (pad_code < 0 || pad_code >= (1 << bits)))
+    throw py::value_error("pad_code: expected a code in [0, " + std::to_string(1 << bits) + ")");
+  py::array_t<uint8_t> out({M + pad_rows, out_stride});
   const uint8_t* src = static_cast<const uint8_t*>(codes.data());
   uint8_t* dst = out.mutable_data();
   bool ok;
   {
     py::gil_scoped_release release;
     ok = pack_groups(src, M, K, bits, group, shift, dst, out_stride, tier_from_int(tier));
+    if (ok && pad_rows > 0) {
+      const std::vector<uint8_t> pad(K, uint8_t(pad_code));
+      uint8_t* first = dst + M * out_stride;
+      pack_groups(pad.data(), 1, K, bits, group, shift, first, out_stride, tier_from_int(tier));
+      for (size_t r = 1; r < pad_rows; ++r) std::memcpy(first + r * out_stride, first, out_stride);
+    }
   }
   if (!ok) throw py::value_error("codes: expected every code in [0, " + std::to_string(1 << bits) + ")");
   return out;
@@ -230,13 +242,29 @@ py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array&
     const size_t len = size_t(a.shape(0));
     const int64_t* o = static_cast<const int64_t*>(offs.data());
     const uint8_t* base = static_cast<const uint8_t*>(a.data());
+    // every segment is seg_steps long except the last of a row
+    const size_t last_len = k_steps - (segs - 1) * seg_steps;
+    if (len < seg_steps || len < last_len) throw py::value_error("a: shorter than one segment");
+    const int64_t max_start = int64_t(len - seg_steps), max_last = int64_t(len - last_len);
     ind.resize(M * segs);
-    for (size_t i = 0; i < M * segs; ++i) {
-      const size_t seg_len = (i % segs + 1 == segs) ? k_steps - (segs - 1) * seg_steps : seg_steps;
-      if (o[i] < 0 || size_t(o[i]) + seg_len > len)
-        throw py::value_error("a_offsets: offset " + std::to_string(o[i]) + " reads outside a (" +
-                              std::to_string(len) + " bytes)");
-      ind[i] = base + o[i];
+    bool ok = true;
+    for (size_t m = 0; m < M; ++m) {
+      const int64_t* row = o + m * segs;
+      const uint8_t** dst = ind.data() + m * segs;
+      for (size_t s = 0; s + 1 < segs; ++s) {
+        ok &= row[s] >= 0 && row[s] <= max_start;
+        dst[s] = base + row[s];
+      }
+      ok &= row[segs - 1] >= 0 && row[segs - 1] <= max_last;
+      dst[segs - 1] = base + row[segs - 1];
+    }
+    if (!ok) {  // name the first bad offset
+      for (size_t i = 0; i < M * segs; ++i) {
+        const size_t seg_len = (i % segs + 1 == segs) ? last_len : seg_steps;
+        if (o[i] < 0 || size_t(o[i]) + seg_len > len)
+          throw py::value_error("a_offsets: offset " + std::to_string(o[i]) + " reads outside a (" +
+                                std::to_string(len) + " bytes)");
+      }
     }
     call.a = nullptr;
     call.a_ind = ind.data();
@@ -344,7 +372,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("tiers", &tier_list, "ISA tiers in chain order, with required features and support here");
   m.def("kernels", &kernel_list, "The kernel registry");
   m.def("pack_groups", &pack_groups_py, py::arg("codes"), py::arg("bits"), py::arg("group"), py::arg("out_stride"),
-        py::arg("tier"), py::arg("shift") = 0);
+        py::arg("tier"), py::arg("shift") = 0, py::arg("pad_rows") = 0, py::arg("pad_code") = 0);
   m.def("gemm", &gemm_py, py::arg("kernel_index"), py::arg("a"), py::arg("w"), py::arg("tables"), py::arg("M"),
         py::arg("N"), py::arg("k_steps"), py::arg("flush8"), py::arg("flush16"), py::arg("correction"),
         py::arg("a_code_shift") = 0, py::arg("a_offsets") = py::none(), py::arg("seg_steps") = 0, py::arg("out_kind") = "int32",

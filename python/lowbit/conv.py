@@ -173,8 +173,7 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
 
         def pack_input(codes):
             # packed input pixels followed by one all-padding pixel
-            padded = np.concatenate([codes, np.full((1, codes.shape[1]), pad_code, np.uint8)])
-            return bound.pack(padded).reshape(-1)
+            return fam.pack_activations(codes, plan, tier_rank, pad_rows=1, pad_code=pad_code).reshape(-1)
 
         buf = pa.packed(("conv", plan.family, plan.params, tier_rank > 0, pad_code), pack_input)
         npix = pa.codes.shape[0]

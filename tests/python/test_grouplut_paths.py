@@ -121,3 +121,17 @@ def test_bound_is_cached_per_activation_setting(rng):
     assert ops._prepare(pa2, packed, 40) is not b1
     with lowbit.use(isa="scalar"):
         assert ops._prepare(pa, packed, 40) is not b1
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_pack_groups_appends_padding_rows(tier, rng):
+    """Convolution's all-padding pixel is packed after the input rows (no copy of the input)."""
+    rank = _dispatch.tier_rank(tier)
+    codes = rng.integers(0, 4, (7, 45), dtype=np.uint8)
+    got = _core.pack_groups(codes, 2, 2, 23, rank, 2, 2, 3)
+    assert got.shape == (9, 23)
+    assert np.array_equal(got[:7], _pack_reference(codes, 2, 2, 2))
+    pad = _pack_reference(np.full((1, 45), 3, np.uint8), 2, 2, 2)
+    assert np.array_equal(got[7:], np.repeat(pad, 2, axis=0))
+    with pytest.raises(ValueError, match="pad_code"):
+        _core.pack_groups(codes, 2, 2, 23, rank, 2, 1, 4)

@@ -76,10 +76,11 @@ class Grouplut(Family):
         return 2 if cls.INDEX_BITS == 4 and ba * gw <= 6 else 0
 
     @classmethod
-    def pack_activations(cls, codes, plan, tier_rank):
+    def pack_activations(cls, codes, plan, tier_rank, pad_rows=0, pad_code=0):
+        """(M + pad_rows, G) packed bytes; the pad_rows extra rows pack K copies of pad_code."""
         _, ba, gw = plan.params
         g = -(-codes.shape[1] // gw)
-        return _core.pack_groups(codes, ba, gw, g, tier_rank, cls.code_shift(plan))
+        return _core.pack_groups(codes, ba, gw, g, tier_rank, cls.code_shift(plan), pad_rows, pad_code)
 
     @classmethod
     def tables(cls, cb_w, cb_a, plan):
