@@ -316,22 +316,28 @@ py::array_t<int16_t> dotgemm_pack_py(const py::array& codes, int bits, const py:
 }
 
 // im2col of NHWC codes for the convolution fallback (ops/pack.h).
-py::array_t<uint8_t> gather_pixels_py(const py::array& x, const py::array& rows, int pad_code) {
+py::array_t<uint8_t> im2col_nhwc_py(const py::array& x, size_t B, size_t H, size_t W, size_t kh, size_t kw, size_t sh,
+                                    size_t sw, size_t ph, size_t pw, size_t dh, size_t dw, int pad_code) {
   require_array<uint8_t>(x, "x", 2, "uint8");
-  require_array<int64_t>(rows, "rows", 2, "int64");
   if (pad_code < 0 || pad_code > 255) throw py::value_error("pad_code: expected 0..255");
-  const size_t npix = size_t(x.shape(0)), C = size_t(x.shape(1));
-  const size_t M = size_t(rows.shape(0)), taps = size_t(rows.shape(1));
-  py::array_t<uint8_t> out({M, taps * C});
+  if (size_t(x.shape(0)) != B * H * W)
+    throw py::value_error("x: expected B*H*W = " + std::to_string(B * H * W) + " rows, got " +
+                          std::to_string(x.shape(0)));
+  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
+    throw py::value_error("kernel/stride/dilation: expected >= 1");
+  ConvGeometry g{B, H, W, size_t(x.shape(1)), kh, kw, sh, sw, ph, pw, dh, dw, 0, 0};
+  const size_t span_h = dh * (kh - 1) + 1, span_w = dw * (kw - 1) + 1;
+  if (H + 2 * ph < span_h || W + 2 * pw < span_w)
+    throw py::value_error("x: input " + std::to_string(H) + "x" + std::to_string(W) + " is too small for the kernel");
+  g.OH = (H + 2 * ph - span_h) / sh + 1;
+  g.OW = (W + 2 * pw - span_w) / sw + 1;
+  py::array_t<uint8_t> out({B * g.OH * g.OW, kh * kw * g.C});
   const uint8_t* src = static_cast<const uint8_t*>(x.data());
-  const int64_t* r = static_cast<const int64_t*>(rows.data());
   uint8_t* dst = out.mutable_data();
-  bool ok;
   {
     py::gil_scoped_release release;
-    ok = gather_pixels(src, npix, C, r, M, taps, uint8_t(pad_code), dst);
+    im2col_nhwc(src, g, uint8_t(pad_code), dst);
   }
-  if (!ok) throw py::value_error("rows: pixel index out of range for x");
   return out;
 }
 
@@ -398,7 +404,9 @@ PYBIND11_MODULE(_core, m) {
       py::arg("seconds") = 0.2, "Byte-lookup ceilings of this core (tight AVX2 vpshufb loops; 0 without AVX2)");
   m.def("dotgemm_pack_activations", &dotgemm_pack_py, py::arg("codes"), py::arg("bits"), py::arg("levels"),
         py::arg("out_cols"), py::arg("tier"));
-  m.def("gather_pixels", &gather_pixels_py, py::arg("x"), py::arg("rows"), py::arg("pad_code"));
+  m.def("im2col_nhwc", &im2col_nhwc_py, py::arg("x"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("kh"),
+        py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
+        py::arg("pad_code"));
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);
   m.def("default_num_threads", &default_num_threads);

@@ -37,31 +37,73 @@ bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int
   return (seen >> bits) == 0;
 }
 
-bool gather_pixels(const uint8_t* x, size_t npix, size_t C, const int64_t* rows, size_t M, size_t taps,
-                   uint8_t pad_code, uint8_t* out) {
-  for (size_t i = 0; i < M * taps; ++i)
-    if (rows[i] >= int64_t(npix)) return false;
-  const size_t block = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(taps * C, 1));
-  auto task = [&](size_t b) {
-    const size_t m1 = std::min(M, (b + 1) * block);
-    const int64_t* r = rows + b * block * taps;
-    uint8_t* dst = out + b * block * taps * C;
-    for (size_t i = 0, n = (m1 - b * block) * taps; i < n; ++i, dst += C) {
-      const int64_t p = r[i];
-      if (p < 0) {
-        std::memset(dst, pad_code, C);
-      } else if (C == 3) {  // RGB stems: skip the library call
-        const uint8_t* src = x + size_t(p) * 3;
-        dst[0] = src[0];
-        dst[1] = src[1];
-        dst[2] = src[2];
-      } else {
-        std::memcpy(dst, x + size_t(p) * C, C);
+namespace {
+
+// memcpy / memset for the short runs of im2col (a few taps of a few
+// channels): inline 8-byte moves instead of a library call per run.
+inline void copy_bytes(uint8_t* d, const uint8_t* s, size_t n) {
+  if (n >= 64) {
+    std::memcpy(d, s, n);
+    return;
+  }
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) std::memcpy(d + i, s + i, 8);
+  for (; i < n; ++i) d[i] = s[i];
+}
+
+inline void fill_bytes(uint8_t* d, uint8_t v, size_t n) {
+  if (n >= 64) {
+    std::memset(d, v, n);
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) d[i] = v;
+}
+
+}  // namespace
+
+void im2col_nhwc(const uint8_t* x, const ConvGeometry& g, uint8_t pad_code, uint8_t* out) {
+  const size_t C = g.C, tap_row = g.kw * C, out_row = g.kh * tap_row;
+  const ptrdiff_t H = ptrdiff_t(g.H), W = ptrdiff_t(g.W), kw = ptrdiff_t(g.kw);
+  const uint8_t* x_end = x + g.B * g.H * g.W * C;
+  auto task = [&](size_t r) {  // one output row: image b, output y oy
+    const size_t b = r / g.OH, oy = r % g.OH;
+    uint8_t* dst = out + r * g.OW * out_row;
+    // this task's output ends here: a 32-byte over-copy may run up to it
+    // (later taps overwrite the excess) but never into another task's rows
+    const uint8_t* task_end = dst + g.OW * out_row;
+    for (size_t ox = 0; ox < g.OW; ++ox, dst += out_row) {
+      const ptrdiff_t ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
+      for (size_t ky = 0; ky < g.kh; ++ky) {
+        uint8_t* d = dst + ky * tap_row;
+        const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+        if (iy < 0 || iy >= H) {
+          fill_bytes(d, pad_code, tap_row);
+          continue;
+        }
+        const uint8_t* src = x + (b * g.H + size_t(iy)) * g.W * C;
+        if (g.dw == 1) {  // taps [lo, hi) are inside the image and contiguous in x
+          const ptrdiff_t lo = std::min(kw, std::max<ptrdiff_t>(0, -ix0));
+          const ptrdiff_t hi = std::max(lo, std::min(kw, W - ix0));
+          fill_bytes(d, pad_code, size_t(lo) * C);
+          uint8_t* dd = d + size_t(lo) * C;
+          const uint8_t* ss = src + size_t(ix0 + lo) * C;
+          const size_t n = size_t(hi - lo) * C;
+          if (n <= 32 && dd + 32 <= task_end && ss + 32 <= x_end)
+            std::memcpy(dd, ss, 32);  // fixed size: two vector moves
+          else
+            copy_bytes(dd, ss, n);
+          fill_bytes(d + size_t(hi) * C, pad_code, size_t(kw - hi) * C);
+        } else {
+          for (ptrdiff_t kx = 0; kx < kw; ++kx) {
+            const ptrdiff_t ix = ix0 + kx * ptrdiff_t(g.dw);
+            if (ix < 0 || ix >= W) fill_bytes(d + size_t(kx) * C, pad_code, C);
+            else copy_bytes(d + size_t(kx) * C, src + size_t(ix) * C, C);
+          }
+        }
       }
     }
   };
-  parallel_for((M + block - 1) / block, task);
-  return true;
+  parallel_for(g.B * g.OH, task);
 }
 
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,

@@ -18,12 +18,19 @@ namespace lowbit {
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
                  size_t out_stride, Tier tier);
 
-// im2col for the convolution fallback: out[m] = concat over taps t of the
-// C codes of input pixel rows[m][t] (a row of x), or C copies of pad_code
-// when rows[m][t] < 0. x is npix x C, rows is M x taps, out is M x (taps*C).
-// Returns false (nothing written) if a pixel index is >= npix.
-bool gather_pixels(const uint8_t* x, size_t npix, size_t C, const int64_t* rows, size_t M, size_t taps,
-                   uint8_t pad_code, uint8_t* out);
+// A 2-D convolution's geometry on NHWC input (B, H, W, C).
+struct ConvGeometry {
+  size_t B, H, W, C;
+  size_t kh, kw, sh, sw, ph, pw, dh, dw;  // kernel, stride, padding, dilation
+  size_t OH, OW;                          // output size (>= 1, computed by the caller)
+};
+
+// im2col for the convolution fallback. x is (B*H*W, C) codes; out is
+// (B*OH*OW, kh*kw*C): row (b, oy, ox) holds, tap by tap in (ky, kx) order,
+// the C codes of input pixel (b, oy*sh - ph + ky*dh, ox*sw - pw + kx*dw), or
+// C copies of pad_code where that pixel is outside the image. Rows of
+// consecutive valid taps (dw == 1) are copied with one memcpy.
+void im2col_nhwc(const uint8_t* x, const ConvGeometry& g, uint8_t pad_code, uint8_t* out);
 
 bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
                          size_t out_stride);

@@ -187,7 +187,8 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
                       a_offsets=offsets, seg_steps=seg)
     else:
         # documented fallback: im2col copy of the codes, then the plain GEMM
-        cols = _core.gather_pixels(pa.codes, rows, pad_code)  # native im2col, (M, taps * Cin)
+        b, h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw) = geometry
+        cols = _core.im2col_nhwc(pa.codes, b, h, w, kh, kw, sh, sw, ph, pw, dh, dw, pad_code)  # (M, taps * Cin)
         k_steps = bound.k_steps(k)
         correction = bound.correction(k_steps, (fam.padded_k(k, plan) - k) * int(cb_a[0]) * int(packed.codebook[0]))
         y = bound.run(bound.pack(cols), m, packed.N, k_steps, correction, epilogue if fused else None)

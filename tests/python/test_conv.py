@@ -160,3 +160,32 @@ def test_conv_8bit_parity():
     cb_a = list(range(-128, 128))
     _check(rng, 1, 10, 10, 3, 16, 3, 1, 1, 1, w_bits=8, a_bits=8, w_cb=cb_a, a_cb=cb_a)
     _check(rng, 1, 12, 12, 3, 8, 7, 2, 3, 1, w_bits=8, a_bits=8, w_cb=cb_a, a_cb=None)
+
+
+@pytest.mark.parametrize("b,h,w,c,kh,kw,stride,padding,dilation", [
+    (1, 224, 224, 3, 7, 7, (2, 2), (3, 3), (1, 1)),   # ResNet stem
+    (2, 9, 7, 5, 3, 3, (1, 1), (1, 1), (1, 1)),
+    (1, 8, 11, 4, 3, 2, (2, 3), (2, 0), (2, 2)),      # dilation: tap by tap
+    (1, 5, 5, 1, 5, 5, (1, 1), (4, 4), (1, 1)),       # windows mostly padding
+    (3, 4, 6, 2, 1, 1, (2, 2), (0, 0), (1, 1)),
+])
+def test_native_im2col_matches_tap_table(b, h, w, c, kh, kw, stride, padding, dilation, rng):
+    from lowbit import _core
+    from lowbit.conv import _tap_rows
+    x = rng.integers(0, 256, (b * h * w, c), dtype=np.uint8)
+    rows, oh, ow = _tap_rows(b, h, w, kh, kw, stride, padding, dilation)
+    want = np.where((rows >= 0)[:, :, None], x[np.maximum(rows, 0)], np.uint8(7)).reshape(rows.shape[0], -1)
+    got = _core.im2col_nhwc(x, b, h, w, kh, kw, *stride, *padding, *dilation, 7)
+    assert got.shape == (b * oh * ow, kh * kw * c)
+    assert np.array_equal(got, want)
+
+
+def test_native_im2col_rejects_bad_geometry():
+    from lowbit import _core
+    x = np.zeros((12, 2), np.uint8)
+    with pytest.raises(ValueError, match="B\\*H\\*W"):
+        _core.im2col_nhwc(x, 1, 3, 5, 3, 3, 1, 1, 1, 1, 1, 1, 0)
+    with pytest.raises(ValueError, match="too small"):
+        _core.im2col_nhwc(x, 1, 3, 4, 5, 5, 1, 1, 0, 0, 1, 1, 0)
+    with pytest.raises(ValueError, match="stride"):
+        _core.im2col_nhwc(x, 1, 3, 4, 3, 3, 0, 1, 1, 1, 1, 1, 0)
