@@ -341,6 +341,30 @@ py::array_t<uint8_t> im2col_nhwc_py(const py::array& x, size_t B, size_t H, size
   return out;
 }
 
+// Max pooling of float32 NHWC input (ops/pack.h).
+py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph,
+                                   size_t pw, size_t dh, size_t dw) {
+  require_array<float>(x, "x", 4, "float32");
+  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
+    throw py::value_error("kernel/stride/dilation: expected >= 1");
+  ConvGeometry g{size_t(x.shape(0)), size_t(x.shape(1)), size_t(x.shape(2)), size_t(x.shape(3)), kh, kw, sh, sw, ph,
+                 pw, dh, dw, 0, 0};
+  const size_t span_h = dh * (kh - 1) + 1, span_w = dw * (kw - 1) + 1;
+  if (g.H + 2 * ph < span_h || g.W + 2 * pw < span_w)
+    throw py::value_error("x: input " + std::to_string(g.H) + "x" + std::to_string(g.W) +
+                          " is too small for the pooling window");
+  g.OH = (g.H + 2 * ph - span_h) / sh + 1;
+  g.OW = (g.W + 2 * pw - span_w) / sw + 1;
+  py::array_t<float> out({g.B, g.OH, g.OW, g.C});
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    maxpool_nhwc_f32(src, g, dst);
+  }
+  return out;
+}
+
 // The fused epilogue on its own, for paths that must correct int32 sums
 // between the GEMM and the epilogue (e.g. padding with a nonzero level).
 py::array epilogue_py(const py::array& acc, const py::object& scale, const py::object& bias,
@@ -404,6 +428,8 @@ PYBIND11_MODULE(_core, m) {
       py::arg("seconds") = 0.2, "Byte-lookup ceilings of this core (tight AVX2 vpshufb loops; 0 without AVX2)");
   m.def("dotgemm_pack_activations", &dotgemm_pack_py, py::arg("codes"), py::arg("bits"), py::arg("levels"),
         py::arg("out_cols"), py::arg("tier"));
+  m.def("maxpool_nhwc", &maxpool_nhwc_py, py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+        py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"));
   m.def("im2col_nhwc", &im2col_nhwc_py, py::arg("x"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("kh"),
         py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
         py::arg("pad_code"));

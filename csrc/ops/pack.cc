@@ -1,6 +1,7 @@
 #include "ops/pack.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -99,6 +100,28 @@ void im2col_nhwc(const uint8_t* x, const ConvGeometry& g, uint8_t pad_code, uint
             if (ix < 0 || ix >= W) fill_bytes(d + size_t(kx) * C, pad_code, C);
             else copy_bytes(d + size_t(kx) * C, src + size_t(ix) * C, C);
           }
+        }
+      }
+    }
+  };
+  parallel_for(g.B * g.OH, task);
+}
+
+void maxpool_nhwc_f32(const float* x, const ConvGeometry& g, float* out) {
+  const size_t C = g.C;
+  auto task = [&](size_t r) {  // one output row: image b, output y oy
+    const size_t b = r / g.OH, oy = r % g.OH;
+    float* o = out + r * g.OW * C;
+    for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
+      for (size_t c = 0; c < C; ++c) o[c] = -INFINITY;
+      for (size_t ky = 0; ky < g.kh; ++ky) {
+        const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+        if (iy < 0 || iy >= ptrdiff_t(g.H)) continue;
+        for (size_t kx = 0; kx < g.kw; ++kx) {
+          const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
+          if (ix < 0 || ix >= ptrdiff_t(g.W)) continue;
+          const float* v = x + ((b * g.H + size_t(iy)) * g.W + size_t(ix)) * C;
+          for (size_t c = 0; c < C; ++c) o[c] = (v[c] > o[c] || v[c] != v[c]) ? v[c] : o[c];
         }
       }
     }

@@ -32,6 +32,11 @@ struct ConvGeometry {
 // consecutive valid taps (dw == 1) are copied with one memcpy.
 void im2col_nhwc(const uint8_t* x, const ConvGeometry& g, uint8_t pad_code, uint8_t* out);
 
+// Max pooling of float32 NHWC x (B, H, W, C) -> out (B, OH, OW, C) over the
+// windows of g; taps outside the image never win (they are -inf), and a NaN
+// in a window gives NaN (NumPy's maximum).
+void maxpool_nhwc_f32(const float* x, const ConvGeometry& g, float* out);
+
 bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
                          size_t out_stride);
 #if LOWBIT_HAVE_X86_KERNELS

@@ -63,7 +63,7 @@ import time
 
 import numpy as np
 
-from . import _dispatch
+from . import _core, _dispatch
 from . import reference as _ref
 from .epilogue import Epilogue, Requant
 from .packing import PackedActivations, PackedWeights
@@ -203,7 +203,15 @@ def _pool_windows(x, kernel, stride, padding, dilation, pad_value):
             yield xp[:, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw], (oh, ow)
 
 
-def maxpool(x, attrs):
+def maxpool(x, attrs, native: bool = True):
+    """NHWC max pooling: the native kernel for float32 input, else (and as the
+    reference) the NumPy version below."""
+    if native and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"]
+        try:
+            return _core.maxpool_nhwc(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw)
+        except ValueError as exc:
+            raise ValueError(f"pooling: {exc}") from None
     out = None
     for v, _ in _pool_windows(x, attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"],
                               -np.inf):
@@ -442,7 +450,7 @@ class Model:
         if op == "affine":
             return (x * n.arrays["scale"] + n.arrays["bias"]).astype(np.float32)
         if op == "maxpool":
-            return maxpool(x, a)
+            return maxpool(x, a, native=not reference)
         if op == "avgpool":
             return avgpool(x, a)
         if op == "adaptive_avgpool":

@@ -356,3 +356,24 @@ def test_shipped_model_full_test_set(shipped):
     assert r["top1_agreement"] >= 0.995
     acc = np.mean(r["lowbit_logits"].argmax(1) == labels)
     assert acc >= 0.90
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation", [
+    ((1, 112, 112, 64), (3, 3), (2, 2), (1, 1), (1, 1)),   # ResNet stem pool
+    ((2, 9, 7, 5), (2, 3), (1, 2), (1, 1), (2, 1)),
+    ((1, 4, 4, 3), (4, 4), (1, 1), (2, 2), (1, 1)),
+])
+def test_native_maxpool_matches_numpy(shape, kernel, stride, padding, dilation):
+    from lowbit import runtime
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x.flat[::97] = -np.inf
+    x.flat[5] = np.nan  # NaN propagates through its windows, as with np.maximum
+    attrs = {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
+    got = runtime.maxpool(x, attrs)
+    want = runtime.maxpool(x, attrs, native=False)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got, want, equal_nan=True)
+    # strided input is read correctly
+    xt = np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    assert np.array_equal(runtime.maxpool(xt, attrs), want, equal_nan=True)
