@@ -341,6 +341,24 @@ py::array_t<uint8_t> im2col_nhwc_py(const py::array& x, size_t B, size_t H, size
   return out;
 }
 
+// LSQ quantization of float32 activations to codes (ops/epilogue.h).
+py::array_t<uint8_t> quantize_codes_py(const py::array& x, float step, int qn, int qp) {
+  if (!py::isinstance<py::array_t<float>>(x) || !(x.flags() & py::array::c_style))
+    throw py::type_error("x: expected a C-contiguous float32 array");
+  if (!std::isfinite(step) || step <= 0) throw py::value_error("step: expected a finite value > 0");
+  if (qn < -128 || qp < qn || qp - qn > 255) throw py::value_error("qn/qp: expected -128 <= qn <= qp <= qn + 255");
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  py::array_t<uint8_t> out(shape);
+  const float* src = static_cast<const float*>(x.data());
+  uint8_t* dst = out.mutable_data();
+  const size_t n = size_t(x.size());
+  {
+    py::gil_scoped_release release;
+    quantize_codes(src, n, step, qn, qp, dst);
+  }
+  return out;
+}
+
 // Max pooling of float32 NHWC input (ops/pack.h).
 py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph,
                                    size_t pw, size_t dh, size_t dw) {
@@ -428,6 +446,7 @@ PYBIND11_MODULE(_core, m) {
       py::arg("seconds") = 0.2, "Byte-lookup ceilings of this core (tight AVX2 vpshufb loops; 0 without AVX2)");
   m.def("dotgemm_pack_activations", &dotgemm_pack_py, py::arg("codes"), py::arg("bits"), py::arg("levels"),
         py::arg("out_cols"), py::arg("tier"));
+  m.def("quantize_codes", &quantize_codes_py, py::arg("x"), py::arg("step"), py::arg("qn"), py::arg("qp"));
   m.def("maxpool_nhwc", &maxpool_nhwc_py, py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
         py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"));
   m.def("im2col_nhwc", &im2col_nhwc_py, py::arg("x"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("kh"),

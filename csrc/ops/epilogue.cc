@@ -39,4 +39,17 @@ void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_st
   }
 }
 
+void quantize_codes(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out) {
+  const float lo = float(qn), hi = float(qp);
+  const float magic = 12582912.0f;  // 1.5 * 2^23: (q + magic) - magic rounds half to even for |q| < 2^22
+  for (size_t i = 0; i < n; ++i) {
+    float q = x[i] / step;
+    q = q < lo ? lo : q;  // NaN compares false and stays NaN
+    q = q > hi ? hi : q;
+    q = q + magic;
+    q = q - magic;
+    out[i] = q == q ? uint8_t(int32_t(q) - qn) : uint8_t(0);
+  }
+}
+
 }  // namespace lowbit

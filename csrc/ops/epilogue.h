@@ -40,6 +40,12 @@ struct Epilogue {
 // stride acc_stride, already corrected).
 void apply_epilogue(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
                     size_t n1);
+// LSQ quantization of float32 activations (the runtime's `quantize` node):
+//   code = rint_half_even(min(max(x / step, qn), qp)) - qn
+// in float32 with a true division, as torch computes it; NaN gives code 0.
+// Requires -128 <= qn <= qp <= qn + 255.
+void quantize_codes(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out);
+
 void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1,
                             size_t n0, size_t n1);
 #if LOWBIT_HAVE_X86_KERNELS

@@ -165,12 +165,16 @@ def _to_numpy(x):
 # ---------------------------------------------------------------------------------------------
 # Float ops shared by the kernel path and the reference path (plain NumPy).
 
-def quantize(x: np.ndarray, attrs) -> np.ndarray:
+def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     """LSQ codes of float32 ``x``: clamp(round_half_even(x / step), Qn, Qp) - Qn, computed in
-    float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0)."""
+    float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0).
+    The native kernel and the NumPy lines below (the reference) agree bit for bit."""
     if attrs.get("binary"):
         return (x >= 0).astype(np.uint8)
     qn = attrs["qn"]
+    if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
+        return _core.quantize_codes(np.ascontiguousarray(x), float(np.float32(attrs["step"])), int(qn),
+                                    int(attrs["qp"]))
     q = np.divide(x, np.float32(attrs["step"]), dtype=np.float32)
     np.clip(q, np.float32(qn), np.float32(attrs["qp"]), out=q)
     np.rint(q, out=q)
@@ -432,7 +436,7 @@ class Model:
             x = args[0]
             if isinstance(x, CodeTensor):
                 raise RuntimeError(f"node {n.name!r}: quantize got codes")
-            return CodeTensor(quantize(x, a), a["bits"], a["levels"], a["step"])
+            return CodeTensor(quantize(x, a, native=not reference), a["bits"], a["levels"], a["step"])
         if op == "dequantize":
             return dequantize(args[0])
         if op in _QUANTIZED:

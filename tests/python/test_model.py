@@ -377,3 +377,21 @@ def test_native_maxpool_matches_numpy(shape, kernel, stride, padding, dilation):
     # strided input is read correctly
     xt = np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
     assert np.array_equal(runtime.maxpool(xt, attrs), want, equal_nan=True)
+
+
+@pytest.mark.parametrize("qn,qp", [(0, 3), (-2, 1), (-128, 127), (0, 255), (0, 1)])
+def test_native_quantize_matches_numpy(qn, qp):
+    from lowbit import runtime
+    rng = np.random.default_rng(qp - qn)
+    step = np.float32(0.37)
+    x = (rng.standard_normal((3, 17, 19, 5)) * (qp - qn) * 0.4).astype(np.float32)
+    ties = ((np.arange(x.size) % (qp - qn + 4)) + qn - 2 + 0.5).astype(np.float32) * step  # exact .5 cases
+    x.flat[::3] = ties[::3]
+    x.flat[1] = 1e30
+    x.flat[2] = -1e30
+    x.flat[4] = -0.0
+    attrs = {"qn": qn, "qp": qp, "step": float(step)}
+    got = runtime.quantize(x, attrs)
+    want = runtime.quantize(x, attrs, native=False)
+    assert got.dtype == np.uint8 and got.shape == x.shape
+    assert np.array_equal(got, want)
