@@ -14,6 +14,7 @@ included, as in bench_gemm.py.
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +25,27 @@ import common  # noqa: E402
 
 SHAPES = [("layer1_3x3", 3136, 64, 576), ("layer2_3x3", 784, 128, 1152), ("layer3_3x3", 196, 256, 2304),
           ("layer4_3x3", 49, 512, 4608), ("conv1_7x7s2", 12544, 64, 147), ("square_1024", 1024, 1024, 1024)]
+
+
+def lookup_loop_scaling(lowbit, counts, rounds=5, seconds=0.3):
+    """The machine's own ceiling: aggregate rate of the tight vpshufb + vpaddb
+    loop (lowbit._core.lookup_rates, GIL released) run on t threads at once,
+    relative to one thread; best of `rounds`, counts interleaved."""
+    best = {t: 0.0 for t in counts}
+    for _ in range(rounds):
+        for t in counts:
+            rates = [0.0] * t
+
+            def one(i):
+                rates[i] = lowbit._core.lookup_rates(seconds)["lookup_add_per_s"]
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(t)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            best[t] = max(best[t], sum(rates))
+    return {t: best[t] / best[counts[0]] for t in counts}
 
 
 def main():
@@ -56,6 +78,9 @@ def main():
                     lowbit.gemm(a, packed, 2)
                 best[name, t] = min(best[name, t], (time.perf_counter() - t0) / args.batch)
             kernel[name] = lowbit.last_kernel()
+    ceiling = lookup_loop_scaling(lowbit, counts)
+    print("lookup loop (no memory traffic) on t threads at once: "
+          + " ".join(f"{t}t x{ceiling[t]:.2f}" for t in counts), flush=True)
     rows = []
     for name, m, n, k, _, _ in problems:
         gops = {t: common.gops(m, n, k, best[name, t]) for t in counts}
@@ -66,13 +91,15 @@ def main():
     result = {"fingerprint": common.fingerprint(),
               "statistic": f"fastest of {args.repeats} batches of {args.batch} consecutive calls (after one untimed "
                            "call), thread counts and shapes interleaved round-robin",
-              "shapes": rows}
+              "lookup_loop_scaling": ceiling, "shapes": rows}
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=1, default=str))
     md = ["# lowbit W2A2 thread scaling (`python bench/bench_threads.py`)", "",
           f"Machine: {result['fingerprint']['cpu_model']}, {result['fingerprint']['cpu_count']} CPUs; statistic: {result['statistic']}.", "",
           "| layer | M | N | K | " + " | ".join(f"{t} thr GOPS" for t in counts) + f" | x at {counts[-1]} |",
           "|---|---:|---:|---:|" + "---:|" * (len(counts) + 1)]
+    md += [f"| lookup loop, no memory traffic (the machine's own ceiling) | | | | "
+           + " | ".join("" for _ in counts) + f" | {ceiling[counts[-1]]:.2f} |"]
     md += [f"| {r['name']} | {r['M']} | {r['N']} | {r['K']} | " + " | ".join(f"{r['gops'][t]:.0f}" for t in counts)
            + f" | {r['scaling'][counts[-1]]:.2f} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
