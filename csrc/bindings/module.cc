@@ -184,11 +184,13 @@ py::array make_epilogue(Epilogue& e, size_t M, size_t N, const py::object& scale
 
 // One entry point for every GEMM: direct or indirect activations, int32 output
 // or the fused epilogue (ops/epilogue.h).
-py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array& w, const py::array& tables, size_t M,
-                  size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction,
-                  uint32_t a_code_shift, const py::object& a_offsets_obj, size_t seg_steps, const std::string& out_kind,
-                  const py::object& scale_obj, const py::object& bias_obj, const py::object& residual_obj,
-                  float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
+// `pack` (from gemm_codes_py): a is the buffer the driver packs the codes into.
+py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::array& w, const py::array& tables,
+                    size_t M, size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction,
+                    uint32_t a_code_shift, const py::object& a_offsets_obj, size_t seg_steps,
+                    const std::string& out_kind, const py::object& scale_obj, const py::object& bias_obj,
+                    const py::object& residual_obj, float clamp_lo, float clamp_hi, float inv_step, int qmin,
+                    int qmax, FusedPack* pack) {
   const KernelInfo& k = kernel_at(kernel_index);
   if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
     throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
@@ -283,11 +285,54 @@ py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array&
     out = make_epilogue(call.epilogue, M, N, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi, out_kind,
                         inv_step, qmin, qmax);
   }
+  call.pack = pack;
   {
     py::gil_scoped_release release;
     run_gemm(call, g);
   }
+  if (pack && pack->bad.load())
+    throw py::value_error("a: expected every code in [0, " + std::to_string(1 << pack->bits) + ")");
   return out;
+}
+
+py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array& w, const py::array& tables, size_t M,
+                  size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction,
+                  uint32_t a_code_shift, const py::object& a_offsets_obj, size_t seg_steps, const std::string& out_kind,
+                  const py::object& scale_obj, const py::object& bias_obj, const py::object& residual_obj,
+                  float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
+  return gemm_impl(kernel_index, a_obj, w, tables, M, N, k_steps, flush8, flush16, correction, a_code_shift,
+                   a_offsets_obj, seg_steps, out_kind, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi,
+                   inv_step, qmin, qmax, nullptr);
+}
+
+// A grouplut GEMM straight from (M, K) uint8 codes: the driver packs them
+// (pack_groups rule: `group` codes of `bits` bits a byte, shifted left by
+// a_code_shift) block by block inside the GEMM's own tasks.
+py::array gemm_codes_py(size_t kernel_index, const py::array& codes, int bits, int group, const py::array& w,
+                        const py::array& tables, size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16,
+                        int64_t correction, uint32_t a_code_shift, const std::string& out_kind,
+                        const py::object& scale_obj, const py::object& bias_obj, const py::object& residual_obj,
+                        float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
+  const KernelInfo& k = kernel_at(kernel_index);
+  if (std::string(k.family) != "grouplut" && std::string(k.family) != "grouplut6")
+    throw py::value_error(std::string("gemm_codes: kernel ") + k.name + " is not a grouplut kernel");
+  require_array<uint8_t>(codes, "a", 2, "uint8");
+  if (bits < 1 || bits > 8 || group < 1 || group * bits + int(a_code_shift) > 8)
+    throw py::value_error("bits/group: expected group * bits + a_code_shift <= 8");
+  const size_t M = size_t(codes.shape(0)), K = size_t(codes.shape(1));
+  if (k_steps != (K + size_t(group) - 1) / size_t(group))
+    throw py::value_error("k_steps: expected ceil(K / group) = " + std::to_string((K + group - 1) / group));
+  FusedPack pack;
+  pack.codes = static_cast<const uint8_t*>(codes.data());
+  pack.K = K;
+  pack.bits = bits;
+  pack.group = group;
+  pack.shift = int(a_code_shift);
+  pack.tier = k.tier;
+  py::array_t<uint8_t> buffer({std::max<size_t>(M, 1), std::max<size_t>(k_steps, 1)});
+  return gemm_impl(kernel_index, buffer, w, tables, M, N, k_steps, flush8, flush16, correction, a_code_shift,
+                   py::none(), 0, out_kind, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi, inv_step, qmin,
+                   qmax, &pack);
 }
 
 // dotgemm's activation packer: codes -> int16 levels (see dotgemm.h).
@@ -421,6 +466,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("kernels", &kernel_list, "The kernel registry");
   m.def("pack_groups", &pack_groups_py, py::arg("codes"), py::arg("bits"), py::arg("group"), py::arg("out_stride"),
         py::arg("tier"), py::arg("shift") = 0, py::arg("pad_rows") = 0, py::arg("pad_code") = 0);
+  m.def("gemm_codes", &gemm_codes_py, py::arg("kernel_index"), py::arg("a"), py::arg("bits"), py::arg("group"),
+        py::arg("w"), py::arg("tables"), py::arg("N"), py::arg("k_steps"), py::arg("flush8"), py::arg("flush16"),
+        py::arg("correction"), py::arg("a_code_shift") = 0, py::arg("out_kind") = "int32",
+        py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),
+        py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f,
+        py::arg("qmin") = 0, py::arg("qmax") = 0);
   m.def("gemm", &gemm_py, py::arg("kernel_index"), py::arg("a"), py::arg("w"), py::arg("tables"), py::arg("M"),
         py::arg("N"), py::arg("k_steps"), py::arg("flush8"), py::arg("flush16"), py::arg("correction"),
         py::arg("a_code_shift") = 0, py::arg("a_offsets") = py::none(), py::arg("seg_steps") = 0, py::arg("out_kind") = "int32",

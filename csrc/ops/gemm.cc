@@ -10,6 +10,7 @@
 #include "kernels/grouplut6/grouplut6.h"
 #include "kernels/bitserial/bitserial.h"
 #include "kernels/lutgemm/lutgemm.h"
+#include "ops/pack.h"
 
 namespace lowbit {
 
@@ -59,7 +60,24 @@ struct Task {
   const GemmGeometry* g;
   size_t tm, tn;            // task size in rows / columns (multiples of MR / NR)
   size_t tasks_n;           // tasks along N
+  bool pack_rows;           // each task packs its own rows first (tasks_n == 1)
 };
+
+// Packs activation rows [m0, m1) of a fused-pack call into its `a` buffer.
+void pack_rows(const GemmCall& c, size_t m0, size_t m1) {
+  FusedPack& f = *c.pack;
+  uint8_t* dst = const_cast<uint8_t*>(c.a) + m0 * c.a_stride;
+  const uint8_t* src = f.codes + m0 * f.K;
+  bool ok;
+#if LOWBIT_HAVE_X86_KERNELS
+  const bool vector_group = f.group == 1 || f.group == 2 || f.group == 4 || f.group == 8;
+  if (f.tier >= Tier::avx2 && vector_group)
+    ok = pack_groups__avx2(src, m1 - m0, f.K, f.bits, f.group, f.shift, dst, c.a_stride);
+  else
+#endif
+    ok = pack_groups__scalar(src, m1 - m0, f.K, f.bits, f.group, f.shift, dst, c.a_stride);
+  if (!ok) f.bad.store(true, std::memory_order_relaxed);
+}
 
 void run_task(void* ctx, size_t index) {
   const Task& t = *static_cast<const Task*>(ctx);
@@ -67,6 +85,7 @@ void run_task(void* ctx, size_t index) {
   const KernelInfo& k = *c.kernel;
   const size_t m0 = (index / t.tasks_n) * t.tm, n0 = (index % t.tasks_n) * t.tn;
   const size_t m1 = std::min(c.M, m0 + t.tm), n1 = std::min(c.N, n0 + t.tn);
+  if (t.pack_rows) pack_rows(c, m0, m1);
   // With an epilogue the int32 sums of this task go to a per-thread scratch
   // block first; otherwise straight to the int32 output.
   const bool fused = c.epilogue.kind != OutKind::int32;
@@ -131,7 +150,28 @@ void run_gemm(const GemmCall& call, const GemmGeometry& g) {
   const size_t mr = size_t(k.mr), nr = size_t(k.nr);
   t.tm = std::max<size_t>(mr, 32 / mr * mr);
   t.tn = std::max<size_t>(nr, 64 / nr * nr);
-  const size_t want = 4 * size_t(get_num_threads());
+  const size_t threads = size_t(get_num_threads());
+  t.pack_rows = false;
+  if (call.pack) {
+    // Fused packing: a task owns whole rows (all of N) when there are enough
+    // row blocks to balance the threads (>= 8 per thread); otherwise the
+    // rows are packed first, in parallel, and the tasks split as usual.
+    if ((call.M + t.tm - 1) / t.tm >= 8 * threads) {
+      t.pack_rows = true;
+      t.tn = (call.N + nr - 1) / nr * nr;
+    } else {
+      struct Rows {
+        const GemmCall* c;
+        size_t rows;
+      } r{&call, std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(call.pack->K, 1))};
+      parallel_for((call.M + r.rows - 1) / r.rows, [](void* ctx, size_t i) {
+        const Rows& q = *static_cast<const Rows*>(ctx);
+        pack_rows(*q.c, i * q.rows, std::min(q.c->M, (i + 1) * q.rows));
+      }, &r);
+      if (call.pack->bad.load()) return;
+    }
+  }
+  const size_t want = 4 * threads;
   auto count = [&] { return ((call.M + t.tm - 1) / t.tm) * ((call.N + t.tn - 1) / t.tn); };
   while (count() < want && t.tm > mr) t.tm = std::max(mr, (t.tm / 2 + mr - 1) / mr * mr);
   while (count() < want && t.tn > nr) t.tn = std::max(nr, (t.tn / 2 + nr - 1) / nr * nr);

@@ -3,6 +3,7 @@
 // correction (padding terms). Families differ only in the geometry below.
 #pragma once
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -23,6 +24,20 @@ struct GemmGeometry {
 // Returns false and sets *why for an unknown family.
 bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* g, std::string* why);
 
+// Activation packing fused into the GEMM (direct grouplut calls): the
+// (M, K) codes are packed with the pack_groups rule (ops/pack.h) into the
+// call's `a` buffer (M rows of a_stride bytes), each block of rows by the
+// task that then multiplies it, so the packed rows are still in that core's
+// cache. `bad` is set when a code is out of range (the output is then
+// unspecified and the caller must raise).
+struct FusedPack {
+  const uint8_t* codes;
+  size_t K;
+  int bits, group, shift;
+  Tier tier;
+  std::atomic<bool> bad{false};
+};
+
 struct GemmCall {
   const KernelInfo* kernel;
   const uint8_t* a;
@@ -37,6 +52,7 @@ struct GemmCall {
   const uint8_t* const* a_ind = nullptr;
   size_t a_ind_stride = 0, seg_steps = 0;
   uint32_t a_code_shift = 0;  // UKernelArgs::a_code_shift
+  FusedPack* pack = nullptr;  // when set, `a` is written by the driver first
   // int32 output (epilogue.kind == int32) or the fused epilogue's output.
   int32_t* c = nullptr;
   size_t c_stride = 0;

@@ -134,6 +134,20 @@ class Bound:
         return y
 
 
+    def run_codes(self, codes: np.ndarray, n: int, k_steps: int, correction: int, epilogue=None):
+        """grouplut only: the native GEMM straight from (M, K) codes, packed inside
+        the GEMM's tasks (each block of rows by the thread that then uses it)."""
+        kern, (_, ba, gw) = self.kern, self.plan.params
+        if epilogue is None:
+            y = _core.gemm_codes(kern["index"], codes, ba, gw, self.w_layout, self.tables, n, k_steps, self.flush8,
+                                 self.flush16, correction, self.code_shift)
+        else:
+            y = _core.gemm_codes(kern["index"], codes, ba, gw, self.w_layout, self.tables, n, k_steps, self.flush8,
+                                 self.flush16, correction, self.code_shift, *epilogue.native_args())
+        _dispatch.set_last_kernel(kern["name"])
+        return y
+
+
 def _bind(packed: PackedWeights, a_bits: int, cb_a: np.ndarray) -> Bound:
     cb_w = packed.codebook
     plan, fam, kern, _, kmax = _plan_for(packed.bits, a_bits, cb_w, cb_a)
@@ -180,9 +194,18 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
         raise ValueError(f"a: K mismatch: activations have K={pa.K}, weights have K={packed.K}")
     bound = _prepare(pa, packed, pa.K)
     k_steps, correction = bound.direct(pa.K)
-    a_packed = pa.packed((bound.plan.family, bound.plan.params, bound.kern["tier_rank"] > 0), bound.pack)
     if epilogue is not None:
         epilogue.check(packed.N, pa.M)
+    if pa is not a and bound.plan.family in ("grouplut", "grouplut6"):
+        # plain codes, used once: packed inside the GEMM (not cached)
+        try:
+            return bound.run_codes(pa.codes, packed.N, k_steps, correction, epilogue)
+        except ValueError as exc:
+            if str(exc).startswith("a: expected every code"):
+                raise ValueError(f"a_codes: expected every code in [0, {1 << pa.bits}) for bits={pa.bits}, "
+                                 f"got max {int(pa.codes.max())}") from None
+            raise
+    a_packed = pa.packed((bound.plan.family, bound.plan.params, bound.kern["tier_rank"] > 0), bound.pack)
     return bound.run(a_packed, pa.M, packed.N, k_steps, correction, epilogue)
 
 

@@ -135,3 +135,28 @@ def test_pack_groups_appends_padding_rows(tier, rng):
     assert np.array_equal(got[7:], np.repeat(pad, 2, axis=0))
     with pytest.raises(ValueError, match="pad_code"):
         _core.pack_groups(codes, 2, 2, 23, rank, 2, 1, 4)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("m", [1, 37, 700])  # 700 rows: each task packs its own rows; fewer: packed first
+def test_codes_are_packed_inside_the_gemm(tier, threads, m, rng):
+    k, n = 77, 45  # odd K: every row has a packing tail
+    cb_a, cb_w = [0, 1, 2, 3], [-2, -1, 0, 1]
+    a = rng.integers(0, 4, (m, k), dtype=np.uint8)
+    w = rng.integers(0, 4, (n, k), dtype=np.uint8)
+    packed = lowbit.pack_weights(w, 2, cb_w)
+    want = reference.gemm(a, w, 2, 2, cb_a, cb_w)
+    lowbit.set_num_threads(threads)
+    with lowbit.use(isa=tier):
+        assert np.array_equal(lowbit.gemm(a, packed, 2, cb_a), want)
+        assert lowbit.last_kernel().startswith("grouplut")
+        pre = lowbit.pack_activations(a, 2, cb_a)  # the cached, pre-packed path agrees
+        assert np.array_equal(lowbit.gemm(pre, packed), want)
+        ep = lowbit.Epilogue(np.full(n, 0.5, np.float32), np.arange(n, dtype=np.float32), "relu")
+        got = lowbit.gemm(a, packed, 2, cb_a, epilogue=ep)
+        assert np.array_equal(got, reference.epilogue(want, ep.scale, ep.bias, clamp_lo=0.0))
+        bad = a.copy()
+        bad[m // 2, k - 1] = 4
+        with pytest.raises(ValueError, match="a_codes: expected every code in \\[0, 4\\)"):
+            lowbit.gemm(bad, packed, 2, cb_a)
