@@ -330,6 +330,7 @@ py::array gemm_codes_py(size_t kernel_index, const py::array& codes, int bits, i
   pack.shift = int(a_code_shift);
   pack.tier = k.tier;
   py::array_t<uint8_t> buffer({std::max<size_t>(M, 1), std::max<size_t>(k_steps, 1)});
+  pack.out = buffer.mutable_data();
   return gemm_impl(kernel_index, buffer, w, tables, M, N, k_steps, flush8, flush16, correction, a_code_shift,
                    py::none(), 0, out_kind, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi, inv_step, qmin,
                    qmax, &pack);

@@ -66,17 +66,9 @@ struct Task {
 // Packs activation rows [m0, m1) of a fused-pack call into its `a` buffer.
 void pack_rows(const GemmCall& c, size_t m0, size_t m1) {
   FusedPack& f = *c.pack;
-  uint8_t* dst = const_cast<uint8_t*>(c.a) + m0 * c.a_stride;
-  const uint8_t* src = f.codes + m0 * f.K;
-  bool ok;
-#if LOWBIT_HAVE_X86_KERNELS
-  const bool vector_group = f.group == 1 || f.group == 2 || f.group == 4 || f.group == 8;
-  if (f.tier >= Tier::avx2 && vector_group)
-    ok = pack_groups__avx2(src, m1 - m0, f.K, f.bits, f.group, f.shift, dst, c.a_stride);
-  else
-#endif
-    ok = pack_groups__scalar(src, m1 - m0, f.K, f.bits, f.group, f.shift, dst, c.a_stride);
-  if (!ok) f.bad.store(true, std::memory_order_relaxed);
+  if (!pack_groups_serial(f.codes + m0 * f.K, m1 - m0, f.K, f.bits, f.group, f.shift,
+                          f.out + m0 * c.a_stride, c.a_stride, f.tier))
+    f.bad.store(true, std::memory_order_relaxed);
 }
 
 void run_task(void* ctx, size_t index) {
@@ -160,15 +152,11 @@ void run_gemm(const GemmCall& call, const GemmGeometry& g) {
       t.pack_rows = true;
       t.tn = (call.N + nr - 1) / nr * nr;
     } else {
-      struct Rows {
-        const GemmCall* c;
-        size_t rows;
-      } r{&call, std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(call.pack->K, 1))};
-      parallel_for((call.M + r.rows - 1) / r.rows, [](void* ctx, size_t i) {
-        const Rows& q = *static_cast<const Rows*>(ctx);
-        pack_rows(*q.c, i * q.rows, std::min(q.c->M, (i + 1) * q.rows));
-      }, &r);
-      if (call.pack->bad.load()) return;
+      FusedPack& f = *call.pack;
+      if (!pack_groups(f.codes, call.M, f.K, f.bits, f.group, f.shift, f.out, call.a_stride, f.tier)) {
+        f.bad.store(true);
+        return;
+      }
     }
   }
   const size_t want = 4 * threads;

@@ -32,6 +32,7 @@ bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* 
 // unspecified and the caller must raise).
 struct FusedPack {
   const uint8_t* codes;
+  uint8_t* out;  // the call's `a` buffer, writable
   size_t K;
   int bits, group, shift;
   Tier tier;

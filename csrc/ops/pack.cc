@@ -129,6 +129,16 @@ void maxpool_nhwc_f32(const float* x, const ConvGeometry& g, float* out) {
   parallel_for(g.B * g.OH, task);
 }
 
+bool pack_groups_serial(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
+                        size_t out_stride, Tier tier) {
+#if LOWBIT_HAVE_X86_KERNELS
+  const bool vector_group = group == 1 || group == 2 || group == 4 || group == 8;
+  if (tier >= Tier::avx2 && vector_group) return pack_groups__avx2(codes, M, K, bits, group, shift, out, out_stride);
+#endif
+  (void)tier;
+  return pack_groups__scalar(codes, M, K, bits, group, shift, out, out_stride);
+}
+
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
                  size_t out_stride, Tier tier) {
   // Rows are independent: split them over the thread pool in blocks of at
@@ -137,18 +147,9 @@ bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, 
   const size_t tasks = (M + rows - 1) / rows;
   std::vector<char> ok(tasks, 1);
   auto task = [&](size_t i) {
-    const size_t m0 = i * rows, m = std::min(rows, M - m0);
-    const uint8_t* src = codes + m0 * K;
-    uint8_t* dst = out + m0 * out_stride;
-#if LOWBIT_HAVE_X86_KERNELS
-    const bool vector_group = group == 1 || group == 2 || group == 4 || group == 8;
-    if (tier >= Tier::avx2 && vector_group) {
-      ok[i] = pack_groups__avx2(src, m, K, bits, group, shift, dst, out_stride);
-      return;
-    }
-#endif
-    (void)tier;
-    ok[i] = pack_groups__scalar(src, m, K, bits, group, shift, dst, out_stride);
+    const size_t m0 = i * rows;
+    ok[i] = pack_groups_serial(codes + m0 * K, std::min(rows, M - m0), K, bits, group, shift, out + m0 * out_stride,
+                               out_stride, tier);
   };
   parallel_for(tasks, task);
   for (char v : ok)

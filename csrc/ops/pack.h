@@ -25,6 +25,11 @@ struct ConvGeometry {
   size_t OH, OW;                          // output size (>= 1, computed by the caller)
 };
 
+// pack_groups on the calling thread only (the GEMM driver packs row blocks
+// inside its own tasks).
+bool pack_groups_serial(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
+                        size_t out_stride, Tier tier);
+
 // im2col for the convolution fallback. x is (B*H*W, C) codes; out is
 // (B*OH*OW, kh*kw*C): row (b, oy, ox) holds, tap by tap in (ky, kx) order,
 // the C codes of input pixel (b, oy*sh - ph + ky*dh, ox*sw - pw + kx*dw), or

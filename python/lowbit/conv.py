@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core, _dispatch
+from . import _core
 from . import codebook as cbmod
 from .epilogue import Epilogue
 from .ops import _prepare
@@ -189,8 +189,7 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
         # documented fallback: im2col copy of the codes, then the plain GEMM
         b, h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw) = geometry
         cols = _core.im2col_nhwc(pa.codes, b, h, w, kh, kw, sh, sw, ph, pw, dh, dw, pad_code)  # (M, taps * Cin)
-        k_steps = bound.k_steps(k)
-        correction = bound.correction(k_steps, (fam.padded_k(k, plan) - k) * int(cb_a[0]) * int(packed.codebook[0]))
+        k_steps, correction = bound.direct(k)
         y = bound.run(bound.pack(cols), m, packed.N, k_steps, correction, epilogue if fused else None)
     if fused:
         return y

@@ -123,28 +123,20 @@ class Bound:
     def run(self, a, m: int, n: int, k_steps: int, correction: int, epilogue=None, a_offsets=None,
             seg_steps: int = 0):
         """The native GEMM (arguments positional: pybind11 keyword parsing costs microseconds)."""
-        kern = self.kern
-        if epilogue is None:
-            y = _core.gemm(kern["index"], a, self.w_layout, self.tables, m, n, k_steps, self.flush8, self.flush16,
-                           correction, self.code_shift, a_offsets, seg_steps)
-        else:
-            y = _core.gemm(kern["index"], a, self.w_layout, self.tables, m, n, k_steps, self.flush8, self.flush16,
-                           correction, self.code_shift, a_offsets, seg_steps, *epilogue.native_args())
-        _dispatch.set_last_kernel(kern["name"])
+        ep = () if epilogue is None else epilogue.native_args()
+        y = _core.gemm(self.kern["index"], a, self.w_layout, self.tables, m, n, k_steps, self.flush8, self.flush16,
+                       correction, self.code_shift, a_offsets, seg_steps, *ep)
+        _dispatch.set_last_kernel(self.kern["name"])
         return y
-
 
     def run_codes(self, codes: np.ndarray, n: int, k_steps: int, correction: int, epilogue=None):
         """grouplut only: the native GEMM straight from (M, K) codes, packed inside
         the GEMM's tasks (each block of rows by the thread that then uses it)."""
-        kern, (_, ba, gw) = self.kern, self.plan.params
-        if epilogue is None:
-            y = _core.gemm_codes(kern["index"], codes, ba, gw, self.w_layout, self.tables, n, k_steps, self.flush8,
-                                 self.flush16, correction, self.code_shift)
-        else:
-            y = _core.gemm_codes(kern["index"], codes, ba, gw, self.w_layout, self.tables, n, k_steps, self.flush8,
-                                 self.flush16, correction, self.code_shift, *epilogue.native_args())
-        _dispatch.set_last_kernel(kern["name"])
+        _, ba, gw = self.plan.params
+        ep = () if epilogue is None else epilogue.native_args()
+        y = _core.gemm_codes(self.kern["index"], codes, ba, gw, self.w_layout, self.tables, n, k_steps, self.flush8,
+                             self.flush16, correction, self.code_shift, *ep)
+        _dispatch.set_last_kernel(self.kern["name"])
         return y
 
 
