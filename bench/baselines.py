@@ -82,6 +82,9 @@ def _ort_session(nodes, inputs, outputs, inits, threads, feeds, opsets=(("", 17)
     from onnx import helper
     graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    # IR 8 is all opset 17 needs; a newer onnx than onnxruntime would
+    # otherwise stamp an IR version the runtime refuses (seen: IR 14 vs max 13)
+    model.ir_version = 8
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
