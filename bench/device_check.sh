@@ -43,11 +43,16 @@ python3 -m pip install --no-build-isolation --no-deps -q . > "$RES/build.log" 2>
 (cd /tmp && python3 -c "import lowbit, json; print(json.dumps({'tiers': lowbit.supported_tiers(), 'kernels': [k['name'] for k in lowbit.kernels() if k['available']], 'rates': lowbit._core.lookup_rates(0.3)}))") | tee "$RES/info.json"
 save "built"
 
+# THREADS_ONLY=1: skip the test suite and the GEMM benchmark (a re-measurement)
+ONLY=${THREADS_ONLY:-0}
+
 # the whole default test suite; the tests themselves force every tier present
+[ "$ONLY" = 1 ] || {
 XDIST=""; python3 -c "import xdist" 2>/dev/null && XDIST="-n $(( $(nproc) > 12 ? 12 : $(nproc) ))"
 timeout 240 python3 -m pytest -q -p no:cacheprovider -m "not slow" $XDIST > "$RES/tests.txt" 2>&1
 tail -5 "$RES/tests.txt"
 save "tests"
+}
 
 R=${REPEATS:-30}
 taskset -c "$CPU_A,$CPU_B" python3 bench/bench_threads.py --threads 1,2 --repeats "$R" --out "$RES/threads_2cores.json"
@@ -57,6 +62,7 @@ save "threads, avx2, 2 physical cores"
 N=$(nproc); COUNTS=$(python3 -c "print(','.join(str(t) for t in sorted({1, 2, 4, 8, $N}) if t <= $N))")
 python3 bench/bench_threads.py --threads "$COUNTS" --repeats $(( R / 3 + 1 )) --out "$RES/threads_all.json"
 save "threads up to $N"
+[ "$ONLY" = 1 ] && exit 0
 timeout 200 taskset -c "$CPU_A" python3 bench/bench_gemm.py --threads 1 --shapes resnet18 --bits 2x2 --bits 1x1 \
   --lowbit-kernels auto --quick --out "$RES/r18_t1.json" > "$RES/bench_r18_t1.log" 2>&1
 tail -8 "$RES/bench_r18_t1.log"
