@@ -27,6 +27,21 @@ using namespace lowbit;
 
 namespace {
 
+// A C-contiguous M x N output whose data starts on a 64-byte cache line.
+// Threads write disjoint blocks of 64 columns of each row; from an unaligned
+// start every block's first and last cache lines would be shared with the
+// blocks beside it, written at the same time by the other thread (false
+// sharing). The view keeps its over-allocated base array alive.
+template <class T>
+py::array_t<T> empty_aligned(size_t M, size_t N) {
+  constexpr size_t kLine = 64;
+  static_assert(kLine % sizeof(T) == 0, "element size divides the cache line");
+  py::array_t<T> base(M * N + kLine / sizeof(T));
+  const auto addr = reinterpret_cast<uintptr_t>(base.mutable_data());
+  const size_t skip = (kLine - addr % kLine) % kLine / sizeof(T);  // numpy data is sizeof(T)-aligned
+  return py::array_t<T>({M, N}, {N * sizeof(T), sizeof(T)}, base.mutable_data() + skip, base);
+}
+
 const char* kFeatureNames[] = {"avx2",         "fma",         "bmi2",          "avx512f",        "avx512bw",
                                "avx512vl",     "avx512dq",    "avx512vbmi",    "avx512vbmi2",    "avx512vnni",
                                "avx512vpopcntdq", "avx512bitalg", "gfni"};
@@ -164,7 +179,7 @@ py::array make_epilogue(Epilogue& e, size_t M, size_t N, const py::object& scale
   e.out_stride = N;
   if (out_kind == "float32") {
     e.kind = OutKind::float32;
-    py::array_t<float> o({M, N});
+    py::array_t<float> o = empty_aligned<float>(M, N);
     e.out = o.mutable_data();
     return o;
   }
@@ -175,7 +190,7 @@ py::array make_epilogue(Epilogue& e, size_t M, size_t N, const py::object& scale
     e.inv_step = inv_step;
     e.qmin = qmin;
     e.qmax = qmax;
-    py::array_t<uint8_t> o({M, N});
+    py::array_t<uint8_t> o = empty_aligned<uint8_t>(M, N);
     e.out = o.mutable_data();
     return o;
   }
@@ -276,7 +291,7 @@ py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::arra
 
   py::array out;
   if (out_kind == "int32") {
-    py::array_t<int32_t> o({M, N});
+    py::array_t<int32_t> o = empty_aligned<int32_t>(M, N);
     call.c = o.mutable_data();
     call.c_stride = N;
     out = o;

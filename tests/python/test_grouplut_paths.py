@@ -139,7 +139,10 @@ def test_pack_groups_appends_padding_rows(tier, rng):
 
 @pytest.mark.parametrize("tier", TIERS)
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("m", [1, 37, 700])  # 700 rows: each task packs its own rows; fewer: packed first
+# Each task packs its own rows when there are >= 8 row blocks per thread of
+# 32 rows, or of fewer rows down to two register tiles (130 rows: 16-row
+# blocks at 1 thread, 8-row ones at 2); fewer rows (1, 37) are packed first.
+@pytest.mark.parametrize("m", [1, 37, 130, 700])
 def test_codes_are_packed_inside_the_gemm(tier, threads, m, rng):
     k, n = 77, 45  # odd K: every row has a packing tail
     cb_a, cb_w = [0, 1, 2, 3], [-2, -1, 0, 1]
@@ -160,3 +163,25 @@ def test_codes_are_packed_inside_the_gemm(tier, threads, m, rng):
         bad[m // 2, k - 1] = 4
         with pytest.raises(ValueError, match="a_codes: expected every code in \\[0, 4\\)"):
             lowbit.gemm(bad, packed, 2, cb_a)
+
+
+@pytest.mark.parametrize("out", ["int32", "float32", "codes"])
+def test_outputs_start_on_a_cache_line(out, rng):
+    # threads write 64-column blocks of each row: an aligned start keeps two
+    # threads off a shared cache line (csrc/bindings/module.cc empty_aligned)
+    a = rng.integers(0, 4, (67, 40), dtype=np.uint8)
+    w = rng.integers(0, 4, (48, 40), dtype=np.uint8)
+    packed = lowbit.pack_weights(w, 2)
+    want = reference.gemm(a, w, 2, 2)
+    ep = None
+    if out != "int32":
+        ep = lowbit.Epilogue(np.ones(48, np.float32), np.zeros(48, np.float32),
+                             requant=lowbit.Requant(4, 8.0) if out == "codes" else None)
+    for _ in range(5):
+        got = lowbit.gemm(a, packed, 2, epilogue=ep)
+        assert got.ctypes.data % 64 == 0 and got.flags.c_contiguous and got.flags.writeable
+        assert got.shape == (67, 48)
+    if out == "int32":
+        assert np.array_equal(got, want)
+    del packed
+    got[0, 0] = 1  # the view keeps its buffer alive
