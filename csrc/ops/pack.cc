@@ -141,25 +141,10 @@ bool pack_groups_serial(const uint8_t* codes, size_t M, size_t K, int bits, int 
 
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
                  size_t out_stride, Tier tier) {
-  // Rows are independent: split them over the thread pool in blocks of
-  // 64 Ki codes, or smaller (down to 16 Ki codes, or one row) so that every
-  // thread gets two blocks (many threads on a mid-size layer: M = 196,
-  // K = 2304 made 7 blocks of 28 rows for 16 threads).
-  const size_t k1 = std::max<size_t>(K, 1), threads = size_t(get_num_threads());
-  const size_t big = std::max<size_t>(1, (size_t(1) << 16) / k1), small = std::max<size_t>(1, (size_t(1) << 14) / k1);
-  const size_t even = (M + 2 * threads - 1) / (2 * threads);
-  const size_t rows = std::min(big, std::max(small, even));
-  const size_t tasks = (M + rows - 1) / rows;
-  std::vector<char> ok(tasks, 1);
-  auto task = [&](size_t i) {
-    const size_t m0 = i * rows;
-    ok[i] = pack_groups_serial(codes + m0 * K, std::min(rows, M - m0), K, bits, group, shift, out + m0 * out_stride,
-                               out_stride, tier);
-  };
-  parallel_for(tasks, task);
-  for (char v : ok)
-    if (!v) return false;
-  return true;
+  return parallel_row_blocks(M, K, [&](size_t m0, size_t m1) {
+    return pack_groups_serial(codes + m0 * K, m1 - m0, K, bits, group, shift, out + m0 * out_stride, out_stride,
+                              tier);
+  });
 }
 
 }  // namespace lowbit

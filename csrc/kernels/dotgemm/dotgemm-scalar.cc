@@ -45,58 +45,17 @@ bool dotgemm_pack_a__scalar(const uint8_t* codes, size_t M, size_t K, int bits, 
 
 }  // namespace lowbit
 
-namespace {
-
-struct PackJob {
-  const uint8_t* codes;
-  size_t M, K, rows_per_task;
-  int bits;
-  const int16_t* levels;
-  int16_t* out;
-  size_t out_cols;
-  int tier;
-  bool bad[256];  // one flag per task (tasks <= 256)
-};
-
-void pack_task(void* ctx, size_t i) {
-  PackJob& j = *static_cast<PackJob*>(ctx);
-  const size_t m0 = i * j.rows_per_task, m1 = std::min(j.M, m0 + j.rows_per_task);
-  const uint8_t* src = j.codes + m0 * j.K;
-  int16_t* dst = j.out + m0 * j.out_cols;
-  bool ok;
-#if LOWBIT_HAVE_X86_KERNELS
-  if (j.tier >= 1)
-    ok = lowbit::dotgemm_pack_a__avx2(src, m1 - m0, j.K, j.bits, j.levels, dst, j.out_cols);
-  else
-#endif
-    ok = lowbit::dotgemm_pack_a__scalar(src, m1 - m0, j.K, j.bits, j.levels, dst, j.out_cols);
-  j.bad[i] = !ok;
-}
-
-}  // namespace
-
 int lowbit::dotgemm_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels,
                                      int16_t* out, size_t out_cols, int tier) {
   if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8) || out_cols < K) return -1;
   if (M == 0) return 1;
-  if ((M > 0 && K > 0 && !codes) || !levels || !out) return -1;
-  PackJob j;
-  j.codes = codes;
-  j.M = M;
-  j.K = K;
-  j.bits = bits;
-  j.levels = levels;
-  j.out = out;
-  j.out_cols = out_cols;
-  j.tier = tier;
-  // Tasks of >= 64 Ki codes each (threads only pay off on big inputs), <= 256.
-  const size_t min_rows = std::max<size_t>(1, (size_t(1) << 16) / std::max<size_t>(K, 1));
-  size_t tasks = std::min<size_t>(256, (M + min_rows - 1) / min_rows);
-  j.rows_per_task = (M + tasks - 1) / tasks;
-  tasks = (M + j.rows_per_task - 1) / j.rows_per_task;
-  std::fill(j.bad, j.bad + 256, false);
-  lowbit::parallel_for(tasks, pack_task, &j);
-  for (size_t i = 0; i < tasks; ++i)
-    if (j.bad[i]) return 0;
-  return 1;
+  if ((K > 0 && !codes) || !levels || !out) return -1;
+  return lowbit::parallel_row_blocks(M, K, [&](size_t m0, size_t m1) {
+#if LOWBIT_HAVE_X86_KERNELS
+    if (tier >= 1)
+      return lowbit::dotgemm_pack_a__avx2(codes + m0 * K, m1 - m0, K, bits, levels, out + m0 * out_cols, out_cols);
+#endif
+    (void)tier;
+    return lowbit::dotgemm_pack_a__scalar(codes + m0 * K, m1 - m0, K, bits, levels, out + m0 * out_cols, out_cols);
+  }) ? 1 : 0;
 }
