@@ -12,6 +12,7 @@
 
 #include "core/cpu_features.h"
 #include "core/thread_pool.h"
+#include "kernels/dot8/dot8.h"
 #include "kernels/dotgemm/dotgemm.h"
 #include "kernels/ukernel.h"
 #include "ops/gemm.h"
@@ -351,28 +352,30 @@ py::array gemm_codes_py(size_t kernel_index, const py::array& codes, int bits, i
                    qmax, &pack);
 }
 
-// dotgemm's activation packer: codes -> int16 levels (see dotgemm.h).
-py::array_t<int16_t> dotgemm_pack_py(const py::array& codes, int bits, const py::array& levels, size_t out_cols,
-                                     int tier) {
+// The dot-product families' activation packers: codes -> levels of type
+// Level (int16 for dotgemm, uint8 for dot8; see their headers).
+template <class Level, int (*Pack)(const uint8_t*, size_t, size_t, int, const Level*, Level*, size_t, int)>
+py::array_t<Level> pack_levels_py(const py::array& codes, int bits, const py::array& levels, size_t out_cols,
+                                  int tier) {
   require_array<uint8_t>(codes, "codes", 2, "uint8");
-  require_array<int16_t>(levels, "levels", 1, "int16");
+  require_array<Level>(levels, "levels", 1, sizeof(Level) == 1 ? "uint8" : "int16");
   if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8)) throw py::value_error("bits: expected 1-4 or 8");
   if (size_t(levels.shape(0)) != (size_t(1) << bits))
     throw py::value_error("levels: expected " + std::to_string(1 << bits) + " values");
   const size_t M = size_t(codes.shape(0)), K = size_t(codes.shape(1));
   if (out_cols < K) throw py::value_error("out_cols: expected >= K");
   tier_from_int(tier);
-  py::array_t<int16_t> out({M, out_cols});
+  py::array_t<Level> out({M, out_cols});
   const uint8_t* src = static_cast<const uint8_t*>(codes.data());
-  const int16_t* lv = static_cast<const int16_t*>(levels.data());
-  int16_t* dst = out.mutable_data();
+  const Level* lv = static_cast<const Level*>(levels.data());
+  Level* dst = out.mutable_data();
   int rc;
   {
     py::gil_scoped_release release;
-    rc = dotgemm_pack_activations(src, M, K, bits, lv, dst, out_cols, tier);
+    rc = Pack(src, M, K, bits, lv, dst, out_cols, tier);
   }
   if (rc == 0) throw py::value_error("codes: expected every code in [0, " + std::to_string(1 << bits) + ")");
-  if (rc != 1) throw py::value_error("dotgemm_pack_activations: bad arguments");
+  if (rc != 1) throw py::value_error("pack_activations: bad arguments");
   return out;
 }
 
@@ -511,8 +514,10 @@ PYBIND11_MODULE(_core, m) {
         return d;
       },
       py::arg("seconds") = 0.2, "Byte-lookup ceilings of this core (tight AVX2 vpshufb loops; 0 without AVX2)");
-  m.def("dotgemm_pack_activations", &dotgemm_pack_py, py::arg("codes"), py::arg("bits"), py::arg("levels"),
-        py::arg("out_cols"), py::arg("tier"));
+  m.def("dotgemm_pack_activations", &pack_levels_py<int16_t, dotgemm_pack_activations>, py::arg("codes"),
+        py::arg("bits"), py::arg("levels"), py::arg("out_cols"), py::arg("tier"));
+  m.def("dot8_pack_activations", &pack_levels_py<uint8_t, dot8_pack_activations>, py::arg("codes"),
+        py::arg("bits"), py::arg("levels"), py::arg("out_cols"), py::arg("tier"));
   m.def("quantize_codes", &quantize_codes_py, py::arg("x"), py::arg("step"), py::arg("qn"), py::arg("qp"));
   m.def("maxpool_nhwc", &maxpool_nhwc_py, py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
         py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"));

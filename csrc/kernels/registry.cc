@@ -1,6 +1,7 @@
 // The kernel registry: every kernel compiled into this binary. Dispatch,
 // tests, benchmarks and lowbit.kernels() all iterate this one table.
 // Adding a kernel = one line here plus its family folder.
+#include "kernels/dot8/dot8.h"
 #include "kernels/dotgemm/dotgemm.h"
 #include "kernels/grouplut/grouplut.h"
 #include "kernels/grouplut6/grouplut6.h"
@@ -42,6 +43,14 @@ const KernelInfo kRegistry[] = {
      "AND + popcount (vpshufb nibble table) over bit planes (W1 x A1/A2)", false},
     {"a1w1_bitserial_1x4__avx512icl", "bitserial", 1, 0, Tier::avx512icl, 1, 4, TableKind::i8,
      bitserial__avx512icl, "AND + vpopcntq over bit planes (W1 x A1/A2)", false},
+#endif
+    // ---- dot8: exact u8 x s8 byte dot products with int16 accumulators (small levels)
+    {"dot8_1x16__scalar", "dot8", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dot8__scalar,
+     "uint8 x int8 levels, int32 dot products, scalar twin", false},
+#if LOWBIT_HAVE_X86_KERNELS
+    {"dot8_4x16__avx2", "dot8", 0, 0, Tier::avx2, 4, 16, TableKind::i8, dot8_4x16__avx2,
+     "uint8 x int8 levels, vpmaddubsw + vpaddw into int16, widened every flush16 steps, 4 rows x 16 channels",
+     false},
 #endif
     // ---- dotgemm: exact int16 x int16 dot products (8-bit and wide codebooks)
     {"dotgemm_1x16__scalar", "dotgemm", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dotgemm__scalar,

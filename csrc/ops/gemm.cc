@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/thread_pool.h"
+#include "kernels/dot8/dot8.h"
 #include "kernels/dotgemm/dotgemm.h"
 #include "kernels/grouplut/grouplut.h"
 #include "kernels/grouplut6/grouplut6.h"
@@ -43,6 +44,11 @@ bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* 
   } else if (family == "dotgemm") {
     g->a_row_bytes = k_steps * kDotgemmStepBytes;  // int16 level pairs
     g->w_stride = size_t(k.nr) * kDotgemmStepBytes;  // one k pair of NR channels
+    g->w_tile_stride = k_steps * g->w_stride;
+    g->table_bytes = 0;  // no tables
+  } else if (family == "dot8") {
+    g->a_row_bytes = k_steps * kDot8StepBytes;    // uint8 level quads
+    g->w_stride = size_t(k.nr) * kDot8StepBytes;  // one k quad of NR channels
     g->w_tile_stride = k_steps * g->w_stride;
     g->table_bytes = 0;  // no tables
   } else {

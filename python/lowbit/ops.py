@@ -61,9 +61,9 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
             reasons.append(f"{name}: no {plan.table_kind} kernel at or below tier {_dispatch.tier_cap()}")
             continue
         order = next(i for i, (f, kind) in enumerate(PREFERENCE) if f == name and kind in (None, plan.table_kind))
-        # plan.slow (measured slower than dotgemm) does not reorder: layers of
+        # plan.slow (a dot family measured faster) does not reorder: layers of
         # 1-4 bits run on the lookup-table kernels whenever those are exact;
-        # explain() points to use(strategy="dotgemm") instead
+        # explain() points to use(strategy=plan.slow) instead
         reasons.append(f"{name}: {plan.why} (best kernel {found[0]['name']})")
         options.append((found[0]["tier_rank"] == 0, order, plan, fam, found[0]))
     if not options:
@@ -71,8 +71,8 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
     _, _, plan, fam, kern = min(options, key=lambda o: o[:2])
     reasons.append(f"chosen: {kern['name']} (first exact family in the measured order; SIMD before scalar-only)")
     if plan.slow:
-        reasons.append("note: with these bit widths/codebooks the exact int16 path measured faster here: "
-                       "lowbit.use(strategy='dotgemm')")
+        reasons.append(f"note: with these bit widths/codebooks {plan.slow} measured faster here: "
+                       f"lowbit.use(strategy={plan.slow!r})")
     return plan, fam, kern, reasons
 
 

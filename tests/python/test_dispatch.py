@@ -38,7 +38,7 @@ def test_registry_fields_and_names():
     for k in ks:
         assert k["name"].endswith("__" + k["tier"]), k["name"]
         assert k["tier"] in TIERS
-        assert k["family"] in ("lutgemm", "grouplut", "grouplut6", "bitserial", "dotgemm")
+        assert k["family"] in ("lutgemm", "grouplut", "grouplut6", "bitserial", "dot8", "dotgemm")
         assert k["mr"] >= 1 and k["nr"] >= 1
     # every family has a scalar twin of each table kind it offers
     for fam, kind in {(k["family"], k["table_kind"]) for k in ks}:

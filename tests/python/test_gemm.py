@@ -23,6 +23,9 @@ def codebooks_for(kernel):
     """Codebook pairs (a, w) each kernel must handle exactly."""
     if kernel["table_kind"] == "split":
         return [(None, None), (LSQ_A, LSQ_W), (WIDE_A, WIDE_W), ([-128] * 4, [-128, 127, 0, 1])]
+    if kernel["family"] == "dot8":  # unsigned activation levels, 2 * max|a| * max|w| <= 32767
+        return [(None, None), (LSQ_A, LSQ_W), ([1, 2, 3, 4], [-2, -1, 0, 1]), ([0, 127, 7, 100], [1, 0, -1, -128]),
+                ([127, 0, 5, 1], [127, -127, 0, 3])]
     return [(None, None), (LSQ_A, LSQ_W), ([1, 2, 3, 4], [-2, -1, 0, 1]), ([0, 1, -2, 3], [1, 0, -1, -3])]
 
 
@@ -71,6 +74,9 @@ def test_long_k_worst_case(kernel):
     if kernel["table_kind"] == "split":
         cases = [([-128, 0, 0, 0], [-128, 0, 0, 0], 131071),   # +16384 each, K = K_max
                  ([-128, 0, 0, 0], [127, 0, 0, 0], 131071)]    # -16256 each
+    elif kernel["family"] == "dot8":  # pair sums at the int16 edge: widened after every step
+        cases = [(LSQ_A, LSQ_W, 200_003), ([0, 0, 0, 127], [0, 0, 0, -128], 131_585),  # -16256 each
+                 ([0, 0, 0, 127], [0, 0, 0, 127], 100_001)]                             # +16129 each
     else:
         cases = [(LSQ_A, LSQ_W, 200_003), ([0, 0, 0, -3], [0, 0, 0, -10], 150_001)]
     for a_cb, w_cb, k in cases:

@@ -12,8 +12,10 @@ class Plan:
     table_kind: str       # "i8" or "split"
     params: tuple         # family-specific, hashable (layout/table cache key)
     why: str              # one line for explain()
-    # measured slower than dotgemm's exact int16 path (explain() suggests it)
-    slow: bool = False
+    # "" or the family measured faster for this GEMM ("dot8", "dotgemm"):
+    # dispatch keeps the plan (1-4-bit layers stay on lookup tables when
+    # exact) and explain() suggests lowbit.use(strategy=<that family>)
+    slow: str = ""
 
 
 class Family:

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import _core
 from ._common import Family, Plan, pad_codes
+from .dot8 import Dot8
 
 
 class Grouplut(Family):
@@ -41,13 +42,19 @@ class Grouplut(Family):
             if bw * gw <= cls.INDEX_BITS and ba * gw <= 8:
                 tmax = int(np.abs(cls._table(cb_w, cb_a, bw, ba, gw)).max())
                 if tmax <= 127:
-                    # one MAC per lookup, or int8 lanes widened after every lookup (entries > 63):
-                    # measured slower than dotgemm (bench/results/allpairs_t1.md); explain() says so
-                    slow = gw == 1 or tmax > 63
+                    # Measured (bench/results/allpairs_t1.md): one MAC per lookup (W3, W4), or
+                    # entries > 31 (int8 lanes widened every one or two lookups: W2A4), run
+                    # slower than dot8's byte dot products; entries > 63 slower than dotgemm
+                    # too. explain() says so; dispatch keeps the tables.
+                    slow = ""
+                    if (gw == 1 or tmax > 31) and Dot8.plan(bw, ba, cb_w, cb_a)[0] is not None:
+                        slow = "dot8"
+                    elif gw == 1 or tmax > 63:
+                        slow = "dotgemm"
                     return Plan(cls.name, "i8", (bw, ba, gw),
                                 f"{gw} MAC(s) per lookup: table of {1 << (ba * gw)} x {1 << (bw * gw)} "
                                 f"product sums ({1 << cls.INDEX_BITS}-entry tables), max |entry| {tmax} <= 127"
-                                + (" (measured slower than dotgemm)" if slow else ""), slow=slow), None
+                                + (f" (measured slower than {slow})" if slow else ""), slow=slow), None
         return None, f"{cls.name} needs product sums that fit int8 (max |cbA x cbW| <= 127)"
 
     @staticmethod

@@ -1,0 +1,60 @@
+// Scalar twin of the dot8 family (the oracle the SIMD kernel must match bit
+// for bit), the scalar activation packer, and the packer's entry point.
+// Built with baseline flags: the entry point dispatches to the AVX2 packer
+// only when asked to (the caller checked the tier).
+#include <algorithm>
+
+#include "core/thread_pool.h"
+#include "kernels/dot8/dot8.h"
+
+namespace lowbit {
+
+void dot8__scalar(const UKernelArgs& p) {
+  // Any tile width: channel n of step s sits at w + s * w_stride + 4n. The
+  // int16 stage of the SIMD kernel never wraps (dot8.h), so plain int32 sums
+  // (wrapping modulo 2^32 like its int32 lanes) are the same result.
+  for (size_t m = 0; m < p.mr; ++m) {
+    const uint8_t* a = p.a + m * p.a_stride;
+    for (size_t n = 0; n < p.nr; ++n) {
+      uint32_t sum = 0;
+      for (size_t s = 0; s < p.k_steps; ++s) {
+        const int8_t* w = reinterpret_cast<const int8_t*>(p.w + s * p.w_stride + n * kDot8StepBytes);
+        const uint8_t* x = a + s * kDot8StepBytes;
+        sum += uint32_t(int32_t(x[0]) * w[0] + int32_t(x[1]) * w[1] + int32_t(x[2]) * w[2] + int32_t(x[3]) * w[3]);
+      }
+      p.c[m * p.c_stride + n] = int32_t(sum);
+    }
+  }
+}
+
+bool dot8_pack_a__scalar(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
+                         size_t out_cols) {
+  unsigned seen = 0;  // OR of all codes: any bit >= `bits` means out of range
+  const unsigned mask = (1u << bits) - 1;
+  for (size_t m = 0; m < M; ++m) {
+    const uint8_t* row = codes + m * K;
+    uint8_t* dst = out + m * out_cols;
+    for (size_t k = 0; k < K; ++k) {
+      seen |= row[k];
+      dst[k] = levels[row[k] & mask];
+    }
+    std::fill(dst + K, dst + out_cols, uint8_t(0));
+  }
+  return (seen >> bits) == 0;
+}
+
+int dot8_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
+                          size_t out_cols, int tier) {
+  if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8) || out_cols < K) return -1;
+  if (M == 0) return 1;
+  if ((K > 0 && !codes) || !levels || !out) return -1;
+  return parallel_row_blocks(M, K, [&](size_t m0, size_t m1) {
+#if LOWBIT_HAVE_X86_KERNELS
+    if (tier >= 1) return dot8_pack_a__avx2(codes + m0 * K, m1 - m0, K, bits, levels, out + m0 * out_cols, out_cols);
+#endif
+    (void)tier;
+    return dot8_pack_a__scalar(codes + m0 * K, m1 - m0, K, bits, levels, out + m0 * out_cols, out_cols);
+  }) ? 1 : 0;
+}
+
+}  // namespace lowbit

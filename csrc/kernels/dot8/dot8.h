@@ -1,0 +1,68 @@
+// Family "dot8": exact byte dot products with narrow accumulators. No tables:
+// activation codes are decoded to uint8 levels, weight codes to int8 levels,
+// and vpmaddubsw (u8 x s8 -> int16 pair sums) adds four k per int32 lane
+// pair straight into int16 accumulators, widened to int32 (vpmaddwd with
+// ones) only every `flush16` steps. An int8 engine must widen after every
+// vpmaddubsw (8-bit products overflow int16 pairs quickly); small levels let
+// dot8 skip that, so it does twice the MACs per instruction of dotgemm.
+//
+// Applies when activation levels are in [0, 255], weight levels in
+// [-128, 127], and 2 * max|a| * max|w| <= 32767 (every 1-4-bit pair with the
+// default codebooks, W1-4 x A8 with unsigned 8-bit activations, W8 x A1-4
+// with small activation levels). Otherwise dotgemm is the exact path.
+//
+// K step: one k quad (4 consecutive k). k_steps = S = ceil(K / 4).
+//
+// Packed activations (row stride >= 4 * S bytes): row m holds the uint8
+//   levels level(a[m][k]) in natural k order; positions k >= K hold level 0
+//   (not the level of code 0), so padding contributes nothing.
+// Kernel-layout weights: tiles of NR output channels (NR = the kernel's nr);
+//   tile t starts at w + t * (S * NR * 4). Inside a tile, step s occupies
+//   NR * 4 bytes (w_stride = NR * 4) and channel i of it the 4 bytes at
+//   s * NR * 4 + 4 * i: the int8 levels of w[NR*t + i][4s .. 4s + 3].
+//   Channels >= N and positions k >= K hold level 0. So one 32-byte load is
+//   the (k quad x 8 channels) operand of vpmaddubsw and the activation quad
+//   is a 32-bit broadcast.
+// Tables: none (table_bytes = 0). flush8 is unused.
+//
+// Accumulator bound: vpmaddubsw gives lane j of channel c the pair sum
+//   a[2j]*w[c][2j] + a[2j+1]*w[c][2j+1], |pair| <= P = 2 * max|a| * max|w|
+//   <= 32767: it never saturates. An int16 lane takes at most flush16 =
+//   floor(32767 / P) such steps before it is widened, so it never wraps.
+//   vpmaddwd with ones then adds the two int16 lanes of a channel into its
+//   int32 lane (|sum| <= 65534). int32 lanes wrap modulo 2^32; the driver
+//   guarantees K <= K_max, so the true result fits.
+// Padding: none to correct (level 0), padded_k = K; the driver correction is 0.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/ukernel.h"
+
+namespace lowbit {
+
+constexpr int kDot8StepBytes = 4;  // one k quad of byte levels
+
+void dot8__scalar(const UKernelArgs& p);
+#if LOWBIT_HAVE_X86_KERNELS
+void dot8_4x16__avx2(const UKernelArgs& p);
+#endif
+
+// Activation packer: out[m][k] = levels[codes[m][k]] for k < K and 0 for
+// K <= k < out_cols (row stride out_cols bytes). codes is M x K, row stride
+// K; levels has 2^bits entries. Returns false (output unspecified) when a
+// code is >= 2^bits. bits in {1, 2, 3, 4, 8}.
+bool dot8_pack_a__scalar(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
+                         size_t out_cols);
+#if LOWBIT_HAVE_X86_KERNELS
+bool dot8_pack_a__avx2(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
+                       size_t out_cols);
+#endif
+
+// The packer, multi-threaded over rows (call without the GIL). tier: 0 =
+// scalar, >= 1 = AVX2 when built. Returns 1 on success, 0 when a code is out
+// of range, -1 on bad arguments. Bound to Python as _core.dot8_pack_activations.
+int dot8_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
+                          size_t out_cols, int tier);
+
+}  // namespace lowbit

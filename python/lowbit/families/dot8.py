@@ -1,0 +1,81 @@
+"""Family dot8: exact byte dot products with int16 accumulators (no tables).
+
+Activation codes are decoded to uint8 levels and weight codes to int8 levels;
+``vpmaddubsw`` adds four k per output channel straight into int16 lanes, which
+are widened to int32 only every ``flush16`` steps. It applies when activation
+levels are in [0, 255], weight levels in [-128, 127] and
+2 * max|a| * max|w| <= 32767: every 1-4-bit pair with the default codebooks,
+W1-4 x A8 (unsigned activations) and W8 with small activation levels. Wider
+products go to dotgemm.
+
+Layouts and the accumulator bound: csrc/kernels/dot8/dot8.h.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _core
+from ._common import Family, Plan
+
+INT16_MAX = 32767
+
+
+class Dot8(Family):
+    name = "dot8"
+    STEP = 4  # one k step = one quad of byte levels
+
+    @staticmethod
+    def plan(bw, ba, cb_w, cb_a):
+        a_lo, a_hi = int(cb_a.min()), int(cb_a.max())
+        w_lo, w_hi = int(cb_w.min()), int(cb_w.max())
+        if a_lo < 0 or a_hi > 255:
+            return None, f"dot8 needs activation levels in [0, 255], got [{a_lo}, {a_hi}]"
+        if w_lo < -128 or w_hi > 127:
+            return None, f"dot8 needs weight levels in [-128, 127], got [{w_lo}, {w_hi}]"
+        pair = 2 * a_hi * max(-w_lo, w_hi)  # largest |a0*w0 + a1*w1| of one vpmaddubsw lane
+        if pair > INT16_MAX:
+            return None, f"dot8 pair sums reach {pair} > {INT16_MAX} (int16)"
+        flush16 = INT16_MAX // max(pair, 1)  # steps an int16 lane takes before widening
+        params = (bw, ba, cb_w.astype(np.int8).tobytes(), cb_a.astype(np.uint8).tobytes(), flush16)
+        return Plan("dot8", "i8", params,
+                    f"exact uint8 x int8 byte dot products, int16 accumulators widened every {flush16} k quads"), None
+
+    @staticmethod
+    def k_steps(k, plan):
+        return -(-k // Dot8.STEP)
+
+    @staticmethod
+    def weight_layout(codes, plan, kernel):
+        """Tiles of NR channels: [tile][k quad][channel][4] int8 levels, zero padded."""
+        cb_w = np.frombuffer(plan.params[2], np.int8)
+        nr = int(kernel["nr"])
+        n, k = codes.shape
+        s = Dot8.k_steps(k, plan)
+        lv = np.zeros((-(-n // nr) * nr, 4 * s), np.int8)
+        lv[:n, :k] = cb_w[codes]
+        lv = lv.reshape(-1, nr, s, 4).transpose(0, 2, 1, 3)
+        return np.ascontiguousarray(lv).view(np.uint8).reshape(-1)
+
+    @staticmethod
+    def pack_activations(codes, plan, tier_rank):
+        """(M, K) codes -> (M, 4 * k_steps) uint8 levels (native, multi-threaded)."""
+        ba = plan.params[1]
+        levels = np.frombuffer(plan.params[3], np.uint8)
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        cols = Dot8.STEP * Dot8.k_steps(codes.shape[1], plan)
+        try:
+            return _core.dot8_pack_activations(codes, ba, np.ascontiguousarray(levels), cols, int(tier_rank))
+        except ValueError as exc:
+            if "codes:" in str(exc):
+                raise ValueError(f"a_codes: expected every code in [0, {1 << ba}) for bits={ba}, "
+                                 f"got max {int(codes.max())}") from None
+            raise
+
+    @staticmethod
+    def tables(cb_w, cb_a, plan):
+        # No tables; flush16 = k quads an int16 lane may take before widening.
+        return np.zeros(1, np.int8), 1, plan.params[4], 0
+
+    @staticmethod
+    def padded_k(k, plan):
+        return k  # padding holds level 0 (not the level of code 0): nothing to correct
