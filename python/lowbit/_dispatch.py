@@ -21,6 +21,9 @@ _BY_NAME = {k["name"]: k for k in KERNELS}
 FAMILIES = tuple(sorted({k["family"] for k in KERNELS}))
 
 _BEST_TIER = [t for t in TIERS if _SUPPORTED[t]][-1]
+# use(strategy=FASTEST): measured order, but a slow table plan yields to the
+# dot-product family it names (families.Plan.slow)
+FASTEST = "fastest"
 # LOWBIT_ISA is read once, when lowbit is imported (checked when a kernel is
 # first selected); lowbit.use(isa=...) changes the cap at run time.
 _ENV_ISA = os.environ.get("LOWBIT_ISA") or None
@@ -96,14 +99,19 @@ def use(isa: str | None = None, kernel: str | None = None, strategy: str | None 
     cannot compute exactly raises instead of silently using another kernel.
     ``strategy``: a family name (``lutgemm`` = DeepGEMM product LUT,
     ``grouplut``, ...): the best kernel of that family at or below the cap.
+    ``strategy="fastest"``: the automatic choice, except that where the
+    lookup tables are exact but measured slower than a dot-product family
+    (3-4-bit weights, W2A4: ``lowbit.explain`` names it), that family runs;
+    by default 1-4-bit layers stay on the lookup tables whenever exact.
     Settings are per thread and restored on exit.
     """
     if isa is not None:
         _check_tier_name(isa, "isa")
     if kernel is not None and kernel not in _BY_NAME:
         raise ValueError(f"kernel: unknown kernel {kernel!r}; see lowbit.kernels() for the registry")
-    if strategy is not None and strategy not in FAMILIES:
-        raise ValueError(f"strategy: unknown strategy {strategy!r}; expected one of {', '.join(FAMILIES)}")
+    if strategy is not None and strategy not in FAMILIES and strategy != FASTEST:
+        raise ValueError(f"strategy: unknown strategy {strategy!r}; expected one of {', '.join(FAMILIES)} "
+                         f"or {FASTEST!r}")
     saved = (getattr(_local, "isa", None), getattr(_local, "kernel", None), getattr(_local, "strategy", None))
     _local.isa = isa if isa is not None else saved[0]
     _local.kernel = kernel if kernel is not None else saved[1]

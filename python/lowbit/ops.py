@@ -48,6 +48,9 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
         if _dispatch.tier_rank(info["tier"]) > _dispatch.tier_rank(cap):
             raise RuntimeError(f"kernel {forced_kernel!r} needs tier {info['tier']} but dispatch is capped at {cap}")
         return plan, fam, info, [f"forced by lowbit.use(kernel={forced_kernel!r})"]
+    fastest = forced_family == _dispatch.FASTEST
+    if fastest:
+        forced_family = None
     names = [forced_family] if forced_family is not None else list(dict.fromkeys(f for f, _ in PREFERENCE))
     reasons, options = [], []
     for name in names:
@@ -69,7 +72,13 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
     if not options:
         raise NotImplementedError(f"no kernel can compute W{bw}A{ba} with these codebooks: " + "; ".join(reasons))
     _, _, plan, fam, kern = min(options, key=lambda o: o[:2])
-    reasons.append(f"chosen: {kern['name']} (first exact family in the measured order; SIMD before scalar-only)")
+    faster = [o for o in options if fastest and plan.slow and o[3].name == plan.slow and not o[0]]
+    if faster:
+        _, _, plan, fam, kern = faster[0]
+        reasons.append(f"chosen: {kern['name']} (lowbit.use(strategy='fastest'): measured faster than the "
+                       "exact lookup tables here)")
+    else:
+        reasons.append(f"chosen: {kern['name']} (first exact family in the measured order; SIMD before scalar-only)")
     if plan.slow:
         reasons.append(f"note: with these bit widths/codebooks {plan.slow} measured faster here: "
                        f"lowbit.use(strategy={plan.slow!r})")

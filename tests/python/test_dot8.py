@@ -110,3 +110,35 @@ def test_dispatch_and_explain(rng):
     with lowbit.use(strategy="dot8"):
         y = lowbit.gemm(a, lowbit.pack_weights(w3, 3), 4)
     assert lowbit.last_kernel().startswith("dot8") and np.array_equal(y, reference.gemm(a, w3, 4, 3))
+
+
+def test_strategy_fastest(rng):
+    """use(strategy="fastest") runs dot8 where the exact tables measured
+    slower, and changes nothing else (W2A2 tables, W8A8 dotgemm)."""
+    cases = [(3, 4, "dot8"), (4, 2, "dot8"), (2, 4, "dot8"), (2, 2, "grouplut"), (1, 1, "grouplut"),
+             (8, 8, "dotgemm")]
+    for bw, ba, family in cases:
+        a = rng.integers(0, 1 << ba, (7, 50), dtype=np.uint8)
+        w = rng.integers(0, 1 << bw, (9, 50), dtype=np.uint8)
+        packed = lowbit.pack_weights(w, bw)
+        with lowbit.use(strategy="fastest"):
+            y = lowbit.gemm(a, packed, ba)
+            assert lowbit.last_kernel().startswith(family + "_"), (bw, ba, lowbit.last_kernel())
+            if family == "dot8":
+                assert "strategy='fastest'" in lowbit.explain(7, 9, 50, bw, ba)
+        assert np.array_equal(y, reference.gemm(a, w, ba, bw))
+    with pytest.raises(ValueError, match="fastest"):
+        with lowbit.use(strategy="quickest"):
+            pass
+
+
+def test_fastest_convolution_runs_dot8_through_im2col(rng):
+    x = rng.integers(0, 16, (2, 9, 9, 24), dtype=np.uint8)
+    w = rng.integers(0, 8, (32, 24, 3, 3), dtype=np.uint8)
+    cw = lowbit.ConvWeights(w, 3)
+    for stride in (1, 2):
+        want = reference.conv2d(x, w, None, None, 4, 3, stride, 1)
+        with lowbit.use(strategy="fastest"):
+            y = lowbit.conv2d(x, cw, stride=stride, padding=1, a_bits=4)
+            assert lowbit.last_kernel().startswith("dot8_")
+        assert np.array_equal(y, want)
