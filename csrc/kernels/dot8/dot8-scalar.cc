@@ -2,10 +2,8 @@
 // for bit), the scalar activation packer, and the packer's entry point.
 // Built with baseline flags: the entry point dispatches to the AVX2 packer
 // only when asked to (the caller checked the tier).
-#include <algorithm>
-
-#include "core/thread_pool.h"
 #include "kernels/dot8/dot8.h"
+#include "kernels/pack_levels.h"
 
 namespace lowbit {
 
@@ -29,32 +27,17 @@ void dot8__scalar(const UKernelArgs& p) {
 
 bool dot8_pack_a__scalar(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
                          size_t out_cols) {
-  unsigned seen = 0;  // OR of all codes: any bit >= `bits` means out of range
-  const unsigned mask = (1u << bits) - 1;
-  for (size_t m = 0; m < M; ++m) {
-    const uint8_t* row = codes + m * K;
-    uint8_t* dst = out + m * out_cols;
-    for (size_t k = 0; k < K; ++k) {
-      seen |= row[k];
-      dst[k] = levels[row[k] & mask];
-    }
-    std::fill(dst + K, dst + out_cols, uint8_t(0));
-  }
-  return (seen >> bits) == 0;
+  return pack_levels_scalar(codes, M, K, bits, levels, out, out_cols);
 }
 
 int dot8_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
                           size_t out_cols, int tier) {
-  if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8) || out_cols < K) return -1;
-  if (M == 0) return 1;
-  if ((K > 0 && !codes) || !levels || !out) return -1;
-  return parallel_row_blocks(M, K, [&](size_t m0, size_t m1) {
 #if LOWBIT_HAVE_X86_KERNELS
-    if (tier >= 1) return dot8_pack_a__avx2(codes + m0 * K, m1 - m0, K, bits, levels, out + m0 * out_cols, out_cols);
+  const auto simd = dot8_pack_a__avx2;
+#else
+  const decltype(&dot8_pack_a__scalar) simd = nullptr;
 #endif
-    (void)tier;
-    return dot8_pack_a__scalar(codes + m0 * K, m1 - m0, K, bits, levels, out + m0 * out_cols, out_cols);
-  }) ? 1 : 0;
+  return pack_levels_parallel<uint8_t>(codes, M, K, bits, levels, out, out_cols, tier, dot8_pack_a__scalar, simd);
 }
 
 }  // namespace lowbit

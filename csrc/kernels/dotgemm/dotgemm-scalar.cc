@@ -2,11 +2,10 @@
 // for bit), the scalar activation packer, and the packer's C entry point.
 // Built with baseline flags: the entry point dispatches to the AVX2 packer
 // only when asked to (the caller checked the tier).
-#include <algorithm>
 #include <cstring>
 
-#include "core/thread_pool.h"
 #include "kernels/dotgemm/dotgemm.h"
+#include "kernels/pack_levels.h"
 
 namespace lowbit {
 
@@ -29,33 +28,17 @@ void dotgemm__scalar(const UKernelArgs& p) {
 
 bool dotgemm_pack_a__scalar(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels, int16_t* out,
                             size_t out_cols) {
-  unsigned seen = 0;  // OR of all codes: any bit >= `bits` means out of range
-  const unsigned mask = (1u << bits) - 1;
-  for (size_t m = 0; m < M; ++m) {
-    const uint8_t* row = codes + m * K;
-    int16_t* dst = out + m * out_cols;
-    for (size_t k = 0; k < K; ++k) {
-      seen |= row[k];
-      dst[k] = levels[row[k] & mask];
-    }
-    std::fill(dst + K, dst + out_cols, int16_t(0));
-  }
-  return (seen >> bits) == 0;
+  return pack_levels_scalar(codes, M, K, bits, levels, out, out_cols);
+}
+
+int dotgemm_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels, int16_t* out,
+                             size_t out_cols, int tier) {
+#if LOWBIT_HAVE_X86_KERNELS
+  const auto simd = dotgemm_pack_a__avx2;
+#else
+  const decltype(&dotgemm_pack_a__scalar) simd = nullptr;
+#endif
+  return pack_levels_parallel<int16_t>(codes, M, K, bits, levels, out, out_cols, tier, dotgemm_pack_a__scalar, simd);
 }
 
 }  // namespace lowbit
-
-int lowbit::dotgemm_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels,
-                                     int16_t* out, size_t out_cols, int tier) {
-  if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8) || out_cols < K) return -1;
-  if (M == 0) return 1;
-  if ((K > 0 && !codes) || !levels || !out) return -1;
-  return lowbit::parallel_row_blocks(M, K, [&](size_t m0, size_t m1) {
-#if LOWBIT_HAVE_X86_KERNELS
-    if (tier >= 1)
-      return lowbit::dotgemm_pack_a__avx2(codes + m0 * K, m1 - m0, K, bits, levels, out + m0 * out_cols, out_cols);
-#endif
-    (void)tier;
-    return lowbit::dotgemm_pack_a__scalar(codes + m0 * K, m1 - m0, K, bits, levels, out + m0 * out_cols, out_cols);
-  }) ? 1 : 0;
-}

@@ -27,6 +27,32 @@ class Family:
         return 0
 
 
+def tile_levels(levels: np.ndarray, nr: int, step: int) -> np.ndarray:
+    """The dot families' kernel-layout weights: (N, K) levels -> tiles of nr
+    channels, [tile][k step][channel][step levels], zero padded in N and K,
+    as bytes."""
+    n, k = levels.shape
+    s = -(-k // step)
+    lv = np.zeros((-(-n // nr) * nr, step * s), levels.dtype)
+    lv[:n, :k] = levels
+    lv = lv.reshape(-1, nr, s, step).transpose(0, 2, 1, 3)
+    return np.ascontiguousarray(lv).view(np.uint8).reshape(-1)
+
+
+def pack_levels(native, codes, bits, levels, cols, tier_rank):
+    """The dot families' native level packers (``_core.dotgemm_pack_activations``,
+    ``_core.dot8_pack_activations``): (M, K) codes -> (M, cols) levels, with
+    out-of-range codes reported against the caller's argument name."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    try:
+        return native(codes, bits, np.ascontiguousarray(levels), cols, int(tier_rank))
+    except ValueError as exc:
+        if "codes:" in str(exc):
+            raise ValueError(f"a_codes: expected every code in [0, {1 << bits}) for bits={bits}, "
+                             f"got max {int(codes.max())}") from None
+        raise
+
+
 def pad_codes(codes: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """Zero-pad an (R, K) code matrix to (rows, cols)."""
     out = np.zeros((rows, cols), np.uint8)

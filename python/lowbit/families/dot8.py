@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._common import Family, Plan
+from ._common import Family, Plan, pack_levels, tile_levels
 
 INT16_MAX = 32767
 
@@ -47,29 +47,14 @@ class Dot8(Family):
     @staticmethod
     def weight_layout(codes, plan, kernel):
         """Tiles of NR channels: [tile][k quad][channel][4] int8 levels, zero padded."""
-        cb_w = np.frombuffer(plan.params[2], np.int8)
-        nr = int(kernel["nr"])
-        n, k = codes.shape
-        s = Dot8.k_steps(k, plan)
-        lv = np.zeros((-(-n // nr) * nr, 4 * s), np.int8)
-        lv[:n, :k] = cb_w[codes]
-        lv = lv.reshape(-1, nr, s, 4).transpose(0, 2, 1, 3)
-        return np.ascontiguousarray(lv).view(np.uint8).reshape(-1)
+        return tile_levels(np.frombuffer(plan.params[2], np.int8)[codes], int(kernel["nr"]), Dot8.STEP)
 
     @staticmethod
     def pack_activations(codes, plan, tier_rank):
         """(M, K) codes -> (M, 4 * k_steps) uint8 levels (native, multi-threaded)."""
-        ba = plan.params[1]
-        levels = np.frombuffer(plan.params[3], np.uint8)
-        codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        cols = Dot8.STEP * Dot8.k_steps(codes.shape[1], plan)
-        try:
-            return _core.dot8_pack_activations(codes, ba, np.ascontiguousarray(levels), cols, int(tier_rank))
-        except ValueError as exc:
-            if "codes:" in str(exc):
-                raise ValueError(f"a_codes: expected every code in [0, {1 << ba}) for bits={ba}, "
-                                 f"got max {int(codes.max())}") from None
-            raise
+        cols = Dot8.STEP * Dot8.k_steps(np.shape(codes)[1], plan)
+        return pack_levels(_core.dot8_pack_activations, codes, plan.params[1],
+                           np.frombuffer(plan.params[3], np.uint8), cols, tier_rank)
 
     @staticmethod
     def tables(cb_w, cb_a, plan):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._common import Family, Plan
+from ._common import Family, Plan, pack_levels, tile_levels
 
 
 class Dotgemm(Family):
@@ -40,30 +40,14 @@ class Dotgemm(Family):
     @staticmethod
     def weight_layout(codes, plan, kernel):
         """Tiles of NR channels: [tile][k pair][channel][2] int16 levels, zero padded."""
-        cb_w = np.frombuffer(plan.params[2], "<i2")
-        nr = int(kernel["nr"])
-        n, k = codes.shape
-        s = Dotgemm.k_steps(k, plan)
-        lv = np.zeros((-(-n // nr) * nr, 2 * s), "<i2")
-        lv[:n, :k] = cb_w[codes]
-        lv = lv.reshape(-1, nr, s, 2).transpose(0, 2, 1, 3)
-        return np.ascontiguousarray(lv).view(np.uint8).reshape(-1)
+        return tile_levels(np.frombuffer(plan.params[2], "<i2")[codes], int(kernel["nr"]), Dotgemm.STEP)
 
     @staticmethod
     def pack_activations(codes, plan, tier_rank):
         """(M, K) codes -> (M, 4 * k_steps) bytes of int16 levels (native, multi-threaded)."""
-        ba = plan.params[1]
-        levels = np.frombuffer(plan.params[3], "<i2")
-        codes = np.ascontiguousarray(codes, dtype=np.uint8)
-        cols = 2 * Dotgemm.k_steps(codes.shape[1], plan)
-        try:
-            out = _core.dotgemm_pack_activations(codes, ba, np.ascontiguousarray(levels), cols, int(tier_rank))
-        except ValueError as exc:
-            if "codes:" in str(exc):
-                raise ValueError(f"a_codes: expected every code in [0, {1 << ba}) for bits={ba}, "
-                                 f"got max {int(codes.max())}") from None
-            raise
-        return out.view(np.uint8)
+        cols = Dotgemm.STEP * Dotgemm.k_steps(np.shape(codes)[1], plan)
+        return pack_levels(_core.dotgemm_pack_activations, codes, plan.params[1],
+                           np.frombuffer(plan.params[3], "<i2"), cols, tier_rank).view(np.uint8)
 
     @staticmethod
     def tables(cb_w, cb_a, plan):
