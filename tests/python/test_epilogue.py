@@ -6,6 +6,8 @@ import pytest
 import lowbit
 from lowbit import reference
 
+FAMILY_OF = {k["name"]: k["family"] for k in lowbit.kernels()}
+
 
 def cases(rng):
     for requant in (None, lowbit.Requant(2, 0.37, False), lowbit.Requant(2, 0.05, True), lowbit.Requant(4, 0.11),
@@ -15,8 +17,11 @@ def cases(rng):
                 yield requant, act, residual
 
 
+# every family that computes W2A2 writes its int32 tile into the driver's
+# per-thread scratch before the epilogue (None: the automatic choice)
+@pytest.mark.parametrize("strategy", [None, "lutgemm", "dot8", "dotgemm"])
 @pytest.mark.parametrize("tier", lowbit.supported_tiers())
-def test_fused_epilogue_bit_exact(tier, rng):
+def test_fused_epilogue_bit_exact(tier, strategy, rng):
     m, n, k = 37, 75, 129
     a = rng.integers(0, 4, (m, k), dtype=np.uint8)
     w = rng.integers(0, 4, (n, k), dtype=np.uint8)
@@ -27,8 +32,9 @@ def test_fused_epilogue_bit_exact(tier, rng):
         bias = rng.standard_normal(n).astype(np.float32)
         res = rng.standard_normal((m, n)).astype(np.float32) if use_res else None
         ep = lowbit.Epilogue(scale, bias, act, requant, residual=res)
-        with lowbit.use(isa=tier):
+        with lowbit.use(isa=tier, strategy=strategy):
             y = lowbit.gemm(a, packed, 2, epilogue=ep)
+            assert strategy in (None, FAMILY_OF[lowbit.last_kernel()])
         lo, hi = ep.clamp_lo, ep.clamp_hi
         ref = reference.epilogue(acc, scale, bias, res, lo, hi, requant)
         assert y.dtype == (np.float32 if requant is None else np.uint8)
