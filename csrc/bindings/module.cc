@@ -238,7 +238,8 @@ py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::arra
   call.a_code_shift = a_code_shift;
 
   // Activations: a 2-D packed matrix, or (indirect) a 1-D buffer plus an
-  // (M, segments) int64 array of byte offsets, each segment seg_steps bytes.
+  // (M, segments) int64 array of byte offsets, each segment seg_steps steps
+  // of the family's step bytes (a_row_bytes / k_steps: 1 grouplut, 4 dot8).
   const py::array a = py::reinterpret_borrow<py::array>(a_obj);
   std::vector<const uint8_t*> ind;
   if (a_offsets_obj.is_none()) {
@@ -260,10 +261,11 @@ py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::arra
     const size_t len = size_t(a.shape(0));
     const int64_t* o = static_cast<const int64_t*>(offs.data());
     const uint8_t* base = static_cast<const uint8_t*>(a.data());
-    // every segment is seg_steps long except the last of a row
-    const size_t last_len = k_steps - (segs - 1) * seg_steps;
-    if (len < seg_steps || len < last_len) throw py::value_error("a: shorter than one segment");
-    const int64_t max_start = int64_t(len - seg_steps), max_last = int64_t(len - last_len);
+    // every segment is seg_steps long except the last of a row (lengths in bytes)
+    const size_t step_bytes = k_steps ? g.a_row_bytes / k_steps : 1;
+    const size_t seg_len = seg_steps * step_bytes, last_len = (k_steps - (segs - 1) * seg_steps) * step_bytes;
+    if (len < seg_len || len < last_len) throw py::value_error("a: shorter than one segment");
+    const int64_t max_start = int64_t(len - seg_len), max_last = int64_t(len - last_len);
     ind.resize(M * segs);
     bool ok = true;
     for (size_t m = 0; m < M; ++m) {
@@ -278,8 +280,8 @@ py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::arra
     }
     if (!ok) {  // name the first bad offset
       for (size_t i = 0; i < M * segs; ++i) {
-        const size_t seg_len = (i % segs + 1 == segs) ? last_len : seg_steps;
-        if (o[i] < 0 || size_t(o[i]) + seg_len > len)
+        const size_t n = (i % segs + 1 == segs) ? last_len : seg_len;
+        if (o[i] < 0 || size_t(o[i]) + n > len)
           throw py::value_error("a_offsets: offset " + std::to_string(o[i]) + " reads outside a (" +
                                 std::to_string(len) + " bytes)");
       }
@@ -353,10 +355,11 @@ py::array gemm_codes_py(size_t kernel_index, const py::array& codes, int bits, i
 }
 
 // The dot-product families' activation packers: codes -> levels of type
-// Level (int16 for dotgemm, uint8 for dot8; see their headers).
+// Level (int16 for dotgemm, uint8 for dot8; see their headers), then
+// pad_rows rows of level 0 (the all-padding pixel of a convolution).
 template <class Level, int (*Pack)(const uint8_t*, size_t, size_t, int, const Level*, Level*, size_t, int)>
 py::array_t<Level> pack_levels_py(const py::array& codes, int bits, const py::array& levels, size_t out_cols,
-                                  int tier) {
+                                  int tier, size_t pad_rows) {
   require_array<uint8_t>(codes, "codes", 2, "uint8");
   require_array<Level>(levels, "levels", 1, sizeof(Level) == 1 ? "uint8" : "int16");
   if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8)) throw py::value_error("bits: expected 1-4 or 8");
@@ -365,7 +368,7 @@ py::array_t<Level> pack_levels_py(const py::array& codes, int bits, const py::ar
   const size_t M = size_t(codes.shape(0)), K = size_t(codes.shape(1));
   if (out_cols < K) throw py::value_error("out_cols: expected >= K");
   tier_from_int(tier);
-  py::array_t<Level> out({M, out_cols});
+  py::array_t<Level> out({M + pad_rows, out_cols});
   const uint8_t* src = static_cast<const uint8_t*>(codes.data());
   const Level* lv = static_cast<const Level*>(levels.data());
   Level* dst = out.mutable_data();
@@ -373,6 +376,7 @@ py::array_t<Level> pack_levels_py(const py::array& codes, int bits, const py::ar
   {
     py::gil_scoped_release release;
     rc = Pack(src, M, K, bits, lv, dst, out_cols, tier);
+    std::fill(dst + M * out_cols, dst + (M + pad_rows) * out_cols, Level(0));
   }
   if (rc == 0) throw py::value_error("codes: expected every code in [0, " + std::to_string(1 << bits) + ")");
   if (rc != 1) throw py::value_error("pack_activations: bad arguments");
@@ -515,9 +519,9 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("seconds") = 0.2, "Byte-lookup ceilings of this core (tight AVX2 vpshufb loops; 0 without AVX2)");
   m.def("dotgemm_pack_activations", &pack_levels_py<int16_t, dotgemm_pack_activations>, py::arg("codes"),
-        py::arg("bits"), py::arg("levels"), py::arg("out_cols"), py::arg("tier"));
+        py::arg("bits"), py::arg("levels"), py::arg("out_cols"), py::arg("tier"), py::arg("pad_rows") = 0);
   m.def("dot8_pack_activations", &pack_levels_py<uint8_t, dot8_pack_activations>, py::arg("codes"),
-        py::arg("bits"), py::arg("levels"), py::arg("out_cols"), py::arg("tier"));
+        py::arg("bits"), py::arg("levels"), py::arg("out_cols"), py::arg("tier"), py::arg("pad_rows") = 0);
   m.def("quantize_codes", &quantize_codes_py, py::arg("x"), py::arg("step"), py::arg("qn"), py::arg("qp"));
   m.def("maxpool_nhwc", &maxpool_nhwc_py, py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
         py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"));

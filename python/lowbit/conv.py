@@ -165,10 +165,10 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
     pad_code = int(zero[0]) if zero.size else 0
     fused = zero.size > 0
     m = rows.shape[0]
-    indirect = kern["indirect"] and plan.family in ("grouplut", "grouplut6") and cg % plan.params[2] == 0
+    step = fam.indirect_step(plan)  # k per step (grouplut: gw codes a byte; dot8: a quad of 4 bytes)
+    indirect = kern["indirect"] and step is not None and cg % step == 0
     if indirect:
-        gw = plan.params[2]
-        seg = cg // gw
+        seg = cg // step
         tier_rank = kern["tier_rank"]
 
         def pack_input(codes):
@@ -177,12 +177,14 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
 
         buf = pa.packed(("conv", plan.family, plan.params, tier_rank > 0, pad_code), pack_input)
         npix = pa.codes.shape[0]
-        okey = (geometry, npix, seg)
+        pixel_bytes = buf.size // (npix + 1)
+        okey = (geometry, npix, pixel_bytes)
         offsets = _INDIRECT_CACHE.get(okey)
         if offsets is None:
             if len(_INDIRECT_CACHE) > 64:
                 _INDIRECT_CACHE.clear()
-            offsets = _INDIRECT_CACHE[okey] = np.where(rows >= 0, rows, npix) * seg
+            # byte offsets: pixel index (the pad pixel for -1) x the bytes a packed pixel takes
+            offsets = _INDIRECT_CACHE[okey] = np.where(rows >= 0, rows, npix) * pixel_bytes
         y = bound.run(buf, m, packed.N, taps * seg, bound.correction(taps * seg, 0), epilogue if fused else None,
                       a_offsets=offsets, seg_steps=seg)
     else:

@@ -132,13 +132,34 @@ def test_strategy_fastest(rng):
             pass
 
 
-def test_fastest_convolution_runs_dot8_through_im2col(rng):
-    x = rng.integers(0, 16, (2, 9, 9, 24), dtype=np.uint8)
-    w = rng.integers(0, 8, (32, 24, 3, 3), dtype=np.uint8)
-    cw = lowbit.ConvWeights(w, 3)
-    for stride in (1, 2):
-        want = reference.conv2d(x, w, None, None, 4, 3, stride, 1)
-        with lowbit.use(strategy="fastest"):
-            y = lowbit.conv2d(x, cw, stride=stride, padding=1, a_bits=4)
-            assert lowbit.last_kernel().startswith("dot8_")
-        assert np.array_equal(y, want)
+@pytest.mark.parametrize("tier", lowbit.supported_tiers())
+def test_convolution_indirect_and_im2col(tier, rng):
+    """Cin a multiple of 4: dot8 reads the input through the indirection
+    buffer (whole k quads per pixel, an all-padding pixel); otherwise the
+    im2col fallback. Zero-less activation codebooks take the exact padding
+    correction. Strides, padding and dilation; both against the reference."""
+    from lowbit import conv
+    calls = []
+    real_im2col = conv._core.im2col_nhwc
+
+    def counting_im2col(*args):
+        calls.append(args)
+        return real_im2col(*args)
+
+    for cin, indirect in ((24, True), (32, True), (6, False)):
+        for cb_a in (None, list(range(1, 17))):
+            for stride, pad, dil in ((1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1)):
+                x = rng.integers(0, 16, (2, 9, 10, cin), dtype=np.uint8)
+                w = rng.integers(0, 8, (21, cin, 3, 3), dtype=np.uint8)
+                want = reference.conv2d(x, w, cb_a, None, 4, 3, stride, pad, dil)
+                calls.clear()
+                conv._core.im2col_nhwc = counting_im2col
+                try:
+                    with lowbit.use(strategy="dot8", isa=tier):
+                        y = lowbit.conv2d(x, lowbit.ConvWeights(w, 3), stride=stride, padding=pad, dilation=dil,
+                                          a_bits=4, a_codebook=cb_a)
+                        assert lowbit.last_kernel().startswith("dot8_")
+                finally:
+                    conv._core.im2col_nhwc = real_im2col
+                assert bool(calls) != indirect, (cin, stride, pad, dil)
+                assert np.array_equal(y, want), (cin, cb_a is None, stride, pad, dil, tier)

@@ -7,6 +7,7 @@
 // the int32 sums wait in memory between flushes). Also the AVX2 packer.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/dot8/dot8.h"
@@ -17,35 +18,37 @@ namespace {
 constexpr int kNR = 16;
 constexpr size_t kStepW = size_t(kNR) * kDot8StepBytes;  // weight bytes per k quad
 
-// Adds the int16 lane pairs of one row's two accumulators (16 channels) to
-// its int32 sums: vpmaddwd with ones, the flush of dot8.h's bound.
-inline void widen_into(__m256i lo, __m256i hi, int32_t* sums) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i* d0 = reinterpret_cast<__m256i*>(sums);
-  __m256i* d1 = reinterpret_cast<__m256i*>(sums + 8);
-  _mm256_store_si256(d0, _mm256_add_epi32(_mm256_load_si256(d0), _mm256_madd_epi16(lo, ones)));
-  _mm256_store_si256(d1, _mm256_add_epi32(_mm256_load_si256(d1), _mm256_madd_epi16(hi, ones)));
-}
-
-// k quads [s0, s1) of MR < 4 rows into fresh int16 accumulators, then
-// widened into the int32 sums (few enough accumulators for registers).
+// The int16 accumulators of a tile between runs: row m, channels 0-7 and
+// 8-15 (each 32-bit lane = one channel's two int16 pair sums).
 template <int MR>
-void run(const uint8_t* a, size_t a_stride, const uint8_t* w, size_t s0, size_t s1, int32_t (*sums)[kNR]) {
+struct Acc16 {
+  alignas(32) int16_t v[MR][2][kNR];
+};
+
+// `steps` k quads of MR rows (row m's quads at rows[m], consecutive) added
+// to the int16 accumulators in acc (few enough registers for intrinsics).
+template <int MR>
+void run(const uint8_t* const* rows, const uint8_t* w, size_t steps, Acc16<MR>& acc) {
   __m256i lo[MR], hi[MR];
-  for (int m = 0; m < MR; ++m) lo[m] = hi[m] = _mm256_setzero_si256();
-  w += s0 * kStepW;
-  for (size_t s = s0; s < s1; ++s, w += kStepW) {
+  for (int m = 0; m < MR; ++m) {
+    lo[m] = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc.v[m][0]));
+    hi[m] = _mm256_load_si256(reinterpret_cast<const __m256i*>(acc.v[m][1]));
+  }
+  for (size_t s = 0; s < steps; ++s, w += kStepW) {
     const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
     const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32));
     for (int m = 0; m < MR; ++m) {
       int32_t quad;
-      std::memcpy(&quad, a + m * a_stride + s * kDot8StepBytes, 4);
+      std::memcpy(&quad, rows[m] + s * kDot8StepBytes, 4);
       const __m256i x = _mm256_set1_epi32(quad);
       lo[m] = _mm256_add_epi16(lo[m], _mm256_maddubs_epi16(x, w0));
       hi[m] = _mm256_add_epi16(hi[m], _mm256_maddubs_epi16(x, w1));
     }
   }
-  for (int m = 0; m < MR; ++m) widen_into(lo[m], hi[m], sums[m]);
+  for (int m = 0; m < MR; ++m) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(acc.v[m][0]), lo[m]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(acc.v[m][1]), hi[m]);
+  }
 }
 
 // One k quad of the full 4-row tile: ymm0-7 accumulate (row r: ymm 2r, 2r+1),
@@ -66,21 +69,14 @@ void run(const uint8_t* a, size_t a_stride, const uint8_t* w, size_t s0, size_t 
   LOWBIT_DOT8_ROW("a2", "4", "5", AOFF) LOWBIT_DOT8_ROW("a3", "6", "7", AOFF)
 
 template <>
-void run<4>(const uint8_t* a, size_t a_stride, const uint8_t* w, size_t s0, size_t s1, int32_t (*sums)[kNR]) {
-  alignas(32) int16_t acc[4][2][kNR];
-  const uint8_t* a0 = a;
-  const uint8_t* a1 = a0 + a_stride;
-  const uint8_t* a2 = a1 + a_stride;
-  const uint8_t* a3 = a2 + a_stride;
-  w += s0 * kStepW;
-  size_t k = s0 * kDot8StepBytes;  // byte offset into the rows
-  const size_t kend = s1 * kDot8StepBytes;
-  const size_t kodd = ((s1 - s0) & 1) * kDot8StepBytes;
+void run<4>(const uint8_t* const* rows, const uint8_t* w, size_t steps, Acc16<4>& acc) {
+  size_t k = 0;  // byte offset into the rows
+  const size_t kend = steps * kDot8StepBytes, kodd = (steps & 1) * kDot8StepBytes;
   __asm__ volatile(
-      "vpxor %%xmm0, %%xmm0, %%xmm0\n\t" "vpxor %%xmm1, %%xmm1, %%xmm1\n\t"
-      "vpxor %%xmm2, %%xmm2, %%xmm2\n\t" "vpxor %%xmm3, %%xmm3, %%xmm3\n\t"
-      "vpxor %%xmm4, %%xmm4, %%xmm4\n\t" "vpxor %%xmm5, %%xmm5, %%xmm5\n\t"
-      "vpxor %%xmm6, %%xmm6, %%xmm6\n\t" "vpxor %%xmm7, %%xmm7, %%xmm7\n\t"
+      "vmovdqa 0(%[acc]), %%ymm0\n\t" "vmovdqa 32(%[acc]), %%ymm1\n\t"
+      "vmovdqa 64(%[acc]), %%ymm2\n\t" "vmovdqa 96(%[acc]), %%ymm3\n\t"
+      "vmovdqa 128(%[acc]), %%ymm4\n\t" "vmovdqa 160(%[acc]), %%ymm5\n\t"
+      "vmovdqa 192(%[acc]), %%ymm6\n\t" "vmovdqa 224(%[acc]), %%ymm7\n\t"
       "test %[kodd], %[kodd]\n\t"
       "jz 1f\n\t"
       LOWBIT_DOT8_STEP("0", "32", "0")
@@ -103,22 +99,57 @@ void run<4>(const uint8_t* a, size_t a_stride, const uint8_t* w, size_t s0, size
       "vmovdqa %%ymm4, 128(%[acc])\n\t" "vmovdqa %%ymm5, 160(%[acc])\n\t"
       "vmovdqa %%ymm6, 192(%[acc])\n\t" "vmovdqa %%ymm7, 224(%[acc])\n\t"
       : [w] "+r"(w), [k] "+r"(k)
-      : [a0] "r"(a0), [a1] "r"(a1), [a2] "r"(a2), [a3] "r"(a3), [kend] "r"(kend), [kodd] "r"(kodd),
-        [acc] "r"(&acc[0][0][0])
+      : [a0] "r"(rows[0]), [a1] "r"(rows[1]), [a2] "r"(rows[2]), [a3] "r"(rows[3]), [kend] "r"(kend),
+        [kodd] "r"(kodd), [acc] "r"(&acc.v[0][0][0])
       : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
         "xmm11");
-  for (int m = 0; m < 4; ++m)
-    widen_into(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc[m][0])),
-               _mm256_load_si256(reinterpret_cast<const __m256i*>(acc[m][1])), sums[m]);
 }
 #undef LOWBIT_DOT8_STEP
 #undef LOWBIT_DOT8_ROW
 
+// Adds the int16 lane pairs of every row (vpmaddwd with ones: a channel's
+// two lanes into its int32 lane) to the int32 sums and clears them: the
+// widening of dot8.h's bound.
+template <int MR>
+void widen(Acc16<MR>& acc, int32_t (*sums)[kNR]) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int m = 0; m < MR; ++m)
+    for (int h = 0; h < 2; ++h) {
+      __m256i* a = reinterpret_cast<__m256i*>(acc.v[m][h]);
+      __m256i* d = reinterpret_cast<__m256i*>(sums[m] + 8 * h);
+      _mm256_store_si256(d, _mm256_add_epi32(_mm256_load_si256(d), _mm256_madd_epi16(_mm256_load_si256(a), ones)));
+      _mm256_store_si256(a, _mm256_setzero_si256());
+    }
+}
+
+// K is walked in runs of consecutive quads: within one segment of the
+// indirection buffer (convolution) and within one widening window of
+// flush16 steps. The int16 accumulators live in memory between runs.
 template <int MR>
 void tile(const UKernelArgs& p) {
   alignas(32) int32_t sums[MR][kNR] = {};
-  const size_t S = p.k_steps, span = p.flush16 ? p.flush16 : 1;
-  for (size_t s0 = 0; s0 < S; s0 += span) run<MR>(p.a, p.a_stride, p.w, s0, S - s0 < span ? S : s0 + span, sums);
+  Acc16<MR> acc = {};
+  const size_t S = p.k_steps, window = p.flush16 ? p.flush16 : 1;
+  size_t since_widen = 0;
+  for (size_t s = 0; s < S;) {
+    const uint8_t* rows[MR];
+    size_t end = S;
+    if (p.a_ind) {
+      const size_t seg = s / p.seg_steps, off = (s - seg * p.seg_steps) * kDot8StepBytes;
+      for (int m = 0; m < MR; ++m) rows[m] = p.a_ind[size_t(m) * p.a_ind_stride + seg] + off;
+      end = std::min(S, (seg + 1) * p.seg_steps);
+    } else {
+      for (int m = 0; m < MR; ++m) rows[m] = p.a + size_t(m) * p.a_stride + s * kDot8StepBytes;
+    }
+    end = std::min(end, s + (window - since_widen));
+    run<MR>(rows, p.w + s * kStepW, end - s, acc);
+    since_widen += end - s;
+    s = end;
+    if (since_widen == window || s == S) {
+      widen<MR>(acc, sums);
+      since_widen = 0;
+    }
+  }
   for (int m = 0; m < MR; ++m) std::memcpy(p.c + size_t(m) * p.c_stride, sums[m], p.nr * sizeof(int32_t));
 }
 

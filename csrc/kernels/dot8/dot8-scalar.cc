@@ -12,12 +12,13 @@ void dot8__scalar(const UKernelArgs& p) {
   // int16 stage of the SIMD kernel never wraps (dot8.h), so plain int32 sums
   // (wrapping modulo 2^32 like its int32 lanes) are the same result.
   for (size_t m = 0; m < p.mr; ++m) {
-    const uint8_t* a = p.a + m * p.a_stride;
     for (size_t n = 0; n < p.nr; ++n) {
       uint32_t sum = 0;
       for (size_t s = 0; s < p.k_steps; ++s) {
+        // direct rows, or segment s / seg_steps of the indirection buffer
+        const uint8_t* x = p.a_ind ? p.a_ind[m * p.a_ind_stride + s / p.seg_steps] + (s % p.seg_steps) * kDot8StepBytes
+                                   : p.a + m * p.a_stride + s * kDot8StepBytes;
         const int8_t* w = reinterpret_cast<const int8_t*>(p.w + s * p.w_stride + n * kDot8StepBytes);
-        const uint8_t* x = a + s * kDot8StepBytes;
         sum += uint32_t(int32_t(x[0]) * w[0] + int32_t(x[1]) * w[1] + int32_t(x[2]) * w[2] + int32_t(x[3]) * w[3]);
       }
       p.c[m * p.c_stride + n] = int32_t(sum);

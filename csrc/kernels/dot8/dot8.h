@@ -23,6 +23,10 @@
 //   Channels >= N and positions k >= K hold level 0. So one 32-byte load is
 //   the (k quad x 8 channels) operand of vpmaddubsw and the activation quad
 //   is a 32-bit broadcast.
+// Indirect activations (convolution): K is made of segments of seg_steps
+//   quads; row m's segment s starts at a_ind[m * a_ind_stride + s] (4 * seg_steps
+//   consecutive level bytes). The int16 accumulators carry over segment
+//   boundaries; the widening count runs over the whole K.
 // Tables: none (table_bytes = 0). flush8 is unused.
 //
 // Accumulator bound: vpmaddubsw gives lane j of channel c the pair sum

@@ -26,6 +26,13 @@ class Family:
         """Left shift the packed activation bytes carry (UKernelArgs::a_code_shift)."""
         return 0
 
+    @staticmethod
+    def indirect_step(plan):
+        """k per step of a family whose kernels take an indirection buffer
+        (convolution without im2col: every segment is Cin / step steps of
+        one pixel), or None."""
+        return None
+
 
 def tile_levels(levels: np.ndarray, nr: int, step: int) -> np.ndarray:
     """The dot families' kernel-layout weights: (N, K) levels -> tiles of nr
@@ -39,13 +46,14 @@ def tile_levels(levels: np.ndarray, nr: int, step: int) -> np.ndarray:
     return np.ascontiguousarray(lv).view(np.uint8).reshape(-1)
 
 
-def pack_levels(native, codes, bits, levels, cols, tier_rank):
+def pack_levels(native, codes, bits, levels, cols, tier_rank, pad_rows=0):
     """The dot families' native level packers (``_core.dotgemm_pack_activations``,
-    ``_core.dot8_pack_activations``): (M, K) codes -> (M, cols) levels, with
-    out-of-range codes reported against the caller's argument name."""
+    ``_core.dot8_pack_activations``): (M, K) codes -> (M + pad_rows, cols)
+    levels (the pad rows hold level 0), with out-of-range codes reported
+    against the caller's argument name."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     try:
-        return native(codes, bits, np.ascontiguousarray(levels), cols, int(tier_rank))
+        return native(codes, bits, np.ascontiguousarray(levels), cols, int(tier_rank), int(pad_rows))
     except ValueError as exc:
         if "codes:" in str(exc):
             raise ValueError(f"a_codes: expected every code in [0, {1 << bits}) for bits={bits}, "

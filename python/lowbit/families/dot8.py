@@ -50,11 +50,21 @@ class Dot8(Family):
         return tile_levels(np.frombuffer(plan.params[2], np.int8)[codes], int(kernel["nr"]), Dot8.STEP)
 
     @staticmethod
-    def pack_activations(codes, plan, tier_rank):
-        """(M, K) codes -> (M, 4 * k_steps) uint8 levels (native, multi-threaded)."""
-        cols = Dot8.STEP * Dot8.k_steps(np.shape(codes)[1], plan)
-        return pack_levels(_core.dot8_pack_activations, codes, plan.params[1],
-                           np.frombuffer(plan.params[3], np.uint8), cols, tier_rank)
+    def pack_activations(codes, plan, tier_rank, pad_rows=0, pad_code=0):
+        """(M + pad_rows, 4 * k_steps) uint8 levels (native, multi-threaded); the
+        pad rows (a convolution's all-padding pixel) hold the level of
+        pad_code for k < K, as if K copies of pad_code had been packed."""
+        k = np.shape(codes)[1]
+        levels = np.frombuffer(plan.params[3], np.uint8)
+        out = pack_levels(_core.dot8_pack_activations, codes, plan.params[1], levels,
+                          Dot8.STEP * Dot8.k_steps(k, plan), tier_rank, pad_rows)
+        if pad_rows:
+            out[-pad_rows:, :k] = levels[pad_code]
+        return out
+
+    @staticmethod
+    def indirect_step(plan):
+        return Dot8.STEP
 
     @staticmethod
     def tables(cb_w, cb_a, plan):

@@ -82,6 +82,10 @@ class Grouplut(Family):
         _, ba, gw = plan.params
         return 2 if cls.INDEX_BITS == 4 and ba * gw <= 6 else 0
 
+    @staticmethod
+    def indirect_step(plan):
+        return plan.params[2]  # one packed byte = gw codes
+
     @classmethod
     def pack_activations(cls, codes, plan, tier_rank, pad_rows=0, pad_code=0):
         """(M + pad_rows, G) packed bytes; the pad_rows extra rows pack K copies of pad_code."""
