@@ -395,3 +395,21 @@ def test_native_quantize_matches_numpy(qn, qp):
     want = runtime.quantize(x, attrs, native=False)
     assert got.dtype == np.uint8 and got.shape == x.shape
     assert np.array_equal(got, want)
+
+
+def test_strategy_fastest_runs_dot8_in_a_w3a4_model_with_identical_outputs():
+    """docs/pipeline.md: inside use(strategy="fastest") the 3-4-bit layers run
+    dot8; every value the model computes stays bit-identical."""
+    q = _prepared(OpZoo(), (8, 3, 20, 20), 3, 4)
+    x = torch.randn(2, 3, 20, 20, generator=torch.Generator().manual_seed(3)).numpy()
+    m = lowbit.convert(q, torch.zeros(1, 3, 20, 20))
+    default = m.trace(x)
+    kernels_default = {r["kernel"] for r in m.layers() if r["op"] in ("conv", "linear")}
+    with lowbit.use(strategy="fastest"):
+        fastest = m.trace(x)
+        kernels_fastest = {r["kernel"] for r in m.layers() if r["op"] in ("conv", "linear")}
+    assert any(k.startswith("dot8_") for k in kernels_fastest), kernels_fastest
+    assert not any(k.startswith("dot8_") for k in kernels_default), kernels_default
+    assert default.keys() == fastest.keys()
+    for k in default:
+        np.testing.assert_array_equal(default[k], fastest[k], err_msg=f"node {k}")
