@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import lowbit
+from lowbit import _dispatch
 
 
 @pytest.fixture
@@ -12,6 +13,20 @@ def rng():
 def available_kernels(family=None):
     """Registry kernels this CPU can run (optionally one family)."""
     return [k for k in lowbit.kernels() if k["available"] and (family is None or k["family"] == family)]
+
+
+def assert_best_of_its_family(kernel_name, cap):
+    """Dispatch under a tier cap: the kernel that ran is at or below the cap,
+    and no available kernel of its family (and table kind) has a higher tier
+    at or below the cap. The family itself comes from the measured preference
+    order (lowbit.families.PREFERENCE), so it need not be the cap's own tier:
+    grouplut's AVX2 kernel outruns grouplut6's AVX-512 one."""
+    ks = {k["name"]: k for k in lowbit.kernels()}
+    ran, cap_rank = ks[kernel_name], _dispatch.tier_rank(cap)
+    assert ran["tier_rank"] <= cap_rank, (kernel_name, cap)
+    best = max(k["tier_rank"] for k in ks.values() if k["available"] and k["family"] == ran["family"]
+               and k["table_kind"] == ran["table_kind"] and k["tier_rank"] <= cap_rank)
+    assert ran["tier_rank"] == best, (kernel_name, cap)
 
 
 @pytest.fixture(autouse=True)

@@ -10,26 +10,14 @@ import pytest
 
 import lowbit
 
+from conftest import assert_best_of_its_family
+
 TIERS = ["scalar", "avx2", "avx512", "avx512icl"]
 
 
 def run_py(code, **env):
     full_env = dict(os.environ, **env)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
-
-
-def assert_best_of_its_family(kernel_name, cap):
-    """Dispatch under a tier cap: the kernel that ran is at or below the cap,
-    and no kernel of its family (and table kind) has a higher tier at or below
-    the cap. The family itself comes from the measured preference order
-    (lowbit.families.PREFERENCE), so it need not be the cap's own tier:
-    grouplut's AVX2 kernel outruns grouplut6's AVX-512 one."""
-    ks = {k["name"]: k for k in lowbit.kernels()}
-    ran, cap_rank = ks[kernel_name], TIERS.index(cap)
-    assert ran["tier_rank"] <= cap_rank, (kernel_name, cap)
-    best = max(k["tier_rank"] for k in ks.values() if k["available"] and k["family"] == ran["family"]
-               and k["table_kind"] == ran["table_kind"] and k["tier_rank"] <= cap_rank)
-    assert ran["tier_rank"] == best, (kernel_name, cap)
 
 
 def test_registry_fields_and_names():

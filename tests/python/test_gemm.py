@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 import lowbit
 from lowbit import reference
 
-from conftest import available_kernels
+from conftest import assert_best_of_its_family, available_kernels
 
 LSQ_A = [0, 1, 2, 3]          # unsigned 2-bit activations
 LSQ_W = [-2, -1, 0, 1]        # signed 2-bit weights
@@ -115,14 +115,7 @@ def test_every_tier_random_codebooks(tier, rng):
         w = rng.integers(0, 4, (n, k), dtype=np.uint8)
         with lowbit.use(isa=tier):
             y = lowbit.gemm(a, lowbit.pack_weights(w, 2, w_cb), 2, a_cb)
-        ran = lowbit.last_kernel()
-        ranks = {t: i for i, t in enumerate(("scalar", "avx2", "avx512", "avx512icl"))}
-        assert ranks[ran.rsplit("__", 1)[1]] <= ranks[tier]
-        info = next(kk for kk in available_kernels() if kk["name"] == ran)
-        best = max((kk for kk in available_kernels() if kk["family"] == info["family"]
-                    and kk["table_kind"] == info["table_kind"] and ranks[kk["tier"]] <= ranks[tier]),
-                   key=lambda kk: ranks[kk["tier"]])
-        assert ran == best["name"]
+        assert_best_of_its_family(lowbit.last_kernel(), tier)
         np.testing.assert_array_equal(y, reference.gemm(a, w, 2, 2, a_cb, w_cb))
 
 
