@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Developer build: compile lowbit._core in place (build/dev, then copied into
+# python/lowbit/) so that `PYTHONPATH=python python3 -m pytest ...` tests this
+# checkout without a pip install. Extra arguments go to CMake, e.g.
+#   scripts/dev-build.sh -DLOWBIT_SANITIZE=ON
+# BUILD_DIR overrides the build folder (one per configuration).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR="${BUILD_DIR:-build/dev}"
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" "$@" >/dev/null
+ninja -C "$BUILD_DIR" >/dev/null
+cp "$BUILD_DIR"/_core*.so python/lowbit/
+echo "built $(ls "$BUILD_DIR"/_core*.so) -> python/lowbit/"
