@@ -45,6 +45,7 @@ def info() -> dict:
     return {
         "version": __version__,
         "features": cpu_features(),
+        "avx512_emulated": bool(_core.avx512_emulated),
         "tiers": supported_tiers(),
         "tier_cap": _dispatch.tier_cap() if not chosen_name.startswith("error") else chosen_name,
         "num_threads": get_num_threads(),

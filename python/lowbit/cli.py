@@ -29,6 +29,8 @@ def _print_info(as_json: bool) -> None:
     feats = info["features"]
     print("CPU features: " + "  ".join(f"{k}{'+' if v else '-'}" for k, v in feats.items()))
     print(f"dispatch tiers: {', '.join(info['tiers'])} (cap: {info['tier_cap']}); threads: {info['num_threads']}")
+    if info["avx512_emulated"]:
+        print("NOTE: SIMDe test build: the AVX-512 tiers are emulated on AVX2 (exactness checks only, not speed)")
     print(f"\nkernel registry ({len(info['kernels'])} kernels; * = runs here):")
     print(f"  {'':2}{'name':<34} {'family':<10} {'W/A':<6} {'tier':<10} {'tile':<7} {'tables':<7} description")
     for k in info["kernels"]:
