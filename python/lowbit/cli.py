@@ -42,7 +42,7 @@ def _print_info(as_json: bool) -> None:
     print("\nkernel each GEMM/conv would use here (M=3136 N=64 K=576, default codebooks):")
     for bw, ba in ((1, 1), (2, 2), (3, 3), (4, 4), (2, 4), (8, 8)):
         try:
-            line = lowbit.explain(3136, 64, 576, bw, ba).splitlines()[0]
+            line = lowbit.explain(3136, 64, 576, a_bits=ba, w_bits=bw).splitlines()[0]
             kern = line.split("kernel ", 1)[1].split(" (", 1)[0]
         except Exception as exc:  # noqa: BLE001 - report, do not fail
             kern = f"none ({type(exc).__name__}: {str(exc).splitlines()[0][:70]})"

@@ -227,8 +227,10 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
             raise ValueError("a_codebook: already set by the PackedActivations; pass None")
         pa = a
     else:
+        if a_bits is None:
+            raise TypeError("a_bits: required when a holds raw codes (a PackedActivations carries its own)")
         # code range is checked by the native packer below
-        pa = PackedActivations.from_codes(a, 2 if a_bits is None else a_bits, a_codebook, validate=False)
+        pa = PackedActivations.from_codes(a, a_bits, a_codebook, validate=False)
     if pa.K != packed.K:
         raise ValueError(f"a: K mismatch: activations have K={pa.K}, weights have K={packed.K}")
     bound = _prepare(pa, packed, pa.M, pa.K)
@@ -248,8 +250,10 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
     return bound.run(a_packed, pa.M, packed.N, k_steps, correction, epilogue)
 
 
-def explain(M: int, N: int, K: int, w_bits: int, a_bits: int, w_codebook=None, a_codebook=None) -> str:
-    """Which kernel :func:`gemm` would run for this problem, and why."""
+def explain(M: int, N: int, K: int, *, a_bits: int, w_bits: int, a_codebook=None, w_codebook=None) -> str:
+    """Which kernel :func:`gemm` would run for an (M, K) x (N, K) problem, and
+    why. Bits and codebooks are keywords (activations, then weights, as in
+    every lowbit signature), so they cannot be swapped by position."""
     bw = cbmod.check_bits(w_bits, "w_bits")
     ba = cbmod.check_bits(a_bits, "a_bits")
     cb_w = cbmod.normalize(w_codebook, bw, "w_codebook")

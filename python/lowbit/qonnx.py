@@ -112,6 +112,7 @@ from collections import Counter
 
 import numpy as np
 
+from .errors import ConversionError
 from .runtime import Model, Node
 
 __all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute",
@@ -125,7 +126,7 @@ SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Ad
                  "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout")
 
 
-class QonnxConversionError(NotImplementedError):
+class QonnxConversionError(ConversionError):
     """The QONNX graph uses something lowbit cannot run (the message names it)."""
 
 

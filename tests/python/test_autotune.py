@@ -33,7 +33,7 @@ def test_measured_choice_is_exact(cache_dir, bw, ba, strategy, rng):
         with lowbit.use(autotune=True, strategy=strategy):
             y = lowbit.gemm(a, lowbit.pack_weights(w, bw), ba)
             ran = lowbit.last_kernel()
-            text = lowbit.explain(m, n, k, bw, ba)
+            text = lowbit.explain(m, n, k, a_bits=ba, w_bits=bw)
         np.testing.assert_array_equal(y, lowbit.reference.gemm(a, w, a_bits=ba, w_bits=bw))
         assert f"kernel {ran} " in text  # explain names what gemm ran
         if "measured here" in text:
@@ -111,8 +111,8 @@ for m, k in ((3, 100), (40, 600), (500, 90)):
     w = rng.integers(0, 4, (50, k), dtype=np.uint8); a = rng.integers(0, 4, (m, k), dtype=np.uint8)
     with lowbit.use(autotune=True, strategy="fastest"):
         y = lowbit.gemm(a, lowbit.pack_weights(w, 2), 2)
-    assert (y == lowbit.reference.gemm(a, w)).all()
-print(lowbit.explain(3, 50, 100, 2, 2).count("measured here"))
+    assert (y == lowbit.reference.gemm(a, w, 2, 2)).all()
+print(lowbit.explain(3, 50, 100, a_bits=2, w_bits=2).count("measured here"))
 """
 
 
@@ -131,7 +131,7 @@ def test_two_processes_tuning_at_once_leave_a_valid_file(cache_dir):
 
 
 def test_env_var_turns_measuring_off(cache_dir):
-    code = ("import lowbit; t = lowbit.explain(40, 50, 600, 2, 2); "
+    code = ("import lowbit; t = lowbit.explain(40, 50, 600, a_bits=2, w_bits=2); "
             "print('measured here' in t, lowbit._dispatch.autotune_enabled())")
     env = dict(os.environ, LOWBIT_CACHE_DIR=str(cache_dir))
     for value, expect in (("0", "False False"), ("1", "True True")):
@@ -146,4 +146,4 @@ def test_use_autotune_argument_checked():
         with lowbit.use(autotune="yes"):
             pass
     with lowbit.use(autotune=False):
-        assert "measured here" not in lowbit.explain(40, 50, 600, 2, 2)
+        assert "measured here" not in lowbit.explain(40, 50, 600, a_bits=2, w_bits=2)
