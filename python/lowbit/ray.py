@@ -161,14 +161,16 @@ def run_job(model_path, input_path, output, *, address=None, column: str = "imag
             concurrency=None, num_cpus: float = 1, mean=0.0, std=1.0, progress: bool = True) -> dict:
     """``lowbit run MODEL --input INPUT --output OUT.parquet --ray [ADDRESS]``: score every row of
     ``input_path`` on a Ray cluster and write the same parquet file as the local command (rows in
-    input order). ``address``: None or ``"local"`` starts a local cluster for this job (or joins
-    the one ``RAY_ADDRESS`` names); else the address of a running cluster (``host:port`` or
-    ``ray://host:10001``). Returns ``{"rows", "seconds"}``."""
+    input order). ``address``: None or ``"local"`` starts a local cluster for this job and stops it
+    at the end (or joins the cluster ``RAY_ADDRESS`` names); else the address of a running cluster
+    (``host:port``, ``ray://host:10001``, or ``auto``: the one started on this machine by
+    ``ray start``). Returns ``{"rows", "seconds"}``."""
     model = io.load(model_path)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=None if address in (None, "local") else address, logging_level=logging.WARNING,
-                 include_dashboard=False)
+        if address in (None, "local"):  # "local" makes Ray start a cluster, not join a running one
+            address = os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # the output rows follow the input, as locally
