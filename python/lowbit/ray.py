@@ -67,13 +67,16 @@ class Predictor:
     ``num_threads``: lowbit threads per actor; default: the CPUs Ray reserved for the actor
     (``num_cpus`` of map_batches). ``mean``/``std``: scaling of uint8 images (one number or one per
     channel). Batches come in and go out as ``dict[str, numpy.ndarray]``; the input columns are
-    kept, ``logits`` and ``top1`` are added (a batch that already has them is an error)."""
+    kept (the image column too unless ``keep_image=False``), ``logits`` and ``top1`` are added (a
+    batch that already has them is an error)."""
 
-    def __init__(self, model, *, column: str = "image", num_threads: int | None = None, mean=0.0, std=1.0):
+    def __init__(self, model, *, column: str = "image", num_threads: int | None = None, mean=0.0, std=1.0,
+                 keep_image: bool = True):
         import lowbit
 
         self.model = load_model(model)
         self.column = column
+        self.keep_image = keep_image
         self.mean, self.std = mean, std
         lowbit.set_num_threads(int(num_threads) if num_threads else _assigned_cpus())
 
@@ -85,7 +88,7 @@ class Predictor:
             raise ValueError(f"the batch already has column(s) {clash}, which lowbit.ray adds")
         x = scoring.to_model_input(batch[self.column], self.model.input_shape, self.mean, self.std, self.column)
         logits = self.model(x, batch_size=len(x))
-        out = dict(batch)
+        out = {k: v for k, v in batch.items() if self.keep_image or k != self.column}
         out["logits"] = logits
         out["top1"] = scoring.top1(logits)
         return out
@@ -118,7 +121,7 @@ def _model_bytes(model) -> bytes:
 
 
 def predict(dataset, model, *, column: str = "image", batch_size: int = 256, concurrency=None,
-            num_cpus: float = 1, mean=0.0, std=1.0):
+            num_cpus: float = 1, mean=0.0, std=1.0, keep_image: bool = True):
     """``dataset`` with ``logits`` and ``top1`` added to every row (lazy, like every Ray Data op).
 
     ``model``: a path to a ``.lowbit`` file (read and checked here, then shipped through the object
@@ -126,13 +129,17 @@ def predict(dataset, model, *, column: str = "image", batch_size: int = 256, con
     (float32 (C, H, W) in the model's input layout, or uint8 images scaled by ``mean``/``std``;
     see :func:`lowbit.scoring.to_model_input`). ``batch_size``: rows per model call.
     ``concurrency``: actors (None: autoscale to the cluster; n; or (min, max)). ``num_cpus``: CPUs
-    reserved per actor, which is also its lowbit thread count (docs/scale-out.md on sizing)."""
+    reserved per actor, which is also its lowbit thread count (docs/scale-out.md on sizing).
+    ``keep_image=False`` leaves the image column out of the result: less data to move when only the
+    predictions are needed (a later ``drop_columns`` would be a separate stage that needs CPUs of
+    its own, which a pool using every CPU starves until the end)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
     compute = _actor_pool(concurrency)
     model_ref = ray.put(_model_bytes(model))
     return dataset.map_batches(Predictor, fn_constructor_args=(model_ref,),
-                               fn_constructor_kwargs={"column": column, "mean": mean, "std": std},
+                               fn_constructor_kwargs={"column": column, "mean": mean, "std": std,
+                                                      "keep_image": keep_image},
                                batch_size=batch_size, batch_format="numpy", compute=compute, num_cpus=num_cpus)
 
 
@@ -171,8 +178,9 @@ def run_job(model_path, input_path, output, *, address=None, column: str = "imag
         if address in (None, "local"):  # "local" makes Ray start a cluster, not join a running one
             address = os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
     try:
-        ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # the output rows follow the input, as locally
         ctx.enable_progress_bars = False             # ours is the one progress bar
         ds, col, kind = read_dataset(input_path, model.input_shape, column, block_rows=batch_size)
@@ -182,12 +190,12 @@ def run_job(model_path, input_path, output, *, address=None, column: str = "imag
                 raise ValueError(f"input: {input_path} already has column(s) {clash}, which the output adds")
         total = ds.count() if kind != "images" else len(scoring.list_images(input_path))
         scored = predict(ds, model, column=col, batch_size=batch_size, concurrency=concurrency,
-                         num_cpus=num_cpus, mean=mean, std=std).drop_columns([col])
+                         num_cpus=num_cpus, mean=mean, std=std, keep_image=False)
         writer = scoring.PredictionWriter(output)
         bar = scoring.Progress(total, enabled=progress)
         try:
             for batch in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
-                logits = _tensor_column(batch.column("logits"))
+                logits = np.concatenate([scoring.arrow_rows(c, "logits") for c in batch.column("logits").chunks])
                 ids = {name: batch.column(name) for name in batch.column_names if name not in scoring.OUTPUT_COLUMNS}
                 if kind == "npy":
                     ids = {"row": np.arange(writer.rows, writer.rows + len(logits), dtype=np.int64)}
@@ -200,11 +208,7 @@ def run_job(model_path, input_path, output, *, address=None, column: str = "imag
             raise
         return {"rows": writer.rows, "seconds": seconds}
     finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
         if started_here:
             ray.shutdown()
 
-
-def _tensor_column(col) -> np.ndarray:
-    """(N, ...) float32 array of a Ray Data tensor column (a pyarrow ChunkedArray of Ray's tensor
-    extension type, whose arrays convert themselves with ``to_numpy``)."""
-    return np.concatenate([np.asarray(chunk.to_numpy(), dtype=np.float32) for chunk in col.chunks])

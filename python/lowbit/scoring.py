@@ -173,13 +173,14 @@ def open_source(path, input_shape, column: str = "image") -> Source:
     def batches(n):
         for rb in f.iter_batches(batch_size=n):
             ids = {name: rb.column(name) for name in names if name != column}
-            yield ids, arrow_images(rb.column(column), column)
+            yield ids, arrow_rows(rb.column(column), column)
     return Source(kind, f.metadata.num_rows, batches)
 
 
-def arrow_images(col, name: str = "image"):
-    """One image per row of a pyarrow array, for :func:`to_model_input`: a list of bytes (encoded
-    images), or an (N, values) array of the flattened numbers of a list / tensor column."""
+def arrow_rows(col, name: str = "image"):
+    """The rows of a pyarrow array as NumPy, for :func:`to_model_input` and for reading predictions
+    back: a list of bytes (a binary column: encoded images), or an (N, values) array of each row's
+    numbers flattened (a list column, nested or not, or a Ray tensor column)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 

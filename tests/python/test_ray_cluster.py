@@ -105,8 +105,8 @@ def test_a_worker_node_killed_mid_job_leaves_the_job_complete_and_exact(cluster,
     cluster.wait_for_nodes()
     batches, seen_at_kill = [], None
     with deadline(JOB_SECONDS):
-        scored = lowbit_ray.predict(_dataset(x, 30), small_model_path, batch_size=50, concurrency=3)
-        for b in scored.drop_columns(["image"]).iter_batches(batch_size=None, batch_format="numpy"):
+        scored = lowbit_ray.predict(_dataset(x, 30), small_model_path, batch_size=50, concurrency=3, keep_image=False)
+        for b in scored.iter_batches(batch_size=None, batch_format="numpy"):
             batches.append(b)
             if seen_at_kill is None:
                 seen_at_kill = sum(len(b["id"]) for b in batches)

@@ -177,7 +177,8 @@ def test_run_rgb_jpeg_folder(tmp_path):
 
 def test_run_errors_are_clear(small_model_path, tmp_path):
     pq.write_table(pa.table({"a": [1, 2]}), tmp_path / "t.parquet")
-    r = _lowbit("run", small_model_path, "--input", tmp_path / "t.parquet", "--output", tmp_path / "o.parquet", ok=False)
+    r = _lowbit("run", small_model_path, "--input", tmp_path / "t.parquet", "--output", tmp_path / "o.parquet",
+                ok=False)
     assert "lowbit run: column: 'image' is not a column of" in r.stderr and "columns: a" in r.stderr
     r = _lowbit("run", small_model_path, "--input", tmp_path / "t.parquet", "--output", tmp_path / "o.npy", ok=False)
     assert "--output ending in .parquet" in r.stderr
