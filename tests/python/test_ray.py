@@ -51,6 +51,9 @@ def _check_complete_and_exact(rows, x, want, column="image"):
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
     assert [int(by_id[i]["top1"]) for i in range(len(x))] == want.argmax(1).tolist()
+    if column is None:  # keep_image=False
+        assert set(rows[0]) == {"id", "logits", "top1"}
+        return
     for i in (0, len(x) - 1):  # the input column is kept
         np.testing.assert_array_equal(by_id[i][column], x[i])
 
@@ -77,10 +80,15 @@ def test_predict_uint8_images(cluster, small_model_path):
     m = lowbit.load(small_model_path)
     u = np.random.default_rng(1).integers(0, 256, (50, 28, 28, 1), dtype=np.uint8)
     x = lowbit.scoring.to_model_input(u, SHAPE, 0.286, 0.353)
+    want = _rows_one_by_one(m, x)
     with deadline(JOB_SECONDS):
         rows = lowbit_ray.predict(_dataset(u, 3, "pixels"), m, column="pixels", batch_size=16, concurrency=1,
                                   mean=0.286, std=0.353).take_all()
-    _check_complete_and_exact(rows, u, _rows_one_by_one(m, x), "pixels")
+    _check_complete_and_exact(rows, u, want, "pixels")
+    with deadline(JOB_SECONDS):
+        rows = lowbit_ray.predict(_dataset(u, 3, "pixels"), m, column="pixels", batch_size=16, concurrency=1,
+                                  mean=0.286, std=0.353, keep_image=False).take_all()
+    _check_complete_and_exact(rows, u, want, None)
 
 
 class ThreadProbe(lowbit_ray.Predictor):
