@@ -74,7 +74,7 @@ __all__ += ["ConversionError", "LowbitFormatError", "Model", "convert", "load", 
 # Submodules loaded on first use, so that `import lowbit` stays NumPy-only
 # (qat, models and datasets import torch) and `lowbit.qat.prepare(...)` works
 # right after `import lowbit`.
-_LAZY_SUBMODULES = ("autotune", "cli", "datasets", "demo", "models", "qat", "quant", "ray")
+_LAZY_SUBMODULES = ("autotune", "cli", "datasets", "demo", "models", "qat", "quant", "ray", "scoring")
 
 
 def __getattr__(name):

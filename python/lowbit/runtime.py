@@ -654,3 +654,11 @@ class Model:
         from . import io
 
         io.save(self, path)
+
+    def __reduce__(self):
+        """Pickle as the model file's bytes (:func:`lowbit.io.to_bytes`), so a Model can be
+        sent to other processes (multiprocessing, Ray); unpickling runs :func:`lowbit.io.from_bytes`,
+        with all its checks. Run-time caches (packed weights, kernels that ran) are not sent."""
+        from . import io
+
+        return io.from_bytes, (io.to_bytes(self),)
