@@ -350,16 +350,25 @@ class Model:
                 "meta": self.meta}
 
     # ---- execution ---------------------------------------------------------------------------
-    def __call__(self, x, batch_size: int = 256) -> np.ndarray:
-        return self.run(x, batch_size=batch_size)
+    def __call__(self, x, batch_size: int = 256, check_finite: bool = True) -> np.ndarray:
+        return self.run(x, batch_size=batch_size, check_finite=check_finite)
 
-    def run(self, x, batch_size: int = 256, reference: bool = False, profile: dict | None = None) -> np.ndarray:
+    def run(self, x, batch_size: int = 256, reference: bool = False, profile: dict | None = None,
+            check_finite: bool = True) -> np.ndarray:
         """Logits for float32 NCHW ``x``, ``batch_size`` images at a time (results do
         not depend on it). ``reference=True`` runs the NumPy oracles instead of the
-        kernels. ``profile``: a dict that receives per-node wall-clock seconds (summed)."""
-        x = self._check_input(x)
+        kernels. ``profile``: a dict that receives per-node wall-clock seconds (summed).
+
+        ``check_finite`` (default True): NaN or Inf in ``x`` raise ValueError.
+        With False the caller vouches for its input: +-Inf clamp to the extreme
+        codes, NaN becomes code 0 (docs/robustness.md). An empty batch (N = 0)
+        returns an empty result of the right shape."""
+        x = self._check_input(x, check_finite)
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        if len(x) == 0:
+            # the output shape of an empty batch: one zero image's, with N = 0
+            return self._execute(np.zeros((1,) + x.shape[1:], np.float32), reference, None, None)[:0]
         outs = [self._execute(x[i:i + batch_size], reference, None, profile)
                 for i in range(0, max(len(x), 1), batch_size)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
@@ -371,11 +380,13 @@ class Model:
     def trace(self, x, reference: bool = False) -> dict:
         """{node name: output} for one run: uint8 codes (CodeTensor.codes) or float32 arrays."""
         x = self._check_input(x)
+        if x.shape[0] == 0:
+            raise ValueError("x: empty batch (trace needs at least one image)")
         values = {}
         self._execute(x, reference, values, None)
         return {k: (v.codes if isinstance(v, CodeTensor) else v) for k, v in values.items()}
 
-    def _check_input(self, x):
+    def _check_input(self, x, check_finite: bool = True):
         x = _to_numpy(x)
         c, h, w = self.input_shape
         if x.ndim != 4:
@@ -385,8 +396,10 @@ class Model:
         if self.spatial_fixed and x.shape[2:] != (h, w):
             raise ValueError(f"x: this model needs {h}x{w} inputs (the example_input size; it flattens a "
                              f"spatial map into a linear layer), got {x.shape[2]}x{x.shape[3]}")
-        if x.shape[0] == 0:
-            raise ValueError("x: empty batch")
+        if check_finite and not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(f"x: expected finite values, got {x[tuple(bad)]} at index {tuple(int(i) for i in bad)}"
+                             " (pass check_finite=False to skip this check)")
         return x
 
     def _execute(self, x, reference, record, profile):
