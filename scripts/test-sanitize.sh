@@ -41,7 +41,11 @@ ASAN_RT="$(gcc -print-file-name=libasan.so)"
 UBSAN_RT="$(gcc -print-file-name=libubsan.so)"
 SANITIZER_PRELOAD="$ASAN_RT $UBSAN_RT${LD_PRELOAD:+ $LD_PRELOAD}"  # set for the Python process only
 export ASAN_OPTIONS="detect_leaks=1:malloc_context_size=6:abort_on_error=1:detect_odr_violation=0:allocator_may_return_null=1:handle_segv=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
-export LSAN_OPTIONS="suppressions=$ROOT/tests/sanitize/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+# use_tls=0: GCC 12's LeakSanitizer crashes ("Tracer caught signal 11") scanning
+# the dynamic TLS of the pool's worker threads (thread_local in a dlopen'ed
+# module) at exit; without TLS roots, glibc's thread_local destructor list
+# looks leaked and is suppressed.
+export LSAN_OPTIONS="suppressions=$ROOT/tests/sanitize/lsan.supp:print_suppressions=0:use_tls=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export PYTHONPATH="$ROOT/$BUILD_DIR/python"
 export PYTHONMALLOC=malloc           # so ASan sees Python's allocations too

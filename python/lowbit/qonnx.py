@@ -138,15 +138,39 @@ def _onnx():
     return onnx, numpy_helper
 
 
+def _check_strings(m):
+    """ValueError unless every name the importer reads is text: protobuf hands
+    back bytes for a proto2 string field that is not valid UTF-8."""
+    g = m.graph
+    fields = [("graph input", v.name) for v in g.input] + [("graph output", v.name) for v in g.output]
+    fields += [("initializer", t.name) for t in g.initializer]
+    for n in g.node:
+        fields += [("node name", n.name), ("node op_type", n.op_type), ("node domain", n.domain)]
+        fields += [("node input", s) for s in n.input] + [("node output", s) for s in n.output]
+        fields += [("attribute name", a.name) for a in n.attribute]
+    for what, value in fields:
+        if not isinstance(value, str):
+            raise ValueError(f"model: {what} {value!r} is not valid UTF-8 text")
+    return m
+
+
 def _load(model):
-    """onnx.ModelProto from a path, bytes, a ModelProto or a qonnx ModelWrapper (copied)."""
+    """onnx.ModelProto from a path, bytes, a ModelProto or a qonnx ModelWrapper (copied);
+    its names checked to be text (_check_strings)."""
+    return _check_strings(_load_proto(model))
+
+
+def _load_proto(model):
     onnx, _ = _onnx()
     if isinstance(model, (str, os.PathLike)):
         if not os.path.exists(model):
             raise FileNotFoundError(f"model: no such file {os.fspath(model)!r}")
         return onnx.load(os.fspath(model))
     if isinstance(model, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model))
+        try:
+            return onnx.load_from_string(bytes(model))
+        except Exception as exc:  # protobuf's DecodeError (and RuntimeWarning-free variants)
+            raise ValueError(f"model: the bytes are not a serialized ONNX model ({exc})") from None
     if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):  # qonnx ModelWrapper
         model = model.model
     if isinstance(model, onnx.ModelProto):
@@ -375,6 +399,7 @@ def _pads(attrs, kernel, in_hw, strides, dilations, where):
         return [p[0], p[1]]
     if auto == "VALID":
         return [0, 0]
+    _check_window(in_hw, kernel, strides, [0, 0], dilations, where)
     pads = []
     for i in range(2):
         out = -(-in_hw[i] // strides[i])
@@ -385,13 +410,26 @@ def _pads(attrs, kernel, in_hw, strides, dilations, where):
     return pads
 
 
-def _out_hw(in_hw, kernel, stride, pad, dil, ceil=False):
+def _check_window(in_hw, kernel, stride, pad, dil, where="a QONNX node"):
+    """QonnxConversionError unless a conv/pool window is well formed: two
+    sizes each, kernel, stride, dilation >= 1, padding >= 0, input >= 1."""
+    for what, v, lo in (("input size", in_hw, 1), ("kernel_shape", kernel, 1), ("strides", stride, 1),
+                        ("pads", pad, 0), ("dilations", dil, 1)):
+        if v is None or len(v) != 2 or not all(isinstance(x, (int, np.integer)) and x >= lo for x in v):
+            raise QonnxConversionError(f"{where}: {what} {v} is not supported (expected 2 ints >= {lo})")
+
+
+def _out_hw(in_hw, kernel, stride, pad, dil, ceil=False, where="a QONNX node"):
+    _check_window(in_hw, kernel, stride, pad, dil, where)
     out = []
     for i in range(2):
         num = in_hw[i] + 2 * pad[i] - dil[i] * (kernel[i] - 1) - 1
         o = (-(-num // stride[i]) if ceil else num // stride[i]) + 1
         if ceil and (o - 1) * stride[i] >= in_hw[i] + pad[i]:
             o -= 1
+        if o < 1:
+            raise QonnxConversionError(f"{where}: input {list(in_hw)} is too small for kernel {list(kernel)}, "
+                                       f"dilation {list(dil)}, padding {list(pad)}")
         out.append(o)
     return out
 
@@ -942,7 +980,7 @@ class _Converter:
         if len(n.input) > 2 and n.input[2]:
             b = self.const(n.input[2], where)
             bias = np.asarray(b.values if isinstance(b, _QConst) else b, np.float64).reshape(-1)
-        oh, ow = _out_hw(x.shape[2:], [kh, kw], stride, pad, dil)
+        oh, ow = _out_hw(x.shape[2:], [kh, kw], stride, pad, dil, where=where)
         if oh < 1 or ow < 1:
             raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
         self._layer(n, "conv", x, codes, bits, levels, w_scale, bias,
@@ -1167,8 +1205,9 @@ class _Converter:
         pad = _pads(a, ks, x.shape[2:], stride, dil, where)
         if any(p >= k for p, k in zip(pad, ks)):
             raise QonnxConversionError(f"{where}: padding {pad} must be smaller than the kernel {ks}")
-        oh, ow = _out_hw(x.shape[2:], ks, stride, pad, dil)
-        if int(a.get("ceil_mode", 0)) and [oh, ow] != _out_hw(x.shape[2:], ks, stride, pad, dil, ceil=True):
+        oh, ow = _out_hw(x.shape[2:], ks, stride, pad, dil, where=where)
+        if int(a.get("ceil_mode", 0)) and [oh, ow] != _out_hw(x.shape[2:], ks, stride, pad, dil, ceil=True,
+                                                              where=where):
             raise QonnxConversionError(f"{where}: ceil_mode=1 changes the output size here; not supported")
         if oh < 1 or ow < 1:
             raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
