@@ -125,6 +125,12 @@ SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Ad
                  "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout")
 
 
+# Import limits on the graph input's C, H, W (docs/robustness.md): one image of
+# at most 2**28 values (1 GiB of float32), no dimension above 2**20.
+_MAX_IMAGE_DIM = 1 << 20
+_MAX_IMAGE_ELEMENTS = 1 << 28
+
+
 class QonnxConversionError(NotImplementedError):
     """The QONNX graph uses something lowbit cannot run (the message names it)."""
 
@@ -257,6 +263,15 @@ def _as_scalar(arr, what, where):
     if a.size != 1:
         raise QonnxConversionError(f"{where}: {what} must be a scalar here, got shape {a.shape}")
     return a.reshape(-1)[0]
+
+
+def _bit_width(b, what, where) -> int:
+    """A quantizer's bit width as an int in 1..32; QonnxConversionError for
+    0, 33, fractional, NaN or infinite widths."""
+    v = float(_as_scalar(b, what, where))
+    if not (math.isfinite(v) and v.is_integer() and 1 <= v <= 32):
+        raise QonnxConversionError(f"{where}: {what} {v:g} is not supported (expected an integer in 1..32)")
+    return int(v)
 
 
 def _bits_for(n: int):
@@ -642,15 +657,23 @@ class _Converter:
         if len(dims) != 4 or any(d is None or d < 1 for d in dims[1:]):
             raise QonnxConversionError(f"graph input {self.input.name!r}: expected a 4-D NCHW image batch "
                                        f"with static C, H, W, got shape {dims}")
+        if max(dims[1:]) > _MAX_IMAGE_DIM or math.prod(dims[1:]) > _MAX_IMAGE_ELEMENTS:
+            raise QonnxConversionError(f"graph input {self.input.name!r}: C, H, W = {dims[1:]} exceed the import "
+                                       f"limits (each <= {_MAX_IMAGE_DIM}, C*H*W <= {_MAX_IMAGE_ELEMENTS})")
         self.export_batch = dims[0]
         name = self.add("input", "input", [], {"channels": dims[1], "height": dims[2], "width": dims[3],
                                               "onnx_input": self.input.name})
         self.vals[self.input.name] = _Act((None,) + tuple(dims[1:]), fl=name)
         for n in order:
-            if self.is_const[id(n)]:
-                self.fold(n)
-            else:
-                getattr(self, "op_" + n.op_type)(n, _attrs(n), _desc(n))
+            try:
+                if self.is_const[id(n)]:
+                    self.fold(n)
+                else:
+                    getattr(self, "op_" + n.op_type)(n, _attrs(n), _desc(n))
+            except (ArithmeticError, IndexError, KeyError, TypeError, AttributeError) as exc:
+                # a malformed node that no specific check caught (found by fuzzing): name it
+                raise QonnxConversionError(f"{_desc(n)}: malformed node or attributes "
+                                           f"({type(exc).__name__}: {exc})") from exc
         out = self.vals.get(self.graph.output[0].name)
         if not isinstance(out, _Act):
             raise QonnxConversionError("graph: the output does not depend on the input")
@@ -705,7 +728,7 @@ class _Converter:
         if n.op_type == "Quant" and _is_qop(n):
             x = self.const(n.input[0], where, allow_q=False)
             s, zp, b = (self.const(i, where, allow_q=False) for i in n.input[1:4])
-            bits = int(round(float(_as_scalar(b, "bit_width", where))))
+            bits = _bit_width(b, "bit_width", where)
             signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
             y, q = quant_numpy(x, s, zp, bits, signed, narrow, a.get("rounding_mode", "ROUND"))
             ints = np.rint(q).astype(np.int64) if np.all(q == np.rint(q)) else None
@@ -831,8 +854,8 @@ class _Converter:
         s = np.float32(_as_scalar(s, "scale", where))
         out_s = np.float32(_as_scalar(out_s, "output scale", where))
         z = float(_as_scalar(zp, "zero_point", where))
-        in_bits = int(round(float(_as_scalar(in_b, "input bit width", where))))
-        out_bits = int(round(float(_as_scalar(out_b, "output bit width", where))))
+        in_bits = _bit_width(in_b, "input bit width", where)
+        out_bits = _bit_width(out_b, "output bit width", where)
         if z != 0:
             raise QonnxConversionError(f"{where}: a nonzero zero point is not supported for Trunc")
         if not (np.isfinite(s) and s > 0 and np.isfinite(out_s) and out_s > 0):

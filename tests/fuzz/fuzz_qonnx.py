@@ -16,6 +16,7 @@ message. A model that converts must run one image or raise
 ValueError/TypeError/RuntimeError/NotImplementedError; any other exception,
 a crash or a hang is a bug.
 """
+import math
 import os
 import sys
 import warnings
@@ -99,10 +100,10 @@ class Builder:
 
 
 def _weights(b: Builder, shape):
-    size = int(np.prod([max(0, s) for s in shape])) if all(isinstance(s, int) for s in shape) else 0
+    size = math.prod(max(0, s) for s in shape)
     if size > 1 << 16 or any(s < 0 for s in shape):
         shape = [1] * len(shape)  # keep initializers small; hostile shapes come from the activations
-    w = (np.arange(int(np.prod(shape))) % 3 - 1).astype(np.float32).reshape(shape) * 0.25
+    w = (np.arange(math.prod(shape)) % 3 - 1).astype(np.float32).reshape(shape) * 0.25
     return b.quant(b.const(w), shape[0] if shape else 1)
 
 
