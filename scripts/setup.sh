@@ -20,4 +20,6 @@ CONSTRAINTS="$(mktemp)"
 echo "torch==2.13.0" > "$CONSTRAINTS"
 "$PY" -m pip install -q "torch==2.13.0"
 "$PY" -m pip install -q -c "$CONSTRAINTS" ".[test,qonnx]"
+# the in-place builds (scripts/dev-build.sh, scripts/test-sanitize.sh) call CMake and Ninja directly
+"$PY" -m pip install -q cmake ninja "pybind11>=2.12"
 rm -f "$CONSTRAINTS"
