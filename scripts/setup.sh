@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine (run as root, or with sudo
 # available): the Fashion-MNIST data set and qemu-user (for the no-AVX-512
-# emulation test) from Debian, the CPU build of PyTorch (a local wheel here),
+# emulation test), SIMDe, CMake and Ninja (for the emulated AVX-512 test
+# build, scripts/test-simde.sh) from Debian, the CPU build of PyTorch (a local wheel here),
 # then lowbit itself with its test and Brevitas/QONNX extras. torch stays
 # pinned through a constraints file, so nothing can pull a CUDA build.
 # Safe to run again.
@@ -12,7 +13,8 @@ SUDO=""
 if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
 if command -v apt-get >/dev/null 2>&1; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist qemu-user >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist qemu-user \
+    libsimde-dev cmake ninja-build >/dev/null
 fi
 
 PY="${PYTHON:-python3}"

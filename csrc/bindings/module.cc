@@ -518,6 +518,7 @@ PYBIND11_MODULE(_core, m) {
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
   }
 #endif
+  m.attr("avx512_emulated") = avx512_emulated();  // SIMDe test build (csrc/core/simd_avx512.h)
   m.def("cpu_features", &features_dict, "CPU features detected with cpuid + xgetbv");
   m.def("tiers", &tier_list, "ISA tiers in chain order, with required features and support here");
   m.def("kernels", &kernel_list, "The kernel registry");

@@ -72,8 +72,21 @@ static uint32_t detect() {
 static uint32_t detect() { return 0; }
 #endif
 
+bool avx512_emulated() {
+#if defined(LOWBIT_SIMDE_AVX512)
+  return true;
+#else
+  return false;
+#endif
+}
+
 uint32_t cpu_features() {
-  static const uint32_t f = detect();
+  static const uint32_t f = [] {
+    uint32_t found = detect();
+    const uint32_t avx2 = tier_required_features(Tier::avx2);
+    if (avx512_emulated() && (found & avx2) == avx2) found |= tier_required_features(Tier::avx512icl);
+    return found;
+  }();
   return f;
 }
 

@@ -29,6 +29,8 @@ def _print_info(as_json: bool) -> None:
     feats = info["features"]
     print("CPU features: " + "  ".join(f"{k}{'+' if v else '-'}" for k, v in feats.items()))
     print(f"dispatch tiers: {', '.join(info['tiers'])} (cap: {info['tier_cap']}); threads: {info['num_threads']}")
+    if info["avx512_emulated"]:
+        print("NOTE: SIMDe test build: the AVX-512 tiers are emulated on AVX2 (exactness checks only, not speed)")
     print(f"\nkernel registry ({len(info['kernels'])} kernels; * = runs here):")
     print(f"  {'':2}{'name':<34} {'family':<10} {'W/A':<6} {'tier':<10} {'tile':<7} {'tables':<7} description")
     for k in info["kernels"]:
@@ -40,7 +42,7 @@ def _print_info(as_json: bool) -> None:
     print("\nkernel each GEMM/conv would use here (M=3136 N=64 K=576, default codebooks):")
     for bw, ba in ((1, 1), (2, 2), (3, 3), (4, 4), (2, 4), (8, 8)):
         try:
-            line = lowbit.explain(3136, 64, 576, bw, ba).splitlines()[0]
+            line = lowbit.explain(3136, 64, 576, a_bits=ba, w_bits=bw).splitlines()[0]
             kern = line.split("kernel ", 1)[1].split(" (", 1)[0]
         except Exception as exc:  # noqa: BLE001 - report, do not fail
             kern = f"none ({type(exc).__name__}: {str(exc).splitlines()[0][:70]})"

@@ -170,7 +170,7 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
     packed = weights.parts[g]
     taps, cg = weights.kh * weights.kw, weights.cin_per_group
     k = taps * cg
-    bound = _prepare(pa, packed, k)
+    bound = _prepare(pa, packed, rows.shape[0], k)
     plan, fam, kern = bound.plan, bound.fam, bound.kern
     cb_a = pa.codebook
     zero = np.flatnonzero(cb_a == 0)

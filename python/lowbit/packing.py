@@ -215,11 +215,12 @@ class PackedActivations:
         return f"PackedActivations(M={self.M}, K={self.K}, bits={self.bits}, codebook={self.codebook.tolist()})"
 
 
-def pack_weights(w_codes, bits: int = 2, codebook=None) -> PackedWeights:
-    """Pack (N, K) uint8 weight codes in [0, 2**bits) for :func:`lowbit.gemm`."""
+def pack_weights(w_codes, bits: int, codebook=None) -> PackedWeights:
+    """Pack (N, K) uint8 weight codes in [0, 2**bits) for :func:`lowbit.gemm`
+    (``bits`` is required: codes of a wider width must never be read as 2-bit)."""
     return PackedWeights.from_codes(w_codes, bits, codebook)
 
 
-def pack_activations(a_codes, bits: int = 2, codebook=None) -> PackedActivations:
+def pack_activations(a_codes, bits: int, codebook=None) -> PackedActivations:
     """Validate (M, K) uint8 activation codes once so several GEMMs can reuse them."""
     return PackedActivations.from_codes(a_codes, bits, codebook)

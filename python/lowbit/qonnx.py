@@ -112,6 +112,7 @@ from collections import Counter
 
 import numpy as np
 
+from .errors import ConversionError
 from .runtime import Model, Node
 
 __all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute",
@@ -131,7 +132,7 @@ _MAX_IMAGE_DIM = 1 << 20
 _MAX_IMAGE_ELEMENTS = 1 << 28
 
 
-class QonnxConversionError(NotImplementedError):
+class QonnxConversionError(ConversionError):
     """The QONNX graph uses something lowbit cannot run (the message names it)."""
 
 

@@ -663,7 +663,7 @@ class Model:
         a = n.attrs
         w = n.arrays["w_codes"]
         if n.op == "conv":
-            acc = _ref.conv2d(x.codes, w, a["a_codebook"], a["w_codebook"], a["a_bits"], a["w_bits"],
+            acc = _ref.conv2d(x.codes, w, a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"],
                               tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
             out_shape = acc.shape
             acc = acc.reshape(-1, w.shape[0])

@@ -1,7 +1,16 @@
-import numpy as np
-import pytest
+import os
+import tempfile
 
-import lowbit
+# Dispatch tests check the fixed family order; measured choice (lowbit.autotune)
+# has its own tests (test_autotune.py), which turn it on explicitly. No test
+# writes to the user's cache directory.
+os.environ.setdefault("LOWBIT_AUTOTUNE", "0")
+os.environ.setdefault("LOWBIT_CACHE_DIR", tempfile.mkdtemp(prefix="lowbit-test-cache-"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import lowbit  # noqa: E402
 from lowbit import _dispatch
 
 

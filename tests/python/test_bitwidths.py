@@ -286,7 +286,7 @@ def test_dispatch_prefers_tables_and_falls_back_to_dotgemm(rng):
     y = lowbit.gemm(a16, lowbit.pack_weights(w16, 4, wide), 4, wide)  # W4A4 spanning [-128, 127]
     assert lowbit.last_kernel().startswith("dotgemm")
     assert np.array_equal(y, reference.gemm(a16, w16, 4, 4, wide, wide))
-    assert "dotgemm" in lowbit.explain(4, 6, 20, 4, 4, wide, wide)
+    assert "dotgemm" in lowbit.explain(4, 6, 20, a_bits=4, w_bits=4, a_codebook=wide, w_codebook=wide)
 
 
 @pytest.mark.parametrize("bits", BITS)

@@ -141,14 +141,14 @@ def test_gemm_and_conv_codes_layout(rng):
     a = rng.integers(0, 4, (13, 80), dtype=np.uint8)
     w = rng.integers(0, 4, (11, 40), dtype=np.uint8)
     packed = lowbit.pack_weights(w, 2)
-    ref = lowbit.gemm(np.ascontiguousarray(a[:, ::2]), packed)
-    assert np.array_equal(lowbit.gemm(a[:, ::2], packed), ref)                 # strided: copied
-    assert np.array_equal(lowbit.gemm(np.asfortranarray(a[:, ::2]), packed), ref)
+    ref = lowbit.gemm(np.ascontiguousarray(a[:, ::2]), packed, 2)
+    assert np.array_equal(lowbit.gemm(a[:, ::2], packed, 2), ref)                 # strided: copied
+    assert np.array_equal(lowbit.gemm(np.asfortranarray(a[:, ::2]), packed, 2), ref)
     assert np.array_equal(lowbit.pack_weights(np.asfortranarray(w), 2).codes(), w)
     with pytest.raises(TypeError, match="a_codes: expected dtype uint8, got float32"):
-        lowbit.gemm(a[:, ::2].astype(np.float32), packed)
+        lowbit.gemm(a[:, ::2].astype(np.float32), packed, 2)
     with pytest.raises(TypeError, match="a_codes: expected dtype uint8, got int8"):
-        lowbit.gemm(a[:, ::2].view(np.int8), packed)
+        lowbit.gemm(a[:, ::2].view(np.int8), packed, 2)
     x = rng.integers(0, 4, (2, 6, 6, 8), dtype=np.uint8)
     cw = lowbit.ConvWeights(rng.integers(0, 4, (5, 4, 3, 3), dtype=np.uint8), 2)
     ref = lowbit.conv2d(np.ascontiguousarray(x[..., ::2]), cw, padding=1)
@@ -161,10 +161,10 @@ def test_gemm_and_conv_codes_layout(rng):
 
 def test_gemm_operands_past_the_element_limit_are_refused_before_allocation():
     packed = lowbit.pack_weights(np.zeros((4, 2**16), np.uint8), 2)
-    refused_without_allocating(lambda: lowbit.gemm(huge_view((2**15, 2**16)), packed), "a_codes: .*2\\*\\*31 - 1")
+    refused_without_allocating(lambda: lowbit.gemm(huge_view((2**15, 2**16)), packed, 2), "a_codes: .*2\\*\\*31 - 1")
     refused_without_allocating(lambda: lowbit.pack_weights(huge_view((2**15, 2**16)), 2), "w_codes: .*limit")
     wide = lowbit.pack_weights(np.zeros((2**16, 4), np.uint8), 2)
-    refused_without_allocating(lambda: lowbit.gemm(huge_view((2**15, 4)), wide), "output: shape \\(32768, 65536\\)")
+    refused_without_allocating(lambda: lowbit.gemm(huge_view((2**15, 4)), wide, 2), "output: shape \\(32768, 65536\\)")
     assert 2**15 * 2**16 == HUGE > MAX_ELEMENTS
 
 
@@ -203,17 +203,17 @@ def test_allocation_failure_raises_memory_error_and_the_library_stays_usable():
         import resource, numpy as np, lowbit
         packed = lowbit.pack_weights(np.ones((40000, 8), np.uint8), 2)
         a = np.ones((40000, 8), np.uint8)
-        small = lowbit.gemm(a[:3], packed)            # pools, tables and layouts exist
+        small = lowbit.gemm(a[:3], packed, 2)            # pools, tables and layouts exist
         limit = 3 << 30                                # the 40000 x 40000 int32 output needs 6.4 GB
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        for call in (lambda: lowbit.gemm(a, packed),
-                     lambda: lowbit.linear(a, packed, epilogue=lowbit.Epilogue(np.ones(40000, np.float32)))):
+        for call in (lambda: lowbit.gemm(a, packed, 2),
+                     lambda: lowbit.linear(a, packed, epilogue=lowbit.Epilogue(np.ones(40000, np.float32)), a_bits=2)):
             try:
                 call()
                 print("no error")
             except MemoryError as exc:
                 print("MemoryError", exc)
-        assert np.array_equal(lowbit.gemm(a[:3], packed), small)
+        assert np.array_equal(lowbit.gemm(a[:3], packed, 2), small)
         print("usable")
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

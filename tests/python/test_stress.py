@@ -170,7 +170,7 @@ def test_repeated_calls_do_not_grow_memory():
         for _ in range(times):
             for m, x, want in models:
                 assert np.array_equal(m(x), want)
-                lowbit.gemm(np.ones((50, 64), np.uint8), lowbit.pack_weights(np.ones((30, 64), np.uint8), 2))
+                lowbit.gemm(np.ones((50, 64), np.uint8), lowbit.pack_weights(np.ones((30, 64), np.uint8), 2), 2)
 
     run_all(30)  # caches, pools and malloc arenas reach their steady state
     before = rss_bytes()
