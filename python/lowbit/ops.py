@@ -11,7 +11,7 @@ import numpy as np
 from . import _core, _dispatch
 from . import codebook as cbmod
 from .families import FAMILIES, PREFERENCE
-from .packing import PackedActivations, PackedWeights
+from .packing import PackedActivations, PackedWeights, check_elements
 
 
 _PLAN_CACHE = {}
@@ -233,6 +233,7 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
         pa = PackedActivations.from_codes(a, a_bits, a_codebook, validate=False)
     if pa.K != packed.K:
         raise ValueError(f"a: K mismatch: activations have K={pa.K}, weights have K={packed.K}")
+    check_elements((pa.M, packed.N), "output")
     bound = _prepare(pa, packed, pa.M, pa.K)
     k_steps, correction = bound.direct(pa.K)
     if epilogue is not None:

@@ -34,6 +34,7 @@ def epilogue(acc, scale, bias, residual=None, clamp_lo=-np.inf, clamp_hi=np.inf,
     if requant is None:
         return v
     q = np.rint(v * np.float32(requant.inv_step))
+    q = np.where(np.isnan(q), np.float32(requant.qmin), q)  # NaN (e.g. inf - inf) -> code 0
     q = np.where(q < requant.qmin, np.float32(requant.qmin), q)
     q = np.where(q > requant.qmax, np.float32(requant.qmax), q)
     return (q.astype(np.int32) - requant.qmin).astype(np.uint8)

@@ -22,8 +22,12 @@ def rng():
 
 
 def available_kernels(family=None):
-    """Registry kernels this CPU can run (optionally one family)."""
-    return [k for k in lowbit.kernels() if k["available"] and (family is None or k["family"] == family)]
+    """Registry kernels this CPU can run at or below the tier cap in force
+    (LOWBIT_ISA, e.g. scripts/test-sanitize.sh's per-tier runs), optionally of
+    one family. Tests force each of them with lowbit.use(kernel=...)."""
+    cap = _dispatch.tier_rank(_dispatch.tier_cap())
+    return [k for k in lowbit.kernels() if k["available"] and k["tier_rank"] <= cap
+            and (family is None or k["family"] == family)]
 
 
 def assert_best_of_its_family(kernel_name, cap):

@@ -12,10 +12,12 @@ from lowbit import _dispatch, reference
 from lowbit.families import FAMILIES
 from lowbit.packing import _HEADER
 
+from conftest import available_kernels
+
 BITS = (1, 2, 3, 4, 8)
 PAIRS = [(bw, ba) for bw in BITS for ba in BITS]
 TIERS = lowbit.supported_tiers()
-AVAILABLE = [k for k in lowbit.kernels() if k["available"]]
+AVAILABLE = available_kernels()
 CODEBOOK_KINDS = ("default", "lsq", "random", "neg128", "pos127", "mixed", "wide", "shifted")
 
 

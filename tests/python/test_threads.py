@@ -11,6 +11,8 @@ import pytest
 import lowbit
 from lowbit import reference
 
+from conftest import available_kernels
+
 # (w_bits, a_bits, w codebook, a codebook): one per kernel family at least
 CASES = [
     (8, 8, None, None),                                  # dotgemm
@@ -33,7 +35,7 @@ def test_deterministic_across_thread_counts(case, rng):
     a, w = _problem(rng, bw, ba)
     ref = reference.gemm(a, w, ba, bw, cb_a, cb_w)
     packed = lowbit.pack_weights(w, bw, cb_w)
-    kernels = [k["name"] for k in lowbit.kernels() if k["available"]]
+    kernels = [k["name"] for k in available_kernels()]
     results = {}
     for n in (1, 2, 3, 7):
         lowbit.set_num_threads(n)
