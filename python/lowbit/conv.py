@@ -187,7 +187,7 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     m = rows.shape[0]
     if epilogue is not None:
         epilogue.check(weights.cout, m)
-    if weights.groups > 1 and _native_grouping_allowed():
+    if (weights.groups > 1 or weights.depthwise) and _native_grouping_allowed():
         y = _conv_native(pa, weights, stride, padding, dilation, epilogue, m)
     else:
         y = _conv_gemm(pa, weights, rows, epilogue, geometry)
