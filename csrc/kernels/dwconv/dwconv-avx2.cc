@@ -10,21 +10,33 @@ namespace {
 
 inline __m256i load16(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-// int16 products, tap_flush taps per int16 accumulation, widened into two
-// int32 vectors (channels c..c+7 and c+8..c+15).
+// PX neighbouring output pixels x 16 channels: int16 products, tap_flush
+// taps per int16 accumulation, widened into two int32 vectors per pixel
+// (channels c..c+7 and c+8..c+15). One weight load serves the PX pixels.
+template <int PX>
 inline void block_i16(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_t* out) {
-  __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+  __m256i lo[PX], hi[PX], acc[PX];
+  for (int p = 0; p < PX; ++p) lo[p] = hi[p] = _mm256_setzero_si256();
   const size_t flush = size_t(a.tap_flush);
   for (size_t t0 = 0; t0 < a.taps; t0 += flush) {
     const size_t t1 = t0 + flush < a.taps ? t0 + flush : a.taps;
-    __m256i acc = _mm256_setzero_si256();
-    for (size_t t = t0; t < t1; ++t)
-      acc = _mm256_add_epi16(acc, _mm256_mullo_epi16(load16(x + a.tap_off[t] + c), load16(a.w + t * a.Cp + c)));
-    lo = _mm256_add_epi32(lo, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc)));
-    hi = _mm256_add_epi32(hi, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)));
+    for (int p = 0; p < PX; ++p) acc[p] = _mm256_setzero_si256();
+    for (size_t t = t0; t < t1; ++t) {
+      const __m256i wv = load16(a.w + t * a.Cp + c);
+      const int16_t* xt = x + a.tap_off[t] + c;
+      for (int p = 0; p < PX; ++p)
+        acc[p] = _mm256_add_epi16(acc[p], _mm256_mullo_epi16(load16(xt + size_t(p) * a.x_step), wv));
+    }
+    for (int p = 0; p < PX; ++p) {
+      lo[p] = _mm256_add_epi32(lo[p], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[p])));
+      hi[p] = _mm256_add_epi32(hi[p], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[p], 1)));
+    }
   }
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), lo);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c + 8), hi);
+  for (int p = 0; p < PX; ++p) {
+    int32_t* o = out + size_t(p) * a.Cp + c;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), lo[p]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8), hi[p]);
+  }
 }
 
 // Wide levels (max|a| * max|w| > 32767): int32 products, 8 channels a vector.
@@ -43,14 +55,17 @@ inline void block_i32(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_
 }  // namespace
 
 void dwconv_row__avx2(const DwconvRowArgs& a) {
-  for (size_t ox = 0; ox < a.OW; ++ox) {
-    const int16_t* x = a.x_row + ox * a.x_step;
-    int32_t* out = a.out + ox * a.Cp;
-    if (a.tap_flush > 0) {
-      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) block_i16(a, x, c, out);
-    } else {
-      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) block_i32(a, x, c, out);
-    }
+  constexpr size_t kPixels = 4;  // output pixels a register block (12 accumulators + weights in 16 ymm)
+  size_t ox = 0;
+  if (a.tap_flush > 0) {
+    for (; ox + kPixels <= a.OW; ox += kPixels)
+      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock)
+        block_i16<kPixels>(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
+    for (; ox < a.OW; ++ox)
+      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) block_i16<1>(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
+  } else {
+    for (; ox < a.OW; ++ox)
+      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) block_i32(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
   }
 }
 
