@@ -34,6 +34,8 @@ from .packing import PackedActivations, PackedWeights, _as_code_matrix, _check_r
 
 
 def _pair(v, name):
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v  # already a pair of ints (the runtime's attributes): the common case, kept cheap
     if isinstance(v, (int, np.integer)):
         v = (int(v), int(v))
     v = tuple(int(x) for x in v)
@@ -221,38 +223,50 @@ def _best_dwconv_kernel() -> dict:
     return [k for k in dwconv_kernels() if k["available"] and k["tier_rank"] <= cap][-1]
 
 
-def _conv_native(pa, weights, stride, padding, dilation, epilogue, m):
-    """Grouped or depthwise convolution in one native call: (M, Cout) int32, float32 or codes."""
+def _native_call(pa, weights) -> tuple:
+    """(native function, leading arguments, kernel name) of a grouped or depthwise
+    layer for these activations under the current dispatch state; planned once
+    and cached on the ConvWeights (checks K_max)."""
+    key = ("call", pa.bits, pa.codebook_key, _dispatch.state())
+    hit = weights._native.get(key)
+    if hit is not None:
+        return hit
     cb_a = pa.codebook
-    taps = weights.kh * weights.kw
-    k = taps * weights.cin_per_group
+    k = weights.kh * weights.kw * weights.cin_per_group
     kmax = cbmod.k_max(cb_a, weights.codebook)
     if k > kmax:
         raise ValueError(f"weights: a sum of K={k} products exceeds K_max={kmax} for these codebooks "
                          "(int32 sums could overflow)")
+    a_levels = cb_a.astype(np.int16)
+    if weights.depthwise:
+        kern = _best_dwconv_kernel()
+        hit = (_core.dwconv, (kern["index"], pa.bits, a_levels, weights.dw_levels()), ())
+    else:
+        plan, why_not = FAMILIES["dotgemm"].plan(weights.bits, pa.bits, weights.codebook, cb_a)
+        if plan is None:  # not reachable with validated codebooks; kept as a clear error
+            raise NotImplementedError(f"grouped convolution: {why_not}")
+        kern = _dispatch.candidates("dotgemm", "i8")[0]
+        hit = (_core.conv_grouped, (kern["index"], pa.bits, a_levels, weights.grouped_layout(plan, kern)),
+               (weights.groups, weights.cout))
+    hit = weights._native[key] = hit + (kern["name"],)
+    return hit
+
+
+def _conv_native(pa, weights, stride, padding, dilation, epilogue, m):
+    """Grouped or depthwise convolution in one native call: (M, Cout) int32, float32 or codes."""
+    fn, (index, bits, a_levels, w), extra, name = _native_call(pa, weights)
     # the epilogue arguments in the bindings' positional order (all nine, padded for int32/float32 output)
     ep = _INT32_OUTPUT if epilogue is None else epilogue.native_args()
     ep = ep + _NO_REQUANT[len(ep) - 6:]
-    a_levels = cb_a.astype(np.int16)
-    x = pa.codes.reshape(pa.shape)
-    geo = (weights.kh, weights.kw, *stride, *padding, *dilation)
     try:
-        if weights.depthwise:
-            kern = _best_dwconv_kernel()
-            y = _core.dwconv(kern["index"], x, pa.bits, a_levels, weights.dw_levels(), *geo, *ep)
-        else:
-            plan, why_not = FAMILIES["dotgemm"].plan(weights.bits, pa.bits, weights.codebook, cb_a)
-            if plan is None:  # not reachable with validated codebooks; kept as a clear error
-                raise NotImplementedError(f"grouped convolution: {why_not}")
-            kern = _dispatch.candidates("dotgemm", "i8")[0]
-            y = _core.conv_grouped(kern["index"], x, pa.bits, a_levels, weights.grouped_layout(plan, kern),
-                                   weights.groups, weights.cout, *geo, *ep)
+        y = fn(index, pa.codes.reshape(pa.shape), bits, a_levels, w, *extra, weights.kh, weights.kw, *stride,
+               *padding, *dilation, *ep)
     except ValueError as exc:
         if str(exc).startswith("x: expected every code"):
             raise ValueError(f"x: expected every code in [0, {1 << pa.bits}) for a_bits={pa.bits}, "
                              f"got max {int(pa.codes.max())}") from None
         raise
-    _dispatch.set_last_kernel(kern["name"])
+    _dispatch.set_last_kernel(name)
     return y
 
 
