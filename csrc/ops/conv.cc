@@ -33,6 +33,30 @@ struct PaddedLevels {
   const int16_t* pixel(size_t b, size_t y, size_t x) const { return data.get() + ((b * Hp + y) * Wp + x) * Cp; }
 };
 
+// Decodes padded input row y (0 <= y < Hp) of image b into dst (Wp * Cp
+// levels): level 0 outside the image and in channels >= C. Returns false on
+// a code >= 2^bits.
+bool decode_padded_row(const ConvGeometry& g, const uint8_t* codes, int bits, const int16_t* levels,
+                       DecodeFn decode, size_t Cp, size_t b, size_t y, int16_t* dst) {
+  const size_t row = (g.W + 2 * g.pw) * Cp;
+  if (y < g.ph || y >= g.ph + g.H) {
+    std::memset(dst, 0, row * sizeof(int16_t));
+    return true;
+  }
+  const uint8_t* src = codes + ((b * g.H + (y - g.ph)) * g.W) * g.C;
+  std::memset(dst, 0, g.pw * Cp * sizeof(int16_t));
+  std::memset(dst + (g.pw + g.W) * Cp, 0, g.pw * Cp * sizeof(int16_t));
+  if (Cp == g.C) return decode(src, g.W * g.C, bits, levels, dst + g.pw * Cp);
+  bool ok = true;
+  for (size_t x = 0; x < g.W; ++x) {
+    int16_t* px = dst + (g.pw + x) * Cp;
+    ok &= decode(src + x * g.C, g.C, bits, levels, px);
+    std::memset(px + g.C, 0, (Cp - g.C) * sizeof(int16_t));
+  }
+  return ok;
+}
+
+// The whole input decoded (grouped convolution), in parallel over rows.
 bool decode_padded(const ConvGeometry& g, const uint8_t* codes, int bits, const int16_t* levels, DecodeFn decode,
                    size_t Cp, PaddedLevels* out) {
   out->Hp = g.H + 2 * g.ph;
@@ -40,39 +64,15 @@ bool decode_padded(const ConvGeometry& g, const uint8_t* codes, int bits, const 
   out->Cp = Cp;
   const size_t row = out->Wp * Cp;
   out->data.reset(new int16_t[g.B * out->Hp * row]);
-  int16_t* base = out->data.get();
   std::atomic<bool> bad{false};
   auto task = [&](size_t r) {  // one padded input row
-    const size_t b = r / out->Hp, y = r % out->Hp;
-    int16_t* dst = base + r * row;
-    if (y < g.ph || y >= g.ph + g.H) {
-      std::memset(dst, 0, row * sizeof(int16_t));
-      return;
-    }
-    const uint8_t* src = codes + ((b * g.H + (y - g.ph)) * g.W) * g.C;
-    std::memset(dst, 0, g.pw * Cp * sizeof(int16_t));
-    std::memset(dst + (g.pw + g.W) * Cp, 0, g.pw * Cp * sizeof(int16_t));
-    bool ok = true;
-    if (Cp == g.C) {
-      ok = decode(src, g.W * g.C, bits, levels, dst + g.pw * Cp);
-    } else {
-      for (size_t x = 0; x < g.W; ++x) {
-        int16_t* px = dst + (g.pw + x) * Cp;
-        ok &= decode(src + x * g.C, g.C, bits, levels, px);
-        std::memset(px + g.C, 0, (Cp - g.C) * sizeof(int16_t));
-      }
-    }
-    if (!ok) bad.store(true, std::memory_order_relaxed);
+    if (!decode_padded_row(g, codes, bits, levels, decode, Cp, r / out->Hp, r % out->Hp, out->data.get() + r * row))
+      bad.store(true, std::memory_order_relaxed);
   };
   parallel_for(g.B * out->Hp, task);
   return !bad.load();
 }
 
-// Output rows (b, oy) per task: at least 4 tasks per thread when possible.
-size_t rows_per_task(size_t rows) {
-  const size_t want = 4 * size_t(get_num_threads());
-  return std::max<size_t>(1, rows / want);
-}
 
 }  // namespace
 
@@ -96,18 +96,37 @@ int dwconv_tap_flush(int max_abs_a, int max_abs_w) {
 bool run_dwconv(const DwconvCall& call) {
   const ConvGeometry& g = call.g;
   if (output_rows(g) == 0 || g.C == 0) return true;
-  const size_t Cp = round_up(g.C, kDwconvChannelBlock);
-  PaddedLevels xp;
-  if (!decode_padded(g, call.x, call.bits, call.a_levels, call.kernel->decode, Cp, &xp)) return false;
-  const size_t taps = g.kh * g.kw;
+  const size_t Cp = round_up(g.C, kDwconvChannelBlock), Wp = g.W + 2 * g.pw, Hp = g.H + 2 * g.ph;
+  const size_t taps = g.kh * g.kw, row_elems = Wp * Cp;
   std::vector<size_t> tap_off(taps);
   for (size_t ky = 0; ky < g.kh; ++ky)
-    for (size_t kx = 0; kx < g.kw; ++kx) tap_off[ky * g.kw + kx] = (ky * g.dh * xp.Wp + kx * g.dw) * Cp;
-  const size_t out_rows = g.B * g.OH, per_task = rows_per_task(out_rows);
+    for (size_t kx = 0; kx < g.kw; ++kx) tap_off[ky * g.kw + kx] = (ky * g.dh * Wp + kx * g.dw) * Cp;
+  // A task owns a band of output rows of one image and decodes just the
+  // padded input rows the band reads (its own band plus the kernel's halo)
+  // into a per-thread buffer, so the levels stay in cache: bands of at most
+  // ~128 KiB of levels, and at least 4 tasks per thread when possible.
+  const size_t halo = (g.kh - 1) * g.dh;
+  const size_t fit = std::max<size_t>(1, ((size_t(128) << 10) / (row_elems * sizeof(int16_t)) + g.sh) / g.sh);
+  const size_t want = (g.B * g.OH + 4 * size_t(get_num_threads()) - 1) / (4 * size_t(get_num_threads()));
+  const size_t band = std::max<size_t>(1, std::min({fit, want, g.OH}));
+  const size_t bands_per_image = (g.OH + band - 1) / band;
   const bool fused = call.epilogue.kind != OutKind::int32;
+  std::atomic<bool> bad{false};
   auto task = [&](size_t i) {
+    const size_t b = i / bands_per_image, oy0 = i % bands_per_image * band, oy1 = std::min(g.OH, oy0 + band);
+    const size_t y0 = oy0 * g.sh, y1 = std::min(Hp, (oy1 - 1) * g.sh + halo + 1);  // padded input rows read
+    thread_local std::vector<int16_t> levels;
     thread_local std::vector<int32_t> scratch;
+    levels.resize((y1 - y0) * row_elems);
     scratch.resize(g.OW * Cp);
+    bool ok = true;
+    for (size_t y = y0; y < y1; ++y)
+      ok &= decode_padded_row(g, call.x, call.bits, call.a_levels, call.kernel->decode, Cp, b, y,
+                              levels.data() + (y - y0) * row_elems);
+    if (!ok) {
+      bad.store(true, std::memory_order_relaxed);
+      return;
+    }
     DwconvRowArgs a;
     a.w = call.w;
     a.tap_off = tap_off.data();
@@ -117,11 +136,10 @@ bool run_dwconv(const DwconvCall& call) {
     a.x_step = g.sw * Cp;
     a.tap_flush = call.tap_flush;
     a.out = scratch.data();
-    for (size_t r = i * per_task; r < std::min(out_rows, (i + 1) * per_task); ++r) {
-      const size_t b = r / g.OH, oy = r % g.OH;
-      a.x_row = xp.pixel(b, oy * g.sh, 0);
+    for (size_t oy = oy0; oy < oy1; ++oy) {
+      a.x_row = levels.data() + (oy * g.sh - y0) * row_elems;
       call.kernel->row(a);
-      const size_t m0 = r * g.OW;
+      const size_t m0 = (b * g.OH + oy) * g.OW;
       if (fused) {
         apply_epilogue(call.epilogue, scratch.data(), Cp, m0, m0 + g.OW, 0, g.C);
       } else {
@@ -130,8 +148,8 @@ bool run_dwconv(const DwconvCall& call) {
       }
     }
   };
-  parallel_for((out_rows + per_task - 1) / per_task, task);
-  return true;
+  parallel_for(g.B * bands_per_image, task);
+  return !bad.load();
 }
 
 bool run_grouped_conv(const GroupedConvCall& call, const GemmGeometry& gg) {
