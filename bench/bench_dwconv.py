@@ -151,8 +151,19 @@ def ort_dw_layer(h, c, stride, rng):
                         {"x": rng.integers(0, 256, shape, dtype=np.uint8)})
 
 
+def paired_ratio(stats, ref):
+    """Median over rounds of this contender's time / the reference's time in the
+    same round (rounds are interleaved, so both saw the same machine load)."""
+    if "samples" not in stats or "samples" not in ref:
+        return ""
+    return f"{np.median(np.array(stats['samples']) / np.array(ref['samples'])):.2f}x"
+
+
 def fmt_us(stats):
-    return "error: " + stats["error"][:40] if "error" in stats else f"{stats['median_s'] * 1e6:.1f}"
+    """median (fastest round) in microseconds."""
+    if "error" in stats:
+        return "error: " + stats["error"][:40]
+    return f"{stats['median_s'] * 1e6:.1f} ({stats['min_s'] * 1e6:.1f})"
 
 
 def main():
@@ -197,24 +208,28 @@ def main():
              f"CPU: {cpu}; lowbit tiers {', '.join(lowbit.supported_tiers())}; depthwise kernel(s): "
              f"{', '.join(dw_kernels)}; torch {torch.__version__}.", "",
              "Command: `PYTHONPATH=python python3 bench/bench_dwconv.py --out bench/results/dwconv.md` "
-             f"(rounds {args.rounds}, median, interleaved).", "",
+             f"(rounds {args.rounds}, interleaved; load average at the start {os.getloadavg()[0]:.1f} on "
+             f"{os.cpu_count()} CPUs).", "",
              "## DWSeparableNet (32x32, three depthwise-separable residual blocks, 32-128 channels), batch 1", "",
-             "| contender | median us | vs lowbit after |", "|---|---:|---:|"]
-    ref = model_stats["lowbit W2A2 (after: one native call per layer)"].get("median_s")
+             "| contender | us: median (fastest round) | time / lowbit after (median of per-round ratios) |",
+             "|---|---:|---:|"]
+    ref = model_stats["lowbit W2A2 (after: one native call per layer)"]
     for name, st in model_stats.items():
-        ratio = f"{st['median_s'] / ref:.2f}x" if "median_s" in st and ref else ""
-        lines.append(f"| {name} | {fmt_us(st)} | {ratio} |")
+        lines.append(f"| {name} | {fmt_us(st)} | {paired_ratio(st, ref)} |")
     lines += ["", "lowbit includes input quantization and every graph op (it runs `Model.run` on float input); "
               "torch and onnxruntime run their whole quantized graph on float input too.", "",
-              "## MobileNet-v1 depthwise 3x3 layers at 224x224, batch 1 (us, median)", "",
-              "| H=W | C | stride | lowbit W2A2 | torch x86 | torch qnnpack | ort int8 |",
-              "|---:|---:|---:|---:|---:|---:|---:|"]
+              "## MobileNet-v1 depthwise 3x3 layers at 224x224, batch 1 (us: median (fastest round))", "",
+              "| H=W | C | stride | lowbit W2A2 | torch x86 | torch qnnpack | ort int8 | torch x86 / lowbit | "
+              "ort / lowbit |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     tot = {k: 0.0 for k in ("lowbit", "torch x86", "torch qnnpack", "ort")}
     for (h, c, s), st in layer_rows:
-        lines.append(f"| {h} | {c} | {s} | " + " | ".join(fmt_us(st[k]) for k in tot) + " |")
+        lines.append(f"| {h} | {c} | {s} | " + " | ".join(fmt_us(st[k]) for k in tot) +
+                     f" | {paired_ratio(st['torch x86'], st['lowbit'])} | {paired_ratio(st['ort'], st['lowbit'])} |")
         for k in tot:
             tot[k] += st[k].get("median_s", float("nan"))
-    lines.append("| total | | | " + " | ".join(f"{v * 1e6:.1f}" for v in tot.values()) + " |")
+    lines.append("| total of medians | | | " + " | ".join(f"{v * 1e6:.1f}" for v in tot.values()) + " | | |")
+    lines += ["", "Ratios above 1 mean lowbit is faster. On a loaded machine the absolute times swing several "
+              "fold between rounds; the paired per-round ratios are the steadier figure."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

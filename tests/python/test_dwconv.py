@@ -239,3 +239,19 @@ def test_depthwise_separable_model_matches_reference():
     assert all(n.kernel.startswith("dwconv_") for n in dw)
     text = m.summary(print_fn=None)
     assert all(n.kernel in text for n in dw)
+
+
+@pytest.mark.parametrize("groups", [40, 8])
+def test_thread_count_does_not_change_results(groups):
+    rng = _seed("threads", groups)
+    x = rng.integers(0, 4, (3, 23, 19, 40), dtype=np.uint8)
+    cw = lowbit.ConvWeights(rng.integers(0, 4, (40, 40 // groups, 3, 3), dtype=np.uint8), 2, SIGNED2, groups)
+    want = reference.conv2d(x, cw._rows.reshape(40, 3, 3, -1).transpose(0, 3, 1, 2), None, SIGNED2, 2, 2, 2, 1, 1,
+                            groups)
+    saved = lowbit.get_num_threads()
+    try:
+        for n in (1, 2, 3, 5):
+            lowbit.set_num_threads(n)
+            np.testing.assert_array_equal(lowbit.conv2d(x, cw, 2, 1), want)
+    finally:
+        lowbit.set_num_threads(saved)
