@@ -59,7 +59,7 @@ class _GroupByGroup:
 
     def __enter__(self):
         self.saved = lconv._native_grouping_allowed
-        lconv._native_grouping_allowed = lambda: False
+        lconv._native_grouping_allowed = lambda depthwise: False
 
     def __exit__(self, *exc):
         lconv._native_grouping_allowed = self.saved

@@ -14,7 +14,8 @@ Grouped and depthwise convolutions are one native call per layer
 per group inside C++. Both decode the codes to zero-padded int16 levels, so
 they need no padding correction. Under ``lowbit.use(kernel=...)`` or
 ``use(strategy=<family>)`` they run group by group on the forced GEMM kernel
-instead (each group a GEMM, as before).
+instead (each group a GEMM, as before); under ``use(strategy="fastest")`` so do
+grouped layers that are not depthwise.
 
 Padding inserts the value 0. If the activation codebook has a code for 0, the
 padding reads that code; if not (e.g. bipolar {-1, +1}), padding reads code 0
@@ -189,7 +190,7 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     m = rows.shape[0]
     if epilogue is not None:
         epilogue.check(weights.cout, m)
-    if (weights.groups > 1 or weights.depthwise) and _native_grouping_allowed():
+    if (weights.groups > 1 or weights.depthwise) and _native_grouping_allowed(weights.depthwise):
         y = _conv_native(pa, weights, stride, padding, dilation, epilogue, m)
     else:
         y = _conv_gemm(pa, weights, rows, epilogue, geometry)
@@ -212,10 +213,15 @@ _INT32_OUTPUT = ("int32", None, None, None, float("-inf"), float("inf"))
 _NO_REQUANT = (1.0, 0, 0)  # inv_step, qmin, qmax when the output is not codes
 
 
-def _native_grouping_allowed() -> bool:
-    """The native grouped/depthwise paths run unless a GEMM kernel or family is forced."""
+def _native_grouping_allowed(depthwise: bool) -> bool:
+    """Whether a grouped layer runs natively (one call) rather than group by group.
+
+    Not when a GEMM kernel or family is forced. Under use(strategy="fastest")
+    depthwise layers stay on dwconv (made for them), while other grouped
+    layers run group by group so that each group's GEMM gets the measured
+    family (e.g. dot8, which the native grouped path, on dotgemm, does not use)."""
     kernel, strategy = _dispatch.forced_kernel()
-    return kernel is None and strategy in (None, _dispatch.FASTEST)
+    return kernel is None and (strategy is None or (depthwise and strategy == _dispatch.FASTEST))
 
 
 def _best_dwconv_kernel() -> dict:

@@ -255,3 +255,18 @@ def test_thread_count_does_not_change_results(groups):
             np.testing.assert_array_equal(lowbit.conv2d(x, cw, 2, 1), want)
     finally:
         lowbit.set_num_threads(saved)
+
+
+def test_strategy_fastest_keeps_dwconv_and_runs_other_groups_on_their_gemm_family():
+    rng = _seed("fastest")
+    x = rng.integers(0, 4, (1, 8, 8, 16), dtype=np.uint8)
+    for groups, family in ((16, "dwconv"), (4, None)):
+        wc = rng.integers(0, 4, (16, 16 // groups, 3, 3), dtype=np.uint8)
+        with lowbit.use(strategy="fastest"):
+            got = lowbit.conv2d(x, lowbit.ConvWeights(wc, 2, SIGNED2, groups), 1, 1)
+            ran = lowbit.last_kernel()
+        np.testing.assert_array_equal(got, reference.conv2d(x, wc, None, SIGNED2, 2, 2, 1, 1, 1, groups))
+        if family == "dwconv":
+            assert ran.startswith("dwconv_")
+        else:  # group by group: a GEMM registry kernel picked by the family dispatch
+            assert ran in {k["name"] for k in lowbit.kernels()}
