@@ -16,6 +16,7 @@
 #include "kernels/dot8/dot8.h"
 #include "kernels/dotgemm/dotgemm.h"
 #include "kernels/ukernel.h"
+#include "ops/conv.h"
 #include "ops/gemm.h"
 #include "ops/pack.h"
 #include "ops/roofline.h"
@@ -503,6 +504,152 @@ py::array epilogue_py(const py::array& acc, const py::object& scale, const py::o
   return out;
 }
 
+// ---- Depthwise and grouped convolution (ops/conv.h): one native call per layer.
+
+ConvGeometry conv_geometry(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph, size_t pw,
+                           size_t dh, size_t dw) {
+  require_array<uint8_t>(x, "x", 4, "uint8");
+  if (kh == 0 || kw == 0 || sh == 0 || sw == 0 || dh == 0 || dw == 0)
+    throw py::value_error("kernel size/stride/dilation: expected >= 1");
+  ConvGeometry g{size_t(x.shape(0)), size_t(x.shape(1)), size_t(x.shape(2)), size_t(x.shape(3)), kh, kw, sh, sw,
+                 ph, pw, dh, dw, 0, 0};
+  g.OH = conv_out_size(g.H, kh, sh, ph, dh);
+  g.OW = conv_out_size(g.W, kw, sw, pw, dw);
+  if (g.OH == 0 || g.OW == 0) throw py::value_error("x: input too small for the kernel with this padding/dilation");
+  return g;
+}
+
+const int16_t* checked_levels(const py::array& levels, int bits) {
+  require_array<int16_t>(levels, "a_levels", 1, "int16");
+  if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8)) throw py::value_error("bits: expected 1-4 or 8");
+  if (size_t(levels.shape(0)) != (size_t(1) << bits))
+    throw py::value_error("a_levels: expected " + std::to_string(1 << bits) + " values");
+  const int16_t* lv = static_cast<const int16_t*>(levels.data());
+  for (int i = 0; i < (1 << bits); ++i)
+    if (lv[i] < -128 || lv[i] > 255) throw py::value_error("a_levels: expected values in [-128, 255]");
+  return lv;
+}
+
+py::array conv_output(Epilogue& e, size_t M, size_t N, int32_t** c, const std::string& out_kind,
+                      const py::object& scale, const py::object& bias, const py::object& residual, float clamp_lo,
+                      float clamp_hi, float inv_step, int qmin, int qmax, Tier tier) {
+  if (out_kind == "int32") {
+    py::array_t<int32_t> o = empty_aligned<int32_t>(M, N);
+    *c = o.mutable_data();
+    return o;
+  }
+  e.simd = tier >= Tier::avx2;  // a forced scalar tier runs the scalar epilogue too
+  return make_epilogue(e, M, N, scale, bias, residual, clamp_lo, clamp_hi, out_kind, inv_step, qmin, qmax);
+}
+
+py::list dwconv_kernel_list() {
+  size_t count = 0;
+  const DwconvKernelInfo* reg = dwconv_kernels(&count);
+  py::list out;
+  for (size_t i = 0; i < count; ++i) {
+    py::dict d;
+    d["index"] = i;
+    d["name"] = reg[i].name;
+    d["family"] = "dwconv";
+    d["tier"] = tier_name(reg[i].tier);
+    d["tier_rank"] = int(reg[i].tier);
+    d["description"] = reg[i].description;
+    out.append(d);
+  }
+  return out;
+}
+
+// Depthwise: x (B, H, W, C) codes, w_levels (kh * kw, Cp) int16 (Cp = C rounded up to 16, zero padded).
+py::array dwconv_py(size_t kernel_index, const py::array& x, int bits, const py::array& a_levels,
+                    const py::array& w_levels, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph, size_t pw,
+                    size_t dh, size_t dw, const std::string& out_kind, const py::object& scale,
+                    const py::object& bias, const py::object& residual, float clamp_lo, float clamp_hi,
+                    float inv_step, int qmin, int qmax) {
+  size_t count = 0;
+  const DwconvKernelInfo* reg = dwconv_kernels(&count);
+  if (kernel_index >= count) throw py::index_error("dwconv kernel index out of range");
+  const DwconvKernelInfo& k = reg[kernel_index];
+  if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
+    throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
+  DwconvCall call;
+  call.kernel = &k;
+  call.g = conv_geometry(x, kh, kw, sh, sw, ph, pw, dh, dw);
+  call.bits = bits;
+  call.a_levels = checked_levels(a_levels, bits);
+  require_array<int16_t>(w_levels, "w_levels", 2, "int16");
+  const size_t Cp = (call.g.C + kDwconvChannelBlock - 1) / kDwconvChannelBlock * kDwconvChannelBlock;
+  if (size_t(w_levels.shape(0)) != kh * kw || size_t(w_levels.shape(1)) != Cp)
+    throw py::value_error("w_levels: expected shape (" + std::to_string(kh * kw) + ", " + std::to_string(Cp) + ")");
+  call.x = static_cast<const uint8_t*>(x.data());
+  call.w = static_cast<const int16_t*>(w_levels.data());
+  int max_a = 0, max_w = 0;
+  for (int i = 0; i < (1 << bits); ++i) max_a = std::max(max_a, std::abs(int(call.a_levels[i])));
+  for (size_t i = 0; i < kh * kw * Cp; ++i) {
+    const int v = call.w[i];
+    if (v < -128 || v > 255) throw py::value_error("w_levels: expected values in [-128, 255]");
+    max_w = std::max(max_w, std::abs(v));
+  }
+  call.tap_flush = dwconv_tap_flush(max_a, max_w);
+  py::array out = conv_output(call.epilogue, call.g.B * call.g.OH * call.g.OW, call.g.C, &call.c, out_kind, scale, bias, residual,
+                              clamp_lo, clamp_hi, inv_step, qmin, qmax, k.tier);
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    ok = run_dwconv(call);
+  }
+  if (!ok) throw py::value_error("x: expected every code in [0, " + std::to_string(1 << bits) + ")");
+  return out;
+}
+
+// Grouped: one dotgemm GEMM per group; w holds `groups` consecutive dotgemm weight layouts for
+// N = cout / groups, K = kh * kw * C / groups.
+py::array conv_grouped_py(size_t kernel_index, const py::array& x, int bits, const py::array& a_levels,
+                          const py::array& w, size_t groups, size_t cout, size_t kh, size_t kw, size_t sh, size_t sw,
+                          size_t ph, size_t pw, size_t dh, size_t dw, const std::string& out_kind,
+                          const py::object& scale, const py::object& bias, const py::object& residual,
+                          float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
+  const KernelInfo& k = kernel_at(kernel_index);
+  if (std::string(k.family) != "dotgemm")
+    throw py::value_error(std::string("conv_grouped: kernel ") + k.name + " is not a dotgemm kernel");
+  if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
+    throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
+  GroupedConvCall call;
+  call.kernel = &k;
+  call.g = conv_geometry(x, kh, kw, sh, sw, ph, pw, dh, dw);
+  if (groups == 0 || call.g.C % groups || cout == 0 || cout % groups)
+    throw py::value_error("groups: expected a divisor of the input channels and of cout");
+  call.groups = groups;
+  call.cout = cout;
+  call.bits = bits;
+  call.a_levels = checked_levels(a_levels, bits);
+  // the decoder of the kernel's tier (dwconv table: scalar first, then SIMD tiers)
+  size_t count = 0;
+  const DwconvKernelInfo* reg = dwconv_kernels(&count);
+  call.decode = reg[0].decode;
+  for (size_t i = 0; i < count; ++i)
+    if (reg[i].tier <= k.tier) call.decode = reg[i].decode;
+  const size_t k_steps = (kh * kw * (call.g.C / groups) + 1) / 2;
+  GemmGeometry gg;
+  std::string why;
+  if (!gemm_geometry(k, cout / groups, k_steps, &gg, &why)) throw py::value_error(why);
+  require_array<uint8_t>(w, "w", 1, "uint8");
+  if (size_t(w.shape(0)) != groups * gg.w_bytes)
+    throw py::value_error("w: expected " + std::to_string(groups * gg.w_bytes) + " bytes (" +
+                          std::to_string(groups) + " dotgemm layouts) for kernel " + k.name);
+  call.x = static_cast<const uint8_t*>(x.data());
+  call.w = static_cast<const uint8_t*>(w.data());
+  py::array out = conv_output(call.epilogue, call.g.B * call.g.OH * call.g.OW, cout, &call.c, out_kind, scale, bias, residual,
+                              clamp_lo, clamp_hi, inv_step, qmin, qmax, k.tier);
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    ok = run_grouped_conv(call, gg);
+  }
+  if (!ok) throw py::value_error("x: expected every code in [0, " + std::to_string(1 << bits) + ")");
+  return out;
+}
+// ---- end of depthwise and grouped convolution
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -563,6 +710,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("im2col_nhwc", &im2col_nhwc_py, py::arg("x"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("kh"),
         py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
         py::arg("pad_code"));
+  // depthwise and grouped convolution (ops/conv.h)
+  m.def("dwconv_kernels", &dwconv_kernel_list, "The depthwise convolution kernels");
+  m.def("dwconv", &dwconv_py);
+  m.def("conv_grouped", &conv_grouped_py);
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);
   m.def("default_num_threads", &default_num_threads);

@@ -1,6 +1,8 @@
 // AVX2 twin of the epilogue (ops/epilogue.h): the same float32 operations in
-// the same order, 8 outputs at a time; the clamps are compare + blend so they
-// keep exactly the scalar `v < lo ? lo : v` semantics (signed zeros too).
+// the same order, 8 outputs at a time. The clamps are vmaxps(lo, v) and
+// vminps(hi, v): vmaxps(a, b) returns a > b ? a : b (b when either is NaN or
+// both are zeros), which is exactly the scalar `v < lo ? lo : v` (signed
+// zeros and NaN too); likewise vminps(hi, v) = `v > hi ? hi : v`.
 #include <immintrin.h>
 
 #include "ops/epilogue.h"
@@ -22,15 +24,15 @@ void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stri
       v = _mm256_mul_ps(v, _mm256_loadu_ps(e.scale + n));
       v = _mm256_add_ps(v, _mm256_loadu_ps(e.bias + n));
       if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + n));
-      v = _mm256_blendv_ps(v, lo, _mm256_cmp_ps(v, lo, _CMP_LT_OQ));
-      v = _mm256_blendv_ps(v, hi, _mm256_cmp_ps(v, hi, _CMP_GT_OQ));
+      v = _mm256_max_ps(lo, v);  // lo > v ? lo : v, i.e. exactly v < lo ? lo : v (NaN, signed zeros)
+      v = _mm256_min_ps(hi, v);  // hi < v ? hi : v
       if (e.kind == OutKind::float32) {
         _mm256_storeu_ps(static_cast<float*>(e.out) + m * e.out_stride + n, v);
       } else {
         __m256 q = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         q = _mm256_blendv_ps(q, qlo, _mm256_cmp_ps(q, q, _CMP_UNORD_Q));  // NaN -> code 0
-        q = _mm256_blendv_ps(q, qlo, _mm256_cmp_ps(q, qlo, _CMP_LT_OQ));
-        q = _mm256_blendv_ps(q, qhi, _mm256_cmp_ps(q, qhi, _CMP_GT_OQ));
+        q = _mm256_max_ps(qlo, q);
+        q = _mm256_min_ps(qhi, q);
         const __m256i c = _mm256_sub_epi32(_mm256_cvttps_epi32(q), qmin);  // 0 .. 255
         const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
         _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(e.out) + m * e.out_stride + n),

@@ -9,7 +9,7 @@ Core API (NumPy only)::
 """
 from . import _core, reference
 from ._dispatch import cpu_features, kernels, last_kernel, supported_tiers, use
-from .conv import ConvWeights, conv2d, linear, pack_activations_nhwc
+from .conv import ConvWeights, conv2d, dwconv_kernels, linear, pack_activations_nhwc
 from .epilogue import Epilogue, Requant
 from .ops import explain, gemm
 from .packing import PackedActivations, PackedWeights, pack_activations, pack_weights
@@ -55,7 +55,7 @@ def info() -> dict:
 
 
 __all__ = [
-    "ConvWeights", "Epilogue", "PackedActivations", "PackedWeights", "Requant", "conv2d", "linear",
+    "ConvWeights", "Epilogue", "PackedActivations", "PackedWeights", "Requant", "conv2d", "dwconv_kernels", "linear",
     "pack_activations_nhwc", "cpu_features", "explain", "gemm", "get_num_threads", "info",
     "kernels", "last_kernel", "pack_activations", "pack_weights", "set_num_threads", "supported_tiers", "use",
 ]

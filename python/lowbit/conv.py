@@ -6,7 +6,16 @@ When the chosen kernel takes indirect activations (grouplut) and Cin is a
 multiple of its group size, the input is packed once and each output row reads
 its kh*kw input pixels through an indirection buffer (as QNNPACK does): no
 im2col copy. Otherwise an im2col copy of the codes is made (documented
-fallback; still exact). Grouped/depthwise convolutions run group by group.
+fallback; still exact).
+
+Grouped and depthwise convolutions are one native call per layer
+(csrc/ops/conv.h, docs/depthwise.md): depthwise (groups == Cin == Cout) on a
+``dwconv`` kernel (:func:`dwconv_kernels`), other groupings as one dotgemm GEMM
+per group inside C++. Both decode the codes to zero-padded int16 levels, so
+they need no padding correction. Under ``lowbit.use(kernel=...)`` or
+``use(strategy=<family>)`` they run group by group on the forced GEMM kernel
+instead (each group a GEMM, as before); under ``use(strategy="fastest")`` so do
+grouped layers that are not depthwise.
 
 Padding inserts the value 0. If the activation codebook has a code for 0, the
 padding reads that code; if not (e.g. bipolar {-1, +1}), padding reads code 0
@@ -17,14 +26,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
+from . import _core, _dispatch
 from . import codebook as cbmod
 from .epilogue import Epilogue
+from .families import FAMILIES
 from .ops import _prepare
-from .packing import PackedActivations, PackedWeights, check_elements
+from .packing import PackedActivations, PackedWeights, _as_code_matrix, _check_range, check_elements
 
 
 def _pair(v, name):
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int:
+        return v  # already a pair of ints (the runtime's attributes): the common case, kept cheap
     if isinstance(v, (int, np.integer)):
         v = (int(v), int(v))
     v = tuple(int(x) for x in v)
@@ -34,33 +46,79 @@ def _pair(v, name):
 
 
 class ConvWeights:
-    """Packed convolution weights: (Cout, Cin/groups, kh, kw) codes, stored as
-    ``groups`` PackedWeights of shape (Cout/groups, kh*kw*Cin/groups) in
-    (ky, kx, cin) order."""
+    """Packed convolution weights: (Cout, Cin/groups, kh, kw) codes.
+
+    For the GEMM path they are ``groups`` PackedWeights of shape
+    (Cout/groups, kh*kw*Cin/groups) in (ky, kx, cin) order (:attr:`parts`,
+    built on first use); the native grouped and depthwise paths use decoded
+    levels built from the same codes (cached here)."""
 
     def __init__(self, w_codes, bits: int, codebook=None, groups: int = 1):
         if not isinstance(w_codes, np.ndarray) or w_codes.dtype != np.uint8 or w_codes.ndim != 4:
             raise TypeError("w_codes: expected a (Cout, Cin/groups, kh, kw) uint8 numpy array")
         cout, cg, kh, kw = w_codes.shape
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+            raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
+        groups = int(groups)
         if groups < 1 or cout % groups:
             raise ValueError(f"groups: expected a divisor of Cout={cout}, got {groups}")
+        if min(w_codes.shape) < 1:
+            raise ValueError(f"w_codes: expected every dimension >= 1, got shape {w_codes.shape}")
         self.cout, self.cin_per_group, self.kh, self.kw, self.groups = cout, cg, kh, kw, groups
-        self.bits = bits
-        opg = cout // groups
-        self.parts = [PackedWeights.from_codes(
-            np.ascontiguousarray(w_codes[g * opg:(g + 1) * opg].transpose(0, 2, 3, 1).reshape(opg, kh * kw * cg)),
-            bits, codebook) for g in range(groups)]
-        self.codebook = self.parts[0].codebook
+        self.bits = cbmod.check_bits(bits, "bits")
+        _check_range(_as_code_matrix(w_codes.reshape(cout, -1), "w_codes"), self.bits, "w_codes")
+        self.codebook = cbmod.normalize(codebook, self.bits, "codebook")
+        # (Cout, kh*kw*Cin/groups) in (ky, kx, cin) order: each group's GEMM weights are a row block
+        self._rows = np.ascontiguousarray(w_codes.transpose(0, 2, 3, 1).reshape(cout, kh * kw * cg))
+        self._parts = None
+        self._native = {}  # decoded levels / layouts of the native paths, per key
+
+    @property
+    def depthwise(self) -> bool:
+        """groups == Cin == Cout (channel multiplier 1): the dwconv kernels' case."""
+        return self.cin_per_group == 1 and self.groups == self.cout
+
+    @property
+    def parts(self) -> list:
+        """The per-group PackedWeights of the GEMM path (built on first use)."""
+        if self._parts is None:
+            opg = self.cout // self.groups
+            self._parts = [PackedWeights.from_codes(self._rows[g * opg:(g + 1) * opg], self.bits, self.codebook)
+                           for g in range(self.groups)]
+        return self._parts
 
     @property
     def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.parts)
+        """Bytes of the packed codes: Cout rows of ceil(kh*kw*Cin/groups * bits / 8) (as PackedWeights.nbytes)."""
+        return self.cout * (-(-self._rows.shape[1] * self.bits // 8))
 
     def column_sums(self, g: int) -> np.ndarray:
         """(kh*kw, Cout/groups) sums of weight levels per tap (for padding corrections)."""
         p = self.parts[g]
         vals = self.codebook.astype(np.int64)[p.codes()].reshape(p.N, self.kh * self.kw, self.cin_per_group)
         return vals.sum(axis=2).T
+
+    def dw_levels(self) -> np.ndarray:
+        """Depthwise weight levels, (kh*kw, Cp) int16 with Cp = Cout rounded up to 16, zero padded
+        (the dwconv kernels' layout, csrc/kernels/dwconv/dwconv.h)."""
+        hit = self._native.get("dw")
+        if hit is None:
+            cp = -(-self.cout // 16) * 16
+            hit = np.zeros((self.kh * self.kw, cp), np.int16)
+            hit[:, :self.cout] = self.codebook[self._rows].T
+            self._native["dw"] = hit
+        return hit
+
+    def grouped_layout(self, plan, kern) -> np.ndarray:
+        """The ``groups`` dotgemm weight layouts of kernel ``kern``, back to back (one uint8 array)."""
+        key = ("grouped", kern["name"])
+        hit = self._native.get(key)
+        if hit is None:
+            opg = self.cout // self.groups
+            fam = FAMILIES["dotgemm"]
+            hit = self._native[key] = np.concatenate(
+                [fam.weight_layout(self._rows[g * opg:(g + 1) * opg], plan, kern) for g in range(self.groups)])
+        return hit
 
 
 def _as_nhwc(x, a_bits, a_codebook):
@@ -144,19 +202,101 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     m = rows.shape[0]
     if epilogue is not None:
         epilogue.check(weights.cout, m)
+    if (weights.groups > 1 or weights.depthwise) and _native_grouping_allowed(weights.depthwise):
+        y = _conv_native(pa, weights, stride, padding, dilation, epilogue, m)
+    else:
+        y = _conv_gemm(pa, weights, rows, epilogue, geometry)
+    if epilogue is not None and epilogue.requant is not None:
+        out = PackedActivations(y.reshape(m, weights.cout), epilogue.requant.bits, epilogue.requant.codebook())
+        out.shape = (b, oh, ow, weights.cout)
+        return out
+    return y.reshape(b, oh, ow, weights.cout)
+
+
+def dwconv_kernels() -> list:
+    """The depthwise-convolution kernels (their own small table, csrc/ops/conv.cc),
+    with ``available`` for this CPU, scalar first."""
+    supported = set(_dispatch.supported_tiers())
+    return [dict(k, available=k["tier"] in supported) for k in _DWCONV_KERNELS]
+
+
+_DWCONV_KERNELS = tuple(_core.dwconv_kernels())
+_INT32_OUTPUT = ("int32", None, None, None, float("-inf"), float("inf"))
+_NO_REQUANT = (1.0, 0, 0)  # inv_step, qmin, qmax when the output is not codes
+
+
+def _native_grouping_allowed(depthwise: bool) -> bool:
+    """Whether a grouped layer runs natively (one call) rather than group by group.
+
+    Not when a GEMM kernel or family is forced. Under use(strategy="fastest")
+    depthwise layers stay on dwconv (made for them), while other grouped
+    layers run group by group so that each group's GEMM gets the measured
+    family (e.g. dot8, which the native grouped path, on dotgemm, does not use)."""
+    kernel, strategy = _dispatch.forced_kernel()
+    return kernel is None and (strategy is None or (depthwise and strategy == _dispatch.FASTEST))
+
+
+def _best_dwconv_kernel() -> dict:
+    cap = _dispatch.tier_rank(_dispatch.tier_cap())
+    return [k for k in dwconv_kernels() if k["available"] and k["tier_rank"] <= cap][-1]
+
+
+def _native_call(pa, weights) -> tuple:
+    """(native function, leading arguments, kernel name) of a grouped or depthwise
+    layer for these activations under the current dispatch state; planned once
+    and cached on the ConvWeights (checks K_max)."""
+    key = ("call", pa.bits, pa.codebook_key, _dispatch.state())
+    hit = weights._native.get(key)
+    if hit is not None:
+        return hit
+    cb_a = pa.codebook
+    k = weights.kh * weights.kw * weights.cin_per_group
+    kmax = cbmod.k_max(cb_a, weights.codebook)
+    if k > kmax:
+        raise ValueError(f"weights: a sum of K={k} products exceeds K_max={kmax} for these codebooks "
+                         "(int32 sums could overflow)")
+    a_levels = cb_a.astype(np.int16)
+    if weights.depthwise:
+        kern = _best_dwconv_kernel()
+        hit = (_core.dwconv, (kern["index"], pa.bits, a_levels, weights.dw_levels()), ())
+    else:
+        plan, why_not = FAMILIES["dotgemm"].plan(weights.bits, pa.bits, weights.codebook, cb_a)
+        if plan is None:  # not reachable with validated codebooks; kept as a clear error
+            raise NotImplementedError(f"grouped convolution: {why_not}")
+        kern = _dispatch.candidates("dotgemm", "i8")[0]
+        hit = (_core.conv_grouped, (kern["index"], pa.bits, a_levels, weights.grouped_layout(plan, kern)),
+               (weights.groups, weights.cout))
+    hit = weights._native[key] = hit + (kern["name"],)
+    return hit
+
+
+def _conv_native(pa, weights, stride, padding, dilation, epilogue, m):
+    """Grouped or depthwise convolution in one native call: (M, Cout) int32, float32 or codes."""
+    fn, (index, bits, a_levels, w), extra, name = _native_call(pa, weights)
+    # the epilogue arguments in the bindings' positional order (all nine, padded for int32/float32 output)
+    ep = _INT32_OUTPUT if epilogue is None else epilogue.native_args()
+    ep = ep + _NO_REQUANT[len(ep) - 6:]
+    try:
+        y = fn(index, pa.codes.reshape(pa.shape), bits, a_levels, w, *extra, weights.kh, weights.kw, *stride,
+               *padding, *dilation, *ep)
+    except ValueError as exc:
+        if str(exc).startswith("x: expected every code"):
+            raise ValueError(f"x: expected every code in [0, {1 << pa.bits}) for a_bits={pa.bits}, "
+                             f"got max {int(pa.codes.max())}") from None
+        raise
+    _dispatch.set_last_kernel(name)
+    return y
+
+
+def _conv_gemm(pa, weights, rows, epilogue, geometry):
+    """The GEMM path: one implicit GEMM per group (groups == 1, or a forced GEMM kernel/family)."""
     cg, opg = weights.cin_per_group, weights.cout // weights.groups
     outs = []
     for g in range(weights.groups):
         xg = pa if weights.groups == 1 else _channel_slice(pa, g * cg, (g + 1) * cg)
         ep = epilogue if epilogue is None or weights.groups == 1 else epilogue.slice(g * opg, (g + 1) * opg)
         outs.append(_conv_group(xg, weights, g, rows, ep, geometry))
-    y = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-    y = y.reshape(b, oh, ow, weights.cout)
-    if epilogue is not None and epilogue.requant is not None:
-        out = PackedActivations(y.reshape(m, weights.cout), epilogue.requant.bits, epilogue.requant.codebook())
-        out.shape = (b, oh, ow, weights.cout)
-        return out
-    return y
+    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
 
 def _channel_slice(pa, c0, c1):

@@ -11,7 +11,7 @@ import os
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "FmnistResNet", "fmnist_resnet", "load_fmnist", "DATA_DIR"]
+__all__ = ["BasicBlock", "DWSeparableBlock", "DWSeparableNet", "FmnistResNet", "fmnist_resnet", "load_fmnist", "DATA_DIR"]
 
 
 class BasicBlock(nn.Module):
@@ -39,6 +39,47 @@ class BasicBlock(nn.Module):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu2(out + self.downsample(x))
+
+
+class DWSeparableBlock(nn.Module):
+    """MobileNet-style residual block: depthwise conv3x3 (stride)-BN-ReLU,
+    pointwise conv1x1-BN, + shortcut (identity, or 1x1 conv-BN when the shape
+    changes), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.dw = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.relu1 = nn.ReLU()
+        self.pw = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu2 = nn.ReLU()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x):
+        out = self.bn2(self.pw(self.relu1(self.bn1(self.dw(x)))))
+        return self.relu2(out + self.shortcut(x))
+
+
+class DWSeparableNet(nn.Module):
+    """Small 32x32 CNN with three depthwise-separable residual blocks (the
+    depthwise benchmark model): stem conv3x3(3->32)-BN-ReLU, blocks 32->32,
+    32->64 (stride 2), 64->128 (stride 2), global average pool, Linear(128, classes)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.blocks = nn.Sequential(DWSeparableBlock(32, 32, 1), DWSeparableBlock(32, 64, 2),
+                                    DWSeparableBlock(64, 128, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = self.pool(self.blocks(self.stem(x)))
+        return self.fc(torch.flatten(x, 1))
 
 
 class FmnistResNet(nn.Module):

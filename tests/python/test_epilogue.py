@@ -68,3 +68,21 @@ def test_epilogue_argument_errors():
     pw = lowbit.pack_weights(np.zeros((3, 8), np.uint8), 2)
     with pytest.raises(ValueError, match="scale has 2 values"):
         lowbit.gemm(np.zeros((1, 8), np.uint8), pw, 2, epilogue=lowbit.Epilogue(np.ones(2)))
+
+
+@pytest.mark.parametrize("lo,hi", [(0.0, np.inf), (0.0, 6.0), (-1.0, 1.5), (-np.inf, np.inf)])
+def test_clamp_keeps_nan_and_signed_zeros_like_the_scalar_rule(lo, hi):
+    """The SIMD clamps (vmaxps/vminps) give exactly `v < lo ? lo : v` and
+    `v > hi ? hi : v`: NaN passes through, -0.0 stays -0.0 (bit for bit)."""
+    from lowbit import _core, reference
+    n = 24  # three vectors of 8
+    acc = np.zeros((4, n), np.int32)
+    acc[1] = np.arange(-12, 12)
+    scale = np.full(n, -1.0, np.float32)   # 0 * -1 = -0.0
+    bias = np.full(n, -0.0, np.float32)
+    res = np.zeros((4, n), np.float32)
+    res[2] = [np.nan, -0.0, 0.0, np.inf, -np.inf, 7.0, -7.0, 1.5] * 3
+    res[3] = -0.0
+    got = _core.epilogue(acc, scale, bias, res, float(lo), float(hi), "float32")
+    want = reference.epilogue(acc, scale, bias, res, lo, hi)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -172,12 +172,15 @@ def test_summary_reports_lut_kernels_for_low_bit_layers():
     q = _prepared(OpZoo(), (8, 3, 20, 20))
     m = lowbit.convert(q, torch.zeros(1, 3, 20, 20))
     text = m.summary(print_fn=None)
-    registry = {k["name"]: k for k in lowbit.kernels()}
+    registry = {k["name"]: k for k in lowbit.kernels() + lowbit.dwconv_kernels()}
+    groups = {n.name: n.attrs.get("groups", 1) for n in m.nodes}
     layers = [r for r in m.layers() if r["op"] in ("conv", "linear")]
     assert layers
     for r in layers:
         assert r["kernel"] in registry, r          # a registry kernel, not a NumPy fallback
-        assert registry[r["kernel"]]["family"] in LUT_FAMILIES
+        # depthwise layers run a dwconv kernel, other grouped ones the native grouped dotgemm path
+        want = {1: LUT_FAMILIES, 4: ("dotgemm",), 16: ("dwconv",)}[groups[r["name"]]]
+        assert registry[r["kernel"]]["family"] in want, r
         assert r["kernel"] in text and r["bits"] in text
     assert str(m.nbytes) in text
 

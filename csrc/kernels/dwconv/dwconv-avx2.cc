@@ -1,0 +1,96 @@
+// AVX2 depthwise kernel and level decoder (contract and accumulator bound:
+// dwconv.h). Channels are the vector dimension: 16 int16 levels a ymm.
+#include <immintrin.h>
+
+#include "kernels/dwconv/dwconv.h"
+
+namespace lowbit {
+
+namespace {
+
+inline __m256i load16(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+// PX neighbouring output pixels x 16 channels: int16 products, tap_flush
+// taps per int16 accumulation, widened into two int32 vectors per pixel
+// (channels c..c+7 and c+8..c+15). One weight load serves the PX pixels.
+template <int PX>
+inline void block_i16(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_t* out) {
+  __m256i lo[PX], hi[PX], acc[PX];
+  for (int p = 0; p < PX; ++p) lo[p] = hi[p] = _mm256_setzero_si256();
+  const size_t flush = size_t(a.tap_flush);
+  for (size_t t0 = 0; t0 < a.taps; t0 += flush) {
+    const size_t t1 = t0 + flush < a.taps ? t0 + flush : a.taps;
+    for (int p = 0; p < PX; ++p) acc[p] = _mm256_setzero_si256();
+    for (size_t t = t0; t < t1; ++t) {
+      const __m256i wv = load16(a.w + t * a.Cp + c);
+      const int16_t* xt = x + a.tap_off[t] + c;
+      for (int p = 0; p < PX; ++p)
+        acc[p] = _mm256_add_epi16(acc[p], _mm256_mullo_epi16(load16(xt + size_t(p) * a.x_step), wv));
+    }
+    for (int p = 0; p < PX; ++p) {
+      lo[p] = _mm256_add_epi32(lo[p], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[p])));
+      hi[p] = _mm256_add_epi32(hi[p], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[p], 1)));
+    }
+  }
+  for (int p = 0; p < PX; ++p) {
+    int32_t* o = out + size_t(p) * a.Cp + c;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), lo[p]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8), hi[p]);
+  }
+}
+
+// Wide levels (max|a| * max|w| > 32767): int32 products, 8 channels a vector.
+inline void block_i32(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_t* out) {
+  for (size_t h = 0; h < 16; h += 8) {
+    __m256i acc = _mm256_setzero_si256();
+    for (size_t t = 0; t < a.taps; ++t) {
+      const __m256i xv = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + a.tap_off[t] + c + h)));
+      const __m256i wv = _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a.w + t * a.Cp + c + h)));
+      acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(xv, wv));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c + h), acc);
+  }
+}
+
+}  // namespace
+
+void dwconv_row__avx2(const DwconvRowArgs& a) {
+  constexpr size_t kPixels = 4;  // output pixels a register block (12 accumulators + weights in 16 ymm)
+  size_t ox = 0;
+  if (a.tap_flush > 0) {
+    for (; ox + kPixels <= a.OW; ox += kPixels)
+      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock)
+        block_i16<kPixels>(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
+    for (; ox < a.OW; ++ox)
+      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) block_i16<1>(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
+  } else {
+    for (; ox < a.OW; ++ox)
+      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) block_i32(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
+  }
+}
+
+bool decode_levels__avx2(const uint8_t* codes, size_t n, int bits, const int16_t* levels, int16_t* out) {
+  if (bits > 4) return decode_levels__scalar(codes, n, bits, levels, out);
+  // 1-4-bit levels are in [-128, 127]: an int8 table for vpshufb (entries
+  // past 2^bits are never selected by an in-range code).
+  alignas(16) int8_t table[16] = {};
+  for (int i = 0; i < (1 << bits); ++i) table[i] = int8_t(levels[i]);
+  const __m256i tbl = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(table)));
+  __m256i seen = _mm256_setzero_si256();  // max code seen (range check once at the end)
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i));
+    seen = _mm256_max_epu8(seen, c);
+    const __m256i lv = _mm256_shuffle_epi8(tbl, c);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_cvtepi8_epi16(_mm256_castsi256_si128(lv)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i + 16), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(lv, 1)));
+  }
+  alignas(32) uint8_t m[32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(m), seen);
+  unsigned top = 0;
+  for (uint8_t v : m) top = v > top ? v : top;
+  const bool tail_ok = decode_levels__scalar(codes + i, n - i, bits, levels, out + i);
+  return tail_ok && top < (1u << bits);
+}
+
+}  // namespace lowbit
