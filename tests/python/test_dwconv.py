@@ -42,7 +42,7 @@ def _run(rng, b, h, w, cin, cout, k, stride, padding, dilation, groups, w_bits=2
     with lowbit.use(isa=tier or TIERS[-1]):
         got = lowbit.conv2d(x, cw, stride, padding, dilation, epilogue=epilogue, a_bits=a_bits, a_codebook=a_cb)
         ran = lowbit.last_kernel()
-    want = reference.conv2d(x, wc, a_cb, w_cb, a_bits, w_bits, stride, padding, dilation, groups)
+    want = reference.conv2d(x, wc, a_bits, w_bits, a_cb, w_cb, stride, padding, dilation, groups)
     return got, want, ran
 
 
@@ -105,7 +105,7 @@ def test_extreme_codes_hit_the_int16_bound():
     for tier in TIERS:
         with lowbit.use(isa=tier):
             got = lowbit.conv2d(x, lowbit.ConvWeights(wc, 1, cb, 32), 1, 1, a_bits=1, a_codebook=cb)
-        np.testing.assert_array_equal(got, reference.conv2d(x, wc, cb, cb, 1, 1, 1, 1, 1, 32))
+        np.testing.assert_array_equal(got, reference.conv2d(x, wc, 1, 1, cb, cb, 1, 1, 1, 32))
         assert got.max() == 9 * 127 * 127
 
 
@@ -145,7 +145,7 @@ def test_fused_epilogue(tier, groups, cout, requant, residual, a_cb):
     x = rng.integers(0, 1 << a_bits, (2, 7, 9, 24), dtype=np.uint8)
     wc = rng.integers(0, 4, (cout, 24 // groups, 3, 3), dtype=np.uint8)
     cw = lowbit.ConvWeights(wc, 2, SIGNED2, groups)
-    acc = reference.conv2d(x, wc, a_cb, SIGNED2, a_bits, 2, 2, 1, 1, groups)
+    acc = reference.conv2d(x, wc, a_bits, 2, a_cb, SIGNED2, 2, 1, 1, groups)
     m = acc.shape[0] * acc.shape[1] * acc.shape[2]
     scale = rng.uniform(0.01, 0.3, cout).astype(np.float32)
     bias = rng.normal(0, 0.5, cout).astype(np.float32)
@@ -171,7 +171,7 @@ def test_forced_gemm_kernel_still_runs_group_by_group():
     with lowbit.use(strategy="grouplut"):
         got = lowbit.conv2d(x, cw, 1, 1)
         assert "grouplut" in lowbit.last_kernel()
-    np.testing.assert_array_equal(got, reference.conv2d(x, wc, None, SIGNED2, 2, 2, 1, 1, 1, 16))
+    np.testing.assert_array_equal(got, reference.conv2d(x, wc, 2, 2, None, SIGNED2, 1, 1, 1, 16))
 
 
 NATIVE = ("dwconv", "conv_grouped", "gemm", "gemm_codes", "epilogue", "im2col_nhwc", "pack_groups",
@@ -246,7 +246,7 @@ def test_thread_count_does_not_change_results(groups):
     rng = _seed("threads", groups)
     x = rng.integers(0, 4, (3, 23, 19, 40), dtype=np.uint8)
     cw = lowbit.ConvWeights(rng.integers(0, 4, (40, 40 // groups, 3, 3), dtype=np.uint8), 2, SIGNED2, groups)
-    want = reference.conv2d(x, cw._rows.reshape(40, 3, 3, -1).transpose(0, 3, 1, 2), None, SIGNED2, 2, 2, 2, 1, 1,
+    want = reference.conv2d(x, cw._rows.reshape(40, 3, 3, -1).transpose(0, 3, 1, 2), 2, 2, None, SIGNED2, 2, 1, 1,
                             groups)
     saved = lowbit.get_num_threads()
     try:
@@ -265,7 +265,7 @@ def test_strategy_fastest_keeps_dwconv_and_runs_other_groups_on_their_gemm_famil
         with lowbit.use(strategy="fastest"):
             got = lowbit.conv2d(x, lowbit.ConvWeights(wc, 2, SIGNED2, groups), 1, 1)
             ran = lowbit.last_kernel()
-        np.testing.assert_array_equal(got, reference.conv2d(x, wc, None, SIGNED2, 2, 2, 1, 1, 1, groups))
+        np.testing.assert_array_equal(got, reference.conv2d(x, wc, 2, 2, None, SIGNED2, 1, 1, 1, groups))
         if family == "dwconv":
             assert ran.startswith("dwconv_")
         else:  # group by group: a GEMM registry kernel picked by the family dispatch
