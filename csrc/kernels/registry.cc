@@ -37,6 +37,13 @@ const KernelInfo kRegistry[] = {
      lutgemm_w2a2_split__avx512icl, "DeepGEMM product LUT, lo/hi byte tables, vpermb zmm + vpdpbusd", false},
     {"grouplut_4x64__avx2", "grouplut", 0, 0, Tier::avx2, 4, 64, TableKind::i8, grouplut__avx2,
      "activation-selected product-sum LUT, vpshufb ymm, 4 rows x 64 channels", true, 0, true},
+    // Within a family and tier, the first kernel listed is the one dispatch takes
+    // (_dispatch.candidates); the others run when forced (lowbit.use(kernel=...)).
+    {"grouplut6_4x128__avx512icl", "grouplut6", 0, 0, Tier::avx512icl, 4, 128, TableKind::i8,
+     grouplut6_4x128__avx512icl,
+     "activation-selected product-sum LUT, vpermb zmm on 64-entry tables, each table load shared by two "
+     "64-channel blocks, vpmaddubsw widening, 4 rows x 128 channels",
+     true, 0, true},
     {"grouplut6_4x64__avx512icl", "grouplut6", 0, 0, Tier::avx512icl, 4, 64, TableKind::i8, grouplut6__avx512icl,
      "activation-selected product-sum LUT, vpermb zmm on 64-entry tables, 4 rows x 64 channels", true},
     {"a1w1_bitserial_1x4__avx2", "bitserial", 1, 0, Tier::avx2, 1, 4, TableKind::i8, bitserial__avx2,

@@ -34,8 +34,10 @@ bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* 
   } else if (family == "grouplut6") {
     g->a_row_bytes = k_steps;  // one byte per group
     g->w_stride = kGrouplut6Lanes;
-    g->w_tile_stride = k_steps * kGrouplut6Lanes;
+    g->w_tile_stride = k_steps * size_t(k.nr);  // NR / 64 consecutive 64-channel blocks
     g->table_bytes = 256 * 64;
+    g->w_bytes = (N + kGrouplut6Lanes - 1) / kGrouplut6Lanes * k_steps * kGrouplut6Lanes;
+    return true;
   } else if (family == "bitserial") {
     g->a_row_bytes = 2 * k_steps * kBitserialStepBytes;  // up to 2 activation planes
     g->w_stride = (k_steps + 1) * kBitserialStepBytes;    // plane + popcount trailer
