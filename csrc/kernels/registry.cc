@@ -48,6 +48,9 @@ const KernelInfo kRegistry[] = {
      "activation-selected product-sum LUT, vpermb zmm on 64-entry tables, 4 rows x 64 channels", true},
     {"a1w1_bitserial_1x4__avx2", "bitserial", 1, 0, Tier::avx2, 1, 4, TableKind::i8, bitserial__avx2,
      "AND + popcount (vpshufb nibble table) over bit planes (W1 x A1/A2)", false},
+    {"a1w1_bitserial_4x4__avx512icl", "bitserial", 1, 0, Tier::avx512icl, 4, 4, TableKind::i8,
+     bitserial_4x4__avx512icl,
+     "AND + vpopcntq over bit planes (W1 x A1/A2), 4 rows x 4 columns (2 x 4 for A2)", false},
     {"a1w1_bitserial_1x4__avx512icl", "bitserial", 1, 0, Tier::avx512icl, 1, 4, TableKind::i8,
      bitserial__avx512icl, "AND + vpopcntq over bit planes (W1 x A1/A2)", false},
 #endif
