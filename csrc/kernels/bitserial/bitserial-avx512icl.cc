@@ -6,9 +6,9 @@
 //   row popcount and 4 AND + popcount + add.
 // bitserial_4x4__avx512icl (4 rows x 4 columns; 2 x 4 for 2-bit activations,
 //   whose two planes double the accumulators): per 64 bytes MR*BA + 4 loads
-//   for MR*BA*4 AND + popcount + add, so loads no longer bound it, and the
-//   per-row popcount (needed for the affine terms) is amortised over 4
-//   columns instead of computed per 4 products.
+//   for MR*BA*4 AND + popcount + add (instead of BA + 4 loads for BA*4):
+//   fewer loads per product; both tiles compute a row's own popcount once
+//   per 4 columns. docs/kernels.md has the estimates (llvm-mca).
 #include "core/simd_avx512.h"
 
 #include "kernels/bitserial/bitserial.h"
@@ -16,7 +16,8 @@
 namespace lowbit {
 namespace {
 
-// MR rows x NR columns: 16 (MR*NR*BA) 64-bit-lane count accumulators + MR*BA row counts in registers.
+// MR rows x NR columns: MR*BA*NR (16) 64-bit-lane count accumulators and the
+// rows' own popcounts (for the affine terms) in registers.
 template <int MR, int NR, int BA>
 void tile_rows(const UKernelArgs& p, const int32_t* coef) {
   const size_t plane = p.k_steps * kBitserialStepBytes;
@@ -29,28 +30,40 @@ void tile_rows(const UKernelArgs& p, const int32_t* coef) {
   for (size_t off = 0; off < plane; off += 64) {
     const __mmask64 k = plane - off >= 64 ? ~__mmask64(0) : (__mmask64(1) << (plane - off)) - 1;
     __m512i a[MR][BA];
+    // The pragmas unroll before the compiler's scalar replacement of these
+    // arrays (without them GCC 12 keeps cnt in memory: a load and a store per step).
+#pragma GCC unroll 4
     for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 2
       for (int b = 0; b < BA; ++b) {
         a[m][b] = _mm512_maskz_loadu_epi8(k, p.a + m * p.a_stride + b * plane + off);
         row[m][b] = _mm512_add_epi64(row[m][b], _mm512_popcnt_epi64(a[m][b]));
       }
+#pragma GCC unroll 4
     for (int n = 0; n < NR; ++n) {
       const __m512i w = _mm512_maskz_loadu_epi8(k, p.w + n * p.w_stride + off);
+#pragma GCC unroll 4
       for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 2
         for (int b = 0; b < BA; ++b)
           cnt[m][b][n] = _mm512_add_epi64(cnt[m][b][n], _mm512_popcnt_epi64(_mm512_and_si512(a[m][b], w)));
     }
   }
-  for (int m = 0; m < MR; ++m) {
-    uint32_t pop_a[2] = {0, 0};
-    for (int b = 0; b < BA; ++b) pop_a[b] = uint32_t(_mm512_reduce_add_epi64(row[m][b]));
-    for (int n = 0; n < NR; ++n) {
-      uint32_t pop_aw[2] = {0, 0};
-      for (int b = 0; b < BA; ++b) pop_aw[b] = uint32_t(_mm512_reduce_add_epi64(cnt[m][b][n]));
-      p.c[m * p.c_stride + n] = bitserial_combine(coef, BA, p.k_steps, pop_a, pop_aw,
-                                                  bitserial_row_popcount(p.w + n * p.w_stride, p.k_steps));
+  // Reduce every accumulator with fully unrolled loops (constant indices), so
+  // that the compiler keeps cnt and row in registers through the K loop.
+  uint32_t pop_a[MR][2] = {}, pop_aw[MR][NR][2] = {};
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 16
+    for (int b = 0; b < BA; ++b) {
+      pop_a[m][b] = uint32_t(_mm512_reduce_add_epi64(row[m][b]));
+#pragma GCC unroll 16
+      for (int n = 0; n < NR; ++n) pop_aw[m][n][b] = uint32_t(_mm512_reduce_add_epi64(cnt[m][b][n]));
     }
-  }
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n)
+      p.c[m * p.c_stride + n] = bitserial_combine(coef, BA, p.k_steps, pop_a[m], pop_aw[m][n],
+                                                  bitserial_row_popcount(p.w + n * p.w_stride, p.k_steps));
 }
 
 // Rows of the 4x4 kernel MR at a time; columns: the full tile of 4, or the tail's count.
