@@ -111,7 +111,7 @@ py::list kernel_list() {
     d["tier_rank"] = int(k.tier);
     d["mr"] = k.mr;
     d["nr"] = k.nr;
-    d["table_kind"] = k.table_kind == TableKind::i8 ? "i8" : "split";
+    d["table_kind"] = k.table_kind == TableKind::i8 ? "i8" : k.table_kind == TableKind::split ? "split" : "i32";
     d["description"] = k.description;
     d["indirect"] = k.indirect;
     d["layout"] = k.layout;

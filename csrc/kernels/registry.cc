@@ -55,12 +55,14 @@ const KernelInfo kRegistry[] = {
      bitserial__avx512icl, "AND + vpopcntq over bit planes (W1 x A1/A2)", false},
 #endif
     // ---- dot8: exact u8 x s8 byte dot products with int16 accumulators (small levels)
-    {"dot8_1x16__scalar", "dot8", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dot8__scalar,
+    {"dot8_1x16__scalar", "dot8", 0, 0, Tier::scalar, 1, 16, TableKind::i32, dot8__scalar,
      "uint8 x int8 levels, int32 dot products, scalar twin", true},
 #if LOWBIT_HAVE_X86_KERNELS
     {"dot8_4x16__avx2", "dot8", 0, 0, Tier::avx2, 4, 16, TableKind::i8, dot8_4x16__avx2,
      "uint8 x int8 levels, vpmaddubsw + vpaddw into int16, widened every flush16 steps, 4 rows x 16 channels",
      true},
+    {"dot8_8x32__avx512icl", "dot8", 0, 0, Tier::avx512icl, 8, 32, TableKind::i32, dot8_8x32__avx512icl,
+     "uint8 x int8 levels, vpdpbusd zmm straight into int32 (any u8 x s8 levels), 8 rows x 32 channels", true},
 #endif
     // ---- dotgemm: exact int16 x int16 dot products (8-bit and wide codebooks)
     {"dotgemm_1x16__scalar", "dotgemm", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dotgemm__scalar,

@@ -39,7 +39,7 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
             raise ValueError(f"kernel {forced_kernel!r} cannot compute this GEMM exactly: {why_not}")
         if plan.table_kind == "i8" and info["table_kind"] == "split":
             plan = dataclasses.replace(plan, table_kind="split", why="int16 lo/hi byte tables (forced)")
-        if plan.table_kind != info["table_kind"]:
+        if plan.table_kind != info["table_kind"] and info["table_kind"] != "i32":
             raise ValueError(f"kernel {forced_kernel!r} uses {info['table_kind']} tables but these codebooks "
                              f"need {plan.table_kind} ({plan.why})")
         if info["w_bits"] not in (0, bw) or info["a_bits"] not in (0, ba):

@@ -52,7 +52,8 @@ def applicable(kernel, bw, ba, cb_w, cb_a):
     plan, _ = FAMILIES[kernel["family"]].plan(bw, ba, cb_w, cb_a)
     if plan is None:
         return False
-    return plan.table_kind == kernel["table_kind"] or (plan.table_kind == "i8" and kernel["table_kind"] == "split")
+    return (plan.table_kind == kernel["table_kind"] or (plan.table_kind == "i8" and kernel["table_kind"] == "split")
+            or kernel["table_kind"] == "i32")
 
 
 def norm(cb, bits):

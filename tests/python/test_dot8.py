@@ -86,12 +86,40 @@ def test_plan_refuses_what_it_cannot_compute():
     lv = np.arange(16)
     assert Dot8.plan(4, 4, lv - 8, lv - 8)[0] is None                     # signed activations
     assert "activation levels in [0, 255]" in Dot8.plan(4, 4, lv - 8, lv - 8)[1]
-    assert "int16" in Dot8.plan(8, 8, np.arange(256) - 128, np.arange(256))[1]   # 2 * 255 * 128
+    wide = Dot8.plan(8, 8, np.arange(256) - 128, np.arange(256))[0]             # 2 * 255 * 128 > int16:
+    assert wide.table_kind == "i32" and "int16" in wide.why                        # int32 kernels only
     assert Dot8.plan(8, 8, np.arange(256), np.arange(256))[0] is None      # unsigned 8-bit weights
     for k in DOT8:
         with lowbit.use(kernel=k["name"]), pytest.raises(ValueError, match="dot8 needs activation levels"):
             lowbit.gemm(np.zeros((2, 8), np.uint8), lowbit.pack_weights(np.zeros((3, 8), np.uint8), 4), 4,
                         list(range(-8, 8)))
+
+
+WIDE_CASES = [  # pair sums beyond int16: only the int32-accumulating kernels (table kind "i32") apply
+    (8, 8, list(range(-128, 128)), None, 33_000),       # W8A8, unsigned activations 0..255, int8 weights
+    (2, 8, [-128, 127, 0, 1], None, 33_000),            # W2 x A8 with wide weight levels
+    (8, 8, [-128] * 256, [255] * 256, 65_793),          # every product -32640, K = K_max
+]
+
+
+@pytest.mark.parametrize("bw,ba,cb_w,cb_a,k", WIDE_CASES)
+def test_wide_levels_run_on_int32_kernels_only(bw, ba, cb_w, cb_a, k, rng):
+    cw, ca = lowbit.codebook.normalize(cb_w, bw), lowbit.codebook.normalize(cb_a, ba)
+    assert Dot8.plan(bw, ba, cw, ca)[0].table_kind == "i32"
+    a = rng.integers(0, 1 << ba, (9, k), dtype=np.uint8)
+    w = rng.integers(0, 1 << bw, (35, k), dtype=np.uint8)
+    a[0], w[0] = (1 << ba) - 1, 0                          # extreme codes in one row and one channel
+    want = reference.gemm(a, w, ba, bw, cb_a, cb_w)
+    for kernel in DOT8:
+        if kernel["table_kind"] == "i32":
+            assert np.array_equal(forced(kernel, a, w, bw, ba, cb_w, cb_a), want), kernel["name"]
+        else:  # the int16 kernels refuse rather than wrap
+            with lowbit.use(kernel=kernel["name"]), pytest.raises(ValueError, match="i32"):
+                lowbit.gemm(a, lowbit.pack_weights(w, bw, cb_w), ba, cb_a)
+    y = lowbit.gemm(a, lowbit.pack_weights(w, bw, cb_w), ba, cb_a)   # automatic: VNNI dot8 or dotgemm
+    assert np.array_equal(y, want)
+    has_vnni = any(k["table_kind"] == "i32" and k["tier"] != "scalar" for k in DOT8)
+    assert lowbit.last_kernel().startswith("dot8_" if has_vnni else "dotgemm_"), lowbit.last_kernel()
 
 
 def test_dispatch_and_explain(rng):

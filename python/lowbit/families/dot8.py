@@ -34,7 +34,11 @@ class Dot8(Family):
             return None, f"dot8 needs weight levels in [-128, 127], got [{w_lo}, {w_hi}]"
         pair = 2 * a_hi * max(-w_lo, w_hi)  # largest |a0*w0 + a1*w1| of one vpmaddubsw lane
         if pair > INT16_MAX:
-            return None, f"dot8 pair sums reach {pair} > {INT16_MAX} (int16)"
+            # only the int32-accumulating kernels (table kind "i32": VNNI vpdpbusd, scalar twin)
+            params = (bw, ba, cb_w.astype(np.int8).tobytes(), cb_a.astype(np.uint8).tobytes(), 1)
+            return Plan("dot8", "i32", params,
+                        f"exact uint8 x int8 byte dot products into int32 (vpdpbusd; pair sums reach {pair} "
+                        f"> {INT16_MAX}, too wide for the int16 kernels)"), None
         flush16 = INT16_MAX // max(pair, 1)  # steps an int16 lane takes before widening
         params = (bw, ba, cb_w.astype(np.int8).tobytes(), cb_a.astype(np.uint8).tobytes(), flush16)
         return Plan("dot8", "i8", params,
