@@ -129,6 +129,12 @@ void run_task(void* ctx, size_t index) {
       for (size_t n = n0; n < n1; ++n) row[n - on0] = int32_t(uint32_t(row[n - on0]) - uint32_t(c.correction));
     }
   }
+  if (c.col_correction) {
+    for (size_t m = m0; m < m1; ++m) {
+      int32_t* row = out + (m - om0) * out_stride;
+      for (size_t n = n0; n < n1; ++n) row[n - on0] = int32_t(uint32_t(row[n - on0]) - uint32_t(c.col_correction[n]));
+    }
+  }
   if (fused) apply_epilogue(c.epilogue, out, out_stride, m0, m1, n0, n1);
 }
 
