@@ -27,8 +27,8 @@ class Dot8(Family):
     # Signed 8-bit activations (levels in [-128, 127], e.g. a network's input
     # image): stored as level + 128 (uint8), and the driver subtracts
     # 128 * sum_k w[n][k] per output channel (Bound.col_correction): exact,
-    # since sum (a + 128) w - 128 sum w = sum a w in wrapping int32. Their pair
-    # sums exceed int16, so only the int32 ("i32") kernels run such plans.
+    # since sum (a + 128) w - 128 sum w = sum a w in wrapping int32. Such plans
+    # are "i32" plans (run by the VNNI kernel; elsewhere dotgemm, as before).
     SIGNED_A8_OFFSET = 128
 
     @staticmethod
@@ -46,14 +46,13 @@ class Dot8(Family):
             return None, f"dot8 needs weight levels in [-128, 127], got [{w_lo}, {w_hi}]"
         pair = 2 * a_hi * max(-w_lo, w_hi)  # largest |a0*w0 + a1*w1| of one vpmaddubsw lane
         a_levels = (cb_a.astype(np.int64) + offset).astype(np.uint8).tobytes()
-        if pair > INT16_MAX:
+        if pair > INT16_MAX or offset:
             # only the int32-accumulating kernels (table kind "i32": VNNI vpdpbusd, scalar twin)
             params = (bw, ba, cb_w.astype(np.int8).tobytes(), a_levels, 1, offset)
-            signed = f"; signed activations as level + {offset}, minus {offset} x the channel's weight sum" \
-                if offset else ""
-            return Plan("dot8", "i32", params,
-                        f"exact uint8 x int8 byte dot products into int32 (vpdpbusd; pair sums reach {pair} "
-                        f"> {INT16_MAX}, too wide for the int16 kernels{signed})"), None
+            why = (f"signed activations as level + {offset}, minus {offset} x the channel's weight sum" if offset
+                   else f"pair sums reach {pair} > {INT16_MAX}, too wide for the int16 kernels")
+            return Plan("dot8", "i32", params, f"exact uint8 x int8 byte dot products into int32 (vpdpbusd; {why})"), \
+                None
         flush16 = INT16_MAX // max(pair, 1)  # steps an int16 lane takes before widening
         params = (bw, ba, cb_w.astype(np.int8).tobytes(), a_levels, flush16, 0)
         return Plan("dot8", "i8", params,
