@@ -41,7 +41,9 @@
 //   the scalar twin sums in int32: both are exact for every uint8 x int8
 //   level pair, registered as TableKind::i32, and run the family's "i32"
 //   plans, whose pair sums exceed int16: W8A8 with unsigned activations and
-//   int8 weights, W1-4 x A8 with wide weight levels.)
+//   int8 weights, W1-4 x A8 with wide weight levels; also signed 8-bit
+//   activations, packed as level + 128, for which the op driver subtracts
+//   128 * sum_k w[n][k] per channel (GemmCall::col_correction).)
 // Padding: none to correct (level 0), padded_k = K; the driver correction is 0.
 #pragma once
 #include <cstddef>

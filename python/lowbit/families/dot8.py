@@ -6,7 +6,10 @@ are widened to int32 only every ``flush16`` steps. It applies when activation
 levels are in [0, 255], weight levels in [-128, 127] and
 2 * max|a| * max|w| <= 32767: every 1-4-bit pair with the default codebooks,
 W1-4 x A8 (unsigned activations) and W8 with small activation levels. Wider
-products go to dotgemm.
+products, and signed 8-bit activations (stored as level + 128, with a
+per-channel correction), are "i32" plans: only the int32-accumulating kernels
+run them (VNNI ``vpdpbusd``, the scalar twin); without VNNI dispatch moves on
+to dotgemm.
 
 Layouts and the accumulator bound: csrc/kernels/dot8/dot8.h.
 """
