@@ -3,7 +3,7 @@
 # available): the Fashion-MNIST data set and qemu-user (for the no-AVX-512
 # emulation test), SIMDe, CMake and Ninja (for the emulated AVX-512 test
 # build, scripts/test-simde.sh) from Debian, the CPU build of PyTorch (a local wheel here),
-# then lowbit itself with its test and Brevitas/QONNX extras. torch stays
+# then lowbit itself with its test, Brevitas/QONNX and Ray extras. torch stays
 # pinned through a constraints file, so nothing can pull a CUDA build.
 # Safe to run again.
 set -euo pipefail
@@ -21,5 +21,5 @@ PY="${PYTHON:-python3}"
 CONSTRAINTS="$(mktemp)"
 echo "torch==2.13.0" > "$CONSTRAINTS"
 "$PY" -m pip install -q "torch==2.13.0"
-"$PY" -m pip install -q -c "$CONSTRAINTS" ".[test,qonnx]"
+"$PY" -m pip install -q -c "$CONSTRAINTS" ".[test,qonnx,ray]"
 rm -f "$CONSTRAINTS"
