@@ -134,7 +134,7 @@ py::list kernel_list() {
     d["tier_rank"] = int(k.tier);
     d["mr"] = k.mr;
     d["nr"] = k.nr;
-    d["table_kind"] = k.table_kind == TableKind::i8 ? "i8" : "split";
+    d["table_kind"] = k.table_kind == TableKind::i8 ? "i8" : k.table_kind == TableKind::split ? "split" : "i32";
     d["description"] = k.description;
     d["indirect"] = k.indirect;
     d["layout"] = k.layout;
@@ -231,7 +231,7 @@ py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::arra
                     uint32_t a_code_shift, const py::object& a_offsets_obj, size_t seg_steps,
                     const std::string& out_kind, const py::object& scale_obj, const py::object& bias_obj,
                     const py::object& residual_obj, float clamp_lo, float clamp_hi, float inv_step, int qmin,
-                    int qmax, FusedPack* pack) {
+                    int qmax, const py::object& col_correction_obj, FusedPack* pack) {
   const KernelInfo& k = kernel_at(kernel_index);
   if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
     throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
@@ -264,6 +264,16 @@ py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::arra
   call.flush16 = flush16;
   call.correction = int32_t(correction);
   call.a_code_shift = a_code_shift;
+  py::array col_correction;  // kept alive for the call
+  if (!col_correction_obj.is_none()) {
+    if (!py::isinstance<py::array>(col_correction_obj))
+      throw py::type_error("col_correction: expected a 1-D int32 NumPy array or None");
+    col_correction = py::reinterpret_borrow<py::array>(col_correction_obj);
+    require_array<int32_t>(col_correction, "col_correction", 1, "int32");
+    if (size_t(col_correction.shape(0)) != N)
+      throw py::value_error("col_correction: expected " + std::to_string(N) + " int32 entries (one per output channel)");
+    call.col_correction = static_cast<const int32_t*>(col_correction.data());
+  }
 
   // Activations: a 2-D packed matrix, or (indirect) a 1-D buffer plus an
   // (M, segments) int64 array of byte offsets, each segment seg_steps steps
@@ -345,10 +355,11 @@ py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array&
                   size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction,
                   uint32_t a_code_shift, const py::object& a_offsets_obj, size_t seg_steps, const std::string& out_kind,
                   const py::object& scale_obj, const py::object& bias_obj, const py::object& residual_obj,
-                  float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
+                  float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax,
+                  const py::object& col_correction_obj) {
   return gemm_impl(kernel_index, a_obj, w, tables, M, N, k_steps, flush8, flush16, correction, a_code_shift,
                    a_offsets_obj, seg_steps, out_kind, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi,
-                   inv_step, qmin, qmax, nullptr);
+                   inv_step, qmin, qmax, col_correction_obj, nullptr);
 }
 
 // A grouplut GEMM straight from (M, K) uint8 codes: the driver packs them
@@ -379,7 +390,7 @@ py::array gemm_codes_py(size_t kernel_index, const py::array& codes, int bits, i
   pack.out = buffer.mutable_data();
   return gemm_impl(kernel_index, buffer, w, tables, M, N, k_steps, flush8, flush16, correction, a_code_shift,
                    py::none(), 0, out_kind, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi, inv_step, qmin,
-                   qmax, &pack);
+                   qmax, py::none(), &pack);
 }
 
 // The dot-product families' activation packers: codes -> levels of type
@@ -682,7 +693,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("a_code_shift") = 0, py::arg("a_offsets") = py::none(), py::arg("seg_steps") = 0, py::arg("out_kind") = "int32",
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f,
-        py::arg("qmin") = 0, py::arg("qmax") = 0);
+        py::arg("qmin") = 0, py::arg("qmax") = 0, py::arg("col_correction") = py::none());
   m.def("epilogue", &epilogue_py, py::arg("acc"), py::arg("scale"), py::arg("bias"), py::arg("residual") = py::none(),
         py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("out_kind") = "float32",
         py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0);

@@ -66,6 +66,13 @@ inline simde__m512i i32gather_epi32(simde__m512i idx, const void* base, int scal
     std::memcpy(&v[i], static_cast<const char*>(base) + int64_t(ix[i]) * scale, 4);
   return simde_mm512_load_si512(v);
 }
+inline simde__m512i cvtepi16_epi32(simde__m256i a) {
+  alignas(32) int16_t x[16];
+  alignas(64) int32_t v[16];
+  simde_mm256_store_si256(reinterpret_cast<simde__m256i*>(x), a);
+  for (int i = 0; i < 16; ++i) v[i] = x[i];  // sign extension
+  return simde_mm512_load_si512(v);
+}
 }  // namespace lowbit_simde
 #define _mm512_srai_epi32(a, imm) lowbit_simde::srai_epi32(a, imm)
 #define _mm512_mask_storeu_epi32(p, k, a) lowbit_simde::mask_storeu_epi32(p, k, a)
@@ -73,6 +80,7 @@ inline simde__m512i i32gather_epi32(simde__m512i idx, const void* base, int scal
 #define _mm512_reduce_add_epi32(a) lowbit_simde::reduce_add_epi32(a)
 #define _mm512_reduce_add_epi64(a) lowbit_simde::reduce_add_epi64(a)
 #define _mm512_i32gather_epi32(idx, base, scale) lowbit_simde::i32gather_epi32(idx, base, scale)
+#define _mm512_cvtepi16_epi32(a) lowbit_simde::cvtepi16_epi32(a)
 #define LOWBIT_AVX512_VNNI (LOWBIT_SIMDE_TIER >= 3)
 #define LOWBIT_X86_INLINE_ASM 0
 #else

@@ -37,20 +37,32 @@ const KernelInfo kRegistry[] = {
      lutgemm_w2a2_split__avx512icl, "DeepGEMM product LUT, lo/hi byte tables, vpermb zmm + vpdpbusd", false},
     {"grouplut_4x64__avx2", "grouplut", 0, 0, Tier::avx2, 4, 64, TableKind::i8, grouplut__avx2,
      "activation-selected product-sum LUT, vpshufb ymm, 4 rows x 64 channels", true, 0, true},
+    // Within a family and tier, the first kernel listed is the one dispatch takes
+    // (_dispatch.candidates); the others run when forced (lowbit.use(kernel=...)).
+    {"grouplut6_4x128__avx512icl", "grouplut6", 0, 0, Tier::avx512icl, 4, 128, TableKind::i8,
+     grouplut6_4x128__avx512icl,
+     "activation-selected product-sum LUT, vpermb zmm on 64-entry tables, each table load shared by two "
+     "64-channel blocks, vpmaddubsw widening, 4 rows x 128 channels",
+     true, 0, true},
     {"grouplut6_4x64__avx512icl", "grouplut6", 0, 0, Tier::avx512icl, 4, 64, TableKind::i8, grouplut6__avx512icl,
      "activation-selected product-sum LUT, vpermb zmm on 64-entry tables, 4 rows x 64 channels", true},
     {"a1w1_bitserial_1x4__avx2", "bitserial", 1, 0, Tier::avx2, 1, 4, TableKind::i8, bitserial__avx2,
      "AND + popcount (vpshufb nibble table) over bit planes (W1 x A1/A2)", false},
+    {"a1w1_bitserial_4x4__avx512icl", "bitserial", 1, 0, Tier::avx512icl, 4, 4, TableKind::i8,
+     bitserial_4x4__avx512icl,
+     "AND + vpopcntq over bit planes (W1 x A1/A2), 4 rows x 4 columns (2 x 4 for A2)", false},
     {"a1w1_bitserial_1x4__avx512icl", "bitserial", 1, 0, Tier::avx512icl, 1, 4, TableKind::i8,
      bitserial__avx512icl, "AND + vpopcntq over bit planes (W1 x A1/A2)", false},
 #endif
     // ---- dot8: exact u8 x s8 byte dot products with int16 accumulators (small levels)
-    {"dot8_1x16__scalar", "dot8", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dot8__scalar,
+    {"dot8_1x16__scalar", "dot8", 0, 0, Tier::scalar, 1, 16, TableKind::i32, dot8__scalar,
      "uint8 x int8 levels, int32 dot products, scalar twin", true},
 #if LOWBIT_HAVE_X86_KERNELS
     {"dot8_4x16__avx2", "dot8", 0, 0, Tier::avx2, 4, 16, TableKind::i8, dot8_4x16__avx2,
      "uint8 x int8 levels, vpmaddubsw + vpaddw into int16, widened every flush16 steps, 4 rows x 16 channels",
      true},
+    {"dot8_8x32__avx512icl", "dot8", 0, 0, Tier::avx512icl, 8, 32, TableKind::i32, dot8_8x32__avx512icl,
+     "uint8 x int8 levels, vpdpbusd zmm straight into int32 (any u8 x s8 levels), 8 rows x 32 channels", true},
 #endif
     // ---- dotgemm: exact int16 x int16 dot products (8-bit and wide codebooks)
     {"dotgemm_1x16__scalar", "dotgemm", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dotgemm__scalar,

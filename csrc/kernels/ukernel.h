@@ -47,6 +47,10 @@ using UKernelFn = void (*)(const UKernelArgs&);
 enum class TableKind : int {
   i8 = 0,     // one int8 table; the family checks its entries (and sums) fit
   split = 1,  // int16 entries as a low uint8 table and a high int8 table
+  // No table and no narrow accumulator: the kernel computes every plan of its
+  // family exactly (dot8's VNNI kernel and scalar twin, which need no int16
+  // bound on the levels); dispatch also uses it for the family's i8 plans.
+  i32 = 2,
 };
 
 struct KernelInfo {

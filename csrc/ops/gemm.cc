@@ -35,8 +35,10 @@ bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* 
   } else if (family == "grouplut6") {
     g->a_row_bytes = k_steps;  // one byte per group
     g->w_stride = kGrouplut6Lanes;
-    g->w_tile_stride = k_steps * kGrouplut6Lanes;
+    g->w_tile_stride = k_steps * size_t(k.nr);  // NR / 64 consecutive 64-channel blocks
     g->table_bytes = 256 * 64;
+    g->w_bytes = (N + kGrouplut6Lanes - 1) / kGrouplut6Lanes * k_steps * kGrouplut6Lanes;
+    return true;
   } else if (family == "bitserial") {
     g->a_row_bytes = 2 * k_steps * kBitserialStepBytes;  // up to 2 activation planes
     g->w_stride = (k_steps + 1) * kBitserialStepBytes;    // plane + popcount trailer
@@ -134,6 +136,12 @@ void run_task(void* ctx, size_t index) {
     for (size_t m = m0; m < m1; ++m) {
       int32_t* row = out + (m - om0) * out_stride;
       for (size_t n = n0; n < n1; ++n) row[n - on0] = int32_t(uint32_t(row[n - on0]) - uint32_t(c.correction));
+    }
+  }
+  if (c.col_correction) {
+    for (size_t m = m0; m < m1; ++m) {
+      int32_t* row = out + (m - om0) * out_stride;
+      for (size_t n = n0; n < n1; ++n) row[n - on0] = int32_t(uint32_t(row[n - on0]) - uint32_t(c.col_correction[n]));
     }
   }
   if (fused) apply_epilogue(c.epilogue, out, out_stride, m0, m1, n0, n1);

@@ -48,6 +48,10 @@ struct GemmCall {
   size_t M, N, k_steps;
   uint32_t flush8, flush16;
   int32_t correction;  // subtracted (mod 2^32) from every output
+  // When set (N entries), col_correction[n] is also subtracted (mod 2^32)
+  // from column n of every row, by the driver: a per-channel term (dot8 with
+  // signed 8-bit activations stored as level + 128: 128 * sum_k w[n][k]).
+  const int32_t* col_correction = nullptr;
   // Indirect activation rows (kernel must have KernelInfo::indirect): row m's
   // segment s is a_ind[m * a_ind_stride + s], seg_steps steps long.
   const uint8_t* const* a_ind = nullptr;

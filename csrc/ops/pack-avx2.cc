@@ -1,5 +1,6 @@
-// AVX2 activation packer (see ops/pack.h for the contract). 32 codes per
-// vector; the row remainder goes through the scalar rule.
+// AVX2 activation packers (see ops/pack.h for the contract): groups of 1, 2,
+// 4 or 8 codes from 32 codes per vector; groups of 3 or 6 codes (grouplut6's
+// layouts) from 96 codes per block of four vectors.
 #include <immintrin.h>
 
 #include <cstring>
@@ -41,10 +42,126 @@ inline int pack32(__m256i v, int bits, int group, int shift, uint8_t* dst, __m25
   return 8;
 }
 
+// ---- groups of 3 codes (bits <= 2) and of 6 codes (bits == 1): grouplut6.
+//
+// A block is 96 codes: four 32-byte loads at offsets 0, 24, 48, 72 (each reads
+// 8 bytes past its 24 codes, so a block reads 104 bytes). vpermd gives each
+// 128-bit lane 12 consecutive codes (bytes 0-11 and 12-23 of the load);
+// vpshufb moves each group's codes into a slot, zero bytes after them (slots
+// of 4 bytes for group 3, 8 for group 6); vpmaddubsw weights code i of a slot
+// by 2^(bits*i) into int16 partial sums, and vpmaddwd with ones (group 3) or
+// vpsadbw against zero (group 6, partial sums < 256) adds a slot's partial
+// sums into its 32- or 64-bit lane: the group's packed code. The narrowing
+// (unsigned saturating packs, exact since codes < 256) interleaves 128-bit
+// lanes; one vpermd restores group order.
+
+// Lane 0 <- bytes 0..11 of v, lane 1 <- bytes 12..23.
+inline __m256i split12(__m256i v) { return _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 1, 2, 3, 3, 4, 5, 6)); }
+
+// The 32 bytes at src; with kTail only the first `valid` of them (<= 0: none),
+// the others zeroed: they are the next row's codes, read on past a row end.
+template <bool kTail>
+inline __m256i load_codes(const uint8_t* src, int valid, __m256i* seen) {
+  __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+  if (kTail)
+    v = _mm256_and_si256(v, _mm256_cmpgt_epi8(_mm256_set1_epi8(char(valid < 0 ? 0 : valid)),
+                                              _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                                               16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
+                                                               29, 30, 31)));
+  *seen = _mm256_or_si256(*seen, v);  // every byte kept lies in the row
+  return v;
+}
+
+// Packed group-3 codes of 8 groups (24 codes at src) in 32-bit lanes.
+template <bool kTail>
+inline __m256i group3_lanes(const uint8_t* src, int valid, __m256i weights, __m256i* seen) {
+  const __m256i v = load_codes<kTail>(src, valid, seen);
+  const __m256i slots = _mm256_shuffle_epi8(
+      split12(v), _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1, 0, 1, 2, -1, 3, 4, 5, -1, 6,
+                                   7, 8, -1, 9, 10, 11, -1));
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(slots, weights), _mm256_set1_epi16(1));
+}
+
+// Packed group-6 codes of 4 groups (24 codes at src) in 64-bit lanes.
+template <bool kTail>
+inline __m256i group6_lanes(const uint8_t* src, int valid, __m256i* seen) {
+  const __m256i v = load_codes<kTail>(src, valid, seen);
+  const __m256i slots = _mm256_shuffle_epi8(
+      split12(v), _mm256_setr_epi8(0, 1, 2, 3, 4, 5, -1, -1, 6, 7, 8, 9, 10, 11, -1, -1, 0, 1, 2, 3, 4, 5, -1, -1, 6,
+                                   7, 8, 9, 10, 11, -1, -1));
+  const __m256i partial = _mm256_maddubs_epi16(slots, _mm256_setr_epi8(1, 2, 4, 8, 16, 32, 0, 0, 1, 2, 4, 8, 16, 32, 0,
+                                                                      0, 1, 2, 4, 8, 16, 32, 0, 0, 1, 2, 4, 8, 16, 32,
+                                                                      0, 0));
+  return _mm256_sad_epu8(partial, _mm256_setzero_si256());
+}
+
+// 96 codes at src (104 bytes readable; with kTail only the first `valid`
+// count, the rest read as code 0) -> 96 / group bytes at dst; returns that count.
+template <bool kTail>
+inline int pack96(const uint8_t* src, int valid, int bits, int group, __m128i shift, uint8_t* dst, __m256i* seen) {
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  if (group == 3) {
+    const int8_t w1 = int8_t(1 << bits), w2 = int8_t(1 << (2 * bits));
+    const __m256i weights = _mm256_setr_epi8(1, w1, w2, 0, 1, w1, w2, 0, 1, w1, w2, 0, 1, w1, w2, 0, 1, w1, w2, 0, 1,
+                                             w1, w2, 0, 1, w1, w2, 0, 1, w1, w2, 0);
+    const __m256i r0 = group3_lanes<kTail>(src, valid, weights, seen), r1 = group3_lanes<kTail>(src + 24, valid - 24, weights, seen);
+    const __m256i r2 = group3_lanes<kTail>(src + 48, valid - 48, weights, seen), r3 = group3_lanes<kTail>(src + 72, valid - 72, weights, seen);
+    // lane 0: groups 0-3, 8-11, 16-19, 24-27; lane 1: 4-7, 12-15, 20-23, 28-31
+    const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(r0, r1), _mm256_packus_epi32(r2, r3));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst),
+                        _mm256_sll_epi16(_mm256_permutevar8x32_epi32(bytes, order), shift));
+    return 32;
+  }
+  // group 6: r_i holds groups 4i, 4i+1 (lane 0) and 4i+2, 4i+3 (lane 1)
+  const __m256i r0 = group6_lanes<kTail>(src, valid, seen), r1 = group6_lanes<kTail>(src + 24, valid - 24, seen);
+  const __m256i r2 = group6_lanes<kTail>(src + 48, valid - 48, seen), r3 = group6_lanes<kTail>(src + 72, valid - 72, seen);
+  // 16-bit groups; lane 0: 0 1 4 5 8 9 12 13, lane 1: 2 3 6 7 10 11 14 15
+  const __m256i words = _mm256_packus_epi32(_mm256_packus_epi32(r0, r1), _mm256_packus_epi32(r2, r3));
+  const __m256i bytes = _mm256_packus_epi16(_mm256_permutevar8x32_epi32(words, order), _mm256_setzero_si256());
+  const __m128i packed = _mm_unpacklo_epi64(_mm256_castsi256_si128(bytes), _mm256_extracti128_si256(bytes, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_sll_epi16(packed, shift));
+  return 16;
+}
+
+bool pack_groups36(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
+                   size_t out_stride) {
+  __m256i seen = _mm256_setzero_si256();
+  const __m128i shift_count = _mm_cvtsi32_si128(shift);
+  const uint8_t* codes_end = codes + M * K;
+  for (size_t m = 0; m < M; ++m) {
+    const uint8_t* row = codes + m * K;
+    uint8_t* dst = out + m * out_stride;
+    size_t j = 0, k = 0;
+    for (; k + 104 <= K; k += 96) j += size_t(pack96<false>(row + k, 96, bits, group, shift_count, dst + j, &seen));
+    while (k < K) {  // the row's last codes, zero-padded (zero codes pack to zero bits)
+      const size_t n = K - k < 96 ? K - k : 96;
+      alignas(32) uint8_t packed[32];
+      if (row + k + 104 <= codes_end) {  // read on into the next row (inside the input) and mask
+        pack96<true>(row + k, int(n), bits, group, shift_count, packed, &seen);
+      } else {
+        alignas(32) uint8_t in[128] = {};
+        std::memcpy(in, row + k, n);
+        pack96<false>(in, 96, bits, group, shift_count, packed, &seen);
+      }
+      const size_t bytes = (n + size_t(group) - 1) / size_t(group);
+      std::memcpy(dst + j, packed, bytes);
+      j += bytes;
+      k += n;
+    }
+    std::memset(dst + j, 0, out_stride - j);
+  }
+  alignas(32) uint8_t lanes[32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), seen);
+  unsigned all = 0;
+  for (uint8_t b : lanes) all |= b;
+  return (all >> bits) == 0;
+}
+
 }  // namespace
 
 bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
                        size_t out_stride) {
+  if (group == 3 || group == 6) return pack_groups36(codes, M, K, bits, group, shift, out, out_stride);
   __m256i seen = _mm256_setzero_si256();
   const size_t kvec = K / 32 * 32, tail = K - kvec;
   const size_t tail_bytes = (tail + size_t(group) - 1) / size_t(group);

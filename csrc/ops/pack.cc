@@ -132,7 +132,7 @@ void maxpool_nhwc_f32(const float* x, const ConvGeometry& g, float* out) {
 bool pack_groups_serial(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
                         size_t out_stride, Tier tier) {
 #if LOWBIT_HAVE_X86_KERNELS
-  const bool vector_group = group == 1 || group == 2 || group == 4 || group == 8;
+  const bool vector_group = group == 1 || group == 2 || group == 3 || group == 4 || group == 6 || group == 8;
   if (tier >= Tier::avx2 && vector_group) return pack_groups__avx2(codes, M, K, bits, group, shift, out, out_stride);
 #endif
   (void)tier;

@@ -12,7 +12,7 @@ namespace lowbit {
 // and zero-fills out[m][ceil(K/group) .. out_stride); each byte is then
 // shifted left by `shift` (0..2, grouplut's table-offset form). Requires
 // group*bits + shift <= 8
-// (vector paths for group 1, 2, 4, 8; others run the scalar rule). codes is
+// (vector paths for group 1, 2, 3, 4, 6, 8; others run the scalar rule). codes is
 // M x K, row stride K (C-contiguous).
 // Returns false (output unspecified) when any code is >= 2**bits.
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,

@@ -150,11 +150,14 @@ def kernels() -> list:
 
 def candidates(family: str, table_kind: str) -> list:
     """Kernels of a family/table kind usable under the current cap, best tier
-    first (for one tier, in registry order)."""
+    first; within one tier, registry order (csrc/kernels/registry.cc lists a
+    family's preferred kernel of a tier first), so dispatch takes the first.
+    A kernel of table kind "i32" (no table, no narrow accumulator) computes
+    every plan of its family, so it is a candidate for each kind."""
     cap = tier_rank(tier_cap())
-    found = [k for k in KERNELS if k["family"] == family and k["table_kind"] == table_kind
+    found = [k for k in KERNELS if k["family"] == family and k["table_kind"] in (table_kind, "i32")
              and k["tier_rank"] <= cap and _SUPPORTED[k["tier"]]]
-    return sorted(found, key=lambda k: -k["tier_rank"])
+    return sorted(found, key=lambda k: (-k["tier_rank"], k["index"]))
 
 
 def set_last_kernel(name: str) -> None:

@@ -66,7 +66,7 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
             raise ValueError(f"kernel {forced_kernel!r} cannot compute this GEMM exactly: {why_not}")
         if plan.table_kind == "i8" and info["table_kind"] == "split":
             plan = dataclasses.replace(plan, table_kind="split", why="int16 lo/hi byte tables (forced)")
-        if plan.table_kind != info["table_kind"]:
+        if plan.table_kind != info["table_kind"] and info["table_kind"] != "i32":
             raise ValueError(f"kernel {forced_kernel!r} uses {info['table_kind']} tables but these codebooks "
                              f"need {plan.table_kind} ({plan.why})")
         if info["w_bits"] not in (0, bw) or info["a_bits"] not in (0, ba):
@@ -137,6 +137,8 @@ class Bound:
     kmax: int
     pad_product: int     # cbA[0] * cbW[0]: what each padded k adds
     _direct: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # int32 (N,) subtracted per output channel by the driver, or None (dot8 signed 8-bit activations)
+    col_correction: object = dataclasses.field(default=None, compare=False, repr=False)
 
     def check_k(self, k: int) -> None:
         if k > self.kmax:
@@ -168,8 +170,13 @@ class Bound:
             seg_steps: int = 0):
         """The native GEMM (arguments positional: pybind11 keyword parsing costs microseconds)."""
         ep = () if epilogue is None else epilogue.native_args()
-        y = _core.gemm(self.kern["index"], a, self.w_layout, self.tables, m, n, k_steps, self.flush8, self.flush16,
-                       correction, self.code_shift, a_offsets, seg_steps, *ep)
+        if self.col_correction is not None:
+            y = _core.gemm(self.kern["index"], a, self.w_layout, self.tables, m, n, k_steps, self.flush8,
+                           self.flush16, correction, self.code_shift, a_offsets, seg_steps, *ep,
+                           col_correction=self.col_correction)
+        else:
+            y = _core.gemm(self.kern["index"], a, self.w_layout, self.tables, m, n, k_steps, self.flush8,
+                           self.flush16, correction, self.code_shift, a_offsets, seg_steps, *ep)
         _dispatch.set_last_kernel(self.kern["name"])
         return y
 
@@ -191,8 +198,11 @@ def _bind(packed: PackedWeights, a_bits: int, cb_a: np.ndarray, shape=None) -> B
                              lambda codes: fam.weight_layout(codes, plan, kern))
     tables, flush8, flush16, step_bias = packed.tables(
         (plan, cb_a.tobytes()), lambda: fam.tables(cb_w, cb_a, plan))
+    col = None
+    if plan.family == "dot8" and plan.params[5]:  # signed 8-bit activations stored as level + offset
+        col = packed.layout(("col_correction", plan), lambda codes: fam.channel_correction(codes, plan))
     return Bound(plan, fam, kern, w_layout, tables, flush8, flush16, step_bias, fam.code_shift(plan), kmax,
-                 int(cb_a[0]) * int(cb_w[0]))
+                 int(cb_a[0]) * int(cb_w[0]), col_correction=col)
 
 
 def _prepare(pa: PackedActivations, packed: PackedWeights, m: int, k: int) -> Bound:

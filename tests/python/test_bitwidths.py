@@ -49,12 +49,13 @@ def codebook(kind, bits, side, rng):
 
 def applicable(kernel, bw, ba, cb_w, cb_a):
     """Whether lowbit.use(kernel=...) must compute this GEMM (mirrors ops._plan_uncached)."""
-    if (kernel["w_bits"], kernel["a_bits"]) not in ((0, 0), (bw, ba)):
+    if kernel["w_bits"] not in (0, bw) or kernel["a_bits"] not in (0, ba):  # 0 = any width
         return False
     plan, _ = FAMILIES[kernel["family"]].plan(bw, ba, cb_w, cb_a)
     if plan is None:
         return False
-    return plan.table_kind == kernel["table_kind"] or (plan.table_kind == "i8" and kernel["table_kind"] == "split")
+    return (plan.table_kind == kernel["table_kind"] or (plan.table_kind == "i8" and kernel["table_kind"] == "split")
+            or kernel["table_kind"] == "i32")
 
 
 def norm(cb, bits):
@@ -117,7 +118,7 @@ def _edge_values(attr, extra=()):
 EDGE_M = _edge_values("mr", (63, 64, 65))   # the driver's task height is ~64 rows
 EDGE_N = _edge_values("nr", (63, 64, 65))
 EDGE_K = [1, 2, 3, 4, 5, 31, 32, 33, 63, 64, 65, 127, 128, 129, 257]  # K steps: 2 (dotgemm), groups, 64 (lutgemm)
-EDGE_PAIRS = [(8, 8), (8, 1), (1, 8), (4, 4), (2, 2), (3, 8), (8, 3), (2, 4)]
+EDGE_PAIRS = [(8, 8), (8, 1), (1, 8), (4, 4), (2, 2), (3, 8), (8, 3), (2, 4), (1, 1), (1, 2), (2, 1)]
 
 
 @pytest.mark.parametrize("bw,ba", EDGE_PAIRS, ids=[f"W{bw}A{ba}" for bw, ba in EDGE_PAIRS])
@@ -194,6 +195,22 @@ def test_k_max_worst_case(case, rng):
         if applicable(k, bw, ba, cw, ca):
             with lowbit.use(kernel=k["name"]), pytest.raises(ValueError, match="K_max"):
                 lowbit.gemm(a, packed, ba, cb_a)
+
+
+@pytest.mark.parametrize("ba", [1, 2])
+def test_w1_long_k_every_kernel(ba, rng):
+    """W1A1 / W1A2 over a long K with all-extreme codes in some rows and
+    channels: the table kernels (grouplut, grouplut6: int8 lanes widened every
+    flush8 groups) and bitserial (64-bit popcount lanes, masked last step)
+    must agree with the reference on every row and column of their tiles."""
+    k = 100_003
+    for cb_w, cb_a in (([-1, 1], None), ([-3, 2], [0, 1, 2, 3] if ba == 2 else [-2, 5])):
+        a = rng.integers(0, 1 << ba, (9, k), dtype=np.uint8)
+        w = rng.integers(0, 2, (133, k), dtype=np.uint8)
+        a[::2] = (1 << ba) - 1  # rows of the largest code
+        w[::3] = 0              # channels of code 0 (level cbW[0], negative)
+        ran = check_all_paths(a, w, 1, ba, cb_w, cb_a, what=f"K={k} {cb_w} {cb_a}")
+        assert any(r.startswith("a1w1_bitserial") for r in ran)
 
 
 # ---- PackedWeights: compact size, serialization across tiers ------------------------------

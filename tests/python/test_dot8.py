@@ -86,12 +86,40 @@ def test_plan_refuses_what_it_cannot_compute():
     lv = np.arange(16)
     assert Dot8.plan(4, 4, lv - 8, lv - 8)[0] is None                     # signed activations
     assert "activation levels in [0, 255]" in Dot8.plan(4, 4, lv - 8, lv - 8)[1]
-    assert "int16" in Dot8.plan(8, 8, np.arange(256) - 128, np.arange(256))[1]   # 2 * 255 * 128
+    wide = Dot8.plan(8, 8, np.arange(256) - 128, np.arange(256))[0]             # 2 * 255 * 128 > int16:
+    assert wide.table_kind == "i32" and "int16" in wide.why                        # int32 kernels only
     assert Dot8.plan(8, 8, np.arange(256), np.arange(256))[0] is None      # unsigned 8-bit weights
     for k in DOT8:
         with lowbit.use(kernel=k["name"]), pytest.raises(ValueError, match="dot8 needs activation levels"):
             lowbit.gemm(np.zeros((2, 8), np.uint8), lowbit.pack_weights(np.zeros((3, 8), np.uint8), 4), 4,
                         list(range(-8, 8)))
+
+
+WIDE_CASES = [  # pair sums beyond int16: only the int32-accumulating kernels (table kind "i32") apply
+    (8, 8, list(range(-128, 128)), None, 33_000),       # W8A8, unsigned activations 0..255, int8 weights
+    (2, 8, [-128, 127, 0, 1], None, 33_000),            # W2 x A8 with wide weight levels
+    (8, 8, [-128] * 256, [255] * 256, 65_793),          # every product -32640, K = K_max
+]
+
+
+@pytest.mark.parametrize("bw,ba,cb_w,cb_a,k", WIDE_CASES)
+def test_wide_levels_run_on_int32_kernels_only(bw, ba, cb_w, cb_a, k, rng):
+    cw, ca = lowbit.codebook.normalize(cb_w, bw), lowbit.codebook.normalize(cb_a, ba)
+    assert Dot8.plan(bw, ba, cw, ca)[0].table_kind == "i32"
+    a = rng.integers(0, 1 << ba, (9, k), dtype=np.uint8)
+    w = rng.integers(0, 1 << bw, (35, k), dtype=np.uint8)
+    a[0], w[0] = (1 << ba) - 1, 0                          # extreme codes in one row and one channel
+    want = reference.gemm(a, w, ba, bw, cb_a, cb_w)
+    for kernel in DOT8:
+        if kernel["table_kind"] == "i32":
+            assert np.array_equal(forced(kernel, a, w, bw, ba, cb_w, cb_a), want), kernel["name"]
+        else:  # the int16 kernels refuse rather than wrap
+            with lowbit.use(kernel=kernel["name"]), pytest.raises(ValueError, match="i32"):
+                lowbit.gemm(a, lowbit.pack_weights(w, bw, cb_w), ba, cb_a)
+    y = lowbit.gemm(a, lowbit.pack_weights(w, bw, cb_w), ba, cb_a)   # automatic: VNNI dot8 or dotgemm
+    assert np.array_equal(y, want)
+    has_vnni = any(k["table_kind"] == "i32" and k["tier"] != "scalar" for k in DOT8)
+    assert lowbit.last_kernel().startswith("dot8_" if has_vnni else "dotgemm_"), lowbit.last_kernel()
 
 
 def test_dispatch_and_explain(rng):
@@ -163,3 +191,56 @@ def test_convolution_indirect_and_im2col(tier, rng):
                     conv._core.im2col_nhwc = real_im2col
                 assert bool(calls) != indirect, (cin, stride, pad, dil)
                 assert np.array_equal(y, want), (cin, cb_a is None, stride, pad, dil, tier)
+
+
+SIGNED_A8 = list(range(-128, 128))  # codes = level + 128, as lowbit.qat quantizes a network's (signed) input
+
+
+def test_signed_8bit_activations_take_the_channel_correction(rng):
+    """Signed 8-bit activations are stored as level + 128 and the driver
+    subtracts 128 x each channel's weight sum: exact on every int32 kernel,
+    GEMM and convolution (im2col for Cin = 3 like a ResNet stem, indirect for
+    Cin = 4, padding = code 128 = level 0), with and without an epilogue,
+    and at K = K_max with every product at its extreme."""
+    cw, ca = lowbit.codebook.normalize(SIGNED_A8, 8), lowbit.codebook.normalize(SIGNED_A8, 8)
+    plan = Dot8.plan(8, 8, cw, ca)[0]
+    assert plan.table_kind == "i32" and "level + 128" in plan.why
+    assert Dot8.plan(4, 4, np.arange(16) - 8, np.arange(16) - 8)[0] is None  # only 8-bit activations get the offset
+    int32_kernels = [k for k in DOT8 if k["table_kind"] == "i32"]
+    kmax = lowbit.codebook.k_max(ca, cw)
+    for m, n, k, extreme in ((37, 70, 300, False), (3, 5, kmax, True)):
+        a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+        w = rng.integers(0, 256, (n, k), dtype=np.uint8)
+        if extreme:  # -128 x -128 everywhere in row 0 / channel 0; -128 x 127 in row 1
+            a[:2], w[0], w[1] = 0, 0, 255
+        want = reference.gemm(a, w, 8, 8, SIGNED_A8, SIGNED_A8)
+        if extreme:
+            assert int(want[0, 0]) == kmax * 16384
+        for kernel in int32_kernels:
+            assert np.array_equal(forced(kernel, a, w, 8, 8, SIGNED_A8, SIGNED_A8), want), (kernel["name"], k)
+    from lowbit import conv  # noqa: F401  (conv2d below)
+    for cin in (3, 4):
+        x = rng.integers(0, 256, (1, 11, 12, cin), dtype=np.uint8)
+        w = rng.integers(0, 256, (9, cin, 7, 7), dtype=np.uint8)
+        want = reference.conv2d(x, w, SIGNED_A8, SIGNED_A8, 8, 8, 2, 3, 1)
+        cwts = lowbit.ConvWeights(w, 8, SIGNED_A8)
+        with lowbit.use(strategy="dot8"):
+            y = lowbit.conv2d(x, cwts, stride=2, padding=3, a_bits=8, a_codebook=SIGNED_A8)
+            assert lowbit.last_kernel().startswith("dot8_")
+            ep = lowbit.Epilogue(np.full(9, 0.25, np.float32), np.arange(9, dtype=np.float32), "relu")
+            got = lowbit.conv2d(x, cwts, stride=2, padding=3, a_bits=8, a_codebook=SIGNED_A8, epilogue=ep)
+        assert np.array_equal(y, want), cin
+        assert np.array_equal(got, reference.epilogue(want, ep.scale, ep.bias, clamp_lo=0.0)), cin
+
+
+def test_col_correction_argument_is_checked():
+    k = next(k for k in DOT8 if k["tier"] == "scalar")
+    args = (k["index"], np.zeros((2, 8), np.uint8), np.zeros(16 * 8, np.uint8), np.zeros(1, np.int8), 2, 16, 2, 1, 1, 0)
+    with pytest.raises(TypeError, match="col_correction: expected dtype int32"):
+        lowbit._core.gemm(*args, col_correction=np.zeros(16, np.int64))
+    with pytest.raises(ValueError, match="col_correction: expected 16 int32 entries"):
+        lowbit._core.gemm(*args, col_correction=np.zeros(15, np.int32))
+    with pytest.raises(TypeError, match="col_correction: expected a 1-D int32 NumPy array"):
+        lowbit._core.gemm(*args, col_correction=[0] * 16)
+    y = lowbit._core.gemm(*args, col_correction=np.arange(16, dtype=np.int32))
+    assert np.array_equal(y, -np.tile(np.arange(16, dtype=np.int32), (2, 1)))

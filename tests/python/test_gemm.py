@@ -38,7 +38,10 @@ def run_forced(kernel, a, w, a_cb, w_cb):
 
 
 def edge_sizes(tile):
-    return sorted({1, 2, max(1, tile - 1), tile, tile + 1, 2 * tile + 3})
+    sizes = {1, 2, max(1, tile - 1), tile, tile + 1, 2 * tile + 3}
+    if tile >= 64:  # wide tiles run narrower blocks at the edges (e.g. 4x128: one 64-channel block)
+        sizes |= {tile // 4, tile // 2, tile // 2 + 1}
+    return sorted(sizes)
 
 
 @pytest.mark.parametrize("kernel", W2A2_KERNELS, ids=lambda k: k["name"])
@@ -178,3 +181,16 @@ def test_empty_m(rng):
     pw = lowbit.pack_weights(rng.integers(0, 4, (5, 10), dtype=np.uint8), 2)
     y = lowbit.gemm(np.zeros((0, 10), np.uint8), pw, 2)
     assert y.shape == (0, 5) and y.dtype == np.int32
+
+
+@pytest.mark.parametrize("kernel", [k for k in W2A2_KERNELS if k["nr"] > 64], ids=lambda k: k["name"])
+def test_long_k_worst_case_wide_tiles(kernel):
+    """Tiles of several channel blocks (each table load shared by the blocks):
+    every block of every row widens in time over a K that crosses the int8
+    and int16 widening points many times, both signs, N ending mid-block."""
+    m, n, k = 5, kernel["nr"] + 67, 30_001
+    for a_cb, w_cb in ((LSQ_A, LSQ_W), ([0, 0, 0, -3], [0, 0, 0, -10])):
+        a = np.full((m, k), 3, np.uint8)
+        w = np.full((n, k), 3, np.uint8)
+        w[::2] = 0  # alternate channels: level cbW[0] (-2 or 0), the others cbW[3]
+        np.testing.assert_array_equal(run_forced(kernel, a, w, a_cb, w_cb), reference.gemm(a, w, 2, 2, a_cb, w_cb))

@@ -25,19 +25,33 @@ def _pack_reference(codes, bits, group, shift):
 
 
 @pytest.mark.parametrize("tier", TIERS)
-@pytest.mark.parametrize("bits,group", [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (3, 2), (1, 6), (2, 3)])
+@pytest.mark.parametrize("bits,group", [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (3, 2), (1, 3), (1, 6), (2, 3)])
 @pytest.mark.parametrize("shift", [0, 1, 2])
 def test_pack_groups_shift_matches_reference(tier, bits, group, shift, rng):
     if bits * group + shift > 8:
         pytest.skip("not a valid combination")
     rank = _dispatch.tier_rank(tier)
-    for k in (1, 31, 32, 33, 100):
+    # groups of 3 and 6 take blocks of 96 codes (104 readable): 103, 104, 200, 297 cross those edges
+    for k in (1, 31, 32, 33, 100, 103, 104, 200, 297):
         codes = rng.integers(0, 1 << bits, (5, k), dtype=np.uint8)
         codes[0] = (1 << bits) - 1  # extreme codes: every bit set
         g = -(-k // group)
         got = _core.pack_groups(codes, bits, group, g + 3, rank, shift)
         assert np.array_equal(got[:, :g], _pack_reference(codes, bits, group, shift)), (k, tier)
         assert not got[:, g:].any()
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("bits,group", [(2, 3), (1, 3), (1, 6)])
+def test_pack_groups_of_3_and_6_reject_a_bad_code_anywhere(tier, bits, group, rng):
+    """grouplut6's packers: a code >= 2**bits in the vector blocks or the tail raises."""
+    rank = _dispatch.tier_rank(tier)
+    for k in (5, 103, 250):
+        for pos in (0, k // 2, k - 1):
+            codes = rng.integers(0, 1 << bits, (3, k), dtype=np.uint8)
+            codes[1, pos] = 1 << bits
+            with pytest.raises(ValueError, match="code"):
+                _core.pack_groups(codes, bits, group, -(-k // group), rank, 0)
 
 
 def test_pack_groups_rejects_bad_shift():

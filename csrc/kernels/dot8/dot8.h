@@ -36,6 +36,14 @@
 //   vpmaddwd with ones then adds the two int16 lanes of a channel into its
 //   int32 lane (|sum| <= 65534). int32 lanes wrap modulo 2^32; the driver
 //   guarantees K <= K_max, so the true result fits.
+//   (That bound is the AVX2 kernel's. The VNNI kernel, dot8_8x32__avx512icl,
+//   adds each lane's four products straight into int32 with vpdpbusd, and
+//   the scalar twin sums in int32: both are exact for every uint8 x int8
+//   level pair, registered as TableKind::i32, and run the family's "i32"
+//   plans, whose pair sums exceed int16: W8A8 with unsigned activations and
+//   int8 weights, W1-4 x A8 with wide weight levels; also signed 8-bit
+//   activations, packed as level + 128, for which the op driver subtracts
+//   128 * sum_k w[n][k] per channel (GemmCall::col_correction).)
 // Padding: none to correct (level 0), padded_k = K; the driver correction is 0.
 #pragma once
 #include <cstddef>
@@ -50,6 +58,7 @@ constexpr int kDot8StepBytes = 4;  // one k quad of byte levels
 void dot8__scalar(const UKernelArgs& p);
 #if LOWBIT_HAVE_X86_KERNELS
 void dot8_4x16__avx2(const UKernelArgs& p);
+void dot8_8x32__avx512icl(const UKernelArgs& p);
 #endif
 
 // Activation packer: out[m][k] = levels[codes[m][k]] for k < K and 0 for

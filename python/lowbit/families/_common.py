@@ -9,7 +9,7 @@ import numpy as np
 @dataclass(frozen=True)
 class Plan:
     family: str
-    table_kind: str       # "i8" or "split"
+    table_kind: str       # "i8", "split", or "i32" (only int32-accumulating kernels, e.g. dot8 VNNI)
     params: tuple         # family-specific, hashable (layout/table cache key)
     why: str              # one line for explain()
     # "" or the family measured faster for this GEMM ("dot8", "dotgemm"):
