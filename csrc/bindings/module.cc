@@ -536,8 +536,11 @@ const int16_t* checked_levels(const py::array& levels, int bits) {
   if (size_t(levels.shape(0)) != (size_t(1) << bits))
     throw py::value_error("a_levels: expected " + std::to_string(1 << bits) + " values");
   const int16_t* lv = static_cast<const int16_t*>(levels.data());
+  const int hi = bits == 8 ? 255 : 127;  // the codebook contract (1-4-bit levels fit int8: the vpshufb decoder)
   for (int i = 0; i < (1 << bits); ++i)
-    if (lv[i] < -128 || lv[i] > 255) throw py::value_error("a_levels: expected values in [-128, 255]");
+    if (lv[i] < -128 || lv[i] > hi)
+      throw py::value_error("a_levels: expected values in [-128, " + std::to_string(hi) + "] for " +
+                            std::to_string(bits) + "-bit codes");
   return lv;
 }
 

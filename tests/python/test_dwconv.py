@@ -212,6 +212,10 @@ def test_bad_input_raises_clear_errors():
         lowbit.ConvWeights(np.full((8, 1, 3, 3), 4, np.uint8), 2, None, 8)
     with pytest.raises(ValueError, match="groups"):
         lowbit.ConvWeights(np.zeros((8, 1, 3, 3), np.uint8), 2, None, 3)
+    with pytest.raises(ValueError, match="a_levels: expected values in \\[-128, 127\\]"):
+        _core.dwconv(0, np.zeros((1, 3, 3, 8), np.uint8), 2, np.array([0, 1, 2, 200], np.int16),
+                     np.zeros((9, 16), np.int16), 3, 3, 1, 1, 1, 1, 1, 1, "int32", None, None, None,
+                     -np.inf, np.inf, 1.0, 0, 0)
     with pytest.raises(ValueError, match="w_levels"):
         _core.dwconv(0, np.zeros((1, 3, 3, 8), np.uint8), 2, np.arange(4, dtype=np.int16),
                      np.zeros((9, 8), np.int16), 3, 3, 1, 1, 1, 1, 1, 1, "int32", None, None, None,
