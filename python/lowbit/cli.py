@@ -41,6 +41,10 @@ def _print_info(as_json: bool) -> None:
         tile = f"{k.get('mr', '?')}x{k.get('nr', '?')}"
         print(f"  {mark} {k['name']:<34} {k['family']:<10} {wa:<6} {k['tier']:<10} {tile:<7} "
               f"{k.get('table_kind', ''):<7} {k.get('description', '')}")
+    dw = lowbit.dwconv_kernels()
+    print(f"\ndepthwise-convolution kernels ({len(dw)}; * = runs here; one native call per layer):")
+    for k in dw:
+        print(f"  {'*' if k['available'] else ' '} {k['name']:<34} {k['tier']:<10} {k.get('description', '')}")
     print("\nkernel each GEMM/conv would use here (M=3136 N=64 K=576, default codebooks):")
     for bw, ba in ((1, 1), (2, 2), (3, 3), (4, 4), (2, 4), (8, 8)):
         try:
