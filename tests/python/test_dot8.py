@@ -222,7 +222,7 @@ def test_signed_8bit_activations_take_the_channel_correction(rng):
     for cin in (3, 4):
         x = rng.integers(0, 256, (1, 11, 12, cin), dtype=np.uint8)
         w = rng.integers(0, 256, (9, cin, 7, 7), dtype=np.uint8)
-        want = reference.conv2d(x, w, SIGNED_A8, SIGNED_A8, 8, 8, 2, 3, 1)
+        want = reference.conv2d(x, w, 8, 8, SIGNED_A8, SIGNED_A8, 2, 3, 1)
         cwts = lowbit.ConvWeights(w, 8, SIGNED_A8)
         with lowbit.use(strategy="dot8"):
             y = lowbit.conv2d(x, cwts, stride=2, padding=3, a_bits=8, a_codebook=SIGNED_A8)
