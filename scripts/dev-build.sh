@@ -9,6 +9,11 @@ cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build/dev}"
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" "$@" >/dev/null
-ninja -C "$BUILD_DIR" >/dev/null
+LOG="$BUILD_DIR/ninja.log"
+if ! ninja -C "$BUILD_DIR" >"$LOG" 2>&1; then
+  grep -E -A5 "error|Error" "$LOG" | head -60 >&2
+  echo "dev-build: compile failed (full log: $LOG)" >&2
+  exit 1
+fi
 cp "$BUILD_DIR"/_core*.so python/lowbit/
 echo "built $(ls "$BUILD_DIR"/_core*.so) -> python/lowbit/"
