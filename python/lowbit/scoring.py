@@ -31,8 +31,9 @@ import numpy as np
 
 from .datasets import scale_pixels
 
-__all__ = ["IMAGE_EXTENSIONS", "PredictionWriter", "Progress", "Source", "image_mode", "list_images",
-           "open_source", "to_model_input", "top1"]
+__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_COLUMNS", "PredictionWriter", "Progress", "Source", "arrow_rows",
+           "decode_image", "image_mode", "input_kind", "list_images", "open_source", "run_local", "to_model_input",
+           "top1"]
 
 # The file types ray.data.read_images reads by default, so both paths see the same files.
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif")
@@ -45,8 +46,8 @@ def to_model_input(values, input_shape, mean=0.0, std=1.0, name: str = "image") 
     rows along axis 0, or a sequence / object array of rows. ``name`` names the column in errors."""
     c, h, w = input_shape
     if isinstance(values, (list, tuple)) or (isinstance(values, np.ndarray) and values.dtype == object):
-        rows = [decode_image(v, image_mode(c), name) if isinstance(v, (bytes, bytearray, memoryview)) else np.asarray(v)
-                for v in values]
+        encoded = (bytes, bytearray, memoryview)
+        rows = [decode_image(v, image_mode(c), name) if isinstance(v, encoded) else np.asarray(v) for v in values]
         if not rows:
             raise ValueError(f"{name}: empty batch")
         shapes = sorted({r.shape for r in rows})

@@ -137,6 +137,13 @@ def test_corrupt_model_fails_fast_with_the_loaders_error(cluster, small_model_pa
         ds.map_batches(lowbit_ray.Predictor, fn_constructor_args=(str(bad_path),), batch_format="numpy",
                        compute=ray.data.ActorPoolStrategy(size=2)).take_all()
     assert "LowbitFormatError" in str(info.value) and "bad.lowbit: checksum mismatch" in str(info.value)
+    # lowbit run --ray checks the file before it starts or joins a cluster
+    np.save(tmp_path / "x.npy", np.zeros((2, *SHAPE), np.float32))
+    r = subprocess.run([sys.executable, "-m", "lowbit", "run", str(bad_path), "--input", str(tmp_path / "x.npy"),
+                        "--output", str(tmp_path / "o.parquet"), "--ray"], capture_output=True, text=True, cwd=REPO,
+                       timeout=JOB_SECONDS)
+    assert r.returncode != 0 and "lowbit run: " in r.stderr and "bad.lowbit: checksum mismatch" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o.parquet").exists()
 
 
 def test_cli_run_ray_on_a_running_cluster_equals_the_local_run(cluster, small_model_path, tmp_path):
