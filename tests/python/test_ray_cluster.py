@@ -1,9 +1,8 @@
 """lowbit.ray on a multi-node Ray cluster on this machine (ray.cluster_utils.Cluster: a head with no
 CPUs, so all work runs on the worker nodes, and two 1-CPU worker nodes, all on loopback), started
 and shut down by this module. Slow (about 2-3 minutes on 2 cores: each node is a set of
-processes), so outside the default suite; run it with
-
-    PYTHONPATH=python python3 -m pytest tests/python/test_ray_cluster.py -m slow -q
+processes); in the default suite all the same, as the issue asked (CI has the time).
+Alone: PYTHONPATH=python python3 -m pytest tests/python/test_ray_cluster.py -q
 """
 import logging
 import os
@@ -21,8 +20,6 @@ pq = pytest.importorskip("pyarrow.parquet")
 Image = pytest.importorskip("PIL.Image")
 import lowbit.ray as lowbit_ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
-
-pytestmark = pytest.mark.slow
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SHAPE = (1, 28, 28)
