@@ -54,7 +54,9 @@ def test_deterministic_across_thread_counts(case, rng):
                 continue
             assert np.array_equal(y, ref), (n, name)
             ran += 1
-        assert ran >= 2, (n, ran)  # at least a scalar twin and a SIMD kernel
+        # at least a scalar twin and a SIMD kernel (only the scalar one under LOWBIT_ISA=scalar)
+        simd_allowed = any(k["tier"] != "scalar" for k in available_kernels())
+        assert ran >= (2 if simd_allowed else 1), (n, ran)
     for n in (2, 3, 7):
         assert np.array_equal(results[n], results[1])
 
