@@ -120,7 +120,8 @@ __all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "qonnx.custom_op")
 _QOPS = ("Quant", "BipolarQuant", "Trunc")
 # ops that may read activations (anything may appear on constants: it is folded)
-SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip",
+SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg",
+                 "Relu", "Clip",
                  "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
                  "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout")
 
@@ -257,14 +258,18 @@ def _check_levels(levels, bits, where):
 
 
 class _Grid:
-    """Values ``level * step`` for integer levels qn..qp, or ``+-step`` (binary)."""
+    """Values ``level * step`` for integer levels qn..qp, or ``+-step`` (binary).
 
-    __slots__ = ("step", "qn", "qp", "binary", "signed")
+    Per-channel scales (``chan``: float32 (C,), one step per channel, axis 1): the
+    levels are held with ``step`` 1 and channel c's values are ``level * chan[c]``."""
 
-    def __init__(self, step, qn, qp, binary=False, signed=None):
+    __slots__ = ("step", "qn", "qp", "binary", "signed", "chan")
+
+    def __init__(self, step, qn, qp, binary=False, signed=None, chan=None):
         self.step = float(np.float32(step))
         self.qn, self.qp, self.binary = int(qn), int(qp), bool(binary)
         self.signed = (self.qn < 0) if signed is None else bool(signed)
+        self.chan = None if chan is None else np.asarray(chan, np.float32).reshape(-1)
 
     @property
     def n(self):
@@ -280,7 +285,8 @@ class _Grid:
         return _pad_levels(range(self.qn, self.qp + 1), self.bits)
 
     def key(self):
-        return (np.float32(self.step).tobytes(), self.qn, self.qp, self.binary)
+        return (np.float32(self.step).tobytes(), self.qn, self.qp, self.binary,
+                None if self.chan is None else self.chan.tobytes())
 
     def requant(self):
         """The epilogue's Requant dict when its codebook equals levels(), else None."""
@@ -295,16 +301,19 @@ class _Grid:
 
 
 class _Codes:
-    """A lowbit node whose output is codes: bits, levels (list), step."""
+    """A lowbit node whose output is codes: bits, levels (list), step; ``chan``: per-channel
+    steps (then ``step`` is 1, see _Grid)."""
 
-    __slots__ = ("node", "bits", "levels", "step")
+    __slots__ = ("node", "bits", "levels", "step", "chan")
 
-    def __init__(self, node, bits, levels, step):
+    def __init__(self, node, bits, levels, step, chan=None):
         self.node, self.bits, self.levels, self.step = node, int(bits), [int(v) for v in levels], float(step)
+        self.chan = chan
 
     def matches(self, g: _Grid):
         return g is not None and self.bits == g.bits and self.levels == g.levels() and \
-            np.float32(self.step) == np.float32(g.step)
+            np.float32(self.step) == np.float32(g.step) and \
+            (self.chan is None) == (g.chan is None) and (g.chan is None or np.array_equal(self.chan, g.chan))
 
 
 class _QConst:
@@ -512,6 +521,9 @@ class _Converter:
         if act.fl is None:
             c = act.cd if act.cd is not None else self.codes_of_act(act, where, before=before)
             act.fl = self.add(c.node + ".dequant", "dequantize", [c.node], {"source": "dequantize"}, before=before)
+            if c.chan is not None:  # level * step[c], the float32 product QONNX computes
+                act.fl = self.add(c.node + ".dequant_scale", "affine", [act.fl], {"source": "dequantize"},
+                                  {"scale": c.chan, "bias": np.zeros_like(c.chan)}, before=before)
         return act.fl
 
     def is_read(self, name):
@@ -533,11 +545,15 @@ class _Converter:
         if act.pre is not None and act.fl is None:
             conv, rq = act.pre_conv, g.requant()
             if self.requant_ok and conv is not None and rq is not None and not self.is_read(conv) \
-                    and not self.node(conv).attrs.get("requant"):
+                    and not self.node(conv).attrs.get("requant") and (g.chan is None or self._divisible(conv)):
                 node = self.node(conv)
                 node.attrs["requant"] = rq
+                if g.chan is not None:   # v / step[c] folded into the epilogue's scale and bias
+                    self.scale64[conv] = self.scale64[conv] / g.chan
+                    self.bias64[conv] = self.bias64[conv] / g.chan
+                    rq["channel_steps"] = [float(v) for v in g.chan]   # values: level * channel_steps[c]
                 self.stage[conv] = 4
-                act.cd = _Codes(conv, g.bits, g.levels(), g.step)
+                act.cd = _Codes(conv, g.bits, g.levels(), g.step, g.chan)
             else:
                 act.cd = self.quantize(act.pre, g, f"{act.name or act.pre}.quant", where, before=before)
             act.pre = act.pre_conv = None
@@ -547,6 +563,14 @@ class _Converter:
         fl = self.float_of(act, where, before=before)
         act.cd = self.quantize(fl, g, f"{fl}.quant", where, before=before)
         return act.cd
+
+    def _divisible(self, conv):
+        """Whether conv's epilogue output may be divided by per-channel steps through its
+        scale and bias: its clamp must commute with the division (bounds 0 or none) and it
+        must have no residual input (that would need dividing too)."""
+        a = self.node(conv).attrs
+        lo, hi = a["clamp"]
+        return lo in (None, 0.0) and hi is None and not a["residual"]
 
     def pos_of(self, act: _Act):
         """Position of the earliest node a reader of act could start from."""
@@ -563,11 +587,17 @@ class _Converter:
         levels = g.levels() if levels is None else levels
         _check_levels(levels, bits, where)
         step = g.step if step is None else step
+        if g.chan is not None:   # x / step[c] (a multiply by 1 / step[c]), then the step-1 grid
+            src = self.add(f"{name}.per_channel_scale", "affine", [src], {"source": where},
+                           {"scale": (1.0 / g.chan.astype(np.float64)).astype(np.float32),
+                            "bias": np.zeros_like(g.chan)}, before=before)
         attrs = {"bits": bits, "signed": g.signed, "binary": g.binary,
                  "qn": g.qn if qn is None else qn, "qp": g.qp if qp is None else qp,
                  "step": float(step), "levels": [int(v) for v in levels], "source": where}
+        if g.chan is not None:
+            attrs["channel_steps"] = [float(v) for v in g.chan]   # the values are level * channel_steps[c]
         name = self.add(name, "quantize", [src], attrs, before=before)
-        return _Codes(name, bits, levels, step)
+        return _Codes(name, bits, levels, step, g.chan)
 
     # ---- values --------------------------------------------------------------------------------
     def const(self, name, where, allow_q=True):
@@ -735,11 +765,20 @@ class _Converter:
         src = n.input[0]
         x = self.act(src, where)
         s, zp, b = (self.const(i, where, allow_q=False) for i in n.input[1:4])
+        chan = None
         if np.asarray(s).size != 1:
-            raise QonnxConversionError(f"{where}: per-channel activation scales (shape {np.asarray(s).shape}) "
-                                       "are not supported; use a per-tensor activation quantizer")
+            if len(x.shape) < 2:
+                raise QonnxConversionError(f"{where}: per-channel scales need an input with a channel axis")
+            chan = self._channel_vec(s, x, where).astype(np.float32)   # raises unless one per channel (axis 1)
+            if not (np.all(np.isfinite(chan)) and np.all(chan > 0)):
+                raise QonnxConversionError(f"{where}: scales must be finite and > 0")
+            if x.colperm is not None:
+                raise QonnxConversionError(f"{where}: per-channel scales after a transposed flatten are not "
+                                           "supported")
+            s = np.float32(1.0)
         if np.asarray(zp).size != 1:
-            raise QonnxConversionError(f"{where}: per-channel activation zero points are not supported")
+            raise QonnxConversionError(f"{where}: per-channel activation zero points are not supported (use a "
+                                       "per-tensor zero point, e.g. Brevitas' default zero_point=0)")
         step = np.float32(_as_scalar(s, "scale", where))
         z = float(np.float32(_as_scalar(zp, "zero_point", where)))
         bits_f = float(_as_scalar(b, "bit_width", where))
@@ -755,7 +794,8 @@ class _Converter:
                                        "the Brevitas default, is)")
         bits, signed, narrow = int(bits_f), bool(a.get("signed", 1)), bool(a.get("narrow", 0))
         z = int(z)
-        g = _Grid(step, min_int(signed, narrow, bits) - z, max_int(signed, narrow, bits) - z, signed=signed)
+        g = _Grid(step, min_int(signed, narrow, bits) - z, max_int(signed, narrow, bits) - z, signed=signed,
+                  chan=chan)
         self._quant_act(n, src, x, g, where)
 
     def op_BipolarQuant(self, n, a, where):
@@ -913,20 +953,54 @@ class _Converter:
                  "module": n.name or n.output[0], "source": f"{n.name or n.output[0]} ({n.op_type})"}
         attrs.update(extra)
         name = self.add(n.name or n.output[0], op, [cd.node], attrs, {"w_codes": codes})
-        self.scale64[name] = np.float64(np.float32(cd.step)) * w_scale
+        if cd.chan is not None:   # per-channel input steps: output channel o reads input channel o // (N / groups)
+            per_out = cd.chan[np.arange(codes.shape[0]) // (codes.shape[0] // extra["groups"])]
+            self.scale64[name] = per_out.astype(np.float64) * w_scale
+        else:
+            self.scale64[name] = np.float64(np.float32(cd.step)) * w_scale
         self.bias64[name] = np.zeros(codes.shape[0]) if bias is None else bias.astype(np.float64)
         self.stage[name] = 0
         self.vals[n.output[0]] = _Act(out_shape, fl=name, conv=name)
+
+    @staticmethod
+    def _input_chan(x: _Act):
+        """Per-channel steps of the codes a layer reading x gets (None: one step)."""
+        if x.cd is not None and (x.grid is None or x.cd.matches(x.grid)):
+            return x.cd.chan
+        return None if x.grid is None else x.grid.chan
+
+    def _runs_on_integers(self, x: _Act, wq, one_input_channel: bool):
+        """Whether a conv/linear reading x with weights wq runs on lowbit's integer kernels:
+        its input and weights are both quantized (integer levels), and per-channel input
+        steps occur only where each output channel reads one input channel (depthwise), so
+        that they fold into the output scale. Otherwise the layer runs in float32."""
+        if not (isinstance(wq, _QConst) and wq.ints is not None):
+            return False
+        if x.cd is None and x.grid is None:
+            return False
+        return self._input_chan(x) is None or one_input_channel
+
+    def _float_layer(self, n, op, x: _Act, w, bias, extra, out_shape, where):
+        """A ``conv_f32``/``linear_f32`` node: float32 weights (dequantized exactly as QONNX
+        does, or float ones) applied to the float value of x. Its output is a plain float
+        activation: what follows (BatchNorm, Relu, Quant) becomes separate float nodes."""
+        w = np.asarray(w, np.float32)
+        if not np.all(np.isfinite(w)):
+            raise QonnxConversionError(f"{where}: non-finite weights")
+        b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32).reshape(-1)
+        fl = self.float_of(x, where)
+        attrs = {"source": f"{n.name or n.output[0]} ({n.op_type})", "module": n.name or n.output[0], **extra}
+        name = self.add(n.name or n.output[0], op, [fl], attrs, {"w": np.ascontiguousarray(w), "bias": b})
+        self.vals[n.output[0]] = _Act(out_shape, fl=name)
 
     def op_Conv(self, n, a, where):
         x = self.act(n.input[0], where)
         if len(x.shape) != 4:
             raise QonnxConversionError(f"{where}: expected a 4-D input, got shape {x.shape}")
         wq = self.const(n.input[1], where)
-        wv = wq.values if isinstance(wq, _QConst) else wq
+        wv = wq.values if isinstance(wq, _QConst) else np.asarray(wq, np.float32)
         if wv.ndim != 4:
             raise QonnxConversionError(f"{where}: only 2-D convolutions are supported (weight shape {wv.shape})")
-        codes, bits, levels, w_scale = self._weights(wq, where)
         cout, cg, kh, kw = wv.shape
         groups = int(a.get("group", 1))
         if cg * groups != x.shape[1]:
@@ -945,15 +1019,30 @@ class _Converter:
         oh, ow = _out_hw(x.shape[2:], [kh, kw], stride, pad, dil)
         if oh < 1 or ow < 1:
             raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
-        self._layer(n, "conv", x, codes, bits, levels, w_scale, bias,
-                    {"stride": stride, "padding": pad, "dilation": dil, "groups": groups},
-                    (None, cout, oh, ow), where)
+        extra = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups}
+        if not self._runs_on_integers(x, wq, cg == 1):
+            self._float_layer(n, "conv_f32", x, wv, bias, extra, (None, cout, oh, ow), where)
+            return
+        codes, bits, levels, w_scale = self._weights(wq, where)
+        self._layer(n, "conv", x, codes, bits, levels, w_scale, bias, extra, (None, cout, oh, ow), where)
 
     def _linear(self, n, x, wmat_q, bias, alpha, where):
         """wmat_q: _QConst or array of shape (N, K)."""
         if len(x.shape) != 2:
             raise QonnxConversionError(f"{where}: expected a 2-D (N, K) input, got shape {x.shape} "
                                        "(flatten first)")
+        if not self._runs_on_integers(x, wmat_q, False):
+            w = np.asarray(wmat_q.values if isinstance(wmat_q, _QConst) else wmat_q, np.float32)
+            if w.ndim != 2 or w.shape[1] != x.shape[1]:
+                raise QonnxConversionError(f"{where}: weight shape {w.shape} does not match the input's K="
+                                           f"{x.shape[1]}")
+            if x.colperm is not None:
+                perm = np.empty_like(w)
+                perm[:, x.colperm] = w
+                w = perm
+                x = x.copy(colperm=None)
+            self._float_layer(n, "linear_f32", x, w * np.float32(alpha), bias, {}, (None, w.shape[0]), where)
+            return
         codes, bits, levels, w_scale = self._weights(wmat_q, where)
         if codes.shape[1] != x.shape[1]:
             raise QonnxConversionError(f"{where}: weight K={codes.shape[1]} does not match the input's {x.shape[1]}")
@@ -1026,18 +1115,24 @@ class _Converter:
                                   for i in n.input[1:5])
         eps = float(a.get("epsilon", 1e-5))
         g = gamma / np.sqrt(var + eps)
-        b = beta - mean * g
-        conv = self.fusable(src, x, 1)
+        self._apply_affine(n, src, x, g, beta - mean * g, where, bn=True)
+
+    def _apply_affine(self, n, src, x: _Act, scale, bias, where, bn=False):
+        """Output of node n = x * scale + bias per channel (float64 (C,) vectors, ONNX
+        channel order). Folds into the open epilogue of the conv/linear behind x (scale and
+        bias compose; nothing but other affine maps may have been fused there yet), else
+        becomes an ``affine`` node."""
+        conv = self.fusable(src, x, 2)
         if conv is not None:
-            self.scale64[conv] = self.scale64[conv] * g
-            self.bias64[conv] = self.bias64[conv] * g + b
+            self.scale64[conv] = self.scale64[conv] * scale
+            self.bias64[conv] = self.bias64[conv] * scale + bias
             nd = self.node(conv)
-            nd.attrs["bn"] = True
+            nd.attrs["bn"] = nd.attrs["bn"] or bn
             nd.attrs.setdefault("fused", []).append(n.name or n.output[0])
             self.stage[conv] = 1
             self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
             return
-        self._affine(n, x, src, g, b, where)
+        self._affine(n, x, src, scale, bias, where)
 
     def _const_and_act(self, n, where):
         ins = [self.vals.get(i, self.consts.get(i)) for i in n.input]
@@ -1045,42 +1140,62 @@ class _Converter:
         cons = [v for v in ins if not isinstance(v, _Act)]
         return acts, [c.values if isinstance(c, _QConst) else c for c in cons]
 
-    def op_Mul(self, n, a, where):
+    def _elementwise_const(self, n, where):
+        """An elementwise Add/Sub/Mul/Div/Neg of one activation and (at most) one constant,
+        as x * scale + bias per channel. Div by a constant becomes a multiply by its float64
+        reciprocal (rounded once to float32): only values within float rounding of a
+        quantizer's rounding boundary can then quantize differently from QONNX's division."""
         acts, cons = self._const_and_act(n, where)
-        if len(acts) != 1:
-            raise QonnxConversionError(f"{where}: a product of two activations is not supported")
+        op = n.op_type
+        if len(acts) != 1 or len(cons) != len(n.input) - 1:
+            return False
         src = acts[0]
         x = self.act(src, where)
-        c = self._channel_vec(cons[0], x, where) if x.colperm is None or np.asarray(cons[0]).size == 1 else None
-        if c is None:
-            raise QonnxConversionError(f"{where}: per-feature Mul after a transposed flatten is not supported")
-        conv = self.fusable(src, x, 1)
-        if conv is not None:
-            self.scale64[conv] = self.scale64[conv] * c
-            self.bias64[conv] = self.bias64[conv] * c
-            self.stage[conv] = 1
-            self.node(conv).attrs.setdefault("fused", []).append(n.name or n.output[0])
-            self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
-            return
-        self._affine(n, x, src, c, np.zeros_like(c), where)
+        const_first = n.input[0] != src
+        if op == "Neg":
+            c = np.ones(x.shape[1] if len(x.shape) > 1 else 1)
+        else:
+            if x.colperm is not None and np.asarray(cons[0]).size != 1:
+                raise QonnxConversionError(f"{where}: a per-feature {op} after a transposed flatten is not "
+                                           "supported")
+            if len(x.shape) < 2:
+                raise QonnxConversionError(f"{where}: {op} of a 1-D activation is not supported")
+            c = self._channel_vec(cons[0], x, where)
+        one, zero = np.ones_like(c), np.zeros_like(c)
+        if op == "Add":
+            scale, bias = one, c
+        elif op == "Sub":
+            scale, bias = (-one, c) if const_first else (one, -c)
+        elif op == "Mul":
+            scale, bias = c, zero
+        elif op == "Neg":
+            scale, bias = -one, zero
+        else:  # Div
+            if const_first:
+                raise QonnxConversionError(f"{where}: dividing by an activation (constant / x) is not supported")
+            if np.any(c == 0):
+                raise QonnxConversionError(f"{where}: division by zero")
+            scale, bias = 1.0 / c, zero
+        self._apply_affine(n, src, x, scale, bias, where)
+        return True
+
+    def op_Mul(self, n, a, where):
+        if not self._elementwise_const(n, where):
+            raise QonnxConversionError(f"{where}: a product of two activations is not supported")
+
+    def op_Sub(self, n, a, where):
+        if not self._elementwise_const(n, where):
+            raise QonnxConversionError(f"{where}: a difference of two activations is not supported")
+
+    def op_Div(self, n, a, where):
+        if not self._elementwise_const(n, where):
+            raise QonnxConversionError(f"{where}: a quotient of two activations is not supported")
+
+    def op_Neg(self, n, a, where):
+        self._elementwise_const(n, where)
 
     def op_Add(self, n, a, where):
-        acts, cons = self._const_and_act(n, where)
-        if len(acts) == 1:
-            src = acts[0]
-            x = self.act(src, where)
-            c = self._channel_vec(cons[0], x, where) if x.colperm is None or np.asarray(cons[0]).size == 1 \
-                else None
-            if c is None:
-                raise QonnxConversionError(f"{where}: per-feature Add after a transposed flatten is not supported")
-            conv = self.fusable(src, x, 1)
-            if conv is not None:
-                self.bias64[conv] = self.bias64[conv] + c
-                self.stage[conv] = 1
-                self.node(conv).attrs.setdefault("fused", []).append(n.name or n.output[0])
-                self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
-                return
-            self._affine(n, x, src, np.ones_like(c), c, where)
+        if self._elementwise_const(n, where):
             return
         sa, sb = n.input[0], n.input[1]
         xa, xb = self.act(sa, where), self.act(sb, where)
@@ -1573,12 +1688,15 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
                 nd = lb.node(node_name)
                 lv = np.asarray(nd.attrs["levels"] if nd.op == "quantize" else
                                 _requant_levels(nd.attrs["requant"]), np.float64)
-                step = np.float32(nd.attrs["step"] if nd.op == "quantize" else nd.attrs["requant"]["step"])
+                q = nd.attrs if nd.op == "quantize" else nd.attrs["requant"]
+                step = np.asarray(q.get("channel_steps", q["step"]), np.float32).astype(np.float64)
                 c = tr[node_name]
                 if c.ndim == 4:
                     c = c.transpose(0, 3, 1, 2)
                 ours = lv[c]
-                theirs = np.rint(np.asarray(ctx[tensor], np.float64).reshape(ours.shape) / np.float64(step))
+                if step.size > 1:   # per-channel steps, axis 1
+                    step = step.reshape((1, -1) + (1,) * (ours.ndim - 2))
+                theirs = np.rint(np.asarray(ctx[tensor], np.float64).reshape(ours.shape) / step)
                 d = diff.setdefault(tensor, [0, 0])
                 d[0] += int(np.count_nonzero(ours != theirs))
                 d[1] += int(ours.size)
