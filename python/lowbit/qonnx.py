@@ -64,8 +64,8 @@ values are ``level * step`` with integer levels ``qmin - zp .. qmax - zp``, or
   input scale whose codebook holds ``r * T`` for each code (``r`` computed
   exactly as above, any rounding mode), so its output values are bit exact,
   when its integer input range spans at most 256 values; wider ones quantize
-  at the output scale (exact for FLOOR/CEIL via an offset; ROUND ties may go
-  either way), see ``_Converter._trunc_wide``.
+  at the output scale (exact for FLOOR/CEIL via an offset, for ROUND by rounding
+  at the input scale first), see ``_Converter._trunc_wide``.
 
 Exactness (what "agrees with the qonnx executor" means)
 ------------------------------------------------------
@@ -880,9 +880,9 @@ class _Converter:
         quantize node at the output scale. FLOOR/CEIL (and, for grids without negative
         levels, DOWN/UP/HALF_UP/HALF_DOWN) first shift x by an offset that moves every
         q/T (a multiple of 1/T) strictly inside the rounding interval of its result (margin
-        1/(4T), far above float rounding), so they stay exact. ROUND/HALF_EVEN round
-        x / out_scale directly: an exact tie q/T = k + 1/2 may then go either way
-        (float rounding of the average decides it), the one inexact case."""
+        1/(4T), far above float rounding), so they stay exact. ROUND/HALF_EVEN quantize
+        ``round(x / scale) / T`` (the node's ``pre_step``/``pre_div``) exactly as QONNX
+        does, so a tie q/T = k + 1/2 rounds to even as there."""
         nonneg = lo >= 0
         offsets = {"FLOOR": -(t - 1) / (2 * t), "CEIL": (t - 1) / (2 * t), "ROUND": 0.0, "HALF_EVEN": 0.0}
         if nonneg:
@@ -900,6 +900,8 @@ class _Converter:
                           {"scale": np.ones(ch, np.float32), "bias": np.full(ch, off * out_s, np.float32)})
         g = _Grid(out_s, lo, hi, signed=signed)
         cd = self.quantize(fl, g, n.name or n.output[0], where)
+        if mode in ("ROUND", "HALF_EVEN"):
+            self.node(cd.node).attrs.update(pre_step=float(np.float32(s)), pre_div=float(t))
         self.codes_of[cd.node] = n.output[0]
         self.vals[n.output[0]] = _Act(x.shape, cd=cd, grid=g)
 
@@ -1650,7 +1652,7 @@ def qonnx_execute(model, x, batch_size: int = 250, full: bool = False):
 
 
 def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int = 250, codes: bool = True,
-                  reference=None, requant_in_epilogue: bool = True) -> dict:
+                  reference=None, requant_in_epilogue: bool = True, isolate: bool = False) -> dict:
     """Parity of lowbit with the qonnx executor on float32 NCHW ``x``.
 
     The QONNX model is first passed through qonnx's ``cleanup_model`` (both
@@ -1664,6 +1666,14 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
     requant_in_epilogue)``; its codes are matched by ONNX tensor name, so only
     those of a model converted from the cleaned graph are compared
     (``code_tensors`` says how many quantizers were).
+
+    ``isolate``: layer by layer. After each quantizer whose codes are compared, the
+    lowbit run continues from qonnx's codes instead of its own (where the codes
+    determine the levels), so every quantizer and the logits are compared on
+    identical quantized inputs. In a deep network a code that differs at a
+    rounding tie changes the inputs of many later codes, and those differences
+    grow from layer to layer (qonnx's own executor does the same when its input
+    moves by one float ulp); ``isolate`` measures each layer without that cascade.
     """
     x = np.asarray(x, np.float32)
     cleaned = _qonnx_executor(model, batch_size).model
@@ -1676,30 +1686,12 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
         ref, ctxs = qonnx_execute(cleaned, x, batch_size), []
     mine, diff = [], {}
     qmap = lb.meta.get("qonnx_codes", {})
+    if isolate and not codes:
+        raise ValueError("isolate: needs codes=True and no reference")
     for bi, i in enumerate(range(0, len(x), batch_size)):
         xb = x[i:i + batch_size]
         if codes:
-            tr = lb.trace(xb)
-            mine.append(np.asarray(tr[lb.nodes[-1].name], np.float32))
-            ctx = ctxs[bi]
-            for node_name, tensor in qmap.items():
-                if tensor not in ctx or node_name not in tr:
-                    continue
-                nd = lb.node(node_name)
-                lv = np.asarray(nd.attrs["levels"] if nd.op == "quantize" else
-                                _requant_levels(nd.attrs["requant"]), np.float64)
-                q = nd.attrs if nd.op == "quantize" else nd.attrs["requant"]
-                step = np.asarray(q.get("channel_steps", q["step"]), np.float32).astype(np.float64)
-                c = tr[node_name]
-                if c.ndim == 4:
-                    c = c.transpose(0, 3, 1, 2)
-                ours = lv[c]
-                if step.size > 1:   # per-channel steps, axis 1
-                    step = step.reshape((1, -1) + (1,) * (ours.ndim - 2))
-                theirs = np.rint(np.asarray(ctx[tensor], np.float64).reshape(ours.shape) / step)
-                d = diff.setdefault(tensor, [0, 0])
-                d[0] += int(np.count_nonzero(ours != theirs))
-                d[1] += int(ours.size)
+            mine.append(_run_against(lb, xb, ctxs[bi], qmap, diff, isolate))
         else:
             mine.append(lb(xb))
     lo = np.concatenate(mine)
@@ -1720,6 +1712,51 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
         out["codes_total"] = tot
         out["code_tensors"] = len(diff)
     return out
+
+
+def _run_against(lb: Model, x, ctx, qmap, diff, isolate):
+    """Run ``lb`` on x node by node; at every node whose codes stand for a qonnx tensor in
+    ``ctx``, count the levels that differ (into ``diff[tensor] = [differ, total]``) and, with
+    ``isolate``, continue from qonnx's codes where they determine the levels. Returns the
+    float32 output."""
+    from .runtime import CodeTensor
+
+    vals = {}
+    for n in lb.nodes:
+        if n.op == "input":
+            out = x.transpose(0, 2, 3, 1)
+        else:
+            out = lb._run_node(n, [vals[s] for s in n.inputs], False)
+        tensor = qmap.get(n.name)
+        if tensor is not None and tensor in ctx:
+            q = n.attrs if n.op == "quantize" else n.attrs["requant"]
+            lv = np.asarray(q["levels"] if n.op == "quantize" else _requant_levels(q), np.int64)
+            step = np.asarray(q.get("channel_steps", q["step"]), np.float32).astype(np.float64)
+            c = out.codes
+            nhwc = c.ndim == 4
+            ours = lv[c.transpose(0, 3, 1, 2) if nhwc else c]
+            if step.size > 1:   # per-channel steps, axis 1
+                step = step.reshape((1, -1) + (1,) * (ours.ndim - 2))
+            theirs = np.rint(np.asarray(ctx[tensor], np.float64).reshape(ours.shape) / step).astype(np.int64)
+            d = diff.setdefault(tensor, [0, 0])
+            d[0] += int(np.count_nonzero(ours != theirs))
+            d[1] += int(ours.size)
+            # the first code of each level (readers see levels only, so any code of a level will do)
+            levels, first = np.unique(lv, return_index=True)
+            at = np.clip(np.searchsorted(levels, theirs), 0, len(levels) - 1)
+            if isolate and np.array_equal(levels[at], theirs):
+                cd = first[at].astype(np.uint8)
+                out = CodeTensor(np.ascontiguousarray(cd.transpose(0, 2, 3, 1) if nhwc else cd), out.bits,
+                                 out.levels, out.step)
+        vals[n.name] = out
+    out = vals[lb.nodes[-1].name]
+    if isinstance(out, CodeTensor):
+        from .runtime import dequantize
+
+        out = dequantize(out)
+    if out.ndim == 4:
+        out = out.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(out, np.float32)
 
 
 def _requant_levels(r):

@@ -22,7 +22,9 @@ Ops (inputs -> output):
 ``input``           NCHW float32 from the caller -> NHWC float32 (a view)
 ``quantize``        float -> codes. LSQ exactly as torch computes it:
                     ``q = round_half_even(clamp(x / step, Qn, Qp))`` in float32
-                    with a true division (1-bit signed: ``code = x >= 0``)
+                    with a true division (1-bit signed: ``code = x >= 0``); with
+                    ``pre_step``/``pre_div`` (QONNX Trunc): ``x / step`` is
+                    ``round_half_even(x / pre_step) / pre_div`` instead
 ``dequantize``      codes -> float: ``float32(level) * float32(step)``
 ``conv``            codes [, float residual] -> float or codes. ``lowbit.conv2d``
                     with the fused :class:`lowbit.Epilogue`: scale, bias (folded
@@ -176,6 +178,12 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     The native kernel and the NumPy lines below (the reference) agree bit for bit."""
     if attrs.get("binary"):
         return (x >= 0).astype(np.uint8)
+    if attrs.get("pre_step") is not None:
+        # QONNX Trunc with ROUND: integers at the input step first, then the exact division by
+        # the power of two pre_div, rounded half to even like the rest
+        x = np.rint(np.divide(x, np.float32(attrs["pre_step"]), dtype=np.float32))
+        x *= np.float32(1.0 / attrs["pre_div"])
+        attrs = dict(attrs, step=1.0)
     qn = attrs["qn"]
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
         return _core.quantize_codes(np.ascontiguousarray(x), float(np.float32(attrs["step"])), int(qn),
