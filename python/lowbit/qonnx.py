@@ -121,7 +121,7 @@ QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brev
 _QOPS = ("Quant", "BipolarQuant", "Trunc")
 # ops that may read activations (anything may appear on constants: it is folded)
 SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg",
-                 "Relu", "Clip",
+                 "Relu", "Clip", "Pad",
                  "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
                  "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout")
 
@@ -348,18 +348,20 @@ class _Act:
     quantizer, so it runs on ``pre`` and the codes are made after it. ``name``:
     the ONNX tensor (for compare_qonnx)."""
 
-    __slots__ = ("shape", "fl", "cd", "grid", "conv", "perm", "colperm", "global_pool", "pre", "pre_conv", "name")
+    __slots__ = ("shape", "fl", "cd", "grid", "conv", "perm", "colperm", "global_pool", "pre", "pre_conv", "name",
+                 "pad")
 
     def __init__(self, shape, fl=None, cd=None, grid=None, conv=None, perm=None, colperm=None, global_pool=False,
-                 pre=None, pre_conv=None, name=None):
+                 pre=None, pre_conv=None, name=None, pad=None):
         self.shape = tuple(shape)
         self.fl, self.cd, self.grid, self.conv = fl, cd, grid, conv
         self.perm, self.colperm, self.global_pool = perm, colperm, global_pool
         self.pre, self.pre_conv, self.name = pre, pre_conv, name
+        self.pad = pad   # 4-D only: a pending zero Pad [top, left, bottom, right] (shape includes it)
 
     def copy(self, **kw):
         a = _Act(self.shape, self.fl, self.cd, self.grid, self.conv, self.perm, self.colperm, self.global_pool,
-                 self.pre, self.pre_conv, self.name)
+                 self.pre, self.pre_conv, self.name, self.pad)
         for k, v in kw.items():
             setattr(a, k, v)
         return a
@@ -513,7 +515,13 @@ class _Converter:
         return next(n for n in self.nodes if n.name == name)
 
     # ---- materialization -----------------------------------------------------------------------
+    def _no_pad(self, act: _Act, where):
+        if act.pad is not None:
+            raise QonnxConversionError(f"{where}: reads a Pad of an activation; a zero Pad is supported only right "
+                                       "before a Conv (it becomes the conv's padding). Use the conv's own padding")
+
     def float_of(self, act: _Act, where, before=None):
+        self._no_pad(act, where)
         if act.perm is not None:
             raise QonnxConversionError(f"{where}: reads a Transpose(perm={list(act.perm)}) of an activation; "
                                        "transposed activations are supported only before Flatten/Reshape into "
@@ -533,6 +541,7 @@ class _Converter:
         """Codes a conv/linear can read: the act's own codes when they are the canonical
         codes of its grid, else the requantizing epilogue of ``pre_conv`` or a quantize
         node (exact for values already on the grid)."""
+        self._no_pad(act, where)
         if act.perm is not None:
             self.float_of(act, where)  # raises
         if act.cd is not None and (act.grid is None or act.cd.matches(act.grid)):
@@ -999,6 +1008,13 @@ class _Converter:
         x = self.act(n.input[0], where)
         if len(x.shape) != 4:
             raise QonnxConversionError(f"{where}: expected a 4-D input, got shape {x.shape}")
+        if x.pad is not None:   # a zero Pad in front: add it to the conv's own padding
+            if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+                raise QonnxConversionError(f"{where}: a Pad before a conv with auto_pad is not supported")
+            own = _pair_attr(a.get("pads"), [0, 0, 0, 0])
+            a = dict(a, pads=[p + q for p, q in zip(own, x.pad)])
+            t, l, b, r = x.pad
+            x = x.copy(pad=None, shape=(None, x.shape[1], x.shape[2] - t - b, x.shape[3] - l - r))
         wq = self.const(n.input[1], where)
         wv = wq.values if isinstance(wq, _QConst) else np.asarray(wq, np.float32)
         if wv.ndim != 4:
@@ -1429,6 +1445,31 @@ class _Converter:
             self.vals[n.output[0]] = self._flatten(x, n.name or n.output[0], where)
             return
         raise QonnxConversionError(f"{where}: only squeezing a (N, C, 1, 1) map to (N, C) is supported")
+
+    def op_Pad(self, n, a, where):
+        """A constant zero Pad of H and W: pending on the activation until a Conv reads it
+        (lowbit convolutions pad with the value 0, whatever the codebook)."""
+        x = self.act(n.input[0], where)
+        mode = a.get("mode", "constant")
+        pads = a.get("pads")
+        if len(n.input) > 1 and n.input[1]:
+            pads = self.const(n.input[1], where, allow_q=False)
+        value = 0.0
+        if len(n.input) > 2 and n.input[2]:
+            value = float(_as_scalar(self.const(n.input[2], where, allow_q=False), "constant_value", where))
+        value = float(a.get("value", value))
+        if len(n.input) > 3 and n.input[3]:
+            raise QonnxConversionError(f"{where}: Pad with 'axes' is not supported")
+        pads = [int(v) for v in np.asarray(pads).reshape(-1)] if pads is not None else None
+        if mode != "constant" or value != 0.0 or len(x.shape) != 4 or pads is None or len(pads) != 8 or \
+                any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+            raise QonnxConversionError(f"{where}: only a constant zero Pad of H and W of a 4-D activation is "
+                                       f"supported (mode={mode}, value={value}, pads={pads})")
+        pt, pl, pb, pr = pads[2], pads[3], pads[6], pads[7]
+        old = x.pad or [0, 0, 0, 0]
+        _, c, h, w = x.shape
+        self.vals[n.output[0]] = self._view(x, conv=None, shape=(None, c, h + pt + pb, w + pl + pr),
+                                            pad=[old[0] + pt, old[1] + pl, old[2] + pb, old[3] + pr])
 
     def op_Transpose(self, n, a, where):
         x = self.act(n.input[0], where)

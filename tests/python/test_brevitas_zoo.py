@@ -440,3 +440,40 @@ def test_handwritten_brevitas_model(tmp_path):
     assert dw.attrs["w_bits"] == 4 and dw.attrs["a_bits"] == 4
     assert any(n.op == "quantize" and "channel_steps" in n.attrs for n in m.nodes)   # per-channel scales
     assert _low_bit_layers_on_lowbit_kernels(m) == 2   # the classifier reads 6-bit Trunc codes: W4A8 (dot8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pad
+
+@pytest.mark.parametrize("quantized", [True, False])
+def test_zero_pad_folds_into_the_conv(quantized):
+    """A zero Pad (here asymmetric, completed to symmetric padding by the conv's own pads)
+    becomes the conv's padding, on the integer kernels and on the float32 path."""
+    rng = np.random.default_rng(5)
+    g = G()
+    q = g.quant("x", 2.0 ** -3, 4) if quantized else "x"
+    p = g.op("Pad", [q, g.c([0, 0, 2, 1, 0, 0, 0, 1], np.int64)], mode="constant")
+    y = g.op("Conv", [p, g.qweights(rng, (8, 3, 3, 3), 2, 2.0 ** -2)], kernel_shape=[3, 3], pads=[0, 1, 2, 1])
+    f = g.op("Flatten", [y], axis=1)
+    model = g.model(f, [1, 3, 6, 6])
+    x = rng.standard_normal((16, 3, 6, 6)).astype(np.float32)
+    r = lbq.compare_qonnx(model, x, batch_size=16)
+    conv = next(n for n in r["model"].nodes if n.op in ("conv", "conv_f32"))
+    assert conv.op == ("conv" if quantized else "conv_f32") and conv.attrs["padding"] == [2, 2]
+    if quantized:   # power-of-two scales: exact
+        np.testing.assert_array_equal(r["lowbit_logits"], r["reference_logits"])
+    else:
+        assert _close(r["lowbit_logits"], r["reference_logits"]) == 1.0
+
+
+def test_pad_elsewhere_is_refused():
+    g = G()
+    q = g.quant("x", 0.1, 4)
+    p = g.op("Pad", [q, g.c([0, 0, 1, 1, 0, 0, 1, 1], np.int64)], mode="constant")
+    y = g.op("Relu", [p])
+    with pytest.raises(lbq.QonnxConversionError, match="Relu node .*Pad of an activation.*right before a Conv"):
+        lbq.from_qonnx(g.model(y, [1, 3, 4, 4]))
+    g = G()
+    p = g.op("Pad", ["x", g.c([0, 0, 1, 1, 0, 0, 1, 1], np.int64)], mode="reflect")
+    with pytest.raises(lbq.QonnxConversionError, match="Pad node .*only a constant zero Pad"):
+        lbq.from_qonnx(g.model(p, [1, 3, 4, 4]))
