@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
+from . import _core, _dispatch
 from . import codebook as cbmod
 from .epilogue import Epilogue
 from .ops import _prepare
@@ -51,6 +51,20 @@ class ConvWeights:
             np.ascontiguousarray(w_codes[g * opg:(g + 1) * opg].transpose(0, 2, 3, 1).reshape(opg, kh * kw * cg)),
             bits, codebook) for g in range(groups)]
         self.codebook = self.parts[0].codebook
+        self._depthwise_levels = None
+
+    @property
+    def depthwise(self) -> bool:
+        """One input and one output channel per group."""
+        return self.groups > 1 and self.cin_per_group == 1 and self.cout == self.groups
+
+    def depthwise_levels(self) -> np.ndarray:
+        """(kh*kw, Cout) int32 weight levels of a depthwise convolution, built once."""
+        if self._depthwise_levels is None:
+            cb = self.codebook.astype(np.int32)
+            self._depthwise_levels = np.ascontiguousarray(
+                np.concatenate([cb[p.codes()] for p in self.parts], axis=0).T)
+        return self._depthwise_levels
 
     @property
     def nbytes(self) -> int:
@@ -133,18 +147,51 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     if epilogue is not None:
         epilogue.check(weights.cout, m)
     cg, opg = weights.cin_per_group, weights.cout // weights.groups
+    if weights.depthwise:
+        y = _depthwise(pa, weights, geometry, oh, ow, epilogue)
+        return _conv_output(y, b, oh, ow, weights.cout, epilogue)
     outs = []
     for g in range(weights.groups):
         xg = pa if weights.groups == 1 else _channel_slice(pa, g * cg, (g + 1) * cg)
         ep = epilogue if epilogue is None or weights.groups == 1 else epilogue.slice(g * opg, (g + 1) * opg)
         outs.append(_conv_group(xg, weights, g, rows, ep, geometry))
     y = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-    y = y.reshape(b, oh, ow, weights.cout)
+    return _conv_output(y, b, oh, ow, weights.cout, epilogue)
+
+
+def _conv_output(y, b, oh, ow, cout, epilogue):
+    """(M, Cout) sums, floats or codes -> conv2d's NHWC result (PackedActivations for codes)."""
+    y = y.reshape(b, oh, ow, cout)
     if epilogue is not None and epilogue.requant is not None:
-        out = PackedActivations(y.reshape(m, weights.cout), epilogue.requant.bits, epilogue.requant.codebook())
-        out.shape = (b, oh, ow, weights.cout)
+        out = PackedActivations(y.reshape(b * oh * ow, cout), epilogue.requant.bits, epilogue.requant.codebook())
+        out.shape = (b, oh, ow, cout)
         return out
     return y
+
+
+def _depthwise(pa, weights, geometry, oh, ow, epilogue):
+    """Depthwise convolution: exact int32 multiply-adds of the decoded levels, one kernel tap
+    at a time over all channels (NumPy), then the native epilogue. A GEMM per channel would
+    have K = kh*kw: its call overhead, times the channel count, costs far more than the sums.
+    Padding is the value 0, as on the GEMM path."""
+    b, h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw) = geometry
+    c = weights.cout
+    lv = pa.codebook.astype(np.int32)[pa.codes].reshape(b, h, w, c)
+    if ph or pw:
+        xp = np.zeros((b, h + 2 * ph, w + 2 * pw, c), np.int32)
+        xp[:, ph:ph + h, pw:pw + w] = lv
+    else:
+        xp = lv
+    wl = weights.depthwise_levels()
+    acc = np.zeros((b, oh, ow, c), np.int32)
+    for t in range(kh * kw):
+        y0, x0 = (t // kw) * dh, (t % kw) * dw
+        acc += xp[:, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw] * wl[t]
+    _dispatch.set_last_kernel("depthwise_int32__numpy")
+    acc = acc.reshape(b * oh * ow, c)
+    if epilogue is None:
+        return acc
+    return _core.epilogue(acc, **epilogue.kwargs())
 
 
 def _channel_slice(pa, c0, c1):

@@ -208,7 +208,7 @@ def test_float_layers_against_qonnx(float_weights, tmp_path):
     text = m.summary(print_fn=None)
     assert text.count(" F32 ") == 2 and "float32 numpy-blas" in text and "+ 2 float32 layers" in text
     rows = {r_["op"]: r_ for r_ in m.layers()}
-    assert rows["conv_f32"]["bits"] == "F32" and rows["conv"]["kernel"].split("_")[0] in LOWBIT_FAMILIES
+    assert rows["conv_f32"]["bits"] == "F32" and rows["conv"]["kernel"] == "depthwise_int32__numpy"
     np.testing.assert_array_equal(m.run_reference(x[:4]), m(x[:4]))
     m.save(tmp_path / "f.lowbit")
     np.testing.assert_array_equal(lowbit.load(tmp_path / "f.lowbit")(x[:4]), m(x[:4]))
@@ -293,17 +293,27 @@ needs_brevitas = pytest.mark.skipif(torch is None, reason="brevitas, brevitas_ex
 
 SMALL = ["tfc_1w1a", "tfc_1w2a", "tfc_2w2a", "sfc_1w1a", "sfc_1w2a", "sfc_2w2a", "lfc_1w1a", "lfc_1w2a",
          "cnv_1w1a", "cnv_1w2a", "cnv_2w2a"]
+# (quant_proxylessnas_mobile14_hadamard_4b is left out: Brevitas 0.13.4's HadamardClassifier fails in its
+# own forward, "'bool' object has no attribute 'any'", so it can be neither calibrated nor exported.)
 LARGE = ["resnet18_4w4a", "quant_mobilenet_v1_4b", "quant_mobilenet_v1", "quant_proxylessnas_mobile14_4b",
-         "quant_proxylessnas_mobile14_4b5b", "quant_proxylessnas_mobile14_hadamard_4b"]
+         "quant_proxylessnas_mobile14_4b5b"]
 
 
 def _low_bit_layers_on_lowbit_kernels(m):
-    """Every conv/linear whose weights and activations are 1-4 bits ran on a low-bit kernel."""
+    """Every conv/linear whose weights and activations are 1-4 bits ran on a low-bit kernel,
+    except depthwise convs (K = kh*kw per channel), which run as exact int32 multiply-adds
+    over all channels at once. Returns the number of each."""
     low = [n for n in m.nodes if n.op in ("conv", "linear") and n.attrs["w_bits"] <= 4 and n.attrs["a_bits"] <= 4]
-    assert low
+    lut = dw = 0
     for n in low:
-        assert n.kernel is not None and n.kernel.split("_")[0] in LOWBIT_FAMILIES, (n.name, n.kernel)
-    return len(low)
+        if n.op == "conv" and n.attrs["groups"] > 1 and n.arrays["w_codes"].shape[1] == 1 and \
+                n.arrays["w_codes"].shape[0] == n.attrs["groups"]:
+            assert n.kernel == "depthwise_int32__numpy", (n.name, n.kernel)
+            dw += 1
+        else:
+            assert n.kernel is not None and n.kernel.split("_")[0] in LOWBIT_FAMILIES, (n.name, n.kernel)
+            lut += 1
+    return lut, dw
 
 
 def _zoo_parity(name, n, tmp_path, dynamo=False, end_to_end_min=0.99):
@@ -358,11 +368,20 @@ def test_resnet18_dynamo_export_fails_inside_brevitas(tmp_path):
 @pytest.mark.parametrize("name", LARGE)
 def test_zoo_large(name, tmp_path):
     """End to end, a random-weight deep network quantized to 4 bits is chaotic: qonnx's own
-    top-1 changes on some inputs when they move by one float ulp. The bound is therefore on
-    the isolated comparison (every layer on identical inputs); end to end is recorded."""
-    r, iso, _ = _zoo_parity(name, 8 if name != "resnet18_4w4a" else 32, tmp_path, end_to_end_min=0.75)
-    print(f"{name}: end-to-end top-1 {r['top1_agreement']:.3f}, isolated {iso['top1_agreement']:.3f}, "
-          f"isolated codes differing {iso['codes_differ']} of {iso['codes_total']}")
+    top-1 changes on some inputs when they move by one float ulp. The strict bound is therefore
+    on the isolated comparison (every layer on identical inputs); end to end, lowbit must agree
+    with qonnx about as well as qonnx agrees with itself on inputs one ulp apart."""
+    import brevitas_zoo as bz
+
+    n = 8 if name != "resnet18_4w4a" else 32
+    r, iso, _ = _zoo_parity(name, n, tmp_path, end_to_end_min=0.0)
+    x = bz.inputs(name, n, seed=1)
+    moved = lbq.qonnx_execute(tmp_path / f"{name}.onnx", np.nextafter(x, np.float32(np.inf)), batch_size=n)
+    self_agree = float(np.mean(moved.argmax(1) == r["reference_logits"].argmax(1)))
+    print(f"{name}: end-to-end top-1 {r['top1_agreement']:.3f} (qonnx vs qonnx one ulp away: {self_agree:.3f}), "
+          f"isolated {iso['top1_agreement']:.3f}, isolated codes differing {iso['codes_differ']} of "
+          f"{iso['codes_total']}")
+    assert r["top1_agreement"] >= min(0.99, self_agree) - 2.0 / n
 
 
 def _handwritten_net():
@@ -439,7 +458,7 @@ def test_handwritten_brevitas_model(tmp_path):
     dw = next(n for n in m.nodes if n.op == "conv" and n.attrs["groups"] == 16)
     assert dw.attrs["w_bits"] == 4 and dw.attrs["a_bits"] == 4
     assert any(n.op == "quantize" and "channel_steps" in n.attrs for n in m.nodes)   # per-channel scales
-    assert _low_bit_layers_on_lowbit_kernels(m) == 2   # the classifier reads 6-bit Trunc codes: W4A8 (dot8)
+    assert _low_bit_layers_on_lowbit_kernels(m) == (1, 1)   # the classifier reads 6-bit Trunc codes: W4A8 (dot8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,3 +496,30 @@ def test_pad_elsewhere_is_refused():
     p = g.op("Pad", ["x", g.c([0, 0, 1, 1, 0, 0, 1, 1], np.int64)], mode="reflect")
     with pytest.raises(lbq.QonnxConversionError, match="Pad node .*only a constant zero Pad"):
         lbq.from_qonnx(g.model(p, [1, 3, 4, 4]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Depthwise convolutions (MobileNet, ProxylessNAS): exact int32 sums, then the native epilogue
+
+@pytest.mark.parametrize("stride,pad,residual,requant", [(1, 1, False, True), (2, 1, True, False), (1, 0, True, True)])
+def test_depthwise_conv_with_epilogue(stride, pad, residual, requant):
+    from lowbit import reference as ref
+    from lowbit.epilogue import Epilogue, Requant
+
+    rng = np.random.default_rng(stride * 10 + pad)
+    c = 24
+    x = rng.integers(0, 16, (2, 9, 9, c), dtype=np.uint8)
+    w = rng.integers(0, 16, (c, 1, 3, 3), dtype=np.uint8)
+    a_cb, w_cb = list(range(16)), list(range(-8, 8))
+    cw = lowbit.ConvWeights(w, 4, w_cb, groups=c)
+    acc = ref.conv2d(x, w, a_cb, w_cb, 4, 4, stride, pad, 1, c)
+    np.testing.assert_array_equal(lowbit.conv2d(x, cw, stride, pad, a_bits=4, a_codebook=a_cb), acc)
+    assert lowbit.last_kernel() == "depthwise_int32__numpy"
+    m = acc.shape[0] * acc.shape[1] * acc.shape[2]
+    scale, bias = rng.uniform(0.01, 0.1, c).astype(np.float32), rng.uniform(-1, 1, c).astype(np.float32)
+    res = rng.standard_normal((m, c)).astype(np.float32) if residual else None
+    rq = Requant(4, 0.3) if requant else None
+    ep = Epilogue(scale, bias, "relu", rq, res)
+    got = lowbit.conv2d(x, cw, stride, pad, epilogue=ep, a_bits=4, a_codebook=a_cb)
+    want = ref.epilogue(acc.reshape(m, c), scale, bias, res, 0.0, np.inf, rq)
+    np.testing.assert_array_equal((got.codes if requant else got).reshape(m, c), want)
