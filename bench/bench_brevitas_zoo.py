@@ -80,7 +80,7 @@ def main():
     import brevitas_zoo as bz
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="*", default=list(bz.ZOO))
+    ap.add_argument("--models", nargs="*", default=[k for k in bz.ZOO if k not in bz.NOT_RUN])
     ap.add_argument("--inputs", type=int, default=32, help="random inputs for the parity columns (224x224: 8)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "brevitas_zoo.json"))

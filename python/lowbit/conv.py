@@ -170,25 +170,31 @@ def _conv_output(y, b, oh, ow, cout, epilogue):
 
 
 def _depthwise(pa, weights, geometry, oh, ow, epilogue):
-    """Depthwise convolution: exact int32 multiply-adds of the decoded levels, one kernel tap
+    """Depthwise convolution: exact integer multiply-adds of the decoded levels, one kernel tap
     at a time over all channels (NumPy), then the native epilogue. A GEMM per channel would
     have K = kh*kw: its call overhead, times the channel count, costs far more than the sums.
     Padding is the value 0, as on the GEMM path."""
     b, h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw) = geometry
     c = weights.cout
-    lv = pa.codebook.astype(np.int32)[pa.codes].reshape(b, h, w, c)
+    wl = weights.depthwise_levels()
+    # int16 sums when no sum can leave int16 (twice the lanes per instruction), else int32
+    bound = int(np.abs(pa.codebook).max()) * int(np.abs(wl).max()) * kh * kw
+    dt = np.int16 if bound < 2 ** 15 else np.int32
+    lv = pa.codebook.astype(dt)[pa.codes].reshape(b, h, w, c)
     if ph or pw:
-        xp = np.zeros((b, h + 2 * ph, w + 2 * pw, c), np.int32)
+        xp = np.zeros((b, h + 2 * ph, w + 2 * pw, c), dt)
         xp[:, ph:ph + h, pw:pw + w] = lv
     else:
         xp = lv
-    wl = weights.depthwise_levels()
-    acc = np.zeros((b, oh, ow, c), np.int32)
+    wt = wl.astype(dt)
+    acc = np.zeros((b, oh, ow, c), dt)
+    tmp = np.empty_like(acc)
     for t in range(kh * kw):
         y0, x0 = (t // kw) * dh, (t % kw) * dw
-        acc += xp[:, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw] * wl[t]
+        np.multiply(xp[:, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw], wt[t], out=tmp)
+        acc += tmp
     _dispatch.set_last_kernel("depthwise_int32__numpy")
-    acc = acc.reshape(b * oh * ow, c)
+    acc = acc.reshape(b * oh * ow, c).astype(np.int32, copy=False)
     if epilogue is None:
         return acc
     return _core.epilogue(acc, **epilogue.kwargs())

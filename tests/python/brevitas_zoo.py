@@ -14,14 +14,14 @@ import warnings
 
 import numpy as np
 
-# name: (zoo, C, H, W, exporter). zoo "bnn": brevitas_examples.bnn_pynq.models (inputs in
+# name: (zoo, C, H, W). zoo "bnn": brevitas_examples.bnn_pynq.models (inputs in
 # [0, 1], the models compute 2x - 1 themselves, except ResNet-18); "imagenet":
 # brevitas_examples.imagenet_classification (normalized images, ~N(0, 1)).
 # Exporter: "dynamo" (torch.onnx's default, what export_qonnx uses) or "torchscript"
-# (export_qonnx(..., dynamo=False)). Both work for every model below except ResNet-18 4w4a,
-# which only the TorchScript route exports (the dynamo one fails inside Brevitas:
-# "AssertionError: Perform add among QuantTensors"). The tests use TorchScript (about 30x
-# faster to run) and check the dynamo route on a few models.
+# (export_qonnx(..., dynamo=False)). ResNet-18 4w4a exports only on the TorchScript route
+# (the dynamo one fails inside Brevitas:
+# "AssertionError: Perform add among QuantTensors"); the dynamo route was tried on TFC, CNV and
+# ResNet-18 only. The tests use TorchScript (about 30x faster to run).
 ZOO = {
     "tfc_1w1a": ("bnn", 1, 28, 28), "tfc_1w2a": ("bnn", 1, 28, 28), "tfc_2w2a": ("bnn", 1, 28, 28),
     "sfc_1w1a": ("bnn", 1, 28, 28), "sfc_1w2a": ("bnn", 1, 28, 28), "sfc_2w2a": ("bnn", 1, 28, 28),
@@ -36,6 +36,9 @@ ZOO = {
     "quant_vgg11": ("imagenet", 3, 224, 224),
 }
 TORCHSCRIPT_ONLY = {"resnet18_4w4a"}
+# not run by default: Brevitas 0.13.4 fails in the hadamard model's own forward ("'bool' object has no
+# attribute 'any'" in HadamardClassifier); VGG (8-bit, 224x224, 133M weights) takes too long on 2 cores.
+NOT_RUN = {"quant_proxylessnas_mobile14_hadamard_4b", "quant_vgg11"}
 
 
 def build(name):
