@@ -71,10 +71,13 @@ class ConvWeights:
         return sum(p.nbytes for p in self.parts)
 
     def column_sums(self, g: int) -> np.ndarray:
-        """(kh*kw, Cout/groups) sums of weight levels per tap (for padding corrections)."""
-        p = self.parts[g]
-        vals = self.codebook.astype(np.int64)[p.codes()].reshape(p.N, self.kh * self.kw, self.cin_per_group)
-        return vals.sum(axis=2).T
+        """(kh*kw, Cout/groups) sums of weight levels per tap (for padding corrections), built once."""
+        sums = self.__dict__.setdefault("_column_sums", {})
+        if g not in sums:
+            p = self.parts[g]
+            vals = self.codebook.astype(np.int64)[p.codes()].reshape(p.N, self.kh * self.kw, self.cin_per_group)
+            sums[g] = vals.sum(axis=2).T
+        return sums[g]
 
 
 def _as_nhwc(x, a_bits, a_codebook):
