@@ -52,8 +52,16 @@ values are ``level * step`` with integer levels ``qmin - zp .. qmax - zp``, or
   width with ``2^bits >= n`` (1, 2, 3, 4 or 8). Layers whose activation and
   weight codes are 1-4 bits run on the LUT kernels (grouplut/lutgemm); a 5-8-bit
   side (typically the first layer reading an 8-bit input quantizer) runs on the
-  exact int16 ``dotgemm`` path. There is no float convolution path: a ``Conv``
-  whose input or weights are not quantized raises :class:`QonnxConversionError`.
+  exact int16 ``dotgemm`` path. A ``Conv``/``Gemm``/``MatMul`` whose input or
+  weights are not quantized (or whose input has per-channel steps and is not
+  depthwise) runs in float32 (``conv_f32``/``linear_f32``, im2col + BLAS).
+* Elementwise ``Add``/``Sub``/``Mul``/``Div``/``Neg`` of an activation and a
+  scalar or per-channel constant are per-channel affine maps: they compose into
+  an open epilogue, else become ``affine`` nodes (the zoo's ``2x - 1`` input
+  scaling and ``TensorNorm``). A zero ``Pad`` becomes the next conv's padding.
+* Per-channel activation scales: the levels are kept with step 1 and the scales
+  per channel (divided out in the producing epilogue or by an ``affine`` before
+  ``quantize``; folded into a depthwise reader's output scale).
 * ``MaxPool``, ``AveragePool``, ``GlobalAveragePool``/``GlobalMaxPool``,
   ``ReduceMean`` over H, W, ``Flatten``, ``Reshape``/``Squeeze`` to (N, C*H*W)
   map to the runtime's pooling and ``flatten`` nodes. ``Transpose`` of
