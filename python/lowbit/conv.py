@@ -93,10 +93,13 @@ class ConvWeights:
         return self.cout * (-(-self._rows.shape[1] * self.bits // 8))
 
     def column_sums(self, g: int) -> np.ndarray:
-        """(kh*kw, Cout/groups) sums of weight levels per tap (for padding corrections)."""
-        p = self.parts[g]
-        vals = self.codebook.astype(np.int64)[p.codes()].reshape(p.N, self.kh * self.kw, self.cin_per_group)
-        return vals.sum(axis=2).T
+        """(kh*kw, Cout/groups) sums of weight levels per tap (for padding corrections), built once."""
+        sums = self.__dict__.setdefault("_column_sums", {})
+        if g not in sums:
+            p = self.parts[g]
+            vals = self.codebook.astype(np.int64)[p.codes()].reshape(p.N, self.kh * self.kw, self.cin_per_group)
+            sums[g] = vals.sum(axis=2).T
+        return sums[g]
 
     def dw_levels(self) -> np.ndarray:
         """Depthwise weight levels, (kh*kw, Cp) int16 with Cp = Cout rounded up to 16, zero padded

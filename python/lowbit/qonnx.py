@@ -52,8 +52,16 @@ values are ``level * step`` with integer levels ``qmin - zp .. qmax - zp``, or
   width with ``2^bits >= n`` (1, 2, 3, 4 or 8). Layers whose activation and
   weight codes are 1-4 bits run on the LUT kernels (grouplut/lutgemm); a 5-8-bit
   side (typically the first layer reading an 8-bit input quantizer) runs on the
-  exact int16 ``dotgemm`` path. There is no float convolution path: a ``Conv``
-  whose input or weights are not quantized raises :class:`QonnxConversionError`.
+  exact int16 ``dotgemm`` path. A ``Conv``/``Gemm``/``MatMul`` whose input or
+  weights are not quantized (or whose input has per-channel steps and is not
+  depthwise) runs in float32 (``conv_f32``/``linear_f32``, im2col + BLAS).
+* Elementwise ``Add``/``Sub``/``Mul``/``Div``/``Neg`` of an activation and a
+  scalar or per-channel constant are per-channel affine maps: they compose into
+  an open epilogue, else become ``affine`` nodes (the zoo's ``2x - 1`` input
+  scaling and ``TensorNorm``). A zero ``Pad`` becomes the next conv's padding.
+* Per-channel activation scales: the levels are kept with step 1 and the scales
+  per channel (divided out in the producing epilogue or by an ``affine`` before
+  ``quantize``; folded into a depthwise reader's output scale).
 * ``MaxPool``, ``AveragePool``, ``GlobalAveragePool``/``GlobalMaxPool``,
   ``ReduceMean`` over H, W, ``Flatten``, ``Reshape``/``Squeeze`` to (N, C*H*W)
   map to the runtime's pooling and ``flatten`` nodes. ``Transpose`` of
@@ -64,8 +72,8 @@ values are ``level * step`` with integer levels ``qmin - zp .. qmax - zp``, or
   input scale whose codebook holds ``r * T`` for each code (``r`` computed
   exactly as above, any rounding mode), so its output values are bit exact,
   when its integer input range spans at most 256 values; wider ones quantize
-  at the output scale (exact for FLOOR/CEIL via an offset; ROUND ties may go
-  either way), see ``_Converter._trunc_wide``.
+  at the output scale (exact for FLOOR/CEIL via an offset, for ROUND by rounding
+  at the input scale first), see ``_Converter._trunc_wide``.
 
 Exactness (what "agrees with the qonnx executor" means)
 ------------------------------------------------------
@@ -121,7 +129,8 @@ __all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "qonnx.custom_op")
 _QOPS = ("Quant", "BipolarQuant", "Trunc")
 # ops that may read activations (anything may appear on constants: it is folded)
-SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip",
+SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg",
+                 "Relu", "Clip", "Pad",
                  "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
                  "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout")
 
@@ -297,14 +306,18 @@ def _check_levels(levels, bits, where):
 
 
 class _Grid:
-    """Values ``level * step`` for integer levels qn..qp, or ``+-step`` (binary)."""
+    """Values ``level * step`` for integer levels qn..qp, or ``+-step`` (binary).
 
-    __slots__ = ("step", "qn", "qp", "binary", "signed")
+    Per-channel scales (``chan``: float32 (C,), one step per channel, axis 1): the
+    levels are held with ``step`` 1 and channel c's values are ``level * chan[c]``."""
 
-    def __init__(self, step, qn, qp, binary=False, signed=None):
+    __slots__ = ("step", "qn", "qp", "binary", "signed", "chan")
+
+    def __init__(self, step, qn, qp, binary=False, signed=None, chan=None):
         self.step = float(np.float32(step))
         self.qn, self.qp, self.binary = int(qn), int(qp), bool(binary)
         self.signed = (self.qn < 0) if signed is None else bool(signed)
+        self.chan = None if chan is None else np.asarray(chan, np.float32).reshape(-1)
 
     @property
     def n(self):
@@ -320,7 +333,8 @@ class _Grid:
         return _pad_levels(range(self.qn, self.qp + 1), self.bits)
 
     def key(self):
-        return (np.float32(self.step).tobytes(), self.qn, self.qp, self.binary)
+        return (np.float32(self.step).tobytes(), self.qn, self.qp, self.binary,
+                None if self.chan is None else self.chan.tobytes())
 
     def requant(self):
         """The epilogue's Requant dict when its codebook equals levels(), else None."""
@@ -335,16 +349,19 @@ class _Grid:
 
 
 class _Codes:
-    """A lowbit node whose output is codes: bits, levels (list), step."""
+    """A lowbit node whose output is codes: bits, levels (list), step; ``chan``: per-channel
+    steps (then ``step`` is 1, see _Grid)."""
 
-    __slots__ = ("node", "bits", "levels", "step")
+    __slots__ = ("node", "bits", "levels", "step", "chan")
 
-    def __init__(self, node, bits, levels, step):
+    def __init__(self, node, bits, levels, step, chan=None):
         self.node, self.bits, self.levels, self.step = node, int(bits), [int(v) for v in levels], float(step)
+        self.chan = chan
 
     def matches(self, g: _Grid):
         return g is not None and self.bits == g.bits and self.levels == g.levels() and \
-            np.float32(self.step) == np.float32(g.step)
+            np.float32(self.step) == np.float32(g.step) and \
+            (self.chan is None) == (g.chan is None) and (g.chan is None or np.array_equal(self.chan, g.chan))
 
 
 class _QConst:
@@ -379,18 +396,20 @@ class _Act:
     quantizer, so it runs on ``pre`` and the codes are made after it. ``name``:
     the ONNX tensor (for compare_qonnx)."""
 
-    __slots__ = ("shape", "fl", "cd", "grid", "conv", "perm", "colperm", "global_pool", "pre", "pre_conv", "name")
+    __slots__ = ("shape", "fl", "cd", "grid", "conv", "perm", "colperm", "global_pool", "pre", "pre_conv", "name",
+                 "pad")
 
     def __init__(self, shape, fl=None, cd=None, grid=None, conv=None, perm=None, colperm=None, global_pool=False,
-                 pre=None, pre_conv=None, name=None):
+                 pre=None, pre_conv=None, name=None, pad=None):
         self.shape = tuple(shape)
         self.fl, self.cd, self.grid, self.conv = fl, cd, grid, conv
         self.perm, self.colperm, self.global_pool = perm, colperm, global_pool
         self.pre, self.pre_conv, self.name = pre, pre_conv, name
+        self.pad = pad   # 4-D only: a pending zero Pad [top, left, bottom, right] (shape includes it)
 
     def copy(self, **kw):
         a = _Act(self.shape, self.fl, self.cd, self.grid, self.conv, self.perm, self.colperm, self.global_pool,
-                 self.pre, self.pre_conv, self.name)
+                 self.pre, self.pre_conv, self.name, self.pad)
         for k, v in kw.items():
             setattr(a, k, v)
         return a
@@ -558,7 +577,13 @@ class _Converter:
         return next(n for n in self.nodes if n.name == name)
 
     # ---- materialization -----------------------------------------------------------------------
+    def _no_pad(self, act: _Act, where):
+        if act.pad is not None:
+            raise QonnxConversionError(f"{where}: reads a Pad of an activation; a zero Pad is supported only right "
+                                       "before a Conv (it becomes the conv's padding). Use the conv's own padding")
+
     def float_of(self, act: _Act, where, before=None):
+        self._no_pad(act, where)
         if act.perm is not None:
             raise QonnxConversionError(f"{where}: reads a Transpose(perm={list(act.perm)}) of an activation; "
                                        "transposed activations are supported only before Flatten/Reshape into "
@@ -566,6 +591,9 @@ class _Converter:
         if act.fl is None:
             c = act.cd if act.cd is not None else self.codes_of_act(act, where, before=before)
             act.fl = self.add(c.node + ".dequant", "dequantize", [c.node], {"source": "dequantize"}, before=before)
+            if c.chan is not None:  # level * step[c], the float32 product QONNX computes
+                act.fl = self.add(c.node + ".dequant_scale", "affine", [act.fl], {"source": "dequantize"},
+                                  {"scale": c.chan, "bias": np.zeros_like(c.chan)}, before=before)
         return act.fl
 
     def is_read(self, name):
@@ -575,6 +603,7 @@ class _Converter:
         """Codes a conv/linear can read: the act's own codes when they are the canonical
         codes of its grid, else the requantizing epilogue of ``pre_conv`` or a quantize
         node (exact for values already on the grid)."""
+        self._no_pad(act, where)
         if act.perm is not None:
             self.float_of(act, where)  # raises
         if act.cd is not None and (act.grid is None or act.cd.matches(act.grid)):
@@ -587,11 +616,15 @@ class _Converter:
         if act.pre is not None and act.fl is None:
             conv, rq = act.pre_conv, g.requant()
             if self.requant_ok and conv is not None and rq is not None and not self.is_read(conv) \
-                    and not self.node(conv).attrs.get("requant"):
+                    and not self.node(conv).attrs.get("requant") and (g.chan is None or self._divisible(conv)):
                 node = self.node(conv)
                 node.attrs["requant"] = rq
+                if g.chan is not None:   # v / step[c] folded into the epilogue's scale and bias
+                    self.scale64[conv] = self.scale64[conv] / g.chan
+                    self.bias64[conv] = self.bias64[conv] / g.chan
+                    rq["channel_steps"] = [float(v) for v in g.chan]   # values: level * channel_steps[c]
                 self.stage[conv] = 4
-                act.cd = _Codes(conv, g.bits, g.levels(), g.step)
+                act.cd = _Codes(conv, g.bits, g.levels(), g.step, g.chan)
             else:
                 act.cd = self.quantize(act.pre, g, f"{act.name or act.pre}.quant", where, before=before)
             act.pre = act.pre_conv = None
@@ -601,6 +634,14 @@ class _Converter:
         fl = self.float_of(act, where, before=before)
         act.cd = self.quantize(fl, g, f"{fl}.quant", where, before=before)
         return act.cd
+
+    def _divisible(self, conv):
+        """Whether conv's epilogue output may be divided by per-channel steps through its
+        scale and bias: its clamp must commute with the division (bounds 0 or none) and it
+        must have no residual input (that would need dividing too)."""
+        a = self.node(conv).attrs
+        lo, hi = a["clamp"]
+        return lo in (None, 0.0) and hi is None and not a["residual"]
 
     def pos_of(self, act: _Act):
         """Position of the earliest node a reader of act could start from."""
@@ -617,11 +658,17 @@ class _Converter:
         levels = g.levels() if levels is None else levels
         _check_levels(levels, bits, where)
         step = g.step if step is None else step
+        if g.chan is not None:   # x / step[c] (a multiply by 1 / step[c]), then the step-1 grid
+            src = self.add(f"{name}.per_channel_scale", "affine", [src], {"source": where},
+                           {"scale": (1.0 / g.chan.astype(np.float64)).astype(np.float32),
+                            "bias": np.zeros_like(g.chan)}, before=before)
         attrs = {"bits": bits, "signed": g.signed, "binary": g.binary,
                  "qn": g.qn if qn is None else qn, "qp": g.qp if qp is None else qp,
                  "step": float(step), "levels": [int(v) for v in levels], "source": where}
+        if g.chan is not None:
+            attrs["channel_steps"] = [float(v) for v in g.chan]   # the values are level * channel_steps[c]
         name = self.add(name, "quantize", [src], attrs, before=before)
-        return _Codes(name, bits, levels, step)
+        return _Codes(name, bits, levels, step, g.chan)
 
     # ---- values --------------------------------------------------------------------------------
     def const(self, name, where, allow_q=True):
@@ -797,11 +844,20 @@ class _Converter:
         src = n.input[0]
         x = self.act(src, where)
         s, zp, b = (self.const(i, where, allow_q=False) for i in n.input[1:4])
+        chan = None
         if np.asarray(s).size != 1:
-            raise QonnxConversionError(f"{where}: per-channel activation scales (shape {np.asarray(s).shape}) "
-                                       "are not supported; use a per-tensor activation quantizer")
+            if len(x.shape) < 2:
+                raise QonnxConversionError(f"{where}: per-channel scales need an input with a channel axis")
+            chan = self._channel_vec(s, x, where).astype(np.float32)   # raises unless one per channel (axis 1)
+            if not (np.all(np.isfinite(chan)) and np.all(chan > 0)):
+                raise QonnxConversionError(f"{where}: scales must be finite and > 0")
+            if x.colperm is not None:
+                raise QonnxConversionError(f"{where}: per-channel scales after a transposed flatten are not "
+                                           "supported")
+            s = np.float32(1.0)
         if np.asarray(zp).size != 1:
-            raise QonnxConversionError(f"{where}: per-channel activation zero points are not supported")
+            raise QonnxConversionError(f"{where}: per-channel activation zero points are not supported (use a "
+                                       "per-tensor zero point, e.g. Brevitas' default zero_point=0)")
         step = np.float32(_as_scalar(s, "scale", where))
         z = float(np.float32(_as_scalar(zp, "zero_point", where)))
         bits_f = float(_as_scalar(b, "bit_width", where))
@@ -817,7 +873,8 @@ class _Converter:
                                        "the Brevitas default, is)")
         bits, signed, narrow = int(bits_f), bool(a.get("signed", 1)), bool(a.get("narrow", 0))
         z = int(z)
-        g = _Grid(step, min_int(signed, narrow, bits) - z, max_int(signed, narrow, bits) - z, signed=signed)
+        g = _Grid(step, min_int(signed, narrow, bits) - z, max_int(signed, narrow, bits) - z, signed=signed,
+                  chan=chan)
         self._quant_act(n, src, x, g, where)
 
     def op_BipolarQuant(self, n, a, where):
@@ -902,9 +959,9 @@ class _Converter:
         quantize node at the output scale. FLOOR/CEIL (and, for grids without negative
         levels, DOWN/UP/HALF_UP/HALF_DOWN) first shift x by an offset that moves every
         q/T (a multiple of 1/T) strictly inside the rounding interval of its result (margin
-        1/(4T), far above float rounding), so they stay exact. ROUND/HALF_EVEN round
-        x / out_scale directly: an exact tie q/T = k + 1/2 may then go either way
-        (float rounding of the average decides it), the one inexact case."""
+        1/(4T), far above float rounding), so they stay exact. ROUND/HALF_EVEN quantize
+        ``round(x / scale) / T`` (the node's ``pre_step``/``pre_div``) exactly as QONNX
+        does, so a tie q/T = k + 1/2 rounds to even as there."""
         nonneg = lo >= 0
         offsets = {"FLOOR": -(t - 1) / (2 * t), "CEIL": (t - 1) / (2 * t), "ROUND": 0.0, "HALF_EVEN": 0.0}
         if nonneg:
@@ -922,6 +979,8 @@ class _Converter:
                           {"scale": np.ones(ch, np.float32), "bias": np.full(ch, off * out_s, np.float32)})
         g = _Grid(out_s, lo, hi, signed=signed)
         cd = self.quantize(fl, g, n.name or n.output[0], where)
+        if mode in ("ROUND", "HALF_EVEN"):
+            self.node(cd.node).attrs.update(pre_step=float(np.float32(s)), pre_div=float(t))
         self.codes_of[cd.node] = n.output[0]
         self.vals[n.output[0]] = _Act(x.shape, cd=cd, grid=g)
 
@@ -975,20 +1034,61 @@ class _Converter:
                  "module": n.name or n.output[0], "source": f"{n.name or n.output[0]} ({n.op_type})"}
         attrs.update(extra)
         name = self.add(n.name or n.output[0], op, [cd.node], attrs, {"w_codes": codes})
-        self.scale64[name] = np.float64(np.float32(cd.step)) * w_scale
+        if cd.chan is not None:   # per-channel input steps: output channel o reads input channel o // (N / groups)
+            per_out = cd.chan[np.arange(codes.shape[0]) // (codes.shape[0] // extra["groups"])]
+            self.scale64[name] = per_out.astype(np.float64) * w_scale
+        else:
+            self.scale64[name] = np.float64(np.float32(cd.step)) * w_scale
         self.bias64[name] = np.zeros(codes.shape[0]) if bias is None else bias.astype(np.float64)
         self.stage[name] = 0
         self.vals[n.output[0]] = _Act(out_shape, fl=name, conv=name)
+
+    @staticmethod
+    def _input_chan(x: _Act):
+        """Per-channel steps of the codes a layer reading x gets (None: one step)."""
+        if x.cd is not None and (x.grid is None or x.cd.matches(x.grid)):
+            return x.cd.chan
+        return None if x.grid is None else x.grid.chan
+
+    def _runs_on_integers(self, x: _Act, wq, one_input_channel: bool):
+        """Whether a conv/linear reading x with weights wq runs on lowbit's integer kernels:
+        its input and weights are both quantized (integer levels), and per-channel input
+        steps occur only where each output channel reads one input channel (depthwise), so
+        that they fold into the output scale. Otherwise the layer runs in float32."""
+        if not (isinstance(wq, _QConst) and wq.ints is not None):
+            return False
+        if x.cd is None and x.grid is None:
+            return False
+        return self._input_chan(x) is None or one_input_channel
+
+    def _float_layer(self, n, op, x: _Act, w, bias, extra, out_shape, where):
+        """A ``conv_f32``/``linear_f32`` node: float32 weights (dequantized exactly as QONNX
+        does, or float ones) applied to the float value of x. Its output is a plain float
+        activation: what follows (BatchNorm, Relu, Quant) becomes separate float nodes."""
+        w = np.asarray(w, np.float32)
+        if not np.all(np.isfinite(w)):
+            raise QonnxConversionError(f"{where}: non-finite weights")
+        b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32).reshape(-1)
+        fl = self.float_of(x, where)
+        attrs = {"source": f"{n.name or n.output[0]} ({n.op_type})", "module": n.name or n.output[0], **extra}
+        name = self.add(n.name or n.output[0], op, [fl], attrs, {"w": np.ascontiguousarray(w), "bias": b})
+        self.vals[n.output[0]] = _Act(out_shape, fl=name)
 
     def op_Conv(self, n, a, where):
         x = self.act(n.input[0], where)
         if len(x.shape) != 4:
             raise QonnxConversionError(f"{where}: expected a 4-D input, got shape {x.shape}")
+        if x.pad is not None:   # a zero Pad in front: add it to the conv's own padding
+            if a.get("auto_pad", "NOTSET") not in ("NOTSET", ""):
+                raise QonnxConversionError(f"{where}: a Pad before a conv with auto_pad is not supported")
+            own = _pair_attr(a.get("pads"), [0, 0, 0, 0])
+            a = dict(a, pads=[p + q for p, q in zip(own, x.pad)])
+            t, l, b, r = x.pad
+            x = x.copy(pad=None, shape=(None, x.shape[1], x.shape[2] - t - b, x.shape[3] - l - r))
         wq = self.const(n.input[1], where)
-        wv = wq.values if isinstance(wq, _QConst) else wq
+        wv = wq.values if isinstance(wq, _QConst) else np.asarray(wq, np.float32)
         if wv.ndim != 4:
             raise QonnxConversionError(f"{where}: only 2-D convolutions are supported (weight shape {wv.shape})")
-        codes, bits, levels, w_scale = self._weights(wq, where)
         cout, cg, kh, kw = wv.shape
         groups = int(a.get("group", 1))
         if cg * groups != x.shape[1]:
@@ -1007,15 +1107,30 @@ class _Converter:
         oh, ow = _out_hw(x.shape[2:], [kh, kw], stride, pad, dil, where=where)
         if oh < 1 or ow < 1:
             raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
-        self._layer(n, "conv", x, codes, bits, levels, w_scale, bias,
-                    {"stride": stride, "padding": pad, "dilation": dil, "groups": groups},
-                    (None, cout, oh, ow), where)
+        extra = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups}
+        if not self._runs_on_integers(x, wq, cg == 1):
+            self._float_layer(n, "conv_f32", x, wv, bias, extra, (None, cout, oh, ow), where)
+            return
+        codes, bits, levels, w_scale = self._weights(wq, where)
+        self._layer(n, "conv", x, codes, bits, levels, w_scale, bias, extra, (None, cout, oh, ow), where)
 
     def _linear(self, n, x, wmat_q, bias, alpha, where):
         """wmat_q: _QConst or array of shape (N, K)."""
         if len(x.shape) != 2:
             raise QonnxConversionError(f"{where}: expected a 2-D (N, K) input, got shape {x.shape} "
                                        "(flatten first)")
+        if not self._runs_on_integers(x, wmat_q, False):
+            w = np.asarray(wmat_q.values if isinstance(wmat_q, _QConst) else wmat_q, np.float32)
+            if w.ndim != 2 or w.shape[1] != x.shape[1]:
+                raise QonnxConversionError(f"{where}: weight shape {w.shape} does not match the input's K="
+                                           f"{x.shape[1]}")
+            if x.colperm is not None:
+                perm = np.empty_like(w)
+                perm[:, x.colperm] = w
+                w = perm
+                x = x.copy(colperm=None)
+            self._float_layer(n, "linear_f32", x, w * np.float32(alpha), bias, {}, (None, w.shape[0]), where)
+            return
         codes, bits, levels, w_scale = self._weights(wmat_q, where)
         if codes.shape[1] != x.shape[1]:
             raise QonnxConversionError(f"{where}: weight K={codes.shape[1]} does not match the input's {x.shape[1]}")
@@ -1088,18 +1203,24 @@ class _Converter:
                                   for i in n.input[1:5])
         eps = float(a.get("epsilon", 1e-5))
         g = gamma / np.sqrt(var + eps)
-        b = beta - mean * g
-        conv = self.fusable(src, x, 1)
+        self._apply_affine(n, src, x, g, beta - mean * g, where, bn=True)
+
+    def _apply_affine(self, n, src, x: _Act, scale, bias, where, bn=False):
+        """Output of node n = x * scale + bias per channel (float64 (C,) vectors, ONNX
+        channel order). Folds into the open epilogue of the conv/linear behind x (scale and
+        bias compose; nothing but other affine maps may have been fused there yet), else
+        becomes an ``affine`` node."""
+        conv = self.fusable(src, x, 2)
         if conv is not None:
-            self.scale64[conv] = self.scale64[conv] * g
-            self.bias64[conv] = self.bias64[conv] * g + b
+            self.scale64[conv] = self.scale64[conv] * scale
+            self.bias64[conv] = self.bias64[conv] * scale + bias
             nd = self.node(conv)
-            nd.attrs["bn"] = True
+            nd.attrs["bn"] = nd.attrs["bn"] or bn
             nd.attrs.setdefault("fused", []).append(n.name or n.output[0])
             self.stage[conv] = 1
             self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
             return
-        self._affine(n, x, src, g, b, where)
+        self._affine(n, x, src, scale, bias, where)
 
     def _const_and_act(self, n, where):
         ins = [self.vals.get(i, self.consts.get(i)) for i in n.input]
@@ -1107,42 +1228,62 @@ class _Converter:
         cons = [v for v in ins if not isinstance(v, _Act)]
         return acts, [c.values if isinstance(c, _QConst) else c for c in cons]
 
-    def op_Mul(self, n, a, where):
+    def _elementwise_const(self, n, where):
+        """An elementwise Add/Sub/Mul/Div/Neg of one activation and (at most) one constant,
+        as x * scale + bias per channel. Div by a constant becomes a multiply by its float64
+        reciprocal (rounded once to float32): only values within float rounding of a
+        quantizer's rounding boundary can then quantize differently from QONNX's division."""
         acts, cons = self._const_and_act(n, where)
-        if len(acts) != 1:
-            raise QonnxConversionError(f"{where}: a product of two activations is not supported")
+        op = n.op_type
+        if len(acts) != 1 or len(cons) != len(n.input) - 1:
+            return False
         src = acts[0]
         x = self.act(src, where)
-        c = self._channel_vec(cons[0], x, where) if x.colperm is None or np.asarray(cons[0]).size == 1 else None
-        if c is None:
-            raise QonnxConversionError(f"{where}: per-feature Mul after a transposed flatten is not supported")
-        conv = self.fusable(src, x, 1)
-        if conv is not None:
-            self.scale64[conv] = self.scale64[conv] * c
-            self.bias64[conv] = self.bias64[conv] * c
-            self.stage[conv] = 1
-            self.node(conv).attrs.setdefault("fused", []).append(n.name or n.output[0])
-            self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
-            return
-        self._affine(n, x, src, c, np.zeros_like(c), where)
+        const_first = n.input[0] != src
+        if op == "Neg":
+            c = np.ones(x.shape[1] if len(x.shape) > 1 else 1)
+        else:
+            if x.colperm is not None and np.asarray(cons[0]).size != 1:
+                raise QonnxConversionError(f"{where}: a per-feature {op} after a transposed flatten is not "
+                                           "supported")
+            if len(x.shape) < 2:
+                raise QonnxConversionError(f"{where}: {op} of a 1-D activation is not supported")
+            c = self._channel_vec(cons[0], x, where)
+        one, zero = np.ones_like(c), np.zeros_like(c)
+        if op == "Add":
+            scale, bias = one, c
+        elif op == "Sub":
+            scale, bias = (-one, c) if const_first else (one, -c)
+        elif op == "Mul":
+            scale, bias = c, zero
+        elif op == "Neg":
+            scale, bias = -one, zero
+        else:  # Div
+            if const_first:
+                raise QonnxConversionError(f"{where}: dividing by an activation (constant / x) is not supported")
+            if np.any(c == 0):
+                raise QonnxConversionError(f"{where}: division by zero")
+            scale, bias = 1.0 / c, zero
+        self._apply_affine(n, src, x, scale, bias, where)
+        return True
+
+    def op_Mul(self, n, a, where):
+        if not self._elementwise_const(n, where):
+            raise QonnxConversionError(f"{where}: a product of two activations is not supported")
+
+    def op_Sub(self, n, a, where):
+        if not self._elementwise_const(n, where):
+            raise QonnxConversionError(f"{where}: a difference of two activations is not supported")
+
+    def op_Div(self, n, a, where):
+        if not self._elementwise_const(n, where):
+            raise QonnxConversionError(f"{where}: a quotient of two activations is not supported")
+
+    def op_Neg(self, n, a, where):
+        self._elementwise_const(n, where)
 
     def op_Add(self, n, a, where):
-        acts, cons = self._const_and_act(n, where)
-        if len(acts) == 1:
-            src = acts[0]
-            x = self.act(src, where)
-            c = self._channel_vec(cons[0], x, where) if x.colperm is None or np.asarray(cons[0]).size == 1 \
-                else None
-            if c is None:
-                raise QonnxConversionError(f"{where}: per-feature Add after a transposed flatten is not supported")
-            conv = self.fusable(src, x, 1)
-            if conv is not None:
-                self.bias64[conv] = self.bias64[conv] + c
-                self.stage[conv] = 1
-                self.node(conv).attrs.setdefault("fused", []).append(n.name or n.output[0])
-                self.vals[n.output[0]] = x.copy(conv=conv, grid=None, cd=None)
-                return
-            self._affine(n, x, src, np.ones_like(c), c, where)
+        if self._elementwise_const(n, where):
             return
         sa, sb = n.input[0], n.input[1]
         xa, xb = self.act(sa, where), self.act(sb, where)
@@ -1376,6 +1517,31 @@ class _Converter:
             return
         raise QonnxConversionError(f"{where}: only squeezing a (N, C, 1, 1) map to (N, C) is supported")
 
+    def op_Pad(self, n, a, where):
+        """A constant zero Pad of H and W: pending on the activation until a Conv reads it
+        (lowbit convolutions pad with the value 0, whatever the codebook)."""
+        x = self.act(n.input[0], where)
+        mode = a.get("mode", "constant")
+        pads = a.get("pads")
+        if len(n.input) > 1 and n.input[1]:
+            pads = self.const(n.input[1], where, allow_q=False)
+        value = 0.0
+        if len(n.input) > 2 and n.input[2]:
+            value = float(_as_scalar(self.const(n.input[2], where, allow_q=False), "constant_value", where))
+        value = float(a.get("value", value))
+        if len(n.input) > 3 and n.input[3]:
+            raise QonnxConversionError(f"{where}: Pad with 'axes' is not supported")
+        pads = [int(v) for v in np.asarray(pads).reshape(-1)] if pads is not None else None
+        if mode != "constant" or value != 0.0 or len(x.shape) != 4 or pads is None or len(pads) != 8 or \
+                any(pads[i] for i in (0, 1, 4, 5)) or min(pads) < 0:
+            raise QonnxConversionError(f"{where}: only a constant zero Pad of H and W of a 4-D activation is "
+                                       f"supported (mode={mode}, value={value}, pads={pads})")
+        pt, pl, pb, pr = pads[2], pads[3], pads[6], pads[7]
+        old = x.pad or [0, 0, 0, 0]
+        _, c, h, w = x.shape
+        self.vals[n.output[0]] = self._view(x, conv=None, shape=(None, c, h + pt + pb, w + pl + pr),
+                                            pad=[old[0] + pt, old[1] + pl, old[2] + pb, old[3] + pr])
+
     def op_Transpose(self, n, a, where):
         x = self.act(n.input[0], where)
         if len(x.shape) != 4:
@@ -1598,7 +1764,7 @@ def qonnx_execute(model, x, batch_size: int = 250, full: bool = False):
 
 
 def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int = 250, codes: bool = True,
-                  reference=None, requant_in_epilogue: bool = True) -> dict:
+                  reference=None, requant_in_epilogue: bool = True, isolate: bool = False) -> dict:
     """Parity of lowbit with the qonnx executor on float32 NCHW ``x``.
 
     The QONNX model is first passed through qonnx's ``cleanup_model`` (both
@@ -1612,6 +1778,14 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
     requant_in_epilogue)``; its codes are matched by ONNX tensor name, so only
     those of a model converted from the cleaned graph are compared
     (``code_tensors`` says how many quantizers were).
+
+    ``isolate``: layer by layer. After each quantizer whose codes are compared, the
+    lowbit run continues from qonnx's codes instead of its own (where the codes
+    determine the levels), so every quantizer and the logits are compared on
+    identical quantized inputs. In a deep network a code that differs at a
+    rounding tie changes the inputs of many later codes, and those differences
+    grow from layer to layer (qonnx's own executor does the same when its input
+    moves by one float ulp); ``isolate`` measures each layer without that cascade.
     """
     x = np.asarray(x, np.float32)
     cleaned = _qonnx_executor(model, batch_size).model
@@ -1624,27 +1798,12 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
         ref, ctxs = qonnx_execute(cleaned, x, batch_size), []
     mine, diff = [], {}
     qmap = lb.meta.get("qonnx_codes", {})
+    if isolate and not codes:
+        raise ValueError("isolate: needs codes=True and no reference")
     for bi, i in enumerate(range(0, len(x), batch_size)):
         xb = x[i:i + batch_size]
         if codes:
-            tr = lb.trace(xb)
-            mine.append(np.asarray(tr[lb.nodes[-1].name], np.float32))
-            ctx = ctxs[bi]
-            for node_name, tensor in qmap.items():
-                if tensor not in ctx or node_name not in tr:
-                    continue
-                nd = lb.node(node_name)
-                lv = np.asarray(nd.attrs["levels"] if nd.op == "quantize" else
-                                _requant_levels(nd.attrs["requant"]), np.float64)
-                step = np.float32(nd.attrs["step"] if nd.op == "quantize" else nd.attrs["requant"]["step"])
-                c = tr[node_name]
-                if c.ndim == 4:
-                    c = c.transpose(0, 3, 1, 2)
-                ours = lv[c]
-                theirs = np.rint(np.asarray(ctx[tensor], np.float64).reshape(ours.shape) / np.float64(step))
-                d = diff.setdefault(tensor, [0, 0])
-                d[0] += int(np.count_nonzero(ours != theirs))
-                d[1] += int(ours.size)
+            mine.append(_run_against(lb, xb, ctxs[bi], qmap, diff, isolate))
         else:
             mine.append(lb(xb))
     lo = np.concatenate(mine)
@@ -1665,6 +1824,51 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
         out["codes_total"] = tot
         out["code_tensors"] = len(diff)
     return out
+
+
+def _run_against(lb: Model, x, ctx, qmap, diff, isolate):
+    """Run ``lb`` on x node by node; at every node whose codes stand for a qonnx tensor in
+    ``ctx``, count the levels that differ (into ``diff[tensor] = [differ, total]``) and, with
+    ``isolate``, continue from qonnx's codes where they determine the levels. Returns the
+    float32 output."""
+    from .runtime import CodeTensor
+
+    vals = {}
+    for n in lb.nodes:
+        if n.op == "input":
+            out = x.transpose(0, 2, 3, 1)
+        else:
+            out = lb._run_node(n, [vals[s] for s in n.inputs], False)
+        tensor = qmap.get(n.name)
+        if tensor is not None and tensor in ctx:
+            q = n.attrs if n.op == "quantize" else n.attrs["requant"]
+            lv = np.asarray(q["levels"] if n.op == "quantize" else _requant_levels(q), np.int64)
+            step = np.asarray(q.get("channel_steps", q["step"]), np.float32).astype(np.float64)
+            c = out.codes
+            nhwc = c.ndim == 4
+            ours = lv[c.transpose(0, 3, 1, 2) if nhwc else c]
+            if step.size > 1:   # per-channel steps, axis 1
+                step = step.reshape((1, -1) + (1,) * (ours.ndim - 2))
+            theirs = np.rint(np.asarray(ctx[tensor], np.float64).reshape(ours.shape) / step).astype(np.int64)
+            d = diff.setdefault(tensor, [0, 0])
+            d[0] += int(np.count_nonzero(ours != theirs))
+            d[1] += int(ours.size)
+            # the first code of each level (readers see levels only, so any code of a level will do)
+            levels, first = np.unique(lv, return_index=True)
+            at = np.clip(np.searchsorted(levels, theirs), 0, len(levels) - 1)
+            if isolate and np.array_equal(levels[at], theirs):
+                cd = first[at].astype(np.uint8)
+                out = CodeTensor(np.ascontiguousarray(cd.transpose(0, 2, 3, 1) if nhwc else cd), out.bits,
+                                 out.levels, out.step)
+        vals[n.name] = out
+    out = vals[lb.nodes[-1].name]
+    if isinstance(out, CodeTensor):
+        from .runtime import dequantize
+
+        out = dequantize(out)
+    if out.ndim == 4:
+        out = out.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(out, np.float32)
 
 
 def _requant_levels(r):

@@ -22,13 +22,19 @@ Ops (inputs -> output):
 ``input``           NCHW float32 from the caller -> NHWC float32 (a view)
 ``quantize``        float -> codes. LSQ exactly as torch computes it:
                     ``q = round_half_even(clamp(x / step, Qn, Qp))`` in float32
-                    with a true division (1-bit signed: ``code = x >= 0``)
+                    with a true division (1-bit signed: ``code = x >= 0``); with
+                    ``pre_step``/``pre_div`` (QONNX Trunc): ``x / step`` is
+                    ``round_half_even(x / pre_step) / pre_div`` instead
 ``dequantize``      codes -> float: ``float32(level) * float32(step)``
 ``conv``            codes [, float residual] -> float or codes. ``lowbit.conv2d``
                     with the fused :class:`lowbit.Epilogue`: scale, bias (folded
                     BatchNorm), + residual, clamp (ReLU/ReLU6/clamp), then float32
                     or requantized codes (``attrs['requant']``)
 ``linear``          codes (B, K) -> float or codes, ``lowbit.linear`` + epilogue
+``conv_f32``        float -> float: float32 convolution of a layer whose input is not
+                    quantized (``arrays['w']`` (Cout, Cin/groups, kh, kw), ``arrays['bias']``;
+                    :func:`lowbit.floatops.conv2d_f32`, im2col + NumPy BLAS)
+``linear_f32``      float (B, K) -> float, ``x @ w.T + bias`` in float32
 ``add``             float + float -> float (float32 add)
 ``clamp``           float -> float (ReLU = clamp(0, inf))
 ``affine``          float -> float, per-channel ``x * scale + bias`` (a BatchNorm that
@@ -74,8 +80,9 @@ from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_eleme
 __all__ = ["CodeTensor", "Model", "Node", "OPS"]
 
 OPS = ("input", "quantize", "dequantize", "conv", "linear", "add", "clamp", "affine", "maxpool", "avgpool",
-       "adaptive_avgpool", "flatten")
+       "adaptive_avgpool", "flatten", "conv_f32", "linear_f32")
 _QUANTIZED = ("conv", "linear")
+_FLOAT_LAYERS = ("conv_f32", "linear_f32")
 
 
 class CodeTensor:
@@ -283,6 +290,12 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     The native kernel and the NumPy lines below (the reference) agree bit for bit."""
     if attrs.get("binary"):
         return (x >= 0).astype(np.uint8)
+    if attrs.get("pre_step") is not None:
+        # QONNX Trunc with ROUND: integers at the input step first, then the exact division by
+        # the power of two pre_div, rounded half to even like the rest
+        x = np.rint(np.divide(x, np.float32(attrs["pre_step"]), dtype=np.float32))
+        x *= np.float32(1.0 / attrs["pre_div"])
+        attrs = dict(attrs, step=1.0)
     qn = attrs["qn"]
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
         return _core.quantize_codes(np.ascontiguousarray(x), float(np.float32(attrs["step"])), int(qn),
@@ -416,7 +429,7 @@ class Model:
     def _check_node(n: Node):
         _check_attrs(n)
         need = {"input": 0, "quantize": 1, "dequantize": 1, "add": 2, "clamp": 1, "affine": 1, "maxpool": 1,
-                "avgpool": 1, "adaptive_avgpool": 1, "flatten": 1}
+                "avgpool": 1, "adaptive_avgpool": 1, "flatten": 1, "conv_f32": 1, "linear_f32": 1}
         if n.op in need and len(n.inputs) != need[n.op]:
             raise ValueError(f"node {n.name!r} ({n.op}): expected {need[n.op]} inputs, got {len(n.inputs)}")
         if n.op in _QUANTIZED:
@@ -440,6 +453,13 @@ class Model:
                 raise ValueError(f"node {n.name!r}: weight code out of range for {a['w_bits']} bits")
             if len(a["w_codebook"]) != 1 << a["w_bits"] or len(a["a_codebook"]) != 1 << a["a_bits"]:
                 raise ValueError(f"node {n.name!r}: codebook sizes do not match the bit widths")
+        if n.op in _FLOAT_LAYERS:
+            w, b = n.arrays.get("w"), n.arrays.get("bias")
+            nd = 4 if n.op == "conv_f32" else 2
+            if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != nd:
+                raise ValueError(f"node {n.name!r}: 'w' must be a {nd}-D float32 array")
+            if not isinstance(b, np.ndarray) or b.dtype != np.float32 or b.shape != (w.shape[0],):
+                raise ValueError(f"node {n.name!r}: 'bias' must be float32 of shape ({w.shape[0]},)")
         if n.op == "affine":
             c = n.arrays.get("scale")
             if c is None or n.arrays.get("bias") is None or c.shape != n.arrays["bias"].shape:
@@ -575,6 +595,15 @@ class Model:
             return _flatten(x)
         if isinstance(x, CodeTensor):
             raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
+        if op == "conv_f32":
+            from .floatops import conv2d_f32
+
+            return conv2d_f32(x, n.arrays["w"], n.arrays["bias"], a["stride"], a["padding"], a["dilation"],
+                              a["groups"])
+        if op == "linear_f32":
+            from .floatops import linear_f32
+
+            return linear_f32(x, n.arrays["w"], n.arrays["bias"])
         if op == "add":
             return np.add(x, args[1], dtype=np.float32)
         if op == "clamp":
@@ -696,8 +725,11 @@ class Model:
                 bits = f"W{a['w_bits']}A{a['a_bits']}"
             elif n.op == "quantize":
                 bits = f"A{a['bits']}"
+            elif n.op in _FLOAT_LAYERS:
+                bits = "F32"
             rows.append({"name": n.name, "op": n.op, "bits": bits, "detail": self._detail(n),
-                         "kernel": n.kernel if n.op in _QUANTIZED else None,
+                         "kernel": n.kernel if n.op in _QUANTIZED else
+                         "float32 numpy-blas" if n.op in _FLOAT_LAYERS else None,
                          "out_shape": n.out_shape, "bytes": n.weight_bytes(), "inputs": list(n.inputs),
                          "source": a.get("source")})
         return rows
@@ -713,6 +745,13 @@ class Model:
         elif n.op == "linear":
             w = n.arrays["w_codes"]
             s = f"{w.shape[1]}->{w.shape[0]}"
+        elif n.op == "conv_f32":
+            w = n.arrays["w"]
+            return (f"{w.shape[2]}x{w.shape[3]} {w.shape[1] * a['groups']}->{w.shape[0]} s{a['stride'][0]}"
+                    f" p{a['padding'][0]}" + (f" g{a['groups']}" if a["groups"] > 1 else "") + " float32")
+        elif n.op == "linear_f32":
+            w = n.arrays["w"]
+            return f"{w.shape[1]}->{w.shape[0]} float32"
         elif n.op == "quantize":
             kind = "signed" if a["signed"] else "unsigned"
             return f"{kind} step={a['step']:.6g}"
@@ -757,7 +796,8 @@ class Model:
                          f"{shp:<18} {(r['kernel'] or '')[:26]:<26} {r['bytes'] or '':>9}")
         q = [n for n in self.nodes if n.op in _QUANTIZED]
         lines.append("-" * len(head))
-        lines.append(f"{len(q)} quantized layers ("
+        nf = sum(n.op in _FLOAT_LAYERS for n in self.nodes)
+        lines.append(f"{len(q)} quantized layers" + (f" + {nf} float32 layers" if nf else "") + " ("
                      + ", ".join(f"{k}: {v}" for k, v in sorted(self._bit_counts().items()))
                      + f"); {self.nbytes} bytes of weights and epilogue parameters")
         text = "\n".join(lines)
@@ -771,6 +811,8 @@ class Model:
             if n.op in _QUANTIZED:
                 k = f"W{n.attrs['w_bits']}A{n.attrs['a_bits']}"
                 out[k] = out.get(k, 0) + 1
+            elif n.op in _FLOAT_LAYERS:
+                out["F32"] = out.get("F32", 0) + 1
         return out
 
     def __repr__(self):
