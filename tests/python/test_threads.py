@@ -10,6 +10,8 @@ import pytest
 import lowbit
 from lowbit import reference
 
+from conftest import skip_if_emulated
+
 # (w_bits, a_bits, w codebook, a codebook): one per kernel family at least
 CASES = [
     (8, 8, None, None),                                  # dotgemm
@@ -89,6 +91,7 @@ def _child(packed, a, ba, cb_a, ref, threads, queue):
     queue.put(bool(ok))
 
 
+@skip_if_emulated
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # forking one is the point
 @pytest.mark.parametrize("child_threads", [1, 2])
 def test_fork_after_pool_use(child_threads, rng):

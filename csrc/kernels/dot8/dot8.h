@@ -51,6 +51,11 @@ void dot8__scalar(const UKernelArgs& p);
 #if LOWBIT_HAVE_X86_KERNELS
 void dot8_4x16__avx2(const UKernelArgs& p);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+void dot8_4x8__neon(const UKernelArgs& p);       // mla int16 + sadalp (Armv8.0)
+void dot8_4x16__neondot(const UKernelArgs& p);   // udot on biased weights
+void dot8_4x16__neoni8mm(const UKernelArgs& p);  // usdot
+#endif
 
 // Activation packer: out[m][k] = levels[codes[m][k]] for k < K and 0 for
 // K <= k < out_cols (row stride out_cols bytes). codes is M x K, row stride
