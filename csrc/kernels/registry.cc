@@ -75,6 +75,10 @@ const KernelInfo kRegistry[] = {
     {"dotgemm_8x32__avx512icl", "dotgemm", 0, 0, Tier::avx512icl, 8, 32, TableKind::i8, dotgemm_8x32__avx512icl,
      "decoded int16 levels, vpdpwssd zmm, 8 rows x 32 channels", false},
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+    {"dotgemm_4x8__neon", "dotgemm", 0, 0, Tier::neon, 4, 8, TableKind::i8, dotgemm_4x8__neon,
+     "decoded int16 levels, smlal/smlal2 into int32, 4 rows x 8 channels", false},
+#endif
 };
 
 }  // namespace

@@ -63,3 +63,43 @@ struct Tile {
 void dot8_4x8__neon(const UKernelArgs& p) { by_row_blocks<Tile>(p); }
 
 }  // namespace lowbit
+
+namespace lowbit {
+
+bool dot8_pack_a__neon(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
+                       size_t out_cols) {
+  // 1-4-bit codes: one tbl on a 16-entry level table; 8-bit codes whose
+  // levels are the codes themselves: a copy; any other 8-bit codebook: scalar.
+  bool identity = bits == 8;
+  for (int i = 0; identity && i < 256; ++i) identity = levels[i] == i;
+  if (bits == 8 && !identity) return dot8_pack_a__scalar(codes, M, K, bits, levels, out, out_cols);
+  uint8_t table[16] = {0};
+  if (bits <= 4) std::memcpy(table, levels, size_t(1) << bits);
+  const uint8x16_t lut = vld1q_u8(table);
+  const size_t kvec = K / 16 * 16;
+  const unsigned mask = (1u << bits) - 1;
+  uint8x16_t seen = vdupq_n_u8(0);
+  unsigned seen_tail = 0;
+  for (size_t m = 0; m < M; ++m) {
+    const uint8_t* row = codes + m * K;
+    uint8_t* dst = out + m * out_cols;
+    if (identity) {
+      std::memcpy(dst, row, K);
+    } else {
+      for (size_t k = 0; k < kvec; k += 16) {
+        const uint8x16_t v = vld1q_u8(row + k);
+        seen = vorrq_u8(seen, v);
+        vst1q_u8(dst + k, vqtbl1q_u8(lut, v));
+      }
+      for (size_t k = kvec; k < K; ++k) {
+        seen_tail |= row[k];
+        dst[k] = levels[row[k] & mask];
+      }
+    }
+    std::memset(dst + K, 0, out_cols - K);
+  }
+  seen_tail |= vmaxvq_u8(seen);
+  return (seen_tail >> bits) == 0;
+}
+
+}  // namespace lowbit

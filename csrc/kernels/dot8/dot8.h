@@ -67,9 +67,13 @@ bool dot8_pack_a__scalar(const uint8_t* codes, size_t M, size_t K, int bits, con
 bool dot8_pack_a__avx2(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
                        size_t out_cols);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+bool dot8_pack_a__neon(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
+                       size_t out_cols);
+#endif
 
 // The packer, multi-threaded over rows (call without the GIL). tier: 0 =
-// scalar, >= 1 = AVX2 when built. Returns 1 on success, 0 when a code is out
+// scalar, >= 1 = the SIMD packer when built (AVX2, or NEON on Arm64). Returns 1 on success, 0 when a code is out
 // of range, -1 on bad arguments. Bound to Python as _core.dot8_pack_activations.
 int dot8_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
                           size_t out_cols, int tier);
