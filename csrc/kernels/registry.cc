@@ -47,6 +47,8 @@ const KernelInfo kRegistry[] = {
 #if LOWBIT_HAVE_ARM_KERNELS
     {"grouplut_4x64__neon", "grouplut", 0, 0, Tier::neon, 4, 64, TableKind::i8, grouplut__neon,
      "activation-selected product-sum LUT, tbl (vqtbl1q_u8), 4 rows x 64 channels", true, 0, true},
+    {"a1w1_bitserial_1x4__neon", "bitserial", 1, 0, Tier::neon, 1, 4, TableKind::i8, bitserial__neon,
+     "AND + cnt over bit planes (W1 x A1/A2)", false},
 #endif
     // ---- dot8: exact u8 x s8 byte dot products with int16 accumulators (small levels)
     {"dot8_1x16__scalar", "dot8", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dot8__scalar,

@@ -34,6 +34,9 @@ void bitserial__scalar(const UKernelArgs& p);
 void bitserial__avx2(const UKernelArgs& p);
 void bitserial__avx512icl(const UKernelArgs& p);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+void bitserial__neon(const UKernelArgs& p);
+#endif
 
 namespace {  // internal linkage, shared by the family's translation units
 
