@@ -61,6 +61,11 @@ LOOPS = [
          "tileILi4ELi2ELi8E", r"\btbl\b", 4 * 64 * 2, "4 rows x 64 channels x gw=2"),
     Loop("grouplut W3/W4 (tbl, 1 MAC/lookup)", "csrc/kernels/grouplut/grouplut-neon.cc", "neon",
          "tileILi4ELi2ELi32E", r"\btbl\b", 4 * 64 * 1, "4 rows x 64 channels x gw=1"),
+    # all tiles are inlined into one function; the loop with most cnt is W1A2's 1 x 4 tile
+    Loop("bitserial W1A2 (and + cnt)", "csrc/kernels/bitserial/bitserial-neon.cc", "neon", "bitserial__neon",
+         r"\bcnt\b", 1 * 4 * 256, "1 row x 4 channels x 256 k (2 activation planes)"),
+    Loop("dotgemm neon (smlal int16)", "csrc/kernels/dotgemm/dotgemm-neon.cc", "neon", "dotgemm_4x8__neon",
+         r"\bsmlal2?\b", 4 * 8 * 2, "4 rows x 8 channels x 2 k"),
     Loop("dot8 neon (mla int16)", "csrc/kernels/dot8/dot8-neon.cc", "neon", "dot8_4x8__neon", r"\bmla\b",
          4 * 8 * 4, "4 rows x 8 channels x 4 k"),
     Loop("dot8 neondot (udot + bias)", "csrc/kernels/dot8/dot8-neondot.cc", "neondot", "dot8_4x16__neondot",
