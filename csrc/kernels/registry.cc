@@ -45,6 +45,8 @@ const KernelInfo kRegistry[] = {
      bitserial__avx512icl, "AND + vpopcntq over bit planes (W1 x A1/A2)", false},
 #endif
 #if LOWBIT_HAVE_ARM_KERNELS
+    {"a2w2_lutgemm_1x4__neon", "lutgemm", 2, 2, Tier::neon, 1, 4, TableKind::i8, lutgemm_w2a2_i8__neon,
+     "DeepGEMM product LUT, tbl on the two 16-entry tables, bsl-formed indices", false},
     {"grouplut_4x64__neon", "grouplut", 0, 0, Tier::neon, 4, 64, TableKind::i8, grouplut__neon,
      "activation-selected product-sum LUT, tbl (vqtbl1q_u8), 4 rows x 64 channels", true, 0, true},
     {"a1w1_bitserial_1x4__neon", "bitserial", 1, 0, Tier::neon, 1, 4, TableKind::i8, bitserial__neon,
