@@ -62,7 +62,7 @@ LOOPS = [
     Loop("grouplut W3/W4 (tbl, 1 MAC/lookup)", "csrc/kernels/grouplut/grouplut-neon.cc", "neon",
          "tileILi4ELi2ELi32E", r"\btbl\b", 4 * 64 * 1, "4 rows x 64 channels x gw=1"),
     Loop("lutgemm W2A2 (paper LUT, tbl, 1 MAC/lookup)", "csrc/kernels/lutgemm/lutgemm-neon.cc", "neon",
-         "tileILi4EE", r"\btbl\b", 1 * 4 * 64, "1 row x 4 channels x 64 k"),
+         "lutgemm_w2a2_i8__neon", r"\btbl\b", 1 * 4 * 64, "1 row x 4 channels x 64 k"),
     # all tiles are inlined into one function; the loop with most cnt is W1A2's 1 x 4 tile
     Loop("bitserial W1A2 (and + cnt)", "csrc/kernels/bitserial/bitserial-neon.cc", "neon", "bitserial__neon",
          r"\bcnt\b", 1 * 4 * 256, "1 row x 4 channels x 256 k (2 activation planes)"),
