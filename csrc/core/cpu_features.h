@@ -13,14 +13,14 @@ namespace lowbit {
 enum Feature : uint32_t {
   kASIMD = 1u << 0,    // Advanced SIMD (NEON), Armv8.0
   kDOTPROD = 1u << 1,  // sdot/udot (Armv8.2 FEAT_DotProd)
-  kI8MM = 1u << 2,     // smmla/ummla/usmmla/usdot (Armv8.6 FEAT_I8MM)
+  kI8MM = 1u << 2,     // smmla/ummla/usmmla/usdot/sudot (Armv8.6 FEAT_I8MM)
   kSVE = 1u << 3,      // reported only; no SVE kernels yet
   kSVE2 = 1u << 4,     // reported only
 };
 constexpr int kNumFeatures = 5;
 
 // neon: Armv8.0 ASIMD (tbl, cnt, smull/sadalp); neondot: + dotprod;
-// neoni8mm: + i8mm (usdot, smmla).
+// neoni8mm: + i8mm (usdot/sudot, smmla).
 enum class Tier : int { scalar = 0, neon = 1, neondot = 2, neoni8mm = 3 };
 constexpr int kNumTiers = 4;
 #else

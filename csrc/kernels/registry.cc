@@ -64,9 +64,9 @@ const KernelInfo kRegistry[] = {
     {"dot8_4x8__neon", "dot8", 0, 0, Tier::neon, 4, 8, TableKind::i8, dot8_4x8__neon,
      "uint8 x int8 levels, int16 mla widened by sadalp every 2*flush16 steps, 4 rows x 8 channels", true},
     {"dot8_4x16__neondot", "dot8", 0, 0, Tier::neondot, 4, 16, TableKind::i8, dot8_4x16__neondot,
-     "uint8 x int8 levels, udot on weights biased by 128 minus 128 * activation sums, 4 rows x 16 channels", true},
+     "uint8 x int8 levels, lane-indexed udot on weights biased by 128, minus 128 * activation sums, 4 rows x 16 channels", true},
     {"dot8_4x16__neoni8mm", "dot8", 0, 0, Tier::neoni8mm, 4, 16, TableKind::i8, dot8_4x16__neoni8mm,
-     "uint8 x int8 levels, usdot into int32, 4 rows x 16 channels", true},
+     "uint8 x int8 levels, lane-indexed sudot into int32, 4 rows x 16 channels", true},
 #endif
     // ---- dotgemm: exact int16 x int16 dot products (8-bit and wide codebooks)
     {"dotgemm_1x16__scalar", "dotgemm", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dotgemm__scalar,

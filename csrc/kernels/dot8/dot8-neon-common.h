@@ -49,6 +49,14 @@ inline void for_quad_runs(const UKernelArgs& p, size_t step_w, size_t window, Ru
   }
 }
 
+// The activation quad of a row at `x` in lane 0, zeros elsewhere (a lone
+// step for the lane-indexed dot products, lane 0).
+inline uint8x16_t load_quad_lane0(const uint8_t* x) {
+  uint32_t quad;
+  std::memcpy(&quad, x, 4);
+  return vreinterpretq_u8_u32(vsetq_lane_u32(quad, vdupq_n_u32(0), 0));
+}
+
 // Stores the first nr of the NR int32 sums of row m.
 template <int NR>
 inline void store_row(const UKernelArgs& p, int m, const int32_t* sums) {

@@ -53,8 +53,8 @@ void dot8_4x16__avx2(const UKernelArgs& p);
 #endif
 #if LOWBIT_HAVE_ARM_KERNELS
 void dot8_4x8__neon(const UKernelArgs& p);       // mla int16 + sadalp (Armv8.0)
-void dot8_4x16__neondot(const UKernelArgs& p);   // udot on biased weights
-void dot8_4x16__neoni8mm(const UKernelArgs& p);  // usdot
+void dot8_4x16__neondot(const UKernelArgs& p);   // udot on biased weights, minus 128 * activation sums
+void dot8_4x16__neoni8mm(const UKernelArgs& p);  // sudot (i8mm)
 #endif
 
 // Activation packer: out[m][k] = levels[codes[m][k]] for k < K and 0 for
