@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,27 @@ void require_array(const py::array& a, const char* name, int ndim, const char* d
                           std::to_string(a.ndim()) + "-D");
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+}
+
+// Size limits (docs/robustness.md): every dimension and every array the
+// bindings allocate or index has at most 2^31 - 1 elements, checked before
+// any allocation, so no size computation below can overflow size_t.
+constexpr size_t kMaxElements = (size_t(1) << 31) - 1;
+
+// Throws ValueError naming `what` unless the product of `dims` (each checked
+// too) is at most kMaxElements.
+void check_elements(std::initializer_list<size_t> dims, const char* what) {
+  size_t count = 1;
+  for (size_t d : dims) {
+    if (d > kMaxElements || __builtin_mul_overflow(count, d, &count) || count > kMaxElements)
+      throw py::value_error(std::string(what) + ": more than 2^31 - 1 elements (lowbit's size limit)");
+  }
+}
+
+// Throws ValueError naming `what` unless every one of `values` is at most kMaxElements.
+void check_each(std::initializer_list<size_t> values, const char* what) {
+  for (size_t v : values)
+    if (v > kMaxElements) throw py::value_error(std::string(what) + ": expected values below 2^31");
 }
 
 const KernelInfo& kernel_at(size_t index) {
@@ -133,6 +155,8 @@ py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group,
     throw py::value_error("out_stride: too small for K=" + std::to_string(K));
   if (pad_rows > 0 && (pad_code < 0 || pad_code >= (1 << bits)))
     throw py::value_error("pad_code: expected a code in [0, " + std::to_string(1 << bits) + ")");
+  check_elements({pad_rows}, "pad_rows");
+  check_elements({M + pad_rows, out_stride}, "packed output");
   py::array_t<uint8_t> out({M + pad_rows, out_stride});
   const uint8_t* src = static_cast<const uint8_t*>(codes.data());
   uint8_t* dst = out.mutable_data();
@@ -209,6 +233,9 @@ py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::arra
     throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
   require_array<uint8_t>(w, "w", 1, "uint8");
   require_array<int8_t>(tables, "tables", 1, "int8");
+  check_elements({M, N}, "output (M x N)");
+  check_elements({N, k_steps}, "weights (N x k_steps)");
+  check_elements({M, k_steps}, "activations (M x k_steps)");
   GemmGeometry g;
   std::string why;
   if (!gemm_geometry(k, N, k_steps, &g, &why)) throw py::value_error(why);
@@ -364,6 +391,8 @@ py::array_t<Level> pack_levels_py(const py::array& codes, int bits, const py::ar
     throw py::value_error("levels: expected " + std::to_string(1 << bits) + " values");
   const size_t M = size_t(codes.shape(0)), K = size_t(codes.shape(1));
   if (out_cols < K) throw py::value_error("out_cols: expected >= K");
+  check_elements({pad_rows}, "pad_rows");
+  check_elements({M + pad_rows, out_cols}, "packed output");
   tier_from_int(tier);
   py::array_t<Level> out({M + pad_rows, out_cols});
   const uint8_t* src = static_cast<const uint8_t*>(codes.data());
@@ -385,6 +414,9 @@ py::array_t<uint8_t> im2col_nhwc_py(const py::array& x, size_t B, size_t H, size
                                     size_t sw, size_t ph, size_t pw, size_t dh, size_t dw, int pad_code) {
   require_array<uint8_t>(x, "x", 2, "uint8");
   if (pad_code < 0 || pad_code > 255) throw py::value_error("pad_code: expected 0..255");
+  check_elements({B, H, W}, "x (B*H*W)");
+  check_elements({kh, kw, size_t(x.shape(1))}, "kernel taps x channels");
+  check_each({sh, sw, ph, pw, dh, dw}, "stride/padding/dilation");
   if (size_t(x.shape(0)) != B * H * W)
     throw py::value_error("x: expected B*H*W = " + std::to_string(B * H * W) + " rows, got " +
                           std::to_string(x.shape(0)));
@@ -396,6 +428,7 @@ py::array_t<uint8_t> im2col_nhwc_py(const py::array& x, size_t B, size_t H, size
     throw py::value_error("x: input " + std::to_string(H) + "x" + std::to_string(W) + " is too small for the kernel");
   g.OH = (H + 2 * ph - span_h) / sh + 1;
   g.OW = (W + 2 * pw - span_w) / sw + 1;
+  check_elements({B, g.OH, g.OW, kh, kw, g.C}, "im2col output");
   py::array_t<uint8_t> out({B * g.OH * g.OW, kh * kw * g.C});
   const uint8_t* src = static_cast<const uint8_t*>(x.data());
   uint8_t* dst = out.mutable_data();
@@ -430,6 +463,7 @@ py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, siz
   require_array<float>(x, "x", 4, "float32");
   if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
     throw py::value_error("kernel/stride/dilation: expected >= 1");
+  check_each({kh, kw, sh, sw, ph, pw, dh, dw}, "kernel/stride/padding/dilation");
   ConvGeometry g{size_t(x.shape(0)), size_t(x.shape(1)), size_t(x.shape(2)), size_t(x.shape(3)), kh, kw, sh, sw, ph,
                  pw, dh, dw, 0, 0};
   const size_t span_h = dh * (kh - 1) + 1, span_w = dw * (kw - 1) + 1;
@@ -481,6 +515,7 @@ PYBIND11_MODULE(_core, m) {
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
   }
 #endif
+  m.attr("avx512_emulated") = avx512_emulated();  // SIMDe test build (csrc/core/simd_avx512.h)
   m.def("cpu_features", &features_dict, "CPU features detected with cpuid + xgetbv");
   m.def("tiers", &tier_list, "ISA tiers in chain order, with required features and support here");
   m.def("kernels", &kernel_list, "The kernel registry");

@@ -132,8 +132,23 @@ static uint32_t detect() { return 0; }
 #endif
 #endif  // __aarch64__
 
+bool avx512_emulated() {
+#if defined(LOWBIT_SIMDE_AVX512)
+  return true;
+#else
+  return false;
+#endif
+}
+
 uint32_t cpu_features() {
-  static const uint32_t f = detect();
+  static const uint32_t f = [] {
+    uint32_t found = detect();
+#if defined(LOWBIT_SIMDE_AVX512)  // the x86 SIMDe test build: AVX-512 tiers emulated on AVX2
+    const uint32_t avx2 = tier_required_features(Tier::avx2);
+    if (avx512_emulated() && (found & avx2) == avx2) found |= tier_required_features(Tier::avx512icl);
+#endif
+    return found;
+  }();
   return f;
 }
 

@@ -52,8 +52,13 @@ const char* feature_name(int i);
 const char* tier_name(Tier t);
 uint32_t tier_required_features(Tier t);
 
-// Detected once (thread-safe static init). Zero on other architectures.
+// Detected once (thread-safe static init). Zero on other architectures. In
+// the SIMDe test build (LOWBIT_SIMDE_AVX512) every AVX-512 feature is
+// reported present whenever AVX2 is, because those kernels are then compiled
+// for AVX2.
 uint32_t cpu_features();
+// True only in the SIMDe test build: the AVX-512 tiers are emulated.
+bool avx512_emulated();
 // Highest tier whose features are all present.
 Tier best_tier();
 

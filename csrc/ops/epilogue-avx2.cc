@@ -28,6 +28,7 @@ void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stri
         _mm256_storeu_ps(static_cast<float*>(e.out) + m * e.out_stride + n, v);
       } else {
         __m256 q = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm256_blendv_ps(q, qlo, _mm256_cmp_ps(q, q, _CMP_UNORD_Q));  // NaN -> code 0
         q = _mm256_blendv_ps(q, qlo, _mm256_cmp_ps(q, qlo, _CMP_LT_OQ));
         q = _mm256_blendv_ps(q, qhi, _mm256_cmp_ps(q, qhi, _CMP_GT_OQ));
         const __m256i c = _mm256_sub_epi32(_mm256_cvttps_epi32(q), qmin);  // 0 .. 255

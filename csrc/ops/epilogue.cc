@@ -30,6 +30,7 @@ void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_st
         static_cast<float*>(e.out)[m * e.out_stride + n] = v;
       } else {
         float q = v * e.inv_step;
+        q = q == q ? q : float(e.qmin);  // NaN (e.g. inf - inf) -> code 0, as the AVX2 path and the reference
         q = std::nearbyint(q);
         q = q < float(e.qmin) ? float(e.qmin) : q;
         q = q > float(e.qmax) ? float(e.qmax) : q;

@@ -10,6 +10,7 @@
 //   float output:  out[m, n] = v
 //   code output:   q = nearbyint(v * inv_step)   multiply rounded, then round half to even
 //                  out[m, n] = uint8(min(max(q, qmin), qmax) - qmin)
+//                  a NaN q (a NaN or infinite residual) gives code 0 (q = qmin)
 //
 // No FMA contraction anywhere (this file is built with -ffp-contract=off and
 // every step is a separate statement). All parameters are finite (checked by

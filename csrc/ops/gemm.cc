@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -67,6 +68,9 @@ struct Task {
   size_t tm, tn;            // task size in rows / columns (multiples of MR / NR)
   size_t tasks_n;           // tasks along N
   bool pack_rows;           // each task packs its own rows first (tasks_n == 1)
+  // set by a task whose scratch block could not be allocated (an exception
+  // must not leave a pool thread); run_gemm then throws std::bad_alloc
+  mutable std::atomic<bool> out_of_memory{false};
 };
 
 // Packs activation rows [m0, m1) of a fused-pack call into its `a` buffer.
@@ -91,7 +95,12 @@ void run_task(void* ctx, size_t index) {
   int32_t* out = c.c;
   size_t out_stride = c.c_stride, om0 = 0, on0 = 0;
   if (fused) {
-    scratch.resize(t.tm * t.tn);
+    try {
+      scratch.resize(t.tm * t.tn);
+    } catch (const std::bad_alloc&) {
+      t.out_of_memory.store(true);
+      return;
+    }
     out = scratch.data();
     out_stride = t.tn;
     om0 = m0;
@@ -180,6 +189,7 @@ void run_gemm(const GemmCall& call, const GemmGeometry& g) {
   t.tasks_n = (call.N + t.tn - 1) / t.tn;
   const size_t tasks_m = (call.M + t.tm - 1) / t.tm;
   parallel_for(tasks_m * t.tasks_n, run_task, &t);
+  if (t.out_of_memory.load()) throw std::bad_alloc();
 }
 
 }  // namespace lowbit

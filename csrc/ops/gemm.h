@@ -61,7 +61,8 @@ struct GemmCall {
 };
 
 // Runs the whole GEMM (multi-threaded). Inputs must already be validated
-// against gemm_geometry().
+// against gemm_geometry(). Throws std::bad_alloc (on the calling thread)
+// when a task's scratch memory cannot be allocated.
 void run_gemm(const GemmCall& call, const GemmGeometry& g);
 
 }  // namespace lowbit

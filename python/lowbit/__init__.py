@@ -45,6 +45,7 @@ def info() -> dict:
     return {
         "version": __version__,
         "features": cpu_features(),
+        "avx512_emulated": bool(_core.avx512_emulated),
         "tiers": supported_tiers(),
         "tier_cap": _dispatch.tier_cap() if not chosen_name.startswith("error") else chosen_name,
         "num_threads": get_num_threads(),
@@ -60,9 +61,25 @@ __all__ = [
 ]
 
 # Model runtime, PyTorch conversion (torch imported only when convert() runs), save/load.
+from .errors import ConversionError  # noqa: E402
 from .runtime import Model  # noqa: E402
+# lowbit.convert is the function; the module's other names import as usual
+# (from lowbit.convert import compare).
 from .convert import convert  # noqa: E402
-from .io import load  # noqa: E402
+from .io import LowbitFormatError, load  # noqa: E402
 from .qonnx import from_qonnx  # noqa: E402  (onnx/qonnx are imported only when it runs)
 
-__all__ += ["Model", "convert", "load", "from_qonnx"]
+__all__ += ["ConversionError", "LowbitFormatError", "Model", "convert", "load", "from_qonnx"]
+
+# Submodules loaded on first use, so that `import lowbit` stays NumPy-only
+# (qat, models and datasets import torch) and `lowbit.qat.prepare(...)` works
+# right after `import lowbit`.
+_LAZY_SUBMODULES = ("autotune", "cli", "datasets", "demo", "models", "qat", "quant", "ray", "scoring")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,12 +27,15 @@ FASTEST = "fastest"
 # LOWBIT_ISA is read once, when lowbit is imported (checked when a kernel is
 # first selected); lowbit.use(isa=...) changes the cap at run time.
 _ENV_ISA = os.environ.get("LOWBIT_ISA") or None
+# LOWBIT_AUTOTUNE=0 (read at import) turns measured kernel choice off
+# (lowbit.autotune); lowbit.use(autotune=...) overrides it per thread.
+_ENV_AUTOTUNE = os.environ.get("LOWBIT_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 _local = threading.local()
 
 
 def cpu_features() -> dict:
-    """CPU features detected with cpuid + xgetbv (OS-enabled state)."""
+    """CPU features: cpuid + xgetbv (OS-enabled state) on x86-64, HWCAP on Arm64."""
     return dict(_core.cpu_features())
 
 
@@ -52,10 +55,16 @@ def _check_tier_name(tier: str, what: str) -> str:
 
 
 def state() -> tuple:
-    """(tier cap, forced kernel, forced strategy): what kernel choice depends on
-    besides the problem itself (a cache key)."""
+    """(tier cap, forced kernel, forced strategy, autotune): what kernel choice
+    depends on besides the problem itself (a cache key)."""
     d = _local.__dict__
-    return tier_cap(), d.get("kernel"), d.get("strategy")
+    return tier_cap(), d.get("kernel"), d.get("strategy"), autotune_enabled()
+
+
+def autotune_enabled() -> bool:
+    """Whether dispatch measures candidate kernels (lowbit.autotune)."""
+    v = _local.__dict__.get("autotune")
+    return _ENV_AUTOTUNE if v is None else v
 
 
 def tier_cap() -> str:
@@ -91,10 +100,12 @@ def forced_kernel():
 
 
 @contextlib.contextmanager
-def use(isa: str | None = None, kernel: str | None = None, strategy: str | None = None):
+def use(isa: str | None = None, kernel: str | None = None, strategy: str | None = None,
+        autotune: bool | None = None):
     """Cap dispatch at an ISA tier and/or force a kernel or a kernel family.
 
-    ``isa``: a tier name (``scalar``, ``avx2``, ``avx512``, ``avx512icl``).
+    ``isa``: a tier name (x86-64: ``scalar``, ``avx2``, ``avx512``, ``avx512icl``;
+    Arm64: ``scalar``, ``neon``, ``neondot``, ``neoni8mm``).
     ``kernel``: a registry name (see :func:`lowbit.kernels`). A call the kernel
     cannot compute exactly raises instead of silently using another kernel.
     ``strategy``: a family name (``lutgemm`` = DeepGEMM product LUT,
@@ -103,6 +114,9 @@ def use(isa: str | None = None, kernel: str | None = None, strategy: str | None 
     lookup tables are exact but measured slower than a dot-product family
     (3-4-bit weights, W2A4: ``lowbit.explain`` names it), that family runs;
     by default 1-4-bit layers stay on the lookup tables whenever exact.
+    ``autotune``: measure the candidate kernels of each shape class on this
+    machine and run the fastest (default: on unless ``LOWBIT_AUTOTUNE=0``;
+    see :mod:`lowbit.autotune`), or use the fixed order when False.
     Settings are per thread and restored on exit.
     """
     if isa is not None:
@@ -112,14 +126,18 @@ def use(isa: str | None = None, kernel: str | None = None, strategy: str | None 
     if strategy is not None and strategy not in FAMILIES and strategy != FASTEST:
         raise ValueError(f"strategy: unknown strategy {strategy!r}; expected one of {', '.join(FAMILIES)} "
                          f"or {FASTEST!r}")
-    saved = (getattr(_local, "isa", None), getattr(_local, "kernel", None), getattr(_local, "strategy", None))
+    if autotune is not None and not isinstance(autotune, bool):
+        raise TypeError(f"autotune: expected True, False or None, got {autotune!r}")
+    d = _local.__dict__
+    saved = (d.get("isa"), d.get("kernel"), d.get("strategy"), d.get("autotune"))
     _local.isa = isa if isa is not None else saved[0]
     _local.kernel = kernel if kernel is not None else saved[1]
     _local.strategy = strategy if strategy is not None else saved[2]
+    _local.autotune = autotune if autotune is not None else saved[3]
     try:
         yield
     finally:
-        _local.isa, _local.kernel, _local.strategy = saved
+        _local.isa, _local.kernel, _local.strategy, _local.autotune = saved
 
 
 def kernel_info(name: str) -> dict:
@@ -132,7 +150,8 @@ def kernels() -> list:
 
 
 def candidates(family: str, table_kind: str) -> list:
-    """Kernels of a family/table kind usable under the current cap, best tier first."""
+    """Kernels of a family/table kind usable under the current cap, best tier
+    first (for one tier, in registry order)."""
     cap = tier_rank(tier_cap())
     found = [k for k in KERNELS if k["family"] == family and k["table_kind"] == table_kind
              and k["tier_rank"] <= cap and _SUPPORTED[k["tier"]]]

@@ -4,6 +4,8 @@
     lowbit demo [--threads N] [--train]  the shipped W2A2 Fashion-MNIST model vs fp32 / int8
     lowbit convert -o model.lowbit       convert the shipped W2A2 checkpoint (or --model pkg.mod:factory)
     lowbit run model.lowbit --input x.npy [--output y.npy] | --fmnist N   run a saved model
+    lowbit run model.lowbit --input x.npy|x.parquet|folder --output y.parquet [--ray [ADDRESS]]
+                                         score a dataset (locally, or on a Ray cluster: docs/scale-out.md)
     lowbit bench [model.lowbit] [--batch 1,64] [--threads N]   latency and per-layer time of a model
 
 Only ``demo`` and ``convert`` need torch.
@@ -29,6 +31,8 @@ def _print_info(as_json: bool) -> None:
     feats = info["features"]
     print("CPU features: " + "  ".join(f"{k}{'+' if v else '-'}" for k, v in feats.items()))
     print(f"dispatch tiers: {', '.join(info['tiers'])} (cap: {info['tier_cap']}); threads: {info['num_threads']}")
+    if info["avx512_emulated"]:
+        print("NOTE: SIMDe test build: the AVX-512 tiers are emulated on AVX2 (exactness checks only, not speed)")
     print(f"\nkernel registry ({len(info['kernels'])} kernels; * = runs here):")
     print(f"  {'':2}{'name':<34} {'family':<10} {'W/A':<6} {'tier':<10} {'tile':<7} {'tables':<7} description")
     for k in info["kernels"]:
@@ -40,7 +44,7 @@ def _print_info(as_json: bool) -> None:
     print("\nkernel each GEMM/conv would use here (M=3136 N=64 K=576, default codebooks):")
     for bw, ba in ((1, 1), (2, 2), (3, 3), (4, 4), (2, 4), (8, 8)):
         try:
-            line = lowbit.explain(3136, 64, 576, bw, ba).splitlines()[0]
+            line = lowbit.explain(3136, 64, 576, a_bits=ba, w_bits=bw).splitlines()[0]
             kern = line.split("kernel ", 1)[1].split(" (", 1)[0]
         except Exception as exc:  # noqa: BLE001 - report, do not fail
             kern = f"none ({type(exc).__name__}: {str(exc).splitlines()[0][:70]})"
@@ -102,9 +106,68 @@ def _read_input(args, model):
     return datasets.normalize(images[:n]), labels[:n]
 
 
+def _floats(text: str, name: str):
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        sys.exit(f"lowbit run: {name} expects numbers separated by commas, got {text!r}")
+    return vals[0] if len(vals) == 1 else vals
+
+
+def _cmd_score(args) -> int:
+    """run --output x.parquet: every row of a .npy / .parquet / image folder, streamed, with a progress bar."""
+    if not args.input:
+        sys.exit("lowbit run: --output *.parquet needs --input (a .npy file, a .parquet file or a folder of images)")
+    if not args.output or not args.output.endswith(".parquet"):
+        sys.exit("lowbit run: a .parquet input, a folder of images or --ray needs --output ending in .parquet")
+    mean, std = _floats(args.mean, "--mean"), _floats(args.std, "--std")
+    try:
+        rows, dt, how = _score(args, mean, std)
+    except (ValueError, TypeError, OSError) as exc:  # bad input or model file (LowbitFormatError is a ValueError)
+        sys.exit(f"lowbit run: {exc}")
+    print(f"{rows} rows in {dt:.2f}s ({rows / max(dt, 1e-9):.1f} images/s, {how}) -> {args.output}")
+    return 0
+
+
+def _score(args, mean, std):
+    import lowbit
+    from lowbit import scoring
+
+    if args.ray is not None:
+        try:
+            from lowbit import ray as lowbit_ray
+        except ImportError as exc:
+            sys.exit(f"lowbit run --ray: {exc}")
+        where = "a local Ray cluster" if args.ray == "local" else f"the Ray cluster at {args.ray}"
+        print(f"scoring {args.input} on {where} ({args.cpus_per_actor} CPU(s) per actor)", file=sys.stderr)
+        res = lowbit_ray.run_job(args.model, args.input, args.output, address=args.ray, column=args.column,
+                                 batch_size=args.batch_size, concurrency=args.concurrency,
+                                 num_cpus=args.cpus_per_actor, mean=mean, std=std, progress=not args.no_progress)
+        rows, dt = res["rows"], res["seconds"]
+        how = "on Ray"
+    else:
+        lowbit.set_num_threads(args.threads)
+        m = _load_model(args.model)
+        source = scoring.open_source(args.input, m.input_shape, args.column)
+        writer = scoring.PredictionWriter(args.output)
+        bar = scoring.Progress(source.total, enabled=not args.no_progress)
+        try:
+            rows = scoring.run_local(m, source, writer, args.batch_size, mean, std, bar)
+            dt = bar.close()
+            writer.close()
+        except BaseException:
+            writer.discard()
+            raise
+        how = f"{lowbit.get_num_threads()} thread(s)"
+    return rows, dt, how
+
+
 def _cmd_run(args) -> int:
     import lowbit
 
+    if args.ray is not None or (args.output or "").endswith(".parquet") or (
+            args.input and not args.input.endswith(".npy")):
+        return _cmd_score(args)
     if not args.input and not args.fmnist:
         sys.exit("lowbit run: give --input x.npy (float32 NCHW) or --fmnist N")
     lowbit.set_num_threads(args.threads)
@@ -187,11 +250,24 @@ def main(argv=None) -> int:
     pc.add_argument("--no-requant", action="store_true", help="float + quantize between all layers")
     pr = sub.add_parser("run", help="run a saved model")
     pr.add_argument("model")
-    pr.add_argument("--input", help=".npy float32 NCHW batch")
+    pr.add_argument("--input", help=".npy float32 NCHW batch (or uint8 NHWC images); with --output *.parquet also "
+                    "a .parquet file (see --column) or a folder of image files")
     pr.add_argument("--fmnist", type=int, default=0, help="evaluate on the first N Fashion-MNIST test images")
-    pr.add_argument("--output", help="save logits to this .npy")
+    pr.add_argument("--output", help="save logits to this .npy, or stream predictions (ids, logits, top1) to "
+                    "this .parquet with a progress bar")
     pr.add_argument("--batch-size", type=int, default=256)
-    pr.add_argument("--threads", type=int, default=0, help="0: all cores")
+    pr.add_argument("--threads", type=int, default=0, help="0: all cores (local runs; on Ray: --cpus-per-actor)")
+    pr.add_argument("--column", default="image", help="image column of a .parquet input (default: image)")
+    pr.add_argument("--mean", default="0", help="uint8 images become (pixel/255 - mean)/std; one number or one per "
+                    "channel, comma-separated (default 0)")
+    pr.add_argument("--std", default="1", help="see --mean (default 1)")
+    pr.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="run on Ray: a local cluster started for the job (or the one RAY_ADDRESS names), "
+                    "or the running cluster at ADDRESS; needs pip install 'lowbit[ray]'")
+    pr.add_argument("--concurrency", type=int, default=None, help="Ray actors (default: as many as the cluster fits)")
+    pr.add_argument("--cpus-per-actor", type=float, default=1, help="CPUs per Ray actor = its lowbit threads "
+                    "(default 1)")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.add_argument("--summary", action="store_true", help="(kept for compatibility; the summary always prints)")
     pb = sub.add_parser("bench", help="latency and per-layer time of a saved model (default: the demo model); "
                         "for a .onnx QONNX model, lowbit against onnxruntime running its float lowering")

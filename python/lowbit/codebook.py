@@ -50,10 +50,9 @@ def normalize(codebook, bits: int, name: str = "codebook") -> np.ndarray:
     elif arr.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected integers, got dtype {arr.dtype}")
     lo, hi = (-128, 255) if bits == 8 else (-128, 127)
-    vals = arr.astype(np.int64)
-    if vals.min() < lo or vals.max() > hi:
-        raise ValueError(f"{name}: expected values in [{lo}, {hi}], got [{vals.min()}, {vals.max()}]")
-    return vals.astype(np.int32)
+    if arr.min() < lo or arr.max() > hi:  # before any cast, which could wrap
+        raise ValueError(f"{name}: expected values in [{lo}, {hi}], got [{arr.min()}, {arr.max()}]")
+    return arr.astype(np.int32)
 
 
 def products(cb_a: np.ndarray, cb_w: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from . import _core
 from . import codebook as cbmod
 from .epilogue import Epilogue
 from .ops import _prepare
-from .packing import PackedActivations, PackedWeights
+from .packing import PackedActivations, PackedWeights, check_elements
 
 
 def _pair(v, name):
@@ -70,6 +70,7 @@ def _as_nhwc(x, a_bits, a_codebook):
         return x
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
         raise TypeError("x: expected NHWC uint8 codes (B, H, W, C) or PackedActivations")
+    check_elements(x.shape, "x")
     b, h, w, c = x.shape
     pa = PackedActivations.from_codes(np.ascontiguousarray(x).reshape(b * h * w, c), a_bits, a_codebook)
     pa.shape = (b, h, w, c)
@@ -85,6 +86,16 @@ _OFFSET_CACHE = {}
 _INDIRECT_CACHE = {}  # byte offsets of the indirection buffer, per (conv geometry, input pixels, segment)
 
 
+def _output_size(h, w, kh, kw, stride, padding, dilation):
+    """(OH, OW) of a convolution; raises when the input is too small."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"x: input {h}x{w} is too small for a {kh}x{kw} kernel with this padding/dilation")
+    return oh, ow
+
+
 def _tap_rows(b, h, w, kh, kw, stride, padding, dilation):
     """(M, kh*kw) input pixel index of each output pixel's taps, -1 for padding."""
     key = (b, h, w, kh, kw, stride, padding, dilation)
@@ -92,10 +103,7 @@ def _tap_rows(b, h, w, kh, kw, stride, padding, dilation):
     if hit is not None:
         return hit
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"x: input {h}x{w} is too small for a {kh}x{kw} kernel with this padding/dilation")
+    oh, ow = _output_size(h, w, kh, kw, stride, padding, dilation)
     iy = (np.arange(oh) * sh - ph)[:, None] + (np.arange(kh) * dh)[None, :]  # (oh, kh)
     ix = (np.arange(ow) * sw - pw)[:, None] + (np.arange(kw) * dw)[None, :]  # (ow, kw)
     vy = (iy >= 0) & (iy < h)
@@ -128,6 +136,10 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     if c != weights.cin_per_group * weights.groups:
         raise ValueError(f"x: expected {weights.cin_per_group * weights.groups} input channels, got {c}")
     geometry = (b, h, w, weights.kh, weights.kw, stride, padding, dilation)
+    oh, ow = _output_size(h, w, weights.kh, weights.kw, stride, padding, dilation)
+    # the arrays every call makes, before any is allocated (the im2col fallback checks its copy itself)
+    check_elements((b * oh * ow, weights.cout), "output")
+    check_elements((b * oh * ow, weights.kh * weights.kw), "x (tap table)")
     rows, oh, ow = _tap_rows(*geometry)
     m = rows.shape[0]
     if epilogue is not None:
@@ -158,7 +170,7 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
     packed = weights.parts[g]
     taps, cg = weights.kh * weights.kw, weights.cin_per_group
     k = taps * cg
-    bound = _prepare(pa, packed, k)
+    bound = _prepare(pa, packed, rows.shape[0], k)
     plan, fam, kern = bound.plan, bound.fam, bound.kern
     cb_a = pa.codebook
     zero = np.flatnonzero(cb_a == 0)
@@ -190,6 +202,7 @@ def _conv_group(pa, weights, g, rows, epilogue, geometry):
     else:
         # documented fallback: im2col copy of the codes, then the plain GEMM
         b, h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw) = geometry
+        check_elements((m, k), "x (im2col copy)")
         cols = _core.im2col_nhwc(pa.codes, b, h, w, kh, kw, sh, sw, ph, pw, dh, dw, pad_code)  # (M, taps * Cin)
         k_steps, correction = bound.direct(k)
         y = bound.run(bound.pack(cols), m, packed.N, k_steps, correction, epilogue if fused else None)

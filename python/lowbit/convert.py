@@ -47,13 +47,12 @@ import operator
 
 import numpy as np
 
+from .errors import ConversionError
 from .runtime import Model, Node
 
 __all__ = ["convert", "compare", "ConversionError"]
 
 
-class ConversionError(NotImplementedError):
-    """The model uses modules or functions lowbit cannot convert (listed in the message)."""
 
 
 def _torch():

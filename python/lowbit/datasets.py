@@ -16,7 +16,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 __all__ = ["FMNIST_DIR", "FMNIST_MEAN", "FMNIST_STD", "CLASSES",
-           "load_fashion_mnist", "normalize", "read_idx"]
+           "load_fashion_mnist", "normalize", "read_idx", "scale_pixels"]
 
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # Mean and std of the Fashion-MNIST training pixels scaled to [0, 1].
@@ -117,5 +117,23 @@ def normalize(images: np.ndarray) -> np.ndarray:
         images = images[:, None]
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images must have shape (N, H, W) or (N, 1, H, W), got {images.shape}")
+    return scale_pixels(images, FMNIST_MEAN, FMNIST_STD)
+
+
+def scale_pixels(images: np.ndarray, mean=0.0, std=1.0) -> np.ndarray:
+    """uint8 NCHW pixels -> float32 ``(images / 255 - mean) / std``, in float32; ``mean`` and
+    ``std``: one number, or one per channel."""
+    c = images.shape[1]
+    mean = _per_channel(mean, c, "mean")
+    std = _per_channel(std, c, "std")
     x = images.astype(np.float32) * np.float32(1.0 / 255.0)
-    return (x - np.float32(FMNIST_MEAN)) / np.float32(FMNIST_STD)
+    return (x - mean) / std
+
+
+def _per_channel(v, channels: int, name: str) -> np.ndarray:
+    arr = np.asarray(v, dtype=np.float32).reshape(-1)
+    if arr.size not in (1, channels):
+        raise ValueError(f"{name}: expected one number or {channels} (one per channel), got {arr.size}")
+    if name == "std" and not np.all(arr > 0):
+        raise ValueError(f"std: expected positive numbers, got {arr.tolist()}")
+    return arr.reshape(-1, 1, 1)

@@ -35,13 +35,14 @@ files), CRC-32 (corruption), JSON and graph consistency; each failure raises
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
 
 import numpy as np
 
-from .packing import PackedWeights
+from .packing import MAX_ELEMENTS, PackedWeights, check_elements
 from .runtime import Model, Node
 
 __all__ = ["LowbitFormatError", "MAGIC", "FORMAT_VERSION", "load", "save", "to_bytes", "from_bytes"]
@@ -151,7 +152,41 @@ def from_bytes(data, source: str = "data") -> Model:
         raise LowbitFormatError(f"{source}: inconsistent model ({type(exc).__name__}: {exc})") from exc
 
 
+def _expect(value, kind, what):
+    """value if it is of JSON type `kind` (bool is not an int here), else LowbitFormatError."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise LowbitFormatError(f"{what}: expected {names}, got {type(value).__name__}")
+    return value
+
+
+def _check_structure(graph, tensors) -> None:
+    """The JSON types of the graph and tensor table (values are checked by Model)."""
+    _expect(graph, dict, "graph")
+    for i, d in enumerate(_expect(graph.get("nodes"), list, "graph.nodes")):
+        where = f"graph.nodes[{i}]"
+        _expect(d, dict, where)
+        _expect(d.get("name"), str, f"{where}.name")
+        _expect(d.get("op"), str, f"{where}.op")
+        for j, src in enumerate(_expect(d.get("inputs"), list, f"{where}.inputs")):
+            _expect(src, str, f"{where}.inputs[{j}]")
+        _expect(d.get("attrs"), dict, f"{where}.attrs")
+    if graph.get("meta") is not None:
+        _expect(graph["meta"], dict, "graph.meta")
+    for i, t in enumerate(_expect(tensors, list, "tensors")):
+        where = f"tensors[{i}]"
+        _expect(t, dict, where)
+        for key in ("node", "key", "encoding", "dtype"):
+            _expect(t.get(key), str, f"{where}.{key}")
+        for key in ("offset", "nbytes"):
+            _expect(t.get(key), int, f"{where}.{key}")
+        for j, s in enumerate(_expect(t.get("shape"), list, f"{where}.shape")):
+            if _expect(s, int, f"{where}.shape[{j}]") < 0 or s > MAX_ELEMENTS:
+                raise LowbitFormatError(f"{where}.shape[{j}]: expected 0..{MAX_ELEMENTS}, got {s}")
+
+
 def _build(graph, tensors, data, base, dlen) -> Model:
+    _check_structure(graph, tensors)
     if graph.get("version") != Model.FORMAT_GRAPH_VERSION:
         raise LowbitFormatError(f"graph version {graph.get('version')} is not supported")
     arrays = {}
@@ -161,9 +196,10 @@ def _build(graph, tensors, data, base, dlen) -> Model:
             raise LowbitFormatError(f"tensor {t['node']}.{t['key']} lies outside the data section")
         blob = data[base + off: base + off + nb]
         shape = tuple(int(s) for s in t["shape"])
+        check_elements(shape, f"tensor {t['node']}.{t['key']}")
         if t["encoding"] == "packed_weights":
             pw = PackedWeights.from_bytes(blob)
-            if (pw.N, pw.K) != (shape[0], int(np.prod(shape[1:]))):
+            if len(shape) < 2 or (pw.N, pw.K) != (shape[0], math.prod(shape[1:])):
                 raise LowbitFormatError(f"tensor {t['node']}.{t['key']}: packed shape {(pw.N, pw.K)} "
                                         f"does not match {shape}")
             arr = pw.codes().reshape(shape).copy()
@@ -171,7 +207,7 @@ def _build(graph, tensors, data, base, dlen) -> Model:
             dt = _DTYPES.get(t["dtype"])
             if dt is None:
                 raise LowbitFormatError(f"tensor {t['node']}.{t['key']}: unknown dtype {t['dtype']!r}")
-            if nb != int(np.prod(shape)) * np.dtype(dt).itemsize:
+            if nb != math.prod(shape) * np.dtype(dt).itemsize:
                 raise LowbitFormatError(f"tensor {t['node']}.{t['key']}: {nb} bytes for shape {shape}")
             arr = np.frombuffer(blob, dt).reshape(shape).copy()
         else:

@@ -11,26 +11,53 @@ import numpy as np
 from . import _core, _dispatch
 from . import codebook as cbmod
 from .families import FAMILIES, PREFERENCE
-from .packing import PackedActivations, PackedWeights
+from .packing import PackedActivations, PackedWeights, check_elements
 
 
 _PLAN_CACHE = {}
 
 
-def _plan_for(bw, ba, cb_w, cb_a):
-    """(plan, family class, kernel dict, reasons) honouring use(kernel=/strategy=).
+def _plan_for(bw, ba, cb_w, cb_a, shape=None):
+    """(plan, family class, kernel dict, reasons, K_max) honouring
+    use(kernel=/strategy=/autotune=).
 
-    Cached per (bits, codebooks, forcing, tier cap): planning builds tables."""
+    Planning (cached per bits, codebooks and dispatch state: it builds tables)
+    finds the fixed-order choice and the candidates worth measuring. With
+    ``shape`` = (M, N, K) and autotune on, the measured fastest candidate of
+    that shape class replaces the fixed choice (lowbit.autotune)."""
     forced_kernel, forced_family = _dispatch.forced_kernel()
     key = (bw, ba, cb_w.tobytes(), cb_a.tobytes(), forced_kernel, forced_family, _dispatch.tier_cap())
     hit = _PLAN_CACHE.get(key)
     if hit is None:
         hit = _PLAN_CACHE[key] = _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family) + (
             cbmod.k_max(cb_a, cb_w),)
-    return hit
+    plan, fam, kern, reasons, measured, kmax = hit
+    if shape is None or len(measured) < 2 or not _dispatch.autotune_enabled():
+        return plan, fam, kern, reasons, kmax
+    from . import autotune
+
+    by_name = {o[2]["name"]: o for o in measured}
+    rec = autotune.choose(tuple(by_name), bw, ba, cb_w, cb_a, *shape)
+    plan, fam, kern = by_name[rec["kernel"]]
+    figures = ", ".join(f"{n} {us:.1f} us" for n, us in sorted(rec["us"].items(), key=lambda t: t[1]))
+    m, n, k = rec["trial"]
+    cls = autotune.shape_class(*shape)
+    reasons = [r for r in reasons if not r.startswith("chosen:")] + [
+        f"measured here for shape class M<={cls[0]} N<={cls[1]} K<={cls[2]} (trial {m}x{n}x{k}, fastest of "
+        f"{autotune.TRIAL_RUNS} interleaved runs, lowbit.autotune): {figures}",
+        f"chosen: {kern['name']} (fastest measured)"]
+    return plan, fam, kern, reasons, kmax
+
+
+# Families whose kernels look products up in tables. By default a 1-4-bit
+# GEMM runs on one of them whenever one is exact; the dot-product families
+# (dot8, dotgemm) take the rest, or everything under use(strategy="fastest").
+LOOKUP_FAMILIES = ("lutgemm", "grouplut", "grouplut6", "bitserial")
 
 
 def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
+    """(plan, fam, kernel, reasons, measured): the fixed-order choice, and the
+    exact (plan, fam, kernel) candidates autotuning may measure instead."""
     if forced_kernel is not None:
         info = _dispatch.kernel_info(forced_kernel)
         fam = FAMILIES[info["family"]]
@@ -47,7 +74,7 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
         cap = _dispatch.tier_cap()
         if _dispatch.tier_rank(info["tier"]) > _dispatch.tier_rank(cap):
             raise RuntimeError(f"kernel {forced_kernel!r} needs tier {info['tier']} but dispatch is capped at {cap}")
-        return plan, fam, info, [f"forced by lowbit.use(kernel={forced_kernel!r})"]
+        return plan, fam, info, [f"forced by lowbit.use(kernel={forced_kernel!r})"], ()
     fastest = forced_family == _dispatch.FASTEST
     if fastest:
         forced_family = None
@@ -68,13 +95,14 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
         # 1-4 bits run on the lookup-table kernels whenever those are exact;
         # explain() points to use(strategy=plan.slow) instead
         reasons.append(f"{name}: {plan.why} (best kernel {found[0]['name']})")
-        options.append((found[0]["tier_rank"] == 0, order, plan, fam, found[0]))
+        options += [(k["tier_rank"] == 0, order, -k["tier_rank"], plan, fam, k) for k in found]
     if not options:
         raise NotImplementedError(f"no kernel can compute W{bw}A{ba} with these codebooks: " + "; ".join(reasons))
-    _, _, plan, fam, kern = min(options, key=lambda o: o[:2])
-    faster = [o for o in options if fastest and plan.slow and o[3].name == plan.slow and not o[0]]
+    options.sort(key=lambda o: o[:3])
+    *_, plan, fam, kern = options[0]
+    faster = [o for o in options if fastest and plan.slow and o[4].name == plan.slow and not o[0]]
     if faster:
-        _, _, plan, fam, kern = faster[0]
+        *_, plan, fam, kern = faster[0]
         reasons.append(f"chosen: {kern['name']} (lowbit.use(strategy='fastest'): measured faster than the "
                        "exact lookup tables here)")
     else:
@@ -82,7 +110,14 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
     if plan.slow:
         reasons.append(f"note: with these bit widths/codebooks {plan.slow} measured faster here: "
                        f"lowbit.use(strategy={plan.slow!r})")
-    return plan, fam, kern, reasons
+    # What autotuning may measure: SIMD kernels (scalar twins only where no
+    # SIMD kernel qualifies) of the lookup families when one is exact and
+    # neither a family nor "fastest" was asked for; of every family otherwise.
+    pool = [o for o in options if not o[0]] or options
+    if forced_family is None and not fastest and any(o[4].name in LOOKUP_FAMILIES for o in pool):
+        pool = [o for o in pool if o[4].name in LOOKUP_FAMILIES]
+    measured = tuple(o[3:] for o in pool)
+    return plan, fam, kern, reasons, measured
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,9 +184,9 @@ class Bound:
         return y
 
 
-def _bind(packed: PackedWeights, a_bits: int, cb_a: np.ndarray) -> Bound:
+def _bind(packed: PackedWeights, a_bits: int, cb_a: np.ndarray, shape=None) -> Bound:
     cb_w = packed.codebook
-    plan, fam, kern, _, kmax = _plan_for(packed.bits, a_bits, cb_w, cb_a)
+    plan, fam, kern, _, kmax = _plan_for(packed.bits, a_bits, cb_w, cb_a, shape)
     w_layout = packed.layout(("w", plan, kern["nr"], kern["layout"]),
                              lambda codes: fam.weight_layout(codes, plan, kern))
     tables, flush8, flush16, step_bias = packed.tables(
@@ -160,12 +195,15 @@ def _bind(packed: PackedWeights, a_bits: int, cb_a: np.ndarray) -> Bound:
                  int(cb_a[0]) * int(cb_w[0]))
 
 
-def _prepare(pa: PackedActivations, packed: PackedWeights, k: int) -> Bound:
-    """The cached Bound for these activations' bits/codebook; checks K_max for depth k."""
-    key = (pa.bits, pa.codebook_key, _dispatch.state())
+def _prepare(pa: PackedActivations, packed: PackedWeights, m: int, k: int) -> Bound:
+    """The cached Bound for these activations' bits/codebook and an (m, N, k)
+    GEMM (its shape class, when autotuning); checks K_max for depth k."""
+    state = _dispatch.state()
+    cls = (max(m - 1, 0).bit_length(), max(k - 1, 0).bit_length()) if state[-1] else None  # = autotune.shape_class
+    key = (pa.bits, pa.codebook_key, state, cls)
     bound = packed._bound.get(key)
     if bound is None:
-        bound = packed._bound[key] = _bind(packed, pa.bits, pa.codebook)
+        bound = packed._bound[key] = _bind(packed, pa.bits, pa.codebook, (m, packed.N, k))
     bound.check_k(k)
     return bound
 
@@ -189,11 +227,14 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
             raise ValueError("a_codebook: already set by the PackedActivations; pass None")
         pa = a
     else:
+        if a_bits is None:
+            raise TypeError("a_bits: required when a holds raw codes (a PackedActivations carries its own)")
         # code range is checked by the native packer below
-        pa = PackedActivations.from_codes(a, 2 if a_bits is None else a_bits, a_codebook, validate=False)
+        pa = PackedActivations.from_codes(a, a_bits, a_codebook, validate=False)
     if pa.K != packed.K:
         raise ValueError(f"a: K mismatch: activations have K={pa.K}, weights have K={packed.K}")
-    bound = _prepare(pa, packed, pa.K)
+    check_elements((pa.M, packed.N), "output")
+    bound = _prepare(pa, packed, pa.M, pa.K)
     k_steps, correction = bound.direct(pa.K)
     if epilogue is not None:
         epilogue.check(packed.N, pa.M)
@@ -210,13 +251,15 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
     return bound.run(a_packed, pa.M, packed.N, k_steps, correction, epilogue)
 
 
-def explain(M: int, N: int, K: int, w_bits: int, a_bits: int, w_codebook=None, a_codebook=None) -> str:
-    """Which kernel :func:`gemm` would run for this problem, and why."""
+def explain(M: int, N: int, K: int, *, a_bits: int, w_bits: int, a_codebook=None, w_codebook=None) -> str:
+    """Which kernel :func:`gemm` would run for an (M, K) x (N, K) problem, and
+    why. Bits and codebooks are keywords (activations, then weights, as in
+    every lowbit signature), so they cannot be swapped by position."""
     bw = cbmod.check_bits(w_bits, "w_bits")
     ba = cbmod.check_bits(a_bits, "a_bits")
     cb_w = cbmod.normalize(w_codebook, bw, "w_codebook")
     cb_a = cbmod.normalize(a_codebook, ba, "a_codebook")
-    plan, fam, kern, reasons, _ = _plan_for(bw, ba, cb_w, cb_a)
+    plan, fam, kern, reasons, _ = _plan_for(bw, ba, cb_w, cb_a, (int(M), int(N), int(K)))
     lines = [f"GEMM M={M} N={N} K={K} W{bw}A{ba}: kernel {kern['name']} (tier cap {_dispatch.tier_cap()})"]
     lines += [f"  - {r}" for r in reasons]
     lines.append(f"  - K_max for these codebooks: {cbmod.k_max(cb_a, cb_w)}")

@@ -22,6 +22,22 @@ _FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sHBBHQQQ")
 
 
+# The largest array (operand, copy or output) lowbit accepts, in elements.
+# Larger sizes are refused before anything is allocated (docs/robustness.md).
+MAX_ELEMENTS = 2**31 - 1
+
+
+def check_elements(shape, name: str) -> None:
+    """Raise ValueError (before any allocation) when an array of ``shape``
+    would exceed :data:`MAX_ELEMENTS` elements."""
+    count = 1
+    for s in shape:
+        count *= int(s)
+    if count > MAX_ELEMENTS:
+        raise ValueError(f"{name}: shape {tuple(int(s) for s in shape)} has {count} elements, more than "
+                         f"lowbit's limit of {MAX_ELEMENTS} (2**31 - 1) per array; split the batch")
+
+
 def _as_code_matrix(codes, name: str) -> np.ndarray:
     if not isinstance(codes, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray of uint8 codes, got {type(codes).__name__}")
@@ -29,6 +45,7 @@ def _as_code_matrix(codes, name: str) -> np.ndarray:
         raise TypeError(f"{name}: expected dtype uint8, got {codes.dtype}")
     if codes.ndim != 2:
         raise ValueError(f"{name}: expected a 2-D array, got {codes.ndim}-D with shape {codes.shape}")
+    check_elements(codes.shape, name)
     return np.ascontiguousarray(codes)  # strided input is copied, never misread
 
 
@@ -198,11 +215,12 @@ class PackedActivations:
         return f"PackedActivations(M={self.M}, K={self.K}, bits={self.bits}, codebook={self.codebook.tolist()})"
 
 
-def pack_weights(w_codes, bits: int = 2, codebook=None) -> PackedWeights:
-    """Pack (N, K) uint8 weight codes in [0, 2**bits) for :func:`lowbit.gemm`."""
+def pack_weights(w_codes, bits: int, codebook=None) -> PackedWeights:
+    """Pack (N, K) uint8 weight codes in [0, 2**bits) for :func:`lowbit.gemm`
+    (``bits`` is required: codes of a wider width must never be read as 2-bit)."""
     return PackedWeights.from_codes(w_codes, bits, codebook)
 
 
-def pack_activations(a_codes, bits: int = 2, codebook=None) -> PackedActivations:
+def pack_activations(a_codes, bits: int, codebook=None) -> PackedActivations:
     """Validate (M, K) uint8 activation codes once so several GEMMs can reuse them."""
     return PackedActivations.from_codes(a_codes, bits, codebook)

@@ -112,6 +112,7 @@ from collections import Counter
 
 import numpy as np
 
+from .errors import ConversionError
 from .runtime import Model, Node
 
 __all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute",
@@ -125,7 +126,13 @@ SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Ad
                  "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout")
 
 
-class QonnxConversionError(NotImplementedError):
+# Import limits on the graph input's C, H, W (docs/robustness.md): one image of
+# at most 2**28 values (1 GiB of float32), no dimension above 2**20.
+_MAX_IMAGE_DIM = 1 << 20
+_MAX_IMAGE_ELEMENTS = 1 << 28
+
+
+class QonnxConversionError(ConversionError):
     """The QONNX graph uses something lowbit cannot run (the message names it)."""
 
 
@@ -138,15 +145,39 @@ def _onnx():
     return onnx, numpy_helper
 
 
+def _check_strings(m):
+    """ValueError unless every name the importer reads is text: protobuf hands
+    back bytes for a proto2 string field that is not valid UTF-8."""
+    g = m.graph
+    fields = [("graph input", v.name) for v in g.input] + [("graph output", v.name) for v in g.output]
+    fields += [("initializer", t.name) for t in g.initializer]
+    for n in g.node:
+        fields += [("node name", n.name), ("node op_type", n.op_type), ("node domain", n.domain)]
+        fields += [("node input", s) for s in n.input] + [("node output", s) for s in n.output]
+        fields += [("attribute name", a.name) for a in n.attribute]
+    for what, value in fields:
+        if not isinstance(value, str):
+            raise ValueError(f"model: {what} {value!r} is not valid UTF-8 text")
+    return m
+
+
 def _load(model):
-    """onnx.ModelProto from a path, bytes, a ModelProto or a qonnx ModelWrapper (copied)."""
+    """onnx.ModelProto from a path, bytes, a ModelProto or a qonnx ModelWrapper (copied);
+    its names checked to be text (_check_strings)."""
+    return _check_strings(_load_proto(model))
+
+
+def _load_proto(model):
     onnx, _ = _onnx()
     if isinstance(model, (str, os.PathLike)):
         if not os.path.exists(model):
             raise FileNotFoundError(f"model: no such file {os.fspath(model)!r}")
         return onnx.load(os.fspath(model))
     if isinstance(model, (bytes, bytearray)):
-        return onnx.load_from_string(bytes(model))
+        try:
+            return onnx.load_from_string(bytes(model))
+        except Exception as exc:  # protobuf's DecodeError (and RuntimeWarning-free variants)
+            raise ValueError(f"model: the bytes are not a serialized ONNX model ({exc})") from None
     if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):  # qonnx ModelWrapper
         model = model.model
     if isinstance(model, onnx.ModelProto):
@@ -233,6 +264,15 @@ def _as_scalar(arr, what, where):
     if a.size != 1:
         raise QonnxConversionError(f"{where}: {what} must be a scalar here, got shape {a.shape}")
     return a.reshape(-1)[0]
+
+
+def _bit_width(b, what, where) -> int:
+    """A quantizer's bit width as an int in 1..32; QonnxConversionError for
+    0, 33, fractional, NaN or infinite widths."""
+    v = float(_as_scalar(b, what, where))
+    if not (math.isfinite(v) and v.is_integer() and 1 <= v <= 32):
+        raise QonnxConversionError(f"{where}: {what} {v:g} is not supported (expected an integer in 1..32)")
+    return int(v)
 
 
 def _bits_for(n: int):
@@ -375,6 +415,7 @@ def _pads(attrs, kernel, in_hw, strides, dilations, where):
         return [p[0], p[1]]
     if auto == "VALID":
         return [0, 0]
+    _check_window(in_hw, kernel, strides, [0, 0], dilations, where)
     pads = []
     for i in range(2):
         out = -(-in_hw[i] // strides[i])
@@ -385,13 +426,26 @@ def _pads(attrs, kernel, in_hw, strides, dilations, where):
     return pads
 
 
-def _out_hw(in_hw, kernel, stride, pad, dil, ceil=False):
+def _check_window(in_hw, kernel, stride, pad, dil, where="a QONNX node"):
+    """QonnxConversionError unless a conv/pool window is well formed: two
+    sizes each, kernel, stride, dilation >= 1, padding >= 0, input >= 1."""
+    for what, v, lo in (("input size", in_hw, 1), ("kernel_shape", kernel, 1), ("strides", stride, 1),
+                        ("pads", pad, 0), ("dilations", dil, 1)):
+        if v is None or len(v) != 2 or not all(isinstance(x, (int, np.integer)) and x >= lo for x in v):
+            raise QonnxConversionError(f"{where}: {what} {v} is not supported (expected 2 ints >= {lo})")
+
+
+def _out_hw(in_hw, kernel, stride, pad, dil, ceil=False, where="a QONNX node"):
+    _check_window(in_hw, kernel, stride, pad, dil, where)
     out = []
     for i in range(2):
         num = in_hw[i] + 2 * pad[i] - dil[i] * (kernel[i] - 1) - 1
         o = (-(-num // stride[i]) if ceil else num // stride[i]) + 1
         if ceil and (o - 1) * stride[i] >= in_hw[i] + pad[i]:
             o -= 1
+        if o < 1:
+            raise QonnxConversionError(f"{where}: input {list(in_hw)} is too small for kernel {list(kernel)}, "
+                                       f"dilation {list(dil)}, padding {list(pad)}")
         out.append(o)
     return out
 
@@ -604,15 +658,23 @@ class _Converter:
         if len(dims) != 4 or any(d is None or d < 1 for d in dims[1:]):
             raise QonnxConversionError(f"graph input {self.input.name!r}: expected a 4-D NCHW image batch "
                                        f"with static C, H, W, got shape {dims}")
+        if max(dims[1:]) > _MAX_IMAGE_DIM or math.prod(dims[1:]) > _MAX_IMAGE_ELEMENTS:
+            raise QonnxConversionError(f"graph input {self.input.name!r}: C, H, W = {dims[1:]} exceed the import "
+                                       f"limits (each <= {_MAX_IMAGE_DIM}, C*H*W <= {_MAX_IMAGE_ELEMENTS})")
         self.export_batch = dims[0]
         name = self.add("input", "input", [], {"channels": dims[1], "height": dims[2], "width": dims[3],
                                               "onnx_input": self.input.name})
         self.vals[self.input.name] = _Act((None,) + tuple(dims[1:]), fl=name)
         for n in order:
-            if self.is_const[id(n)]:
-                self.fold(n)
-            else:
-                getattr(self, "op_" + n.op_type)(n, _attrs(n), _desc(n))
+            try:
+                if self.is_const[id(n)]:
+                    self.fold(n)
+                else:
+                    getattr(self, "op_" + n.op_type)(n, _attrs(n), _desc(n))
+            except (ArithmeticError, IndexError, KeyError, TypeError, AttributeError) as exc:
+                # a malformed node that no specific check caught (found by fuzzing): name it
+                raise QonnxConversionError(f"{_desc(n)}: malformed node or attributes "
+                                           f"({type(exc).__name__}: {exc})") from exc
         out = self.vals.get(self.graph.output[0].name)
         if not isinstance(out, _Act):
             raise QonnxConversionError("graph: the output does not depend on the input")
@@ -667,7 +729,7 @@ class _Converter:
         if n.op_type == "Quant" and _is_qop(n):
             x = self.const(n.input[0], where, allow_q=False)
             s, zp, b = (self.const(i, where, allow_q=False) for i in n.input[1:4])
-            bits = int(round(float(_as_scalar(b, "bit_width", where))))
+            bits = _bit_width(b, "bit_width", where)
             signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
             y, q = quant_numpy(x, s, zp, bits, signed, narrow, a.get("rounding_mode", "ROUND"))
             ints = np.rint(q).astype(np.int64) if np.all(q == np.rint(q)) else None
@@ -793,8 +855,8 @@ class _Converter:
         s = np.float32(_as_scalar(s, "scale", where))
         out_s = np.float32(_as_scalar(out_s, "output scale", where))
         z = float(_as_scalar(zp, "zero_point", where))
-        in_bits = int(round(float(_as_scalar(in_b, "input bit width", where))))
-        out_bits = int(round(float(_as_scalar(out_b, "output bit width", where))))
+        in_bits = _bit_width(in_b, "input bit width", where)
+        out_bits = _bit_width(out_b, "output bit width", where)
         if z != 0:
             raise QonnxConversionError(f"{where}: a nonzero zero point is not supported for Trunc")
         if not (np.isfinite(s) and s > 0 and np.isfinite(out_s) and out_s > 0):
@@ -942,7 +1004,7 @@ class _Converter:
         if len(n.input) > 2 and n.input[2]:
             b = self.const(n.input[2], where)
             bias = np.asarray(b.values if isinstance(b, _QConst) else b, np.float64).reshape(-1)
-        oh, ow = _out_hw(x.shape[2:], [kh, kw], stride, pad, dil)
+        oh, ow = _out_hw(x.shape[2:], [kh, kw], stride, pad, dil, where=where)
         if oh < 1 or ow < 1:
             raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
         self._layer(n, "conv", x, codes, bits, levels, w_scale, bias,
@@ -1167,8 +1229,9 @@ class _Converter:
         pad = _pads(a, ks, x.shape[2:], stride, dil, where)
         if any(p >= k for p, k in zip(pad, ks)):
             raise QonnxConversionError(f"{where}: padding {pad} must be smaller than the kernel {ks}")
-        oh, ow = _out_hw(x.shape[2:], ks, stride, pad, dil)
-        if int(a.get("ceil_mode", 0)) and [oh, ow] != _out_hw(x.shape[2:], ks, stride, pad, dil, ceil=True):
+        oh, ow = _out_hw(x.shape[2:], ks, stride, pad, dil, where=where)
+        if int(a.get("ceil_mode", 0)) and [oh, ow] != _out_hw(x.shape[2:], ks, stride, pad, dil, ceil=True,
+                                                              where=where):
             raise QonnxConversionError(f"{where}: ceil_mode=1 changes the output size here; not supported")
         if oh < 1 or ow < 1:
             raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")

@@ -6,7 +6,7 @@ import numpy as np
 from . import codebook as cbmod
 
 
-def gemm(a_codes, w_codes, a_bits=2, w_bits=2, a_codebook=None, w_codebook=None) -> np.ndarray:
+def gemm(a_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None) -> np.ndarray:
     """y[m, n] = sum_k a_codebook[a[m, k]] * w_codebook[w[n, k]], exact, as int32.
 
     Raises OverflowError when a sum does not fit int32.
@@ -34,13 +34,14 @@ def epilogue(acc, scale, bias, residual=None, clamp_lo=-np.inf, clamp_hi=np.inf,
     if requant is None:
         return v
     q = np.rint(v * np.float32(requant.inv_step))
+    q = np.where(np.isnan(q), np.float32(requant.qmin), q)  # NaN (e.g. inf - inf) -> code 0
     q = np.where(q < requant.qmin, np.float32(requant.qmin), q)
     q = np.where(q > requant.qmax, np.float32(requant.qmax), q)
     return (q.astype(np.int32) - requant.qmin).astype(np.uint8)
 
 
-def conv2d(x_codes, w_codes, a_codebook, w_codebook, a_bits, w_bits, stride=1, padding=0, dilation=1, groups=1,
-           a_pad_value=0):
+def conv2d(x_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None, stride=1, padding=0, dilation=1,
+           groups=1, a_pad_value=0):
     """Exact integer convolution on decoded levels.
 
     x_codes: (B, H, W, C) NHWC codes; w_codes: (Cout, C // groups, kh, kw).

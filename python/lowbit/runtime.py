@@ -59,14 +59,17 @@ test check node by node.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 import time
 
 import numpy as np
 
 from . import _core, _dispatch
+from . import codebook as cbmod
 from . import reference as _ref
 from .epilogue import Epilogue, Requant
-from .packing import PackedActivations, PackedWeights
+from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements
 
 __all__ = ["CodeTensor", "Model", "Node", "OPS"]
 
@@ -141,6 +144,115 @@ class Node:
 
     def __repr__(self):
         return f"Node({self.name!r}, {self.op!r}, inputs={self.inputs})"
+
+
+# ---- attribute validation (Model construction: converted, imported and loaded graphs alike) ----
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_finite(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_pair(pred):
+    return lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(pred(x) for x in v)
+
+
+def _pos_int(v) -> bool:
+    return _is_int(v) and 1 <= v <= MAX_ELEMENTS
+
+
+def _nonneg_int(v) -> bool:
+    return _is_int(v) and 0 <= v <= MAX_ELEMENTS
+
+
+def _bits(v) -> bool:
+    return _is_int(v) and v in (1, 2, 3, 4, 8)
+
+
+def _clamp_pair(v) -> bool:
+    ok = _is_pair(lambda x: x is None or (isinstance(x, numbers.Real) and not isinstance(x, bool)
+                                          and not math.isnan(x)))(v)
+    return ok and (v[0] is None or v[1] is None or v[0] <= v[1])
+
+
+def _requant(v) -> bool:
+    return v is None or (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step"))
+                         and v["step"] > 0 and isinstance(v.get("signed"), bool)
+                         and not (v["bits"] == 1 and v["signed"]))
+
+
+_MISSING = object()
+# op -> (attribute, check, what is expected, default or _MISSING when required)
+_ATTRS = {
+    "input": [("channels", _pos_int, "an int >= 1", _MISSING), ("height", _pos_int, "an int >= 1", _MISSING),
+              ("width", _pos_int, "an int >= 1", _MISSING)],
+    "quantize": [("bits", _bits, "1, 2, 3, 4 or 8", _MISSING), ("step", lambda v: _is_finite(v) and v > 0,
+                                                                 "a finite number > 0", _MISSING),
+                 ("qn", lambda v: _is_int(v) and -128 <= v <= 255, "an int in [-128, 255]", _MISSING),
+                 ("qp", lambda v: _is_int(v) and -128 <= v <= 255, "an int in [-128, 255]", _MISSING),
+                 ("binary", lambda v: isinstance(v, bool), "a bool", False),
+                 ("levels", lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) for x in v), "a list of ints",
+                  _MISSING)],
+    "clamp": [("clamp", _clamp_pair, "[lo, hi] (numbers or null, lo <= hi)", _MISSING)],
+    "maxpool": [("kernel", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
+                ("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
+                ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
+                ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING)],
+    "avgpool": [("kernel", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
+                ("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
+                ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
+                ("count_include_pad", lambda v: isinstance(v, bool), "a bool", _MISSING)],
+    "adaptive_avgpool": [("output_size", _is_pair(lambda x: x is None or _pos_int(x)), "a pair of ints >= 1 or null",
+                          _MISSING)],
+}
+_ATTRS["linear"] = [("w_bits", _bits, "1, 2, 3, 4 or 8", _MISSING), ("a_bits", _bits, "1, 2, 3, 4 or 8", _MISSING),
+                    ("w_codebook", lambda v: isinstance(v, (list, tuple)), "a list of ints", _MISSING),
+                    ("a_codebook", lambda v: isinstance(v, (list, tuple)), "a list of ints", _MISSING),
+                    ("clamp", _clamp_pair, "[lo, hi] (numbers or null, lo <= hi)", [None, None]),
+                    ("requant", _requant, "null or {bits, step > 0, signed}", None),
+                    ("residual", lambda v: isinstance(v, bool), "a bool", False)]
+_ATTRS["conv"] = _ATTRS["linear"] + [("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
+                                     ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
+                                     ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
+                                     ("groups", _pos_int, "an int >= 1", _MISSING)]
+
+
+def _check_attrs(n) -> None:
+    """Types and ranges of the attributes node `n` runs with; ValueError naming the node otherwise."""
+    for key, ok, expected, default in _ATTRS.get(n.op, ()):
+        if key not in n.attrs:
+            if default is _MISSING:
+                raise ValueError(f"node {n.name!r} ({n.op}): missing attribute {key!r}")
+            n.attrs[key] = default
+        elif not ok(n.attrs[key]):
+            raise ValueError(f"node {n.name!r} ({n.op}): attribute {key!r} is {n.attrs[key]!r}, expected {expected}")
+    a = n.attrs
+    if n.op == "quantize":
+        if not a["qn"] <= a["qp"] or len(a["levels"]) != 1 << a["bits"] or (a["binary"] and a["bits"] != 1):
+            raise ValueError(f"node {n.name!r} (quantize): inconsistent bits={a['bits']}, qn={a['qn']}, "
+                             f"qp={a['qp']}, levels of length {len(a['levels'])}, binary={a['binary']}")
+        if not a["binary"] and a["qp"] - a["qn"] >= 1 << a["bits"]:
+            raise ValueError(f"node {n.name!r} (quantize): qn..qp = {a['qn']}..{a['qp']} needs more than "
+                             f"{a['bits']} bits")
+    if n.op in _QUANTIZED:
+        for side in ("w", "a"):
+            try:
+                cbmod.normalize(a[f"{side}_codebook"], a[f"{side}_bits"], f"{side}_codebook")
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"node {n.name!r} ({n.op}): {exc}") from None
+        for key in ("scale", "bias"):
+            arr = n.arrays.get(key)
+            if isinstance(arr, np.ndarray) and arr.dtype == np.float32 and not np.isfinite(arr).all():
+                raise ValueError(f"node {n.name!r} ({n.op}): {key!r} has non-finite values")
+    if n.op == "affine":
+        for key in ("scale", "bias"):
+            arr = n.arrays.get(key)
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != 1 \
+                    or not np.isfinite(arr).all():
+                raise ValueError(f"node {n.name!r} (affine): {key!r} must be a finite 1-D float32 array")
 
 
 def _bounds(attrs):
@@ -244,6 +356,7 @@ def adaptive_avgpool(x, attrs):
     oh, ow = attrs["output_size"]
     oh = h if oh is None else oh
     ow = w if ow is None else ow
+    check_elements((b, oh, ow, c), "adaptive_avgpool output")
     if (oh, ow) == (1, 1):
         return x.astype(np.float64).mean(axis=(1, 2), keepdims=True).astype(np.float32)
     out = np.empty((b, oh, ow, c), np.float32)
@@ -301,6 +414,7 @@ class Model:
 
     @staticmethod
     def _check_node(n: Node):
+        _check_attrs(n)
         need = {"input": 0, "quantize": 1, "dequantize": 1, "add": 2, "clamp": 1, "affine": 1, "maxpool": 1,
                 "avgpool": 1, "adaptive_avgpool": 1, "flatten": 1}
         if n.op in need and len(n.inputs) != need[n.op]:
@@ -313,8 +427,10 @@ class Model:
             w = n.arrays.get("w_codes")
             if not isinstance(w, np.ndarray) or w.dtype != np.uint8:
                 raise ValueError(f"node {n.name!r}: missing uint8 'w_codes'")
-            if (n.op == "conv" and w.ndim != 4) or (n.op == "linear" and w.ndim != 2):
+            if (n.op == "conv" and w.ndim != 4) or (n.op == "linear" and w.ndim != 2) or 0 in w.shape:
                 raise ValueError(f"node {n.name!r}: w_codes has shape {w.shape}")
+            if n.op == "conv" and w.shape[0] % a["groups"]:
+                raise ValueError(f"node {n.name!r}: groups={a['groups']} does not divide Cout={w.shape[0]}")
             cout = w.shape[0]
             for key in ("scale", "bias"):
                 arr = n.arrays.get(key)
@@ -350,16 +466,25 @@ class Model:
                 "meta": self.meta}
 
     # ---- execution ---------------------------------------------------------------------------
-    def __call__(self, x, batch_size: int = 256) -> np.ndarray:
-        return self.run(x, batch_size=batch_size)
+    def __call__(self, x, batch_size: int = 256, check_finite: bool = True) -> np.ndarray:
+        return self.run(x, batch_size=batch_size, check_finite=check_finite)
 
-    def run(self, x, batch_size: int = 256, reference: bool = False, profile: dict | None = None) -> np.ndarray:
+    def run(self, x, batch_size: int = 256, reference: bool = False, profile: dict | None = None,
+            check_finite: bool = True) -> np.ndarray:
         """Logits for float32 NCHW ``x``, ``batch_size`` images at a time (results do
         not depend on it). ``reference=True`` runs the NumPy oracles instead of the
-        kernels. ``profile``: a dict that receives per-node wall-clock seconds (summed)."""
-        x = self._check_input(x)
+        kernels. ``profile``: a dict that receives per-node wall-clock seconds (summed).
+
+        ``check_finite`` (default True): NaN or Inf in ``x`` raise ValueError.
+        With False the caller vouches for its input: +-Inf clamp to the extreme
+        codes, NaN becomes code 0 (docs/robustness.md). An empty batch (N = 0)
+        returns an empty result of the right shape."""
+        x = self._check_input(x, check_finite)
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        if len(x) == 0:
+            # the output shape of an empty batch: one zero image's, with N = 0
+            return self._execute(np.zeros((1,) + x.shape[1:], np.float32), reference, None, None)[:0]
         outs = [self._execute(x[i:i + batch_size], reference, None, profile)
                 for i in range(0, max(len(x), 1), batch_size)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
@@ -371,11 +496,13 @@ class Model:
     def trace(self, x, reference: bool = False) -> dict:
         """{node name: output} for one run: uint8 codes (CodeTensor.codes) or float32 arrays."""
         x = self._check_input(x)
+        if x.shape[0] == 0:
+            raise ValueError("x: empty batch (trace needs at least one image)")
         values = {}
         self._execute(x, reference, values, None)
         return {k: (v.codes if isinstance(v, CodeTensor) else v) for k, v in values.items()}
 
-    def _check_input(self, x):
+    def _check_input(self, x, check_finite: bool = True):
         x = _to_numpy(x)
         c, h, w = self.input_shape
         if x.ndim != 4:
@@ -385,8 +512,10 @@ class Model:
         if self.spatial_fixed and x.shape[2:] != (h, w):
             raise ValueError(f"x: this model needs {h}x{w} inputs (the example_input size; it flattens a "
                              f"spatial map into a linear layer), got {x.shape[2]}x{x.shape[3]}")
-        if x.shape[0] == 0:
-            raise ValueError("x: empty batch")
+        if check_finite and not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(f"x: expected finite values, got {x[tuple(bad)]} at index {tuple(int(i) for i in bad)}"
+                             " (pass check_finite=False to skip this check)")
         return x
 
     def _execute(self, x, reference, record, profile):
@@ -534,7 +663,7 @@ class Model:
         a = n.attrs
         w = n.arrays["w_codes"]
         if n.op == "conv":
-            acc = _ref.conv2d(x.codes, w, a["a_codebook"], a["w_codebook"], a["a_bits"], a["w_bits"],
+            acc = _ref.conv2d(x.codes, w, a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"],
                               tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
             out_shape = acc.shape
             acc = acc.reshape(-1, w.shape[0])
@@ -654,3 +783,11 @@ class Model:
         from . import io
 
         io.save(self, path)
+
+    def __reduce__(self):
+        """Pickle as the model file's bytes (:func:`lowbit.io.to_bytes`), so a Model can be
+        sent to other processes (multiprocessing, Ray); unpickling runs :func:`lowbit.io.from_bytes`,
+        with all its checks. Run-time caches (packed weights, kernels that ran) are not sent."""
+        from . import io
+
+        return io.from_bytes, (io.to_bytes(self),)

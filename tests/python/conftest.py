@@ -1,13 +1,22 @@
+import contextlib
 import os
 import platform
 import shlex
+import signal
 import sys
+import tempfile
 
-import numpy as np
-import pytest
+# Dispatch tests check the fixed family order; measured choice (lowbit.autotune)
+# has its own tests (test_autotune.py), which turn it on explicitly. No test
+# writes to the user's cache directory.
+os.environ.setdefault("LOWBIT_AUTOTUNE", "0")
+os.environ.setdefault("LOWBIT_CACHE_DIR", tempfile.mkdtemp(prefix="lowbit-test-cache-"))
 
-import lowbit
-from lowbit import _dispatch
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import lowbit  # noqa: E402
+from lowbit import _dispatch  # noqa: E402
 
 
 MACHINE = platform.machine().lower()
@@ -34,8 +43,12 @@ def rng():
 
 
 def available_kernels(family=None):
-    """Registry kernels this CPU can run (optionally one family)."""
-    return [k for k in lowbit.kernels() if k["available"] and (family is None or k["family"] == family)]
+    """Registry kernels this CPU can run at or below the tier cap in force
+    (LOWBIT_ISA, e.g. scripts/test-sanitize.sh's per-tier runs), optionally of
+    one family. Tests force each of them with lowbit.use(kernel=...)."""
+    cap = _dispatch.tier_rank(_dispatch.tier_cap())
+    return [k for k in lowbit.kernels() if k["available"] and k["tier_rank"] <= cap
+            and (family is None or k["family"] == family)]
 
 
 def assert_best_of_its_family(kernel_name, cap):
@@ -57,3 +70,43 @@ def _restore_threads():
     n = lowbit.get_num_threads()
     yield
     lowbit.set_num_threads(n)
+
+
+def small_model(in_channels: int = 1, seed: int = 0):
+    """A tiny converted W2A2 CNN (models.FmnistResNet of width 8, 28x28 input, 10 logits; 8-bit
+    first and last layers): about 7 KB, a few ms per image. Needs torch."""
+    import torch
+
+    from lowbit import models, qat
+
+    torch.manual_seed(seed)
+    q = qat.prepare(models.FmnistResNet(8, 10, in_channels=in_channels), 2, 2, first_last_bits=8)
+    q.train()
+    q(torch.randn(16, in_channels, 28, 28))  # initialises the LSQ steps and BatchNorm statistics
+    q.eval()
+    return lowbit.convert(q, torch.zeros(1, in_channels, 28, 28))
+
+
+@pytest.fixture(scope="session")
+def small_model_path(tmp_path_factory):
+    """Path of small_model() saved to a .lowbit file (one per test session)."""
+    pytest.importorskip("torch")
+    path = tmp_path_factory.mktemp("small_model") / "small.lowbit"
+    small_model().save(path)
+    return path
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Raise TimeoutError in the main thread if the block runs longer than ``seconds`` (SIGALRM):
+    a test that could hang (a distributed job) fails instead."""
+    def _expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

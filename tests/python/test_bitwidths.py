@@ -12,10 +12,12 @@ from lowbit import _dispatch, reference
 from lowbit.families import FAMILIES
 from lowbit.packing import _HEADER
 
+from conftest import available_kernels
+
 BITS = (1, 2, 3, 4, 8)
 PAIRS = [(bw, ba) for bw in BITS for ba in BITS]
 TIERS = lowbit.supported_tiers()
-AVAILABLE = [k for k in lowbit.kernels() if k["available"]]
+AVAILABLE = available_kernels()
 CODEBOOK_KINDS = ("default", "lsq", "random", "neg128", "pos127", "mixed", "wide", "shifted")
 
 
@@ -284,7 +286,7 @@ def test_dispatch_prefers_tables_and_falls_back_to_dotgemm(rng):
     y = lowbit.gemm(a16, lowbit.pack_weights(w16, 4, wide), 4, wide)  # W4A4 spanning [-128, 127]
     assert lowbit.last_kernel().startswith("dotgemm")
     assert np.array_equal(y, reference.gemm(a16, w16, 4, 4, wide, wide))
-    assert "dotgemm" in lowbit.explain(4, 6, 20, 4, 4, wide, wide)
+    assert "dotgemm" in lowbit.explain(4, 6, 20, a_bits=4, w_bits=4, a_codebook=wide, w_codebook=wide)
 
 
 @pytest.mark.parametrize("bits", BITS)

@@ -123,10 +123,10 @@ def test_last_kernel_is_per_thread():
 
 
 def test_explain_names_kernel_and_reason():
-    text = lowbit.explain(3136, 64, 576, 2, 2, [-2, -1, 0, 1], [0, 1, 2, 3])
+    text = lowbit.explain(3136, 64, 576, a_bits=2, w_bits=2, a_codebook=[0, 1, 2, 3], w_codebook=[-2, -1, 0, 1])
     assert "kernel" in text and "K_max" in text
     with lowbit.use(strategy="lutgemm"):
-        assert "lutgemm" in lowbit.explain(10, 10, 10, 2, 2)
+        assert "lutgemm" in lowbit.explain(10, 10, 10, a_bits=2, w_bits=2)
 
 
 @pytest.mark.skipif(not os.environ.get("LOWBIT_EXPECT_TIER"),
@@ -158,10 +158,15 @@ def test_runs_on_cpus_without_avx512(cpu, tier):
             "a = r.integers(0, 4, (5, 300), dtype=np.uint8); w = r.integers(0, 4, (70, 300), dtype=np.uint8)\n"
             "for cbw in (None, [3, -128, 127, 5]):\n"
             "    y = lowbit.gemm(a, lowbit.pack_weights(w, 2, cbw), 2)\n"
-            "    assert np.array_equal(y, lowbit.reference.gemm(a, w, w_codebook=cbw))\n"
+            "    assert np.array_equal(y, lowbit.reference.gemm(a, w, 2, 2, w_codebook=cbw))\n"
             "print(lowbit.supported_tiers()[-1], lowbit.last_kernel())\n")
+    kernel_tiers = {tier}
+    if lowbit._core.avx512_emulated and tier == "avx2":
+        # SIMDe test build: the AVX-512 tiers run on AVX2 code, and dispatch
+        # may pick an AVX2 or an (emulated) AVX-512 kernel there.
+        tier, kernel_tiers = "avx512icl", {"avx2", "avx512", "avx512icl"}
     r = subprocess.run([QEMU, "-cpu", cpu, sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     top, kernel = r.stdout.split()
-    assert top == tier and kernel.endswith("__" + tier)
+    assert top == tier and kernel.rsplit("__", 1)[1] in kernel_tiers, (top, kernel)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import lowbit
+from conftest import available_kernels, python_command
 
 
 @pytest.fixture
@@ -115,8 +116,7 @@ def test_use_errors():
 
 
 def test_forced_kernel_that_cannot_be_exact():
-    names = [k["name"] for k in lowbit.kernels() if k["available"] and k["family"] == "lutgemm"
-             and k["table_kind"] == "i8"]
+    names = [k["name"] for k in available_kernels("lutgemm") if k["table_kind"] == "i8"]
     a = np.zeros((2, 8), np.uint8)
     pw = lowbit.pack_weights(np.zeros((3, 8), np.uint8), 2, [-128, 127, 0, 1])
     for name in names:
@@ -146,3 +146,35 @@ def test_native_layer_rejects_bad_buffers():
     with pytest.raises(ValueError, match="a_offsets"):
         _core.gemm(k["index"], np.zeros(16, np.uint8), np.zeros(256, np.uint8), np.zeros(8192, np.int8),
                    1, 32, 8, 1, 1, 0, a_offsets=np.array([[20]], np.int64), seg_steps=8)
+
+
+def test_api_consistency():
+    """One exception base for both front ends; no silent 2-bit default; bits
+    and codebooks of explain() by keyword only (activations, then weights)."""
+    from lowbit.convert import ConversionError as convert_error
+    from lowbit.qonnx import QonnxConversionError
+
+    assert lowbit.ConversionError is convert_error and issubclass(QonnxConversionError, lowbit.ConversionError)
+    assert issubclass(lowbit.ConversionError, NotImplementedError)
+    codes = np.zeros((3, 8), np.uint8)
+    with pytest.raises(TypeError, match="bits"):
+        lowbit.pack_weights(codes)
+    with pytest.raises(TypeError, match="a_bits"):
+        lowbit.gemm(codes, lowbit.pack_weights(codes, 2))
+    with pytest.raises(TypeError):
+        lowbit.explain(3, 3, 8, 2, 2)  # positional bits could be swapped silently
+    assert "kernel" in lowbit.explain(3, 3, 8, a_bits=2, w_bits=2)
+
+
+def test_submodules_load_on_first_use():
+    code = ("import sys, lowbit\n"
+            "assert 'torch' not in sys.modules, 'import lowbit must not import torch'\n"
+            "assert callable(lowbit.qat.prepare) and callable(lowbit.models.load_fmnist)\n"
+            "print('ok')\n")
+    import subprocess
+
+    pytest.importorskip("torch")  # lowbit.qat loads torch on first use
+    r = subprocess.run([*python_command(), "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        lowbit.nope  # noqa: B018

@@ -142,7 +142,7 @@ def test_strided_and_fortran_inputs_are_read_correctly(rng):
     a = big_a[::2, 1::3]              # non-contiguous view
     w = np.asfortranarray(big_w[:, :a.shape[1]])
     y = lowbit.gemm(a, lowbit.pack_weights(w, 2), 2)
-    np.testing.assert_array_equal(y, reference.gemm(np.ascontiguousarray(a), np.ascontiguousarray(w)))
+    np.testing.assert_array_equal(y, reference.gemm(np.ascontiguousarray(a), np.ascontiguousarray(w), 2, 2))
 
 
 def test_packed_weights_roundtrip_and_size(rng):

@@ -117,12 +117,19 @@ def test_bound_is_cached_per_activation_setting(rng):
     w = rng.integers(0, 4, (8, 40), dtype=np.uint8)
     packed = lowbit.pack_weights(w, 2, [-2, -1, 0, 1])
     pa = PackedActivations.from_codes(rng.integers(0, 4, (3, 40), dtype=np.uint8), 2, None)
-    b1 = ops._prepare(pa, packed, 40)
-    assert ops._prepare(pa, packed, 40) is b1
-    pa2 = PackedActivations.from_codes(pa.codes, 2, [0, 1, 2, 4])
-    assert ops._prepare(pa2, packed, 40) is not b1
+    best = lowbit.supported_tiers()[-1]
+    with lowbit.use(isa=best):  # whatever LOWBIT_ISA says
+        b1 = ops._prepare(pa, packed, 3, 40)
+        assert ops._prepare(pa, packed, 3, 40) is b1
+        assert ops._prepare(pa, packed, 300, 40) is b1  # shape matters only when autotuning
+        pa2 = PackedActivations.from_codes(pa.codes, 2, [0, 1, 2, 4])
+        assert ops._prepare(pa2, packed, 3, 40) is not b1
     with lowbit.use(isa="scalar"):
-        assert ops._prepare(pa, packed, 40) is not b1
+        assert ops._prepare(pa, packed, 3, 40) is not b1
+    with lowbit.use(autotune=True):  # one Bound per shape class
+        b2 = ops._prepare(pa, packed, 3, 40)
+        assert b2 is not b1 and ops._prepare(pa, packed, 4, 40) is b2
+        assert ops._prepare(pa, packed, 5, 40) is not b2
 
 
 @pytest.mark.parametrize("tier", TIERS)

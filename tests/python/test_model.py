@@ -20,16 +20,6 @@ from lowbit.io import LowbitFormatError  # noqa: E402
 LUT_FAMILIES = ("lutgemm", "grouplut")
 
 
-def _has_8bit():
-    try:
-        lowbit.pack_weights(np.zeros((1, 4), np.uint8), bits=8)
-        return True
-    except NotImplementedError:
-        return False
-
-
-HAS_8BIT = _has_8bit()
-needs_8bit = pytest.mark.skipif(not HAS_8BIT, reason="8-bit kernels are not in this build yet")
 
 
 class OpZoo(nn.Module):
@@ -102,8 +92,6 @@ BITS = [(2, 2, None), (1, 1, None), (3, 2, None), (4, 3, None), (2, 2, 8)]
 
 @pytest.mark.parametrize("w_bits,a_bits,fl", BITS, ids=[f"W{w}A{a}-fl{fl}" for w, a, fl in BITS])
 def test_opzoo_kernel_matches_reference_bit_exactly(w_bits, a_bits, fl):
-    if fl == 8 and not HAS_8BIT:
-        pytest.skip("8-bit kernels are not in this build yet")
     q = _prepared(OpZoo(), (8, 3, 20, 20), w_bits, a_bits, fl)
     x = torch.randn(3, 3, 20, 20, generator=torch.Generator().manual_seed(1))
     m = lowbit.convert(q, x)
@@ -253,7 +241,7 @@ def test_load_rejects_foreign_and_other_versions(tmp_path, saved_bytes):
         lowbit.load(p)
     with pytest.raises(LowbitFormatError, match="not a lowbit model file"):
         lowbit.load(_write(tmp_path, b"hello world, this is not a model" * 4))
-    pw = lowbit.pack_weights(np.zeros((2, 8), np.uint8)).to_bytes()
+    pw = lowbit.pack_weights(np.zeros((2, 8), np.uint8), 2).to_bytes()
     with pytest.raises(LowbitFormatError, match="PackedWeights"):
         lowbit.load(_write(tmp_path, pw))
     body = bytearray(saved_bytes[:-4])
@@ -336,7 +324,6 @@ def test_shipped_model_reference_agrees_with_fake_quant(shipped):
     assert np.abs(y - ref).max() < 0.05 * np.abs(ref).max()
 
 
-@needs_8bit
 def test_shipped_model_kernels_agree_with_fake_quant(shipped):
     q, m = shipped
     x, labels = _fmnist_subset(1000)
@@ -347,7 +334,6 @@ def test_shipped_model_kernels_agree_with_fake_quant(shipped):
     _assert_trace_equal(m, xs)
 
 
-@needs_8bit
 @pytest.mark.slow
 def test_shipped_model_full_test_set(shipped):
     q, m = shipped
@@ -405,7 +391,7 @@ def test_strategy_fastest_runs_dot8_in_a_w3a4_model_with_identical_outputs():
     m = lowbit.convert(q, torch.zeros(1, 3, 20, 20))
     default = m.trace(x)
     kernels_default = {r["kernel"] for r in m.layers() if r["op"] in ("conv", "linear")}
-    with lowbit.use(strategy="fastest"):
+    with lowbit.use(strategy="fastest", isa=lowbit.supported_tiers()[-1]):  # whatever LOWBIT_ISA says
         fastest = m.trace(x)
         kernels_fastest = {r["kernel"] for r in m.layers() if r["op"] in ("conv", "linear")}
     assert any(k.startswith("dot8_") for k in kernels_fastest), kernels_fastest

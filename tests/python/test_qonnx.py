@@ -13,6 +13,7 @@ Three layers of checks:
   with Brevitas' own PyTorch output.
 """
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -107,7 +108,7 @@ CONV_CASES = {
 @pytest.mark.parametrize("requant", [True, False])
 def test_conv_exact(case, requant):
     attrs, wb, ws, wn, ab, asg, an, ex = CONV_CASES[case]
-    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(case.encode()))  # the same seed in every process
     cin, cout, k = 8, 16, 3
     groups = attrs.get("group", 1)
     g = G()

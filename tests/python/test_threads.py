@@ -2,6 +2,7 @@
 threads may call gemm at once, and a forked child (after the parent used the
 pool) computes correctly and exits instead of deadlocking."""
 import multiprocessing
+import re
 import threading
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import lowbit
 from lowbit import reference
 
-from conftest import skip_if_emulated
+from conftest import available_kernels, skip_if_emulated
 
 # (w_bits, a_bits, w codebook, a codebook): one per kernel family at least
 CASES = [
@@ -34,7 +35,7 @@ def test_deterministic_across_thread_counts(case, rng):
     a, w = _problem(rng, bw, ba)
     ref = reference.gemm(a, w, ba, bw, cb_a, cb_w)
     packed = lowbit.pack_weights(w, bw, cb_w)
-    kernels = [k["name"] for k in lowbit.kernels() if k["available"]]
+    kernels = [k["name"] for k in available_kernels()]
     results = {}
     for n in (1, 2, 3, 7):
         lowbit.set_num_threads(n)
@@ -43,13 +44,17 @@ def test_deterministic_across_thread_counts(case, rng):
         used = lowbit.last_kernel()
         assert used in kernels
         assert np.array_equal(results[n], ref), (n, used)
+        ran = 0
         for name in kernels:  # every kernel that can compute it, at this thread count
             try:
                 with lowbit.use(kernel=name):
                     y = lowbit.gemm(a, packed, ba, cb_a)
-            except ValueError:
-                continue  # kernel does not apply to these bits / codebooks
+            except ValueError as exc:  # only the planner's refusal of a kernel that does not apply
+                assert re.search(r"cannot compute this GEMM exactly|tables but these codebooks|is for W\d", str(exc)), exc
+                continue
             assert np.array_equal(y, ref), (n, name)
+            ran += 1
+        assert ran >= 2, (n, ran)  # at least a scalar twin and a SIMD kernel
     for n in (2, 3, 7):
         assert np.array_equal(results[n], results[1])
 

@@ -1,7 +1,7 @@
 // bitserial, __avx512icl tier: AND + vpopcntq on 512-bit words, 64-bit counts
 // accumulated directly (no narrow stage). Tile: one row x up to 4 columns.
 // The last 64-byte iteration of an odd k_steps reads 32 bytes (masked load).
-#include <immintrin.h>
+#include "core/simd_avx512.h"
 
 #include "kernels/bitserial/bitserial.h"
 

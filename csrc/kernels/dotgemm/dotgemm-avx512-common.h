@@ -10,7 +10,7 @@
 // narrow stage; vpdpwssd is the non-saturating form, so it wraps exactly like
 // vpmaddwd + vpaddd).
 #pragma once
-#include <immintrin.h>
+#include "core/simd_avx512.h"
 
 #include <cstring>
 
@@ -30,7 +30,7 @@ inline __m512i bcast_pair512(const uint8_t* p) {
 
 template <bool VNNI>
 inline __m512i dot_acc(__m512i acc, __m512i x, __m512i w) {
-#if defined(__AVX512VNNI__)
+#if LOWBIT_AVX512_VNNI
   if (VNNI) return _mm512_dpwssd_epi32(acc, x, w);
 #endif
   return _mm512_add_epi32(acc, _mm512_madd_epi16(x, w));
@@ -65,6 +65,7 @@ void tile512(const UKernelArgs& p) {
   }
 }
 
+#if LOWBIT_X86_INLINE_ASM
 // The full 8-row tile in assembly (the intrinsic form above compiles to a
 // loop that keeps accumulators on the stack with GCC 12). zmm0-15 accumulate
 // (row r: zmm 2r, 2r+1), zmm16/17 hold the weights of one k pair; rows are
@@ -134,7 +135,7 @@ void tile512_full(const UKernelArgs& p) {
   const uint8_t* r6 = p.a + 6 * st;
   size_t n = p.k_steps;
   if (VNNI) {
-#if defined(__AVX512VNNI__)
+#if LOWBIT_AVX512_VNNI
     LOWBIT_DOT512_ASM(LOWBIT_DOT512_VNNI_ROW, "xmm18");
 #endif
   } else {
@@ -146,6 +147,7 @@ void tile512_full(const UKernelArgs& p) {
 #undef LOWBIT_DOT512_STEP
 #undef LOWBIT_DOT512_MADD_ROW
 #undef LOWBIT_DOT512_VNNI_ROW
+#endif  // LOWBIT_X86_INLINE_ASM
 
 template <bool VNNI>
 void dotgemm_8x32(const UKernelArgs& p) {
@@ -158,7 +160,11 @@ void dotgemm_8x32(const UKernelArgs& p) {
       case 5: return tile512<5, VNNI>(q);
       case 6: return tile512<6, VNNI>(q);
       case 7: return tile512<7, VNNI>(q);
+#if LOWBIT_X86_INLINE_ASM
       default: return tile512_full<VNNI>(q);
+#else
+      default: return tile512<8, VNNI>(q);  // same results, intrinsics only
+#endif
     }
   });
 }

@@ -5,7 +5,7 @@
 // need an operand split plus a correction term; vpdpwssd is exact as is.
 #include "kernels/dotgemm/dotgemm-avx512-common.h"
 
-#if !defined(__AVX512VNNI__)
+#if !LOWBIT_AVX512_VNNI
 #error "dotgemm-avx512icl.cc must be compiled with the avx512icl flags (-mavx512vnni)"
 #endif
 

@@ -4,7 +4,7 @@
 // 64 lanes x gw multiply-accumulates per lookup. int8 lanes are widened to
 // even/odd int16 sums every flush8 groups and to int32 every flush16
 // widenings (bounds in grouplut6.h). Built with the avx512icl flags only.
-#include <immintrin.h>
+#include "core/simd_avx512.h"
 
 #include "kernels/grouplut6/grouplut6.h"
 

@@ -2,7 +2,7 @@
 // linkage: each including translation unit compiles its own copy with its own
 // ISA flags, so no AVX-512 instruction can leak into another tier.
 #pragma once
-#include <immintrin.h>
+#include "core/simd_avx512.h"
 
 #include "kernels/lutgemm/lutgemm.h"
 
