@@ -45,9 +45,6 @@ py::array_t<T> empty_aligned(size_t M, size_t N) {
   return py::array_t<T>({M, N}, {N * sizeof(T), sizeof(T)}, base.mutable_data() + skip, base);
 }
 
-const char* kFeatureNames[] = {"avx2",         "fma",         "bmi2",          "avx512f",        "avx512bw",
-                               "avx512vl",     "avx512dq",    "avx512vbmi",    "avx512vbmi2",    "avx512vnni",
-                               "avx512vpopcntdq", "avx512bitalg", "gfni"};
 
 template <class T>
 void require_array(const py::array& a, const char* name, int ndim, const char* dtype_name) {
@@ -97,7 +94,7 @@ Tier tier_from_int(int t) {
 py::dict features_dict() {
   py::dict d;
   const uint32_t f = cpu_features();
-  for (size_t i = 0; i < sizeof(kFeatureNames) / sizeof(kFeatureNames[0]); ++i) d[kFeatureNames[i]] = bool(f & (1u << i));
+  for (int i = 0; i < kNumFeatures; ++i) d[feature_name(i)] = bool(f & (1u << i));
   return d;
 }
 
@@ -109,8 +106,8 @@ py::list tier_list() {
     d["rank"] = t;
     py::list req;
     const uint32_t r = tier_required_features(Tier(t));
-    for (size_t i = 0; i < sizeof(kFeatureNames) / sizeof(kFeatureNames[0]); ++i)
-      if (r & (1u << i)) req.append(kFeatureNames[i]);
+    for (int i = 0; i < kNumFeatures; ++i)
+      if (r & (1u << i)) req.append(feature_name(i));
     d["requires"] = req;
     d["supported"] = (cpu_features() & r) == r;
     out.append(d);
@@ -337,7 +334,7 @@ py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::arra
     call.c_stride = N;
     out = o;
   } else {
-    call.epilogue.simd = k.tier >= Tier::avx2;  // a forced scalar tier runs the scalar epilogue too
+    call.epilogue.simd = k.tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too
     out = make_epilogue(call.epilogue, M, N, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi, out_kind,
                         inv_step, qmin, qmax);
   }

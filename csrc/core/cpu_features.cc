@@ -4,8 +4,67 @@
 #define LOWBIT_X86 1
 #include <cpuid.h>
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 namespace lowbit {
+
+#if defined(__aarch64__)
+// ---- AArch64: HWCAP bits from the kernel (Linux: getauxval). The names are
+// the kernel's /proc/cpuinfo names.
+const char* feature_name(int i) {
+  static const char* const names[kNumFeatures] = {"asimd", "asimddp", "i8mm", "sve", "sve2"};
+  return i >= 0 && i < kNumFeatures ? names[i] : "unknown";
+}
+
+const char* tier_name(Tier t) {
+  switch (t) {
+    case Tier::scalar: return "scalar";
+    case Tier::neon: return "neon";
+    case Tier::neondot: return "neondot";
+    case Tier::neoni8mm: return "neoni8mm";
+  }
+  return "unknown";
+}
+
+uint32_t tier_required_features(Tier t) {
+  switch (t) {
+    case Tier::scalar: return 0;
+    case Tier::neon: return kASIMD;
+    case Tier::neondot: return kASIMD | kDOTPROD;
+    case Tier::neoni8mm: return kASIMD | kDOTPROD | kI8MM;
+  }
+  return ~0u;
+}
+
+static uint32_t detect() {
+#if defined(__linux__)
+  // Bit positions from the Linux uapi <asm/hwcap.h> (stable ABI), spelled out
+  // so that older headers build too.
+  const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+  const unsigned long kHwcapAsimd = 1ul << 1, kHwcapAsimddp = 1ul << 20, kHwcapSve = 1ul << 22;
+  const unsigned long kHwcap2Sve2 = 1ul << 1, kHwcap2I8mm = 1ul << 13;
+  uint32_t f = 0;
+  if (hw & kHwcapAsimd) f |= kASIMD;
+  if (hw & kHwcapAsimddp) f |= kDOTPROD;
+  if (hw2 & kHwcap2I8mm) f |= kI8MM;
+  if (hw & kHwcapSve) f |= kSVE;
+  if (hw2 & kHwcap2Sve2) f |= kSVE2;
+  return f;
+#else
+  return kASIMD;  // ASIMD is mandatory in AArch64; other OSes: no optional features
+#endif
+}
+
+#else
+// ---- x86-64 (and, with no features, every other architecture)
+const char* feature_name(int i) {
+  static const char* const names[kNumFeatures] = {
+      "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vbmi", "avx512vbmi2",
+      "avx512vnni", "avx512vpopcntdq", "avx512bitalg", "gfni"};
+  return i >= 0 && i < kNumFeatures ? names[i] : "unknown";
+}
 
 const char* tier_name(Tier t) {
   switch (t) {
@@ -71,6 +130,7 @@ static uint32_t detect() {
 #else
 static uint32_t detect() { return 0; }
 #endif
+#endif  // __aarch64__
 
 bool avx512_emulated() {
 #if defined(LOWBIT_SIMDE_AVX512)
@@ -83,8 +143,10 @@ bool avx512_emulated() {
 uint32_t cpu_features() {
   static const uint32_t f = [] {
     uint32_t found = detect();
+#if defined(LOWBIT_SIMDE_AVX512)  // the x86 SIMDe test build: AVX-512 tiers emulated on AVX2
     const uint32_t avx2 = tier_required_features(Tier::avx2);
     if (avx512_emulated() && (found & avx2) == avx2) found |= tier_required_features(Tier::avx512icl);
+#endif
     return found;
   }();
   return f;

@@ -54,6 +54,14 @@ const KernelInfo kRegistry[] = {
     {"a1w1_bitserial_1x4__avx512icl", "bitserial", 1, 0, Tier::avx512icl, 1, 4, TableKind::i8,
      bitserial__avx512icl, "AND + vpopcntq over bit planes (W1 x A1/A2)", false},
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+    {"a2w2_lutgemm_1x4__neon", "lutgemm", 2, 2, Tier::neon, 1, 4, TableKind::i8, lutgemm_w2a2_i8__neon,
+     "DeepGEMM product LUT, tbl on the two 16-entry tables, bsl-formed indices", false},
+    {"grouplut_4x64__neon", "grouplut", 0, 0, Tier::neon, 4, 64, TableKind::i8, grouplut__neon,
+     "activation-selected product-sum LUT, tbl (vqtbl1q_u8), 4 rows x 64 channels", true, 0, true},
+    {"a1w1_bitserial_1x4__neon", "bitserial", 1, 0, Tier::neon, 1, 4, TableKind::i8, bitserial__neon,
+     "AND + cnt over bit planes (W1 x A1/A2)", false},
+#endif
     // ---- dot8: exact u8 x s8 byte dot products with int16 accumulators (small levels)
     {"dot8_1x16__scalar", "dot8", 0, 0, Tier::scalar, 1, 16, TableKind::i32, dot8__scalar,
      "uint8 x int8 levels, int32 dot products, scalar twin", true},
@@ -63,6 +71,14 @@ const KernelInfo kRegistry[] = {
      true},
     {"dot8_8x32__avx512icl", "dot8", 0, 0, Tier::avx512icl, 8, 32, TableKind::i32, dot8_8x32__avx512icl,
      "uint8 x int8 levels, vpdpbusd zmm straight into int32 (any u8 x s8 levels), 8 rows x 32 channels", true},
+#endif
+#if LOWBIT_HAVE_ARM_KERNELS
+    {"dot8_4x8__neon", "dot8", 0, 0, Tier::neon, 4, 8, TableKind::i8, dot8_4x8__neon,
+     "uint8 x int8 levels, int16 mla widened by sadalp every 2*flush16 steps, 4 rows x 8 channels", true},
+    {"dot8_4x16__neondot", "dot8", 0, 0, Tier::neondot, 4, 16, TableKind::i8, dot8_4x16__neondot,
+     "uint8 x int8 levels, lane-indexed udot on weights biased by 128, minus 128 * activation sums, 4 rows x 16 channels", true},
+    {"dot8_4x16__neoni8mm", "dot8", 0, 0, Tier::neoni8mm, 4, 16, TableKind::i8, dot8_4x16__neoni8mm,
+     "uint8 x int8 levels, lane-indexed sudot into int32, 4 rows x 16 channels", true},
 #endif
     // ---- dotgemm: exact int16 x int16 dot products (8-bit and wide codebooks)
     {"dotgemm_1x16__scalar", "dotgemm", 0, 0, Tier::scalar, 1, 16, TableKind::i8, dotgemm__scalar,
@@ -74,6 +90,10 @@ const KernelInfo kRegistry[] = {
      "decoded int16 levels, vpmaddwd + vpaddd zmm, 8 rows x 32 channels", false},
     {"dotgemm_8x32__avx512icl", "dotgemm", 0, 0, Tier::avx512icl, 8, 32, TableKind::i8, dotgemm_8x32__avx512icl,
      "decoded int16 levels, vpdpwssd zmm, 8 rows x 32 channels", false},
+#endif
+#if LOWBIT_HAVE_ARM_KERNELS
+    {"dotgemm_4x8__neon", "dotgemm", 0, 0, Tier::neon, 4, 8, TableKind::i8, dotgemm_4x8__neon,
+     "decoded int16 levels, smlal/smlal2 into int32, 4 rows x 8 channels", false},
 #endif
 };
 

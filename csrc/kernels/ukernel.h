@@ -92,7 +92,7 @@ inline void for_row_blocks(const UKernelArgs& p, size_t MR, Tile&& tile) {
 template <int MR>
 struct StepCursor {
   const UKernelArgs& p;
-  const uint8_t* rows[MR];
+  const uint8_t* rows[MR] = {};
   size_t seg = 0, begin = 0, end = 0;
 
   explicit StepCursor(const UKernelArgs& args) : p(args) {}

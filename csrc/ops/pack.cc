@@ -135,6 +135,10 @@ bool pack_groups_serial(const uint8_t* codes, size_t M, size_t K, int bits, int 
   const bool vector_group = group == 1 || group == 2 || group == 3 || group == 4 || group == 6 || group == 8;
   if (tier >= Tier::avx2 && vector_group) return pack_groups__avx2(codes, M, K, bits, group, shift, out, out_stride);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+  const bool vector_group = group == 1 || group == 2 || group == 4 || group == 8;
+  if (tier >= Tier::neon && vector_group) return pack_groups__neon(codes, M, K, bits, group, shift, out, out_stride);
+#endif
   (void)tier;
   return pack_groups__scalar(codes, M, K, bits, group, shift, out, out_stride);
 }

@@ -48,5 +48,9 @@ bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int
 bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
                        size_t out_stride);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+bool pack_groups__neon(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
+                       size_t out_stride);
+#endif
 
 }  // namespace lowbit

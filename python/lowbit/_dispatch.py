@@ -35,7 +35,7 @@ _local = threading.local()
 
 
 def cpu_features() -> dict:
-    """CPU features detected with cpuid + xgetbv (OS-enabled state)."""
+    """CPU features: cpuid + xgetbv (OS-enabled state) on x86-64, HWCAP on Arm64."""
     return dict(_core.cpu_features())
 
 
@@ -104,7 +104,8 @@ def use(isa: str | None = None, kernel: str | None = None, strategy: str | None 
         autotune: bool | None = None):
     """Cap dispatch at an ISA tier and/or force a kernel or a kernel family.
 
-    ``isa``: a tier name (``scalar``, ``avx2``, ``avx512``, ``avx512icl``).
+    ``isa``: a tier name (x86-64: ``scalar``, ``avx2``, ``avx512``, ``avx512icl``;
+    Arm64: ``scalar``, ``neon``, ``neondot``, ``neoni8mm``).
     ``kernel``: a registry name (see :func:`lowbit.kernels`). A call the kernel
     cannot compute exactly raises instead of silently using another kernel.
     ``strategy``: a family name (``lutgemm`` = DeepGEMM product LUT,

@@ -1,6 +1,9 @@
 import contextlib
 import os
+import platform
+import shlex
 import signal
+import sys
 import tempfile
 
 # Dispatch tests check the fixed family order; measured choice (lowbit.autotune)
@@ -13,7 +16,25 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import lowbit  # noqa: E402
-from lowbit import _dispatch
+from lowbit import _dispatch  # noqa: E402
+
+
+MACHINE = platform.machine().lower()
+IS_X86 = MACHINE in ("x86_64", "amd64")
+IS_ARM64 = MACHINE in ("aarch64", "arm64")
+# Set by scripts/test-aarch64.sh: this suite runs under user-mode QEMU, where
+# timing means nothing and a forked multi-threaded process can abort QEMU.
+EMULATED = bool(os.environ.get("LOWBIT_EMULATED"))
+skip_if_emulated = pytest.mark.skipif(
+    EMULATED, reason="qemu-user aborts when a multi-threaded guest forks (assertion cpu == current_cpu)")
+
+
+def python_command():
+    """The argv that starts this Python in a new process. Under user-mode
+    emulation without binfmt_misc, sys.executable is a foreign binary the host
+    cannot exec: LOWBIT_TEST_PYTHON then names the emulator wrapper."""
+    wrapper = os.environ.get("LOWBIT_TEST_PYTHON")
+    return shlex.split(wrapper) if wrapper else [sys.executable]
 
 
 @pytest.fixture

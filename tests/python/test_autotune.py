@@ -4,13 +4,14 @@ processes at once, and off with LOWBIT_AUTOTUNE=0 / use(autotune=False)."""
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import lowbit
 from lowbit import autotune, ops
+
+from conftest import python_command
 
 
 @pytest.fixture
@@ -54,7 +55,8 @@ def test_default_keeps_lookup_families_fastest_may_leave_them(cache_dir):
 
 def test_choice_persists_on_disk_and_is_reused(cache_dir, monkeypatch):
     names = ("grouplut_4x64__avx2", "a2w2_lutgemm_1x4__avx2")
-    if not all(lowbit._dispatch._BY_NAME[n]["tier"] in lowbit.supported_tiers() for n in names):
+    if not all(n in lowbit._dispatch._BY_NAME and lowbit._dispatch._BY_NAME[n]["tier"] in lowbit.supported_tiers()
+               for n in names):  # no AVX2 here (or not an x86 build)
         names = ("a2w2_lutgemm_1x1__scalar", "grouplut_1x32__scalar")
     cb = np.arange(4, dtype=np.int32)
     rec = autotune.choose(names, 2, 2, cb, cb, 64, 64, 256)
@@ -118,7 +120,7 @@ print(lowbit.explain(3, 50, 100, a_bits=2, w_bits=2).count("measured here"))
 
 def test_two_processes_tuning_at_once_leave_a_valid_file(cache_dir):
     env = dict(os.environ, LOWBIT_CACHE_DIR=str(cache_dir), LOWBIT_AUTOTUNE="1")
-    procs = [subprocess.Popen([sys.executable, "-c", _TUNE.format(seed=s)], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([*python_command(), "-c", _TUNE.format(seed=s)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for s in (1, 2)]
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -136,7 +138,7 @@ def test_env_var_turns_measuring_off(cache_dir):
     env = dict(os.environ, LOWBIT_CACHE_DIR=str(cache_dir))
     for value, expect in (("0", "False False"), ("1", "True True")):
         env["LOWBIT_AUTOTUNE"] = value
-        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run([*python_command(), "-c", code], env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.strip() == expect
 

@@ -2,19 +2,20 @@
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import lowbit
 
+from conftest import python_command
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def _lowbit(*args, timeout=300, env=None):
     e = dict(os.environ, **(env or {}))
-    r = subprocess.run([sys.executable, "-m", "lowbit", *args], capture_output=True, text=True, timeout=timeout,
+    r = subprocess.run([*python_command(), "-m", "lowbit", *args], capture_output=True, text=True, timeout=timeout,
                        cwd=REPO, env=e)
     assert r.returncode == 0, f"lowbit {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
     return r.stdout

@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 
 import lowbit
+from lowbit import _dispatch
 
-from conftest import assert_best_of_its_family
+from conftest import IS_ARM64, IS_X86, assert_best_of_its_family, python_command
 
-TIERS = ["scalar", "avx2", "avx512", "avx512icl"]
+X86_TIERS = ["scalar", "avx2", "avx512", "avx512icl"]
+ARM64_TIERS = ["scalar", "neon", "neondot", "neoni8mm"]
+TIERS = X86_TIERS if IS_X86 else ARM64_TIERS if IS_ARM64 else ["scalar"]
 
 
 def run_py(code, **env):
     full_env = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+    return subprocess.run([*python_command(), "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
 
 
 def test_registry_fields_and_names():
@@ -35,6 +38,7 @@ def test_registry_fields_and_names():
 
 
 def test_tiers_form_a_chain():
+    assert list(_dispatch.TIERS) == TIERS  # the build's architecture chain
     sup = lowbit.supported_tiers()
     assert sup[0] == "scalar"
     assert sup == TIERS[:len(sup)]
@@ -42,7 +46,10 @@ def test_tiers_form_a_chain():
 
 def test_info_reports_features_tiers_and_choice():
     info = lowbit.info()
-    assert set(info["features"]) >= {"avx2", "avx512f", "avx512bw", "avx512vbmi", "avx512vnni"}
+    if IS_X86:
+        assert set(info["features"]) >= {"avx2", "avx512f", "avx512bw", "avx512vbmi", "avx512vnni"}
+    if IS_ARM64:
+        assert set(info["features"]) >= {"asimd", "asimddp", "i8mm"}
     assert info["tiers"] == lowbit.supported_tiers()
     marked = [k for k in info["kernels"] if k["selected_for_w2a2"]]
     assert len(marked) == 1 and marked[0]["name"] == info["w2a2_kernel"]
@@ -55,7 +62,7 @@ def test_env_cap_applies_and_names_the_tier():
         r = run_py(code, LOWBIT_ISA=tier)
         assert r.returncode == 0, r.stderr
         assert_best_of_its_family(r.stdout.strip(), tier)
-        if tier in ("scalar", "avx2"):  # every family has kernels at these tiers
+        if tier in ("scalar", "avx2", "neon"):  # W2A2's family (grouplut) has a kernel at these tiers
             assert r.stdout.strip().endswith("__" + tier)
 
 
@@ -123,9 +130,24 @@ def test_explain_names_kernel_and_reason():
         assert "lutgemm" in lowbit.explain(10, 10, 10, a_bits=2, w_bits=2)
 
 
+@pytest.mark.skipif(not os.environ.get("LOWBIT_EXPECT_TIER"),
+                    reason="LOWBIT_EXPECT_TIER not set (scripts/test-aarch64.sh sets it per emulated CPU)")
+def test_best_tier_is_the_expected_one():
+    """Under emulation the script names the tier each guest CPU must reach
+    (cortex-a72: neon, neoverse-n1: neondot, max: neoni8mm): HWCAP detection
+    must find exactly it, and every kernel of that tier must be available."""
+    expected = os.environ["LOWBIT_EXPECT_TIER"]
+    assert lowbit.supported_tiers()[-1] == expected
+    assert lowbit.supported_tiers() == TIERS[:TIERS.index(expected) + 1]
+    mine = [k for k in lowbit.kernels() if k["tier"] == expected]
+    assert mine and all(k["available"] for k in mine)
+    assert not any(k["available"] for k in lowbit.kernels() if k["tier"] not in lowbit.supported_tiers())
+
+
 QEMU = shutil.which("qemu-x86_64")
 
 
+@pytest.mark.skipif(not IS_X86, reason="x86-64 emulation check (Arm64: scripts/test-aarch64.sh)")
 @pytest.mark.skipif(QEMU is None or not sys.platform.startswith("linux"), reason="qemu-user not installed")
 @pytest.mark.parametrize("cpu,tier", [("Haswell", "avx2"), ("Nehalem", "scalar")])
 def test_runs_on_cpus_without_avx512(cpu, tier):

@@ -16,6 +16,7 @@ import pytest
 import lowbit
 from lowbit import io
 
+from conftest import python_command
 from numpy_models import small_cnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,7 +38,7 @@ def _import_harness(name):
 def test_fuzz_harness_runs_clean_for_a_bounded_time(name, tmp_path):
     if name == "qonnx":
         pytest.importorskip("onnx")
-    r = subprocess.run([sys.executable, os.path.join(FUZZ, HARNESSES[name]), f"--seconds={SECONDS}",
+    r = subprocess.run([*python_command(), os.path.join(FUZZ, HARNESSES[name]), f"--seconds={SECONDS}",
                         f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=SECONDS + 120,
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)), cwd=tmp_path)
     out = r.stdout + r.stderr

@@ -194,3 +194,29 @@ def test_long_k_worst_case_wide_tiles(kernel):
         w = np.full((n, k), 3, np.uint8)
         w[::2] = 0  # alternate channels: level cbW[0] (-2 or 0), the others cbW[3]
         np.testing.assert_array_equal(run_forced(kernel, a, w, a_cb, w_cb), reference.gemm(a, w, 2, 2, a_cb, w_cb))
+
+
+BITSERIAL_KERNELS = [k for k in available_kernels() if k["family"] == "bitserial"]
+
+
+@pytest.mark.parametrize("kernel", BITSERIAL_KERNELS, ids=lambda k: k["name"])
+@pytest.mark.parametrize("ba,a_cb", [(1, None), (1, [-3, 5]), (2, None), (2, [-1, 1, 3, 5])])
+def test_bitserial_w1_bit_exact_and_long_k(kernel, ba, a_cb, rng):
+    """W1A1 / W1A2 on every bitserial kernel: N around its tile, K around the
+    256-code step, and a long all-ones K (24,001 codes: 94 steps) that
+    crosses every narrow popcount fold (NEON: 15 steps, AVX2: 31)."""
+    cases = [(3, n, k, None) for n in (1, 3, 4, 5, 9) for k in (1, 255, 256, 257, 700)]
+    cases += [(2, 5, 24_001, "ones")]
+    for m, n, k, fill in cases:
+        if fill == "ones":
+            a = np.full((m, k), (1 << ba) - 1, np.uint8)
+            w = np.ones((n, k), np.uint8)
+        else:
+            a = rng.integers(0, 1 << ba, (m, k), dtype=np.uint8)
+            w = rng.integers(0, 2, (n, k), dtype=np.uint8)
+        packed = lowbit.pack_weights(w, bits=1, codebook=[-1, 1])
+        with lowbit.use(kernel=kernel["name"]):
+            y = lowbit.gemm(a, packed, a_bits=ba, a_codebook=a_cb)
+        assert lowbit.last_kernel() == kernel["name"]
+        np.testing.assert_array_equal(y, reference.gemm(a, w, ba, 1, a_cb, [-1, 1]),
+                                      err_msg=f"{kernel['name']} M={m} N={n} K={k} A{ba} {a_cb}")

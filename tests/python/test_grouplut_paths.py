@@ -10,7 +10,9 @@ from lowbit import _core, _dispatch, ops, reference
 from lowbit.families import Grouplut
 from lowbit.packing import PackedActivations
 
-TIERS = [t for t in lowbit.supported_tiers() if t in ("scalar", "avx2")]
+# the tiers this CPU runs that have grouplut kernels (x86: scalar, avx2; Arm64: scalar, neon)
+TIERS = [t for t in lowbit.supported_tiers()
+         if any(k["family"] == "grouplut" and k["tier"] == t for k in lowbit.kernels())]
 
 
 def _pack_reference(codes, bits, group, shift):

@@ -2,7 +2,6 @@
 import os
 import struct
 import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -15,6 +14,7 @@ F = torch.nn.functional
 import lowbit  # noqa: E402
 from lowbit import datasets, models, qat  # noqa: E402
 from lowbit.convert import ConversionError, compare  # noqa: E402
+from conftest import python_command  # noqa: E402
 from lowbit.io import LowbitFormatError  # noqa: E402
 
 LUT_FAMILIES = ("lutgemm", "grouplut")
@@ -204,7 +204,7 @@ def test_save_load_roundtrip_bit_exact(tmp_path):
             "y = m(np.load(sys.argv[2])); np.save(sys.argv[3], y); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     np.save(tmp_path / "x.npy", x)
-    subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+    subprocess.run([*python_command(), "-c", code, str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
                    check=True)
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), m(x))
 

@@ -15,7 +15,7 @@ import lowbit
 from lowbit import _core, reference
 from lowbit.packing import MAX_ELEMENTS
 
-from conftest import available_kernels
+from conftest import EMULATED, available_kernels, python_command
 from numpy_models import images, small_cnn
 
 SANITIZED = bool(os.environ.get("LOWBIT_SANITIZED"))
@@ -198,6 +198,7 @@ def test_native_layer_refuses_absurd_sizes():
 # ---- allocation failure ------------------------------------------------------------------------
 
 @pytest.mark.skipif(SANITIZED, reason="AddressSanitizer reserves terabytes of address space: RLIMIT_AS cannot apply")
+@pytest.mark.skipif(EMULATED, reason="qemu-user reserves the guest's address space: RLIMIT_AS cannot apply")
 def test_allocation_failure_raises_memory_error_and_the_library_stays_usable():
     code = textwrap.dedent("""
         import resource, numpy as np, lowbit
@@ -216,7 +217,7 @@ def test_allocation_failure_raises_memory_error_and_the_library_stays_usable():
         assert np.array_equal(lowbit.gemm(a[:3], packed, 2), small)
         print("usable")
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    r = subprocess.run([*python_command(), "-c", code], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("MemoryError") == 2 and "usable" in r.stdout, r.stdout + r.stderr

@@ -4,13 +4,12 @@ import io
 import os
 import pickle
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import lowbit
-from conftest import small_model
+from conftest import python_command, small_model
 from lowbit import scoring
 from lowbit.datasets import scale_pixels
 from lowbit.io import LowbitFormatError
@@ -24,7 +23,7 @@ SHAPE = (1, 28, 28)
 
 
 def _lowbit(*args, ok=True):
-    r = subprocess.run([sys.executable, "-m", "lowbit", *map(str, args)], capture_output=True, text=True,
+    r = subprocess.run([*python_command(), "-m", "lowbit", *map(str, args)], capture_output=True, text=True,
                        timeout=300, cwd=REPO)
     assert (r.returncode == 0) == ok, f"lowbit {' '.join(map(str, args))}: rc {r.returncode}\n{r.stdout}\n{r.stderr}"
     return r

@@ -18,6 +18,7 @@ import pytest
 
 import lowbit
 
+from conftest import skip_if_emulated
 from numpy_models import images, small_cnn
 
 SANITIZED = bool(os.environ.get("LOWBIT_SANITIZED"))
@@ -93,6 +94,7 @@ def _child_computes(model, x, want, threads, queue):
     queue.put(all(np.array_equal(model(x), want) for _ in range(3)))
 
 
+@skip_if_emulated
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # forking one is the point
 def test_fork_while_the_pool_is_busy():
     (m, x, want), *_ = _models()

@@ -11,7 +11,7 @@ import pytest
 import lowbit
 from lowbit import reference
 
-from conftest import available_kernels
+from conftest import available_kernels, skip_if_emulated
 
 # (w_bits, a_bits, w codebook, a codebook): one per kernel family at least
 CASES = [
@@ -98,6 +98,7 @@ def _child(packed, a, ba, cb_a, ref, threads, queue):
     queue.put(bool(ok))
 
 
+@skip_if_emulated
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # forking one is the point
 @pytest.mark.parametrize("child_threads", [1, 2])
 def test_fork_after_pool_use(child_threads, rng):

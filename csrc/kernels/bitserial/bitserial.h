@@ -35,6 +35,9 @@ void bitserial__avx2(const UKernelArgs& p);
 void bitserial__avx512icl(const UKernelArgs& p);      // 1 row x 4 columns
 void bitserial_4x4__avx512icl(const UKernelArgs& p);  // 4 rows x 4 columns (2 x 4 for A2)
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+void bitserial__neon(const UKernelArgs& p);
+#endif
 
 namespace {  // internal linkage, shared by the family's translation units
 

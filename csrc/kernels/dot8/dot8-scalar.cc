@@ -35,6 +35,8 @@ int dot8_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, co
                           size_t out_cols, int tier) {
 #if LOWBIT_HAVE_X86_KERNELS
   const auto simd = dot8_pack_a__avx2;
+#elif LOWBIT_HAVE_ARM_KERNELS
+  const auto simd = dot8_pack_a__neon;
 #else
   const decltype(&dot8_pack_a__scalar) simd = nullptr;
 #endif

@@ -60,6 +60,11 @@ void dot8__scalar(const UKernelArgs& p);
 void dot8_4x16__avx2(const UKernelArgs& p);
 void dot8_8x32__avx512icl(const UKernelArgs& p);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+void dot8_4x8__neon(const UKernelArgs& p);       // mla int16 + sadalp (Armv8.0)
+void dot8_4x16__neondot(const UKernelArgs& p);   // udot on biased weights, minus 128 * activation sums
+void dot8_4x16__neoni8mm(const UKernelArgs& p);  // sudot (i8mm)
+#endif
 
 // Activation packer: out[m][k] = levels[codes[m][k]] for k < K and 0 for
 // K <= k < out_cols (row stride out_cols bytes). codes is M x K, row stride
@@ -71,9 +76,13 @@ bool dot8_pack_a__scalar(const uint8_t* codes, size_t M, size_t K, int bits, con
 bool dot8_pack_a__avx2(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
                        size_t out_cols);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+bool dot8_pack_a__neon(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
+                       size_t out_cols);
+#endif
 
 // The packer, multi-threaded over rows (call without the GIL). tier: 0 =
-// scalar, >= 1 = AVX2 when built. Returns 1 on success, 0 when a code is out
+// scalar, >= 1 = the SIMD packer when built (AVX2, or NEON on Arm64). Returns 1 on success, 0 when a code is out
 // of range, -1 on bad arguments. Bound to Python as _core.dot8_pack_activations.
 int dot8_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const uint8_t* levels, uint8_t* out,
                           size_t out_cols, int tier);

@@ -50,6 +50,9 @@ void dotgemm_6x16__avx2(const UKernelArgs& p);
 void dotgemm_8x32__avx512(const UKernelArgs& p);
 void dotgemm_8x32__avx512icl(const UKernelArgs& p);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+void dotgemm_4x8__neon(const UKernelArgs& p);
+#endif
 
 // Activation packer: out[m][k] = levels[codes[m][k]] for k < K and 0 for
 // K <= k < out_cols (row stride out_cols int16). codes is M x K, row stride K.
@@ -61,6 +64,10 @@ bool dotgemm_pack_a__scalar(const uint8_t* codes, size_t M, size_t K, int bits, 
 bool dotgemm_pack_a__avx2(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels, int16_t* out,
                           size_t out_cols);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+bool dotgemm_pack_a__neon(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels, int16_t* out,
+                          size_t out_cols);
+#endif
 
 }  // namespace lowbit
 
@@ -68,7 +75,7 @@ namespace lowbit {
 
 // The activation packer, multi-threaded over rows (call without the GIL):
 // (M, K) codes -> (M, out_cols) int16 levels, zero padded. tier: 0 = scalar,
-// >= 1 = AVX2 when built. Returns 1 on success, 0 when a code is out of range,
+// >= 1 = the SIMD packer when built (AVX2, or NEON on Arm64). Returns 1 on success, 0 when a code is out of range,
 // -1 on bad arguments. Bound to Python as _core.dotgemm_pack_activations.
 int dotgemm_pack_activations(const uint8_t* codes, size_t M, size_t K, int bits, const int16_t* levels,
                              int16_t* out, size_t out_cols, int tier);

@@ -47,5 +47,8 @@ void grouplut__scalar(const UKernelArgs& p);
 #if LOWBIT_HAVE_X86_KERNELS
 void grouplut__avx2(const UKernelArgs& p);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+void grouplut__neon(const UKernelArgs& p);
+#endif
 
 }  // namespace lowbit

@@ -63,5 +63,8 @@ void lutgemm_w2a2_i8__avx512(const UKernelArgs& p);
 void lutgemm_w2a2_i8__avx512icl(const UKernelArgs& p);
 void lutgemm_w2a2_split__avx512icl(const UKernelArgs& p);
 #endif
+#if LOWBIT_HAVE_ARM_KERNELS
+void lutgemm_w2a2_i8__neon(const UKernelArgs& p);
+#endif
 
 }  // namespace lowbit
