@@ -480,7 +480,12 @@ class _Converter:
         self.requant_ok = bool(requant_in_epilogue)
         self.consts = {}
         for init in self.graph.initializer:
-            self.consts[init.name] = nh.to_array(init)
+            try:
+                self.consts[init.name] = nh.to_array(init)
+            except Exception as exc:  # noqa: BLE001 - onnx raises Type/Value/KeyError for undefined or
+                # unknown element types, data of the wrong size...: all mean a malformed file
+                raise QonnxConversionError(f"initializer {init.name!r}: unreadable tensor "
+                                           f"({type(exc).__name__}: {exc})") from None
         self.vals = {}
         self.nodes, self.names = [], set()
         self.scale64, self.bias64, self.stage = {}, {}, {}
@@ -1091,6 +1096,9 @@ class _Converter:
             raise QonnxConversionError(f"{where}: only 2-D convolutions are supported (weight shape {wv.shape})")
         cout, cg, kh, kw = wv.shape
         groups = int(a.get("group", 1))
+        if groups < 1 or cout % groups:
+            raise QonnxConversionError(f"{where}: group={groups} is not supported (expected a divisor of the "
+                                       f"{cout} output channels)")
         if cg * groups != x.shape[1]:
             raise QonnxConversionError(f"{where}: weight shape {wv.shape} with group={groups} does not match "
                                        f"{x.shape[1]} input channels")

@@ -201,8 +201,8 @@ _ATTRS = {
                  ("qn", lambda v: _is_int(v) and -128 <= v <= 255, "an int in [-128, 255]", _MISSING),
                  ("qp", lambda v: _is_int(v) and -128 <= v <= 255, "an int in [-128, 255]", _MISSING),
                  ("binary", lambda v: isinstance(v, bool), "a bool", False),
-                 ("levels", lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) for x in v), "a list of ints",
-                  _MISSING)],
+                 ("levels", lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and -128 <= x <= 255 for x in v),
+                  "a list of ints in [-128, 255]", _MISSING)],
     "clamp": [("clamp", _clamp_pair, "[lo, hi] (numbers or null, lo <= hi)", _MISSING)],
     "maxpool": [("kernel", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
                 ("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
@@ -221,6 +221,10 @@ _ATTRS["linear"] = [("w_bits", _bits, "1, 2, 3, 4 or 8", _MISSING), ("a_bits", _
                     ("clamp", _clamp_pair, "[lo, hi] (numbers or null, lo <= hi)", [None, None]),
                     ("requant", _requant, "null or {bits, step > 0, signed}", None),
                     ("residual", lambda v: isinstance(v, bool), "a bool", False)]
+_ATTRS["conv_f32"] = [("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
+                      ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
+                      ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
+                      ("groups", _pos_int, "an int >= 1", _MISSING)]
 _ATTRS["conv"] = _ATTRS["linear"] + [("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
                                      ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
                                      ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
