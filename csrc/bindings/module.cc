@@ -549,7 +549,7 @@ py::array conv_output(Epilogue& e, size_t M, size_t N, int32_t** c, const std::s
     *c = o.mutable_data();
     return o;
   }
-  e.simd = tier >= Tier::avx2;  // a forced scalar tier runs the scalar epilogue too
+  e.simd = tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too
   return make_epilogue(e, M, N, scale, bias, residual, clamp_lo, clamp_hi, out_kind, inv_step, qmin, qmax);
 }
 
