@@ -15,7 +15,7 @@ Models (same architecture, torchvision-style ResNet-18 defined here: torchvision
 * lowbit W2A2: ``lowbit.qat.prepare(fp32, 2, 2, first_last_bits=8)`` (LSQ convention: first conv
   and fc at 8 bits), LSQ steps initialised on one calibration batch, ``lowbit.convert``.
 
-Timing (DESIGN.md section 6): one process per thread count; within it every contender runs
+Timing (the protocol of bench/README.md): one process per thread count; within it every contender runs
 round-robin (``bench/common.time_interleaved``), warm, median of ``--rounds``. Every contender
 takes the float32 NCHW image and returns float32 logits, so input quantization is timed on
 every side (lowbit: quantize + pack; torch/onnxruntime int8: QuantizeLinear).
