@@ -388,9 +388,11 @@ def test_zoo_large(name, tmp_path):
 
 # ProxylessNAS (residual adds between 4-bit layers, random weights): the ~10 codes that differ at
 # rounding ties across 64M (layer by layer, top-1 and logits agree) grow end to end into ~11% of
-# all codes, and top-1 agreement was 0.25 (4b) and 0.625 (4b5b) on 8 inputs, while qonnx's own
-# top-1 did not move for inputs one ulp away (that perturbation flips fewer codes). Only the
-# layer-by-layer bound is asserted for them.
+# all codes, and top-1 agreement was 0.25 (4b) and 0.625 (4b5b) on 8 inputs. qonnx's one-ulp
+# self-agreement is no yardstick there (a one-ulp input move flips no code at all); traced in
+# docs/brevitas.md, the first differing codes are within float32 rounding of a tie (lowbit's exact
+# integer sums round them correctly), and qonnx continued from lowbit's codes there reproduces
+# lowbit's later codes exactly. Only the layer-by-layer bound is asserted for them.
 END_TO_END_UNBOUNDED = {"quant_proxylessnas_mobile14_4b", "quant_proxylessnas_mobile14_4b5b"}
 
 
