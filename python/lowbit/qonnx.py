@@ -123,8 +123,8 @@ import numpy as np
 from .errors import ConversionError
 from .runtime import Model, Node
 
-__all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute", "trace_divergence",
-           "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]
+__all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute",
+           "trace_divergence", "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "qonnx.custom_op")
 _QOPS = ("Quant", "BipolarQuant", "Trunc")
@@ -1906,7 +1906,7 @@ def trace_divergence(model, x, continue_for: int = 10, lowbit_model: Model | Non
     positions = np.argwhere(ours != theirs)
     producer = next(n for n in mw.graph.node if first in n.output)
     pre = np.asarray(ctx[producer.input[0]], np.float64).reshape(ours.shape)
-    over = (pre / np.broadcast_to(step, (1,) + ours.shape[1:]) if step.size > 1 else pre / step)[tuple(positions.T)]
+    over = (pre / step)[tuple(positions.T)]
     # qonnx from the first node that reads `first`, with lowbit's levels there
     feed = {k: v for k, v in ctx.items() if v is not None}
     feed[first] = (ours * step).astype(np.float32).reshape(np.shape(ctx[first]))
