@@ -124,7 +124,7 @@ from .errors import ConversionError
 from .runtime import Model, Node
 
 __all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute",
-           "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]
+           "trace_divergence", "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "qonnx.custom_op")
 _QOPS = ("Quant", "BipolarQuant", "Trunc")
@@ -1834,11 +1834,12 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
     return out
 
 
-def _run_against(lb: Model, x, ctx, qmap, diff, isolate):
+def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
     """Run ``lb`` on x node by node; at every node whose codes stand for a qonnx tensor in
     ``ctx``, count the levels that differ (into ``diff[tensor] = [differ, total]``) and, with
-    ``isolate``, continue from qonnx's codes where they determine the levels. Returns the
-    float32 output."""
+    ``isolate``, continue from qonnx's codes where they determine the levels. With a dict
+    ``record``, also store ``record[tensor] = (lowbit's levels, qonnx's levels, step)`` (NCHW
+    int64 levels; step float64, broadcastable). Returns the float32 output."""
     from .runtime import CodeTensor
 
     vals = {}
@@ -1860,6 +1861,8 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate):
             theirs = np.rint(np.asarray(ctx[tensor], np.float64).reshape(ours.shape) / step).astype(np.int64)
             d = diff.setdefault(tensor, [0, 0])
             d[0] += int(np.count_nonzero(ours != theirs))
+            if record is not None:
+                record[tensor] = (ours, theirs, step)
             d[1] += int(ours.size)
             # the first code of each level (readers see levels only, so any code of a level will do)
             levels, first = np.unique(lv, return_index=True)
@@ -1877,6 +1880,55 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate):
     if out.ndim == 4:
         out = out.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(out, np.float32)
+
+
+def trace_divergence(model, x, continue_for: int = 10, lowbit_model: Model | None = None) -> dict | None:
+    """Where lowbit and qonnx's executor first part ways end to end on float32 NCHW ``x``
+    (one batch), and whether it is a rounding tie. None when every compared code agrees.
+
+    Returns ``tensor`` (the first quantizer, in lowbit's node order, whose codes differ),
+    ``positions`` (NCHW indices of its differing codes), ``qonnx_over_step`` (qonnx's float
+    value before that quantizer divided by its step, float64, at those positions: a tie is
+    k + 1/2), ``tie_distance`` (the largest |frac(value / step) - 1/2| among them, in steps),
+    ``lowbit_codes`` / ``qonnx_codes`` there, and ``continued``: qonnx's executor rerun from
+    the node after ``tensor`` with lowbit's codes fed in there, compared with lowbit's codes at
+    the next ``continue_for`` quantizers, ``{tensor: [differ from lowbit, differ from qonnx's
+    own run, total]}``. If lowbit computes what qonnx computes, the first differing codes sit
+    at ties and the continued run matches lowbit where qonnx's own run does not (until another
+    independent tie). ``lowbit_model``: as in :func:`compare_qonnx`."""
+    from qonnx.core.onnx_exec import execute_onnx
+
+    if isinstance(continue_for, bool) or not isinstance(continue_for, int) or continue_for < 1:
+        raise ValueError(f"continue_for: expected an int >= 1, got {continue_for!r}")
+    x = np.asarray(x, np.float32)
+    mw = _qonnx_executor(model, len(x))
+    lb = lowbit_model if lowbit_model is not None else from_qonnx(mw.model)
+    _, ctxs = qonnx_execute(mw.model, x, len(x), full=True)
+    ctx, record = ctxs[0], {}
+    _run_against(lb, x, ctx, lb.meta.get("qonnx_codes", {}), {}, False, record)
+    order = list(record)
+    first = next((t for t in order if np.any(record[t][0] != record[t][1])), None)
+    if first is None:
+        return None
+    ours, theirs, step = record[first]
+    positions = np.argwhere(ours != theirs)
+    producer = next(n for n in mw.graph.node if first in n.output)
+    pre = np.asarray(ctx[producer.input[0]], np.float64).reshape(ours.shape)
+    over = (pre / step)[tuple(positions.T)]
+    # qonnx from the first node that reads `first`, with lowbit's levels there
+    feed = {k: v for k, v in ctx.items() if v is not None}
+    feed[first] = (ours * step).astype(np.float32).reshape(np.shape(ctx[first]))
+    start = next(n for n in mw.graph.node if first in n.input)
+    ctx2 = execute_onnx(mw, feed, return_full_exec_context=True, start_node=start)
+    continued = {}
+    for t in order[order.index(first) + 1:order.index(first) + 1 + continue_for]:
+        o, q, st = record[t]
+        c = np.rint(np.asarray(ctx2[t], np.float64).reshape(o.shape) / st).astype(np.int64)
+        continued[t] = [int(np.count_nonzero(o != c)), int(np.count_nonzero(o != q)), int(o.size)]
+    return {"tensor": first, "positions": positions, "qonnx_over_step": over,
+            "tie_distance": float(np.max(np.abs(over - np.floor(over) - 0.5))),
+            "lowbit_codes": ours[tuple(positions.T)], "qonnx_codes": theirs[tuple(positions.T)],
+            "continued": continued}
 
 
 def _requant_levels(r):
