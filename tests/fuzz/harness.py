@@ -35,6 +35,8 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
 
@@ -151,3 +153,20 @@ def instrument():
         import contextlib
 
         return contextlib.nullcontext()
+
+
+# What a model that loaded or imported may raise when run: lowbit's own clear errors.
+RUN_ERRORS = (ValueError, TypeError, RuntimeError, NotImplementedError)
+
+
+def check_runs(model) -> None:
+    """Run one image through a model that loaded: it computes, or raises one of
+    RUN_ERRORS; anything else (or a crash, a hang) is a finding."""
+    c, h, w = model.input_shape
+    if c * h * w > 1 << 16:
+        return  # a valid but large input: not worth the time of a fuzz iteration
+    x = np.linspace(-2, 2, c * h * w, dtype=np.float32).reshape(1, c, h, w)
+    try:
+        model(x)
+    except RUN_ERRORS:
+        pass

@@ -20,39 +20,18 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("qonnx")
 pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import lowbit  # noqa: E402
 import lowbit.qonnx as lbq  # noqa: E402
 from lowbit.floatops import conv2d_f32  # noqa: E402
+from test_qonnx import G as QonnxGraph  # noqa: E402  (tests/python is on the path, as for conftest)
 
 QD = "qonnx.custom_op.general"
 LOWBIT_FAMILIES = ("grouplut", "grouplut6", "lutgemm", "bitserial", "dot8")   # the 1-4-bit kernels
 
 
-class G:
-    """A tiny QONNX graph builder."""
-
-    def __init__(self):
-        self.nodes, self.inits, self.k = [], [], 0
-
-    def _name(self, p):
-        self.k += 1
-        return f"{p}{self.k}"
-
-    def c(self, arr, dtype=np.float32):
-        name = self._name("c")
-        self.inits.append(numpy_helper.from_array(np.asarray(arr, dtype), name))
-        return name
-
-    def op(self, op, ins, domain="", **attrs):
-        out = self._name("t")
-        self.nodes.append(helper.make_node(op, ins, [out], name=self._name(op), domain=domain, **attrs))
-        return out
-
-    def quant(self, x, scale, bits, signed=1, narrow=0, zp=0.0):
-        return self.op("Quant", [x, self.c(scale), self.c(zp), self.c(bits)], domain=QD, signed=signed,
-                       narrow=narrow, rounding_mode="ROUND")
+class G(QonnxGraph):
+    """test_qonnx's QONNX graph builder, plus quantized random weights and an unfolded BatchNorm."""
 
     def qweights(self, rng, shape, bits, scale=0.25):
         lo, hi = -(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1
@@ -62,13 +41,6 @@ class G:
     def bn(self, x, rng, c):
         return self.op("BatchNormalization", [x, self.c(rng.uniform(0.5, 2, c)), self.c(rng.uniform(-1, 1, c)),
                                               self.c(rng.uniform(-1, 1, c)), self.c(rng.uniform(0.5, 2, c))])
-
-    def model(self, out, in_shape):
-        g = helper.make_graph(self.nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
-                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], self.inits)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(QD, 2)])
-        m.ir_version = 8
-        return m
 
 
 def _close(out, ref, rel=1e-5):
