@@ -1,0 +1,71 @@
+// The model runtime's non-GEMM graph operations, natively. Each function is
+// bit-identical to the NumPy function of python/lowbit/runtime.py named in
+// its comment (that NumPy code is the specification and stays the reference
+// executor's implementation). All of it is compiled with -ffp-contract=off
+// (no FMA contraction): every float step below is rounded as written.
+//
+// Layouts: feature maps are NHWC (B, H, W, C), C-contiguous; flat values
+// are (B, F). Callers pass valid, non-overlapping buffers of the sizes
+// stated; nothing here allocates or throws. Functions taking a ThreadPool
+// may split work across it; results never depend on the thread count.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "ops/pack.h"  // ConvGeometry, maxpool_nhwc_f32
+
+namespace lowbit {
+
+// runtime.quantize: float32 -> uint8 codes of a `quantize` node.
+//   binary:   code = (x >= 0)                      (NaN -> 0)
+//   pre_step: x = rint_half_even(x / pre_step) (float32 true division), then
+//             x = x * pre_inv_div (float32, pre_inv_div = float32(1 / pre_div)),
+//             then the rule below with step = 1
+//   else:     code = rint_half_even(min(max(x / step, qn), qp)) - qn
+//             (float32 true division; NaN -> code 0), as quantize_codes
+//             (ops/epilogue.h).
+struct QuantizeParams {
+  bool binary = false;
+  float step = 1;
+  int32_t qn = 0, qp = 0;  // -128 <= qn <= qp <= qn + 255
+  bool pre = false;        // QONNX Trunc form
+  float pre_step = 1, pre_inv_div = 1;
+};
+void quantize_f32(const float* x, size_t n, const QuantizeParams& p, uint8_t* out);
+// The same rule reading NCHW float32 x (B, C, H, W) and writing NHWC codes
+// (the model input's transpose fused into its first quantizer).
+void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t W, const QuantizeParams& p,
+                           uint8_t* out);
+
+// runtime.dequantize: out[i] = float32(levels[codes[i]]) * step (float32).
+// `levels` has 2**bits entries; codes are < 2**bits (produced in-graph).
+void dequantize_codes(const uint8_t* codes, size_t n, const int32_t* levels, float step, float* out);
+
+// Layout changes (exact copies).
+void nchw_to_nhwc_f32(const float* x, size_t B, size_t C, size_t H, size_t W, float* out);
+void nhwc_to_nchw_f32(const float* x, size_t B, size_t H, size_t W, size_t C, float* out);
+// runtime._flatten: NHWC (B, H, W, C) -> (B, C*H*W) in NCHW order.
+void flatten_nhwc_f32(const float* x, size_t B, size_t H, size_t W, size_t C, float* out);
+void flatten_nhwc_u8(const uint8_t* x, size_t B, size_t H, size_t W, size_t C, uint8_t* out);
+
+// `add` node: out = a + b (float32).
+void add_f32(const float* a, const float* b, size_t n, float* out);
+// `clamp` node: out = minimum(maximum(x, lo), hi) with NumPy's NaN rule (a
+// NaN x stays NaN); lo may be -inf and hi +inf.
+void clamp_f32(const float* x, size_t n, float lo, float hi, float* out);
+// `affine` node: out[r, c] = (x[r, c] * scale[c]) + bias[c], each step float32.
+void affine_f32(const float* x, size_t rows, size_t C, const float* scale, const float* bias, float* out);
+
+// runtime.avgpool on NHWC float32 (g.dh == g.dw == 1): float64 sums over the
+// window taps in (ky, kx) order, the first tap's value (0.0 for padding) as
+// the start; divided (float64) by kh*kw when count_include_pad or there is
+// no padding, else by the count of in-image taps; rounded to float32.
+void avgpool_nhwc_f32(const float* x, const ConvGeometry& g, bool count_include_pad, float* out);
+// runtime.adaptive_avgpool: output cell (i, j) averages rows
+// [floor(i*H/OH), ceil((i+1)*H/OH)) and columns [floor(j*W/OW), ceil((j+1)*W/OW)):
+// float64 sum in row-major (y, x) order, divided (float64) by the cell count,
+// rounded to float32.
+void adaptive_avgpool_nhwc_f32(const float* x, size_t B, size_t H, size_t W, size_t C, size_t OH, size_t OW,
+                               float* out);
+
+}  // namespace lowbit
