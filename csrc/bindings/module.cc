@@ -20,6 +20,7 @@
 #include "ops/gemm.h"
 #include "ops/pack.h"
 #include "ops/roofline.h"
+#include "bindings/executor.h"
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -728,4 +729,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);
   m.def("default_num_threads", &default_num_threads);
+  bind_executor(m);  // the whole-graph executor (runtime/executor.h)
 }
