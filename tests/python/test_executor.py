@@ -407,3 +407,23 @@ def test_shipped_demo_model():
         check(m, x[:n])
     _same(m.run(x, batch_size=64), m.run(x, batch_size=64, executor="python"))
     assert lbx.status(m) == ("native", None)
+
+
+@pytest.mark.parametrize("requant", [True, False])
+def test_outputs_of_codes_and_of_a_kept_buffer(requant):
+    """A model ending in 2-D codes (dequantized into the output) or in a flatten that keeps
+    its (B, F) input's buffer (copied into the output)."""
+    rng = np.random.default_rng(21)
+    conv = {"stride": [2, 2], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+    rq = {"bits": 2, "step": 0.5, "signed": False} if requant else None
+    nodes = [Node("input", "input", [], {"channels": 3, "height": 8, "width": 8}),
+             _q("q", "input", 2, 0.25),
+             _layer(rng, "c", "conv", ["q"], (4, 3, 3, 3), 2, range(4), requant={"bits": 2, "step": 0.5,
+                                                                                 "signed": False}, **conv),
+             Node("f", "flatten", ["c"]),
+             _layer(rng, "fc", "linear", ["f"], (6, 64), 2, range(4), requant=rq),
+             Node("f2", "flatten", ["fc"])]
+    m = Model(nodes)
+    out = check(m, _images(3, size=8))
+    assert out.shape == (3, 6)
+    assert lbx.status(m) == ("native", None)
