@@ -68,8 +68,10 @@ class PlanHandle {
     return p;
   }
 
-  void add(std::unique_ptr<runtime::Step> s, int node, std::vector<int> reads, std::vector<int> writes) {
+  void add(std::unique_ptr<runtime::Step> s, const char* kind, int node, std::vector<int> reads,
+           std::vector<int> writes) {
     if (plan_.finalized()) throw py::value_error("plan: already finalized");
+    s->kind = kind;
     s->node = node;
     s->reads = std::move(reads);
     s->writes = std::move(writes);
@@ -211,7 +213,7 @@ void bind_executor(py::module_& m) {
              s->n = n;
              h.need(src, checked_product({n, 4}, "quantize input"), "quantize input");
              h.need(dst, n, "quantize output");
-             h.add(std::move(s), node, {src}, {dst});
+             h.add(std::move(s), "quantize", node, {src}, {dst});
            })
       .def("dequantize",
            [](PlanHandle& h, int node, int src, int dst, size_t n, const py::array& levels, float step) {
@@ -227,7 +229,7 @@ void bind_executor(py::module_& m) {
              s->step = step;
              h.need(src, n, "dequantize input");
              h.need(dst, checked_product({n, 4}, "dequantize output"), "dequantize output");
-             h.add(std::move(s), node, {src}, {dst});
+             h.add(std::move(s), "dequantize", node, {src}, {dst});
            })
       .def("layout",
            [](PlanHandle& h, int node, const std::string& kind, int src, int dst, std::vector<size_t> shape) {
@@ -259,7 +261,7 @@ void bind_executor(py::module_& m) {
              h.need(dst, bytes, "layout output");
              s->src = src;
              s->dst = dst;
-             h.add(std::move(s), node, {src}, {dst});
+             h.add(std::move(s), "layout", node, {src}, {dst});
            })
       .def("add",
            [](PlanHandle& h, int node, int a, int b, int dst, size_t n) {
@@ -273,7 +275,7 @@ void bind_executor(py::module_& m) {
              s->b = b;
              s->dst = dst;
              s->n = n;
-             h.add(std::move(s), node, {a, b}, {dst});
+             h.add(std::move(s), "add", node, {a, b}, {dst});
            })
       .def("clamp",
            [](PlanHandle& h, int node, int src, int dst, size_t n, float lo, float hi) {
@@ -287,7 +289,7 @@ void bind_executor(py::module_& m) {
              s->n = n;
              s->lo = lo;
              s->hi = hi;
-             h.add(std::move(s), node, {src}, {dst});
+             h.add(std::move(s), "clamp", node, {src}, {dst});
            })
       .def("affine",
            [](PlanHandle& h, int node, int src, int dst, size_t rows, const py::array& scale, const py::array& bias) {
@@ -305,7 +307,7 @@ void bind_executor(py::module_& m) {
              h.need(dst, s->n * 4, "affine output");
              s->a = src;
              s->dst = dst;
-             h.add(std::move(s), node, {src}, {dst});
+             h.add(std::move(s), "affine", node, {src}, {dst});
            })
       .def("pool",
            [](PlanHandle& h, int node, const std::string& kind, int src, int dst, const py::tuple& geometry,
@@ -338,7 +340,7 @@ void bind_executor(py::module_& m) {
              h.need(dst, checked_product({g.B, g.OH, g.OW, g.C, 4}, "pool output"), "pool output");
              s->src = src;
              s->dst = dst;
-             h.add(std::move(s), node, {src}, {dst});
+             h.add(std::move(s), "pool", node, {src}, {dst});
            })
       .def("im2col",
            [](PlanHandle& h, int node, int src, int dst, const py::tuple& geometry, int pad_code) {
@@ -351,7 +353,7 @@ void bind_executor(py::module_& m) {
              s->src = src;
              s->dst = dst;
              s->pad_code = uint8_t(pad_code);
-             h.add(std::move(s), node, {src}, {dst});
+             h.add(std::move(s), "im2col", node, {src}, {dst});
            })
       .def("channel_slice",
            [](PlanHandle& h, int node, int src, int dst, size_t rows, size_t C, size_t c0, size_t c1) {
@@ -365,7 +367,7 @@ void bind_executor(py::module_& m) {
              s->C = C;
              s->c0 = c0;
              s->c1 = c1;
-             h.add(std::move(s), node, {src}, {dst});
+             h.add(std::move(s), "channel_slice", node, {src}, {dst});
            })
       .def("pack",
            [](PlanHandle& h, int node, const std::string& kind, int src, int dst, size_t M, size_t K, int bits,
@@ -426,7 +428,7 @@ void bind_executor(py::module_& m) {
              s->tier = Tier(tier);
              s->pad_rows = pad_rows;
              s->pad_code = pad_code;
-             h.add(std::move(s), node, {src}, writes);
+             h.add(std::move(s), "pack", node, {src}, writes);
            })
       .def("gemm",
            [](PlanHandle& h, int node, size_t kernel_index, const py::array& w, const py::array& tables, size_t M,
@@ -502,7 +504,7 @@ void bind_executor(py::module_& m) {
                }
              }
              s->ep = h.epilogue(ep, M, N, k.tier, &reads, &writes);
-             h.add(std::move(s), node, reads, writes);
+             h.add(std::move(s), "gemm", node, reads, writes);
            })
       .def("dwconv",
            [](PlanHandle& h, int node, size_t kernel_index, int src, const py::tuple& geometry, int bits,
@@ -533,7 +535,7 @@ void bind_executor(py::module_& m) {
              s->ep = h.epilogue(ep, g.B * g.OH * g.OW, g.C, k.tier, &reads, &writes);
              if (s->ep.out_col != 0 || s->ep.out_stride != g.C || (s->ep.residual >= 0 && s->ep.residual_stride != g.C))
                throw py::value_error("dwconv: whole rows of C channels only");
-             h.add(std::move(s), node, reads, writes);
+             h.add(std::move(s), "dwconv", node, reads, writes);
            })
       .def("conv_grouped",
            [](PlanHandle& h, int node, size_t kernel_index, int src, const py::tuple& geometry, size_t groups,
@@ -566,11 +568,17 @@ void bind_executor(py::module_& m) {
              s->ep = h.epilogue(ep, g.B * g.OH * g.OW, cout, k.tier, &reads, &writes);
              if (s->ep.out_col != 0 || s->ep.out_stride != cout || (s->ep.residual >= 0 && s->ep.residual_stride != cout))
                throw py::value_error("conv_grouped: whole rows of cout channels only");
-             h.add(std::move(s), node, reads, writes);
+             h.add(std::move(s), "conv_grouped", node, reads, writes);
            })
       .def("finalize", [](PlanHandle& h) { h.plan_.finalize(); })
       .def_property_readonly("arena_bytes", [](const PlanHandle& h) { return h.plan_.arena_bytes(); })
       .def_property_readonly("buffer_bytes", [](const PlanHandle& h) { return h.plan_.total_buffer_bytes(); })
+      .def_property_readonly("step_kinds",
+                             [](const PlanHandle& h) {
+                               std::vector<std::string> out(h.plan_.num_steps());
+                               for (size_t i = 0; i < out.size(); ++i) out[i] = h.plan_.step_kind(i);
+                               return out;
+                             })
       .def_property_readonly("step_nodes",
                              [](const PlanHandle& h) {
                                std::vector<int> out(h.plan_.num_steps());
@@ -579,7 +587,12 @@ void bind_executor(py::module_& m) {
                              })
       .def(
           "run",
-          [](PlanHandle& h, const py::array& x, py::array& out, bool profile) -> py::object {
+          [](PlanHandle& h, const py::array& x, py::array& out, const py::object& profile) -> py::object {
+            // profile: False, True (wall clock) or "thread_cpu" (the caller's CPU time)
+            const bool thread_cpu = py::isinstance<py::str>(profile) && profile.cast<std::string>() == "thread_cpu";
+            const bool timed = thread_cpu || (py::isinstance<py::bool_>(profile) && profile.cast<bool>());
+            if (!timed && !(py::isinstance<py::bool_>(profile) || profile.is_none()))
+              throw py::value_error("profile: expected a bool or 'thread_cpu'");
             if (!h.plan_.finalized()) throw py::value_error("plan: run before finalize");
             // the boundary buffers' sizes were fixed by the plan; the arrays must hold them
             for (size_t i = 0; i < h.plan_.num_buffers(); ++i) {
@@ -599,18 +612,19 @@ void bind_executor(py::module_& m) {
             long bad;
             {
               py::gil_scoped_release release;
-              bad = h.plan_.run(in_ptr, out_ptr, profile ? &seconds : nullptr);
+              bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu);
             }
             if (bad >= 0) {
               throw py::value_error("step " + std::to_string(bad) + " (node " +
                                     std::to_string(h.plan_.step_node(size_t(bad))) +
                                     "): expected every activation code below 2**bits");
             }
-            if (!profile) return py::none();
+            if (!timed) return py::none();
             return py::cast(seconds);
           },
           py::arg("x"), py::arg("out"), py::arg("profile") = false,
-          "Runs the plan (GIL released; thread-safe). profile: returns each step's seconds");
+          "Runs the plan (GIL released; thread-safe). profile: True (wall clock) or 'thread_cpu' returns "
+          "each step's seconds");
 }
 
 }  // namespace lowbit

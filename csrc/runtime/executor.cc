@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <ctime>
 #include <new>
 #include <stdexcept>
 #include <utility>
@@ -15,6 +16,15 @@ namespace {
 constexpr size_t kAlign = 64;  // every arena buffer starts on a cache line
 
 size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
+
+double now_seconds(bool thread_cpu) {
+  if (thread_cpu) {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+  }
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 }  // namespace
 
@@ -125,7 +135,7 @@ void Plan::release(std::unique_ptr<Context> ctx) {
   idle_.push_back(std::move(ctx));
 }
 
-long Plan::run(const void* input, void* output, std::vector<double>* seconds) {
+long Plan::run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu) {
   if (!finalized_) throw std::logic_error("executor plan: run before finalize");
   std::unique_ptr<Context> ctx = acquire();
   struct Return {  // hands the context back even when a step throws (std::bad_alloc)
@@ -135,12 +145,11 @@ long Plan::run(const void* input, void* output, std::vector<double>* seconds) {
   } give_back{this, ctx};
   if (input_ >= 0) ctx->ptr[size_t(input_)] = static_cast<uint8_t*>(const_cast<void*>(input));
   if (output_ >= 0) ctx->ptr[size_t(output_)] = static_cast<uint8_t*>(output);
-  using Clock = std::chrono::steady_clock;
   if (seconds) seconds->assign(steps_.size(), 0.0);
   for (size_t i = 0; i < steps_.size(); ++i) {
-    const Clock::time_point t0 = seconds ? Clock::now() : Clock::time_point();
+    const double t0 = seconds ? now_seconds(thread_cpu) : 0.0;
     if (!steps_[i]->run(*ctx)) return long(i);
-    if (seconds) (*seconds)[i] = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (seconds) (*seconds)[i] = now_seconds(thread_cpu) - t0;
   }
   return -1;
 }

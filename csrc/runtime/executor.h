@@ -43,6 +43,7 @@ class Step {
   // outputs are then unspecified).
   virtual bool run(Context&) const = 0;
 
+  const char* kind = "";           // the binding that made it ("gemm", "pack", ...: profiling)
   int node = -1;                   // graph node this step belongs to (profiling, errors)
   size_t index = 0;                // position in the plan
   std::vector<int> reads, writes;  // buffer ids (liveness)
@@ -82,6 +83,7 @@ class Plan {
   void add_step(std::unique_ptr<Step> step);
   size_t num_steps() const { return steps_.size(); }
   int step_node(size_t i) const { return steps_[i]->node; }
+  const char* step_kind(size_t i) const { return steps_[i]->kind; }
 
   // Assigns arena offsets by liveness; no step may be added afterwards.
   void finalize();
@@ -92,9 +94,12 @@ class Plan {
 
   // Runs every step with the caller's input and output arrays (of at least
   // the boundary buffers' sizes). `seconds`, when given, receives each
-  // step's wall-clock time. Returns -1, or the index of the step that found
-  // an out-of-range code. Thread-safe (see above); call without the GIL.
-  long run(const void* input, void* output, std::vector<double>* seconds);
+  // step's time: wall clock (steady_clock), or with `thread_cpu` the calling
+  // thread's CPU time (meaningful at one thread, where every step computes
+  // on the caller; benchmarks on shared machines). Returns -1, or the index
+  // of the step that found an out-of-range code. Thread-safe (see above);
+  // call without the GIL.
+  long run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu = false);
 
  private:
   std::unique_ptr<Context> make_context() const;
