@@ -512,10 +512,13 @@ def run(model, x, profile=None, required=False):
     if profile is not None:
         for name, s in zip(plan.step_names, seconds):
             profile[name] = profile.get(name, 0.0) + s
-    for n in model.nodes:  # what the nodes report (Model.layers/summary), as a Python-path run sets it
-        n.out_shape = plan.shapes[n.name]
-    for name, kernel in plan.kernels.items():
-        model._by_name[name].kernel = kernel
+    memo = model._memo
+    if memo.get("reported") is not plan:  # what the nodes report (Model.layers/summary), as a Python run sets it
+        for n in model.nodes:
+            n.out_shape = plan.shapes[n.name]
+        for name, kernel in plan.kernels.items():
+            model._by_name[name].kernel = kernel
+        memo["reported"] = plan
     if plan.last_kernel is not None:
         _dispatch.set_last_kernel(plan.last_kernel)
     return out

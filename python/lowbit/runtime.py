@@ -559,6 +559,7 @@ class Model:
             out = _executor.run(self, x, profile, required)
             if out is not None:
                 return out
+        self.__dict__.setdefault("_memo", {})["reported"] = None  # the nodes now report this run
         vals = {}
         last_use = self._last_use()
         clock = time.perf_counter
