@@ -18,6 +18,7 @@
 #include "kernels/ukernel.h"
 #include "ops/conv.h"
 #include "ops/gemm.h"
+#include "ops/graph_ops.h"
 #include "ops/pack.h"
 #include "ops/roofline.h"
 #include "bindings/executor.h"
@@ -47,12 +48,14 @@ py::array_t<T> empty_aligned(size_t M, size_t N) {
 }
 
 
+// Throws TypeError/ValueError naming `name` unless `a` is a C-contiguous
+// array of dtype T with `ndim` dimensions (any number when ndim < 0).
 template <class T>
 void require_array(const py::array& a, const char* name, int ndim, const char* dtype_name) {
   if (!a.dtype().is(py::dtype::of<T>()))
     throw py::type_error(std::string(name) + ": expected dtype " + dtype_name + ", got " +
                          std::string(py::str(a.dtype())));
-  if (a.ndim() != ndim)
+  if (ndim >= 0 && a.ndim() != ndim)
     throw py::value_error(std::string(name) + ": expected a " + std::to_string(ndim) + "-D array, got " +
                           std::to_string(a.ndim()) + "-D");
   if (!(a.flags() & py::array::c_style))
@@ -452,27 +455,203 @@ py::array_t<uint8_t> im2col_nhwc_py(const py::array& x, size_t B, size_t H, size
   return out;
 }
 
-// LSQ quantization of float32 activations to codes (ops/epilogue.h).
-py::array_t<uint8_t> quantize_codes_py(const py::array& x, float step, int qn, int qp) {
-  if (!py::isinstance<py::array_t<float>>(x) || !(x.flags() & py::array::c_style))
-    throw py::type_error("x: expected a C-contiguous float32 array");
+// ---- The runtime's graph ops (ops/graph_ops.h).
+
+// The quantize node's parameters, checked (pre_step/pre_div: both None, or both finite > 0).
+QuantizeParams quantize_params(float step, int qn, int qp, bool binary, const py::object& pre_step,
+                               const py::object& pre_div) {
   if (!std::isfinite(step) || step <= 0) throw py::value_error("step: expected a finite value > 0");
   if (qn < -128 || qp < qn || qp - qn > 255) throw py::value_error("qn/qp: expected -128 <= qn <= qp <= qn + 255");
-  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
-  py::array_t<uint8_t> out(shape);
+  QuantizeParams p;
+  p.binary = binary;
+  p.step = step;
+  p.qn = qn;
+  p.qp = qp;
+  if (pre_step.is_none() != pre_div.is_none())
+    throw py::value_error("pre_step/pre_div: expected both (QONNX Trunc form) or neither");
+  if (!pre_step.is_none()) {
+    const double ps = pre_step.cast<double>(), pd = pre_div.cast<double>();
+    if (!std::isfinite(ps) || ps <= 0 || !std::isfinite(float(ps)) || float(ps) <= 0)
+      throw py::value_error("pre_step: expected a finite float32 value > 0");
+    if (!std::isfinite(pd) || pd <= 0 || !std::isfinite(float(1.0 / pd)))
+      throw py::value_error("pre_div: expected a finite value > 0 whose float32 inverse is finite");
+    p.pre = true;
+    p.pre_step = float(ps);
+    p.pre_inv_div = float(1.0 / pd);  // np.float32(1.0 / pre_div)
+  }
+  return p;
+}
+
+// Float32 x (any shape) -> uint8 codes of the same shape.
+py::array_t<uint8_t> quantize_py(const py::array& x, float step, int qn, int qp, bool binary,
+                                 const py::object& pre_step, const py::object& pre_div) {
+  require_array<float>(x, "x", -1, "float32");
+  const QuantizeParams p = quantize_params(step, qn, qp, binary, pre_step, pre_div);
+  py::array_t<uint8_t> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
   const float* src = static_cast<const float*>(x.data());
   uint8_t* dst = out.mutable_data();
   const size_t n = size_t(x.size());
   {
     py::gil_scoped_release release;
-    quantize_codes(src, n, step, qn, qp, dst);
+    quantize_f32(src, n, p, dst);
   }
   return out;
 }
 
-// Max pooling of float32 NHWC input (ops/pack.h).
-py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph,
-                                   size_t pw, size_t dh, size_t dw) {
+// Float32 NCHW x (B, C, H, W) -> NHWC codes (B, H, W, C).
+py::array_t<uint8_t> quantize_nchw_to_nhwc_py(const py::array& x, float step, int qn, int qp, bool binary,
+                                              const py::object& pre_step, const py::object& pre_div) {
+  require_array<float>(x, "x", 4, "float32");
+  const QuantizeParams p = quantize_params(step, qn, qp, binary, pre_step, pre_div);
+  const size_t B = size_t(x.shape(0)), C = size_t(x.shape(1)), H = size_t(x.shape(2)), W = size_t(x.shape(3));
+  py::array_t<uint8_t> out({B, H, W, C});
+  const float* src = static_cast<const float*>(x.data());
+  uint8_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    quantize_nchw_to_nhwc(src, B, C, H, W, p, dst);
+  }
+  return out;
+}
+
+// uint8 codes (any shape) -> float32 level * step; every code must index `levels`.
+py::array_t<float> dequantize_py(const py::array& codes, const py::array& levels, float step) {
+  require_array<uint8_t>(codes, "codes", -1, "uint8");
+  require_array<int32_t>(levels, "levels", 1, "int32");
+  const size_t count = size_t(levels.shape(0));
+  if (count < 1 || count > 256) throw py::value_error("levels: expected 1 to 256 values");
+  if (!std::isfinite(step)) throw py::value_error("step: expected a finite value");
+  const uint8_t* src = static_cast<const uint8_t*>(codes.data());
+  const int32_t* lv = static_cast<const int32_t*>(levels.data());
+  const size_t n = size_t(codes.size());
+  for (size_t i = 0; i < count; ++i)
+    if (lv[i] < -(1 << 24) || lv[i] > (1 << 24))
+      throw py::value_error("levels: expected values of magnitude <= 2^24 (exact in float32)");
+  py::array_t<float> out(std::vector<py::ssize_t>(codes.shape(), codes.shape() + codes.ndim()));
+  float* dst = out.mutable_data();
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    uint8_t top = 0;
+    for (size_t i = 0; i < n; ++i) top = std::max(top, src[i]);
+    ok = n == 0 || size_t(top) < count;
+    if (ok) dequantize_codes(src, n, lv, step, dst);
+  }
+  if (!ok) throw py::value_error("codes: expected every code in [0, " + std::to_string(count) + ") (one per level)");
+  return out;
+}
+
+// NCHW <-> NHWC copies of a 4-D float32 array; flatten of NHWC float32 or uint8 to (B, C*H*W).
+py::array_t<float> nchw_to_nhwc_py(const py::array& x) {
+  require_array<float>(x, "x", 4, "float32");
+  const size_t B = size_t(x.shape(0)), C = size_t(x.shape(1)), H = size_t(x.shape(2)), W = size_t(x.shape(3));
+  py::array_t<float> out({B, H, W, C});
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    nchw_to_nhwc_f32(src, B, C, H, W, dst);
+  }
+  return out;
+}
+
+py::array_t<float> nhwc_to_nchw_py(const py::array& x) {
+  require_array<float>(x, "x", 4, "float32");
+  const size_t B = size_t(x.shape(0)), H = size_t(x.shape(1)), W = size_t(x.shape(2)), C = size_t(x.shape(3));
+  py::array_t<float> out({B, C, H, W});
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    nhwc_to_nchw_f32(src, B, H, W, C, dst);
+  }
+  return out;
+}
+
+template <class T>
+py::array_t<T> flatten_typed(const py::array& x, void (*flatten)(const T*, size_t, size_t, size_t, size_t, T*)) {
+  const size_t B = size_t(x.shape(0)), H = size_t(x.shape(1)), W = size_t(x.shape(2)), C = size_t(x.shape(3));
+  py::array_t<T> out({B, C * H * W});
+  const T* src = static_cast<const T*>(x.data());
+  T* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    flatten(src, B, H, W, C, dst);
+  }
+  return out;
+}
+
+py::array flatten_nhwc_py(const py::array& x) {
+  if (x.dtype().is(py::dtype::of<uint8_t>())) {
+    require_array<uint8_t>(x, "x", 4, "uint8");
+    return flatten_typed<uint8_t>(x, flatten_nhwc_u8);
+  }
+  if (!x.dtype().is(py::dtype::of<float>()))
+    throw py::type_error("x: expected dtype float32 or uint8, got " + std::string(py::str(x.dtype())));
+  require_array<float>(x, "x", 4, "float32");
+  return flatten_typed<float>(x, flatten_nhwc_f32);
+}
+
+// A new float32 array of x's shape.
+py::array_t<float> empty_like_f32(const py::array& x) {
+  return py::array_t<float>(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+}
+
+py::array_t<float> add_py(const py::array& a, const py::array& b) {
+  require_array<float>(a, "a", -1, "float32");
+  require_array<float>(b, "b", -1, "float32");
+  if (a.ndim() != b.ndim() || !std::equal(a.shape(), a.shape() + a.ndim(), b.shape()))
+    throw py::value_error("b: expected the shape of a " + std::string(py::str(a.attr("shape"))) + ", got " +
+                          std::string(py::str(b.attr("shape"))));
+  py::array_t<float> out = empty_like_f32(a);
+  const float *pa = static_cast<const float*>(a.data()), *pb = static_cast<const float*>(b.data());
+  float* dst = out.mutable_data();
+  const size_t n = size_t(a.size());
+  {
+    py::gil_scoped_release release;
+    add_f32(pa, pb, n, dst);
+  }
+  return out;
+}
+
+py::array_t<float> clamp_py(const py::array& x, float lo, float hi) {
+  require_array<float>(x, "x", -1, "float32");
+  if (std::isnan(lo) || std::isnan(hi) || lo > hi) throw py::value_error("lo/hi: expected lo <= hi (no NaN)");
+  py::array_t<float> out = empty_like_f32(x);
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  const size_t n = size_t(x.size());
+  {
+    py::gil_scoped_release release;
+    clamp_f32(src, n, lo, hi, dst);
+  }
+  return out;
+}
+
+// x (..., C) float32 with per-channel scale and bias (C,) on its last axis.
+py::array_t<float> affine_py(const py::array& x, const py::array& scale, const py::array& bias) {
+  require_array<float>(x, "x", -1, "float32");
+  require_array<float>(scale, "scale", 1, "float32");
+  require_array<float>(bias, "bias", 1, "float32");
+  if (x.ndim() < 1) throw py::value_error("x: expected at least 1 dimension (channels last)");
+  const size_t C = size_t(x.shape(x.ndim() - 1));
+  if (size_t(scale.shape(0)) != C || size_t(bias.shape(0)) != C)
+    throw py::value_error("scale/bias: expected " + std::to_string(C) + " values (x's last axis)");
+  py::array_t<float> out = empty_like_f32(x);
+  const float* src = static_cast<const float*>(x.data());
+  const float *ps = static_cast<const float*>(scale.data()), *pb = static_cast<const float*>(bias.data());
+  float* dst = out.mutable_data();
+  const size_t rows = C ? size_t(x.size()) / C : 0;
+  {
+    py::gil_scoped_release release;
+    affine_f32(src, rows, C, ps, pb, dst);
+  }
+  return out;
+}
+
+// The output geometry of a pooling window over float32 NHWC x (ValueError when it does not fit).
+ConvGeometry pool_geometry(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph, size_t pw,
+                           size_t dh, size_t dw) {
   require_array<float>(x, "x", 4, "float32");
   if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
     throw py::value_error("kernel/stride/dilation: expected >= 1");
@@ -485,6 +664,14 @@ py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, siz
                           " is too small for the pooling window");
   g.OH = (g.H + 2 * ph - span_h) / sh + 1;
   g.OW = (g.W + 2 * pw - span_w) / sw + 1;
+  check_elements({g.B, g.OH, g.OW, g.C}, "pooling output");
+  return g;
+}
+
+// Max pooling of float32 NHWC input (ops/pack.h).
+py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph,
+                                   size_t pw, size_t dh, size_t dw) {
+  const ConvGeometry g = pool_geometry(x, kh, kw, sh, sw, ph, pw, dh, dw);
   py::array_t<float> out({g.B, g.OH, g.OW, g.C});
   const float* src = static_cast<const float*>(x.data());
   float* dst = out.mutable_data();
@@ -494,6 +681,36 @@ py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, siz
   }
   return out;
 }
+
+py::array_t<float> avgpool_nhwc_py(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph,
+                                   size_t pw, bool count_include_pad) {
+  const ConvGeometry g = pool_geometry(x, kh, kw, sh, sw, ph, pw, 1, 1);
+  py::array_t<float> out({g.B, g.OH, g.OW, g.C});
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    avgpool_nhwc_f32(src, g, count_include_pad, dst);
+  }
+  return out;
+}
+
+py::array_t<float> adaptive_avgpool_nhwc_py(const py::array& x, size_t oh, size_t ow) {
+  require_array<float>(x, "x", 4, "float32");
+  const size_t B = size_t(x.shape(0)), H = size_t(x.shape(1)), W = size_t(x.shape(2)), C = size_t(x.shape(3));
+  if (H < 1 || W < 1) throw py::value_error("x: expected a feature map of at least 1x1");
+  if (oh < 1 || ow < 1) throw py::value_error("oh/ow: expected an output size >= 1");
+  check_elements({B, oh, ow, C}, "adaptive_avgpool output");
+  py::array_t<float> out({B, oh, ow, C});
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    adaptive_avgpool_nhwc_f32(src, B, H, W, C, oh, ow, dst);
+  }
+  return out;
+}
+// ---- end of the graph ops
 
 // The fused epilogue on its own, for paths that must correct int32 sums
 // between the GEMM and the epilogue (e.g. padding with a nonzero level).
@@ -716,9 +933,23 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bits"), py::arg("levels"), py::arg("out_cols"), py::arg("tier"), py::arg("pad_rows") = 0);
   m.def("dot8_pack_activations", &pack_levels_py<uint8_t, dot8_pack_activations>, py::arg("codes"),
         py::arg("bits"), py::arg("levels"), py::arg("out_cols"), py::arg("tier"), py::arg("pad_rows") = 0);
-  m.def("quantize_codes", &quantize_codes_py, py::arg("x"), py::arg("step"), py::arg("qn"), py::arg("qp"));
+  // the runtime's graph ops (ops/graph_ops.h)
+  m.def("quantize", &quantize_py, py::arg("x"), py::arg("step"), py::arg("qn"), py::arg("qp"),
+        py::arg("binary") = false, py::arg("pre_step") = py::none(), py::arg("pre_div") = py::none());
+  m.def("quantize_nchw_to_nhwc", &quantize_nchw_to_nhwc_py, py::arg("x"), py::arg("step"), py::arg("qn"),
+        py::arg("qp"), py::arg("binary") = false, py::arg("pre_step") = py::none(), py::arg("pre_div") = py::none());
+  m.def("dequantize", &dequantize_py, py::arg("codes"), py::arg("levels"), py::arg("step"));
+  m.def("nchw_to_nhwc", &nchw_to_nhwc_py, py::arg("x"));
+  m.def("nhwc_to_nchw", &nhwc_to_nchw_py, py::arg("x"));
+  m.def("flatten_nhwc", &flatten_nhwc_py, py::arg("x"));
+  m.def("add", &add_py, py::arg("a"), py::arg("b"));
+  m.def("clamp", &clamp_py, py::arg("x"), py::arg("lo"), py::arg("hi"));
+  m.def("affine", &affine_py, py::arg("x"), py::arg("scale"), py::arg("bias"));
   m.def("maxpool_nhwc", &maxpool_nhwc_py, py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
         py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"));
+  m.def("avgpool_nhwc", &avgpool_nhwc_py, py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+        py::arg("ph"), py::arg("pw"), py::arg("count_include_pad"));
+  m.def("adaptive_avgpool_nhwc", &adaptive_avgpool_nhwc_py, py::arg("x"), py::arg("oh"), py::arg("ow"));
   m.def("im2col_nhwc", &im2col_nhwc_py, py::arg("x"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("kh"),
         py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
         py::arg("pad_code"));
