@@ -15,7 +15,10 @@ Workloads:
 
 Every contender takes the float32 NCHW batch and returns float32 logits (input
 quantization timed everywhere). All run interleaved in one process
-(bench/common.time_interleaved: round robin, rotating start, median of rounds).
+(bench_resnet18.time_interleaved2: round robin, rotating start, median of rounds), and the
+figure compared is the calling thread's CPU time: at one thread every contender computes on
+the calling thread, and CPU time is what other work on a shared machine disturbs least (wall
+medians are listed too).
 
     python bench/bench_executor.py [--rounds 15] [--out bench/results/executor.md]
 """
@@ -31,6 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_dwconv  # noqa: E402
 import common  # noqa: E402
+from bench_resnet18 import time_interleaved2  # noqa: E402
 
 import lowbit  # noqa: E402
 from lowbit import datasets, models  # noqa: E402
@@ -98,13 +102,15 @@ def lowbit_pair(m, x):
 
 
 def table(title, stats, ref="lowbit native"):
-    base = stats[ref]["median_s"]
-    lines = [f"### {title}", "", "| contender | median | vs lowbit native |", "|---|---:|---:|"]
+    base = stats[ref]["cpu_median_ms"]
+    lines = [f"### {title}", "", "| contender | thread CPU time (median) | wall (median) | vs lowbit native |",
+             "|---|---:|---:|---:|"]
     for name, s in stats.items():
         if "error" in s:
-            lines.append(f"| {name} | {s['error']} | |")
+            lines.append(f"| {name} | {s['error']} | | |")
             continue
-        lines.append(f"| {name} | {1e3 * s['median_s']:.3f} ms | {s['median_s'] / base:.2f}x |")
+        lines.append(f"| {name} | {s['cpu_median_ms']:.3f} ms | {s['wall_median_ms']:.3f} ms | "
+                     f"{s['cpu_median_ms'] / base:.2f}x |")
     return lines
 
 
@@ -121,8 +127,8 @@ def main():
              f"Machine: {fp.get('cpu_model')} ({fp.get('cpu_count')} CPUs, shared), commit "
              f"`{str(fp.get('git_commit'))[:10]}`{' (dirty tree)' if fp.get('git_dirty') else ''}, "
              f"torch {fp.get('torch')}, onnxruntime {fp.get('onnxruntime')}. Medians of {args.rounds} interleaved "
-             "rounds; the last column is each contender's time over lowbit native's (> 1: lowbit native is "
-             "faster). `python bench/bench_executor.py`.", ""]
+             "rounds; the last column is each contender's thread CPU time over lowbit native's (> 1: lowbit "
+             "native is faster). `python bench/bench_executor.py`.", ""]
 
     # 1. the shipped demo model
     calib = fmnist_images(256)
@@ -136,7 +142,7 @@ def main():
 
         contenders["torch int8 x86"] = torch_int8_x86(copy.deepcopy(fp32), x, calib)
         contenders["onnxruntime int8"] = ort_int8(fp32, x, calib)
-        stats = common.time_interleaved(contenders, rounds=args.rounds, warmup=2, min_time=args.min_time)
+        stats = time_interleaved2(contenders, rounds=args.rounds, warmup=2, min_time=args.min_time)
         lines += table(f"Fashion-MNIST demo model (W2A2, 8-bit first/last), batch {batch}", stats) + [""]
         print("\n".join(lines[-len(stats) - 6:]), flush=True)
 
@@ -146,7 +152,7 @@ def main():
     contenders = lowbit_pair(mdw, x)
     contenders["torch int8 x86"] = bench_dwconv.torch_int8_model("x86", x)
     contenders["onnxruntime int8"] = bench_dwconv.ort_int8_model(x)
-    stats = common.time_interleaved(contenders, rounds=args.rounds, warmup=2, min_time=args.min_time)
+    stats = time_interleaved2(contenders, rounds=args.rounds, warmup=2, min_time=args.min_time)
     lines += table("Depthwise-separable CNN (bench_dwconv.py; W2A2, 8-bit first/last), batch 1", stats) + [""]
     print("\n".join(lines[-len(stats) - 6:]), flush=True)
     if args.out:

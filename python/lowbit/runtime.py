@@ -73,6 +73,7 @@ import numpy as np
 
 from . import _core, _dispatch
 from . import codebook as cbmod
+from . import executor as _executor
 from . import reference as _ref
 from .epilogue import Epilogue, Requant
 from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements
@@ -542,8 +543,6 @@ class Model:
         With False the caller vouches for its input: +-Inf clamp to the extreme
         codes, NaN becomes code 0 (docs/robustness.md). An empty batch (N = 0)
         returns an empty result of the right shape."""
-        from . import executor as _executor
-
         native = _executor.choice(executor) == "native" and not reference
         required = native and executor is not None
         x = self._check_input(x, check_finite)
@@ -587,8 +586,6 @@ class Model:
 
     def _execute(self, x, reference, record, profile, native=False, required=False):
         if native:
-            from . import executor as _executor
-
             out = _executor.run(self, x, profile, required)
             if out is not None:
                 return out
@@ -862,8 +859,6 @@ class Model:
         lines.append(f"{len(q)} quantized layers" + (f" + {nf} float32 layers" if nf else "") + " ("
                      + ", ".join(f"{k}: {v}" for k, v in sorted(self._bit_counts().items()))
                      + f"); {self.nbytes} bytes of weights and epilogue parameters")
-        from . import executor as _executor
-
         name, why = _executor.status(self)
         lines.append("executor: native (one native call per batch, GIL released; lowbit.executor)" if why is None
                      else f"executor: python (node by node: {why})")
