@@ -180,13 +180,15 @@ def test_every_forced_kernel(bits):
 
 
 @pytest.mark.parametrize("strategy", ["fastest", "dotgemm", "dot8", "grouplut", "lutgemm"])
-def test_strategies(strategy):
-    m = zoo(seed=10, w_bits=2, a_bits=2)
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bits", [2, 8])
+def test_strategies(strategy, signed, bits):
+    m = zoo(seed=10, w_bits=bits, a_bits=bits, signed=signed)
     with lowbit.use(strategy=strategy):
         try:
             want = m.run(_images(2), executor="python")
         except (ValueError, NotImplementedError):
-            pytest.skip(f"{strategy} cannot compute W2A2 here")
+            pytest.skip(f"{strategy} cannot compute W{bits}A{bits} here")
         _same(m.run(_images(2), executor="native"), want)
 
 
