@@ -334,7 +334,7 @@ def native_breakdown(m, x, repeats, thread_cpu):
     out = np.empty(plan.out_shape, np.float32)
     kinds = plan.core.step_kinds
     groups = {"GEMM and convolution kernels with their fused epilogue (native)": ("gemm", "dwconv", "conv_grouped"),
-              "activation packing, im2col, channel slices (native)": ("pack", "im2col", "im2col_levels", "channel_slice"),
+              "activation packing, im2col, channel slices (native)": ("pack", "im2col", "channel_slice"),
               "graph ops: quantize, pools, adds, layout (native)":
                   ("quantize", "dequantize", "layout", "add", "clamp", "affine", "pool")}
     clock = time.thread_time if thread_cpu else time.perf_counter

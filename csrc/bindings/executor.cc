@@ -355,39 +355,6 @@ void bind_executor(py::module_& m) {
              s->pad_code = uint8_t(pad_code);
              h.add(std::move(s), "im2col", node, {src}, {dst});
            })
-      .def("im2col_levels",
-           [](PlanHandle& h, int node, const std::string& kind, int src, int dst, const py::tuple& geometry,
-              int bits, const py::array& levels, size_t out_cols, int pad_code) {
-             auto s = std::make_unique<runtime::Im2colLevelsStep>();
-             s->g = geometry_of(geometry);
-             const ConvGeometry& g = s->g;
-             if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8))
-               throw py::value_error("im2col_levels: bits must be 1-4 or 8");
-             const size_t n = size_t(1) << bits;
-             if (size_t(levels.size()) != n || pad_code < 0 || size_t(pad_code) >= n)
-               throw py::value_error("im2col_levels: expected 2**bits levels and a pad code below 2**bits");
-             const size_t K = checked_product({g.kh, g.kw, g.C}, "im2col_levels row");
-             if (out_cols < K) throw py::value_error("im2col_levels: out_cols < kh * kw * C");
-             s->wide = kind == "dotgemm";
-             if (s->wide) {
-               const int16_t* p = array_data<int16_t>(levels, "levels", n);
-               s->levels16.assign(p, p + n);
-             } else if (kind == "dot8") {
-               const uint8_t* p = array_data<uint8_t>(levels, "levels", n);
-               s->levels8.assign(p, p + n);
-             } else {
-               throw py::value_error("im2col_levels: kind must be 'dotgemm' or 'dot8'");
-             }
-             h.need(src, checked_product({g.B, g.H, g.W, g.C}, "im2col_levels input"), "im2col_levels input");
-             h.need(dst, checked_product({g.B, g.OH, g.OW, out_cols, s->wide ? size_t(2) : size_t(1)},
-                                         "im2col_levels output"), "im2col_levels output");
-             s->src = src;
-             s->dst = dst;
-             s->bits = bits;
-             s->pad_code = pad_code;
-             s->out_cols = out_cols;
-             h.add(std::move(s), "im2col_levels", node, {src}, {dst});
-           })
       .def("channel_slice",
            [](PlanHandle& h, int node, int src, int dst, size_t rows, size_t C, size_t c0, size_t c1) {
              if (!(c0 < c1 && c1 <= C)) throw py::value_error("channel_slice: expected 0 <= c0 < c1 <= C");

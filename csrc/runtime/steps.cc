@@ -4,7 +4,6 @@
 #include <atomic>
 #include <cstring>
 
-#include "core/thread_pool.h"
 #include "kernels/dot8/dot8.h"
 #include "kernels/dotgemm/dotgemm.h"
 
@@ -101,68 +100,6 @@ bool PoolStep::run(Context& c) const {
 bool Im2colStep::run(Context& c) const {
   im2col_nhwc(c.at<const uint8_t>(src), g, pad_code, c.at<uint8_t>(dst));
   return true;
-}
-
-namespace {
-
-template <class Level>
-bool im2col_levels(const uint8_t* x, const ConvGeometry& g, int bits, const Level* levels, Level pad, Level* out,
-                   size_t out_cols) {
-  const size_t C = g.C, H = g.H, W = g.W, OH = g.OH, OW = g.OW, kh = g.kh, kw = g.kw, K = kh * kw * C;
-  const long sh = long(g.sh), sw = long(g.sw), ph = long(g.ph), pw = long(g.pw), dh = long(g.dh), dw = long(g.dw);
-  const unsigned mask = (1u << bits) - 1;
-  Level lut[256];  // levels by code, masked codes only (the range is checked through `seen`)
-  for (unsigned v = 0; v < 256; ++v) lut[v] = levels[v & mask];
-  // one task per block of output image rows (b, oy)
-  return parallel_row_blocks(g.B * OH, OW * out_cols, [&](size_t r0, size_t r1) {
-    unsigned seen = 0;  // OR of the codes read: a bit >= `bits` means out of range
-    for (size_t r = r0; r < r1; ++r) {
-      const size_t b = r / OH;
-      const long oy = long(r % OH);
-      const uint8_t* image = x + b * H * W * C;
-      for (size_t ox = 0; ox < OW; ++ox) {
-        Level* dst = out + (r * OW + ox) * out_cols;
-        const long ix0 = long(ox) * sw - pw;
-        const bool row_inside = dw == 1 && ix0 >= 0 && ix0 + long(kw) <= long(W);
-        for (size_t ky = 0; ky < kh; ++ky) {
-          const long iy = oy * sh - ph + long(ky) * dh;
-          if (row_inside && iy >= 0 && iy < long(H)) {  // kw consecutive pixels: kw * C consecutive codes
-            const uint8_t* px = image + (size_t(iy) * W + size_t(ix0)) * C;
-            for (size_t c = 0; c < kw * C; ++c) {
-              seen |= px[c];
-              dst[c] = lut[px[c]];
-            }
-            dst += kw * C;
-            continue;
-          }
-          for (size_t kx = 0; kx < kw; ++kx, dst += C) {
-            const long ix = long(ox) * sw - pw + long(kx) * dw;
-            if (iy < 0 || iy >= long(H) || ix < 0 || ix >= long(W)) {
-              for (size_t c = 0; c < C; ++c) dst[c] = pad;
-              continue;
-            }
-            const uint8_t* px = image + (size_t(iy) * W + size_t(ix)) * C;
-            for (size_t c = 0; c < C; ++c) {
-              seen |= px[c];
-              dst[c] = lut[px[c]];
-            }
-          }
-        }
-        for (size_t k = K; k < out_cols; ++k) out[(r * OW + ox) * out_cols + k] = Level(0);
-      }
-    }
-    return (seen >> bits) == 0;
-  });
-}
-
-}  // namespace
-
-bool Im2colLevelsStep::run(Context& c) const {
-  const uint8_t* x = c.at<const uint8_t>(src);
-  if (wide)
-    return im2col_levels<int16_t>(x, g, bits, levels16.data(), levels16[size_t(pad_code)], c.at<int16_t>(dst),
-                                  out_cols);
-  return im2col_levels<uint8_t>(x, g, bits, levels8.data(), levels8[size_t(pad_code)], c.at<uint8_t>(dst), out_cols);
 }
 
 bool ChannelSliceStep::run(Context& c) const {

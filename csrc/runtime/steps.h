@@ -96,22 +96,6 @@ struct Im2colStep : Step {
   bool run(Context& c) const override;
 };
 
-// im2col and the dot families' level packing in one pass: row (b, oy, ox)
-// holds, tap by tap, the levels (int16 dotgemm, uint8 dot8) of the input
-// pixel's C codes, or C copies of levels[pad_code] where the pixel is
-// outside the image, then zeros up to out_cols: the same bytes as an
-// Im2colStep with pad_code followed by the family's PackStep.
-struct Im2colLevelsStep : Step {
-  int src = -1, dst = -1;
-  ConvGeometry g{};
-  int bits = 0, pad_code = 0;
-  bool wide = false;  // int16 levels (dotgemm), else uint8 (dot8)
-  std::vector<int16_t> levels16;
-  std::vector<uint8_t> levels8;
-  size_t out_cols = 0;
-  bool run(Context& c) const override;
-};
-
 // Channels [c0, c1) of (rows, C) codes, copied contiguous (a grouped
 // convolution run group by group).
 struct ChannelSliceStep : Step {

@@ -349,20 +349,9 @@ class _Builder:
             else:  # the im2col copy, then the plain GEMM (as conv._conv_group)
                 k = taps * cg
                 check_elements((m, k), "x (im2col copy)")
-                geom = (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow)
-                family = bound.plan.family
-                if family in ("dotgemm", "dot8"):  # im2col and the level packing in one pass: the same bytes
-                    k_steps, correction = bound.direct(k)
-                    cols = bound.fam.STEP * k_steps
-                    itemsize = 2 if family == "dotgemm" else 1
-                    abuf = self.core.buffer(m * cols * itemsize)
-                    levels = np.frombuffer(bound.plan.params[3], "<i2" if family == "dotgemm" else np.uint8).copy()
-                    self.core.im2col_levels(i, family, src, abuf, geom, bound.plan.params[1], levels, cols, pad_code)
-                    self._gemm(i, bound, m, k_steps, correction, abuf, cols * itemsize, ep_args)
-                else:
-                    cols = self.core.buffer(m * k)
-                    self.core.im2col(i, src, cols, geom, pad_code)
-                    self._gemm_direct(i, cols, m, k, bound, ep_args)
+                cols = self.core.buffer(m * k)
+                self.core.im2col(i, src, cols, (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow), pad_code)
+                self._gemm_direct(i, cols, m, k, bound, ep_args)
             self.kernels[n.name] = bound.kern["name"]
         return out
 
