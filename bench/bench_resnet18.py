@@ -225,18 +225,19 @@ def time_interleaved2(fns, rounds, warmup, min_time):
 
 
 # ------------------------------------------------------------------------------ breakdown
-def breakdown(m, x, repeats):
+def breakdown(m, x, repeats, thread_cpu=False):
     """Where lowbit's time goes: per node and per component (see the module docstring).
 
     The model runs node by node ``repeats`` times with perf_counter around every node and
     around the native calls (lowbit._core.gemm and the activation packers, wrapped for the
     occasion); per-node figures are medians. The fused epilogue's share of a conv/linear is
     estimated by the same epilogue run on its own (lowbit._core.epilogue, the code the kernels
-    call per tile) over that layer's int32 sums, capped at the layer's native time."""
+    call per tile) over that layer's int32 sums, capped at the layer's native time.
+    ``thread_cpu`` (one thread): the calling thread's CPU time instead of wall time."""
     from lowbit import _core
     from lowbit.conv import conv2d, linear
 
-    clock = time.perf_counter
+    clock = time.thread_time if thread_cpu else time.perf_counter
     native = {"gemm": 0.0, "pack": 0.0}
     originals = {}
 
@@ -408,7 +409,7 @@ def run_one(threads, rounds, min_time, want_ort, out_path, breakdown_repeats, lo
                                              if "median_ms" in v else v["error"]))
     info["loadavg_after_timing"] = list(os.getloadavg())
     log("lowbit breakdown ...")
-    bd = breakdown(m, x, breakdown_repeats)
+    bd = breakdown(m, x, breakdown_repeats, threads == 1)
     bd["outside_kernels_share"] = python_outside_share(bd)
     nbd = native_breakdown(m, x, max(breakdown_repeats, 15), threads == 1)
     log(f"  Python executor: {bd['total_ms']:.2f} ms, {100 * bd['outside_kernels_share']:.1f}% outside GEMM kernels "
