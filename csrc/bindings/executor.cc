@@ -90,8 +90,19 @@ class PlanHandle {
       e.kind = OutKind::float32;
     } else if (kind == "codes") {
       e.kind = OutKind::codes;
+    } else if (kind == "int32") {
+      e.kind = OutKind::int32;
     } else {
-      throw py::value_error("epilogue: out_kind must be 'float32' or 'codes'");
+      throw py::value_error("epilogue: out_kind must be 'float32', 'codes' or 'int32'");
+    }
+    if (e.kind == OutKind::int32) {  // raw sums: no parameters, no residual
+      e.out = ep[8].cast<int>();
+      e.out_col = ep[9].cast<size_t>();
+      e.out_stride = ep[10].cast<size_t>();
+      if (e.out_col + N > e.out_stride || !ep[11].is_none()) throw py::value_error("epilogue: bad int32 output");
+      need(e.out, checked_product({M, e.out_stride, 4}, "int32 output"), "int32 output");
+      writes->push_back(e.out);
+      return e;
     }
     e.scale = keep<float>(ep[1].cast<py::array>(), "scale", N);
     e.bias = keep<float>(ep[2].cast<py::array>(), "bias", N);
@@ -505,6 +516,28 @@ void bind_executor(py::module_& m) {
              }
              s->ep = h.epilogue(ep, M, N, k.tier, &reads, &writes);
              h.add(std::move(s), "gemm", node, reads, writes);
+           })
+      .def("pad_correction",
+           [](PlanHandle& h, int node, int acc, size_t M, size_t N, const py::array& padded, const py::array& table,
+              const py::tuple& ep) {
+             auto s = std::make_unique<runtime::PadCorrectionStep>();
+             if (padded.ndim() != 2 || size_t(padded.shape(0)) != M) throw py::value_error("padded: expected (M, taps)");
+             const size_t taps = size_t(padded.shape(1));
+             const uint8_t* pd = array_data<uint8_t>(padded, "padded", checked_product({M, taps}, "padded"));
+             const int64_t* tb = array_data<int64_t>(table, "table", checked_product({taps, N}, "table"));
+             if (size_t(table.size()) != taps * N) throw py::value_error("table: expected (taps, N) entries");
+             s->padded.assign(pd, pd + M * taps);
+             s->table.assign(tb, tb + taps * N);
+             s->acc = acc;
+             s->M = M;
+             s->N = N;
+             s->taps = taps;
+             h.need(acc, checked_product({M, N, 4}, "sums"), "pad_correction sums");
+             std::vector<int> reads{acc}, writes{acc};
+             s->ep = h.epilogue(ep, M, N, Tier::scalar, &reads, &writes);
+             s->ep.simd = true;  // as _core.epilogue (the Python path's separate epilogue call)
+             if (s->ep.kind == OutKind::int32) throw py::value_error("pad_correction: needs an epilogue");
+             h.add(std::move(s), "pad_correction", node, reads, writes);
            })
       .def("dwconv",
            [](PlanHandle& h, int node, size_t kernel_index, int src, const py::tuple& geometry, int bits,

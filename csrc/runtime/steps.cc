@@ -24,8 +24,8 @@ Epilogue EpilogueSpec::make(const Context& c) const {
   e.inv_step = inv_step;
   e.qmin = qmin;
   e.qmax = qmax;
-  if (kind == OutKind::float32)
-    e.out = c.at<float>(out) + out_col;
+  if (kind == OutKind::float32 || kind == OutKind::int32)
+    e.out = c.at<float>(out) + out_col;  // int32: the GEMM writes GemmCall::c (set from this address)
   else
     e.out = c.at<uint8_t>(out) + out_col;
   e.out_stride = out_stride;
@@ -202,8 +202,27 @@ bool GemmStep::run(Context& c) const {
     call.pack = &pack;
   }
   call.epilogue = ep.make(c);
+  if (ep.kind == OutKind::int32) {
+    call.c = static_cast<int32_t*>(call.epilogue.out);
+    call.c_stride = ep.out_stride;
+  }
   run_gemm(call, geometry);
   return !(codes >= 0 && pack.bad.load());
+}
+
+bool PadCorrectionStep::run(Context& c) const {
+  int32_t* sums = c.at<int32_t>(acc);
+  for (size_t m = 0; m < M; ++m) {
+    const uint8_t* row = padded.data() + m * taps;
+    int32_t* out = sums + m * N;
+    for (size_t t = 0; t < taps; ++t) {
+      if (!row[t]) continue;
+      const int64_t* corr = table.data() + t * N;
+      for (size_t n = 0; n < N; ++n) out[n] = int32_t(uint32_t(out[n]) - uint32_t(uint64_t(corr[n])));
+    }
+  }
+  apply_epilogue(ep.make(c), sums, N, 0, M, 0, N);
+  return true;
 }
 
 bool DwconvStep::run(Context& c) const {

@@ -22,7 +22,7 @@ namespace runtime {
 // The fused epilogue of a conv/linear step, with its residual and output
 // as buffers (col: first column written/read; stride: elements a row).
 struct EpilogueSpec {
-  OutKind kind = OutKind::float32;  // float32 or codes
+  OutKind kind = OutKind::float32;  // float32 or codes; int32: raw sums to `out` (scale/bias unused)
   const float* scale = nullptr;
   const float* bias = nullptr;
   float clamp_lo = 0, clamp_hi = 0, inv_step = 1;
@@ -154,6 +154,20 @@ struct GemmStep : Step {
   int bits = 0, group = 0;
   EpilogueSpec ep;
   void prepare(Context& c) const override;
+  bool run(Context& c) const override;
+};
+
+// The padding correction of a convolution whose activation codebook has no
+// zero level (padding then reads code 0), then its epilogue, as
+// lowbit.conv._conv_group: acc[m, n] -= sum over the padded taps t of row m
+// of table[t][n] (= level of code 0 * the weight levels' sum of tap t),
+// modulo 2^32, then the fused epilogue over the corrected sums.
+struct PadCorrectionStep : Step {
+  int acc = -1;  // (M, N) int32 sums, corrected in place
+  size_t M = 0, N = 0, taps = 0;
+  std::vector<uint8_t> padded;  // (M, taps): 1 where the tap reads padding
+  std::vector<int64_t> table;   // (taps, N)
+  EpilogueSpec ep;
   bool run(Context& c) const override;
 };
 

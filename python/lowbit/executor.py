@@ -320,9 +320,7 @@ class _Builder:
         cb_a = pa.codebook
         zero = np.flatnonzero(cb_a == 0)
         pad_code = int(zero[0]) if zero.size else 0
-        if not zero.size and max(padding) > 0:
-            raise Unsupported(f"node {n.name!r}: its activation codebook has no zero level and the conv pads "
-                              "(the padding correction of lowbit.conv runs on NumPy)")
+        fused = zero.size > 0 or max(padding) == 0  # else padding reads code 0: correct the sums, then the epilogue
         one_by_one = kh == kw == 1 and stride == (1, 1) and max(padding) == 0
         npix = b * h * w
         for g in range(weights.groups):
@@ -333,6 +331,10 @@ class _Builder:
             sl = slice(g * opg, (g + 1) * opg)
             ep_args = self._ep(ep, out, g * opg, cout, residual, m * cout, np.ascontiguousarray(ep.scale[sl]),
                                np.ascontiguousarray(ep.bias[sl]))
+            if not fused:
+                sums = _Value("f32", (m, opg), self.core.buffer(4 * m * opg))  # int32 sums
+                final_ep, ep_args = ep_args, ("int32", ep_args[1], ep_args[2], 0.0, 0.0) + _EPILOGUE_DEFAULTS + (
+                    sums.buf, 0, opg, None, 0, 0)
             packed = weights.parts[g]
             bound = _prepare(pa, packed, m, taps * cg)
             step = bound.fam.indirect_step(bound.plan)
@@ -352,6 +354,10 @@ class _Builder:
                 cols = self.core.buffer(m * k)
                 self.core.im2col(i, src, cols, (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow), pad_code)
                 self._gemm_direct(i, cols, m, k, bound, ep_args)
+            if not fused:  # conv._conv_group's correction: cbA[pad code] * the weights under the padded taps
+                table = np.ascontiguousarray(weights.column_sums(g), np.int64) * int(cb_a[pad_code])
+                self.core.pad_correction(i, sums.buf, m, opg, np.ascontiguousarray(rows < 0, np.uint8), table,
+                                         final_ep)
             self.kernels[n.name] = bound.kern["name"]
         return out
 

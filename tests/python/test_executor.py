@@ -290,24 +290,24 @@ def test_fallback_to_python_with_reason():
         m.run(x, executor="native")
 
 
-def test_no_zero_level_with_padding_falls_back():
-    """A padded conv on {-1, +1} activations needs the padding correction (NumPy): Python path."""
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("padding", [[1, 1], [0, 0]])
+def test_no_zero_level_padding_correction(groups, padding):
+    """A conv on {-1, +1} activations: padding reads code 0, the sums are corrected, then the epilogue."""
     rng = np.random.default_rng(17)
-    conv = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
-    nodes = [Node("input", "input", [], {"channels": 3, "height": 6, "width": 6}),
+    conv = {"stride": [1, 1], "padding": padding, "dilation": [1, 1], "groups": 1}
+    nodes = [Node("input", "input", [], {"channels": 4, "height": 6, "width": 6}),
              _q("q", "input", 1, 0.5, binary=True),
-             _layer(rng, "c", "conv", ["q"], (4, 3, 3, 3), 2, [-1, 1], **conv),
-             Node("flat", "flatten", ["c"])]
+             _layer(rng, "c", "conv", ["q"], (6, 4 // groups, 3, 3), 2, [-1, 1],
+                    requant={"bits": 2, "step": 0.5, "signed": False}, **dict(conv, groups=groups)),
+             _layer(rng, "c2", "conv", ["c"], (4, 6, 3, 3), 2, range(4), **conv),
+             Node("flat", "flatten", ["c2"])]
     m = Model(nodes)
-    x = _images(2, size=6)
-    _same(m.run(x), m.run_reference(x))
-    ex, why = lbx.status(m)
-    assert ex == "python" and "no zero level" in why
-    # unpadded, the same codebook runs natively
-    nodes[2].attrs["padding"] = [0, 0]
-    m2 = Model([Node(n.name, n.op, n.inputs, n.attrs, n.arrays) for n in nodes])
-    check(m2, x)
-    assert lbx.status(m2) == ("native", None)
+    x = _images(3, size=6)[:, :1].repeat(4, axis=1) + _images(3, size=6, seed=2)[:, :1].repeat(4, axis=1)
+    check(m, x)
+    assert lbx.status(m) == ("native", None)
+    with lowbit.use(strategy="dotgemm"):  # grouped layers group by group
+        check(m, x)
 
 
 def test_env_forces_python(monkeypatch):
