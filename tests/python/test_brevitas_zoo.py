@@ -17,9 +17,11 @@ import warnings
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")
-pytest.importorskip("qonnx")
-pytest.importorskip("onnxruntime")
+from conftest import optional_import
+
+onnx = optional_import("onnx")
+optional_import("qonnx")
+optional_import("onnxruntime")
 
 import lowbit  # noqa: E402
 import lowbit.qonnx as lbq  # noqa: E402

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import lowbit
+from conftest import optional_import
 from lowbit import _core, reference
 
 TIERS = lowbit.supported_tiers()
@@ -223,7 +224,7 @@ def test_bad_input_raises_clear_errors():
 
 
 def test_depthwise_separable_model_matches_reference():
-    torch = pytest.importorskip("torch")
+    torch = optional_import("torch")
     from lowbit import models, qat
 
     torch.manual_seed(0)

@@ -7,14 +7,15 @@ import zlib
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import optional_import, python_command
+
+torch = optional_import("torch")
 nn = torch.nn
 F = torch.nn.functional
 
 import lowbit  # noqa: E402
 from lowbit import datasets, models, qat  # noqa: E402
 from lowbit.convert import ConversionError, compare  # noqa: E402
-from conftest import python_command  # noqa: E402
 from lowbit.io import LowbitFormatError  # noqa: E402
 
 LUT_FAMILIES = ("lutgemm", "grouplut")
