@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import optional_import, python_command
+from parity import check_torch_parity
 
 torch = optional_import("torch")
 nn = torch.nn
@@ -318,22 +319,22 @@ def test_shipped_model_structure(shipped):
 
 
 def test_shipped_model_reference_agrees_with_fake_quant(shipped):
-    """Reference executor (= the kernel path, bit for bit) vs PyTorch fake-quant on a subset."""
+    """Reference executor (= the kernel path, bit for bit) vs PyTorch fake-quant on a subset:
+    tests/python/parity.py's rule (codes differ only at rounding ties, logits within float rounding)."""
     q, m = shipped
     x, labels = _fmnist_subset(200)
-    with torch.no_grad():
-        ref = q(torch.from_numpy(x)).numpy()
-    y = m.run_reference(x)
-    assert np.mean(y.argmax(1) == ref.argmax(1)) >= 0.995
-    assert np.abs(y - ref).max() < 0.05 * np.abs(ref).max()
+    r = check_torch_parity(q, m, x, reference=True)
+    assert len(r["tie_samples"]) <= 1, r["tie_samples"]
 
 
 def test_shipped_model_kernels_agree_with_fake_quant(shipped):
     q, m = shipped
     x, labels = _fmnist_subset(1000)
-    r = compare(q, m, x)
-    assert r["top1_agreement"] >= 0.995
-    assert r["code_diff_fraction"] < 1e-3
+    r = check_torch_parity(q, m, x)
+    assert len(r["tie_samples"]) <= 5 and r["codes_differ"] < 1e-3 * r["codes_total"], r["tie_samples"]
+    r2 = compare(q, m, x[:250])  # lowbit.convert.compare runs the same two models
+    np.testing.assert_array_equal(r2["lowbit_logits"], r["lowbit_logits"][:250])
+    np.testing.assert_array_equal(r2["torch_logits"], r["torch_logits"][:250])
     xs = x[:16]
     _assert_trace_equal(m, xs)
 
