@@ -127,12 +127,12 @@ def check_torch_parity(qat, model, x, batch_size: int = 250, rel: float = 1e-5, 
     for nd in layers:
         def hook(module, inputs, name=nd.name):
             aq, xin = module.act_quant, inputs[0]
-            codes = aq.codes(xin)[0]
-            if aq.binary_signed:
-                v, mode = xin, "SIGN"
-            else:
-                v, mode = xin / aq.effective_step(xin), "ROUND"
-            captured[name] = (nhwc(codes), nhwc(v).astype(np.float64), mode)
+
+            def value_over_step():  # computed only where codes differ
+                if aq.binary_signed:
+                    return nhwc(xin).astype(np.float64), "SIGN"
+                return nhwc(xin / aq.effective_step(xin)).astype(np.float64), "ROUND"
+            captured[name] = (nhwc(aq.codes(xin)[0]), value_over_step)
         handles.append(mods[nd.attrs["module"]].register_forward_pre_hook(hook))
     x = np.asarray(x, np.float32)
     outs, refs, tie_samples, differ, total = [], [], [], 0, 0
@@ -146,11 +146,11 @@ def check_torch_parity(qat, model, x, batch_size: int = 250, rel: float = 1e-5, 
                 outs.append(np.asarray(trace[model.nodes[-1].name], np.float32))
                 records = []
                 for nd in layers:
-                    theirs, v, mode = captured[nd.name]
+                    theirs, value_over_step = captured[nd.name]
                     ours = trace[nd.inputs[0]]
                     total += ours.size
                     differ += int(np.count_nonzero(ours != theirs))
-                    records.append((nd.name, ours, theirs, lambda v=v, mode=mode: (v, mode)))
+                    records.append((nd.name, ours, theirs, value_over_step))
                 tie_samples += (start + np.flatnonzero(_check_codes(records, len(xb), False))).tolist()
     finally:
         for h in handles:

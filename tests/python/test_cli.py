@@ -71,6 +71,7 @@ def test_demo_quick():
     assert agree >= 99.5
 
 
+@pytest.mark.slow  # trains an epoch: 20-35 s on two shared cores
 def test_demo_train_uses_the_training_script(tmp_path):
     optional_import("torch")
     out = _lowbit("demo", "--train", "--data-dir", str(tmp_path), "--epochs", "1", "--width", "8",

@@ -322,7 +322,7 @@ def test_shipped_model_reference_agrees_with_fake_quant(shipped):
     """Reference executor (= the kernel path, bit for bit) vs PyTorch fake-quant on a subset:
     tests/python/parity.py's rule (codes differ only at rounding ties, logits within float rounding)."""
     q, m = shipped
-    x, labels = _fmnist_subset(200)
+    x, labels = _fmnist_subset(64)  # the NumPy oracles are slow; the kernels' test below takes 1000
     r = check_torch_parity(q, m, x, reference=True)
     assert len(r["tie_samples"]) <= 1, r["tie_samples"]
 
@@ -332,9 +332,6 @@ def test_shipped_model_kernels_agree_with_fake_quant(shipped):
     x, labels = _fmnist_subset(1000)
     r = check_torch_parity(q, m, x)
     assert len(r["tie_samples"]) <= 5 and r["codes_differ"] < 1e-3 * r["codes_total"], r["tie_samples"]
-    r2 = compare(q, m, x[:250])  # lowbit.convert.compare runs the same two models
-    np.testing.assert_array_equal(r2["lowbit_logits"], r["lowbit_logits"][:250])
-    np.testing.assert_array_equal(r2["torch_logits"], r["torch_logits"][:250])
     xs = x[:16]
     _assert_trace_equal(m, xs)
 
