@@ -88,6 +88,19 @@ def assert_best_of_its_family(kernel_name, cap):
 
 
 @pytest.fixture(autouse=True)
+def _seed_global_generators():
+    """Every test starts from the same global random state, whatever ran before it (a test
+    that builds a torch module or draws from NumPy's or torch's global generator without a
+    seed of its own is still deterministic). Tests draw from their own seeded generators;
+    this covers what they do not seed (e.g. torch's default weight initialisation)."""
+    np.random.seed(0)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _restore_threads():
     n = lowbit.get_num_threads()
     yield
