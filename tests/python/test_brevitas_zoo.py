@@ -274,8 +274,8 @@ def _low_bit_layers_on_lowbit_kernels(m):
     low = [n for n in m.nodes if n.op in ("conv", "linear") and n.attrs["w_bits"] <= 4 and n.attrs["a_bits"] <= 4]
     lut = dw = 0
     for n in low:
-        if n.op == "conv" and n.attrs["groups"] > 1 and n.arrays["w_codes"].shape[1] == 1 and \
-                n.arrays["w_codes"].shape[0] == n.attrs["groups"]:
+        if n.op == "conv" and n.attrs["groups"] > 1 and n.arrays.shape("w_codes")[1] == 1 and \
+                n.arrays.shape("w_codes")[0] == n.attrs["groups"]:
             assert n.kernel.startswith("dwconv_"), (n.name, n.kernel)  # the native depthwise kernels
             dw += 1
         else:
