@@ -9,7 +9,8 @@ import shutil
 
 import pytest
 
-EXTRAS = ("torch", "onnx", "onnxruntime", "qonnx", "brevitas", "ray", "pyarrow", "PIL", "hypothesis")
+EXTRAS = ("torch", "onnx", "onnxruntime", "qonnx", "brevitas", "brevitas_examples", "ray", "pyarrow", "PIL",
+          "hypothesis")
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 only_in_ci = pytest.mark.skipif(not IN_CI, reason="only checked in CI (CI=true), where scripts/setup.sh installs "
                                                    "every dependency")

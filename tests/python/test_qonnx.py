@@ -435,8 +435,8 @@ def fmnist():
     try:
         xtr, ytr = datasets.load_fashion_mnist("train", allow_fallback=True)
         xte, yte = datasets.load_fashion_mnist("test", allow_fallback=True)
-    except RuntimeError as exc:  # pragma: no cover
-        pytest.skip(str(exc))
+    except RuntimeError as exc:  # pragma: no cover  (CI installs Fashion-MNIST: test_ci_environment.py)
+        pytest.skip(f"neither Fashion-MNIST nor its fallback, scikit-learn's digits, is installed: {exc}")
     return (datasets.normalize(xtr[:4096]), ytr[:4096].astype(np.int64),
             datasets.normalize(xte[:1000]), yte[:1000])
 
