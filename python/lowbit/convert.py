@@ -11,24 +11,19 @@ How the graph is mapped
 * QConv2d / QLinear -> ``conv`` / ``linear`` nodes. Weight codes come from
   ``weight_quant.codes(weight)`` (the trained codes, unchanged); the epilogue
   scale is ``act_step * weight_step[c]`` (float64 product, rounded once).
-* A BatchNorm right after a conv/linear (its only user) folds into the
-  **epilogue's** per-channel scale and bias, never into the weights:
-  ``scale *= gamma / sqrt(var + eps)``, ``bias = (bias - mean) * g + beta``.
-  Elsewhere BatchNorm becomes a float ``affine`` node.
-* A tensor add of a conv/linear output (its only user) and another tensor
-  becomes the epilogue's residual input (the later of the two convs of a
-  ResNet block takes the other as residual); otherwise a float ``add`` node.
-* ReLU / ReLU6 / Hardtanh / clamp right after (only user) -> the epilogue clamp;
-  elsewhere a float ``clamp`` node.
-* Activations: a conv/linear whose output is read only by quantized layers
-  sharing one activation quantizer (and by nothing else) requantizes in its
-  epilogue into that quantizer's codes (``Requant(bits, step, signed)``), so
-  codes flow between layers without a float round trip. Any other producer
-  (the network input, a block output that also feeds a residual add or
-  pooling, an output read by two quantizers with different steps) gives
-  float32, and each quantized reader gets a ``quantize`` node that computes
-  LSQ exactly like torch (division, round half to even).
-  ``requant_in_epilogue=False`` turns the first rule off (float + quantize
+* The converter only translates: BatchNorm -> ``affine`` (float64 ``g = gamma
+  / sqrt(var + eps)``, ``b = beta - mean * g``), tensor add -> ``add``, ReLU /
+  ReLU6 / Hardtanh / clamp -> ``clamp``, and every quantized layer's input ->
+  a ``quantize`` node (one per value and activation quantizer, computing LSQ
+  exactly like torch: division, round half to even). :func:`lowbit.lowering.lower`
+  then fuses, for this front end and the QONNX one alike: a BatchNorm (or any
+  affine) right after a conv/linear folds into the **epilogue's** scale and
+  bias (never the weights), an add into the epilogue's residual input (the
+  later conv of a ResNet block's pair), a clamp into the epilogue clamp, and a
+  quantize whose input is a conv/linear read by it alone becomes that
+  epilogue's requantization (``Requant(bits, step, signed)``: codes flow
+  between layers without a float round trip). Anything else stays a float node.
+  ``requant_in_epilogue=False`` turns the last rule off (float + quantize
   everywhere: slower, and on the demo model as faithful; see docs/pipeline.md).
 * Pooling (max, avg, adaptive avg; ``mean`` over H, W), flatten/view(B, -1),
   Identity and Dropout (eval) are supported. Anything else raises
@@ -48,12 +43,10 @@ import operator
 import numpy as np
 
 from .errors import ConversionError
+from .lowering import lower
 from .runtime import Model, Node
 
 __all__ = ["convert", "compare", "ConversionError"]
-
-
-
 
 def _torch():
     try:
@@ -265,22 +258,11 @@ class _Converter:
                                   "Identity, Dropout.")
 
     # ---- graph building ----------------------------------------------------------------------
-    def eff_users(self, n):
-        out = []
-        for u in n.users:
-            if self.kinds.get(u) == "alias":
-                out += self.eff_users(u)
-            else:
-                out.append(u)
-        return out
-
     def build(self):
-        self.nodes, self.env, self.pos, self.stage = [], {}, {}, {}
-        self.scale64, self.bias64, self.flatten_srcs = {}, {}, []
+        self.nodes, self.env, self.quantizers = [], {}, {}
         names = set()
 
         def add_node(node):
-            self.pos[node.name] = len(self.nodes)
             self.nodes.append(node)
             names.add(node.name)
             return node.name
@@ -320,17 +302,6 @@ class _Converter:
             raise ConversionError(f"lowbit.convert: node '{n.name}' has no tensor input")
         return a
 
-    def _fusable(self, src_fx, max_stage):
-        """IR conv/linear behind src_fx if the fx value has a single (effective) user
-        and the epilogue is still open to the given stage."""
-        v = self.env[src_fx]
-        node = self.nodes[self.pos[v]]
-        if node.op not in ("conv", "linear") or self.stage[v] >= max_stage:
-            return None
-        if len(self.eff_users(src_fx)) != 1:
-            return None
-        return node
-
     def _op_quantized(self, n):
         torch = self.torch
         m = self.modules[n.target]
@@ -353,6 +324,8 @@ class _Converter:
                  "a_binary": bool(aq.binary_signed), "a_qn": int(aq.qn), "a_qp": int(aq.qp),
                  "clamp": [None, None], "requant": None, "residual": False, "bn": False,
                  "module": n.target, "source": f"{n.target} ({type(m).__name__})"}
+        q_attrs = {"bits": attrs["a_bits"], "signed": attrs["a_signed"], "binary": attrs["a_binary"],
+                   "qn": attrs["a_qn"], "qp": attrs["a_qp"], "step": a_step, "levels": attrs["a_codebook"]}
         if isinstance(m, torch.nn.Conv2d):
             if isinstance(m.padding, str):
                 if m.padding == "valid":
@@ -373,9 +346,13 @@ class _Converter:
                                       f"{len(self.shapes.get(src) or ())}-D input is not supported (flatten first)")
             op = "linear"
         name = self.uname(n.target if n.target not in {x.name for x in self.nodes} else n.name)
-        node = Node(name, op, [self.env[src]], attrs, {"w_codes": wcodes})
-        self.add_node(node)
-        self.scale64[name], self.bias64[name], self.stage[name] = scale, bias, 0
+        # one quantize node per (value, activation quantizer): layers reading the same codes share it
+        key = (self.env[src], attrs["a_bits"], attrs["a_signed"], attrs["a_binary"], np.float32(a_step).tobytes())
+        if key not in self.quantizers:
+            self.quantizers[key] = self.add_node(Node(self.uname(f"{name}.quant"), "quantize", [self.env[src]],
+                                                      q_attrs))
+        self.add_node(Node(name, op, [self.quantizers[key]], attrs, {"w_codes": wcodes, "scale": scale,
+                                                                    "bias": bias}))
         self.env[n] = name
 
     def _op_bn(self, n):
@@ -387,18 +364,9 @@ class _Converter:
         beta = m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros_like(var)
         g = gamma / np.sqrt(var + m.eps)
         b = beta - mean * g
-        node = self._fusable(src, 1)
-        if node is not None:
-            self.scale64[node.name] = self.scale64[node.name] * g
-            self.bias64[node.name] = self.bias64[node.name] * g + b
-            node.attrs["bn"] = True
-            node.attrs.setdefault("fused", []).append(n.target)
-            self.stage[node.name] = 1
-            self.env[n] = node.name
-            return
-        name = self.add_node(Node(self.uname(n.target), "affine", [self.env[src]], {"source": n.target},
-                                  {"scale": g.astype(np.float32), "bias": b.astype(np.float32)}))
-        self.env[n] = name
+        self.env[n] = self.add_node(Node(self.uname(n.target), "affine", [self.env[src]],
+                                         {"source": n.target, "bn": True, "origin": n.target},
+                                         {"scale": g, "bias": b}))
 
     def _act_bounds(self, n):
         nn, F = self.nn, self.F
@@ -431,41 +399,18 @@ class _Converter:
     def _op_act(self, n):
         src = self._src(n)
         lo, hi = self._act_bounds(n)
-        node = self._fusable(src, 3)
-        if node is not None:
-            node.attrs["clamp"] = [lo, hi]
-            node.attrs.setdefault("fused", []).append(n.target if n.op == "call_module" else n.name)
-            self.stage[node.name] = 3
-            self.env[n] = node.name
-            return
-        self.env[n] = self.add_node(Node(self.uname(str(n.target) if n.op == "call_module" else n.name), "clamp",
-                                         [self.env[src]], {"clamp": [lo, hi]}))
+        origin = str(n.target) if n.op == "call_module" else n.name
+        self.env[n] = self.add_node(Node(self.uname(origin), "clamp", [self.env[src]], {"clamp": [lo, hi],
+                                                                                       "origin": origin}))
 
     def _op_add(self, n):
         a, b = n.args
         if not (isinstance(a, self.fx.Node) and isinstance(b, self.fx.Node)):
             raise ConversionError(f"lowbit.convert: add of a tensor and a constant (node '{n.name}') is not supported")
-        va, vb = self.env[a], self.env[b]
-        same_shape = self.shapes.get(a) == self.shapes.get(b)
-        best = None
-        if va != vb and same_shape:
-            for fxv, v, other in ((a, va, vb), (b, vb, va)):
-                node = self._fusable(fxv, 2)
-                if node is not None and self.pos[other] < self.pos[v]:
-                    if best is None or self.pos[v] > self.pos[best[0].name]:
-                        best = (node, other)
-        if best is not None:
-            node, other = best
-            node.inputs.append(other)
-            node.attrs["residual"] = True
-            node.attrs.setdefault("fused", []).append(n.name)
-            self.stage[node.name] = 2
-            self.env[n] = node.name
-            return
-        if not same_shape:
+        if self.shapes.get(a) != self.shapes.get(b):
             raise ConversionError(f"lowbit.convert: broadcasting add (node '{n.name}', shapes "
                                   f"{self.shapes.get(a)} and {self.shapes.get(b)}) is not supported")
-        self.env[n] = self.add_node(Node(self.uname(n.name), "add", [va, vb]))
+        self.env[n] = self.add_node(Node(self.uname(n.name), "add", [self.env[a], self.env[b]], {"origin": n.name}))
 
     def _pool_params(self, n, kind):
         def arg(i, key, default):
@@ -529,7 +474,6 @@ class _Converter:
         keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
         name = self.add_node(Node(self.uname(n.name), "adaptive_avgpool", [self.env[src]], {"output_size": [1, 1]}))
         if not keep:
-            self.flatten_srcs.append(name)
             name = self.add_node(Node(self.uname(n.name + "_flatten"), "flatten", [name]))
         self.env[n] = name
 
@@ -541,70 +485,14 @@ class _Converter:
         if len(self.shapes.get(src) or ()) != 4:
             raise ConversionError(f"lowbit.convert: flatten of a {len(self.shapes.get(src) or ())}-D tensor "
                                   f"(node '{n.name}')")
-        self.flatten_srcs.append(self.env[src])
         name = self.uname(str(n.target) if n.op == "call_module" else n.name)
         self.env[n] = self.add_node(Node(name, "flatten", [self.env[src]]))
 
-    # ---- activation representation and cleanup -----------------------------------------------
+    # ---- lowering ----------------------------------------------------------------------------
     def finish(self, out_val):
-        nodes = self.nodes
-        # keep only what the output needs
-        need, by_name = {out_val}, {nd.name: nd for nd in nodes}
-        for nd in reversed(nodes):
-            if nd.name in need:
-                need.update(nd.inputs)
-        nodes = [nd for nd in nodes if nd.name in need]
-        if nodes[-1].name != out_val:
-            raise ConversionError("lowbit.convert: internal error: output is not the last node")
-        # epilogue parameters
-        for nd in nodes:
-            if nd.op in ("conv", "linear"):
-                nd.arrays["scale"] = self.scale64[nd.name].astype(np.float32)
-                nd.arrays["bias"] = self.bias64[nd.name].astype(np.float32)
-                if not (np.all(np.isfinite(nd.arrays["scale"])) and np.all(np.isfinite(nd.arrays["bias"]))):
-                    raise ValueError(f"lowbit.convert: '{nd.name}': non-finite folded scale/bias "
-                                     "(BatchNorm running_var + eps <= 0?)")
-        # readers of each value: 'q' = quantized input of a conv/linear, 'f' = anything else
-        readers = {}
-        for nd in nodes:
-            for i, s in enumerate(nd.inputs):
-                role = "q" if (nd.op in ("conv", "linear") and i == 0) else "f"
-                readers.setdefault(s, []).append((nd, role))
-
-        def key(nd):
-            a = nd.attrs
-            return (a["a_bits"], a["a_signed"], a["a_binary"], np.float32(a["a_step"]).tobytes())
-
-        quant_nodes, before = {}, {}
-        for nd in nodes:
-            if nd.op not in ("conv", "linear"):
-                continue
-            v = nd.inputs[0]
-            prod = by_name[v]
-            rd = readers[v]
-            codes_ok = (self.requant and prod.op in ("conv", "linear") and v != out_val
-                        and all(role == "q" and key(r) == key(nd) for r, role in rd)
-                        and not nd.attrs["a_binary"])
-            if codes_ok:
-                a = nd.attrs
-                prod.attrs["requant"] = {"bits": a["a_bits"], "step": a["a_step"], "signed": a["a_signed"]}
-                continue
-            k = (v,) + key(nd)
-            qname = quant_nodes.get(k)
-            if qname is None:
-                a = nd.attrs
-                qname = self.uname(f"{nd.name}.quant")
-                q = Node(qname, "quantize", [v], {"bits": a["a_bits"], "signed": a["a_signed"],
-                                                  "binary": a["a_binary"], "qn": a["a_qn"], "qp": a["a_qp"],
-                                                  "step": a["a_step"], "levels": a["a_codebook"]})
-                quant_nodes[k] = qname
-                before.setdefault(nd.name, []).append(q)
-            nd.inputs[0] = qname
-        ordered = []
-        for nd in nodes:
-            ordered += before.get(nd.name, [])
-            ordered.append(nd)
+        ordered = lower(self.nodes, out_val, self.requant, ValueError).nodes
         # spatial size: free iff every flatten reads a 1x1 global pooling
+        by_name = {nd.name: nd for nd in ordered}
         spatial_fixed = False
         for nd in ordered:
             if nd.op == "flatten":

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .quant import BINARY_LEVELS, int_range
+
 __all__ = [
     "LsqQuantizer",
     "QConv2d",
@@ -69,11 +71,9 @@ def quant_range(bits: int, signed: bool) -> Tuple[int, int]:
     """
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
-    if signed:
-        if bits == 1:
-            return -1, 1
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2 ** bits - 1
+    if signed and bits == 1:
+        return BINARY_LEVELS
+    return int_range(bits, signed)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +140,7 @@ class LsqQuantizer(nn.Module):
     def levels(self) -> List[int]:
         """Integer level of each code, in code order (the codebook)."""
         if self.binary_signed:
-            return [-1, 1]
+            return list(BINARY_LEVELS)
         return list(range(self.qn, self.qp + 1))
 
     def _view(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

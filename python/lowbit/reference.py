@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import codebook as cbmod
+from . import quant
 
 
 def gemm(a_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None) -> np.ndarray:
@@ -33,11 +34,7 @@ def epilogue(acc, scale, bias, residual=None, clamp_lo=-np.inf, clamp_hi=np.inf,
     v = np.where(v > hi, hi, v)
     if requant is None:
         return v
-    q = np.rint(v * np.float32(requant.inv_step))
-    q = np.where(np.isnan(q), np.float32(requant.qmin), q)  # NaN (e.g. inf - inf) -> code 0
-    q = np.where(q < requant.qmin, np.float32(requant.qmin), q)
-    q = np.where(q > requant.qmax, np.float32(requant.qmax), q)
-    return (q.astype(np.int32) - requant.qmin).astype(np.uint8)
+    return quant.requantize(v, requant.inv_step, requant.qmin, requant.qmax)
 
 
 def conv2d(x_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None, stride=1, padding=0, dilation=1,

@@ -1,0 +1,333 @@
+"""The lowering pipeline shared by lowbit's front ends (:mod:`lowbit.convert`, :mod:`lowbit.qonnx`).
+
+A front end only translates its source graph, one source op at a time, into a
+plain **unfused** list of :class:`lowbit.runtime.Node` (the IR below) and calls
+:func:`lower`, which fuses and places everything once, for both:
+
+1. :func:`remove_identities`  clamps without bounds disappear
+2. :func:`fold_affines`       affine (BatchNorm, Mul/Add by constants) -> the producing layer's epilogue
+3. :func:`fuse_residuals`     add of a layer output and another value -> the epilogue's residual input
+4. :func:`fold_clamps`        clamp (ReLU, ReLU6, Hardtanh, Clip) -> the epilogue clamp
+5. :func:`remove_dead`        nodes the output does not need
+6. :func:`place_requant`      quantize of a layer output -> codes from the epilogue, or float + quantize
+7. :func:`order`              a stable topological order (the output last)
+8. :func:`finalize`           float32 epilogue arrays, IR-only attributes removed
+
+The epilogue of a conv/linear applies, in this order, ``scale``/``bias``,
+the residual, the clamp, requantization: a pass folds an op into it only while
+nothing later in that order is there yet, and only when the layer's output is
+read by that op alone (and is not the model output). Folding is then exact in
+the sense the runtime defines (the epilogue's float32 arithmetic; scale and bias
+compose in float64 and are rounded once).
+
+The IR (what a front end emits)
+-------------------------------
+Runtime nodes and attributes (see :mod:`lowbit.runtime`), with these differences:
+
+* ``conv``/``linear``: ``clamp [None, None]``, ``requant None``, ``residual
+  False``, one input; ``arrays['scale']``/``arrays['bias']`` are **float64**
+  (C,), the exact epilogue values before their one rounding to float32.
+* ``affine``: ``arrays`` float64 as well; IR attribute ``bn`` (a BatchNorm: the
+  layer it folds into gets ``attrs['bn'] = True``).
+* ``quantize``: optional ``channel_steps`` (per-channel steps: the grid is
+  ``level * channel_steps[c]`` and the node quantizes ``x / channel_steps[c]``;
+  :func:`place_requant` folds that division into the epilogue or puts an
+  ``affine`` in front of the node).
+* IR attribute ``origin`` (any foldable node): the source op's name, appended to
+  ``attrs['fused']`` of the layer it folds into (default: the node name).
+* IR attribute ``keep`` (``affine``/``quantize``): the node must run as its
+  own node, never folded into an epilogue (the front end knows that folding
+  would change its arithmetic, e.g. QONNX Trunc offsets, a quantizer whose
+  input is not read only by it in the source graph).
+
+Why runtime nodes rather than a separate IR type: the IR *is* the runtime graph
+before fusion (every op already exists as a node), so the passes rewrite the
+same objects the Model runs and no translation layer is needed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .quant import UniformGrid
+from .runtime import Node
+
+__all__ = ["lower", "Lowered", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
+           "place_requant", "order", "finalize", "IR_ATTRS"]
+
+_LAYERS = ("conv", "linear")
+IR_ATTRS = ("keep", "bn", "origin")   # lowering-only attributes (``bn`` only on affine nodes), removed by finalize
+
+
+@dataclass
+class Lowered:
+    """The result of :func:`lower`: ``nodes`` in execution order (the output last), and
+    ``replaced``: for every node folded away, the node that now computes its value."""
+    nodes: list
+    replaced: dict = field(default_factory=dict)
+
+
+class _Graph:
+    """The node list being lowered, its output name and the record of folded nodes."""
+
+    def __init__(self, nodes, output):
+        self.nodes = list(nodes)
+        self.output = output
+        self.replaced = {}
+
+    def by_name(self):
+        return {n.name: n for n in self.nodes}
+
+    def readers(self, name):
+        """Nodes reading ``name`` (once per input slot); the output counts as one more reader."""
+        out = [n for n in self.nodes for i in n.inputs if i == name]
+        return out + ([None] if name == self.output else [])
+
+    def replace(self, old: Node, new_name: str):
+        """Remove ``old``; its readers (and the output) read ``new_name`` instead."""
+        self.nodes.remove(old)
+        for n in self.nodes:
+            n.inputs = [new_name if i == old.name else i for i in n.inputs]
+        if self.output == old.name:
+            self.output = new_name
+        self.replaced[old.name] = new_name
+
+    def sole_layer_input(self, n: Node):
+        """The conv/linear node that produces n's first input when n is its only reader, else None."""
+        p = self.by_name().get(n.inputs[0])
+        if p is None or p.op not in _LAYERS or self.readers(p.name) != [n]:
+            return None
+        return p
+
+
+def _clamp_set(layer: Node) -> bool:
+    return list(layer.attrs.get("clamp", [None, None])) != [None, None]
+
+
+def _note_fused(layer: Node, n: Node):
+    layer.attrs.setdefault("fused", []).append(n.attrs.get("origin", n.name))
+
+
+def remove_identities(g: _Graph):
+    """Contract: every ``clamp`` node with bounds ``[None, None]`` (the identity) is removed and its
+    readers read its input. Nothing else changes."""
+    for n in [n for n in g.nodes if n.op == "clamp" and list(n.attrs["clamp"]) == [None, None]]:
+        g.replace(n, n.inputs[0])
+
+
+def fold_affines(g: _Graph):
+    """Contract: an ``affine`` node (not ``keep``) whose input is a conv/linear read by it alone
+    (and not the model output), whose epilogue has no residual, clamp or requantization yet,
+    folds into that epilogue: ``scale = scale * a``, ``bias = bias * a + b`` in float64 (one
+    rounding to float32 later, in :func:`finalize`). Consecutive affine maps compose. Any other
+    affine node stays a node."""
+    for n in list(g.nodes):
+        if n.op != "affine" or n.attrs.get("keep"):
+            continue
+        layer = g.sole_layer_input(n)
+        if layer is None or layer.attrs.get("residual") or _clamp_set(layer) or layer.attrs.get("requant"):
+            continue
+        a, b = (np.asarray(n.arrays[k], np.float64) for k in ("scale", "bias"))
+        layer.arrays["scale"] = layer.arrays["scale"] * a
+        layer.arrays["bias"] = layer.arrays["bias"] * a + b
+        layer.attrs["bn"] = bool(layer.attrs.get("bn")) or bool(n.attrs.get("bn"))
+        _note_fused(layer, n)
+        g.replace(n, layer.name)
+
+
+def _depends(by_name, name, target) -> bool:
+    """Whether value ``name`` is computed from node ``target``."""
+    stack, seen = [name], set()
+    while stack:
+        v = stack.pop()
+        if v == target:
+            return True
+        if v in seen or v not in by_name:
+            continue
+        seen.add(v)
+        stack.extend(by_name[v].inputs)
+    return False
+
+
+def fuse_residuals(g: _Graph):
+    """Contract: an ``add`` of two different values, one of which is the output of a conv/linear
+    read by the add alone (not the model output) with no clamp or requantization in its epilogue
+    yet, becomes that layer's residual input (``attrs['residual']``, a second input) when the
+    other value is not computed from the layer. When both sides qualify, the later layer in the
+    node order takes the residual (a ResNet block's second conv or its shortcut conv: the sum is
+    the same float32 add either way). Any other add stays a float ``add`` node."""
+    for n in list(g.nodes):
+        if n.op != "add" or n.inputs[0] == n.inputs[1]:
+            continue
+        by_name, pos = g.by_name(), {m.name: i for i, m in enumerate(g.nodes)}
+        best = None
+        for v, other in ((n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])):
+            layer = by_name.get(v)
+            if layer is None or layer.op not in _LAYERS or g.readers(v) != [n] or layer.attrs.get("residual") \
+                    or _clamp_set(layer) or layer.attrs.get("requant") or _depends(by_name, other, v):
+                continue
+            if best is None or pos[v] > pos[best[0].name]:
+                best = (layer, other)
+        if best is not None:
+            layer, other = best
+            layer.inputs.append(other)
+            layer.attrs["residual"] = True
+            _note_fused(layer, n)
+            g.replace(n, layer.name)
+
+
+def fold_clamps(g: _Graph):
+    """Contract: a ``clamp`` node whose input is a conv/linear read by it alone (not the model
+    output), with no clamp or requantization in its epilogue yet, becomes the epilogue clamp.
+    Any other clamp stays a node."""
+    for n in list(g.nodes):
+        if n.op != "clamp":
+            continue
+        layer = g.sole_layer_input(n)
+        if layer is None or _clamp_set(layer) or layer.attrs.get("requant"):
+            continue
+        layer.attrs["clamp"] = list(n.attrs["clamp"])
+        _note_fused(layer, n)
+        g.replace(n, layer.name)
+
+
+def remove_dead(g: _Graph):
+    """Contract: only the nodes the output is computed from remain (their order unchanged)."""
+    need, by_name = {g.output}, g.by_name()
+    for n in reversed(g.nodes):
+        if n.name in need:
+            need.update(n.inputs)
+    g.nodes = [n for n in g.nodes if n.name in need and n.name in by_name]
+
+
+def _epilogue_grid(q: Node):
+    """The grid of quantize node q when a requantizing epilogue can emit exactly its codes
+    (a full signed/unsigned range, the plain codebook, no Trunc pre-rounding), else None."""
+    a = q.attrs
+    if a.get("binary") or a.get("pre_step") is not None:
+        return None
+    grid = UniformGrid(a["step"], a["qn"], a["qp"], chan=a.get("channel_steps"))
+    if grid.requant() is None or list(a["levels"]) != grid.levels():
+        return None
+    return grid
+
+
+def _divisible(layer: Node) -> bool:
+    """Whether the epilogue's output may be divided by per-channel steps through its scale and
+    bias: the clamp commutes with the division (bounds 0 or none) and there is no residual."""
+    lo, hi = layer.attrs["clamp"]
+    return lo in (None, 0.0) and hi is None and not layer.attrs["residual"]
+
+
+def place_requant(g: _Graph, requant_in_epilogue: bool = True):
+    """Contract: a ``quantize`` node (not ``keep``) whose input is a conv/linear read by it alone
+    (not the model output) and whose grid an epilogue can emit (:func:`_epilogue_grid`; with
+    per-channel steps also :func:`_divisible`) is folded away: the layer gets
+    ``attrs['requant'] = {bits, step, signed}`` and emits those codes (per-channel steps: scale
+    and bias are divided by them in float64 and ``requant['channel_steps']`` records them). With
+    ``requant_in_epilogue=False`` nothing folds. Every quantize with ``channel_steps`` that stays
+    a node gets an ``affine`` in front multiplying by ``float32(1 / step[c])``."""
+    for q in [n for n in g.nodes if n.op == "quantize"]:
+        chan = q.attrs.get("channel_steps")
+        layer = g.sole_layer_input(q)
+        grid = _epilogue_grid(q)
+        if requant_in_epilogue and layer is not None and grid is not None and not layer.attrs.get("requant") \
+                and not q.attrs.get("keep") and (chan is None or _divisible(layer)):
+            rq = grid.requant()
+            if chan is not None:
+                steps = np.asarray(chan, np.float64)
+                layer.arrays["scale"] = layer.arrays["scale"] / steps
+                layer.arrays["bias"] = layer.arrays["bias"] / steps
+                rq["channel_steps"] = [float(v) for v in chan]
+            layer.attrs["requant"] = rq
+            _note_fused(layer, q)
+            g.replace(q, layer.name)
+        elif chan is not None:
+            steps = np.asarray(chan, np.float32)
+            names = {n.name for n in g.nodes}
+            name, i = f"{q.name}.per_channel_scale", 1
+            while name in names:
+                i += 1
+                name = f"{q.name}.per_channel_scale_{i}"
+            pre = Node(name, "affine", [q.inputs[0]], {"source": q.attrs.get("source", q.name)},
+                       {"scale": (1.0 / steps.astype(np.float64)).astype(np.float32),
+                        "bias": np.zeros_like(steps)})
+            g.nodes.insert(g.nodes.index(q), pre)
+            q.inputs[0] = name
+
+
+def order(g: _Graph):
+    """Contract: the nodes in a topological order that keeps the given order wherever it is
+    already valid (a node moves later only to follow an input defined after it); the output is
+    the last node. ValueError for an input no node defines or a cycle."""
+    by_name = g.by_name()
+    index = {n.name: i for i, n in enumerate(g.nodes)}
+    for n in g.nodes:
+        for i in n.inputs:
+            if i not in by_name:
+                raise ValueError(f"lowering: node {n.name!r} reads {i!r}, which no node defines")
+    import heapq
+
+    pending = {n.name: len(set(n.inputs)) for n in g.nodes}
+    users = {}
+    for n in g.nodes:
+        for i in set(n.inputs):
+            users.setdefault(i, []).append(n.name)
+    ready = [index[n] for n, k in pending.items() if k == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        n = g.nodes[heapq.heappop(ready)]
+        out.append(n)
+        for u in users.get(n.name, ()):
+            pending[u] -= 1
+            if pending[u] == 0:
+                heapq.heappush(ready, index[u])
+    if len(out) != len(g.nodes):
+        raise ValueError("lowering: the graph has a cycle")
+    if out[-1].name != g.output:
+        raise ValueError(f"lowering: the output {g.output!r} is not the last node (unused nodes remain?)")
+    g.nodes = out
+
+
+def finalize(g: _Graph, error=ValueError):
+    """Contract: conv/linear ``scale``/``bias`` and affine arrays become float32 (rounded once);
+    a non-finite epilogue value raises ``error`` naming the node; IR-only attributes
+    (:data:`IR_ATTRS`) are removed."""
+    for n in g.nodes:
+        if n.op in _LAYERS or n.op == "affine":
+            for k in ("scale", "bias"):
+                n.arrays[k] = np.asarray(n.arrays[k]).astype(np.float32)
+            if n.op in _LAYERS and not (np.all(np.isfinite(n.arrays["scale"]))
+                                        and np.all(np.isfinite(n.arrays["bias"]))):
+                raise error(f"node {n.name!r}: non-finite folded scale/bias (a BatchNorm with running_var + "
+                            "eps <= 0, or a scale that overflows float32?)")
+        for k in IR_ATTRS:
+            if k != "bn" or n.op == "affine":
+                n.attrs.pop(k, None)
+
+
+def lower(nodes, output: str, requant_in_epilogue: bool = True, error=ValueError) -> Lowered:
+    """Run the whole pipeline (see the module docstring) on IR ``nodes`` whose model output
+    is the value ``output``. The nodes are modified in place. ``error``: the exception type
+    for a graph that cannot be lowered (a front end's own ConversionError)."""
+    g = _Graph(nodes, output)
+    remove_identities(g)
+    fold_affines(g)
+    fuse_residuals(g)
+    fold_clamps(g)
+    remove_dead(g)
+    place_requant(g, requant_in_epilogue)
+    try:
+        order(g)
+    except ValueError as exc:
+        raise error(f"internal error: {exc}") from None
+    finalize(g, error)
+    replaced = {}
+    for old in g.replaced:
+        new = old
+        while new in g.replaced:
+            new = g.replaced[new]
+        replaced[old] = new
+    return Lowered(g.nodes, replaced)
