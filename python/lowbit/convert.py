@@ -4,30 +4,19 @@
 :func:`lowbit.qat.prepare` (and was trained or at least calibrated: every LSQ
 quantizer must be initialised).
 
-How the graph is mapped
------------------------
-* ``torch.fx`` traces ``qat`` with QConv2d / QLinear as leaves; the example
-  input runs through it once (eval mode) to get shapes and the exact LSQ steps.
-* QConv2d / QLinear -> ``conv`` / ``linear`` nodes. Weight codes come from
-  ``weight_quant.codes(weight)`` (the trained codes, unchanged); the epilogue
-  scale is ``act_step * weight_step[c]`` (float64 product, rounded once).
-* The converter only translates: BatchNorm -> ``affine`` (float64 ``g = gamma
-  / sqrt(var + eps)``, ``b = beta - mean * g``), tensor add -> ``add``, ReLU /
-  ReLU6 / Hardtanh / clamp -> ``clamp``, and every quantized layer's input ->
-  a ``quantize`` node (one per value and activation quantizer, computing LSQ
-  exactly like torch: division, round half to even). :func:`lowbit.lowering.lower`
-  then fuses, for this front end and the QONNX one alike: a BatchNorm (or any
-  affine) right after a conv/linear folds into the **epilogue's** scale and
-  bias (never the weights), an add into the epilogue's residual input (the
-  later conv of a ResNet block's pair), a clamp into the epilogue clamp, and a
-  quantize whose input is a conv/linear read by it alone becomes that
-  epilogue's requantization (``Requant(bits, step, signed)``: codes flow
-  between layers without a float round trip). Anything else stays a float node.
-  ``requant_in_epilogue=False`` turns the last rule off (float + quantize
-  everywhere: slower, and on the demo model as faithful; see docs/pipeline.md).
-* Pooling (max, avg, adaptive avg; ``mean`` over H, W), flatten/view(B, -1),
-  Identity and Dropout (eval) are supported. Anything else raises
-  ``NotImplementedError`` listing every unsupported module/function by name.
+How the graph is mapped (docs/pipeline.md, section 1, has the full table)
+----------------------------------------------------------------------
+``torch.fx`` traces ``qat`` with QConv2d / QLinear as leaves; the example input
+runs through it once (eval mode) to get shapes and the exact LSQ steps. This
+module only translates each fx node into unfused runtime nodes: QConv2d /
+QLinear -> a ``quantize`` node (one per value and activation quantizer) and a
+``conv`` / ``linear`` with the trained weight codes and the epilogue scale
+``act_step * weight_step[c]`` (float64), BatchNorm -> ``affine``, add ->
+``add``, ReLU / ReLU6 / Hardtanh / clamp -> ``clamp``, pooling, flatten.
+:func:`lowbit.lowering.lower` (shared with the QONNX importer) then folds
+them into epilogues and places requantization; ``requant_in_epilogue=False``
+keeps float + ``quantize`` everywhere. Anything unsupported raises
+``ConversionError`` listing every unsupported module/function by name.
 
 Input size: the batch size is free. The channel count must match
 ``example_input``. The spatial size is free when every flatten reads a global

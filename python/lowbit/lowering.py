@@ -53,7 +53,7 @@ import numpy as np
 from .quant import UniformGrid
 from .runtime import Node
 
-__all__ = ["lower", "Lowered", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
+__all__ = ["lower", "Lowered", "Graph", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
            "place_requant", "order", "finalize", "IR_ATTRS"]
 
 _LAYERS = ("conv", "linear")
@@ -68,8 +68,9 @@ class Lowered:
     replaced: dict = field(default_factory=dict)
 
 
-class _Graph:
-    """The node list being lowered, its output name and the record of folded nodes."""
+class Graph:
+    """What the passes rewrite: ``nodes`` (IR, in order), the name of the model ``output`` and
+    ``replaced`` (folded node -> the node that now computes its value)."""
 
     def __init__(self, nodes, output):
         self.nodes = list(nodes)
@@ -109,14 +110,14 @@ def _note_fused(layer: Node, n: Node):
     layer.attrs.setdefault("fused", []).append(n.attrs.get("origin", n.name))
 
 
-def remove_identities(g: _Graph):
+def remove_identities(g: Graph):
     """Contract: every ``clamp`` node with bounds ``[None, None]`` (the identity) is removed and its
     readers read its input. Nothing else changes."""
     for n in [n for n in g.nodes if n.op == "clamp" and list(n.attrs["clamp"]) == [None, None]]:
         g.replace(n, n.inputs[0])
 
 
-def fold_affines(g: _Graph):
+def fold_affines(g: Graph):
     """Contract: an ``affine`` node (not ``keep``) whose input is a conv/linear read by it alone
     (and not the model output), whose epilogue has no residual, clamp or requantization yet,
     folds into that epilogue: ``scale = scale * a``, ``bias = bias * a + b`` in float64 (one
@@ -136,25 +137,12 @@ def fold_affines(g: _Graph):
         g.replace(n, layer.name)
 
 
-def _depends(by_name, name, target) -> bool:
-    """Whether value ``name`` is computed from node ``target``."""
-    stack, seen = [name], set()
-    while stack:
-        v = stack.pop()
-        if v == target:
-            return True
-        if v in seen or v not in by_name:
-            continue
-        seen.add(v)
-        stack.extend(by_name[v].inputs)
-    return False
-
-
-def fuse_residuals(g: _Graph):
+def fuse_residuals(g: Graph):
     """Contract: an ``add`` of two different values, one of which is the output of a conv/linear
     read by the add alone (not the model output) with no clamp or requantization in its epilogue
-    yet, becomes that layer's residual input (``attrs['residual']``, a second input) when the
-    other value is not computed from the layer. When both sides qualify, the later layer in the
+    yet, becomes that layer's residual input (``attrs['residual']``, a second input; the other
+    value cannot depend on the layer, which nothing else reads: :func:`order` then puts the
+    layer after it). When both sides qualify, the later layer in the
     node order takes the residual (a ResNet block's second conv or its shortcut conv: the sum is
     the same float32 add either way). Any other add stays a float ``add`` node."""
     for n in list(g.nodes):
@@ -165,7 +153,7 @@ def fuse_residuals(g: _Graph):
         for v, other in ((n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])):
             layer = by_name.get(v)
             if layer is None or layer.op not in _LAYERS or g.readers(v) != [n] or layer.attrs.get("residual") \
-                    or _clamp_set(layer) or layer.attrs.get("requant") or _depends(by_name, other, v):
+                    or _clamp_set(layer) or layer.attrs.get("requant"):
                 continue
             if best is None or pos[v] > pos[best[0].name]:
                 best = (layer, other)
@@ -177,7 +165,7 @@ def fuse_residuals(g: _Graph):
             g.replace(n, layer.name)
 
 
-def fold_clamps(g: _Graph):
+def fold_clamps(g: Graph):
     """Contract: a ``clamp`` node whose input is a conv/linear read by it alone (not the model
     output), with no clamp or requantization in its epilogue yet, becomes the epilogue clamp.
     Any other clamp stays a node."""
@@ -192,7 +180,7 @@ def fold_clamps(g: _Graph):
         g.replace(n, layer.name)
 
 
-def remove_dead(g: _Graph):
+def remove_dead(g: Graph):
     """Contract: only the nodes the output is computed from remain (their order unchanged)."""
     need, by_name = {g.output}, g.by_name()
     for n in reversed(g.nodes):
@@ -220,7 +208,7 @@ def _divisible(layer: Node) -> bool:
     return lo in (None, 0.0) and hi is None and not layer.attrs["residual"]
 
 
-def place_requant(g: _Graph, requant_in_epilogue: bool = True):
+def place_requant(g: Graph, requant_in_epilogue: bool = True):
     """Contract: a ``quantize`` node (not ``keep``) whose input is a conv/linear read by it alone
     (not the model output) and whose grid an epilogue can emit (:func:`_epilogue_grid`; with
     per-channel steps also :func:`_divisible`) is folded away: the layer gets
@@ -257,7 +245,7 @@ def place_requant(g: _Graph, requant_in_epilogue: bool = True):
             q.inputs[0] = name
 
 
-def order(g: _Graph):
+def order(g: Graph):
     """Contract: the nodes in a topological order that keeps the given order wherever it is
     already valid (a node moves later only to follow an input defined after it); the output is
     the last node. ValueError for an input no node defines or a cycle."""
@@ -291,14 +279,15 @@ def order(g: _Graph):
     g.nodes = out
 
 
-def finalize(g: _Graph, error=ValueError):
+def finalize(g: Graph, error=ValueError):
     """Contract: conv/linear ``scale``/``bias`` and affine arrays become float32 (rounded once);
     a non-finite epilogue value raises ``error`` naming the node; IR-only attributes
     (:data:`IR_ATTRS`) are removed."""
     for n in g.nodes:
         if n.op in _LAYERS or n.op == "affine":
-            for k in ("scale", "bias"):
-                n.arrays[k] = np.asarray(n.arrays[k]).astype(np.float32)
+            with np.errstate(over="ignore"):   # an overflow to inf is reported below
+                for k in ("scale", "bias"):
+                    n.arrays[k] = np.asarray(n.arrays[k]).astype(np.float32)
             if n.op in _LAYERS and not (np.all(np.isfinite(n.arrays["scale"]))
                                         and np.all(np.isfinite(n.arrays["bias"]))):
                 raise error(f"node {n.name!r}: non-finite folded scale/bias (a BatchNorm with running_var + "
@@ -312,7 +301,7 @@ def lower(nodes, output: str, requant_in_epilogue: bool = True, error=ValueError
     """Run the whole pipeline (see the module docstring) on IR ``nodes`` whose model output
     is the value ``output``. The nodes are modified in place. ``error``: the exception type
     for a graph that cannot be lowered (a front end's own ConversionError)."""
-    g = _Graph(nodes, output)
+    g = Graph(nodes, output)
     remove_identities(g)
     fold_affines(g)
     fuse_residuals(g)

@@ -19,96 +19,39 @@ or ``onnx.brevitas``):
 
 How a graph maps onto :class:`lowbit.Model` nodes
 -------------------------------------------------
-The converter interprets the graph in topological order. Every tensor is
-either a constant (initializers, ``Constant`` nodes and everything computed
-from constants only, folded here) or an activation. An activation that is the
-output of a ``Quant``/``BipolarQuant``/``Trunc`` (or a value-preserving op of
-one: ``MaxPool``, ``Flatten``/``Reshape``, ``Identity``) carries its **grid**:
-values are ``level * step`` with integer levels ``qmin - zp .. qmax - zp``, or
-``+-step`` for bipolar.
+The importer interprets the graph in topological order and only translates:
+constants (initializers, ``Constant`` and everything computed from constants
+only) are folded with NumPy (a ``Quant`` on weights keeps its integers
+``q - zero_point`` as the layer's integer codebook); an activation that is
+the output of a quantizer (or of a value-preserving op of one: ``MaxPool``,
+``Flatten``/``Reshape``, ``Identity``) carries its grid (:class:`lowbit.quant.
+UniformGrid`) and becomes codes lazily, when a conv/linear reads it (a
+``quantize`` node; ``MaxPool`` runs before it, as max commutes with a
+monotone quantizer); ``Conv``/``Gemm``/``MatMul`` with quantized weights and
+input become ``conv``/``linear`` (others ``conv_f32``/``linear_f32``);
+``BatchNormalization``, elementwise ops with a per-channel constant, ``Add``,
+``Relu``/``Clip`` become ``affine``/``add``/``clamp``; a zero ``Pad`` becomes
+the next conv's padding; a ``Transpose`` before a flatten into a
+``Gemm``/``MatMul`` moves into the weights. :func:`lowbit.lowering.lower`
+(shared with :func:`lowbit.convert`) then folds affine maps, residual adds and
+clamps into the producing layer's epilogue and turns a ``quantize`` of a layer
+output nothing else reads into that epilogue's requantization.
 
-* A ``Quant``/``BipolarQuant`` on a constant (weights, biases) is evaluated
-  with NumPy in float32 exactly as the QONNX formula above; weights keep their
-  integer values ``q - zero_point``, which become the layer's **integer
-  codebook** (uniform grid ``qmin - zp .. qmax - zp``, padded to ``2^bits``
-  entries with 0; narrow range and zero points cost nothing). Per-channel
-  weight scales go to the epilogue scale.
-* ``Conv``/``Gemm``/``MatMul`` with quantized weights and a quantized input
-  become ``conv``/``linear`` nodes: epilogue ``scale[c] = act_step *
-  w_scale[c]`` (float64 product, rounded once), ``bias`` from the bias input.
-  Then, while the conv's output has no other reader, ``BatchNormalization``,
-  ``Mul``/``Add`` by a per-channel constant, one ``Add`` of another activation
-  (residual) and ``Relu``/``Clip`` fold into its fused epilogue (in that
-  order); elsewhere they become float ``affine``/``add``/``clamp`` nodes.
-* Activation quantizers are lazy: codes are made when a conv/linear reads
-  them, by the producing conv's epilogue (``requant``, when its grid is a plain
-  ``0..2^b-1`` / ``-2^(b-1)..2^(b-1)-1`` one and nothing else reads that
-  conv's float output) or by a ``quantize`` node; a float reader (residual
-  add, average pooling) gets ``dequantize`` of those codes. ``MaxPool``
-  commutes with a monotone quantizer, so it runs on the float value before
-  quantization (one quantize after the pool instead of quantize, dequantize,
-  pool, quantize).
-* Activation code widths: a grid of n levels gets the smallest supported code
-  width with ``2^bits >= n`` (1, 2, 3, 4 or 8). Layers whose activation and
-  weight codes are 1-4 bits run on the LUT kernels (grouplut/lutgemm); a 5-8-bit
-  side (typically the first layer reading an 8-bit input quantizer) runs on the
-  exact int16 ``dotgemm`` path. A ``Conv``/``Gemm``/``MatMul`` whose input or
-  weights are not quantized (or whose input has per-channel steps and is not
-  depthwise) runs in float32 (``conv_f32``/``linear_f32``, im2col + BLAS).
-* Elementwise ``Add``/``Sub``/``Mul``/``Div``/``Neg`` of an activation and a
-  scalar or per-channel constant are per-channel affine maps: they compose into
-  an open epilogue, else become ``affine`` nodes (the zoo's ``2x - 1`` input
-  scaling and ``TensorNorm``). A zero ``Pad`` becomes the next conv's padding.
-* Per-channel activation scales: the levels are kept with step 1 and the scales
-  per channel (divided out in the producing epilogue or by an ``affine`` before
-  ``quantize``; folded into a depthwise reader's output scale).
-* ``MaxPool``, ``AveragePool``, ``GlobalAveragePool``/``GlobalMaxPool``,
-  ``ReduceMean`` over H, W, ``Flatten``, ``Reshape``/``Squeeze`` to (N, C*H*W)
-  map to the runtime's pooling and ``flatten`` nodes. ``Transpose`` of
-  activations is supported where it only reorders what a following ``Gemm``/
-  ``MatMul`` reads (e.g. NHWC flattening): the permutation moves into the
-  weights. ``Identity`` and ``Dropout`` are aliases.
-* ``Trunc`` (Brevitas ``TruncAvgPool2d``) becomes a ``quantize`` node at the
-  input scale whose codebook holds ``r * T`` for each code (``r`` computed
-  exactly as above, any rounding mode), so its output values are bit exact,
-  when its integer input range spans at most 256 values; wider ones quantize
-  at the output scale (exact for FLOOR/CEIL via an offset, for ROUND by rounding
-  at the input scale first), see ``_Converter._trunc_wide``.
-
-Exactness (what "agrees with the qonnx executor" means)
-------------------------------------------------------
-lowbit sums exact integers and applies ``float32(acc) * scale + bias``; the
-qonnx executor (onnxruntime) convolves the dequantized float32 values. The two
-pre-quantization values differ by float rounding only (a relative error of
-order ``K * 2^-24``), so an activation code can differ **only where that value
-lies within float rounding of a rounding boundary** (ties ``k + 0.5``). The
-requantizing epilogue computes ``v * (1 / step)`` where QONNX divides, and a
-nonzero activation zero point is subtracted from the clamp bounds instead of
-added to ``x / step``: both again move only values within float rounding of a
-boundary. Everything else is bit exact: bipolar and 1-bit codes, ``Trunc``
-codes, max pooling, flatten/transposes, and the dequantized values of every
-code (``level * step`` in float32, as QONNX computes them).
-
-The signed 1-bit ``Quant``
---------------------------
-QONNX defines a signed 1-bit ``Quant`` like every other width: levels
-``qmin..qmax = -1..0`` (``{-scale, 0}``), which is what Brevitas computes in
-PyTorch for a 1-bit signed integer quantizer. qonnx 1.0's executor instead
-returns ``+-scale`` for it (``intquant.py``: "BUG: 1-bit IntQuant ops currently
-not exported correctly"). lowbit implements the definition (``{-1, 0}``), so for
-this case compare lowbit with Brevitas' PyTorch output, not with the qonnx
-executor. Note also that Brevitas 0.13 *exports* every 1-bit quantizer (even an
-integer one whose PyTorch levels are ``{-1, 0}`` or ``{0, 1}``) as
-``BipolarQuant``; lowbit executes the graph it is given (``+-scale`` there), so
-use Brevitas' binary quantizers (``SignedBinaryWeightPerTensorConst`` and
-friends) for 1-bit layers. See docs/brevitas.md.
+docs/brevitas.md ("What is supported, and how it maps", "Exactness", "1-bit
+quantizers", "Trunc") describes every op, the code widths and kernels, what is
+bit exact and where a code can differ from the qonnx executor (only within
+float rounding of a rounding tie), the signed 1-bit ``Quant`` (lowbit follows
+the QONNX definition, levels -1..0, unlike qonnx 1.0's executor) and the
+``Trunc`` lowering (see also ``_Converter._trunc_wide``).
 
 Functions
 ---------
-:func:`from_qonnx` converts; :func:`to_float_onnx` lowers every quantizer to
-standard float ONNX ops (for onnxruntime); :func:`compare_qonnx` measures
-parity against the qonnx executor; :func:`bench_qonnx` times lowbit against
-onnxruntime on the float-lowered model.
+:func:`from_qonnx` converts (this module); :func:`to_float_onnx` lowers every
+quantizer to standard float ONNX ops for onnxruntime (:mod:`lowbit.qonnx_float`);
+:func:`compare_qonnx`, :func:`trace_divergence` and :func:`qonnx_execute` measure
+parity against the qonnx executor (:mod:`lowbit.qonnx_parity`); :func:`bench_qonnx`
+times lowbit against onnxruntime on the float-lowered model
+(:mod:`lowbit.qonnx_bench`). All are importable from ``lowbit.qonnx``.
 """
 from __future__ import annotations
 

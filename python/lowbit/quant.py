@@ -2,21 +2,15 @@
 
 Uniform integer grids (the one place for these formulas)
 --------------------------------------------------------
-A b-bit quantizer with step ``s`` maps x to an integer level ``q`` of the range
-:func:`int_range` and represents ``q * s``; its uint8 code is ``q - qn``.
-
-* ranges: signed ``-2^(b-1) + narrow .. 2^(b-1) - 1``, unsigned
-  ``0 .. 2^b - 1 - narrow`` (QONNX's ``min_int``/``max_int``; a signed 1-bit
-  *integer* grid is -1..0). The **binary** quantizer (LSQ's signed 1-bit, QONNX
-  ``BipolarQuant``) is not an integer range: its levels are ``BINARY_LEVELS``
-  = (-1, +1) and its code is ``x >= 0``.
-* rounding: ``q = round_half_even(clamp(x / s, qn, qp))`` in float32 with a
-  true division (torch's LSQ and QONNX ``Quant`` alike): :func:`quantize_codes`.
-* levels of a grid stored in ``2^bits`` codes: :func:`grid_levels`;
-  the code width of n levels: :func:`bits_for`.
-* requantization in a GEMM epilogue multiplies by ``inv_step = float32(1) /
-  float32(s)`` instead of dividing (:func:`inv_step`, :func:`requantize`).
-* codes back to floats: ``float32(level) * float32(s)`` (:func:`dequantize`).
+A b-bit quantizer with step ``s`` maps x to an integer level ``q`` in
+:func:`int_range` (QONNX's min_int..max_int; LSQ's ranges are the non-narrow
+ones) and represents ``q * s``; its uint8 code is ``q - qn``. The **binary**
+quantizer (LSQ signed 1-bit, QONNX ``BipolarQuant``) has levels
+``BINARY_LEVELS`` = (-1, +1) and code ``x >= 0``. :func:`quantize_codes`
+(true float32 division, round half to even), :func:`requantize` (an epilogue's
+multiply by :func:`inv_step`), :func:`dequantize`, :func:`grid_levels`,
+:func:`bits_for` and :class:`UniformGrid` are used by the QAT module, both
+front ends, the epilogue, the runtime and the reference alike.
 
 Float codebooks -> exact integer codebooks plus a scale
 -------------------------------------------------------

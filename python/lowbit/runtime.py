@@ -292,7 +292,7 @@ def _to_numpy(x):
 def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     """LSQ codes of float32 ``x``: clamp(round_half_even(x / step), Qn, Qp) - Qn, computed in
     float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0).
-    The native kernel and the NumPy lines below (the reference) agree bit for bit."""
+    The native kernel and :func:`lowbit.quant.quantize_codes` (the reference) agree bit for bit."""
     if attrs.get("binary"):
         return _quant.quantize_codes(x, 1.0, 0, 1, binary=True)
     if attrs.get("pre_step") is not None:
