@@ -26,13 +26,12 @@ before flatten) it must equal ``example_input``'s, which ``Model`` checks
 """
 from __future__ import annotations
 
-import math
 import operator
 
 import numpy as np
 
 from .errors import ConversionError
-from .lowering import lower
+from .lowering import lower, unique_name
 from .runtime import Model, Node
 
 __all__ = ["convert", "compare", "ConversionError"]
@@ -51,11 +50,6 @@ def _pair(v):
             return [int(v[0]), int(v[0])]
         return [int(v[0]), int(v[1])]
     return [int(v), int(v)]
-
-
-def _f(v):
-    """JSON float (None for +-inf)."""
-    return None if v is None or math.isinf(v) else float(v)
 
 
 class _Converter:
@@ -247,24 +241,17 @@ class _Converter:
                                   "Identity, Dropout.")
 
     # ---- graph building ----------------------------------------------------------------------
+    def uname(self, base):
+        return unique_name(base, self.names)
+
+    def add_node(self, node):
+        self.nodes.append(node)
+        return node.name
+
     def build(self):
-        self.nodes, self.env, self.quantizers = [], {}, {}
-        names = set()
-
-        def add_node(node):
-            self.nodes.append(node)
-            names.add(node.name)
-            return node.name
-
-        def uname(base):
-            base = base.replace(":", "_") or "node"
-            name, i = base, 1
-            while name in names:
-                i += 1
-                name = f"{base}_{i}"
-            return name
-
-        self.uname, self.add_node = uname, add_node
+        self.nodes, self.env, self.quantizers, self.names = [], {}, {}, set()
+        add_node = self.add_node
+        uname = self.uname
         out_val = None
         for n in self.graph.nodes:
             k = self.kinds[n]
@@ -565,14 +552,25 @@ def compare(qat, model: Model, x, batch_size: int = 250, codes: bool = True) -> 
         for h in handles:
             h.remove()
     t, lo = np.concatenate(t_logits), np.concatenate(l_logits)
-    d = np.abs(t.astype(np.float64) - lo)
-    out = {"n": int(len(t)), "top1_agreement": float(np.mean(t.argmax(1) == lo.argmax(1))),
+    out = agreement(t, lo, {k: v for k, v in diff.items() if v[1]} if codes else None)
+    out.update(torch_logits=t, lowbit_logits=lo)
+    return out
+
+
+def agreement(ref, lo, code_diff=None) -> dict:
+    """How closely logits ``lo`` reproduce ``ref`` (both (N, ...)): n, top-1 agreement, max / mean /
+    99th percentile of the absolute difference, ref's std; with ``code_diff`` ({name: [differ,
+    total]}) also per-name and overall fractions of differing codes (compare, compare_qonnx)."""
+    d = np.abs(ref.astype(np.float64) - lo)
+    flat_r, flat_l = ref.reshape(len(ref), -1), lo.reshape(len(lo), -1)
+    out = {"n": int(len(ref)), "top1_agreement": float(np.mean(flat_r.argmax(1) == flat_l.argmax(1))),
            "logit_absdiff_max": float(d.max()), "logit_absdiff_mean": float(d.mean()),
-           "logit_absdiff_p99": float(np.percentile(d, 99)), "logit_std": float(t.std()),
-           "torch_logits": t, "lowbit_logits": lo}
-    if codes:
+           "logit_absdiff_p99": float(np.percentile(d, 99)), "logit_std": float(ref.std())}
+    if code_diff is not None:
         out["code_diff"] = {k: {"differ": v[0], "total": v[1], "fraction": v[0] / max(v[1], 1)}
-                            for k, v in diff.items() if v[1]}
-        tot = sum(v[1] for v in diff.values())
-        out["code_diff_fraction"] = sum(v[0] for v in diff.values()) / max(tot, 1)
+                            for k, v in code_diff.items()}
+        tot = sum(v[1] for v in code_diff.values())
+        out["codes_differ"] = sum(v[0] for v in code_diff.values())
+        out["codes_total"] = tot
+        out["code_diff_fraction"] = out["codes_differ"] / max(tot, 1)
     return out

@@ -46,68 +46,77 @@ same objects the Model runs and no translation layer is needed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import heapq
 
 import numpy as np
 
 from .quant import UniformGrid
 from .runtime import Node
 
-__all__ = ["lower", "Lowered", "Graph", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
+__all__ = ["lower", "Graph", "unique_name", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
            "place_requant", "order", "finalize", "IR_ATTRS"]
 
 _LAYERS = ("conv", "linear")
 IR_ATTRS = ("keep", "bn", "origin")   # lowering-only attributes (``bn`` only on affine nodes), removed by finalize
 
 
-@dataclass
-class Lowered:
-    """The result of :func:`lower`: ``nodes`` in execution order (the output last), and
-    ``replaced``: for every node folded away, the node that now computes its value."""
-    nodes: list
-    replaced: dict = field(default_factory=dict)
+def unique_name(base, taken: set) -> str:
+    """A node name made from ``base`` (``:`` -> ``_``, ``/`` -> ``.``; then ``_2``, ``_3``... until it is
+    not in ``taken``), added to ``taken``: how both front ends name their nodes."""
+    base = (base or "node").replace(":", "_").replace("/", ".")
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
 
 
 class Graph:
     """What the passes rewrite: ``nodes`` (IR, in order), the name of the model ``output`` and
-    ``replaced`` (folded node -> the node that now computes its value)."""
+    ``replaced`` (folded node -> the node that now computes its value; :func:`lower` resolves
+    chains)."""
 
     def __init__(self, nodes, output):
-        self.nodes = list(nodes)
-        self.output = output
-        self.replaced = {}
+        self.nodes, self.output, self.replaced = list(nodes), output, {}
 
     def by_name(self):
         return {n.name: n for n in self.nodes}
 
     def readers(self, name):
         """Nodes reading ``name`` (once per input slot); the output counts as one more reader."""
-        out = [n for n in self.nodes for i in n.inputs if i == name]
-        return out + ([None] if name == self.output else [])
+        return [n for n in self.nodes for i in n.inputs if i == name] + ([None] if name == self.output else [])
 
     def replace(self, old: Node, new_name: str):
         """Remove ``old``; its readers (and the output) read ``new_name`` instead."""
         self.nodes.remove(old)
         for n in self.nodes:
             n.inputs = [new_name if i == old.name else i for i in n.inputs]
-        if self.output == old.name:
-            self.output = new_name
+        self.output = new_name if self.output == old.name else self.output
         self.replaced[old.name] = new_name
 
-    def sole_layer_input(self, n: Node):
-        """The conv/linear node that produces n's first input when n is its only reader, else None."""
-        p = self.by_name().get(n.inputs[0])
-        if p is None or p.op not in _LAYERS or self.readers(p.name) != [n]:
-            return None
-        return p
+    def sole_reader_layer(self, value, reader: Node):
+        """The conv/linear node computing ``value`` when ``reader`` is its only reader, else None."""
+        p = self.by_name().get(value)
+        return p if p is not None and p.op in _LAYERS and self.readers(value) == [reader] else None
 
 
-def _clamp_set(layer: Node) -> bool:
-    return list(layer.attrs.get("clamp", [None, None])) != [None, None]
+# The epilogue computes these in this order; a fold may add a stage only while nothing at or
+# after it is there yet (affine maps compose, so an affine may follow an affine).
+_STAGES = ("affine", "residual", "clamp", "requant")
 
 
-def _note_fused(layer: Node, n: Node):
+def _open_for(layer: Node, stage: str) -> bool:
+    a = layer.attrs
+    done = {"affine": False, "residual": bool(a.get("residual")), "requant": bool(a.get("requant")),
+            "clamp": list(a.get("clamp", [None, None])) != [None, None]}
+    return not any(done[s] for s in _STAGES[_STAGES.index(stage):])
+
+
+def _fold(g: Graph, n: Node, layer: Node):
+    """n's value is now computed by layer's epilogue: record it and remove n."""
     layer.attrs.setdefault("fused", []).append(n.attrs.get("origin", n.name))
+    g.replace(n, layer.name)
 
 
 def remove_identities(g: Graph):
@@ -123,61 +132,43 @@ def fold_affines(g: Graph):
     folds into that epilogue: ``scale = scale * a``, ``bias = bias * a + b`` in float64 (one
     rounding to float32 later, in :func:`finalize`). Consecutive affine maps compose. Any other
     affine node stays a node."""
-    for n in list(g.nodes):
-        if n.op != "affine" or n.attrs.get("keep"):
-            continue
-        layer = g.sole_layer_input(n)
-        if layer is None or layer.attrs.get("residual") or _clamp_set(layer) or layer.attrs.get("requant"):
-            continue
-        a, b = (np.asarray(n.arrays[k], np.float64) for k in ("scale", "bias"))
-        layer.arrays["scale"] = layer.arrays["scale"] * a
-        layer.arrays["bias"] = layer.arrays["bias"] * a + b
-        layer.attrs["bn"] = bool(layer.attrs.get("bn")) or bool(n.attrs.get("bn"))
-        _note_fused(layer, n)
-        g.replace(n, layer.name)
+    for n in [n for n in g.nodes if n.op == "affine" and not n.attrs.get("keep")]:
+        layer = g.sole_reader_layer(n.inputs[0], n)
+        if layer is not None and _open_for(layer, "affine"):
+            a, b = (np.asarray(n.arrays[k], np.float64) for k in ("scale", "bias"))
+            layer.arrays["scale"], layer.arrays["bias"] = layer.arrays["scale"] * a, layer.arrays["bias"] * a + b
+            layer.attrs["bn"] = bool(layer.attrs.get("bn")) or bool(n.attrs.get("bn"))
+            _fold(g, n, layer)
 
 
 def fuse_residuals(g: Graph):
     """Contract: an ``add`` of two different values, one of which is the output of a conv/linear
-    read by the add alone (not the model output) with no clamp or requantization in its epilogue
-    yet, becomes that layer's residual input (``attrs['residual']``, a second input; the other
-    value cannot depend on the layer, which nothing else reads: :func:`order` then puts the
-    layer after it). When both sides qualify, the later layer in the
-    node order takes the residual (a ResNet block's second conv or its shortcut conv: the sum is
-    the same float32 add either way). Any other add stays a float ``add`` node."""
-    for n in list(g.nodes):
-        if n.op != "add" or n.inputs[0] == n.inputs[1]:
-            continue
-        by_name, pos = g.by_name(), {m.name: i for i, m in enumerate(g.nodes)}
-        best = None
-        for v, other in ((n.inputs[0], n.inputs[1]), (n.inputs[1], n.inputs[0])):
-            layer = by_name.get(v)
-            if layer is None or layer.op not in _LAYERS or g.readers(v) != [n] or layer.attrs.get("residual") \
-                    or _clamp_set(layer) or layer.attrs.get("requant"):
-                continue
-            if best is None or pos[v] > pos[best[0].name]:
-                best = (layer, other)
-        if best is not None:
-            layer, other = best
+    read by the add alone (not the model output) with no residual, clamp or requantization in
+    its epilogue yet, becomes that layer's residual input (``attrs['residual']``, a second
+    input; the other value cannot depend on the layer, which nothing else reads: :func:`order`
+    puts the layer after it). When both sides qualify, the later layer in the node order takes
+    the residual (a ResNet block's second conv or its shortcut conv: the sum is the same float32
+    add either way). Any other add stays a float ``add`` node."""
+    for n in [n for n in g.nodes if n.op == "add" and n.inputs[0] != n.inputs[1]]:
+        pos = {m.name: i for i, m in enumerate(g.nodes)}
+        sides = [(g.sole_reader_layer(v, n), other) for v, other in (n.inputs, n.inputs[::-1])]
+        sides = [(layer, other) for layer, other in sides if layer is not None and _open_for(layer, "residual")]
+        if sides:
+            layer, other = max(sides, key=lambda side: pos[side[0].name])
             layer.inputs.append(other)
             layer.attrs["residual"] = True
-            _note_fused(layer, n)
-            g.replace(n, layer.name)
+            _fold(g, n, layer)
 
 
 def fold_clamps(g: Graph):
     """Contract: a ``clamp`` node whose input is a conv/linear read by it alone (not the model
     output), with no clamp or requantization in its epilogue yet, becomes the epilogue clamp.
     Any other clamp stays a node."""
-    for n in list(g.nodes):
-        if n.op != "clamp":
-            continue
-        layer = g.sole_layer_input(n)
-        if layer is None or _clamp_set(layer) or layer.attrs.get("requant"):
-            continue
-        layer.attrs["clamp"] = list(n.attrs["clamp"])
-        _note_fused(layer, n)
-        g.replace(n, layer.name)
+    for n in [n for n in g.nodes if n.op == "clamp"]:
+        layer = g.sole_reader_layer(n.inputs[0], n)
+        if layer is not None and _open_for(layer, "clamp"):
+            layer.attrs["clamp"] = list(n.attrs["clamp"])
+            _fold(g, n, layer)
 
 
 def remove_dead(g: Graph):
@@ -218,9 +209,9 @@ def place_requant(g: Graph, requant_in_epilogue: bool = True):
     a node gets an ``affine`` in front multiplying by ``float32(1 / step[c])``."""
     for q in [n for n in g.nodes if n.op == "quantize"]:
         chan = q.attrs.get("channel_steps")
-        layer = g.sole_layer_input(q)
+        layer = g.sole_reader_layer(q.inputs[0], q)
         grid = _epilogue_grid(q)
-        if requant_in_epilogue and layer is not None and grid is not None and not layer.attrs.get("requant") \
+        if requant_in_epilogue and layer is not None and grid is not None and _open_for(layer, "requant") \
                 and not q.attrs.get("keep") and (chan is None or _divisible(layer)):
             rq = grid.requant()
             if chan is not None:
@@ -229,15 +220,10 @@ def place_requant(g: Graph, requant_in_epilogue: bool = True):
                 layer.arrays["bias"] = layer.arrays["bias"] / steps
                 rq["channel_steps"] = [float(v) for v in chan]
             layer.attrs["requant"] = rq
-            _note_fused(layer, q)
-            g.replace(q, layer.name)
+            _fold(g, q, layer)
         elif chan is not None:
             steps = np.asarray(chan, np.float32)
-            names = {n.name for n in g.nodes}
-            name, i = f"{q.name}.per_channel_scale", 1
-            while name in names:
-                i += 1
-                name = f"{q.name}.per_channel_scale_{i}"
+            name = unique_name(f"{q.name}.per_channel_scale", {n.name for n in g.nodes})
             pre = Node(name, "affine", [q.inputs[0]], {"source": q.attrs.get("source", q.name)},
                        {"scale": (1.0 / steps.astype(np.float64)).astype(np.float32),
                         "bias": np.zeros_like(steps)})
@@ -249,26 +235,19 @@ def order(g: Graph):
     """Contract: the nodes in a topological order that keeps the given order wherever it is
     already valid (a node moves later only to follow an input defined after it); the output is
     the last node. ValueError for an input no node defines or a cycle."""
-    by_name = g.by_name()
-    index = {n.name: i for i, n in enumerate(g.nodes)}
-    for n in g.nodes:
-        for i in n.inputs:
-            if i not in by_name:
-                raise ValueError(f"lowering: node {n.name!r} reads {i!r}, which no node defines")
-    import heapq
-
-    pending = {n.name: len(set(n.inputs)) for n in g.nodes}
+    by_name, index = g.by_name(), {n.name: i for i, n in enumerate(g.nodes)}
     users = {}
     for n in g.nodes:
         for i in set(n.inputs):
+            if i not in by_name:
+                raise ValueError(f"lowering: node {n.name!r} reads {i!r}, which no node defines")
             users.setdefault(i, []).append(n.name)
-    ready = [index[n] for n, k in pending.items() if k == 0]
-    heapq.heapify(ready)
+    pending = {n.name: len(set(n.inputs)) for n in g.nodes}
+    ready = [index[n] for n, k in pending.items() if k == 0]   # a heap of node positions
     out = []
     while ready:
-        n = g.nodes[heapq.heappop(ready)]
-        out.append(n)
-        for u in users.get(n.name, ()):
+        out.append(g.nodes[heapq.heappop(ready)])
+        for u in users.get(out[-1].name, ()):
             pending[u] -= 1
             if pending[u] == 0:
                 heapq.heappush(ready, index[u])
@@ -297,26 +276,22 @@ def finalize(g: Graph, error=ValueError):
                 n.attrs.pop(k, None)
 
 
-def lower(nodes, output: str, requant_in_epilogue: bool = True, error=ValueError) -> Lowered:
-    """Run the whole pipeline (see the module docstring) on IR ``nodes`` whose model output
-    is the value ``output``. The nodes are modified in place. ``error``: the exception type
-    for a graph that cannot be lowered (a front end's own ConversionError)."""
+def lower(nodes, output: str, requant_in_epilogue: bool = True, error=ValueError) -> Graph:
+    """Run the whole pipeline (see the module docstring) on IR ``nodes`` whose model output is
+    the value ``output``; the nodes are modified in place. Returns the :class:`Graph`: ``nodes``
+    in execution order, and ``replaced`` mapping every node folded away to the node that now
+    computes its value. ``error``: the exception type to raise (a front end's ConversionError)."""
     g = Graph(nodes, output)
-    remove_identities(g)
-    fold_affines(g)
-    fuse_residuals(g)
-    fold_clamps(g)
-    remove_dead(g)
+    for run_pass in (remove_identities, fold_affines, fuse_residuals, fold_clamps, remove_dead):
+        run_pass(g)
     place_requant(g, requant_in_epilogue)
     try:
         order(g)
     except ValueError as exc:
         raise error(f"internal error: {exc}") from None
     finalize(g, error)
-    replaced = {}
-    for old in g.replaced:
-        new = old
+    for old, new in g.replaced.items():
         while new in g.replaced:
             new = g.replaced[new]
-        replaced[old] = new
-    return Lowered(g.nodes, replaced)
+        g.replaced[old] = new
+    return g

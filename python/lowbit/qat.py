@@ -12,18 +12,10 @@ is a :class:`QConv2d` / :class:`QLinear` that fake-quantizes its weight
 (signed, per output channel by default) and its input activation (unsigned
 when the input comes from a ReLU, signed otherwise; see :func:`prepare`).
 
-Level sets (integer levels; real value = level * step):
-
-====================  ==============================  =====================
-quantizer             integer levels                  codes (uint8)
-====================  ==============================  =====================
-signed, b >= 2        -2^(b-1) .. 2^(b-1)-1           level + 2^(b-1)
-unsigned, b >= 1      0 .. 2^b-1                      level
-signed, b == 1        {-1, +1}                        0 -> -1, 1 -> +1
-====================  ==============================  =====================
-
-Rounding is ``torch.round``: round half to even (x/s = 2.5 -> 2, -0.5 -> 0);
-an integer re-implementation must do the same to match bit for bit.
+Levels (real value = level * step) are the full signed (-2^(b-1) .. 2^(b-1)-1)
+or unsigned (0 .. 2^b-1) ranges of :func:`lowbit.quant.int_range`, code =
+level - Qn; signed 1-bit is binary, levels {-1, +1}. Rounding is ``torch.round``,
+half to even, as :func:`lowbit.quant.quantize_codes` computes it.
 
 Export for the converter: ``codes, codebook, step = quantizer.codes(x)`` with
 ``torch.tensor(codebook)[codes.long()] * step_broadcast == quantizer(x)``
@@ -239,22 +231,16 @@ class QConv2d(nn.Conv2d):
     def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int, act_signed: bool,
                    per_channel: bool = True) -> "QConv2d":
         """Copy ``conv`` (weights and hyperparameters) into a QConv2d; init the weight step."""
-        q = cls.__new__(cls)
-        nn.Conv2d.__init__(q, conv.in_channels, conv.out_channels, conv.kernel_size,
-                           stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                           groups=conv.groups, bias=conv.bias is not None,
-                           padding_mode=conv.padding_mode,
-                           device=conv.weight.device, dtype=conv.weight.dtype)
-        if q.padding_mode != "zeros":
-            raise ValueError(f"QConv2d supports padding_mode='zeros' only, got {q.padding_mode!r}")
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
+                w_bits=w_bits, a_bits=a_bits, act_signed=act_signed, per_channel=per_channel)
         with torch.no_grad():
             q.weight.copy_(conv.weight)
             if conv.bias is not None:
                 q.bias.copy_(conv.bias)
+        q.weight_quant.init_from(q.weight)
         q.train(conv.training)
-        q.w_bits, q.a_bits, q.act_signed = int(w_bits), int(a_bits), bool(act_signed)
-        q.weight_quant = _weight_quantizer(q.weight, q.w_bits, per_channel)
-        q.act_quant = _act_quantizer(q.weight, q.a_bits, q.act_signed)
         return q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -55,21 +55,20 @@ times lowbit against onnxruntime on the float-lowered model
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
-import time
-import warnings
 from collections import Counter
 
 import numpy as np
 
 from .errors import ConversionError
-from .lowering import lower
-from .quant import UniformGrid, bits_for, grid_levels, int_range
+from .lowering import lower, unique_name
+from .quant import ROUNDING, UniformGrid, bits_for, grid_levels, int_range
 from .runtime import Model, Node
 
 __all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute",
-           "trace_divergence", "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]
+           "trace_divergence", "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]  # noqa: F822 (lazy: __getattr__)
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "qonnx.custom_op")
 _QOPS = ("Quant", "BipolarQuant", "Trunc")
@@ -166,22 +165,10 @@ def _desc(node) -> str:
 # Quantizer arithmetic (NumPy, float32, exactly the QONNX formulas)
 
 def _round_fn(mode: str, where: str):
-    m = (mode or "ROUND").upper()
-    if m in ("ROUND", "HALF_EVEN"):
-        return np.round
-    if m == "FLOOR":
-        return np.floor
-    if m == "CEIL":
-        return np.ceil
-    if m == "DOWN":
-        return np.fix
-    if m == "UP":
-        return lambda v: np.sign(v) * np.ceil(np.abs(v))
-    if m == "HALF_UP":
-        return lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5)
-    if m == "HALF_DOWN":
-        return lambda v: np.sign(v) * np.ceil(np.abs(v) - 0.5)
-    raise QonnxConversionError(f"{where}: unknown rounding_mode {mode!r}")
+    fn = ROUNDING.get((mode or "ROUND").upper())
+    if fn is None:
+        raise QonnxConversionError(f"{where}: unknown rounding_mode {mode!r}")
+    return fn
 
 
 def quant_numpy(x, scale, zero_point, bits, signed, narrow, rounding_mode="ROUND"):
@@ -285,8 +272,7 @@ class _Act:
         self.origin = origin   # the Quant node of a lazily quantized activation (lowering's ``origin``)
 
     def copy(self, **kw):
-        a = _Act(self.shape, self.fl, self.cd, self.grid, self.conv, self.perm, self.colperm, self.global_pool,
-                 self.pre, self.pre_conv, self.name, self.pad, self.origin)
+        a = copy.copy(self)
         for k, v in kw.items():
             setattr(a, k, v)
         return a
@@ -434,13 +420,7 @@ class _Converter:
 
     # ---- node list -----------------------------------------------------------------------------
     def uname(self, base):
-        base = (base or "node").replace(":", "_").replace("/", ".")
-        name, i = base, 1
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
+        return unique_name(base, self.names)
 
     def add(self, name, op, inputs, attrs=None, arrays=None):
         node = Node(self.uname(name), op, inputs, attrs, arrays)

@@ -46,14 +46,10 @@ def to_float_onnx(model, dynamic_batch: bool = True):
         return out
 
     def rounding(x, mode, where):
-        m_ = (mode or "ROUND").upper()
-        if m_ in ("ROUND", "HALF_EVEN"):
-            return emit("Round", [x])
-        if m_ == "FLOOR":
-            return emit("Floor", [x])
-        if m_ == "CEIL":
-            return emit("Ceil", [x])
-        raise QonnxConversionError(f"{where}: rounding_mode {mode} has no float ONNX lowering here")
+        op = {"ROUND": "Round", "HALF_EVEN": "Round", "FLOOR": "Floor", "CEIL": "Ceil"}.get((mode or "ROUND").upper())
+        if op is None:
+            raise QonnxConversionError(f"{where}: rounding_mode {mode} has no float ONNX lowering here")
+        return emit(op, [x])
 
     for n in g.node:
         if not (n.op_type in _QOPS and _is_qop(n)):

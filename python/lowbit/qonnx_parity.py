@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .convert import agreement
 from .qonnx import _load, from_qonnx
+from .quant import int_range
 from .runtime import Model
 
 __all__ = ["qonnx_execute", "compare_qonnx", "trace_divergence"]
@@ -91,19 +93,9 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
     lo = np.concatenate(mine)
     if lo.shape != ref.shape:
         lo = lo.reshape(ref.shape)
-    d = np.abs(ref.astype(np.float64) - lo)
-    flat_r, flat_l = ref.reshape(len(ref), -1), lo.reshape(len(lo), -1)
-    out = {"n": int(len(ref)), "top1_agreement": float(np.mean(flat_r.argmax(1) == flat_l.argmax(1))),
-           "logit_absdiff_max": float(d.max()), "logit_absdiff_mean": float(d.mean()),
-           "logit_absdiff_p99": float(np.percentile(d, 99)), "logit_std": float(ref.std()),
-           "reference_logits": ref, "lowbit_logits": lo, "model": lb}
+    out = agreement(ref, lo, diff if codes else None)
+    out.update(reference_logits=ref, lowbit_logits=lo, model=lb)
     if codes:
-        out["code_diff"] = {k: {"differ": v[0], "total": v[1], "fraction": v[0] / max(v[1], 1)}
-                            for k, v in diff.items()}
-        tot = sum(v[1] for v in diff.values())
-        out["code_diff_fraction"] = sum(v[0] for v in diff.values()) / max(tot, 1)
-        out["codes_differ"] = sum(v[0] for v in diff.values())
-        out["codes_total"] = tot
         out["code_tensors"] = len(diff)
     return out
 
@@ -125,7 +117,8 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
         tensor = qmap.get(n.name)
         if tensor is not None and tensor in ctx:
             q = n.attrs if n.op == "quantize" else n.attrs["requant"]
-            lv = np.asarray(q["levels"] if n.op == "quantize" else _requant_levels(q), np.int64)
+            qn, qp = int_range(q["bits"], q["signed"]) if n.op != "quantize" else (0, -1)
+            lv = np.asarray(q["levels"] if n.op == "quantize" else range(qn, qp + 1), np.int64)
             step = np.asarray(q.get("channel_steps", q["step"]), np.float32).astype(np.float64)
             c = out.codes
             nhwc = c.ndim == 4
@@ -203,9 +196,3 @@ def trace_divergence(model, x, continue_for: int = 10, lowbit_model: Model | Non
             "tie_distance": float(np.max(np.abs(over - np.floor(over) - 0.5))),
             "lowbit_codes": ours[tuple(positions.T)], "qonnx_codes": theirs[tuple(positions.T)],
             "continued": continued}
-
-
-def _requant_levels(r):
-    from .epilogue import Requant
-
-    return Requant(r["bits"], r["step"], r["signed"]).codebook().tolist()

@@ -82,6 +82,12 @@ def grid_levels(levels, bits: int) -> list:
     return levels + [pad] * ((1 << bits) - len(levels))
 
 
+# QONNX rounding modes -> NumPy (ROUND is round half to even, like torch.round and np.rint)
+ROUNDING = {"ROUND": np.round, "HALF_EVEN": np.round, "FLOOR": np.floor, "CEIL": np.ceil, "DOWN": np.fix,
+            "UP": lambda v: np.sign(v) * np.ceil(np.abs(v)), "HALF_UP": lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5),
+            "HALF_DOWN": lambda v: np.sign(v) * np.ceil(np.abs(v) - 0.5)}
+
+
 def quantize_codes(x: np.ndarray, step, qn: int, qp: int, binary: bool = False) -> np.ndarray:
     """uint8 codes ``round_half_even(clamp(x / step, qn, qp)) - qn`` of float32 ``x``, computed in
     float32 with a true division, step by step (the definition the native kernel matches);
@@ -145,10 +151,6 @@ class UniformGrid:
         if self.binary:
             return list(BINARY_LEVELS)
         return grid_levels(range(self.qn, self.qp + 1), self.bits)
-
-    def key(self):
-        return (np.float32(self.step).tobytes(), self.qn, self.qp, self.binary,
-                None if self.chan is None else self.chan.tobytes())
 
     def requant(self):
         """The ``requant`` attribute of an epilogue that emits this grid's codes ({bits, step,
