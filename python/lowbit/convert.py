@@ -31,10 +31,18 @@ import operator
 import numpy as np
 
 from .errors import ConversionError
-from .lowering import lower, unique_name
+from .lowering import layer_node, lower, unique_name
 from .runtime import Model, Node
 
 __all__ = ["convert", "compare", "ConversionError"]
+
+_POOLS = ("maxpool", "avgpool", "adaptive_avgpool")
+
+
+def _arg_of(n):
+    """arg(i, key, default): fx node n's argument by position i, else keyword key, else default."""
+    return lambda i, key, default: n.args[i] if len(n.args) > i else n.kwargs.get(key, default)
+
 
 def _torch():
     try:
@@ -269,7 +277,7 @@ class _Converter:
             elif k == "size":
                 pass
             else:
-                getattr(self, "_op_" + k)(n)
+                self._pool(n, k) if k in _POOLS else getattr(self, "_op_" + k)(n)
         self.finish(out_val)
 
     def _src(self, n, i=0):
@@ -295,13 +303,7 @@ class _Converter:
         wcodes = wcodes.cpu().numpy().astype(np.uint8)
         scale = np.float64(a_step) * w_step
         bias = (m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros(cout))
-        attrs = {"w_bits": int(wq.bits), "w_codebook": [int(v) for v in wlevels], "a_bits": int(aq.bits),
-                 "a_codebook": [int(v) for v in levels], "a_step": a_step, "a_signed": bool(aq.signed),
-                 "a_binary": bool(aq.binary_signed), "a_qn": int(aq.qn), "a_qp": int(aq.qp),
-                 "clamp": [None, None], "requant": None, "residual": False, "bn": False,
-                 "module": n.target, "source": f"{n.target} ({type(m).__name__})"}
-        q_attrs = {"bits": attrs["a_bits"], "signed": attrs["a_signed"], "binary": attrs["a_binary"],
-                   "qn": attrs["a_qn"], "qp": attrs["a_qp"], "step": a_step, "levels": attrs["a_codebook"]}
+        attrs = {"module": n.target, "source": f"{n.target} ({type(m).__name__})"}
         if isinstance(m, torch.nn.Conv2d):
             if isinstance(m.padding, str):
                 if m.padding == "valid":
@@ -323,13 +325,13 @@ class _Converter:
             op = "linear"
         name = self.uname(n.target if n.target not in {x.name for x in self.nodes} else n.name)
         # one quantize node per (value, activation quantizer): layers reading the same codes share it
-        key = (self.env[src], attrs["a_bits"], attrs["a_signed"], attrs["a_binary"], np.float32(a_step).tobytes())
+        key = (self.env[src], int(aq.bits), bool(aq.signed), bool(aq.binary_signed), np.float32(a_step).tobytes())
         if key not in self.quantizers:
-            self.quantizers[key] = self.add_node(Node(self.uname(f"{name}.quant"), "quantize", [self.env[src]],
-                                                      q_attrs))
-        self.add_node(Node(name, op, [self.quantizers[key]], attrs, {"w_codes": wcodes, "scale": scale,
-                                                                    "bias": bias}))
-        self.env[n] = name
+            q = {"bits": int(aq.bits), "signed": bool(aq.signed), "binary": bool(aq.binary_signed), "qn": int(aq.qn),
+                 "qp": int(aq.qp), "step": a_step, "levels": [int(v) for v in levels]}
+            self.quantizers[key] = self.add_node(Node(self.uname(f"{name}.quant"), "quantize", [self.env[src]], q))
+        self.env[n] = self.add_node(layer_node(name, op, self.quantizers[key], aq.bits, levels, a_step, wq.bits,
+                                               wlevels, wcodes, scale, bias, **attrs))
 
     def _op_bn(self, n):
         m = self.modules[n.target]
@@ -346,11 +348,7 @@ class _Converter:
 
     def _act_bounds(self, n):
         nn, F = self.nn, self.F
-
-        def arg(i, key, default):
-            if len(n.args) > i:
-                return n.args[i]
-            return n.kwargs.get(key, default)
+        arg = _arg_of(n)
 
         if n.op == "call_module":
             m = self.modules[n.target]
@@ -389,10 +387,7 @@ class _Converter:
         self.env[n] = self.add_node(Node(self.uname(n.name), "add", [self.env[a], self.env[b]], {"origin": n.name}))
 
     def _pool_params(self, n, kind):
-        def arg(i, key, default):
-            if len(n.args) > i:
-                return n.args[i]
-            return n.kwargs.get(key, default)
+        arg = _arg_of(n)
 
         if n.op == "call_module":
             m = self.modules[n.target]
@@ -435,15 +430,6 @@ class _Converter:
             raise ConversionError(f"lowbit.convert: pooling of a non-4-D tensor (node '{n.name}')")
         name = self.uname(str(n.target) if n.op == "call_module" else n.name)
         self.env[n] = self.add_node(Node(name, kind, [self.env[src]], self._pool_params(n, kind)))
-
-    def _op_maxpool(self, n):
-        self._pool(n, "maxpool")
-
-    def _op_avgpool(self, n):
-        self._pool(n, "avgpool")
-
-    def _op_adaptive_avgpool(self, n):
-        self._pool(n, "adaptive_avgpool")
 
     def _op_mean(self, n):
         src = self._src(n)

@@ -1,48 +1,34 @@
 """The lowering pipeline shared by lowbit's front ends (:mod:`lowbit.convert`, :mod:`lowbit.qonnx`).
 
-A front end only translates its source graph, one source op at a time, into a
-plain **unfused** list of :class:`lowbit.runtime.Node` (the IR below) and calls
-:func:`lower`, which fuses and places everything once, for both:
+A front end only translates its source graph into a plain, **unfused** list of
+:class:`lowbit.runtime.Node` (the IR below) and calls :func:`lower`, which runs
+once, for both: :func:`remove_identities`, :func:`fold_affines`,
+:func:`fuse_residuals`, :func:`fold_clamps`, :func:`remove_dead`,
+:func:`place_requant` (epilogue codes vs float + quantize), :func:`order` and
+:func:`finalize`; each states its contract. A conv/linear epilogue computes
+scale/bias, + residual, clamp, requantization, in that order: a fold adds a
+stage only while nothing at or after it is there yet, and only when the
+layer's output is read by that op alone (and is not the model output).
 
-1. :func:`remove_identities`  clamps without bounds disappear
-2. :func:`fold_affines`       affine (BatchNorm, Mul/Add by constants) -> the producing layer's epilogue
-3. :func:`fuse_residuals`     add of a layer output and another value -> the epilogue's residual input
-4. :func:`fold_clamps`        clamp (ReLU, ReLU6, Hardtanh, Clip) -> the epilogue clamp
-5. :func:`remove_dead`        nodes the output does not need
-6. :func:`place_requant`      quantize of a layer output -> codes from the epilogue, or float + quantize
-7. :func:`order`              a stable topological order (the output last)
-8. :func:`finalize`           float32 epilogue arrays, IR-only attributes removed
+The IR: runtime nodes and attributes (see :mod:`lowbit.runtime`), except that
 
-The epilogue of a conv/linear applies, in this order, ``scale``/``bias``,
-the residual, the clamp, requantization: a pass folds an op into it only while
-nothing later in that order is there yet, and only when the layer's output is
-read by that op alone (and is not the model output). Folding is then exact in
-the sense the runtime defines (the epilogue's float32 arithmetic; scale and bias
-compose in float64 and are rounded once).
+* ``conv``/``linear`` (:func:`layer_node`) have an open epilogue (clamp
+  ``[None, None]``, no requant, no residual) and **float64**
+  ``arrays['scale']``/``['bias']``: the exact values before their one
+  rounding to float32; ``affine`` arrays are float64 too;
+* ``quantize`` may carry ``channel_steps`` (per-channel steps: it quantizes
+  ``x / channel_steps[c]``; :func:`place_requant` folds that division into the
+  epilogue or puts an ``affine`` in front);
+* IR-only attributes (:data:`IR_ATTRS`, removed by :func:`finalize`): ``bn``
+  on an affine (a BatchNorm; the layer it folds into gets ``bn``), ``origin``
+  (the source op's name for the layer's ``fused`` list; default: the node's
+  name) and ``keep`` on an affine/quantize that must stay its own node
+  (folding it would change its arithmetic: a QONNX Trunc offset, a quantizer
+  whose input has other readers in the source graph).
 
-The IR (what a front end emits)
--------------------------------
-Runtime nodes and attributes (see :mod:`lowbit.runtime`), with these differences:
-
-* ``conv``/``linear``: ``clamp [None, None]``, ``requant None``, ``residual
-  False``, one input; ``arrays['scale']``/``arrays['bias']`` are **float64**
-  (C,), the exact epilogue values before their one rounding to float32.
-* ``affine``: ``arrays`` float64 as well; IR attribute ``bn`` (a BatchNorm: the
-  layer it folds into gets ``attrs['bn'] = True``).
-* ``quantize``: optional ``channel_steps`` (per-channel steps: the grid is
-  ``level * channel_steps[c]`` and the node quantizes ``x / channel_steps[c]``;
-  :func:`place_requant` folds that division into the epilogue or puts an
-  ``affine`` in front of the node).
-* IR attribute ``origin`` (any foldable node): the source op's name, appended to
-  ``attrs['fused']`` of the layer it folds into (default: the node name).
-* IR attribute ``keep`` (``affine``/``quantize``): the node must run as its
-  own node, never folded into an epilogue (the front end knows that folding
-  would change its arithmetic, e.g. QONNX Trunc offsets, a quantizer whose
-  input is not read only by it in the source graph).
-
-Why runtime nodes rather than a separate IR type: the IR *is* the runtime graph
-before fusion (every op already exists as a node), so the passes rewrite the
-same objects the Model runs and no translation layer is needed.
+Runtime nodes rather than a separate IR type: the IR *is* the runtime graph
+before fusion (every op already exists), so the passes rewrite the objects the
+Model runs and no translation layer is needed.
 """
 from __future__ import annotations
 
@@ -53,7 +39,7 @@ import numpy as np
 from .quant import UniformGrid
 from .runtime import Node
 
-__all__ = ["lower", "Graph", "unique_name", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
+__all__ = ["lower", "Graph", "unique_name", "layer_node", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
            "place_requant", "order", "finalize", "IR_ATTRS"]
 
 _LAYERS = ("conv", "linear")
@@ -70,6 +56,18 @@ def unique_name(base, taken: set) -> str:
         name = f"{base}_{i}"
     taken.add(name)
     return name
+
+
+def layer_node(name, op, src, a_bits, a_levels, a_step, w_bits, w_levels, w_codes, scale, bias, **attrs) -> Node:
+    """An IR ``conv``/``linear`` reading ``src``: codes of levels ``a_levels`` (binary: [-1, 1] at 1 bit)
+    with step ``a_step``, weight codes of ``w_levels``, an open epilogue with float64 ``scale``/``bias``;
+    ``attrs``: its geometry, ``module``, ``source``."""
+    lv = [int(v) for v in a_levels]
+    return Node(name, op, [src], {"w_bits": int(w_bits), "w_codebook": [int(v) for v in w_levels], "a_bits": int(a_bits),
+                                  "a_codebook": lv, "a_step": float(a_step), "a_signed": min(lv) < 0,
+                                  "a_binary": a_bits == 1 and lv == [-1, 1], "a_qn": min(lv), "a_qp": max(lv),
+                                  "clamp": [None, None], "requant": None, "residual": False, "bn": False, **attrs},
+                {"w_codes": w_codes, "scale": np.asarray(scale, np.float64), "bias": np.asarray(bias, np.float64)})
 
 
 class Graph:

@@ -209,6 +209,17 @@ def _weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bool) -> Lsq
     return q
 
 
+def _copy_float(q, layer):
+    """q with layer's weight and bias copied in, its weight step initialised from them and layer's mode."""
+    with torch.no_grad():
+        q.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            q.bias.copy_(layer.bias)
+    q.weight_quant.init_from(q.weight)
+    q.train(layer.training)
+    return q
+
+
 class QConv2d(nn.Conv2d):
     """nn.Conv2d whose weight and input are LSQ fake-quantized.
 
@@ -235,13 +246,7 @@ class QConv2d(nn.Conv2d):
                 dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                 padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
                 w_bits=w_bits, a_bits=a_bits, act_signed=act_signed, per_channel=per_channel)
-        with torch.no_grad():
-            q.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                q.bias.copy_(conv.bias)
-        q.weight_quant.init_from(q.weight)
-        q.train(conv.training)
-        return q
+        return _copy_float(q, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
@@ -268,13 +273,7 @@ class QLinear(nn.Linear):
         q = cls(lin.in_features, lin.out_features, lin.bias is not None, w_bits=w_bits,
                 a_bits=a_bits, act_signed=act_signed, per_channel=per_channel,
                 device=lin.weight.device, dtype=lin.weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(lin.weight)
-            if lin.bias is not None:
-                q.bias.copy_(lin.bias)
-        q.weight_quant.init_from(q.weight)
-        q.train(lin.training)
-        return q
+        return _copy_float(q, lin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)

@@ -63,7 +63,7 @@ from collections import Counter
 import numpy as np
 
 from .errors import ConversionError
-from .lowering import lower, unique_name
+from .lowering import layer_node, lower, unique_name
 from .quant import ROUNDING, UniformGrid, bits_for, grid_levels, int_range
 from .runtime import Model, Node
 
@@ -839,19 +839,16 @@ class _Converter:
         kmax = cbmod.k_max(np.asarray(cd.levels), np.asarray(levels))
         if k > kmax:
             raise QonnxConversionError(f"{where}: K={k} exceeds K_max={kmax} for these codebooks")
-        attrs = {"w_bits": bits, "w_codebook": [int(v) for v in levels], "a_bits": cd.bits,
-                 "a_codebook": list(cd.levels), "a_step": cd.step, "a_signed": min(cd.levels) < 0,
-                 "a_binary": cd.bits == 1 and cd.levels == [-1, 1], "a_qn": min(cd.levels),
-                 "a_qp": max(cd.levels), "clamp": [None, None], "requant": None, "residual": False, "bn": False,
-                 "module": n.name or n.output[0], "source": f"{n.name or n.output[0]} ({n.op_type})"}
-        attrs.update(extra)
         if cd.chan is not None:   # per-channel input steps: output channel o reads input channel o // (N / groups)
             per_out = cd.chan[np.arange(codes.shape[0]) // (codes.shape[0] // extra["groups"])]
             scale = per_out.astype(np.float64) * w_scale
         else:
             scale = np.float64(np.float32(cd.step)) * w_scale
         bias = np.zeros(codes.shape[0]) if bias is None else bias.astype(np.float64)
-        name = self.add(n.name or n.output[0], op, [cd.node], attrs, {"w_codes": codes, "scale": scale, "bias": bias})
+        name = self.uname(n.name or n.output[0])
+        self.nodes.append(layer_node(name, op, cd.node, cd.bits, cd.levels, cd.step, bits, levels, codes, scale, bias,
+                                     module=n.name or n.output[0], source=f"{n.name or n.output[0]} ({n.op_type})",
+                                     **extra))
         self.vals[n.output[0]] = _Act(out_shape, fl=name, conv=name)
 
     @staticmethod
@@ -1069,17 +1066,15 @@ class _Converter:
         self._apply_affine(n, src, x, scale, bias, where)
         return True
 
-    def op_Mul(self, n, a, where):
-        if not self._elementwise_const(n, where):
-            raise QonnxConversionError(f"{where}: a product of two activations is not supported")
+    def _two_activations(what):
+        def op(self, n, a, where):
+            if not self._elementwise_const(n, where):
+                raise QonnxConversionError(f"{where}: {what} of two activations is not supported")
+        return op
 
-    def op_Sub(self, n, a, where):
-        if not self._elementwise_const(n, where):
-            raise QonnxConversionError(f"{where}: a difference of two activations is not supported")
-
-    def op_Div(self, n, a, where):
-        if not self._elementwise_const(n, where):
-            raise QonnxConversionError(f"{where}: a quotient of two activations is not supported")
+    op_Mul, op_Sub, op_Div = _two_activations("a product"), _two_activations("a difference"), \
+        _two_activations("a quotient")
+    del _two_activations
 
     def op_Neg(self, n, a, where):
         self._elementwise_const(n, where)
