@@ -31,7 +31,8 @@ import operator
 import numpy as np
 
 from .errors import ConversionError
-from .lowering import layer_node, lower, unique_name
+from .lowering import layer_node, lower, quantize_node, unique_name
+from .quant import UniformGrid
 from .runtime import Model, Node
 
 __all__ = ["convert", "compare", "ConversionError"]
@@ -148,21 +149,15 @@ class _Converter:
             return None
         if n.op == "call_function":
             t = n.target
-            if t in (F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp, torch.clip):
-                return "act"
-            if t in (operator.add, operator.iadd, torch.add):
+            kind = {F.relu: "act", torch.relu: "act", F.relu6: "act", F.hardtanh: "act", torch.clamp: "act",
+                    torch.clip: "act", operator.add: "add", operator.iadd: "add", torch.add: "add",
+                    torch.flatten: "flatten", F.adaptive_avg_pool2d: "adaptive_avgpool", F.max_pool2d: "maxpool",
+                    F.avg_pool2d: "avgpool", F.dropout: "alias"}.get(t) if callable(t) else None
+            if kind == "add":
                 return "add" if len(n.args) == 2 and not n.kwargs else None
-            if t is torch.flatten:
+            if kind == "flatten":
                 return "flatten" if self._flatten_ok(n) else None
-            if t is F.adaptive_avg_pool2d:
-                return "adaptive_avgpool"
-            if t is F.max_pool2d:
-                return "maxpool"
-            if t is F.avg_pool2d:
-                return "avgpool"
-            if t is F.dropout:
-                return "alias"
-            return None
+            return kind
         if n.op == "call_method":
             t = n.target
             if t in ("relu", "relu_", "clamp", "clamp_", "clip", "clip_"):
@@ -327,9 +322,8 @@ class _Converter:
         # one quantize node per (value, activation quantizer): layers reading the same codes share it
         key = (self.env[src], int(aq.bits), bool(aq.signed), bool(aq.binary_signed), np.float32(a_step).tobytes())
         if key not in self.quantizers:
-            q = {"bits": int(aq.bits), "signed": bool(aq.signed), "binary": bool(aq.binary_signed), "qn": int(aq.qn),
-                 "qp": int(aq.qp), "step": a_step, "levels": [int(v) for v in levels]}
-            self.quantizers[key] = self.add_node(Node(self.uname(f"{name}.quant"), "quantize", [self.env[src]], q))
+            grid = UniformGrid(a_step, aq.qn, aq.qp, aq.binary_signed, aq.signed)
+            self.quantizers[key] = self.add_node(quantize_node(self.uname(f"{name}.quant"), self.env[src], grid))
         self.env[n] = self.add_node(layer_node(name, op, self.quantizers[key], aq.bits, levels, a_step, wq.bits,
                                                wlevels, wcodes, scale, bias, **attrs))
 

@@ -39,7 +39,7 @@ import numpy as np
 from .quant import UniformGrid
 from .runtime import Node
 
-__all__ = ["lower", "Graph", "unique_name", "layer_node", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
+__all__ = ["lower", "Graph", "unique_name", "layer_node", "quantize_node", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
            "place_requant", "order", "finalize", "IR_ATTRS"]
 
 _LAYERS = ("conv", "linear")
@@ -68,6 +68,17 @@ def layer_node(name, op, src, a_bits, a_levels, a_step, w_bits, w_levels, w_code
                                   "a_binary": a_bits == 1 and lv == [-1, 1], "a_qn": min(lv), "a_qp": max(lv),
                                   "clamp": [None, None], "requant": None, "residual": False, "bn": False, **attrs},
                 {"w_codes": w_codes, "scale": np.asarray(scale, np.float64), "bias": np.asarray(bias, np.float64)})
+
+
+def quantize_node(name, src, grid: UniformGrid, **attrs) -> Node:
+    """An IR ``quantize`` of float value ``src`` onto ``grid`` (its per-channel steps become
+    ``channel_steps``); ``attrs`` add to or override the grid's (e.g. ``keep``, ``origin``, a
+    Trunc's ``levels``)."""
+    a = {"bits": grid.bits, "signed": grid.signed, "binary": grid.binary, "qn": grid.qn, "qp": grid.qp,
+         "step": grid.step, "levels": grid.levels()}
+    if grid.chan is not None:
+        a["channel_steps"] = [float(v) for v in grid.chan]   # the values are level * channel_steps[c]
+    return Node(name, "quantize", [src], {**a, **attrs})
 
 
 class Graph:

@@ -63,7 +63,7 @@ from collections import Counter
 import numpy as np
 
 from .errors import ConversionError
-from .lowering import layer_node, lower, unique_name
+from .lowering import layer_node, lower, quantize_node, unique_name
 from .quant import ROUNDING, UniformGrid, bits_for, grid_levels, int_range
 from .runtime import Model, Node
 
@@ -279,10 +279,7 @@ class _Act:
 
 
 def _pair_attr(v, default):
-    if v is None:
-        return list(default)
-    v = [int(x) for x in v]
-    return v
+    return list(default) if v is None else [int(x) for x in v]
 
 
 def _pads(attrs, kernel, in_hw, strides, dilations, where):
@@ -484,15 +481,11 @@ class _Converter:
         levels = g.levels() if levels is None else levels
         _check_levels(levels, bits, where)
         step = g.step if step is None else step
-        attrs = {"bits": bits, "signed": g.signed, "binary": g.binary,
-                 "qn": g.qn if qn is None else qn, "qp": g.qp if qp is None else qp,
-                 "step": float(step), "levels": [int(v) for v in levels], "source": where, "keep": bool(keep)}
-        if origin:
-            attrs["origin"] = origin
-        if g.chan is not None:
-            attrs["channel_steps"] = [float(v) for v in g.chan]   # the values are level * channel_steps[c]
-        name = self.add(name, "quantize", [src], attrs)
-        return _Codes(name, bits, levels, step, g.chan)
+        attrs = {"bits": bits, "qn": g.qn if qn is None else qn, "qp": g.qp if qp is None else qp, "step": float(step),
+                 "levels": [int(v) for v in levels], "source": where, "keep": bool(keep)}
+        node = quantize_node(self.uname(name), src, g, **attrs, **({"origin": origin} if origin else {}))
+        self.nodes.append(node)
+        return _Codes(node.name, bits, levels, step, g.chan)
 
     # ---- values --------------------------------------------------------------------------------
     def const(self, name, where, allow_q=True):

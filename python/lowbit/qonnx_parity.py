@@ -9,7 +9,6 @@ import numpy as np
 
 from .convert import agreement
 from .qonnx import _load, from_qonnx
-from .quant import int_range
 from .runtime import Model
 
 __all__ = ["qonnx_execute", "compare_qonnx", "trace_divergence"]
@@ -117,8 +116,7 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
         tensor = qmap.get(n.name)
         if tensor is not None and tensor in ctx:
             q = n.attrs if n.op == "quantize" else n.attrs["requant"]
-            qn, qp = int_range(q["bits"], q["signed"]) if n.op != "quantize" else (0, -1)
-            lv = np.asarray(q["levels"] if n.op == "quantize" else range(qn, qp + 1), np.int64)
+            lv = out.levels.astype(np.int64)
             step = np.asarray(q.get("channel_steps", q["step"]), np.float32).astype(np.float64)
             c = out.codes
             nhwc = c.ndim == 4

@@ -2,15 +2,10 @@
 
 Uniform integer grids (the one place for these formulas)
 --------------------------------------------------------
-A b-bit quantizer with step ``s`` maps x to an integer level ``q`` in
-:func:`int_range` (QONNX's min_int..max_int; LSQ's ranges are the non-narrow
-ones) and represents ``q * s``; its uint8 code is ``q - qn``. The **binary**
-quantizer (LSQ signed 1-bit, QONNX ``BipolarQuant``) has levels
-``BINARY_LEVELS`` = (-1, +1) and code ``x >= 0``. :func:`quantize_codes`
-(true float32 division, round half to even), :func:`requantize` (an epilogue's
-multiply by :func:`inv_step`), :func:`dequantize`, :func:`grid_levels`,
-:func:`bits_for` and :class:`UniformGrid` are used by the QAT module, both
-front ends, the epilogue, the runtime and the reference alike.
+A b-bit quantizer with step s maps x to a level q in :func:`int_range` and
+represents q * s; its uint8 code is q - qn (the **binary** quantizer: levels
+``BINARY_LEVELS`` (-1, +1), code ``x >= 0``). QAT, both front ends, the
+epilogue, the runtime and the reference all use the functions below.
 
 Float codebooks -> exact integer codebooks plus a scale
 -------------------------------------------------------
@@ -84,7 +79,8 @@ def grid_levels(levels, bits: int) -> list:
 
 # QONNX rounding modes -> NumPy (ROUND is round half to even, like torch.round and np.rint)
 ROUNDING = {"ROUND": np.round, "HALF_EVEN": np.round, "FLOOR": np.floor, "CEIL": np.ceil, "DOWN": np.fix,
-            "UP": lambda v: np.sign(v) * np.ceil(np.abs(v)), "HALF_UP": lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5),
+            "UP": lambda v: np.sign(v) * np.ceil(np.abs(v)),
+            "HALF_UP": lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5),
             "HALF_DOWN": lambda v: np.sign(v) * np.ceil(np.abs(v) - 0.5)}
 
 
