@@ -5,7 +5,7 @@
 quantizer must be initialised).
 
 How the graph is mapped (docs/pipeline.md, section 1, has the full table)
-----------------------------------------------------------------------
+------------------------------------------------------------------------
 ``torch.fx`` traces ``qat`` with QConv2d / QLinear as leaves; the example input
 runs through it once (eval mode) to get shapes and the exact LSQ steps. This
 module only translates each fx node into unfused runtime nodes: QConv2d /

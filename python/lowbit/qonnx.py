@@ -462,7 +462,7 @@ class _Converter:
                                        "quantizer, e.g. Brevitas QuantIdentity)")
         if act.pre is not None and act.fl is None:
             act.cd = self.quantize(act.pre, g, f"{act.name or act.pre}.quant", where, keep=act.pre_conv is None,
-                                   origin=act.origin)
+                                   **({"origin": act.origin} if act.origin else {}))
             act.pre = act.pre_conv = None
             if act.name:
                 self.codes_of[act.cd.node] = act.name
@@ -472,9 +472,9 @@ class _Converter:
         return act.cd
 
     def quantize(self, src, g: UniformGrid, name, where, qn=None, qp=None, levels=None, bits=None, step=None,
-                 keep=True, origin=None):
+                 keep=True, **extra):
         """A quantize node of float value src onto grid g (per-channel steps: ``channel_steps``,
-        see lowbit.lowering); ``keep``: never folded into an epilogue."""
+        see lowbit.lowering); ``keep``: never folded into an epilogue; ``extra``: more attributes."""
         bits = g.bits if bits is None else bits
         if bits is None:
             raise QonnxConversionError(f"{where}: {g.n} quantization levels do not fit 8-bit codes")
@@ -483,7 +483,7 @@ class _Converter:
         step = g.step if step is None else step
         attrs = {"bits": bits, "qn": g.qn if qn is None else qn, "qp": g.qp if qp is None else qp, "step": float(step),
                  "levels": [int(v) for v in levels], "source": where, "keep": bool(keep)}
-        node = quantize_node(self.uname(name), src, g, **attrs, **({"origin": origin} if origin else {}))
+        node = quantize_node(self.uname(name), src, g, **attrs, **extra)
         self.nodes.append(node)
         return _Codes(node.name, bits, levels, step, g.chan)
 
@@ -782,10 +782,8 @@ class _Converter:
             fl = self.add(fl + ".trunc_offset", "affine", [fl], {"source": where, "keep": True},
                           {"scale": np.ones(ch, np.float32), "bias": np.full(ch, off * out_s, np.float32)})
         g = UniformGrid(out_s, lo, hi, signed=signed)
-        cd = self.quantize(fl, g, n.name or n.output[0], where)
-        if mode in ("ROUND", "HALF_EVEN"):
-            next(nd for nd in self.nodes if nd.name == cd.node).attrs.update(pre_step=float(np.float32(s)),
-                                                                             pre_div=float(t))
+        pre = {"pre_step": float(np.float32(s)), "pre_div": float(t)} if mode in ("ROUND", "HALF_EVEN") else {}
+        cd = self.quantize(fl, g, n.name or n.output[0], where, **pre)
         self.codes_of[cd.node] = n.output[0]
         self.vals[n.output[0]] = _Act(x.shape, cd=cd, grid=g)
 
