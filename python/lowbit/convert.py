@@ -31,7 +31,7 @@ import operator
 import numpy as np
 
 from .errors import ConversionError
-from .lowering import layer_node, lower, quantize_node, unique_name
+from .lowering import batchnorm_affine, layer_node, lower, quantize_node, unique_name
 from .quant import UniformGrid
 from .runtime import Model, Node
 
@@ -54,11 +54,8 @@ def _torch():
 
 
 def _pair(v):
-    if isinstance(v, (tuple, list)):
-        if len(v) == 1:
-            return [int(v[0]), int(v[0])]
-        return [int(v[0]), int(v[1])]
-    return [int(v), int(v)]
+    v = list(v) if isinstance(v, (tuple, list)) else [v]
+    return [int(v[0]), int(v[1 if len(v) > 1 else 0])]
 
 
 class _Converter:
@@ -334,8 +331,7 @@ class _Converter:
         mean = m.running_mean.detach().double().cpu().numpy()
         gamma = m.weight.detach().double().cpu().numpy() if m.weight is not None else np.ones_like(var)
         beta = m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros_like(var)
-        g = gamma / np.sqrt(var + m.eps)
-        b = beta - mean * g
+        g, b = batchnorm_affine(gamma, beta, mean, var, m.eps)
         self.env[n] = self.add_node(Node(self.uname(n.target), "affine", [self.env[src]],
                                          {"source": n.target, "bn": True, "origin": n.target},
                                          {"scale": g, "bias": b}))

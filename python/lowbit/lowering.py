@@ -39,7 +39,7 @@ import numpy as np
 from .quant import UniformGrid
 from .runtime import Node
 
-__all__ = ["lower", "Graph", "unique_name", "layer_node", "quantize_node", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
+__all__ = ["lower", "Graph", "batchnorm_affine", "unique_name", "layer_node", "quantize_node", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
            "place_requant", "order", "finalize", "IR_ATTRS"]
 
 _LAYERS = ("conv", "linear")
@@ -56,6 +56,13 @@ def unique_name(base, taken: set) -> str:
         name = f"{base}_{i}"
     taken.add(name)
     return name
+
+
+def batchnorm_affine(gamma, beta, mean, var, eps):
+    """(scale, bias) of an inference BatchNorm as a per-channel affine map, in float64 (the one formula
+    both front ends fold): ``g = gamma / sqrt(var + eps)``, ``(g, beta - mean * g)``."""
+    g = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
+    return g, np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * g
 
 
 def layer_node(name, op, src, a_bits, a_levels, a_step, w_bits, w_levels, w_codes, scale, bias, **attrs) -> Node:
@@ -182,11 +189,11 @@ def fold_clamps(g: Graph):
 
 def remove_dead(g: Graph):
     """Contract: only the nodes the output is computed from remain (their order unchanged)."""
-    need, by_name = {g.output}, g.by_name()
+    need = {g.output}
     for n in reversed(g.nodes):
         if n.name in need:
             need.update(n.inputs)
-    g.nodes = [n for n in g.nodes if n.name in need and n.name in by_name]
+    g.nodes = [n for n in g.nodes if n.name in need]
 
 
 def _epilogue_grid(q: Node):

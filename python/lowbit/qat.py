@@ -198,15 +198,14 @@ class LsqQuantizer(nn.Module):
         return c, self.levels(), s.reshape(self.step.shape).clone()
 
 
-def _act_quantizer(weight: torch.Tensor, bits: int, signed: bool) -> LsqQuantizer:
-    return LsqQuantizer(bits, signed, None, device=weight.device, dtype=weight.dtype)
-
-
-def _weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bool) -> LsqQuantizer:
-    q = LsqQuantizer(bits, True, weight.shape[0] if per_channel else None,
-                     device=weight.device, dtype=weight.dtype)
-    q.init_from(weight)
-    return q
+def _add_quantizers(layer, w_bits: int, a_bits: int, act_signed: bool, per_channel: bool) -> None:
+    """layer.weight_quant (signed, per output channel if per_channel, initialised from the weight)
+    and layer.act_quant (signed iff act_signed, per tensor, initialised on its first batch)."""
+    w = layer.weight
+    layer.w_bits, layer.a_bits, layer.act_signed = int(w_bits), int(a_bits), bool(act_signed)
+    layer.weight_quant = LsqQuantizer(layer.w_bits, True, w.shape[0] if per_channel else None, w.device, w.dtype)
+    layer.weight_quant.init_from(w)
+    layer.act_quant = LsqQuantizer(layer.a_bits, layer.act_signed, None, device=w.device, dtype=w.dtype)
 
 
 def _copy_float(q, layer):
@@ -234,9 +233,7 @@ class QConv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros":
             raise ValueError(f"QConv2d supports padding_mode='zeros' only, got {self.padding_mode!r}")
-        self.w_bits, self.a_bits, self.act_signed = int(w_bits), int(a_bits), bool(act_signed)
-        self.weight_quant = _weight_quantizer(self.weight, self.w_bits, per_channel)
-        self.act_quant = _act_quantizer(self.weight, self.a_bits, self.act_signed)
+        _add_quantizers(self, w_bits, a_bits, act_signed, per_channel)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int, act_signed: bool,
@@ -262,9 +259,7 @@ class QLinear(nn.Linear):
                  w_bits: int = 2, a_bits: int = 2, act_signed: bool = False,
                  per_channel: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.w_bits, self.a_bits, self.act_signed = int(w_bits), int(a_bits), bool(act_signed)
-        self.weight_quant = _weight_quantizer(self.weight, self.w_bits, per_channel)
-        self.act_quant = _act_quantizer(self.weight, self.a_bits, self.act_signed)
+        _add_quantizers(self, w_bits, a_bits, act_signed, per_channel)
 
     @classmethod
     def from_float(cls, lin: nn.Linear, w_bits: int, a_bits: int, act_signed: bool,

@@ -37,12 +37,9 @@ the next conv's padding; a ``Transpose`` before a flatten into a
 clamps into the producing layer's epilogue and turns a ``quantize`` of a layer
 output nothing else reads into that epilogue's requantization.
 
-docs/brevitas.md ("What is supported, and how it maps", "Exactness", "1-bit
-quantizers", "Trunc") describes every op, the code widths and kernels, what is
-bit exact and where a code can differ from the qonnx executor (only within
-float rounding of a rounding tie), the signed 1-bit ``Quant`` (lowbit follows
-the QONNX definition, levels -1..0, unlike qonnx 1.0's executor) and the
-``Trunc`` lowering (see also ``_Converter._trunc_wide``).
+docs/brevitas.md describes every op, what is bit exact, where a code can differ
+from the qonnx executor (only at a rounding tie), the signed 1-bit ``Quant``
+(levels -1..0 as QONNX defines it, unlike qonnx 1.0's executor) and ``Trunc``.
 
 Functions
 ---------
@@ -63,12 +60,12 @@ from collections import Counter
 import numpy as np
 
 from .errors import ConversionError
-from .lowering import layer_node, lower, quantize_node, unique_name
+from .lowering import batchnorm_affine, layer_node, lower, quantize_node, unique_name
 from .quant import ROUNDING, UniformGrid, bits_for, grid_levels, int_range
 from .runtime import Model, Node
 
 __all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute",
-           "trace_divergence", "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]  # noqa: F822 (lazy: __getattr__)
+           "trace_divergence", "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "qonnx.custom_op")
 _QOPS = ("Quant", "BipolarQuant", "Trunc")
@@ -993,9 +990,8 @@ class _Converter:
             raise QonnxConversionError(f"{where}: training-mode BatchNormalization is not supported")
         gamma, beta, mean, var = (np.asarray(self.const(i, where, allow_q=False), np.float64).reshape(-1)
                                   for i in n.input[1:5])
-        eps = float(a.get("epsilon", 1e-5))
-        g = gamma / np.sqrt(var + eps)
-        self._apply_affine(n, src, x, g, beta - mean * g, where, bn=True)
+        self._apply_affine(n, src, x, *batchnorm_affine(gamma, beta, mean, var, float(a.get("epsilon", 1e-5))),
+                           where, bn=True)
 
     def _apply_affine(self, n, src, x: _Act, scale, bias, where, bn=False):
         """Output of node n = x * scale + bias per channel (float64 (C,) vectors, ONNX
@@ -1330,16 +1326,8 @@ def from_qonnx(model, requant_in_epilogue: bool = True) -> Model:
     return Model(nodes, meta)
 
 
-# The float lowering, the parity checks and the benchmark live in their own modules
-# (qonnx_float, qonnx_parity, qonnx_bench); their names stay importable from here.
-_ELSEWHERE = {"to_float_onnx": "qonnx_float", "qonnx_execute": "qonnx_parity", "compare_qonnx": "qonnx_parity",
-              "trace_divergence": "qonnx_parity", "_qonnx_executor": "qonnx_parity", "bench_qonnx": "qonnx_bench"}
-
-
-def __getattr__(name):
-    mod = _ELSEWHERE.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'lowbit.qonnx' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"lowbit.{mod}"), name)
+# The float lowering, the parity checks and the benchmark live in their own modules; their
+# names stay importable from here (the package imports this module first, so these see it whole).
+from .qonnx_bench import bench_qonnx  # noqa: E402
+from .qonnx_float import to_float_onnx  # noqa: E402
+from .qonnx_parity import _qonnx_executor, compare_qonnx, qonnx_execute, trace_divergence  # noqa: E402,F401

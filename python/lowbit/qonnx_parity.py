@@ -1,8 +1,5 @@
-"""Parity of lowbit with qonnx's own executor: :func:`qonnx_execute`,
-:func:`compare_qonnx` (agreement of logits and of every quantizer's codes) and
-:func:`trace_divergence` (where the two first part ways, and whether it is a
-rounding tie). Needs the ``qonnx`` package; all three are importable from
-``lowbit.qonnx``."""
+"""Parity of lowbit with qonnx's own executor (needs the ``qonnx`` package): :func:`qonnx_execute`,
+:func:`compare_qonnx` and :func:`trace_divergence`, all importable from ``lowbit.qonnx``."""
 from __future__ import annotations
 
 import numpy as np

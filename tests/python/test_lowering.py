@@ -278,3 +278,19 @@ def test_lower_reports_errors_with_the_front_ends_exception():
 
     with pytest.raises(FrontEndError, match="internal error: .*no node defines"):
         lw.lower([inp(), clamp("a", "missing")], "a", error=FrontEndError)
+
+
+def test_node_helpers_both_front_ends_use():
+    g, b = lw.batchnorm_affine([2.0, 1.0], [0.5, 0.0], [1.0, -2.0], [3.0, 0.0], 1.0)
+    np.testing.assert_array_equal(g, [1.0, 1.0])            # 2 / sqrt(4), 1 / sqrt(1)
+    np.testing.assert_array_equal(b, [-0.5, 2.0])           # beta - mean * g
+    taken = {"a"}
+    assert [lw.unique_name(s, taken) for s in ("a", "a", "b/c:d", "")] == ["a_2", "a_3", "b.c_d", "node"]
+    c = lw.layer_node("c", "conv", "q", 2, [-2, -1, 0, 1], 0.5, 1, [-1, 1], np.zeros((1, 2, 1, 1), np.uint8),
+                      [1.0], [0.0], stride=[1, 1])
+    assert c.attrs["a_signed"] and not c.attrs["a_binary"] and (c.attrs["a_qn"], c.attrs["a_qp"]) == (-2, 1)
+    assert c.arrays["scale"].dtype == np.float64 and c.attrs["stride"] == [1, 1]
+    from lowbit.quant import UniformGrid
+    q = lw.quantize_node("q", "x", UniformGrid(0.5, 0, 3, chan=[1.0, 2.0]), keep=True)
+    assert q.attrs == {"bits": 2, "signed": False, "binary": False, "qn": 0, "qp": 3, "step": 0.5,
+                       "levels": [0, 1, 2, 3], "channel_steps": [1.0, 2.0], "keep": True}
