@@ -4,19 +4,13 @@
 :func:`lowbit.qat.prepare` (and was trained or at least calibrated: every LSQ
 quantizer must be initialised).
 
-How the graph is mapped (docs/pipeline.md, section 1, has the full table)
-------------------------------------------------------------------------
-``torch.fx`` traces ``qat`` with QConv2d / QLinear as leaves; the example input
-runs through it once (eval mode) to get shapes and the exact LSQ steps. This
-module only translates each fx node into unfused runtime nodes: QConv2d /
-QLinear -> a ``quantize`` node (one per value and activation quantizer) and a
-``conv`` / ``linear`` with the trained weight codes and the epilogue scale
-``act_step * weight_step[c]`` (float64), BatchNorm -> ``affine``, add ->
-``add``, ReLU / ReLU6 / Hardtanh / clamp -> ``clamp``, pooling, flatten.
-:func:`lowbit.lowering.lower` (shared with the QONNX importer) then folds
-them into epilogues and places requantization; ``requant_in_epilogue=False``
-keeps float + ``quantize`` everywhere. Anything unsupported raises
-``ConversionError`` listing every unsupported module/function by name.
+``torch.fx`` traces ``qat`` (QConv2d / QLinear as leaves) and runs the example
+input once (eval mode) for shapes and the exact LSQ steps. This module only
+translates fx nodes into unfused runtime nodes (a ``quantize`` + ``conv`` /
+``linear`` per quantized layer, ``affine`` for BatchNorm, ``add``, ``clamp``,
+pooling, flatten); :func:`lowbit.lowering.lower`, shared with the QONNX
+importer, fuses them. docs/pipeline.md (section 1) has the full mapping.
+Anything unsupported raises ``ConversionError`` naming every such op.
 
 Input size: the batch size is free. The channel count must match
 ``example_input``. The spatial size is free when every flatten reads a global

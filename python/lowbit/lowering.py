@@ -1,14 +1,8 @@
 """The lowering pipeline shared by lowbit's front ends (:mod:`lowbit.convert`, :mod:`lowbit.qonnx`).
 
 A front end only translates its source graph into a plain, **unfused** list of
-:class:`lowbit.runtime.Node` (the IR below) and calls :func:`lower`, which runs
-once, for both: :func:`remove_identities`, :func:`fold_affines`,
-:func:`fuse_residuals`, :func:`fold_clamps`, :func:`remove_dead`,
-:func:`place_requant` (epilogue codes vs float + quantize), :func:`order` and
-:func:`finalize`; each states its contract. A conv/linear epilogue computes
-scale/bias, + residual, clamp, requantization, in that order: a fold adds a
-stage only while nothing at or after it is there yet, and only when the
-layer's output is read by that op alone (and is not the model output).
+:class:`lowbit.runtime.Node` (the IR below); :func:`lower` runs the passes, each
+a function below with its contract (docs/pipeline.md, section 1, summarises).
 
 The IR: runtime nodes and attributes (see :mod:`lowbit.runtime`), except that
 
@@ -39,8 +33,9 @@ import numpy as np
 from .quant import UniformGrid
 from .runtime import Node
 
-__all__ = ["lower", "Graph", "batchnorm_affine", "unique_name", "layer_node", "quantize_node", "remove_identities", "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead",
-           "place_requant", "order", "finalize", "IR_ATTRS"]
+__all__ = ["lower", "Graph", "batchnorm_affine", "unique_name", "layer_node", "quantize_node", "remove_identities",
+           "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead", "place_requant", "order", "finalize",
+           "IR_ATTRS"]
 
 _LAYERS = ("conv", "linear")
 IR_ATTRS = ("keep", "bn", "origin")   # lowering-only attributes (``bn`` only on affine nodes), removed by finalize
@@ -70,10 +65,11 @@ def layer_node(name, op, src, a_bits, a_levels, a_step, w_bits, w_levels, w_code
     with step ``a_step``, weight codes of ``w_levels``, an open epilogue with float64 ``scale``/``bias``;
     ``attrs``: its geometry, ``module``, ``source``."""
     lv = [int(v) for v in a_levels]
-    return Node(name, op, [src], {"w_bits": int(w_bits), "w_codebook": [int(v) for v in w_levels], "a_bits": int(a_bits),
-                                  "a_codebook": lv, "a_step": float(a_step), "a_signed": min(lv) < 0,
-                                  "a_binary": a_bits == 1 and lv == [-1, 1], "a_qn": min(lv), "a_qp": max(lv),
-                                  "clamp": [None, None], "requant": None, "residual": False, "bn": False, **attrs},
+    return Node(name, op, [src], {"w_bits": int(w_bits), "w_codebook": [int(v) for v in w_levels],
+                                  "a_bits": int(a_bits), "a_codebook": lv, "a_step": float(a_step),
+                                  "a_signed": min(lv) < 0, "a_binary": a_bits == 1 and lv == [-1, 1],
+                                  "a_qn": min(lv), "a_qp": max(lv), "clamp": [None, None], "requant": None,
+                                  "residual": False, "bn": False, **attrs},
                 {"w_codes": w_codes, "scale": np.asarray(scale, np.float64), "bias": np.asarray(bias, np.float64)})
 
 
@@ -96,9 +92,6 @@ class Graph:
     def __init__(self, nodes, output):
         self.nodes, self.output, self.replaced = list(nodes), output, {}
 
-    def by_name(self):
-        return {n.name: n for n in self.nodes}
-
     def readers(self, name):
         """Nodes reading ``name`` (once per input slot); the output counts as one more reader."""
         return [n for n in self.nodes for i in n.inputs if i == name] + ([None] if name == self.output else [])
@@ -113,7 +106,7 @@ class Graph:
 
     def sole_reader_layer(self, value, reader: Node):
         """The conv/linear node computing ``value`` when ``reader`` is its only reader, else None."""
-        p = self.by_name().get(value)
+        p = next((n for n in self.nodes if n.name == value), None)
         return p if p is not None and p.op in _LAYERS and self.readers(value) == [reader] else None
 
 
@@ -251,11 +244,11 @@ def order(g: Graph):
     """Contract: the nodes in a topological order that keeps the given order wherever it is
     already valid (a node moves later only to follow an input defined after it); the output is
     the last node. ValueError for an input no node defines or a cycle."""
-    by_name, index = g.by_name(), {n.name: i for i, n in enumerate(g.nodes)}
+    index = {n.name: i for i, n in enumerate(g.nodes)}
     users = {}
     for n in g.nodes:
         for i in set(n.inputs):
-            if i not in by_name:
+            if i not in index:
                 raise ValueError(f"lowering: node {n.name!r} reads {i!r}, which no node defines")
             users.setdefault(i, []).append(n.name)
     pending = {n.name: len(set(n.inputs)) for n in g.nodes}

@@ -404,13 +404,8 @@ class _Converter:
         self.input = inputs[0]
 
     def consumers(self):
-        cnt = Counter()
-        for n in self.graph.node:
-            for i in n.input:
-                cnt[i] += 1
-        for o in self.graph.output:
-            cnt[o.name] += 1
-        self.n_readers = cnt
+        """n_readers[tensor]: how many node inputs (and graph outputs) read it."""
+        self.n_readers = Counter([i for n in self.graph.node for i in n.input] + [o.name for o in self.graph.output])
 
     # ---- node list -----------------------------------------------------------------------------
     def uname(self, base):
@@ -622,8 +617,7 @@ class _Converter:
         except Exception as exc:
             raise QonnxConversionError(f"{_desc(n)}: could not fold this constant expression "
                                        f"({type(exc).__name__}: {exc})") from exc
-        dtype_keep = [np.asarray(v) for v in out]
-        return dtype_keep
+        return [np.asarray(v) for v in out]
 
     # ---- activation ops ------------------------------------------------------------------------
     def _alias(self, n, src):
