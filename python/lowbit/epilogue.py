@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .quant import int_range, inv_step
+
 _ACTIVATIONS = {"none": (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
 
 
@@ -38,15 +40,15 @@ class Requant:
 
     @property
     def qmin(self) -> int:
-        return -(1 << (self.bits - 1)) if self.signed else 0
+        return int_range(self.bits, self.signed)[0]
 
     @property
     def qmax(self) -> int:
-        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+        return int_range(self.bits, self.signed)[1]
 
     @property
     def inv_step(self) -> np.float32:
-        return np.float32(1.0) / np.float32(self.step)
+        return inv_step(self.step)
 
     def codebook(self) -> np.ndarray:
         return np.arange(self.qmin, self.qmax + 1, dtype=np.int32)

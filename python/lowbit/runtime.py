@@ -74,6 +74,7 @@ import numpy as np
 
 from . import _core, _dispatch
 from . import codebook as cbmod
+from . import quant as _quant
 from . import reference as _ref
 from .epilogue import Epilogue, Requant
 from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements
@@ -408,9 +409,9 @@ def _to_numpy(x):
 def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     """LSQ codes of float32 ``x``: clamp(round_half_even(x / step), Qn, Qp) - Qn, computed in
     float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0).
-    The native kernel and the NumPy lines below (the reference) agree bit for bit."""
+    The native kernel and :func:`lowbit.quant.quantize_codes` (the reference) agree bit for bit."""
     if attrs.get("binary"):
-        return (x >= 0).astype(np.uint8)
+        return _quant.quantize_codes(x, 1.0, 0, 1, binary=True)
     if attrs.get("pre_step") is not None:
         # QONNX Trunc with ROUND: integers at the input step first, then the exact division by
         # the power of two pre_div, rounded half to even like the rest
@@ -421,17 +422,11 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
         return _core.quantize_codes(np.ascontiguousarray(x), float(np.float32(attrs["step"])), int(qn),
                                     int(attrs["qp"]))
-    q = np.divide(x, np.float32(attrs["step"]), dtype=np.float32)
-    np.clip(q, np.float32(qn), np.float32(attrs["qp"]), out=q)
-    np.rint(q, out=q)
-    if qn:
-        np.subtract(q, np.float32(qn), out=q)
-    return q.astype(np.uint8)
+    return _quant.quantize_codes(x, attrs["step"], qn, attrs["qp"])
 
 
 def dequantize(c: CodeTensor) -> np.ndarray:
-    lv = c.levels.astype(np.float32)
-    return lv[c.codes] * np.float32(c.step)
+    return _quant.dequantize(c.levels, c.codes, c.step)
 
 
 def _pool_windows(x, kernel, stride, padding, dilation, pad_value):
