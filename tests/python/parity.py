@@ -80,6 +80,7 @@ def check_qonnx_parity(model, x, batch_size: int = 250, isolate: bool = False, r
     ``model``, ``tie_samples`` (indices of samples with a code flipped at a tie),
     ``top1_agreement``, ``codes_differ``, ``codes_total`` and ``code_tensors``."""
     import lowbit.qonnx as lbq
+    from lowbit.qonnx_parity import _run_against
 
     x = np.asarray(x, np.float32)
     mw = lbq._qonnx_executor(model, batch_size)
@@ -89,7 +90,7 @@ def check_qonnx_parity(model, x, batch_size: int = 250, isolate: bool = False, r
     outs, tie_samples, differ, total, tensors = [], [], 0, 0, set()
     for bi, start in enumerate(range(0, len(x), batch_size)):
         xb, ctx, record = x[start:start + batch_size], ctxs[bi], {}
-        outs.append(lbq._run_against(lb, xb, ctx, qmap, {}, isolate, record))
+        outs.append(_run_against(lb, xb, ctx, qmap, {}, isolate, record))
         records = []
         for tensor, (ours, theirs, step) in record.items():  # lowbit's node order
             tensors.add(tensor)
