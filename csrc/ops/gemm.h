@@ -64,7 +64,13 @@ struct GemmCall {
   Epilogue epilogue;
 };
 
-// Runs the whole GEMM (multi-threaded). Inputs must already be validated
+// Whether run_gemm runs an M x N x k_steps problem on the calling thread
+// only: below kGemmInlineWork output-steps waking the pool costs more than
+// the second thread saves (bench/bench_call_overhead.py).
+constexpr size_t kGemmInlineWork = size_t(1) << 15;
+inline bool gemm_runs_inline(size_t M, size_t N, size_t k_steps) { return M * N * k_steps < kGemmInlineWork; }
+
+// Runs the whole GEMM (multi-threaded unless gemm_runs_inline). Inputs must already be validated
 // against gemm_geometry(). Throws std::bad_alloc (on the calling thread)
 // when a task's scratch memory cannot be allocated.
 void run_gemm(const GemmCall& call, const GemmGeometry& g);
