@@ -50,9 +50,17 @@ py::array_t<T> empty_aligned(size_t M, size_t N) {
 
 // Throws TypeError/ValueError naming `name` unless `a` is a C-contiguous
 // array of dtype T with `ndim` dimensions (any number when ndim < 0).
+// Whether a's dtype is T's (NumPy's equivalence: descriptor objects of one
+// dtype need not be the same object).
+template <class T>
+bool has_dtype(const py::array& a) {
+  return py::detail::npy_api::get().PyArray_EquivTypes_(py::detail::array_proxy(a.ptr())->descr,
+                                                        py::dtype::of<T>().ptr());
+}
+
 template <class T>
 void require_array(const py::array& a, const char* name, int ndim, const char* dtype_name) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(std::string(name) + ": expected dtype " + dtype_name + ", got " +
                          std::string(py::str(a.dtype())));
   if (ndim >= 0 && a.ndim() != ndim)
@@ -415,7 +423,7 @@ class PreparedGemm {
       throw py::type_error(std::string("a_codes: expected a numpy.ndarray of uint8 codes, got ") +
                            Py_TYPE(a_obj.ptr())->tp_name);
     py::array a = py::reinterpret_borrow<py::array>(a_obj);
-    if (!a.dtype().is(py::dtype::of<uint8_t>()))
+    if (!has_dtype<uint8_t>(a))
       throw py::type_error("a_codes: expected dtype uint8, got " + std::string(py::str(a.dtype())));
     if (a.ndim() != 2)
       throw py::value_error("a_codes: expected a 2-D array, got " + std::to_string(a.ndim()) + "-D with shape " +
@@ -765,11 +773,11 @@ py::array_t<T> flatten_typed(const py::array& x, void (*flatten)(const T*, size_
 }
 
 py::array flatten_nhwc_py(const py::array& x) {
-  if (x.dtype().is(py::dtype::of<uint8_t>())) {
+  if (has_dtype<uint8_t>(x)) {
     require_array<uint8_t>(x, "x", 4, "uint8");
     return flatten_typed<uint8_t>(x, flatten_nhwc_u8);
   }
-  if (!x.dtype().is(py::dtype::of<float>()))
+  if (!has_dtype<float>(x))
     throw py::type_error("x: expected dtype float32 or uint8, got " + std::string(py::str(x.dtype())));
   require_array<float>(x, "x", 4, "float32");
   return flatten_typed<float>(x, flatten_nhwc_f32);
