@@ -146,11 +146,8 @@ class Bound:
     # int32 (N,) subtracted per output channel by the driver, or None (dot8 signed 8-bit activations)
     col_correction: object = dataclasses.field(default=None, compare=False, repr=False)
     native: object = dataclasses.field(default=None, compare=False, repr=False)
-
-    @property
-    def fused_codes(self) -> bool:
-        """Whether native.codes() runs this GEMM straight from (M, K) codes (grouplut families)."""
-        return self.plan.family in _FUSED_PACK_FAMILIES
+    # whether native.codes() runs this GEMM straight from (M, K) codes (grouplut families)
+    fused_codes: bool = dataclasses.field(default=False, compare=False, repr=False)
 
     def check_k(self, k: int) -> None:
         if k > self.kmax:
@@ -219,10 +216,11 @@ def _bind(packed: PackedWeights, a_bits: int, cb_a: np.ndarray, shape=None) -> B
     bound = Bound(plan, fam, kern, w_layout, tables, flush8, flush16, step_bias, fam.code_shift(plan), kmax,
                   int(cb_a[0]) * int(cb_w[0]), col_correction=col)
     k_steps, correction = bound.direct(packed.K)
-    group = plan.params[2] if bound.fused_codes else 0  # grouplut plans: (w_bits, a_bits, codes per byte, ...)
+    fused = plan.family in _FUSED_PACK_FAMILIES
+    group = plan.params[2] if fused else 0  # grouplut plans: (w_bits, a_bits, codes per byte)
     native = _core.PreparedGemm(kern["index"], w_layout, tables, packed.N, flush8, flush16, bound.code_shift, col,
-                                packed.K, k_steps, correction, a_bits if group else 0, group)
-    return dataclasses.replace(bound, native=native)
+                                packed.K, k_steps, correction, a_bits if fused else 0, group)
+    return dataclasses.replace(bound, native=native, fused_codes=fused)
 
 
 def _prepare(pa: PackedActivations, packed: PackedWeights, m: int, k: int) -> Bound:
@@ -291,8 +289,10 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
             if bound.fused_codes:
                 # plain codes, used once: packed inside the GEMM (not cached); the native
                 # side checks a (dtype, K, code range) and the epilogue
-                ep, residual = _native_epilogue(epilogue)
-                y = bound.native.codes(a, ep, residual)
+                if epilogue is None:
+                    y = bound.native.codes(a)
+                else:
+                    y = bound.native.codes(a, epilogue.native(), epilogue.residual)
                 _dispatch.set_last_kernel(bound.kern["name"])
                 return y
         # code range is checked by the native packer below
