@@ -11,7 +11,7 @@ import numpy as np
 from . import _core, _dispatch
 from . import codebook as cbmod
 from .families import FAMILIES, PREFERENCE
-from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements
+from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, _as_code_matrix, check_elements
 
 
 _PLAN_CACHE = {}
@@ -272,6 +272,7 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
     if not isinstance(packed, PackedWeights):
         raise TypeError(f"packed: expected lowbit.PackedWeights (from lowbit.pack_weights), "
                         f"got {type(packed).__name__}")
+    bound = None
     if isinstance(a, PackedActivations):
         if a_bits is not None and int(a_bits) != a.bits:
             raise ValueError(f"a_bits: {a_bits} does not match the PackedActivations ({a.bits} bits)")
@@ -295,12 +296,15 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
                     y = bound.native.codes(a, epilogue.native(), epilogue.residual)
                 _dispatch.set_last_kernel(bound.kern["name"])
                 return y
-        # code range is checked by the native packer below
-        pa = PackedActivations.from_codes(a, a_bits, a_codebook, validate=False)
+            # the other families pack first: a is checked here, its codes by the native packer
+            pa = PackedActivations(_as_code_matrix(a, "a_codes"), bits, cb)
+        else:
+            pa = PackedActivations.from_codes(a, a_bits, a_codebook, validate=False)  # (raises the errors)
     if pa.K != packed.K:
         raise ValueError(f"a: K mismatch: activations have K={pa.K}, weights have K={packed.K}")
     check_elements((pa.M, packed.N), "output")
-    bound = _prepare(pa, packed, pa.M, pa.K)
+    if bound is None:
+        bound = _prepare(pa, packed, pa.M, pa.K)
     k_steps, correction = bound.direct(pa.K)
     a_packed = pa.packed((bound.plan.family, bound.plan.params, bound.kern["tier_rank"] > 0), bound.pack)
     return bound.run(a_packed, pa.M, packed.N, k_steps, correction, epilogue)
