@@ -97,7 +97,8 @@ void check_shape(std::initializer_list<size_t> dims, const char* name) {
   }
   if (!overflow && count <= kMaxElements) return;
   std::string digits;
-  for (unsigned __int128 v = count; v > 0 || digits.empty(); v /= 10) digits.insert(digits.begin(), char('0' + int(v % 10)));
+  for (unsigned __int128 v = count; v > 0 || digits.empty(); v /= 10)
+    digits.insert(digits.begin(), char('0' + int(v % 10)));
   throw py::value_error(std::string(name) + ": shape (" + shape + ") has " + (overflow ? "more than 2**128" : digits) +
                         " elements, more than lowbit's limit of " + std::to_string(kMaxElements) +
                         " (2**31 - 1) per array; split the batch");
@@ -238,7 +239,8 @@ class EpilogueSpec {
       kind_ = OutKind::float32;
     } else if (out_kind == "codes") {
       kind_ = OutKind::codes;
-      if (!(qmin <= qmax && qmax - qmin <= 255)) throw py::value_error("qmin/qmax: expected qmin <= qmax <= qmin + 255");
+      if (!(qmin <= qmax && qmax - qmin <= 255))
+        throw py::value_error("qmin/qmax: expected qmin <= qmax <= qmin + 255");
       if (!std::isfinite(inv_step) || inv_step <= 0) throw py::value_error("inv_step: expected a finite value > 0");
     } else {
       throw py::value_error("out_kind: expected 'float32' or 'codes' for an epilogue, got '" + out_kind + "'");

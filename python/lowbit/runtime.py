@@ -321,7 +321,8 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
 def dequantize(c: CodeTensor, native: bool = True) -> np.ndarray:
     """float32(level) * float32(step) of each code (native: ``_core.dequantize``)."""
     if native:
-        return _core.dequantize(np.ascontiguousarray(c.codes), np.ascontiguousarray(c.levels), float(np.float32(c.step)))
+        return _core.dequantize(np.ascontiguousarray(c.codes), np.ascontiguousarray(c.levels),
+                                float(np.float32(c.step)))
     lv = c.levels.astype(np.float32)
     return lv[c.codes] * np.float32(c.step)
 
