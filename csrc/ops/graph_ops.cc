@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "core/thread_pool.h"
 #include "ops/epilogue.h"

@@ -24,6 +24,8 @@ subtracted from the int32 sums before the epilogue.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import _core, _dispatch
@@ -31,7 +33,7 @@ from . import codebook as cbmod
 from .epilogue import Epilogue
 from .families import FAMILIES
 from .ops import _prepare
-from .packing import PackedActivations, PackedWeights, _as_code_matrix, _check_range, check_elements
+from .packing import PackedActivations, PackedWeights, check_elements, unpack_dense
 
 
 def _pair(v, name):
@@ -48,30 +50,75 @@ def _pair(v, name):
 class ConvWeights:
     """Packed convolution weights: (Cout, Cin/groups, kh, kw) codes.
 
-    For the GEMM path they are ``groups`` PackedWeights of shape
-    (Cout/groups, kh*kw*Cin/groups) in (ky, kx, cin) order (:attr:`parts`,
-    built on first use); the native grouped and depthwise paths use decoded
-    levels built from the same codes (cached here)."""
+    The codes are kept bit-packed once, as rows of (Cin/groups, kh, kw) in C
+    order (:attr:`packed`: the model file's form, ceil(K*bits/8) bytes a row),
+    never unpacked for good. The GEMM path uses ``groups`` PackedWeights of
+    shape (Cout/groups, kh*kw*Cin/groups) in (ky, kx, cin) order (:attr:`parts`,
+    built on first use): row blocks of the same payload when the two orders
+    agree (1x1 kernels, one input channel per group), otherwise derived weights
+    re-ordered from it each time a kernel builds its layout (once per kernel).
+    The native grouped and depthwise paths use decoded levels built from the
+    same codes (cached here)."""
 
     def __init__(self, w_codes, bits: int, codebook=None, groups: int = 1):
         if not isinstance(w_codes, np.ndarray) or w_codes.dtype != np.uint8 or w_codes.ndim != 4:
             raise TypeError("w_codes: expected a (Cout, Cin/groups, kh, kw) uint8 numpy array")
-        cout, cg, kh, kw = w_codes.shape
+        self._set_groups(w_codes.shape, groups)
+        if min(w_codes.shape) < 1:
+            raise ValueError(f"w_codes: expected every dimension >= 1, got shape {w_codes.shape}")
+        # validates bits, the code range and the codebook
+        self._packed = PackedWeights.from_codes(w_codes.reshape(w_codes.shape[0], -1), bits, codebook)
+        self.bits, self.codebook = self._packed.bits, self._packed.codebook
+        self._parts = None
+        self._native = {}  # decoded levels / layouts of the native paths, per key
+
+    @classmethod
+    def from_packed(cls, packed: PackedWeights, shape, groups: int = 1) -> "ConvWeights":
+        """ConvWeights over codes already packed and validated: ``packed`` holds
+        (Cout, Cin/groups*kh*kw) rows in the order of ``shape`` = (Cout, Cin/groups,
+        kh, kw) (as :attr:`packed`); its payload and codebook are used as they are (shared)."""
+        if not isinstance(packed, PackedWeights):
+            raise TypeError(f"packed: expected lowbit.PackedWeights, got {type(packed).__name__}")
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 4 or min(shape) < 1 or (packed.N, packed.K) != (shape[0], shape[1] * shape[2] * shape[3]):
+            raise ValueError(f"shape: expected (Cout, Cin/groups, kh, kw) >= 1 matching the packed "
+                             f"({packed.N}, {packed.K}) codes, got {shape}")
+        cw = cls.__new__(cls)
+        cw._set_groups(shape, groups)
+        cw._packed, cw.bits, cw.codebook = packed, packed.bits, packed.codebook
+        cw._parts = None
+        cw._native = {}
+        return cw
+
+    def _set_groups(self, shape, groups) -> None:
+        cout, cg, kh, kw = shape
         if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
             raise TypeError(f"groups: expected an int, got {type(groups).__name__}")
         groups = int(groups)
         if groups < 1 or cout % groups:
             raise ValueError(f"groups: expected a divisor of Cout={cout}, got {groups}")
-        if min(w_codes.shape) < 1:
-            raise ValueError(f"w_codes: expected every dimension >= 1, got shape {w_codes.shape}")
         self.cout, self.cin_per_group, self.kh, self.kw, self.groups = cout, cg, kh, kw, groups
-        self.bits = cbmod.check_bits(bits, "bits")
-        _check_range(_as_code_matrix(w_codes.reshape(cout, -1), "w_codes"), self.bits, "w_codes")
-        self.codebook = cbmod.normalize(codebook, self.bits, "codebook")
-        # (Cout, kh*kw*Cin/groups) in (ky, kx, cin) order: each group's GEMM weights are a row block
-        self._rows = np.ascontiguousarray(w_codes.transpose(0, 2, 3, 1).reshape(cout, kh * kw * cg))
-        self._parts = None
-        self._native = {}  # decoded levels / layouts of the native paths, per key
+
+    @property
+    def packed(self) -> PackedWeights:
+        """The bit-packed codes: (Cout, Cin/groups*kh*kw) rows in (cin, ky, kx) order."""
+        return self._packed
+
+    def codes(self) -> np.ndarray:
+        """The (Cout, Cin/groups, kh, kw) uint8 codes, unpacked anew (not kept)."""
+        return self._packed.codes().reshape(self.cout, self.cin_per_group, self.kh, self.kw)
+
+    def _kernel_rows(self, g: int | None = None) -> np.ndarray:
+        """(rows, kh*kw*Cin/groups) codes in (ky, kx, cin) order, all Cout rows or group
+        ``g``'s block, unpacked anew (not kept)."""
+        opg = self.cout // self.groups
+        payload = self._packed.payload
+        if g is not None:
+            payload = payload[g * opg:(g + 1) * opg]
+        codes = unpack_dense(payload, self._packed.K, self.bits)
+        n = codes.shape[0]
+        return np.ascontiguousarray(codes.reshape(n, self.cin_per_group, self.kh, self.kw).transpose(0, 2, 3, 1)
+                                    .reshape(n, self.kh * self.kw * self.cin_per_group))
 
     @property
     def depthwise(self) -> bool:
@@ -80,17 +127,22 @@ class ConvWeights:
 
     @property
     def parts(self) -> list:
-        """The per-group PackedWeights of the GEMM path (built on first use)."""
+        """The per-group PackedWeights of the GEMM path (built on first use; no copy of the codes)."""
         if self._parts is None:
-            opg = self.cout // self.groups
-            self._parts = [PackedWeights.from_codes(self._rows[g * opg:(g + 1) * opg], self.bits, self.codebook)
-                           for g in range(self.groups)]
+            opg, k = self.cout // self.groups, self._packed.K
+            if self.cin_per_group == 1 or self.kh * self.kw == 1:  # (cin, ky, kx) == (ky, kx, cin) order
+                payload = self._packed.payload
+                self._parts = [PackedWeights(payload[g * opg:(g + 1) * opg], opg, k, self.bits, self.codebook)
+                               for g in range(self.groups)]
+            else:
+                self._parts = [PackedWeights.derived(functools.partial(self._kernel_rows, g), opg, k, self.bits,
+                                                     self.codebook) for g in range(self.groups)]
         return self._parts
 
     @property
     def nbytes(self) -> int:
         """Bytes of the packed codes: Cout rows of ceil(kh*kw*Cin/groups * bits / 8) (as PackedWeights.nbytes)."""
-        return self.cout * (-(-self._rows.shape[1] * self.bits // 8))
+        return self._packed.nbytes
 
     def column_sums(self, g: int) -> np.ndarray:
         """(kh*kw, Cout/groups) sums of weight levels per tap (for padding corrections), built once."""
@@ -108,7 +160,7 @@ class ConvWeights:
         if hit is None:
             cp = -(-self.cout // 16) * 16
             hit = np.zeros((self.kh * self.kw, cp), np.int16)
-            hit[:, :self.cout] = self.codebook[self._rows].T
+            hit[:, :self.cout] = self.codebook[self._kernel_rows()].T
             self._native["dw"] = hit
         return hit
 
@@ -117,10 +169,9 @@ class ConvWeights:
         key = ("grouped", kern["name"])
         hit = self._native.get(key)
         if hit is None:
-            opg = self.cout // self.groups
             fam = FAMILIES["dotgemm"]
             hit = self._native[key] = np.concatenate(
-                [fam.weight_layout(self._rows[g * opg:(g + 1) * opg], plan, kern) for g in range(self.groups)])
+                [fam.weight_layout(self._kernel_rows(g), plan, kern) for g in range(self.groups)])
         return hit
 
 
@@ -279,14 +330,9 @@ def _conv_native(pa, weights, stride, padding, dilation, epilogue, m):
     # the epilogue arguments in the bindings' positional order (all nine, padded for int32/float32 output)
     ep = _INT32_OUTPUT if epilogue is None else epilogue.native_args()
     ep = ep + _NO_REQUANT[len(ep) - 6:]
-    try:
-        y = fn(index, pa.codes.reshape(pa.shape), bits, a_levels, w, *extra, weights.kh, weights.kw, *stride,
-               *padding, *dilation, *ep)
-    except ValueError as exc:
-        if str(exc).startswith("x: expected every code"):
-            raise ValueError(f"x: expected every code in [0, {1 << pa.bits}) for a_bits={pa.bits}, "
-                             f"got max {int(pa.codes.max())}") from None
-        raise
+    # bad codes raise ValueError natively ("x: expected every code in [0, 2**a_bits) ...")
+    y = fn(index, pa.codes.reshape(pa.shape), bits, a_levels, w, *extra, weights.kh, weights.kw, *stride,
+           *padding, *dilation, *ep)
     _dispatch.set_last_kernel(name)
     return y
 

@@ -4,35 +4,13 @@
 :func:`lowbit.qat.prepare` (and was trained or at least calibrated: every LSQ
 quantizer must be initialised).
 
-How the graph is mapped
------------------------
-* ``torch.fx`` traces ``qat`` with QConv2d / QLinear as leaves; the example
-  input runs through it once (eval mode) to get shapes and the exact LSQ steps.
-* QConv2d / QLinear -> ``conv`` / ``linear`` nodes. Weight codes come from
-  ``weight_quant.codes(weight)`` (the trained codes, unchanged); the epilogue
-  scale is ``act_step * weight_step[c]`` (float64 product, rounded once).
-* A BatchNorm right after a conv/linear (its only user) folds into the
-  **epilogue's** per-channel scale and bias, never into the weights:
-  ``scale *= gamma / sqrt(var + eps)``, ``bias = (bias - mean) * g + beta``.
-  Elsewhere BatchNorm becomes a float ``affine`` node.
-* A tensor add of a conv/linear output (its only user) and another tensor
-  becomes the epilogue's residual input (the later of the two convs of a
-  ResNet block takes the other as residual); otherwise a float ``add`` node.
-* ReLU / ReLU6 / Hardtanh / clamp right after (only user) -> the epilogue clamp;
-  elsewhere a float ``clamp`` node.
-* Activations: a conv/linear whose output is read only by quantized layers
-  sharing one activation quantizer (and by nothing else) requantizes in its
-  epilogue into that quantizer's codes (``Requant(bits, step, signed)``), so
-  codes flow between layers without a float round trip. Any other producer
-  (the network input, a block output that also feeds a residual add or
-  pooling, an output read by two quantizers with different steps) gives
-  float32, and each quantized reader gets a ``quantize`` node that computes
-  LSQ exactly like torch (division, round half to even).
-  ``requant_in_epilogue=False`` turns the first rule off (float + quantize
-  everywhere: slower, and on the demo model as faithful; see docs/pipeline.md).
-* Pooling (max, avg, adaptive avg; ``mean`` over H, W), flatten/view(B, -1),
-  Identity and Dropout (eval) are supported. Anything else raises
-  ``NotImplementedError`` listing every unsupported module/function by name.
+``torch.fx`` traces ``qat`` (QConv2d / QLinear as leaves) and runs the example
+input once (eval mode) for shapes and the exact LSQ steps. This module only
+translates fx nodes into unfused runtime nodes (a ``quantize`` + ``conv`` /
+``linear`` per quantized layer, ``affine`` for BatchNorm, ``add``, ``clamp``,
+pooling, flatten); :func:`lowbit.lowering.lower`, shared with the QONNX
+importer, fuses them. docs/pipeline.md (section 1) has the full mapping.
+Anything unsupported raises ``ConversionError`` naming every such op.
 
 Input size: the batch size is free. The channel count must match
 ``example_input``. The spatial size is free when every flatten reads a global
@@ -42,17 +20,23 @@ before flatten) it must equal ``example_input``'s, which ``Model`` checks
 """
 from __future__ import annotations
 
-import math
 import operator
 
 import numpy as np
 
 from .errors import ConversionError
+from .lowering import batchnorm_affine, layer_node, lower, quantize_node, unique_name
+from .quant import UniformGrid
 from .runtime import Model, Node
 
 __all__ = ["convert", "compare", "ConversionError"]
 
+_POOLS = ("maxpool", "avgpool", "adaptive_avgpool")
 
+
+def _arg_of(n):
+    """arg(i, key, default): fx node n's argument by position i, else keyword key, else default."""
+    return lambda i, key, default: n.args[i] if len(n.args) > i else n.kwargs.get(key, default)
 
 
 def _torch():
@@ -64,16 +48,8 @@ def _torch():
 
 
 def _pair(v):
-    if isinstance(v, (tuple, list)):
-        if len(v) == 1:
-            return [int(v[0]), int(v[0])]
-        return [int(v[0]), int(v[1])]
-    return [int(v), int(v)]
-
-
-def _f(v):
-    """JSON float (None for +-inf)."""
-    return None if v is None or math.isinf(v) else float(v)
+    v = list(v) if isinstance(v, (tuple, list)) else [v]
+    return [int(v[0]), int(v[1 if len(v) > 1 else 0])]
 
 
 class _Converter:
@@ -164,21 +140,15 @@ class _Converter:
             return None
         if n.op == "call_function":
             t = n.target
-            if t in (F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp, torch.clip):
-                return "act"
-            if t in (operator.add, operator.iadd, torch.add):
+            kind = {F.relu: "act", torch.relu: "act", F.relu6: "act", F.hardtanh: "act", torch.clamp: "act",
+                    torch.clip: "act", operator.add: "add", operator.iadd: "add", torch.add: "add",
+                    torch.flatten: "flatten", F.adaptive_avg_pool2d: "adaptive_avgpool", F.max_pool2d: "maxpool",
+                    F.avg_pool2d: "avgpool", F.dropout: "alias"}.get(t) if callable(t) else None
+            if kind == "add":
                 return "add" if len(n.args) == 2 and not n.kwargs else None
-            if t is torch.flatten:
+            if kind == "flatten":
                 return "flatten" if self._flatten_ok(n) else None
-            if t is F.adaptive_avg_pool2d:
-                return "adaptive_avgpool"
-            if t is F.max_pool2d:
-                return "maxpool"
-            if t is F.avg_pool2d:
-                return "avgpool"
-            if t is F.dropout:
-                return "alias"
-            return None
+            return kind
         if n.op == "call_method":
             t = n.target
             if t in ("relu", "relu_", "clamp", "clamp_", "clip", "clip_"):
@@ -265,35 +235,17 @@ class _Converter:
                                   "Identity, Dropout.")
 
     # ---- graph building ----------------------------------------------------------------------
-    def eff_users(self, n):
-        out = []
-        for u in n.users:
-            if self.kinds.get(u) == "alias":
-                out += self.eff_users(u)
-            else:
-                out.append(u)
-        return out
+    def uname(self, base):
+        return unique_name(base, self.names)
+
+    def add_node(self, node):
+        self.nodes.append(node)
+        return node.name
 
     def build(self):
-        self.nodes, self.env, self.pos, self.stage = [], {}, {}, {}
-        self.scale64, self.bias64, self.flatten_srcs = {}, {}, []
-        names = set()
-
-        def add_node(node):
-            self.pos[node.name] = len(self.nodes)
-            self.nodes.append(node)
-            names.add(node.name)
-            return node.name
-
-        def uname(base):
-            base = base.replace(":", "_") or "node"
-            name, i = base, 1
-            while name in names:
-                i += 1
-                name = f"{base}_{i}"
-            return name
-
-        self.uname, self.add_node = uname, add_node
+        self.nodes, self.env, self.quantizers, self.names = [], {}, {}, set()
+        add_node = self.add_node
+        uname = self.uname
         out_val = None
         for n in self.graph.nodes:
             k = self.kinds[n]
@@ -311,7 +263,7 @@ class _Converter:
             elif k == "size":
                 pass
             else:
-                getattr(self, "_op_" + k)(n)
+                self._pool(n, k) if k in _POOLS else getattr(self, "_op_" + k)(n)
         self.finish(out_val)
 
     def _src(self, n, i=0):
@@ -319,17 +271,6 @@ class _Converter:
         if a is None or not isinstance(a, self.fx.Node):
             raise ConversionError(f"lowbit.convert: node '{n.name}' has no tensor input")
         return a
-
-    def _fusable(self, src_fx, max_stage):
-        """IR conv/linear behind src_fx if the fx value has a single (effective) user
-        and the epilogue is still open to the given stage."""
-        v = self.env[src_fx]
-        node = self.nodes[self.pos[v]]
-        if node.op not in ("conv", "linear") or self.stage[v] >= max_stage:
-            return None
-        if len(self.eff_users(src_fx)) != 1:
-            return None
-        return node
 
     def _op_quantized(self, n):
         torch = self.torch
@@ -348,11 +289,7 @@ class _Converter:
         wcodes = wcodes.cpu().numpy().astype(np.uint8)
         scale = np.float64(a_step) * w_step
         bias = (m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros(cout))
-        attrs = {"w_bits": int(wq.bits), "w_codebook": [int(v) for v in wlevels], "a_bits": int(aq.bits),
-                 "a_codebook": [int(v) for v in levels], "a_step": a_step, "a_signed": bool(aq.signed),
-                 "a_binary": bool(aq.binary_signed), "a_qn": int(aq.qn), "a_qp": int(aq.qp),
-                 "clamp": [None, None], "requant": None, "residual": False, "bn": False,
-                 "module": n.target, "source": f"{n.target} ({type(m).__name__})"}
+        attrs = {"module": n.target, "source": f"{n.target} ({type(m).__name__})"}
         if isinstance(m, torch.nn.Conv2d):
             if isinstance(m.padding, str):
                 if m.padding == "valid":
@@ -373,10 +310,13 @@ class _Converter:
                                       f"{len(self.shapes.get(src) or ())}-D input is not supported (flatten first)")
             op = "linear"
         name = self.uname(n.target if n.target not in {x.name for x in self.nodes} else n.name)
-        node = Node(name, op, [self.env[src]], attrs, {"w_codes": wcodes})
-        self.add_node(node)
-        self.scale64[name], self.bias64[name], self.stage[name] = scale, bias, 0
-        self.env[n] = name
+        # one quantize node per (value, activation quantizer): layers reading the same codes share it
+        key = (self.env[src], int(aq.bits), bool(aq.signed), bool(aq.binary_signed), np.float32(a_step).tobytes())
+        if key not in self.quantizers:
+            grid = UniformGrid(a_step, aq.qn, aq.qp, aq.binary_signed, aq.signed)
+            self.quantizers[key] = self.add_node(quantize_node(self.uname(f"{name}.quant"), self.env[src], grid))
+        self.env[n] = self.add_node(layer_node(name, op, self.quantizers[key], aq.bits, levels, a_step, wq.bits,
+                                               wlevels, wcodes, scale, bias, **attrs))
 
     def _op_bn(self, n):
         m = self.modules[n.target]
@@ -385,28 +325,14 @@ class _Converter:
         mean = m.running_mean.detach().double().cpu().numpy()
         gamma = m.weight.detach().double().cpu().numpy() if m.weight is not None else np.ones_like(var)
         beta = m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros_like(var)
-        g = gamma / np.sqrt(var + m.eps)
-        b = beta - mean * g
-        node = self._fusable(src, 1)
-        if node is not None:
-            self.scale64[node.name] = self.scale64[node.name] * g
-            self.bias64[node.name] = self.bias64[node.name] * g + b
-            node.attrs["bn"] = True
-            node.attrs.setdefault("fused", []).append(n.target)
-            self.stage[node.name] = 1
-            self.env[n] = node.name
-            return
-        name = self.add_node(Node(self.uname(n.target), "affine", [self.env[src]], {"source": n.target},
-                                  {"scale": g.astype(np.float32), "bias": b.astype(np.float32)}))
-        self.env[n] = name
+        g, b = batchnorm_affine(gamma, beta, mean, var, m.eps)
+        self.env[n] = self.add_node(Node(self.uname(n.target), "affine", [self.env[src]],
+                                         {"source": n.target, "bn": True, "origin": n.target},
+                                         {"scale": g, "bias": b}))
 
     def _act_bounds(self, n):
         nn, F = self.nn, self.F
-
-        def arg(i, key, default):
-            if len(n.args) > i:
-                return n.args[i]
-            return n.kwargs.get(key, default)
+        arg = _arg_of(n)
 
         if n.op == "call_module":
             m = self.modules[n.target]
@@ -431,47 +357,21 @@ class _Converter:
     def _op_act(self, n):
         src = self._src(n)
         lo, hi = self._act_bounds(n)
-        node = self._fusable(src, 3)
-        if node is not None:
-            node.attrs["clamp"] = [lo, hi]
-            node.attrs.setdefault("fused", []).append(n.target if n.op == "call_module" else n.name)
-            self.stage[node.name] = 3
-            self.env[n] = node.name
-            return
-        self.env[n] = self.add_node(Node(self.uname(str(n.target) if n.op == "call_module" else n.name), "clamp",
-                                         [self.env[src]], {"clamp": [lo, hi]}))
+        origin = str(n.target) if n.op == "call_module" else n.name
+        self.env[n] = self.add_node(Node(self.uname(origin), "clamp", [self.env[src]], {"clamp": [lo, hi],
+                                                                                       "origin": origin}))
 
     def _op_add(self, n):
         a, b = n.args
         if not (isinstance(a, self.fx.Node) and isinstance(b, self.fx.Node)):
             raise ConversionError(f"lowbit.convert: add of a tensor and a constant (node '{n.name}') is not supported")
-        va, vb = self.env[a], self.env[b]
-        same_shape = self.shapes.get(a) == self.shapes.get(b)
-        best = None
-        if va != vb and same_shape:
-            for fxv, v, other in ((a, va, vb), (b, vb, va)):
-                node = self._fusable(fxv, 2)
-                if node is not None and self.pos[other] < self.pos[v]:
-                    if best is None or self.pos[v] > self.pos[best[0].name]:
-                        best = (node, other)
-        if best is not None:
-            node, other = best
-            node.inputs.append(other)
-            node.attrs["residual"] = True
-            node.attrs.setdefault("fused", []).append(n.name)
-            self.stage[node.name] = 2
-            self.env[n] = node.name
-            return
-        if not same_shape:
+        if self.shapes.get(a) != self.shapes.get(b):
             raise ConversionError(f"lowbit.convert: broadcasting add (node '{n.name}', shapes "
                                   f"{self.shapes.get(a)} and {self.shapes.get(b)}) is not supported")
-        self.env[n] = self.add_node(Node(self.uname(n.name), "add", [va, vb]))
+        self.env[n] = self.add_node(Node(self.uname(n.name), "add", [self.env[a], self.env[b]], {"origin": n.name}))
 
     def _pool_params(self, n, kind):
-        def arg(i, key, default):
-            if len(n.args) > i:
-                return n.args[i]
-            return n.kwargs.get(key, default)
+        arg = _arg_of(n)
 
         if n.op == "call_module":
             m = self.modules[n.target]
@@ -515,21 +415,11 @@ class _Converter:
         name = self.uname(str(n.target) if n.op == "call_module" else n.name)
         self.env[n] = self.add_node(Node(name, kind, [self.env[src]], self._pool_params(n, kind)))
 
-    def _op_maxpool(self, n):
-        self._pool(n, "maxpool")
-
-    def _op_avgpool(self, n):
-        self._pool(n, "avgpool")
-
-    def _op_adaptive_avgpool(self, n):
-        self._pool(n, "adaptive_avgpool")
-
     def _op_mean(self, n):
         src = self._src(n)
         keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
         name = self.add_node(Node(self.uname(n.name), "adaptive_avgpool", [self.env[src]], {"output_size": [1, 1]}))
         if not keep:
-            self.flatten_srcs.append(name)
             name = self.add_node(Node(self.uname(n.name + "_flatten"), "flatten", [name]))
         self.env[n] = name
 
@@ -541,70 +431,14 @@ class _Converter:
         if len(self.shapes.get(src) or ()) != 4:
             raise ConversionError(f"lowbit.convert: flatten of a {len(self.shapes.get(src) or ())}-D tensor "
                                   f"(node '{n.name}')")
-        self.flatten_srcs.append(self.env[src])
         name = self.uname(str(n.target) if n.op == "call_module" else n.name)
         self.env[n] = self.add_node(Node(name, "flatten", [self.env[src]]))
 
-    # ---- activation representation and cleanup -----------------------------------------------
+    # ---- lowering ----------------------------------------------------------------------------
     def finish(self, out_val):
-        nodes = self.nodes
-        # keep only what the output needs
-        need, by_name = {out_val}, {nd.name: nd for nd in nodes}
-        for nd in reversed(nodes):
-            if nd.name in need:
-                need.update(nd.inputs)
-        nodes = [nd for nd in nodes if nd.name in need]
-        if nodes[-1].name != out_val:
-            raise ConversionError("lowbit.convert: internal error: output is not the last node")
-        # epilogue parameters
-        for nd in nodes:
-            if nd.op in ("conv", "linear"):
-                nd.arrays["scale"] = self.scale64[nd.name].astype(np.float32)
-                nd.arrays["bias"] = self.bias64[nd.name].astype(np.float32)
-                if not (np.all(np.isfinite(nd.arrays["scale"])) and np.all(np.isfinite(nd.arrays["bias"]))):
-                    raise ValueError(f"lowbit.convert: '{nd.name}': non-finite folded scale/bias "
-                                     "(BatchNorm running_var + eps <= 0?)")
-        # readers of each value: 'q' = quantized input of a conv/linear, 'f' = anything else
-        readers = {}
-        for nd in nodes:
-            for i, s in enumerate(nd.inputs):
-                role = "q" if (nd.op in ("conv", "linear") and i == 0) else "f"
-                readers.setdefault(s, []).append((nd, role))
-
-        def key(nd):
-            a = nd.attrs
-            return (a["a_bits"], a["a_signed"], a["a_binary"], np.float32(a["a_step"]).tobytes())
-
-        quant_nodes, before = {}, {}
-        for nd in nodes:
-            if nd.op not in ("conv", "linear"):
-                continue
-            v = nd.inputs[0]
-            prod = by_name[v]
-            rd = readers[v]
-            codes_ok = (self.requant and prod.op in ("conv", "linear") and v != out_val
-                        and all(role == "q" and key(r) == key(nd) for r, role in rd)
-                        and not nd.attrs["a_binary"])
-            if codes_ok:
-                a = nd.attrs
-                prod.attrs["requant"] = {"bits": a["a_bits"], "step": a["a_step"], "signed": a["a_signed"]}
-                continue
-            k = (v,) + key(nd)
-            qname = quant_nodes.get(k)
-            if qname is None:
-                a = nd.attrs
-                qname = self.uname(f"{nd.name}.quant")
-                q = Node(qname, "quantize", [v], {"bits": a["a_bits"], "signed": a["a_signed"],
-                                                  "binary": a["a_binary"], "qn": a["a_qn"], "qp": a["a_qp"],
-                                                  "step": a["a_step"], "levels": a["a_codebook"]})
-                quant_nodes[k] = qname
-                before.setdefault(nd.name, []).append(q)
-            nd.inputs[0] = qname
-        ordered = []
-        for nd in nodes:
-            ordered += before.get(nd.name, [])
-            ordered.append(nd)
+        ordered = lower(self.nodes, out_val, self.requant, ValueError).nodes
         # spatial size: free iff every flatten reads a 1x1 global pooling
+        by_name = {nd.name: nd for nd in ordered}
         spatial_fixed = False
         for nd in ordered:
             if nd.op == "flatten":
@@ -688,14 +522,25 @@ def compare(qat, model: Model, x, batch_size: int = 250, codes: bool = True) -> 
         for h in handles:
             h.remove()
     t, lo = np.concatenate(t_logits), np.concatenate(l_logits)
-    d = np.abs(t.astype(np.float64) - lo)
-    out = {"n": int(len(t)), "top1_agreement": float(np.mean(t.argmax(1) == lo.argmax(1))),
+    out = agreement(t, lo, {k: v for k, v in diff.items() if v[1]} if codes else None)
+    out.update(torch_logits=t, lowbit_logits=lo)
+    return out
+
+
+def agreement(ref, lo, code_diff=None) -> dict:
+    """How closely logits ``lo`` reproduce ``ref`` (both (N, ...)): n, top-1 agreement, max / mean /
+    99th percentile of the absolute difference, ref's std; with ``code_diff`` ({name: [differ,
+    total]}) also per-name and overall fractions of differing codes (compare, compare_qonnx)."""
+    d = np.abs(ref.astype(np.float64) - lo)
+    flat_r, flat_l = ref.reshape(len(ref), -1), lo.reshape(len(lo), -1)
+    out = {"n": int(len(ref)), "top1_agreement": float(np.mean(flat_r.argmax(1) == flat_l.argmax(1))),
            "logit_absdiff_max": float(d.max()), "logit_absdiff_mean": float(d.mean()),
-           "logit_absdiff_p99": float(np.percentile(d, 99)), "logit_std": float(t.std()),
-           "torch_logits": t, "lowbit_logits": lo}
-    if codes:
+           "logit_absdiff_p99": float(np.percentile(d, 99)), "logit_std": float(ref.std())}
+    if code_diff is not None:
         out["code_diff"] = {k: {"differ": v[0], "total": v[1], "fraction": v[0] / max(v[1], 1)}
-                            for k, v in diff.items() if v[1]}
-        tot = sum(v[1] for v in diff.values())
-        out["code_diff_fraction"] = sum(v[0] for v in diff.values()) / max(tot, 1)
+                            for k, v in code_diff.items()}
+        tot = sum(v[1] for v in code_diff.values())
+        out["codes_differ"] = sum(v[0] for v in code_diff.values())
+        out["codes_total"] = tot
+        out["code_diff_fraction"] = out["codes_differ"] / max(tot, 1)
     return out

@@ -43,7 +43,7 @@ import zlib
 import numpy as np
 
 from .packing import MAX_ELEMENTS, PackedWeights, check_elements
-from .runtime import Model, Node
+from .runtime import Model, Node, PackedCodes
 
 __all__ = ["LowbitFormatError", "MAGIC", "FORMAT_VERSION", "load", "save", "to_bytes", "from_bytes"]
 
@@ -58,10 +58,14 @@ class LowbitFormatError(ValueError):
     """A file is not a valid lowbit model file (foreign, truncated, corrupted, other version)."""
 
 
-def _encode(arr: np.ndarray, key: str, bits: int | None):
+def _encode(arrays, key: str, bits: int | None):
+    """(encoding, bytes) of ``arrays[key]``: packed codes are written as they are kept."""
+    stored = arrays.stored(key)
     if key == "w_codes" and bits is not None and bits <= 4:
-        pw = PackedWeights.from_codes(np.ascontiguousarray(arr.reshape(arr.shape[0], -1)), bits)
-        return "packed_weights", pw.to_bytes()
+        if not (isinstance(stored, PackedCodes) and stored.packed.bits == bits):
+            stored = PackedCodes.pack(arrays[key], bits)
+        return "packed_weights", stored.packed.to_bytes()
+    arr = arrays[key]
     dt = np.dtype(arr.dtype).newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype
     code = dt.str
     if code not in _DTYPES:
@@ -75,8 +79,9 @@ def to_bytes(model: Model) -> bytes:
 
     tensors, chunks, offset = [], [], 0
     for n in model.nodes:
-        for key, arr in n.arrays.items():
-            enc, blob = _encode(arr, key, n.attrs.get("w_bits"))
+        for key in n.arrays:
+            enc, blob = _encode(n.arrays, key, n.attrs.get("w_bits"))
+            arr = n.arrays.stored(key)
             pad = (-offset) % _ALIGN
             if pad:
                 chunks.append(b"\0" * pad)
@@ -202,7 +207,7 @@ def _build(graph, tensors, data, base, dlen) -> Model:
             if len(shape) < 2 or (pw.N, pw.K) != (shape[0], math.prod(shape[1:])):
                 raise LowbitFormatError(f"tensor {t['node']}.{t['key']}: packed shape {(pw.N, pw.K)} "
                                         f"does not match {shape}")
-            arr = pw.codes().reshape(shape).copy()
+            arr = PackedCodes(pw.with_codebook(None), shape)  # kept packed (the codebook is the node's)
         elif t["encoding"] == "raw":
             dt = _DTYPES.get(t["dtype"])
             if dt is None:

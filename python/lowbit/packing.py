@@ -6,6 +6,11 @@ packed densely, ``bits`` per code, LSB first, one row per output channel
 Kernel-specific layouts (nibble-swapped rows for the DeepGEMM kernel, group
 indices in 32-channel blocks for grouplut) are built lazily from it, cached on
 the object and reported by :attr:`PackedWeights.layout_nbytes`.
+
+Memory contract: a PackedWeights keeps the packed payload (or, when derived,
+nothing of its own: see :meth:`PackedWeights.derived`), the layouts and tables
+its kernels built, and never an unpacked copy of the codes. :meth:`codes`
+unpacks anew on each call; layouts are built from it once per kernel.
 """
 from __future__ import annotations
 
@@ -65,8 +70,9 @@ def pack_dense(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def unpack_dense(payload: np.ndarray, k: int, bits: int) -> np.ndarray:
+    """(R, ceil(k*bits/8)) bytes -> (R, k) codes: a new array (never a view of ``payload``)."""
     if bits == 8:
-        return np.ascontiguousarray(payload[:, :k])
+        return payload[:, :k].copy()
     r = payload.shape[0]
     bitplanes = np.unpackbits(payload, axis=1, count=k * bits, bitorder="little").reshape(r, k, bits)
     return (bitplanes << np.arange(bits, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)
@@ -81,11 +87,11 @@ class PackedWeights:
     def __init__(self, payload: np.ndarray, n: int, k: int, bits: int, codebook: np.ndarray):
         self.N, self.K, self.bits = int(n), int(k), int(bits)
         self.codebook = codebook
-        self._payload = payload
+        self._payload = payload  # (N, ceil(K*bits/8)) uint8, or None when derived (see derived())
+        self._source = None      # derived weights: a function returning the (N, K) codes, unpacked anew
         self._layouts = {}  # kernel layout key -> uint8 array (reported by layout_nbytes)
         self._tables = {}   # (plan, activation codebook) -> (tables, flush8, flush16, step_bias)
         self._bound = {}    # (a_bits, a_codebook bytes, dispatch state) -> ops.Bound
-        self._codes = None
 
     # ---- construction / serialization ---------------------------------------------------
     @classmethod
@@ -96,15 +102,40 @@ class PackedWeights:
             raise ValueError(f"w_codes: expected shape (N, K) with N, K >= 1, got {codes.shape}")
         _check_range(codes, bits, "w_codes")
         cb = cbmod.normalize(codebook, bits, "codebook")
-        pw = cls(pack_dense(codes, bits), codes.shape[0], codes.shape[1], bits, cb)
-        pw._codes = codes.copy()
+        return cls(pack_dense(codes, bits), codes.shape[0], codes.shape[1], bits, cb)
+
+    @classmethod
+    def derived(cls, source, n: int, k: int, bits: int, codebook: np.ndarray) -> "PackedWeights":
+        """Weights with no payload of their own: ``source()`` returns their (n, k) uint8
+        codes, unpacked anew from packed codes held elsewhere (e.g. a convolution's
+        weights in another K order, lowbit.ConvWeights). The codes must be valid for
+        ``bits`` (the caller validated them when it packed them); ``codebook`` is normalized."""
+        pw = cls(None, n, k, bits, codebook)
+        pw._source = source
         return pw
+
+    def with_codebook(self, codebook) -> "PackedWeights":
+        """The same packed codes (the payload is shared, not copied) read with
+        ``codebook`` (validated), with caches of its own."""
+        cb = cbmod.normalize(codebook, self.bits, "codebook")
+        if self._payload is None:
+            return PackedWeights.derived(self._source, self.N, self.K, self.bits, cb)
+        return PackedWeights(self._payload, self.N, self.K, self.bits, cb)
+
+    @property
+    def payload(self) -> np.ndarray:
+        """The (N, ceil(K*bits/8)) uint8 packed codes (the serialized form; read-only use:
+        it may be shared). Derived weights pack it anew on each access."""
+        if self._payload is None:
+            return pack_dense(self._source(), self.bits)
+        return self._payload
 
     def to_bytes(self) -> bytes:
         # n_levels is one byte: 2**bits mod 256 (0 for 8-bit codebooks of 256 levels)
+        payload = self.payload
         header = _HEADER.pack(_MAGIC, _FORMAT_VERSION, self.bits, len(self.codebook) & 0xFF, 0, self.N, self.K,
-                              self._payload.shape[1])
-        body = header + self.codebook.astype("<i2").tobytes() + self._payload.tobytes()
+                              payload.shape[1])
+        body = header + self.codebook.astype("<i2").tobytes() + payload.tobytes()
         return body + struct.pack("<I", zlib.crc32(body))
 
     @classmethod
@@ -140,8 +171,9 @@ class PackedWeights:
     # ---- views ---------------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
-        """Size of the compact, ISA-neutral payload (N * ceil(K*bits/8))."""
-        return int(self._payload.nbytes)
+        """Size of the compact, ISA-neutral payload: N * ceil(K*bits/8) (also for
+        derived weights, which hold it elsewhere)."""
+        return self.N * ((self.K * self.bits + 7) // 8)
 
     @property
     def layout_nbytes(self) -> dict:
@@ -149,13 +181,15 @@ class PackedWeights:
         return {str(key): int(arr.nbytes) for key, arr in self._layouts.items()}
 
     def codes(self) -> np.ndarray:
-        """The (N, K) uint8 codes."""
-        if self._codes is None:
-            self._codes = unpack_dense(self._payload, self.K, self.bits)
-        return self._codes
+        """The (N, K) uint8 codes, unpacked anew on each call (not kept: the
+        weights stay bit-packed); a new array the caller may keep or modify."""
+        if self._payload is None:
+            return self._source()
+        return unpack_dense(self._payload, self.K, self.bits)
 
     def layout(self, key, builder):
-        """Kernel layout `key`, built once with builder(codes) and cached."""
+        """Kernel layout `key`, built once with builder(codes) and cached
+        (the codes are unpacked for the builder and dropped after)."""
         arr = self._layouts.get(key)
         if arr is None:
             arr = builder(self.codes())

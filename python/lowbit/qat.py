@@ -12,18 +12,10 @@ is a :class:`QConv2d` / :class:`QLinear` that fake-quantizes its weight
 (signed, per output channel by default) and its input activation (unsigned
 when the input comes from a ReLU, signed otherwise; see :func:`prepare`).
 
-Level sets (integer levels; real value = level * step):
-
-====================  ==============================  =====================
-quantizer             integer levels                  codes (uint8)
-====================  ==============================  =====================
-signed, b >= 2        -2^(b-1) .. 2^(b-1)-1           level + 2^(b-1)
-unsigned, b >= 1      0 .. 2^b-1                      level
-signed, b == 1        {-1, +1}                        0 -> -1, 1 -> +1
-====================  ==============================  =====================
-
-Rounding is ``torch.round``: round half to even (x/s = 2.5 -> 2, -0.5 -> 0);
-an integer re-implementation must do the same to match bit for bit.
+Levels (real value = level * step) are the full signed (-2^(b-1) .. 2^(b-1)-1)
+or unsigned (0 .. 2^b-1) ranges of :func:`lowbit.quant.int_range`, code =
+level - Qn; signed 1-bit is binary, levels {-1, +1}. Rounding is ``torch.round``,
+half to even, as :func:`lowbit.quant.quantize_codes` computes it.
 
 Export for the converter: ``codes, codebook, step = quantizer.codes(x)`` with
 ``torch.tensor(codebook)[codes.long()] * step_broadcast == quantizer(x)``
@@ -44,6 +36,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .quant import BINARY_LEVELS, int_range
 
 __all__ = [
     "LsqQuantizer",
@@ -69,11 +63,9 @@ def quant_range(bits: int, signed: bool) -> Tuple[int, int]:
     """
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
-    if signed:
-        if bits == 1:
-            return -1, 1
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2 ** bits - 1
+    if signed and bits == 1:
+        return BINARY_LEVELS
+    return int_range(bits, signed)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -140,7 +132,7 @@ class LsqQuantizer(nn.Module):
     def levels(self) -> List[int]:
         """Integer level of each code, in code order (the codebook)."""
         if self.binary_signed:
-            return [-1, 1]
+            return list(BINARY_LEVELS)
         return list(range(self.qn, self.qp + 1))
 
     def _view(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -206,14 +198,24 @@ class LsqQuantizer(nn.Module):
         return c, self.levels(), s.reshape(self.step.shape).clone()
 
 
-def _act_quantizer(weight: torch.Tensor, bits: int, signed: bool) -> LsqQuantizer:
-    return LsqQuantizer(bits, signed, None, device=weight.device, dtype=weight.dtype)
+def _add_quantizers(layer, w_bits: int, a_bits: int, act_signed: bool, per_channel: bool) -> None:
+    """layer.weight_quant (signed, per output channel if per_channel, initialised from the weight)
+    and layer.act_quant (signed iff act_signed, per tensor, initialised on its first batch)."""
+    w = layer.weight
+    layer.w_bits, layer.a_bits, layer.act_signed = int(w_bits), int(a_bits), bool(act_signed)
+    layer.weight_quant = LsqQuantizer(layer.w_bits, True, w.shape[0] if per_channel else None, w.device, w.dtype)
+    layer.weight_quant.init_from(w)
+    layer.act_quant = LsqQuantizer(layer.a_bits, layer.act_signed, None, device=w.device, dtype=w.dtype)
 
 
-def _weight_quantizer(weight: torch.Tensor, bits: int, per_channel: bool) -> LsqQuantizer:
-    q = LsqQuantizer(bits, True, weight.shape[0] if per_channel else None,
-                     device=weight.device, dtype=weight.dtype)
-    q.init_from(weight)
+def _copy_float(q, layer):
+    """q with layer's weight and bias copied in, its weight step initialised from them and layer's mode."""
+    with torch.no_grad():
+        q.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            q.bias.copy_(layer.bias)
+    q.weight_quant.init_from(q.weight)
+    q.train(layer.training)
     return q
 
 
@@ -231,31 +233,17 @@ class QConv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         if self.padding_mode != "zeros":
             raise ValueError(f"QConv2d supports padding_mode='zeros' only, got {self.padding_mode!r}")
-        self.w_bits, self.a_bits, self.act_signed = int(w_bits), int(a_bits), bool(act_signed)
-        self.weight_quant = _weight_quantizer(self.weight, self.w_bits, per_channel)
-        self.act_quant = _act_quantizer(self.weight, self.a_bits, self.act_signed)
+        _add_quantizers(self, w_bits, a_bits, act_signed, per_channel)
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, w_bits: int, a_bits: int, act_signed: bool,
                    per_channel: bool = True) -> "QConv2d":
         """Copy ``conv`` (weights and hyperparameters) into a QConv2d; init the weight step."""
-        q = cls.__new__(cls)
-        nn.Conv2d.__init__(q, conv.in_channels, conv.out_channels, conv.kernel_size,
-                           stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                           groups=conv.groups, bias=conv.bias is not None,
-                           padding_mode=conv.padding_mode,
-                           device=conv.weight.device, dtype=conv.weight.dtype)
-        if q.padding_mode != "zeros":
-            raise ValueError(f"QConv2d supports padding_mode='zeros' only, got {q.padding_mode!r}")
-        with torch.no_grad():
-            q.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                q.bias.copy_(conv.bias)
-        q.train(conv.training)
-        q.w_bits, q.a_bits, q.act_signed = int(w_bits), int(a_bits), bool(act_signed)
-        q.weight_quant = _weight_quantizer(q.weight, q.w_bits, per_channel)
-        q.act_quant = _act_quantizer(q.weight, q.a_bits, q.act_signed)
-        return q
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype,
+                w_bits=w_bits, a_bits=a_bits, act_signed=act_signed, per_channel=per_channel)
+        return _copy_float(q, conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
@@ -271,9 +259,7 @@ class QLinear(nn.Linear):
                  w_bits: int = 2, a_bits: int = 2, act_signed: bool = False,
                  per_channel: bool = True, device=None, dtype=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.w_bits, self.a_bits, self.act_signed = int(w_bits), int(a_bits), bool(act_signed)
-        self.weight_quant = _weight_quantizer(self.weight, self.w_bits, per_channel)
-        self.act_quant = _act_quantizer(self.weight, self.a_bits, self.act_signed)
+        _add_quantizers(self, w_bits, a_bits, act_signed, per_channel)
 
     @classmethod
     def from_float(cls, lin: nn.Linear, w_bits: int, a_bits: int, act_signed: bool,
@@ -282,13 +268,7 @@ class QLinear(nn.Linear):
         q = cls(lin.in_features, lin.out_features, lin.bias is not None, w_bits=w_bits,
                 a_bits=a_bits, act_signed=act_signed, per_channel=per_channel,
                 device=lin.weight.device, dtype=lin.weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(lin.weight)
-            if lin.bias is not None:
-                q.bias.copy_(lin.bias)
-        q.weight_quant.init_from(q.weight)
-        q.train(lin.training)
-        return q
+        return _copy_float(q, lin)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.act_quant(x), self.weight_quant(self.weight), self.bias)

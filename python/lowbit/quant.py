@@ -1,4 +1,14 @@
-"""Float codebooks -> exact integer codebooks plus a scale.
+"""Quantization arithmetic: uniform integer grids, and float codebooks -> integer codebooks.
+
+Uniform integer grids (the one place for these formulas)
+--------------------------------------------------------
+A b-bit quantizer with step s maps x to a level q in :func:`int_range` and
+represents q * s; its uint8 code is q - qn (the **binary** quantizer: levels
+``BINARY_LEVELS`` (-1, +1), code ``x >= 0``). QAT, both front ends, the
+epilogue, the runtime and the reference all use the functions below.
+
+Float codebooks -> exact integer codebooks plus a scale
+-------------------------------------------------------
 
 lowbit's kernels are exact on *integer* levels. A float codebook (learned
 levels such as ``[-1.3, -0.4, 0.4, 1.3]``, power-of-two levels, k-means
@@ -36,7 +46,118 @@ import numpy as np
 
 from . import codebook as cbmod
 
-__all__ = ["GemmCodebooks", "gemm_codebooks", "integer_codebook", "rounding_error"]
+__all__ = ["GemmCodebooks", "gemm_codebooks", "integer_codebook", "rounding_error", "BINARY_LEVELS", "int_range",
+           "bits_for", "grid_levels", "quantize_codes", "inv_step", "requantize", "dequantize", "UniformGrid"]
+
+BINARY_LEVELS = (-1, 1)
+
+
+def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple:
+    """(qn, qp) of a ``bits``-bit integer grid: signed ``-2^(bits-1) + narrow .. 2^(bits-1) - 1``,
+    unsigned ``0 .. 2^bits - 1 - narrow``."""
+    bits = int(bits)
+    if signed:
+        return -(1 << (bits - 1)) + int(bool(narrow)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1 - int(bool(narrow))
+
+
+def bits_for(n: int):
+    """The narrowest supported code width (1, 2, 3, 4, 8) with 2^bits >= n levels; None if none."""
+    for b in cbmod.SUPPORTED_BITS:
+        if n <= (1 << b):
+            return b
+    return None
+
+
+def grid_levels(levels, bits: int) -> list:
+    """``levels`` (ints, e.g. ``range(qn, qp + 1)``) extended to the 2^bits entries of a codebook with 0
+    (or the first level when 0 is not a level): the extra codes are never produced."""
+    levels = [int(v) for v in levels]
+    pad = 0 if 0 in levels else levels[0]
+    return levels + [pad] * ((1 << bits) - len(levels))
+
+
+# QONNX rounding modes -> NumPy (ROUND is round half to even, like torch.round and np.rint)
+ROUNDING = {"ROUND": np.round, "HALF_EVEN": np.round, "FLOOR": np.floor, "CEIL": np.ceil, "DOWN": np.fix,
+            "UP": lambda v: np.sign(v) * np.ceil(np.abs(v)),
+            "HALF_UP": lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5),
+            "HALF_DOWN": lambda v: np.sign(v) * np.ceil(np.abs(v) - 0.5)}
+
+
+def quantize_codes(x: np.ndarray, step, qn: int, qp: int, binary: bool = False) -> np.ndarray:
+    """uint8 codes ``round_half_even(clamp(x / step, qn, qp)) - qn`` of float32 ``x``, computed in
+    float32 with a true division, step by step (the definition the native kernel matches);
+    binary: ``x >= 0``."""
+    if binary:
+        return (x >= 0).astype(np.uint8)
+    q = np.divide(x, np.float32(step), dtype=np.float32)
+    np.clip(q, np.float32(qn), np.float32(qp), out=q)
+    np.rint(q, out=q)
+    if qn:
+        np.subtract(q, np.float32(qn), out=q)
+    return q.astype(np.uint8)
+
+
+def inv_step(step) -> np.float32:
+    """The multiplier a requantizing epilogue uses in place of a division by ``step``."""
+    return np.float32(1.0) / np.float32(step)
+
+
+def requantize(v: np.ndarray, inv: np.float32, qmin: int, qmax: int) -> np.ndarray:
+    """Epilogue requantization of float32 ``v``: ``q = rint(v * inv)`` (NaN -> qmin), clamped to
+    [qmin, qmax], code ``q - qmin`` (uint8)."""
+    q = np.rint(v * np.float32(inv))
+    q = np.where(np.isnan(q), np.float32(qmin), q)
+    q = np.where(q < qmin, np.float32(qmin), q)
+    q = np.where(q > qmax, np.float32(qmax), q)
+    return (q.astype(np.int32) - qmin).astype(np.uint8)
+
+
+def dequantize(levels, codes: np.ndarray, step) -> np.ndarray:
+    """float32 ``level[code] * step`` (both rounded to float32 first)."""
+    return np.asarray(levels).astype(np.float32)[codes] * np.float32(step)
+
+
+class UniformGrid:
+    """Values ``level * step`` for integer levels qn..qp, or ``+-step`` (``binary``).
+
+    ``chan`` (float32 (C,), optional): per-channel steps along axis 1; the levels
+    are then held with ``step`` 1 and channel c's values are ``level * chan[c]``."""
+
+    __slots__ = ("step", "qn", "qp", "binary", "signed", "chan")
+
+    def __init__(self, step, qn, qp, binary=False, signed=None, chan=None):
+        self.step = float(np.float32(step))
+        self.qn, self.qp, self.binary = int(qn), int(qp), bool(binary)
+        self.signed = (self.qn < 0) if signed is None else bool(signed)
+        self.chan = None if chan is None else np.asarray(chan, np.float32).reshape(-1)
+
+    @property
+    def n(self) -> int:
+        """Number of distinct levels."""
+        return 2 if self.binary else self.qp - self.qn + 1
+
+    @property
+    def bits(self):
+        """Code width (None when the levels do not fit 8-bit codes)."""
+        return 1 if self.binary else bits_for(self.n)
+
+    def levels(self) -> list:
+        """The codebook: level of each code."""
+        if self.binary:
+            return list(BINARY_LEVELS)
+        return grid_levels(range(self.qn, self.qp + 1), self.bits)
+
+    def requant(self):
+        """The ``requant`` attribute of an epilogue that emits this grid's codes ({bits, step,
+        signed}: the full signed or unsigned range of ``bits``), or None when no epilogue can."""
+        b = self.bits
+        if self.binary or b is None or self.n != (1 << b):
+            return None
+        for signed in (False, True):
+            if (self.qn, self.qp) == int_range(b, signed) and not (signed and b == 1):
+                return {"bits": b, "step": self.step, "signed": signed}
+        return None
 
 
 def _bits_for(n: int, name: str) -> int:

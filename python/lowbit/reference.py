@@ -4,6 +4,18 @@ from __future__ import annotations
 import numpy as np
 
 from . import codebook as cbmod
+from . import quant
+
+
+def _levels(codes, bits, codebook, name):
+    """The int64 levels the codes stand for."""
+    return cbmod.normalize(codebook, bits, name).astype(np.int64)[np.asarray(codes)]
+
+
+def _int32(y, what):
+    if y.size and (y.max() > 2**31 - 1 or y.min() < -(2**31)):
+        raise OverflowError(f"reference {what}: result does not fit int32")
+    return y.astype(np.int32)
 
 
 def gemm(a_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None) -> np.ndarray:
@@ -11,14 +23,8 @@ def gemm(a_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None) -> 
 
     Raises OverflowError when a sum does not fit int32.
     """
-    cb_a = cbmod.normalize(a_codebook, a_bits, "a_codebook").astype(np.int64)
-    cb_w = cbmod.normalize(w_codebook, w_bits, "w_codebook").astype(np.int64)
-    a = cb_a[np.asarray(a_codes)]
-    w = cb_w[np.asarray(w_codes)]
-    y = a @ w.T
-    if y.size and (y.max() > 2**31 - 1 or y.min() < -(2**31)):
-        raise OverflowError("reference gemm: result does not fit int32")
-    return y.astype(np.int32)
+    return _int32(_levels(a_codes, a_bits, a_codebook, "a_codebook") @ _levels(w_codes, w_bits, w_codebook,
+                                                                              "w_codebook").T, "gemm")
 
 
 def epilogue(acc, scale, bias, residual=None, clamp_lo=-np.inf, clamp_hi=np.inf, requant=None):
@@ -33,11 +39,7 @@ def epilogue(acc, scale, bias, residual=None, clamp_lo=-np.inf, clamp_hi=np.inf,
     v = np.where(v > hi, hi, v)
     if requant is None:
         return v
-    q = np.rint(v * np.float32(requant.inv_step))
-    q = np.where(np.isnan(q), np.float32(requant.qmin), q)  # NaN (e.g. inf - inf) -> code 0
-    q = np.where(q < requant.qmin, np.float32(requant.qmin), q)
-    q = np.where(q > requant.qmax, np.float32(requant.qmax), q)
-    return (q.astype(np.int32) - requant.qmin).astype(np.uint8)
+    return quant.requantize(v, requant.inv_step, requant.qmin, requant.qmax)
 
 
 def conv2d(x_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None, stride=1, padding=0, dilation=1,
@@ -48,10 +50,8 @@ def conv2d(x_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None, s
     Padding inserts the value ``a_pad_value`` (0: zero padding, whatever the
     codebook). Returns (B, OH, OW, Cout) int32.
     """
-    cb_a = cbmod.normalize(a_codebook, a_bits, "a_codebook").astype(np.int64)
-    cb_w = cbmod.normalize(w_codebook, w_bits, "w_codebook").astype(np.int64)
-    x = cb_a[np.asarray(x_codes)]
-    w = cb_w[np.asarray(w_codes)]
+    x = _levels(x_codes, a_bits, a_codebook, "a_codebook")
+    w = _levels(w_codes, w_bits, w_codebook, "w_codebook")
     b, h, wd, c = x.shape
     cout, cg, kh, kw = w.shape
     sh, sw = (stride, stride) if np.isscalar(stride) else stride
@@ -70,6 +70,4 @@ def conv2d(x_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None, s
                 xs = patch[..., gi * cg:(gi + 1) * cg]
                 ws = w[gi * opg:(gi + 1) * opg, :, ky, kx]
                 out[..., gi * opg:(gi + 1) * opg] += xs @ ws.T
-    if out.size and (out.max() > 2**31 - 1 or out.min() < -(2**31)):
-        raise OverflowError("reference conv2d: result does not fit int32")
-    return out.astype(np.int32)
+    return _int32(out, "conv2d")

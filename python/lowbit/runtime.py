@@ -64,6 +64,7 @@ test check node by node.
 """
 from __future__ import annotations
 
+import collections.abc
 import copy
 import math
 import numbers
@@ -74,11 +75,12 @@ import numpy as np
 from . import _core, _dispatch
 from . import codebook as cbmod
 from . import executor as _executor
+from . import quant as _quant
 from . import reference as _ref
 from .epilogue import Epilogue, Requant
 from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements
 
-__all__ = ["CodeTensor", "Model", "Node", "OPS"]
+__all__ = ["CodeTensor", "Model", "Node", "NodeArrays", "OPS", "PackedCodes"]
 
 OPS = ("input", "quantize", "dequantize", "conv", "linear", "add", "clamp", "affine", "maxpool", "avgpool",
        "adaptive_avgpool", "flatten", "conv_f32", "linear_f32")
@@ -117,10 +119,91 @@ class CodeTensor:
         return self.packed
 
 
-class Node:
-    """One graph node (see the module docstring for ops and attrs)."""
+class PackedCodes:
+    """Weight codes of logical ``shape`` kept bit-packed: ``packed`` is a
+    PackedWeights of shape[0] rows of prod(shape[1:]) codes in C order (the
+    model file's ``packed_weights`` form) with the default codebook (the
+    layer's codebook is an attribute of its node). :meth:`unpack` makes a new
+    uint8 array of ``shape``."""
 
-    __slots__ = ("name", "op", "inputs", "attrs", "arrays", "kernel", "out_shape", "_cache")
+    __slots__ = ("packed", "shape")
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, packed: PackedWeights, shape):
+        self.packed = packed
+        self.shape = tuple(int(s) for s in shape)
+
+    @classmethod
+    def pack(cls, codes: np.ndarray, bits: int) -> "PackedCodes":
+        """Pack uint8 ``codes`` (any shape of >= 2 dims, rows = the first axis) at ``bits``
+        (PackedWeights.from_codes checks the range)."""
+        return cls(PackedWeights.from_codes(codes.reshape(codes.shape[0], -1), bits), codes.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed codes: shape[0] rows of ceil(prod(shape[1:]) * bits / 8)."""
+        return self.packed.nbytes
+
+    def unpack(self) -> np.ndarray:
+        return self.packed.codes().reshape(self.shape)
+
+
+class NodeArrays(collections.abc.MutableMapping):
+    """A node's arrays by key (a dict-like mapping).
+
+    The weight codes of a quantized layer (``"w_codes"``) are kept bit-packed
+    once its Model has validated them (:meth:`pack_codes`): reading
+    ``arrays["w_codes"]`` then returns a new unpacked uint8 array (the
+    caller's; the node keeps only the packed form), and :meth:`stored` /
+    :meth:`shape` give the stored form and the shape without unpacking.
+    Any other value is stored and returned as it is."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, arrays=()):
+        self._data = dict(arrays)
+
+    def __getitem__(self, key):
+        value = self._data[key]
+        return value.unpack() if isinstance(value, PackedCodes) else value
+
+    def __setitem__(self, key, value):
+        self._data[key] = value
+
+    def __delitem__(self, key):
+        del self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+    def stored(self, key):
+        """The value as stored: a NumPy array or :class:`PackedCodes` (no unpacking)."""
+        return self._data[key]
+
+    def shape(self, key) -> tuple:
+        """The (logical) shape of array ``key``, without unpacking."""
+        return tuple(self._data[key].shape)
+
+    def pack_codes(self, key: str, bits: int) -> None:
+        """Keep array ``key`` (uint8 codes, already validated for ``bits``) bit-packed from now on."""
+        value = self._data[key]
+        if not isinstance(value, PackedCodes):
+            self._data[key] = PackedCodes.pack(value, bits)
+
+    def __repr__(self):
+        return f"NodeArrays({ {k: (type(v).__name__, tuple(v.shape)) for k, v in self._data.items()} })"
+
+
+class Node:
+    """One graph node (see the module docstring for ops and attrs).
+
+    ``arrays`` is a :class:`NodeArrays` (assigning a dict wraps it); a quantized
+    layer's ``arrays["w_codes"]`` is kept bit-packed once a Model validated it."""
+
+    __slots__ = ("name", "op", "inputs", "attrs", "_arrays", "kernel", "out_shape", "_cache")
 
     def __init__(self, name: str, op: str, inputs=(), attrs=None, arrays=None):
         if op not in OPS:
@@ -129,29 +212,64 @@ class Node:
         self.op = op
         self.inputs = [str(i) for i in inputs]
         self.attrs = dict(attrs or {})
-        self.arrays = dict(arrays or {})
+        self.arrays = arrays or {}
         self.kernel = None      # registry name of the kernel its last kernel-path run used
         self.out_shape = None   # output shape of the last run
         self._cache = {}
+
+    @property
+    def arrays(self) -> NodeArrays:
+        return self._arrays
+
+    @arrays.setter
+    def arrays(self, value):
+        self._arrays = NodeArrays(value.items() if isinstance(value, NodeArrays) else value)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "op": self.op, "inputs": list(self.inputs), "attrs": self.attrs}
 
     def weight_bytes(self) -> int:
-        """Bytes this node needs at inference: packed weight codes + float32 arrays."""
+        """Bytes of this node's parameters as saved (the model file's data): packed
+        weight codes (rows of ceil(K * w_bits / 8) bytes) + float32 arrays."""
         n = 0
-        for key, arr in self.arrays.items():
+        for key in self.arrays:
+            shape = self.arrays.shape(key)
             if key == "w_codes":
-                bits = self.attrs["w_bits"]
-                rows = arr.shape[0]
-                k = int(np.prod(arr.shape[1:]))
-                n += rows * ((k * bits + 7) // 8)
+                k = math.prod(shape[1:])
+                n += shape[0] * ((k * self.attrs["w_bits"] + 7) // 8)
             else:
-                n += arr.nbytes
+                n += self.arrays.stored(key).nbytes
         return n
 
     def __repr__(self):
         return f"Node({self.name!r}, {self.op!r}, inputs={self.inputs})"
+
+
+def resident_bytes(roots) -> int:
+    """Bytes of the NumPy arrays reachable from ``roots`` through lowbit objects,
+    dicts, lists and tuples (each buffer counted once, views by their base):
+    what a model keeps in memory, caches of the kernels that ran included."""
+    seen, buffers, stack = set(), {}, list(roots)
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            while isinstance(obj.base, np.ndarray):
+                obj = obj.base
+            buffers[id(obj)] = obj.nbytes
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend(obj)
+        elif type(obj).__module__.startswith("lowbit"):
+            stack.extend(getattr(obj, "__dict__", {}).values())
+            for cls in type(obj).__mro__:
+                slots = getattr(cls, "__slots__", ())
+                stack.extend(getattr(obj, a) for a in ((slots,) if isinstance(slots, str) else slots)
+                             if hasattr(obj, a))
+    return sum(buffers.values())
 
 
 # ---- attribute validation (Model construction: converted, imported and loaded graphs alike) ----
@@ -293,8 +411,8 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     """LSQ codes of float32 ``x``: clamp(round_half_even(x / step), Qn, Qp) - Qn, computed in
     float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0).
     ``native``: the native op (``_core.quantize``; an NHWC view of NCHW memory, the model
-    input, is read in place by ``_core.quantize_nchw_to_nhwc``). The NumPy lines below are
-    the reference; the two agree bit for bit."""
+    input, is read in place by ``_core.quantize_nchw_to_nhwc``). :func:`lowbit.quant.quantize_codes`
+    is the reference; the two agree bit for bit."""
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
         pre = attrs.get("pre_step")
         args = (float(np.float32(attrs["step"])), int(attrs["qn"]), int(attrs["qp"]), bool(attrs.get("binary")),
@@ -303,7 +421,7 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
             return _core.quantize_nchw_to_nhwc(x.transpose(0, 3, 1, 2), *args)
         return _core.quantize(np.ascontiguousarray(x), *args)
     if attrs.get("binary"):
-        return (x >= 0).astype(np.uint8)
+        return _quant.quantize_codes(x, 1.0, 0, 1, binary=True)
     if attrs.get("pre_step") is not None:
         # QONNX Trunc with ROUND: integers at the input step first, then the exact division by
         # the power of two pre_div, rounded half to even like the rest
@@ -311,20 +429,16 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
         x *= np.float32(1.0 / attrs["pre_div"])
         attrs = dict(attrs, step=1.0)
     qn = attrs["qn"]
-    q = np.divide(x, np.float32(attrs["step"]), dtype=np.float32)
-    np.clip(q, np.float32(qn), np.float32(attrs["qp"]), out=q)
-    np.rint(q, out=q)
-    if qn:
-        np.subtract(q, np.float32(qn), out=q)
-    return q.astype(np.uint8)
+    return _quant.quantize_codes(x, attrs["step"], qn, attrs["qp"])
 
 
 def dequantize(c: CodeTensor, native: bool = True) -> np.ndarray:
-    """float32(level) * float32(step) of each code (native: ``_core.dequantize``)."""
+    """float32(level) * float32(step) of each code (native: ``_core.dequantize``;
+    the reference: :func:`lowbit.quant.dequantize`)."""
     if native:
-        return _core.dequantize(np.ascontiguousarray(c.codes), np.ascontiguousarray(c.levels), float(np.float32(c.step)))
-    lv = c.levels.astype(np.float32)
-    return lv[c.codes] * np.float32(c.step)
+        return _core.dequantize(np.ascontiguousarray(c.codes), np.ascontiguousarray(c.levels),
+                                float(np.float32(c.step)))
+    return _quant.dequantize(c.levels, c.codes, c.step)
 
 
 def _pool_windows(x, kernel, stride, padding, dilation, pad_value):
@@ -475,22 +589,29 @@ class Model:
             want = 1 + bool(a.get("residual"))
             if len(n.inputs) != want:
                 raise ValueError(f"node {n.name!r} ({n.op}): expected {want} inputs, got {len(n.inputs)}")
-            w = n.arrays.get("w_codes")
-            if not isinstance(w, np.ndarray) or w.dtype != np.uint8:
+            w = n.arrays.stored("w_codes") if "w_codes" in n.arrays else None
+            if isinstance(w, PackedCodes) and w.packed.bits != a["w_bits"]:
+                w = w.unpack()  # packed at another width (a foreign file): checked and repacked below
+            if not isinstance(w, (np.ndarray, PackedCodes)) or w.dtype != np.uint8:
                 raise ValueError(f"node {n.name!r}: missing uint8 'w_codes'")
-            if (n.op == "conv" and w.ndim != 4) or (n.op == "linear" and w.ndim != 2) or 0 in w.shape:
-                raise ValueError(f"node {n.name!r}: w_codes has shape {w.shape}")
-            if n.op == "conv" and w.shape[0] % a["groups"]:
-                raise ValueError(f"node {n.name!r}: groups={a['groups']} does not divide Cout={w.shape[0]}")
-            cout = w.shape[0]
+            shape = w.shape
+            if (n.op == "conv" and len(shape) != 4) or (n.op == "linear" and len(shape) != 2) or 0 in shape:
+                raise ValueError(f"node {n.name!r}: w_codes has shape {shape}")
+            if n.op == "conv" and shape[0] % a["groups"]:
+                raise ValueError(f"node {n.name!r}: groups={a['groups']} does not divide Cout={shape[0]}")
+            cout = shape[0]
             for key in ("scale", "bias"):
                 arr = n.arrays.get(key)
                 if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != (cout,):
                     raise ValueError(f"node {n.name!r}: '{key}' must be float32 of shape ({cout},)")
-            if w.size and int(w.max()) >= (1 << a["w_bits"]):
+            # codes packed at w_bits are in range by construction
+            if isinstance(w, np.ndarray) and int(w.max()) >= (1 << a["w_bits"]):
                 raise ValueError(f"node {n.name!r}: weight code out of range for {a['w_bits']} bits")
             if len(a["w_codebook"]) != 1 << a["w_bits"] or len(a["a_codebook"]) != 1 << a["a_bits"]:
                 raise ValueError(f"node {n.name!r}: codebook sizes do not match the bit widths")
+            if isinstance(w, np.ndarray):
+                n.arrays["w_codes"] = w
+                n.arrays.pack_codes("w_codes", a["w_bits"])  # from now on the node keeps only packed codes
         if n.op in _FLOAT_LAYERS:
             w, b = n.arrays.get("w"), n.arrays.get("bias")
             nd = 4 if n.op == "conv_f32" else 2
@@ -698,11 +819,12 @@ class Model:
             from .conv import ConvWeights
 
             a = n.attrs
-            codes = n.arrays["w_codes"]
-            if n.op == "conv":
-                w = ConvWeights(codes, a["w_bits"], a["w_codebook"], a["groups"])
-            else:
-                w = PackedWeights.from_codes(codes, a["w_bits"], a["w_codebook"])
+            codes = n.arrays.stored("w_codes")
+            if isinstance(codes, PackedCodes):  # shared with the node: no copy of the codes
+                packed = codes.packed.with_codebook(a["w_codebook"])
+            else:  # codes assigned after validation: packed (and range-checked) here
+                packed = PackedWeights.from_codes(codes.reshape(codes.shape[0], -1), a["w_bits"], a["w_codebook"])
+            w = ConvWeights.from_packed(packed, codes.shape, a["groups"]) if n.op == "conv" else packed
             n._cache["weights"] = w
         return w
 
@@ -722,7 +844,7 @@ class Model:
             b, h, w, _ = x.codes.shape
         elif x.codes.ndim != 2:
             raise ValueError(f"node {n.name!r}: linear needs (B, K) input, got shape {x.codes.shape}")
-        cout = n.arrays["w_codes"].shape[0]
+        cout = n.arrays.shape("w_codes")[0]
         if reference:
             return self._run_reference(n, x, residual)
         ep = self._epilogue(n)
@@ -770,9 +892,29 @@ class Model:
 
     # ---- reporting ---------------------------------------------------------------------------
     @property
-    def nbytes(self) -> int:
-        """Bytes of everything inference needs: packed weight codes and float32 parameters."""
+    def nbytes_disk(self) -> int:
+        """Bytes of the parameters as saved: packed weight codes (ceil(K * w_bits / 8)
+        bytes per output channel) and float32 parameters (the model file's data,
+        less its alignment padding, header and checksum)."""
         return sum(n.weight_bytes() for n in self.nodes)
+
+    @property
+    def nbytes(self) -> int:
+        """The same as :attr:`nbytes_disk` (kept for existing callers)."""
+        return self.nbytes_disk
+
+    @property
+    def nbytes_resident(self) -> int:
+        """Bytes of the NumPy arrays this Model holds now: the packed weight codes
+        and float32 parameters (:attr:`nbytes_disk`) plus what the runs so far
+        built and cached per layer (kernel weight layouts, lookup tables,
+        epilogue parameters). It grows with the first run and with each other
+        kernel a layer runs on; unpacked weight codes are never kept."""
+        return resident_bytes(self.nodes)
+
+    def memory(self) -> dict:
+        """{"disk": nbytes_disk, "resident": nbytes_resident}."""
+        return {"disk": self.nbytes_disk, "resident": self.nbytes_resident}
 
     def layers(self) -> list:
         """One dict per node: name, op, bits, kernel (after a run), output shape, bytes."""
@@ -797,12 +939,12 @@ class Model:
     def _detail(n: Node) -> str:
         a = n.attrs
         if n.op == "conv":
-            w = n.arrays["w_codes"]
+            w = n.arrays.stored("w_codes")
             s = (f"{w.shape[2]}x{w.shape[3]} {w.shape[1] * a['groups']}->{w.shape[0]} s{a['stride'][0]}"
                  f" p{a['padding'][0]}" + (f" d{a['dilation'][0]}" if max(a["dilation"]) > 1 else "")
                  + (f" g{a['groups']}" if a["groups"] > 1 else ""))
         elif n.op == "linear":
-            w = n.arrays["w_codes"]
+            w = n.arrays.stored("w_codes")
             s = f"{w.shape[1]}->{w.shape[0]}"
         elif n.op == "conv_f32":
             w = n.arrays["w"]
@@ -858,7 +1000,8 @@ class Model:
         nf = sum(n.op in _FLOAT_LAYERS for n in self.nodes)
         lines.append(f"{len(q)} quantized layers" + (f" + {nf} float32 layers" if nf else "") + " ("
                      + ", ".join(f"{k}: {v}" for k, v in sorted(self._bit_counts().items()))
-                     + f"); {self.nbytes} bytes of weights and epilogue parameters")
+                     + f"); {self.nbytes_disk} bytes of weights and epilogue parameters on disk, "
+                     f"{self.nbytes_resident} resident with the kernel layouts built so far")
         name, why = _executor.status(self)
         lines.append("executor: native (one native call per batch, GIL released; lowbit.executor)" if why is None
                      else f"executor: python (node by node: {why})")
@@ -879,7 +1022,7 @@ class Model:
 
     def __repr__(self):
         return (f"lowbit.Model({len(self.nodes)} nodes, input {self.input_shape}, "
-                f"{self._bit_counts()}, {self.nbytes} bytes)")
+                f"{self._bit_counts()}, {self.nbytes_disk} bytes on disk)")
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path) -> None:

@@ -29,6 +29,28 @@ skip_if_emulated = pytest.mark.skipif(
     EMULATED, reason="qemu-user aborts when a multi-threaded guest forks (assertion cpu == current_cpu)")
 
 
+def optional_import(module: str):
+    """Import an optional dependency or skip the calling test (module) without it. Truly
+    environmental: lowbit's core needs only NumPy, and some runs have none of the extras
+    (the Arm emulation sysroot: NumPy and pytest only). CI installs every extra and
+    test_ci_environment.py fails there if one is missing, so these skips cannot hide a
+    regression in CI."""
+    return pytest.importorskip(module, reason=f"optional dependency {module!r} is not installed (lowbit's core needs "
+                                              "only NumPy; CI requires it: test_ci_environment.py)")
+
+
+def fashion_mnist_or_skip(split: str):
+    """Fashion-MNIST ``split`` (images, labels), or skip: the data set is a system package
+    (Debian's dataset-fashion-mnist), absent from some runs; CI installs it and
+    test_ci_environment.py fails there without it."""
+    from lowbit import datasets
+
+    try:
+        return datasets.load_fashion_mnist(split, allow_fallback=False)
+    except RuntimeError as exc:
+        pytest.skip(f"Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist; CI requires it): {exc}")
+
+
 def python_command():
     """The argv that starts this Python in a new process. Under user-mode
     emulation without binfmt_misc, sys.executable is a foreign binary the host
@@ -66,6 +88,19 @@ def assert_best_of_its_family(kernel_name, cap):
 
 
 @pytest.fixture(autouse=True)
+def _seed_global_generators():
+    """Every test starts from the same global random state, whatever ran before it (a test
+    that builds a torch module or draws from NumPy's or torch's global generator without a
+    seed of its own is still deterministic). Tests draw from their own seeded generators;
+    this covers what they do not seed (e.g. torch's default weight initialisation)."""
+    np.random.seed(0)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _restore_threads():
     n = lowbit.get_num_threads()
     yield
@@ -90,7 +125,7 @@ def small_model(in_channels: int = 1, seed: int = 0):
 @pytest.fixture(scope="session")
 def small_model_path(tmp_path_factory):
     """Path of small_model() saved to a .lowbit file (one per test session)."""
-    pytest.importorskip("torch")
+    optional_import("torch")
     path = tmp_path_factory.mktemp("small_model") / "small.lowbit"
     small_model().save(path)
     return path

@@ -8,7 +8,7 @@ import pytest
 
 import lowbit
 
-from conftest import python_command
+from conftest import fashion_mnist_or_skip, optional_import, python_command
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -38,7 +38,7 @@ def test_help_lists_commands():
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    pytest.importorskip("torch")
+    optional_import("torch")
     path = tmp_path_factory.mktemp("cli") / "fmnist.lowbit"
     out = _lowbit("convert", "-o", str(path))
     assert "converted" in out and path.exists()
@@ -46,11 +46,7 @@ def saved_model(tmp_path_factory):
 
 
 def test_run_fmnist_and_npy(saved_model, tmp_path):
-    from lowbit import datasets
-    try:  # without the real data, `run --fmnist` falls back to digits, on which this model is no classifier
-        datasets.load_fashion_mnist("test", allow_fallback=False)
-    except RuntimeError:
-        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    fashion_mnist_or_skip("test")  # without it, `run --fmnist` falls back to digits: this model is no classifier there
     out = _lowbit("run", str(saved_model), "--fmnist", "300", "--threads", "1")
     acc = float(out.split("top-1 accuracy:")[1].split("%")[0])
     assert acc > 85.0
@@ -66,7 +62,7 @@ def test_bench(saved_model):
 
 
 def test_demo_quick():
-    pytest.importorskip("torch")
+    optional_import("torch")
     out = _lowbit("demo", "--limit", "300", "--rounds", "1", "--min-time", "0.005")
     for s in ("torch fp32", "W2A2 fake-quant (torch)", "W2A2 lowbit runtime", "top-1 agreement",
               "batch 1 latency", "Model size", "lowbit file"):
@@ -75,8 +71,9 @@ def test_demo_quick():
     assert agree >= 99.5
 
 
+@pytest.mark.slow  # trains an epoch: 20-35 s on two shared cores
 def test_demo_train_uses_the_training_script(tmp_path):
-    pytest.importorskip("torch")
+    optional_import("torch")
     out = _lowbit("demo", "--train", "--data-dir", str(tmp_path), "--epochs", "1", "--width", "8",
                   "--limit-train", "512", "--no-progress", "--limit", "200", "--rounds", "1", "--min-time", "0.005",
                   "--no-codes", env={"LOWBIT_TRAIN_SCRIPT": os.path.join(REPO, "scripts", "train_fmnist.py")})

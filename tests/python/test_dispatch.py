@@ -95,7 +95,7 @@ def test_use_caps_and_restores():
 def test_forcing_a_tier_above_the_cap_raises():
     above = [k for k in lowbit.kernels() if k["available"] and k["tier"] != "scalar"]
     if not above:
-        pytest.skip("only the scalar tier here")
+        pytest.skip("this CPU has no SIMD tier (only scalar kernels are available): no kernel above a scalar cap")
     a = np.zeros((2, 5), np.uint8)
     pw = lowbit.pack_weights(np.zeros((3, 5), np.uint8), 2)
     with lowbit.use(isa="scalar", kernel=above[0]["name"]):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import lowbit
+from conftest import optional_import
 from lowbit import _core, reference
 
 TIERS = lowbit.supported_tiers()
@@ -223,7 +224,7 @@ def test_bad_input_raises_clear_errors():
 
 
 def test_depthwise_separable_model_matches_reference():
-    torch = pytest.importorskip("torch")
+    torch = optional_import("torch")
     from lowbit import models, qat
 
     torch.manual_seed(0)
@@ -250,7 +251,7 @@ def test_thread_count_does_not_change_results(groups):
     rng = _seed("threads", groups)
     x = rng.integers(0, 4, (3, 23, 19, 40), dtype=np.uint8)
     cw = lowbit.ConvWeights(rng.integers(0, 4, (40, 40 // groups, 3, 3), dtype=np.uint8), 2, SIGNED2, groups)
-    want = reference.conv2d(x, cw._rows.reshape(40, 3, 3, -1).transpose(0, 3, 1, 2), 2, 2, None, SIGNED2, 2, 1, 1,
+    want = reference.conv2d(x, cw.codes(), 2, 2, None, SIGNED2, 2, 1, 1,
                             groups)
     saved = lowbit.get_num_threads()
     try:

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import lowbit
-from conftest import available_kernels, python_command
+from conftest import available_kernels, optional_import, python_command
 
 
 @pytest.fixture
@@ -173,7 +173,7 @@ def test_submodules_load_on_first_use():
             "print('ok')\n")
     import subprocess
 
-    pytest.importorskip("torch")  # lowbit.qat loads torch on first use
+    optional_import("torch")  # lowbit.qat loads torch on first use
     r = subprocess.run([*python_command(), "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
     with pytest.raises(AttributeError, match="no attribute 'nope'"):

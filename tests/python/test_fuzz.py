@@ -16,7 +16,7 @@ import pytest
 import lowbit
 from lowbit import io
 
-from conftest import python_command
+from conftest import optional_import, python_command
 from numpy_models import small_cnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,7 +41,7 @@ def _import_harness(name):
 @pytest.mark.parametrize("name", sorted(HARNESSES))
 def test_fuzz_harness_runs_clean_for_a_bounded_time(name, tmp_path):
     if name == "qonnx":
-        pytest.importorskip("onnx")
+        optional_import("onnx")
     r = subprocess.run([*python_command(), os.path.join(FUZZ, HARNESSES[name]), f"--runs={RUNS[name]}", "--seed=1",
                         f"--seconds={SECONDS}", f"--workdir={tmp_path}"], capture_output=True, text=True,
                        timeout=SECONDS + 120,
@@ -64,7 +64,7 @@ def _corpus():
 @pytest.mark.parametrize("name,path", _corpus(), ids=lambda v: os.path.basename(v) if "/" in v else v)
 def test_seed_corpus_input(name, path):
     if name == "qonnx":
-        pytest.importorskip("onnx")
+        optional_import("onnx")
     with open(path, "rb") as f:
         _import_harness(name).test_one_input(f.read())
 
@@ -161,13 +161,13 @@ def _qonnx_graph(conv_attrs=None, bits=2.0, in_shape=(1, 2, 8, 8), reshape=None,
     ({"reshape": np.array([np.inf, 1.0], np.float32)}, "Reshape node .*malformed"),      # was OverflowError
 ])
 def test_qonnx_importer_regressions(kwargs, message):
-    pytest.importorskip("onnx")
+    optional_import("onnx")
     with pytest.raises((lowbit.qonnx.QonnxConversionError, ValueError), match=message):
         lowbit.from_qonnx(_qonnx_graph(**kwargs))
 
 
 def test_qonnx_importer_refuses_undecodable_bytes_and_non_utf8_names():
-    pytest.importorskip("onnx")
+    optional_import("onnx")
     with pytest.raises(ValueError, match="not a serialized ONNX model"):         # was protobuf DecodeError
         lowbit.from_qonnx(b"\x0a\xff\xff\xff\xff garbage")
     blob = _qonnx_graph().SerializeToString().replace(b"qonnx.custom_op.general", b"\xffonnx.custom_op.general")
@@ -179,7 +179,7 @@ def test_qonnx_importer_refuses_undecodable_bytes_and_non_utf8_names():
 @pytest.mark.parametrize("data_type", [0, 33])  # UNDEFINED; no such type
 def test_qonnx_importer_refuses_an_initializer_of_unknown_type(data_type):
     """Fuzz findings (atheris, seeds 3 and 4): onnx's to_array raised a bare TypeError / KeyError."""
-    pytest.importorskip("onnx")
+    optional_import("onnx")
     m = _qonnx_graph()
     m.graph.initializer[0].data_type = data_type
     with pytest.raises(lowbit.qonnx.QonnxConversionError, match="initializer 's': unreadable tensor"):

@@ -7,14 +7,16 @@ import zlib
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import optional_import, python_command
+from parity import check_torch_parity
+
+torch = optional_import("torch")
 nn = torch.nn
 F = torch.nn.functional
 
 import lowbit  # noqa: E402
 from lowbit import datasets, models, qat  # noqa: E402
 from lowbit.convert import ConversionError, compare  # noqa: E402
-from conftest import python_command  # noqa: E402
 from lowbit.io import LowbitFormatError  # noqa: E402
 
 LUT_FAMILIES = ("lutgemm", "grouplut")
@@ -317,22 +319,19 @@ def test_shipped_model_structure(shipped):
 
 
 def test_shipped_model_reference_agrees_with_fake_quant(shipped):
-    """Reference executor (= the kernel path, bit for bit) vs PyTorch fake-quant on a subset."""
+    """Reference executor (= the kernel path, bit for bit) vs PyTorch fake-quant on a subset:
+    tests/python/parity.py's rule (codes differ only at rounding ties, logits within float rounding)."""
     q, m = shipped
-    x, labels = _fmnist_subset(200)
-    with torch.no_grad():
-        ref = q(torch.from_numpy(x)).numpy()
-    y = m.run_reference(x)
-    assert np.mean(y.argmax(1) == ref.argmax(1)) >= 0.995
-    assert np.abs(y - ref).max() < 0.05 * np.abs(ref).max()
+    x, labels = _fmnist_subset(64)  # the NumPy oracles are slow; the kernels' test below takes 1000
+    r = check_torch_parity(q, m, x, reference=True)
+    assert len(r["tie_samples"]) <= 1, r["tie_samples"]
 
 
 def test_shipped_model_kernels_agree_with_fake_quant(shipped):
     q, m = shipped
     x, labels = _fmnist_subset(1000)
-    r = compare(q, m, x)
-    assert r["top1_agreement"] >= 0.995
-    assert r["code_diff_fraction"] < 1e-3
+    r = check_torch_parity(q, m, x)
+    assert len(r["tie_samples"]) <= 5 and r["codes_differ"] < 1e-3 * r["codes_total"], r["tie_samples"]
     xs = x[:16]
     _assert_trace_equal(m, xs)
 

@@ -7,7 +7,9 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import fashion_mnist_or_skip, optional_import
+
+torch = optional_import("torch")
 nn = torch.nn
 
 import lowbit.datasets as lds  # noqa: E402
@@ -292,8 +294,7 @@ def test_fmnist_model_shape_and_fx():
 
 def test_trained_checkpoints_load():
     path = os.path.join(lmodels.DATA_DIR, "fmnist_train.json")
-    if not os.path.exists(path):
-        pytest.skip("trained checkpoints are not installed")
+    assert os.path.exists(path), f"the trained demo checkpoints ship with lowbit: {path} is missing"
     import json
 
     info = json.load(open(path))
@@ -343,12 +344,8 @@ def test_normalize():
 
 
 def test_fashion_mnist_real_data():
-    root = os.environ.get("LOWBIT_FMNIST_DIR", lds.FMNIST_DIR)
-    if not os.path.exists(os.path.join(root, "t10k-labels-idx1-ubyte.gz")) and \
-            not os.path.exists(os.path.join(root, "t10k-labels-idx1-ubyte")):
-        pytest.skip("Debian package dataset-fashion-mnist is not installed")
     for split, n in (("train", 60000), ("test", 10000)):
-        x, y = lds.load_fashion_mnist(split, allow_fallback=False)
+        x, y = fashion_mnist_or_skip(split)
         assert x.shape == (n, 28, 28) and x.dtype == np.uint8
         assert y.shape == (n,) and y.dtype == np.int64
         assert set(np.unique(y)) == set(range(10))

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 import lowbit
-from conftest import deadline
+from conftest import deadline, optional_import
 from lowbit.io import LowbitFormatError
 
-ray = pytest.importorskip("ray")
-pq = pytest.importorskip("pyarrow.parquet")
+ray = optional_import("ray")
+pq = optional_import("pyarrow.parquet")
 import lowbit.ray as lowbit_ray  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import lowbit
-from conftest import deadline
+from conftest import deadline, optional_import
 
-ray = pytest.importorskip("ray")
-pq = pytest.importorskip("pyarrow.parquet")
-Image = pytest.importorskip("PIL.Image")
+ray = optional_import("ray")
+pq = optional_import("pyarrow.parquet")
+Image = optional_import("PIL.Image")
 import lowbit.ray as lowbit_ray  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 

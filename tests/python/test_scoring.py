@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 import lowbit
-from conftest import python_command, small_model
+from conftest import optional_import, python_command, small_model
 from lowbit import scoring
 from lowbit.datasets import scale_pixels
 from lowbit.io import LowbitFormatError
 
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-Image = pytest.importorskip("PIL.Image")
+pa = optional_import("pyarrow")
+pq = optional_import("pyarrow.parquet")
+Image = optional_import("PIL.Image")
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SHAPE = (1, 28, 28)
@@ -160,7 +160,7 @@ def test_run_parquet_columns_kept_and_image_folder(small_model_path, tmp_path):
 
 
 def test_run_rgb_jpeg_folder(tmp_path):
-    pytest.importorskip("torch")
+    optional_import("torch")
     m = small_model(in_channels=3)
     m.save(tmp_path / "rgb.lowbit")
     images = np.random.default_rng(5).integers(0, 256, (4, 28, 28, 3), dtype=np.uint8)

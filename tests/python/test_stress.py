@@ -137,7 +137,7 @@ def test_fork_while_the_pool_is_busy():
 
 def test_keyboard_interrupt_during_a_long_call_leaves_the_library_usable():
     if threading.current_thread() is not threading.main_thread():
-        pytest.skip("signals are delivered to the main thread")
+        pytest.skip("the test runner runs this test outside the main thread, and SIGINT reaches only the main thread")
     (m, x, want), *_ = _models()
     big = np.concatenate([x] * 60)
     lowbit.set_num_threads(2)

@@ -21,6 +21,33 @@ CASES = [
     (2, 2, [-128, 127, 0, 1], [-128, 127, 0, 1]),        # lutgemm16 / dotgemm
     (1, 8, [-1, 1], None),                               # dotgemm
 ]
+_EXACT = "cannot compute this GEMM exactly: "
+_NOT_INT8 = "needs product sums that fit int8 (max |cbA x cbW| <= 127)"
+# For each case (same order as CASES): the planner's refusal, after "kernel '<name>' ", of every
+# kernel family (or (family, table kind)) that cannot compute it; every other kernel must run it.
+REFUSALS = [
+    {"lutgemm": _EXACT + "lutgemm implements W2A2 only (got W8A8)", "grouplut": _EXACT + "grouplut " + _NOT_INT8,
+     "grouplut6": _EXACT + "grouplut6 " + _NOT_INT8, "bitserial": _EXACT + "bitserial implements W1 x A1/A2 (got W8A8)",
+     "dot8": _EXACT + "dot8 needs weight levels in [-128, 127], got [0, 255]"},
+    {"lutgemm": _EXACT + "lutgemm implements W2A2 only (got W4A4)", "grouplut": _EXACT + "grouplut " + _NOT_INT8,
+     "grouplut6": _EXACT + "grouplut6 " + _NOT_INT8, "bitserial": _EXACT + "bitserial implements W1 x A1/A2 (got W4A4)",
+     "dot8": _EXACT + "dot8 needs activation levels in [0, 255] (or 8-bit levels in [-128, 127]), got [-128, 112]"},
+    {"bitserial": _EXACT + "bitserial implements W1 x A1/A2 (got W2A2)"},
+    {("lutgemm", "i8"): "uses i8 tables but these codebooks need split (products up to 16384 need int16: "
+                        "lo/hi byte tables)",
+     "grouplut": _EXACT + "grouplut " + _NOT_INT8, "grouplut6": _EXACT + "grouplut6 " + _NOT_INT8,
+     "bitserial": _EXACT + "bitserial implements W1 x A1/A2 (got W2A2)",
+     "dot8": _EXACT + "dot8 needs activation levels in [0, 255] (or 8-bit levels in [-128, 127]), got [-128, 127]"},
+    {"lutgemm": _EXACT + "lutgemm implements W2A2 only (got W1A8)", "grouplut": _EXACT + "grouplut " + _NOT_INT8,
+     "grouplut6": _EXACT + "grouplut6 " + _NOT_INT8, "bitserial": _EXACT + "bitserial implements W1 x A1/A2 (got W1A8)"},
+]
+
+
+def _refusal(case_index, kernel):
+    """The exact refusal expected when ``kernel`` is forced on CASES[case_index], or None."""
+    refused = REFUSALS[case_index]
+    why = refused.get((kernel["family"], kernel["table_kind"]), refused.get(kernel["family"]))
+    return None if why is None else f"kernel {kernel['name']!r} {why}"
 
 
 def _problem(rng, bw, ba, m=150, n=200, k=301):
@@ -29,33 +56,34 @@ def _problem(rng, bw, ba, m=150, n=200, k=301):
     return a, w
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"W{c[0]}A{c[1]}")
-def test_deterministic_across_thread_counts(case, rng):
-    bw, ba, cb_w, cb_a = case
+@pytest.mark.parametrize("case_index", range(len(CASES)), ids=lambda i: "W{}A{}-{}".format(*CASES[i][:2], i))
+def test_deterministic_across_thread_counts(case_index, rng):
+    bw, ba, cb_w, cb_a = CASES[case_index]
     a, w = _problem(rng, bw, ba)
     ref = reference.gemm(a, w, ba, bw, cb_a, cb_w)
     packed = lowbit.pack_weights(w, bw, cb_w)
-    kernels = [k["name"] for k in available_kernels()]
+    kernels = available_kernels()
     results = {}
     for n in (1, 2, 3, 7):
         lowbit.set_num_threads(n)
         assert lowbit.get_num_threads() == n
         results[n] = lowbit.gemm(a, packed, ba, cb_a)
         used = lowbit.last_kernel()
-        assert used in kernels
+        assert used in [k["name"] for k in kernels]
         assert np.array_equal(results[n], ref), (n, used)
         ran = 0
-        for name in kernels:  # every kernel that can compute it, at this thread count
-            try:
-                with lowbit.use(kernel=name):
-                    y = lowbit.gemm(a, packed, ba, cb_a)
-            except ValueError as exc:  # only the planner's refusal of a kernel that does not apply
-                assert re.search(r"cannot compute this GEMM exactly|tables but these codebooks|is for W\d", str(exc)), exc
-                continue
-            assert np.array_equal(y, ref), (n, name)
+        for kernel in kernels:  # every kernel that can compute it, at this thread count; the others refuse
+            refusal = _refusal(case_index, kernel)
+            with lowbit.use(kernel=kernel["name"]):
+                if refusal is not None:
+                    with pytest.raises(ValueError, match="^" + re.escape(refusal) + "$"):
+                        lowbit.gemm(a, packed, ba, cb_a)
+                    continue
+                y = lowbit.gemm(a, packed, ba, cb_a)
+            assert np.array_equal(y, ref), (n, kernel["name"])
             ran += 1
         # at least a scalar twin and a SIMD kernel (only the scalar one under LOWBIT_ISA=scalar)
-        simd_allowed = any(k["tier"] != "scalar" for k in available_kernels())
+        simd_allowed = any(k["tier"] != "scalar" for k in kernels)
         assert ran >= (2 if simd_allowed else 1), (n, ran)
     for n in (2, 3, 7):
         assert np.array_equal(results[n], results[1])

@@ -1,0 +1,100 @@
+"""``lowbit.qonnx.bench_qonnx``: a QONNX model timed under lowbit and under
+onnxruntime (float lowering, optionally QDQ), interleaved, medians."""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+
+import numpy as np
+
+from .qonnx import _load, from_qonnx
+from .qonnx_float import to_float_onnx
+
+__all__ = ["bench_qonnx"]
+
+
+def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmup: int = 5,
+                qdq: bool = False, print_fn=print) -> dict:
+    """Latency of a QONNX model under lowbit and under onnxruntime (float32, every
+    quantizer lowered to float ops by :func:`to_float_onnx`), same input, at
+    ``batch`` images and ``threads`` threads; with ``qdq`` also onnxruntime on
+    qonnx's QuantizeLinear/Clip/DequantizeLinear lowering (``QuantToQCDQ``; 8-bit
+    and narrower only). One process, runs interleaved, median of ``repeats``.
+    Returns a dict with milliseconds and ``speedup_vs_float`` (ort float / lowbit);
+    prints a short report through ``print_fn`` (None: silent)."""
+    import onnxruntime as ort
+
+    from . import get_num_threads, set_num_threads
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+    src = _load(path)
+    t0 = time.perf_counter()
+    lb = from_qonnx(src)
+    t_convert = time.perf_counter() - t0
+    c, h, w = lb.input_shape
+    x = np.random.default_rng(0).standard_normal((batch, c, h, w)).astype(np.float32)
+
+    def session(proto):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    runners = {}
+    fl = session(to_float_onnx(src))
+    in_name = fl.get_inputs()[0].name
+    runners["onnxruntime_float"] = lambda: fl.run(None, {in_name: x})
+    if qdq:
+        from qonnx.core.modelwrapper import ModelWrapper
+        from qonnx.transformation.qonnx_to_qcdq import QuantToQCDQ
+        from qonnx.util.cleanup import cleanup_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mw = cleanup_model(ModelWrapper(_load(src)), override_inpsize=batch).transform(QuantToQCDQ())
+        qd = session(to_float_onnx(mw.model, dynamic_batch=False))  # what QuantToQCDQ leaves (Trunc, ...)
+        qd_name = qd.get_inputs()[0].name
+        runners["onnxruntime_qdq"] = lambda: qd.run(None, {qd_name: x})
+    old = get_num_threads()
+    set_num_threads(threads)
+    try:
+        runners = {"lowbit": lambda: lb(x), **runners}
+        for _ in range(warmup):
+            for f in runners.values():
+                f()
+        times = {k: [] for k in runners}
+        for _ in range(repeats):
+            for k, f in runners.items():
+                t = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t)
+    finally:
+        set_num_threads(old)
+    ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    ref = fl.run(None, {in_name: x})[0]
+    mine = lb(x)
+    res = {"model": os.fspath(path) if isinstance(path, (str, os.PathLike)) else type(path).__name__,
+           "batch": batch, "threads": threads, "repeats": repeats, "convert_s": t_convert,
+           "lowbit_ms": ms["lowbit"], "onnxruntime_float_ms": ms["onnxruntime_float"],
+           "speedup_vs_float": ms["onnxruntime_float"] / ms["lowbit"],
+           "top1_agree_float": float(np.mean(ref.reshape(batch, -1).argmax(1) == mine.reshape(batch, -1).argmax(1))),
+           "layers": lb._bit_counts()}
+    if qdq:
+        res["onnxruntime_qdq_ms"] = ms["onnxruntime_qdq"]
+        res["speedup_vs_qdq"] = ms["onnxruntime_qdq"] / ms["lowbit"]
+    if print_fn is not None:
+        lines = [f"{res['model']}: batch {batch}, {threads} thread(s), median of {repeats}",
+                 f"  lowbit              {ms['lowbit']:9.3f} ms   ({', '.join(f'{k}: {v}' for k, v in res['layers'].items())})",
+                 f"  onnxruntime float32 {ms['onnxruntime_float']:9.3f} ms   lowbit is "
+                 f"{res['speedup_vs_float']:.2f}x faster"]
+        if qdq:
+            lines.append(f"  onnxruntime QDQ     {ms['onnxruntime_qdq']:9.3f} ms   lowbit is "
+                         f"{res['speedup_vs_qdq']:.2f}x faster")
+        print_fn("\n".join(lines))
+    return res
