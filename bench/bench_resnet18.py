@@ -253,8 +253,20 @@ def breakdown(m, x, repeats, thread_cpu=False):
                 native[kind] += clock() - t0
         setattr(_core, name, w)
 
+    prepared = getattr(_core, "PreparedGemm", None)  # ops.Bound.native: the GEMM call of the prepared path
+    prepared_originals = {}
+    for name in ("run", "codes") if prepared is not None else ():
+        fn = prepared_originals[name] = getattr(prepared, name)
+
+        def method(self, *a, _fn=fn, **k):
+            t0 = clock()
+            try:
+                return _fn(self, *a, **k)
+            finally:
+                native["gemm"] += clock() - t0
+        setattr(prepared, name, method)
     for name in dir(_core):
-        if name in ("gemm", "epilogue"):
+        if name in ("gemm", "epilogue", "dwconv", "conv_grouped"):
             wrap(name, "gemm")
         elif ("pack" in name or "gather" in name or "im2col" in name) and callable(getattr(_core, name)):
             wrap(name, "pack")
@@ -295,6 +307,8 @@ def breakdown(m, x, repeats, thread_cpu=False):
     finally:
         for name, fn in originals.items():
             setattr(_core, name, fn)
+        for name, fn in prepared_originals.items():
+            setattr(prepared, name, fn)
     med = lambda v: float(np.median(v)) if v else 0.0  # noqa: E731
     per_node = []
     for n in m.nodes:
