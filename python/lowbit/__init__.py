@@ -71,15 +71,56 @@ from .qonnx import from_qonnx  # noqa: E402  (onnx/qonnx are imported only when 
 
 __all__ += ["ConversionError", "LowbitFormatError", "Model", "convert", "load", "from_qonnx"]
 
-# Submodules loaded on first use, so that `import lowbit` stays NumPy-only
-# (qat, models and datasets import torch) and `lowbit.qat.prepare(...)` works
-# right after `import lowbit`.
-_LAZY_SUBMODULES = ("autotune", "cli", "datasets", "demo", "models", "qat", "quant", "ray", "scoring")
+# Package layout (docs/architecture.md): the core (ops, conv, packing, epilogue,
+# families, dispatch, reference) and the model runtime (runtime, executor, io)
+# live here; front ends and the shared lowering in this folder too (convert,
+# qonnx*, lowering); lowbit.train holds what needs PyTorch for training (qat,
+# models, datasets) and lowbit.apps the applications (cli, demo, scoring, ray).
+# The short names below load on first use, so that `import lowbit` stays
+# NumPy-only and `lowbit.qat.prepare(...)` works right after `import lowbit`;
+# `import lowbit.qat` / `from lowbit.qat import ...` give the same module object
+# as lowbit.train.qat (_ShortNameFinder).
+_SHORT_NAMES = {"autotune": "autotune", "quant": "quant", "qat": "train.qat", "models": "train.models",
+                "datasets": "train.datasets", "cli": "apps.cli", "demo": "apps.demo", "scoring": "apps.scoring",
+                "ray": "apps.ray"}
 
 
 def __getattr__(name):
-    if name in _LAZY_SUBMODULES:
+    if name in _SHORT_NAMES:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SHORT_NAMES[name]}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _ShortNameFinder:
+    """Import hook for ``import lowbit.<short name>``: returns the real module
+    (lowbit.train.qat for lowbit.qat) under the short name too, its own spec kept."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        package, _, short = fullname.partition(".")
+        if package != __name__ or _SHORT_NAMES.get(short, short) == short:
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(fullname, _ShortNameFinder)
+
+    @staticmethod
+    def create_module(spec):
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{_SHORT_NAMES[spec.name.partition('.')[2]]}")
+        spec.loader_state = module.__spec__  # restored by exec_module
+        return module
+
+    @staticmethod
+    def exec_module(module):
+        # the import system set the short name's spec on the real module; give it its own back
+        module.__spec__ = module.__spec__.loader_state
+
+
+import sys as _sys  # noqa: E402
+
+if not any(isinstance(f, type) and f.__name__ == "_ShortNameFinder" for f in _sys.meta_path):
+    _sys.meta_path.append(_ShortNameFinder)
