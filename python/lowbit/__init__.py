@@ -62,27 +62,30 @@ __all__ = [
 
 # Model runtime, PyTorch conversion (torch imported only when convert() runs), save/load.
 from .errors import ConversionError  # noqa: E402
-from .runtime import Model  # noqa: E402
+from .runtime.model import Model  # noqa: E402
 # lowbit.convert is the function; the module's other names import as usual
 # (from lowbit.convert import compare).
-from .convert import convert  # noqa: E402
-from .io import LowbitFormatError, load  # noqa: E402
-from .qonnx import from_qonnx  # noqa: E402  (onnx/qonnx are imported only when it runs)
+from .frontends.pytorch import convert  # noqa: E402
+from .runtime.io import LowbitFormatError, load  # noqa: E402
+from .frontends.qonnx import from_qonnx  # noqa: E402  (onnx/qonnx are imported only when it runs)
 
 __all__ += ["ConversionError", "LowbitFormatError", "Model", "convert", "load", "from_qonnx"]
 
 # Package layout (docs/architecture.md): the core (ops, conv, packing, epilogue,
-# families, dispatch, reference) and the model runtime (runtime, executor, io)
-# live here; front ends and the shared lowering in this folder too (convert,
-# qonnx*, lowering); lowbit.train holds what needs PyTorch for training (qat,
-# models, datasets) and lowbit.apps the applications (cli, demo, scoring, ray).
-# The short names below load on first use, so that `import lowbit` stays
-# NumPy-only and `lowbit.qat.prepare(...)` works right after `import lowbit`;
-# `import lowbit.qat` / `from lowbit.qat import ...` give the same module object
-# as lowbit.train.qat (_ShortNameFinder).
-_SHORT_NAMES = {"autotune": "autotune", "quant": "quant", "qat": "train.qat", "models": "train.models",
-                "datasets": "train.datasets", "cli": "apps.cli", "demo": "apps.demo", "scoring": "apps.scoring",
-                "ray": "apps.ray"}
+# families, dispatch, quant, reference) lives here; lowbit.runtime holds the
+# Model, its native executor and file format; lowbit.frontends the PyTorch and
+# QONNX front ends and their shared lowering; lowbit.train what needs PyTorch
+# for training (qat, models, datasets); lowbit.apps the applications (cli,
+# demo, scoring, ray). Short names, one table: lowbit.qat is lowbit.train.qat,
+# as an attribute (loaded on first use, so `import lowbit` stays NumPy-only) and
+# as an import (`import lowbit.qat`, `from lowbit.convert import compare`;
+# _ShortNameFinder returns the real module).
+_SHORT_NAMES = {"qat": "train.qat", "models": "train.models", "datasets": "train.datasets", "cli": "apps.cli",
+                "demo": "apps.demo", "scoring": "apps.scoring", "ray": "apps.ray", "convert": "frontends.pytorch",
+                "qonnx": "frontends.qonnx", "qonnx_float": "frontends.qonnx_float",
+                "qonnx_parity": "frontends.qonnx_parity", "qonnx_bench": "frontends.qonnx_bench",
+                "lowering": "frontends.lowering", "executor": "runtime.executor", "io": "runtime.io",
+                "floatops": "runtime.floatops", "autotune": "autotune", "quant": "quant"}
 
 
 def __getattr__(name):
@@ -124,3 +127,6 @@ import sys as _sys  # noqa: E402
 
 if not any(isinstance(f, type) and f.__name__ == "_ShortNameFinder" for f in _sys.meta_path):
     _sys.meta_path.append(_ShortNameFinder)
+for _short, _real in _SHORT_NAMES.items():
+    if f"{__name__}.{_real}" in _sys.modules and _real != _short:
+        _sys.modules.setdefault(f"{__name__}.{_short}", _sys.modules[f"{__name__}.{_real}"])
