@@ -230,6 +230,20 @@ py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group,
                         bits_name + "=" + std::to_string(bits) + ", got max " + std::to_string(int(top)));
 }
 
+// check_codes(codes, bits, name, bits_name): raises ValueError (the message of
+// throw_bad_code) unless every code of the C-contiguous uint8 array is below
+// 2**bits. The range check of validated activations (conv2d), without the
+// cost of a NumPy reduction on small inputs.
+void check_codes_py(const py::array& codes, int bits, const std::string& name, const std::string& bits_name) {
+  require_array<uint8_t>(codes, name.c_str(), -1, "uint8");
+  if (bits < 1 || bits > 8) throw py::value_error("bits: expected 1..8");
+  const uint8_t* p = static_cast<const uint8_t*>(codes.data());
+  const size_t n = size_t(codes.size());
+  uint8_t any = 0;  // OR of every code: some code is too large iff a bit at or above `bits` is set
+  for (size_t i = 0; i < n; ++i) any |= p[i];
+  if (bits < 8 && (any >> bits) != 0) throw_bad_code(p, n, bits, name.c_str(), bits_name.c_str());
+}
+
 class EpilogueSpec {
  public:
   EpilogueSpec(const std::string& out_kind, const py::object& scale_obj, const py::object& bias_obj, float clamp_lo,
@@ -1164,6 +1178,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
         py::arg("pad_code"));
   // depthwise and grouped convolution (ops/conv.h)
+  m.def("check_codes", &check_codes_py, py::arg("codes"), py::arg("bits"), py::arg("name"), py::arg("bits_name"),
+        "Raises ValueError unless every uint8 code is below 2**bits");
   m.def("dwconv_kernels", &dwconv_kernel_list, "The depthwise convolution kernels");
   m.def("dwconv", &dwconv_py);
   m.def("conv_grouped", &conv_grouped_py);

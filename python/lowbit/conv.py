@@ -33,7 +33,7 @@ from . import codebook as cbmod
 from .epilogue import Epilogue
 from .families import FAMILIES
 from .ops import _activation_setting, _prepare, gemm
-from .packing import PackedActivations, PackedWeights, _check_range, check_elements, unpack_dense
+from .packing import PackedActivations, PackedWeights, check_elements, unpack_dense
 
 
 def _pair(v, name):
@@ -186,7 +186,7 @@ def _as_nhwc(x, a_bits, a_codebook):
     check_elements(x.shape, "x")
     b, h, w, c = x.shape
     codes = np.ascontiguousarray(x).reshape(b * h * w, c)
-    _check_range(codes, bits, "a_codes")
+    _core.check_codes(codes, bits, "a_codes", "bits")  # as packing's range check (same message), natively
     pa = PackedActivations(codes, bits, cb)
     pa._codebook_key = cb_key
     pa.shape = (b, h, w, c)
