@@ -427,8 +427,10 @@ class _GroupGemm:
             self.seg = cg // step
             self.k_steps = taps * self.seg
             self.correction = bound.correction(self.k_steps, 0)
+            # grouplut families pack inside the native call, reading the tap table itself
+            self.packs_natively = bound.fused_codes
             self.pack_key = ("conv", plan.family, plan.params, kern["tier_rank"] > 0, self.pad_code)
-            self.offsets = None  # byte offsets into the packed input, built on the first run
+            self.offsets = None  # byte offsets into the packed input (other families), built on the first run
         else:
             check_elements((self.m, k), "x (im2col copy)")
             self.k_steps, self.correction = bound.direct(k)
@@ -441,7 +443,12 @@ class _GroupGemm:
 
     def run(self, pa, weights, epilogue):
         bound, m, fused = self.bound, self.m, self.fused
-        if self.indirect:
+        if self.indirect and self.packs_natively:
+            ep = epilogue if fused else None
+            y = bound.native.conv_codes(pa.codes, self.rows, self.seg, self.k_steps, self.correction, self.pad_code,
+                                        None if ep is None else ep.native(), None if ep is None else ep.residual)
+            _dispatch.set_last_kernel(bound.kern["name"])
+        elif self.indirect:
             buf = pa.packed(self.pack_key, self._pack_input)
             npix = pa.codes.shape[0]
             offsets = self.offsets
