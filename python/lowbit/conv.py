@@ -17,6 +17,15 @@ they need no padding correction. Under ``lowbit.use(kernel=...)`` or
 instead (each group a GEMM, as before); under ``use(strategy="fastest")`` so do
 grouped layers that are not depthwise.
 
+A call costs little more than the native work: everything that does not
+depend on the activation values (checked geometry, tap table, the GEMM's
+ops.Bound, pad code, k_steps and correction, indirection offsets, the native
+grouped/depthwise plan) is prepared on the first call and cached on the
+ConvWeights per (input shape, stride/padding/dilation, activation
+bits/codebook, dispatch state) (:class:`_PreparedConv`). On grouplut kernels
+the input is packed and read through the tap table inside one native call
+(``_core.PreparedGemm.conv_codes``).
+
 Padding inserts the value 0. If the activation codebook has a code for 0, the
 padding reads that code; if not (e.g. bipolar {-1, +1}), padding reads code 0
 and the exact correction cbA[0] * sum(weights under the padded taps) is
