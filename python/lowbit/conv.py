@@ -42,7 +42,7 @@ from . import codebook as cbmod
 from .epilogue import Epilogue
 from .families import FAMILIES
 from .ops import _activation_setting, _prepare, gemm
-from .packing import PackedActivations, PackedWeights, check_elements, unpack_dense
+from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements, unpack_dense
 
 
 def _pair(v, name):
@@ -192,7 +192,8 @@ def _as_nhwc(x, a_bits, a_codebook):
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
         raise TypeError("x: expected NHWC uint8 codes (B, H, W, C) or PackedActivations")
     bits, cb, cb_key = _activation_setting(a_bits, a_codebook)  # checked (cached for a_codebook=None)
-    check_elements(x.shape, "x")
+    if x.size > MAX_ELEMENTS:
+        check_elements(x.shape, "x")  # raises
     b, h, w, c = x.shape
     codes = np.ascontiguousarray(x).reshape(b * h * w, c)
     _core.check_codes(codes, bits, "a_codes", "bits")  # as packing's range check (same message), natively
