@@ -32,8 +32,9 @@ def _jobs(rng):
         packed = lowbit.pack_weights(w, bits)
         ref = reference.gemm(a, w, bits, bits)
         jobs.append((lambda a=a, p=packed, b=bits: lowbit.gemm(lowbit.pack_activations(a, b), p), ref))
-    for cin, cout, groups in [(8, 8, 8), (16, 32, 4)]:
-        x = rng.integers(0, 4, (1, 12, 12, cin), dtype=np.uint8)
+    # depthwise and grouped: large enough for the pool (conv.cc runs smaller loops inline)
+    for cin, cout, groups in [(32, 32, 32), (16, 32, 4)]:
+        x = rng.integers(0, 4, (1, 40, 40, cin), dtype=np.uint8)
         cw = lowbit.ConvWeights(rng.integers(0, 4, (cout, cin // groups, 3, 3), dtype=np.uint8), 2, groups=groups)
         ref = lowbit.conv2d(x, cw, padding=1, a_bits=2)
         jobs.append((lambda x=x, cw=cw: lowbit.conv2d(x, cw, padding=1, a_bits=2), ref))
