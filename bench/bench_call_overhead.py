@@ -1,4 +1,4 @@
-"""Per-call cost of tiny GEMMs, linears and 1x1 convolutions (issue 13: a call
+"""Per-call cost of tiny GEMMs, linears and convolutions (1x1, 3x3, depthwise, grouped) (issue 13: a call
 costs <= 3 us on the 4x32x64 W2A2 problem).
 
 Each case: timeit of ``--number`` calls, min of ``--repeat`` repeats, in
@@ -31,14 +31,18 @@ GEMM_CASES = [
     ("gemm 4x32x64 W2A2 +epilogue codes", (4, 32, 64), 2, 2, "codes"),
     ("gemm 1x16x32 W2A2", (1, 16, 32), 2, 2, None),
     ("gemm 8x64x128 W2A2", (8, 64, 128), 2, 2, None),
+    ("gemm 32x64x256 W2A2 (thread pool)", (32, 64, 256), 2, 2, None),  # just above the inline threshold
     ("gemm 4x32x64 W1A1", (4, 32, 64), 1, 1, None),
     ("gemm 4x32x64 W4A4", (4, 32, 64), 4, 4, None),
     ("gemm 4x32x64 W8A8", (4, 32, 64), 8, 8, None),
     ("linear 4x32x64 W2A2 +epilogue f32", (4, 32, 64), 2, 2, "float32"),
 ]
-CONV_CASES = [  # name, (B, H, W, Cin, Cout), epilogue kind
-    ("conv1x1 1x4x4x32->32 W2A2", (1, 4, 4, 32, 32), None),
-    ("conv1x1 1x4x4x32->32 W2A2 +epilogue codes", (1, 4, 4, 32, 32), "codes"),
+CONV_CASES = [  # name, (B, H, W, Cin, Cout), (kernel size, groups, padding), epilogue kind
+    ("conv1x1 1x4x4x32->32 W2A2", (1, 4, 4, 32, 32), (1, 1, 0), None),
+    ("conv1x1 1x4x4x32->32 W2A2 +epilogue codes", (1, 4, 4, 32, 32), (1, 1, 0), "codes"),
+    ("conv3x3 1x4x4x16->16 pad1 W2A2", (1, 4, 4, 16, 16), (3, 1, 1), None),
+    ("dwconv3x3 1x4x4x16 pad1 W2A2 +ep codes", (1, 4, 4, 16, 16), (3, 16, 1), "codes"),
+    ("grouped3x3 1x4x4x16->16 g4 W2A2", (1, 4, 4, 16, 16), (3, 4, 1), None),
 ]
 
 
@@ -68,11 +72,12 @@ def one_round(number: int, repeat: int) -> dict:
             calls[name] = (lambda a=a, p=packed, e=ep, b=ab: lowbit.linear(a, p, e, a_bits=b))
         else:
             calls[name] = (lambda a=a, p=packed, e=ep, b=ab: lowbit.gemm(a, p, a_bits=b, epilogue=e))
-    for name, (b, h, w, cin, cout), kind in CONV_CASES:
+    for name, (b, h, w, cin, cout), (ks, groups, pad), kind in CONV_CASES:
         x = rng.integers(0, 4, (b, h, w, cin)).astype(np.uint8)
-        cw = lowbit.ConvWeights(rng.integers(0, 4, (cout, cin, 1, 1)).astype(np.uint8), 2)
+        cw = lowbit.ConvWeights(rng.integers(0, 4, (cout, cin // groups, ks, ks)).astype(np.uint8), 2,
+                                groups=groups)
         ep = _epilogue(lowbit, kind, cout, rng)
-        calls[name] = (lambda x=x, cw=cw, e=ep: lowbit.conv2d(x, cw, epilogue=e, a_bits=2))
+        calls[name] = (lambda x=x, cw=cw, e=ep, p=pad: lowbit.conv2d(x, cw, padding=p, epilogue=e, a_bits=2))
     out = {}
     for name, fn in calls.items():
         fn()  # plan, pack the weights, build the prepared call

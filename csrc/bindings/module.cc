@@ -231,6 +231,20 @@ py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group,
                         bits_name + "=" + std::to_string(bits) + ", got max " + std::to_string(int(top)));
 }
 
+// check_codes(codes, bits, name, bits_name): raises ValueError (the message of
+// throw_bad_code) unless every code of the C-contiguous uint8 array is below
+// 2**bits. The range check of validated activations (conv2d), without the
+// cost of a NumPy reduction on small inputs.
+void check_codes_py(const py::array& codes, int bits, const std::string& name, const std::string& bits_name) {
+  require_array<uint8_t>(codes, name.c_str(), -1, "uint8");
+  if (bits < 1 || bits > 8) throw py::value_error("bits: expected 1..8");
+  const uint8_t* p = static_cast<const uint8_t*>(codes.data());
+  const size_t n = size_t(codes.size());
+  uint8_t any = 0;  // OR of every code: some code is too large iff a bit at or above `bits` is set
+  for (size_t i = 0; i < n; ++i) any |= p[i];
+  if (bits < 8 && (any >> bits) != 0) throw_bad_code(p, n, bits, name.c_str(), bits_name.c_str());
+}
+
 class EpilogueSpec {
  public:
   EpilogueSpec(const std::string& out_kind, const py::object& scale_obj, const py::object& bias_obj, float clamp_lo,
@@ -458,6 +472,81 @@ class PreparedGemm {
     if (!ep) call.c_stride = N_;
     execute(call, geometry_);
     if (pack.bad.load()) throw_bad_code(pack.codes, M * K_, a_bits_, "a_codes", "bits");
+    return out;
+  }
+
+  // An implicit-GEMM convolution straight from NHWC codes (grouplut families,
+  // groups == 1, Cin a multiple of the packing group): x is (pixels, Cin)
+  // uint8 codes, taps an (M, segments) int64 tap table (ops: conv._tap_rows)
+  // holding the input pixel each output row reads per segment, -1 for
+  // padding. The input is packed here (pack_groups rule, then one pixel of
+  // pad_code) and each segment (seg_steps steps, one pixel's Cin codes) is
+  // read through an indirection array built from the tap table: one call,
+  // no Python-side packing or byte offsets.
+  py::array conv_codes(const py::object& x_obj, const py::object& taps_obj, size_t seg_steps, size_t k_steps,
+                       int64_t correction, int pad_code, const EpilogueSpec* ep, const py::object& residual) const {
+    if (a_group_ == 0) throw py::value_error(std::string("conv_codes: kernel ") + k_.name + " needs packed activations");
+    if (!k_.indirect) throw py::value_error(std::string("kernel ") + k_.name + " does not take indirect activations");
+    if (!py::isinstance<py::array>(x_obj)) throw py::type_error("x: expected a uint8 NumPy array");
+    if (!py::isinstance<py::array>(taps_obj)) throw py::type_error("taps: expected an int64 NumPy array");
+    const py::array x = py::reinterpret_borrow<py::array>(x_obj), taps = py::reinterpret_borrow<py::array>(taps_obj);
+    require_array<uint8_t>(x, "x", 2, "uint8");
+    require_array<int64_t>(taps, "taps", 2, "int64");
+    const size_t pixels = size_t(x.shape(0)), C = size_t(x.shape(1)), M = size_t(taps.shape(0));
+    const size_t group = size_t(a_group_), pixel_bytes = (C + group - 1) / group;
+    if (C % group != 0 || pixel_bytes != seg_steps)
+      throw py::value_error("seg_steps: expected Cin / group = " + std::to_string(pixel_bytes) +
+                            " with Cin a multiple of the group (" + std::to_string(group) + ")");
+    const size_t segs = size_t(taps.shape(1));
+    if (segs * seg_steps != k_steps)
+      throw py::value_error("taps: expected k_steps / seg_steps = " + std::to_string(k_steps / seg_steps) + " columns");
+    if (pad_code < 0 || pad_code >= (1 << a_bits_))
+      throw py::value_error("pad_code: expected a code in [0, " + std::to_string(1 << a_bits_) + ")");
+    check_elements({pixels + 1, pixel_bytes}, "packed input");
+    GemmCall call = base_;
+    const GemmGeometry g = k_steps == k_steps_ ? geometry_ : checked_geometry(k_steps);
+    call.k_steps = k_steps;
+    call.correction = k_steps == k_steps_ && correction == correction_ ? correction_ : checked_correction(correction);
+    call.M = M;
+    check_elements({M, N_}, "output (M x N)");
+    if (g.a_row_bytes != k_steps) throw py::value_error("conv_codes: expected one packed byte per step");
+    // every tap names an input pixel or -1 (padding)
+    const int64_t* t = static_cast<const int64_t*>(taps.data());
+    for (size_t i = 0; i < M * segs; ++i) {
+      if (t[i] < -1 || t[i] >= int64_t(pixels))
+        throw py::value_error("taps: entry " + std::to_string(t[i]) + " is not an input pixel in [0, " +
+                              std::to_string(pixels) + ") or -1 (padding)");
+    }
+    std::vector<uint8_t> packed((pixels + 1) * pixel_bytes);
+    std::vector<const uint8_t*> ind(M * segs);
+    const int shift = int(base_.a_code_shift);
+    auto pack_and_index = [&] {
+      if (!pack_groups(static_cast<const uint8_t*>(x.data()), pixels, C, a_bits_, a_group_, shift, packed.data(),
+                       pixel_bytes, k_.tier))
+        return false;
+      const std::vector<uint8_t> pad(C, uint8_t(pad_code));
+      pack_groups_serial(pad.data(), 1, C, a_bits_, a_group_, shift, packed.data() + pixels * pixel_bytes,
+                         pixel_bytes, k_.tier);
+      const uint8_t* pad_pixel = packed.data() + pixels * pixel_bytes;
+      for (size_t i = 0; i < M * segs; ++i) ind[i] = t[i] < 0 ? pad_pixel : packed.data() + size_t(t[i]) * pixel_bytes;
+      return true;
+    };
+    call.a = nullptr;
+    call.a_ind = ind.data();
+    call.a_ind_stride = segs;
+    call.seg_steps = seg_steps;
+    py::array out = gemm_output(ep, call.epilogue, M, N_, residual, &call.c, k_.tier);
+    if (!ep) call.c_stride = N_;
+    bool ok;
+    if (gemm_runs_inline(M, N_, k_steps)) {  // small: keep the GIL (as execute())
+      ok = pack_and_index();
+      if (ok) run_gemm(call, g);
+    } else {
+      py::gil_scoped_release release;
+      ok = pack_and_index();
+      if (ok) run_gemm(call, g);
+    }
+    if (!ok) throw_bad_code(static_cast<const uint8_t*>(x.data()), pixels * C, a_bits_, "a_codes", "bits");
     return out;
   }
 
@@ -1108,6 +1197,14 @@ PYBIND11_MODULE(_core, m) {
            py::arg("flush16"), py::arg("a_code_shift"), py::arg("col_correction"), py::arg("K"), py::arg("k_steps"),
            py::arg("correction"), py::arg("a_bits") = 0, py::arg("a_group") = 0)
       .def_property_readonly("N", &PreparedGemm::N)
+      .def(
+          "conv_codes",
+          [](const PreparedGemm& g, const py::object& x, const py::object& taps, size_t seg_steps, size_t k_steps,
+             int64_t correction, int pad_code, const py::object& epilogue, const py::object& residual) {
+            return g.conv_codes(x, taps, seg_steps, k_steps, correction, pad_code, epilogue_arg(epilogue), residual);
+          },
+          py::arg("x"), py::arg("taps"), py::arg("seg_steps"), py::arg("k_steps"), py::arg("correction"),
+          py::arg("pad_code"), py::arg("epilogue") = py::none(), py::arg("residual") = py::none())
       .def_property_readonly("K", &PreparedGemm::K)
       .def(
           "run",
@@ -1165,6 +1262,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
         py::arg("pad_code"));
   // depthwise and grouped convolution (ops/conv.h)
+  m.def("check_codes", &check_codes_py, py::arg("codes"), py::arg("bits"), py::arg("name"), py::arg("bits_name"),
+        "Raises ValueError unless every uint8 code is below 2**bits");
   m.def("dwconv_kernels", &dwconv_kernel_list, "The depthwise convolution kernels");
   m.def("dwconv", &dwconv_py);
   m.def("conv_grouped", &conv_grouped_py);

@@ -2,7 +2,10 @@
 //
 // Contract:
 //  * parallel_for(n, fn) runs fn(i) for every i in [0, n) exactly once and
-//    returns when all calls finished. Work items must be independent, so the
+//    returns when all calls finished. The caller takes tasks too, and waits
+//    only for tasks a worker actually took: when it runs them all itself (a
+//    tiny job, or workers slow to wake on a loaded machine) it returns at
+//    once, without waiting for any worker to check in. Work items must be independent, so the
 //    result never depends on the thread count or on scheduling.
 //  * Safe to call from several threads at once: a caller that finds the pool
 //    busy runs its items inline on its own thread.
@@ -17,10 +20,14 @@ namespace lowbit {
 
 using TaskFn = void (*)(void* ctx, size_t index);
 
-// Number of threads a parallel_for may use (>= 1). Default: the CPUs in this
-// process's affinity mask.
+// Number of threads a parallel_for may use (>= 1), cached: no system call.
+// Default: the CPUs in this process's affinity mask, read at the first call
+// and again by every set_num_threads(n <= 0); a later change of the mask
+// (taskset, os.sched_setaffinity) is picked up by calling set_num_threads(0).
 int get_num_threads();
+// n > 0: use n threads; n <= 0: the default (re-reads the affinity mask).
 void set_num_threads(int n);
+// The CPUs in the affinity mask now (a system call; not cached).
 int default_num_threads();
 
 void parallel_for(size_t n, TaskFn fn, void* ctx);

@@ -24,6 +24,20 @@ const DwconvKernelInfo kDwconvKernels[] = {
 };
 
 size_t round_up(size_t v, size_t m) { return (v + m - 1) / m * m; }
+
+// Runs task(i) for every i in [0, n): on the calling thread when the whole
+// loop's work (values decoded or copied, or multiply-adds) is below
+// kGemmInlineWork, where waking the pool costs more than a second thread
+// saves (the GEMM driver's rule, ops/gemm.h); on the thread pool otherwise.
+// Tasks are independent, so the result is the same either way.
+template <class Task>
+void run_tasks(size_t n, size_t work, Task& task) {
+  if (work < kGemmInlineWork) {
+    for (size_t i = 0; i < n; ++i) task(i);
+    return;
+  }
+  parallel_for(n, task);
+}
 size_t output_rows(const ConvGeometry& g) { return g.B * g.OH * g.OW; }
 
 // The input decoded to zero-padded levels: (B, Hp, Wp, Cp) int16.
@@ -69,7 +83,7 @@ bool decode_padded(const ConvGeometry& g, const uint8_t* codes, int bits, const 
     if (!decode_padded_row(g, codes, bits, levels, decode, Cp, r / out->Hp, r % out->Hp, out->data.get() + r * row))
       bad.store(true, std::memory_order_relaxed);
   };
-  parallel_for(g.B * out->Hp, task);
+  run_tasks(g.B * out->Hp, g.B * out->Hp * row, task);
   return !bad.load();
 }
 
@@ -148,7 +162,7 @@ bool run_dwconv(const DwconvCall& call) {
       }
     }
   };
-  parallel_for(g.B * bands_per_image, task);
+  run_tasks(g.B * bands_per_image, output_rows(g) * Cp * taps, task);
   return !bad.load();
 }
 
@@ -185,7 +199,7 @@ bool run_grouped_conv(const GroupedConvCall& call, const GemmGeometry& gg) {
         if (cols > taps * cg) *dst = 0;
       }
     };
-    parallel_for((M + per_task - 1) / per_task, fill);
+    run_tasks((M + per_task - 1) / per_task, M * taps * cg, fill);
     gemm.w = call.w + grp * gg.w_bytes;
     if (call.epilogue.kind == OutKind::int32) {
       gemm.c = call.c + grp * opg;

@@ -67,10 +67,11 @@ struct GemmCall {
 // Whether run_gemm runs an M x N x k_steps problem on the calling thread
 // only. Below kGemmInlineWork output-steps (about 5 us of one core's work
 // for grouplut on the AVX2 EPYC) a second thread saves less than waking the
-// pool costs: microseconds on an idle machine, and on a loaded one up to a
-// scheduler time slice, since a parallel_for waits for every worker to check
-// in (measured: a W2A2 8x64x128 GEMM, 3 us inline, 214 us with 2 threads on
-// the 2-vCPU host under shared load; bench/bench_call_overhead.py).
+// pool costs: microseconds on an idle machine, more on a loaded one where a
+// woken worker may take a task and then lose its core (measured before the
+// pool stopped waiting for idle workers to check in: a W2A2 8x64x128 GEMM,
+// 3 us inline, 214 us with 2 threads on the 2-vCPU host under shared load;
+// bench/bench_call_overhead.py).
 constexpr size_t kGemmInlineWork = size_t(1) << 17;
 inline bool gemm_runs_inline(size_t M, size_t N, size_t k_steps) { return M * N * k_steps < kGemmInlineWork; }
 

@@ -17,6 +17,15 @@ they need no padding correction. Under ``lowbit.use(kernel=...)`` or
 instead (each group a GEMM, as before); under ``use(strategy="fastest")`` so do
 grouped layers that are not depthwise.
 
+A call costs little more than the native work: everything that does not
+depend on the activation values (checked geometry, tap table, the GEMM's
+ops.Bound, pad code, k_steps and correction, indirection offsets, the native
+grouped/depthwise plan) is prepared on the first call and cached on the
+ConvWeights per (input shape, stride/padding/dilation, activation
+bits/codebook, dispatch state) (:class:`_PreparedConv`). On grouplut kernels
+the input is packed and read through the tap table inside one native call
+(``_core.PreparedGemm.conv_codes``).
+
 Padding inserts the value 0. If the activation codebook has a code for 0, the
 padding reads that code; if not (e.g. bipolar {-1, +1}), padding reads code 0
 and the exact correction cbA[0] * sum(weights under the padded taps) is
@@ -32,8 +41,8 @@ from . import _core, _dispatch
 from . import codebook as cbmod
 from .epilogue import Epilogue
 from .families import FAMILIES
-from .ops import _prepare
-from .packing import PackedActivations, PackedWeights, check_elements, unpack_dense
+from .ops import _activation_setting, _prepare, gemm
+from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements, unpack_dense
 
 
 def _pair(v, name):
@@ -182,9 +191,14 @@ def _as_nhwc(x, a_bits, a_codebook):
         return x
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
         raise TypeError("x: expected NHWC uint8 codes (B, H, W, C) or PackedActivations")
-    check_elements(x.shape, "x")
+    bits, cb, cb_key = _activation_setting(a_bits, a_codebook)  # checked (cached for a_codebook=None)
+    if x.size > MAX_ELEMENTS:
+        check_elements(x.shape, "x")  # raises
     b, h, w, c = x.shape
-    pa = PackedActivations.from_codes(np.ascontiguousarray(x).reshape(b * h * w, c), a_bits, a_codebook)
+    codes = np.ascontiguousarray(x).reshape(b * h * w, c)
+    _core.check_codes(codes, bits, "a_codes", "bits")  # as packing's range check (same message), natively
+    pa = PackedActivations(codes, bits, cb)
+    pa._codebook_key = cb_key
     pa.shape = (b, h, w, c)
     return pa
 
@@ -195,7 +209,6 @@ def pack_activations_nhwc(x, bits: int, codebook=None) -> PackedActivations:
 
 
 _OFFSET_CACHE = {}
-_INDIRECT_CACHE = {}  # byte offsets of the indirection buffer, per (conv geometry, input pixels, segment)
 
 
 def _output_size(h, w, kh, kw, stride, padding, dilation):
@@ -241,30 +254,89 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     if not isinstance(weights, ConvWeights):
         raise TypeError(f"weights: expected lowbit.ConvWeights, got {type(weights).__name__}")
     pa = _as_nhwc(x, 2 if a_bits is None else a_bits, a_codebook)
-    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
-    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        raise ValueError("stride/dilation: expected >= 1; padding: expected >= 0")
-    b, h, w, c = pa.shape
-    if c != weights.cin_per_group * weights.groups:
-        raise ValueError(f"x: expected {weights.cin_per_group * weights.groups} input channels, got {c}")
-    geometry = (b, h, w, weights.kh, weights.kw, stride, padding, dilation)
-    oh, ow = _output_size(h, w, weights.kh, weights.kw, stride, padding, dilation)
-    # the arrays every call makes, before any is allocated (the im2col fallback checks its copy itself)
-    check_elements((b * oh * ow, weights.cout), "output")
-    check_elements((b * oh * ow, weights.kh * weights.kw), "x (tap table)")
-    rows, oh, ow = _tap_rows(*geometry)
-    m = rows.shape[0]
+    prepared = _prepared_conv(pa, weights, stride, padding, dilation)
     if epilogue is not None:
-        epilogue.check(weights.cout, m)
-    if (weights.groups > 1 or weights.depthwise) and _native_grouping_allowed(weights.depthwise):
-        y = _conv_native(pa, weights, stride, padding, dilation, epilogue, m)
-    else:
-        y = _conv_gemm(pa, weights, rows, epilogue, geometry)
+        epilogue.check(weights.cout, prepared.m)
+    y = prepared.run(pa, weights, epilogue)
     if epilogue is not None and epilogue.requant is not None:
-        out = PackedActivations(y.reshape(m, weights.cout), epilogue.requant.bits, epilogue.requant.codebook())
-        out.shape = (b, oh, ow, weights.cout)
+        out = PackedActivations(y.reshape(prepared.m, weights.cout), epilogue.requant.bits,
+                                epilogue.requant.codebook())
+        out.shape = prepared.out_shape
         return out
-    return y.reshape(b, oh, ow, weights.cout)
+    return y.reshape(prepared.out_shape)
+
+
+_PREPARED_LIMIT = 64  # prepared calls kept per ConvWeights (input shapes x settings); then started afresh
+
+
+def _prepared_conv(pa, weights, stride, padding, dilation) -> "_PreparedConv":
+    """The _PreparedConv of these weights for ``pa``'s shape and activation
+    setting, the stride/padding/dilation and the dispatch state: built (and
+    every argument checked) on the first call, then looked up. Arguments are
+    keyed as passed; only ints and tuples are (anything else is checked and
+    prepared anew each call, as a float must keep raising)."""
+    native = (weights.groups > 1 or weights.depthwise) and _native_grouping_allowed(weights.depthwise)
+    key = None
+    if type(stride) in _KEYABLE and type(padding) in _KEYABLE and type(dilation) in _KEYABLE:
+        key = (pa.shape, stride, padding, dilation, pa.bits, pa.codebook_key, _dispatch.state(), native)
+        calls = weights.__dict__.get("_prepared_calls")
+        if calls is None:
+            calls = weights.__dict__["_prepared_calls"] = {}
+        try:
+            hit = calls.get(key)
+        except TypeError:  # e.g. a tuple holding a list: unhashable, never cached
+            hit = key = None
+        if hit is not None:
+            return hit
+    prepared = _PreparedConv(pa, weights, stride, padding, dilation, native)
+    if key is not None:
+        if len(calls) >= _PREPARED_LIMIT:
+            calls.clear()
+        calls[key] = prepared
+    return prepared
+
+
+_KEYABLE = (int, tuple)
+
+
+class _PreparedConv:
+    """Everything a conv2d call needs that does not depend on the activation
+    values, for one (ConvWeights, input shape, stride/padding/dilation,
+    activation bits/codebook, dispatch state): the checked geometry, the tap
+    table and either the native grouped/depthwise call or one prepared GEMM
+    per group. Holds no reference to the weights (it is cached on them)."""
+
+    def __init__(self, pa, weights, stride, padding, dilation, native: bool):
+        stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+        if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+            raise ValueError("stride/dilation: expected >= 1; padding: expected >= 0")
+        b, h, w, c = pa.shape
+        if c != weights.cin_per_group * weights.groups:
+            raise ValueError(f"x: expected {weights.cin_per_group * weights.groups} input channels, got {c}")
+        geometry = (b, h, w, weights.kh, weights.kw, stride, padding, dilation)
+        oh, ow = _output_size(h, w, weights.kh, weights.kw, stride, padding, dilation)
+        # the arrays every call makes, before any is allocated (the im2col fallback checks its copy itself)
+        check_elements((b * oh * ow, weights.cout), "output")
+        check_elements((b * oh * ow, weights.kh * weights.kw), "x (tap table)")
+        rows, oh, ow = _tap_rows(*geometry)
+        self.m = rows.shape[0]
+        self.out_shape = (b, oh, ow, weights.cout)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.groups = None if native else [_GroupGemm(pa, weights, g, rows, geometry) for g in range(weights.groups)]
+        if native:
+            _native_call(pa, weights)  # plans now: checks K_max before any call
+
+    def run(self, pa, weights, epilogue):
+        """(M, Cout) int32, float32 or codes."""
+        if self.groups is None:
+            return _conv_native(pa, weights, self.stride, self.padding, self.dilation, epilogue, self.m)
+        if len(self.groups) == 1:
+            return self.groups[0].run(pa, weights, epilogue)
+        cg, opg = weights.cin_per_group, weights.cout // weights.groups
+        outs = [group.run(_channel_slice(pa, g * cg, (g + 1) * cg), weights,
+                          None if epilogue is None else epilogue.slice(g * opg, (g + 1) * opg))
+                for g, group in enumerate(self.groups)]
+        return np.concatenate(outs, axis=1)
 
 
 def dwconv_kernels() -> list:
@@ -337,17 +409,6 @@ def _conv_native(pa, weights, stride, padding, dilation, epilogue, m):
     return y
 
 
-def _conv_gemm(pa, weights, rows, epilogue, geometry):
-    """The GEMM path: one implicit GEMM per group (groups == 1, or a forced GEMM kernel/family)."""
-    cg, opg = weights.cin_per_group, weights.cout // weights.groups
-    outs = []
-    for g in range(weights.groups):
-        xg = pa if weights.groups == 1 else _channel_slice(pa, g * cg, (g + 1) * cg)
-        ep = epilogue if epilogue is None or weights.groups == 1 else epilogue.slice(g * opg, (g + 1) * opg)
-        outs.append(_conv_group(xg, weights, g, rows, ep, geometry))
-    return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-
-
 def _channel_slice(pa, c0, c1):
     codes = np.ascontiguousarray(pa.codes[:, c0:c1])
     out = PackedActivations(codes, pa.bits, pa.codebook)
@@ -355,61 +416,75 @@ def _channel_slice(pa, c0, c1):
     return out
 
 
-def _conv_group(pa, weights, g, rows, epilogue, geometry):
-    packed = weights.parts[g]
-    taps, cg = weights.kh * weights.kw, weights.cin_per_group
-    k = taps * cg
-    bound = _prepare(pa, packed, rows.shape[0], k)
-    plan, fam, kern = bound.plan, bound.fam, bound.kern
-    cb_a = pa.codebook
-    zero = np.flatnonzero(cb_a == 0)
-    pad_code = int(zero[0]) if zero.size else 0
-    fused = zero.size > 0
-    m = rows.shape[0]
-    step = fam.indirect_step(plan)  # k per step (grouplut: gw codes a byte; dot8: a quad of 4 bytes)
-    indirect = kern["indirect"] and step is not None and cg % step == 0
-    if indirect:
-        seg = cg // step
-        tier_rank = kern["tier_rank"]
+class _GroupGemm:
+    """Group ``g``'s implicit GEMM, prepared: the cached ops.Bound, the padding
+    code, and either the indirect form (pack key, segment steps, k_steps,
+    correction, byte offsets) or the im2col fallback's (k_steps, correction)."""
 
-        def pack_input(codes):
-            # packed input pixels followed by one all-padding pixel
-            return fam.pack_activations(codes, plan, tier_rank, pad_rows=1, pad_code=pad_code).reshape(-1)
+    def __init__(self, pa, weights, g, rows, geometry):
+        packed = weights.parts[g]
+        taps, cg = weights.kh * weights.kw, weights.cin_per_group
+        k = taps * cg
+        self.g, self.rows, self.geometry, self.m, self.n = g, rows, geometry, rows.shape[0], packed.N
+        self.bound = bound = _prepare(pa, packed, self.m, k)
+        plan, fam, kern = bound.plan, bound.fam, bound.kern
+        zero = np.flatnonzero(pa.codebook == 0)
+        self.pad_code = int(zero[0]) if zero.size else 0
+        self.fused = zero.size > 0  # padding reads a code for 0: nothing to correct, the epilogue is fused
+        step = fam.indirect_step(plan)  # k per step (grouplut: gw codes a byte; dot8: a quad of 4 bytes)
+        self.indirect = kern["indirect"] and step is not None and cg % step == 0
+        if self.indirect:
+            self.seg = cg // step
+            self.k_steps = taps * self.seg
+            self.correction = bound.correction(self.k_steps, 0)
+            # grouplut families pack inside the native call, reading the tap table itself
+            self.packs_natively = bound.fused_codes
+            self.pack_key = ("conv", plan.family, plan.params, kern["tier_rank"] > 0, self.pad_code)
+            self.offsets = None  # byte offsets into the packed input (other families), built on the first run
+        else:
+            check_elements((self.m, k), "x (im2col copy)")
+            self.k_steps, self.correction = bound.direct(k)
 
-        buf = pa.packed(("conv", plan.family, plan.params, tier_rank > 0, pad_code), pack_input)
-        npix = pa.codes.shape[0]
-        pixel_bytes = buf.size // (npix + 1)
-        okey = (geometry, npix, pixel_bytes)
-        offsets = _INDIRECT_CACHE.get(okey)
-        if offsets is None:
-            if len(_INDIRECT_CACHE) > 64:
-                _INDIRECT_CACHE.clear()
-            # byte offsets: pixel index (the pad pixel for -1) x the bytes a packed pixel takes
-            offsets = _INDIRECT_CACHE[okey] = np.where(rows >= 0, rows, npix) * pixel_bytes
-        y = bound.run(buf, m, packed.N, taps * seg, bound.correction(taps * seg, 0), epilogue if fused else None,
-                      a_offsets=offsets, seg_steps=seg)
-    else:
-        # documented fallback: im2col copy of the codes, then the plain GEMM
-        b, h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw) = geometry
-        check_elements((m, k), "x (im2col copy)")
-        cols = _core.im2col_nhwc(pa.codes, b, h, w, kh, kw, sh, sw, ph, pw, dh, dw, pad_code)  # (M, taps * Cin)
-        k_steps, correction = bound.direct(k)
-        y = bound.run(bound.pack(cols), m, packed.N, k_steps, correction, epilogue if fused else None)
-    if fused:
-        return y
-    # No code stands for 0: padding read cbA[0]; remove it exactly.
-    corr = (rows < 0).astype(np.int64) @ weights.column_sums(g) * int(cb_a[pad_code])
-    y = (y.astype(np.int64) - corr).astype(np.int32)
-    if epilogue is None:
-        return y
-    return _core.epilogue(y, **epilogue.kwargs())
+    def _pack_input(self, codes):
+        """The packed input pixels followed by one all-padding pixel (one 1-D buffer)."""
+        bound = self.bound
+        return bound.fam.pack_activations(codes, bound.plan, bound.kern["tier_rank"], pad_rows=1,
+                                          pad_code=self.pad_code).reshape(-1)
+
+    def run(self, pa, weights, epilogue):
+        bound, m, fused = self.bound, self.m, self.fused
+        if self.indirect and self.packs_natively:
+            ep = epilogue if fused else None
+            y = bound.native.conv_codes(pa.codes, self.rows, self.seg, self.k_steps, self.correction, self.pad_code,
+                                        None if ep is None else ep.native(), None if ep is None else ep.residual)
+            _dispatch.set_last_kernel(bound.kern["name"])
+        elif self.indirect:
+            buf = pa.packed(self.pack_key, self._pack_input)
+            npix = pa.codes.shape[0]
+            offsets = self.offsets
+            if offsets is None:
+                # pixel index (the pad pixel for -1) x the bytes a packed pixel takes
+                offsets = self.offsets = np.where(self.rows >= 0, self.rows, npix) * (buf.size // (npix + 1))
+            y = bound.run(buf, m, self.n, self.k_steps, self.correction, epilogue if fused else None,
+                          a_offsets=offsets, seg_steps=self.seg)
+        else:
+            # documented fallback: im2col copy of the codes, then the plain GEMM
+            b, h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw) = self.geometry
+            cols = _core.im2col_nhwc(pa.codes, b, h, w, kh, kw, sh, sw, ph, pw, dh, dw, self.pad_code)
+            y = bound.run(bound.pack(cols), m, self.n, self.k_steps, self.correction, epilogue if fused else None)
+        if fused:
+            return y
+        # No code stands for 0: padding read cbA[0]; remove it exactly.
+        corr = (self.rows < 0).astype(np.int64) @ weights.column_sums(self.g) * int(pa.codebook[self.pad_code])
+        y = (y.astype(np.int64) - corr).astype(np.int32)
+        if epilogue is None:
+            return y
+        return _core.epilogue(y, **epilogue.kwargs())
 
 
 def linear(x, weights: PackedWeights, epilogue: Epilogue | None = None, a_bits: int | None = None,
            a_codebook=None):
     """(M, K) activation codes x (N, K) packed weights with an optional fused epilogue."""
-    from .ops import gemm
-
     y = gemm(x, weights, a_bits, a_codebook, epilogue=epilogue)
     if epilogue is not None and epilogue.requant is not None:
         return PackedActivations(y, epilogue.requant.bits, epilogue.requant.codebook())
