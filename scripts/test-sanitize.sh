@@ -54,7 +54,9 @@ export LOWBIT_SANITIZED=1            # tests that cannot run under ASan skip the
 TESTS="${SANITIZE_TESTS:-tests/python/test_gemm.py tests/python/test_bitwidths.py tests/python/test_dot8.py
   tests/python/test_grouplut_paths.py tests/python/test_epilogue.py tests/python/test_conv.py
   tests/python/test_model.py tests/python/test_errors.py tests/python/test_threads.py
-  tests/python/test_robustness.py tests/python/test_stress.py}"
+  tests/python/test_robustness.py tests/python/test_stress.py tests/python/test_executor.py
+  tests/python/test_pool.py tests/python/test_conv_prepared.py tests/python/test_call_path.py
+  tests/python/test_graph_ops.py}"
 TIERS="${SANITIZE_TIERS:-$(LD_PRELOAD="$SANITIZER_PRELOAD" "$PY" -c 'import lowbit; print(" ".join(lowbit.supported_tiers()))')}"
 status=0
 for tier in $TIERS; do
