@@ -33,7 +33,11 @@ ZOO = {
     "quant_proxylessnas_mobile14_4b": ("imagenet", 3, 224, 224),
     "quant_proxylessnas_mobile14_4b5b": ("imagenet", 3, 224, 224),
     "quant_proxylessnas_mobile14_hadamard_4b": ("imagenet", 3, 224, 224),
-    "quant_vgg11": ("imagenet", 3, 224, 224),
+    "quant_mobilenet_v1_4b_round_avgpool": ("imagenet", 3, 224, 224),
+    "quant_proxylessnas_mobile14_4b_round_avgpool": ("imagenet", 3, 224, 224),
+    # QuantVGG's classifier reads a 7x7 map after a 7x7, stride-1 TruncAvgPool: the features must
+    # end at 13x13, so the zoo's VGGs run only on 416x416 inputs (224x224 fails in their forward)
+    **{f"quant_vgg{d}{bn}": ("imagenet", 3, 416, 416) for d in (11, 13, 16, 19) for bn in ("", "_bn")},
 }
 TORCHSCRIPT_ONLY = {"resnet18_4w4a"}
 # not run by default: Brevitas 0.13.4 fails in the hadamard model's own forward ("'bool' object has no
@@ -85,13 +89,13 @@ def calibrate(net, name, passes=3, batch=8):
     return net.eval()
 
 
-def export(name, path, dynamo=False, passes=3):
+def export(name, path, dynamo=False, passes=3, batch=8):
     """Build, calibrate and export ``name`` to ``path`` (QONNX). Returns the eval-mode net."""
     import torch
     from brevitas.export import export_qonnx
 
     torch.set_num_threads(1)
-    net = calibrate(build(name), name, passes)
+    net = calibrate(build(name), name, passes, batch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_qonnx(net, torch.from_numpy(inputs(name, 1, seed=99)), str(path), dynamo=dynamo)
