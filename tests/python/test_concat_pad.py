@@ -210,3 +210,32 @@ def test_declared_input_quantization():
 def test_declared_input_quantization_bad_arguments(kw, pattern):
     with pytest.raises(ValueError, match=pattern):
         lbq.from_qonnx(_float_input_graph(np.random.default_rng(0)), **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# lowering with concat nodes (IR built by hand, as tests/python/test_lowering.py does)
+
+def test_lowering_requantizes_into_epilogues_in_front_of_a_concat():
+    """Each branch's quantize folds into its conv's epilogue (the concat reads codes); a quantize
+    of a conv output that the concat also reads as float stays a node; unread nodes go."""
+    from lowbit import lowering as lw
+    from test_lowering import conv, inp, quant
+
+    nodes = [inp(), quant("q", "x"), conv("a", "q"), conv("b", "q"), quant("qa", "a"), quant("qb", "b"),
+             Node("cat", "concat", ["qa", "qb"], {}), conv("c", "cat", (1.0,) * 4, (0.0,) * 4),
+             Node("dead", "concat", ["a", "b"], {})]
+    nodes[-2].arrays["w_codes"] = np.ones((4, 4, 3, 3), np.uint8)
+    g = lw.lower(nodes, "c")
+    assert [(n.name, n.op) for n in g.nodes] == [("x", "input"), ("q", "quantize"), ("a", "conv"), ("b", "conv"),
+                                                ("cat", "concat"), ("c", "conv")]
+    assert g.nodes[2].attrs["requant"]["bits"] == 2 and g.nodes[3].attrs["requant"]["bits"] == 2
+    assert g.nodes[4].inputs == ["a", "b"] and g.replaced["qa"] == "a"
+    m = Model(g.nodes)
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(m(x), m.run_reference(x))
+    # a float concat of a conv output that a quantize also reads: the quantize cannot fold
+    nodes = [inp(), quant("q", "x"), conv("a", "q"), quant("qa", "a"), conv("b", "qa"),
+             Node("cat", "concat", ["a", "b"], {})]
+    g = lw.lower(nodes, "cat")
+    assert [n.op for n in g.nodes] == ["input", "quantize", "conv", "quantize", "conv", "concat"]
+    assert g.nodes[2].attrs["requant"] is None
