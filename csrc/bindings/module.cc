@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "kernels/ukernel.h"
 #include "ops/conv.h"
 #include "ops/gemm.h"
+#include "ops/graph_ops.h"
 #include "ops/pack.h"
 #include "ops/roofline.h"
 
@@ -46,12 +48,22 @@ py::array_t<T> empty_aligned(size_t M, size_t N) {
 }
 
 
+// Throws TypeError/ValueError naming `name` unless `a` is a C-contiguous
+// array of dtype T with `ndim` dimensions (any number when ndim < 0).
+// Whether a's dtype is T's (NumPy's equivalence: descriptor objects of one
+// dtype need not be the same object).
+template <class T>
+bool has_dtype(const py::array& a) {
+  return py::detail::npy_api::get().PyArray_EquivTypes_(py::detail::array_proxy(a.ptr())->descr,
+                                                        py::dtype::of<T>().ptr());
+}
+
 template <class T>
 void require_array(const py::array& a, const char* name, int ndim, const char* dtype_name) {
-  if (!a.dtype().is(py::dtype::of<T>()))
+  if (!has_dtype<T>(a))
     throw py::type_error(std::string(name) + ": expected dtype " + dtype_name + ", got " +
                          std::string(py::str(a.dtype())));
-  if (a.ndim() != ndim)
+  if (ndim >= 0 && a.ndim() != ndim)
     throw py::value_error(std::string(name) + ": expected a " + std::to_string(ndim) + "-D array, got " +
                           std::to_string(a.ndim()) + "-D");
   if (!(a.flags() & py::array::c_style))
@@ -71,6 +83,25 @@ void check_elements(std::initializer_list<size_t> dims, const char* what) {
     if (d > kMaxElements || __builtin_mul_overflow(count, d, &count) || count > kMaxElements)
       throw py::value_error(std::string(what) + ": more than 2^31 - 1 elements (lowbit's size limit)");
   }
+}
+
+// The same limit, with the Python layer's message (lowbit.packing.check_elements):
+// names the array, its shape and its element count.
+void check_shape(std::initializer_list<size_t> dims, const char* name) {
+  unsigned __int128 count = 1;
+  bool overflow = false;
+  std::string shape;
+  for (size_t d : dims) {
+    overflow |= __builtin_mul_overflow(count, (unsigned __int128)d, &count);
+    shape += (shape.empty() ? "" : ", ") + std::to_string(d);
+  }
+  if (!overflow && count <= kMaxElements) return;
+  std::string digits;
+  for (unsigned __int128 v = count; v > 0 || digits.empty(); v /= 10)
+    digits.insert(digits.begin(), char('0' + int(v % 10)));
+  throw py::value_error(std::string(name) + ": shape (" + shape + ") has " + (overflow ? "more than 2**128" : digits) +
+                        " elements, more than lowbit's limit of " + std::to_string(kMaxElements) +
+                        " (2**31 - 1) per array; split the batch");
 }
 
 // Throws ValueError naming `what` unless every one of `values` is at most kMaxElements.
@@ -176,117 +207,287 @@ py::array_t<uint8_t> pack_groups_py(const py::array& codes, int bits, int group,
   return out;
 }
 
-// Checks the epilogue arguments for an M x N output, fills `e` and returns
-// the output array the epilogue writes (float32 or uint8 codes).
-py::array make_epilogue(Epilogue& e, size_t M, size_t N, const py::object& scale_obj, const py::object& bias_obj,
-                        const py::object& residual_obj, float clamp_lo, float clamp_hi, const std::string& out_kind,
-                        float inv_step, int qmin, int qmax) {
-  const py::array scale = py::reinterpret_borrow<py::array>(scale_obj);
-  const py::array bias = py::reinterpret_borrow<py::array>(bias_obj);
-  require_array<float>(scale, "scale", 1, "float32");
-  require_array<float>(bias, "bias", 1, "float32");
-  if (size_t(scale.shape(0)) != N || size_t(bias.shape(0)) != N)
-    throw py::value_error("scale/bias: expected " + std::to_string(N) + " values");
-  e.scale = static_cast<const float*>(scale.data());
-  e.bias = static_cast<const float*>(bias.data());
-  if (!residual_obj.is_none()) {
-    const py::array res = py::reinterpret_borrow<py::array>(residual_obj);
-    require_array<float>(res, "residual", 2, "float32");
-    if (size_t(res.shape(0)) != M || size_t(res.shape(1)) != N)
-      throw py::value_error("residual: expected shape (" + std::to_string(M) + ", " + std::to_string(N) + ")");
-    e.residual = static_cast<const float*>(res.data());
-    e.residual_stride = N;
+// ---- The GEMM call path (docs/architecture.md, "One GEMM call").
+//
+// Python prepares two objects once and reuses them for every call:
+//  * EpilogueSpec (_core.GemmEpilogue), per lowbit.Epilogue: output kind,
+//    scale, bias, clamp and requantization, checked when built;
+//  * PreparedGemm (_core.PreparedGemm), per ops.Bound: kernel, weight layout,
+//    tables and geometry, checked when built.
+// A call then passes only the activations (and the epilogue object, and a
+// residual): the checks that depend on them are the only ones left, every
+// message names the argument, and bad codes raise ValueError from here
+// directly. The one-shot bindings (_core.gemm, gemm_codes, epilogue, dwconv,
+// conv_grouped) build the same objects per call, so each check is written once.
+
+// Throws ValueError naming the argument when a code of `codes` (n values) is
+// >= 2**bits, with the largest code found. Call only after a kernel reported
+// a bad code (it scans everything).
+[[noreturn]] void throw_bad_code(const uint8_t* codes, size_t n, int bits, const char* name, const char* bits_name) {
+  uint8_t top = 0;
+  for (size_t i = 0; i < n; ++i) top = std::max(top, codes[i]);
+  throw py::value_error(std::string(name) + ": expected every code in [0, " + std::to_string(1 << bits) + ") for " +
+                        bits_name + "=" + std::to_string(bits) + ", got max " + std::to_string(int(top)));
+}
+
+class EpilogueSpec {
+ public:
+  EpilogueSpec(const std::string& out_kind, const py::object& scale_obj, const py::object& bias_obj, float clamp_lo,
+               float clamp_hi, float inv_step, int qmin, int qmax)
+      : clamp_lo_(clamp_lo), clamp_hi_(clamp_hi), inv_step_(inv_step), qmin_(qmin), qmax_(qmax) {
+    if (out_kind == "float32") {
+      kind_ = OutKind::float32;
+    } else if (out_kind == "codes") {
+      kind_ = OutKind::codes;
+      if (!(qmin <= qmax && qmax - qmin <= 255))
+        throw py::value_error("qmin/qmax: expected qmin <= qmax <= qmin + 255");
+      if (!std::isfinite(inv_step) || inv_step <= 0) throw py::value_error("inv_step: expected a finite value > 0");
+    } else {
+      throw py::value_error("out_kind: expected 'float32' or 'codes' for an epilogue, got '" + out_kind + "'");
+    }
+    scale_ = checked_vector(scale_obj, "scale");
+    bias_ = checked_vector(bias_obj, "bias");
+    if (scale_.shape(0) != bias_.shape(0))
+      throw py::value_error("bias: expected " + std::to_string(scale_.shape(0)) + " values (as scale), got " +
+                            std::to_string(bias_.shape(0)));
+    if (std::isnan(clamp_lo) || std::isnan(clamp_hi) || clamp_lo > clamp_hi)
+      throw py::value_error("clamp_lo/clamp_hi: expected clamp_lo <= clamp_hi (no NaN)");
   }
-  e.clamp_lo = clamp_lo;
-  e.clamp_hi = clamp_hi;
-  e.out_stride = N;
-  if (out_kind == "float32") {
-    e.kind = OutKind::float32;
-    py::array_t<float> o = empty_aligned<float>(M, N);
-    e.out = o.mutable_data();
-    return o;
-  }
-  if (out_kind == "codes") {
-    if (!(qmin <= qmax && qmax - qmin <= 255)) throw py::value_error("qmin/qmax: expected qmin <= qmax <= qmin + 255");
-    if (!std::isfinite(inv_step) || inv_step <= 0) throw py::value_error("inv_step: expected a finite value > 0");
-    e.kind = OutKind::codes;
-    e.inv_step = inv_step;
-    e.qmin = qmin;
-    e.qmax = qmax;
+
+  OutKind kind() const { return kind_; }
+
+  // Fills `e` for an M x N output with `residual` (None or float32 (M, N))
+  // and returns the output array it writes.
+  py::array bind(Epilogue& e, size_t M, size_t N, const py::object& residual_obj) const {
+    if (size_t(scale_.shape(0)) != N)
+      throw py::value_error("epilogue: scale has " + std::to_string(scale_.shape(0)) +
+                            " values but the layer has " + std::to_string(N) + " outputs");
+    e.kind = kind_;
+    e.scale = static_cast<const float*>(scale_.data());
+    e.bias = static_cast<const float*>(bias_.data());
+    e.residual = nullptr;
+    if (!residual_obj.is_none()) {
+      if (!py::isinstance<py::array>(residual_obj))
+        throw py::type_error("residual: expected a float32 NumPy array or None");
+      const py::array res = py::reinterpret_borrow<py::array>(residual_obj);
+      require_array<float>(res, "residual", 2, "float32");
+      if (size_t(res.shape(0)) != M || size_t(res.shape(1)) != N)
+        throw py::value_error("epilogue: residual shape (" + std::to_string(res.shape(0)) + ", " +
+                              std::to_string(res.shape(1)) + "), expected (" + std::to_string(M) + ", " +
+                              std::to_string(N) + ")");
+      e.residual = static_cast<const float*>(res.data());  // the caller's object keeps it alive for the call
+      e.residual_stride = N;
+    }
+    e.clamp_lo = clamp_lo_;
+    e.clamp_hi = clamp_hi_;
+    e.inv_step = inv_step_;
+    e.qmin = qmin_;
+    e.qmax = qmax_;
+    e.out_stride = N;
+    if (kind_ == OutKind::float32) {
+      py::array_t<float> o = empty_aligned<float>(M, N);
+      e.out = o.mutable_data();
+      return o;
+    }
     py::array_t<uint8_t> o = empty_aligned<uint8_t>(M, N);
     e.out = o.mutable_data();
     return o;
   }
-  throw py::value_error("out_kind: expected 'int32', 'float32' or 'codes'");
-}
 
-// One entry point for every GEMM: direct or indirect activations, int32 output
-// or the fused epilogue (ops/epilogue.h).
-// `pack` (from gemm_codes_py): a is the buffer the driver packs the codes into.
-py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::array& w, const py::array& tables,
-                    size_t M, size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction,
-                    uint32_t a_code_shift, const py::object& a_offsets_obj, size_t seg_steps,
-                    const std::string& out_kind, const py::object& scale_obj, const py::object& bias_obj,
-                    const py::object& residual_obj, float clamp_lo, float clamp_hi, float inv_step, int qmin,
-                    int qmax, const py::object& col_correction_obj, FusedPack* pack) {
-  const KernelInfo& k = kernel_at(kernel_index);
-  if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
-    throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
-  require_array<uint8_t>(w, "w", 1, "uint8");
-  require_array<int8_t>(tables, "tables", 1, "int8");
-  check_elements({M, N}, "output (M x N)");
-  check_elements({N, k_steps}, "weights (N x k_steps)");
-  check_elements({M, k_steps}, "activations (M x k_steps)");
-  GemmGeometry g;
-  std::string why;
-  if (!gemm_geometry(k, N, k_steps, &g, &why)) throw py::value_error(why);
-  if (size_t(w.shape(0)) < g.w_bytes)
-    throw py::value_error("w: expected at least " + std::to_string(g.w_bytes) + " bytes for kernel " + k.name);
-  if (size_t(tables.shape(0)) < g.table_bytes)
-    throw py::value_error("tables: expected at least " + std::to_string(g.table_bytes) + " bytes");
-  if (flush8 == 0 || flush16 == 0) throw py::value_error("flush8/flush16: expected >= 1");
-  if (correction < INT32_MIN || correction > INT32_MAX) throw py::value_error("correction: out of int32 range");
-  if (a_code_shift != 0 && !(a_code_shift == 2 && std::string(k.family) == "grouplut"))
-    throw py::value_error(std::string("a_code_shift: expected 0 (or 2 for grouplut kernels), got ") +
-                          std::to_string(a_code_shift) + " for kernel " + k.name);
-
-  GemmCall call;
-  call.kernel = &k;
-  call.w = static_cast<const uint8_t*>(w.data());
-  call.tables = static_cast<const int8_t*>(tables.data());
-  call.M = M;
-  call.N = N;
-  call.k_steps = k_steps;
-  call.flush8 = flush8;
-  call.flush16 = flush16;
-  call.correction = int32_t(correction);
-  call.a_code_shift = a_code_shift;
-  py::array col_correction;  // kept alive for the call
-  if (!col_correction_obj.is_none()) {
-    if (!py::isinstance<py::array>(col_correction_obj))
-      throw py::type_error("col_correction: expected a 1-D int32 NumPy array or None");
-    col_correction = py::reinterpret_borrow<py::array>(col_correction_obj);
-    require_array<int32_t>(col_correction, "col_correction", 1, "int32");
-    if (size_t(col_correction.shape(0)) != N)
-      throw py::value_error("col_correction: expected " + std::to_string(N) + " int32 entries (one per output channel)");
-    call.col_correction = static_cast<const int32_t*>(col_correction.data());
+ private:
+  static py::array checked_vector(const py::object& obj, const char* name) {
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error(std::string(name) + ": expected a 1-D float32 NumPy array");
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    require_array<float>(a, name, 1, "float32");
+    const float* v = static_cast<const float*>(a.data());
+    for (py::ssize_t i = 0; i < a.shape(0); ++i)
+      if (!std::isfinite(v[i])) throw py::value_error(std::string(name) + ": expected finite values");
+    return a;
   }
 
-  // Activations: a 2-D packed matrix, or (indirect) a 1-D buffer plus an
-  // (M, segments) int64 array of byte offsets, each segment seg_steps steps
-  // of the family's step bytes (a_row_bytes / k_steps: 1 grouplut, 4 dot8).
-  const py::array a = py::reinterpret_borrow<py::array>(a_obj);
-  std::vector<const uint8_t*> ind;
-  if (a_offsets_obj.is_none()) {
-    require_array<uint8_t>(a, "a", 2, "uint8");
-    if (size_t(a.shape(0)) < M || size_t(a.shape(1)) < g.a_row_bytes)
-      throw py::value_error("a: expected at least " + std::to_string(M) + " x " + std::to_string(g.a_row_bytes) +
-                            " packed bytes for kernel " + k.name);
-    call.a = static_cast<const uint8_t*>(a.data());
-    call.a_stride = size_t(a.shape(1));
-  } else {
+  OutKind kind_;
+  py::array scale_, bias_;
+  float clamp_lo_, clamp_hi_, inv_step_;
+  int qmin_, qmax_;
+};
+
+// Epilogue arguments of the one-shot bindings: int32 output (none), or an EpilogueSpec.
+std::unique_ptr<EpilogueSpec> epilogue_from_args(const std::string& out_kind, const py::object& scale,
+                                                 const py::object& bias, float clamp_lo, float clamp_hi,
+                                                 float inv_step, int qmin, int qmax) {
+  if (out_kind == "int32") return nullptr;
+  if (out_kind != "float32" && out_kind != "codes")
+    throw py::value_error("out_kind: expected 'int32', 'float32' or 'codes'");
+  return std::make_unique<EpilogueSpec>(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+}
+
+// The output of a GEMM-shaped op: int32 (no epilogue; *c set) or the epilogue's.
+py::array gemm_output(const EpilogueSpec* ep, Epilogue& e, size_t M, size_t N, const py::object& residual,
+                      int32_t** c, Tier tier) {
+  if (ep == nullptr) {
+    if (!residual.is_none()) throw py::value_error("residual: needs an epilogue (float32 or codes output)");
+    py::array_t<int32_t> o = empty_aligned<int32_t>(M, N);
+    *c = o.mutable_data();
+    return o;
+  }
+  e.simd = tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too
+  return ep->bind(e, M, N, residual);
+}
+
+// One GEMM's weight side, checked once (see above). `k_steps`/`correction`
+// are the direct (M, K) x (N, K) GEMM's; a call may pass others (convolution).
+// With a_group > 0 (grouplut families) codes() runs straight from (M, K)
+// codes of a_bits bits, packed inside the GEMM's tasks.
+class PreparedGemm {
+ public:
+  PreparedGemm(size_t kernel_index, const py::array& w, const py::array& tables, size_t N, uint32_t flush8,
+               uint32_t flush16, uint32_t a_code_shift, const py::object& col_correction_obj, size_t K,
+               size_t k_steps, int64_t correction, int a_bits, int a_group)
+      : k_(kernel_at(kernel_index)), w_(w), tables_(tables), N_(N), K_(K), k_steps_(k_steps), a_bits_(a_bits),
+        a_group_(a_group) {
+    const KernelInfo& k = k_;
+    if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
+      throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
+    require_array<uint8_t>(w, "w", 1, "uint8");
+    require_array<int8_t>(tables, "tables", 1, "int8");
+    if (flush8 == 0 || flush16 == 0) throw py::value_error("flush8/flush16: expected >= 1");
+    if (a_code_shift != 0 && !(a_code_shift == 2 && std::string(k.family) == "grouplut"))
+      throw py::value_error(std::string("a_code_shift: expected 0 (or 2 for grouplut kernels), got ") +
+                            std::to_string(a_code_shift) + " for kernel " + k.name);
+    correction_ = checked_correction(correction);
+    geometry_ = checked_geometry(k_steps);
+    base_.kernel = &k;
+    base_.w = static_cast<const uint8_t*>(w.data());
+    base_.tables = static_cast<const int8_t*>(tables.data());
+    base_.N = N;
+    base_.flush8 = flush8;
+    base_.flush16 = flush16;
+    base_.a_code_shift = a_code_shift;
+    if (!col_correction_obj.is_none()) {
+      if (!py::isinstance<py::array>(col_correction_obj))
+        throw py::type_error("col_correction: expected a 1-D int32 NumPy array or None");
+      col_correction_ = py::reinterpret_borrow<py::array>(col_correction_obj);
+      require_array<int32_t>(col_correction_, "col_correction", 1, "int32");
+      if (size_t(col_correction_.shape(0)) != N)
+        throw py::value_error("col_correction: expected " + std::to_string(N) +
+                              " int32 entries (one per output channel)");
+      base_.col_correction = static_cast<const int32_t*>(col_correction_.data());
+    }
+    if (a_group != 0) {
+      if (std::string(k.family) != "grouplut" && std::string(k.family) != "grouplut6")
+        throw py::value_error(std::string("gemm_codes: kernel ") + k.name + " is not a grouplut kernel");
+      if (a_bits < 1 || a_bits > 8 || a_group < 1 || a_group * a_bits + int(a_code_shift) > 8)
+        throw py::value_error("bits/group: expected group * bits + a_code_shift <= 8");
+      if (k_steps != (K + size_t(a_group) - 1) / size_t(a_group))
+        throw py::value_error("k_steps: expected ceil(K / group) = " + std::to_string((K + a_group - 1) / a_group));
+    }
+  }
+
+  size_t N() const { return N_; }
+  size_t K() const { return K_; }
+
+  // A GEMM on packed activations: a 2-D (>= M rows of a_row_bytes), or 1-D
+  // with (M, segments) int64 byte offsets a_offsets (indirect kernels).
+  py::array run(const py::object& a_obj, size_t M, size_t k_steps, int64_t correction, const EpilogueSpec* ep,
+                const py::object& residual, const py::object& a_offsets_obj, size_t seg_steps) const {
+    GemmCall call = base_;
+    const GemmGeometry g = k_steps == k_steps_ ? geometry_ : checked_geometry(k_steps);
+    call.k_steps = k_steps;
+    call.correction = k_steps == k_steps_ && correction == correction_ ? correction_ : checked_correction(correction);
+    call.M = M;
+    check_elements({M, N_}, "output (M x N)");
+    check_elements({M, k_steps}, "activations (M x k_steps)");
+    const KernelInfo& k = k_;
+    if (!py::isinstance<py::array>(a_obj)) throw py::type_error("a: expected a uint8 NumPy array");
+    const py::array a = py::reinterpret_borrow<py::array>(a_obj);
+    std::vector<const uint8_t*> ind;
+    if (a_offsets_obj.is_none()) {
+      require_array<uint8_t>(a, "a", 2, "uint8");
+      if (size_t(a.shape(0)) < M || size_t(a.shape(1)) < g.a_row_bytes)
+        throw py::value_error("a: expected at least " + std::to_string(M) + " x " + std::to_string(g.a_row_bytes) +
+                              " packed bytes for kernel " + k.name);
+      call.a = static_cast<const uint8_t*>(a.data());
+      call.a_stride = size_t(a.shape(1));
+    } else {
+      bind_indirect(call, g, a, a_offsets_obj, seg_steps, &ind);
+    }
+    py::array out = gemm_output(ep, call.epilogue, M, N_, residual, &call.c, k.tier);
+    if (!ep) call.c_stride = N_;
+    execute(call, g);
+    return out;
+  }
+
+  // The direct GEMM straight from (M, K) uint8 codes (grouplut families).
+  py::array codes(const py::object& a_obj, const EpilogueSpec* ep, const py::object& residual) const {
+    if (a_group_ == 0) throw py::value_error(std::string("codes: kernel ") + k_.name + " needs packed activations");
+    if (!py::isinstance<py::array>(a_obj))
+      throw py::type_error(std::string("a_codes: expected a numpy.ndarray of uint8 codes, got ") +
+                           Py_TYPE(a_obj.ptr())->tp_name);
+    py::array a = py::reinterpret_borrow<py::array>(a_obj);
+    if (!has_dtype<uint8_t>(a))
+      throw py::type_error("a_codes: expected dtype uint8, got " + std::string(py::str(a.dtype())));
+    if (a.ndim() != 2)
+      throw py::value_error("a_codes: expected a 2-D array, got " + std::to_string(a.ndim()) + "-D with shape " +
+                            std::string(py::str(a.attr("shape"))));
+    const size_t M = size_t(a.shape(0));
+    if (size_t(a.shape(1)) != K_)
+      throw py::value_error("a: K mismatch: activations have K=" + std::to_string(a.shape(1)) +
+                            ", weights have K=" + std::to_string(K_));
+    check_shape({M, K_}, "a_codes");
+    check_shape({M, N_}, "output");
+    if (!(a.flags() & py::array::c_style)) a = py::array::ensure(a, py::array::c_style);  // a copy, never misread
+    GemmCall call = base_;
+    call.M = M;
+    call.k_steps = k_steps_;
+    call.correction = correction_;
+    FusedPack pack;
+    pack.codes = static_cast<const uint8_t*>(a.data());
+    pack.K = K_;
+    pack.bits = a_bits_;
+    pack.group = a_group_;
+    pack.shift = int(base_.a_code_shift);
+    pack.tier = k_.tier;
+    std::vector<uint8_t> buffer(std::max<size_t>(M * k_steps_, 1));
+    pack.out = buffer.data();
+    call.a = buffer.data();
+    call.a_stride = k_steps_;
+    call.pack = &pack;
+    py::array out = gemm_output(ep, call.epilogue, M, N_, residual, &call.c, k_.tier);
+    if (!ep) call.c_stride = N_;
+    execute(call, geometry_);
+    if (pack.bad.load()) throw_bad_code(pack.codes, M * K_, a_bits_, "a_codes", "bits");
+    return out;
+  }
+
+ private:
+  GemmGeometry checked_geometry(size_t k_steps) const {
+    check_elements({N_, k_steps}, "weights (N x k_steps)");
+    GemmGeometry g;
+    std::string why;
+    if (!gemm_geometry(k_, N_, k_steps, &g, &why)) throw py::value_error(why);
+    if (size_t(w_.shape(0)) < g.w_bytes)
+      throw py::value_error("w: expected at least " + std::to_string(g.w_bytes) + " bytes for kernel " + k_.name);
+    if (size_t(tables_.shape(0)) < g.table_bytes)
+      throw py::value_error("tables: expected at least " + std::to_string(g.table_bytes) + " bytes");
+    return g;
+  }
+
+  static int32_t checked_correction(int64_t correction) {
+    if (correction < INT32_MIN || correction > INT32_MAX) throw py::value_error("correction: out of int32 range");
+    return int32_t(correction);
+  }
+
+  // Indirect activations: a 1-D buffer plus an (M, segments) int64 array of
+  // byte offsets, each segment seg_steps steps of the family's step bytes
+  // (a_row_bytes / k_steps: 1 grouplut, 4 dot8). Every offset is checked.
+  void bind_indirect(GemmCall& call, const GemmGeometry& g, const py::array& a, const py::object& a_offsets_obj,
+                     size_t seg_steps, std::vector<const uint8_t*>* ind) const {
+    const KernelInfo& k = k_;
+    const size_t M = call.M, k_steps = call.k_steps;
     if (!k.indirect) throw py::value_error(std::string("kernel ") + k.name + " does not take indirect activations");
     require_array<uint8_t>(a, "a", 1, "uint8");
+    if (!py::isinstance<py::array>(a_offsets_obj)) throw py::type_error("a_offsets: expected an int64 NumPy array");
     const py::array offs = py::reinterpret_borrow<py::array>(a_offsets_obj);
     require_array<int64_t>(offs, "a_offsets", 2, "int64");
     if (seg_steps == 0) throw py::value_error("seg_steps: expected >= 1");
@@ -301,11 +502,11 @@ py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::arra
     const size_t seg_len = seg_steps * step_bytes, last_len = (k_steps - (segs - 1) * seg_steps) * step_bytes;
     if (len < seg_len || len < last_len) throw py::value_error("a: shorter than one segment");
     const int64_t max_start = int64_t(len - seg_len), max_last = int64_t(len - last_len);
-    ind.resize(M * segs);
+    ind->resize(M * segs);
     bool ok = true;
     for (size_t m = 0; m < M; ++m) {
       const int64_t* row = o + m * segs;
-      const uint8_t** dst = ind.data() + m * segs;
+      const uint8_t** dst = ind->data() + m * segs;
       for (size_t s = 0; s + 1 < segs; ++s) {
         ok &= row[s] >= 0 && row[s] <= max_start;
         dst[s] = base + row[s];
@@ -322,72 +523,68 @@ py::array gemm_impl(size_t kernel_index, const py::object& a_obj, const py::arra
       }
     }
     call.a = nullptr;
-    call.a_ind = ind.data();
+    call.a_ind = ind->data();
     call.a_ind_stride = segs;
     call.seg_steps = seg_steps;
   }
 
-  py::array out;
-  if (out_kind == "int32") {
-    py::array_t<int32_t> o = empty_aligned<int32_t>(M, N);
-    call.c = o.mutable_data();
-    call.c_stride = N;
-    out = o;
-  } else {
-    call.epilogue.simd = k.tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too
-    out = make_epilogue(call.epilogue, M, N, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi, out_kind,
-                        inv_step, qmin, qmax);
-  }
-  call.pack = pack;
-  {
+  // Runs the call; problems small enough to run inline keep the GIL (releasing
+  // and taking it back would cost more than they take).
+  static void execute(const GemmCall& call, const GemmGeometry& g) {
+    if (gemm_runs_inline(call.M, call.N, call.k_steps)) {
+      run_gemm(call, g);
+      return;
+    }
     py::gil_scoped_release release;
     run_gemm(call, g);
   }
-  if (pack && pack->bad.load())
-    throw py::value_error("a: expected every code in [0, " + std::to_string(1 << pack->bits) + ")");
-  return out;
+
+  const KernelInfo& k_;
+  py::array w_, tables_, col_correction_;  // kept alive with the object
+  size_t N_, K_, k_steps_;
+  int32_t correction_ = 0;
+  int a_bits_, a_group_;
+  GemmGeometry geometry_;
+  GemmCall base_;  // everything but the activations, M and the output
+};
+
+// The epilogue argument of PreparedGemm's methods: None or a GemmEpilogue.
+// (Taken as an object: pybind11's own None handling for a class pointer
+// raises and clears an AttributeError on every call.)
+const EpilogueSpec* epilogue_arg(const py::object& obj) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<EpilogueSpec>(obj))
+    throw py::type_error(std::string("epilogue: expected a _core.GemmEpilogue or None, got ") +
+                         Py_TYPE(obj.ptr())->tp_name);
+  return obj.cast<const EpilogueSpec*>();
 }
 
+// _core.gemm: a one-shot GEMM (the prepared path's checks, built per call).
 py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array& w, const py::array& tables, size_t M,
                   size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction,
                   uint32_t a_code_shift, const py::object& a_offsets_obj, size_t seg_steps, const std::string& out_kind,
                   const py::object& scale_obj, const py::object& bias_obj, const py::object& residual_obj,
                   float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax,
                   const py::object& col_correction_obj) {
-  return gemm_impl(kernel_index, a_obj, w, tables, M, N, k_steps, flush8, flush16, correction, a_code_shift,
-                   a_offsets_obj, seg_steps, out_kind, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi,
-                   inv_step, qmin, qmax, col_correction_obj, nullptr);
+  const PreparedGemm prepared(kernel_index, w, tables, N, flush8, flush16, a_code_shift, col_correction_obj, 0,
+                              k_steps, correction, 0, 0);
+  const auto ep = epilogue_from_args(out_kind, scale_obj, bias_obj, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  return prepared.run(a_obj, M, k_steps, correction, ep.get(), residual_obj, a_offsets_obj, seg_steps);
 }
 
-// A grouplut GEMM straight from (M, K) uint8 codes: the driver packs them
-// (pack_groups rule: `group` codes of `bits` bits a byte, shifted left by
-// a_code_shift) block by block inside the GEMM's own tasks.
+// _core.gemm_codes: a one-shot grouplut GEMM straight from (M, K) uint8 codes:
+// the driver packs them (pack_groups rule: `group` codes of `bits` bits a
+// byte, shifted left by a_code_shift) block by block inside the GEMM's tasks.
 py::array gemm_codes_py(size_t kernel_index, const py::array& codes, int bits, int group, const py::array& w,
                         const py::array& tables, size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16,
                         int64_t correction, uint32_t a_code_shift, const std::string& out_kind,
                         const py::object& scale_obj, const py::object& bias_obj, const py::object& residual_obj,
                         float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
-  const KernelInfo& k = kernel_at(kernel_index);
-  if (std::string(k.family) != "grouplut" && std::string(k.family) != "grouplut6")
-    throw py::value_error(std::string("gemm_codes: kernel ") + k.name + " is not a grouplut kernel");
   require_array<uint8_t>(codes, "a", 2, "uint8");
-  if (bits < 1 || bits > 8 || group < 1 || group * bits + int(a_code_shift) > 8)
-    throw py::value_error("bits/group: expected group * bits + a_code_shift <= 8");
-  const size_t M = size_t(codes.shape(0)), K = size_t(codes.shape(1));
-  if (k_steps != (K + size_t(group) - 1) / size_t(group))
-    throw py::value_error("k_steps: expected ceil(K / group) = " + std::to_string((K + group - 1) / group));
-  FusedPack pack;
-  pack.codes = static_cast<const uint8_t*>(codes.data());
-  pack.K = K;
-  pack.bits = bits;
-  pack.group = group;
-  pack.shift = int(a_code_shift);
-  pack.tier = k.tier;
-  py::array_t<uint8_t> buffer({std::max<size_t>(M, 1), std::max<size_t>(k_steps, 1)});
-  pack.out = buffer.mutable_data();
-  return gemm_impl(kernel_index, buffer, w, tables, M, N, k_steps, flush8, flush16, correction, a_code_shift,
-                   py::none(), 0, out_kind, scale_obj, bias_obj, residual_obj, clamp_lo, clamp_hi, inv_step, qmin,
-                   qmax, py::none(), &pack);
+  const PreparedGemm prepared(kernel_index, w, tables, N, flush8, flush16, a_code_shift, py::none(),
+                              size_t(codes.shape(1)), k_steps, correction, bits, group);
+  const auto ep = epilogue_from_args(out_kind, scale_obj, bias_obj, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  return prepared.codes(codes, ep.get(), residual_obj);
 }
 
 // The dot-product families' activation packers: codes -> levels of type
@@ -451,27 +648,203 @@ py::array_t<uint8_t> im2col_nhwc_py(const py::array& x, size_t B, size_t H, size
   return out;
 }
 
-// LSQ quantization of float32 activations to codes (ops/epilogue.h).
-py::array_t<uint8_t> quantize_codes_py(const py::array& x, float step, int qn, int qp) {
-  if (!py::isinstance<py::array_t<float>>(x) || !(x.flags() & py::array::c_style))
-    throw py::type_error("x: expected a C-contiguous float32 array");
+// ---- The runtime's graph ops (ops/graph_ops.h).
+
+// The quantize node's parameters, checked (pre_step/pre_div: both None, or both finite > 0).
+QuantizeParams quantize_params(float step, int qn, int qp, bool binary, const py::object& pre_step,
+                               const py::object& pre_div) {
   if (!std::isfinite(step) || step <= 0) throw py::value_error("step: expected a finite value > 0");
   if (qn < -128 || qp < qn || qp - qn > 255) throw py::value_error("qn/qp: expected -128 <= qn <= qp <= qn + 255");
-  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
-  py::array_t<uint8_t> out(shape);
+  QuantizeParams p;
+  p.binary = binary;
+  p.step = step;
+  p.qn = qn;
+  p.qp = qp;
+  if (pre_step.is_none() != pre_div.is_none())
+    throw py::value_error("pre_step/pre_div: expected both (QONNX Trunc form) or neither");
+  if (!pre_step.is_none()) {
+    const double ps = pre_step.cast<double>(), pd = pre_div.cast<double>();
+    if (!std::isfinite(ps) || ps <= 0 || !std::isfinite(float(ps)) || float(ps) <= 0)
+      throw py::value_error("pre_step: expected a finite float32 value > 0");
+    if (!std::isfinite(pd) || pd <= 0 || !std::isfinite(float(1.0 / pd)))
+      throw py::value_error("pre_div: expected a finite value > 0 whose float32 inverse is finite");
+    p.pre = true;
+    p.pre_step = float(ps);
+    p.pre_inv_div = float(1.0 / pd);  // np.float32(1.0 / pre_div)
+  }
+  return p;
+}
+
+// Float32 x (any shape) -> uint8 codes of the same shape.
+py::array_t<uint8_t> quantize_py(const py::array& x, float step, int qn, int qp, bool binary,
+                                 const py::object& pre_step, const py::object& pre_div) {
+  require_array<float>(x, "x", -1, "float32");
+  const QuantizeParams p = quantize_params(step, qn, qp, binary, pre_step, pre_div);
+  py::array_t<uint8_t> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
   const float* src = static_cast<const float*>(x.data());
   uint8_t* dst = out.mutable_data();
   const size_t n = size_t(x.size());
   {
     py::gil_scoped_release release;
-    quantize_codes(src, n, step, qn, qp, dst);
+    quantize_f32(src, n, p, dst);
   }
   return out;
 }
 
-// Max pooling of float32 NHWC input (ops/pack.h).
-py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph,
-                                   size_t pw, size_t dh, size_t dw) {
+// Float32 NCHW x (B, C, H, W) -> NHWC codes (B, H, W, C).
+py::array_t<uint8_t> quantize_nchw_to_nhwc_py(const py::array& x, float step, int qn, int qp, bool binary,
+                                              const py::object& pre_step, const py::object& pre_div) {
+  require_array<float>(x, "x", 4, "float32");
+  const QuantizeParams p = quantize_params(step, qn, qp, binary, pre_step, pre_div);
+  const size_t B = size_t(x.shape(0)), C = size_t(x.shape(1)), H = size_t(x.shape(2)), W = size_t(x.shape(3));
+  py::array_t<uint8_t> out({B, H, W, C});
+  const float* src = static_cast<const float*>(x.data());
+  uint8_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    quantize_nchw_to_nhwc(src, B, C, H, W, p, dst);
+  }
+  return out;
+}
+
+// uint8 codes (any shape) -> float32 level * step; every code must index `levels`.
+py::array_t<float> dequantize_py(const py::array& codes, const py::array& levels, float step) {
+  require_array<uint8_t>(codes, "codes", -1, "uint8");
+  require_array<int32_t>(levels, "levels", 1, "int32");
+  const size_t count = size_t(levels.shape(0));
+  if (count < 1 || count > 256) throw py::value_error("levels: expected 1 to 256 values");
+  if (!std::isfinite(step)) throw py::value_error("step: expected a finite value");
+  const uint8_t* src = static_cast<const uint8_t*>(codes.data());
+  const int32_t* lv = static_cast<const int32_t*>(levels.data());
+  const size_t n = size_t(codes.size());
+  for (size_t i = 0; i < count; ++i)
+    if (lv[i] < -(1 << 24) || lv[i] > (1 << 24))
+      throw py::value_error("levels: expected values of magnitude <= 2^24 (exact in float32)");
+  py::array_t<float> out(std::vector<py::ssize_t>(codes.shape(), codes.shape() + codes.ndim()));
+  float* dst = out.mutable_data();
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    uint8_t top = 0;
+    for (size_t i = 0; i < n; ++i) top = std::max(top, src[i]);
+    ok = n == 0 || size_t(top) < count;
+    if (ok) dequantize_codes(src, n, lv, step, dst);
+  }
+  if (!ok) throw py::value_error("codes: expected every code in [0, " + std::to_string(count) + ") (one per level)");
+  return out;
+}
+
+// NCHW <-> NHWC copies of a 4-D float32 array; flatten of NHWC float32 or uint8 to (B, C*H*W).
+py::array_t<float> nchw_to_nhwc_py(const py::array& x) {
+  require_array<float>(x, "x", 4, "float32");
+  const size_t B = size_t(x.shape(0)), C = size_t(x.shape(1)), H = size_t(x.shape(2)), W = size_t(x.shape(3));
+  py::array_t<float> out({B, H, W, C});
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    nchw_to_nhwc_f32(src, B, C, H, W, dst);
+  }
+  return out;
+}
+
+py::array_t<float> nhwc_to_nchw_py(const py::array& x) {
+  require_array<float>(x, "x", 4, "float32");
+  const size_t B = size_t(x.shape(0)), H = size_t(x.shape(1)), W = size_t(x.shape(2)), C = size_t(x.shape(3));
+  py::array_t<float> out({B, C, H, W});
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    nhwc_to_nchw_f32(src, B, H, W, C, dst);
+  }
+  return out;
+}
+
+template <class T>
+py::array_t<T> flatten_typed(const py::array& x, void (*flatten)(const T*, size_t, size_t, size_t, size_t, T*)) {
+  const size_t B = size_t(x.shape(0)), H = size_t(x.shape(1)), W = size_t(x.shape(2)), C = size_t(x.shape(3));
+  py::array_t<T> out({B, C * H * W});
+  const T* src = static_cast<const T*>(x.data());
+  T* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    flatten(src, B, H, W, C, dst);
+  }
+  return out;
+}
+
+py::array flatten_nhwc_py(const py::array& x) {
+  if (has_dtype<uint8_t>(x)) {
+    require_array<uint8_t>(x, "x", 4, "uint8");
+    return flatten_typed<uint8_t>(x, flatten_nhwc_u8);
+  }
+  if (!has_dtype<float>(x))
+    throw py::type_error("x: expected dtype float32 or uint8, got " + std::string(py::str(x.dtype())));
+  require_array<float>(x, "x", 4, "float32");
+  return flatten_typed<float>(x, flatten_nhwc_f32);
+}
+
+// A new float32 array of x's shape.
+py::array_t<float> empty_like_f32(const py::array& x) {
+  return py::array_t<float>(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+}
+
+py::array_t<float> add_py(const py::array& a, const py::array& b) {
+  require_array<float>(a, "a", -1, "float32");
+  require_array<float>(b, "b", -1, "float32");
+  if (a.ndim() != b.ndim() || !std::equal(a.shape(), a.shape() + a.ndim(), b.shape()))
+    throw py::value_error("b: expected the shape of a " + std::string(py::str(a.attr("shape"))) + ", got " +
+                          std::string(py::str(b.attr("shape"))));
+  py::array_t<float> out = empty_like_f32(a);
+  const float *pa = static_cast<const float*>(a.data()), *pb = static_cast<const float*>(b.data());
+  float* dst = out.mutable_data();
+  const size_t n = size_t(a.size());
+  {
+    py::gil_scoped_release release;
+    add_f32(pa, pb, n, dst);
+  }
+  return out;
+}
+
+py::array_t<float> clamp_py(const py::array& x, float lo, float hi) {
+  require_array<float>(x, "x", -1, "float32");
+  if (std::isnan(lo) || std::isnan(hi) || lo > hi) throw py::value_error("lo/hi: expected lo <= hi (no NaN)");
+  py::array_t<float> out = empty_like_f32(x);
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  const size_t n = size_t(x.size());
+  {
+    py::gil_scoped_release release;
+    clamp_f32(src, n, lo, hi, dst);
+  }
+  return out;
+}
+
+// x (..., C) float32 with per-channel scale and bias (C,) on its last axis.
+py::array_t<float> affine_py(const py::array& x, const py::array& scale, const py::array& bias) {
+  require_array<float>(x, "x", -1, "float32");
+  require_array<float>(scale, "scale", 1, "float32");
+  require_array<float>(bias, "bias", 1, "float32");
+  if (x.ndim() < 1) throw py::value_error("x: expected at least 1 dimension (channels last)");
+  const size_t C = size_t(x.shape(x.ndim() - 1));
+  if (size_t(scale.shape(0)) != C || size_t(bias.shape(0)) != C)
+    throw py::value_error("scale/bias: expected " + std::to_string(C) + " values (x's last axis)");
+  py::array_t<float> out = empty_like_f32(x);
+  const float* src = static_cast<const float*>(x.data());
+  const float *ps = static_cast<const float*>(scale.data()), *pb = static_cast<const float*>(bias.data());
+  float* dst = out.mutable_data();
+  const size_t rows = C ? size_t(x.size()) / C : 0;
+  {
+    py::gil_scoped_release release;
+    affine_f32(src, rows, C, ps, pb, dst);
+  }
+  return out;
+}
+
+// The output geometry of a pooling window over float32 NHWC x (ValueError when it does not fit).
+ConvGeometry pool_geometry(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph, size_t pw,
+                           size_t dh, size_t dw) {
   require_array<float>(x, "x", 4, "float32");
   if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || dh < 1 || dw < 1)
     throw py::value_error("kernel/stride/dilation: expected >= 1");
@@ -484,6 +857,14 @@ py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, siz
                           " is too small for the pooling window");
   g.OH = (g.H + 2 * ph - span_h) / sh + 1;
   g.OW = (g.W + 2 * pw - span_w) / sw + 1;
+  check_elements({g.B, g.OH, g.OW, g.C}, "pooling output");
+  return g;
+}
+
+// Max pooling of float32 NHWC input (ops/pack.h).
+py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph,
+                                   size_t pw, size_t dh, size_t dw) {
+  const ConvGeometry g = pool_geometry(x, kh, kw, sh, sw, ph, pw, dh, dw);
   py::array_t<float> out({g.B, g.OH, g.OW, g.C});
   const float* src = static_cast<const float*>(x.data());
   float* dst = out.mutable_data();
@@ -494,6 +875,36 @@ py::array_t<float> maxpool_nhwc_py(const py::array& x, size_t kh, size_t kw, siz
   return out;
 }
 
+py::array_t<float> avgpool_nhwc_py(const py::array& x, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph,
+                                   size_t pw, bool count_include_pad) {
+  const ConvGeometry g = pool_geometry(x, kh, kw, sh, sw, ph, pw, 1, 1);
+  py::array_t<float> out({g.B, g.OH, g.OW, g.C});
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    avgpool_nhwc_f32(src, g, count_include_pad, dst);
+  }
+  return out;
+}
+
+py::array_t<float> adaptive_avgpool_nhwc_py(const py::array& x, size_t oh, size_t ow) {
+  require_array<float>(x, "x", 4, "float32");
+  const size_t B = size_t(x.shape(0)), H = size_t(x.shape(1)), W = size_t(x.shape(2)), C = size_t(x.shape(3));
+  if (H < 1 || W < 1) throw py::value_error("x: expected a feature map of at least 1x1");
+  if (oh < 1 || ow < 1) throw py::value_error("oh/ow: expected an output size >= 1");
+  check_elements({B, oh, ow, C}, "adaptive_avgpool output");
+  py::array_t<float> out({B, oh, ow, C});
+  const float* src = static_cast<const float*>(x.data());
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    adaptive_avgpool_nhwc_f32(src, B, H, W, C, oh, ow, dst);
+  }
+  return out;
+}
+// ---- end of the graph ops
+
 // The fused epilogue on its own, for paths that must correct int32 sums
 // between the GEMM and the epilogue (e.g. padding with a nonzero level).
 py::array epilogue_py(const py::array& acc, const py::object& scale, const py::object& bias,
@@ -501,9 +912,9 @@ py::array epilogue_py(const py::array& acc, const py::object& scale, const py::o
                       float inv_step, int qmin, int qmax) {
   require_array<int32_t>(acc, "acc", 2, "int32");
   const size_t M = size_t(acc.shape(0)), N = size_t(acc.shape(1));
-  if (out_kind == "int32") throw py::value_error("out_kind: expected 'float32' or 'codes'");
+  const EpilogueSpec spec(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax);
   Epilogue e;
-  py::array out = make_epilogue(e, M, N, scale, bias, residual_obj, clamp_lo, clamp_hi, out_kind, inv_step, qmin, qmax);
+  py::array out = spec.bind(e, M, N, residual_obj);
   const int32_t* src = static_cast<const int32_t*>(acc.data());
   {
     py::gil_scoped_release release;
@@ -539,18 +950,6 @@ const int16_t* checked_levels(const py::array& levels, int bits) {
       throw py::value_error("a_levels: expected values in [-128, " + std::to_string(hi) + "] for " +
                             std::to_string(bits) + "-bit codes");
   return lv;
-}
-
-py::array conv_output(Epilogue& e, size_t M, size_t N, int32_t** c, const std::string& out_kind,
-                      const py::object& scale, const py::object& bias, const py::object& residual, float clamp_lo,
-                      float clamp_hi, float inv_step, int qmin, int qmax, Tier tier) {
-  if (out_kind == "int32") {
-    py::array_t<int32_t> o = empty_aligned<int32_t>(M, N);
-    *c = o.mutable_data();
-    return o;
-  }
-  e.simd = tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too
-  return make_epilogue(e, M, N, scale, bias, residual, clamp_lo, clamp_hi, out_kind, inv_step, qmin, qmax);
 }
 
 py::list dwconv_kernel_list() {
@@ -601,14 +1000,15 @@ py::array dwconv_py(size_t kernel_index, const py::array& x, int bits, const py:
     max_w = std::max(max_w, std::abs(v));
   }
   call.tap_flush = dwconv_tap_flush(max_a, max_w);
-  py::array out = conv_output(call.epilogue, call.g.B * call.g.OH * call.g.OW, call.g.C, &call.c, out_kind, scale, bias, residual,
-                              clamp_lo, clamp_hi, inv_step, qmin, qmax, k.tier);
+  const auto ep = epilogue_from_args(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  py::array out = gemm_output(ep.get(), call.epilogue, call.g.B * call.g.OH * call.g.OW, call.g.C, residual, &call.c,
+                              k.tier);
   bool ok;
   {
     py::gil_scoped_release release;
     ok = run_dwconv(call);
   }
-  if (!ok) throw py::value_error("x: expected every code in [0, " + std::to_string(1 << bits) + ")");
+  if (!ok) throw_bad_code(call.x, call.g.B * call.g.H * call.g.W * call.g.C, bits, "x", "a_bits");
   return out;
 }
 
@@ -649,14 +1049,15 @@ py::array conv_grouped_py(size_t kernel_index, const py::array& x, int bits, con
                           std::to_string(groups) + " dotgemm layouts) for kernel " + k.name);
   call.x = static_cast<const uint8_t*>(x.data());
   call.w = static_cast<const uint8_t*>(w.data());
-  py::array out = conv_output(call.epilogue, call.g.B * call.g.OH * call.g.OW, cout, &call.c, out_kind, scale, bias, residual,
-                              clamp_lo, clamp_hi, inv_step, qmin, qmax, k.tier);
+  const auto ep = epilogue_from_args(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  py::array out = gemm_output(ep.get(), call.epilogue, call.g.B * call.g.OH * call.g.OW, cout, residual, &call.c,
+                              k.tier);
   bool ok;
   {
     py::gil_scoped_release release;
     ok = run_grouped_conv(call, gg);
   }
-  if (!ok) throw py::value_error("x: expected every code in [0, " + std::to_string(1 << bits) + ")");
+  if (!ok) throw_bad_code(call.x, call.g.B * call.g.H * call.g.W * call.g.C, bits, "x", "a_bits");
   return out;
 }
 // ---- end of depthwise and grouped convolution
@@ -694,6 +1095,33 @@ PYBIND11_MODULE(_core, m) {
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f,
         py::arg("qmin") = 0, py::arg("qmax") = 0, py::arg("col_correction") = py::none());
+  // the prepared GEMM call path (docs/architecture.md, "One GEMM call")
+  py::class_<EpilogueSpec>(m, "GemmEpilogue", "A fused epilogue's parameters, checked once (lowbit.Epilogue.native)")
+      .def(py::init<const std::string&, const py::object&, const py::object&, float, float, float, int, int>(),
+           py::arg("out_kind"), py::arg("scale"), py::arg("bias"), py::arg("clamp_lo") = -INFINITY,
+           py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0);
+  py::class_<PreparedGemm>(m, "PreparedGemm", "One GEMM's weight side, checked once (ops.Bound.native)")
+      .def(py::init<size_t, const py::array&, const py::array&, size_t, uint32_t, uint32_t, uint32_t,
+                    const py::object&, size_t, size_t, int64_t, int, int>(),
+           py::arg("kernel_index"), py::arg("w"), py::arg("tables"), py::arg("N"), py::arg("flush8"),
+           py::arg("flush16"), py::arg("a_code_shift"), py::arg("col_correction"), py::arg("K"), py::arg("k_steps"),
+           py::arg("correction"), py::arg("a_bits") = 0, py::arg("a_group") = 0)
+      .def_property_readonly("N", &PreparedGemm::N)
+      .def_property_readonly("K", &PreparedGemm::K)
+      .def(
+          "run",
+          [](const PreparedGemm& g, const py::object& a, size_t M, size_t k_steps, int64_t correction,
+             const py::object& epilogue, const py::object& residual, const py::object& a_offsets, size_t seg_steps) {
+            return g.run(a, M, k_steps, correction, epilogue_arg(epilogue), residual, a_offsets, seg_steps);
+          },
+          py::arg("a"), py::arg("M"), py::arg("k_steps"), py::arg("correction"), py::arg("epilogue") = py::none(),
+          py::arg("residual") = py::none(), py::arg("a_offsets") = py::none(), py::arg("seg_steps") = 0)
+      .def(
+          "codes",
+          [](const PreparedGemm& g, const py::object& a, const py::object& epilogue, const py::object& residual) {
+            return g.codes(a, epilogue_arg(epilogue), residual);
+          },
+          py::arg("a"), py::arg("epilogue") = py::none(), py::arg("residual") = py::none());
   m.def("epilogue", &epilogue_py, py::arg("acc"), py::arg("scale"), py::arg("bias"), py::arg("residual") = py::none(),
         py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("out_kind") = "float32",
         py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0);
@@ -715,9 +1143,23 @@ PYBIND11_MODULE(_core, m) {
         py::arg("bits"), py::arg("levels"), py::arg("out_cols"), py::arg("tier"), py::arg("pad_rows") = 0);
   m.def("dot8_pack_activations", &pack_levels_py<uint8_t, dot8_pack_activations>, py::arg("codes"),
         py::arg("bits"), py::arg("levels"), py::arg("out_cols"), py::arg("tier"), py::arg("pad_rows") = 0);
-  m.def("quantize_codes", &quantize_codes_py, py::arg("x"), py::arg("step"), py::arg("qn"), py::arg("qp"));
+  // the runtime's graph ops (ops/graph_ops.h)
+  m.def("quantize", &quantize_py, py::arg("x"), py::arg("step"), py::arg("qn"), py::arg("qp"),
+        py::arg("binary") = false, py::arg("pre_step") = py::none(), py::arg("pre_div") = py::none());
+  m.def("quantize_nchw_to_nhwc", &quantize_nchw_to_nhwc_py, py::arg("x"), py::arg("step"), py::arg("qn"),
+        py::arg("qp"), py::arg("binary") = false, py::arg("pre_step") = py::none(), py::arg("pre_div") = py::none());
+  m.def("dequantize", &dequantize_py, py::arg("codes"), py::arg("levels"), py::arg("step"));
+  m.def("nchw_to_nhwc", &nchw_to_nhwc_py, py::arg("x"));
+  m.def("nhwc_to_nchw", &nhwc_to_nchw_py, py::arg("x"));
+  m.def("flatten_nhwc", &flatten_nhwc_py, py::arg("x"));
+  m.def("add", &add_py, py::arg("a"), py::arg("b"));
+  m.def("clamp", &clamp_py, py::arg("x"), py::arg("lo"), py::arg("hi"));
+  m.def("affine", &affine_py, py::arg("x"), py::arg("scale"), py::arg("bias"));
   m.def("maxpool_nhwc", &maxpool_nhwc_py, py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
         py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"));
+  m.def("avgpool_nhwc", &avgpool_nhwc_py, py::arg("x"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"),
+        py::arg("ph"), py::arg("pw"), py::arg("count_include_pad"));
+  m.def("adaptive_avgpool_nhwc", &adaptive_avgpool_nhwc_py, py::arg("x"), py::arg("oh"), py::arg("ow"));
   m.def("im2col_nhwc", &im2col_nhwc_py, py::arg("x"), py::arg("B"), py::arg("H"), py::arg("W"), py::arg("kh"),
         py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"),
         py::arg("pad_code"));

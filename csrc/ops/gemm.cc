@@ -163,6 +163,17 @@ void run_gemm(const GemmCall& call, const GemmGeometry& g) {
   // cut finer (rows first, down to one register tile) until there are at
   // least 4 tasks per thread.
   const size_t mr = size_t(k.mr), nr = size_t(k.nr);
+  if (gemm_runs_inline(call.M, call.N, call.k_steps)) {
+    // A small problem: one task (all rows, packed first when fused, then
+    // every N tile) on the calling thread; the pool is not even asked its size.
+    t.tm = (call.M + mr - 1) / mr * mr;
+    t.tn = (call.N + nr - 1) / nr * nr;
+    t.tasks_n = 1;
+    t.pack_rows = call.pack != nullptr;
+    run_task(&t, 0);
+    if (t.out_of_memory.load()) throw std::bad_alloc();
+    return;
+  }
   t.tm = std::max<size_t>(mr, 32 / mr * mr);
   t.tn = std::max<size_t>(nr, 64 / nr * nr);
   const size_t threads = size_t(get_num_threads());

@@ -64,7 +64,17 @@ struct GemmCall {
   Epilogue epilogue;
 };
 
-// Runs the whole GEMM (multi-threaded). Inputs must already be validated
+// Whether run_gemm runs an M x N x k_steps problem on the calling thread
+// only. Below kGemmInlineWork output-steps (about 5 us of one core's work
+// for grouplut on the AVX2 EPYC) a second thread saves less than waking the
+// pool costs: microseconds on an idle machine, and on a loaded one up to a
+// scheduler time slice, since a parallel_for waits for every worker to check
+// in (measured: a W2A2 8x64x128 GEMM, 3 us inline, 214 us with 2 threads on
+// the 2-vCPU host under shared load; bench/bench_call_overhead.py).
+constexpr size_t kGemmInlineWork = size_t(1) << 17;
+inline bool gemm_runs_inline(size_t M, size_t N, size_t k_steps) { return M * N * k_steps < kGemmInlineWork; }
+
+// Runs the whole GEMM (multi-threaded unless gemm_runs_inline). Inputs must already be validated
 // against gemm_geometry(). Throws std::bad_alloc (on the calling thread)
 // when a task's scratch memory cannot be allocated.
 void run_gemm(const GemmCall& call, const GemmGeometry& g);

@@ -63,8 +63,10 @@ void affine_f32(const float* x, size_t rows, size_t C, const float* scale, const
 void avgpool_nhwc_f32(const float* x, const ConvGeometry& g, bool count_include_pad, float* out);
 // runtime.adaptive_avgpool: output cell (i, j) averages rows
 // [floor(i*H/OH), ceil((i+1)*H/OH)) and columns [floor(j*W/OW), ceil((j+1)*W/OW)):
-// float64 sum in row-major (y, x) order, divided (float64) by the cell count,
-// rounded to float32.
+// float64 sum in row-major (y, x) order with the first tap's value as the
+// start, divided (float64) by the cell count, rounded to float32.
+// Both sums add with NumPy's NaN rule: when both operands are NaN, the sum is
+// the running sum's NaN.
 void adaptive_avgpool_nhwc_f32(const float* x, size_t B, size_t H, size_t W, size_t C, size_t OH, size_t OW,
                                float* out);
 

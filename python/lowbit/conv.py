@@ -330,14 +330,9 @@ def _conv_native(pa, weights, stride, padding, dilation, epilogue, m):
     # the epilogue arguments in the bindings' positional order (all nine, padded for int32/float32 output)
     ep = _INT32_OUTPUT if epilogue is None else epilogue.native_args()
     ep = ep + _NO_REQUANT[len(ep) - 6:]
-    try:
-        y = fn(index, pa.codes.reshape(pa.shape), bits, a_levels, w, *extra, weights.kh, weights.kw, *stride,
-               *padding, *dilation, *ep)
-    except ValueError as exc:
-        if str(exc).startswith("x: expected every code"):
-            raise ValueError(f"x: expected every code in [0, {1 << pa.bits}) for a_bits={pa.bits}, "
-                             f"got max {int(pa.codes.max())}") from None
-        raise
+    # bad codes raise ValueError natively ("x: expected every code in [0, 2**a_bits) ...")
+    y = fn(index, pa.codes.reshape(pa.shape), bits, a_levels, w, *extra, weights.kh, weights.kw, *stride,
+           *padding, *dilation, *ep)
     _dispatch.set_last_kernel(name)
     return y
 

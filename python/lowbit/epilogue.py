@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _core
 from .quant import int_range, inv_step
 
 _ACTIVATIONS = {"none": (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
@@ -92,8 +93,44 @@ class Epilogue:
         if self.residual is not None and self.residual.shape != (m, n):
             raise ValueError(f"epilogue: residual shape {self.residual.shape}, expected {(m, n)}")
 
+    # Fields the native form (native()) is built from: setting one drops it.
+    _NATIVE_FIELDS = frozenset(("scale", "bias", "clamp_lo", "clamp_hi", "requant"))
+
+    def __setattr__(self, name, value):
+        if name in self._NATIVE_FIELDS:
+            self.__dict__.pop("_native", None)
+        object.__setattr__(self, name, value)
+
+    def __copy__(self):
+        """A shallow copy that keeps the native form (the runtime copies an epilogue to set a residual)."""
+        e = object.__new__(Epilogue)
+        e.__dict__.update(self.__dict__)
+        return e
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_native", None)  # native objects do not pickle; rebuilt on first use
+        return state
+
+    def native(self):
+        """The checked native form (``_core.GemmEpilogue``) of everything but the
+        residual, built once: the prepared GEMM call (ops.Bound.native) takes it
+        and the residual, so a call converts and checks nothing again."""
+        spec = self.__dict__.get("_native")
+        if spec is None:
+            r = self.requant
+            if r is None:
+                spec = _core.GemmEpilogue("float32", self.scale, self.bias, float(self.clamp_lo),
+                                          float(self.clamp_hi))
+            else:
+                spec = _core.GemmEpilogue("codes", self.scale, self.bias, float(self.clamp_lo), float(self.clamp_hi),
+                                          float(r.inv_step), r.qmin, r.qmax)
+            self._native = spec
+        return spec
+
     def native_args(self) -> tuple:
-        """The epilogue arguments of _core.gemm, in its positional order
+        """The epilogue arguments of the one-shot bindings (_core.gemm, dwconv,
+        conv_grouped), in their positional order
         (out_kind, scale, bias, residual, clamp_lo, clamp_hi, inv_step, qmin, qmax)."""
         if self.requant is None:
             return ("float32", self.scale, self.bias, self.residual, float(self.clamp_lo), float(self.clamp_hi))

@@ -11,7 +11,7 @@ import numpy as np
 from . import _core, _dispatch
 from . import codebook as cbmod
 from .families import FAMILIES, PREFERENCE
-from .packing import PackedActivations, PackedWeights, check_elements
+from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, _as_code_matrix, check_elements
 
 
 _PLAN_CACHE = {}
@@ -120,11 +120,17 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
     return plan, fam, kern, reasons, measured
 
 
+_FUSED_PACK_FAMILIES = ("grouplut", "grouplut6")  # their GEMM packs (M, K) codes itself
+
+
 @dataclasses.dataclass(frozen=True)
 class Bound:
     """Everything a GEMM of one PackedWeights with one activation setting
     (bits, codebook) needs under the current dispatch state: built once and
-    cached on the PackedWeights, so a call only packs activations and runs."""
+    cached on the PackedWeights, so a call only packs activations and runs.
+    ``native`` (a ``_core.PreparedGemm``) holds the same kernel, layout, tables
+    and geometry on the native side, checked once: a call passes it only the
+    activations and the epilogue (docs/architecture.md, "One GEMM call")."""
     plan: object
     fam: type
     kern: dict
@@ -139,6 +145,9 @@ class Bound:
     _direct: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
     # int32 (N,) subtracted per output channel by the driver, or None (dot8 signed 8-bit activations)
     col_correction: object = dataclasses.field(default=None, compare=False, repr=False)
+    native: object = dataclasses.field(default=None, compare=False, repr=False)
+    # whether native.codes() runs this GEMM straight from (M, K) codes (grouplut families)
+    fused_codes: bool = dataclasses.field(default=False, compare=False, repr=False)
 
     def check_k(self, k: int) -> None:
         if k > self.kmax:
@@ -168,27 +177,30 @@ class Bound:
 
     def run(self, a, m: int, n: int, k_steps: int, correction: int, epilogue=None, a_offsets=None,
             seg_steps: int = 0):
-        """The native GEMM (arguments positional: pybind11 keyword parsing costs microseconds)."""
-        ep = () if epilogue is None else epilogue.native_args()
-        if self.col_correction is not None:
-            y = _core.gemm(self.kern["index"], a, self.w_layout, self.tables, m, n, k_steps, self.flush8,
-                           self.flush16, correction, self.code_shift, a_offsets, seg_steps, *ep,
-                           col_correction=self.col_correction)
-        else:
-            y = _core.gemm(self.kern["index"], a, self.w_layout, self.tables, m, n, k_steps, self.flush8,
-                           self.flush16, correction, self.code_shift, a_offsets, seg_steps, *ep)
+        """The native GEMM on packed activations ``a`` (direct, or indirect with ``a_offsets``)."""
+        if n != self.native.N:
+            raise ValueError(f"n: expected the weights' N={self.native.N}, got {n}")
+        ep, residual = _native_epilogue(epilogue)
+        y = self.native.run(a, m, k_steps, correction, ep, residual, a_offsets, seg_steps)
         _dispatch.set_last_kernel(self.kern["name"])
         return y
 
     def run_codes(self, codes: np.ndarray, n: int, k_steps: int, correction: int, epilogue=None):
         """grouplut only: the native GEMM straight from (M, K) codes, packed inside
-        the GEMM's tasks (each block of rows by the thread that then uses it)."""
-        _, ba, gw = self.plan.params
-        ep = () if epilogue is None else epilogue.native_args()
-        y = _core.gemm_codes(self.kern["index"], codes, ba, gw, self.w_layout, self.tables, n, k_steps, self.flush8,
-                             self.flush16, correction, self.code_shift, *ep)
+        the GEMM's tasks (each block of rows by the thread that then uses it).
+        k_steps/correction must be the direct GEMM's (checked)."""
+        if n != self.native.N or (k_steps, correction) != self.direct(self.native.K):
+            raise ValueError("run_codes: n, k_steps and correction must be the direct GEMM's "
+                             f"({self.native.N}, {self.direct(self.native.K)}), got ({n}, ({k_steps}, {correction}))")
+        ep, residual = _native_epilogue(epilogue)
+        y = self.native.codes(codes, ep, residual)
         _dispatch.set_last_kernel(self.kern["name"])
         return y
+
+
+def _native_epilogue(epilogue) -> tuple:
+    """(checked native epilogue or None, residual or None) of a lowbit.Epilogue or None."""
+    return (None, None) if epilogue is None else (epilogue.native(), epilogue.residual)
 
 
 def _bind(packed: PackedWeights, a_bits: int, cb_a: np.ndarray, shape=None) -> Bound:
@@ -201,21 +213,51 @@ def _bind(packed: PackedWeights, a_bits: int, cb_a: np.ndarray, shape=None) -> B
     col = None
     if plan.family == "dot8" and plan.params[5]:  # signed 8-bit activations stored as level + offset
         col = packed.layout(("col_correction", plan), lambda codes: fam.channel_correction(codes, plan))
-    return Bound(plan, fam, kern, w_layout, tables, flush8, flush16, step_bias, fam.code_shift(plan), kmax,
-                 int(cb_a[0]) * int(cb_w[0]), col_correction=col)
+    bound = Bound(plan, fam, kern, w_layout, tables, flush8, flush16, step_bias, fam.code_shift(plan), kmax,
+                  int(cb_a[0]) * int(cb_w[0]), col_correction=col)
+    k_steps, correction = bound.direct(packed.K)
+    fused = plan.family in _FUSED_PACK_FAMILIES
+    group = plan.params[2] if fused else 0  # grouplut plans: (w_bits, a_bits, codes per byte)
+    native = _core.PreparedGemm(kern["index"], w_layout, tables, packed.N, flush8, flush16, bound.code_shift, col,
+                                packed.K, k_steps, correction, a_bits if fused else 0, group)
+    return dataclasses.replace(bound, native=native, fused_codes=fused)
 
 
 def _prepare(pa: PackedActivations, packed: PackedWeights, m: int, k: int) -> Bound:
     """The cached Bound for these activations' bits/codebook and an (m, N, k)
     GEMM (its shape class, when autotuning); checks K_max for depth k."""
+    return _prepare_setting(pa.bits, pa.codebook, pa.codebook_key, packed, m, k)
+
+
+def _prepare_setting(bits: int, codebook: np.ndarray, codebook_key: bytes, packed: PackedWeights, m: int,
+                     k: int) -> Bound:
     state = _dispatch.state()
-    cls = (max(m - 1, 0).bit_length(), max(k - 1, 0).bit_length()) if state[-1] else None  # = autotune.shape_class
-    key = (pa.bits, pa.codebook_key, state, cls)
+    cls = None
+    if state[3]:  # autotuning: the shape class (= autotune.shape_class) is part of the key
+        cls = ((m - 1).bit_length() if m > 0 else 0, (k - 1).bit_length() if k > 0 else 0)
+    key = (bits, codebook_key, state, cls)
     bound = packed._bound.get(key)
     if bound is None:
-        bound = packed._bound[key] = _bind(packed, pa.bits, pa.codebook, (m, packed.N, k))
-    bound.check_k(k)
+        bound = packed._bound[key] = _bind(packed, bits, codebook, (m, packed.N, k))
+    if k > bound.kmax:
+        bound.check_k(k)
     return bound
+
+
+_SETTINGS = {}  # a_bits (int) -> (bits, default codebook, its bytes): gemm() with a_codebook=None
+
+
+def _activation_setting(a_bits, a_codebook) -> tuple:
+    """(bits, int32 codebook, codebook bytes) of gemm()'s a_bits/a_codebook, checked."""
+    cacheable = a_codebook is None and type(a_bits) is int
+    hit = _SETTINGS.get(a_bits) if cacheable else None
+    if hit is None:
+        bits = cbmod.check_bits(a_bits, "bits")
+        cb = cbmod.normalize(a_codebook, bits, "codebook")
+        hit = (bits, cb, cb.tobytes())
+        if cacheable:
+            _SETTINGS[a_bits] = hit
+    return hit
 
 
 def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, epilogue=None) -> np.ndarray:
@@ -230,6 +272,7 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
     if not isinstance(packed, PackedWeights):
         raise TypeError(f"packed: expected lowbit.PackedWeights (from lowbit.pack_weights), "
                         f"got {type(packed).__name__}")
+    bound = None
     if isinstance(a, PackedActivations):
         if a_bits is not None and int(a_bits) != a.bits:
             raise ValueError(f"a_bits: {a_bits} does not match the PackedActivations ({a.bits} bits)")
@@ -239,24 +282,30 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
     else:
         if a_bits is None:
             raise TypeError("a_bits: required when a holds raw codes (a PackedActivations carries its own)")
-        # code range is checked by the native packer below
-        pa = PackedActivations.from_codes(a, a_bits, a_codebook, validate=False)
+        m = a.shape[0] if isinstance(a, np.ndarray) and a.ndim == 2 else -1
+        # (sizes past the limit take the checked path below, refused before the weights are prepared)
+        if 0 <= m and m * packed.K <= MAX_ELEMENTS and m * packed.N <= MAX_ELEMENTS:
+            bits, cb, cb_key = _activation_setting(a_bits, a_codebook)
+            bound = _prepare_setting(bits, cb, cb_key, packed, m, packed.K)
+            if bound.fused_codes:
+                # plain codes, used once: packed inside the GEMM (not cached); the native
+                # side checks a (dtype, K, code range) and the epilogue
+                if epilogue is None:
+                    y = bound.native.codes(a)
+                else:
+                    y = bound.native.codes(a, epilogue.native(), epilogue.residual)
+                _dispatch.set_last_kernel(bound.kern["name"])
+                return y
+            # the other families pack first: a is checked here, its codes by the native packer
+            pa = PackedActivations(_as_code_matrix(a, "a_codes"), bits, cb)
+        else:
+            pa = PackedActivations.from_codes(a, a_bits, a_codebook, validate=False)  # (raises the errors)
     if pa.K != packed.K:
         raise ValueError(f"a: K mismatch: activations have K={pa.K}, weights have K={packed.K}")
     check_elements((pa.M, packed.N), "output")
-    bound = _prepare(pa, packed, pa.M, pa.K)
+    if bound is None:
+        bound = _prepare(pa, packed, pa.M, pa.K)
     k_steps, correction = bound.direct(pa.K)
-    if epilogue is not None:
-        epilogue.check(packed.N, pa.M)
-    if pa is not a and bound.plan.family in ("grouplut", "grouplut6"):
-        # plain codes, used once: packed inside the GEMM (not cached)
-        try:
-            return bound.run_codes(pa.codes, packed.N, k_steps, correction, epilogue)
-        except ValueError as exc:
-            if str(exc).startswith("a: expected every code"):
-                raise ValueError(f"a_codes: expected every code in [0, {1 << pa.bits}) for bits={pa.bits}, "
-                                 f"got max {int(pa.codes.max())}") from None
-            raise
     a_packed = pa.packed((bound.plan.family, bound.plan.params, bound.kern["tier_rank"] > 0), bound.pack)
     return bound.run(a_packed, pa.M, packed.N, k_steps, correction, epilogue)
 

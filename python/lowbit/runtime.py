@@ -421,7 +421,16 @@ def _to_numpy(x):
 def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     """LSQ codes of float32 ``x``: clamp(round_half_even(x / step), Qn, Qp) - Qn, computed in
     float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0).
-    The native kernel and :func:`lowbit.quant.quantize_codes` (the reference) agree bit for bit."""
+    ``native``: the native op (``_core.quantize``; an NHWC view of NCHW memory, the model
+    input, is read in place by ``_core.quantize_nchw_to_nhwc``). :func:`lowbit.quant.quantize_codes`
+    is the reference; the two agree bit for bit."""
+    if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
+        pre = attrs.get("pre_step")
+        args = (float(np.float32(attrs["step"])), int(attrs["qn"]), int(attrs["qp"]), bool(attrs.get("binary")),
+                None if pre is None else float(pre), None if pre is None else float(attrs["pre_div"]))
+        if x.ndim == 4 and not x.flags.c_contiguous and x.transpose(0, 3, 1, 2).flags.c_contiguous:
+            return _core.quantize_nchw_to_nhwc(x.transpose(0, 3, 1, 2), *args)
+        return _core.quantize(np.ascontiguousarray(x), *args)
     if attrs.get("binary"):
         return _quant.quantize_codes(x, 1.0, 0, 1, binary=True)
     if attrs.get("pre_step") is not None:
@@ -431,13 +440,15 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
         x *= np.float32(1.0 / attrs["pre_div"])
         attrs = dict(attrs, step=1.0)
     qn = attrs["qn"]
-    if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
-        return _core.quantize_codes(np.ascontiguousarray(x), float(np.float32(attrs["step"])), int(qn),
-                                    int(attrs["qp"]))
     return _quant.quantize_codes(x, attrs["step"], qn, attrs["qp"])
 
 
-def dequantize(c: CodeTensor) -> np.ndarray:
+def dequantize(c: CodeTensor, native: bool = True) -> np.ndarray:
+    """float32(level) * float32(step) of each code (native: ``_core.dequantize``;
+    the reference: :func:`lowbit.quant.dequantize`)."""
+    if native:
+        return _core.dequantize(np.ascontiguousarray(c.codes), np.ascontiguousarray(c.levels),
+                                float(np.float32(c.step)))
     return _quant.dequantize(c.levels, c.codes, c.step)
 
 
@@ -476,9 +487,19 @@ def maxpool(x, attrs, native: bool = True):
     return out
 
 
-def avgpool(x, attrs):
+def avgpool(x, attrs, native: bool = True):
+    """NHWC average pooling: float64 sums of the window taps in (ky, kx) order (the first
+    tap's value, 0.0 for padding, as the start), divided by the window size (or, without
+    count_include_pad, by its in-image taps), rounded to float32. ``native``: ``_core.avgpool_nhwc``
+    for float32 input; the NumPy lines below are the reference."""
+    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
+    if native and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4:
+        try:
+            return _core.avgpool_nhwc(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw,
+                                      bool(attrs["count_include_pad"]))
+        except ValueError as exc:
+            raise ValueError(f"pooling: {exc}") from None
     acc, ones = None, None
-    (kh, kw), (ph, pw) = attrs["kernel"], attrs["padding"]
     for v, (oh, ow) in _pool_windows(x.astype(np.float64), attrs["kernel"], attrs["stride"], attrs["padding"],
                                      (1, 1), 0.0):
         acc = v.copy() if acc is None else acc + v
@@ -492,30 +513,44 @@ def avgpool(x, attrs):
     return (acc / ones).astype(np.float32)
 
 
-def adaptive_avgpool(x, attrs):
+def adaptive_avgpool(x, attrs, native: bool = True):
+    """Output cell (i, j) averages rows [floor(i*H/OH), ceil((i+1)*H/OH)) and columns
+    [floor(j*W/OW), ceil((j+1)*W/OW)) (torch's rule): a float64 sum of the cell's taps in
+    row-major (y, x) order, the first tap's value as the start, then one float64 division by
+    the tap count, rounded to float32. ``native``: ``_core.adaptive_avgpool_nhwc`` for float32
+    input; the NumPy lines below are the reference (explicit order, not np.mean's)."""
     b, h, w, c = x.shape
     oh, ow = attrs["output_size"]
     oh = h if oh is None else oh
     ow = w if ow is None else ow
     check_elements((b, oh, ow, c), "adaptive_avgpool output")
-    if (oh, ow) == (1, 1):
-        return x.astype(np.float64).mean(axis=(1, 2), keepdims=True).astype(np.float32)
+    if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
+        return _core.adaptive_avgpool_nhwc(np.ascontiguousarray(x), oh, ow)
     out = np.empty((b, oh, ow, c), np.float32)
     for i in range(oh):
         y0, y1 = (i * h) // oh, -((-(i + 1) * h) // oh)
         for j in range(ow):
             x0, x1 = (j * w) // ow, -((-(j + 1) * w) // ow)
-            out[:, i, j] = x[:, y0:y1, x0:x1].astype(np.float64).mean(axis=(1, 2))
+            acc = None
+            for y in range(y0, y1):
+                for xx in range(x0, x1):
+                    tap = x[:, y, xx].astype(np.float64)
+                    acc = tap if acc is None else acc + tap
+            out[:, i, j] = acc / ((y1 - y0) * (x1 - x0))
     return out
 
 
-def _flatten(v):
+def _flatten(v, native: bool = True):
+    """NHWC (B, H, W, C) -> (B, C*H*W) in NCHW order, float or codes (native: ``_core.flatten_nhwc``)."""
     if isinstance(v, CodeTensor):
         c = v.codes
         if c.ndim == 4:
-            c = np.ascontiguousarray(c.transpose(0, 3, 1, 2)).reshape(c.shape[0], -1)
+            c = _core.flatten_nhwc(np.ascontiguousarray(c)) if native else \
+                np.ascontiguousarray(c.transpose(0, 3, 1, 2)).reshape(c.shape[0], -1)
         return CodeTensor(c, v.bits, v.levels, v.step)
     if v.ndim == 4:
+        if native and v.dtype == np.float32:
+            return _core.flatten_nhwc(np.ascontiguousarray(v))
         return np.ascontiguousarray(v.transpose(0, 3, 1, 2)).reshape(v.shape[0], -1)
     return v
 
@@ -768,12 +803,12 @@ class Model:
                 raise RuntimeError(f"node {n.name!r}: quantize got codes")
             return CodeTensor(quantize(x, a, native=not reference), a["bits"], a["levels"], a["step"])
         if op == "dequantize":
-            return dequantize(args[0])
+            return dequantize(args[0], native=not reference)
         if op in _QUANTIZED:
             return self._run_quantized(n, args, reference)
         x = args[0]
         if op == "flatten":
-            return _flatten(x)
+            return _flatten(x, native=not reference)
         if op == "concat":
             return concat_channels(args, n.name)
         if op == "pad":
@@ -789,19 +824,27 @@ class Model:
             from .floatops import linear_f32
 
             return linear_f32(x, n.arrays["w"], n.arrays["bias"])
+        native = not reference and x.dtype == np.float32
         if op == "add":
-            return np.add(x, args[1], dtype=np.float32)
+            y = args[1]
+            if native and y.dtype == np.float32 and y.shape == x.shape:
+                return _core.add(np.ascontiguousarray(x), np.ascontiguousarray(y))
+            return np.add(x, y, dtype=np.float32)
         if op == "clamp":
             lo, hi = _bounds(a)
+            if native:
+                return _core.clamp(np.ascontiguousarray(x), float(lo), float(hi))
             return np.minimum(np.maximum(x, np.float32(lo)), np.float32(hi))
         if op == "affine":
+            if native and x.ndim >= 1 and x.shape[-1] == n.arrays["scale"].shape[0]:
+                return _core.affine(np.ascontiguousarray(x), n.arrays["scale"], n.arrays["bias"])
             return (x * n.arrays["scale"] + n.arrays["bias"]).astype(np.float32)
         if op == "maxpool":
-            return maxpool(x, a, native=not reference)
+            return maxpool(x, a, native=native)
         if op == "avgpool":
-            return avgpool(x, a)
+            return avgpool(x, a, native=native)
         if op == "adaptive_avgpool":
-            return adaptive_avgpool(x, a)
+            return adaptive_avgpool(x, a, native=native)
         raise AssertionError(op)
 
     # ---- conv / linear -----------------------------------------------------------------------
