@@ -77,6 +77,15 @@ SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Ad
                  "Concat")
 
 
+# What to do about ops that models commonly use on activations and lowbit does not run
+_HINTS = {
+    "Unsqueeze": "activations stay (N, C, H, W) or (N, F) in lowbit: keep the pooled map 4-D instead of "
+                 "flattening and unsqueezing it (e.g. a 1x1 conv after GlobalAveragePool)",
+    "Expand": "broadcast a per-channel constant with Mul/Add instead",
+    "Slice": "split channels into separate convs instead of slicing an activation",
+    "Split": "split channels into separate convs instead of splitting an activation",
+}
+
 # Import limits on the graph input's C, H, W (docs/robustness.md): one image of
 # at most 2**28 values (1 GiB of float32), no dimension above 2**20.
 _MAX_IMAGE_DIM = 1 << 20
@@ -408,7 +417,7 @@ class _Converter:
                 where.setdefault(key, []).append(n.name or n.output[0])
         if bad:
             parts = [f"{k} x{v} ({', '.join(where[k][:3])}{', ...' if len(where[k]) > 3 else ''})"
-                     for k, v in sorted(bad.items())]
+                     + (f" [{_HINTS[k]}]" if k in _HINTS else "") for k, v in sorted(bad.items())]
             raise QonnxConversionError(
                 "lowbit.from_qonnx: unsupported node types in the graph: " + "; ".join(parts)
                 + ". Supported on activations: " + ", ".join(SUPPORTED_OPS)

@@ -373,6 +373,19 @@ def test_zoo_large(name, tmp_path):
     assert r["top1_agreement"] >= min(0.99, self_agree) - 2.0 / n
 
 
+@needs_brevitas
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["quant_vgg11", "quant_vgg11_bn"])
+def test_zoo_vgg(name, tmp_path):
+    """The zoo's VGGs (8-bit weights and activations, float first conv, 416x416 inputs: QuantVGG's
+    classifier needs a 13x13 feature map) import like the others; vgg13/16/19 (and their _bn
+    variants) add only more of the same layers. Minutes each on 2 cores: 2 inputs."""
+    r, iso, _ = _zoo_parity(name, 2, tmp_path, end_to_end_min=0.5)
+    ops = [n.op for n in r["model"].nodes]
+    assert ops.count("conv_f32") == 1 and ops.count("conv") == 7 and ops.count("linear") == 3
+    assert iso["top1_agreement"] == 1.0
+
+
 # ProxylessNAS (residual adds between 4-bit layers, random weights): the ~10 codes that differ at
 # rounding ties across 64M (layer by layer, top-1 and logits agree) grow end to end into ~11% of
 # all codes, and top-1 agreement was 0.25 (4b) and 0.625 (4b5b) on 8 inputs. qonnx's one-ulp

@@ -321,7 +321,7 @@ def test_unsupported_nodes_are_listed():
     with pytest.raises(lbq.QonnxConversionError) as e:
         lbq.from_qonnx(model)
     msg = str(e.value)
-    assert "Unsqueeze x2" in msg and "Sigmoid x1" in msg
+    assert "Unsqueeze x2" in msg and "Sigmoid x1" in msg and "keep the pooled map 4-D" in msg
 
 
 # (float inputs, float weights and per-channel activation scales are supported: test_brevitas_zoo.py)
