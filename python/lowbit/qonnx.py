@@ -510,10 +510,9 @@ class _Converter:
         name = self.add(cd.node + ".pad", "pad", [cd.node], {"pads": [int(p) for p in pads], "source": where})
         return _Codes(name, cd.bits, cd.levels, cd.step, cd.chan)
 
-    def _pad_float(self, fl, pads, value, where):
-        """Float value ``fl`` padded explicitly with ``value`` (0.0, or -inf before a max pool)."""
-        return self.add(fl + ".pad", "pad", [fl], {"pads": [int(p) for p in pads], "value": float(value),
-                                                   "source": where})
+    def _pad_float(self, fl, pads, fill, where):
+        """Float value ``fl`` padded explicitly with ``fill``: "zero", or "-inf" before a max pool."""
+        return self.add(fl + ".pad", "pad", [fl], {"pads": [int(p) for p in pads], "fill": fill, "source": where})
 
     # ---- values --------------------------------------------------------------------------------
     def const(self, name, where, allow_q=True):
@@ -903,7 +902,7 @@ class _Converter:
         b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32).reshape(-1)
         fl = self.float_of(x, where)
         if extra_pad is not None and any(extra_pad):
-            fl = self._pad_float(fl, extra_pad, 0.0, where)
+            fl = self._pad_float(fl, extra_pad, "zero", where)
         attrs = {"source": f"{n.name or n.output[0]} ({n.op_type})", "module": n.name or n.output[0], **extra}
         name = self.add(n.name or n.output[0], op, [fl], attrs, {"w": np.ascontiguousarray(w), "bias": b})
         self.vals[n.output[0]] = _Act(out_shape, fl=name)
@@ -1177,7 +1176,7 @@ class _Converter:
         lazy = x.pre is not None and x.fl is None and x.cd is None and x.perm is None
         src = x.pre if lazy else self.float_of(x, where)
         if any(extra_pad):   # -inf never wins (no window lies wholly in the padding)
-            src = self._pad_float(src, extra_pad, -math.inf, where)
+            src = self._pad_float(src, extra_pad, "-inf", where)
         name = self.add(n.name or n.output[0], "maxpool", [src], {"kernel": ks, "stride": stride, "padding": pad,
                                                                   "dilation": dil, "source": f"{n.name} (MaxPool)"})
         # The maximum of values on a grid is on the grid (padding is -inf and never wins), and
@@ -1199,7 +1198,7 @@ class _Converter:
                 raise QonnxConversionError(f"{where}: asymmetric padding {[p + q for p, q in zip(pad * 2, extra_pad)]}"
                                            " with count_include_pad=0 is not supported (pad symmetrically, or "
                                            "set count_include_pad=1)")
-            fl = self._pad_float(fl, extra_pad, 0.0, where)
+            fl = self._pad_float(fl, extra_pad, "zero", where)
         name = self.add(n.name or n.output[0], "avgpool", [fl],
                         {"kernel": ks, "stride": stride, "padding": pad,
                          "count_include_pad": include_pad,

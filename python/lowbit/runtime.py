@@ -47,10 +47,10 @@ Ops (inputs -> output):
                     all float32 (NHWC or (B, F)), or all codes of one grid (same bits,
                     levels and step: the codes are concatenated, which is exact); a
                     mixture is a graph error (a front end dequantizes first)
-``pad``             float or codes NHWC -> the same, zero-padded by ``attrs['pads']``
-                    ``[top, left, bottom, right]``: float pads with ``attrs['value']``
-                    (0.0, or -inf in front of a max pool); codes pad with the code of
-                    level 0 (a graph error when the levels have no 0)
+``pad``             float or codes NHWC -> the same, padded by ``attrs['pads']``
+                    ``[top, left, bottom, right]`` with ``attrs['fill']``: ``"zero"``
+                    (float 0.0; codes: the code of level 0, a graph error when the
+                    levels have no 0) or ``"-inf"`` (float only: in front of a max pool)
 
 The model output is the value of the last node: float32 (B, F) logits (a 4-D
 output is returned as NCHW).
@@ -340,8 +340,7 @@ _ATTRS = {
                 ("count_include_pad", lambda v: isinstance(v, bool), "a bool", _MISSING)],
     "pad": [("pads", lambda v: isinstance(v, (list, tuple)) and len(v) == 4 and all(_nonneg_int(x) for x in v),
              "[top, left, bottom, right] ints >= 0", _MISSING),
-            ("value", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)
-             and (math.isfinite(v) or v == -math.inf), "a finite number or -inf", 0.0)],
+            ("fill", lambda v: v in ("zero", "-inf"), "'zero' or '-inf'", "zero")],
     "adaptive_avgpool": [("output_size", _is_pair(lambda x: x is None or _pos_int(x)), "a pair of ints >= 1 or null",
                           _MISSING)],
 }
@@ -575,21 +574,24 @@ def concat_channels(values, name="concat"):
     return CodeTensor(np.concatenate(arrays, axis=-1), first.bits, first.levels, first.step)
 
 
-def pad_nhwc(x, pads, value=0.0, name="pad"):
+def pad_nhwc(x, pads, fill="zero", name="pad"):
     """The ``pad`` op: NHWC ``x`` (float32 or a CodeTensor) padded by ``pads`` = [top, left,
-    bottom, right] rows/columns; float with ``value``, codes with the code of level 0."""
+    bottom, right] rows/columns with ``fill``: "zero" (codes: the code of level 0) or "-inf"
+    (float only)."""
     t, l, b, r = (int(p) for p in pads)
     arr = x.codes if isinstance(x, CodeTensor) else x
     if arr.ndim != 4:
         raise ValueError(f"node {name!r}: pad needs an NHWC input, got shape {arr.shape}")
     if isinstance(x, CodeTensor):
+        if fill != "zero":
+            raise RuntimeError(f"node {name!r}: pad of codes with {fill} (graph error)")
         zero = np.flatnonzero(x.levels == 0)
         if zero.size == 0:
             raise RuntimeError(f"node {name!r}: pad of codes whose levels {x.levels.tolist()} have no 0 "
                                "(graph error)")
         fill = zero[0]
     else:
-        fill = np.float32(value)
+        fill = np.float32(0.0 if fill == "zero" else -np.inf)
     bn, h, w, c = arr.shape
     check_elements((bn, h + t + b, w + l + r, c), "pad output")
     out = np.full((bn, h + t + b, w + l + r, c), fill, arr.dtype)
@@ -812,7 +814,7 @@ class Model:
         if op == "concat":
             return concat_channels(args, n.name)
         if op == "pad":
-            return pad_nhwc(x, a["pads"], a["value"], n.name)
+            return pad_nhwc(x, a["pads"], a["fill"], n.name)
         if isinstance(x, CodeTensor):
             raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
         if op == "conv_f32":
