@@ -242,3 +242,21 @@ def test_lowering_requantizes_into_epilogues_in_front_of_a_concat():
     g = lw.lower(nodes, "cat")
     assert [n.op for n in g.nodes] == ["input", "quantize", "conv", "quantize", "conv", "concat"]
     assert g.nodes[2].attrs["requant"] is None
+
+
+def test_parity_rule_reads_the_value_before_a_pooled_quantizer():
+    """lowbit max-pools before quantizing, so its codes of a MaxPool output are compared with
+    qonnx's there; where they differ, tests/python/parity.py takes the max-pooled value before
+    the quantizer (asymmetric pads included): quantizing it gives qonnx's pooled codes."""
+    from parity import _quantizer_input
+
+    g = G()
+    q = g.quant("x", 0.5, 4)
+    p = g.op("MaxPool", [q], kernel_shape=[2, 2], strides=[2, 2], pads=[0, 1, 1, 0])
+    mw = lbq._qonnx_executor(g.model(p, [1, 2, 5, 5]), 3)
+    x = np.random.default_rng(0).standard_normal((3, 2, 5, 5)).astype(np.float32)
+    _, ctx = lbq.qonnx_execute(mw.model, x, 3, full=True)
+    out = mw.graph.output[0].name
+    pre, mode = _quantizer_input(mw.graph, out, ctx[0], ctx[0][out].shape)
+    assert mode == "ROUND" and pre.shape == (3, 2, 3, 3)
+    np.testing.assert_array_equal(lbq.quant_numpy(pre, 0.5, 0.0, 4, True, False)[0], ctx[0][out])
