@@ -23,7 +23,11 @@ every side (lowbit: quantize + pack; torch/onnxruntime int8: QuantizeLinear).
 Then the lowbit model runs again with instrumentation to say where the time goes: native
 kernels (GEMM with its fused epilogue), the epilogue's share (the same epilogue run on its own
 over the layer's int32 sums), native activation packing and im2col gathers, NumPy graph ops (input quantization, pooling, adds),
-and the rest = Python/NumPy glue. Outputs (default): bench/results/e2e_resnet18.{json,md}
+and the rest = Python/NumPy glue. That breakdown is of the Python executor (node by node); the
+native executor (lowbit.executor, one native call per forward pass, the default) gets its own from
+its per-step timers: GEMM/conv steps (kernels with their fused epilogue), packing, graph ops, and
+the rest (entering and leaving the call). ``--lowbit-only`` times just the two lowbit executors.
+Outputs (default): bench/results/e2e_resnet18.{json,md}
 and e2e_resnet18_layers.png (per-layer time, stacked by component).
 """
 from __future__ import annotations
@@ -48,7 +52,8 @@ from common import REPO, fingerprint  # noqa: E402
 
 RESULTS = HERE / "results"
 NAMES = {"torch_fp32": "torch fp32", "torch_int8_x86": "torch int8 x86", "torch_int8_qnnpack": "torch int8 qnnpack",
-         "ort_int8": "onnxruntime int8 (QDQ)", "lowbit_w2a2": "lowbit W2A2 (8-bit first/last)"}
+         "ort_int8": "onnxruntime int8 (QDQ)", "lowbit_w2a2": "lowbit W2A2 (8-bit first/last)",
+         "lowbit_w2a2_python": "lowbit W2A2, Python executor (node by node)"}
 
 
 # ------------------------------------------------------------------------------------- models
@@ -81,7 +86,7 @@ def resnet18(num_classes=1000):
     return ResNet18()
 
 
-def build_models(threads, calib, want_ort=True, log=print):
+def build_models(threads, calib, want_ort=True, log=print, want_int8=True):
     import torch
 
     import lowbit
@@ -110,7 +115,7 @@ def build_models(threads, calib, want_ort=True, log=print):
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    for engine in ("x86", "qnnpack"):
+    for engine in ("x86", "qnnpack") if want_int8 else ():
         if engine not in torch.backends.quantized.supported_engines:
             continue
         torch.backends.quantized.engine = engine
@@ -171,6 +176,7 @@ def callables(models, x):
             continue
         if name == "lowbit_w2a2":
             out[name] = (lambda m=m: m(x))
+            out[name + "_python"] = (lambda m=m: m.run(x, executor="python"))
         elif name == "ort_int8":
             out[name] = (lambda s=m: s.run(None, {"x": x}))
         else:
@@ -219,18 +225,19 @@ def time_interleaved2(fns, rounds, warmup, min_time):
 
 
 # ------------------------------------------------------------------------------ breakdown
-def breakdown(m, x, repeats):
+def breakdown(m, x, repeats, thread_cpu=False):
     """Where lowbit's time goes: per node and per component (see the module docstring).
 
     The model runs node by node ``repeats`` times with perf_counter around every node and
     around the native calls (lowbit._core.gemm and the activation packers, wrapped for the
     occasion); per-node figures are medians. The fused epilogue's share of a conv/linear is
     estimated by the same epilogue run on its own (lowbit._core.epilogue, the code the kernels
-    call per tile) over that layer's int32 sums, capped at the layer's native time."""
+    call per tile) over that layer's int32 sums, capped at the layer's native time.
+    ``thread_cpu`` (one thread): the calling thread's CPU time instead of wall time."""
     from lowbit import _core
     from lowbit.conv import conv2d, linear
 
-    clock = time.perf_counter
+    clock = time.thread_time if thread_cpu else time.perf_counter
     native = {"gemm": 0.0, "pack": 0.0}
     originals = {}
 
@@ -246,8 +253,20 @@ def breakdown(m, x, repeats):
                 native[kind] += clock() - t0
         setattr(_core, name, w)
 
+    prepared = getattr(_core, "PreparedGemm", None)  # ops.Bound.native: the GEMM call of the prepared path
+    prepared_originals = {}
+    for name in ("run", "codes") if prepared is not None else ():
+        fn = prepared_originals[name] = getattr(prepared, name)
+
+        def method(self, *a, _fn=fn, **k):
+            t0 = clock()
+            try:
+                return _fn(self, *a, **k)
+            finally:
+                native["gemm"] += clock() - t0
+        setattr(prepared, name, method)
     for name in dir(_core):
-        if name in ("gemm", "epilogue"):
+        if name in ("gemm", "epilogue", "dwconv", "conv_grouped"):
             wrap(name, "gemm")
         elif ("pack" in name or "gather" in name or "im2col" in name) and callable(getattr(_core, name)):
             wrap(name, "pack")
@@ -288,6 +307,8 @@ def breakdown(m, x, repeats):
     finally:
         for name, fn in originals.items():
             setattr(_core, name, fn)
+        for name, fn in prepared_originals.items():
+            setattr(prepared, name, fn)
     med = lambda v: float(np.median(v)) if v else 0.0  # noqa: E731
     per_node = []
     for n in m.nodes:
@@ -315,8 +336,55 @@ def breakdown(m, x, repeats):
     return {"total_ms": tot_ms, "components_ms": comp, "per_node": per_node, "repeats": repeats}
 
 
+def native_breakdown(m, x, repeats, thread_cpu):
+    """Where the native executor's time goes. Each repeat times ``m(x)`` whole, the plan's
+    native call alone, and the plan's per-step timers inside the native call; the figures
+    are medians (per step, then summed by step kind), so one disturbed step on this shared
+    machine does not move them. ``thread_cpu`` (one thread: every step computes on the
+    caller): the calling thread's CPU time instead of wall time, as the timings above."""
+    from lowbit import executor
+
+    m(x)
+    plan = executor.plan_for(m, x.shape)
+    out = np.empty(plan.out_shape, np.float32)
+    kinds = plan.core.step_kinds
+    groups = {"GEMM and convolution kernels with their fused epilogue (native)": ("gemm", "dwconv", "conv_grouped"),
+              "activation packing, im2col, channel slices (native)": ("pack", "im2col", "channel_slice"),
+              "graph ops: quantize, pools, adds, layout (native)":
+                  ("quantize", "dequantize", "layout", "add", "clamp", "affine", "pool")}
+    clock = time.thread_time if thread_cpu else time.perf_counter
+    whole, call, steps = [], [], []
+    for _ in range(repeats):
+        t0 = clock()
+        m(x)
+        t1 = clock()
+        plan.core.run(x, out, False)
+        t2 = clock()
+        whole.append(t1 - t0)
+        call.append(t2 - t1)
+        steps.append(plan.core.run(x, out, "thread_cpu" if thread_cpu else True))
+    med = lambda v: 1e3 * float(np.median(v))  # noqa: E731
+    per_step = [med(col) for col in zip(*steps)]
+    tot, native_call = med(whole), med(call)
+    comp = {k: sum(t for t, kind in zip(per_step, kinds) if kind in members) for k, members in groups.items()}
+    comp["between steps inside the native call"] = max(0.0, native_call - sum(per_step))
+    comp["entering and leaving the native call (Python: checks, plan lookup, output array)"] = max(
+        0.0, tot - native_call)
+    kernels = comp["GEMM and convolution kernels with their fused epilogue (native)"]
+    return {"total_ms": tot, "components_ms": comp, "outside_kernels_share": 1 - kernels / tot,
+            "steps": len(kinds), "arena_bytes": plan.core.arena_bytes, "buffer_bytes": plan.core.buffer_bytes,
+            "repeats": repeats, "clock": "thread CPU time" if thread_cpu else "wall time"}
+
+
+def python_outside_share(bd):
+    """Share of the Python executor's time outside the GEMM kernels and their fused epilogue."""
+    c = bd["components_ms"]
+    inside = c["kernels (native GEMM, excluding epilogue)"] + c["fused epilogue (scale/bias/residual/clamp/requant)"]
+    return 1 - inside / bd["total_ms"]
+
+
 # ----------------------------------------------------------------------------------- one run
-def run_one(threads, rounds, min_time, want_ort, out_path, breakdown_repeats):
+def run_one(threads, rounds, min_time, want_ort, out_path, breakdown_repeats, lowbit_only=False):
     import torch
 
     torch.set_num_threads(threads)  # before any qnnpack use: it fixes its thread count at first use
@@ -327,7 +395,9 @@ def run_one(threads, rounds, min_time, want_ort, out_path, breakdown_repeats):
     rng = np.random.default_rng(0)
     calib = [torch.from_numpy(rng.normal(size=(4, 3, 224, 224)).astype(np.float32)) for _ in range(2)]
     log("building models ...")
-    models, info = build_models(threads, calib, want_ort, log)
+    models, info = build_models(threads, calib, want_ort and not lowbit_only, log, want_int8=not lowbit_only)
+    if lowbit_only:
+        models.pop("torch_fp32")
     x = np.ascontiguousarray(calib[0][:1].numpy())
 
     # sanity: the lowbit model reproduces its fake-quant twin
@@ -353,11 +423,19 @@ def run_one(threads, rounds, min_time, want_ort, out_path, breakdown_repeats):
                                              if "median_ms" in v else v["error"]))
     info["loadavg_after_timing"] = list(os.getloadavg())
     log("lowbit breakdown ...")
-    bd = breakdown(m, x, breakdown_repeats)
+    bd = breakdown(m, x, breakdown_repeats, threads == 1)
+    bd["outside_kernels_share"] = python_outside_share(bd)
+    nbd = native_breakdown(m, x, max(breakdown_repeats, 15), threads == 1)
+    log(f"  Python executor: {bd['total_ms']:.2f} ms, {100 * bd['outside_kernels_share']:.1f}% outside GEMM kernels "
+        f"+ fused epilogue; native executor: {nbd['total_ms']:.2f} ms, {100 * nbd['outside_kernels_share']:.1f}% "
+        f"outside ({nbd['steps']} steps, arena {nbd['arena_bytes']:,d} B for {nbd['buffer_bytes']:,d} B of buffers)")
+    for k, v in nbd["components_ms"].items():
+        log(f"    {k:<72} {v:8.3f} ms")
     sizes = {}
-    buf = io.BytesIO()
-    torch.save(models["torch_fp32"].state_dict(), buf)
-    sizes["torch_fp32"] = buf.getbuffer().nbytes
+    if "torch_fp32" in models:
+        buf = io.BytesIO()
+        torch.save(models["torch_fp32"].state_dict(), buf)
+        sizes["torch_fp32"] = buf.getbuffer().nbytes
     for e in ("x86", "qnnpack"):
         if f"torch_int8_{e}" in models:
             buf = io.BytesIO()
@@ -369,7 +447,7 @@ def run_one(threads, rounds, min_time, want_ort, out_path, breakdown_repeats):
 
     sizes["lowbit_w2a2"] = len(lio.to_bytes(m))
     result = {"threads": threads, "batch": 1, "input": [1, 3, 224, 224], "timings": timings, "info": info,
-              "lowbit_breakdown": bd, "sizes_bytes": sizes, "rounds": rounds, "min_time_s": min_time,
+              "lowbit_breakdown": bd, "lowbit_native_breakdown": nbd, "sizes_bytes": sizes, "rounds": rounds, "min_time_s": min_time,
               "lowbit_layers": m.layers(),
               "timed": "float32 NCHW image in, float32 logits out, on every side (input quantization included)"}
     for row in result["lowbit_layers"]:
@@ -422,8 +500,20 @@ def report(doc, out_dir):
     sz = r1["sizes_bytes"]
     lines += ["", "Model sizes (bytes): " + ", ".join(f"{NAMES.get(k, k)} {v:,d}" for k, v in sz.items()), ""]
     for r in runs:
+        nbd = r.get("lowbit_native_breakdown")
+        if not nbd:
+            continue
+        lines += [f"## Native executor ({r['threads']} thread{'s' if r['threads'] > 1 else ''}, "
+                  f"{nbd['total_ms']:.2f} ms per image; {100 * nbd['outside_kernels_share']:.1f}% outside the "
+                  f"GEMM/conv kernels and their fused epilogue, Python executor "
+                  f"{100 * r['lowbit_breakdown'].get('outside_kernels_share', float('nan')):.1f}%)", "",
+                  "| component | ms | share |", "|---|---:|---:|"]
+        for k, v in nbd["components_ms"].items():
+            lines.append(f"| {k} | {v:.2f} | {100 * v / nbd['total_ms']:.1f}% |")
+        lines.append("")
+    for r in runs:
         bd = r["lowbit_breakdown"]
-        lines += [f"## Where lowbit's time goes ({r['threads']} thread{'s' if r['threads'] > 1 else ''}, "
+        lines += [f"## Where lowbit's time goes (Python executor, {r['threads']} thread{'s' if r['threads'] > 1 else ''}, "
                   f"{bd['total_ms']:.2f} ms per image)", "", "| component | ms | share |", "|---|---:|---:|"]
         for k, v in bd["components_ms"].items():
             lines.append(f"| {k} | {v:.2f} | {100 * v / bd['total_ms']:.1f}% |")
@@ -508,6 +598,7 @@ def main(argv=None):
     p.add_argument("--min-time", type=float, default=0.3, help="seconds per timed batch of calls")
     p.add_argument("--breakdown-repeats", type=int, default=5)
     p.add_argument("--no-ort", action="store_true", help="skip onnxruntime")
+    p.add_argument("--lowbit-only", action="store_true", help="time only lowbit's native and Python executors")
     p.add_argument("--out", default=None, help="one-process mode: result JSON path")
     p.add_argument("--out-dir", default=str(RESULTS), help="driver: where the JSON/Markdown/PNG go")
     p.add_argument("--report", default=None, help="re-render Markdown and PNG from a result JSON")
@@ -518,7 +609,8 @@ def main(argv=None):
         return 0
     if args.threads is not None:
         out = args.out or os.path.join(tempfile.gettempdir(), f"lowbit_r18_t{args.threads}.json")
-        run_one(args.threads, args.rounds, args.min_time, not args.no_ort, out, args.breakdown_repeats)
+        run_one(args.threads, args.rounds, args.min_time, not args.no_ort, out, args.breakdown_repeats,
+                args.lowbit_only)
         return 0
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     counts = ([int(c) for c in args.thread_counts.split(",")] if args.thread_counts
@@ -530,6 +622,8 @@ def main(argv=None):
                str(args.min_time), "--breakdown-repeats", str(args.breakdown_repeats), "--out", out]
         if args.no_ort:
             cmd.append("--no-ort")
+        if args.lowbit_only:
+            cmd.append("--lowbit-only")
         subprocess.run(cmd, check=True, cwd=REPO)
         runs.append(json.loads(Path(out).read_text()))
     doc = {"benchmark": "resnet18_e2e", "fingerprint": fingerprint(), "runs": runs}

@@ -22,6 +22,7 @@
 #include "ops/graph_ops.h"
 #include "ops/pack.h"
 #include "ops/roofline.h"
+#include "bindings/executor.h"
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -1170,4 +1171,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("set_num_threads", &set_num_threads);
   m.def("default_num_threads", &default_num_threads);
+  bind_executor(m);  // the whole-graph executor (runtime/executor.h)
 }

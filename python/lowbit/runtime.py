@@ -82,6 +82,7 @@ import numpy as np
 
 from . import _core, _dispatch
 from . import codebook as cbmod
+from . import executor as _executor
 from . import quant as _quant
 from . import reference as _ref
 from .epilogue import Epilogue, Requant
@@ -708,22 +709,30 @@ class Model:
         return self.run(x, batch_size=batch_size, check_finite=check_finite)
 
     def run(self, x, batch_size: int = 256, reference: bool = False, profile: dict | None = None,
-            check_finite: bool = True) -> np.ndarray:
+            check_finite: bool = True, executor: str | None = None) -> np.ndarray:
         """Logits for float32 NCHW ``x``, ``batch_size`` images at a time (results do
         not depend on it). ``reference=True`` runs the NumPy oracles instead of the
         kernels. ``profile``: a dict that receives per-node wall-clock seconds (summed).
+
+        ``executor``: ``"native"`` runs each batch as one native call (lowbit.executor,
+        docs/runtime.md; ValueError when the model has no native plan), ``"python"``
+        node by node in Python; None (default): the ``LOWBIT_EXECUTOR`` environment
+        variable, else native when the model supports it (:meth:`summary` says which
+        and why). Both give identical results.
 
         ``check_finite`` (default True): NaN or Inf in ``x`` raise ValueError.
         With False the caller vouches for its input: +-Inf clamp to the extreme
         codes, NaN becomes code 0 (docs/robustness.md). An empty batch (N = 0)
         returns an empty result of the right shape."""
+        native = _executor.choice(executor) == "native" and not reference
+        required = native and executor is not None
         x = self._check_input(x, check_finite)
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
         if len(x) == 0:
             # the output shape of an empty batch: one zero image's, with N = 0
             return self._execute(np.zeros((1,) + x.shape[1:], np.float32), reference, None, None)[:0]
-        outs = [self._execute(x[i:i + batch_size], reference, None, profile)
+        outs = [self._execute(x[i:i + batch_size], reference, None, profile, native, required)
                 for i in range(0, max(len(x), 1), batch_size)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
@@ -756,7 +765,12 @@ class Model:
                              " (pass check_finite=False to skip this check)")
         return x
 
-    def _execute(self, x, reference, record, profile):
+    def _execute(self, x, reference, record, profile, native=False, required=False):
+        if native:
+            out = _executor.run(self, x, profile, required)
+            if out is not None:
+                return out
+        self.__dict__.setdefault("_memo", {})["reported"] = None  # the nodes now report this run
         vals = {}
         last_use = self._last_use()
         clock = time.perf_counter
@@ -1052,6 +1066,9 @@ class Model:
                      + ", ".join(f"{k}: {v}" for k, v in sorted(self._bit_counts().items()))
                      + f"); {self.nbytes_disk} bytes of weights and epilogue parameters on disk, "
                      f"{self.nbytes_resident} resident with the kernel layouts built so far")
+        name, why = _executor.status(self)
+        lines.append("executor: native (one native call per batch, GIL released; lowbit.executor)" if why is None
+                     else f"executor: python (node by node: {why})")
         text = "\n".join(lines)
         if print_fn is not None:
             print_fn(text)

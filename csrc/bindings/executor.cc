@@ -1,0 +1,663 @@
+// Python bindings of the native whole-graph executor (runtime/executor.h):
+// _core.ExecutorPlan, built step by step by python/lowbit/executor.py from
+// the Python kernel path's own planning. Every size a step will touch is
+// checked here, against the buffers it names, before the step exists; a
+// plan that finalized can only be run.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/cpu_features.h"
+#include "kernels/dwconv/dwconv.h"
+#include "kernels/ukernel.h"
+#include "runtime/executor.h"
+#include "runtime/steps.h"
+
+namespace py = pybind11;
+
+namespace lowbit {
+namespace {
+
+using runtime::Plan;
+
+// 2^31 - 1 elements: lowbit's size limit (docs/robustness.md), so no size product below can overflow.
+constexpr size_t kMaxElements = (size_t(1) << 31) - 1;
+
+size_t checked_product(std::initializer_list<size_t> dims, const char* what) {
+  size_t count = 1;
+  for (size_t d : dims)
+    if (d > kMaxElements || __builtin_mul_overflow(count, d, &count) || count > kMaxElements)
+      throw py::value_error(std::string(what) + ": more than 2^31 - 1 elements (lowbit's size limit)");
+  return count;
+}
+
+template <class T>
+const T* array_data(const py::array& a, const char* name, size_t min_count) {
+  if (!a.dtype().is(py::dtype::of<T>()) || !(a.flags() & py::array::c_style))
+    throw py::type_error(std::string(name) + ": expected a C-contiguous array of the kernel's dtype");
+  if (size_t(a.size()) < min_count)
+    throw py::value_error(std::string(name) + ": expected at least " + std::to_string(min_count) + " elements");
+  return static_cast<const T*>(a.data());
+}
+
+// A plan under construction and the NumPy arrays its steps point into.
+class PlanHandle {
+ public:
+  int buffer(size_t bytes) { return plan_.add_buffer(checked(bytes)); }
+  int input(size_t bytes) { return plan_.input_buffer(checked(bytes)); }
+  int output(size_t bytes) { return plan_.output_buffer(checked(bytes)); }
+
+  // Throws unless buffer `id` has at least `bytes` bytes.
+  void need(int id, size_t bytes, const char* what) const {
+    if (id < 0 || size_t(id) >= plan_.num_buffers()) throw py::value_error(std::string(what) + ": unknown buffer");
+    if (plan_.buffer(id).bytes < bytes)
+      throw py::value_error(std::string(what) + ": buffer of " + std::to_string(plan_.buffer(id).bytes) +
+                            " bytes, the step needs " + std::to_string(bytes));
+  }
+
+  template <class T>
+  const T* keep(const py::array& a, const char* name, size_t min_count) {
+    const T* p = array_data<T>(a, name, min_count);
+    kept_.push_back(a);
+    return p;
+  }
+
+  void add(std::unique_ptr<runtime::Step> s, const char* kind, int node, std::vector<int> reads,
+           std::vector<int> writes) {
+    if (plan_.finalized()) throw py::value_error("plan: already finalized");
+    s->kind = kind;
+    s->node = node;
+    s->reads = std::move(reads);
+    s->writes = std::move(writes);
+    plan_.add_step(std::move(s));
+  }
+
+  // ep = (out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax,
+  //       out, out_col, out_stride, residual, residual_col, residual_stride)
+  // for an M x N block of columns [out_col, out_col + N) of rows of out_stride elements.
+  runtime::EpilogueSpec epilogue(const py::tuple& ep, size_t M, size_t N, Tier tier, std::vector<int>* reads,
+                                 std::vector<int>* writes) {
+    if (ep.size() != 14) throw py::value_error("epilogue: expected a 14-tuple");
+    runtime::EpilogueSpec e;
+    const std::string kind = ep[0].cast<std::string>();
+    if (kind == "float32") {
+      e.kind = OutKind::float32;
+    } else if (kind == "codes") {
+      e.kind = OutKind::codes;
+    } else if (kind == "int32") {
+      e.kind = OutKind::int32;
+    } else {
+      throw py::value_error("epilogue: out_kind must be 'float32', 'codes' or 'int32'");
+    }
+    if (e.kind == OutKind::int32) {  // raw sums: no parameters, no residual
+      e.out = ep[8].cast<int>();
+      e.out_col = ep[9].cast<size_t>();
+      e.out_stride = ep[10].cast<size_t>();
+      if (e.out_col + N > e.out_stride || !ep[11].is_none()) throw py::value_error("epilogue: bad int32 output");
+      need(e.out, checked_product({M, e.out_stride, 4}, "int32 output"), "int32 output");
+      writes->push_back(e.out);
+      return e;
+    }
+    e.scale = keep<float>(ep[1].cast<py::array>(), "scale", N);
+    e.bias = keep<float>(ep[2].cast<py::array>(), "bias", N);
+    e.clamp_lo = ep[3].cast<float>();
+    e.clamp_hi = ep[4].cast<float>();
+    e.inv_step = ep[5].cast<float>();
+    e.qmin = ep[6].cast<int32_t>();
+    e.qmax = ep[7].cast<int32_t>();
+    for (size_t i = 0; i < N; ++i)
+      if (!std::isfinite(e.scale[i]) || !std::isfinite(e.bias[i]))
+        throw py::value_error("scale/bias: expected finite values");
+    if (e.kind == OutKind::codes &&
+        (!(e.qmin <= e.qmax && e.qmax - e.qmin <= 255) || !std::isfinite(e.inv_step) || e.inv_step <= 0))
+      throw py::value_error("epilogue: bad requantization parameters");
+    e.out = ep[8].cast<int>();
+    e.out_col = ep[9].cast<size_t>();
+    e.out_stride = ep[10].cast<size_t>();
+    const size_t elem = e.kind == OutKind::float32 ? 4 : 1;
+    if (e.out_col + N > e.out_stride) throw py::value_error("epilogue: columns outside the output rows");
+    need(e.out, checked_product({M, e.out_stride, elem}, "epilogue output"), "epilogue output");
+    writes->push_back(e.out);
+    if (!ep[11].is_none()) {
+      e.residual = ep[11].cast<int>();
+      e.residual_col = ep[12].cast<size_t>();
+      e.residual_stride = ep[13].cast<size_t>();
+      if (e.residual_col + N > e.residual_stride) throw py::value_error("residual: columns outside its rows");
+      need(e.residual, checked_product({M, e.residual_stride, 4}, "residual"), "residual");
+      reads->push_back(e.residual);
+    }
+    e.simd = tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too (as the Python path)
+    return e;
+  }
+
+  Plan plan_;
+
+ private:
+  static size_t checked(size_t bytes) { return checked_product({bytes}, "buffer"); }
+  std::vector<py::object> kept_;
+};
+
+const KernelInfo& gemm_kernel(size_t index) {
+  size_t count = 0;
+  const KernelInfo* reg = kernel_registry(&count);
+  if (index >= count) throw py::index_error("kernel index out of range");
+  const KernelInfo& k = reg[index];
+  if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
+    throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
+  return k;
+}
+
+ConvGeometry geometry_of(const py::tuple& t) {
+  if (t.size() != 14) throw py::value_error("geometry: expected (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)");
+  size_t v[14];
+  for (size_t i = 0; i < 14; ++i) v[i] = t[i].cast<size_t>();
+  ConvGeometry g{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13]};
+  checked_product({g.B, g.H, g.W, g.C}, "input");
+  checked_product({g.B, g.OH, g.OW, g.C}, "output");
+  if (g.kh == 0 || g.kw == 0 || g.sh == 0 || g.sw == 0 || g.dh == 0 || g.dw == 0)
+    throw py::value_error("geometry: kernel/stride/dilation must be >= 1");
+  if (g.OH == 0 || g.OW == 0 || g.OH != conv_out_size(g.H, g.kh, g.sh, g.ph, g.dh) ||
+      g.OW != conv_out_size(g.W, g.kw, g.sw, g.pw, g.dw))
+    throw py::value_error("geometry: output size does not match the window");
+  return g;
+}
+
+QuantizeParams quantize_params(bool binary, float step, int qn, int qp, bool pre, float pre_step,
+                               float pre_inv_div) {
+  if (!std::isfinite(step) || step <= 0 || (pre && (!std::isfinite(pre_step) || pre_step <= 0)))
+    throw py::value_error("quantize: step must be finite and > 0");
+  if (qn < -128 || qp < qn || qp - qn > 255) throw py::value_error("quantize: expected -128 <= qn <= qp <= qn + 255");
+  QuantizeParams p;
+  p.binary = binary;
+  p.step = step;
+  p.qn = qn;
+  p.qp = qp;
+  p.pre = pre;
+  p.pre_step = pre_step;
+  p.pre_inv_div = pre_inv_div;
+  return p;
+}
+
+}  // namespace
+
+void bind_executor(py::module_& m) {
+  using runtime::DequantizeStep;
+  using runtime::DwconvStep;
+  using runtime::EltwiseStep;
+  using runtime::GemmStep;
+  using runtime::GroupedConvStep;
+  using runtime::Im2colStep;
+  using runtime::LayoutStep;
+  using runtime::PackStep;
+  using runtime::PoolStep;
+  using runtime::QuantizeStep;
+
+  py::class_<PlanHandle>(m, "ExecutorPlan",
+                         "A lowbit.Model lowered to native steps for one input shape (built by lowbit.executor)")
+      .def(py::init<>())
+      .def("buffer", &PlanHandle::buffer, "A new arena buffer of nbytes bytes; returns its id")
+      .def("input", &PlanHandle::input, "The caller's input array (NCHW float32) as a buffer")
+      .def("output", &PlanHandle::output, "The caller's output array as a buffer")
+      .def("quantize",
+           [](PlanHandle& h, int node, int src, int dst, size_t n, py::object nchw, bool binary, float step, int qn,
+              int qp, bool pre, float pre_step, float pre_inv_div) {
+             auto s = std::make_unique<QuantizeStep>();
+             s->src = src;
+             s->dst = dst;
+             s->params = quantize_params(binary, step, qn, qp, pre, pre_step, pre_inv_div);
+             if (!nchw.is_none()) {
+               auto shape = nchw.cast<std::vector<size_t>>();
+               if (shape.size() != 4) throw py::value_error("quantize: nchw must be (B, C, H, W)");
+               s->nchw = true;
+               s->B = shape[0];
+               s->C = shape[1];
+               s->H = shape[2];
+               s->W = shape[3];
+               n = checked_product({s->B, s->C, s->H, s->W}, "quantize input");
+             }
+             s->n = n;
+             h.need(src, checked_product({n, 4}, "quantize input"), "quantize input");
+             h.need(dst, n, "quantize output");
+             h.add(std::move(s), "quantize", node, {src}, {dst});
+           })
+      .def("dequantize",
+           [](PlanHandle& h, int node, int src, int dst, size_t n, const py::array& levels, float step) {
+             auto s = std::make_unique<DequantizeStep>();
+             const int32_t* lv = array_data<int32_t>(levels, "levels", 1);
+             const size_t count = size_t(levels.size());
+             if (count != 2 && count != 4 && count != 8 && count != 16 && count != 256)
+               throw py::value_error("dequantize: expected 2**bits levels");
+             s->levels.assign(lv, lv + count);
+             s->src = src;
+             s->dst = dst;
+             s->n = n;
+             s->step = step;
+             h.need(src, n, "dequantize input");
+             h.need(dst, checked_product({n, 4}, "dequantize output"), "dequantize output");
+             h.add(std::move(s), "dequantize", node, {src}, {dst});
+           })
+      .def("layout",
+           [](PlanHandle& h, int node, const std::string& kind, int src, int dst, std::vector<size_t> shape) {
+             auto s = std::make_unique<LayoutStep>();
+             size_t elem = 4;
+             if (kind == "nchw_to_nhwc") {
+               s->kind = LayoutStep::Kind::nchw_to_nhwc;
+             } else if (kind == "nhwc_to_nchw") {
+               s->kind = LayoutStep::Kind::nhwc_to_nchw;
+             } else if (kind == "flatten_f32") {
+               s->kind = LayoutStep::Kind::flatten_f32;
+             } else if (kind == "flatten_u8") {
+               s->kind = LayoutStep::Kind::flatten_u8;
+               elem = 1;
+             } else if (kind == "copy") {
+               s->kind = LayoutStep::Kind::copy;
+               elem = 1;
+               shape.resize(4, 1);
+             } else {
+               throw py::value_error("layout: unknown kind " + kind);
+             }
+             if (shape.size() != 4) throw py::value_error("layout: expected a 4-D shape");
+             s->d0 = shape[0];
+             s->d1 = shape[1];
+             s->d2 = shape[2];
+             s->d3 = shape[3];
+             const size_t bytes = checked_product({shape[0], shape[1], shape[2], shape[3], elem}, "layout");
+             h.need(src, bytes, "layout input");
+             h.need(dst, bytes, "layout output");
+             s->src = src;
+             s->dst = dst;
+             h.add(std::move(s), "layout", node, {src}, {dst});
+           })
+      .def("add",
+           [](PlanHandle& h, int node, int a, int b, int dst, size_t n) {
+             auto s = std::make_unique<EltwiseStep>();
+             s->kind = EltwiseStep::Kind::add;
+             const size_t bytes = checked_product({n, 4}, "add");
+             h.need(a, bytes, "add input");
+             h.need(b, bytes, "add input");
+             h.need(dst, bytes, "add output");
+             s->a = a;
+             s->b = b;
+             s->dst = dst;
+             s->n = n;
+             h.add(std::move(s), "add", node, {a, b}, {dst});
+           })
+      .def("clamp",
+           [](PlanHandle& h, int node, int src, int dst, size_t n, float lo, float hi) {
+             auto s = std::make_unique<EltwiseStep>();
+             s->kind = EltwiseStep::Kind::clamp;
+             const size_t bytes = checked_product({n, 4}, "clamp");
+             h.need(src, bytes, "clamp input");
+             h.need(dst, bytes, "clamp output");
+             s->a = src;
+             s->dst = dst;
+             s->n = n;
+             s->lo = lo;
+             s->hi = hi;
+             h.add(std::move(s), "clamp", node, {src}, {dst});
+           })
+      .def("affine",
+           [](PlanHandle& h, int node, int src, int dst, size_t rows, const py::array& scale, const py::array& bias) {
+             auto s = std::make_unique<EltwiseStep>();
+             s->kind = EltwiseStep::Kind::affine;
+             const size_t C = size_t(scale.size());
+             if (C == 0 || size_t(bias.size()) != C) throw py::value_error("affine: scale and bias of one size >= 1");
+             const float* sc = array_data<float>(scale, "scale", C);
+             const float* bi = array_data<float>(bias, "bias", C);
+             s->scale.assign(sc, sc + C);
+             s->bias.assign(bi, bi + C);
+             s->C = C;
+             s->n = checked_product({rows, C}, "affine");
+             h.need(src, s->n * 4, "affine input");
+             h.need(dst, s->n * 4, "affine output");
+             s->a = src;
+             s->dst = dst;
+             h.add(std::move(s), "affine", node, {src}, {dst});
+           })
+      .def("pool",
+           [](PlanHandle& h, int node, const std::string& kind, int src, int dst, const py::tuple& geometry,
+              bool count_include_pad) {
+             auto s = std::make_unique<PoolStep>();
+             if (kind == "adaptive") {
+               s->kind = PoolStep::Kind::adaptive;
+               if (geometry.size() != 6) throw py::value_error("pool: adaptive needs (B, H, W, C, OH, OW)");
+               ConvGeometry g{};
+               g.B = geometry[0].cast<size_t>();
+               g.H = geometry[1].cast<size_t>();
+               g.W = geometry[2].cast<size_t>();
+               g.C = geometry[3].cast<size_t>();
+               g.OH = geometry[4].cast<size_t>();
+               g.OW = geometry[5].cast<size_t>();
+               checked_product({g.B, g.H, g.W, g.C}, "pool input");
+               checked_product({g.B, g.OH, g.OW, g.C}, "pool output");
+               if (g.OH == 0 || g.OW == 0 || g.H == 0 || g.W == 0) throw py::value_error("pool: empty map");
+               s->g = g;
+             } else {
+               s->kind = kind == "max" ? PoolStep::Kind::max : PoolStep::Kind::avg;
+               if (kind != "max" && kind != "avg") throw py::value_error("pool: unknown kind " + kind);
+               s->g = geometry_of(geometry);
+               if (s->kind == PoolStep::Kind::avg && (s->g.dh != 1 || s->g.dw != 1))
+                 throw py::value_error("pool: avgpool has no dilation");
+             }
+             s->count_include_pad = count_include_pad;
+             const ConvGeometry& g = s->g;
+             h.need(src, checked_product({g.B, g.H, g.W, g.C, 4}, "pool input"), "pool input");
+             h.need(dst, checked_product({g.B, g.OH, g.OW, g.C, 4}, "pool output"), "pool output");
+             s->src = src;
+             s->dst = dst;
+             h.add(std::move(s), "pool", node, {src}, {dst});
+           })
+      .def("im2col",
+           [](PlanHandle& h, int node, int src, int dst, const py::tuple& geometry, int pad_code) {
+             auto s = std::make_unique<Im2colStep>();
+             s->g = geometry_of(geometry);
+             if (pad_code < 0 || pad_code > 255) throw py::value_error("im2col: pad_code must be 0..255");
+             const ConvGeometry& g = s->g;
+             h.need(src, checked_product({g.B, g.H, g.W, g.C}, "im2col input"), "im2col input");
+             h.need(dst, checked_product({g.B, g.OH, g.OW, g.kh, g.kw, g.C}, "im2col output"), "im2col output");
+             s->src = src;
+             s->dst = dst;
+             s->pad_code = uint8_t(pad_code);
+             h.add(std::move(s), "im2col", node, {src}, {dst});
+           })
+      .def("channel_slice",
+           [](PlanHandle& h, int node, int src, int dst, size_t rows, size_t C, size_t c0, size_t c1) {
+             if (!(c0 < c1 && c1 <= C)) throw py::value_error("channel_slice: expected 0 <= c0 < c1 <= C");
+             auto s = std::make_unique<runtime::ChannelSliceStep>();
+             h.need(src, checked_product({rows, C}, "channel_slice input"), "channel_slice input");
+             h.need(dst, checked_product({rows, c1 - c0}, "channel_slice output"), "channel_slice output");
+             s->src = src;
+             s->dst = dst;
+             s->rows = rows;
+             s->C = C;
+             s->c0 = c0;
+             s->c1 = c1;
+             h.add(std::move(s), "channel_slice", node, {src}, {dst});
+           })
+      .def("pack",
+           [](PlanHandle& h, int node, const std::string& kind, int src, int dst, size_t M, size_t K, int bits,
+              int group, int shift, size_t out_stride, int tier, size_t pad_rows, int pad_code, py::object levels) {
+             auto s = std::make_unique<PackStep>();
+             if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8))
+               throw py::value_error("pack: bits must be 1-4 or 8");
+             if (tier < 0 || tier >= kNumTiers) throw py::value_error("pack: bad tier");
+             if (pad_rows > 0 && (pad_code < 0 || pad_code >= (1 << bits)))
+               throw py::value_error("pack: pad_code out of range");
+             h.need(src, checked_product({M, K}, "pack input"), "pack input");
+             std::vector<int> writes{dst};
+             size_t out_bytes = 0;
+             if (kind == "groups") {
+               s->kind = PackStep::Kind::groups;
+               if (group < 1 || shift < 0 || shift > 2 || group * bits + shift > 8 ||
+                   out_stride < (K + size_t(group) - 1) / size_t(group))
+                 throw py::value_error("pack: bad group/shift/out_stride");
+               out_bytes = checked_product({M + pad_rows, out_stride}, "pack output");
+               s->pad_codes.assign(K, uint8_t(pad_code));
+             } else if (kind == "dotgemm" || kind == "dot8") {
+               const bool d8 = kind == "dot8";
+               s->kind = d8 ? PackStep::Kind::dot8 : PackStep::Kind::dotgemm;
+               const py::array lv = levels.cast<py::array>();
+               if (size_t(lv.size()) != (size_t(1) << bits)) throw py::value_error("pack: expected 2**bits levels");
+               if (out_stride < K) throw py::value_error("pack: out_cols < K");
+               if (d8) {
+                 const uint8_t* p = array_data<uint8_t>(lv, "levels", size_t(1) << bits);
+                 s->levels8.assign(p, p + (size_t(1) << bits));
+               } else {
+                 const int16_t* p = array_data<int16_t>(lv, "levels", size_t(1) << bits);
+                 s->levels16.assign(p, p + (size_t(1) << bits));
+               }
+               out_bytes = checked_product({M + pad_rows, out_stride, d8 ? size_t(1) : size_t(2)}, "pack output");
+             } else if (kind == "bitplanes") {
+               s->kind = PackStep::Kind::bitplanes;
+               // out_stride = 2 * plane bytes; plane >= ceil(K / 8)
+               s->plane = out_stride / 2;
+               if (out_stride % 2 || s->plane < (K + 7) / 8 || pad_rows || size_t(bits) > 2)
+                 throw py::value_error("pack: bad bitplane geometry");
+               out_bytes = checked_product({M, out_stride}, "pack output");
+               s->plane_codes = h.buffer(checked_product({M, K}, "bit plane"));
+               s->plane_out = h.buffer(checked_product({M, s->plane}, "bit plane"));
+               writes.push_back(s->plane_codes);
+               writes.push_back(s->plane_out);
+             } else {
+               throw py::value_error("pack: unknown kind " + kind);
+             }
+             h.need(dst, out_bytes, "pack output");
+             s->src = src;
+             s->dst = dst;
+             s->M = M;
+             s->K = K;
+             s->bits = bits;
+             s->group = group;
+             s->shift = shift;
+             s->out_stride = out_stride;
+             s->tier = Tier(tier);
+             s->pad_rows = pad_rows;
+             s->pad_code = pad_code;
+             h.add(std::move(s), "pack", node, {src}, writes);
+           })
+      .def("gemm",
+           [](PlanHandle& h, int node, size_t kernel_index, const py::array& w, const py::array& tables, size_t M,
+              size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction, uint32_t a_code_shift,
+              py::object col_correction, int a, size_t a_stride, py::object offsets, size_t seg_steps, int codes,
+              size_t K, int bits, int group, const py::tuple& ep) {
+             auto s = std::make_unique<GemmStep>();
+             const KernelInfo& k = gemm_kernel(kernel_index);
+             s->kernel = &k;
+             checked_product({M, N}, "output");
+             checked_product({N, k_steps}, "weights");
+             checked_product({M, k_steps}, "activations");
+             std::string why;
+             if (!gemm_geometry(k, N, k_steps, &s->geometry, &why)) throw py::value_error(why);
+             const GemmGeometry& g = s->geometry;
+             s->w = h.keep<uint8_t>(w, "w", g.w_bytes);
+             s->tables = h.keep<int8_t>(tables, "tables", g.table_bytes);
+             if (flush8 == 0 || flush16 == 0) throw py::value_error("flush8/flush16: expected >= 1");
+             if (correction < INT32_MIN || correction > INT32_MAX) throw py::value_error("correction: not int32");
+             if (a_code_shift != 0 && !(a_code_shift == 2 && std::string(k.family) == "grouplut"))
+               throw py::value_error("a_code_shift: expected 0 (or 2 for grouplut kernels)");
+             if (!col_correction.is_none())
+               s->col_correction = h.keep<int32_t>(col_correction.cast<py::array>(), "col_correction", N);
+             s->M = M;
+             s->N = N;
+             s->k_steps = k_steps;
+             s->flush8 = flush8;
+             s->flush16 = flush16;
+             s->correction = int32_t(correction);
+             s->a_code_shift = a_code_shift;
+             s->a = a;
+             std::vector<int> reads, writes;
+             if (!offsets.is_none()) {
+               // indirect: M x segs byte offsets into buffer a, every segment seg_steps steps (the last may be shorter)
+               if (!k.indirect) throw py::value_error(std::string("kernel ") + k.name + " is not indirect");
+               if (seg_steps == 0 || codes >= 0) throw py::value_error("gemm: bad indirect arguments");
+               const py::array offs = offsets.cast<py::array>();
+               const size_t segs = (k_steps + seg_steps - 1) / seg_steps;
+               const int64_t* o = array_data<int64_t>(offs, "offsets", checked_product({M, segs}, "offsets"));
+               if (size_t(offs.size()) != M * segs) throw py::value_error("offsets: expected M x segments entries");
+               const size_t step_bytes = k_steps ? g.a_row_bytes / k_steps : 1;
+               const size_t len = h.plan_.buffer(a).bytes;
+               for (size_t m = 0; m < M; ++m)
+                 for (size_t sg = 0; sg < segs; ++sg) {
+                   const size_t steps = sg + 1 == segs ? k_steps - sg * seg_steps : seg_steps;
+                   const int64_t v = o[m * segs + sg];
+                   if (v < 0 || size_t(v) + steps * step_bytes > len)
+                     throw py::value_error("offsets: offset " + std::to_string(v) + " reads outside the buffer");
+                 }
+               s->offsets.assign(o, o + M * segs);
+               s->segs = segs;
+               s->seg_steps = seg_steps;
+               reads.push_back(a);
+             } else {
+               if (a_stride < g.a_row_bytes) throw py::value_error("gemm: a_stride below the kernel's row bytes");
+               h.need(a, checked_product({M, a_stride}, "activations"), "gemm activations");
+               s->a_stride = a_stride;
+               if (codes >= 0) {  // fused packing of (M, K) codes (grouplut kernels)
+                 const std::string fam = k.family;
+                 if (fam != "grouplut" && fam != "grouplut6") throw py::value_error("gemm: fused packing is grouplut's");
+                 if (bits < 1 || bits > 8 || group < 1 || group * bits + int(a_code_shift) > 8 ||
+                     k_steps != (K + size_t(group) - 1) / size_t(group))
+                   throw py::value_error("gemm: bad fused packing arguments");
+                 h.need(codes, checked_product({M, K}, "codes"), "gemm codes");
+                 s->codes = codes;
+                 s->K = K;
+                 s->bits = bits;
+                 s->group = group;
+                 reads.push_back(codes);
+                 writes.push_back(a);
+               } else {
+                 reads.push_back(a);
+               }
+             }
+             s->ep = h.epilogue(ep, M, N, k.tier, &reads, &writes);
+             h.add(std::move(s), "gemm", node, reads, writes);
+           })
+      .def("pad_correction",
+           [](PlanHandle& h, int node, int acc, size_t M, size_t N, const py::array& padded, const py::array& table,
+              const py::tuple& ep) {
+             auto s = std::make_unique<runtime::PadCorrectionStep>();
+             if (padded.ndim() != 2 || size_t(padded.shape(0)) != M) throw py::value_error("padded: expected (M, taps)");
+             const size_t taps = size_t(padded.shape(1));
+             const uint8_t* pd = array_data<uint8_t>(padded, "padded", checked_product({M, taps}, "padded"));
+             const int64_t* tb = array_data<int64_t>(table, "table", checked_product({taps, N}, "table"));
+             if (size_t(table.size()) != taps * N) throw py::value_error("table: expected (taps, N) entries");
+             s->padded.assign(pd, pd + M * taps);
+             s->table.assign(tb, tb + taps * N);
+             s->acc = acc;
+             s->M = M;
+             s->N = N;
+             s->taps = taps;
+             h.need(acc, checked_product({M, N, 4}, "sums"), "pad_correction sums");
+             std::vector<int> reads{acc}, writes{acc};
+             s->ep = h.epilogue(ep, M, N, Tier::scalar, &reads, &writes);
+             s->ep.simd = true;  // as _core.epilogue (the Python path's separate epilogue call)
+             if (s->ep.kind == OutKind::int32) throw py::value_error("pad_correction: needs an epilogue");
+             h.add(std::move(s), "pad_correction", node, reads, writes);
+           })
+      .def("dwconv",
+           [](PlanHandle& h, int node, size_t kernel_index, int src, const py::tuple& geometry, int bits,
+              const py::array& a_levels, const py::array& w_levels, const py::tuple& ep) {
+             size_t count = 0;
+             const DwconvKernelInfo* reg = dwconv_kernels(&count);
+             if (kernel_index >= count) throw py::index_error("dwconv kernel index out of range");
+             const DwconvKernelInfo& k = reg[kernel_index];
+             if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
+               throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
+             auto s = std::make_unique<DwconvStep>();
+             s->call.kernel = &k;
+             s->call.g = geometry_of(geometry);
+             const ConvGeometry& g = s->call.g;
+             if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8)) throw py::value_error("bits");
+             s->call.bits = bits;
+             s->call.a_levels = h.keep<int16_t>(a_levels, "a_levels", size_t(1) << bits);
+             const size_t Cp = (g.C + kDwconvChannelBlock - 1) / kDwconvChannelBlock * kDwconvChannelBlock;
+             s->call.w = h.keep<int16_t>(w_levels, "w_levels", checked_product({g.kh, g.kw, Cp}, "w_levels"));
+             int max_a = 0, max_w = 0;
+             for (size_t i = 0; i < (size_t(1) << bits); ++i) max_a = std::max(max_a, std::abs(int(s->call.a_levels[i])));
+             for (size_t i = 0; i < g.kh * g.kw * Cp; ++i) max_w = std::max(max_w, std::abs(int(s->call.w[i])));
+             if (max_a > 255 || max_w > 255) throw py::value_error("dwconv: levels outside [-128, 255]");
+             s->call.tap_flush = dwconv_tap_flush(max_a, max_w);
+             h.need(src, checked_product({g.B, g.H, g.W, g.C}, "dwconv input"), "dwconv input");
+             s->src = src;
+             std::vector<int> reads{src}, writes;
+             s->ep = h.epilogue(ep, g.B * g.OH * g.OW, g.C, k.tier, &reads, &writes);
+             if (s->ep.out_col != 0 || s->ep.out_stride != g.C || (s->ep.residual >= 0 && s->ep.residual_stride != g.C))
+               throw py::value_error("dwconv: whole rows of C channels only");
+             h.add(std::move(s), "dwconv", node, reads, writes);
+           })
+      .def("conv_grouped",
+           [](PlanHandle& h, int node, size_t kernel_index, int src, const py::tuple& geometry, size_t groups,
+              size_t cout, int bits, const py::array& a_levels, const py::array& w, const py::tuple& ep) {
+             const KernelInfo& k = gemm_kernel(kernel_index);
+             if (std::string(k.family) != "dotgemm") throw py::value_error("conv_grouped: not a dotgemm kernel");
+             auto s = std::make_unique<GroupedConvStep>();
+             s->call.kernel = &k;
+             s->call.g = geometry_of(geometry);
+             const ConvGeometry& g = s->call.g;
+             if (groups == 0 || g.C % groups || cout == 0 || cout % groups)
+               throw py::value_error("groups: expected a divisor of the input channels and of cout");
+             if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8)) throw py::value_error("bits");
+             s->call.groups = groups;
+             s->call.cout = cout;
+             s->call.bits = bits;
+             s->call.a_levels = h.keep<int16_t>(a_levels, "a_levels", size_t(1) << bits);
+             size_t count = 0;
+             const DwconvKernelInfo* reg = dwconv_kernels(&count);
+             s->call.decode = reg[0].decode;  // the decoder of the kernel's tier, as _core.conv_grouped picks it
+             for (size_t i = 0; i < count; ++i)
+               if (reg[i].tier <= k.tier) s->call.decode = reg[i].decode;
+             const size_t k_steps = (g.kh * g.kw * (g.C / groups) + 1) / 2;
+             std::string why;
+             if (!gemm_geometry(k, cout / groups, k_steps, &s->gg, &why)) throw py::value_error(why);
+             s->call.w = h.keep<uint8_t>(w, "w", checked_product({groups, s->gg.w_bytes}, "w"));
+             h.need(src, checked_product({g.B, g.H, g.W, g.C}, "conv input"), "conv input");
+             s->src = src;
+             std::vector<int> reads{src}, writes;
+             s->ep = h.epilogue(ep, g.B * g.OH * g.OW, cout, k.tier, &reads, &writes);
+             if (s->ep.out_col != 0 || s->ep.out_stride != cout || (s->ep.residual >= 0 && s->ep.residual_stride != cout))
+               throw py::value_error("conv_grouped: whole rows of cout channels only");
+             h.add(std::move(s), "conv_grouped", node, reads, writes);
+           })
+      .def("finalize", [](PlanHandle& h) { h.plan_.finalize(); })
+      .def_property_readonly("arena_bytes", [](const PlanHandle& h) { return h.plan_.arena_bytes(); })
+      .def_property_readonly("buffer_bytes", [](const PlanHandle& h) { return h.plan_.total_buffer_bytes(); })
+      .def_property_readonly("step_kinds",
+                             [](const PlanHandle& h) {
+                               std::vector<std::string> out(h.plan_.num_steps());
+                               for (size_t i = 0; i < out.size(); ++i) out[i] = h.plan_.step_kind(i);
+                               return out;
+                             })
+      .def_property_readonly("step_nodes",
+                             [](const PlanHandle& h) {
+                               std::vector<int> out(h.plan_.num_steps());
+                               for (size_t i = 0; i < out.size(); ++i) out[i] = h.plan_.step_node(i);
+                               return out;
+                             })
+      .def(
+          "run",
+          [](PlanHandle& h, const py::array& x, py::array& out, const py::object& profile) -> py::object {
+            // profile: False, True (wall clock) or "thread_cpu" (the caller's CPU time)
+            const bool thread_cpu = py::isinstance<py::str>(profile) && profile.cast<std::string>() == "thread_cpu";
+            const bool timed = thread_cpu || (py::isinstance<py::bool_>(profile) && profile.cast<bool>());
+            if (!timed && !(py::isinstance<py::bool_>(profile) || profile.is_none()))
+              throw py::value_error("profile: expected a bool or 'thread_cpu'");
+            if (!h.plan_.finalized()) throw py::value_error("plan: run before finalize");
+            // the boundary buffers' sizes were fixed by the plan; the arrays must hold them
+            for (size_t i = 0; i < h.plan_.num_buffers(); ++i) {
+              const runtime::Buffer& b = h.plan_.buffer(int(i));
+              const py::array& arr = b.kind == runtime::BufferKind::input ? x : out;
+              if (b.kind == runtime::BufferKind::arena) continue;
+              if (!arr.dtype().is(py::dtype::of<float>()) || !(arr.flags() & py::array::c_style) ||
+                  size_t(arr.nbytes()) != b.bytes)
+                throw py::value_error(std::string(b.kind == runtime::BufferKind::input ? "x" : "out") +
+                                      ": expected a C-contiguous float32 array of " + std::to_string(b.bytes) +
+                                      " bytes");
+            }
+            if (!out.writeable()) throw py::value_error("out: not writeable");
+            const void* in_ptr = x.data();
+            void* out_ptr = out.mutable_data();
+            std::vector<double> seconds;
+            long bad;
+            {
+              py::gil_scoped_release release;
+              bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu);
+            }
+            if (bad >= 0) {
+              throw py::value_error("step " + std::to_string(bad) + " (node " +
+                                    std::to_string(h.plan_.step_node(size_t(bad))) +
+                                    "): expected every activation code below 2**bits");
+            }
+            if (!timed) return py::none();
+            return py::cast(seconds);
+          },
+          py::arg("x"), py::arg("out"), py::arg("profile") = false,
+          "Runs the plan (GIL released; thread-safe). profile: True (wall clock) or 'thread_cpu' returns "
+          "each step's seconds");
+}
+
+}  // namespace lowbit

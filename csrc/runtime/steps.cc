@@ -1,0 +1,243 @@
+#include "runtime/steps.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "kernels/dot8/dot8.h"
+#include "kernels/dotgemm/dotgemm.h"
+
+namespace lowbit {
+namespace runtime {
+
+Epilogue EpilogueSpec::make(const Context& c) const {
+  Epilogue e;
+  e.kind = kind;
+  e.scale = scale;
+  e.bias = bias;
+  if (residual >= 0) {
+    e.residual = c.at<float>(residual) + residual_col;
+    e.residual_stride = residual_stride;
+  }
+  e.clamp_lo = clamp_lo;
+  e.clamp_hi = clamp_hi;
+  e.inv_step = inv_step;
+  e.qmin = qmin;
+  e.qmax = qmax;
+  if (kind == OutKind::float32 || kind == OutKind::int32)
+    e.out = c.at<float>(out) + out_col;  // int32: the GEMM writes GemmCall::c (set from this address)
+  else
+    e.out = c.at<uint8_t>(out) + out_col;
+  e.out_stride = out_stride;
+  e.simd = simd;
+  return e;
+}
+
+bool QuantizeStep::run(Context& c) const {
+  if (nchw)
+    quantize_nchw_to_nhwc(c.at<const float>(src), B, C, H, W, params, c.at<uint8_t>(dst));
+  else
+    quantize_f32(c.at<const float>(src), n, params, c.at<uint8_t>(dst));
+  return true;
+}
+
+bool DequantizeStep::run(Context& c) const {
+  dequantize_codes(c.at<const uint8_t>(src), n, levels.data(), step, c.at<float>(dst));
+  return true;
+}
+
+bool LayoutStep::run(Context& c) const {
+  switch (kind) {
+    case Kind::nchw_to_nhwc:
+      nchw_to_nhwc_f32(c.at<const float>(src), d0, d1, d2, d3, c.at<float>(dst));
+      break;
+    case Kind::nhwc_to_nchw:
+      nhwc_to_nchw_f32(c.at<const float>(src), d0, d1, d2, d3, c.at<float>(dst));
+      break;
+    case Kind::flatten_f32:
+      flatten_nhwc_f32(c.at<const float>(src), d0, d1, d2, d3, c.at<float>(dst));
+      break;
+    case Kind::flatten_u8:
+      flatten_nhwc_u8(c.at<const uint8_t>(src), d0, d1, d2, d3, c.at<uint8_t>(dst));
+      break;
+    case Kind::copy:
+      std::memcpy(c.at<uint8_t>(dst), c.at<const uint8_t>(src), d0);
+      break;
+  }
+  return true;
+}
+
+bool EltwiseStep::run(Context& c) const {
+  switch (kind) {
+    case Kind::add:
+      add_f32(c.at<const float>(a), c.at<const float>(b), n, c.at<float>(dst));
+      break;
+    case Kind::clamp:
+      clamp_f32(c.at<const float>(a), n, lo, hi, c.at<float>(dst));
+      break;
+    case Kind::affine:
+      affine_f32(c.at<const float>(a), n / C, C, scale.data(), bias.data(), c.at<float>(dst));
+      break;
+  }
+  return true;
+}
+
+bool PoolStep::run(Context& c) const {
+  switch (kind) {
+    case Kind::max:
+      maxpool_nhwc_f32(c.at<const float>(src), g, c.at<float>(dst));
+      break;
+    case Kind::avg:
+      avgpool_nhwc_f32(c.at<const float>(src), g, count_include_pad, c.at<float>(dst));
+      break;
+    case Kind::adaptive:
+      adaptive_avgpool_nhwc_f32(c.at<const float>(src), g.B, g.H, g.W, g.C, g.OH, g.OW, c.at<float>(dst));
+      break;
+  }
+  return true;
+}
+
+bool Im2colStep::run(Context& c) const {
+  im2col_nhwc(c.at<const uint8_t>(src), g, pad_code, c.at<uint8_t>(dst));
+  return true;
+}
+
+bool ChannelSliceStep::run(Context& c) const {
+  const uint8_t* s = c.at<const uint8_t>(src) + c0;
+  uint8_t* d = c.at<uint8_t>(dst);
+  const size_t w = c1 - c0;
+  for (size_t r = 0; r < rows; ++r) std::memcpy(d + r * w, s + r * C, w);
+  return true;
+}
+
+bool PackStep::run(Context& c) const {
+  const uint8_t* codes = c.at<const uint8_t>(src);
+  uint8_t* out = c.at<uint8_t>(dst);
+  switch (kind) {
+    case Kind::groups: {
+      if (!pack_groups(codes, M, K, bits, group, shift, out, out_stride, tier)) return false;
+      if (pad_rows > 0) {
+        uint8_t* first = out + M * out_stride;
+        pack_groups_serial(pad_codes.data(), 1, K, bits, group, shift, first, out_stride, tier);
+        for (size_t r = 1; r < pad_rows; ++r) std::memcpy(first + r * out_stride, first, out_stride);
+      }
+      return true;
+    }
+    case Kind::dotgemm: {
+      int16_t* o = reinterpret_cast<int16_t*>(out);
+      const int rc = dotgemm_pack_activations(codes, M, K, bits, levels16.data(), o, out_stride, int(tier));
+      std::fill(o + M * out_stride, o + (M + pad_rows) * out_stride, int16_t(0));
+      return rc == 1;
+    }
+    case Kind::dot8: {
+      const int rc = dot8_pack_activations(codes, M, K, bits, levels8.data(), out, out_stride, int(tier));
+      for (size_t r = M; r < M + pad_rows; ++r) {  // the all-padding pixel
+        std::memset(out + r * out_stride, levels8[size_t(pad_code)], K);
+        std::memset(out + r * out_stride + K, 0, out_stride - K);
+      }
+      return rc == 1;
+    }
+    case Kind::bitplanes: {
+      uint8_t* plane_codes_buf = c.at<uint8_t>(plane_codes);
+      uint8_t* plane_buf = c.at<uint8_t>(plane_out);
+      std::memset(out, 0, M * out_stride);
+      for (int b = 0; b < bits; ++b) {
+        const uint8_t* src_plane = codes;
+        if (bits > 1) {
+          for (size_t i = 0; i < M * K; ++i) plane_codes_buf[i] = uint8_t((codes[i] >> b) & 1);
+          src_plane = plane_codes_buf;
+        }
+        if (!pack_groups(src_plane, M, K, 1, 8, 0, plane_buf, plane, tier)) return false;
+        for (size_t m = 0; m < M; ++m) std::memcpy(out + m * out_stride + size_t(b) * plane, plane_buf + m * plane, plane);
+      }
+      if (bits > 1) {  // the shifted planes hide codes >= 2^bits: check them once
+        for (size_t i = 0; i < M * K; ++i)
+          if (codes[i] >> bits) return false;
+      }
+      return true;
+    }
+  }
+  return false;
+}
+
+void GemmStep::prepare(Context& c) const {
+  if (offsets.empty()) return;
+  std::vector<const uint8_t*>& ind = c.indirection[index];
+  const uint8_t* base = c.at<const uint8_t>(a);
+  ind.resize(offsets.size());
+  for (size_t i = 0; i < offsets.size(); ++i) ind[i] = base + offsets[i];
+}
+
+bool GemmStep::run(Context& c) const {
+  GemmCall call;
+  call.kernel = kernel;
+  call.w = w;
+  call.tables = tables;
+  call.M = M;
+  call.N = N;
+  call.k_steps = k_steps;
+  call.flush8 = flush8;
+  call.flush16 = flush16;
+  call.correction = correction;
+  call.col_correction = col_correction;
+  call.a_code_shift = a_code_shift;
+  if (offsets.empty()) {
+    call.a = c.at<const uint8_t>(a);
+    call.a_stride = a_stride;
+  } else {
+    call.a = nullptr;
+    call.a_ind = c.indirection[index].data();
+    call.a_ind_stride = segs;
+    call.seg_steps = seg_steps;
+  }
+  FusedPack pack;
+  if (codes >= 0) {
+    pack.codes = c.at<const uint8_t>(codes);
+    pack.out = c.at<uint8_t>(a);
+    pack.K = K;
+    pack.bits = bits;
+    pack.group = group;
+    pack.shift = int(a_code_shift);
+    pack.tier = kernel->tier;
+    call.pack = &pack;
+  }
+  call.epilogue = ep.make(c);
+  if (ep.kind == OutKind::int32) {
+    call.c = static_cast<int32_t*>(call.epilogue.out);
+    call.c_stride = ep.out_stride;
+  }
+  run_gemm(call, geometry);
+  return !(codes >= 0 && pack.bad.load());
+}
+
+bool PadCorrectionStep::run(Context& c) const {
+  int32_t* sums = c.at<int32_t>(acc);
+  for (size_t m = 0; m < M; ++m) {
+    const uint8_t* row = padded.data() + m * taps;
+    int32_t* out = sums + m * N;
+    for (size_t t = 0; t < taps; ++t) {
+      if (!row[t]) continue;
+      const int64_t* corr = table.data() + t * N;
+      for (size_t n = 0; n < N; ++n) out[n] = int32_t(uint32_t(out[n]) - uint32_t(uint64_t(corr[n])));
+    }
+  }
+  apply_epilogue(ep.make(c), sums, N, 0, M, 0, N);
+  return true;
+}
+
+bool DwconvStep::run(Context& c) const {
+  DwconvCall k = call;
+  k.x = c.at<const uint8_t>(src);
+  k.epilogue = ep.make(c);
+  return run_dwconv(k);
+}
+
+bool GroupedConvStep::run(Context& c) const {
+  GroupedConvCall k = call;
+  k.x = c.at<const uint8_t>(src);
+  k.epilogue = ep.make(c);
+  return run_grouped_conv(k, gg);
+}
+
+}  // namespace runtime
+}  // namespace lowbit

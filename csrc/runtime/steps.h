@@ -1,0 +1,192 @@
+// The step kinds of an executor plan (runtime/executor.h). Each holds the
+// parameters of one native operation, fixed when the plan is built, and
+// buffer ids resolved through the run's Context. The bindings
+// (bindings/executor.cc) check every size before a step is made; run()
+// trusts them.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/ukernel.h"
+#include "ops/conv.h"
+#include "ops/epilogue.h"
+#include "ops/gemm.h"
+#include "ops/graph_ops.h"
+#include "ops/pack.h"
+#include "runtime/executor.h"
+
+namespace lowbit {
+namespace runtime {
+
+// The fused epilogue of a conv/linear step, with its residual and output
+// as buffers (col: first column written/read; stride: elements a row).
+struct EpilogueSpec {
+  OutKind kind = OutKind::float32;  // float32 or codes; int32: raw sums to `out` (scale/bias unused)
+  const float* scale = nullptr;
+  const float* bias = nullptr;
+  float clamp_lo = 0, clamp_hi = 0, inv_step = 1;
+  int32_t qmin = 0, qmax = 0;
+  int out = -1;
+  size_t out_col = 0, out_stride = 0;
+  int residual = -1;
+  size_t residual_col = 0, residual_stride = 0;
+  bool simd = true;
+
+  Epilogue make(const Context& c) const;
+};
+
+// `quantize` node: float32 -> codes; `nchw`: the input is the caller's NCHW
+// array (shape B, C, H, W) and the codes come out NHWC.
+struct QuantizeStep : Step {
+  int src = -1, dst = -1;
+  size_t n = 0;
+  bool nchw = false;
+  size_t B = 0, C = 0, H = 0, W = 0;
+  QuantizeParams params;
+  bool run(Context& c) const override;
+};
+
+// `dequantize` node (and a codes model output).
+struct DequantizeStep : Step {
+  int src = -1, dst = -1;
+  size_t n = 0;
+  std::vector<int32_t> levels;
+  float step = 1;
+  bool run(Context& c) const override;
+};
+
+// Exact layout changes: the input's NCHW -> NHWC, an output's NHWC -> NCHW,
+// flatten (NHWC -> NCHW order) of floats or codes, and plain copies.
+struct LayoutStep : Step {
+  enum class Kind { nchw_to_nhwc, nhwc_to_nchw, flatten_f32, flatten_u8, copy };
+  Kind kind = Kind::copy;
+  int src = -1, dst = -1;
+  size_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;  // the source's 4-D shape (copy: d0 = bytes)
+  bool run(Context& c) const override;
+};
+
+// Element-wise float ops: `add`, `clamp`, `affine`.
+struct EltwiseStep : Step {
+  enum class Kind { add, clamp, affine };
+  Kind kind = Kind::add;
+  int a = -1, b = -1, dst = -1;  // b: add's second input
+  size_t n = 0;                  // elements (affine: rows * C)
+  float lo = 0, hi = 0;          // clamp
+  size_t C = 0;                  // affine channels
+  std::vector<float> scale, bias;
+  bool run(Context& c) const override;
+};
+
+// `maxpool`, `avgpool`, `adaptive_avgpool` on NHWC float32.
+struct PoolStep : Step {
+  enum class Kind { max, avg, adaptive };
+  Kind kind = Kind::max;
+  int src = -1, dst = -1;
+  ConvGeometry g{};  // adaptive: B, H, W, C, OH, OW only
+  bool count_include_pad = false;
+  bool run(Context& c) const override;
+};
+
+// im2col of NHWC codes (the convolution fallback), ops/pack.h.
+struct Im2colStep : Step {
+  int src = -1, dst = -1;
+  ConvGeometry g{};
+  uint8_t pad_code = 0;
+  bool run(Context& c) const override;
+};
+
+// Channels [c0, c1) of (rows, C) codes, copied contiguous (a grouped
+// convolution run group by group).
+struct ChannelSliceStep : Step {
+  int src = -1, dst = -1;
+  size_t rows = 0, C = 0, c0 = 0, c1 = 0;
+  bool run(Context& c) const override;
+};
+
+// Activation packing, in the layouts the families' pack_activations build
+// (python/lowbit/families):
+//  * groups:    pack_groups (grouplut, grouplut6, lutgemm), then pad_rows
+//               rows packing K copies of pad_code;
+//  * dotgemm:   int16 levels;  dot8: uint8 levels, the pad rows holding
+//               the level of pad_code for k < K and 0 after;
+//  * bitplanes: bitserial, `bits` planes of `plane` bytes a row (plane b of
+//               row m at m * 2 * plane + b * plane), zero elsewhere; uses
+//               scratch buffers `plane_codes` (M x K) and `plane_out`
+//               (M x plane).
+struct PackStep : Step {
+  enum class Kind { groups, dotgemm, dot8, bitplanes };
+  Kind kind = Kind::groups;
+  int src = -1, dst = -1;
+  size_t M = 0, K = 0;
+  int bits = 0, group = 0, shift = 0;
+  size_t out_stride = 0;  // bytes (groups, bitplanes: the whole row), levels (dotgemm, dot8)
+  Tier tier = Tier::scalar;
+  size_t pad_rows = 0;
+  int pad_code = 0;
+  std::vector<int16_t> levels16;
+  std::vector<uint8_t> levels8;
+  size_t plane = 0;
+  int plane_codes = -1, plane_out = -1;
+  std::vector<uint8_t> pad_codes;  // K copies of pad_code (groups)
+  bool run(Context& c) const override;
+};
+
+// One GEMM (ops/gemm.h) with the fused epilogue: packed activations in
+// buffer `a` (rows of a_stride bytes), or through the indirection offsets
+// (`offsets`, M x segs byte offsets into `a`), or packed by the driver from
+// the (M, K) codes in `codes` (grouplut, FusedPack).
+struct GemmStep : Step {
+  const KernelInfo* kernel = nullptr;
+  GemmGeometry geometry{};
+  const uint8_t* w = nullptr;
+  const int8_t* tables = nullptr;
+  const int32_t* col_correction = nullptr;
+  size_t M = 0, N = 0, k_steps = 0;
+  uint32_t flush8 = 1, flush16 = 1, a_code_shift = 0;
+  int32_t correction = 0;
+  int a = -1;
+  size_t a_stride = 0;
+  std::vector<int64_t> offsets;
+  size_t segs = 0, seg_steps = 0;
+  int codes = -1;
+  size_t K = 0;
+  int bits = 0, group = 0;
+  EpilogueSpec ep;
+  void prepare(Context& c) const override;
+  bool run(Context& c) const override;
+};
+
+// The padding correction of a convolution whose activation codebook has no
+// zero level (padding then reads code 0), then its epilogue, as
+// lowbit.conv._conv_group: acc[m, n] -= sum over the padded taps t of row m
+// of table[t][n] (= level of code 0 * the weight levels' sum of tap t),
+// modulo 2^32, then the fused epilogue over the corrected sums.
+struct PadCorrectionStep : Step {
+  int acc = -1;  // (M, N) int32 sums, corrected in place
+  size_t M = 0, N = 0, taps = 0;
+  std::vector<uint8_t> padded;  // (M, taps): 1 where the tap reads padding
+  std::vector<int64_t> table;   // (taps, N)
+  EpilogueSpec ep;
+  bool run(Context& c) const override;
+};
+
+// Depthwise convolution (run_dwconv) and grouped convolution on dotgemm
+// (run_grouped_conv), codes from buffer `src`.
+struct DwconvStep : Step {
+  DwconvCall call;  // x and the epilogue pointers are set per run
+  int src = -1;
+  EpilogueSpec ep;
+  bool run(Context& c) const override;
+};
+
+struct GroupedConvStep : Step {
+  GroupedConvCall call;
+  GemmGeometry gg{};
+  int src = -1;
+  EpilogueSpec ep;
+  bool run(Context& c) const override;
+};
+
+}  // namespace runtime
+}  // namespace lowbit

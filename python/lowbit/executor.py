@@ -1,0 +1,530 @@
+"""The native whole-graph executor of :class:`lowbit.Model` (docs/runtime.md).
+
+A Model's forward pass on the kernel path is one native call
+(``_core.ExecutorPlan.run``, GIL released) instead of a Python loop over
+nodes. This module lowers a Model, for one input shape and one dispatch
+state, to a plan of native steps. It takes every decision from the Python
+kernel path itself, never re-deriving it: ``ops._prepare`` (the Bound: plan,
+kernel, weight layout, tables, flush bounds, corrections), ``conv._tap_rows``,
+``conv._native_grouping_allowed`` / ``conv._native_call`` (depthwise and
+grouped layers), the pad-code rule of ``conv._conv_group``, and the fused
+:class:`lowbit.Epilogue` of each node (``Model._epilogue``). So autotuning and
+``lowbit.use(isa=/kernel=/strategy=)`` are honoured, and every integer and
+float is the one the Python path computes.
+
+Plans are cached on the Model (an LRU of :data:`PLAN_CACHE_SIZE`) by input
+shape (B, H, W) and ``_dispatch.state()``. A model, or a node under the
+current dispatch state, that has no native step runs entirely on the Python
+path; :func:`status` says why.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import threading
+
+import numpy as np
+
+from . import _core, _dispatch
+from . import conv as convmod
+from .ops import _prepare
+from .packing import PackedActivations, check_elements
+
+__all__ = ["PLAN_CACHE_SIZE", "Unsupported", "status", "why_not"]
+
+PLAN_CACHE_SIZE = 8
+CHOICES = ("native", "python")
+# ops with a native step; conv_f32/linear_f32 (float layers on NumPy BLAS) have none
+NATIVE_OPS = ("input", "quantize", "dequantize", "conv", "linear", "add", "clamp", "affine", "maxpool", "avgpool",
+              "adaptive_avgpool", "flatten")
+_EPILOGUE_DEFAULTS = (1.0, 0, 0)  # inv_step, qmin, qmax of a float32 output
+_BUILD_LOCK = threading.Lock()
+
+
+class Unsupported(Exception):
+    """The model (or a node under the current dispatch state) has no native step: run on Python."""
+
+
+def why_not(model) -> str | None:
+    """Why ``model`` never runs natively (an op without a native step), or None."""
+    for n in model.nodes:
+        if n.op not in NATIVE_OPS:
+            return f"node {n.name!r}: op {n.op!r} (float32 layer on NumPy BLAS) has no native step"
+    return None
+
+
+def choice(executor=None) -> str:
+    """'native' or 'python': the ``executor`` argument, else LOWBIT_EXECUTOR, else 'native'."""
+    if executor is None:
+        executor = os.environ.get("LOWBIT_EXECUTOR") or "native"
+        what = "LOWBIT_EXECUTOR"
+    else:
+        what = "executor"
+    if executor not in CHOICES:
+        raise ValueError(f"{what}: expected 'native' or 'python', got {executor!r}")
+    return executor
+
+
+def status(model) -> tuple:
+    """(executor, reason): which executor ``model.run`` uses by default and, when it is
+    'python', why (the environment, an op without a native step, or what the last
+    plan build found)."""
+    if choice() == "python":
+        return "python", "LOWBIT_EXECUTOR=python"
+    reason = why_not(model) or model.__dict__.get("_memo", {}).get("native_reason")
+    return ("python", reason) if reason else ("native", None)
+
+
+class _Value:
+    """A value of the plan: kind 'input' (the caller's NCHW float32), 'f32' or 'codes'
+    (NHWC or (B, F)), its shape and buffer; codes carry bits, levels and step."""
+
+    __slots__ = ("kind", "shape", "buf", "bits", "levels", "step")
+
+    def __init__(self, kind, shape, buf, bits=0, levels=None, step=1.0):
+        self.kind, self.shape, self.buf = kind, tuple(int(s) for s in shape), buf
+        self.bits, self.levels, self.step = bits, levels, step
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+class NativePlan:
+    """A built plan: the native plan, the output shape, and what the nodes report."""
+
+    __slots__ = ("core", "out_shape", "kernels", "shapes", "step_names", "last_kernel")
+
+    def __init__(self, core, out_shape, kernels, shapes, step_names):
+        self.core, self.out_shape = core, out_shape
+        self.kernels, self.shapes, self.step_names = kernels, shapes, step_names
+        self.last_kernel = next(reversed(kernels.values()), None) if kernels else None
+
+
+class _Builder:
+    """Lowers one Model for one NCHW input shape (see the module docstring)."""
+
+    def __init__(self, model, shape):
+        self.model = model
+        self.core = _core.ExecutorPlan()
+        self.vals = {}
+        self.kernels = {}
+        self.packed = {}       # (codes buffer, packing) -> (packed buffer, row bytes): one pack per rule
+        self.nhwc_input = None
+        self.output_buf = None
+        self.last = len(model.nodes) - 1
+        b, c, h, w = shape
+        self.vals[model.nodes[0].name] = _Value("input", (b, c, h, w), self.core.input(4 * b * c * h * w))
+
+    # ---- buffers and values ----
+    def _f32(self, i, shape):
+        """A new float32 value; the last node's 2-D float output is the caller's output array."""
+        nbytes = 4 * int(np.prod(shape))
+        if i == self.last and len(shape) == 2:
+            self.output_buf = self.core.output(nbytes)
+            return _Value("f32", shape, self.output_buf)
+        return _Value("f32", shape, self.core.buffer(nbytes))
+
+    def _float_input(self, v, what):
+        if v.kind == "codes":
+            raise Unsupported(f"{what} got codes; expected float (graph error)")
+        if v.kind == "input":  # the NHWC view of the input, materialized once
+            if self.nhwc_input is None:
+                b, c, h, w = v.shape
+                self.nhwc_input = _Value("f32", (b, h, w, c), self.core.buffer(v.size * 4))
+                self.core.layout(0, "nchw_to_nhwc", v.buf, self.nhwc_input.buf, [b, c, h, w])
+            return self.nhwc_input
+        return v
+
+    @staticmethod
+    def _probe(v):
+        """A PackedActivations with the value's bits and levels (what _prepare and
+        _native_call key their plans by); it holds no codes."""
+        return PackedActivations(np.zeros((1, v.shape[-1]), np.uint8), v.bits, np.asarray(v.levels, np.int32))
+
+    # ---- nodes ----
+    def node(self, i, n):
+        args = [self.vals[s] for s in n.inputs]
+        op, a = n.op, n.attrs
+        if op == "input":
+            return
+        if op == "quantize":
+            out = self._quantize(i, n, args[0])
+        elif op == "dequantize":
+            x = args[0]
+            if x.kind != "codes":
+                raise Unsupported(f"node {n.name!r}: dequantize got float")
+            out = self._f32(i, x.shape)
+            self.core.dequantize(i, x.buf, out.buf, x.size, np.asarray(x.levels, np.int32), float(np.float32(x.step)))
+        elif op in ("conv", "linear"):
+            out = self._quantized(i, n, args)
+        elif op == "flatten":
+            x = args[0] if args[0].kind != "input" else self._float_input(args[0], "flatten")
+            if len(x.shape) != 4:
+                out = x  # already (B, F): the same buffer
+            else:
+                b, h, w, c = x.shape
+                if x.kind == "codes":
+                    out = _Value("codes", (b, c * h * w), self.core.buffer(x.size), x.bits, x.levels, x.step)
+                    self.core.layout(i, "flatten_u8", x.buf, out.buf, [b, h, w, c])
+                else:
+                    out = self._f32(i, (b, c * h * w))
+                    self.core.layout(i, "flatten_f32", x.buf, out.buf, [b, h, w, c])
+        else:
+            x = self._float_input(args[0], f"node {n.name!r} ({op})")
+            if op == "add":
+                y = self._float_input(args[1], f"node {n.name!r} (add)")
+                if y.shape != x.shape:
+                    raise Unsupported(f"node {n.name!r}: add of shapes {x.shape} and {y.shape} (broadcast)")
+                out = self._f32(i, x.shape)
+                self.core.add(i, x.buf, y.buf, out.buf, x.size)
+            elif op == "clamp":
+                from .runtime import _bounds
+
+                lo, hi = _bounds(a)
+                out = self._f32(i, x.shape)
+                self.core.clamp(i, x.buf, out.buf, x.size, float(lo), float(hi))
+            elif op == "affine":
+                scale, bias = n.arrays["scale"], n.arrays["bias"]
+                if x.shape[-1] != scale.shape[0]:
+                    raise Unsupported(f"node {n.name!r}: affine of {scale.shape[0]} channels on shape {x.shape}")
+                out = self._f32(i, x.shape)
+                self.core.affine(i, x.buf, out.buf, x.size // scale.shape[0], scale, bias)
+            elif op in ("maxpool", "avgpool"):
+                out = self._pool(i, n, x)
+            elif op == "adaptive_avgpool":
+                if len(x.shape) != 4:
+                    raise Unsupported(f"node {n.name!r}: adaptive_avgpool needs NHWC input")
+                b, h, w, c = x.shape
+                oh, ow = a["output_size"]
+                oh, ow = h if oh is None else oh, w if ow is None else ow
+                check_elements((b, oh, ow, c), "adaptive_avgpool output")
+                out = self._f32(i, (b, oh, ow, c))
+                self.core.pool(i, "adaptive", x.buf, out.buf, (b, h, w, c, oh, ow), False)
+            else:
+                raise Unsupported(f"node {n.name!r}: op {op!r} has no native step")
+        self.vals[n.name] = out
+
+    def _quantize(self, i, n, x):
+        a = n.attrs
+        if x.kind == "codes":
+            raise Unsupported(f"node {n.name!r}: quantize got codes (graph error)")
+        pre = a.get("pre_step") is not None
+        pre_step = float(np.float32(a["pre_step"])) if pre else 1.0
+        pre_inv_div = float(np.float32(1.0 / a["pre_div"])) if pre else 1.0
+        step = 1.0 if pre else float(np.float32(a["step"]))
+        if x.kind == "input":
+            b, c, h, w = x.shape
+            out = _Value("codes", (b, h, w, c), self.core.buffer(x.size), a["bits"], a["levels"], a["step"])
+            self.core.quantize(i, x.buf, out.buf, x.size, [b, c, h, w], bool(a.get("binary")), step, a["qn"],
+                               a["qp"], pre, pre_step, pre_inv_div)
+        else:
+            out = _Value("codes", x.shape, self.core.buffer(x.size), a["bits"], a["levels"], a["step"])
+            self.core.quantize(i, x.buf, out.buf, x.size, None, bool(a.get("binary")), step, a["qn"], a["qp"], pre,
+                               pre_step, pre_inv_div)
+        return out
+
+    def _pool(self, i, n, x):
+        a = n.attrs
+        if len(x.shape) != 4:
+            raise Unsupported(f"node {n.name!r}: {n.op} needs NHWC input")
+        b, h, w, c = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
+        dh, dw = a["dilation"] if n.op == "maxpool" else (1, 1)
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"pooling: input {h}x{w} is too small for a {kh}x{kw} window")
+        out = self._f32(i, (b, oh, ow, c))
+        self.core.pool(i, "max" if n.op == "maxpool" else "avg", x.buf, out.buf,
+                       (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow), bool(a.get("count_include_pad")))
+        return out
+
+    def _quantized(self, i, n, args):
+        a = n.attrs
+        x = args[0]
+        if x.kind != "codes":
+            raise Unsupported(f"node {n.name!r}: expected activation codes, got float (graph error)")
+        if x.bits != a["a_bits"] or list(x.levels) != list(a["a_codebook"]):
+            raise Unsupported(f"node {n.name!r}: input codes do not match its a_bits/a_codebook (graph error)")
+        residual = None
+        if len(args) > 1:
+            residual = self._float_input(args[1], f"node {n.name!r} (residual)")
+        model = self.model
+        ep = model._epilogue(n)
+        weights = model._weights(n)
+        cout = n.arrays["w_codes"].shape[0]
+        if n.op == "conv":
+            if len(x.shape) != 4:
+                raise Unsupported(f"node {n.name!r}: conv needs NHWC codes")
+            return self._conv(i, n, x, residual, ep, weights, cout)
+        if len(x.shape) != 2 or x.shape[1] != weights.K:
+            raise Unsupported(f"node {n.name!r}: linear input shape {x.shape} (graph error)")
+        m = x.shape[0]
+        check_elements((m, cout), "output")
+        out = self._output(i, n, ep, (m, cout))
+        ep_args = self._ep(ep, out, 0, cout, residual, m * cout)
+        bound = _prepare(self._probe(x), weights, m, weights.K)
+        self._gemm_direct(i, x.buf, m, weights.K, bound, ep_args)
+        self.kernels[n.name] = bound.kern["name"]
+        return out
+
+    def _output(self, i, n, ep, shape):
+        r = ep.requant
+        if r is None:
+            return self._f32(i, shape)
+        return _Value("codes", shape, self.core.buffer(int(np.prod(shape))), r.bits, r.codebook(),
+                      n.attrs["requant"]["step"])
+
+    def _ep(self, ep, out, col, stride, residual, size, scale=None, bias=None):
+        """The epilogue tuple of ExecutorPlan (columns [col, col + N) of rows of `stride`)."""
+        kind, s, b, _res, lo, hi, *rq = ep.native_args()
+        rq = tuple(rq) or _EPILOGUE_DEFAULTS
+        res = (None, 0, 0)
+        if residual is not None:
+            if residual.size != size:
+                raise Unsupported(f"residual of shape {residual.shape} does not match the output (graph error)")
+            res = (residual.buf, col, stride)
+        s = s if scale is None else scale
+        b = b if bias is None else bias
+        return (kind, s, b, lo, hi) + rq + (out.buf, col, stride) + res
+
+    def _conv(self, i, n, x, residual, ep, weights, cout):
+        a = n.attrs
+        b, h, w, c = x.shape
+        if c != weights.cin_per_group * weights.groups:
+            raise ValueError(f"x: expected {weights.cin_per_group * weights.groups} input channels, got {c}")
+        stride = convmod._pair(a["stride"], "stride")
+        padding = convmod._pair(a["padding"], "padding")
+        dilation = convmod._pair(a["dilation"], "dilation")
+        kh, kw = weights.kh, weights.kw
+        oh, ow = convmod._output_size(h, w, kh, kw, stride, padding, dilation)
+        m = b * oh * ow
+        check_elements((m, cout), "output")
+        check_elements((m, kh * kw), "x (tap table)")
+        out = self._output(i, n, ep, (b, oh, ow, cout))
+        geometry = (b, h, w, c, kh, kw, *stride, *padding, *dilation, oh, ow)
+        pa = self._probe(x)
+        if (weights.groups > 1 or weights.depthwise) and convmod._native_grouping_allowed(weights.depthwise):
+            fn, (index, bits, a_levels, wl), extra, name = convmod._native_call(pa, weights)
+            ep_args = self._ep(ep, out, 0, cout, residual, m * cout)
+            if fn is _core.dwconv:
+                self.core.dwconv(i, index, x.buf, geometry, bits, a_levels, wl, ep_args)
+            else:
+                groups, cout_ = extra
+                self.core.conv_grouped(i, index, x.buf, geometry, groups, cout_, bits, a_levels, wl, ep_args)
+            self.kernels[n.name] = name
+            return out
+        rows, _, _ = convmod._tap_rows(b, h, w, kh, kw, stride, padding, dilation)
+        cg, opg, taps = weights.cin_per_group, cout // weights.groups, kh * kw
+        cb_a = pa.codebook
+        zero = np.flatnonzero(cb_a == 0)
+        pad_code = int(zero[0]) if zero.size else 0
+        fused = zero.size > 0 or max(padding) == 0  # else padding reads code 0: correct the sums, then the epilogue
+        one_by_one = kh == kw == 1 and stride == (1, 1) and max(padding) == 0
+        npix = b * h * w
+        for g in range(weights.groups):
+            src = x.buf
+            if weights.groups > 1:  # group by group (a forced kernel or family): a contiguous channel slice
+                src = self.core.buffer(npix * cg)
+                self.core.channel_slice(i, x.buf, src, npix, c, g * cg, (g + 1) * cg)
+            sl = slice(g * opg, (g + 1) * opg)
+            ep_args = self._ep(ep, out, g * opg, cout, residual, m * cout, np.ascontiguousarray(ep.scale[sl]),
+                               np.ascontiguousarray(ep.bias[sl]))
+            if not fused:
+                sums = _Value("f32", (m, opg), self.core.buffer(4 * m * opg))  # int32 sums
+                final_ep, ep_args = ep_args, ("int32", ep_args[1], ep_args[2], 0.0, 0.0) + _EPILOGUE_DEFAULTS + (
+                    sums.buf, 0, opg, None, 0, 0)
+            packed = weights.parts[g]
+            bound = _prepare(pa, packed, m, taps * cg)
+            step = bound.fam.indirect_step(bound.plan)
+            if one_by_one:
+                # the input pixels are the GEMM rows: the same sums as the indirect or im2col path
+                self._gemm_direct(i, src, m, cg, bound, ep_args)
+            elif bound.kern["indirect"] and step is not None and cg % step == 0:
+                seg = cg // step
+                abuf, pixel_bytes = self._pack(i, src, npix, cg, bound, 1, pad_code)
+                offsets = np.where(rows >= 0, rows, npix).astype(np.int64) * pixel_bytes
+                k_steps = taps * seg
+                self._gemm(i, bound, m, k_steps, bound.correction(k_steps, 0), abuf, 0, ep_args, offsets=offsets,
+                           seg_steps=seg)
+            else:  # the im2col copy, then the plain GEMM (as conv._conv_group)
+                k = taps * cg
+                check_elements((m, k), "x (im2col copy)")
+                cols = self.core.buffer(m * k)
+                self.core.im2col(i, src, cols, (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow), pad_code)
+                self._gemm_direct(i, cols, m, k, bound, ep_args)
+            if not fused:  # conv._conv_group's correction: cbA[pad code] * the weights under the padded taps
+                table = np.ascontiguousarray(weights.column_sums(g), np.int64) * int(cb_a[pad_code])
+                self.core.pad_correction(i, sums.buf, m, opg, np.ascontiguousarray(rows < 0, np.uint8), table,
+                                         final_ep)
+            self.kernels[n.name] = bound.kern["name"]
+        return out
+
+    # ---- packing and GEMMs ----
+    def _pack(self, i, src, m, k, bound, pad_rows=0, pad_code=0):
+        """Packs (m, k) codes the way bound.fam.pack_activations does; (buffer, row bytes).
+        One pack per (codes, rule) serves every consumer."""
+        plan, fam, tier = bound.plan, bound.fam, bound.kern["tier_rank"]
+        key = (src, m, k, plan.family, plan.params, tier > 0, pad_rows, pad_code)
+        hit = self.packed.get(key)
+        if hit is not None:
+            return hit
+        k_steps = fam.k_steps(k, plan)
+        rows = m + pad_rows
+        if plan.family == "lutgemm":
+            stride = k_steps * 16
+            buf = self.core.buffer(rows * stride)
+            self.core.pack(i, "groups", src, buf, m, k, 2, 4, 0, stride, tier, pad_rows, pad_code, None)
+        elif plan.family in ("grouplut", "grouplut6"):
+            _, ba, gw = plan.params
+            stride = -(-k // gw)
+            buf = self.core.buffer(rows * stride)
+            self.core.pack(i, "groups", src, buf, m, k, ba, gw, fam.code_shift(plan), stride, tier, pad_rows,
+                           pad_code, None)
+        elif plan.family == "dotgemm":
+            cols = fam.STEP * k_steps
+            stride = 2 * cols
+            buf = self.core.buffer(rows * stride)
+            self.core.pack(i, "dotgemm", src, buf, m, k, plan.params[1], 0, 0, cols, tier, pad_rows, pad_code,
+                           np.frombuffer(plan.params[3], "<i2").copy())
+        elif plan.family == "dot8":
+            stride = fam.STEP * k_steps
+            buf = self.core.buffer(rows * stride)
+            self.core.pack(i, "dot8", src, buf, m, k, plan.params[1], 0, 0, stride, tier, pad_rows, pad_code,
+                           np.frombuffer(plan.params[3], np.uint8).copy())
+        elif plan.family == "bitserial":
+            if pad_rows:
+                raise Unsupported("bitserial packing has no pad rows")
+            stride = 2 * k_steps * 32
+            buf = self.core.buffer(rows * stride)
+            self.core.pack(i, "bitplanes", src, buf, m, k, plan.params[1], 0, 0, stride, tier, 0, 0, None)
+        else:
+            raise Unsupported(f"no native packing for family {plan.family!r}")
+        hit = self.packed[key] = (buf, stride)
+        return hit
+
+    def _gemm_direct(self, i, codes, m, k, bound, ep_args):
+        """A plain (m, k) GEMM on codes in buffer `codes` (lowbit.gemm's path; grouplut
+        packs inside the GEMM's tasks, as _core.gemm_codes)."""
+        k_steps, correction = bound.direct(k)
+        if bound.plan.family in ("grouplut", "grouplut6"):
+            _, ba, gw = bound.plan.params
+            abuf = self.core.buffer(max(m, 1) * max(k_steps, 1))
+            self._gemm(i, bound, m, k_steps, correction, abuf, k_steps, ep_args, codes=codes, k=k, bits=ba,
+                       group=gw)
+        else:
+            abuf, stride = self._pack(i, codes, m, k, bound)
+            self._gemm(i, bound, m, k_steps, correction, abuf, stride, ep_args)
+
+    def _gemm(self, i, bound, m, k_steps, correction, abuf, a_stride, ep_args, offsets=None, seg_steps=0, codes=-1,
+              k=0, bits=0, group=0):
+        n = ep_args[1].shape[0]
+        self.core.gemm(i, bound.kern["index"], bound.w_layout, bound.tables, m, n, k_steps, bound.flush8,
+                       bound.flush16, correction, bound.code_shift, bound.col_correction, abuf, a_stride, offsets,
+                       seg_steps, codes, k, bits, group, ep_args)
+
+    # ---- the output ----
+    def finish(self):
+        """Writes the last value into the caller's output (NCHW for 4-D, dequantized codes)."""
+        v = self.vals[self.model.nodes[-1].name]
+        i = self.last
+        if v.kind == "input":
+            raise Unsupported("the model output is its input")
+        if v.kind == "codes":
+            if len(v.shape) == 2:
+                out = self.core.output(4 * v.size)
+                self.core.dequantize(i, v.buf, out, v.size, np.asarray(v.levels, np.int32), float(np.float32(v.step)))
+                return v.shape
+            f = _Value("f32", v.shape, self.core.buffer(4 * v.size))
+            self.core.dequantize(i, v.buf, f.buf, v.size, np.asarray(v.levels, np.int32), float(np.float32(v.step)))
+            v = f
+        if len(v.shape) == 4:
+            b, h, w, c = v.shape
+            self.core.layout(i, "nhwc_to_nchw", v.buf, self.core.output(4 * v.size), [b, h, w, c])
+            return (b, c, h, w)
+        if v.buf != self.output_buf:  # e.g. a flatten that kept its input's buffer
+            self.core.layout(i, "copy", v.buf, self.core.output(4 * v.size), [4 * v.size])
+        return v.shape
+
+
+def _build(model, shape) -> NativePlan:
+    b = _Builder(model, shape)
+    for i, n in enumerate(model.nodes):
+        b.node(i, n)
+    out_shape = b.finish()
+    b.core.finalize()
+    names = [n.name for n in model.nodes]
+    shapes = {}
+    for n in model.nodes:
+        v = b.vals[n.name]
+        shapes[n.name] = (v.shape[0], v.shape[2], v.shape[3], v.shape[1]) if v.kind == "input" else v.shape
+    return NativePlan(b.core, out_shape, b.kernels, shapes, [names[j] for j in b.core.step_nodes])
+
+
+def plan_for(model, shape) -> NativePlan:
+    """The cached plan of ``model`` for NCHW ``shape`` under the current dispatch state;
+    raises Unsupported (cached too) when some node has no native step."""
+    memo = model.__dict__.setdefault("_memo", {})
+    cache = memo.get("native_plans")
+    if cache is None:
+        cache = memo.setdefault("native_plans", collections.OrderedDict())
+    key = (tuple(shape), _dispatch.state())
+    hit = cache.get(key)
+    if hit is None:
+        with _BUILD_LOCK:
+            hit = cache.get(key)
+            if hit is None:
+                reason = why_not(model)
+                if reason:
+                    hit = Unsupported(reason)
+                else:
+                    try:
+                        hit = _build(model, shape)
+                    except Unsupported as exc:
+                        hit = exc
+                cache[key] = hit
+                while len(cache) > PLAN_CACHE_SIZE:
+                    cache.popitem(last=False)
+    else:
+        try:
+            cache.move_to_end(key)
+        except KeyError:  # evicted by another thread meanwhile
+            pass
+    if isinstance(hit, Unsupported):
+        memo["native_reason"] = str(hit)
+        raise hit
+    memo["native_reason"] = None
+    return hit
+
+
+def run(model, x, profile=None, required=False):
+    """Logits of one batch (x: float32 NCHW, already checked by Model._check_input) from
+    the native plan, or None when the model has no native plan here (then the caller
+    runs the Python path); ``required`` raises ValueError instead."""
+    try:
+        plan = plan_for(model, x.shape)
+    except Unsupported as exc:
+        if required:
+            raise ValueError(f"executor='native': this model cannot run natively: {exc}") from None
+        return None
+    except (ValueError, RuntimeError, NotImplementedError):
+        if required:
+            raise
+        return None  # the Python path raises the same error with its own message
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(plan.out_shape, np.float32)
+    seconds = plan.core.run(x, out, profile is not None)
+    if profile is not None:
+        for name, s in zip(plan.step_names, seconds):
+            profile[name] = profile.get(name, 0.0) + s
+    memo = model._memo
+    if memo.get("reported") is not plan:  # what the nodes report (Model.layers/summary), as a Python run sets it
+        for n in model.nodes:
+            n.out_shape = plan.shapes[n.name]
+        for name, kernel in plan.kernels.items():
+            model._by_name[name].kernel = kernel
+        memo["reported"] = plan
+    if plan.last_kernel is not None:
+        _dispatch.set_last_kernel(plan.last_kernel)
+    return out

@@ -1,0 +1,431 @@
+"""The native whole-graph executor (lowbit.executor, docs/runtime.md): every
+model runs bit-identically natively, on the Python kernel path and on the
+NumPy reference, under every dispatch setting; unsupported models fall back
+to Python as a whole and say why."""
+import threading
+
+import numpy as np
+import pytest
+
+import lowbit
+from lowbit import _dispatch
+from lowbit import executor as lbx
+from lowbit.runtime import Model, Node
+from conftest import available_kernels
+from numpy_models import images, small_cnn
+
+
+def _same(a, b, what=""):
+    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape, what
+    assert np.array_equal(a, b, equal_nan=True), what
+    assert a.tobytes() == b.tobytes(), what
+
+
+def check(m, x, batch_size=256, **kw):
+    """Native, Python kernel path and reference agree byte for byte; returns the output."""
+    native = m.run(x, batch_size=batch_size, executor="native", **kw)
+    python = m.run(x, batch_size=batch_size, executor="python", **kw)
+    ref = m.run(x, batch_size=batch_size, reference=True, **kw)
+    _same(native, python, "native vs python")
+    _same(native, ref, "native vs reference")
+    return native
+
+
+# ---------------------------------------------------------------------------------------------
+# A NumPy-built graph with every native op
+
+def _q(name, src, bits, step, signed=False, pre=None, binary=False):
+    if binary:
+        a = {"bits": 1, "signed": True, "binary": True, "qn": -1, "qp": 0, "step": step, "levels": [-1, 1]}
+    else:
+        qn = -(1 << (bits - 1)) if signed else 0
+        a = {"bits": bits, "signed": signed, "binary": False, "qn": qn, "qp": qn + (1 << bits) - 1, "step": step,
+             "levels": list(range(qn, qn + (1 << bits)))}
+    if pre is not None:
+        a["pre_step"], a["pre_div"] = pre
+    return Node(name, "quantize", [src], a)
+
+
+def _layer(rng, name, op, inputs, shape, w_bits, a_levels, requant=None, clamp=(0.0, None), **conv):
+    cout = shape[0]
+    attrs = {"w_bits": w_bits, "a_bits": int(np.log2(len(a_levels))),
+             "w_codebook": list(range(-(1 << (w_bits - 1)), 1 << (w_bits - 1))), "a_codebook": list(a_levels),
+             "clamp": list(clamp), "requant": requant, "residual": len(inputs) > 1, "bn": False}
+    attrs.update(conv)
+    arrays = {"w_codes": rng.integers(0, 1 << w_bits, shape, dtype=np.uint8),
+              "scale": rng.uniform(0.005, 0.05, cout).astype(np.float32),
+              "bias": rng.uniform(-0.5, 0.5, cout).astype(np.float32)}
+    return Node(name, op, inputs, attrs, arrays)
+
+
+def zoo(seed=0, w_bits=2, a_bits=2, signed=False, count_include_pad=True, out_size=(2, 3), trunc=False,
+        width=16, size=10):
+    """input -> quantize (NCHW fused) -> conv 3x3 (codes) -> depthwise 3x3 (float) -> maxpool ->
+    quantize -> grouped 3x3 + residual -> affine -> clamp -> avgpool -> quantize (Trunc form
+    when `trunc`) -> 1x1 conv (codes) -> { dequantize -> adaptive avgpool -> flatten (float) ->
+    quantize -> linear (codes) -> linear } + { flatten (codes) -> linear } -> add."""
+    rng = np.random.default_rng(seed)
+    qn = -(1 << (a_bits - 1)) if signed else 0
+    lv = list(range(qn, qn + (1 << a_bits)))
+    rq = {"bits": a_bits, "step": 0.5, "signed": signed}
+    c3 = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+    c1 = dict(c3, padding=[0, 0])
+    w, w2 = width, width // 2
+    oh = size // 2 + 1  # after the padded avgpool
+    nodes = [
+        Node("input", "input", [], {"channels": 3, "height": size, "width": size, "spatial_fixed": True}),
+        _q("q0", "input", a_bits, 0.25, signed),
+        _layer(rng, "conv1", "conv", ["q0"], (w, 3, 3, 3), w_bits, lv, requant=rq, **c3),
+        _layer(rng, "dw", "conv", ["conv1"], (w, 1, 3, 3), w_bits, lv, **dict(c3, groups=w)),
+        Node("mp", "maxpool", ["dw"], {"kernel": [3, 3], "stride": [2, 2], "padding": [1, 1], "dilation": [1, 1]}),
+        _q("qa", "mp", a_bits, 0.3, signed),
+        _layer(rng, "grouped", "conv", ["qa", "mp"], (w, w // 4, 3, 3), w_bits, lv, clamp=(None, None),
+               **dict(c3, groups=4)),
+        Node("bn", "affine", ["grouped"], {}, {"scale": rng.uniform(0.5, 2, w).astype(np.float32),
+                                               "bias": rng.uniform(-0.5, 0.5, w).astype(np.float32)}),
+        Node("clip", "clamp", ["bn"], {"clamp": [-1.0, 2.0]}),
+        Node("ap", "avgpool", ["clip"], {"kernel": [2, 2], "stride": [1, 1], "padding": [1, 1],
+                                         "count_include_pad": count_include_pad}),
+        _q("qb", "ap", a_bits, 1.0 if trunc else 0.2, signed, pre=(0.05, 4.0) if trunc else None),
+        _layer(rng, "pw", "conv", ["qb"], (w2, w, 1, 1), w_bits, lv, requant=rq, **c1),
+        Node("deq", "dequantize", ["pw"]),
+        Node("aap", "adaptive_avgpool", ["deq"], {"output_size": list(out_size)}),
+        Node("flat", "flatten", ["aap"]),
+        _q("qc", "flat", a_bits, 0.4, signed),
+        _layer(rng, "fc1", "linear", ["qc"], (12, w2 * out_size[0] * out_size[1]), w_bits, lv, requant=rq),
+        _layer(rng, "fc2", "linear", ["fc1"], (10, 12), w_bits, lv, clamp=(None, None)),
+        Node("flat_codes", "flatten", ["pw"]),
+        _layer(rng, "fc3", "linear", ["flat_codes"], (10, w2 * oh * oh), w_bits, lv, clamp=(None, None)),
+        Node("sum", "add", ["fc2", "fc3"]),
+    ]
+    return Model(nodes, {"name": "executor zoo"})
+
+
+def _images(n, size=10, seed=1):
+    return np.random.default_rng(seed).normal(0, 1, (n, 3, size, size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bits", [(2, 2), (1, 2), (2, 1), (3, 3), (4, 4), (2, 4), (8, 8), (4, 8)])
+@pytest.mark.parametrize("signed", [False, True])
+def test_zoo_bit_identical(bits, signed):
+    w_bits, a_bits = bits
+    if signed and a_bits == 1:
+        pytest.skip("signed 1-bit requantization is not a uniform grid")
+    m = zoo(w_bits=w_bits, a_bits=a_bits, signed=signed)
+    assert lbx.status(m) == ("native", None)
+    for n in (1, 2, 5):
+        check(m, _images(n))
+    assert lbx.status(m) == ("native", None)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("out_size", [(1, 1), (2, 3), (3, 2)])
+@pytest.mark.parametrize("trunc", [False, True])
+def test_zoo_pools_and_trunc(count_include_pad, out_size, trunc):
+    m = zoo(seed=3, count_include_pad=count_include_pad, out_size=out_size, trunc=trunc)
+    check(m, _images(3, seed=4))
+
+
+def test_batch_chunks_and_sizes():
+    m = zoo(seed=5)
+    x = _images(5, seed=6)
+    whole = check(m, x)
+    _same(check(m, x, batch_size=2), whole)
+    for i in range(5):
+        _same(m.run(x[i:i + 1]), whole[i:i + 1])
+    cache = m._memo["native_plans"]
+    assert {k[0][0] for k in cache} >= {1, 2, 5}  # one plan per batch size
+
+
+def test_numpy_models():
+    for wa in [(2, 2), (1, 1), (4, 4), (8, 8), (3, 2)]:
+        m = small_cnn(seed=sum(wa), w_bits=wa[0], a_bits=wa[1])
+        for n in (1, 2, 5):
+            check(m, images(n, n))
+        check(m, images(7, 5, size=17))  # spatial size free: another plan
+        check(m, images(5, 5), batch_size=2)
+
+
+@pytest.mark.parametrize("isa", _dispatch.supported_tiers())
+def test_every_tier_cap(isa):
+    m = zoo(seed=7, w_bits=2, a_bits=2)
+    m8 = zoo(seed=8, w_bits=8, a_bits=8)
+    x = _images(2, seed=8)
+    with lowbit.use(isa=isa):
+        check(m, x)
+        check(m8, x)
+        m.run(x, executor="native")
+        kernels = [n.kernel for n in m.nodes if n.op in ("conv", "linear")]
+    assert all(_dispatch.tier_rank(k.rsplit("__", 1)[1]) <= _dispatch.tier_rank(isa) for k in kernels), kernels
+
+
+@pytest.mark.parametrize("bits", [(2, 2), (4, 4), (1, 1), (8, 8)])
+def test_every_forced_kernel(bits):
+    """Each registry kernel that can compute the layers; grouped layers then run group by group."""
+    m = small_cnn(seed=9, w_bits=bits[0], a_bits=bits[1])
+    z = zoo(seed=9, w_bits=bits[0], a_bits=bits[1])
+    x, xz = images(3, 3), _images(3, seed=9)
+    ran = 0
+    for k in available_kernels():
+        for model, xin in ((m, x), (z, xz)):
+            with lowbit.use(kernel=k["name"]):
+                try:
+                    want = model.run(xin, executor="python")
+                except (ValueError, NotImplementedError, RuntimeError):
+                    continue  # this kernel cannot compute these layers (the Python path says why)
+                _same(model.run(xin, executor="native"), want, k["name"])
+                assert {n.kernel for n in model.nodes if n.op == "linear"} == {k["name"]}
+                ran += 1
+    assert ran >= 1
+
+
+@pytest.mark.parametrize("strategy", ["fastest", "dotgemm", "dot8", "grouplut", "lutgemm"])
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("bits", [2, 8])
+def test_strategies(strategy, signed, bits):
+    m = zoo(seed=10, w_bits=bits, a_bits=bits, signed=signed)
+    with lowbit.use(strategy=strategy):
+        try:
+            want = m.run(_images(2), executor="python")
+        except (ValueError, NotImplementedError):
+            pytest.skip(f"{strategy} cannot compute W{bits}A{bits} here")
+        _same(m.run(_images(2), executor="native"), want)
+
+
+def test_autotune_on(tmp_path, monkeypatch):
+    from lowbit import autotune
+
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path))
+    autotune.clear_memory()
+    try:
+        m = zoo(seed=11, w_bits=2, a_bits=2)
+        x = _images(4, seed=11)
+        with lowbit.use(autotune=True):
+            _same(m.run(x, executor="native"), m.run(x, executor="python"))
+            native_kernels = {n.name: n.kernel for n in m.nodes if n.kernel}
+            m.run(x, executor="python")
+            assert native_kernels == {n.name: n.kernel for n in m.nodes if n.kernel}
+        _same(m.run(x), m.run_reference(x))
+    finally:
+        autotune.clear_memory()
+
+
+def test_kernels_and_shapes_reported_as_the_python_path():
+    m = zoo(seed=12)
+    x = _images(2)
+    m.run(x, executor="python")
+    want = [(n.kernel, n.out_shape) for n in m.nodes]
+    for n in m.nodes:
+        n.kernel, n.out_shape = None, None
+    m.run(x, executor="native")
+    assert [(n.kernel, n.out_shape) for n in m.nodes] == want
+    text = m.summary(print_fn=None)
+    assert "executor: native" in text
+
+
+def test_inputs_non_contiguous_and_torch():
+    m = zoo(seed=13)
+    x = _images(3, seed=13)
+    want = m.run(x, executor="python")
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # same values, strided
+    assert not xt.flags.c_contiguous
+    _same(m.run(xt, executor="native"), want)
+    _same(m.run(x.astype(np.float64), executor="native"), want)
+    torch = pytest.importorskip("torch")
+    _same(m.run(torch.from_numpy(x), executor="native"), want)
+
+
+def test_two_threads_one_model():
+    m = zoo(seed=14)
+    xs = [_images(3, seed=s) for s in (1, 2)]
+    want = [m.run(x, executor="python") for x in xs]
+    errors, barrier = [], threading.Barrier(2)
+
+    def worker(i):
+        try:
+            barrier.wait()
+            for _ in range(30):
+                _same(m.run(xs[i]), want[i])
+        except Exception as exc:  # reported on the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_profile_is_per_node():
+    m = zoo(seed=15)
+    prof = {}
+    m.run(_images(2), profile=prof, executor="native")
+    names = {n.name for n in m.nodes}
+    assert set(prof) <= names and {"conv1", "dw", "grouped", "fc3"} <= set(prof)
+    assert all(v >= 0 for v in prof.values()) and sum(prof.values()) > 0
+
+
+def _with_float_layer():
+    rng = np.random.default_rng(16)
+    m = small_cnn(seed=16)
+    nodes = list(m.nodes)
+    f32 = Node("stem_f32", "conv_f32", ["input"], {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1],
+                                                   "groups": 1},
+               {"w": rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32), "bias": np.zeros(3, np.float32)})
+    q0 = Node(nodes[1].name, "quantize", ["stem_f32"], nodes[1].attrs)
+    return Model([nodes[0], f32, q0] + nodes[2:], m.meta)
+
+
+def test_fallback_to_python_with_reason():
+    m = _with_float_layer()
+    x = images(2, 2)
+    want = m.run(x, executor="python")
+    _same(m.run(x), want)
+    _same(m.run_reference(x), want)
+    ex, why = lbx.status(m)
+    assert ex == "python" and "stem_f32" in why and "conv_f32" in why
+    assert "executor: python" in m.summary(print_fn=None)
+    with pytest.raises(ValueError, match="executor='native'.*stem_f32"):
+        m.run(x, executor="native")
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("padding", [[1, 1], [0, 0]])
+def test_no_zero_level_padding_correction(groups, padding):
+    """A conv on {-1, +1} activations: padding reads code 0, the sums are corrected, then the epilogue."""
+    rng = np.random.default_rng(17)
+    conv = {"stride": [1, 1], "padding": padding, "dilation": [1, 1], "groups": 1}
+    nodes = [Node("input", "input", [], {"channels": 4, "height": 6, "width": 6}),
+             _q("q", "input", 1, 0.5, binary=True),
+             _layer(rng, "c", "conv", ["q"], (6, 4 // groups, 3, 3), 2, [-1, 1],
+                    requant={"bits": 2, "step": 0.5, "signed": False}, **dict(conv, groups=groups)),
+             _layer(rng, "c2", "conv", ["c"], (4, 6, 3, 3), 2, range(4), **conv),
+             Node("flat", "flatten", ["c2"])]
+    m = Model(nodes)
+    x = _images(3, size=6)[:, :1].repeat(4, axis=1) + _images(3, size=6, seed=2)[:, :1].repeat(4, axis=1)
+    check(m, x)
+    assert lbx.status(m) == ("native", None)
+    with lowbit.use(strategy="dotgemm"):  # grouped layers group by group
+        check(m, x)
+
+
+def test_env_forces_python(monkeypatch):
+    m = zoo(seed=18)
+    x = _images(2)
+    monkeypatch.setenv("LOWBIT_EXECUTOR", "python")
+    out = m.run(x)
+    assert not m.__dict__.get("_memo", {}).get("native_plans")
+    assert lbx.status(m) == ("python", "LOWBIT_EXECUTOR=python")
+    assert "LOWBIT_EXECUTOR=python" in m.summary(print_fn=None)
+    _same(out, m.run(x, executor="native"))  # an explicit argument wins
+    monkeypatch.setenv("LOWBIT_EXECUTOR", "fast")
+    with pytest.raises(ValueError, match="LOWBIT_EXECUTOR"):
+        m.run(x)
+    with pytest.raises(ValueError, match="executor"):
+        m.run(x, executor="gpu")
+
+
+def test_errors_are_the_python_paths():
+    m = zoo(seed=19)
+    with pytest.raises(ValueError, match="channels"):
+        m.run(np.zeros((1, 4, 10, 10), np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        m.run(np.full((1, 3, 10, 10), np.nan, np.float32))
+    assert m.run(np.zeros((0, 3, 10, 10), np.float32)).shape == (0, 10)
+
+
+def test_plan_arena_reuses_memory():
+    m = zoo(seed=20)
+    m.run(_images(4))
+    plan = lbx.plan_for(m, (4, 3, 10, 10))
+    assert 0 < plan.core.arena_bytes < plan.core.buffer_bytes
+
+
+# ---------------------------------------------------------------------------------------------
+# The models other test files build, run through a Model.run that checks every call
+
+@pytest.fixture
+def differential(monkeypatch):
+    """Every default Model.run (m(x)) also runs the Python kernel path and the
+    reference and checks all three agree byte for byte; counts which executor ran."""
+    counts = {"native": 0, "python": 0}
+    run = Model.run
+
+    def checked(self, x, batch_size=256, reference=False, profile=None, check_finite=True, executor=None):
+        if reference or executor is not None:
+            return run(self, x, batch_size, reference, profile, check_finite, executor)
+        ref = run(self, x, batch_size, True, None, check_finite, None)
+        python = run(self, x, batch_size, False, None, check_finite, "python")
+        out = run(self, x, batch_size, False, profile, check_finite, None)  # last: the kernels it reports
+        _same(out, python, "native vs python")
+        _same(out, ref, "native vs reference")
+        counts[lbx.status(self)[0]] += 1
+        return out
+
+    monkeypatch.setattr(Model, "run", checked)
+    return counts
+
+
+def test_qonnx_models(differential, tmp_path):
+    tq = pytest.importorskip("test_qonnx")
+    for case in sorted(tq.CONV_CASES):
+        for requant in (True, False):
+            tq.test_conv_exact(case, requant)
+    tq.test_float_output_and_linear_exact()
+    tq.test_signed_1bit_quant_follows_the_definition()
+    for out_bits in (4, 5):
+        for mode in ("FLOOR", "ROUND", "CEIL"):
+            tq.test_trunc(out_bits, mode, 0.25)
+    tq.test_shared_quant_output()
+    tq.test_op_zoo_against_qonnx()
+    tq.test_save_load_roundtrip(tmp_path)
+    assert differential["native"] >= 30, differential
+
+
+def test_torch_converted_models(differential):
+    pytest.importorskip("torch")
+    tm = pytest.importorskip("test_model")
+    for w_bits, a_bits in ((2, 2), (4, 4), (1, 2)):
+        for fl in (None, 8):
+            tm.test_opzoo_kernel_matches_reference_bit_exactly(w_bits, a_bits, fl)
+    tm.test_requant_between_layers_and_float_where_needed()
+    tm.test_any_batch_size_and_torch_input()
+    tm.test_float_then_quantize_variant_is_exact_too()
+    td = pytest.importorskip("test_dwconv")
+    td.test_depthwise_separable_model_matches_reference()
+    assert differential["native"] >= 8, differential
+
+
+def test_shipped_demo_model():
+    torch = pytest.importorskip("torch")
+    from lowbit import datasets, models
+
+    q = models.load_fmnist("w2a2_qat")
+    m = lowbit.convert(q, torch.zeros(1, 1, 28, 28))
+    images_, _ = datasets.load_fashion_mnist("test")
+    x = datasets.normalize(images_[:70])
+    for n in (1, 2, 5):
+        check(m, x[:n])
+    _same(m.run(x, batch_size=64), m.run(x, batch_size=64, executor="python"))
+    assert lbx.status(m) == ("native", None)
+
+
+@pytest.mark.parametrize("requant", [True, False])
+def test_outputs_of_codes_and_of_a_kept_buffer(requant):
+    """A model ending in 2-D codes (dequantized into the output) or in a flatten that keeps
+    its (B, F) input's buffer (copied into the output)."""
+    rng = np.random.default_rng(21)
+    conv = {"stride": [2, 2], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+    rq = {"bits": 2, "step": 0.5, "signed": False} if requant else None
+    nodes = [Node("input", "input", [], {"channels": 3, "height": 8, "width": 8}),
+             _q("q", "input", 2, 0.25),
+             _layer(rng, "c", "conv", ["q"], (4, 3, 3, 3), 2, range(4), requant={"bits": 2, "step": 0.5,
+                                                                                 "signed": False}, **conv),
+             Node("f", "flatten", ["c"]),
+             _layer(rng, "fc", "linear", ["f"], (6, 64), 2, range(4), requant=rq),
+             Node("f2", "flatten", ["fc"])]
+    m = Model(nodes)
+    out = check(m, _images(3, size=8))
+    assert out.shape == (3, 6)
+    assert lbx.status(m) == ("native", None)
