@@ -297,9 +297,7 @@ def _pads(attrs, kernel, in_hw, strides, dilations, where):
         p = _pair_attr(attrs.get("pads"), [0, 0, 0, 0])
         if len(p) != 4:
             raise QonnxConversionError(f"{where}: expected 4 pads, got {p}")
-        if min(p) < 0:
-            raise QonnxConversionError(f"{where}: negative pads {p} are not supported")
-        return p
+        return p   # negative pads are refused by _check_window (their symmetric part is negative)
     if auto == "VALID":
         return [0, 0, 0, 0]
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
