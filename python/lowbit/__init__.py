@@ -62,24 +62,71 @@ __all__ = [
 
 # Model runtime, PyTorch conversion (torch imported only when convert() runs), save/load.
 from .errors import ConversionError  # noqa: E402
-from .runtime import Model  # noqa: E402
+from .runtime.model import Model  # noqa: E402
 # lowbit.convert is the function; the module's other names import as usual
 # (from lowbit.convert import compare).
-from .convert import convert  # noqa: E402
-from .io import LowbitFormatError, load  # noqa: E402
-from .qonnx import from_qonnx  # noqa: E402  (onnx/qonnx are imported only when it runs)
+from .frontends.pytorch import convert  # noqa: E402
+from .runtime.io import LowbitFormatError, load  # noqa: E402
+from .frontends.qonnx import from_qonnx  # noqa: E402  (onnx/qonnx are imported only when it runs)
 
 __all__ += ["ConversionError", "LowbitFormatError", "Model", "convert", "load", "from_qonnx"]
 
-# Submodules loaded on first use, so that `import lowbit` stays NumPy-only
-# (qat, models and datasets import torch) and `lowbit.qat.prepare(...)` works
-# right after `import lowbit`.
-_LAZY_SUBMODULES = ("autotune", "cli", "datasets", "demo", "models", "qat", "quant", "ray", "scoring")
+# Package layout (docs/architecture.md): the core (ops, conv, packing, epilogue,
+# families, dispatch, quant, reference) lives here; lowbit.runtime holds the
+# Model, its native executor and file format; lowbit.frontends the PyTorch and
+# QONNX front ends and their shared lowering; lowbit.train what needs PyTorch
+# for training (qat, models, datasets); lowbit.apps the applications (cli,
+# demo, scoring, ray). Short names, one table: lowbit.qat is lowbit.train.qat,
+# as an attribute (loaded on first use, so `import lowbit` stays NumPy-only) and
+# as an import (`import lowbit.qat`, `from lowbit.convert import compare`;
+# _ShortNameFinder returns the real module).
+_SHORT_NAMES = {"qat": "train.qat", "models": "train.models", "datasets": "train.datasets", "cli": "apps.cli",
+                "demo": "apps.demo", "scoring": "apps.scoring", "ray": "apps.ray", "convert": "frontends.pytorch",
+                "qonnx": "frontends.qonnx", "qonnx_float": "frontends.qonnx_float",
+                "qonnx_parity": "frontends.qonnx_parity", "qonnx_bench": "frontends.qonnx_bench",
+                "lowering": "frontends.lowering", "executor": "runtime.executor", "io": "runtime.io",
+                "floatops": "runtime.floatops", "autotune": "autotune", "quant": "quant"}
 
 
 def __getattr__(name):
-    if name in _LAZY_SUBMODULES:
+    if name in _SHORT_NAMES:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SHORT_NAMES[name]}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class _ShortNameFinder:
+    """Import hook for ``import lowbit.<short name>``: returns the real module
+    (lowbit.train.qat for lowbit.qat) under the short name too, its own spec kept."""
+
+    @staticmethod
+    def find_spec(fullname, path=None, target=None):
+        package, _, short = fullname.partition(".")
+        if package != __name__ or _SHORT_NAMES.get(short, short) == short:
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(fullname, _ShortNameFinder)
+
+    @staticmethod
+    def create_module(spec):
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{_SHORT_NAMES[spec.name.partition('.')[2]]}")
+        spec.loader_state = module.__spec__  # restored by exec_module
+        return module
+
+    @staticmethod
+    def exec_module(module):
+        # the import system set the short name's spec on the real module; give it its own back
+        module.__spec__ = module.__spec__.loader_state
+
+
+import sys as _sys  # noqa: E402
+
+if not any(isinstance(f, type) and f.__name__ == "_ShortNameFinder" for f in _sys.meta_path):
+    _sys.meta_path.append(_ShortNameFinder)
+for _short, _real in _SHORT_NAMES.items():
+    if f"{__name__}.{_real}" in _sys.modules and _real != _short:
+        _sys.modules.setdefault(f"{__name__}.{_short}", _sys.modules[f"{__name__}.{_real}"])

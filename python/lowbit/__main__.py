@@ -1,6 +1,6 @@
 """``python -m lowbit <command>``: the same as the ``lowbit`` command (see lowbit.cli)."""
 import sys
 
-from .cli import main
+from .apps.cli import main
 
 sys.exit(main())

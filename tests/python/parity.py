@@ -35,7 +35,7 @@ def _quantizer_input(graph, tensor, ctx, shape):
     if producer.op_type == "MaxPool":
         from onnx import helper
 
-        from lowbit.runtime import maxpool, pad_nhwc
+        from lowbit.runtime.model import maxpool, pad_nhwc
 
         pre, mode = _quantizer_input(graph, producer.input[0], ctx, None)
         a = {at.name: helper.get_attribute_value(at) for at in producer.attribute}

@@ -12,7 +12,7 @@ optional_import("onnxruntime")
 
 import lowbit  # noqa: E402
 import lowbit.qonnx as lbq  # noqa: E402
-from lowbit.runtime import CodeTensor, Model, Node, concat_channels, pad_nhwc  # noqa: E402
+from lowbit.runtime.model import CodeTensor, Model, Node, concat_channels, pad_nhwc  # noqa: E402
 from parity import check_qonnx_parity  # noqa: E402
 from test_brevitas_zoo import G  # noqa: E402
 

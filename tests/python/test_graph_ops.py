@@ -6,7 +6,7 @@ import pytest
 
 import lowbit
 from lowbit import _core
-from lowbit import runtime as rt
+from lowbit.runtime import model as rt
 
 
 def assert_same(native, reference):

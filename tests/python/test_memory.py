@@ -10,7 +10,7 @@ import lowbit
 from lowbit import io
 from lowbit.conv import ConvWeights
 from lowbit.packing import PackedWeights
-from lowbit.runtime import PackedCodes, resident_bytes
+from lowbit.runtime.model import PackedCodes, resident_bytes
 
 from numpy_models import images, small_cnn
 

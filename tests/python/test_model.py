@@ -352,7 +352,7 @@ def test_shipped_model_full_test_set(shipped):
     ((1, 4, 4, 3), (4, 4), (1, 1), (2, 2), (1, 1)),
 ])
 def test_native_maxpool_matches_numpy(shape, kernel, stride, padding, dilation):
-    from lowbit import runtime
+    from lowbit.runtime import model as runtime
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)
     x.flat[::97] = -np.inf
@@ -369,7 +369,7 @@ def test_native_maxpool_matches_numpy(shape, kernel, stride, padding, dilation):
 
 @pytest.mark.parametrize("qn,qp", [(0, 3), (-2, 1), (-128, 127), (0, 255), (0, 1)])
 def test_native_quantize_matches_numpy(qn, qp):
-    from lowbit import runtime
+    from lowbit.runtime import model as runtime
     rng = np.random.default_rng(qp - qn)
     step = np.float32(0.37)
     x = (rng.standard_normal((3, 17, 19, 5)) * (qp - qn) * 0.4).astype(np.float32)

@@ -24,10 +24,10 @@ import operator
 
 import numpy as np
 
-from .errors import ConversionError
+from ..errors import ConversionError
 from .lowering import batchnorm_affine, layer_node, lower, quantize_node, unique_name
-from .quant import UniformGrid
-from .runtime import Model, Node
+from ..quant import UniformGrid
+from ..runtime.model import Model, Node
 
 __all__ = ["convert", "compare", "ConversionError"]
 
@@ -58,7 +58,7 @@ class _Converter:
         from torch import fx, nn
         import torch.nn.functional as F
 
-        from . import qat as qatmod
+        from ..train import qat as qatmod
 
         self.torch, self.nn, self.F, self.fx = torch, nn, F, fx
         self.Q = (qatmod.QConv2d, qatmod.QLinear)
@@ -478,7 +478,7 @@ def compare(qat, model: Model, x, batch_size: int = 250, codes: bool = True) -> 
     layer consumed). Both logit arrays are returned too.
     """
     torch = _torch()
-    from . import qat as qatmod
+    from ..train import qat as qatmod
 
     x = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
     mods = dict(qat.named_modules())

@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from .datasets import scale_pixels
+from ..train.datasets import scale_pixels
 
 __all__ = ["IMAGE_EXTENSIONS", "OUTPUT_COLUMNS", "PredictionWriter", "Progress", "Source", "arrow_rows",
            "decode_image", "image_mode", "input_kind", "list_images", "open_source", "run_local", "to_model_input",

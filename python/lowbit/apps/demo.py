@@ -36,7 +36,7 @@ def _p(*a):
 def _find_train_script():
     here = os.path.dirname(os.path.abspath(__file__))
     cands = [os.environ.get("LOWBIT_TRAIN_SCRIPT"),
-             os.path.join(here, "..", "..", "scripts", "train_fmnist.py"),
+             os.path.join(here, "..", "..", "..", "scripts", "train_fmnist.py"),
              os.path.join(os.getcwd(), "scripts", "train_fmnist.py")]
     for c in cands:
         if c and os.path.isfile(c):

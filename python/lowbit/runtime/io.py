@@ -42,8 +42,8 @@ import zlib
 
 import numpy as np
 
-from .packing import MAX_ELEMENTS, PackedWeights, check_elements
-from .runtime import Model, Node, PackedCodes
+from ..packing import MAX_ELEMENTS, PackedWeights, check_elements
+from .model import Model, Node, PackedCodes
 
 __all__ = ["LowbitFormatError", "MAGIC", "FORMAT_VERSION", "load", "save", "to_bytes", "from_bytes"]
 
@@ -75,7 +75,7 @@ def _encode(arrays, key: str, bits: int | None):
 
 def to_bytes(model: Model) -> bytes:
     """The file contents of ``model`` (see the module docstring)."""
-    from . import __version__
+    from .. import __version__
 
     tensors, chunks, offset = [], [], 0
     for n in model.nodes:

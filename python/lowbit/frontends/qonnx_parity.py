@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .convert import agreement
+from .pytorch import agreement
 from .qonnx import _load, from_qonnx
-from .runtime import Model
+from ..runtime.model import Model
 
 __all__ = ["qonnx_execute", "compare_qonnx", "trace_divergence"]
 
@@ -102,7 +102,7 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
     ``isolate``, continue from qonnx's codes where they determine the levels. With a dict
     ``record``, also store ``record[tensor] = (lowbit's levels, qonnx's levels, step)`` (NCHW
     int64 levels; step float64, broadcastable). Returns the float32 output."""
-    from .runtime import CodeTensor
+    from ..runtime.model import CodeTensor
 
     vals = {}
     for n in lb.nodes:
@@ -136,7 +136,7 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
         vals[n.name] = out
     out = vals[lb.nodes[-1].name]
     if isinstance(out, CodeTensor):
-        from .runtime import dequantize
+        from ..runtime.model import dequantize
 
         out = dequantize(out)
     if out.ndim == 4:

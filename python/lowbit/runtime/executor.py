@@ -25,10 +25,10 @@ import threading
 
 import numpy as np
 
-from . import _core, _dispatch
-from . import conv as convmod
-from .ops import _prepare
-from .packing import PackedActivations, check_elements
+from .. import _core, _dispatch
+from .. import conv as convmod
+from ..ops import _prepare
+from ..packing import PackedActivations, check_elements
 
 __all__ = ["PLAN_CACHE_SIZE", "Unsupported", "status", "why_not"]
 
@@ -180,7 +180,7 @@ class _Builder:
                 out = self._f32(i, x.shape)
                 self.core.add(i, x.buf, y.buf, out.buf, x.size)
             elif op == "clamp":
-                from .runtime import _bounds
+                from .model import _bounds
 
                 lo, hi = _bounds(a)
                 out = self._f32(i, x.shape)

@@ -30,8 +30,8 @@ import heapq
 
 import numpy as np
 
-from .quant import UniformGrid
-from .runtime import Node
+from ..quant import UniformGrid
+from ..runtime.model import Node
 
 __all__ = ["lower", "Graph", "batchnorm_affine", "unique_name", "layer_node", "quantize_node", "remove_identities",
            "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead", "place_requant", "order", "finalize",

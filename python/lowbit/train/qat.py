@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quant import BINARY_LEVELS, int_range
+from ..quant import BINARY_LEVELS, int_range
 
 __all__ = [
     "LsqQuantizer",

@@ -59,10 +59,10 @@ from collections import Counter
 
 import numpy as np
 
-from .errors import ConversionError
+from ..errors import ConversionError
 from .lowering import batchnorm_affine, layer_node, lower, quantize_node, unique_name
-from .quant import ROUNDING, UniformGrid, bits_for, grid_levels, int_range
-from .runtime import Model, Node
+from ..quant import ROUNDING, UniformGrid, bits_for, grid_levels, int_range
+from ..runtime.model import Model, Node
 
 __all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute",
            "trace_divergence", "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]
@@ -854,7 +854,7 @@ class _Converter:
         cd = self.codes_of_act(x, where)
         if extra_pad is not None and any(extra_pad):
             cd = self._pad_codes(cd, extra_pad, where)
-        from . import codebook as cbmod
+        from .. import codebook as cbmod
 
         k = int(np.prod(codes.shape[1:]))
         kmax = cbmod.k_max(np.asarray(cd.levels), np.asarray(levels))

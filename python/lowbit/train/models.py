@@ -115,7 +115,7 @@ def fmnist_resnet(width: int = 32, num_classes: int = 10) -> FmnistResNet:
     return FmnistResNet(width=width, num_classes=num_classes)
 
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")  # trained checkpoints
+DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")  # lowbit/data: trained checkpoints
 
 
 def load_fmnist(kind: str = "w2a2_qat", data_dir=None) -> nn.Module:

@@ -80,13 +80,13 @@ import time
 
 import numpy as np
 
-from . import _core, _dispatch
-from . import codebook as cbmod
+from .. import _core, _dispatch
+from .. import codebook as cbmod
 from . import executor as _executor
-from . import quant as _quant
-from . import reference as _ref
-from .epilogue import Epilogue, Requant
-from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements
+from .. import quant as _quant
+from .. import reference as _ref
+from ..epilogue import Epilogue, Requant
+from ..packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements
 
 __all__ = ["CodeTensor", "Model", "Node", "NodeArrays", "OPS", "PackedCodes"]
 
@@ -880,7 +880,7 @@ class Model:
         """ConvWeights / PackedWeights, built on first use (packing is cached inside them)."""
         w = n._cache.get("weights")
         if w is None:
-            from .conv import ConvWeights
+            from ..conv import ConvWeights
 
             a = n.attrs
             codes = n.arrays.stored("w_codes")
@@ -918,11 +918,11 @@ class Model:
             ep.residual = np.ascontiguousarray(residual.reshape(-1, cout), dtype=np.float32)
         weights = self._weights(n)
         if conv:
-            from .conv import conv2d
+            from ..conv import conv2d
 
             y = conv2d(x.as_packed(), weights, a["stride"], a["padding"], a["dilation"], epilogue=ep)
         else:
-            from .conv import linear
+            from ..conv import linear
 
             y = linear(x.as_packed(), weights, epilogue=ep)
         n.kernel = _dispatch.last_kernel()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .qonnx import _QOPS, QonnxConversionError, _attrs, _desc, _is_qop, _load, _onnx, quant_numpy
-from .quant import int_range
+from ..quant import int_range
 
 __all__ = ["to_float_onnx"]
 

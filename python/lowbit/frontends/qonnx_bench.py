@@ -25,7 +25,7 @@ def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmu
     prints a short report through ``print_fn`` (None: silent)."""
     import onnxruntime as ort
 
-    from . import get_num_threads, set_num_threads
+    from .. import get_num_threads, set_num_threads
 
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads: expected an int >= 1, got {threads!r}")

@@ -27,8 +27,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("lowbit.ray needs Ray Data: pip install 'lowbit[ray]' (or pip install 'ray[data]')") from exc
 
-from . import io, scoring
-from .runtime import Model
+from ..runtime import io
+from ..runtime.model import Model
+from . import scoring
 
 __all__ = ["Predictor", "load_model", "predict", "run_job"]
 
