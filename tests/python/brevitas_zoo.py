@@ -33,12 +33,18 @@ ZOO = {
     "quant_proxylessnas_mobile14_4b": ("imagenet", 3, 224, 224),
     "quant_proxylessnas_mobile14_4b5b": ("imagenet", 3, 224, 224),
     "quant_proxylessnas_mobile14_hadamard_4b": ("imagenet", 3, 224, 224),
-    "quant_vgg11": ("imagenet", 3, 224, 224),
+    "quant_mobilenet_v1_4b_round_avgpool": ("imagenet", 3, 224, 224),
+    "quant_proxylessnas_mobile14_4b_round_avgpool": ("imagenet", 3, 224, 224),
+    # QuantVGG's classifier reads a 7x7 map after a 7x7, stride-1 TruncAvgPool: the features must
+    # end at 13x13, so the zoo's VGGs run only on 416x416 inputs (224x224 fails in their forward)
+    **{f"quant_vgg{d}{bn}": ("imagenet", 3, 416, 416) for d in (11, 13, 16, 19) for bn in ("", "_bn")},
 }
 TORCHSCRIPT_ONLY = {"resnet18_4w4a"}
-# not run by default: Brevitas 0.13.4 fails in the hadamard model's own forward ("'bool' object has no
-# attribute 'any'" in HadamardClassifier); VGG (8-bit, 224x224, 133M weights) takes too long on 2 cores.
-NOT_RUN = {"quant_proxylessnas_mobile14_hadamard_4b", "quant_vgg11"}
+# not run: Brevitas 0.13.4 fails in the hadamard model's own forward ("'bool' object has no
+# attribute 'any'" in HadamardClassifier).
+NOT_RUN = {"quant_proxylessnas_mobile14_hadamard_4b"}
+# minutes per model on 2 cores (416x416, 8-bit, 133M+ weights): only when asked for by name
+HEAVY = {name for name in ZOO if name.startswith("quant_vgg")}
 
 
 def build(name):
@@ -85,13 +91,14 @@ def calibrate(net, name, passes=3, batch=8):
     return net.eval()
 
 
-def export(name, path, dynamo=False, passes=3):
-    """Build, calibrate and export ``name`` to ``path`` (QONNX). Returns the eval-mode net."""
+def export(name, path, dynamo=False, passes=3, batch=None):
+    """Build, calibrate (``passes`` of ``batch`` inputs: 8, or 2 above 224x224) and export ``name``
+    to ``path`` (QONNX). Returns the eval-mode net."""
     import torch
     from brevitas.export import export_qonnx
 
     torch.set_num_threads(1)
-    net = calibrate(build(name), name, passes)
+    net = calibrate(build(name), name, passes, batch or (8 if ZOO[name][2] <= 224 else 2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_qonnx(net, torch.from_numpy(inputs(name, 1, seed=99)), str(path), dynamo=dynamo)

@@ -28,12 +28,27 @@ def boundary_distance(v, rounding_mode: str):
 
 
 def _quantizer_input(graph, tensor, ctx, shape):
-    """(qonnx's float value before the quantizer producing ``tensor``, its rounding mode)."""
+    """(qonnx's float value before the quantizer producing ``tensor``, its rounding mode). A
+    ``tensor`` made by a MaxPool of a quantizer's output (lowbit pools before quantizing: max
+    commutes with a monotone quantizer) has the max-pooled value before that quantizer."""
     producer = next(n for n in graph.node if tensor in n.output)
+    if producer.op_type == "MaxPool":
+        from onnx import helper
+
+        from lowbit.runtime.model import maxpool, pad_nhwc
+
+        pre, mode = _quantizer_input(graph, producer.input[0], ctx, None)
+        a = {at.name: helper.get_attribute_value(at) for at in producer.attribute}
+        t, l, b, r = a.get("pads", [0, 0, 0, 0])
+        x = pad_nhwc(pre.transpose(0, 2, 3, 1), [t, l, b, r], "-inf")
+        y = maxpool(x, {"kernel": list(a["kernel_shape"]), "stride": list(a.get("strides", [1, 1])),
+                        "padding": [0, 0], "dilation": list(a.get("dilations", [1, 1]))}, native=False)
+        return y.transpose(0, 3, 1, 2).reshape(shape), mode
     mode = next((a.s.decode() for a in producer.attribute if a.name == "rounding_mode"), "ROUND")
     if producer.op_type == "BipolarQuant":
         mode = "SIGN"
-    return np.asarray(ctx[producer.input[0]], np.float64).reshape(shape), mode
+    pre = np.asarray(ctx[producer.input[0]], np.float64)
+    return (pre if shape is None else pre.reshape(shape)), mode
 
 
 def _check_codes(records, n: int, isolate: bool) -> np.ndarray:

@@ -269,7 +269,8 @@ SMALL = ["tfc_1w1a", "tfc_1w2a", "tfc_2w2a", "sfc_1w1a", "sfc_1w2a", "sfc_2w2a",
 # (quant_proxylessnas_mobile14_hadamard_4b is left out: Brevitas 0.13.4's HadamardClassifier fails in its
 # own forward, "'bool' object has no attribute 'any'", so it can be neither calibrated nor exported.)
 LARGE = ["resnet18_4w4a", "quant_mobilenet_v1_4b", "quant_mobilenet_v1", "quant_proxylessnas_mobile14_4b",
-         "quant_proxylessnas_mobile14_4b5b"]
+         "quant_proxylessnas_mobile14_4b5b", "quant_mobilenet_v1_4b_round_avgpool",
+         "quant_proxylessnas_mobile14_4b_round_avgpool"]
 
 
 def _low_bit_layers_on_lowbit_kernels(m):
@@ -372,6 +373,19 @@ def test_zoo_large(name, tmp_path):
     assert r["top1_agreement"] >= min(0.99, self_agree) - 2.0 / n
 
 
+@needs_brevitas
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["quant_vgg11", "quant_vgg11_bn"])
+def test_zoo_vgg(name, tmp_path):
+    """The zoo's VGGs (8-bit weights and activations, float first conv, 416x416 inputs: QuantVGG's
+    classifier needs a 13x13 feature map) import like the others; vgg13/16/19 (and their _bn
+    variants) add only more of the same layers. Minutes each on 2 cores: 2 inputs."""
+    r, iso, _ = _zoo_parity(name, 2, tmp_path, end_to_end_min=0.5)
+    ops = [n.op for n in r["model"].nodes]
+    assert ops.count("conv_f32") == 1 and ops.count("conv") == 7 and ops.count("linear") == 3
+    assert iso["top1_agreement"] == 1.0
+
+
 # ProxylessNAS (residual adds between 4-bit layers, random weights): the ~10 codes that differ at
 # rounding ties across 64M (layer by layer, top-1 and logits agree) grow end to end into ~11% of
 # all codes, and top-1 agreement was 0.25 (4b) and 0.625 (4b5b) on 8 inputs. qonnx's one-ulp
@@ -379,7 +393,30 @@ def test_zoo_large(name, tmp_path):
 # docs/brevitas.md, the first differing codes are within float32 rounding of a tie (lowbit's exact
 # integer sums round them correctly), and qonnx continued from lowbit's codes there reproduces
 # lowbit's later codes exactly. Only the layer-by-layer bound is asserted for them.
-END_TO_END_UNBOUNDED = {"quant_proxylessnas_mobile14_4b", "quant_proxylessnas_mobile14_4b5b"}
+END_TO_END_UNBOUNDED = {"quant_proxylessnas_mobile14_4b", "quant_proxylessnas_mobile14_4b5b",
+                        "quant_proxylessnas_mobile14_4b_round_avgpool"}
+
+
+@needs_brevitas
+@pytest.mark.slow
+def test_zoo_declared_input_quantization(tmp_path):
+    """ResNet-18 4w4a reads the float image in its first (8-bit-weight) conv: declared as 8-bit
+    input codes of step 2^-5, that conv runs on the integer kernels, and the model is the
+    original one run on the input rounded to that grid."""
+    import brevitas_zoo as bz
+
+    path = tmp_path / "r.onnx"
+    bz.export("resnet18_4w4a", path)
+    x = bz.inputs("resnet18_4w4a", 16, seed=1)
+    cleaned = lbq._qonnx_executor(path, 16).model   # the graph check_qonnx_parity runs (its tensor names)
+    plain, quant = lbq.from_qonnx(cleaned), lbq.from_qonnx(cleaned, input_scale=2.0 ** -5, input_bits=8)
+    assert [n.op for n in plain.nodes].count("conv_f32") == 1 and "conv_f32" not in [n.op for n in quant.nodes]
+    first = next(n for n in quant.nodes if n.op == "conv")
+    assert (first.attrs["a_bits"], first.attrs["w_bits"]) == (8, 8)
+    xq, _ = lbq.quant_numpy(x, 2.0 ** -5, 0.0, 8, True, False)
+    np.testing.assert_array_equal(quant(x), quant(xq))
+    r = check_qonnx_parity(path, xq, batch_size=16, lowbit_model=quant)
+    assert r["code_tensors"] >= 10 and r["top1_agreement"] >= 1.0 - 2.0 / 16
 
 
 def _handwritten_net():

@@ -73,8 +73,18 @@ _QOPS = ("Quant", "BipolarQuant", "Trunc")
 SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg",
                  "Relu", "Clip", "Pad",
                  "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
-                 "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout")
+                 "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout",
+                 "Concat")
 
+
+# What to do about ops that models commonly use on activations and lowbit does not run
+_HINTS = {
+    "Unsqueeze": "activations stay (N, C, H, W) or (N, F) in lowbit: keep the pooled map 4-D instead of "
+                 "flattening and unsqueezing it (e.g. a 1x1 conv after GlobalAveragePool)",
+    "Expand": "broadcast a per-channel constant with Mul/Add instead",
+    "Slice": "split channels into separate convs instead of slicing an activation",
+    "Split": "split channels into separate convs instead of splitting an activation",
+}
 
 # Import limits on the graph input's C, H, W (docs/robustness.md): one image of
 # at most 2**28 values (1 GiB of float32), no dimension above 2**20.
@@ -280,26 +290,34 @@ def _pair_attr(v, default):
 
 
 def _pads(attrs, kernel, in_hw, strides, dilations, where):
-    """Symmetric [ph, pw] from ONNX pads / auto_pad (asymmetric padding is refused)."""
+    """[top, left, bottom, right] from ONNX pads / auto_pad (SAME_UPPER puts an odd extra
+    row/column at the end, SAME_LOWER at the beginning, as ONNX defines them)."""
     auto = attrs.get("auto_pad", "NOTSET")
     if auto in ("NOTSET", ""):
         p = _pair_attr(attrs.get("pads"), [0, 0, 0, 0])
         if len(p) != 4:
             raise QonnxConversionError(f"{where}: expected 4 pads, got {p}")
-        if p[0] != p[2] or p[1] != p[3]:
-            raise QonnxConversionError(f"{where}: asymmetric padding {p} is not supported")
-        return [p[0], p[1]]
+        return p   # negative pads are refused by _check_window (their symmetric part is negative)
     if auto == "VALID":
-        return [0, 0]
+        return [0, 0, 0, 0]
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise QonnxConversionError(f"{where}: auto_pad={auto!r} is not supported")
     _check_window(in_hw, kernel, strides, [0, 0], dilations, where)
-    pads = []
+    begin, end = [], []
     for i in range(2):
         out = -(-in_hw[i] // strides[i])
         total = max((out - 1) * strides[i] + dilations[i] * (kernel[i] - 1) + 1 - in_hw[i], 0)
-        if total % 2:
-            raise QonnxConversionError(f"{where}: auto_pad={auto} needs asymmetric padding here")
-        pads.append(total // 2)
-    return pads
+        small, large = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else large)
+        end.append(large if auto == "SAME_UPPER" else small)
+    return begin + end
+
+
+def _split_pads(p):
+    """ONNX [top, left, bottom, right] -> (symmetric [ph, pw] a conv/pool applies itself, the
+    rest [top, left, bottom, right] (zero when p is symmetric) for an explicit ``pad`` node)."""
+    sym = [min(p[0], p[2]), min(p[1], p[3])]
+    return sym, [p[0] - sym[0], p[1] - sym[1], p[2] - sym[0], p[3] - sym[1]]
 
 
 def _check_window(in_hw, kernel, stride, pad, dil, where="a QONNX node"):
@@ -329,8 +347,9 @@ def _out_hw(in_hw, kernel, stride, pad, dil, ceil=False, where="a QONNX node"):
 # ---------------------------------------------------------------------------------------------
 
 class _Converter:
-    def __init__(self, model, requant_in_epilogue=True):
+    def __init__(self, model, requant_in_epilogue=True, input_grid=None):
         onnx, nh = _onnx()
+        self.input_grid = input_grid   # a declared input quantization (from_qonnx's input_scale), or None
         self.onnx, self.nh = onnx, nh
         self.model = model
         self.graph = model.graph
@@ -396,7 +415,7 @@ class _Converter:
                 where.setdefault(key, []).append(n.name or n.output[0])
         if bad:
             parts = [f"{k} x{v} ({', '.join(where[k][:3])}{', ...' if len(where[k]) > 3 else ''})"
-                     for k, v in sorted(bad.items())]
+                     + (f" [{_HINTS[k]}]" if k in _HINTS else "") for k, v in sorted(bad.items())]
             raise QonnxConversionError(
                 "lowbit.from_qonnx: unsupported node types in the graph: " + "; ".join(parts)
                 + ". Supported on activations: " + ", ".join(SUPPORTED_OPS)
@@ -479,6 +498,20 @@ class _Converter:
         self.nodes.append(node)
         return _Codes(node.name, bits, levels, step, g.chan)
 
+    def _pad_codes(self, cd: _Codes, pads, where):
+        """Codes ``cd`` padded explicitly by ``pads`` [top, left, bottom, right] with the code of
+        level 0 (the asymmetric part of a conv's zero padding; the conv pads the rest itself)."""
+        if 0 not in cd.levels:
+            raise QonnxConversionError(f"{where}: asymmetric zero padding {pads} of codes whose levels "
+                                       f"{cd.levels} have no 0 (e.g. bipolar); pad symmetrically or quantize "
+                                       "the input with a grid that has the level 0")
+        name = self.add(cd.node + ".pad", "pad", [cd.node], {"pads": [int(p) for p in pads], "source": where})
+        return _Codes(name, cd.bits, cd.levels, cd.step, cd.chan)
+
+    def _pad_float(self, fl, pads, fill, where):
+        """Float value ``fl`` padded explicitly with ``fill``: "zero", or "-inf" before a max pool."""
+        return self.add(fl + ".pad", "pad", [fl], {"pads": [int(p) for p in pads], "fill": fill, "source": where})
+
     # ---- values --------------------------------------------------------------------------------
     def const(self, name, where, allow_q=True):
         v = self.vals.get(name)
@@ -519,7 +552,11 @@ class _Converter:
         self.export_batch = dims[0]
         name = self.add("input", "input", [], {"channels": dims[1], "height": dims[2], "width": dims[3],
                                               "onnx_input": self.input.name})
-        self.vals[self.input.name] = _Act((None,) + tuple(dims[1:]), fl=name)
+        if self.input_grid is None:
+            self.vals[self.input.name] = _Act((None,) + tuple(dims[1:]), fl=name)
+        else:   # quantized lazily like a Quant output: a conv reads codes, anything else their values
+            self.vals[self.input.name] = _Act((None,) + tuple(dims[1:]), grid=self.input_grid, pre=name,
+                                              origin="input_quantization")
         for n in order:
             try:
                 if self.is_const[id(n)]:
@@ -813,8 +850,10 @@ class _Converter:
         _check_levels(levels, bits, where)
         return codes, bits, levels, w_scale
 
-    def _layer(self, n, op, x: _Act, codes, bits, levels, w_scale, bias, extra, out_shape, where):
+    def _layer(self, n, op, x: _Act, codes, bits, levels, w_scale, bias, extra, out_shape, where, extra_pad=None):
         cd = self.codes_of_act(x, where)
+        if extra_pad is not None and any(extra_pad):
+            cd = self._pad_codes(cd, extra_pad, where)
         from .. import codebook as cbmod
 
         k = int(np.prod(codes.shape[1:]))
@@ -851,7 +890,7 @@ class _Converter:
             return False
         return self._input_chan(x) is None or one_input_channel
 
-    def _float_layer(self, n, op, x: _Act, w, bias, extra, out_shape, where):
+    def _float_layer(self, n, op, x: _Act, w, bias, extra, out_shape, where, extra_pad=None):
         """A ``conv_f32``/``linear_f32`` node: float32 weights (dequantized exactly as QONNX
         does, or float ones) applied to the float value of x. Its output is a plain float
         activation: what follows (BatchNorm, Relu, Quant) becomes separate float nodes."""
@@ -860,6 +899,8 @@ class _Converter:
             raise QonnxConversionError(f"{where}: non-finite weights")
         b = np.zeros(w.shape[0], np.float32) if bias is None else np.asarray(bias, np.float32).reshape(-1)
         fl = self.float_of(x, where)
+        if extra_pad is not None and any(extra_pad):
+            fl = self._pad_float(fl, extra_pad, "zero", where)
         attrs = {"source": f"{n.name or n.output[0]} ({n.op_type})", "module": n.name or n.output[0], **extra}
         name = self.add(n.name or n.output[0], op, [fl], attrs, {"w": np.ascontiguousarray(w), "bias": b})
         self.vals[n.output[0]] = _Act(out_shape, fl=name)
@@ -892,20 +933,22 @@ class _Converter:
             raise QonnxConversionError(f"{where}: kernel_shape {ks} does not match the weights")
         stride = _pair_attr(a.get("strides"), [1, 1])
         dil = _pair_attr(a.get("dilations"), [1, 1])
-        pad = _pads(a, [kh, kw], x.shape[2:], stride, dil, where)
+        pad, extra_pad = _split_pads(_pads(a, [kh, kw], x.shape[2:], stride, dil, where))
+        in_hw = [x.shape[2] + extra_pad[0] + extra_pad[2], x.shape[3] + extra_pad[1] + extra_pad[3]]
         bias = None
         if len(n.input) > 2 and n.input[2]:
             b = self.const(n.input[2], where)
             bias = np.asarray(b.values if isinstance(b, _QConst) else b, np.float64).reshape(-1)
-        oh, ow = _out_hw(x.shape[2:], [kh, kw], stride, pad, dil, where=where)
+        oh, ow = _out_hw(in_hw, [kh, kw], stride, pad, dil, where=where)
         if oh < 1 or ow < 1:
             raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
         extra = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups}
         if not self._runs_on_integers(x, wq, cg == 1):
-            self._float_layer(n, "conv_f32", x, wv, bias, extra, (None, cout, oh, ow), where)
+            self._float_layer(n, "conv_f32", x, wv, bias, extra, (None, cout, oh, ow), where, extra_pad)
             return
         codes, bits, levels, w_scale = self._weights(wq, where)
-        self._layer(n, "conv", x, codes, bits, levels, w_scale, bias, extra, (None, cout, oh, ow), where)
+        self._layer(n, "conv", x, codes, bits, levels, w_scale, bias, extra, (None, cout, oh, ow), where,
+                    extra_pad)
 
     def _linear(self, n, x, wmat_q, bias, alpha, where):
         """wmat_q: _QConst or array of shape (N, K)."""
@@ -1108,24 +1151,30 @@ class _Converter:
         ks = _pair_attr(a.get("kernel_shape"), None)
         stride = _pair_attr(a.get("strides"), [1, 1])
         dil = _pair_attr(a.get("dilations"), [1, 1])
-        pad = _pads(a, ks, x.shape[2:], stride, dil, where)
-        if any(p >= k for p, k in zip(pad, ks)):
-            raise QonnxConversionError(f"{where}: padding {pad} must be smaller than the kernel {ks}")
-        oh, ow = _out_hw(x.shape[2:], ks, stride, pad, dil, where=where)
-        if int(a.get("ceil_mode", 0)) and [oh, ow] != _out_hw(x.shape[2:], ks, stride, pad, dil, ceil=True,
+        full = _pads(a, ks, x.shape[2:], stride, dil, where)
+        if any(p >= k for p, k in zip(full, ks + ks)):
+            raise QonnxConversionError(f"{where}: padding {full} must be smaller than the kernel {ks}")
+        pad, extra_pad = _split_pads(full)
+        in_hw = [x.shape[2] + extra_pad[0] + extra_pad[2], x.shape[3] + extra_pad[1] + extra_pad[3]]
+        oh, ow = _out_hw(in_hw, ks, stride, pad, dil, where=where)
+        if int(a.get("ceil_mode", 0)) and [oh, ow] != _out_hw(in_hw, ks, stride, pad, dil, ceil=True,
                                                               where=where):
+            if any(extra_pad):
+                raise QonnxConversionError(f"{where}: ceil_mode=1 with asymmetric padding {full} is not supported")
             raise QonnxConversionError(f"{where}: ceil_mode=1 changes the output size here; not supported")
         if oh < 1 or ow < 1:
             raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
-        return ks, stride, pad, dil, (None, x.shape[1], oh, ow)
+        return ks, stride, pad, dil, (None, x.shape[1], oh, ow), extra_pad
 
     def op_MaxPool(self, n, a, where):
         x = self.act(n.input[0], where)
         if len(n.output) > 1 and n.output[1] and self.n_readers[n.output[1]]:
             raise QonnxConversionError(f"{where}: MaxPool indices output is not supported")
-        ks, stride, pad, dil, shape = self._pool_common(n, a, x, where)
+        ks, stride, pad, dil, shape, extra_pad = self._pool_common(n, a, x, where)
         lazy = x.pre is not None and x.fl is None and x.cd is None and x.perm is None
         src = x.pre if lazy else self.float_of(x, where)
+        if any(extra_pad):   # -inf never wins (no window lies wholly in the padding)
+            src = self._pad_float(src, extra_pad, "-inf", where)
         name = self.add(n.name or n.output[0], "maxpool", [src], {"kernel": ks, "stride": stride, "padding": pad,
                                                                   "dilation": dil, "source": f"{n.name} (MaxPool)"})
         # The maximum of values on a grid is on the grid (padding is -inf and never wins), and
@@ -1137,13 +1186,20 @@ class _Converter:
 
     def op_AveragePool(self, n, a, where):
         x = self.act(n.input[0], where)
-        ks, stride, pad, dil, shape = self._pool_common(n, a, x, where)
+        ks, stride, pad, dil, shape, extra_pad = self._pool_common(n, a, x, where)
         if dil != [1, 1]:
             raise QonnxConversionError(f"{where}: dilated average pooling is not supported")
+        include_pad = bool(int(a.get("count_include_pad", 0)))
         fl = self.float_of(x, where)
+        if any(extra_pad):
+            if not include_pad:   # the explicit zeros would count in the divisor
+                raise QonnxConversionError(f"{where}: asymmetric padding {[p + q for p, q in zip(pad * 2, extra_pad)]}"
+                                           " with count_include_pad=0 is not supported (pad symmetrically, or "
+                                           "set count_include_pad=1)")
+            fl = self._pad_float(fl, extra_pad, "zero", where)
         name = self.add(n.name or n.output[0], "avgpool", [fl],
                         {"kernel": ks, "stride": stride, "padding": pad,
-                         "count_include_pad": bool(int(a.get("count_include_pad", 0))),
+                         "count_include_pad": include_pad,
                          "source": f"{n.name} (AveragePool)"})
         self.vals[n.output[0]] = _Act(shape, fl=name)
 
@@ -1283,6 +1339,42 @@ class _Converter:
         self.vals[n.output[0]] = self._view(x, conv=None, shape=(None, c, h + pt + pb, w + pl + pr),
                                             pad=[old[0] + pt, old[1] + pl, old[2] + pb, old[3] + pr])
 
+    def op_Concat(self, n, a, where):
+        """Concat of activations along channels (axis 1 of an NCHW map or of an (N, F) matrix).
+        When every input lies on one grid (same levels and step, one step per tensor), their
+        codes are concatenated: the output carries that grid and a conv reads it directly (exact,
+        a copy). Otherwise the float values are concatenated (exact as well: each is the float32
+        value QONNX computes) and the result is not quantized."""
+        xs = [self.act(i, where) for i in n.input]
+        nd = len(xs[0].shape)
+        axis = int(a.get("axis", 1))
+        if nd not in (2, 4) or axis % nd != 1:
+            raise QonnxConversionError(f"{where}: only a Concat along channels (axis 1) of 4-D or 2-D activations "
+                                       f"is supported, got axis={axis} for {nd}-D inputs")
+        for x in xs:
+            if len(x.shape) != nd or x.shape[2:] != xs[0].shape[2:]:
+                raise QonnxConversionError(f"{where}: inputs of shapes {[x.shape for x in xs]} differ off the "
+                                           "channel axis")
+            if x.colperm is not None:
+                raise QonnxConversionError(f"{where}: Concat of a transposed flattening is not supported")
+            if x.perm is not None or x.pad is not None:
+                self.float_of(x, where)  # raises (a Transpose or Pad read by something other than its consumer)
+        shape = (None, sum(x.shape[1] for x in xs)) + tuple(xs[0].shape[2:])
+        name = n.name or n.output[0]
+        grids = [x.grid for x in xs]
+        g = grids[0]
+        same = g is not None and g.chan is None and g.bits is not None and all(
+            h is not None and h.chan is None and (h.step, h.qn, h.qp, h.binary) == (g.step, g.qn, g.qp, g.binary)
+            for h in grids[1:])
+        if same:
+            cds = [self.codes_of_act(x, where) for x in xs]
+            node = self.add(name, "concat", [c.node for c in cds], {"source": f"{name} (Concat)"})
+            self.vals[n.output[0]] = _Act(shape, cd=_Codes(node, cds[0].bits, cds[0].levels, cds[0].step), grid=g)
+            return
+        fls = [self.float_of(x, where) for x in xs]
+        node = self.add(name, "concat", fls, {"source": f"{name} (Concat)"})
+        self.vals[n.output[0]] = _Act(shape, fl=node)
+
     def op_Transpose(self, n, a, where):
         x = self.act(n.input[0], where)
         if len(x.shape) != 4:
@@ -1294,9 +1386,35 @@ class _Converter:
         self.vals[n.output[0]] = self._view(x, perm=None if new == [0, 1, 2, 3] else new, conv=None)
 
 
-def from_qonnx(model, requant_in_epilogue: bool = True) -> Model:
+def _input_grid(input_scale, input_bits, input_signed):
+    """The UniformGrid of a declared input quantization (None without ``input_scale``);
+    ValueError naming the argument for a bad value."""
+    if input_scale is None:
+        return None
+    if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float, np.floating, np.integer)) or \
+            not (math.isfinite(float(input_scale)) and float(input_scale) > 0):
+        raise ValueError(f"input_scale: expected a finite number > 0 (one step for the whole input), "
+                         f"got {input_scale!r}")
+    if isinstance(input_bits, bool) or not isinstance(input_bits, (int, np.integer)) or not 2 <= input_bits <= 8:
+        raise ValueError(f"input_bits: expected an int in 2..8, got {input_bits!r}")
+    if not isinstance(input_signed, (bool, np.bool_)):
+        raise ValueError(f"input_signed: expected a bool, got {input_signed!r}")
+    qn, qp = int_range(int(input_bits), bool(input_signed))
+    return UniformGrid(np.float32(input_scale), qn, qp, signed=bool(input_signed))
+
+
+def from_qonnx(model, requant_in_epilogue: bool = True, input_scale=None, input_bits: int = 8,
+               input_signed: bool = True) -> Model:
     """Convert a QONNX model (a path to a ``.onnx`` file, an ``onnx.ModelProto``, its
     bytes, or a qonnx ``ModelWrapper``) into a :class:`lowbit.Model`.
+
+    ``input_scale`` (optional): declare that the graph input is quantized, with step
+    ``input_scale`` on ``input_bits`` (2..8) bits, signed (levels -2^(b-1) .. 2^(b-1) - 1)
+    or not (0 .. 2^b - 1). Every reader of the input then sees
+    ``clamp(round_half_even(x / input_scale)) * input_scale`` instead of ``x`` (a model
+    whose first conv reads the float image runs that conv on the integer kernels instead
+    of ``conv_f32``); the numbers change accordingly (docs/brevitas.md). Without it the
+    input is used as it is.
 
     The model must take one float32 NCHW image batch with static C, H, W (the
     batch size is free) and return one tensor. See the module docstring for the
@@ -1307,8 +1425,9 @@ def from_qonnx(model, requant_in_epilogue: bool = True) -> Model:
     ``NotImplementedError``) naming the unsupported node types and counts, or
     the node and the reason.
     """
+    grid = _input_grid(input_scale, input_bits, input_signed)
     m = _load(model)
-    conv = _Converter(m, requant_in_epilogue)
+    conv = _Converter(m, requant_in_epilogue, grid)
     nodes = conv.run()
     onnx_producer = f"{m.producer_name} {m.producer_version}".strip()
     meta = {"source_model": "qonnx", "onnx_producer": onnx_producer, "onnx_input": conv.input.name,
@@ -1317,6 +1436,8 @@ def from_qonnx(model, requant_in_epilogue: bool = True) -> Model:
                             k in {nd.name for nd in nodes}},
             "example_input_shape": [1, nodes[0].attrs["channels"], nodes[0].attrs["height"],
                                     nodes[0].attrs["width"]]}
+    if grid is not None:
+        meta["input_quantization"] = {"scale": grid.step, "bits": int(input_bits), "signed": bool(input_signed)}
     return Model(nodes, meta)
 
 

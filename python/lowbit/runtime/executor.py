@@ -49,7 +49,8 @@ def why_not(model) -> str | None:
     """Why ``model`` never runs natively (an op without a native step), or None."""
     for n in model.nodes:
         if n.op not in NATIVE_OPS:
-            return f"node {n.name!r}: op {n.op!r} (float32 layer on NumPy BLAS) has no native step"
+            what = "float32 layer on NumPy BLAS" if n.op in ("conv_f32", "linear_f32") else "NumPy only"
+            return f"node {n.name!r}: op {n.op!r} ({what}) has no native step"
     return None
 
 

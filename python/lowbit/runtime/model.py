@@ -43,6 +43,14 @@ Ops (inputs -> output):
 ``avgpool``         float -> float (float64 sums, like torch's CPU kernel)
 ``adaptive_avgpool`` float -> float (torch's start/end index rule)
 ``flatten``         NHWC -> (B, C*H*W) in torch's NCHW order (float or codes)
+``concat``          2 or more values -> their concatenation along the channel (last) axis:
+                    all float32 (NHWC or (B, F)), or all codes of one grid (same bits,
+                    levels and step: the codes are concatenated, which is exact); a
+                    mixture is a graph error (a front end dequantizes first)
+``pad``             float or codes NHWC -> the same, padded by ``attrs['pads']``
+                    ``[top, left, bottom, right]`` with ``attrs['fill']``: ``"zero"``
+                    (float 0.0; codes: the code of level 0, a graph error when the
+                    levels have no 0) or ``"-inf"`` (float only: in front of a max pool)
 
 The model output is the value of the last node: float32 (B, F) logits (a 4-D
 output is returned as NCHW).
@@ -83,7 +91,7 @@ from ..packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elem
 __all__ = ["CodeTensor", "Model", "Node", "NodeArrays", "OPS", "PackedCodes"]
 
 OPS = ("input", "quantize", "dequantize", "conv", "linear", "add", "clamp", "affine", "maxpool", "avgpool",
-       "adaptive_avgpool", "flatten", "conv_f32", "linear_f32")
+       "adaptive_avgpool", "flatten", "conv_f32", "linear_f32", "concat", "pad")
 _QUANTIZED = ("conv", "linear")
 _FLOAT_LAYERS = ("conv_f32", "linear_f32")
 
@@ -331,6 +339,9 @@ _ATTRS = {
                 ("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
                 ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
                 ("count_include_pad", lambda v: isinstance(v, bool), "a bool", _MISSING)],
+    "pad": [("pads", lambda v: isinstance(v, (list, tuple)) and len(v) == 4 and all(_nonneg_int(x) for x in v),
+             "[top, left, bottom, right] ints >= 0", _MISSING),
+            ("fill", lambda v: v in ("zero", "-inf"), "'zero' or '-inf'", "zero")],
     "adaptive_avgpool": [("output_size", _is_pair(lambda x: x is None or _pos_int(x)), "a pair of ints >= 1 or null",
                           _MISSING)],
 }
@@ -544,6 +555,53 @@ def _flatten(v, native: bool = True):
     return v
 
 
+def concat_channels(values, name="concat"):
+    """The ``concat`` op (kernel and reference path alike: a copy is exact): float32 arrays, or
+    CodeTensors of one grid, joined along the last (channel) axis. RuntimeError for a mixture
+    of float and codes or of grids, ValueError for shapes that differ off the channel axis."""
+    codes = [isinstance(v, CodeTensor) for v in values]
+    if any(codes) and not all(codes):
+        raise RuntimeError(f"node {name!r}: concat got both codes and float (graph error)")
+    arrays = [v.codes if isinstance(v, CodeTensor) else v for v in values]
+    if len({a.shape[:-1] for a in arrays}) != 1 or len({a.ndim for a in arrays}) != 1:
+        raise ValueError(f"node {name!r}: concat inputs differ off the channel axis: "
+                         f"{[tuple(a.shape) for a in arrays]}")
+    if not all(codes):
+        return np.concatenate(arrays, axis=-1).astype(np.float32, copy=False)
+    first = values[0]
+    if any(v.bits != first.bits or not np.array_equal(v.levels, first.levels) or v.step != first.step
+           for v in values[1:]):
+        raise RuntimeError(f"node {name!r}: concat of codes of different grids (graph error: dequantize first)")
+    return CodeTensor(np.concatenate(arrays, axis=-1), first.bits, first.levels, first.step)
+
+
+def pad_nhwc(x, pads, fill="zero", name="pad"):
+    """The ``pad`` op: NHWC ``x`` (float32 or a CodeTensor) padded by ``pads`` = [top, left,
+    bottom, right] rows/columns with ``fill``: "zero" (codes: the code of level 0) or "-inf"
+    (float only)."""
+    t, l, b, r = (int(p) for p in pads)
+    arr = x.codes if isinstance(x, CodeTensor) else x
+    if arr.ndim != 4:
+        raise ValueError(f"node {name!r}: pad needs an NHWC input, got shape {arr.shape}")
+    if isinstance(x, CodeTensor):
+        if fill != "zero":
+            raise RuntimeError(f"node {name!r}: pad of codes with {fill} (graph error)")
+        zero = np.flatnonzero(x.levels == 0)
+        if zero.size == 0:
+            raise RuntimeError(f"node {name!r}: pad of codes whose levels {x.levels.tolist()} have no 0 "
+                               "(graph error)")
+        fill = zero[0]
+    else:
+        fill = np.float32(0.0 if fill == "zero" else -np.inf)
+    bn, h, w, c = arr.shape
+    check_elements((bn, h + t + b, w + l + r, c), "pad output")
+    out = np.full((bn, h + t + b, w + l + r, c), fill, arr.dtype)
+    out[:, t:t + h, l:l + w] = arr
+    if isinstance(x, CodeTensor):
+        return CodeTensor(out, x.bits, x.levels, x.step)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 
 class Model:
@@ -581,9 +639,11 @@ class Model:
     def _check_node(n: Node):
         _check_attrs(n)
         need = {"input": 0, "quantize": 1, "dequantize": 1, "add": 2, "clamp": 1, "affine": 1, "maxpool": 1,
-                "avgpool": 1, "adaptive_avgpool": 1, "flatten": 1, "conv_f32": 1, "linear_f32": 1}
+                "avgpool": 1, "adaptive_avgpool": 1, "flatten": 1, "conv_f32": 1, "linear_f32": 1, "pad": 1}
         if n.op in need and len(n.inputs) != need[n.op]:
             raise ValueError(f"node {n.name!r} ({n.op}): expected {need[n.op]} inputs, got {len(n.inputs)}")
+        if n.op == "concat" and len(n.inputs) < 2:
+            raise ValueError(f"node {n.name!r} (concat): expected 2 or more inputs, got {len(n.inputs)}")
         if n.op in _QUANTIZED:
             a = n.attrs
             want = 1 + bool(a.get("residual"))
@@ -765,6 +825,10 @@ class Model:
         x = args[0]
         if op == "flatten":
             return _flatten(x, native=not reference)
+        if op == "concat":
+            return concat_channels(args, n.name)
+        if op == "pad":
+            return pad_nhwc(x, a["pads"], a["fill"], n.name)
         if isinstance(x, CodeTensor):
             raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
         if op == "conv_f32":
