@@ -206,11 +206,12 @@ void bind_executor(py::module_& m) {
       .def("output", &PlanHandle::output, "The caller's output array as a buffer")
       .def("quantize",
            [](PlanHandle& h, int node, int src, int dst, size_t n, py::object nchw, bool binary, float step, int qn,
-              int qp, bool pre, float pre_step, float pre_inv_div) {
+              int qp, bool pre, float pre_step, float pre_inv_div, bool simd) {
              auto s = std::make_unique<QuantizeStep>();
              s->src = src;
              s->dst = dst;
              s->params = quantize_params(binary, step, qn, qp, pre, pre_step, pre_inv_div);
+             s->params.simd = simd;  // false under a forced scalar tier
              if (!nchw.is_none()) {
                auto shape = nchw.cast<std::vector<size_t>>();
                if (shape.size() != 4) throw py::value_error("quantize: nchw must be (B, C, H, W)");

@@ -56,7 +56,7 @@ void quantize_serial(const float* x, size_t n, const QuantizeParams& p, uint8_t*
     for (size_t i = 0; i < n; ++i) out[i] = x[i] >= 0.0f ? 1 : 0;  // NaN compares false: code 0
     return;
   }
-  if (!p.pre) return quantize_codes(x, n, p.step, p.qn, p.qp, out);
+  if (!p.pre) return quantize_codes(x, n, p.step, p.qn, p.qp, out, p.simd);
   // QONNX Trunc: integers at pre_step, scaled by 1 / pre_div, then the plain rule at step 1
   // (x / 1.0f is x exactly, NaN and -0.0 included).
   float t[kChunk];
@@ -67,7 +67,7 @@ void quantize_serial(const float* x, size_t n, const QuantizeParams& p, uint8_t*
       v = std::nearbyint(v);  // the default rounding mode: half to even, as np.rint
       t[i] = v * p.pre_inv_div;
     }
-    quantize_codes(t, len, 1.0f, p.qn, p.qp, out + i0);
+    quantize_codes(t, len, 1.0f, p.qn, p.qp, out + i0, p.simd);
   }
 }
 

@@ -30,6 +30,7 @@ struct QuantizeParams {
   int32_t qn = 0, qp = 0;  // -128 <= qn <= qp <= qn + 255
   bool pre = false;        // QONNX Trunc form
   float pre_step = 1, pre_inv_div = 1;
+  bool simd = true;  // quantize_codes' AVX2 twin when built and the CPU has it (same results)
 };
 void quantize_f32(const float* x, size_t n, const QuantizeParams& p, uint8_t* out);
 // The same rule reading NCHW float32 x (B, C, H, W) and writing NHWC codes

@@ -213,15 +213,16 @@ class _Builder:
         pre_step = float(np.float32(a["pre_step"])) if pre else 1.0
         pre_inv_div = float(np.float32(1.0 / a["pre_div"])) if pre else 1.0
         step = 1.0 if pre else float(np.float32(a["step"]))
+        simd = _dispatch.tier_rank(_dispatch.tier_cap()) > 0  # a forced scalar tier runs the scalar quantizer
         if x.kind == "input":
             b, c, h, w = x.shape
             out = _Value("codes", (b, h, w, c), self.core.buffer(x.size), a["bits"], a["levels"], a["step"])
             self.core.quantize(i, x.buf, out.buf, x.size, [b, c, h, w], bool(a.get("binary")), step, a["qn"],
-                               a["qp"], pre, pre_step, pre_inv_div)
+                               a["qp"], pre, pre_step, pre_inv_div, simd)
         else:
             out = _Value("codes", x.shape, self.core.buffer(x.size), a["bits"], a["levels"], a["step"])
             self.core.quantize(i, x.buf, out.buf, x.size, None, bool(a.get("binary")), step, a["qn"], a["qp"], pre,
-                               pre_step, pre_inv_div)
+                               pre_step, pre_inv_div, simd)
         return out
 
     def _pool(self, i, n, x):
