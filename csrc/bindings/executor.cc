@@ -355,18 +355,31 @@ void bind_executor(py::module_& m) {
              h.add(std::move(s), "pool", node, {src}, {dst});
            })
       .def("im2col",
-           [](PlanHandle& h, int node, int src, int dst, const py::tuple& geometry, int pad_code) {
+           [](PlanHandle& h, int node, int src, int dst, const py::tuple& geometry, int pad, size_t elem,
+              size_t out_stride) {
+             // codes (elem 1, pad = the pad code, out_stride 0 = kh*kw*C), or a map already converted to a dot
+             // family's levels (Im2colStep): elements of `elem` bytes, pad = level(pad code), rows of
+             // out_stride elements
              auto s = std::make_unique<Im2colStep>();
              s->g = geometry_of(geometry);
-             if (pad_code < 0 || pad_code > 255) throw py::value_error("im2col: pad_code must be 0..255");
+             if (elem != 1 && elem != 2) throw py::value_error("im2col: elem must be 1 or 2");
+             if (elem == 1 ? (pad < 0 || pad > 255) : (pad < -32768 || pad > 32767))
+               throw py::value_error("im2col: pad out of range for elem");
              const ConvGeometry& g = s->g;
-             h.need(src, checked_product({g.B, g.H, g.W, g.C}, "im2col input"), "im2col input");
-             h.need(dst, checked_product({g.B, g.OH, g.OW, g.kh, g.kw, g.C}, "im2col output"), "im2col output");
+             const size_t K = checked_product({g.kh, g.kw, g.C}, "im2col row");
+             if (out_stride == 0) out_stride = K;
+             if (out_stride < K) throw py::value_error("im2col: out_stride < kh*kw*C");
+             h.need(src, checked_product({g.B, g.H, g.W, g.C, elem}, "im2col input"), "im2col input");
+             h.need(dst, checked_product({g.B, g.OH, g.OW, out_stride, elem}, "im2col output"), "im2col output");
              s->src = src;
              s->dst = dst;
-             s->pad_code = uint8_t(pad_code);
+             s->pad = int16_t(pad);
+             s->elem = elem;
+             s->out_stride = out_stride;
              h.add(std::move(s), "im2col", node, {src}, {dst});
-           })
+           },
+           py::arg("node"), py::arg("src"), py::arg("dst"), py::arg("geometry"), py::arg("pad"), py::arg("elem") = 1,
+           py::arg("out_stride") = 0)
       .def("channel_slice",
            [](PlanHandle& h, int node, int src, int dst, size_t rows, size_t C, size_t c0, size_t c1) {
              if (!(c0 < c1 && c1 <= C)) throw py::value_error("channel_slice: expected 0 <= c0 < c1 <= C");

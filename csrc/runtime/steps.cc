@@ -97,8 +97,72 @@ bool PoolStep::run(Context& c) const {
   return true;
 }
 
+namespace {
+
+// memcpy of n bytes for the short runs of a small-Cin gather: fixed-size
+// copies (plain vector moves) with the last one overlapping, reading and
+// writing only [0, n).
+inline void copy_short(uint8_t* d, const uint8_t* s, size_t n) {
+  if (n >= 16) {
+    for (size_t i = 0; i + 16 <= n; i += 16) std::memcpy(d + i, s + i, 16);
+    std::memcpy(d + n - 16, s + n - 16, 16);
+  } else if (n >= 8) {
+    std::memcpy(d, s, 8);
+    std::memcpy(d + n - 8, s + n - 8, 8);
+  } else if (n >= 4) {
+    std::memcpy(d, s, 4);
+    std::memcpy(d + n - 4, s + n - 4, 4);
+  } else {
+    for (size_t i = 0; i < n; ++i) d[i] = s[i];
+  }
+}
+
+// im2col_nhwc's row order on elements of type T, each row written into
+// out_stride elements (the tail zeroed); consecutive valid taps of one kernel
+// row (dw == 1) are one copy.
+template <class T>
+void im2col_strided(const T* x, const ConvGeometry& g, T pad, size_t out_stride, T* out) {
+  const size_t C = g.C, K = g.kh * g.kw * C;
+  for (size_t r = 0; r < g.B * g.OH; ++r) {
+    const size_t b = r / g.OH, oy = r % g.OH;
+    for (size_t ox = 0; ox < g.OW; ++ox) {
+      T* o = out + (r * g.OW + ox) * out_stride;
+      const ptrdiff_t ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
+      for (size_t ky = 0; ky < g.kh; ++ky, o += g.kw * C) {
+        const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+        if (iy < 0 || iy >= ptrdiff_t(g.H)) {
+          std::fill(o, o + g.kw * C, pad);
+          continue;
+        }
+        const T* row = x + (b * g.H + size_t(iy)) * g.W * C;
+        if (g.dw == 1 && ix0 >= 0 && ix0 + ptrdiff_t(g.kw) <= ptrdiff_t(g.W)) {
+          copy_short(reinterpret_cast<uint8_t*>(o), reinterpret_cast<const uint8_t*>(row + size_t(ix0) * C),
+                     g.kw * C * sizeof(T));
+          continue;
+        }
+        for (size_t kx = 0; kx < g.kw; ++kx) {
+          const ptrdiff_t ix = ix0 + ptrdiff_t(kx * g.dw);
+          if (ix >= 0 && ix < ptrdiff_t(g.W))
+            copy_short(reinterpret_cast<uint8_t*>(o + kx * C), reinterpret_cast<const uint8_t*>(row + size_t(ix) * C),
+                       C * sizeof(T));
+          else
+            std::fill(o + kx * C, o + (kx + 1) * C, pad);
+        }
+      }
+      std::fill(out + (r * g.OW + ox) * out_stride + K, out + (r * g.OW + ox + 1) * out_stride, T(0));
+    }
+  }
+}
+
+}  // namespace
+
 bool Im2colStep::run(Context& c) const {
-  im2col_nhwc(c.at<const uint8_t>(src), g, pad_code, c.at<uint8_t>(dst));
+  if (elem == 2)
+    im2col_strided(c.at<const int16_t>(src), g, pad, out_stride, c.at<int16_t>(dst));
+  else if (out_stride != g.kh * g.kw * g.C)
+    im2col_strided(c.at<const uint8_t>(src), g, uint8_t(pad), out_stride, c.at<uint8_t>(dst));
+  else
+    im2col_nhwc(c.at<const uint8_t>(src), g, uint8_t(pad), c.at<uint8_t>(dst));
   return true;
 }
 

@@ -88,11 +88,22 @@ struct PoolStep : Step {
   bool run(Context& c) const override;
 };
 
-// im2col of NHWC codes (the convolution fallback), ops/pack.h.
+// im2col of NHWC codes (the convolution fallback), ops/pack.h; elem == 1
+// and out_stride == kh*kw*C run im2col_nhwc itself.
+//
+// The same gather also runs on a map already converted to a dot family's
+// packed levels (elem = 1: dot8's uint8 levels, 2: dotgemm's int16 levels):
+// then out row r holds im2col row r's elements (pad_value where im2col
+// writes the pad code, i.e. level(pad code)) followed by zeros up to out_stride
+// elements -- exactly the family's packing of the im2col codes, since both
+// packers map each code to its level independently and zero the row tail.
+// A small-Cin stem levels H*W*C values instead of kh*kw times as many.
 struct Im2colStep : Step {
   int src = -1, dst = -1;
   ConvGeometry g{};
-  uint8_t pad_code = 0;
+  int16_t pad = 0;        // the padding element: the pad code, or level(pad code) on a levelled map
+  size_t elem = 1;        // bytes per element: 1 or 2
+  size_t out_stride = 0;  // elements per output row (>= kh*kw*C)
   bool run(Context& c) const override;
 };
 

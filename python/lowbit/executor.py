@@ -352,9 +352,13 @@ class _Builder:
             else:  # the im2col copy, then the plain GEMM (as conv._conv_group)
                 k = taps * cg
                 check_elements((m, k), "x (im2col copy)")
-                cols = self.core.buffer(m * k)
-                self.core.im2col(i, src, cols, (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow), pad_code)
-                self._gemm_direct(i, cols, m, k, bound, ep_args)
+                g_geometry = (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow)
+                if bound.plan.family in ("dotgemm", "dot8"):
+                    self._im2col_levels(i, src, npix, g_geometry, pad_code, m, k, bound, ep_args)
+                else:
+                    cols = self.core.buffer(m * k)
+                    self.core.im2col(i, src, cols, g_geometry, pad_code)
+                    self._gemm_direct(i, cols, m, k, bound, ep_args)
             if not fused:  # conv._conv_group's correction: cbA[pad code] * the weights under the padded taps
                 table = np.ascontiguousarray(weights.column_sums(g), np.int64) * int(cb_a[pad_code])
                 self.core.pad_correction(i, sums.buf, m, opg, np.ascontiguousarray(rows < 0, np.uint8), table,
@@ -404,6 +408,26 @@ class _Builder:
             raise Unsupported(f"no native packing for family {plan.family!r}")
         hit = self.packed[key] = (buf, stride)
         return hit
+
+    def _im2col_levels(self, i, src, npix, geometry, pad_code, m, k, bound, ep_args):
+        """The im2col GEMM of a dot-family layer on levels: the input map's (npix, cg) codes
+        are converted to the family's levels once, and the im2col gather then writes the
+        family's packed rows directly (level(pad_code) for padding, zero row tails): the
+        bytes _pack would make from the im2col codes, with kh*kw times fewer conversions."""
+        plan, fam, tier = bound.plan, bound.fam, bound.kern["tier_rank"]
+        cg, bits = geometry[3], plan.params[1]
+        if plan.family == "dotgemm":
+            levels, elem = np.frombuffer(plan.params[3], "<i2").copy(), 2
+        else:
+            levels, elem = np.frombuffer(plan.params[3], np.uint8).copy(), 1
+        cols = fam.STEP * fam.k_steps(k, plan)  # elements per packed row, as _pack
+        check_elements((m, cols), "x (im2col copy)")
+        level_map = self.core.buffer(npix * cg * elem)
+        self.core.pack(i, plan.family, src, level_map, npix, cg, bits, 0, 0, cg, tier, 0, 0, levels)
+        abuf = self.core.buffer(m * cols * elem)
+        self.core.im2col(i, level_map, abuf, geometry, int(levels[pad_code]), elem, cols)
+        k_steps, correction = bound.direct(k)
+        self._gemm(i, bound, m, k_steps, correction, abuf, cols * elem, ep_args)
 
     def _gemm_direct(self, i, codes, m, k, bound, ep_args):
         """A plain (m, k) GEMM on codes in buffer `codes` (lowbit.gemm's path; grouplut
