@@ -423,7 +423,10 @@ class _Builder:
         cols = fam.STEP * fam.k_steps(k, plan)  # elements per packed row, as _pack
         check_elements((m, cols), "x (im2col copy)")
         level_map = self.core.buffer(npix * cg * elem)
-        self.core.pack(i, plan.family, src, level_map, npix, cg, bits, 0, 0, cg, tier, 0, 0, levels)
+        # the map's rows are contiguous (out_cols == K): packed as B*H rows of W*cg values (long rows for the
+        # packer, rows to share between threads), the same bytes as npix rows of cg
+        b, h, w = geometry[:3]
+        self.core.pack(i, plan.family, src, level_map, b * h, w * cg, bits, 0, 0, w * cg, tier, 0, 0, levels)
         abuf = self.core.buffer(m * cols * elem)
         self.core.im2col(i, level_map, abuf, geometry, int(levels[pad_code]), elem, cols)
         k_steps, correction = bound.direct(k)

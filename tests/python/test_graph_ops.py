@@ -68,7 +68,10 @@ def test_trunc_pre_step_quantize_matches_numpy(rng, shape, pre_step, pre_div, qn
     assert_same(rt.quantize(x, attrs, native=True), rt.quantize(x, attrs, native=False))
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (1, 1, 4, 9), (2, 300, 2, 3), (1, 600, 1, 2)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (1, 1, 4, 9), (2, 300, 2, 3), (1, 600, 1, 2),
+                                   # few channels (quantized per channel row, then interleaved): rows longer
+                                   # than one chunk of pixels, and the largest and smallest such C
+                                   (1, 3, 2, 1400), (1, 1, 1, 4100), (2, 16, 3, 300), (1, 17, 2, 260)])
 @pytest.mark.parametrize("attrs", [{"step": 0.1, "qn": -2, "qp": 1}, {"step": 1.0, "qn": 0, "qp": 1, "binary": True},
                                    {"step": 0.4, "qn": -8, "qp": 7, "pre_step": 0.1, "pre_div": 4.0}])
 def test_fused_nchw_quantize_matches_numpy(rng, shape, attrs):
