@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/cpu_features.h"
+#include "ops/graph_ops.h"
 #include "kernels/dwconv/dwconv.h"
 #include "kernels/ukernel.h"
 #include "runtime/executor.h"
@@ -187,6 +188,24 @@ QuantizeParams quantize_params(bool binary, float step, int qn, int qp, bool pre
 }  // namespace
 
 void bind_executor(py::module_& m) {
+  m.def(
+      "executor_maxpool_nhwc",
+      [](const py::array_t<float, py::array::c_style | py::array::forcecast>& x, const py::tuple& geometry,
+         bool simd) {
+        const ConvGeometry g = geometry_of(geometry);
+        if (size_t(x.size()) != g.B * g.H * g.W * g.C) throw py::value_error("x: expected B*H*W*C float32 values");
+        py::array_t<float> out({g.B, g.OH, g.OW, g.C});
+        const float* src = x.data();
+        float* dst = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          maxpool_nhwc(src, g, dst, simd);
+        }
+        return out;
+      },
+      "The executor's max pooling step on NHWC float32 x with geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, "
+      "dw, OH, OW): simd=False runs the scalar rule, True its AVX2 twin where the CPU has it (identical results)",
+      py::arg("x"), py::arg("geometry"), py::arg("simd"));
   using runtime::DequantizeStep;
   using runtime::DwconvStep;
   using runtime::EltwiseStep;
@@ -323,8 +342,9 @@ void bind_executor(py::module_& m) {
            })
       .def("pool",
            [](PlanHandle& h, int node, const std::string& kind, int src, int dst, const py::tuple& geometry,
-              bool count_include_pad) {
+              bool count_include_pad, bool simd) {
              auto s = std::make_unique<PoolStep>();
+             s->simd = simd;
              if (kind == "adaptive") {
                s->kind = PoolStep::Kind::adaptive;
                if (geometry.size() != 6) throw py::value_error("pool: adaptive needs (B, H, W, C, OH, OW)");

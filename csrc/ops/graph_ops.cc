@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/cpu_features.h"
 #include "core/thread_pool.h"
 #include "ops/epilogue.h"
 
@@ -136,6 +137,14 @@ void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t 
       }
     }
   });
+}
+
+void maxpool_nhwc(const float* x, const ConvGeometry& g, float* out, bool simd) {
+#if LOWBIT_HAVE_X86_KERNELS
+  if (simd && best_tier() >= Tier::avx2) return maxpool_nhwc_f32__avx2(x, g, out);
+#endif
+  (void)simd;
+  maxpool_nhwc_f32(x, g, out);
 }
 
 void dequantize_codes(const uint8_t* codes, size_t n, const int32_t* levels, float step, float* out) {

@@ -71,4 +71,11 @@ void avgpool_nhwc_f32(const float* x, const ConvGeometry& g, bool count_include_
 void adaptive_avgpool_nhwc_f32(const float* x, size_t B, size_t H, size_t W, size_t C, size_t OH, size_t OW,
                                float* out);
 
+// maxpool_nhwc_f32 (ops/pack.h, the scalar rule), or its AVX2 twin when
+// `simd` and the CPU has it (identical results).
+void maxpool_nhwc(const float* x, const ConvGeometry& g, float* out, bool simd);
+#if LOWBIT_HAVE_X86_KERNELS
+void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out);
+#endif
+
 }  // namespace lowbit

@@ -85,7 +85,7 @@ bool EltwiseStep::run(Context& c) const {
 bool PoolStep::run(Context& c) const {
   switch (kind) {
     case Kind::max:
-      maxpool_nhwc_f32(c.at<const float>(src), g, c.at<float>(dst));
+      maxpool_nhwc(c.at<const float>(src), g, c.at<float>(dst), simd);
       break;
     case Kind::avg:
       avgpool_nhwc_f32(c.at<const float>(src), g, count_include_pad, c.at<float>(dst));

@@ -85,6 +85,7 @@ struct PoolStep : Step {
   int src = -1, dst = -1;
   ConvGeometry g{};  // adaptive: B, H, W, C, OH, OW only
   bool count_include_pad = false;
+  bool simd = true;  // max: the AVX2 twin when the CPU has it (false under a forced scalar tier)
   bool run(Context& c) const override;
 };
 

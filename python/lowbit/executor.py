@@ -200,7 +200,7 @@ class _Builder:
                 oh, ow = h if oh is None else oh, w if ow is None else ow
                 check_elements((b, oh, ow, c), "adaptive_avgpool output")
                 out = self._f32(i, (b, oh, ow, c))
-                self.core.pool(i, "adaptive", x.buf, out.buf, (b, h, w, c, oh, ow), False)
+                self.core.pool(i, "adaptive", x.buf, out.buf, (b, h, w, c, oh, ow), False, True)
             else:
                 raise Unsupported(f"node {n.name!r}: op {op!r} has no native step")
         self.vals[n.name] = out
@@ -238,7 +238,8 @@ class _Builder:
             raise ValueError(f"pooling: input {h}x{w} is too small for a {kh}x{kw} window")
         out = self._f32(i, (b, oh, ow, c))
         self.core.pool(i, "max" if n.op == "maxpool" else "avg", x.buf, out.buf,
-                       (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow), bool(a.get("count_include_pad")))
+                       (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow), bool(a.get("count_include_pad")),
+                       _dispatch.tier_rank(_dispatch.tier_cap()) > 0)  # a forced scalar tier: the scalar rule
         return out
 
     def _quantized(self, i, n, args):
