@@ -479,7 +479,9 @@ void bind_executor(py::module_& m) {
            [](PlanHandle& h, int node, size_t kernel_index, const py::array& w, const py::array& tables, size_t M,
               size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction, uint32_t a_code_shift,
               py::object col_correction, int a, size_t a_stride, py::object offsets, size_t seg_steps, int codes,
-              size_t K, int bits, int group, const py::tuple& ep) {
+              size_t K, int bits, int group, const py::tuple& ep, py::object gather) {
+             // gather: None, or (src, geometry, elem, pad): the tasks write their rows of `a` with the levelled
+             // im2col gather of buffer src (Im2colStep), a_stride = its row bytes
              auto s = std::make_unique<GemmStep>();
              const KernelInfo& k = gemm_kernel(kernel_index);
              s->kernel = &k;
@@ -531,7 +533,29 @@ void bind_executor(py::module_& m) {
                if (a_stride < g.a_row_bytes) throw py::value_error("gemm: a_stride below the kernel's row bytes");
                h.need(a, checked_product({M, a_stride}, "activations"), "gemm activations");
                s->a_stride = a_stride;
-               if (codes >= 0) {  // fused packing of (M, K) codes (grouplut kernels)
+               if (!gather.is_none()) {
+                 const py::tuple gt = gather.cast<py::tuple>();
+                 if (gt.size() != 4 || codes >= 0) throw py::value_error("gemm: bad gather arguments");
+                 auto gs = std::make_unique<Im2colStep>();
+                 gs->g = geometry_of(gt[1].cast<py::tuple>());
+                 const ConvGeometry& cg = gs->g;
+                 gs->src = gt[0].cast<int>();
+                 gs->dst = a;
+                 gs->elem = gt[2].cast<size_t>();
+                 const int pad = gt[3].cast<int>();
+                 if (gs->elem != 1 && gs->elem != 2) throw py::value_error("gemm gather: elem must be 1 or 2");
+                 if (gs->elem == 1 ? (pad < 0 || pad > 255) : (pad < -32768 || pad > 32767))
+                   throw py::value_error("gemm gather: pad out of range for elem");
+                 gs->pad = int16_t(pad);
+                 const size_t Kg = checked_product({cg.kh, cg.kw, cg.C}, "gather row");
+                 if (a_stride % gs->elem || a_stride / gs->elem < Kg || M != cg.B * cg.OH * cg.OW)
+                   throw py::value_error("gemm gather: rows do not match the GEMM's activations");
+                 gs->out_stride = a_stride / gs->elem;
+                 h.need(gs->src, checked_product({cg.B, cg.H, cg.W, cg.C, gs->elem}, "gather input"), "gather input");
+                 reads.push_back(gs->src);
+                 writes.push_back(a);
+                 s->gather = std::move(gs);
+               } else if (codes >= 0) {  // fused packing of (M, K) codes (grouplut kernels)
                  const std::string fam = k.family;
                  if (fam != "grouplut" && fam != "grouplut6") throw py::value_error("gemm: fused packing is grouplut's");
                  if (bits < 1 || bits > 8 || group < 1 || group * bits + int(a_code_shift) > 8 ||

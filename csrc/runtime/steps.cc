@@ -117,50 +117,53 @@ inline void copy_short(uint8_t* d, const uint8_t* s, size_t n) {
   }
 }
 
-// im2col_nhwc's row order on elements of type T, each row written into
-// out_stride elements (the tail zeroed); consecutive valid taps of one kernel
-// row (dw == 1) are one copy.
+// im2col_nhwc's rows [m0, m1) (row m: output pixel m of B*OH*OW) on
+// elements of type T, each row written into out_stride elements (the tail
+// zeroed); consecutive valid taps of one kernel row (dw == 1) are one copy.
 template <class T>
-void im2col_strided(const T* x, const ConvGeometry& g, T pad, size_t out_stride, T* out) {
+void im2col_strided(const T* x, const ConvGeometry& g, T pad, size_t out_stride, size_t m0, size_t m1, T* out) {
   const size_t C = g.C, K = g.kh * g.kw * C;
-  for (size_t r = 0; r < g.B * g.OH; ++r) {
-    const size_t b = r / g.OH, oy = r % g.OH;
-    for (size_t ox = 0; ox < g.OW; ++ox) {
-      T* o = out + (r * g.OW + ox) * out_stride;
-      const ptrdiff_t ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
-      for (size_t ky = 0; ky < g.kh; ++ky, o += g.kw * C) {
-        const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
-        if (iy < 0 || iy >= ptrdiff_t(g.H)) {
-          std::fill(o, o + g.kw * C, pad);
-          continue;
-        }
-        const T* row = x + (b * g.H + size_t(iy)) * g.W * C;
-        if (g.dw == 1 && ix0 >= 0 && ix0 + ptrdiff_t(g.kw) <= ptrdiff_t(g.W)) {
-          copy_short(reinterpret_cast<uint8_t*>(o), reinterpret_cast<const uint8_t*>(row + size_t(ix0) * C),
-                     g.kw * C * sizeof(T));
-          continue;
-        }
-        for (size_t kx = 0; kx < g.kw; ++kx) {
-          const ptrdiff_t ix = ix0 + ptrdiff_t(kx * g.dw);
-          if (ix >= 0 && ix < ptrdiff_t(g.W))
-            copy_short(reinterpret_cast<uint8_t*>(o + kx * C), reinterpret_cast<const uint8_t*>(row + size_t(ix) * C),
-                       C * sizeof(T));
-          else
-            std::fill(o + kx * C, o + (kx + 1) * C, pad);
-        }
+  for (size_t m = m0; m < m1; ++m) {
+    const size_t ox = m % g.OW, oy = (m / g.OW) % g.OH, b = m / (g.OW * g.OH);
+    T* o = out + m * out_stride;
+    const ptrdiff_t ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
+    for (size_t ky = 0; ky < g.kh; ++ky, o += g.kw * C) {
+      const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+      if (iy < 0 || iy >= ptrdiff_t(g.H)) {
+        std::fill(o, o + g.kw * C, pad);
+        continue;
       }
-      std::fill(out + (r * g.OW + ox) * out_stride + K, out + (r * g.OW + ox + 1) * out_stride, T(0));
+      const T* row = x + (b * g.H + size_t(iy)) * g.W * C;
+      if (g.dw == 1 && ix0 >= 0 && ix0 + ptrdiff_t(g.kw) <= ptrdiff_t(g.W)) {
+        copy_short(reinterpret_cast<uint8_t*>(o), reinterpret_cast<const uint8_t*>(row + size_t(ix0) * C),
+                   g.kw * C * sizeof(T));
+        continue;
+      }
+      for (size_t kx = 0; kx < g.kw; ++kx) {
+        const ptrdiff_t ix = ix0 + ptrdiff_t(kx * g.dw);
+        if (ix >= 0 && ix < ptrdiff_t(g.W))
+          copy_short(reinterpret_cast<uint8_t*>(o + kx * C), reinterpret_cast<const uint8_t*>(row + size_t(ix) * C),
+                     C * sizeof(T));
+        else
+          std::fill(o + kx * C, o + (kx + 1) * C, pad);
+      }
     }
+    std::fill(out + m * out_stride + K, out + (m + 1) * out_stride, T(0));
   }
 }
 
 }  // namespace
 
-bool Im2colStep::run(Context& c) const {
+void Im2colStep::gather_rows(Context& c, size_t m0, size_t m1) const {
   if (elem == 2)
-    im2col_strided(c.at<const int16_t>(src), g, pad, out_stride, c.at<int16_t>(dst));
-  else if (out_stride != g.kh * g.kw * g.C)
-    im2col_strided(c.at<const uint8_t>(src), g, uint8_t(pad), out_stride, c.at<uint8_t>(dst));
+    im2col_strided(c.at<const int16_t>(src), g, pad, out_stride, m0, m1, c.at<int16_t>(dst));
+  else
+    im2col_strided(c.at<const uint8_t>(src), g, uint8_t(pad), out_stride, m0, m1, c.at<uint8_t>(dst));
+}
+
+bool Im2colStep::run(Context& c) const {
+  if (elem == 2 || out_stride != g.kh * g.kw * g.C)
+    gather_rows(c, 0, g.B * g.OH * g.OW);
   else
     im2col_nhwc(c.at<const uint8_t>(src), g, uint8_t(pad), c.at<uint8_t>(dst));
   return true;
@@ -263,6 +266,20 @@ bool GemmStep::run(Context& c) const {
     pack.group = group;
     pack.shift = int(a_code_shift);
     pack.tier = kernel->tier;
+    call.pack = &pack;
+  }
+  struct GatherCtx {
+    const Im2colStep* step;
+    Context* context;
+  } gather_ctx{gather.get(), &c};
+  if (gather) {
+    pack.out = c.at<uint8_t>(a);
+    pack.rows = [](const void* ctx, size_t m0, size_t m1) {
+      const GatherCtx& gc = *static_cast<const GatherCtx*>(ctx);
+      gc.step->gather_rows(*gc.context, m0, m1);
+      return true;
+    };
+    pack.rows_ctx = &gather_ctx;
     call.pack = &pack;
   }
   call.epilogue = ep.make(c);

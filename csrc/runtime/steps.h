@@ -6,6 +6,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kernels/ukernel.h"
@@ -106,6 +107,8 @@ struct Im2colStep : Step {
   size_t elem = 1;        // bytes per element: 1 or 2
   size_t out_stride = 0;  // elements per output row (>= kh*kw*C)
   bool run(Context& c) const override;
+  // Output rows [m0, m1) of a levelled gather (elem 2 or out_stride > kh*kw*C).
+  void gather_rows(Context& c, size_t m0, size_t m1) const;
 };
 
 // Channels [c0, c1) of (rows, C) codes, copied contiguous (a grouped
@@ -164,6 +167,9 @@ struct GemmStep : Step {
   int codes = -1;
   size_t K = 0;
   int bits = 0, group = 0;
+  // When set, the GEMM's tasks write their own rows of `a` with this levelled
+  // im2col gather (its dst is `a`) right before multiplying them.
+  std::unique_ptr<Im2colStep> gather;
   EpilogueSpec ep;
   void prepare(Context& c) const override;
   bool run(Context& c) const override;

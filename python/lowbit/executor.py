@@ -429,9 +429,10 @@ class _Builder:
         b, h, w = geometry[:3]
         self.core.pack(i, plan.family, src, level_map, b * h, w * cg, bits, 0, 0, w * cg, tier, 0, 0, levels)
         abuf = self.core.buffer(m * cols * elem)
-        self.core.im2col(i, level_map, abuf, geometry, int(levels[pad_code]), elem, cols)
         k_steps, correction = bound.direct(k)
-        self._gemm(i, bound, m, k_steps, correction, abuf, cols * elem, ep_args)
+        # the GEMM's tasks gather their own rows (still in cache when multiplied)
+        self._gemm(i, bound, m, k_steps, correction, abuf, cols * elem, ep_args,
+                   gather=(level_map, geometry, elem, int(levels[pad_code])))
 
     def _gemm_direct(self, i, codes, m, k, bound, ep_args):
         """A plain (m, k) GEMM on codes in buffer `codes` (lowbit.gemm's path; grouplut
@@ -447,11 +448,11 @@ class _Builder:
             self._gemm(i, bound, m, k_steps, correction, abuf, stride, ep_args)
 
     def _gemm(self, i, bound, m, k_steps, correction, abuf, a_stride, ep_args, offsets=None, seg_steps=0, codes=-1,
-              k=0, bits=0, group=0):
+              k=0, bits=0, group=0, gather=None):
         n = ep_args[1].shape[0]
         self.core.gemm(i, bound.kern["index"], bound.w_layout, bound.tables, m, n, k_steps, bound.flush8,
                        bound.flush16, correction, bound.code_shift, bound.col_correction, abuf, a_stride, offsets,
-                       seg_steps, codes, k, bits, group, ep_args)
+                       seg_steps, codes, k, bits, group, ep_args, gather)
 
     # ---- the output ----
     def finish(self):
