@@ -123,8 +123,8 @@ inline void copy_short(uint8_t* d, const uint8_t* s, size_t n) {
 template <class T>
 void im2col_strided(const T* x, const ConvGeometry& g, T pad, size_t out_stride, size_t m0, size_t m1, T* out) {
   const size_t C = g.C, K = g.kh * g.kw * C;
+  size_t ox = m0 % g.OW, oy = (m0 / g.OW) % g.OH, b = m0 / (g.OW * g.OH);  // output pixel m, stepped below
   for (size_t m = m0; m < m1; ++m) {
-    const size_t ox = m % g.OW, oy = (m / g.OW) % g.OH, b = m / (g.OW * g.OH);
     T* o = out + m * out_stride;
     const ptrdiff_t ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
     for (size_t ky = 0; ky < g.kh; ++ky, o += g.kw * C) {
@@ -149,6 +149,13 @@ void im2col_strided(const T* x, const ConvGeometry& g, T pad, size_t out_stride,
       }
     }
     std::fill(out + m * out_stride + K, out + (m + 1) * out_stride, T(0));
+    if (++ox == g.OW) {  // the next output pixel (no divisions per row)
+      ox = 0;
+      if (++oy == g.OH) {
+        oy = 0;
+        ++b;
+      }
+    }
   }
 }
 
