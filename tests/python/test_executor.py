@@ -470,3 +470,19 @@ def test_dot_family_im2col_levels(geometry, signed, cin):
             m.run(x, executor="native")
             assert m.nodes[-1].kernel == name
     assert ran == {"dot8", "dotgemm"}, ran
+
+
+def test_dot_family_im2col_levels_threads():
+    """The GEMM's tasks gather their own rows: the same bytes at any thread count."""
+    m = _stem(11, (7, 7), (2, 2), (3, 3), (1, 1), True, cin=3, size=64)
+    x = np.random.default_rng(2).normal(0, 1.5, (2, 3, 64, 64)).astype(np.float32)
+    before = lowbit.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            lowbit.set_num_threads(threads)
+            runs.append(check(m, x))
+    finally:
+        lowbit.set_num_threads(before)
+    for other in runs[1:]:
+        _same(other, runs[0])
