@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/cpu_features.h"
+#include "ops/graph_ops.h"
 #include "kernels/dwconv/dwconv.h"
 #include "kernels/ukernel.h"
 #include "runtime/executor.h"
@@ -187,6 +188,24 @@ QuantizeParams quantize_params(bool binary, float step, int qn, int qp, bool pre
 }  // namespace
 
 void bind_executor(py::module_& m) {
+  m.def(
+      "executor_maxpool_nhwc",
+      [](const py::array_t<float, py::array::c_style | py::array::forcecast>& x, const py::tuple& geometry,
+         bool simd) {
+        const ConvGeometry g = geometry_of(geometry);
+        if (size_t(x.size()) != g.B * g.H * g.W * g.C) throw py::value_error("x: expected B*H*W*C float32 values");
+        py::array_t<float> out({g.B, g.OH, g.OW, g.C});
+        const float* src = x.data();
+        float* dst = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          maxpool_nhwc(src, g, dst, simd);
+        }
+        return out;
+      },
+      "The executor's max pooling step on NHWC float32 x with geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, "
+      "dw, OH, OW): simd=False runs the scalar rule, True its AVX2 twin where the CPU has it (identical results)",
+      py::arg("x"), py::arg("geometry"), py::arg("simd"));
   using runtime::DequantizeStep;
   using runtime::DwconvStep;
   using runtime::EltwiseStep;
@@ -206,11 +225,12 @@ void bind_executor(py::module_& m) {
       .def("output", &PlanHandle::output, "The caller's output array as a buffer")
       .def("quantize",
            [](PlanHandle& h, int node, int src, int dst, size_t n, py::object nchw, bool binary, float step, int qn,
-              int qp, bool pre, float pre_step, float pre_inv_div) {
+              int qp, bool pre, float pre_step, float pre_inv_div, bool simd) {
              auto s = std::make_unique<QuantizeStep>();
              s->src = src;
              s->dst = dst;
              s->params = quantize_params(binary, step, qn, qp, pre, pre_step, pre_inv_div);
+             s->params.simd = simd;  // false under a forced scalar tier
              if (!nchw.is_none()) {
                auto shape = nchw.cast<std::vector<size_t>>();
                if (shape.size() != 4) throw py::value_error("quantize: nchw must be (B, C, H, W)");
@@ -322,8 +342,9 @@ void bind_executor(py::module_& m) {
            })
       .def("pool",
            [](PlanHandle& h, int node, const std::string& kind, int src, int dst, const py::tuple& geometry,
-              bool count_include_pad) {
+              bool count_include_pad, bool simd) {
              auto s = std::make_unique<PoolStep>();
+             s->simd = simd;
              if (kind == "adaptive") {
                s->kind = PoolStep::Kind::adaptive;
                if (geometry.size() != 6) throw py::value_error("pool: adaptive needs (B, H, W, C, OH, OW)");
@@ -354,18 +375,31 @@ void bind_executor(py::module_& m) {
              h.add(std::move(s), "pool", node, {src}, {dst});
            })
       .def("im2col",
-           [](PlanHandle& h, int node, int src, int dst, const py::tuple& geometry, int pad_code) {
+           [](PlanHandle& h, int node, int src, int dst, const py::tuple& geometry, int pad, size_t elem,
+              size_t out_stride) {
+             // codes (elem 1, pad = the pad code, out_stride 0 = kh*kw*C), or a map already converted to a dot
+             // family's levels (Im2colStep): elements of `elem` bytes, pad = level(pad code), rows of
+             // out_stride elements
              auto s = std::make_unique<Im2colStep>();
              s->g = geometry_of(geometry);
-             if (pad_code < 0 || pad_code > 255) throw py::value_error("im2col: pad_code must be 0..255");
+             if (elem != 1 && elem != 2) throw py::value_error("im2col: elem must be 1 or 2");
+             if (elem == 1 ? (pad < 0 || pad > 255) : (pad < -32768 || pad > 32767))
+               throw py::value_error("im2col: pad out of range for elem");
              const ConvGeometry& g = s->g;
-             h.need(src, checked_product({g.B, g.H, g.W, g.C}, "im2col input"), "im2col input");
-             h.need(dst, checked_product({g.B, g.OH, g.OW, g.kh, g.kw, g.C}, "im2col output"), "im2col output");
+             const size_t K = checked_product({g.kh, g.kw, g.C}, "im2col row");
+             if (out_stride == 0) out_stride = K;
+             if (out_stride < K) throw py::value_error("im2col: out_stride < kh*kw*C");
+             h.need(src, checked_product({g.B, g.H, g.W, g.C, elem}, "im2col input"), "im2col input");
+             h.need(dst, checked_product({g.B, g.OH, g.OW, out_stride, elem}, "im2col output"), "im2col output");
              s->src = src;
              s->dst = dst;
-             s->pad_code = uint8_t(pad_code);
+             s->pad = int16_t(pad);
+             s->elem = elem;
+             s->out_stride = out_stride;
              h.add(std::move(s), "im2col", node, {src}, {dst});
-           })
+           },
+           py::arg("node"), py::arg("src"), py::arg("dst"), py::arg("geometry"), py::arg("pad"), py::arg("elem") = 1,
+           py::arg("out_stride") = 0)
       .def("channel_slice",
            [](PlanHandle& h, int node, int src, int dst, size_t rows, size_t C, size_t c0, size_t c1) {
              if (!(c0 < c1 && c1 <= C)) throw py::value_error("channel_slice: expected 0 <= c0 < c1 <= C");
@@ -445,7 +479,9 @@ void bind_executor(py::module_& m) {
            [](PlanHandle& h, int node, size_t kernel_index, const py::array& w, const py::array& tables, size_t M,
               size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16, int64_t correction, uint32_t a_code_shift,
               py::object col_correction, int a, size_t a_stride, py::object offsets, size_t seg_steps, int codes,
-              size_t K, int bits, int group, const py::tuple& ep) {
+              size_t K, int bits, int group, const py::tuple& ep, py::object gather) {
+             // gather: None, or (src, geometry, elem, pad): the tasks write their rows of `a` with the levelled
+             // im2col gather of buffer src (Im2colStep), a_stride = its row bytes
              auto s = std::make_unique<GemmStep>();
              const KernelInfo& k = gemm_kernel(kernel_index);
              s->kernel = &k;
@@ -497,7 +533,29 @@ void bind_executor(py::module_& m) {
                if (a_stride < g.a_row_bytes) throw py::value_error("gemm: a_stride below the kernel's row bytes");
                h.need(a, checked_product({M, a_stride}, "activations"), "gemm activations");
                s->a_stride = a_stride;
-               if (codes >= 0) {  // fused packing of (M, K) codes (grouplut kernels)
+               if (!gather.is_none()) {
+                 const py::tuple gt = gather.cast<py::tuple>();
+                 if (gt.size() != 4 || codes >= 0) throw py::value_error("gemm: bad gather arguments");
+                 auto gs = std::make_unique<Im2colStep>();
+                 gs->g = geometry_of(gt[1].cast<py::tuple>());
+                 const ConvGeometry& cg = gs->g;
+                 gs->src = gt[0].cast<int>();
+                 gs->dst = a;
+                 gs->elem = gt[2].cast<size_t>();
+                 const int pad = gt[3].cast<int>();
+                 if (gs->elem != 1 && gs->elem != 2) throw py::value_error("gemm gather: elem must be 1 or 2");
+                 if (gs->elem == 1 ? (pad < 0 || pad > 255) : (pad < -32768 || pad > 32767))
+                   throw py::value_error("gemm gather: pad out of range for elem");
+                 gs->pad = int16_t(pad);
+                 const size_t Kg = checked_product({cg.kh, cg.kw, cg.C}, "gather row");
+                 if (a_stride % gs->elem || a_stride / gs->elem < Kg || M != cg.B * cg.OH * cg.OW)
+                   throw py::value_error("gemm gather: rows do not match the GEMM's activations");
+                 gs->out_stride = a_stride / gs->elem;
+                 h.need(gs->src, checked_product({cg.B, cg.H, cg.W, cg.C, gs->elem}, "gather input"), "gather input");
+                 reads.push_back(gs->src);
+                 writes.push_back(a);
+                 s->gather = std::move(gs);
+               } else if (codes >= 0) {  // fused packing of (M, K) codes (grouplut kernels)
                  const std::string fam = k.family;
                  if (fam != "grouplut" && fam != "grouplut6") throw py::value_error("gemm: fused packing is grouplut's");
                  if (bits < 1 || bits > 8 || group < 1 || group * bits + int(a_code_shift) > 8 ||

@@ -43,4 +43,25 @@ void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stri
   }
 }
 
+// The scalar rule's clamps `q < lo ? lo : q` and `q > hi ? hi : q` are
+// vmaxps(lo, q) and vminps(hi, q) (a NaN q passes through both, as above);
+// (q + 1.5 * 2^23) - 1.5 * 2^23 on the clamped q (|q| <= 255) is roundps to
+// nearest even; a NaN then gives code 0.
+void quantize_codes__avx2(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out) {
+  const __m256 div = _mm256_set1_ps(step), lo = _mm256_set1_ps(float(qn)), hi = _mm256_set1_ps(float(qp));
+  const __m256i offset = _mm256_set1_epi32(qn);
+  const size_t nvec = n / 8 * 8;
+  for (size_t i = 0; i < nvec; i += 8) {
+    __m256 q = _mm256_div_ps(_mm256_loadu_ps(x + i), div);
+    q = _mm256_max_ps(lo, q);
+    q = _mm256_min_ps(hi, q);
+    q = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm256_blendv_ps(q, lo, _mm256_cmp_ps(q, q, _CMP_UNORD_Q));  // NaN -> code 0
+    const __m256i c = _mm256_sub_epi32(_mm256_cvttps_epi32(q), offset);  // 0 .. 255
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), _mm_packus_epi16(w, w));
+  }
+  if (nvec < n) quantize_codes__scalar(x + nvec, n - nvec, step, qn, qp, out + nvec);
+}
+
 }  // namespace lowbit

@@ -40,7 +40,15 @@ void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_st
   }
 }
 
-void quantize_codes(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out) {
+void quantize_codes(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out, bool simd) {
+#if LOWBIT_HAVE_X86_KERNELS
+  if (simd && best_tier() >= Tier::avx2) return quantize_codes__avx2(x, n, step, qn, qp, out);
+#endif
+  (void)simd;
+  quantize_codes__scalar(x, n, step, qn, qp, out);
+}
+
+void quantize_codes__scalar(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out) {
   const float lo = float(qn), hi = float(qp);
   const float magic = 12582912.0f;  // 1.5 * 2^23: (q + magic) - magic rounds half to even for |q| < 2^22
   for (size_t i = 0; i < n; ++i) {

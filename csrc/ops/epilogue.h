@@ -44,8 +44,10 @@ void apply_epilogue(const Epilogue& e, const int32_t* acc, size_t acc_stride, si
 // LSQ quantization of float32 activations (the runtime's `quantize` node):
 //   code = rint_half_even(min(max(x / step, qn), qp)) - qn
 // in float32 with a true division, as torch computes it; NaN gives code 0.
-// Requires -128 <= qn <= qp <= qn + 255.
-void quantize_codes(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out);
+// Requires -128 <= qn <= qp <= qn + 255. `simd` picks the AVX2 twin when
+// built and the CPU has it (identical results).
+void quantize_codes(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out, bool simd = true);
+void quantize_codes__scalar(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out);
 
 void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1,
                             size_t n0, size_t n1);
@@ -54,6 +56,9 @@ void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_st
 // blend for the clamps, roundps to nearest even); identical results.
 void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
                           size_t n1);
+// quantize_codes 8 values at a time (divps, maxps/minps clamps, roundps to
+// nearest even); identical results.
+void quantize_codes__avx2(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out);
 #endif
 
 }  // namespace lowbit

@@ -78,6 +78,10 @@ struct Task {
 // Packs activation rows [m0, m1) of a fused-pack call into its `a` buffer.
 void pack_rows(const GemmCall& c, size_t m0, size_t m1) {
   FusedPack& f = *c.pack;
+  if (f.rows) {
+    if (!f.rows(f.rows_ctx, m0, m1)) f.bad.store(true, std::memory_order_relaxed);
+    return;
+  }
   if (!pack_groups_serial(f.codes + m0 * f.K, m1 - m0, f.K, f.bits, f.group, f.shift,
                           f.out + m0 * c.a_stride, c.a_stride, f.tier))
     f.bad.store(true, std::memory_order_relaxed);
@@ -195,7 +199,8 @@ void run_gemm(const GemmCall& call, const GemmGeometry& g) {
       t.tn = (call.N + nr - 1) / nr * nr;
     } else {
       FusedPack& f = *call.pack;
-      if (!pack_groups(f.codes, call.M, f.K, f.bits, f.group, f.shift, f.out, call.a_stride, f.tier)) {
+      if (f.rows ? !f.rows(f.rows_ctx, 0, call.M)
+                 : !pack_groups(f.codes, call.M, f.K, f.bits, f.group, f.shift, f.out, call.a_stride, f.tier)) {
         f.bad.store(true);
         return;
       }

@@ -30,12 +30,19 @@ bool gemm_geometry(const KernelInfo& k, size_t N, size_t k_steps, GemmGeometry* 
 // task that then multiplies it, so the packed rows are still in that core's
 // cache. `bad` is set when a code is out of range (the output is then
 // unspecified and the caller must raise).
+//
+// With `rows` set, the rows come from the caller's producer instead of the
+// pack_groups rule: rows(rows_ctx, m0, m1) writes packed rows [m0, m1) into
+// the `a` buffer (returns false on bad input); it may run on any pool thread,
+// for disjoint row ranges at once.
 struct FusedPack {
-  const uint8_t* codes;
-  uint8_t* out;  // the call's `a` buffer, writable
-  size_t K;
-  int bits, group, shift;
-  Tier tier;
+  const uint8_t* codes = nullptr;
+  uint8_t* out = nullptr;  // the call's `a` buffer, writable
+  size_t K = 0;
+  int bits = 0, group = 0, shift = 0;
+  Tier tier = Tier::scalar;
+  bool (*rows)(const void* ctx, size_t m0, size_t m1) = nullptr;
+  const void* rows_ctx = nullptr;
   std::atomic<bool> bad{false};
 };
 

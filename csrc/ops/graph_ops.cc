@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/cpu_features.h"
 #include "core/thread_pool.h"
 #include "ops/epilogue.h"
 
@@ -19,6 +20,8 @@ namespace {
 constexpr size_t kBlock = size_t(1) << 16;
 // Stack buffers (nothing here allocates): values quantized or channels summed at a time.
 constexpr size_t kChunk = 256;
+// At most this many channels: the NCHW -> NHWC quantizer quantizes channel rows in place, then interleaves.
+constexpr size_t kFewChannels = 16;
 
 template <class Body>
 void for_blocks(size_t n, Body&& body) {  // body(i0, i1) for consecutive blocks of [0, n)
@@ -56,7 +59,7 @@ void quantize_serial(const float* x, size_t n, const QuantizeParams& p, uint8_t*
     for (size_t i = 0; i < n; ++i) out[i] = x[i] >= 0.0f ? 1 : 0;  // NaN compares false: code 0
     return;
   }
-  if (!p.pre) return quantize_codes(x, n, p.step, p.qn, p.qp, out);
+  if (!p.pre) return quantize_codes(x, n, p.step, p.qn, p.qp, out, p.simd);
   // QONNX Trunc: integers at pre_step, scaled by 1 / pre_div, then the plain rule at step 1
   // (x / 1.0f is x exactly, NaN and -0.0 included).
   float t[kChunk];
@@ -67,8 +70,19 @@ void quantize_serial(const float* x, size_t n, const QuantizeParams& p, uint8_t*
       v = std::nearbyint(v);  // the default rounding mode: half to even, as np.rint
       t[i] = v * p.pre_inv_div;
     }
-    quantize_codes(t, len, 1.0f, p.qn, p.qp, out + i0);
+    quantize_codes(t, len, 1.0f, p.qn, p.qp, out + i0, p.simd);
   }
+}
+
+// out[i * C + c] = planes[c * len + i] for i < len, c < C (a byte transpose).
+template <size_t C>
+void interleave(const uint8_t* planes, size_t len, uint8_t* out) {
+  for (size_t i = 0; i < len; ++i)
+    for (size_t c = 0; c < C; ++c) out[i * C + c] = planes[c * len + i];
+}
+void interleave_any(const uint8_t* planes, size_t len, size_t C, uint8_t* out) {
+  for (size_t i = 0; i < len; ++i)
+    for (size_t c = 0; c < C; ++c) out[i * C + c] = planes[c * len + i];
 }
 
 }  // namespace
@@ -79,6 +93,31 @@ void quantize_f32(const float* x, size_t n, const QuantizeParams& p, uint8_t* ou
 
 void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t W, const QuantizeParams& p,
                            uint8_t* out) {
+  if (C <= kFewChannels) {
+    // Few channels (an image): each channel's run of a row is quantized where it lies (contiguous, the
+    // vector rule), then the codes are interleaved into NHWC -- a byte transpose instead of a float gather.
+    // The rule is elementwise, so the codes are the same.
+    const size_t pixels = kChunk * 16 / C;  // per chunk of codes[C][pixels]
+    for_rows(B * H, W * C, [&](size_t r) {
+      const size_t b = r / H, y = r % H;
+      const float* src = x + b * C * H * W + y * W;  // channel c of pixel xx: src[c * H * W + xx]
+      uint8_t* dst = out + r * W * C;
+      uint8_t codes[kChunk * 16];
+      for (size_t x0 = 0; x0 < W; x0 += pixels) {
+        const size_t len = std::min(pixels, W - x0);
+        if (C == 1) {  // NHWC is NCHW
+          quantize_serial(src + x0, len, p, dst + x0);
+          continue;
+        }
+        for (size_t c = 0; c < C; ++c) quantize_serial(src + c * H * W + x0, len, p, codes + c * len);
+        if (C == 3)
+          interleave<3>(codes, len, dst + x0 * C);
+        else
+          interleave_any(codes, len, C, dst + x0 * C);
+      }
+    });
+    return;
+  }
   // One output row (b, y) at a time, in chunks of at most kChunk values in NHWC order (whole pixels
   // when C <= kChunk, else channel runs of one pixel), gathered from the NCHW planes and quantized.
   const size_t plane = H * W, cc = std::min(C, kChunk), pixels = std::max<size_t>(1, kChunk / cc);
@@ -98,6 +137,14 @@ void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t 
       }
     }
   });
+}
+
+void maxpool_nhwc(const float* x, const ConvGeometry& g, float* out, bool simd) {
+#if LOWBIT_HAVE_X86_KERNELS
+  if (simd && best_tier() >= Tier::avx2) return maxpool_nhwc_f32__avx2(x, g, out);
+#endif
+  (void)simd;
+  maxpool_nhwc_f32(x, g, out);
 }
 
 void dequantize_codes(const uint8_t* codes, size_t n, const int32_t* levels, float step, float* out) {

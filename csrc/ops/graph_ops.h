@@ -30,6 +30,7 @@ struct QuantizeParams {
   int32_t qn = 0, qp = 0;  // -128 <= qn <= qp <= qn + 255
   bool pre = false;        // QONNX Trunc form
   float pre_step = 1, pre_inv_div = 1;
+  bool simd = true;  // quantize_codes' AVX2 twin when built and the CPU has it (same results)
 };
 void quantize_f32(const float* x, size_t n, const QuantizeParams& p, uint8_t* out);
 // The same rule reading NCHW float32 x (B, C, H, W) and writing NHWC codes
@@ -69,5 +70,12 @@ void avgpool_nhwc_f32(const float* x, const ConvGeometry& g, bool count_include_
 // the running sum's NaN.
 void adaptive_avgpool_nhwc_f32(const float* x, size_t B, size_t H, size_t W, size_t C, size_t OH, size_t OW,
                                float* out);
+
+// maxpool_nhwc_f32 (ops/pack.h, the scalar rule), or its AVX2 twin when
+// `simd` and the CPU has it (identical results).
+void maxpool_nhwc(const float* x, const ConvGeometry& g, float* out, bool simd);
+#if LOWBIT_HAVE_X86_KERNELS
+void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out);
+#endif
 
 }  // namespace lowbit

@@ -85,7 +85,7 @@ bool EltwiseStep::run(Context& c) const {
 bool PoolStep::run(Context& c) const {
   switch (kind) {
     case Kind::max:
-      maxpool_nhwc_f32(c.at<const float>(src), g, c.at<float>(dst));
+      maxpool_nhwc(c.at<const float>(src), g, c.at<float>(dst), simd);
       break;
     case Kind::avg:
       avgpool_nhwc_f32(c.at<const float>(src), g, count_include_pad, c.at<float>(dst));
@@ -97,8 +97,82 @@ bool PoolStep::run(Context& c) const {
   return true;
 }
 
+namespace {
+
+// memcpy of n bytes for the short runs of a small-Cin gather: fixed-size
+// copies (plain vector moves) with the last one overlapping, reading and
+// writing only [0, n).
+inline void copy_short(uint8_t* d, const uint8_t* s, size_t n) {
+  if (n >= 16) {
+    for (size_t i = 0; i + 16 <= n; i += 16) std::memcpy(d + i, s + i, 16);
+    std::memcpy(d + n - 16, s + n - 16, 16);
+  } else if (n >= 8) {
+    std::memcpy(d, s, 8);
+    std::memcpy(d + n - 8, s + n - 8, 8);
+  } else if (n >= 4) {
+    std::memcpy(d, s, 4);
+    std::memcpy(d + n - 4, s + n - 4, 4);
+  } else {
+    for (size_t i = 0; i < n; ++i) d[i] = s[i];
+  }
+}
+
+// im2col_nhwc's rows [m0, m1) (row m: output pixel m of B*OH*OW) on
+// elements of type T, each row written into out_stride elements (the tail
+// zeroed); consecutive valid taps of one kernel row (dw == 1) are one copy.
+template <class T>
+void im2col_strided(const T* x, const ConvGeometry& g, T pad, size_t out_stride, size_t m0, size_t m1, T* out) {
+  const size_t C = g.C, K = g.kh * g.kw * C;
+  size_t ox = m0 % g.OW, oy = (m0 / g.OW) % g.OH, b = m0 / (g.OW * g.OH);  // output pixel m, stepped below
+  for (size_t m = m0; m < m1; ++m) {
+    T* o = out + m * out_stride;
+    const ptrdiff_t ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
+    for (size_t ky = 0; ky < g.kh; ++ky, o += g.kw * C) {
+      const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+      if (iy < 0 || iy >= ptrdiff_t(g.H)) {
+        std::fill(o, o + g.kw * C, pad);
+        continue;
+      }
+      const T* row = x + (b * g.H + size_t(iy)) * g.W * C;
+      if (g.dw == 1 && ix0 >= 0 && ix0 + ptrdiff_t(g.kw) <= ptrdiff_t(g.W)) {
+        copy_short(reinterpret_cast<uint8_t*>(o), reinterpret_cast<const uint8_t*>(row + size_t(ix0) * C),
+                   g.kw * C * sizeof(T));
+        continue;
+      }
+      for (size_t kx = 0; kx < g.kw; ++kx) {
+        const ptrdiff_t ix = ix0 + ptrdiff_t(kx * g.dw);
+        if (ix >= 0 && ix < ptrdiff_t(g.W))
+          copy_short(reinterpret_cast<uint8_t*>(o + kx * C), reinterpret_cast<const uint8_t*>(row + size_t(ix) * C),
+                     C * sizeof(T));
+        else
+          std::fill(o + kx * C, o + (kx + 1) * C, pad);
+      }
+    }
+    std::fill(out + m * out_stride + K, out + (m + 1) * out_stride, T(0));
+    if (++ox == g.OW) {  // the next output pixel (no divisions per row)
+      ox = 0;
+      if (++oy == g.OH) {
+        oy = 0;
+        ++b;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void Im2colStep::gather_rows(Context& c, size_t m0, size_t m1) const {
+  if (elem == 2)
+    im2col_strided(c.at<const int16_t>(src), g, pad, out_stride, m0, m1, c.at<int16_t>(dst));
+  else
+    im2col_strided(c.at<const uint8_t>(src), g, uint8_t(pad), out_stride, m0, m1, c.at<uint8_t>(dst));
+}
+
 bool Im2colStep::run(Context& c) const {
-  im2col_nhwc(c.at<const uint8_t>(src), g, pad_code, c.at<uint8_t>(dst));
+  if (elem == 2 || out_stride != g.kh * g.kw * g.C)
+    gather_rows(c, 0, g.B * g.OH * g.OW);
+  else
+    im2col_nhwc(c.at<const uint8_t>(src), g, uint8_t(pad), c.at<uint8_t>(dst));
   return true;
 }
 
@@ -199,6 +273,20 @@ bool GemmStep::run(Context& c) const {
     pack.group = group;
     pack.shift = int(a_code_shift);
     pack.tier = kernel->tier;
+    call.pack = &pack;
+  }
+  struct GatherCtx {
+    const Im2colStep* step;
+    Context* context;
+  } gather_ctx{gather.get(), &c};
+  if (gather) {
+    pack.out = c.at<uint8_t>(a);
+    pack.rows = [](const void* ctx, size_t m0, size_t m1) {
+      const GatherCtx& gc = *static_cast<const GatherCtx*>(ctx);
+      gc.step->gather_rows(*gc.context, m0, m1);
+      return true;
+    };
+    pack.rows_ctx = &gather_ctx;
     call.pack = &pack;
   }
   call.epilogue = ep.make(c);

@@ -6,6 +6,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kernels/ukernel.h"
@@ -85,15 +86,29 @@ struct PoolStep : Step {
   int src = -1, dst = -1;
   ConvGeometry g{};  // adaptive: B, H, W, C, OH, OW only
   bool count_include_pad = false;
+  bool simd = true;  // max: the AVX2 twin when the CPU has it (false under a forced scalar tier)
   bool run(Context& c) const override;
 };
 
-// im2col of NHWC codes (the convolution fallback), ops/pack.h.
+// im2col of NHWC codes (the convolution fallback), ops/pack.h; elem == 1
+// and out_stride == kh*kw*C run im2col_nhwc itself.
+//
+// The same gather also runs on a map already converted to a dot family's
+// packed levels (elem = 1: dot8's uint8 levels, 2: dotgemm's int16 levels):
+// then out row r holds im2col row r's elements (pad_value where im2col
+// writes the pad code, i.e. level(pad code)) followed by zeros up to out_stride
+// elements -- exactly the family's packing of the im2col codes, since both
+// packers map each code to its level independently and zero the row tail.
+// A small-Cin stem levels H*W*C values instead of kh*kw times as many.
 struct Im2colStep : Step {
   int src = -1, dst = -1;
   ConvGeometry g{};
-  uint8_t pad_code = 0;
+  int16_t pad = 0;        // the padding element: the pad code, or level(pad code) on a levelled map
+  size_t elem = 1;        // bytes per element: 1 or 2
+  size_t out_stride = 0;  // elements per output row (>= kh*kw*C)
   bool run(Context& c) const override;
+  // Output rows [m0, m1) of a levelled gather (elem 2 or out_stride > kh*kw*C).
+  void gather_rows(Context& c, size_t m0, size_t m1) const;
 };
 
 // Channels [c0, c1) of (rows, C) codes, copied contiguous (a grouped
@@ -152,6 +167,9 @@ struct GemmStep : Step {
   int codes = -1;
   size_t K = 0;
   int bits = 0, group = 0;
+  // When set, the GEMM's tasks write their own rows of `a` with this levelled
+  // im2col gather (its dst is `a`) right before multiplying them.
+  std::unique_ptr<Im2colStep> gather;
   EpilogueSpec ep;
   void prepare(Context& c) const override;
   bool run(Context& c) const override;

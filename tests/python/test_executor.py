@@ -429,3 +429,60 @@ def test_outputs_of_codes_and_of_a_kept_buffer(requant):
     out = check(m, _images(3, size=8))
     assert out.shape == (3, 6)
     assert lbx.status(m) == ("native", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dot families' im2col convolutions gather packed levels directly (docs/runtime.md)
+
+def _stem(seed, kernel, stride, padding, dilation, signed, cin=3, size=11):
+    rng = np.random.default_rng(seed)
+    qn = -128 if signed else 0
+    lv = list(range(qn, qn + 256))
+    conv = {"stride": list(stride), "padding": list(padding), "dilation": list(dilation), "groups": 1}
+    nodes = [
+        Node("input", "input", [], {"channels": cin, "height": size, "width": size, "spatial_fixed": False}),
+        _q("q0", "input", 8, 0.02, signed),
+        _layer(rng, "stem", "conv", ["q0"], (20, cin, *kernel), 8, lv, clamp=(None, None), **conv),
+    ]
+    return Model(nodes, {"name": "stem"})
+
+
+@pytest.mark.parametrize("geometry", [((3, 3), (1, 1), (1, 1), (1, 1)), ((7, 7), (2, 2), (3, 3), (1, 1)),
+                                      ((3, 5), (2, 1), (0, 2), (1, 1)), ((3, 3), (1, 2), (2, 1), (2, 2)),
+                                      ((2, 2), (1, 1), (0, 0), (1, 1))])
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("cin", [1, 3, 5])
+def test_dot_family_im2col_levels(geometry, signed, cin):
+    kernel, stride, padding, dilation = geometry
+    m = _stem(sum(kernel) + cin, kernel, stride, padding, dilation, signed, cin=cin)
+    x = np.random.default_rng(cin).normal(0, 1.5, (2, cin, 11, 11)).astype(np.float32)
+    names = [k["name"] for k in available_kernels() if k["name"].startswith(("dot8", "dotgemm"))]
+    ran = set()
+    for name in names:
+        with lowbit.use(kernel=name):
+            try:
+                m.run(x, executor="python")
+            except ValueError:
+                continue  # this kernel cannot compute 8-bit layers exactly (the Python path says why)
+            ran.add(name.split("_")[0])
+            check(m, x)
+            check(m, x[:1, :, :9, :10])
+            m.run(x, executor="native")
+            assert m.nodes[-1].kernel == name
+    assert ran == {"dot8", "dotgemm"}, ran
+
+
+def test_dot_family_im2col_levels_threads():
+    """The GEMM's tasks gather their own rows: the same bytes at any thread count."""
+    m = _stem(11, (7, 7), (2, 2), (3, 3), (1, 1), True, cin=3, size=64)
+    x = np.random.default_rng(2).normal(0, 1.5, (2, 3, 64, 64)).astype(np.float32)
+    before = lowbit.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            lowbit.set_num_threads(threads)
+            runs.append(check(m, x))
+    finally:
+        lowbit.set_num_threads(before)
+    for other in runs[1:]:
+        _same(other, runs[0])

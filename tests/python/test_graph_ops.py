@@ -68,7 +68,10 @@ def test_trunc_pre_step_quantize_matches_numpy(rng, shape, pre_step, pre_div, qn
     assert_same(rt.quantize(x, attrs, native=True), rt.quantize(x, attrs, native=False))
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (1, 1, 4, 9), (2, 300, 2, 3), (1, 600, 1, 2)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (1, 1, 4, 9), (2, 300, 2, 3), (1, 600, 1, 2),
+                                   # few channels (quantized per channel row, then interleaved): rows longer
+                                   # than one chunk of pixels, and the largest and smallest such C
+                                   (1, 3, 2, 1400), (1, 1, 1, 4100), (2, 16, 3, 300), (1, 17, 2, 260)])
 @pytest.mark.parametrize("attrs", [{"step": 0.1, "qn": -2, "qp": 1}, {"step": 1.0, "qn": 0, "qp": 1, "binary": True},
                                    {"step": 0.4, "qn": -8, "qp": 7, "pre_step": 0.1, "pre_div": 4.0}])
 def test_fused_nchw_quantize_matches_numpy(rng, shape, attrs):
@@ -252,3 +255,26 @@ def test_bindings_reject_bad_arguments(call, exc, message):
     with pytest.raises(exc, match=None) as info:
         call()
     assert message in str(info.value)
+
+
+# ---- the executor's max pooling step: the AVX2 twin and the scalar rule -----------------------------
+
+@pytest.mark.parametrize("shape", [(1, 5, 6, 3), (2, 9, 7, 8), (1, 8, 8, 13), (1, 6, 5, 20), (1, 1, 1, 16)])
+@pytest.mark.parametrize("window", [((3, 3), (2, 2), (1, 1), (1, 1)), ((2, 2), (2, 2), (0, 0), (1, 1)),
+                                    ((3, 2), (1, 2), (1, 0), (2, 1)), ((1, 1), (1, 1), (0, 0), (1, 1)),
+                                    ((3, 3), (1, 1), (2, 2), (1, 1))])
+def test_executor_maxpool_simd_and_scalar_match_numpy(rng, shape, window):
+    x = awkward(rng, shape, 0.5)  # NaN, +-inf, -0.0 and +0.0 mixed in
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = window
+    b, h, w, c = shape
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        pytest.skip("window larger than the padded map")
+    attrs = {"kernel": [kh, kw], "stride": [sh, sw], "padding": [ph, pw], "dilation": [dh, dw]}
+    want = rt.maxpool(x, attrs, native=False)
+    geometry = (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    scalar = _core.executor_maxpool_nhwc(x, geometry, False)
+    assert_same(_core.executor_maxpool_nhwc(x, geometry, True), scalar)
+    # the native rule keeps the first NaN met in (ky, kx) order; NumPy's may keep another NaN of the
+    # window (another sign bit), so against NumPy the values (NaN positions included) are compared
+    assert np.array_equal(scalar, want, equal_nan=True)

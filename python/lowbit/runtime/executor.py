@@ -201,7 +201,7 @@ class _Builder:
                 oh, ow = h if oh is None else oh, w if ow is None else ow
                 check_elements((b, oh, ow, c), "adaptive_avgpool output")
                 out = self._f32(i, (b, oh, ow, c))
-                self.core.pool(i, "adaptive", x.buf, out.buf, (b, h, w, c, oh, ow), False)
+                self.core.pool(i, "adaptive", x.buf, out.buf, (b, h, w, c, oh, ow), False, True)
             else:
                 raise Unsupported(f"node {n.name!r}: op {op!r} has no native step")
         self.vals[n.name] = out
@@ -214,15 +214,16 @@ class _Builder:
         pre_step = float(np.float32(a["pre_step"])) if pre else 1.0
         pre_inv_div = float(np.float32(1.0 / a["pre_div"])) if pre else 1.0
         step = 1.0 if pre else float(np.float32(a["step"]))
+        simd = _dispatch.tier_rank(_dispatch.tier_cap()) > 0  # a forced scalar tier runs the scalar quantizer
         if x.kind == "input":
             b, c, h, w = x.shape
             out = _Value("codes", (b, h, w, c), self.core.buffer(x.size), a["bits"], a["levels"], a["step"])
             self.core.quantize(i, x.buf, out.buf, x.size, [b, c, h, w], bool(a.get("binary")), step, a["qn"],
-                               a["qp"], pre, pre_step, pre_inv_div)
+                               a["qp"], pre, pre_step, pre_inv_div, simd)
         else:
             out = _Value("codes", x.shape, self.core.buffer(x.size), a["bits"], a["levels"], a["step"])
             self.core.quantize(i, x.buf, out.buf, x.size, None, bool(a.get("binary")), step, a["qn"], a["qp"], pre,
-                               pre_step, pre_inv_div)
+                               pre_step, pre_inv_div, simd)
         return out
 
     def _pool(self, i, n, x):
@@ -238,7 +239,8 @@ class _Builder:
             raise ValueError(f"pooling: input {h}x{w} is too small for a {kh}x{kw} window")
         out = self._f32(i, (b, oh, ow, c))
         self.core.pool(i, "max" if n.op == "maxpool" else "avg", x.buf, out.buf,
-                       (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow), bool(a.get("count_include_pad")))
+                       (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow), bool(a.get("count_include_pad")),
+                       _dispatch.tier_rank(_dispatch.tier_cap()) > 0)  # a forced scalar tier: the scalar rule
         return out
 
     def _quantized(self, i, n, args):
@@ -352,9 +354,13 @@ class _Builder:
             else:  # the im2col copy, then the plain GEMM (as conv._conv_group)
                 k = taps * cg
                 check_elements((m, k), "x (im2col copy)")
-                cols = self.core.buffer(m * k)
-                self.core.im2col(i, src, cols, (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow), pad_code)
-                self._gemm_direct(i, cols, m, k, bound, ep_args)
+                g_geometry = (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow)
+                if bound.plan.family in ("dotgemm", "dot8"):
+                    self._im2col_levels(i, src, npix, g_geometry, pad_code, m, k, bound, ep_args)
+                else:
+                    cols = self.core.buffer(m * k)
+                    self.core.im2col(i, src, cols, g_geometry, pad_code)
+                    self._gemm_direct(i, cols, m, k, bound, ep_args)
             if not fused:  # conv._conv_group's correction: cbA[pad code] * the weights under the padded taps
                 table = np.ascontiguousarray(weights.column_sums(g), np.int64) * int(cb_a[pad_code])
                 self.core.pad_correction(i, sums.buf, m, opg, np.ascontiguousarray(rows < 0, np.uint8), table,
@@ -405,6 +411,30 @@ class _Builder:
         hit = self.packed[key] = (buf, stride)
         return hit
 
+    def _im2col_levels(self, i, src, npix, geometry, pad_code, m, k, bound, ep_args):
+        """The im2col GEMM of a dot-family layer on levels: the input map's (npix, cg) codes
+        are converted to the family's levels once, and the im2col gather then writes the
+        family's packed rows directly (level(pad_code) for padding, zero row tails): the
+        bytes _pack would make from the im2col codes, with kh*kw times fewer conversions."""
+        plan, fam, tier = bound.plan, bound.fam, bound.kern["tier_rank"]
+        cg, bits = geometry[3], plan.params[1]
+        if plan.family == "dotgemm":
+            levels, elem = np.frombuffer(plan.params[3], "<i2").copy(), 2
+        else:
+            levels, elem = np.frombuffer(plan.params[3], np.uint8).copy(), 1
+        cols = fam.STEP * fam.k_steps(k, plan)  # elements per packed row, as _pack
+        check_elements((m, cols), "x (im2col copy)")
+        level_map = self.core.buffer(npix * cg * elem)
+        # the map's rows are contiguous (out_cols == K): packed as B*H rows of W*cg values (long rows for the
+        # packer, rows to share between threads), the same bytes as npix rows of cg
+        b, h, w = geometry[:3]
+        self.core.pack(i, plan.family, src, level_map, b * h, w * cg, bits, 0, 0, w * cg, tier, 0, 0, levels)
+        abuf = self.core.buffer(m * cols * elem)
+        k_steps, correction = bound.direct(k)
+        # the GEMM's tasks gather their own rows (still in cache when multiplied)
+        self._gemm(i, bound, m, k_steps, correction, abuf, cols * elem, ep_args,
+                   gather=(level_map, geometry, elem, int(levels[pad_code])))
+
     def _gemm_direct(self, i, codes, m, k, bound, ep_args):
         """A plain (m, k) GEMM on codes in buffer `codes` (lowbit.gemm's path; grouplut
         packs inside the GEMM's tasks, as _core.gemm_codes)."""
@@ -419,11 +449,11 @@ class _Builder:
             self._gemm(i, bound, m, k_steps, correction, abuf, stride, ep_args)
 
     def _gemm(self, i, bound, m, k_steps, correction, abuf, a_stride, ep_args, offsets=None, seg_steps=0, codes=-1,
-              k=0, bits=0, group=0):
+              k=0, bits=0, group=0, gather=None):
         n = ep_args[1].shape[0]
         self.core.gemm(i, bound.kern["index"], bound.w_layout, bound.tables, m, n, k_steps, bound.flush8,
                        bound.flush16, correction, bound.code_shift, bound.col_correction, abuf, a_stride, offsets,
-                       seg_steps, codes, k, bits, group, ep_args)
+                       seg_steps, codes, k, bits, group, ep_args, gather)
 
     # ---- the output ----
     def finish(self):
