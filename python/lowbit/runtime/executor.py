@@ -7,7 +7,7 @@ state, to a plan of native steps. It takes every decision from the Python
 kernel path itself, never re-deriving it: ``ops._prepare`` (the Bound: plan,
 kernel, weight layout, tables, flush bounds, corrections), ``conv._tap_rows``,
 ``conv._native_grouping_allowed`` / ``conv._native_call`` (depthwise and
-grouped layers), the pad-code rule of ``conv._conv_group``, and the fused
+grouped layers), the pad-code rule of ``conv._GroupGemm``, and the fused
 :class:`lowbit.Epilogue` of each node (``Model._epilogue``). So autotuning and
 ``lowbit.use(isa=/kernel=/strategy=)`` are honoured, and every integer and
 float is the one the Python path computes.
@@ -351,7 +351,7 @@ class _Builder:
                 k_steps = taps * seg
                 self._gemm(i, bound, m, k_steps, bound.correction(k_steps, 0), abuf, 0, ep_args, offsets=offsets,
                            seg_steps=seg)
-            else:  # the im2col copy, then the plain GEMM (as conv._conv_group)
+            else:  # the im2col copy, then the plain GEMM (as conv._GroupGemm)
                 k = taps * cg
                 check_elements((m, k), "x (im2col copy)")
                 g_geometry = (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow)
@@ -361,7 +361,7 @@ class _Builder:
                     cols = self.core.buffer(m * k)
                     self.core.im2col(i, src, cols, g_geometry, pad_code)
                     self._gemm_direct(i, cols, m, k, bound, ep_args)
-            if not fused:  # conv._conv_group's correction: cbA[pad code] * the weights under the padded taps
+            if not fused:  # conv._GroupGemm's correction: cbA[pad code] * the weights under the padded taps
                 table = np.ascontiguousarray(weights.column_sums(g), np.int64) * int(cb_a[pad_code])
                 self.core.pad_correction(i, sums.buf, m, opg, np.ascontiguousarray(rows < 0, np.uint8), table,
                                          final_ep)
