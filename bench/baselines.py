@@ -173,3 +173,40 @@ def engine_of(name):
         if name.startswith(f"torch_{e}_"):
             return e
     return "ort_int8" if name.startswith("ort_int8_") else None
+
+
+def ort_int8_static(net, x, calib_batches, threads=1):
+    """onnxruntime int8 as a user would build it for a float torch model: export to ONNX
+    (TorchScript route, opset 17, dynamic batch), ``quantize_static`` in QOperator form
+    (uint8 activations, int8 weights) calibrated on ``calib_batches`` (float32 NCHW arrays,
+    one per calibration step), a session with ``threads`` intra-op threads and no spinning.
+    Returns a callable running float32 NCHW ``x`` (input quantization included)."""
+    import os
+    import tempfile
+    import warnings
+
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    d = tempfile.mkdtemp(prefix="ort-int8-")
+    f32, i8 = os.path.join(d, "f32.onnx"), os.path.join(d, "int8.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.from_numpy(np.ascontiguousarray(x[:1])), f32, input_names=["x"],
+                          output_names=["y"], opset_version=17, dynamo=False,
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.data = iter([{"x": b} for b in calib_batches])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantize_static(f32, i8, Reader(), quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(i8, so, providers=["CPUExecutionProvider"])
+    return lambda: sess.run(None, {"x": x})

@@ -20,12 +20,12 @@ round robin, median of rounds).
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import baselines  # noqa: E402
 import common  # noqa: E402
 
 import lowbit  # noqa: E402
@@ -87,30 +87,11 @@ def torch_int8_model(engine, x):
 
 
 def ort_int8_model(x):
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     torch.manual_seed(0)
     net = calibrated(models.DWSeparableNet(), (16, 3, 32, 32))
-    d = tempfile.mkdtemp(prefix="dwconv-bench-")
-    f32, i8 = os.path.join(d, "f32.onnx"), os.path.join(d, "int8.onnx")
-    torch.onnx.export(net, torch.from_numpy(x), f32, input_names=["x"], output_names=["y"], opset_version=17,
-                      dynamo=False)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            g = np.random.default_rng(1)
-            self.data = iter([{"x": g.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(16)])
-
-        def get_next(self):
-            return next(self.data, None)
-
-    quantize_static(f32, i8, Reader(), quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(i8, so, providers=["CPUExecutionProvider"])
-    return lambda: sess.run(None, {"x": x})
+    g = np.random.default_rng(1)
+    return baselines.ort_int8_static(net, x, [g.standard_normal((1, 3, 32, 32)).astype(np.float32)
+                                              for _ in range(16)])
 
 
 def lowbit_dw_layer(h, c, stride, rng):

@@ -25,13 +25,13 @@ medians are listed too).
 import argparse
 import os
 import sys
-import tempfile
 import warnings
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import baselines  # noqa: E402
 import bench_dwconv  # noqa: E402
 import common  # noqa: E402
 from bench_resnet18 import time_interleaved2  # noqa: E402
@@ -67,30 +67,7 @@ def torch_int8_x86(net, x, calib):
 
 
 def ort_int8(net, x, calib):
-    import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    d = tempfile.mkdtemp(prefix="executor-bench-")
-    f32, i8 = os.path.join(d, "f32.onnx"), os.path.join(d, "int8.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.from_numpy(x[:1]), f32, input_names=["x"], output_names=["y"],
-                          opset_version=17, dynamo=False, dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.data = iter([{"x": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.data, None)
-
-    quantize_static(f32, i8, Reader(), quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(i8, so, providers=["CPUExecutionProvider"])
-    return lambda: sess.run(None, {"x": x})
+    return baselines.ort_int8_static(net, x, [calib[i:i + 1] for i in range(len(calib))])
 
 
 def lowbit_pair(m, x):
