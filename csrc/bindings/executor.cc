@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/checks.h"
 #include "core/cpu_features.h"
 #include "ops/graph_ops.h"
 #include "kernels/dwconv/dwconv.h"
@@ -26,17 +27,6 @@ namespace lowbit {
 namespace {
 
 using runtime::Plan;
-
-// 2^31 - 1 elements: lowbit's size limit (docs/robustness.md), so no size product below can overflow.
-constexpr size_t kMaxElements = (size_t(1) << 31) - 1;
-
-size_t checked_product(std::initializer_list<size_t> dims, const char* what) {
-  size_t count = 1;
-  for (size_t d : dims)
-    if (d > kMaxElements || __builtin_mul_overflow(count, d, &count) || count > kMaxElements)
-      throw py::value_error(std::string(what) + ": more than 2^31 - 1 elements (lowbit's size limit)");
-  return count;
-}
 
 template <class T>
 const T* array_data(const py::array& a, const char* name, size_t min_count) {
@@ -143,16 +133,6 @@ class PlanHandle {
   static size_t checked(size_t bytes) { return checked_product({bytes}, "buffer"); }
   std::vector<py::object> kept_;
 };
-
-const KernelInfo& gemm_kernel(size_t index) {
-  size_t count = 0;
-  const KernelInfo* reg = kernel_registry(&count);
-  if (index >= count) throw py::index_error("kernel index out of range");
-  const KernelInfo& k = reg[index];
-  if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
-    throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
-  return k;
-}
 
 ConvGeometry geometry_of(const py::tuple& t) {
   if (t.size() != 14) throw py::value_error("geometry: expected (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)");
@@ -483,7 +463,7 @@ void bind_executor(py::module_& m) {
              // gather: None, or (src, geometry, elem, pad): the tasks write their rows of `a` with the levelled
              // im2col gather of buffer src (Im2colStep), a_stride = its row bytes
              auto s = std::make_unique<GemmStep>();
-             const KernelInfo& k = gemm_kernel(kernel_index);
+             const KernelInfo& k = usable_kernel(kernel_index);
              s->kernel = &k;
              checked_product({M, N}, "output");
              checked_product({N, k_steps}, "weights");
@@ -600,12 +580,7 @@ void bind_executor(py::module_& m) {
       .def("dwconv",
            [](PlanHandle& h, int node, size_t kernel_index, int src, const py::tuple& geometry, int bits,
               const py::array& a_levels, const py::array& w_levels, const py::tuple& ep) {
-             size_t count = 0;
-             const DwconvKernelInfo* reg = dwconv_kernels(&count);
-             if (kernel_index >= count) throw py::index_error("dwconv kernel index out of range");
-             const DwconvKernelInfo& k = reg[kernel_index];
-             if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
-               throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
+             const DwconvKernelInfo& k = usable_dwconv_kernel(kernel_index);
              auto s = std::make_unique<DwconvStep>();
              s->call.kernel = &k;
              s->call.g = geometry_of(geometry);
@@ -631,7 +606,7 @@ void bind_executor(py::module_& m) {
       .def("conv_grouped",
            [](PlanHandle& h, int node, size_t kernel_index, int src, const py::tuple& geometry, size_t groups,
               size_t cout, int bits, const py::array& a_levels, const py::array& w, const py::tuple& ep) {
-             const KernelInfo& k = gemm_kernel(kernel_index);
+             const KernelInfo& k = usable_kernel(kernel_index);
              if (std::string(k.family) != "dotgemm") throw py::value_error("conv_grouped: not a dotgemm kernel");
              auto s = std::make_unique<GroupedConvStep>();
              s->call.kernel = &k;
@@ -644,11 +619,7 @@ void bind_executor(py::module_& m) {
              s->call.cout = cout;
              s->call.bits = bits;
              s->call.a_levels = h.keep<int16_t>(a_levels, "a_levels", size_t(1) << bits);
-             size_t count = 0;
-             const DwconvKernelInfo* reg = dwconv_kernels(&count);
-             s->call.decode = reg[0].decode;  // the decoder of the kernel's tier, as _core.conv_grouped picks it
-             for (size_t i = 0; i < count; ++i)
-               if (reg[i].tier <= k.tier) s->call.decode = reg[i].decode;
+             s->call.decode = grouped_conv_decoder(k.tier);
              const size_t k_steps = (g.kh * g.kw * (g.C / groups) + 1) / 2;
              std::string why;
              if (!gemm_geometry(k, cout / groups, k_steps, &s->gg, &why)) throw py::value_error(why);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/cpu_features.h"
+#include "bindings/checks.h"
 #include "core/thread_pool.h"
 #include "kernels/dot8/dot8.h"
 #include "kernels/dotgemm/dotgemm.h"
@@ -71,20 +72,9 @@ void require_array(const py::array& a, const char* name, int ndim, const char* d
     throw py::value_error(std::string(name) + ": expected a C-contiguous array");
 }
 
-// Size limits (docs/robustness.md): every dimension and every array the
-// bindings allocate or index has at most 2^31 - 1 elements, checked before
-// any allocation, so no size computation below can overflow size_t.
-constexpr size_t kMaxElements = (size_t(1) << 31) - 1;
-
 // Throws ValueError naming `what` unless the product of `dims` (each checked
-// too) is at most kMaxElements.
-void check_elements(std::initializer_list<size_t> dims, const char* what) {
-  size_t count = 1;
-  for (size_t d : dims) {
-    if (d > kMaxElements || __builtin_mul_overflow(count, d, &count) || count > kMaxElements)
-      throw py::value_error(std::string(what) + ": more than 2^31 - 1 elements (lowbit's size limit)");
-  }
-}
+// too) is at most kMaxElements (bindings/checks.h).
+void check_elements(std::initializer_list<size_t> dims, const char* what) { checked_product(dims, what); }
 
 // The same limit, with the Python layer's message (lowbit.packing.check_elements):
 // names the array, its shape and its element count.
@@ -111,12 +101,6 @@ void check_each(std::initializer_list<size_t> values, const char* what) {
     if (v > kMaxElements) throw py::value_error(std::string(what) + ": expected values below 2^31");
 }
 
-const KernelInfo& kernel_at(size_t index) {
-  size_t count = 0;
-  const KernelInfo* reg = kernel_registry(&count);
-  if (index >= count) throw py::index_error("kernel index " + std::to_string(index) + " out of range");
-  return reg[index];
-}
 
 Tier tier_from_int(int t) {
   if (t < 0 || t >= kNumTiers) throw py::value_error("tier: expected 0.." + std::to_string(kNumTiers - 1));
@@ -359,11 +343,9 @@ class PreparedGemm {
   PreparedGemm(size_t kernel_index, const py::array& w, const py::array& tables, size_t N, uint32_t flush8,
                uint32_t flush16, uint32_t a_code_shift, const py::object& col_correction_obj, size_t K,
                size_t k_steps, int64_t correction, int a_bits, int a_group)
-      : k_(kernel_at(kernel_index)), w_(w), tables_(tables), N_(N), K_(K), k_steps_(k_steps), a_bits_(a_bits),
+      : k_(usable_kernel(kernel_index)), w_(w), tables_(tables), N_(N), K_(K), k_steps_(k_steps), a_bits_(a_bits),
         a_group_(a_group) {
     const KernelInfo& k = k_;
-    if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
-      throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
     require_array<uint8_t>(w, "w", 1, "uint8");
     require_array<int8_t>(tables, "tables", 1, "int8");
     if (flush8 == 0 || flush16 == 0) throw py::value_error("flush8/flush16: expected >= 1");
@@ -1065,12 +1047,7 @@ py::array dwconv_py(size_t kernel_index, const py::array& x, int bits, const py:
                     size_t dh, size_t dw, const std::string& out_kind, const py::object& scale,
                     const py::object& bias, const py::object& residual, float clamp_lo, float clamp_hi,
                     float inv_step, int qmin, int qmax) {
-  size_t count = 0;
-  const DwconvKernelInfo* reg = dwconv_kernels(&count);
-  if (kernel_index >= count) throw py::index_error("dwconv kernel index out of range");
-  const DwconvKernelInfo& k = reg[kernel_index];
-  if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
-    throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
+  const DwconvKernelInfo& k = usable_dwconv_kernel(kernel_index);
   DwconvCall call;
   call.kernel = &k;
   call.g = conv_geometry(x, kh, kw, sh, sw, ph, pw, dh, dw);
@@ -1109,11 +1086,9 @@ py::array conv_grouped_py(size_t kernel_index, const py::array& x, int bits, con
                           size_t ph, size_t pw, size_t dh, size_t dw, const std::string& out_kind,
                           const py::object& scale, const py::object& bias, const py::object& residual,
                           float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
-  const KernelInfo& k = kernel_at(kernel_index);
+  const KernelInfo& k = usable_kernel(kernel_index);
   if (std::string(k.family) != "dotgemm")
     throw py::value_error(std::string("conv_grouped: kernel ") + k.name + " is not a dotgemm kernel");
-  if ((cpu_features() & tier_required_features(k.tier)) != tier_required_features(k.tier))
-    throw py::value_error(std::string("kernel ") + k.name + " needs CPU features this machine lacks");
   GroupedConvCall call;
   call.kernel = &k;
   call.g = conv_geometry(x, kh, kw, sh, sw, ph, pw, dh, dw);
@@ -1123,12 +1098,7 @@ py::array conv_grouped_py(size_t kernel_index, const py::array& x, int bits, con
   call.cout = cout;
   call.bits = bits;
   call.a_levels = checked_levels(a_levels, bits);
-  // the decoder of the kernel's tier (dwconv table: scalar first, then SIMD tiers)
-  size_t count = 0;
-  const DwconvKernelInfo* reg = dwconv_kernels(&count);
-  call.decode = reg[0].decode;
-  for (size_t i = 0; i < count; ++i)
-    if (reg[i].tier <= k.tier) call.decode = reg[i].decode;
+  call.decode = grouped_conv_decoder(k.tier);
   const size_t k_steps = (kh * kw * (call.g.C / groups) + 1) / 2;
   GemmGeometry gg;
   std::string why;

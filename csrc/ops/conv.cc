@@ -218,4 +218,13 @@ bool run_grouped_conv(const GroupedConvCall& call, const GemmGeometry& gg) {
   return true;
 }
 
+DecodeFn grouped_conv_decoder(Tier tier) {
+  size_t count = 0;
+  const DwconvKernelInfo* reg = dwconv_kernels(&count);
+  DecodeFn decode = reg[0].decode;
+  for (size_t i = 0; i < count; ++i)
+    if (reg[i].tier <= tier) decode = reg[i].decode;
+  return decode;
+}
+
 }  // namespace lowbit

@@ -58,4 +58,8 @@ struct GroupedConvCall {
 // k_steps = ceil(kh * kw * C / groups / 2). Returns false on a bad code.
 bool run_grouped_conv(const GroupedConvCall& call, const GemmGeometry& gg);
 
+// The level decoder GroupedConvCall::decode takes for a kernel of `tier`: the
+// dwconv table's decoder of the highest tier at or below it (scalar first).
+DecodeFn grouped_conv_decoder(Tier tier);
+
 }  // namespace lowbit

@@ -416,6 +416,15 @@ def _channel_slice(pa, c0, c1):
     return out
 
 
+def pad_code(a_codebook) -> tuple:
+    """(code, exact): the activation code a convolution's padding reads, the first
+    code whose level is 0, and True; or code 0 and False when no level is 0 (then
+    padding adds cbA[0] times the weights under the padded taps, which the caller
+    must subtract before the epilogue)."""
+    zero = np.flatnonzero(np.asarray(a_codebook) == 0)
+    return (int(zero[0]), True) if zero.size else (0, False)
+
+
 class _GroupGemm:
     """Group ``g``'s implicit GEMM, prepared: the cached ops.Bound, the padding
     code, and either the indirect form (pack key, segment steps, k_steps,
@@ -428,9 +437,7 @@ class _GroupGemm:
         self.g, self.rows, self.geometry, self.m, self.n = g, rows, geometry, rows.shape[0], packed.N
         self.bound = bound = _prepare(pa, packed, self.m, k)
         plan, fam, kern = bound.plan, bound.fam, bound.kern
-        zero = np.flatnonzero(pa.codebook == 0)
-        self.pad_code = int(zero[0]) if zero.size else 0
-        self.fused = zero.size > 0  # padding reads a code for 0: nothing to correct, the epilogue is fused
+        self.pad_code, self.fused = pad_code(pa.codebook)
         step = fam.indirect_step(plan)  # k per step (grouplut: gw codes a byte; dot8: a quad of 4 bytes)
         self.indirect = kern["indirect"] and step is not None and cg % step == 0
         if self.indirect:

@@ -7,7 +7,7 @@ state, to a plan of native steps. It takes every decision from the Python
 kernel path itself, never re-deriving it: ``ops._prepare`` (the Bound: plan,
 kernel, weight layout, tables, flush bounds, corrections), ``conv._tap_rows``,
 ``conv._native_grouping_allowed`` / ``conv._native_call`` (depthwise and
-grouped layers), the pad-code rule of ``conv._GroupGemm``, and the fused
+grouped layers), ``conv.pad_code``, and the fused
 :class:`lowbit.Epilogue` of each node (``Model._epilogue``). So autotuning and
 ``lowbit.use(isa=/kernel=/strategy=)`` are honoured, and every integer and
 float is the one the Python path computes.
@@ -321,9 +321,8 @@ class _Builder:
         rows, _, _ = convmod._tap_rows(b, h, w, kh, kw, stride, padding, dilation)
         cg, opg, taps = weights.cin_per_group, cout // weights.groups, kh * kw
         cb_a = pa.codebook
-        zero = np.flatnonzero(cb_a == 0)
-        pad_code = int(zero[0]) if zero.size else 0
-        fused = zero.size > 0 or max(padding) == 0  # else padding reads code 0: correct the sums, then the epilogue
+        pad_code, exact = convmod.pad_code(cb_a)
+        fused = exact or max(padding) == 0  # else padding reads code 0: correct the sums, then the epilogue
         one_by_one = kh == kw == 1 and stride == (1, 1) and max(padding) == 0
         npix = b * h * w
         for g in range(weights.groups):
