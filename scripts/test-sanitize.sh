@@ -28,14 +28,8 @@ ninja -C "$BUILD_DIR" >/dev/null
 
 # A package folder whose modules are the checkout's (symlinks) but whose
 # _core is the sanitized build.
-PKG="$BUILD_DIR/python/lowbit"
-rm -rf "$BUILD_DIR/python"
-mkdir -p "$PKG"
-for entry in python/lowbit/*; do
-  case "$(basename "$entry")" in _core*.so|__pycache__) continue ;; esac
-  ln -s "$ROOT/$entry" "$PKG/"
-done
-cp "$BUILD_DIR"/_core*.so "$PKG/"
+. scripts/sanitized-package.sh
+sanitized_package "$BUILD_DIR"
 
 ASAN_RT="$(gcc -print-file-name=libasan.so)"
 UBSAN_RT="$(gcc -print-file-name=libubsan.so)"

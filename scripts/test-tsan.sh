@@ -23,14 +23,8 @@ PY="$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)')"
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="-fsanitize=thread" \
   -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=thread" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" >/dev/null || exit 1
 ninja -C "$BUILD_DIR" >"$BUILD_DIR/ninja.log" 2>&1 || { tail -30 "$BUILD_DIR/ninja.log"; exit 1; }
-PKG="$BUILD_DIR/python/lowbit"
-rm -rf "$BUILD_DIR/python"
-mkdir -p "$PKG"
-for entry in python/lowbit/*; do
-  case "$(basename "$entry")" in _core*.so|__pycache__) continue ;; esac
-  ln -s "$ROOT/$entry" "$PKG/"
-done
-cp "$BUILD_DIR"/_core*.so "$PKG/"
+. scripts/sanitized-package.sh
+sanitized_package "$BUILD_DIR"
 rm -f "$TSAN_LOG".*
 TESTS=("$@")
 [ ${#TESTS[@]} -eq 0 ] && TESTS=(tests/python/test_pool.py tests/python/test_threads.py tests/python/test_conv_prepared.py)
