@@ -255,7 +255,7 @@ def breakdown(m, x, repeats, thread_cpu=False):
 
     prepared = getattr(_core, "PreparedGemm", None)  # ops.Bound.native: the GEMM call of the prepared path
     prepared_originals = {}
-    for name in ("run", "codes") if prepared is not None else ():
+    for name in ("run", "codes", "conv_codes") if prepared is not None else ():
         fn = prepared_originals[name] = getattr(prepared, name)
 
         def method(self, *a, _fn=fn, **k):
