@@ -9,14 +9,43 @@
 
 namespace lowbit {
 
-// maxpool_nhwc_f32 (ops/pack.h) 8 channels at a time. Its rule, per tap value
-// v and running maximum o (starting at -inf): o = (v > o || v != v) ? v : o,
-// i.e. a NaN tap makes the result NaN (the first NaN met is kept) -- a
-// compare-greater or unordered mask, then a blend. Each 8-channel block keeps
-// its maximum in a register over the taps; the channel tail runs the scalar
-// rule.
+namespace {
+
+// maxpool_nhwc_f32's rule for one tap value v and running maximum m (8
+// lanes): m = (v > m || v != v) ? v : m -- a compare-greater or unordered
+// mask, then a blend.
+inline __m256 max_rule(__m256 m, __m256 v) {
+  const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_blendv_ps(m, v, take);
+}
+
+// 8 * NV channels of one output pixel: `first` points at the first in-image
+// tap's first channel; the taps are rows ky < nky (row_step floats apart) by
+// columns kx < nkx (col_step floats apart), met in (ky, kx) order. NV
+// independent running maxima stay in registers (independent dependency
+// chains: the blend's latency is hidden behind the other blocks').
+template <int NV>
+inline void max_channels(const float* first, size_t nky, size_t row_step, size_t nkx, size_t col_step, float* o) {
+  __m256 m[NV];
+  for (int j = 0; j < NV; ++j) m[j] = _mm256_set1_ps(-INFINITY);
+  for (size_t ky = 0; ky < nky; ++ky) {
+    const float* row = first + ky * row_step;
+    for (size_t kx = 0; kx < nkx; ++kx) {
+      const float* p = row + kx * col_step;
+      for (int j = 0; j < NV; ++j) m[j] = max_rule(m[j], _mm256_loadu_ps(p + 8 * j));
+    }
+  }
+  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + 8 * j, m[j]);
+}
+
+}  // namespace
+
+// maxpool_nhwc_f32 (ops/pack.h) 8 channels at a time, up to 64 channels
+// (8 registers) per pass over the window; the channel tail runs the scalar
+// rule in the same tap order.
 void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out) {
   const size_t C = g.C, cvec = C / 8 * 8;
+  const size_t row_step = g.dh * g.W * C, col_step = g.dw * C;
   auto task = [&](size_t r) {  // one output row: image b, output y oy
     const size_t b = r / g.OH, oy = r % g.OH;
     // the kernel rows inside the image (the same for the whole output row)
@@ -34,25 +63,31 @@ void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out) {
         if (ix < 0) kx0 = kx + 1;
         if (ix >= 0 && ix < ptrdiff_t(g.W)) kx1 = kx + 1;
       }
-      const auto tap = [&](size_t ky, size_t kx) {
-        const size_t iy = oy * g.sh + ky * g.dh - g.ph, ix = ox * g.sw + kx * g.dw - g.pw;
-        return x + ((b * g.H + iy) * g.W + ix) * C;
-      };
-      for (size_t c = 0; c < cvec; c += 8) {
-        __m256 m = _mm256_set1_ps(-INFINITY);
-        for (size_t ky = ky0; ky < ky1; ++ky)
-          for (size_t kx = kx0; kx < kx1; ++kx) {
-            const __m256 v = _mm256_loadu_ps(tap(ky, kx) + c);
-            const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-            m = _mm256_blendv_ps(m, v, take);
-          }
-        _mm256_storeu_ps(o + c, m);
+      const size_t nky = ky1 > ky0 ? ky1 - ky0 : 0, nkx = kx1 > kx0 ? kx1 - kx0 : 0;
+      const float* first = x;  // the first in-image tap (unused when there is none)
+      if (nky && nkx) {
+        const size_t iy = oy * g.sh + ky0 * g.dh - g.ph, ix = ox * g.sw + kx0 * g.dw - g.pw;
+        first = x + ((b * g.H + iy) * g.W + ix) * C;
       }
-      for (size_t c = cvec; c < C; ++c) {
+      size_t c = 0;
+      for (; c + 64 <= cvec; c += 64) max_channels<8>(first + c, nky, row_step, nkx, col_step, o + c);
+      if (c + 32 <= cvec) {
+        max_channels<4>(first + c, nky, row_step, nkx, col_step, o + c);
+        c += 32;
+      }
+      if (c + 16 <= cvec) {
+        max_channels<2>(first + c, nky, row_step, nkx, col_step, o + c);
+        c += 16;
+      }
+      if (c + 8 <= cvec) {
+        max_channels<1>(first + c, nky, row_step, nkx, col_step, o + c);
+        c += 8;
+      }
+      for (; c < C; ++c) {
         float m = -INFINITY;
-        for (size_t ky = ky0; ky < ky1; ++ky)
-          for (size_t kx = kx0; kx < kx1; ++kx) {
-            const float v = tap(ky, kx)[c];
+        for (size_t ky = 0; ky < nky; ++ky)
+          for (size_t kx = 0; kx < nkx; ++kx) {
+            const float v = first[ky * row_step + kx * col_step + c];
             m = (v > m || v != v) ? v : m;
           }
         o[c] = m;
