@@ -2,6 +2,7 @@
 // results to the scalar functions they name.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/thread_pool.h"
@@ -90,6 +91,57 @@ void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out) {
             const float v = first[ky * row_step + kx * col_step + c];
             m = (v > m || v != v) ? v : m;
           }
+        o[c] = m;
+      }
+    }
+  };
+  parallel_for(g.B * g.OH, task);
+}
+
+// maxpool_nhwc_u8__scalar 32 channels a vector (vpmaxub), up to 4 vectors
+// (128 channels) per pass over the window; the channel tail is scalar.
+void maxpool_nhwc_u8__avx2(const uint8_t* x, const ConvGeometry& g, uint8_t* out) {
+  const size_t C = g.C, cvec = C / 32 * 32;
+  const size_t row_step = g.dh * g.W * C, col_step = g.dw * C;
+  auto task = [&](size_t r) {  // one output row: image b, output y oy
+    const size_t b = r / g.OH, oy = r % g.OH;
+    size_t ky0 = 0, ky1 = 0;  // the kernel rows inside the image
+    for (size_t ky = 0; ky < g.kh; ++ky) {
+      const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+      if (iy < 0) ky0 = ky + 1;
+      if (iy >= 0 && iy < ptrdiff_t(g.H)) ky1 = ky + 1;
+    }
+    uint8_t* o = out + r * g.OW * C;
+    for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
+      size_t kx0 = 0, kx1 = 0;
+      for (size_t kx = 0; kx < g.kw; ++kx) {
+        const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
+        if (ix < 0) kx0 = kx + 1;
+        if (ix >= 0 && ix < ptrdiff_t(g.W)) kx1 = kx + 1;
+      }
+      const size_t nky = ky1 > ky0 ? ky1 - ky0 : 0, nkx = kx1 > kx0 ? kx1 - kx0 : 0;
+      const uint8_t* first = x;  // the first in-image tap (unused when there is none)
+      if (nky && nkx) {
+        const size_t iy = oy * g.sh + ky0 * g.dh - g.ph, ix = ox * g.sw + kx0 * g.dw - g.pw;
+        first = x + ((b * g.H + iy) * g.W + ix) * C;
+      }
+      size_t c = 0;
+      for (; c < cvec; c += 128) {
+        const int nv = int(std::min<size_t>(4, (cvec - c) / 32));
+        __m256i m[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                        _mm256_setzero_si256()};
+        for (size_t ky = 0; ky < nky; ++ky)
+          for (size_t kx = 0; kx < nkx; ++kx) {
+            const uint8_t* p = first + ky * row_step + kx * col_step + c;
+            for (int j = 0; j < nv; ++j)
+              m[j] = _mm256_max_epu8(m[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * j)));
+          }
+        for (int j = 0; j < nv; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c + 32 * j), m[j]);
+      }
+      for (c = cvec; c < C; ++c) {
+        uint8_t m = 0;
+        for (size_t ky = 0; ky < nky; ++ky)
+          for (size_t kx = 0; kx < nkx; ++kx) m = std::max(m, first[ky * row_step + kx * col_step + c]);
         o[c] = m;
       }
     }

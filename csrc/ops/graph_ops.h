@@ -78,4 +78,15 @@ void maxpool_nhwc(const float* x, const ConvGeometry& g, float* out, bool simd);
 void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out);
 #endif
 
+// Max pooling of NHWC uint8 codes (a `maxpool` node reading codes: see
+// lowbit.lowering.requant_before_maxpool): out = the largest code among the
+// window's in-image taps; padding taps never win (they stand for the lowest
+// code, the code of -inf), and a window with no in-image tap gives code 0.
+// `simd`: the AVX2 twin when the CPU has it (identical results).
+void maxpool_nhwc_u8(const uint8_t* x, const ConvGeometry& g, uint8_t* out, bool simd);
+void maxpool_nhwc_u8__scalar(const uint8_t* x, const ConvGeometry& g, uint8_t* out);
+#if LOWBIT_HAVE_X86_KERNELS
+void maxpool_nhwc_u8__avx2(const uint8_t* x, const ConvGeometry& g, uint8_t* out);
+#endif
+
 }  // namespace lowbit
