@@ -41,6 +41,36 @@ inline void max_channels(const float* first, size_t nky, size_t row_step, size_t
 
 }  // namespace
 
+void interleave3_u8__avx2(const uint8_t* planes, size_t len, uint8_t* out) {
+  // shuffle[k][c]: which byte of plane c's 16 pixels lands at each of the output bytes [16k, 16k + 16)
+  // (-1: none, pshufb writes 0)
+  struct Shuffles {
+    alignas(16) int8_t byte[3][3][16];
+    Shuffles() {
+      for (int k = 0; k < 3; ++k)
+        for (int c = 0; c < 3; ++c)
+          for (int j = 0; j < 16; ++j) byte[k][c][j] = (16 * k + j) % 3 == c ? int8_t((16 * k + j) / 3) : int8_t(-1);
+    }
+  };
+  static const Shuffles shuffle;
+  __m128i mask[3][3];
+  for (int k = 0; k < 3; ++k)
+    for (int c = 0; c < 3; ++c) mask[k][c] = _mm_load_si128(reinterpret_cast<const __m128i*>(shuffle.byte[k][c]));
+  size_t i = 0;
+  for (; i + 16 <= len; i += 16) {
+    const __m128i p0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(planes + i));
+    const __m128i p1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(planes + len + i));
+    const __m128i p2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(planes + 2 * len + i));
+    for (int k = 0; k < 3; ++k) {
+      const __m128i v = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(p0, mask[k][0]), _mm_shuffle_epi8(p1, mask[k][1])),
+                                     _mm_shuffle_epi8(p2, mask[k][2]));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 3 * i + 16 * k), v);
+    }
+  }
+  for (; i < len; ++i)
+    for (size_t c = 0; c < 3; ++c) out[3 * i + c] = planes[c * len + i];
+}
+
 // maxpool_nhwc_f32 (ops/pack.h) 8 channels at a time, up to 64 channels
 // (8 registers) per pass over the window; the channel tail runs the scalar
 // rule in the same tap order.

@@ -110,10 +110,17 @@ void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t 
           continue;
         }
         for (size_t c = 0; c < C; ++c) quantize_serial(src + c * H * W + x0, len, p, codes + c * len);
-        if (C == 3)
+        if (C == 3) {
+#if LOWBIT_HAVE_X86_KERNELS
+          if (p.simd && best_tier() >= Tier::avx2) {
+            interleave3_u8__avx2(codes, len, dst + x0 * C);
+            continue;
+          }
+#endif
           interleave<3>(codes, len, dst + x0 * C);
-        else
+        } else {
           interleave_any(codes, len, C, dst + x0 * C);
+        }
       }
     });
     return;

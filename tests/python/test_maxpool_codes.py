@@ -230,3 +230,25 @@ def test_executor_pools_codes_with_the_scalar_rule_under_a_forced_scalar_tier():
     want = m(x)
     with lowbit.use(isa="scalar"):
         assert m(x).tobytes() == want.tobytes()
+
+
+# ---- the model input's quantizer: three channel planes interleaved into NHWC codes ----------------
+
+@pytest.mark.parametrize("w", [1, 15, 16, 17, 33, 224, 1400])
+def test_rgb_input_quantizer_interleave_matches_numpy(rng, w):
+    x = (rng.standard_normal((2, 3, 3, w)) * 40).astype(np.float32)
+    x[0, 0, 0, 0], x[1, 2, 2, -1] = np.nan, -np.inf   # codes 0 and the lowest, at the row ends
+    attrs = {"step": 0.25, "qn": -128, "qp": 127}
+    want = rt.quantize(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), attrs, native=False)
+    got = _core.quantize_nchw_to_nhwc(x, 0.25, -128, 127, False, None, None)
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_executor_input_quantizer_scalar_and_simd_agree(batch):
+    # the native plan's input quantizer under a forced scalar tier runs the scalar interleave
+    m = _model(2)
+    x = np.random.default_rng(3).standard_normal((batch, 3, 16, 16)).astype(np.float32) * 4
+    with lowbit.use(isa="scalar"):
+        scalar = m.trace(x)["x.quant"], m(x)
+    assert m.trace(x)["x.quant"].tobytes() == scalar[0].tobytes() and m(x).tobytes() == scalar[1].tobytes()
