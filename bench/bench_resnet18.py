@@ -353,7 +353,7 @@ def native_breakdown(m, x, repeats, thread_cpu):
               "graph ops: quantize, pools, adds, layout (native)":
                   ("quantize", "dequantize", "layout", "add", "clamp", "affine", "pool")}
     clock = time.thread_time if thread_cpu else time.perf_counter
-    whole, call, steps, profiled = [], [], [], []
+    whole, call, steps = [], [], []
     for _ in range(repeats):
         t0 = clock()
         m(x)
@@ -363,7 +363,6 @@ def native_breakdown(m, x, repeats, thread_cpu):
         whole.append(t1 - t0)
         call.append(t2 - t1)
         steps.append(plan.core.run(x, out, "thread_cpu" if thread_cpu else True))
-        profiled.append(clock() - t2)
     med = lambda v: 1e3 * float(np.median(v))  # noqa: E731
     per_step = [med(col) for col in zip(*steps)]
     tot, native_call = med(whole), med(call)
@@ -372,13 +371,12 @@ def native_breakdown(m, x, repeats, thread_cpu):
     comp["entering and leaving the native call (Python: checks, plan lookup, output array)"] = max(
         0.0, tot - native_call)
     kernels = comp["GEMM and convolution kernels with their fused epilogue (native)"]
-    # The same share paired within each repeat: its kernel steps' sum over its profiled call's time
-    # plus that repeat's entering/leaving (m(x) minus the unprofiled call just after it). The figure
-    # above compares a sum of per-step medians with a median total, which a noisy machine biases
-    # (a sum of medians runs below the median of sums: the gap shows up as "between steps").
+    # The same share paired within each repeat: the kernel steps' sum of its profiled run over its
+    # m(x) time (unprofiled, so the step timers' own cost counts nowhere). The figure above compares
+    # a sum of per-step medians with a median total, which a noisy machine biases (a sum of medians
+    # runs below the median of sums: the gap shows up as "between steps").
     inside = {kind for k, members in groups.items() if k.startswith("GEMM") for kind in members}
-    paired = [1 - sum(t for t, kind in zip(s, kinds) if kind in inside) / (p + max(0.0, w - c))
-              for s, p, w, c in zip(steps, profiled, whole, call)]
+    paired = [1 - sum(t for t, kind in zip(s, kinds) if kind in inside) / w for s, w in zip(steps, whole)]
     return {"total_ms": tot, "components_ms": comp, "outside_kernels_share": 1 - kernels / tot,
             "outside_kernels_share_paired": float(np.median(paired)),
             "steps": len(kinds), "arena_bytes": plan.core.arena_bytes, "buffer_bytes": plan.core.buffer_bytes,
