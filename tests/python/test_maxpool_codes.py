@@ -157,6 +157,9 @@ def test_pass_fires_on_a_resnet18_like_stem_and_pools_codes():
         assert 0 < len(np.unique(pooled)) <= 4                              # the 2-bit grid's codes
     np.testing.assert_array_equal(y, m.run(x, executor="python"))
     np.testing.assert_array_equal(y, m.run_reference(x))
+    from lowbit.runtime import io as lio
+
+    assert lio.from_bytes(lio.to_bytes(m))(x).tobytes() == y.tobytes()   # saved and loaded, the same graph
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
