@@ -255,3 +255,45 @@ def test_executor_input_quantizer_scalar_and_simd_agree(batch):
     with lowbit.use(isa="scalar"):
         scalar = m.trace(x)["x.quant"], m(x)
     assert m.trace(x)["x.quant"].tobytes() == scalar[0].tobytes() and m(x).tobytes() == scalar[1].tobytes()
+
+
+# ---- the pass on a converted PyTorch QAT model (lowbit.convert) ------------------------------------
+
+def test_pass_on_a_converted_vgg_style_model(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from torch import nn
+
+    from lowbit import qat
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn1 = nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32)
+            self.pool = nn.MaxPool2d(3, 2, 1)
+            self.c2, self.bn2 = nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = self.pool(torch.relu(self.bn1(self.c1(x))))
+            x = torch.relu(self.bn2(self.c2(x)))
+            return self.fc(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    q = qat.prepare(Net(), 2, 2, first_last_bits=8)
+    q.train()
+    with torch.no_grad():
+        q(torch.randn(8, 3, 16, 16))
+    q.eval()
+    x = torch.randn(4, 3, 16, 16) * 2
+    m = lowbit.convert(q, x[:1])
+    c1, pool = m.node("c1"), next(n for n in m.nodes if n.op == "maxpool")
+    assert c1.attrs["requant"] is not None and pool.inputs == ["c1"]          # the pass fired: codes pooled
+    assert m.trace(x.numpy()[:1])[pool.name].dtype == np.uint8
+    monkeypatch.setattr(lw, "requant_before_maxpool", lambda g: None)         # the same conversion without it
+    off = lowbit.convert(q, x[:1])
+    assert off.node("c1").attrs["requant"] is None
+    y = m(x)
+    assert y.tobytes() == off(x).tobytes() == m.run(x, executor="python").tobytes()
+    np.testing.assert_array_equal(y, m.run_reference(x.numpy()))
+    with torch.no_grad():
+        assert np.array_equal(y.argmax(1), q(x).numpy().argmax(1))
