@@ -1,9 +1,16 @@
 """Max pooling on the native executor's paths: the AVX2 float twin's channel blocks (up to 64
-channels in registers per pass over the window) against the scalar rule, byte for byte."""
+channels in registers per pass over the window) against the scalar rule, byte for byte; max
+pooling of codes (the native op, scalar and AVX2, against its NumPy twin) and the lowering pass
+that makes it (lowering.requant_before_maxpool); the RGB input quantizer's interleave."""
 import numpy as np
 import pytest
 
-from lowbit import _core
+import lowbit
+from lowbit import _core, executor
+from lowbit import lowering as lw
+from lowbit.quant import UniformGrid
+from lowbit.runtime import Node
+from lowbit.runtime import io as lio
 from lowbit.runtime import model as rt
 
 
@@ -79,12 +86,6 @@ def test_codes_maxpool_binding_checks_its_arguments():
 
 # ---- lowering.requant_before_maxpool --------------------------------------------------------------
 
-import lowbit  # noqa: E402
-from lowbit import executor  # noqa: E402
-from lowbit import lowering as lw  # noqa: E402
-from lowbit.quant import UniformGrid  # noqa: E402
-from lowbit.runtime import Node  # noqa: E402
-
 _LEVELS2 = [0, 1, 2, 3]
 
 
@@ -157,8 +158,6 @@ def test_pass_fires_on_a_resnet18_like_stem_and_pools_codes():
         assert 0 < len(np.unique(pooled)) <= 4                              # the 2-bit grid's codes
     np.testing.assert_array_equal(y, m.run(x, executor="python"))
     np.testing.assert_array_equal(y, m.run_reference(x))
-    from lowbit.runtime import io as lio
-
     assert lio.from_bytes(lio.to_bytes(m))(x).tobytes() == y.tobytes()   # saved and loaded, the same graph
 
 
@@ -261,9 +260,8 @@ def test_executor_input_quantizer_scalar_and_simd_agree(batch):
 
 def test_pass_on_a_converted_vgg_style_model(monkeypatch):
     torch = pytest.importorskip("torch")
+    from lowbit import qat  # imports torch
     from torch import nn
-
-    from lowbit import qat
 
     class Net(nn.Module):
         def __init__(self):
