@@ -186,6 +186,26 @@ void bind_executor(py::module_& m) {
       "The executor's max pooling step on NHWC float32 x with geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, "
       "dw, OH, OW): simd=False runs the scalar rule, True its AVX2 twin where the CPU has it (identical results)",
       py::arg("x"), py::arg("geometry"), py::arg("simd"));
+  m.def(
+      "maxpool_nhwc_codes",
+      [](const py::array_t<uint8_t, py::array::c_style>& x, const py::tuple& geometry, bool simd) {
+        const ConvGeometry g = geometry_of(geometry);
+        if (x.ndim() != 4 || size_t(x.shape(0)) != g.B || size_t(x.shape(1)) != g.H || size_t(x.shape(2)) != g.W ||
+            size_t(x.shape(3)) != g.C)
+          throw py::value_error("x: expected uint8 codes of shape (B, H, W, C) of the geometry");
+        py::array_t<uint8_t> out({g.B, g.OH, g.OW, g.C});
+        const uint8_t* src = x.data();
+        uint8_t* dst = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          maxpool_nhwc_u8(src, g, dst, simd);
+        }
+        return out;
+      },
+      "Max pooling of NHWC uint8 codes with geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW): the "
+      "largest code of each window's in-image taps (padding never wins); simd=False runs the scalar rule, True its "
+      "AVX2 twin where the CPU has it (identical results)",
+      py::arg("x"), py::arg("geometry"), py::arg("simd") = true);
   using runtime::DequantizeStep;
   using runtime::DwconvStep;
   using runtime::EltwiseStep;
@@ -340,16 +360,19 @@ void bind_executor(py::module_& m) {
                if (g.OH == 0 || g.OW == 0 || g.H == 0 || g.W == 0) throw py::value_error("pool: empty map");
                s->g = g;
              } else {
-               s->kind = kind == "max" ? PoolStep::Kind::max : PoolStep::Kind::avg;
-               if (kind != "max" && kind != "avg") throw py::value_error("pool: unknown kind " + kind);
+               s->kind = kind == "max" ? PoolStep::Kind::max
+                         : kind == "max_codes" ? PoolStep::Kind::max_codes : PoolStep::Kind::avg;
+               if (kind != "max" && kind != "avg" && kind != "max_codes")
+                 throw py::value_error("pool: unknown kind " + kind);
                s->g = geometry_of(geometry);
                if (s->kind == PoolStep::Kind::avg && (s->g.dh != 1 || s->g.dw != 1))
                  throw py::value_error("pool: avgpool has no dilation");
              }
              s->count_include_pad = count_include_pad;
              const ConvGeometry& g = s->g;
-             h.need(src, checked_product({g.B, g.H, g.W, g.C, 4}, "pool input"), "pool input");
-             h.need(dst, checked_product({g.B, g.OH, g.OW, g.C, 4}, "pool output"), "pool output");
+             const size_t elem = s->kind == PoolStep::Kind::max_codes ? 1 : 4;  // bytes: codes or float32
+             h.need(src, checked_product({g.B, g.H, g.W, g.C, elem}, "pool input"), "pool input");
+             h.need(dst, checked_product({g.B, g.OH, g.OW, g.C, elem}, "pool output"), "pool output");
              s->src = src;
              s->dst = dst;
              h.add(std::move(s), "pool", node, {src}, {dst});

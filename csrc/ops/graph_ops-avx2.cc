@@ -2,6 +2,7 @@
 // results to the scalar functions they name.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/thread_pool.h"
@@ -9,14 +10,73 @@
 
 namespace lowbit {
 
-// maxpool_nhwc_f32 (ops/pack.h) 8 channels at a time. Its rule, per tap value
-// v and running maximum o (starting at -inf): o = (v > o || v != v) ? v : o,
-// i.e. a NaN tap makes the result NaN (the first NaN met is kept) -- a
-// compare-greater or unordered mask, then a blend. Each 8-channel block keeps
-// its maximum in a register over the taps; the channel tail runs the scalar
-// rule.
+namespace {
+
+// maxpool_nhwc_f32's rule for one tap value v and running maximum m (8
+// lanes): m = (v > m || v != v) ? v : m -- a compare-greater or unordered
+// mask, then a blend.
+inline __m256 max_rule(__m256 m, __m256 v) {
+  const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_blendv_ps(m, v, take);
+}
+
+// 8 * NV channels of one output pixel: `first` points at the first in-image
+// tap's first channel; the taps are rows ky < nky (row_step floats apart) by
+// columns kx < nkx (col_step floats apart), met in (ky, kx) order. NV
+// independent running maxima stay in registers (independent dependency
+// chains: the blend's latency is hidden behind the other blocks').
+template <int NV>
+inline void max_channels(const float* first, size_t nky, size_t row_step, size_t nkx, size_t col_step, float* o) {
+  __m256 m[NV];
+  for (int j = 0; j < NV; ++j) m[j] = _mm256_set1_ps(-INFINITY);
+  for (size_t ky = 0; ky < nky; ++ky) {
+    const float* row = first + ky * row_step;
+    for (size_t kx = 0; kx < nkx; ++kx) {
+      const float* p = row + kx * col_step;
+      for (int j = 0; j < NV; ++j) m[j] = max_rule(m[j], _mm256_loadu_ps(p + 8 * j));
+    }
+  }
+  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + 8 * j, m[j]);
+}
+
+}  // namespace
+
+void interleave3_u8__avx2(const uint8_t* planes, size_t len, uint8_t* out) {
+  // shuffle[k][c]: which byte of plane c's 16 pixels lands at each of the output bytes [16k, 16k + 16)
+  // (-1: none, pshufb writes 0)
+  struct Shuffles {
+    alignas(16) int8_t byte[3][3][16];
+    Shuffles() {
+      for (int k = 0; k < 3; ++k)
+        for (int c = 0; c < 3; ++c)
+          for (int j = 0; j < 16; ++j) byte[k][c][j] = (16 * k + j) % 3 == c ? int8_t((16 * k + j) / 3) : int8_t(-1);
+    }
+  };
+  static const Shuffles shuffle;
+  __m128i mask[3][3];
+  for (int k = 0; k < 3; ++k)
+    for (int c = 0; c < 3; ++c) mask[k][c] = _mm_load_si128(reinterpret_cast<const __m128i*>(shuffle.byte[k][c]));
+  size_t i = 0;
+  for (; i + 16 <= len; i += 16) {
+    const __m128i p0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(planes + i));
+    const __m128i p1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(planes + len + i));
+    const __m128i p2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(planes + 2 * len + i));
+    for (int k = 0; k < 3; ++k) {
+      const __m128i v = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(p0, mask[k][0]), _mm_shuffle_epi8(p1, mask[k][1])),
+                                     _mm_shuffle_epi8(p2, mask[k][2]));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 3 * i + 16 * k), v);
+    }
+  }
+  for (; i < len; ++i)
+    for (size_t c = 0; c < 3; ++c) out[3 * i + c] = planes[c * len + i];
+}
+
+// maxpool_nhwc_f32 (ops/pack.h) 8 channels at a time, up to 64 channels
+// (8 registers) per pass over the window; the channel tail runs the scalar
+// rule in the same tap order.
 void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out) {
   const size_t C = g.C, cvec = C / 8 * 8;
+  const size_t row_step = g.dh * g.W * C, col_step = g.dw * C;
   auto task = [&](size_t r) {  // one output row: image b, output y oy
     const size_t b = r / g.OH, oy = r % g.OH;
     // the kernel rows inside the image (the same for the whole output row)
@@ -34,27 +94,84 @@ void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out) {
         if (ix < 0) kx0 = kx + 1;
         if (ix >= 0 && ix < ptrdiff_t(g.W)) kx1 = kx + 1;
       }
-      const auto tap = [&](size_t ky, size_t kx) {
-        const size_t iy = oy * g.sh + ky * g.dh - g.ph, ix = ox * g.sw + kx * g.dw - g.pw;
-        return x + ((b * g.H + iy) * g.W + ix) * C;
-      };
-      for (size_t c = 0; c < cvec; c += 8) {
-        __m256 m = _mm256_set1_ps(-INFINITY);
-        for (size_t ky = ky0; ky < ky1; ++ky)
-          for (size_t kx = kx0; kx < kx1; ++kx) {
-            const __m256 v = _mm256_loadu_ps(tap(ky, kx) + c);
-            const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-            m = _mm256_blendv_ps(m, v, take);
-          }
-        _mm256_storeu_ps(o + c, m);
+      const size_t nky = ky1 > ky0 ? ky1 - ky0 : 0, nkx = kx1 > kx0 ? kx1 - kx0 : 0;
+      const float* first = x;  // the first in-image tap (unused when there is none)
+      if (nky && nkx) {
+        const size_t iy = oy * g.sh + ky0 * g.dh - g.ph, ix = ox * g.sw + kx0 * g.dw - g.pw;
+        first = x + ((b * g.H + iy) * g.W + ix) * C;
       }
-      for (size_t c = cvec; c < C; ++c) {
+      size_t c = 0;
+      for (; c + 64 <= cvec; c += 64) max_channels<8>(first + c, nky, row_step, nkx, col_step, o + c);
+      if (c + 32 <= cvec) {
+        max_channels<4>(first + c, nky, row_step, nkx, col_step, o + c);
+        c += 32;
+      }
+      if (c + 16 <= cvec) {
+        max_channels<2>(first + c, nky, row_step, nkx, col_step, o + c);
+        c += 16;
+      }
+      if (c + 8 <= cvec) {
+        max_channels<1>(first + c, nky, row_step, nkx, col_step, o + c);
+        c += 8;
+      }
+      for (; c < C; ++c) {
         float m = -INFINITY;
-        for (size_t ky = ky0; ky < ky1; ++ky)
-          for (size_t kx = kx0; kx < kx1; ++kx) {
-            const float v = tap(ky, kx)[c];
+        for (size_t ky = 0; ky < nky; ++ky)
+          for (size_t kx = 0; kx < nkx; ++kx) {
+            const float v = first[ky * row_step + kx * col_step + c];
             m = (v > m || v != v) ? v : m;
           }
+        o[c] = m;
+      }
+    }
+  };
+  parallel_for(g.B * g.OH, task);
+}
+
+// maxpool_nhwc_u8__scalar 32 channels a vector (vpmaxub), up to 4 vectors
+// (128 channels) per pass over the window; the channel tail is scalar.
+void maxpool_nhwc_u8__avx2(const uint8_t* x, const ConvGeometry& g, uint8_t* out) {
+  const size_t C = g.C, cvec = C / 32 * 32;
+  const size_t row_step = g.dh * g.W * C, col_step = g.dw * C;
+  auto task = [&](size_t r) {  // one output row: image b, output y oy
+    const size_t b = r / g.OH, oy = r % g.OH;
+    size_t ky0 = 0, ky1 = 0;  // the kernel rows inside the image
+    for (size_t ky = 0; ky < g.kh; ++ky) {
+      const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+      if (iy < 0) ky0 = ky + 1;
+      if (iy >= 0 && iy < ptrdiff_t(g.H)) ky1 = ky + 1;
+    }
+    uint8_t* o = out + r * g.OW * C;
+    for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
+      size_t kx0 = 0, kx1 = 0;
+      for (size_t kx = 0; kx < g.kw; ++kx) {
+        const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
+        if (ix < 0) kx0 = kx + 1;
+        if (ix >= 0 && ix < ptrdiff_t(g.W)) kx1 = kx + 1;
+      }
+      const size_t nky = ky1 > ky0 ? ky1 - ky0 : 0, nkx = kx1 > kx0 ? kx1 - kx0 : 0;
+      const uint8_t* first = x;  // the first in-image tap (unused when there is none)
+      if (nky && nkx) {
+        const size_t iy = oy * g.sh + ky0 * g.dh - g.ph, ix = ox * g.sw + kx0 * g.dw - g.pw;
+        first = x + ((b * g.H + iy) * g.W + ix) * C;
+      }
+      size_t c = 0;
+      for (; c < cvec; c += 128) {
+        const int nv = int(std::min<size_t>(4, (cvec - c) / 32));
+        __m256i m[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                        _mm256_setzero_si256()};
+        for (size_t ky = 0; ky < nky; ++ky)
+          for (size_t kx = 0; kx < nkx; ++kx) {
+            const uint8_t* p = first + ky * row_step + kx * col_step + c;
+            for (int j = 0; j < nv; ++j)
+              m[j] = _mm256_max_epu8(m[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * j)));
+          }
+        for (int j = 0; j < nv; ++j) _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + c + 32 * j), m[j]);
+      }
+      for (c = cvec; c < C; ++c) {
+        uint8_t m = 0;
+        for (size_t ky = 0; ky < nky; ++ky)
+          for (size_t kx = 0; kx < nkx; ++kx) m = std::max(m, first[ky * row_step + kx * col_step + c]);
         o[c] = m;
       }
     }

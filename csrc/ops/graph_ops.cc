@@ -110,10 +110,17 @@ void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t 
           continue;
         }
         for (size_t c = 0; c < C; ++c) quantize_serial(src + c * H * W + x0, len, p, codes + c * len);
-        if (C == 3)
+        if (C == 3) {
+#if LOWBIT_HAVE_X86_KERNELS
+          if (p.simd && best_tier() >= Tier::avx2) {
+            interleave3_u8__avx2(codes, len, dst + x0 * C);
+            continue;
+          }
+#endif
           interleave<3>(codes, len, dst + x0 * C);
-        else
+        } else {
           interleave_any(codes, len, C, dst + x0 * C);
+        }
       }
     });
     return;
@@ -145,6 +152,35 @@ void maxpool_nhwc(const float* x, const ConvGeometry& g, float* out, bool simd) 
 #endif
   (void)simd;
   maxpool_nhwc_f32(x, g, out);
+}
+
+void maxpool_nhwc_u8__scalar(const uint8_t* x, const ConvGeometry& g, uint8_t* out) {
+  const size_t C = g.C;
+  for_rows(g.B * g.OH, g.OW * g.kh * g.kw * C, [&](size_t r) {  // one output row: image b, output y oy
+    const size_t b = r / g.OH, oy = r % g.OH;
+    uint8_t* o = out + r * g.OW * C;
+    for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
+      std::fill(o, o + C, uint8_t(0));
+      for (size_t ky = 0; ky < g.kh; ++ky) {
+        const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+        if (iy < 0 || iy >= ptrdiff_t(g.H)) continue;
+        for (size_t kx = 0; kx < g.kw; ++kx) {
+          const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
+          if (ix < 0 || ix >= ptrdiff_t(g.W)) continue;
+          const uint8_t* v = x + ((b * g.H + size_t(iy)) * g.W + size_t(ix)) * C;
+          for (size_t c = 0; c < C; ++c) o[c] = std::max(o[c], v[c]);
+        }
+      }
+    }
+  });
+}
+
+void maxpool_nhwc_u8(const uint8_t* x, const ConvGeometry& g, uint8_t* out, bool simd) {
+#if LOWBIT_HAVE_X86_KERNELS
+  if (simd && best_tier() >= Tier::avx2) return maxpool_nhwc_u8__avx2(x, g, out);
+#endif
+  (void)simd;
+  maxpool_nhwc_u8__scalar(x, g, out);
 }
 
 void dequantize_codes(const uint8_t* codes, size_t n, const int32_t* levels, float step, float* out) {

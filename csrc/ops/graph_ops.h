@@ -38,6 +38,13 @@ void quantize_f32(const float* x, size_t n, const QuantizeParams& p, uint8_t* ou
 void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t W, const QuantizeParams& p,
                            uint8_t* out);
 
+#if LOWBIT_HAVE_X86_KERNELS
+// quantize_nchw_to_nhwc's byte transpose of three channel planes (an RGB
+// image's codes): out[3 * i + c] = planes[c * len + i] for i < len, 16
+// pixels a time with byte shuffles (identical bytes to the scalar loop).
+void interleave3_u8__avx2(const uint8_t* planes, size_t len, uint8_t* out);
+#endif
+
 // runtime.dequantize: out[i] = float32(levels[codes[i]]) * step (float32).
 // `levels` has 2**bits entries; codes are < 2**bits (produced in-graph).
 void dequantize_codes(const uint8_t* codes, size_t n, const int32_t* levels, float step, float* out);
@@ -76,6 +83,17 @@ void adaptive_avgpool_nhwc_f32(const float* x, size_t B, size_t H, size_t W, siz
 void maxpool_nhwc(const float* x, const ConvGeometry& g, float* out, bool simd);
 #if LOWBIT_HAVE_X86_KERNELS
 void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out);
+#endif
+
+// Max pooling of NHWC uint8 codes (a `maxpool` node reading codes: see
+// lowbit.lowering.requant_before_maxpool): out = the largest code among the
+// window's in-image taps; padding taps never win (they stand for the lowest
+// code, the code of -inf), and a window with no in-image tap gives code 0.
+// `simd`: the AVX2 twin when the CPU has it (identical results).
+void maxpool_nhwc_u8(const uint8_t* x, const ConvGeometry& g, uint8_t* out, bool simd);
+void maxpool_nhwc_u8__scalar(const uint8_t* x, const ConvGeometry& g, uint8_t* out);
+#if LOWBIT_HAVE_X86_KERNELS
+void maxpool_nhwc_u8__avx2(const uint8_t* x, const ConvGeometry& g, uint8_t* out);
 #endif
 
 }  // namespace lowbit

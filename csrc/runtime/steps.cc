@@ -93,6 +93,9 @@ bool PoolStep::run(Context& c) const {
     case Kind::adaptive:
       adaptive_avgpool_nhwc_f32(c.at<const float>(src), g.B, g.H, g.W, g.C, g.OH, g.OW, c.at<float>(dst));
       break;
+    case Kind::max_codes:
+      maxpool_nhwc_u8(c.at<const uint8_t>(src), g, c.at<uint8_t>(dst), simd);
+      break;
   }
   return true;
 }

@@ -79,14 +79,15 @@ struct EltwiseStep : Step {
   bool run(Context& c) const override;
 };
 
-// `maxpool`, `avgpool`, `adaptive_avgpool` on NHWC float32.
+// `maxpool`, `avgpool`, `adaptive_avgpool` on NHWC float32; max_codes:
+// `maxpool` on NHWC uint8 codes (maxpool_nhwc_u8).
 struct PoolStep : Step {
-  enum class Kind { max, avg, adaptive };
+  enum class Kind { max, avg, adaptive, max_codes };
   Kind kind = Kind::max;
   int src = -1, dst = -1;
   ConvGeometry g{};  // adaptive: B, H, W, C, OH, OW only
   bool count_include_pad = false;
-  bool simd = true;  // max: the AVX2 twin when the CPU has it (false under a forced scalar tier)
+  bool simd = true;  // max, max_codes: the AVX2 twin when the CPU has it (false under a forced scalar tier)
   bool run(Context& c) const override;
 };
 

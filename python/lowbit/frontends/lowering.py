@@ -34,8 +34,8 @@ from ..quant import UniformGrid
 from ..runtime.model import Node
 
 __all__ = ["lower", "Graph", "batchnorm_affine", "unique_name", "layer_node", "quantize_node", "remove_identities",
-           "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead", "place_requant", "order", "finalize",
-           "IR_ATTRS"]
+           "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead", "requant_before_maxpool", "place_requant",
+           "order", "finalize", "IR_ATTRS"]
 
 _LAYERS = ("conv", "linear")
 IR_ATTRS = ("keep", "bn", "origin")   # lowering-only attributes (``bn`` only on affine nodes), removed by finalize
@@ -208,6 +208,37 @@ def _divisible(layer: Node) -> bool:
     return lo in (None, 0.0) and hi is None and not layer.attrs["residual"]
 
 
+def requant_before_maxpool(g: Graph):
+    """Contract: a ``maxpool`` node P read by one ``quantize`` node Q alone (not ``keep``; P is
+    not the model output), whose input is a conv/linear L read by P alone (not the model output)
+    with no residual and still open for a requantization, where an epilogue can emit Q's grid
+    (:func:`_epilogue_grid`; per-channel steps also :func:`_divisible`), is reordered: Q reads L,
+    P reads Q, and Q's readers (and the output) read P -- so :func:`place_requant` can fold Q into
+    L's epilogue and P pools 1-byte codes instead of float32 values. Any other maxpool stays.
+
+    Exact: a quantizer's code is a non-decreasing function of its input (a division by a
+    positive step, rounding, clamping; per-channel steps act per channel, as pooling does), so the
+    code of a window's maximum is the largest code of the window; padding (-inf, never the
+    maximum) stands for the lowest code; and L's output has no NaN (its exact integer sums
+    times a finite scale plus a finite bias, no residual), the one value whose code (0) would
+    not be the largest code of a window holding it."""
+    for pool in [n for n in g.nodes if n.op == "maxpool"]:
+        readers = g.readers(pool.name)
+        q = readers[0] if len(readers) == 1 else None
+        if q is None or q.op != "quantize" or q.attrs.get("keep") or _epilogue_grid(q) is None:
+            continue
+        layer = g.sole_reader_layer(pool.inputs[0], pool)
+        if layer is None or layer.attrs["residual"] or not _open_for(layer, "requant") or \
+                (q.attrs.get("channel_steps") is not None and not _divisible(layer)):
+            continue
+        for n in g.nodes:
+            n.inputs = [pool.name if i == q.name else i for i in n.inputs]
+        g.output = pool.name if g.output == q.name else g.output
+        q.inputs, pool.inputs = [layer.name], [q.name]
+        g.nodes.remove(q)
+        g.nodes.insert(g.nodes.index(pool), q)
+
+
 def place_requant(g: Graph, requant_in_epilogue: bool = True):
     """Contract: a ``quantize`` node (not ``keep``) whose input is a conv/linear read by it alone
     (not the model output) and whose grid an epilogue can emit (:func:`_epilogue_grid`; with
@@ -285,14 +316,19 @@ def finalize(g: Graph, error=ValueError):
                 n.attrs.pop(k, None)
 
 
-def lower(nodes, output: str, requant_in_epilogue: bool = True, error=ValueError) -> Graph:
+def lower(nodes, output: str, requant_in_epilogue: bool = True, error=ValueError, pool_codes: bool = True) -> Graph:
     """Run the whole pipeline (see the module docstring) on IR ``nodes`` whose model output is
     the value ``output``; the nodes are modified in place. Returns the :class:`Graph`: ``nodes``
     in execution order, and ``replaced`` mapping every node folded away to the node that now
-    computes its value. ``error``: the exception type to raise (a front end's ConversionError)."""
+    computes its value. ``error``: the exception type to raise (a front end's ConversionError).
+    ``pool_codes=False`` skips :func:`requant_before_maxpool` (for comparisons: the pass changes no
+    value, but the quantizer it moves may then fold into an epilogue, which multiplies by
+    ``float32(1 / step)`` where the ``quantize`` node divides, as every such fold does)."""
     g = Graph(nodes, output)
     for run_pass in (remove_identities, fold_affines, fuse_residuals, fold_clamps, remove_dead):
         run_pass(g)
+    if pool_codes:
+        requant_before_maxpool(g)
     place_requant(g, requant_in_epilogue)
     try:
         order(g)

@@ -171,6 +171,8 @@ class _Builder:
                 else:
                     out = self._f32(i, (b, c * h * w))
                     self.core.layout(i, "flatten_f32", x.buf, out.buf, [b, h, w, c])
+        elif op == "maxpool" and args[0].kind == "codes":
+            out = self._pool(i, n, args[0])
         else:
             x = self._float_input(args[0], f"node {n.name!r} ({op})")
             if op == "add":
@@ -227,19 +229,20 @@ class _Builder:
         return out
 
     def _pool(self, i, n, x):
+        from .model import _pool_geometry
+
         a = n.attrs
         if len(x.shape) != 4:
             raise Unsupported(f"node {n.name!r}: {n.op} needs NHWC input")
-        b, h, w, c = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
-        dh, dw = a["dilation"] if n.op == "maxpool" else (1, 1)
-        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        if oh < 1 or ow < 1:
-            raise ValueError(f"pooling: input {h}x{w} is too small for a {kh}x{kw} window")
-        out = self._f32(i, (b, oh, ow, c))
-        self.core.pool(i, "max" if n.op == "maxpool" else "avg", x.buf, out.buf,
-                       (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow), bool(a.get("count_include_pad")),
+        geometry = _pool_geometry(x.shape, a if n.op == "maxpool" else {**a, "dilation": (1, 1)})
+        b, oh, ow, c = geometry[0], geometry[12], geometry[13], geometry[3]
+        if x.kind == "codes":  # a quantized value pooled: the largest code (model.maxpool)
+            out = _Value("codes", (b, oh, ow, c), self.core.buffer(b * oh * ow * c), x.bits, x.levels, x.step)
+            kind = "max_codes"
+        else:
+            out = self._f32(i, (b, oh, ow, c))
+            kind = "max" if n.op == "maxpool" else "avg"
+        self.core.pool(i, kind, x.buf, out.buf, geometry, bool(a.get("count_include_pad")),
                        _dispatch.tier_rank(_dispatch.tier_cap()) > 0)  # a forced scalar tier: the scalar rule
         return out
 

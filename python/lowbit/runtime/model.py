@@ -39,7 +39,8 @@ Ops (inputs -> output):
 ``clamp``           float -> float (ReLU = clamp(0, inf))
 ``affine``          float -> float, per-channel ``x * scale + bias`` (a BatchNorm that
                     could not be folded into a conv epilogue)
-``maxpool``         float -> float (padding never wins: it is -inf)
+``maxpool``         float -> float (padding never wins: it is -inf), or codes -> codes of the
+                    same grid (the largest code; a quantizer moved in front of the pool)
 ``avgpool``         float -> float (float64 sums, like torch's CPU kernel)
 ``adaptive_avgpool`` float -> float (torch's start/end index rule)
 ``flatten``         NHWC -> (B, C*H*W) in torch's NCHW order (float or codes)
@@ -471,9 +472,24 @@ def _pool_windows(x, kernel, stride, padding, dilation, pad_value):
             yield xp[:, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw], (oh, ow)
 
 
+def _pool_geometry(shape, attrs):
+    """The native pooling geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW) of NHWC ``shape``."""
+    b, h, w, c = shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"]
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"pooling: input {h}x{w} is too small for a {kh}x{kw} window")
+    return (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+
+
 def maxpool(x, attrs, native: bool = True):
-    """NHWC max pooling: the native kernel for float32 input, else (and as the
-    reference) the NumPy version below."""
+    """NHWC max pooling of float32 values, or of uint8 codes (a quantized value pooled: see
+    :func:`lowbit.lowering.requant_before_maxpool`): the native kernel, else (and as the
+    reference) the NumPy version below. Padding never wins: it is -inf for floats and code 0,
+    the lowest code (the code of -inf), for codes."""
+    if native and isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 4:
+        return _core.maxpool_nhwc_codes(np.ascontiguousarray(x), _pool_geometry(x.shape, attrs), True)
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4:
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"]
         try:
@@ -482,7 +498,7 @@ def maxpool(x, attrs, native: bool = True):
             raise ValueError(f"pooling: {exc}") from None
     out = None
     for v, _ in _pool_windows(x, attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"],
-                              -np.inf):
+                              0 if x.dtype == np.uint8 else -np.inf):
         out = v.copy() if out is None else np.maximum(out, v, out=out)
     return out
 
@@ -829,6 +845,8 @@ class Model:
             return concat_channels(args, n.name)
         if op == "pad":
             return pad_nhwc(x, a["pads"], a["fill"], n.name)
+        if op == "maxpool" and isinstance(x, CodeTensor):  # the largest code is the code of the largest value
+            return CodeTensor(maxpool(x.codes, a, native=not reference), x.bits, x.levels, x.step)
         if isinstance(x, CodeTensor):
             raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
         if op == "conv_f32":
