@@ -73,14 +73,12 @@ _QOPS = ("Quant", "BipolarQuant", "Trunc")
 SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg",
                  "Relu", "Clip", "Pad",
                  "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
-                 "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout",
-                 "Concat")
+                 "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity",
+                 "Dropout", "Concat")
 
 
 # What to do about ops that models commonly use on activations and lowbit does not run
 _HINTS = {
-    "Unsqueeze": "activations stay (N, C, H, W) or (N, F) in lowbit: keep the pooled map 4-D instead of "
-                 "flattening and unsqueezing it (e.g. a 1x1 conv after GlobalAveragePool)",
     "Expand": "broadcast a per-channel constant with Mul/Add instead",
     "Slice": "split channels into separate convs instead of slicing an activation",
     "Split": "split channels into separate convs instead of splitting an activation",
@@ -264,10 +262,11 @@ class _Act:
     requantizing epilogue of ``pre_conv``) or float (codes, then dequantize)
     only when a reader asks. Max pooling commutes with the (monotone)
     quantizer, so it runs on ``pre`` and the codes are made after it. ``name``:
-    the ONNX tensor (for compare_qonnx)."""
+    the ONNX tensor (for compare_qonnx). ``unflat``: 2-D and 3-D tensors only, the
+    (N, C, 1, 1) map whose flattening this is (what Unsqueeze returns to)."""
 
     __slots__ = ("shape", "fl", "cd", "grid", "conv", "perm", "colperm", "global_pool", "pre", "pre_conv", "name",
-                 "pad", "origin")
+                 "pad", "origin", "unflat")
 
     def __init__(self, shape, fl=None, cd=None, grid=None, conv=None, perm=None, colperm=None, global_pool=False,
                  pre=None, pre_conv=None, name=None, pad=None, origin=None):
@@ -277,6 +276,7 @@ class _Act:
         self.pre, self.pre_conv, self.name = pre, pre_conv, name
         self.pad = pad   # 4-D only: a pending zero Pad [top, left, bottom, right] (shape includes it)
         self.origin = origin   # the Quant node of a lazily quantized activation (lowering's ``origin``)
+        self.unflat = None
 
     def copy(self, **kw):
         a = copy.copy(self)
@@ -1229,10 +1229,8 @@ class _Converter:
 
     def op_ReduceMean(self, n, a, where):
         x = self.act(n.input[0], where)
-        axes = a.get("axes")
-        if len(n.input) > 1 and n.input[1]:
-            axes = self.const(n.input[1], where, allow_q=False)
-        axes = None if axes is None else sorted(int(v) % 4 for v in np.asarray(axes).reshape(-1))
+        axes = self._axes(n, a, where)
+        axes = None if axes is None else sorted(v % 4 for v in axes)
         if len(x.shape) != 4 or axes != [2, 3]:
             raise QonnxConversionError(f"{where}: only a mean over H and W (axes [2, 3]) is supported, got {axes}")
         out = self._global(n, x, "adaptive_avgpool", where)
@@ -1267,15 +1265,18 @@ class _Converter:
             self.codes_of_act(x, where)  # requantize in the conv's epilogue, then flatten the codes
         if x.pre is not None and x.fl is None and x.cd is None:
             pre = self.add(name, "flatten", [x.pre], {"source": where})
-            return _Act((None, c * h * w), grid=x.grid, pre=pre, name=x.name)
-        # flatten whichever representations exist (codes stay codes)
-        fl = cd = None
-        if x.cd is not None:
-            cdn = self.add(name, "flatten", [x.cd.node], {"source": where})
-            cd = _Codes(cdn, x.cd.bits, x.cd.levels, x.cd.step)
-        if x.fl is not None or cd is None:
-            fl = self.add(name, "flatten", [self.float_of(x, where)], {"source": where})
-        return _Act((None, c * h * w), fl=fl, cd=cd, grid=x.grid)
+            out = _Act((None, c * h * w), grid=x.grid, pre=pre, name=x.name)
+        else:  # flatten whichever representations exist (codes stay codes)
+            fl = cd = None
+            if x.cd is not None:
+                cdn = self.add(name, "flatten", [x.cd.node], {"source": where})
+                cd = _Codes(cdn, x.cd.bits, x.cd.levels, x.cd.step)
+            if x.fl is not None or cd is None:
+                fl = self.add(name, "flatten", [self.float_of(x, where)], {"source": where})
+            out = _Act((None, c * h * w), fl=fl, cd=cd, grid=x.grid)
+        if h == w == 1:
+            out.unflat = x
+        return out
 
     def op_Flatten(self, n, a, where):
         x = self.act(n.input[0], where)
@@ -1303,16 +1304,43 @@ class _Converter:
         raise QonnxConversionError(f"{where}: Reshape of {tuple('N' if d is None else d for d in lshape)} to {t} "
                                    "is not supported (only flattening to (N, C*H*W))")
 
-    def op_Squeeze(self, n, a, where):
-        x = self.act(n.input[0], where)
+    def _axes(self, n, a, where):
+        """The ``axes`` of a Squeeze, Unsqueeze or ReduceMean (the second input from opset 13 on,
+        an attribute before) as a list of ints, or None."""
         axes = a.get("axes")
         if len(n.input) > 1 and n.input[1]:
             axes = self.const(n.input[1], where, allow_q=False)
-        axes = sorted(int(v) % 4 for v in np.asarray(axes).reshape(-1)) if axes is not None else None
+        return None if axes is None else [int(v) for v in np.asarray(axes).reshape(-1)]
+
+    def op_Squeeze(self, n, a, where):
+        x = self.act(n.input[0], where)
+        axes = self._axes(n, a, where)
+        axes = sorted(v % 4 for v in axes) if axes is not None else None
         if len(x.shape) == 4 and x.perm is None and x.shape[2:] == (1, 1) and axes in (None, [2, 3]):
             self.vals[n.output[0]] = self._flatten(x, n.name or n.output[0], where)
             return
         raise QonnxConversionError(f"{where}: only squeezing a (N, C, 1, 1) map to (N, C) is supported")
+
+    def op_Unsqueeze(self, n, a, where):
+        """Unsqueeze (ONNX: a 1 inserted at each of ``axes`` of the output) back to the (N, C, 1, 1)
+        map a Flatten/Squeeze/Reshape/ReduceMean flattened, in one step or through (N, C, 1):
+        lowbit holds 4-D activations as maps and 2-D ones as (N, F), so only a flattened
+        1x1 map has a 4-D form to return to."""
+        x = self.act(n.input[0], where)
+        axes = self._axes(n, a, where) or []
+        rank = len(x.shape) + len(axes)
+        inserted = sorted({v % rank for v in axes if -rank <= v < rank})
+        shape = list(x.shape)
+        for v in inserted:
+            shape.insert(v, 1)
+        flat = x.unflat
+        if not axes or rank > 4 or len(inserted) != len(axes) or flat is None or x.colperm is not None or \
+                shape != [None, flat.shape[1]] + [1] * (rank - 2):
+            raise QonnxConversionError(f"{where}: Unsqueeze(axes={axes}) of shape "
+                                       f"{tuple('N' if d is None else d for d in x.shape)} is not supported: only "
+                                       "unsqueezing a flattened (N, C, 1, 1) map back to (N, C, 1, 1) is "
+                                       "(activations stay (N, C, H, W) or (N, F) in lowbit)")
+        self.vals[n.output[0]] = self._view(flat, conv=None) if rank == 4 else x.copy(shape=tuple(shape), conv=None)
 
     def op_Pad(self, n, a, where):
         """A constant zero Pad of H and W: pending on the activation until a Conv reads it
