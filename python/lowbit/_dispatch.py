@@ -44,10 +44,6 @@ def supported_tiers() -> list:
     return [t for t in TIERS if _SUPPORTED[t]]
 
 
-def best_supported_tier() -> str:
-    return _BEST_TIER
-
-
 def _check_tier_name(tier: str, what: str) -> str:
     if tier not in _TIER_RANK:
         raise ValueError(f"{what}: unknown ISA tier {tier!r}; expected one of {', '.join(TIERS)}")

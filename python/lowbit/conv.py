@@ -184,14 +184,16 @@ class ConvWeights:
         return hit
 
 
-def _as_nhwc(x, a_bits, a_codebook):
+def pack_activations_nhwc(x, bits: int, codebook=None) -> PackedActivations:
+    """Validate NHWC (B, H, W, C) uint8 codes for :func:`conv2d` (NHWC PackedActivations,
+    e.g. a requantizing conv2d's output, are returned as they are)."""
     if isinstance(x, PackedActivations):
         if x.shape is None or len(x.shape) != 4:
             raise ValueError("x: expected NHWC PackedActivations (from conv2d or pack_activations_nhwc)")
         return x
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
         raise TypeError("x: expected NHWC uint8 codes (B, H, W, C) or PackedActivations")
-    bits, cb, cb_key = _activation_setting(a_bits, a_codebook)  # checked (cached for a_codebook=None)
+    bits, cb, cb_key = _activation_setting(bits, codebook)  # checked (cached for codebook=None)
     if x.size > MAX_ELEMENTS:
         check_elements(x.shape, "x")  # raises
     b, h, w, c = x.shape
@@ -201,11 +203,6 @@ def _as_nhwc(x, a_bits, a_codebook):
     pa._codebook_key = cb_key
     pa.shape = (b, h, w, c)
     return pa
-
-
-def pack_activations_nhwc(x, bits: int, codebook=None) -> PackedActivations:
-    """Validate NHWC (B, H, W, C) uint8 codes for :func:`conv2d`."""
-    return _as_nhwc(x, bits, codebook)
 
 
 _OFFSET_CACHE = {}
@@ -253,7 +250,7 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     """
     if not isinstance(weights, ConvWeights):
         raise TypeError(f"weights: expected lowbit.ConvWeights, got {type(weights).__name__}")
-    pa = _as_nhwc(x, 2 if a_bits is None else a_bits, a_codebook)
+    pa = pack_activations_nhwc(x, 2 if a_bits is None else a_bits, a_codebook)
     prepared = _prepared_conv(pa, weights, stride, padding, dilation)
     if epilogue is not None:
         epilogue.check(weights.cout, prepared.m)

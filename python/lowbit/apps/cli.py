@@ -55,12 +55,6 @@ def _print_info(as_json: bool) -> None:
         print(f"  W{bw}A{ba}: {kern}")
 
 
-def _load_model(path):
-    import lowbit
-
-    return lowbit.load(path)
-
-
 def _cmd_convert(args) -> int:
     import importlib
 
@@ -99,7 +93,7 @@ def _cmd_convert(args) -> int:
     return 0
 
 
-def _read_input(args, model):
+def _read_input(args):
     if args.input:
         x = np.load(args.input)
         return x, None
@@ -151,7 +145,7 @@ def _score(args, mean, std):
         how = "on Ray"
     else:
         lowbit.set_num_threads(args.threads)
-        m = _load_model(args.model)
+        m = lowbit.load(args.model)
         source = scoring.open_source(args.input, m.input_shape, args.column)
         writer = scoring.PredictionWriter(args.output)
         bar = scoring.Progress(source.total, enabled=not args.no_progress)
@@ -175,8 +169,8 @@ def _cmd_run(args) -> int:
     if not args.input and not args.fmnist:
         sys.exit("lowbit run: give --input x.npy (float32 NCHW) or --fmnist N")
     lowbit.set_num_threads(args.threads)
-    m = _load_model(args.model)
-    x, labels = _read_input(args, m)
+    m = lowbit.load(args.model)
+    x, labels = _read_input(args)
     t0 = time.perf_counter()
     y = m(x, batch_size=args.batch_size)
     dt = time.perf_counter() - t0
@@ -204,7 +198,7 @@ def _cmd_bench(args) -> int:
             bench_qonnx(args.model, threads=args.threads, batch=bs, repeats=args.repeats)
         return 0
     if args.model:
-        m = _load_model(args.model)
+        m = lowbit.load(args.model)
     else:
         try:
             import torch  # noqa: F401
@@ -291,13 +285,7 @@ def main(argv=None) -> int:
     if args.cmd == "info":
         _print_info(args.json)
         return 0
-    if args.cmd == "convert":
-        return _cmd_convert(args)
-    if args.cmd == "run":
-        return _cmd_run(args)
-    if args.cmd == "bench":
-        return _cmd_bench(args)
-    return 2
+    return {"convert": _cmd_convert, "run": _cmd_run, "bench": _cmd_bench}[args.cmd](args)
 
 
 if __name__ == "__main__":

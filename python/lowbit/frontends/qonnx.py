@@ -200,6 +200,14 @@ def _as_scalar(arr, what, where):
     return a.reshape(-1)[0]
 
 
+def _scale(v, what, where) -> np.float32:
+    """A quantizer's scalar scale as float32; QonnxConversionError unless it is finite and > 0."""
+    s = np.float32(_as_scalar(v, what, where))
+    if not (np.isfinite(s) and s > 0):
+        raise QonnxConversionError(f"{where}: {what} must be finite and > 0, got {s}")
+    return s
+
+
 def _bit_width(b, what, where) -> int:
     """A quantizer's bit width as an int in 1..32; QonnxConversionError for
     0, 33, fractional, NaN or infinite widths."""
@@ -246,6 +254,16 @@ class _QConst:
     def transform(self, fn):
         return _QConst(fn(self.values), None if self.ints is None else fn(self.ints), fn(self.scale), self.bits,
                        self.irange, self.binary)
+
+
+def _values(v):
+    """The float values of a constant (a _QConst's QONNX values, or the array itself)."""
+    return v.values if isinstance(v, _QConst) else v
+
+
+def _transform(v, fn):
+    """fn applied to a constant's values (and a _QConst's integers and scales)."""
+    return v.transform(fn) if isinstance(v, _QConst) else fn(v)
 
 
 class _Act:
@@ -422,10 +440,6 @@ class _Converter:
                 + " (anything computed from constants only is folded).")
         self.input = inputs[0]
 
-    def consumers(self):
-        """n_readers[tensor]: how many node inputs (and graph outputs) read it."""
-        self.n_readers = Counter([i for n in self.graph.node for i in n.input] + [o.name for o in self.graph.output])
-
     # ---- node list -----------------------------------------------------------------------------
     def uname(self, base):
         return unique_name(base, self.names)
@@ -540,7 +554,8 @@ class _Converter:
     def run(self):
         order = self.toposort()
         self.check_supported(order)
-        self.consumers()
+        # n_readers[tensor]: how many node inputs (and graph outputs) read it
+        self.n_readers = Counter([i for n in self.graph.node for i in n.input] + [o.name for o in self.graph.output])
         shp = self.input.type.tensor_type.shape
         dims = [d.dim_value if d.HasField("dim_value") else None for d in shp.dim]
         if len(dims) != 4 or any(d is None or d < 1 for d in dims[1:]):
@@ -599,9 +614,7 @@ class _Converter:
             t = n.attribute[0]
             if t.name == "value":
                 v = self.nh.to_array(t.t)
-            elif t.name in ("value_float", "value_int"):
-                v = np.array(self.onnx.helper.get_attribute_value(t))
-            elif t.name in ("value_floats", "value_ints"):
+            elif t.name in ("value_float", "value_int", "value_floats", "value_ints"):
                 v = np.array(self.onnx.helper.get_attribute_value(t))
             else:
                 raise QonnxConversionError(f"{where}: unsupported Constant attribute {t.name}")
@@ -633,10 +646,10 @@ class _Converter:
             ins[1] = np.zeros(0, np.float32)
         if n.op_type in ("Transpose", "Reshape", "Identity", "Flatten", "Squeeze", "Unsqueeze") and \
                 isinstance(ins[0], _QConst):
-            rest = [v.values if isinstance(v, _QConst) else v for v in ins[1:]]
+            rest = [_values(v) for v in ins[1:]]
             self.vals[n.output[0]] = ins[0].transform(lambda arr: self._eval(n, [arr] + rest)[0])
             return
-        ins = [v.values if isinstance(v, _QConst) else v for v in ins]
+        ins = [_values(v) for v in ins]
         for o, v in zip(n.output, self._eval(n, ins)):
             self.vals[o] = v
 
@@ -691,15 +704,13 @@ class _Converter:
         if np.asarray(zp).size != 1:
             raise QonnxConversionError(f"{where}: per-channel activation zero points are not supported (use a "
                                        "per-tensor zero point, e.g. Brevitas' default zero_point=0)")
-        step = np.float32(_as_scalar(s, "scale", where))
+        step = _scale(s, "scale", where)
         z = float(np.float32(_as_scalar(zp, "zero_point", where)))
         bits_f = float(_as_scalar(b, "bit_width", where))
         if not bits_f.is_integer() or not 1 <= bits_f <= 8:
             raise QonnxConversionError(f"{where}: activation bit width {bits_f:g} is not supported (1-8)")
         if not z.is_integer():
             raise QonnxConversionError(f"{where}: non-integer activation zero point {z} is not supported")
-        if not (np.isfinite(step) and step > 0):
-            raise QonnxConversionError(f"{where}: scale must be finite and > 0, got {step}")
         mode = str(a.get("rounding_mode", "ROUND")).upper()
         if mode not in ("ROUND", "HALF_EVEN"):
             raise QonnxConversionError(f"{where}: rounding_mode {mode} on activations is not supported (ROUND, "
@@ -713,9 +724,7 @@ class _Converter:
     def op_BipolarQuant(self, n, a, where):
         src = n.input[0]
         x = self.act(src, where)
-        step = np.float32(_as_scalar(self.const(n.input[1], where, allow_q=False), "scale", where))
-        if not (np.isfinite(step) and step > 0):
-            raise QonnxConversionError(f"{where}: scale must be finite and > 0, got {step}")
+        step = _scale(self.const(n.input[1], where, allow_q=False), "scale", where)
         self._quant_act(n, src, x, UniformGrid(step, -1, 1, binary=True, signed=True), where)
 
     def _quant_act(self, n, src, x: _Act, g: UniformGrid, where):
@@ -741,15 +750,12 @@ class _Converter:
             out_s, v2 = s, False
         else:
             raise QonnxConversionError(f"{where}: expected 5 or 6 inputs, got {len(n.input)}")
-        s = np.float32(_as_scalar(s, "scale", where))
-        out_s = np.float32(_as_scalar(out_s, "output scale", where))
+        s, out_s = _scale(s, "scale", where), _scale(out_s, "output scale", where)
         z = float(_as_scalar(zp, "zero_point", where))
         in_bits = _bit_width(in_b, "input bit width", where)
         out_bits = _bit_width(out_b, "output bit width", where)
         if z != 0:
             raise QonnxConversionError(f"{where}: a nonzero zero point is not supported for Trunc")
-        if not (np.isfinite(s) and s > 0 and np.isfinite(out_s) and out_s > 0):
-            raise QonnxConversionError(f"{where}: scales must be finite and > 0")
         signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
         rf = _round_fn(a.get("rounding_mode", "FLOOR"), where)
         if v2:
@@ -917,7 +923,7 @@ class _Converter:
             t, l, b, r = x.pad
             x = x.copy(pad=None, shape=(None, x.shape[1], x.shape[2] - t - b, x.shape[3] - l - r))
         wq = self.const(n.input[1], where)
-        wv = wq.values if isinstance(wq, _QConst) else np.asarray(wq, np.float32)
+        wv = np.asarray(_values(wq), np.float32)
         if wv.ndim != 4:
             raise QonnxConversionError(f"{where}: only 2-D convolutions are supported (weight shape {wv.shape})")
         cout, cg, kh, kw = wv.shape
@@ -937,11 +943,8 @@ class _Converter:
         in_hw = [x.shape[2] + extra_pad[0] + extra_pad[2], x.shape[3] + extra_pad[1] + extra_pad[3]]
         bias = None
         if len(n.input) > 2 and n.input[2]:
-            b = self.const(n.input[2], where)
-            bias = np.asarray(b.values if isinstance(b, _QConst) else b, np.float64).reshape(-1)
+            bias = np.asarray(self.const(n.input[2], where, allow_q=False), np.float64).reshape(-1)
         oh, ow = _out_hw(in_hw, [kh, kw], stride, pad, dil, where=where)
-        if oh < 1 or ow < 1:
-            raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
         extra = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups}
         if not self._runs_on_integers(x, wq, cg == 1):
             self._float_layer(n, "conv_f32", x, wv, bias, extra, (None, cout, oh, ow), where, extra_pad)
@@ -956,7 +959,7 @@ class _Converter:
             raise QonnxConversionError(f"{where}: expected a 2-D (N, K) input, got shape {x.shape} "
                                        "(flatten first)")
         if not self._runs_on_integers(x, wmat_q, False):
-            w = np.asarray(wmat_q.values if isinstance(wmat_q, _QConst) else wmat_q, np.float32)
+            w = np.asarray(_values(wmat_q), np.float32)
             if w.ndim != 2 or w.shape[1] != x.shape[1]:
                 raise QonnxConversionError(f"{where}: weight shape {w.shape} does not match the input's K="
                                            f"{x.shape[1]}")
@@ -984,24 +987,21 @@ class _Converter:
             raise QonnxConversionError(f"{where}: transA=1 is not supported")
         wq = self.const(n.input[1], where)
         if not int(a.get("transB", 0)):
-            wq = wq.transform(lambda v: np.ascontiguousarray(np.swapaxes(v, 0, 1))) if isinstance(wq, _QConst) \
-                else wq.T
+            wq = _transform(wq, lambda v: np.ascontiguousarray(np.swapaxes(v, 0, 1)))
         alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
         bias = None
-        nout = (wq.values if isinstance(wq, _QConst) else wq).shape[0]
+        nout = _values(wq).shape[0]
         if len(n.input) > 2 and n.input[2]:
-            b = self.const(n.input[2], where)
-            b = np.asarray(b.values if isinstance(b, _QConst) else b, np.float64)
+            b = np.asarray(self.const(n.input[2], where, allow_q=False), np.float64)
             bias = np.broadcast_to(b.reshape(-1) if b.size == nout else b, (nout,)) * beta
         self._linear(n, x, wq, bias, alpha, where)
 
     def op_MatMul(self, n, a, where):
         x = self.act(n.input[0], where)
         wq = self.const(n.input[1], where)
-        wv = wq.values if isinstance(wq, _QConst) else wq
-        if wv.ndim != 2:
+        if _values(wq).ndim != 2:
             raise QonnxConversionError(f"{where}: only (N, K) x (K, M) matrix products are supported")
-        wq = wq.transform(lambda v: np.ascontiguousarray(v.T)) if isinstance(wq, _QConst) else wq.T
+        wq = _transform(wq, lambda v: np.ascontiguousarray(v.T))
         self._linear(n, x, wq, None, 1.0, where)
 
     # ---- epilogue-foldable ops -----------------------------------------------------------------
@@ -1045,18 +1045,14 @@ class _Converter:
         self.vals[n.output[0]] = _Act(x.shape, fl=name, colperm=x.colperm,
                                       conv=name if self.fusable(src, x) else None)
 
-    def _const_and_act(self, n, where):
-        ins = [self.vals.get(i, self.consts.get(i)) for i in n.input]
-        acts = [i for i, v in zip(n.input, ins) if isinstance(v, _Act)]
-        cons = [v for v in ins if not isinstance(v, _Act)]
-        return acts, [c.values if isinstance(c, _QConst) else c for c in cons]
-
     def _elementwise_const(self, n, where):
         """An elementwise Add/Sub/Mul/Div/Neg of one activation and (at most) one constant,
         as x * scale + bias per channel. Div by a constant becomes a multiply by its float64
         reciprocal (rounded once to float32): only values within float rounding of a
         quantizer's rounding boundary can then quantize differently from QONNX's division."""
-        acts, cons = self._const_and_act(n, where)
+        ins = [self.vals.get(i, self.consts.get(i)) for i in n.input]
+        acts = [i for i, v in zip(n.input, ins) if isinstance(v, _Act)]
+        cons = [_values(v) for v in ins if not isinstance(v, _Act)]
         op = n.op_type
         if len(acts) != 1 or len(cons) != len(n.input) - 1:
             return False
@@ -1132,16 +1128,11 @@ class _Converter:
         self._clamp(n, 0.0, None, where)
 
     def op_Clip(self, n, a, where):
-        lo, hi = a.get("min"), a.get("max")
-        for k, i in ((1, "min"), (2, "max")):
+        bounds = [a.get("min"), a.get("max")]  # attributes before opset 11, inputs after
+        for k, what in ((1, "min"), (2, "max")):
             if len(n.input) > k and n.input[k]:
-                v = float(_as_scalar(self.const(n.input[k], where, allow_q=False), i, where))
-                if i == "min":
-                    lo = v
-                else:
-                    hi = v
-        lo = None if lo is None or (isinstance(lo, float) and math.isinf(lo)) else float(lo)
-        hi = None if hi is None or (isinstance(hi, float) and math.isinf(hi)) else float(hi)
+                bounds[k - 1] = float(_as_scalar(self.const(n.input[k], where, allow_q=False), what, where))
+        lo, hi = (None if v is None or math.isinf(v) else float(v) for v in bounds)
         self._clamp(n, lo, hi, where)
 
     # ---- pooling / reshaping -------------------------------------------------------------------
@@ -1162,8 +1153,6 @@ class _Converter:
             if any(extra_pad):
                 raise QonnxConversionError(f"{where}: ceil_mode=1 with asymmetric padding {full} is not supported")
             raise QonnxConversionError(f"{where}: ceil_mode=1 changes the output size here; not supported")
-        if oh < 1 or ow < 1:
-            raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
         return ks, stride, pad, dil, (None, x.shape[1], oh, ow), extra_pad
 
     def op_MaxPool(self, n, a, where):
