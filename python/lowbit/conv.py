@@ -359,11 +359,6 @@ def _native_grouping_allowed(depthwise: bool) -> bool:
     return kernel is None and (strategy is None or (depthwise and strategy == _dispatch.FASTEST))
 
 
-def _best_dwconv_kernel() -> dict:
-    cap = _dispatch.tier_rank(_dispatch.tier_cap())
-    return [k for k in dwconv_kernels() if k["available"] and k["tier_rank"] <= cap][-1]
-
-
 def _native_call(pa, weights) -> tuple:
     """(native function, leading arguments, kernel name) of a grouped or depthwise
     layer for these activations under the current dispatch state; planned once
@@ -380,7 +375,8 @@ def _native_call(pa, weights) -> tuple:
                          "(int32 sums could overflow)")
     a_levels = cb_a.astype(np.int16)
     if weights.depthwise:
-        kern = _best_dwconv_kernel()
+        cap = _dispatch.tier_rank(_dispatch.tier_cap())  # the best dwconv kernel at or below the cap
+        kern = [k for k in dwconv_kernels() if k["available"] and k["tier_rank"] <= cap][-1]
         hit = (_core.dwconv, (kern["index"], pa.bits, a_levels, weights.dw_levels()), ())
     else:
         plan, why_not = FAMILIES["dotgemm"].plan(weights.bits, pa.bits, weights.codebook, cb_a)

@@ -368,20 +368,13 @@ class _Converter:
         self.env[n] = self.add_node(Node(self.uname(n.name), "add", [self.env[a], self.env[b]], {"origin": n.name}))
 
     def _pool_params(self, n, kind):
-        arg = _arg_of(n)
-
+        """The pooling node's attributes, from the module's attributes (named as the functional
+        form's arguments) or the function's arguments."""
         if n.op == "call_module":
             m = self.modules[n.target]
-            if kind == "adaptive_avgpool":
-                return {"output_size": self._osize(m.output_size)}
-            k = _pair(m.kernel_size)
-            p = {"kernel": k, "stride": _pair(m.stride if m.stride is not None else m.kernel_size),
-                 "padding": _pair(m.padding)}
-            if kind == "maxpool":
-                p["dilation"] = _pair(m.dilation)
-            else:
-                p["count_include_pad"] = bool(m.count_include_pad)
-            return p
+            arg = lambda i, key, default: getattr(m, key, default)  # noqa: E731
+        else:
+            arg = _arg_of(n)
         if kind == "adaptive_avgpool":
             return {"output_size": self._osize(arg(1, "output_size", None))}
         k = _pair(arg(1, "kernel_size", None))
