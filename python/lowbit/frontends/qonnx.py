@@ -261,6 +261,16 @@ def _values(v):
     return v.values if isinstance(v, _QConst) else v
 
 
+def _to_lowbit_columns(arr, colperm):
+    """arr (..., K) in ONNX column order -> lowbit's (ONNX column i is lowbit column colperm[i]);
+    arr itself when colperm is None."""
+    if colperm is None:
+        return arr
+    out = np.empty_like(arr)
+    out[..., colperm] = arr
+    return out
+
+
 def _transform(v, fn):
     """fn applied to a constant's values (and a _QConst's integers and scales)."""
     return v.transform(fn) if isinstance(v, _QConst) else fn(v)
@@ -964,20 +974,14 @@ class _Converter:
                 raise QonnxConversionError(f"{where}: weight shape {w.shape} does not match the input's K="
                                            f"{x.shape[1]}")
             if x.colperm is not None:
-                perm = np.empty_like(w)
-                perm[:, x.colperm] = w
-                w = perm
-                x = x.copy(colperm=None)
+                w, x = _to_lowbit_columns(w, x.colperm), x.copy(colperm=None)
             self._float_layer(n, "linear_f32", x, w * np.float32(alpha), bias, {}, (None, w.shape[0]), where)
             return
         codes, bits, levels, w_scale = self._weights(wmat_q, where)
         if codes.shape[1] != x.shape[1]:
             raise QonnxConversionError(f"{where}: weight K={codes.shape[1]} does not match the input's {x.shape[1]}")
         if x.colperm is not None:
-            perm = np.empty_like(codes)
-            perm[:, x.colperm] = codes
-            codes = perm
-            x = x.copy(colperm=None)
+            codes, x = _to_lowbit_columns(codes, x.colperm), x.copy(colperm=None)
         self._layer(n, "linear", x, np.ascontiguousarray(codes), bits, levels, w_scale * alpha, bias, {},
                     (None, codes.shape[0]), where)
 
@@ -1034,10 +1038,7 @@ class _Converter:
         """Output of node n = x * scale + bias per channel (float64 (C,) vectors, ONNX
         channel order): an ``affine`` node, which lowering folds into the epilogue of the
         layer behind x where it can."""
-        if x.colperm is not None:  # ONNX column i is lowbit column colperm[i]
-            s2, b2 = np.empty_like(scale), np.empty_like(bias)
-            s2[x.colperm], b2[x.colperm] = scale, bias
-            scale, bias = s2, b2
+        scale, bias = _to_lowbit_columns(scale, x.colperm), _to_lowbit_columns(bias, x.colperm)
         fl = self.float_of(x, where)
         name = self.add(n.name or n.output[0], "affine", [fl],
                         {"source": f"{n.name} ({n.op_type})", "bn": bn, "origin": n.name or n.output[0]},
