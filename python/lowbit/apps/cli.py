@@ -65,30 +65,25 @@ def _cmd_convert(args) -> int:
             sys.exit("lowbit convert: SOURCE must be a .onnx (QONNX) file; use --model for PyTorch models")
         t0 = time.time()
         m = lowbit.from_qonnx(args.source)
-        m.save(args.output)
-        print(f"converted {args.source} in {time.time() - t0:.2f}s -> {args.output}")
-        m.summary(example=True)
-        return 0
-
-    import torch
-
-    from lowbit import models
-
-    if args.model:
-        mod_name, _, attr = args.model.partition(":")
-        factory = getattr(importlib.import_module(mod_name), attr or "model")
-        qat_model = factory()
-        if args.state_dict:
-            qat_model.load_state_dict(torch.load(args.state_dict, map_location="cpu", weights_only=True))
-        shape = tuple(int(v) for v in args.input_shape.split(","))
     else:
-        qat_model = models.load_fmnist("w2a2_qat", args.data_dir)
-        shape = (1, 1, 28, 28)
-    qat_model.eval()
-    t0 = time.time()
-    m = lowbit.convert(qat_model, torch.zeros(shape), requant_in_epilogue=not args.no_requant)
+        import torch
+
+        from lowbit import models
+
+        if args.model:
+            mod_name, _, attr = args.model.partition(":")
+            qat_model = getattr(importlib.import_module(mod_name), attr or "model")()
+            if args.state_dict:
+                qat_model.load_state_dict(torch.load(args.state_dict, map_location="cpu", weights_only=True))
+            shape = tuple(int(v) for v in args.input_shape.split(","))
+        else:
+            qat_model = models.load_fmnist("w2a2_qat", args.data_dir)
+            shape = (1, 1, 28, 28)
+        qat_model.eval()
+        t0 = time.time()
+        m = lowbit.convert(qat_model, torch.zeros(shape), requant_in_epilogue=not args.no_requant)
     m.save(args.output)
-    print(f"converted in {time.time() - t0:.2f}s -> {args.output}")
+    print(f"converted {args.source or args.model or 'the demo model'} in {time.time() - t0:.2f}s -> {args.output}")
     m.summary(example=True)
     return 0
 
