@@ -32,6 +32,10 @@ from ..runtime.model import Model, Node
 __all__ = ["convert", "compare", "ConversionError"]
 
 _POOLS = ("maxpool", "avgpool", "adaptive_avgpool")
+# Tensor methods -> kinds ("view": view/reshape, a flatten when its shape is (B, -1))
+_METHOD_KINDS = {**dict.fromkeys(("relu", "relu_", "clamp", "clamp_", "clip", "clip_"), "act"), "add": "add",
+                 "add_": "add", "flatten": "flatten", "view": "view", "reshape": "view", "size": "size",
+                 "mean": "mean", **dict.fromkeys(("contiguous", "detach", "clone"), "alias")}
 
 
 def _arg_of(n):
@@ -112,8 +116,6 @@ class _Converter:
         self.shapes, self.layer_inputs = shapes, layer_inputs
 
     # ---- support check -----------------------------------------------------------------------
-    _ALIAS_METHODS = ("contiguous", "detach", "clone")
-
     def _classify(self, n):
         """A short kind string for supported fx nodes, None for unsupported ones."""
         nn, F, torch = self.nn, self.F, self.torch
@@ -144,29 +146,22 @@ class _Converter:
                     torch.clip: "act", operator.add: "add", operator.iadd: "add", torch.add: "add",
                     torch.flatten: "flatten", F.adaptive_avg_pool2d: "adaptive_avgpool", F.max_pool2d: "maxpool",
                     F.avg_pool2d: "avgpool", F.dropout: "alias"}.get(t) if callable(t) else None
-            if kind == "add":
-                return "add" if len(n.args) == 2 and not n.kwargs else None
-            if kind == "flatten":
-                return "flatten" if self._flatten_ok(n) else None
-            return kind
-        if n.op == "call_method":
-            t = n.target
-            if t in ("relu", "relu_", "clamp", "clamp_", "clip", "clip_"):
-                return "act"
-            if t in ("add", "add_"):
-                return "add" if len(n.args) == 2 and not n.kwargs else None
-            if t == "flatten":
-                return "flatten" if self._flatten_ok(n) else None
-            if t in ("view", "reshape"):
-                return "flatten" if self._view_is_flatten(n) else None
-            if t == "size":
-                return "size" if all(u.op == "call_method" and u.target in ("view", "reshape")
-                                     for u in n.users) else None
-            if t == "mean":
-                return "mean" if self._mean_ok(n) else None
-            if t in self._ALIAS_METHODS:
-                return "alias"
-        return None
+        elif n.op == "call_method":
+            kind = _METHOD_KINDS.get(n.target)
+        else:
+            return None
+        # kinds supported only in some forms: None for the others
+        if kind == "add":
+            return kind if len(n.args) == 2 and not n.kwargs else None
+        if kind == "flatten":
+            return kind if self._flatten_ok(n) else None
+        if kind == "view":
+            return "flatten" if self._view_is_flatten(n) else None
+        if kind == "size":  # read only by a view/reshape (batch size of a flatten)
+            return kind if all(u.op == "call_method" and u.target in ("view", "reshape") for u in n.users) else None
+        if kind == "mean":
+            return kind if self._mean_ok(n) else None
+        return kind
 
     @staticmethod
     def _flatten_ok(n):
