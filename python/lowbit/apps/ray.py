@@ -149,8 +149,6 @@ def read_dataset(path, input_shape, column: str = "image", block_rows: int = 256
     in blocks of ``block_rows`` rows."""
     kind = scoring.input_kind(path)
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"input: {path} does not exist")
     if kind == "npy":
         arr = np.load(path, mmap_mode="r")
         blocks = [np.ascontiguousarray(arr[i:i + block_rows]) for i in range(0, len(arr), block_rows)]

@@ -134,8 +134,11 @@ class Source:
 
 
 def input_kind(path) -> str:
-    """``images`` (a folder), ``npy`` or ``parquet`` (by extension) for an input path."""
+    """``images`` (a folder), ``npy`` or ``parquet`` (by extension) for an input path
+    (FileNotFoundError when it does not exist)."""
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input: {path} does not exist")
     if os.path.isdir(path):
         return "images"
     if path.endswith(".npy"):
@@ -148,8 +151,6 @@ def input_kind(path) -> str:
 def open_source(path, input_shape, column: str = "image") -> Source:
     """The rows of ``path`` (see the module docstring); ``column`` names a parquet input's image column."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"input: {path} does not exist")
     kind = input_kind(path)
     if kind == "npy":
         arr = np.load(path, mmap_mode="r")

@@ -423,8 +423,7 @@ class _Converter:
         if len(self.graph.output) != 1:
             raise QonnxConversionError(f"graph: expected exactly one output, got {len(self.graph.output)}")
         const = set(self.consts) | {""}
-        bad = Counter()
-        where = {}
+        where = {}   # unsupported op -> the nodes that use it
         self.is_const = {}
         for n in order:
             c = n.op_type == "Constant" or all(i in const for i in n.input) or \
@@ -439,11 +438,10 @@ class _Converter:
                                                         n.op_type not in _QOPS)
             if not ok:
                 key = n.op_type if std or n.domain == "" else f"{n.domain}.{n.op_type}"
-                bad[key] += 1
                 where.setdefault(key, []).append(n.name or n.output[0])
-        if bad:
-            parts = [f"{k} x{v} ({', '.join(where[k][:3])}{', ...' if len(where[k]) > 3 else ''})"
-                     + (f" [{_HINTS[k]}]" if k in _HINTS else "") for k, v in sorted(bad.items())]
+        if where:
+            parts = [f"{k} x{len(v)} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                     + (f" [{_HINTS[k]}]" if k in _HINTS else "") for k, v in sorted(where.items())]
             raise QonnxConversionError(
                 "lowbit.from_qonnx: unsupported node types in the graph: " + "; ".join(parts)
                 + ". Supported on activations: " + ", ".join(SUPPORTED_OPS)
