@@ -81,9 +81,7 @@ class Grouplut(Family):
         _, ba, gw = plan.params
         return 2 if cls.INDEX_BITS == 4 and ba * gw <= 6 else 0
 
-    @staticmethod
-    def indirect_step(plan):
-        return plan.params[2]
+    indirect_step = step  # one packed byte = gw codes
 
     @classmethod
     def packing(cls, plan, k):

@@ -554,9 +554,7 @@ class _Converter:
     def fusable(self, name, act):
         """The node behind activation ``name`` when it may end a layer's epilogue after lowering
         (a conv/linear output, or a foldable op of one) and nothing else reads ``name``."""
-        if act.conv is None or self.n_readers[name] != 1:
-            return None
-        return act.conv
+        return act.conv if self.n_readers[name] == 1 else None
 
     # ---- conversion ----------------------------------------------------------------------------
     def run(self):
@@ -680,11 +678,8 @@ class _Converter:
     # ---- activation ops ------------------------------------------------------------------------
     def _alias(self, n, src):
         act = self.act(src, _desc(n))
-        if act.conv is None:  # same value: share the object (and what gets materialized for it)
-            self.vals[n.output[0]] = act
-            return
-        conv = act.conv if self.n_readers[src] == 1 else None
-        self.vals[n.output[0]] = act.copy(conv=conv)
+        # same value: share the object (and what gets materialized for it) unless it may end an epilogue
+        self.vals[n.output[0]] = act if act.conv is None else act.copy(conv=self.fusable(src, act))
 
     def op_Identity(self, n, a, where):
         self._alias(n, n.input[0])
