@@ -38,8 +38,11 @@ _METHOD_KINDS = {**dict.fromkeys(("relu", "relu_", "clamp", "clamp_", "clip", "c
                  "mean": "mean", **dict.fromkeys(("contiguous", "detach", "clone"), "alias")}
 
 
-def _arg_of(n):
-    """arg(i, key, default): fx node n's argument by position i, else keyword key, else default."""
+def _arg_of(n, module=None):
+    """arg(i, key, default): fx node n's argument by position i, else keyword key, else default;
+    for a call of ``module``, its attribute key (modules name them as the functional forms do)."""
+    if module is not None:
+        return lambda i, key, default: getattr(module, key, default)
     return lambda i, key, default: n.args[i] if len(n.args) > i else n.kwargs.get(key, default)
 
 
@@ -363,13 +366,8 @@ class _Converter:
         self.env[n] = self.add_node(Node(self.uname(n.name), "add", [self.env[a], self.env[b]], {"origin": n.name}))
 
     def _pool_params(self, n, kind):
-        """The pooling node's attributes, from the module's attributes (named as the functional
-        form's arguments) or the function's arguments."""
-        if n.op == "call_module":
-            m = self.modules[n.target]
-            arg = lambda i, key, default: getattr(m, key, default)  # noqa: E731
-        else:
-            arg = _arg_of(n)
+        """The pooling node's attributes, from the module's attributes or the function's arguments."""
+        arg = _arg_of(n, self.modules[n.target] if n.op == "call_module" else None)
         if kind == "adaptive_avgpool":
             return {"output_size": self._osize(arg(1, "output_size", None))}
         k = _pair(arg(1, "kernel_size", None))
