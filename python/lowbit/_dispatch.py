@@ -44,10 +44,6 @@ def supported_tiers() -> list:
     return [t for t in TIERS if _SUPPORTED[t]]
 
 
-def best_supported_tier() -> str:
-    return _BEST_TIER
-
-
 def _check_tier_name(tier: str, what: str) -> str:
     if tier not in _TIER_RANK:
         raise ValueError(f"{what}: unknown ISA tier {tier!r}; expected one of {', '.join(TIERS)}")
@@ -129,15 +125,13 @@ def use(isa: str | None = None, kernel: str | None = None, strategy: str | None 
     if autotune is not None and not isinstance(autotune, bool):
         raise TypeError(f"autotune: expected True, False or None, got {autotune!r}")
     d = _local.__dict__
-    saved = (d.get("isa"), d.get("kernel"), d.get("strategy"), d.get("autotune"))
-    _local.isa = isa if isa is not None else saved[0]
-    _local.kernel = kernel if kernel is not None else saved[1]
-    _local.strategy = strategy if strategy is not None else saved[2]
-    _local.autotune = autotune if autotune is not None else saved[3]
+    asked = {"isa": isa, "kernel": kernel, "strategy": strategy, "autotune": autotune}
+    saved = {k: d.get(k) for k in asked}
+    d.update({k: v for k, v in asked.items() if v is not None})  # None keeps the setting in force
     try:
         yield
     finally:
-        _local.isa, _local.kernel, _local.strategy, _local.autotune = saved
+        d.update(saved)
 
 
 def kernel_info(name: str) -> dict:

@@ -47,7 +47,6 @@ TRIAL_RUNS = 7
 TRIAL_MACS = 1e8   # multiply-adds per timed run, at most
 _LOCK = threading.Lock()
 _MEMORY: dict = {}        # shape-class key -> record
-_LOADED_FROM = None       # the file _MEMORY was last merged from
 
 
 def _cpu_model() -> str:
@@ -117,17 +116,13 @@ def _write(path, record_key: str, record: dict) -> None:
 
 def lookup(key: str):
     """The cached record for a shape-class key (memory, then disk), or None."""
-    global _LOADED_FROM
     with _LOCK:
         hit = _MEMORY.get(key)
         if hit is not None:
             return hit
         path = cache_path()
-        if path is not None and path != _LOADED_FROM:
+        if path is not None:  # a new cache file, or another process may have tuned it since
             _MEMORY.update(_read(path))
-            _LOADED_FROM = path
-        elif path is not None and key not in _MEMORY:
-            _MEMORY.update(_read(path))  # another process may have tuned it since
         return _MEMORY.get(key)
 
 
@@ -192,7 +187,5 @@ def choose(names, bw, ba, cb_w, cb_a, m, n, k) -> dict:
 
 def clear_memory() -> None:
     """Forget in-memory choices (the disk cache stays): for tests."""
-    global _LOADED_FROM
     with _LOCK:
         _MEMORY.clear()
-        _LOADED_FROM = None

@@ -11,13 +11,13 @@ import numpy as np
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
 
 
-def check_bits(bits, name: str = "bits", allowed=SUPPORTED_BITS) -> int:
+def check_bits(bits, name: str = "bits") -> int:
     if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int in {allowed}, got {type(bits).__name__}")
-    if int(bits) not in allowed:
+        raise TypeError(f"{name}: expected an int in {SUPPORTED_BITS}, got {type(bits).__name__}")
+    if int(bits) not in SUPPORTED_BITS:
         if int(bits) in (5, 6, 7):
-            raise NotImplementedError(f"{name}={int(bits)}: supported bit widths are {allowed}")
-        raise ValueError(f"{name}: expected one of {allowed}, got {bits}")
+            raise NotImplementedError(f"{name}={int(bits)}: supported bit widths are {SUPPORTED_BITS}")
+        raise ValueError(f"{name}: expected one of {SUPPORTED_BITS}, got {bits}")
     return int(bits)
 
 

@@ -184,14 +184,16 @@ class ConvWeights:
         return hit
 
 
-def _as_nhwc(x, a_bits, a_codebook):
+def pack_activations_nhwc(x, bits: int, codebook=None) -> PackedActivations:
+    """Validate NHWC (B, H, W, C) uint8 codes for :func:`conv2d` (NHWC PackedActivations,
+    e.g. a requantizing conv2d's output, are returned as they are)."""
     if isinstance(x, PackedActivations):
         if x.shape is None or len(x.shape) != 4:
             raise ValueError("x: expected NHWC PackedActivations (from conv2d or pack_activations_nhwc)")
         return x
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
         raise TypeError("x: expected NHWC uint8 codes (B, H, W, C) or PackedActivations")
-    bits, cb, cb_key = _activation_setting(a_bits, a_codebook)  # checked (cached for a_codebook=None)
+    bits, cb, cb_key = _activation_setting(bits, codebook)  # checked (cached for codebook=None)
     if x.size > MAX_ELEMENTS:
         check_elements(x.shape, "x")  # raises
     b, h, w, c = x.shape
@@ -201,11 +203,6 @@ def _as_nhwc(x, a_bits, a_codebook):
     pa._codebook_key = cb_key
     pa.shape = (b, h, w, c)
     return pa
-
-
-def pack_activations_nhwc(x, bits: int, codebook=None) -> PackedActivations:
-    """Validate NHWC (B, H, W, C) uint8 codes for :func:`conv2d`."""
-    return _as_nhwc(x, bits, codebook)
 
 
 _OFFSET_CACHE = {}
@@ -253,7 +250,7 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
     """
     if not isinstance(weights, ConvWeights):
         raise TypeError(f"weights: expected lowbit.ConvWeights, got {type(weights).__name__}")
-    pa = _as_nhwc(x, 2 if a_bits is None else a_bits, a_codebook)
+    pa = pack_activations_nhwc(x, 2 if a_bits is None else a_bits, a_codebook)
     prepared = _prepared_conv(pa, weights, stride, padding, dilation)
     if epilogue is not None:
         epilogue.check(weights.cout, prepared.m)
@@ -362,11 +359,6 @@ def _native_grouping_allowed(depthwise: bool) -> bool:
     return kernel is None and (strategy is None or (depthwise and strategy == _dispatch.FASTEST))
 
 
-def _best_dwconv_kernel() -> dict:
-    cap = _dispatch.tier_rank(_dispatch.tier_cap())
-    return [k for k in dwconv_kernels() if k["available"] and k["tier_rank"] <= cap][-1]
-
-
 def _native_call(pa, weights) -> tuple:
     """(native function, leading arguments, kernel name) of a grouped or depthwise
     layer for these activations under the current dispatch state; planned once
@@ -383,7 +375,8 @@ def _native_call(pa, weights) -> tuple:
                          "(int32 sums could overflow)")
     a_levels = cb_a.astype(np.int16)
     if weights.depthwise:
-        kern = _best_dwconv_kernel()
+        cap = _dispatch.tier_rank(_dispatch.tier_cap())  # the best dwconv kernel at or below the cap
+        kern = [k for k in dwconv_kernels() if k["available"] and k["tier_rank"] <= cap][-1]
         hit = (_core.dwconv, (kern["index"], pa.bits, a_levels, weights.dw_levels()), ())
     else:
         plan, why_not = FAMILIES["dotgemm"].plan(weights.bits, pa.bits, weights.codebook, cb_a)

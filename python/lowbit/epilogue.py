@@ -118,14 +118,8 @@ class Epilogue:
         and the residual, so a call converts and checks nothing again."""
         spec = self.__dict__.get("_native")
         if spec is None:
-            r = self.requant
-            if r is None:
-                spec = _core.GemmEpilogue("float32", self.scale, self.bias, float(self.clamp_lo),
-                                          float(self.clamp_hi))
-            else:
-                spec = _core.GemmEpilogue("codes", self.scale, self.bias, float(self.clamp_lo), float(self.clamp_hi),
-                                          float(r.inv_step), r.qmin, r.qmax)
-            self._native = spec
+            kind, scale, bias, _residual, *rest = self.native_args()
+            spec = self._native = _core.GemmEpilogue(kind, scale, bias, *rest)
         return spec
 
     def native_args(self) -> tuple:
@@ -138,11 +132,6 @@ class Epilogue:
                 float(self.requant.inv_step), self.requant.qmin, self.requant.qmax)
 
     def kwargs(self) -> dict:
-        kw = dict(scale=self.scale, bias=self.bias, residual=self.residual,
-                  clamp_lo=float(self.clamp_lo), clamp_hi=float(self.clamp_hi))
-        if self.requant is None:
-            kw["out_kind"] = "float32"
-        else:
-            kw.update(out_kind="codes", inv_step=float(self.requant.inv_step),
-                      qmin=self.requant.qmin, qmax=self.requant.qmax)
-        return kw
+        """native_args() by name (the keywords of ``_core.epilogue``)."""
+        return dict(zip(("out_kind", "scale", "bias", "residual", "clamp_lo", "clamp_hi", "inv_step", "qmin", "qmax"),
+                        self.native_args()))

@@ -149,11 +149,6 @@ class Bound:
     # whether native.codes() runs this GEMM straight from (M, K) codes (grouplut families)
     fused_codes: bool = dataclasses.field(default=False, compare=False, repr=False)
 
-    def check_k(self, k: int) -> None:
-        if k > self.kmax:
-            raise ValueError(f"K={k} exceeds K_max={self.kmax} for these codebooks "
-                             "(int32 sums could overflow); split K and add the partial results in int64")
-
     def k_steps(self, k: int) -> int:
         return self.fam.k_steps(k, self.plan)
 
@@ -240,7 +235,8 @@ def _prepare_setting(bits: int, codebook: np.ndarray, codebook_key: bytes, packe
     if bound is None:
         bound = packed._bound[key] = _bind(packed, bits, codebook, (m, packed.N, k))
     if k > bound.kmax:
-        bound.check_k(k)
+        raise ValueError(f"K={k} exceeds K_max={bound.kmax} for these codebooks "
+                         "(int32 sums could overflow); split K and add the partial results in int64")
     return bound
 
 
@@ -290,10 +286,7 @@ def gemm(a, packed: PackedWeights, a_bits: int | None = None, a_codebook=None, e
             if bound.fused_codes:
                 # plain codes, used once: packed inside the GEMM (not cached); the native
                 # side checks a (dtype, K, code range) and the epilogue
-                if epilogue is None:
-                    y = bound.native.codes(a)
-                else:
-                    y = bound.native.codes(a, epilogue.native(), epilogue.residual)
+                y = bound.native.codes(a, *_native_epilogue(epilogue))
                 _dispatch.set_last_kernel(bound.kern["name"])
                 return y
             # the other families pack first: a is checked here, its codes by the native packer

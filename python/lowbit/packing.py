@@ -190,18 +190,15 @@ class PackedWeights:
     def layout(self, key, builder):
         """Kernel layout `key`, built once with builder(codes) and cached
         (the codes are unpacked for the builder and dropped after)."""
-        arr = self._layouts.get(key)
-        if arr is None:
-            arr = builder(self.codes())
-            self._layouts[key] = arr
-        return arr
+        if key not in self._layouts:
+            self._layouts[key] = builder(self.codes())
+        return self._layouts[key]
 
     def tables(self, key, builder):
         """Lookup tables for `key` (plan + activation codebook), built once."""
-        hit = self._tables.get(key)
-        if hit is None:
-            hit = self._tables[key] = builder()
-        return hit
+        if key not in self._tables:
+            self._tables[key] = builder()
+        return self._tables[key]
 
     def __repr__(self):
         return (f"PackedWeights(N={self.N}, K={self.K}, bits={self.bits}, "
@@ -239,11 +236,10 @@ class PackedActivations:
         return cls(codes, bits, cbmod.normalize(codebook, bits, "codebook"))
 
     def packed(self, key, builder):
-        arr = self._packed.get(key)
-        if arr is None:
-            arr = builder(self.codes)
-            self._packed[key] = arr
-        return arr
+        """The packed form ``key``, built once with builder(codes)."""
+        if key not in self._packed:
+            self._packed[key] = builder(self.codes)
+        return self._packed[key]
 
     def __repr__(self):
         return f"PackedActivations(M={self.M}, K={self.K}, bits={self.bits}, codebook={self.codebook.tolist()})"

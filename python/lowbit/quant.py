@@ -160,19 +160,15 @@ class UniformGrid:
         return None
 
 
-def _bits_for(n: int, name: str) -> int:
-    for bits in cbmod.SUPPORTED_BITS:
-        if n == 1 << bits:
-            return bits
-    raise ValueError(f"{name}: expected {', '.join(str(1 << b) for b in cbmod.SUPPORTED_BITS)} levels, got {n}")
-
-
 def _levels(levels, bits, name: str):
     arr = np.asarray(levels, dtype=np.float64)
     if arr.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D sequence of levels, got shape {arr.shape}")
     if bits is None:
-        bits = _bits_for(arr.shape[0], name)
+        bits = bits_for(arr.shape[0])
+        if bits is None or arr.shape[0] != 1 << bits:
+            raise ValueError(f"{name}: expected {', '.join(str(1 << b) for b in cbmod.SUPPORTED_BITS)} levels, "
+                             f"got {arr.shape[0]}")
     else:
         bits = cbmod.check_bits(bits, "bits")
         if arr.shape[0] != 1 << bits:

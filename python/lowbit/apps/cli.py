@@ -55,12 +55,6 @@ def _print_info(as_json: bool) -> None:
         print(f"  W{bw}A{ba}: {kern}")
 
 
-def _load_model(path):
-    import lowbit
-
-    return lowbit.load(path)
-
-
 def _cmd_convert(args) -> int:
     import importlib
 
@@ -71,35 +65,30 @@ def _cmd_convert(args) -> int:
             sys.exit("lowbit convert: SOURCE must be a .onnx (QONNX) file; use --model for PyTorch models")
         t0 = time.time()
         m = lowbit.from_qonnx(args.source)
-        m.save(args.output)
-        print(f"converted {args.source} in {time.time() - t0:.2f}s -> {args.output}")
-        m.summary(example=True)
-        return 0
-
-    import torch
-
-    from lowbit import models
-
-    if args.model:
-        mod_name, _, attr = args.model.partition(":")
-        factory = getattr(importlib.import_module(mod_name), attr or "model")
-        qat_model = factory()
-        if args.state_dict:
-            qat_model.load_state_dict(torch.load(args.state_dict, map_location="cpu", weights_only=True))
-        shape = tuple(int(v) for v in args.input_shape.split(","))
     else:
-        qat_model = models.load_fmnist("w2a2_qat", args.data_dir)
-        shape = (1, 1, 28, 28)
-    qat_model.eval()
-    t0 = time.time()
-    m = lowbit.convert(qat_model, torch.zeros(shape), requant_in_epilogue=not args.no_requant)
+        import torch
+
+        from lowbit import models
+
+        if args.model:
+            mod_name, _, attr = args.model.partition(":")
+            qat_model = getattr(importlib.import_module(mod_name), attr or "model")()
+            if args.state_dict:
+                qat_model.load_state_dict(torch.load(args.state_dict, map_location="cpu", weights_only=True))
+            shape = tuple(int(v) for v in args.input_shape.split(","))
+        else:
+            qat_model = models.load_fmnist("w2a2_qat", args.data_dir)
+            shape = (1, 1, 28, 28)
+        qat_model.eval()
+        t0 = time.time()
+        m = lowbit.convert(qat_model, torch.zeros(shape), requant_in_epilogue=not args.no_requant)
     m.save(args.output)
-    print(f"converted in {time.time() - t0:.2f}s -> {args.output}")
+    print(f"converted {args.source or args.model or 'the demo model'} in {time.time() - t0:.2f}s -> {args.output}")
     m.summary(example=True)
     return 0
 
 
-def _read_input(args, model):
+def _read_input(args):
     if args.input:
         x = np.load(args.input)
         return x, None
@@ -151,7 +140,7 @@ def _score(args, mean, std):
         how = "on Ray"
     else:
         lowbit.set_num_threads(args.threads)
-        m = _load_model(args.model)
+        m = lowbit.load(args.model)
         source = scoring.open_source(args.input, m.input_shape, args.column)
         writer = scoring.PredictionWriter(args.output)
         bar = scoring.Progress(source.total, enabled=not args.no_progress)
@@ -175,8 +164,8 @@ def _cmd_run(args) -> int:
     if not args.input and not args.fmnist:
         sys.exit("lowbit run: give --input x.npy (float32 NCHW) or --fmnist N")
     lowbit.set_num_threads(args.threads)
-    m = _load_model(args.model)
-    x, labels = _read_input(args, m)
+    m = lowbit.load(args.model)
+    x, labels = _read_input(args)
     t0 = time.perf_counter()
     y = m(x, batch_size=args.batch_size)
     dt = time.perf_counter() - t0
@@ -204,7 +193,7 @@ def _cmd_bench(args) -> int:
             bench_qonnx(args.model, threads=args.threads, batch=bs, repeats=args.repeats)
         return 0
     if args.model:
-        m = _load_model(args.model)
+        m = lowbit.load(args.model)
     else:
         try:
             import torch  # noqa: F401
@@ -291,13 +280,7 @@ def main(argv=None) -> int:
     if args.cmd == "info":
         _print_info(args.json)
         return 0
-    if args.cmd == "convert":
-        return _cmd_convert(args)
-    if args.cmd == "run":
-        return _cmd_run(args)
-    if args.cmd == "bench":
-        return _cmd_bench(args)
-    return 2
+    return {"convert": _cmd_convert, "run": _cmd_run, "bench": _cmd_bench}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -84,11 +84,14 @@ def _int8_model(fp32, engine, calib):
         return convert_fx(prepared)
 
 
-def _engine_call(model, engine):
+def _torch_call(model, engine=None):
+    """model(xt) without gradients (on quantized ``engine``, set before each call: the two
+    int8 models use different ones)."""
     import torch
 
     def f(xt):
-        torch.backends.quantized.engine = engine
+        if engine is not None:
+            torch.backends.quantized.engine = engine
         with torch.no_grad():
             return model(xt)
     return f
@@ -180,7 +183,7 @@ def run(args) -> dict:
     logits_fp32 = _eval_torch(fp32, x)
     acc["torch fp32"] = float(np.mean(logits_fp32.argmax(1) == labels))
     for e in engines:
-        lg = _eval_torch(_engine_call(int8[e], e), x)
+        lg = _eval_torch(_torch_call(int8[e], e), x)
         acc[f"torch int8 {e}"] = float(np.mean(lg.argmax(1) == labels))
     cmp = compare(qat_model, m, x, codes=args.codes)
     acc["W2A2 fake-quant (torch)"] = float(np.mean(cmp["torch_logits"].argmax(1) == labels))
@@ -201,9 +204,9 @@ def run(args) -> dict:
     _p(f"\nSpeed ({args.threads} thread(s); interleaved rounds, median "
        f"{'thread CPU time' if args.threads == 1 else 'wall time'}; lowbit includes input quantization "
        "and packing, torch int8 includes input quantization):")
-    fns = {"torch fp32": lambda xt: _no_grad(fp32, xt)}
+    fns = {"torch fp32": _torch_call(fp32)}
     for e in engines:
-        fns[f"torch int8 {e}"] = _engine_call(int8[e], e)
+        fns[f"torch int8 {e}"] = _torch_call(int8[e], e)
     fns["lowbit W2A2"] = lambda xt: m(xt)
     speed = {}
     for bs in (1, 64):
@@ -232,13 +235,6 @@ def run(args) -> dict:
     _p(f"\ndemo finished in {time.time() - t_start:.0f}s")
     return {"accuracy": acc, "agreement": {k: v for k, v in cmp.items() if not k.endswith("logits")},
             "speed_s": speed, "sizes": sizes}
-
-
-def _no_grad(model, xt):
-    import torch
-
-    with torch.no_grad():
-        return model(xt)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

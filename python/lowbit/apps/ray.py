@@ -84,9 +84,7 @@ class Predictor:
     def __call__(self, batch: dict) -> dict:
         if self.column not in batch:
             raise KeyError(f"column: {self.column!r} is not in the batch (columns: {', '.join(batch)})")
-        clash = [c for c in scoring.OUTPUT_COLUMNS if c in batch]
-        if clash:
-            raise ValueError(f"the batch already has column(s) {clash}, which lowbit.ray adds")
+        scoring.check_output_columns(batch, "the batch")
         x = scoring.to_model_input(batch[self.column], self.model.input_shape, self.mean, self.std, self.column)
         logits = self.model(x, batch_size=len(x))
         out = {k: v for k, v in batch.items() if self.keep_image or k != self.column}
@@ -151,8 +149,6 @@ def read_dataset(path, input_shape, column: str = "image", block_rows: int = 256
     in blocks of ``block_rows`` rows."""
     kind = scoring.input_kind(path)
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"input: {path} does not exist")
     if kind == "npy":
         arr = np.load(path, mmap_mode="r")
         blocks = [np.ascontiguousarray(arr[i:i + block_rows]) for i in range(0, len(arr), block_rows)]
@@ -186,9 +182,7 @@ def run_job(model_path, input_path, output, *, address=None, column: str = "imag
         ctx.enable_progress_bars = False             # ours is the one progress bar
         ds, col, kind = read_dataset(input_path, model.input_shape, column, block_rows=batch_size)
         if kind == "parquet":
-            clash = [c for c in scoring.OUTPUT_COLUMNS if c in ds.schema().names]
-            if clash:
-                raise ValueError(f"input: {input_path} already has column(s) {clash}, which the output adds")
+            scoring.check_output_columns(ds.schema().names, f"input: {input_path}")
         total = ds.count() if kind != "images" else len(scoring.list_images(input_path))
         scored = predict(ds, model, column=col, batch_size=batch_size, concurrency=concurrency,
                          num_cpus=num_cpus, mean=mean, std=std, keep_image=False)

@@ -32,8 +32,8 @@ import numpy as np
 from ..train.datasets import scale_pixels
 
 __all__ = ["IMAGE_EXTENSIONS", "OUTPUT_COLUMNS", "PredictionWriter", "Progress", "Source", "arrow_rows",
-           "decode_image", "image_mode", "input_kind", "list_images", "open_source", "run_local", "to_model_input",
-           "top1"]
+           "check_output_columns", "decode_image", "image_mode", "input_kind", "list_images", "open_source",
+           "run_local", "to_model_input", "top1"]
 
 # The file types ray.data.read_images reads by default, so both paths see the same files.
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "gif")
@@ -77,6 +77,13 @@ def to_model_input(values, input_shape, mean=0.0, std=1.0, name: str = "image") 
         raise ValueError(f"{name}: float rows must be (C, H, W) = {tuple(input_shape)} or {c * h * w} flattened "
                          f"values, got rows of shape {values.shape[1:]}")
     return values
+
+
+def check_output_columns(names, what: str) -> None:
+    """ValueError when columns ``names`` (of ``what``) include one that the output adds."""
+    clash = [c for c in OUTPUT_COLUMNS if c in names]
+    if clash:
+        raise ValueError(f"{what} already has column(s) {clash}, which the output adds")
 
 
 def top1(logits: np.ndarray) -> np.ndarray:
@@ -127,8 +134,11 @@ class Source:
 
 
 def input_kind(path) -> str:
-    """``images`` (a folder), ``npy`` or ``parquet`` (by extension) for an input path."""
+    """``images`` (a folder), ``npy`` or ``parquet`` (by extension) for an input path
+    (FileNotFoundError when it does not exist)."""
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"input: {path} does not exist")
     if os.path.isdir(path):
         return "images"
     if path.endswith(".npy"):
@@ -141,8 +151,6 @@ def input_kind(path) -> str:
 def open_source(path, input_shape, column: str = "image") -> Source:
     """The rows of ``path`` (see the module docstring); ``column`` names a parquet input's image column."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"input: {path} does not exist")
     kind = input_kind(path)
     if kind == "npy":
         arr = np.load(path, mmap_mode="r")
@@ -168,9 +176,7 @@ def open_source(path, input_shape, column: str = "image") -> Source:
     names = f.schema_arrow.names
     if column not in names:
         raise ValueError(f"column: {column!r} is not a column of {path} (columns: {', '.join(names)})")
-    clash = [c for c in OUTPUT_COLUMNS if c in names]
-    if clash:
-        raise ValueError(f"input: {path} already has column(s) {clash}, which the output adds")
+    check_output_columns(names, f"input: {path}")
     def batches(n):
         for rb in f.iter_batches(batch_size=n):
             ids = {name: rb.column(name) for name in names if name != column}

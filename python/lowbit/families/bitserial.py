@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._common import Family, Plan, pad_codes
+from ._common import Family, Packing, Plan, pad_codes
 
 
 class Bitserial(Family):
     name = "bitserial"
-    STEP_CODES = 256
+    STEP = 256
 
     @staticmethod
     def plan(bw, ba, cb_w, cb_a):
@@ -26,23 +26,24 @@ class Bitserial(Family):
                     f"{ba} AND+popcount plane(s) of 256 codes per step, affine codebooks"), None
 
     @staticmethod
-    def k_steps(k, plan):
-        return -(-k // Bitserial.STEP_CODES)
-
-    @staticmethod
     def weight_layout(codes, plan, kernel):
         n, k = codes.shape
         steps = Bitserial.k_steps(k, plan)
-        c = pad_codes(codes, -(-n // kernel["nr"]) * kernel["nr"], steps * Bitserial.STEP_CODES)
+        c = pad_codes(codes, -(-n // kernel["nr"]) * kernel["nr"], steps * Bitserial.STEP)
         bits = np.packbits(c, axis=1, bitorder="little")                     # (rows, 32*steps)
         trailer = np.zeros((c.shape[0], 32), np.uint8)
         trailer[:, :4] = c.sum(axis=1, dtype=np.uint32)[:, None].view(np.uint8)  # popc(W[n]), little-endian
         return np.ascontiguousarray(np.concatenate([bits, trailer], axis=1)).reshape(-1)
 
     @staticmethod
+    def packing(plan, k):
+        """Two bit planes of k_steps * 32 bytes a row (the second unused at A1)."""
+        return Packing("bitplanes", plan.params[1], 2 * Bitserial.k_steps(k, plan) * 32, pad_rows=False)
+
+    @staticmethod
     def pack_activations(codes, plan, tier_rank):
-        _, ba, _ = plan.params
-        plane = Bitserial.k_steps(codes.shape[1], plan) * 32
+        ba = plan.params[1]
+        plane = Bitserial.packing(plan, codes.shape[1]).cols // 2
         out = np.zeros((codes.shape[0], 2 * plane), np.uint8)
         for b in range(ba):
             bitplane = codes if ba == 1 else np.ascontiguousarray((codes >> b) & 1)
@@ -54,7 +55,3 @@ class Bitserial(Family):
         _, ba, coef = plan.params
         vals = np.array(list(coef) + [0, ba, 0], dtype=np.int32)
         return vals.view(np.int8), 1, 1, 0
-
-    @staticmethod
-    def padded_k(k, plan):
-        return Bitserial.k_steps(k, plan) * Bitserial.STEP_CODES

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._common import Family, Plan, pack_levels, tile_levels
+from ._common import Family, Packing, Plan, pack_levels, tile_levels
 
 INT16_MAX = 32767
 
@@ -62,13 +62,15 @@ class Dot8(Family):
                     f"exact uint8 x int8 byte dot products, int16 accumulators widened every {flush16} k quads"), None
 
     @staticmethod
-    def k_steps(k, plan):
-        return -(-k // Dot8.STEP)
-
-    @staticmethod
     def weight_layout(codes, plan, kernel):
         """Tiles of NR channels: [tile][k quad][channel][4] int8 levels, zero padded."""
         return tile_levels(np.frombuffer(plan.params[2], np.int8)[codes], int(kernel["nr"]), Dot8.STEP)
+
+    @staticmethod
+    def packing(plan, k):
+        """Uint8 levels, k_steps quads a row."""
+        return Packing("dot8", plan.params[1], Dot8.STEP * Dot8.k_steps(k, plan),
+                       levels=np.frombuffer(plan.params[3], np.uint8))
 
     @staticmethod
     def pack_activations(codes, plan, tier_rank, pad_rows=0, pad_code=0):
@@ -76,11 +78,10 @@ class Dot8(Family):
         pad rows (a convolution's all-padding pixel) hold the level of
         pad_code for k < K, as if K copies of pad_code had been packed."""
         k = np.shape(codes)[1]
-        levels = np.frombuffer(plan.params[3], np.uint8)
-        out = pack_levels(_core.dot8_pack_activations, codes, plan.params[1], levels,
-                          Dot8.STEP * Dot8.k_steps(k, plan), tier_rank, pad_rows)
+        p = Dot8.packing(plan, k)
+        out = pack_levels(_core.dot8_pack_activations, codes, p, tier_rank, pad_rows)
         if pad_rows:
-            out[-pad_rows:, :k] = levels[pad_code]
+            out[-pad_rows:, :k] = p.levels[pad_code]
         return out
 
     @staticmethod

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._common import Family, Plan, pack_levels, tile_levels
+from ._common import Family, Packing, Plan, pack_levels, tile_levels
 
 
 class Dotgemm(Family):
@@ -34,20 +34,21 @@ class Dotgemm(Family):
                     "exact int16 x int16 -> int32 dot products (no tables; any codebook in [-128, 255])"), None
 
     @staticmethod
-    def k_steps(k, plan):
-        return -(-k // Dotgemm.STEP)
-
-    @staticmethod
     def weight_layout(codes, plan, kernel):
         """Tiles of NR channels: [tile][k pair][channel][2] int16 levels, zero padded."""
         return tile_levels(np.frombuffer(plan.params[2], "<i2")[codes], int(kernel["nr"]), Dotgemm.STEP)
 
     @staticmethod
+    def packing(plan, k):
+        """Int16 levels, k_steps pairs a row."""
+        return Packing("dotgemm", plan.params[1], Dotgemm.STEP * Dotgemm.k_steps(k, plan), elem=2,
+                       levels=np.frombuffer(plan.params[3], "<i2"))
+
+    @staticmethod
     def pack_activations(codes, plan, tier_rank):
         """(M, K) codes -> (M, 4 * k_steps) bytes of int16 levels (native, multi-threaded)."""
-        cols = Dotgemm.STEP * Dotgemm.k_steps(np.shape(codes)[1], plan)
-        return pack_levels(_core.dotgemm_pack_activations, codes, plan.params[1],
-                           np.frombuffer(plan.params[3], "<i2"), cols, tier_rank).view(np.uint8)
+        p = Dotgemm.packing(plan, np.shape(codes)[1])
+        return pack_levels(_core.dotgemm_pack_activations, codes, p, tier_rank).view(np.uint8)
 
     @staticmethod
     def tables(cb_w, cb_a, plan):

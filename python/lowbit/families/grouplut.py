@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _core
-from ._common import Family, Plan, pad_codes
+from ._common import Family, Packing, Plan, pad_codes
 from .dot8 import Dot8
 
 
@@ -58,8 +57,8 @@ class Grouplut(Family):
         return None, f"{cls.name} needs product sums that fit int8 (max |cbA x cbW| <= 127)"
 
     @staticmethod
-    def k_steps(k, plan):
-        return -(-k // plan.params[2])
+    def step(plan):
+        return plan.params[2]  # one packed byte = gw codes
 
     @classmethod
     def weight_layout(cls, codes, plan, kernel):
@@ -82,16 +81,13 @@ class Grouplut(Family):
         _, ba, gw = plan.params
         return 2 if cls.INDEX_BITS == 4 and ba * gw <= 6 else 0
 
-    @staticmethod
-    def indirect_step(plan):
-        return plan.params[2]  # one packed byte = gw codes
+    indirect_step = step  # one packed byte = gw codes
 
     @classmethod
-    def pack_activations(cls, codes, plan, tier_rank, pad_rows=0, pad_code=0):
-        """(M + pad_rows, G) packed bytes; the pad_rows extra rows pack K copies of pad_code."""
+    def packing(cls, plan, k):
+        """One byte per group of gw codes: G = k_steps bytes a row."""
         _, ba, gw = plan.params
-        g = -(-codes.shape[1] // gw)
-        return _core.pack_groups(codes, ba, gw, g, tier_rank, cls.code_shift(plan), pad_rows, pad_code)
+        return Packing("groups", ba, cls.k_steps(k, plan), group=gw, code_shift=cls.code_shift(plan))
 
     @classmethod
     def tables(cls, cb_w, cb_a, plan):
@@ -110,10 +106,6 @@ class Grouplut(Family):
         flush8 = 127 // tmax  # bounds: see the family header
         tab = np.concatenate([tab] * cls.TABLE_COPIES, axis=1)
         return tab.reshape(-1).astype(np.int8), flush8, 32767 // (flush8 * tmax), step_bias
-
-    @classmethod
-    def padded_k(cls, k, plan):
-        return cls.k_steps(k, plan) * plan.params[2]
 
 
 class Grouplut6(Grouplut):

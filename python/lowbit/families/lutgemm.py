@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _core
 from .. import codebook as cbmod
-from ._common import Family, Plan, pad_codes
+from ._common import Family, Packing, Plan, pad_codes
+
 
 class Lutgemm(Family):
     name = "lutgemm"
-    STEP_CODES = 64  # one 16-byte step of packed 2-bit codes
+    STEP = 64  # one 16-byte step of packed 2-bit codes
 
     @staticmethod
     def plan(bw, ba, cb_w, cb_a):
@@ -24,14 +24,10 @@ class Lutgemm(Family):
         return Plan("lutgemm", "split", (), f"products up to {pmax} need int16: lo/hi byte tables"), None
 
     @staticmethod
-    def k_steps(k, plan):
-        return -(-k // Lutgemm.STEP_CODES)
-
-    @staticmethod
     def weight_layout(codes, plan, kernel):
         n, k = codes.shape
         steps = Lutgemm.k_steps(k, plan)
-        c = pad_codes(codes, -(-n // kernel["nr"]) * kernel["nr"], steps * Lutgemm.STEP_CODES)
+        c = pad_codes(codes, -(-n // kernel["nr"]) * kernel["nr"], steps * Lutgemm.STEP)
         c = c.reshape(c.shape[0], -1, 4)
         # nibble-swapped: w1 at [1:0], w0 at [3:2], w3 at [5:4], w2 at [7:6]
         packed = (c[:, :, 1] | (c[:, :, 0] << 2) | (c[:, :, 3] << 4) | (c[:, :, 2] << 6)).astype(np.uint8)
@@ -54,9 +50,8 @@ class Lutgemm(Family):
         return np.concatenate(chunks, axis=1).reshape(rows, 64 * steps)
 
     @staticmethod
-    def pack_activations(codes, plan, tier_rank):
-        steps = Lutgemm.k_steps(codes.shape[1], plan)
-        return _core.pack_groups(codes, 2, 4, steps * 16, tier_rank)
+    def packing(plan, k):
+        return Packing("groups", 2, Lutgemm.k_steps(k, plan) * 16, group=4)
 
     @staticmethod
     def tables(cb_w, cb_a, plan):
@@ -71,7 +66,3 @@ class Lutgemm(Family):
         lo_tt, hi_tt = tt & 0xFF, tt >> 8
         tab = np.concatenate([lo_t, hi_t, lo_tt, hi_tt]).astype(np.int64)
         return tab.astype(np.uint8).view(np.int8), 1, 16, 0
-
-    @staticmethod
-    def padded_k(k, plan):
-        return Lutgemm.k_steps(k, plan) * Lutgemm.STEP_CODES

@@ -32,11 +32,23 @@ from ..runtime.model import Model, Node
 __all__ = ["convert", "compare", "ConversionError"]
 
 _POOLS = ("maxpool", "avgpool", "adaptive_avgpool")
+# Tensor methods -> kinds ("view": view/reshape, a flatten when its shape is (B, -1))
+_METHOD_KINDS = {**dict.fromkeys(("relu", "relu_", "clamp", "clamp_", "clip", "clip_"), "act"), "add": "add",
+                 "add_": "add", "flatten": "flatten", "view": "view", "reshape": "view", "size": "size",
+                 "mean": "mean", **dict.fromkeys(("contiguous", "detach", "clone"), "alias")}
 
 
-def _arg_of(n):
-    """arg(i, key, default): fx node n's argument by position i, else keyword key, else default."""
+def _arg_of(n, module=None):
+    """arg(i, key, default): fx node n's argument by position i, else keyword key, else default;
+    for a call of ``module``, its attribute key (modules name them as the functional forms do)."""
+    if module is not None:
+        return lambda i, key, default: getattr(module, key, default)
     return lambda i, key, default: n.args[i] if len(n.args) > i else n.kwargs.get(key, default)
+
+
+def _origin(n) -> str:
+    """The name an fx node's lowbit node is built from: the module path, or the fx node's name."""
+    return str(n.target) if n.op == "call_module" else n.name
 
 
 def _torch():
@@ -60,7 +72,7 @@ class _Converter:
 
         from ..train import qat as qatmod
 
-        self.torch, self.nn, self.F, self.fx = torch, nn, F, fx
+        self.torch, self.nn, self.F, self.fx, self.qatmod = torch, nn, F, fx, qatmod
         self.Q = (qatmod.QConv2d, qatmod.QLinear)
         self.LSQ = qatmod.LsqQuantizer
         self.qat = qat
@@ -75,13 +87,8 @@ class _Converter:
     # ---- tracing -----------------------------------------------------------------------------
     def trace(self):
         fx, Q, LSQ = self.fx, self.Q, self.LSQ
-
-        class _Tracer(fx.Tracer):
-            def is_leaf_module(self, m, qualname):
-                return isinstance(m, Q + (LSQ,)) or super().is_leaf_module(m, qualname)
-
         try:
-            self.graph = _Tracer().trace(self.qat)
+            self.graph = self.qatmod._trace(self.qat)
         except Exception as exc:
             raise ConversionError(f"lowbit.convert: torch.fx could not trace the model "
                                   f"({type(exc).__name__}: {exc})") from exc
@@ -112,8 +119,6 @@ class _Converter:
         self.shapes, self.layer_inputs = shapes, layer_inputs
 
     # ---- support check -----------------------------------------------------------------------
-    _ALIAS_METHODS = ("contiguous", "detach", "clone")
-
     def _classify(self, n):
         """A short kind string for supported fx nodes, None for unsupported ones."""
         nn, F, torch = self.nn, self.F, self.torch
@@ -144,35 +149,27 @@ class _Converter:
                     torch.clip: "act", operator.add: "add", operator.iadd: "add", torch.add: "add",
                     torch.flatten: "flatten", F.adaptive_avg_pool2d: "adaptive_avgpool", F.max_pool2d: "maxpool",
                     F.avg_pool2d: "avgpool", F.dropout: "alias"}.get(t) if callable(t) else None
-            if kind == "add":
-                return "add" if len(n.args) == 2 and not n.kwargs else None
-            if kind == "flatten":
-                return "flatten" if self._flatten_ok(n) else None
-            return kind
-        if n.op == "call_method":
-            t = n.target
-            if t in ("relu", "relu_", "clamp", "clamp_", "clip", "clip_"):
-                return "act"
-            if t in ("add", "add_"):
-                return "add" if len(n.args) == 2 and not n.kwargs else None
-            if t == "flatten":
-                return "flatten" if self._flatten_ok(n) else None
-            if t in ("view", "reshape"):
-                return "flatten" if self._view_is_flatten(n) else None
-            if t == "size":
-                return "size" if all(u.op == "call_method" and u.target in ("view", "reshape")
-                                     for u in n.users) else None
-            if t == "mean":
-                return "mean" if self._mean_ok(n) else None
-            if t in self._ALIAS_METHODS:
-                return "alias"
-        return None
+        elif n.op == "call_method":
+            kind = _METHOD_KINDS.get(n.target)
+        else:
+            return None
+        # kinds supported only in some forms: None for the others
+        if kind == "add":
+            return kind if len(n.args) == 2 and not n.kwargs else None
+        if kind == "flatten":
+            return kind if self._flatten_ok(n) else None
+        if kind == "view":
+            return "flatten" if self._view_is_flatten(n) else None
+        if kind == "size":  # read only by a view/reshape (batch size of a flatten)
+            return kind if all(u.op == "call_method" and u.target in ("view", "reshape") for u in n.users) else None
+        if kind == "mean":
+            return kind if self._mean_ok(n) else None
+        return kind
 
     @staticmethod
     def _flatten_ok(n):
-        start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
-        end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
-        return start == 1 and end == -1
+        arg = _arg_of(n)
+        return arg(1, "start_dim", 0) == 1 and arg(2, "end_dim", -1) == -1
 
     @staticmethod
     def _view_is_flatten(n):
@@ -187,7 +184,7 @@ class _Converter:
 
     @staticmethod
     def _mean_ok(n):
-        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        dim = _arg_of(n)(1, "dim", None)
         if not isinstance(dim, (tuple, list)):
             return False
         return sorted(d % 4 for d in dim) == [2, 3] and not n.kwargs.get("dtype")
@@ -244,21 +241,19 @@ class _Converter:
 
     def build(self):
         self.nodes, self.env, self.quantizers, self.names = [], {}, {}, set()
-        add_node = self.add_node
-        uname = self.uname
         out_val = None
         for n in self.graph.nodes:
             k = self.kinds[n]
             if k == "placeholder":
                 b, c, h, w = self.example.shape
-                self.env[n] = add_node(Node(uname("input"), "input", [], {"channels": int(c), "height": int(h),
-                                                                             "width": int(w)}))
+                self.env[n] = self.add_node(Node(self.uname("input"), "input", [],
+                                                 {"channels": int(c), "height": int(h), "width": int(w)}))
             elif k == "output":
                 arg = n.args[0]
                 if not isinstance(arg, self.fx.Node):
                     raise ConversionError("lowbit.convert: the model must return a single tensor")
                 out_val = self.env[arg]
-            elif k in ("alias",):
+            elif k == "alias":
                 self.env[n] = self.env[n.args[0]]
             elif k == "size":
                 pass
@@ -357,7 +352,7 @@ class _Converter:
     def _op_act(self, n):
         src = self._src(n)
         lo, hi = self._act_bounds(n)
-        origin = str(n.target) if n.op == "call_module" else n.name
+        origin = _origin(n)
         self.env[n] = self.add_node(Node(self.uname(origin), "clamp", [self.env[src]], {"clamp": [lo, hi],
                                                                                        "origin": origin}))
 
@@ -371,20 +366,8 @@ class _Converter:
         self.env[n] = self.add_node(Node(self.uname(n.name), "add", [self.env[a], self.env[b]], {"origin": n.name}))
 
     def _pool_params(self, n, kind):
-        arg = _arg_of(n)
-
-        if n.op == "call_module":
-            m = self.modules[n.target]
-            if kind == "adaptive_avgpool":
-                return {"output_size": self._osize(m.output_size)}
-            k = _pair(m.kernel_size)
-            p = {"kernel": k, "stride": _pair(m.stride if m.stride is not None else m.kernel_size),
-                 "padding": _pair(m.padding)}
-            if kind == "maxpool":
-                p["dilation"] = _pair(m.dilation)
-            else:
-                p["count_include_pad"] = bool(m.count_include_pad)
-            return p
+        """The pooling node's attributes, from the module's attributes or the function's arguments."""
+        arg = _arg_of(n, self.modules[n.target] if n.op == "call_module" else None)
         if kind == "adaptive_avgpool":
             return {"output_size": self._osize(arg(1, "output_size", None))}
         k = _pair(arg(1, "kernel_size", None))
@@ -412,12 +395,11 @@ class _Converter:
         src = self._src(n)
         if len(self.shapes.get(src) or ()) != 4:
             raise ConversionError(f"lowbit.convert: pooling of a non-4-D tensor (node '{n.name}')")
-        name = self.uname(str(n.target) if n.op == "call_module" else n.name)
-        self.env[n] = self.add_node(Node(name, kind, [self.env[src]], self._pool_params(n, kind)))
+        self.env[n] = self.add_node(Node(self.uname(_origin(n)), kind, [self.env[src]], self._pool_params(n, kind)))
 
     def _op_mean(self, n):
         src = self._src(n)
-        keep = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+        keep = _arg_of(n)(2, "keepdim", False)
         name = self.add_node(Node(self.uname(n.name), "adaptive_avgpool", [self.env[src]], {"output_size": [1, 1]}))
         if not keep:
             name = self.add_node(Node(self.uname(n.name + "_flatten"), "flatten", [name]))
@@ -431,21 +413,14 @@ class _Converter:
         if len(self.shapes.get(src) or ()) != 4:
             raise ConversionError(f"lowbit.convert: flatten of a {len(self.shapes.get(src) or ())}-D tensor "
                                   f"(node '{n.name}')")
-        name = self.uname(str(n.target) if n.op == "call_module" else n.name)
-        self.env[n] = self.add_node(Node(name, "flatten", [self.env[src]]))
+        self.env[n] = self.add_node(Node(self.uname(_origin(n)), "flatten", [self.env[src]]))
 
     # ---- lowering ----------------------------------------------------------------------------
     def finish(self, out_val):
         ordered = lower(self.nodes, out_val, self.requant, ValueError).nodes
         # spatial size: free iff every flatten reads a 1x1 global pooling
-        by_name = {nd.name: nd for nd in ordered}
-        spatial_fixed = False
-        for nd in ordered:
-            if nd.op == "flatten":
-                src = by_name.get(nd.inputs[0])
-                if not (src is not None and src.op == "adaptive_avgpool" and src.attrs["output_size"] == [1, 1]):
-                    spatial_fixed = True
-        ordered[0].attrs["spatial_fixed"] = spatial_fixed
+        pooled = {nd.name for nd in ordered if nd.op == "adaptive_avgpool" and nd.attrs["output_size"] == [1, 1]}
+        ordered[0].attrs["spatial_fixed"] = any(nd.op == "flatten" and nd.inputs[0] not in pooled for nd in ordered)
         self.nodes = ordered
 
 

@@ -73,14 +73,12 @@ _QOPS = ("Quant", "BipolarQuant", "Trunc")
 SUPPORTED_OPS = ("Quant", "BipolarQuant", "Trunc", "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg",
                  "Relu", "Clip", "Pad",
                  "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean",
-                 "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Transpose", "Identity", "Dropout",
-                 "Concat")
+                 "BatchNormalization", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity",
+                 "Dropout", "Concat")
 
 
 # What to do about ops that models commonly use on activations and lowbit does not run
 _HINTS = {
-    "Unsqueeze": "activations stay (N, C, H, W) or (N, F) in lowbit: keep the pooled map 4-D instead of "
-                 "flattening and unsqueezing it (e.g. a 1x1 conv after GlobalAveragePool)",
     "Expand": "broadcast a per-channel constant with Mul/Add instead",
     "Slice": "split channels into separate convs instead of slicing an activation",
     "Split": "split channels into separate convs instead of splitting an activation",
@@ -202,6 +200,14 @@ def _as_scalar(arr, what, where):
     return a.reshape(-1)[0]
 
 
+def _scale(v, what, where) -> np.float32:
+    """A quantizer's scalar scale as float32; QonnxConversionError unless it is finite and > 0."""
+    s = np.float32(_as_scalar(v, what, where))
+    if not (np.isfinite(s) and s > 0):
+        raise QonnxConversionError(f"{where}: {what} must be finite and > 0, got {s}")
+    return s
+
+
 def _bit_width(b, what, where) -> int:
     """A quantizer's bit width as an int in 1..32; QonnxConversionError for
     0, 33, fractional, NaN or infinite widths."""
@@ -250,6 +256,26 @@ class _QConst:
                        self.irange, self.binary)
 
 
+def _values(v):
+    """The float values of a constant (a _QConst's QONNX values, or the array itself)."""
+    return v.values if isinstance(v, _QConst) else v
+
+
+def _to_lowbit_columns(arr, colperm):
+    """arr (..., K) in ONNX column order -> lowbit's (ONNX column i is lowbit column colperm[i]);
+    arr itself when colperm is None."""
+    if colperm is None:
+        return arr
+    out = np.empty_like(arr)
+    out[..., colperm] = arr
+    return out
+
+
+def _transform(v, fn):
+    """fn applied to a constant's values (and a _QConst's integers and scales)."""
+    return v.transform(fn) if isinstance(v, _QConst) else fn(v)
+
+
 class _Act:
     """An activation tensor. ``shape``: its ONNX shape (batch dim None). Lowbit
     values: ``fl`` (node giving float32, NHWC for 4-D) and/or ``cd`` (_Codes).
@@ -264,10 +290,11 @@ class _Act:
     requantizing epilogue of ``pre_conv``) or float (codes, then dequantize)
     only when a reader asks. Max pooling commutes with the (monotone)
     quantizer, so it runs on ``pre`` and the codes are made after it. ``name``:
-    the ONNX tensor (for compare_qonnx)."""
+    the ONNX tensor (for compare_qonnx). ``unflat``: 2-D and 3-D tensors only, the
+    (N, C, 1, 1) map whose flattening this is (what Unsqueeze returns to)."""
 
     __slots__ = ("shape", "fl", "cd", "grid", "conv", "perm", "colperm", "global_pool", "pre", "pre_conv", "name",
-                 "pad", "origin")
+                 "pad", "origin", "unflat")
 
     def __init__(self, shape, fl=None, cd=None, grid=None, conv=None, perm=None, colperm=None, global_pool=False,
                  pre=None, pre_conv=None, name=None, pad=None, origin=None):
@@ -277,6 +304,7 @@ class _Act:
         self.pre, self.pre_conv, self.name = pre, pre_conv, name
         self.pad = pad   # 4-D only: a pending zero Pad [top, left, bottom, right] (shape includes it)
         self.origin = origin   # the Quant node of a lazily quantized activation (lowering's ``origin``)
+        self.unflat = None
 
     def copy(self, **kw):
         a = copy.copy(self)
@@ -395,8 +423,7 @@ class _Converter:
         if len(self.graph.output) != 1:
             raise QonnxConversionError(f"graph: expected exactly one output, got {len(self.graph.output)}")
         const = set(self.consts) | {""}
-        bad = Counter()
-        where = {}
+        where = {}   # unsupported op -> the nodes that use it
         self.is_const = {}
         for n in order:
             c = n.op_type == "Constant" or all(i in const for i in n.input) or \
@@ -411,20 +438,15 @@ class _Converter:
                                                         n.op_type not in _QOPS)
             if not ok:
                 key = n.op_type if std or n.domain == "" else f"{n.domain}.{n.op_type}"
-                bad[key] += 1
                 where.setdefault(key, []).append(n.name or n.output[0])
-        if bad:
-            parts = [f"{k} x{v} ({', '.join(where[k][:3])}{', ...' if len(where[k]) > 3 else ''})"
-                     + (f" [{_HINTS[k]}]" if k in _HINTS else "") for k, v in sorted(bad.items())]
+        if where:
+            parts = [f"{k} x{len(v)} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                     + (f" [{_HINTS[k]}]" if k in _HINTS else "") for k, v in sorted(where.items())]
             raise QonnxConversionError(
                 "lowbit.from_qonnx: unsupported node types in the graph: " + "; ".join(parts)
                 + ". Supported on activations: " + ", ".join(SUPPORTED_OPS)
                 + " (anything computed from constants only is folded).")
         self.input = inputs[0]
-
-    def consumers(self):
-        """n_readers[tensor]: how many node inputs (and graph outputs) read it."""
-        self.n_readers = Counter([i for n in self.graph.node for i in n.input] + [o.name for o in self.graph.output])
 
     # ---- node list -----------------------------------------------------------------------------
     def uname(self, base):
@@ -532,15 +554,14 @@ class _Converter:
     def fusable(self, name, act):
         """The node behind activation ``name`` when it may end a layer's epilogue after lowering
         (a conv/linear output, or a foldable op of one) and nothing else reads ``name``."""
-        if act.conv is None or self.n_readers[name] != 1:
-            return None
-        return act.conv
+        return act.conv if self.n_readers[name] == 1 else None
 
     # ---- conversion ----------------------------------------------------------------------------
     def run(self):
         order = self.toposort()
         self.check_supported(order)
-        self.consumers()
+        # n_readers[tensor]: how many node inputs (and graph outputs) read it
+        self.n_readers = Counter([i for n in self.graph.node for i in n.input] + [o.name for o in self.graph.output])
         shp = self.input.type.tensor_type.shape
         dims = [d.dim_value if d.HasField("dim_value") else None for d in shp.dim]
         if len(dims) != 4 or any(d is None or d < 1 for d in dims[1:]):
@@ -599,9 +620,7 @@ class _Converter:
             t = n.attribute[0]
             if t.name == "value":
                 v = self.nh.to_array(t.t)
-            elif t.name in ("value_float", "value_int"):
-                v = np.array(self.onnx.helper.get_attribute_value(t))
-            elif t.name in ("value_floats", "value_ints"):
+            elif t.name in ("value_float", "value_int", "value_floats", "value_ints"):
                 v = np.array(self.onnx.helper.get_attribute_value(t))
             else:
                 raise QonnxConversionError(f"{where}: unsupported Constant attribute {t.name}")
@@ -633,10 +652,10 @@ class _Converter:
             ins[1] = np.zeros(0, np.float32)
         if n.op_type in ("Transpose", "Reshape", "Identity", "Flatten", "Squeeze", "Unsqueeze") and \
                 isinstance(ins[0], _QConst):
-            rest = [v.values if isinstance(v, _QConst) else v for v in ins[1:]]
+            rest = [_values(v) for v in ins[1:]]
             self.vals[n.output[0]] = ins[0].transform(lambda arr: self._eval(n, [arr] + rest)[0])
             return
-        ins = [v.values if isinstance(v, _QConst) else v for v in ins]
+        ins = [_values(v) for v in ins]
         for o, v in zip(n.output, self._eval(n, ins)):
             self.vals[o] = v
 
@@ -659,11 +678,8 @@ class _Converter:
     # ---- activation ops ------------------------------------------------------------------------
     def _alias(self, n, src):
         act = self.act(src, _desc(n))
-        if act.conv is None:  # same value: share the object (and what gets materialized for it)
-            self.vals[n.output[0]] = act
-            return
-        conv = act.conv if self.n_readers[src] == 1 else None
-        self.vals[n.output[0]] = act.copy(conv=conv)
+        # same value: share the object (and what gets materialized for it) unless it may end an epilogue
+        self.vals[n.output[0]] = act if act.conv is None else act.copy(conv=self.fusable(src, act))
 
     def op_Identity(self, n, a, where):
         self._alias(n, n.input[0])
@@ -691,15 +707,13 @@ class _Converter:
         if np.asarray(zp).size != 1:
             raise QonnxConversionError(f"{where}: per-channel activation zero points are not supported (use a "
                                        "per-tensor zero point, e.g. Brevitas' default zero_point=0)")
-        step = np.float32(_as_scalar(s, "scale", where))
+        step = _scale(s, "scale", where)
         z = float(np.float32(_as_scalar(zp, "zero_point", where)))
         bits_f = float(_as_scalar(b, "bit_width", where))
         if not bits_f.is_integer() or not 1 <= bits_f <= 8:
             raise QonnxConversionError(f"{where}: activation bit width {bits_f:g} is not supported (1-8)")
         if not z.is_integer():
             raise QonnxConversionError(f"{where}: non-integer activation zero point {z} is not supported")
-        if not (np.isfinite(step) and step > 0):
-            raise QonnxConversionError(f"{where}: scale must be finite and > 0, got {step}")
         mode = str(a.get("rounding_mode", "ROUND")).upper()
         if mode not in ("ROUND", "HALF_EVEN"):
             raise QonnxConversionError(f"{where}: rounding_mode {mode} on activations is not supported (ROUND, "
@@ -713,9 +727,7 @@ class _Converter:
     def op_BipolarQuant(self, n, a, where):
         src = n.input[0]
         x = self.act(src, where)
-        step = np.float32(_as_scalar(self.const(n.input[1], where, allow_q=False), "scale", where))
-        if not (np.isfinite(step) and step > 0):
-            raise QonnxConversionError(f"{where}: scale must be finite and > 0, got {step}")
+        step = _scale(self.const(n.input[1], where, allow_q=False), "scale", where)
         self._quant_act(n, src, x, UniformGrid(step, -1, 1, binary=True, signed=True), where)
 
     def _quant_act(self, n, src, x: _Act, g: UniformGrid, where):
@@ -741,15 +753,12 @@ class _Converter:
             out_s, v2 = s, False
         else:
             raise QonnxConversionError(f"{where}: expected 5 or 6 inputs, got {len(n.input)}")
-        s = np.float32(_as_scalar(s, "scale", where))
-        out_s = np.float32(_as_scalar(out_s, "output scale", where))
+        s, out_s = _scale(s, "scale", where), _scale(out_s, "output scale", where)
         z = float(_as_scalar(zp, "zero_point", where))
         in_bits = _bit_width(in_b, "input bit width", where)
         out_bits = _bit_width(out_b, "output bit width", where)
         if z != 0:
             raise QonnxConversionError(f"{where}: a nonzero zero point is not supported for Trunc")
-        if not (np.isfinite(s) and s > 0 and np.isfinite(out_s) and out_s > 0):
-            raise QonnxConversionError(f"{where}: scales must be finite and > 0")
         signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
         rf = _round_fn(a.get("rounding_mode", "FLOOR"), where)
         if v2:
@@ -917,7 +926,7 @@ class _Converter:
             t, l, b, r = x.pad
             x = x.copy(pad=None, shape=(None, x.shape[1], x.shape[2] - t - b, x.shape[3] - l - r))
         wq = self.const(n.input[1], where)
-        wv = wq.values if isinstance(wq, _QConst) else np.asarray(wq, np.float32)
+        wv = np.asarray(_values(wq), np.float32)
         if wv.ndim != 4:
             raise QonnxConversionError(f"{where}: only 2-D convolutions are supported (weight shape {wv.shape})")
         cout, cg, kh, kw = wv.shape
@@ -937,11 +946,8 @@ class _Converter:
         in_hw = [x.shape[2] + extra_pad[0] + extra_pad[2], x.shape[3] + extra_pad[1] + extra_pad[3]]
         bias = None
         if len(n.input) > 2 and n.input[2]:
-            b = self.const(n.input[2], where)
-            bias = np.asarray(b.values if isinstance(b, _QConst) else b, np.float64).reshape(-1)
+            bias = np.asarray(self.const(n.input[2], where, allow_q=False), np.float64).reshape(-1)
         oh, ow = _out_hw(in_hw, [kh, kw], stride, pad, dil, where=where)
-        if oh < 1 or ow < 1:
-            raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
         extra = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups}
         if not self._runs_on_integers(x, wq, cg == 1):
             self._float_layer(n, "conv_f32", x, wv, bias, extra, (None, cout, oh, ow), where, extra_pad)
@@ -956,25 +962,19 @@ class _Converter:
             raise QonnxConversionError(f"{where}: expected a 2-D (N, K) input, got shape {x.shape} "
                                        "(flatten first)")
         if not self._runs_on_integers(x, wmat_q, False):
-            w = np.asarray(wmat_q.values if isinstance(wmat_q, _QConst) else wmat_q, np.float32)
+            w = np.asarray(_values(wmat_q), np.float32)
             if w.ndim != 2 or w.shape[1] != x.shape[1]:
                 raise QonnxConversionError(f"{where}: weight shape {w.shape} does not match the input's K="
                                            f"{x.shape[1]}")
             if x.colperm is not None:
-                perm = np.empty_like(w)
-                perm[:, x.colperm] = w
-                w = perm
-                x = x.copy(colperm=None)
+                w, x = _to_lowbit_columns(w, x.colperm), x.copy(colperm=None)
             self._float_layer(n, "linear_f32", x, w * np.float32(alpha), bias, {}, (None, w.shape[0]), where)
             return
         codes, bits, levels, w_scale = self._weights(wmat_q, where)
         if codes.shape[1] != x.shape[1]:
             raise QonnxConversionError(f"{where}: weight K={codes.shape[1]} does not match the input's {x.shape[1]}")
         if x.colperm is not None:
-            perm = np.empty_like(codes)
-            perm[:, x.colperm] = codes
-            codes = perm
-            x = x.copy(colperm=None)
+            codes, x = _to_lowbit_columns(codes, x.colperm), x.copy(colperm=None)
         self._layer(n, "linear", x, np.ascontiguousarray(codes), bits, levels, w_scale * alpha, bias, {},
                     (None, codes.shape[0]), where)
 
@@ -984,24 +984,21 @@ class _Converter:
             raise QonnxConversionError(f"{where}: transA=1 is not supported")
         wq = self.const(n.input[1], where)
         if not int(a.get("transB", 0)):
-            wq = wq.transform(lambda v: np.ascontiguousarray(np.swapaxes(v, 0, 1))) if isinstance(wq, _QConst) \
-                else wq.T
+            wq = _transform(wq, lambda v: np.ascontiguousarray(np.swapaxes(v, 0, 1)))
         alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
         bias = None
-        nout = (wq.values if isinstance(wq, _QConst) else wq).shape[0]
+        nout = _values(wq).shape[0]
         if len(n.input) > 2 and n.input[2]:
-            b = self.const(n.input[2], where)
-            b = np.asarray(b.values if isinstance(b, _QConst) else b, np.float64)
+            b = np.asarray(self.const(n.input[2], where, allow_q=False), np.float64)
             bias = np.broadcast_to(b.reshape(-1) if b.size == nout else b, (nout,)) * beta
         self._linear(n, x, wq, bias, alpha, where)
 
     def op_MatMul(self, n, a, where):
         x = self.act(n.input[0], where)
         wq = self.const(n.input[1], where)
-        wv = wq.values if isinstance(wq, _QConst) else wq
-        if wv.ndim != 2:
+        if _values(wq).ndim != 2:
             raise QonnxConversionError(f"{where}: only (N, K) x (K, M) matrix products are supported")
-        wq = wq.transform(lambda v: np.ascontiguousarray(v.T)) if isinstance(wq, _QConst) else wq.T
+        wq = _transform(wq, lambda v: np.ascontiguousarray(v.T))
         self._linear(n, x, wq, None, 1.0, where)
 
     # ---- epilogue-foldable ops -----------------------------------------------------------------
@@ -1034,10 +1031,7 @@ class _Converter:
         """Output of node n = x * scale + bias per channel (float64 (C,) vectors, ONNX
         channel order): an ``affine`` node, which lowering folds into the epilogue of the
         layer behind x where it can."""
-        if x.colperm is not None:  # ONNX column i is lowbit column colperm[i]
-            s2, b2 = np.empty_like(scale), np.empty_like(bias)
-            s2[x.colperm], b2[x.colperm] = scale, bias
-            scale, bias = s2, b2
+        scale, bias = _to_lowbit_columns(scale, x.colperm), _to_lowbit_columns(bias, x.colperm)
         fl = self.float_of(x, where)
         name = self.add(n.name or n.output[0], "affine", [fl],
                         {"source": f"{n.name} ({n.op_type})", "bn": bn, "origin": n.name or n.output[0]},
@@ -1045,18 +1039,14 @@ class _Converter:
         self.vals[n.output[0]] = _Act(x.shape, fl=name, colperm=x.colperm,
                                       conv=name if self.fusable(src, x) else None)
 
-    def _const_and_act(self, n, where):
-        ins = [self.vals.get(i, self.consts.get(i)) for i in n.input]
-        acts = [i for i, v in zip(n.input, ins) if isinstance(v, _Act)]
-        cons = [v for v in ins if not isinstance(v, _Act)]
-        return acts, [c.values if isinstance(c, _QConst) else c for c in cons]
-
     def _elementwise_const(self, n, where):
         """An elementwise Add/Sub/Mul/Div/Neg of one activation and (at most) one constant,
         as x * scale + bias per channel. Div by a constant becomes a multiply by its float64
         reciprocal (rounded once to float32): only values within float rounding of a
         quantizer's rounding boundary can then quantize differently from QONNX's division."""
-        acts, cons = self._const_and_act(n, where)
+        ins = [self.vals.get(i, self.consts.get(i)) for i in n.input]
+        acts = [i for i, v in zip(n.input, ins) if isinstance(v, _Act)]
+        cons = [_values(v) for v in ins if not isinstance(v, _Act)]
         op = n.op_type
         if len(acts) != 1 or len(cons) != len(n.input) - 1:
             return False
@@ -1132,16 +1122,11 @@ class _Converter:
         self._clamp(n, 0.0, None, where)
 
     def op_Clip(self, n, a, where):
-        lo, hi = a.get("min"), a.get("max")
-        for k, i in ((1, "min"), (2, "max")):
+        bounds = [a.get("min"), a.get("max")]  # attributes before opset 11, inputs after
+        for k, what in ((1, "min"), (2, "max")):
             if len(n.input) > k and n.input[k]:
-                v = float(_as_scalar(self.const(n.input[k], where, allow_q=False), i, where))
-                if i == "min":
-                    lo = v
-                else:
-                    hi = v
-        lo = None if lo is None or (isinstance(lo, float) and math.isinf(lo)) else float(lo)
-        hi = None if hi is None or (isinstance(hi, float) and math.isinf(hi)) else float(hi)
+                bounds[k - 1] = float(_as_scalar(self.const(n.input[k], where, allow_q=False), what, where))
+        lo, hi = (None if v is None or math.isinf(v) else float(v) for v in bounds)
         self._clamp(n, lo, hi, where)
 
     # ---- pooling / reshaping -------------------------------------------------------------------
@@ -1162,8 +1147,6 @@ class _Converter:
             if any(extra_pad):
                 raise QonnxConversionError(f"{where}: ceil_mode=1 with asymmetric padding {full} is not supported")
             raise QonnxConversionError(f"{where}: ceil_mode=1 changes the output size here; not supported")
-        if oh < 1 or ow < 1:
-            raise QonnxConversionError(f"{where}: output size {oh}x{ow} is empty")
         return ks, stride, pad, dil, (None, x.shape[1], oh, ow), extra_pad
 
     def op_MaxPool(self, n, a, where):
@@ -1229,10 +1212,8 @@ class _Converter:
 
     def op_ReduceMean(self, n, a, where):
         x = self.act(n.input[0], where)
-        axes = a.get("axes")
-        if len(n.input) > 1 and n.input[1]:
-            axes = self.const(n.input[1], where, allow_q=False)
-        axes = None if axes is None else sorted(int(v) % 4 for v in np.asarray(axes).reshape(-1))
+        axes = self._axes(n, a, where)
+        axes = None if axes is None else sorted(v % 4 for v in axes)
         if len(x.shape) != 4 or axes != [2, 3]:
             raise QonnxConversionError(f"{where}: only a mean over H and W (axes [2, 3]) is supported, got {axes}")
         out = self._global(n, x, "adaptive_avgpool", where)
@@ -1267,15 +1248,18 @@ class _Converter:
             self.codes_of_act(x, where)  # requantize in the conv's epilogue, then flatten the codes
         if x.pre is not None and x.fl is None and x.cd is None:
             pre = self.add(name, "flatten", [x.pre], {"source": where})
-            return _Act((None, c * h * w), grid=x.grid, pre=pre, name=x.name)
-        # flatten whichever representations exist (codes stay codes)
-        fl = cd = None
-        if x.cd is not None:
-            cdn = self.add(name, "flatten", [x.cd.node], {"source": where})
-            cd = _Codes(cdn, x.cd.bits, x.cd.levels, x.cd.step)
-        if x.fl is not None or cd is None:
-            fl = self.add(name, "flatten", [self.float_of(x, where)], {"source": where})
-        return _Act((None, c * h * w), fl=fl, cd=cd, grid=x.grid)
+            out = _Act((None, c * h * w), grid=x.grid, pre=pre, name=x.name)
+        else:  # flatten whichever representations exist (codes stay codes)
+            fl = cd = None
+            if x.cd is not None:
+                cdn = self.add(name, "flatten", [x.cd.node], {"source": where})
+                cd = _Codes(cdn, x.cd.bits, x.cd.levels, x.cd.step)
+            if x.fl is not None or cd is None:
+                fl = self.add(name, "flatten", [self.float_of(x, where)], {"source": where})
+            out = _Act((None, c * h * w), fl=fl, cd=cd, grid=x.grid)
+        if h == w == 1:
+            out.unflat = x
+        return out
 
     def op_Flatten(self, n, a, where):
         x = self.act(n.input[0], where)
@@ -1303,16 +1287,43 @@ class _Converter:
         raise QonnxConversionError(f"{where}: Reshape of {tuple('N' if d is None else d for d in lshape)} to {t} "
                                    "is not supported (only flattening to (N, C*H*W))")
 
-    def op_Squeeze(self, n, a, where):
-        x = self.act(n.input[0], where)
+    def _axes(self, n, a, where):
+        """The ``axes`` of a Squeeze, Unsqueeze or ReduceMean (the second input from opset 13 on,
+        an attribute before) as a list of ints, or None."""
         axes = a.get("axes")
         if len(n.input) > 1 and n.input[1]:
             axes = self.const(n.input[1], where, allow_q=False)
-        axes = sorted(int(v) % 4 for v in np.asarray(axes).reshape(-1)) if axes is not None else None
+        return None if axes is None else [int(v) for v in np.asarray(axes).reshape(-1)]
+
+    def op_Squeeze(self, n, a, where):
+        x = self.act(n.input[0], where)
+        axes = self._axes(n, a, where)
+        axes = sorted(v % 4 for v in axes) if axes is not None else None
         if len(x.shape) == 4 and x.perm is None and x.shape[2:] == (1, 1) and axes in (None, [2, 3]):
             self.vals[n.output[0]] = self._flatten(x, n.name or n.output[0], where)
             return
         raise QonnxConversionError(f"{where}: only squeezing a (N, C, 1, 1) map to (N, C) is supported")
+
+    def op_Unsqueeze(self, n, a, where):
+        """Unsqueeze (ONNX: a 1 inserted at each of ``axes`` of the output) back to the (N, C, 1, 1)
+        map a Flatten/Squeeze/Reshape/ReduceMean flattened, in one step or through (N, C, 1):
+        lowbit holds 4-D activations as maps and 2-D ones as (N, F), so only a flattened
+        1x1 map has a 4-D form to return to."""
+        x = self.act(n.input[0], where)
+        axes = self._axes(n, a, where) or []
+        rank = len(x.shape) + len(axes)
+        inserted = sorted({v % rank for v in axes if -rank <= v < rank})
+        shape = list(x.shape)
+        for v in inserted:
+            shape.insert(v, 1)
+        flat = x.unflat
+        if not axes or rank > 4 or len(inserted) != len(axes) or flat is None or x.colperm is not None or \
+                shape != [None, flat.shape[1]] + [1] * (rank - 2):
+            raise QonnxConversionError(f"{where}: Unsqueeze(axes={axes}) of shape "
+                                       f"{tuple('N' if d is None else d for d in x.shape)} is not supported: only "
+                                       "unsqueezing a flattened (N, C, 1, 1) map back to (N, C, 1, 1) is "
+                                       "(activations stay (N, C, H, W) or (N, F) in lowbit)")
+        self.vals[n.output[0]] = self._view(flat, conv=None) if rank == 4 else x.copy(shape=tuple(shape), conv=None)
 
     def op_Pad(self, n, a, where):
         """A constant zero Pad of H and W: pending on the activation until a Conv reads it

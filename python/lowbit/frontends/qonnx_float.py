@@ -11,6 +11,11 @@ from ..quant import int_range
 __all__ = ["to_float_onnx"]
 
 
+def _first(v) -> float:
+    """The first (for a scalar: the) value of a quantizer parameter."""
+    return float(np.asarray(v).reshape(-1)[0])
+
+
 def to_float_onnx(model, dynamic_batch: bool = True):
     """The QONNX model with every ``Quant``/``BipolarQuant``/``Trunc`` replaced by
     standard float ONNX ops (Div, Add, Clip, Round, Sub, Mul; Where for bipolar)
@@ -79,41 +84,30 @@ def to_float_onnx(model, dynamic_batch: bool = True):
             cond = emit("GreaterOrEqual", [x, const_input(np.float32(0))])
             new_nodes.append(helper.make_node("Where", [cond, const_input(s), const_input(-s)], [out]))
             continue
-        if n.op_type == "Quant":
-            s, zp, b = p
-            bits = int(round(float(np.asarray(b).reshape(-1)[0])))
-            signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
-            y = emit("Div", [x, const_input(s)])
-            if np.any(np.asarray(zp) != 0):
-                y = emit("Add", [y, const_input(zp)])
-            y = emit("Clip", [y] + [const_input(np.float32(v)) for v in int_range(bits, signed, narrow)])
-            y = rounding(y, a.get("rounding_mode", "ROUND"), where)
-            if np.any(np.asarray(zp) != 0):
-                y = emit("Sub", [y, const_input(zp)])
-            new_nodes.append(helper.make_node("Mul", [y, const_input(s)], [out]))
-            continue
-        # Trunc
-        if len(p) == 5:
-            s, zp, in_b, out_s, out_b = p
-            t = float(2.0 ** np.round(np.log2(np.float64(np.asarray(out_s).reshape(-1)[0])
-                                              / np.float64(np.asarray(s).reshape(-1)[0]))))
-            v2 = True
-        else:
-            s, zp, in_b, out_b = p
-            out_s, v2 = s, False
-            t = 2.0 ** (float(np.asarray(in_b).reshape(-1)[0]) - float(np.asarray(out_b).reshape(-1)[0]))
+        if len(p) not in ((3,) if n.op_type == "Quant" else (4, 5)):
+            raise QonnxConversionError(f"{where}: unexpected number of inputs ({len(ins)})")
         signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
-        ob = int(round(float(np.asarray(out_b).reshape(-1)[0])))
+        s, zp = p[0], p[1]
+        shifted = np.any(np.asarray(zp) != 0)  # a zero point: added after the division, subtracted at the end
         y = emit("Div", [x, const_input(s)])
-        if np.any(np.asarray(zp) != 0):
+        if shifted:
             y = emit("Add", [y, const_input(zp)])
-        y = emit("Round", [y])
-        y = emit("Div", [y, const_input(np.float32(t))])
-        if v2:
-            y = emit("Clip", [y] + [const_input(np.float32(v)) for v in int_range(ob, signed, narrow)])
-        y = rounding(y, a.get("rounding_mode", "FLOOR"), where)
-        if np.any(np.asarray(zp) != 0):
-            y = emit("Sub", [y, const_input(np.asarray(zp, np.float32) / np.float32(t))])
+        if n.op_type == "Quant":
+            clip_bits, mode, zp_out, out_s = round(_first(p[2])), a.get("rounding_mode", "ROUND"), zp, s
+        else:  # Trunc: v2 has an output scale and clips, v1 rescales by the scale
+            v2 = len(p) == 5
+            out_s, out_b = (p[3] if v2 else s), p[-1]
+            t = float(2.0 ** np.round(np.log2(np.float64(_first(out_s)) / np.float64(_first(s))))) if v2 \
+                else 2.0 ** (_first(p[2]) - _first(out_b))
+            y = emit("Round", [y])
+            y = emit("Div", [y, const_input(np.float32(t))])
+            clip_bits, mode = (round(_first(out_b)) if v2 else None), a.get("rounding_mode", "FLOOR")
+            zp_out = np.asarray(zp, np.float32) / np.float32(t)
+        if clip_bits is not None:
+            y = emit("Clip", [y] + [const_input(np.float32(v)) for v in int_range(clip_bits, signed, narrow)])
+        y = rounding(y, mode, where)
+        if shifted:
+            y = emit("Sub", [y, const_input(zp_out)])
         new_nodes.append(helper.make_node("Mul", [y, const_input(out_s)], [out]))
     # keep initializers that something still reads
     used = {i for n in new_nodes for i in n.input} | {o.name for o in g.output}

@@ -372,44 +372,20 @@ class _Builder:
 
     # ---- packing and GEMMs ----
     def _pack(self, i, src, m, k, bound, pad_rows=0, pad_code=0):
-        """Packs (m, k) codes the way bound.fam.pack_activations does; (buffer, row bytes).
-        One pack per (codes, rule) serves every consumer."""
-        plan, fam, tier = bound.plan, bound.fam, bound.kern["tier_rank"]
+        """Packs (m, k) codes as bound.fam.pack_activations does (the family's Packing);
+        (buffer, row bytes). One pack per (codes, rule) serves every consumer."""
+        plan, tier = bound.plan, bound.kern["tier_rank"]
         key = (src, m, k, plan.family, plan.params, tier > 0, pad_rows, pad_code)
         hit = self.packed.get(key)
         if hit is not None:
             return hit
-        k_steps = fam.k_steps(k, plan)
-        rows = m + pad_rows
-        if plan.family == "lutgemm":
-            stride = k_steps * 16
-            buf = self.core.buffer(rows * stride)
-            self.core.pack(i, "groups", src, buf, m, k, 2, 4, 0, stride, tier, pad_rows, pad_code, None)
-        elif plan.family in ("grouplut", "grouplut6"):
-            _, ba, gw = plan.params
-            stride = -(-k // gw)
-            buf = self.core.buffer(rows * stride)
-            self.core.pack(i, "groups", src, buf, m, k, ba, gw, fam.code_shift(plan), stride, tier, pad_rows,
-                           pad_code, None)
-        elif plan.family == "dotgemm":
-            cols = fam.STEP * k_steps
-            stride = 2 * cols
-            buf = self.core.buffer(rows * stride)
-            self.core.pack(i, "dotgemm", src, buf, m, k, plan.params[1], 0, 0, cols, tier, pad_rows, pad_code,
-                           np.frombuffer(plan.params[3], "<i2").copy())
-        elif plan.family == "dot8":
-            stride = fam.STEP * k_steps
-            buf = self.core.buffer(rows * stride)
-            self.core.pack(i, "dot8", src, buf, m, k, plan.params[1], 0, 0, stride, tier, pad_rows, pad_code,
-                           np.frombuffer(plan.params[3], np.uint8).copy())
-        elif plan.family == "bitserial":
-            if pad_rows:
-                raise Unsupported("bitserial packing has no pad rows")
-            stride = 2 * k_steps * 32
-            buf = self.core.buffer(rows * stride)
-            self.core.pack(i, "bitplanes", src, buf, m, k, plan.params[1], 0, 0, stride, tier, 0, 0, None)
-        else:
-            raise Unsupported(f"no native packing for family {plan.family!r}")
+        p = bound.fam.packing(plan, k)
+        if pad_rows and not p.pad_rows:
+            raise Unsupported(f"{plan.family} packing has no pad rows")
+        stride = p.cols * p.elem
+        buf = self.core.buffer((m + pad_rows) * stride)
+        self.core.pack(i, p.kind, src, buf, m, k, p.bits, p.group, p.code_shift, p.cols, tier, pad_rows, pad_code,
+                       p.levels)
         hit = self.packed[key] = (buf, stride)
         return hit
 
@@ -418,19 +394,14 @@ class _Builder:
         are converted to the family's levels once, and the im2col gather then writes the
         family's packed rows directly (level(pad_code) for padding, zero row tails): the
         bytes _pack would make from the im2col codes, with kh*kw times fewer conversions."""
-        plan, fam, tier = bound.plan, bound.fam, bound.kern["tier_rank"]
-        cg, bits = geometry[3], plan.params[1]
-        if plan.family == "dotgemm":
-            levels, elem = np.frombuffer(plan.params[3], "<i2").copy(), 2
-        else:
-            levels, elem = np.frombuffer(plan.params[3], np.uint8).copy(), 1
-        cols = fam.STEP * fam.k_steps(k, plan)  # elements per packed row, as _pack
+        tier, p = bound.kern["tier_rank"], bound.fam.packing(bound.plan, k)
+        cg, levels, elem, cols = geometry[3], p.levels, p.elem, p.cols
         check_elements((m, cols), "x (im2col copy)")
         level_map = self.core.buffer(npix * cg * elem)
         # the map's rows are contiguous (out_cols == K): packed as B*H rows of W*cg values (long rows for the
         # packer, rows to share between threads), the same bytes as npix rows of cg
         b, h, w = geometry[:3]
-        self.core.pack(i, plan.family, src, level_map, b * h, w * cg, bits, 0, 0, w * cg, tier, 0, 0, levels)
+        self.core.pack(i, p.kind, src, level_map, b * h, w * cg, p.bits, 0, 0, w * cg, tier, 0, 0, levels)
         abuf = self.core.buffer(m * cols * elem)
         k_steps, correction = bound.direct(k)
         # the GEMM's tasks gather their own rows (still in cache when multiplied)

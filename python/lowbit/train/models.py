@@ -14,12 +14,16 @@ from torch import nn
 __all__ = ["BasicBlock", "DWSeparableBlock", "DWSeparableNet", "FmnistResNet", "fmnist_resnet", "load_fmnist", "DATA_DIR"]
 
 
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN + shortcut, then ReLU.
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+    """A residual block's shortcut: the identity when the shape is kept, else a 1x1 conv (with
+    the block's stride) followed by BN."""
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
 
-    The shortcut is the identity when shape is kept, else a 1x1 conv (with the
-    block's stride) followed by BN.
-    """
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN + shortcut (``downsample``), then ReLU."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
@@ -29,11 +33,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu2 = nn.ReLU()
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
-        else:
-            self.downsample = nn.Identity()
+        self.downsample = _shortcut(cin, cout, stride)
 
     def forward(self, x):
         out = self.relu1(self.bn1(self.conv1(x)))
@@ -43,8 +43,7 @@ class BasicBlock(nn.Module):
 
 class DWSeparableBlock(nn.Module):
     """MobileNet-style residual block: depthwise conv3x3 (stride)-BN-ReLU,
-    pointwise conv1x1-BN, + shortcut (identity, or 1x1 conv-BN when the shape
-    changes), then ReLU."""
+    pointwise conv1x1-BN, + shortcut, then ReLU."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
@@ -54,10 +53,7 @@ class DWSeparableBlock(nn.Module):
         self.pw = nn.Conv2d(cin, cout, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.relu2 = nn.ReLU()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut = _shortcut(cin, cout, stride)
 
     def forward(self, x):
         out = self.bn2(self.pw(self.relu1(self.bn1(self.dw(x)))))

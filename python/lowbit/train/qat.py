@@ -319,21 +319,14 @@ def _is_nonneg(node, modules: Dict[str, nn.Module], memo: Dict) -> bool:
             args = list(node.args)
             if node.target is torch.cat and args and isinstance(args[0], (list, tuple)):
                 args = list(args[0])
-            ok = bool(args)
-            for a in args:
-                if isinstance(a, fx.Node):
-                    ok = ok and _is_nonneg(a, modules, memo)
-                elif isinstance(a, (int, float)):
-                    ok = ok and a >= 0
-                else:
-                    ok = False
-            result = ok
+            result = bool(args) and all(_is_nonneg(a, modules, memo) if isinstance(a, fx.Node)
+                                        else isinstance(a, (int, float)) and a >= 0 for a in args)
     memo[node] = result
     return result
 
 
 def _trace(model: nn.Module):
-    """fx graph of ``model``; QConv2d/QLinear/LsqQuantizer are leaves."""
+    """fx graph of ``model``; QConv2d/QLinear/LsqQuantizer are leaves (lowbit.convert traces with it too)."""
     from torch import fx
 
     class _Tracer(fx.Tracer):
@@ -454,9 +447,4 @@ def quantized_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
         names = [n for n, _ in _analyse_fx(model)]
     except Exception:
         names = [n for n, m in mods.items() if isinstance(m, (QConv2d, QLinear))]
-    seen, out = set(), []
-    for n in names:
-        if n not in seen and isinstance(mods[n], (QConv2d, QLinear)):
-            seen.add(n)
-            out.append((n, mods[n]))
-    return out
+    return [(n, mods[n]) for n in dict.fromkeys(names) if isinstance(mods[n], (QConv2d, QLinear))]
