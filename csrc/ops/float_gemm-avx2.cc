@@ -1,0 +1,109 @@
+// AVX2 tier of the float32 convolution / linear kernels (ops/float_gemm.h).
+// Each vector lane is one output's chain: acc = acc + a * w (a multiply,
+// then an add, each rounded: no FMA), then + bias, exactly the scalar twins'
+// operations in the same order, so the results are identical bit for bit.
+// Tails (rows, channels) run the same chain on fewer lanes or in scalar code.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "ops/float_gemm.h"
+
+namespace lowbit {
+
+namespace {
+
+static_assert(kFloatPanel == 16, "the register tile holds a panel as two vectors");
+
+// R rows x one 16-channel panel, accumulated in 2R registers over all K.
+template <size_t R>
+inline void tile(const float* a, size_t lda, size_t K, const float* panel, const float* bias, float* out, size_t ldo,
+                 size_t ncols) {
+  __m256 lo[R], hi[R];
+  for (size_t r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+  for (size_t k = 0; k < K; ++k, panel += kFloatPanel) {
+    const __m256 w0 = _mm256_loadu_ps(panel), w1 = _mm256_loadu_ps(panel + 8);
+    for (size_t r = 0; r < R; ++r) {
+      const __m256 v = _mm256_broadcast_ss(a + r * lda + k);
+      lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(v, w0));
+      hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(v, w1));
+    }
+  }
+  if (bias) {
+    const __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+    for (size_t r = 0; r < R; ++r) {
+      lo[r] = _mm256_add_ps(lo[r], b0);
+      hi[r] = _mm256_add_ps(hi[r], b1);
+    }
+  }
+  for (size_t r = 0; r < R; ++r) {
+    float* o = out + r * ldo;
+    if (ncols == kFloatPanel) {
+      _mm256_storeu_ps(o, lo[r]);
+      _mm256_storeu_ps(o + 8, hi[r]);
+    } else {  // the last panel of a layer whose channels are not a multiple of 16
+      alignas(32) float t[kFloatPanel];
+      _mm256_store_ps(t, lo[r]);
+      _mm256_store_ps(t + 8, hi[r]);
+      std::memcpy(o, t, ncols * sizeof(float));
+    }
+  }
+}
+
+}  // namespace
+
+void float_gemm_block__avx2(const float* a, size_t lda, size_t rows, size_t K, const float* panels, size_t p0,
+                            size_t p1, const float* bias, size_t N, float* out, size_t ldo) {
+  for (size_t p = p0; p < p1; ++p) {
+    const float* panel = panels + p * K * kFloatPanel;
+    const size_t n0 = p * kFloatPanel, ncols = std::min(kFloatPanel, N - n0);
+    const float* b = bias ? bias + n0 : nullptr;
+    size_t r = 0;
+    for (; r + kFloatTileRows <= rows; r += kFloatTileRows)
+      tile<kFloatTileRows>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols);
+    switch (rows - r) {
+      case 3: tile<3>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
+      case 2: tile<2>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
+      case 1: tile<1>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
+      default: break;
+    }
+  }
+}
+
+void float_dwconv_rows__avx2(const float* x, const ConvGeometry& g, const float* w, const float* bias, size_t r0,
+                             size_t r1, float* out) {
+  const size_t C = g.C, taps = g.kh * g.kw, cvec = C / 8 * 8;
+  std::vector<const float*> src(taps);  // per tap: the input pixel, or null for padding
+  for (size_t r = r0; r < r1; ++r) {
+    const size_t b = r / g.OH, oy = r % g.OH;
+    for (size_t ox = 0; ox < g.OW; ++ox) {
+      for (size_t ky = 0; ky < g.kh; ++ky) {
+        const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+        for (size_t kx = 0; kx < g.kw; ++kx) {
+          const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
+          const bool inside = iy >= 0 && iy < ptrdiff_t(g.H) && ix >= 0 && ix < ptrdiff_t(g.W);
+          src[ky * g.kw + kx] = inside ? x + ((b * g.H + size_t(iy)) * g.W + size_t(ix)) * C : nullptr;
+        }
+      }
+      float* o = out + (r * g.OW + ox) * C;
+      for (size_t c = 0; c < cvec; c += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (size_t t = 0; t < taps; ++t) {
+          const __m256 v = src[t] ? _mm256_loadu_ps(src[t] + c) : _mm256_setzero_ps();
+          acc = _mm256_add_ps(acc, _mm256_mul_ps(v, _mm256_loadu_ps(w + t * C + c)));
+        }
+        if (bias) acc = _mm256_add_ps(acc, _mm256_loadu_ps(bias + c));
+        _mm256_storeu_ps(o + c, acc);
+      }
+      for (size_t c = cvec; c < C; ++c) {  // the channel tail: the same chain in scalar code
+        float acc = 0.0f;
+        for (size_t t = 0; t < taps; ++t) acc = acc + (src[t] ? src[t][c] : 0.0f) * w[t * C + c];
+        o[c] = bias ? acc + bias[c] : acc;
+      }
+    }
+  }
+}
+
+}  // namespace lowbit
