@@ -83,6 +83,7 @@ import numpy as np
 from .. import _core, _dispatch
 from .. import codebook as cbmod
 from . import executor as _executor
+from . import floatops as _floatops
 from .. import quant as _quant
 from .. import reference as _ref
 from ..epilogue import Epilogue, Requant
@@ -831,15 +832,15 @@ class Model:
             return pad_nhwc(x, a["pads"], a["fill"], n.name)
         if isinstance(x, CodeTensor):
             raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
+        if op in _FLOAT_LAYERS and not reference:
+            n.kernel = _floatops.layer(n).kernel_name(_floatops.simd())
         if op == "conv_f32":
-            from .floatops import conv2d_f32
-
-            return conv2d_f32(x, n.arrays["w"], n.arrays["bias"], a["stride"], a["padding"], a["dilation"],
-                              a["groups"])
+            return _floatops.conv2d_f32(x, n.arrays["w"], n.arrays["bias"], a["stride"], a["padding"], a["dilation"],
+                                        a["groups"], native=not reference,
+                                        prepared=None if reference else _floatops.layer(n))
         if op == "linear_f32":
-            from .floatops import linear_f32
-
-            return linear_f32(x, n.arrays["w"], n.arrays["bias"])
+            return _floatops.linear_f32(x, n.arrays["w"], n.arrays["bias"], native=not reference,
+                                        prepared=None if reference else _floatops.layer(n))
         native = not reference and x.dtype == np.float32
         if op == "add":
             y = args[1]
@@ -993,8 +994,7 @@ class Model:
             elif n.op in _FLOAT_LAYERS:
                 bits = "F32"
             rows.append({"name": n.name, "op": n.op, "bits": bits, "detail": self._detail(n),
-                         "kernel": n.kernel if n.op in _QUANTIZED else
-                         "float32 numpy-blas" if n.op in _FLOAT_LAYERS else None,
+                         "kernel": n.kernel if n.op in _QUANTIZED or n.op in _FLOAT_LAYERS else None,
                          "out_shape": n.out_shape, "bytes": n.weight_bytes(), "inputs": list(n.inputs),
                          "source": a.get("source")})
         return rows
