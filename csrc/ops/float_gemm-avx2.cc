@@ -17,39 +17,59 @@ namespace {
 
 static_assert(kFloatPanel == 16, "the register tile holds a panel as two vectors");
 
-// R rows x one 16-channel panel, accumulated in 2R registers over all K.
+// Writes one tile row: 16 channels, or the first ncols of them.
+inline void store_row(float* o, __m256 lo, __m256 hi, size_t ncols) {
+  if (ncols == kFloatPanel) {
+    _mm256_storeu_ps(o, lo);
+    _mm256_storeu_ps(o + 8, hi);
+  } else {  // the last panel of a layer whose channels are not a multiple of 16
+    alignas(32) float t[kFloatPanel];
+    _mm256_store_ps(t, lo);
+    _mm256_store_ps(t + 8, hi);
+    std::memcpy(o, t, ncols * sizeof(float));
+  }
+}
+
+// R rows (R <= 6) x one 16-channel panel, accumulated in 2R named registers
+// over all K (named, not an array: GCC then keeps them in registers).
 template <size_t R>
 inline void tile(const float* a, size_t lda, size_t K, const float* panel, const float* bias, float* out, size_t ldo,
                  size_t ncols) {
-  __m256 lo[R], hi[R];
-  for (size_t r = 0; r < R; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+  static_assert(R >= 1 && R <= 6, "six rows fill the 16 vector registers");
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 lo0 = zero, hi0 = zero, lo1 = zero, hi1 = zero, lo2 = zero, hi2 = zero;
+  __m256 lo3 = zero, hi3 = zero, lo4 = zero, hi4 = zero, lo5 = zero, hi5 = zero;
+#define LOWBIT_FLOAT_ROW(i)                                              \
+  if (R > i) {                                                           \
+    const __m256 v = _mm256_broadcast_ss(a + i * lda + k);               \
+    lo##i = _mm256_add_ps(lo##i, _mm256_mul_ps(v, w0));                  \
+    hi##i = _mm256_add_ps(hi##i, _mm256_mul_ps(v, w1));                  \
+  }
   for (size_t k = 0; k < K; ++k, panel += kFloatPanel) {
     const __m256 w0 = _mm256_loadu_ps(panel), w1 = _mm256_loadu_ps(panel + 8);
-    for (size_t r = 0; r < R; ++r) {
-      const __m256 v = _mm256_broadcast_ss(a + r * lda + k);
-      lo[r] = _mm256_add_ps(lo[r], _mm256_mul_ps(v, w0));
-      hi[r] = _mm256_add_ps(hi[r], _mm256_mul_ps(v, w1));
-    }
+    LOWBIT_FLOAT_ROW(0)
+    LOWBIT_FLOAT_ROW(1)
+    LOWBIT_FLOAT_ROW(2)
+    LOWBIT_FLOAT_ROW(3)
+    LOWBIT_FLOAT_ROW(4)
+    LOWBIT_FLOAT_ROW(5)
   }
-  if (bias) {
-    const __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
-    for (size_t r = 0; r < R; ++r) {
-      lo[r] = _mm256_add_ps(lo[r], b0);
-      hi[r] = _mm256_add_ps(hi[r], b1);
-    }
+#undef LOWBIT_FLOAT_ROW
+#define LOWBIT_FLOAT_STORE(i)                                           \
+  if (R > i) {                                                          \
+    if (bias) {                                                         \
+      lo##i = _mm256_add_ps(lo##i, _mm256_loadu_ps(bias));              \
+      hi##i = _mm256_add_ps(hi##i, _mm256_loadu_ps(bias + 8));          \
+    }                                                                   \
+    store_row(out + i * ldo, lo##i, hi##i, ncols);                      \
   }
-  for (size_t r = 0; r < R; ++r) {
-    float* o = out + r * ldo;
-    if (ncols == kFloatPanel) {
-      _mm256_storeu_ps(o, lo[r]);
-      _mm256_storeu_ps(o + 8, hi[r]);
-    } else {  // the last panel of a layer whose channels are not a multiple of 16
-      alignas(32) float t[kFloatPanel];
-      _mm256_store_ps(t, lo[r]);
-      _mm256_store_ps(t + 8, hi[r]);
-      std::memcpy(o, t, ncols * sizeof(float));
-    }
-  }
+  LOWBIT_FLOAT_STORE(0)
+  LOWBIT_FLOAT_STORE(1)
+  LOWBIT_FLOAT_STORE(2)
+  LOWBIT_FLOAT_STORE(3)
+  LOWBIT_FLOAT_STORE(4)
+  LOWBIT_FLOAT_STORE(5)
+#undef LOWBIT_FLOAT_STORE
 }
 
 }  // namespace
@@ -64,6 +84,8 @@ void float_gemm_block__avx2(const float* a, size_t lda, size_t rows, size_t K, c
     for (; r + kFloatTileRows <= rows; r += kFloatTileRows)
       tile<kFloatTileRows>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols);
     switch (rows - r) {
+      case 5: tile<5>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
+      case 4: tile<4>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
       case 3: tile<3>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
       case 2: tile<2>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
       case 1: tile<1>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;

@@ -17,20 +17,40 @@ namespace {
 // are built by the task and stay in cache while every panel multiplies them.
 constexpr size_t kRowBlock = 64;
 
+// n floats from s to d: an inlined loop (the runs here are short: a few
+// channels, or one kernel row of them).
+inline void copy_floats(float* d, const float* s, size_t n) {
+  for (size_t i = 0; i < n; ++i) d[i] = s[i];
+}
+
 // im2col rows [m0, m1) of output pixels, channels [c0, c0 + cg) of x, written
 // contiguously (K = kh * kw * cg floats a row, (ky, kx, c) order, 0.0f for
-// padding).
+// padding). A kernel row wholly inside the image, undilated, over all
+// channels is one contiguous run of the input row.
 void im2col_f32_rows(const float* x, const ConvGeometry& g, size_t c0, size_t cg, size_t m0, size_t m1, float* out) {
+  const bool whole_pixels = cg == g.C && g.dw == 1;
+  const size_t run = g.kw * cg;
   size_t ox = m0 % g.OW, oy = (m0 / g.OW) % g.OH, b = m0 / (g.OW * g.OH);
   for (size_t m = m0; m < m1; ++m) {
-    for (size_t ky = 0; ky < g.kh; ++ky) {
+    const ptrdiff_t ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
+    const bool cols_inside = ix0 >= 0 && ix0 + ptrdiff_t((g.kw - 1) * g.dw) < ptrdiff_t(g.W);
+    for (size_t ky = 0; ky < g.kh; ++ky, out += run) {
       const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
-      for (size_t kx = 0; kx < g.kw; ++kx, out += cg) {
-        const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
-        if (iy >= 0 && iy < ptrdiff_t(g.H) && ix >= 0 && ix < ptrdiff_t(g.W))
-          std::memcpy(out, x + ((b * g.H + size_t(iy)) * g.W + size_t(ix)) * g.C + c0, cg * sizeof(float));
+      if (iy < 0 || iy >= ptrdiff_t(g.H)) {
+        std::fill(out, out + run, 0.0f);
+        continue;
+      }
+      const float* row = x + (b * g.H + size_t(iy)) * g.W * g.C + c0;
+      if (whole_pixels && cols_inside) {
+        copy_floats(out, row + size_t(ix0) * g.C, run);
+        continue;
+      }
+      for (size_t kx = 0; kx < g.kw; ++kx) {
+        const ptrdiff_t ix = ix0 + ptrdiff_t(kx * g.dw);
+        if (ix >= 0 && ix < ptrdiff_t(g.W))
+          copy_floats(out + kx * cg, row + size_t(ix) * g.C, cg);
         else
-          std::fill(out, out + cg, 0.0f);
+          std::fill(out + kx * cg, out + (kx + 1) * cg, 0.0f);
       }
     }
     if (++ox == g.OW) {

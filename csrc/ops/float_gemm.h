@@ -31,7 +31,7 @@ namespace lowbit {
 // Output channels per packed weight panel (two AVX2 vectors).
 constexpr size_t kFloatPanel = 16;
 // Output rows one register tile computes at once.
-constexpr size_t kFloatTileRows = 4;
+constexpr size_t kFloatTileRows = 6;
 
 // One layer's weights, packed once (plan time) for every run.
 //  * dense / grouped: per group, ceil(opg / kFloatPanel) panels; panel p
