@@ -832,8 +832,8 @@ class Model:
             return pad_nhwc(x, a["pads"], a["fill"], n.name)
         if isinstance(x, CodeTensor):
             raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
-        if op in _FLOAT_LAYERS and not reference:
-            n.kernel = _floatops.layer(n).kernel_name(_floatops.simd())
+        if op in _FLOAT_LAYERS:
+            n.kernel = "numpy-reference" if reference else _floatops.layer(n).kernel_name(_floatops.simd())
         if op == "conv_f32":
             return _floatops.conv2d_f32(x, n.arrays["w"], n.arrays["bias"], a["stride"], a["padding"], a["dilation"],
                                         a["groups"], native=not reference,
