@@ -283,6 +283,7 @@ def test_float_stem_runs_natively():
     check(m, x)
     assert lbx.status(m) == ("native", None)
     assert "executor: native" in m.summary(print_fn=None)
+    m.run(x)  # the reference run (last in check) reports numpy-reference
     assert m.node("stem_f32").kernel.startswith("f32gemm_")
 
 
@@ -363,6 +364,8 @@ def test_float_layers_concat_pad_bit_identical(size):
     assert lbx.status(m) == ("native", None)
     kinds = set(lbx.plan_for(m, (5, 3, size, size)).core.step_kinds)
     assert {"conv_f32", "concat", "pad"} <= kinds
+    assert {n.kernel for n in m.nodes if n.op in ("conv_f32", "linear_f32")} == {"numpy-reference"}
+    m.run(_images(1, size=size))
     rows = {r["name"]: r for r in m.layers()}
     assert rows["dw"]["kernel"].startswith("f32dwconv_") and rows["fc2"]["kernel"].startswith("f32gemm_")
 
