@@ -33,26 +33,29 @@ inline void store_row(float* o, __m256 lo, __m256 hi, size_t ncols) {
 // R rows (R <= 6) x one 16-channel panel, accumulated in 2R named registers
 // over all K (named, not an array: GCC then keeps them in registers).
 template <size_t R>
-inline void tile(const float* a, size_t lda, size_t K, const float* panel, const float* bias, float* out, size_t ldo,
-                 size_t ncols) {
+inline void tile(const FloatTile& a, const float* panel, const float* bias, float* out, size_t ldo, size_t ncols) {
   static_assert(R >= 1 && R <= 6, "six rows fill the 16 vector registers");
   const __m256 zero = _mm256_setzero_ps();
   __m256 lo0 = zero, hi0 = zero, lo1 = zero, hi1 = zero, lo2 = zero, hi2 = zero;
   __m256 lo3 = zero, hi3 = zero, lo4 = zero, hi4 = zero, lo5 = zero, hi5 = zero;
 #define LOWBIT_FLOAT_ROW(i)                                              \
   if (R > i) {                                                           \
-    const __m256 v = _mm256_broadcast_ss(a + i * lda + k);               \
+    const __m256 v = _mm256_broadcast_ss(row + i * lda + t);             \
     lo##i = _mm256_add_ps(lo##i, _mm256_mul_ps(v, w0));                  \
     hi##i = _mm256_add_ps(hi##i, _mm256_mul_ps(v, w1));                  \
   }
-  for (size_t k = 0; k < K; ++k, panel += kFloatPanel) {
-    const __m256 w0 = _mm256_loadu_ps(panel), w1 = _mm256_loadu_ps(panel + 8);
-    LOWBIT_FLOAT_ROW(0)
-    LOWBIT_FLOAT_ROW(1)
-    LOWBIT_FLOAT_ROW(2)
-    LOWBIT_FLOAT_ROW(3)
-    LOWBIT_FLOAT_ROW(4)
-    LOWBIT_FLOAT_ROW(5)
+  const size_t lda = a.lda;
+  for (size_t s = 0; s < a.nseg; ++s) {
+    const float* row = a.base + s * a.seg_stride;
+    for (size_t t = 0; t < a.seg_len; ++t, panel += kFloatPanel) {
+      const __m256 w0 = _mm256_loadu_ps(panel), w1 = _mm256_loadu_ps(panel + 8);
+      LOWBIT_FLOAT_ROW(0)
+      LOWBIT_FLOAT_ROW(1)
+      LOWBIT_FLOAT_ROW(2)
+      LOWBIT_FLOAT_ROW(3)
+      LOWBIT_FLOAT_ROW(4)
+      LOWBIT_FLOAT_ROW(5)
+    }
   }
 #undef LOWBIT_FLOAT_ROW
 #define LOWBIT_FLOAT_STORE(i)                                           \
@@ -74,22 +77,25 @@ inline void tile(const float* a, size_t lda, size_t K, const float* panel, const
 
 }  // namespace
 
-void float_gemm_block__avx2(const float* a, size_t lda, size_t rows, size_t K, const float* panels, size_t p0,
-                            size_t p1, const float* bias, size_t N, float* out, size_t ldo) {
+void float_gemm_tiles__avx2(const FloatTile* tiles, size_t ntiles, const float* panels, size_t p0, size_t p1,
+                            const float* bias, size_t N, float* out, size_t ldo) {
+  static_assert(kFloatTileRows == 6, "tile<1..6> below");
+  const size_t K = tiles[0].nseg * tiles[0].seg_len;  // the same chain length for every tile
   for (size_t p = p0; p < p1; ++p) {
     const float* panel = panels + p * K * kFloatPanel;
     const size_t n0 = p * kFloatPanel, ncols = std::min(kFloatPanel, N - n0);
     const float* b = bias ? bias + n0 : nullptr;
-    size_t r = 0;
-    for (; r + kFloatTileRows <= rows; r += kFloatTileRows)
-      tile<kFloatTileRows>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols);
-    switch (rows - r) {
-      case 5: tile<5>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
-      case 4: tile<4>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
-      case 3: tile<3>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
-      case 2: tile<2>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
-      case 1: tile<1>(a + r * lda, lda, K, panel, b, out + r * ldo + n0, ldo, ncols); break;
-      default: break;
+    for (size_t i = 0; i < ntiles; ++i) {
+      const FloatTile& a = tiles[i];
+      float* o = out + a.out_row * ldo + n0;
+      switch (a.rows) {
+        case 6: tile<6>(a, panel, b, o, ldo, ncols); break;
+        case 5: tile<5>(a, panel, b, o, ldo, ncols); break;
+        case 4: tile<4>(a, panel, b, o, ldo, ncols); break;
+        case 3: tile<3>(a, panel, b, o, ldo, ncols); break;
+        case 2: tile<2>(a, panel, b, o, ldo, ncols); break;
+        default: tile<1>(a, panel, b, o, ldo, ncols); break;
+      }
     }
   }
 }

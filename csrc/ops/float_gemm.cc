@@ -129,13 +129,15 @@ void FloatConv::run(const float* x, const ConvGeometry& g, float* out, bool simd
     parallel_for(tasks, task);
     return;
   }
-  auto block_fn = float_gemm_block_scalar;
+  auto tiles_fn = float_gemm_tiles_scalar;
 #if LOWBIT_HAVE_X86_KERNELS
-  if (avx2) block_fn = float_gemm_block__avx2;
+  if (avx2) tiles_fn = float_gemm_tiles__avx2;
 #endif
   const size_t M = g.B * g.OH * g.OW;
   // a 1x1 window at stride 1 without padding reads the input pixels themselves
-  const bool direct = kh == 1 && kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  const bool pixels = kh == 1 && kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  // windows read in place: whole pixels (all channels), undilated kernel rows
+  const bool windows = cg == g.C && g.dw == 1;
   const size_t row_blocks = (M + kRowBlock - 1) / kRowBlock;
   // few row blocks (a linear layer at a small batch): split the panels too, for two tasks a thread
   const size_t spread = (2 * threads + row_blocks * groups - 1) / (row_blocks * groups);
@@ -145,37 +147,61 @@ void FloatConv::run(const float* x, const ConvGeometry& g, float* out, bool simd
   auto task = [&](size_t i) {
     const size_t grp = i / (row_blocks * chunks), rb = (i / chunks) % row_blocks, ch = i % chunks;
     const size_t m0 = rb * kRowBlock, m1 = std::min(M, m0 + kRowBlock);
-    const float* a;
-    size_t lda;
+    FloatTile tiles[(kRowBlock + kFloatTileRows - 1) / kFloatTileRows];
+    size_t ntiles = 0;
     thread_local std::vector<float> cols;  // this thread's im2col rows
-    if (direct) {
-      a = x + m0 * g.C + grp * cg;
-      lda = g.C;
-    } else {
-      cols.resize((m1 - m0) * K);
-      im2col_f32_rows(x, g, grp * cg, cg, m0, m1, cols.data());
-      a = cols.data();
-      lda = K;
+    cols.resize((m1 - m0) * K);
+    const float* xg = x + grp * cg;
+    size_t ox = m0 % g.OW, oy = (m0 / g.OW) % g.OH, b = m0 / (g.OW * g.OH);  // pixel m of the loop below
+    for (size_t m = m0; m < m1;) {
+      FloatTile& t = tiles[ntiles++];
+      t.out_row = m - m0;
+      t.rows = std::min(kFloatTileRows, m1 - m);
+      const ptrdiff_t iy0 = ptrdiff_t(oy * g.sh) - ptrdiff_t(g.ph), ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
+      if (pixels) {
+        t = FloatTile{xg + m * g.C, 0, 1, cg, g.C, t.rows, t.out_row};
+      } else if (windows && ox + t.rows <= g.OW && iy0 >= 0 && iy0 + ptrdiff_t((kh - 1) * g.dh) < ptrdiff_t(g.H) &&
+                 ix0 >= 0 && ix0 + ptrdiff_t((t.rows - 1) * g.sw + kw - 1) < ptrdiff_t(g.W)) {
+        t = FloatTile{x + ((b * g.H + size_t(iy0)) * g.W + size_t(ix0)) * g.C, g.dh * g.W * g.C, kh, kw * g.C,
+                      g.sw * g.C, t.rows, t.out_row};
+      } else {
+        float* rows = cols.data() + (m - m0) * K;
+        im2col_f32_rows(x, g, grp * cg, cg, m, m + t.rows, rows);
+        t = FloatTile{rows, 0, 1, K, K, t.rows, t.out_row};
+      }
+      for (size_t r = 0; r < t.rows; ++r, ++m)  // step the pixel
+        if (++ox == g.OW) {
+          ox = 0;
+          if (++oy == g.OH) {
+            oy = 0;
+            ++b;
+          }
+        }
     }
     const size_t p0 = ch * per_chunk, p1 = std::min(panels_, p0 + per_chunk);
-    block_fn(a, lda, m1 - m0, K, packed_.data() + grp * panels_ * K * kFloatPanel, p0, p1,
+    tiles_fn(tiles, ntiles, packed_.data() + grp * panels_ * K * kFloatPanel, p0, p1,
              has_bias_ ? bias_.data() + grp * panels_ * kFloatPanel : nullptr, opg, out + m0 * cout + grp * opg, cout);
   };
   parallel_for(tasks, task);
 }
 
-void float_gemm_block_scalar(const float* a, size_t lda, size_t rows, size_t K, const float* panels, size_t p0,
-                             size_t p1, const float* bias, size_t N, float* out, size_t ldo) {
+void float_gemm_tiles_scalar(const FloatTile* tiles, size_t ntiles, const float* panels, size_t p0, size_t p1,
+                             const float* bias, size_t N, float* out, size_t ldo) {
   for (size_t p = p0; p < p1; ++p) {
-    const float* panel = panels + p * K * kFloatPanel;
     const size_t n0 = p * kFloatPanel, ncols = std::min(kFloatPanel, N - n0);
-    for (size_t r = 0; r < rows; ++r) {
-      const float* ar = a + r * lda;
-      for (size_t j = 0; j < ncols; ++j) {
-        float acc = 0.0f;
-        for (size_t k = 0; k < K; ++k) acc = acc + ar[k] * panel[k * kFloatPanel + j];
-        out[r * ldo + n0 + j] = bias ? acc + bias[n0 + j] : acc;
-      }
+    for (size_t i = 0; i < ntiles; ++i) {
+      const FloatTile& a = tiles[i];
+      const float* panel = panels + p * a.nseg * a.seg_len * kFloatPanel;
+      for (size_t r = 0; r < a.rows; ++r)
+        for (size_t j = 0; j < ncols; ++j) {
+          float acc = 0.0f;
+          const float* w = panel + j;
+          for (size_t s = 0; s < a.nseg; ++s) {
+            const float* row = a.base + s * a.seg_stride + r * a.lda;
+            for (size_t t = 0; t < a.seg_len; ++t, w += kFloatPanel) acc = acc + row[t] * *w;
+          }
+          out[(a.out_row + r) * ldo + n0 + j] = bias ? acc + bias[n0 + j] : acc;
+        }
     }
   }
 }

@@ -63,19 +63,32 @@ class FloatConv {
   bool has_bias_ = false;
 };
 
-// Rows [0, rows) of A (row stride lda, K floats a row) times panels
-// [p0, p1) of `panels` (one group's), columns n = p * 16 + j < N written to
-// out[r * ldo + n] (+ bias[n] when bias is not null; bias is padded to
-// whole panels). The scalar twin and the AVX2 tier; identical results.
-void float_gemm_block_scalar(const float* a, size_t lda, size_t rows, size_t K, const float* panels, size_t p0,
-                             size_t p1, const float* bias, size_t N, float* out, size_t ldo);
+// Up to kFloatTileRows rows of A, read in place: row r's chain values
+// a[r, k] are, for k = s * seg_len + t (segment s < nseg, t < seg_len),
+// base[s * seg_stride + r * lda + t]. An im2col row block is one segment of
+// K values a row; a convolution window wholly inside the image, rows being
+// consecutive output pixels of one output row, is kh segments (one per
+// kernel row: kw * C contiguous input values) read straight from the input.
+struct FloatTile {
+  const float* base;
+  size_t seg_stride, nseg, seg_len, lda;
+  size_t rows;     // 1..kFloatTileRows
+  size_t out_row;  // the tile's first row in the block's output
+};
+
+// Tiles times panels [p0, p1) of `panels` (one group's): columns
+// n = p * 16 + j < N of output row out_row + r written to out[row * ldo + n]
+// (+ bias[n] when bias is not null; bias is padded to whole panels). The
+// scalar twin and the AVX2 tier; identical results.
+void float_gemm_tiles_scalar(const FloatTile* tiles, size_t ntiles, const float* panels, size_t p0, size_t p1,
+                             const float* bias, size_t N, float* out, size_t ldo);
 // Depthwise output rows [r0, r1) (row r: image r / OH, output row r % OH)
 // of weights w (taps x C), bias (C or null).
 void float_dwconv_rows_scalar(const float* x, const ConvGeometry& g, const float* w, const float* bias, size_t r0,
                               size_t r1, float* out);
 #if LOWBIT_HAVE_X86_KERNELS
-void float_gemm_block__avx2(const float* a, size_t lda, size_t rows, size_t K, const float* panels, size_t p0,
-                            size_t p1, const float* bias, size_t N, float* out, size_t ldo);
+void float_gemm_tiles__avx2(const FloatTile* tiles, size_t ntiles, const float* panels, size_t p0, size_t p1,
+                            const float* bias, size_t N, float* out, size_t ldo);
 void float_dwconv_rows__avx2(const float* x, const ConvGeometry& g, const float* w, const float* bias, size_t r0,
                              size_t r1, float* out);
 #endif

@@ -62,6 +62,9 @@ def _all_ways(x, w, b, stride, pad, dil, groups):
     (1, 7, 9, 19, 19, 5, 1, 2, 1, 19),     # depthwise with a channel tail
     (1, 6, 6, 3, 3, 3, 1, 4, 3, 3),        # padding larger than the map
     (2, 5, 4, 64, 40, 3, 1, 1, 1, 1),      # K = 576
+    (1, 40, 37, 3, 20, 3, 2, 1, 1, 1),     # windows read in place (interior tiles) and im2col tiles mixed
+    (2, 30, 29, 4, 16, 5, 1, 2, 1, 1),
+    (1, 23, 50, 3, 64, 7, 2, 3, 1, 1),
 ])
 def test_conv_tiers_reference_and_float64(b, h, w, cin, cout, k, stride, pad, dil, groups):
     rng = np.random.default_rng(cin * 1000 + cout * 10 + k)
@@ -75,6 +78,19 @@ def test_conv_tiers_reference_and_float64(b, h, w, cin, cout, k, stride, pad, di
     np.testing.assert_allclose(out, ref, rtol=0, atol=4e-7 * kdim * (1 + np.abs(ref).max()))
     # without a bias: the chain alone
     _all_ways(x, wt, None, *args)
+
+
+@pytest.mark.parametrize("stride,pad,dil", [((2, 1), (1, 2), (1, 1)), ((1, 3), (0, 1), (2, 1)), ((3, 2), (2, 0), (1, 2))])
+def test_conv_unequal_axes(stride, pad, dil):
+    """Stride, padding and dilation differing between the axes (the in-place window path needs
+    an undilated width)."""
+    rng = np.random.default_rng(sum(stride) + sum(dil))
+    x = rng.standard_normal((2, 26, 31, 3)).astype(np.float32)
+    wt = rng.standard_normal((24, 3, 3, 4)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    out = _all_ways(x, wt, bias, stride, pad, dil, 1)
+    ref = _conv64(x, wt, bias, stride, pad, dil, 1)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * (1 + np.abs(ref).max()))
 
 
 @pytest.mark.parametrize("batch,k,n", [(1, 1, 1), (1, 5000, 10), (3, 4097, 33), (7, 16, 1000), (64, 300, 17)])
