@@ -35,8 +35,8 @@ from lowbit import _core  # noqa: E402
 # name, (H, W, Cin), (Cout, k, stride, pad, groups); a linear layer: H = W = k = 1
 CASES = [
     ("3->32 3x3 s2 @224 (MobileNet-V1 stem)", (224, 224, 3), (32, 3, 2, 1, 1)),
-    ("3->64 7x7 s2 @224 (ResNet-18 stem)", (224, 224, 3), (64, 7, 2, 3, 1)),
-    ("3->64 3x3 s1 @32 (CNV / VGG-style stem)", (32, 32, 3), (64, 3, 1, 1, 1)),
+    ("3->64 7x7 s2 @224 (ImageNet ResNet-18 stem)", (224, 224, 3), (64, 7, 2, 3, 1)),
+    ("3->64 3x3 s1 @32 (resnet18_4w4a stem)", (32, 32, 3), (64, 3, 1, 1, 1)),
     ("3->24 3x3 s2 @224 (ProxylessNAS stem)", (224, 224, 3), (24, 3, 2, 1, 1)),
     ("32 depthwise 3x3 s1 @112", (112, 112, 32), (32, 3, 1, 1, 32)),
     ("linear 512->1000", (1, 1, 512), (1000, 1, 1, 0, 1)),
