@@ -33,8 +33,9 @@ Ops (inputs -> output):
 ``linear``          codes (B, K) -> float or codes, ``lowbit.linear`` + epilogue
 ``conv_f32``        float -> float: float32 convolution of a layer whose input is not
                     quantized (``arrays['w']`` (Cout, Cin/groups, kh, kw), ``arrays['bias']``;
-                    :func:`lowbit.floatops.conv2d_f32`, im2col + NumPy BLAS)
-``linear_f32``      float (B, K) -> float, ``x @ w.T + bias`` in float32
+                    :func:`lowbit.floatops.conv2d_f32`: the native float32 kernel, one fixed
+                    summation order that the reference reproduces; docs/runtime.md)
+``linear_f32``      float (B, K) -> float, ``x @ w.T + bias`` in float32 (the same kernel)
 ``add``             float + float -> float (float32 add)
 ``clamp``           float -> float (ReLU = clamp(0, inf))
 ``affine``          float -> float, per-channel ``x * scale + bias`` (a BatchNorm that
