@@ -13,8 +13,9 @@ namespace lowbit {
 
 namespace {
 
-// Output rows (pixels) per task: their im2col rows (kRowBlock x K floats)
-// are built by the task and stay in cache while every panel multiplies them.
+// Output rows (pixels) per task: their rows (read in place, or im2col rows
+// the task writes, at most kRowBlock x K floats) stay in cache while every
+// panel multiplies them.
 constexpr size_t kRowBlock = 64;
 
 // n floats from s to d: an inlined loop (the runs here are short: a few
@@ -149,8 +150,8 @@ void FloatConv::run(const float* x, const ConvGeometry& g, float* out, bool simd
     const size_t m0 = rb * kRowBlock, m1 = std::min(M, m0 + kRowBlock);
     FloatTile tiles[(kRowBlock + kFloatTileRows - 1) / kFloatTileRows];
     size_t ntiles = 0;
-    thread_local std::vector<float> cols;  // this thread's im2col rows
-    cols.resize((m1 - m0) * K);
+    thread_local std::vector<float> cols;  // this thread's im2col rows (sized before any tile points into it)
+    if (!pixels) cols.resize((m1 - m0) * K);
     const float* xg = x + grp * cg;
     size_t ox = m0 % g.OW, oy = (m0 / g.OW) % g.OH, b = m0 / (g.OW * g.OH);  // pixel m of the loop below
     for (size_t m = m0; m < m1;) {
