@@ -55,7 +55,7 @@ def measure(name, n_inputs, repeats):
                 kernels[nd.kernel.split("__")[0]] += 1
                 bits[f"W{nd.attrs['w_bits']}A{nd.attrs['a_bits']}"] += 1
             elif nd.op in ("conv_f32", "linear_f32"):
-                kernels["float32 BLAS"] += 1
+                kernels[nd.kernel] += 1
                 bits["F32"] += 1
         b = lbq.bench_qonnx(path, threads=1, batch=1, repeats=repeats, print_fn=None)
     return {"model": name, "inputs": n_inputs, "export_s": t_export, "layers": dict(bits), "kernels": dict(kernels),

@@ -9,12 +9,14 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "bindings/checks.h"
 #include "core/cpu_features.h"
+#include "ops/float_gemm.h"
 #include "ops/graph_ops.h"
 #include "kernels/dwconv/dwconv.h"
 #include "kernels/ukernel.h"
@@ -58,6 +60,8 @@ class PlanHandle {
     kept_.push_back(a);
     return p;
   }
+  // Keeps a Python object a step points into (a prepared layer) alive with the plan.
+  void keep_object(const py::object& o) { kept_.push_back(o); }
 
   void add(std::unique_ptr<runtime::Step> s, const char* kind, int node, std::vector<int> reads,
            std::vector<int> writes) {
@@ -165,9 +169,82 @@ QuantizeParams quantize_params(bool binary, float step, int qn, int qp, bool pre
   return p;
 }
 
+// A float32 conv/linear layer's prepared weights (ops/float_gemm.h): w
+// (cout, cg, kh, kw) float32, bias (cout,) float32 or None, `groups`.
+std::unique_ptr<FloatConv> make_float_conv(const py::array& w, const py::object& bias, size_t groups) {
+  if (w.ndim() != 4) throw py::value_error("w: expected a 4-D (cout, cin / groups, kh, kw) float32 array");
+  const size_t cout = size_t(w.shape(0)), cg = size_t(w.shape(1)), kh = size_t(w.shape(2)), kw = size_t(w.shape(3));
+  const size_t count = checked_product({cout, cg, kh, kw}, "w");
+  if (count == 0) throw py::value_error("w: expected every dimension >= 1");
+  if (groups == 0 || cout % groups) throw py::value_error("groups: expected a divisor of cout (w.shape[0])");
+  checked_product({groups, cg}, "input channels");
+  const float* wp = array_data<float>(w, "w", count);
+  const float* bp = nullptr;
+  if (!bias.is_none()) {
+    const py::array b = bias.cast<py::array>();
+    if (b.ndim() != 1 || size_t(b.shape(0)) != cout) throw py::value_error("bias: expected (cout,) float32 values");
+    bp = array_data<float>(b, "bias", cout);
+  }
+  return std::make_unique<FloatConv>(wp, bp, cout, cg, kh, kw, groups);
+}
+
+// The geometry of `conv` on an NHWC (B, H, W, C) input; ValueError naming x
+// when C is not the layer's or the input is smaller than the window.
+ConvGeometry float_conv_geometry(const FloatConv& conv, const std::vector<size_t>& shape, const py::tuple& stride,
+                                 const py::tuple& padding, const py::tuple& dilation) {
+  if (shape.size() != 4) throw py::value_error("x: expected an NHWC (B, H, W, C) array");
+  if (stride.size() != 2 || padding.size() != 2 || dilation.size() != 2)
+    throw py::value_error("stride/padding/dilation: expected pairs");
+  ConvGeometry g{shape[0], shape[1], shape[2], shape[3], conv.kh, conv.kw, stride[0].cast<size_t>(),
+                 stride[1].cast<size_t>(), padding[0].cast<size_t>(), padding[1].cast<size_t>(),
+                 dilation[0].cast<size_t>(), dilation[1].cast<size_t>(), 0, 0};
+  if (g.C != conv.groups * conv.cg)
+    throw py::value_error("x: expected " + std::to_string(conv.groups * conv.cg) + " input channels, got " +
+                          std::to_string(g.C));
+  if (g.sh == 0 || g.sw == 0 || g.dh == 0 || g.dw == 0) throw py::value_error("stride/dilation: expected >= 1");
+  checked_product({g.B, g.H, g.W, g.C}, "x");
+  checked_product({g.H + 2 * g.ph, g.W + 2 * g.pw}, "padded input");
+  g.OH = conv_out_size(g.H, g.kh, g.sh, g.ph, g.dh);
+  g.OW = conv_out_size(g.W, g.kw, g.sw, g.pw, g.dw);
+  if (g.OH == 0 || g.OW == 0)
+    throw py::value_error("x: input " + std::to_string(g.H) + "x" + std::to_string(g.W) + " is too small for a " +
+                          std::to_string(g.kh) + "x" + std::to_string(g.kw) + " kernel");
+  checked_product({g.B, g.OH, g.OW, conv.cout}, "output");
+  return g;
+}
+
 }  // namespace
 
 void bind_executor(py::module_& m) {
+  py::class_<FloatConv>(m, "FloatConv",
+                        "A float32 convolution / linear layer with its weights packed once (conv_f32 / linear_f32 "
+                        "nodes; summation order: docs/runtime.md)")
+      .def(py::init(&make_float_conv), py::arg("w"), py::arg("bias"), py::arg("groups") = 1,
+           "w: (cout, cin / groups, kh, kw) float32 (ONNX order; a linear layer: (N, K, 1, 1)), bias: (cout,) "
+           "float32 or None")
+      .def(
+          "__call__",
+          [](const FloatConv& conv, const py::array& x, const py::tuple& stride, const py::tuple& padding,
+             const py::tuple& dilation, bool simd) {
+            std::vector<size_t> shape(size_t(x.ndim()));
+            for (size_t i = 0; i < shape.size(); ++i) shape[i] = size_t(x.shape(ssize_t(i)));
+            const ConvGeometry g = float_conv_geometry(conv, shape, stride, padding, dilation);
+            const float* src = array_data<float>(x, "x", g.B * g.H * g.W * g.C);
+            py::array_t<float> out({g.B, g.OH, g.OW, conv.cout});
+            float* dst = out.mutable_data();
+            {
+              py::gil_scoped_release release;
+              conv.run(src, g, dst, simd);
+            }
+            return out;
+          },
+          py::arg("x"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("simd"),
+          "NHWC float32 x (B, H, W, C) -> (B, OH, OW, cout); simd=False runs the scalar twin (identical results)")
+      .def("kernel_name", &FloatConv::kernel_name, py::arg("simd"))
+      .def_readonly("cout", &FloatConv::cout)
+      .def_readonly("groups", &FloatConv::groups)
+      .def_readonly("depthwise", &FloatConv::depthwise)
+      .def_readonly("K", &FloatConv::K);
   m.def(
       "executor_maxpool_nhwc",
       [](const py::array_t<float, py::array::c_style | py::array::forcecast>& x, const py::tuple& geometry,
@@ -654,6 +731,71 @@ void bind_executor(py::module_& m) {
              if (s->ep.out_col != 0 || s->ep.out_stride != cout || (s->ep.residual >= 0 && s->ep.residual_stride != cout))
                throw py::value_error("conv_grouped: whole rows of cout channels only");
              h.add(std::move(s), "conv_grouped", node, reads, writes);
+           })
+      .def("conv_f32",
+           [](PlanHandle& h, int node, const py::object& layer, int src, int dst, const py::tuple& geometry,
+              bool simd) {
+             // layer: a FloatConv (kept alive with the plan); geometry as geometry_of
+             const FloatConv& conv = layer.cast<const FloatConv&>();
+             auto s = std::make_unique<runtime::FloatConvStep>();
+             s->g = geometry_of(geometry);
+             const ConvGeometry& g = s->g;
+             if (g.C != conv.groups * conv.cg || g.kh != conv.kh || g.kw != conv.kw)
+               throw py::value_error("conv_f32: geometry does not match the layer's weights");
+             h.need(src, checked_product({g.B, g.H, g.W, g.C, 4}, "conv_f32 input"), "conv_f32 input");
+             h.need(dst, checked_product({g.B, g.OH, g.OW, conv.cout, 4}, "conv_f32 output"), "conv_f32 output");
+             h.keep_object(layer);
+             s->conv = &conv;
+             s->src = src;
+             s->dst = dst;
+             s->simd = simd;
+             h.add(std::move(s), "conv_f32", node, {src}, {dst});
+           })
+      .def("concat",
+           [](PlanHandle& h, int node, const std::vector<int>& srcs, const std::vector<size_t>& row_bytes, int dst,
+              size_t rows) {
+             if (srcs.size() < 2 || srcs.size() != row_bytes.size())
+               throw py::value_error("concat: expected 2 or more inputs, each with its row bytes");
+             auto s = std::make_unique<runtime::ConcatStep>();
+             size_t total = 0;
+             for (size_t i = 0; i < srcs.size(); ++i) {
+               h.need(srcs[i], checked_product({rows, row_bytes[i]}, "concat input"), "concat input");
+               total = checked_product({total + row_bytes[i]}, "concat row");
+               if (srcs[i] == dst) throw py::value_error("concat: output aliases an input");
+             }
+             h.need(dst, checked_product({rows, total}, "concat output"), "concat output");
+             s->srcs = srcs;
+             s->row_bytes = row_bytes;
+             s->dst = dst;
+             s->rows = rows;
+             h.add(std::move(s), "concat", node, srcs, {dst});
+           })
+      .def("pad",
+           [](PlanHandle& h, int node, int src, int dst, const std::vector<size_t>& nhwc, size_t elem,
+              const std::vector<size_t>& pads, const py::bytes& fill) {
+             // nhwc: the input's (B, H, W, C); pads: (top, left, bottom, right); fill: `elem` bytes
+             const std::string f = fill;
+             if (nhwc.size() != 4 || pads.size() != 4 || !(elem == 1 || elem == 4) || f.size() != elem)
+               throw py::value_error("pad: expected (B, H, W, C), 4 pads, elem 1 or 4 and elem fill bytes");
+             auto s = std::make_unique<runtime::PadStep>();
+             s->B = nhwc[0];
+             s->H = nhwc[1];
+             s->W = nhwc[2];
+             s->C = nhwc[3];
+             s->elem = elem;
+             s->top = pads[0];
+             s->left = pads[1];
+             s->bottom = pads[2];
+             s->right = pads[3];
+             std::memcpy(s->fill, f.data(), elem);
+             const size_t oh = checked_product({s->top + s->H + s->bottom}, "pad height");
+             const size_t ow = checked_product({s->left + s->W + s->right}, "pad width");
+             h.need(src, checked_product({s->B, s->H, s->W, s->C, elem}, "pad input"), "pad input");
+             h.need(dst, checked_product({s->B, oh, ow, s->C, elem}, "pad output"), "pad output");
+             if (src == dst) throw py::value_error("pad: output aliases the input");
+             s->src = src;
+             s->dst = dst;
+             h.add(std::move(s), "pad", node, {src}, {dst});
            })
       .def("finalize", [](PlanHandle& h) { h.plan_.finalize(); })
       .def_property_readonly("arena_bytes", [](const PlanHandle& h) { return h.plan_.arena_bytes(); })

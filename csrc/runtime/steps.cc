@@ -330,5 +330,46 @@ bool GroupedConvStep::run(Context& c) const {
   return run_grouped_conv(k, gg);
 }
 
+bool FloatConvStep::run(Context& c) const {
+  conv->run(c.at<const float>(src), g, c.at<float>(dst), simd);
+  return true;
+}
+
+bool ConcatStep::run(Context& c) const {
+  size_t out_row = 0;
+  for (size_t w : row_bytes) out_row += w;
+  uint8_t* out = c.at<uint8_t>(dst);
+  size_t col = 0;
+  for (size_t i = 0; i < srcs.size(); ++i) {
+    const uint8_t* s = c.at<const uint8_t>(srcs[i]);
+    const size_t w = row_bytes[i];
+    for (size_t r = 0; r < rows; ++r) std::memcpy(out + r * out_row + col, s + r * w, w);
+    col += w;
+  }
+  return true;
+}
+
+bool PadStep::run(Context& c) const {
+  const size_t OW = left + W + right, OH = top + H + bottom;
+  const size_t in_row = W * C * elem, out_row = OW * C * elem;
+  // one output row of fill, copied wherever the frame is
+  std::vector<uint8_t> frame(out_row);
+  for (size_t i = 0; i < out_row; i += elem) std::memcpy(frame.data() + i, fill, elem);
+  const uint8_t* x = c.at<const uint8_t>(src);
+  uint8_t* out = c.at<uint8_t>(dst);
+  for (size_t b = 0; b < B; ++b)
+    for (size_t oy = 0; oy < OH; ++oy) {
+      uint8_t* o = out + (b * OH + oy) * out_row;
+      if (oy < top || oy >= top + H) {
+        std::memcpy(o, frame.data(), out_row);
+        continue;
+      }
+      std::memcpy(o, frame.data(), left * C * elem);
+      std::memcpy(o + left * C * elem, x + (b * H + oy - top) * in_row, in_row);
+      std::memcpy(o + left * C * elem + in_row, frame.data(), right * C * elem);
+    }
+  return true;
+}
+
 }  // namespace runtime
 }  // namespace lowbit

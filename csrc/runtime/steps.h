@@ -12,6 +12,7 @@
 #include "kernels/ukernel.h"
 #include "ops/conv.h"
 #include "ops/epilogue.h"
+#include "ops/float_gemm.h"
 #include "ops/gemm.h"
 #include "ops/graph_ops.h"
 #include "ops/pack.h"
@@ -204,6 +205,39 @@ struct GroupedConvStep : Step {
   GemmGeometry gg{};
   int src = -1;
   EpilogueSpec ep;
+  bool run(Context& c) const override;
+};
+
+// `conv_f32` / `linear_f32` node (a linear layer: the 1x1 convolution of a
+// 1x1 map): FloatConv::run (ops/float_gemm.h) on NHWC float32 `src`, the
+// layer's weights packed once, owned by the Python object the bindings keep.
+struct FloatConvStep : Step {
+  const FloatConv* conv = nullptr;
+  int src = -1, dst = -1;
+  ConvGeometry g{};
+  bool simd = true;  // the AVX2 tier when the CPU has it (false under a forced scalar tier)
+  bool run(Context& c) const override;
+};
+
+// `concat` node (runtime.concat_channels): row r of the output is row r of
+// every input in order, input i contributing row_bytes[i] bytes (its last
+// axis: float32 channels or codes).
+struct ConcatStep : Step {
+  std::vector<int> srcs;
+  std::vector<size_t> row_bytes;
+  int dst = -1;
+  size_t rows = 0;
+  bool run(Context& c) const override;
+};
+
+// `pad` node (runtime.pad_nhwc): NHWC (B, H, W, C) elements of `elem` bytes
+// (4: float32, 1: codes) framed by top/left/bottom/right rows and columns of
+// `fill` (its first `elem` bytes: 0.0f, -inf, or the code of level 0).
+struct PadStep : Step {
+  int src = -1, dst = -1;
+  size_t B = 0, H = 0, W = 0, C = 0, elem = 1;
+  size_t top = 0, left = 0, bottom = 0, right = 0;
+  uint8_t fill[4] = {0, 0, 0, 0};
   bool run(Context& c) const override;
 };
 

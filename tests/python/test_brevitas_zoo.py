@@ -179,7 +179,7 @@ def test_float_layers_against_qonnx(float_weights, tmp_path):
     assert [n.op for n in m.nodes if n.op in ("conv", "linear", "conv_f32", "linear_f32")] == \
         ["conv_f32", "conv", "linear_f32"]
     text = m.summary(print_fn=None)
-    assert text.count(" F32 ") == 2 and "float32 numpy-blas" in text and "+ 2 float32 layers" in text
+    assert text.count(" F32 ") == 2 and "f32gemm_" in text and "+ 2 float32 layers" in text
     rows = {r_["op"]: r_ for r_ in m.layers()}
     assert rows["conv_f32"]["bits"] == "F32" and rows["conv"]["kernel"].startswith("dwconv_")
     np.testing.assert_array_equal(m.run_reference(x[:4]), m(x[:4]))

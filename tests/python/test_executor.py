@@ -277,17 +277,159 @@ def _with_float_layer():
     return Model([nodes[0], f32, q0] + nodes[2:], m.meta)
 
 
-def test_fallback_to_python_with_reason():
+def test_float_stem_runs_natively():
     m = _with_float_layer()
     x = images(2, 2)
+    check(m, x)
+    assert lbx.status(m) == ("native", None)
+    assert "executor: native" in m.summary(print_fn=None)
+    m.run(x)  # the reference run (last in check) reports numpy-reference
+    assert m.node("stem_f32").kernel.startswith("f32gemm_")
+
+
+def test_fallback_to_python_with_reason():
+    """A node the builder cannot lower (an add that broadcasts) sends the model to Python as a whole."""
+    rng = np.random.default_rng(16)
+    c3 = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+    nodes = [Node("input", "input", [], {"channels": 3, "height": 6, "width": 6}),
+             _q("q", "input", 2, 0.25),
+             _layer(rng, "c", "conv", ["q"], (4, 3, 3, 3), 2, range(4), **c3),
+             Node("gp", "adaptive_avgpool", ["c"], {"output_size": [1, 1]}),
+             Node("bcast", "add", ["c", "gp"]),
+             Node("flat", "flatten", ["bcast"])]
+    m = Model(nodes)
+    x = _images(2, size=6)
     want = m.run(x, executor="python")
     _same(m.run(x), want)
     _same(m.run_reference(x), want)
     ex, why = lbx.status(m)
-    assert ex == "python" and "stem_f32" in why and "conv_f32" in why
+    assert ex == "python" and "bcast" in why and "broadcast" in why
     assert "executor: python" in m.summary(print_fn=None)
-    with pytest.raises(ValueError, match="executor='native'.*stem_f32"):
+    with pytest.raises(ValueError, match="executor='native'.*bcast"):
         m.run(x, executor="native")
+
+
+# ---------------------------------------------------------------------------------------------
+# Float32 layers, concat and pad
+
+def _f32(rng, name, op, src, shape, **attrs):
+    if op == "conv_f32":
+        attrs = dict({"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}, **attrs)
+    return Node(name, op, [src] if isinstance(src, str) else src, attrs,
+                {"w": rng.normal(0, 0.4, shape).astype(np.float32),
+                 "bias": rng.uniform(-0.3, 0.3, shape[0]).astype(np.float32)})
+
+
+def float_zoo(seed=0, width=20, size=9, a_bits=2):
+    """input -> pad (float, asymmetric) -> conv_f32 3x3 s2 (cout 20: a partial panel) -> clamp ->
+    { depthwise conv_f32 3x3 d2, grouped conv_f32 (4 groups), 1x1 conv_f32 } -> concat (float) ->
+    quantize -> two convs on one grid -> concat (codes) -> pad (codes) -> conv -> dequantize ->
+    adaptive avgpool -> flatten -> linear_f32 -> clamp -> concat (2-D float) -> linear_f32."""
+    rng = np.random.default_rng(seed)
+    lv = list(range(1 << a_bits))
+    rq = {"bits": a_bits, "step": 0.5, "signed": False}
+    c3 = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+    w = width
+    nodes = [
+        Node("input", "input", [], {"channels": 3, "height": size, "width": size}),
+        Node("pad0", "pad", ["input"], {"pads": [0, 1, 2, 1], "fill": "zero"}),
+        _f32(rng, "stem", "conv_f32", "pad0", (w, 3, 3, 3), stride=[2, 2]),
+        Node("relu", "clamp", ["stem"], {"clamp": [0.0, None]}),
+        _f32(rng, "dw", "conv_f32", "relu", (w, 1, 3, 3), groups=w, padding=[2, 2], dilation=[2, 2]),
+        _f32(rng, "grp", "conv_f32", "relu", (12, w // 4, 3, 3), groups=4),
+        _f32(rng, "pw", "conv_f32", "relu", (5, w, 1, 1), padding=[0, 0]),
+        Node("cat_f", "concat", ["dw", "grp", "pw", "relu"]),
+        _q("q1", "cat_f", a_bits, 0.3),
+        _layer(rng, "ca", "conv", ["q1"], (8, 2 * w + 17, 3, 3), 2, lv, requant=rq, **c3),
+        _layer(rng, "cb", "conv", ["q1"], (3, 2 * w + 17, 1, 1), 2, lv, requant=rq, **dict(c3, padding=[0, 0])),
+        Node("cat_c", "concat", ["ca", "cb", "ca"]),
+        Node("pad_c", "pad", ["cat_c"], {"pads": [1, 0, 0, 2], "fill": "zero"}),
+        _layer(rng, "cc", "conv", ["pad_c"], (16, 19, 3, 3), 2, lv, **dict(c3, stride=[2, 2])),
+        Node("gap", "adaptive_avgpool", ["cc"], {"output_size": [1, 1]}),
+        Node("flat", "flatten", ["gap"]),
+        _f32(rng, "fc1", "linear_f32", "flat", (33, 16)),
+        Node("relu2", "clamp", ["fc1"], {"clamp": [0.0, None]}),
+        Node("cat2", "concat", ["relu2", "flat"]),
+        _f32(rng, "fc2", "linear_f32", "cat2", (10, 49)),
+    ]
+    return Model(nodes, {"name": "executor float zoo"})
+
+
+@pytest.mark.parametrize("size", [5, 9, 16])
+def test_float_layers_concat_pad_bit_identical(size):
+    m = float_zoo(seed=size, size=size)
+    assert lbx.status(m) == ("native", None)
+    for n in (1, 2, 5):
+        check(m, _images(n, size=size, seed=n))
+    assert lbx.status(m) == ("native", None)
+    kinds = set(lbx.plan_for(m, (5, 3, size, size)).core.step_kinds)
+    assert {"conv_f32", "concat", "pad"} <= kinds
+    assert {n.kernel for n in m.nodes if n.op in ("conv_f32", "linear_f32")} == {"numpy-reference"}
+    m.run(_images(1, size=size))
+    rows = {r["name"]: r for r in m.layers()}
+    assert rows["dw"]["kernel"].startswith("f32dwconv_") and rows["fc2"]["kernel"].startswith("f32gemm_")
+
+
+@pytest.mark.parametrize("isa", _dispatch.supported_tiers())
+def test_float_layers_every_tier_cap(isa):
+    m = float_zoo(seed=31)
+    x = _images(3, size=9, seed=31)
+    want = m.run(x, executor="python")
+    with lowbit.use(isa=isa):
+        _same(check(m, x), want)  # the scalar twin and the AVX2 tier: the same bits
+        m.run(x, executor="native")
+        names = {n.kernel for n in m.nodes if n.op in ("conv_f32", "linear_f32")}
+    assert all(k.endswith("_scalar") for k in names) == (isa == "scalar"), names
+
+
+def test_float_layers_threads():
+    m = float_zoo(seed=32, size=16)
+    x = _images(4, size=16, seed=32)
+    want = check(m, x)
+    try:
+        for t in (1, 2, 3):
+            lowbit.set_num_threads(t)
+            _same(m.run(x, executor="native"), want, f"{t} threads")
+    finally:
+        lowbit.set_num_threads(0)
+
+
+@pytest.mark.parametrize("cout,k,stride,pad,dil,groups", [
+    (1, 1, 1, 0, 1, 1), (16, 3, 1, 1, 1, 1), (17, 3, 2, 1, 1, 1), (33, 7, 2, 3, 1, 1), (32, 3, 2, 1, 1, 1),
+    (6, 3, 1, 2, 2, 3), (3, 3, 1, 1, 1, 3), (6, 3, 2, 0, 1, 3), (3, 5, 1, 2, 1, 3), (9, 1, 2, 0, 1, 1)])
+def test_float_stem_edge_shapes(cout, k, stride, pad, dil, groups):
+    """A float first layer (the zoo's stems: 3 input channels) of every kind: native, Python path and
+    reference byte for byte, as the model output (NCHW) itself."""
+    rng = np.random.default_rng(cout * 7 + k)
+    nodes = [Node("input", "input", [], {"channels": 3, "height": 11, "width": 8}),
+             _f32(rng, "c", "conv_f32", "input", (cout, 3 // groups, k, k), stride=[stride, stride],
+                  padding=[pad, pad], dilation=[dil, dil], groups=groups)]
+    m = Model(nodes)
+    for n in (1, 3):
+        out = check(m, _images(n, size=11, seed=n)[..., :8])
+        assert out.shape[:2] == (n, cout)
+
+
+def test_codes_pad_and_concat_edges():
+    """pad of signed codes (the code of level 0 is not 0), a zero-width side, and a concat of the
+    same value twice."""
+    rng = np.random.default_rng(33)
+    lv = [-2, -1, 0, 1]
+    rq = {"bits": 2, "step": 0.5, "signed": True}
+    c3 = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1}
+    nodes = [Node("input", "input", [], {"channels": 3, "height": 6, "width": 7}),
+             _q("q", "input", 2, 0.25, signed=True),
+             _layer(rng, "a", "conv", ["q"], (5, 3, 1, 1), 2, lv, requant=rq, **c3),
+             Node("p", "pad", ["a"], {"pads": [2, 0, 0, 3], "fill": "zero"}),
+             Node("cat", "concat", ["p", "p"]),
+             _layer(rng, "b", "conv", ["cat"], (4, 10, 3, 3), 2, lv, **c3),
+             Node("pm", "pad", ["b"], {"pads": [1, 1, 1, 1], "fill": "-inf"}),
+             Node("mp", "maxpool", ["pm"], {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0],
+                                            "dilation": [1, 1]}),
+             Node("flat", "flatten", ["mp"])]
+    m = Model(nodes)
+    check(m, _images(3, size=7, seed=3)[:, :, :6])
+    assert lbx.status(m) == ("native", None)
 
 
 @pytest.mark.parametrize("groups", [1, 2])

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import _core, _dispatch
 from .. import conv as convmod
+from . import floatops
 from ..ops import _prepare
 from ..packing import PackedActivations, check_elements
 
@@ -34,9 +35,9 @@ __all__ = ["PLAN_CACHE_SIZE", "Unsupported", "status", "why_not"]
 
 PLAN_CACHE_SIZE = 8
 CHOICES = ("native", "python")
-# ops with a native step; conv_f32/linear_f32 (float layers on NumPy BLAS) have none
+# ops with a native step (every op of lowbit.Model today; why_not names any that is not)
 NATIVE_OPS = ("input", "quantize", "dequantize", "conv", "linear", "add", "clamp", "affine", "maxpool", "avgpool",
-              "adaptive_avgpool", "flatten")
+              "adaptive_avgpool", "flatten", "conv_f32", "linear_f32", "concat", "pad")
 _EPILOGUE_DEFAULTS = (1.0, 0, 0)  # inv_step, qmin, qmax of a float32 output
 _BUILD_LOCK = threading.Lock()
 
@@ -49,8 +50,7 @@ def why_not(model) -> str | None:
     """Why ``model`` never runs natively (an op without a native step), or None."""
     for n in model.nodes:
         if n.op not in NATIVE_OPS:
-            what = "float32 layer on NumPy BLAS" if n.op in ("conv_f32", "linear_f32") else "NumPy only"
-            return f"node {n.name!r}: op {n.op!r} ({what}) has no native step"
+            return f"node {n.name!r}: op {n.op!r} has no native step"
     return None
 
 
@@ -96,10 +96,11 @@ class NativePlan:
 
     __slots__ = ("core", "out_shape", "kernels", "shapes", "step_names", "last_kernel")
 
-    def __init__(self, core, out_shape, kernels, shapes, step_names):
+    def __init__(self, core, out_shape, kernels, shapes, step_names, float_layers=()):
         self.core, self.out_shape = core, out_shape
         self.kernels, self.shapes, self.step_names = kernels, shapes, step_names
-        self.last_kernel = next(reversed(kernels.values()), None) if kernels else None
+        # lowbit's last kernel is a quantized layer's, as on the Python path (float layers leave it alone)
+        self.last_kernel = next((k for name, k in reversed(kernels.items()) if name not in float_layers), None)
 
 
 class _Builder:
@@ -110,6 +111,7 @@ class _Builder:
         self.core = _core.ExecutorPlan()
         self.vals = {}
         self.kernels = {}
+        self.float_layers = set()  # names of the conv_f32 / linear_f32 nodes in self.kernels
         self.packed = {}       # (codes buffer, packing) -> (packed buffer, row bytes): one pack per rule
         self.nhwc_input = None
         self.output_buf = None
@@ -159,6 +161,12 @@ class _Builder:
             self.core.dequantize(i, x.buf, out.buf, x.size, np.asarray(x.levels, np.int32), float(np.float32(x.step)))
         elif op in ("conv", "linear"):
             out = self._quantized(i, n, args)
+        elif op in ("conv_f32", "linear_f32"):
+            out = self._float_layer(i, n, args[0])
+        elif op == "concat":
+            out = self._concat(i, n, args)
+        elif op == "pad":
+            out = self._pad(i, n, args[0])
         elif op == "flatten":
             x = args[0] if args[0].kind != "input" else self._float_input(args[0], "flatten")
             if len(x.shape) != 4:
@@ -207,6 +215,77 @@ class _Builder:
             else:
                 raise Unsupported(f"node {n.name!r}: op {op!r} has no native step")
         self.vals[n.name] = out
+
+    def _float_layer(self, i, n, x):
+        """conv_f32 / linear_f32: the node's prepared FloatConv (floatops.layer, the one the
+        Python path runs) as one step."""
+        x = self._float_input(x, f"node {n.name!r} ({n.op})")
+        layer, w = floatops.layer(n), n.arrays["w"]
+        if n.op == "linear_f32":
+            if len(x.shape) != 2 or x.shape[1] != w.shape[1]:
+                raise Unsupported(f"node {n.name!r}: linear_f32 input shape {x.shape} (graph error)")
+            b, k = x.shape
+            geometry = (b, 1, 1, k, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
+            out = self._f32(i, (b, layer.cout))
+        else:
+            a = n.attrs
+            if len(x.shape) != 4 or x.shape[3] != w.shape[1] * a["groups"]:
+                raise Unsupported(f"node {n.name!r}: conv_f32 input shape {x.shape} (graph error)")
+            b, h, wd, c = x.shape
+            kh, kw = w.shape[2:]
+            stride = convmod._pair(a["stride"], "stride")
+            padding = convmod._pair(a["padding"], "padding")
+            dilation = convmod._pair(a["dilation"], "dilation")
+            oh, ow = convmod._output_size(h, wd, kh, kw, stride, padding, dilation)
+            check_elements((b, oh, ow, layer.cout), "output")
+            geometry = (b, h, wd, c, kh, kw, *stride, *padding, *dilation, oh, ow)
+            out = self._f32(i, (b, oh, ow, layer.cout))
+        self.core.conv_f32(i, layer, x.buf, out.buf, geometry, floatops.simd())
+        self.kernels[n.name] = layer.kernel_name(floatops.simd())
+        self.float_layers.add(n.name)
+        return out
+
+    def _concat(self, i, n, args):
+        """concat (model.concat_channels): row by row copies into one value."""
+        vals = [self._float_input(v, "concat") if v.kind == "input" else v for v in args]
+        first = vals[0]
+        if len({v.kind for v in vals}) != 1 or len({v.shape[:-1] for v in vals}) != 1:
+            raise Unsupported(f"node {n.name!r}: concat of {[(v.kind, v.shape) for v in vals]} (graph error)")
+        shape = first.shape[:-1] + (sum(v.shape[-1] for v in vals),)
+        if first.kind == "codes":
+            if any(v.bits != first.bits or list(v.levels) != list(first.levels) or v.step != first.step
+                   for v in vals[1:]):
+                raise Unsupported(f"node {n.name!r}: concat of codes of different grids (graph error)")
+            out, elem = _Value("codes", shape, self.core.buffer(int(np.prod(shape))), first.bits, first.levels,
+                               first.step), 1
+        else:
+            out, elem = self._f32(i, shape), 4
+        self.core.concat(i, [v.buf for v in vals], [elem * v.shape[-1] for v in vals], out.buf,
+                         int(np.prod(first.shape[:-1])))
+        return out
+
+    def _pad(self, i, n, x):
+        """pad (model.pad_nhwc): the frame of fill values, then the input's rows."""
+        if x.kind == "input":
+            x = self._float_input(x, "pad")
+        if len(x.shape) != 4:
+            raise Unsupported(f"node {n.name!r}: pad needs an NHWC input, got shape {x.shape}")
+        t, l, bo, r = (int(p) for p in n.attrs["pads"])
+        b, h, w, c = x.shape
+        shape = (b, h + t + bo, w + l + r, c)
+        check_elements(shape, "pad output")
+        fill = n.attrs["fill"]
+        if x.kind == "codes":
+            zero = np.flatnonzero(np.asarray(x.levels) == 0)
+            if fill != "zero" or zero.size == 0:
+                raise Unsupported(f"node {n.name!r}: pad of codes with {fill} (graph error)")
+            out = _Value("codes", shape, self.core.buffer(int(np.prod(shape))), x.bits, x.levels, x.step)
+            elem, fill_bytes = 1, bytes([int(zero[0])])
+        else:
+            out, elem = self._f32(i, shape), 4
+            fill_bytes = np.float32(0.0 if fill == "zero" else -np.inf).tobytes()
+        self.core.pad(i, x.buf, out.buf, [b, h, w, c], elem, [t, l, bo, r], fill_bytes)
+        return out
 
     def _quantize(self, i, n, x):
         a = n.attrs
@@ -463,7 +542,7 @@ def _build(model, shape) -> NativePlan:
     for n in model.nodes:
         v = b.vals[n.name]
         shapes[n.name] = (v.shape[0], v.shape[2], v.shape[3], v.shape[1]) if v.kind == "input" else v.shape
-    return NativePlan(b.core, out_shape, b.kernels, shapes, [names[j] for j in b.core.step_nodes])
+    return NativePlan(b.core, out_shape, b.kernels, shapes, [names[j] for j in b.core.step_nodes], b.float_layers)
 
 
 def plan_for(model, shape) -> NativePlan:

@@ -1,17 +1,89 @@
-"""Float32 convolution and linear layers (NumPy; the matrix products run on NumPy's BLAS).
+"""Float32 convolution and linear layers (the ``conv_f32`` / ``linear_f32`` nodes of
+:class:`lowbit.Model`): layers whose input (or weights) are not quantized, e.g. the
+first convolution of a Brevitas model that reads the raw image.
 
-Used for layers whose input (or weights) are not quantized, e.g. the first
-convolution of a Brevitas model that reads the raw image: ``conv_f32`` /
-``linear_f32`` nodes of :class:`lowbit.Model`. Results agree with any other
-float32 convolution (onnxruntime, torch) to float rounding only: the sums run
-in a different order.
+One summation order, everywhere (docs/runtime.md)::
+
+    out[m, n] = (((0 + a[m, 0] * w[0, n]) + a[m, 1] * w[1, n]) + ... + a[m, K-1] * w[K-1, n]) + bias[n]
+
+every product and sum rounded to float32 (no fused multiply-add), ``k`` over the im2col row of
+output pixel ``m`` in (ky, kx, c) order over the group's channels, padding reading 0.0.
+``native=True`` runs the native kernel (``_core.FloatConv``: weights packed once, an AVX2
+tier and its scalar twin); ``native=False`` is the NumPy reference, the same chain
+vectorized over the outputs, one ``k`` at a time. The two agree bit for bit; any other
+float32 convolution (BLAS, onnxruntime, torch) sums in another order and agrees to float
+rounding only.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["conv2d_f32", "linear_f32"]
+from .. import _core, _dispatch
 
+__all__ = ["conv2d_f32", "linear_f32", "layer", "simd"]
+
+
+def simd() -> bool:
+    """Whether the float kernels may use their SIMD tier (False under a forced scalar tier;
+    the results are the same)."""
+    return _dispatch.tier_rank(_dispatch.tier_cap()) > 0
+
+
+def _check(x, w, groups, what):
+    x = np.asarray(x, np.float32)
+    w = np.asarray(w, np.float32)
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"{what}: expected NHWC x and (Cout, Cin / groups, kh, kw) w, got {x.shape} and {w.shape}")
+    cout, cg = w.shape[:2]
+    if groups < 1 or cg * groups != x.shape[3] or cout % groups:
+        raise ValueError(f"{what}: weights {w.shape} with groups={groups} do not fit {x.shape[3]} input channels")
+    return x, w
+
+
+def layer(node):
+    """The node's prepared native layer (``_core.FloatConv``), built on first use: a
+    ``linear_f32`` is the 1x1 convolution of a 1x1 map."""
+    conv = node._cache.get("float_conv")
+    if conv is None:
+        w = np.ascontiguousarray(node.arrays["w"], np.float32)
+        bias = np.ascontiguousarray(node.arrays["bias"], np.float32)
+        if node.op == "linear_f32":
+            conv = _core.FloatConv(np.ascontiguousarray(w.reshape(w.shape + (1, 1))), bias, 1)
+        else:
+            conv = _core.FloatConv(w, bias, int(node.attrs["groups"]))
+        node._cache["float_conv"] = conv
+    return conv
+
+
+def conv2d_f32(x, w, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, native=True,
+               prepared=None) -> np.ndarray:
+    """float32 NHWC convolution: ``x`` (B, H, W, C), ``w`` (Cout, C // groups, kh, kw) (ONNX
+    layout), zero padding; returns (B, OH, OW, Cout) float32 in the order above.
+    ``prepared``: the layer's ``_core.FloatConv`` (else built for this call)."""
+    x, w = _check(x, w, groups, "conv2d_f32")
+    stride, padding, dilation = (tuple(int(v) for v in p) for p in (stride, padding, dilation))
+    if native:
+        conv = prepared if prepared is not None else _core.FloatConv(
+            np.ascontiguousarray(w), None if bias is None else np.ascontiguousarray(bias, np.float32), groups)
+        try:
+            return conv(np.ascontiguousarray(x), stride, padding, dilation, simd())
+        except ValueError as exc:
+            raise ValueError(f"conv2d_f32: {exc}") from None
+    return _reference_conv(x, w, bias, stride, padding, dilation, groups)
+
+
+def linear_f32(x, w, bias=None, native=True, prepared=None) -> np.ndarray:
+    """float32 ``x @ w.T (+ bias)`` for ``x`` (B, K), ``w`` (N, K), in the order above."""
+    x = np.asarray(x, np.float32)
+    w = np.asarray(w, np.float32)
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"linear_f32: expected x (B, K) and w (N, K), got {x.shape} and {w.shape}")
+    out = conv2d_f32(x.reshape(x.shape[0], 1, 1, x.shape[1]), w.reshape(w.shape + (1, 1)), bias, native=native,
+                     prepared=prepared)
+    return out.reshape(x.shape[0], w.shape[0])
+
+
+# ---- the NumPy reference ---------------------------------------------------------------------
 
 def _taps(x, kh, kw, stride, padding, dilation):
     """Zero-padded NHWC ``x`` -> list of the (B, OH, OW, C) strided views of each kernel tap
@@ -21,7 +93,7 @@ def _taps(x, kh, kw, stride, padding, dilation):
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     if oh < 1 or ow < 1:
-        raise ValueError(f"conv2d_f32: input {h}x{w} is too small for a {kh}x{kw} kernel")
+        raise ValueError(f"conv2d_f32: x: input {h}x{w} is too small for a {kh}x{kw} kernel")
     if ph or pw:
         xp = np.zeros((b, h + 2 * ph, w + 2 * pw, c), np.float32)
         xp[:, ph:ph + h, pw:pw + w] = x
@@ -32,38 +104,23 @@ def _taps(x, kh, kw, stride, padding, dilation):
     return taps, oh, ow
 
 
-def conv2d_f32(x, w, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1) -> np.ndarray:
-    """float32 NHWC convolution: ``x`` (B, H, W, C), ``w`` (Cout, C // groups, kh, kw) (ONNX
-    layout), zero padding; returns (B, OH, OW, Cout) float32. Dense and grouped convolutions
-    use im2col and one BLAS matrix product per group; depthwise ones (one input channel per
-    group) a multiply-add per kernel tap."""
-    x = np.asarray(x, np.float32)
-    w = np.asarray(w, np.float32)
+def _reference_conv(x, w, bias, stride, padding, dilation, groups):
     b, _, _, c = x.shape
     cout, cg, kh, kw = w.shape
-    if cg * groups != c or cout % groups:
-        raise ValueError(f"conv2d_f32: weights {w.shape} with groups={groups} do not fit {c} input channels")
     taps, oh, ow = _taps(x, kh, kw, stride, padding, dilation)
-    if cg == 1 and cout == groups:      # depthwise
-        out = np.zeros((b, oh, ow, cout), np.float32)
+    out = np.zeros((b, oh, ow, cout), np.float32)
+    if cg == 1 and cout == groups:      # depthwise: the chain over the taps, all channels at once
         wt = w.reshape(cout, kh * kw)
         for t, v in enumerate(taps):
             out += v * wt[:, t]
     else:
         opg = cout // groups
-        out = np.empty((b, oh, ow, cout), np.float32)
         for g in range(groups):
-            cols = np.stack([v[..., g * cg:(g + 1) * cg] for v in taps], axis=3).reshape(b * oh * ow, kh * kw * cg)
-            wg = w[g * opg:(g + 1) * opg].transpose(2, 3, 1, 0).reshape(kh * kw * cg, opg)
-            out[..., g * opg:(g + 1) * opg] = (cols @ wg).reshape(b, oh, ow, opg)
-    if bias is not None:
-        out += np.asarray(bias, np.float32)
-    return out
-
-
-def linear_f32(x, w, bias=None) -> np.ndarray:
-    """float32 ``x @ w.T (+ bias)`` for ``x`` (B, K), ``w`` (N, K)."""
-    out = np.asarray(x, np.float32) @ np.asarray(w, np.float32).T
+            acc = out[..., g * opg:(g + 1) * opg]
+            wg = w[g * opg:(g + 1) * opg].transpose(2, 3, 1, 0).reshape(kh * kw * cg, opg)  # k = (ky, kx, c)
+            for t, v in enumerate(taps):
+                for ci in range(cg):
+                    acc += v[..., g * cg + ci, None] * wg[t * cg + ci]
     if bias is not None:
         out += np.asarray(bias, np.float32)
     return out

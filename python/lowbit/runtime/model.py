@@ -33,8 +33,9 @@ Ops (inputs -> output):
 ``linear``          codes (B, K) -> float or codes, ``lowbit.linear`` + epilogue
 ``conv_f32``        float -> float: float32 convolution of a layer whose input is not
                     quantized (``arrays['w']`` (Cout, Cin/groups, kh, kw), ``arrays['bias']``;
-                    :func:`lowbit.floatops.conv2d_f32`, im2col + NumPy BLAS)
-``linear_f32``      float (B, K) -> float, ``x @ w.T + bias`` in float32
+                    :func:`lowbit.floatops.conv2d_f32`: the native float32 kernel, one fixed
+                    summation order that the reference reproduces; docs/runtime.md)
+``linear_f32``      float (B, K) -> float, ``x @ w.T + bias`` in float32 (the same kernel)
 ``add``             float + float -> float (float32 add)
 ``clamp``           float -> float (ReLU = clamp(0, inf))
 ``affine``          float -> float, per-channel ``x * scale + bias`` (a BatchNorm that
@@ -84,6 +85,7 @@ import numpy as np
 from .. import _core, _dispatch
 from .. import codebook as cbmod
 from . import executor as _executor
+from . import floatops as _floatops
 from .. import quant as _quant
 from .. import reference as _ref
 from ..epilogue import Epilogue, Requant
@@ -849,15 +851,15 @@ class Model:
             return CodeTensor(maxpool(x.codes, a, native=not reference), x.bits, x.levels, x.step)
         if isinstance(x, CodeTensor):
             raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
+        if op in _FLOAT_LAYERS:
+            n.kernel = "numpy-reference" if reference else _floatops.layer(n).kernel_name(_floatops.simd())
         if op == "conv_f32":
-            from .floatops import conv2d_f32
-
-            return conv2d_f32(x, n.arrays["w"], n.arrays["bias"], a["stride"], a["padding"], a["dilation"],
-                              a["groups"])
+            return _floatops.conv2d_f32(x, n.arrays["w"], n.arrays["bias"], a["stride"], a["padding"], a["dilation"],
+                                        a["groups"], native=not reference,
+                                        prepared=None if reference else _floatops.layer(n))
         if op == "linear_f32":
-            from .floatops import linear_f32
-
-            return linear_f32(x, n.arrays["w"], n.arrays["bias"])
+            return _floatops.linear_f32(x, n.arrays["w"], n.arrays["bias"], native=not reference,
+                                        prepared=None if reference else _floatops.layer(n))
         native = not reference and x.dtype == np.float32
         if op == "add":
             y = args[1]
@@ -1011,8 +1013,7 @@ class Model:
             elif n.op in _FLOAT_LAYERS:
                 bits = "F32"
             rows.append({"name": n.name, "op": n.op, "bits": bits, "detail": self._detail(n),
-                         "kernel": n.kernel if n.op in _QUANTIZED else
-                         "float32 numpy-blas" if n.op in _FLOAT_LAYERS else None,
+                         "kernel": n.kernel if n.op in _QUANTIZED or n.op in _FLOAT_LAYERS else None,
                          "out_shape": n.out_shape, "bytes": n.weight_bytes(), "inputs": list(n.inputs),
                          "source": a.get("source")})
         return rows

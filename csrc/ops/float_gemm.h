@@ -1,0 +1,96 @@
+// Float32 convolution and linear layers: the `conv_f32` / `linear_f32` nodes
+// of lowbit.Model (layers whose input is not quantized, e.g. the first
+// convolution of a model that reads the raw image), natively.
+//
+// Summation order (the contract; every tier, thread count and tiling):
+//
+//   out[m, n] = (((0 + a[m, 0] * w[0, n]) + a[m, 1] * w[1, n]) + ...
+//                + a[m, K-1] * w[K-1, n]) + bias[n]
+//
+// every product and every sum rounded to float32 (no FMA: the file is built
+// with -ffp-contract=off like the rest), k running over the im2col row of
+// output pixel m in (ky, kx, c) order over the group's channels, a padded
+// tap reading 0.0f. Because each output is this fixed chain of IEEE
+// operations, the AVX2 tier (8 output channels a vector, each lane one
+// chain) and the scalar twin give identical bits, and so does the NumPy
+// reference (lowbit.runtime.floatops with native=False), which runs the same
+// chain vectorized over the outputs. BLAS sums in another order and agrees
+// only to float rounding.
+//
+// Layouts: x is NHWC (B, H, W, groups * cg) float32, out is
+// (B, OH, OW, cout) float32, weights arrive in ONNX order
+// (cout, cg, kh, kw). A linear layer is the 1x1 convolution of a 1x1 map.
+#pragma once
+#include <cstddef>
+#include <vector>
+
+#include "ops/pack.h"  // ConvGeometry
+
+namespace lowbit {
+
+// Output channels per packed weight panel (two AVX2 vectors).
+constexpr size_t kFloatPanel = 16;
+// Output rows one register tile computes at once.
+constexpr size_t kFloatTileRows = 6;
+
+// One layer's weights, packed once (plan time) for every run.
+//  * dense / grouped: per group, ceil(opg / kFloatPanel) panels; panel p
+//    holds w[k][p * 16 + j] at [k * 16 + j] (k in im2col order), zero for
+//    channels past opg.
+//  * depthwise (cg == 1 and cout == groups): taps x cout, w[t][c].
+class FloatConv {
+ public:
+  // w: (cout, cg, kh, kw) float32; bias: cout values or nullptr (none).
+  // The caller checked the sizes (cout % groups == 0, all >= 1).
+  FloatConv(const float* w, const float* bias, size_t cout, size_t cg, size_t kh, size_t kw, size_t groups);
+
+  // out = conv(x) under geometry g (g.C == groups * cg, g.kh/kw == kh/kw),
+  // split over the thread pool. `simd`: the AVX2 tier when the CPU has it.
+  void run(const float* x, const ConvGeometry& g, float* out, bool simd) const;
+
+  // The kernel run() uses ("f32gemm_avx2", "f32dwconv_scalar", ...).
+  const char* kernel_name(bool simd) const;
+
+  size_t cout, cg, kh, kw, groups;
+  size_t K;    // kh * kw * cg: one output's chain length
+  size_t opg;  // output channels per group
+  bool depthwise;
+
+ private:
+  size_t panels_;               // panels per group (dense)
+  std::vector<float> packed_;   // see above
+  std::vector<float> bias_;     // empty: no bias; dense: per group, padded to whole panels
+  bool has_bias_ = false;
+};
+
+// Up to kFloatTileRows rows of A, read in place: row r's chain values
+// a[r, k] are, for k = s * seg_len + t (segment s < nseg, t < seg_len),
+// base[s * seg_stride + r * lda + t]. An im2col row block is one segment of
+// K values a row; a convolution window wholly inside the image, rows being
+// consecutive output pixels of one output row, is kh segments (one per
+// kernel row: kw * C contiguous input values) read straight from the input.
+struct FloatTile {
+  const float* base;
+  size_t seg_stride, nseg, seg_len, lda;
+  size_t rows;     // 1..kFloatTileRows
+  size_t out_row;  // the tile's first row in the block's output
+};
+
+// Tiles times panels [p0, p1) of `panels` (one group's): columns
+// n = p * 16 + j < N of output row out_row + r written to out[row * ldo + n]
+// (+ bias[n] when bias is not null; bias is padded to whole panels). The
+// scalar twin and the AVX2 tier; identical results.
+void float_gemm_tiles_scalar(const FloatTile* tiles, size_t ntiles, const float* panels, size_t p0, size_t p1,
+                             const float* bias, size_t N, float* out, size_t ldo);
+// Depthwise output rows [r0, r1) (row r: image r / OH, output row r % OH)
+// of weights w (taps x C), bias (C or null).
+void float_dwconv_rows_scalar(const float* x, const ConvGeometry& g, const float* w, const float* bias, size_t r0,
+                              size_t r1, float* out);
+#if LOWBIT_HAVE_X86_KERNELS
+void float_gemm_tiles__avx2(const FloatTile* tiles, size_t ntiles, const float* panels, size_t p0, size_t p1,
+                            const float* bias, size_t N, float* out, size_t ldo);
+void float_dwconv_rows__avx2(const float* x, const ConvGeometry& g, const float* w, const float* bias, size_t r0,
+                             size_t r1, float* out);
+#endif
+
+}  // namespace lowbit
