@@ -9,36 +9,59 @@
 
 namespace lowbit {
 
-void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
-                          size_t n1) {
+namespace {
+
+// One row's columns [n0, nvec) (a multiple of 8 wide) for one output kind, with or
+// without a residual. The Epilogue's fields are read once into locals: through
+// e.out's uint8_t stores the compiler would otherwise reload them every 8 outputs.
+template <OutKind kKind, bool kResidual>
+void epilogue_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec) {
   const __m256 lo = _mm256_set1_ps(e.clamp_lo), hi = _mm256_set1_ps(e.clamp_hi);
   const __m256 inv = _mm256_set1_ps(e.inv_step);
   const __m256 qlo = _mm256_set1_ps(float(e.qmin)), qhi = _mm256_set1_ps(float(e.qmax));
   const __m256i qmin = _mm256_set1_epi32(e.qmin);
+  const float* const scale = e.scale;
+  const float* const bias = e.bias;
+  float* const out_f = static_cast<float*>(e.out) + m * e.out_stride;
+  uint8_t* const out_q = static_cast<uint8_t*>(e.out) + m * e.out_stride;
+  for (size_t n = n0; n < nvec; n += 8) {
+    __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + (n - n0))));
+    v = _mm256_mul_ps(v, _mm256_loadu_ps(scale + n));
+    v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n));
+    if (kResidual) v = _mm256_add_ps(v, _mm256_loadu_ps(res + n));
+    v = _mm256_max_ps(lo, v);  // lo > v ? lo : v, i.e. exactly v < lo ? lo : v (NaN, signed zeros)
+    v = _mm256_min_ps(hi, v);  // hi < v ? hi : v
+    if (kKind == OutKind::float32) {
+      _mm256_storeu_ps(out_f + n, v);
+    } else {
+      __m256 q = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      // NaN -> code 0. Only a residual can bring a NaN: acc, scale, bias and inv_step are
+      // finite, so v * inv_step is finite or +-Inf, which the clamps below map to the ends.
+      if (kResidual) q = _mm256_blendv_ps(q, qlo, _mm256_cmp_ps(q, q, _CMP_UNORD_Q));
+      q = _mm256_max_ps(qlo, q);
+      q = _mm256_min_ps(qhi, q);
+      const __m256i c = _mm256_sub_epi32(_mm256_cvttps_epi32(q), qmin);  // 0 .. 255
+      const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out_q + n), _mm_packus_epi16(w, w));
+    }
+  }
+}
+
+}  // namespace
+
+void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
+                          size_t n1) {
   const size_t nvec = n0 + (n1 - n0) / 8 * 8;
+  const bool codes = e.kind != OutKind::float32;  // int32 output never reaches the epilogue
   for (size_t m = m0; m < m1; ++m) {
     const int32_t* row = acc + (m - m0) * acc_stride;  // row[n - n0] for n in [n0, n1)
     const float* res = e.residual ? e.residual + m * e.residual_stride : nullptr;
-    for (size_t n = n0; n < nvec; n += 8) {
-      __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + (n - n0))));
-      v = _mm256_mul_ps(v, _mm256_loadu_ps(e.scale + n));
-      v = _mm256_add_ps(v, _mm256_loadu_ps(e.bias + n));
-      if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + n));
-      v = _mm256_max_ps(lo, v);  // lo > v ? lo : v, i.e. exactly v < lo ? lo : v (NaN, signed zeros)
-      v = _mm256_min_ps(hi, v);  // hi < v ? hi : v
-      if (e.kind == OutKind::float32) {
-        _mm256_storeu_ps(static_cast<float*>(e.out) + m * e.out_stride + n, v);
-      } else {
-        __m256 q = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        q = _mm256_blendv_ps(q, qlo, _mm256_cmp_ps(q, q, _CMP_UNORD_Q));  // NaN -> code 0
-        q = _mm256_max_ps(qlo, q);
-        q = _mm256_min_ps(qhi, q);
-        const __m256i c = _mm256_sub_epi32(_mm256_cvttps_epi32(q), qmin);  // 0 .. 255
-        const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(e.out) + m * e.out_stride + n),
-                         _mm_packus_epi16(w, w));
-      }
-    }
+    if (codes)
+      res ? epilogue_row<OutKind::codes, true>(e, row, res, m, n0, nvec)
+          : epilogue_row<OutKind::codes, false>(e, row, res, m, n0, nvec);
+    else
+      res ? epilogue_row<OutKind::float32, true>(e, row, res, m, n0, nvec)
+          : epilogue_row<OutKind::float32, false>(e, row, res, m, n0, nvec);
     if (nvec < n1) apply_epilogue__scalar(e, row + (nvec - n0), acc_stride, m, m + 1, nvec, n1);
   }
 }
