@@ -39,6 +39,38 @@ inline void block_i16(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_
   }
 }
 
+// block_i16 when every tap fits one int16 accumulation (taps <= tap_flush, the
+// usual case): no flush loop; TAPS > 0 fixes the tap count at compile time (3x3).
+template <int PX, int TAPS>
+inline void block_i16_once(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_t* out) {
+  __m256i acc[PX];
+  for (int p = 0; p < PX; ++p) acc[p] = _mm256_setzero_si256();
+  const size_t taps = TAPS > 0 ? size_t(TAPS) : a.taps;
+  for (size_t t = 0; t < taps; ++t) {
+    const __m256i wv = load16(a.w + t * a.Cp + c);
+    const int16_t* xt = x + a.tap_off[t] + c;
+    for (int p = 0; p < PX; ++p)
+      acc[p] = _mm256_add_epi16(acc[p], _mm256_mullo_epi16(load16(xt + size_t(p) * a.x_step), wv));
+  }
+  for (int p = 0; p < PX; ++p) {
+    int32_t* o = out + size_t(p) * a.Cp + c;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[p])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[p], 1)));
+  }
+}
+
+template <int TAPS>
+void row_i16_once(const DwconvRowArgs& a) {
+  constexpr size_t kPixels = 4;
+  size_t ox = 0;
+  for (; ox + kPixels <= a.OW; ox += kPixels)
+    for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock)
+      block_i16_once<kPixels, TAPS>(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
+  for (; ox < a.OW; ++ox)
+    for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock)
+      block_i16_once<1, TAPS>(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
+}
+
 // Wide levels (max|a| * max|w| > 32767): int32 products, 8 channels a vector.
 inline void block_i32(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_t* out) {
   for (size_t h = 0; h < 16; h += 8) {
@@ -57,6 +89,10 @@ inline void block_i32(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_
 void dwconv_row__avx2(const DwconvRowArgs& a) {
   constexpr size_t kPixels = 4;  // output pixels a register block (12 accumulators + weights in 16 ymm)
   size_t ox = 0;
+  if (a.tap_flush > 0 && a.taps <= size_t(a.tap_flush)) {
+    if (a.taps == 9) return row_i16_once<9>(a);
+    return row_i16_once<0>(a);
+  }
   if (a.tap_flush > 0) {
     for (; ox + kPixels <= a.OW; ox += kPixels)
       for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock)
