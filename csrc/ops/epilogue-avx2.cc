@@ -11,9 +11,9 @@ namespace lowbit {
 
 namespace {
 
-// One row's columns [n0, nvec) (a multiple of 8 wide) for one output kind, with or
-// without a residual. The Epilogue's fields are read once into locals: through
-// e.out's uint8_t stores the compiler would otherwise reload them every 8 outputs.
+// The epilogue of one row (kResidual: the row has a residual), its parameters read
+// once into locals: through the uint8_t stores of codes the compiler would
+// otherwise reload the Epilogue's fields every 8 outputs.
 template <bool kResidual>
 struct RowEpilogue {
   __m256 lo, hi, inv, qlo, qhi;
@@ -49,9 +49,7 @@ struct RowEpilogue {
   }
 };
 
-// One row's columns [n0, nvec) (a multiple of 8 wide). The Epilogue's fields are read
-// once into locals: through the uint8_t stores of codes the compiler would otherwise
-// reload them every 8 outputs.
+// Columns [n0, nvec) of row m (nvec - n0 a multiple of 8); row[n - n0] is column n's sum.
 template <bool kResidual>
 void float_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec) {
   const RowEpilogue<kResidual> r(e, res);
