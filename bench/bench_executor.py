@@ -20,7 +20,15 @@ figure compared is the calling thread's CPU time: at one thread every contender 
 the calling thread, and CPU time is what other work on a shared machine disturbs least (wall
 medians are listed too).
 
-    python bench/bench_executor.py [--rounds 15] [--out bench/results/executor.md]
+"lowbit core run alone" (batch 1) is the native plan's run call without Model.__call__ around
+it: the difference to "lowbit native" is the Python boundary of a call.
+
+``--baseline DIR`` adds "lowbit native (baseline)": the same model, saved and loaded into another
+build of lowbit (DIR: a checkout's built package folder, e.g. /work/main/python/lowbit, imported
+as ``lowbit_baseline``), interleaved with the rest, for before/after comparisons in one process;
+its outputs must be byte-identical to this checkout's.
+
+    python bench/bench_executor.py [--rounds 15] [--out bench/results/executor.md] [--baseline DIR]
 """
 import argparse
 import os
@@ -78,6 +86,39 @@ def lowbit_pair(m, x):
             "lowbit python": lambda: m.run(x, executor="python")}
 
 
+def baseline_package(path):
+    """Another build of lowbit (a package folder with its _core built), imported as lowbit_baseline."""
+    import importlib
+    import shutil
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="lowbit_baseline_")
+    shutil.copytree(path, os.path.join(root, "lowbit_baseline"), ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, root)
+    lb = importlib.import_module("lowbit_baseline")
+    lb.set_num_threads(1)
+    return lb
+
+
+def core_alone(m, x):
+    """The native plan's run call alone (no Model.__call__ around it)."""
+    plan = lowbit.executor.plan_for(m, x.shape)
+    out = np.empty(plan.out_shape, np.float32)
+    return lambda: plan.core.run(x, out, False)
+
+
+def baseline_contender(lb, m, x):
+    """The model saved and loaded into the baseline build; its output checked byte-identical."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        m.save(os.path.join(d, "m.lowbit"))
+        mb = lb.load(os.path.join(d, "m.lowbit"))
+    assert mb.run(x, executor="native").tobytes() == m.run(x, executor="native").tobytes(), \
+        "the baseline build computes other bytes"
+    return {"lowbit native (baseline)": lambda: mb.run(x, executor="native")}
+
+
 def table(title, stats, ref="lowbit native"):
     base = stats[ref]["cpu_median_ms"]
     lines = [f"### {title}", "", "| contender | thread CPU time (median) | wall (median) | vs lowbit native |",
@@ -96,7 +137,9 @@ def main():
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--min-time", type=float, default=0.05)
     p.add_argument("--out", default=None, help="also write the Markdown tables here")
+    p.add_argument("--baseline", default=None, help="another build's lowbit package folder to compare with")
     args = p.parse_args()
+    lb = baseline_package(args.baseline) if args.baseline else None
     torch.set_num_threads(1)
     lowbit.set_num_threads(1)
     fp = common.fingerprint()
@@ -115,6 +158,10 @@ def main():
     for batch in (1, 64):
         x = np.ascontiguousarray(calib[:batch])
         contenders = lowbit_pair(m, x)
+        if lb is not None:
+            contenders.update(baseline_contender(lb, m, x))
+        if batch == 1:
+            contenders["lowbit core run alone"] = core_alone(m, x)
         import copy
 
         contenders["torch int8 x86"] = torch_int8_x86(copy.deepcopy(fp32), x, calib)
@@ -127,6 +174,9 @@ def main():
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     mdw = bench_dwconv.lowbit_model(x)
     contenders = lowbit_pair(mdw, x)
+    if lb is not None:
+        contenders.update(baseline_contender(lb, mdw, x))
+    contenders["lowbit core run alone"] = core_alone(mdw, x)
     contenders["torch int8 x86"] = bench_dwconv.torch_int8_model("x86", x)
     contenders["onnxruntime int8"] = bench_dwconv.ort_int8_model(x)
     stats = time_interleaved2(contenders, rounds=args.rounds, warmup=2, min_time=args.min_time)

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,24 @@ namespace lowbit {
 namespace {
 
 using runtime::Plan;
+
+// ExecutorPlan.run(check_finite=True) found a NaN or Inf in x (a ValueError in Python:
+// _core.NonFiniteInput); nothing ran.
+struct NonFiniteInput : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Whether all n floats are finite: no value has every exponent bit set (NaN, +-Inf).
+// Branch-free, so the compiler vectorizes it.
+bool all_finite(const float* x, size_t n) {
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bad |= uint32_t((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
 
 template <class T>
 const T* array_data(const py::array& a, const char* name, size_t min_count) {
@@ -814,7 +833,8 @@ void bind_executor(py::module_& m) {
                              })
       .def(
           "run",
-          [](PlanHandle& h, const py::array& x, py::array& out, const py::object& profile) -> py::object {
+          [](PlanHandle& h, const py::array& x, py::array& out, const py::object& profile,
+             bool check_finite) -> py::object {
             // profile: False, True (wall clock) or "thread_cpu" (the caller's CPU time)
             const bool thread_cpu = py::isinstance<py::str>(profile) && profile.cast<std::string>() == "thread_cpu";
             const bool timed = thread_cpu || (py::isinstance<py::bool_>(profile) && profile.cast<bool>());
@@ -833,14 +853,20 @@ void bind_executor(py::module_& m) {
                                       " bytes");
             }
             if (!out.writeable()) throw py::value_error("out: not writeable");
+            if (check_finite && (!x.dtype().is(py::dtype::of<float>()) || !(x.flags() & py::array::c_style)))
+              throw py::value_error("x: check_finite needs a C-contiguous float32 array");
             const void* in_ptr = x.data();
             void* out_ptr = out.mutable_data();
             std::vector<double> seconds;
-            long bad;
+            long bad = -1;
+            bool finite = true;
             {
               py::gil_scoped_release release;
-              bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu);
+              if (check_finite) finite = all_finite(static_cast<const float*>(in_ptr), size_t(x.size()));
+              if (finite) bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu);
             }
+            if (!finite)
+              throw NonFiniteInput("x: expected finite values, got NaN or Inf (pass check_finite=False to skip this check)");
             if (bad >= 0) {
               throw py::value_error("step " + std::to_string(bad) + " (node " +
                                     std::to_string(h.plan_.step_node(size_t(bad))) +
@@ -849,9 +875,11 @@ void bind_executor(py::module_& m) {
             if (!timed) return py::none();
             return py::cast(seconds);
           },
-          py::arg("x"), py::arg("out"), py::arg("profile") = false,
+          py::arg("x"), py::arg("out"), py::arg("profile") = false, py::arg("check_finite") = false,
           "Runs the plan (GIL released; thread-safe). profile: True (wall clock) or 'thread_cpu' returns "
-          "each step's seconds");
+          "each step's seconds. check_finite: raise NonFiniteInput (a ValueError), running nothing, when x "
+          "holds a NaN or Inf");
+  py::register_exception<NonFiniteInput>(m, "NonFiniteInput", PyExc_ValueError);
 }
 
 }  // namespace lowbit

@@ -9,36 +9,88 @@
 
 namespace lowbit {
 
+namespace {
+
+// The epilogue of one row (kResidual: the row has a residual), its parameters read
+// once into locals: through the uint8_t stores of codes the compiler would
+// otherwise reload the Epilogue's fields every 8 outputs.
+template <bool kResidual>
+struct RowEpilogue {
+  __m256 lo, hi, inv, qlo, qhi;
+  __m256i qmin;
+  const float* scale;
+  const float* bias;
+  const float* res;
+
+  RowEpilogue(const Epilogue& e, const float* residual_row)
+      : lo(_mm256_set1_ps(e.clamp_lo)), hi(_mm256_set1_ps(e.clamp_hi)), inv(_mm256_set1_ps(e.inv_step)),
+        qlo(_mm256_set1_ps(float(e.qmin))), qhi(_mm256_set1_ps(float(e.qmax))), qmin(_mm256_set1_epi32(e.qmin)),
+        scale(e.scale), bias(e.bias), res(residual_row) {}
+
+  // Outputs n .. n + 7 as float32 (v)
+  __m256 value(const int32_t* acc, size_t n) const {
+    __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc)));
+    v = _mm256_mul_ps(v, _mm256_loadu_ps(scale + n));
+    v = _mm256_add_ps(v, _mm256_loadu_ps(bias + n));
+    if (kResidual) v = _mm256_add_ps(v, _mm256_loadu_ps(res + n));
+    v = _mm256_max_ps(lo, v);  // lo > v ? lo : v, i.e. exactly v < lo ? lo : v (NaN, signed zeros)
+    return _mm256_min_ps(hi, v);  // hi < v ? hi : v
+  }
+
+  // Outputs n .. n + 7 as codes 0 .. 255 in int32 lanes
+  __m256i code(const int32_t* acc, size_t n) const {
+    __m256 q = _mm256_round_ps(_mm256_mul_ps(value(acc, n), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // NaN -> code 0. Only a residual can bring a NaN: acc, scale, bias and inv_step are
+    // finite, so v * inv_step is finite or +-Inf, which the clamps below map to the ends.
+    if (kResidual) q = _mm256_blendv_ps(q, qlo, _mm256_cmp_ps(q, q, _CMP_UNORD_Q));
+    q = _mm256_max_ps(qlo, q);
+    q = _mm256_min_ps(qhi, q);
+    return _mm256_sub_epi32(_mm256_cvttps_epi32(q), qmin);
+  }
+};
+
+// Columns [n0, nvec) of row m (nvec - n0 a multiple of 8); row[n - n0] is column n's sum.
+template <bool kResidual>
+void float_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec) {
+  const RowEpilogue<kResidual> r(e, res);
+  float* const out = static_cast<float*>(e.out) + m * e.out_stride;
+  for (size_t n = n0; n < nvec; n += 8) _mm256_storeu_ps(out + n, r.value(row + (n - n0), n));
+}
+
+template <bool kResidual>
+void codes_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec) {
+  const RowEpilogue<kResidual> r(e, res);
+  uint8_t* const out = static_cast<uint8_t*>(e.out) + m * e.out_stride;
+  size_t n = n0;
+  // 32 codes a store: the packs interleave the 128-bit lanes (c0 c1 c2 c3 lo | hi), the permute restores order
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (; n + 32 <= nvec; n += 32) {
+    const int32_t* a = row + (n - n0);
+    const __m256i c01 = _mm256_packs_epi32(r.code(a, n), r.code(a + 8, n + 8));
+    const __m256i c23 = _mm256_packs_epi32(r.code(a + 16, n + 16), r.code(a + 24, n + 24));
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(c01, c23), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + n), bytes);
+  }
+  for (; n < nvec; n += 8) {
+    const __m256i c = r.code(row + (n - n0), n);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + n), _mm_packus_epi16(w, w));
+  }
+}
+
+}  // namespace
+
 void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
                           size_t n1) {
-  const __m256 lo = _mm256_set1_ps(e.clamp_lo), hi = _mm256_set1_ps(e.clamp_hi);
-  const __m256 inv = _mm256_set1_ps(e.inv_step);
-  const __m256 qlo = _mm256_set1_ps(float(e.qmin)), qhi = _mm256_set1_ps(float(e.qmax));
-  const __m256i qmin = _mm256_set1_epi32(e.qmin);
   const size_t nvec = n0 + (n1 - n0) / 8 * 8;
+  const bool codes = e.kind != OutKind::float32;  // anything else writes codes, as the scalar twin
   for (size_t m = m0; m < m1; ++m) {
     const int32_t* row = acc + (m - m0) * acc_stride;  // row[n - n0] for n in [n0, n1)
     const float* res = e.residual ? e.residual + m * e.residual_stride : nullptr;
-    for (size_t n = n0; n < nvec; n += 8) {
-      __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + (n - n0))));
-      v = _mm256_mul_ps(v, _mm256_loadu_ps(e.scale + n));
-      v = _mm256_add_ps(v, _mm256_loadu_ps(e.bias + n));
-      if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + n));
-      v = _mm256_max_ps(lo, v);  // lo > v ? lo : v, i.e. exactly v < lo ? lo : v (NaN, signed zeros)
-      v = _mm256_min_ps(hi, v);  // hi < v ? hi : v
-      if (e.kind == OutKind::float32) {
-        _mm256_storeu_ps(static_cast<float*>(e.out) + m * e.out_stride + n, v);
-      } else {
-        __m256 q = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        q = _mm256_blendv_ps(q, qlo, _mm256_cmp_ps(q, q, _CMP_UNORD_Q));  // NaN -> code 0
-        q = _mm256_max_ps(qlo, q);
-        q = _mm256_min_ps(qhi, q);
-        const __m256i c = _mm256_sub_epi32(_mm256_cvttps_epi32(q), qmin);  // 0 .. 255
-        const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(static_cast<uint8_t*>(e.out) + m * e.out_stride + n),
-                         _mm_packus_epi16(w, w));
-      }
-    }
+    if (codes)
+      res ? codes_row<true>(e, row, res, m, n0, nvec) : codes_row<false>(e, row, res, m, n0, nvec);
+    else
+      res ? float_row<true>(e, row, res, m, n0, nvec) : float_row<false>(e, row, res, m, n0, nvec);
     if (nvec < n1) apply_epilogue__scalar(e, row + (nvec - n0), acc_stride, m, m + 1, nvec, n1);
   }
 }

@@ -86,3 +86,21 @@ def test_clamp_keeps_nan_and_signed_zeros_like_the_scalar_rule(lo, hi):
     got = _core.epilogue(acc, scale, bias, res, float(lo), float(hi), "float32")
     want = reference.epilogue(acc, scale, bias, res, lo, hi)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [1, 8, 31, 32, 40, 75, 96])
+@pytest.mark.parametrize("residual", [False, True])
+def test_codes_every_row_width_and_non_finite_residuals(n, residual, rng):
+    """Codes rows of every width (the AVX2 twin writes 32 codes a store, then 8, then
+    the scalar tail) match the reference; a NaN residual gives code 0, +-Inf the ends."""
+    from lowbit import _core
+    acc = rng.integers(-3000, 3000, (5, n), dtype=np.int32)
+    scale = (rng.random(n) * 0.02 - 0.01).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    res = rng.standard_normal((5, n)).astype(np.float32) if residual else None
+    if residual:
+        res[1, ::3], res[2, ::2], res[3, 1::2] = np.nan, np.inf, -np.inf
+    for rq in (lowbit.Requant(2, 0.37, False), lowbit.Requant(4, 0.11, True), lowbit.Requant(8, 0.013, True)):
+        got = _core.epilogue(acc, scale, bias, res, -1.5, 2.5, "codes", np.float32(1.0) / np.float32(rq.step),
+                             rq.qmin, rq.qmax)
+        np.testing.assert_array_equal(got, reference.epilogue(acc, scale, bias, res, -1.5, 2.5, rq))

@@ -10,23 +10,29 @@ namespace {
 
 inline __m256i load16(const int16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-// PX neighbouring output pixels x 16 channels: int16 products, tap_flush
-// taps per int16 accumulation, widened into two int32 vectors per pixel
-// (channels c..c+7 and c+8..c+15). One weight load serves the PX pixels.
+// acc[p] += the int16 products of taps [t0, t1) for output pixel p of the block
+// (PX neighbouring pixels x 16 channels). One weight load serves the PX pixels.
+template <int PX>
+inline void add_taps_i16(const DwconvRowArgs& a, const int16_t* x, size_t c, size_t t0, size_t t1, __m256i* acc) {
+  for (size_t t = t0; t < t1; ++t) {
+    const __m256i wv = load16(a.w + t * a.Cp + c);
+    const int16_t* xt = x + a.tap_off[t] + c;
+    for (int p = 0; p < PX; ++p)
+      acc[p] = _mm256_add_epi16(acc[p], _mm256_mullo_epi16(load16(xt + size_t(p) * a.x_step), wv));
+  }
+}
+
+// PX pixels x 16 channels: int16 products, tap_flush taps per int16
+// accumulation, widened into two int32 vectors per pixel (channels c..c+7 and
+// c+8..c+15).
 template <int PX>
 inline void block_i16(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_t* out) {
   __m256i lo[PX], hi[PX], acc[PX];
   for (int p = 0; p < PX; ++p) lo[p] = hi[p] = _mm256_setzero_si256();
   const size_t flush = size_t(a.tap_flush);
   for (size_t t0 = 0; t0 < a.taps; t0 += flush) {
-    const size_t t1 = t0 + flush < a.taps ? t0 + flush : a.taps;
     for (int p = 0; p < PX; ++p) acc[p] = _mm256_setzero_si256();
-    for (size_t t = t0; t < t1; ++t) {
-      const __m256i wv = load16(a.w + t * a.Cp + c);
-      const int16_t* xt = x + a.tap_off[t] + c;
-      for (int p = 0; p < PX; ++p)
-        acc[p] = _mm256_add_epi16(acc[p], _mm256_mullo_epi16(load16(xt + size_t(p) * a.x_step), wv));
-    }
+    add_taps_i16<PX>(a, x, c, t0, t0 + flush < a.taps ? t0 + flush : a.taps, acc);
     for (int p = 0; p < PX; ++p) {
       lo[p] = _mm256_add_epi32(lo[p], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[p])));
       hi[p] = _mm256_add_epi32(hi[p], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[p], 1)));
@@ -36,6 +42,21 @@ inline void block_i16(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_
     int32_t* o = out + size_t(p) * a.Cp + c;
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), lo[p]);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8), hi[p]);
+  }
+}
+
+// block_i16 when every tap fits one int16 accumulation (taps <= tap_flush, the
+// usual case): no flush loop and no int32 running sums; TAPS > 0 fixes the tap
+// count at compile time (3x3: the tap loop unrolls).
+template <int PX, int TAPS>
+inline void block_i16_once(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_t* out) {
+  __m256i acc[PX];
+  for (int p = 0; p < PX; ++p) acc[p] = _mm256_setzero_si256();
+  add_taps_i16<PX>(a, x, c, 0, TAPS > 0 ? size_t(TAPS) : a.taps, acc);
+  for (int p = 0; p < PX; ++p) {
+    int32_t* o = out + size_t(p) * a.Cp + c;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[p])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[p], 1)));
   }
 }
 
@@ -52,21 +73,29 @@ inline void block_i32(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_
   }
 }
 
+// The row: blocks of kPixels output pixels (Block4), then single pixels (Block1),
+// every 16-channel block of each.
+using BlockFn = void (*)(const DwconvRowArgs&, const int16_t*, size_t, int32_t*);
+template <BlockFn Block4, BlockFn Block1>
+void row_blocks(const DwconvRowArgs& a) {
+  constexpr size_t kPixels = 4;  // output pixels a register block (12 accumulators + weights in 16 ymm)
+  size_t ox = 0;
+  for (; ox + kPixels <= a.OW; ox += kPixels)
+    for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) Block4(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
+  for (; ox < a.OW; ++ox)
+    for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) Block1(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
+}
+
 }  // namespace
 
 void dwconv_row__avx2(const DwconvRowArgs& a) {
-  constexpr size_t kPixels = 4;  // output pixels a register block (12 accumulators + weights in 16 ymm)
-  size_t ox = 0;
-  if (a.tap_flush > 0) {
-    for (; ox + kPixels <= a.OW; ox += kPixels)
-      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock)
-        block_i16<kPixels>(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
-    for (; ox < a.OW; ++ox)
-      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) block_i16<1>(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
-  } else {
-    for (; ox < a.OW; ++ox)
-      for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) block_i32(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
+  if (a.tap_flush > 0 && a.taps <= size_t(a.tap_flush)) {
+    if (a.taps == 9) return row_blocks<block_i16_once<4, 9>, block_i16_once<1, 9>>(a);
+    return row_blocks<block_i16_once<4, 0>, block_i16_once<1, 0>>(a);
   }
+  if (a.tap_flush > 0) return row_blocks<block_i16<4>, block_i16<1>>(a);
+  for (size_t ox = 0; ox < a.OW; ++ox)
+    for (size_t c = 0; c < a.Cp; c += kDwconvChannelBlock) block_i32(a, a.x_row + ox * a.x_step, c, a.out + ox * a.Cp);
 }
 
 bool decode_levels__avx2(const uint8_t* codes, size_t n, int bits, const int16_t* levels, int16_t* out) {

@@ -545,14 +545,15 @@ def _build(model, shape) -> NativePlan:
     return NativePlan(b.core, out_shape, b.kernels, shapes, [names[j] for j in b.core.step_nodes], b.float_layers)
 
 
-def plan_for(model, shape) -> NativePlan:
-    """The cached plan of ``model`` for NCHW ``shape`` under the current dispatch state;
-    raises Unsupported (cached too) when some node has no native step."""
+def plan_for(model, shape, state=None) -> NativePlan:
+    """The cached plan of ``model`` for NCHW ``shape`` under the current dispatch state
+    (``state``: _dispatch.state() when the caller has it); raises Unsupported (cached
+    too) when some node has no native step."""
     memo = model.__dict__.setdefault("_memo", {})
     cache = memo.get("native_plans")
     if cache is None:
         cache = memo.setdefault("native_plans", collections.OrderedDict())
-    key = (tuple(shape), _dispatch.state())
+    key = (tuple(shape), _dispatch.state() if state is None else state)
     hit = cache.get(key)
     if hit is None:
         with _BUILD_LOCK:
@@ -581,12 +582,41 @@ def plan_for(model, shape) -> NativePlan:
     return hit
 
 
+_FLOAT32 = np.dtype(np.float32)
+
+
+def run_repeat(model, x, batch_size, check_finite, executor):
+    """Model.run's lean path for a repeat call: the logits of ``x`` when it is a
+    C-contiguous float32 ndarray of the shape of this model's last native run, in one
+    batch, under the same dispatch state (so the same plan, with every shape check
+    done); else None, and Model.run takes its full path (checks, plan lookup or build).
+    ``check_finite`` is done natively; on a NaN or Inf it also returns None, and the
+    full path raises the ValueError that names x and the value's index."""
+    last = model.__dict__.get("_memo", {}).get("last_native")
+    if last is None or type(x) is not np.ndarray:
+        return None
+    shape, state, plan = last
+    if (x.shape != shape or x.dtype is not _FLOAT32 or shape[0] > batch_size or not x.flags.c_contiguous
+            or choice(executor) != "native" or _dispatch.state() != state or model._memo["reported"] is not plan):
+        return None
+    out = np.empty(plan.out_shape, np.float32)
+    try:
+        plan.core.run(x, out, False, check_finite)
+    except _core.NonFiniteInput:
+        return None
+    if plan.last_kernel is not None:
+        _dispatch.set_last_kernel(plan.last_kernel)
+    return out
+
+
 def run(model, x, profile=None, required=False):
     """Logits of one batch (x: float32 NCHW, already checked by Model._check_input) from
     the native plan, or None when the model has no native plan here (then the caller
-    runs the Python path); ``required`` raises ValueError instead."""
+    runs the Python path); ``required`` raises ValueError instead. Remembers the plan
+    for :func:`run_repeat`."""
     try:
-        plan = plan_for(model, x.shape)
+        state = _dispatch.state()
+        plan = plan_for(model, x.shape, state)
     except Unsupported as exc:
         if required:
             raise ValueError(f"executor='native': this model cannot run natively: {exc}") from None
@@ -608,6 +638,7 @@ def run(model, x, profile=None, required=False):
         for name, kernel in plan.kernels.items():
             model._by_name[name].kernel = kernel
         memo["reported"] = plan
+    memo["last_native"] = (x.shape, state, plan)
     if plan.last_kernel is not None:
         _dispatch.set_last_kernel(plan.last_kernel)
     return out

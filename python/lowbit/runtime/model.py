@@ -724,7 +724,7 @@ class Model:
 
     # ---- execution ---------------------------------------------------------------------------
     def __call__(self, x, batch_size: int = 256, check_finite: bool = True) -> np.ndarray:
-        return self.run(x, batch_size=batch_size, check_finite=check_finite)
+        return self.run(x, batch_size, False, None, check_finite)
 
     def run(self, x, batch_size: int = 256, reference: bool = False, profile: dict | None = None,
             check_finite: bool = True, executor: str | None = None) -> np.ndarray:
@@ -742,6 +742,10 @@ class Model:
         With False the caller vouches for its input: +-Inf clamp to the extreme
         codes, NaN becomes code 0 (docs/robustness.md). An empty batch (N = 0)
         returns an empty result of the right shape."""
+        if not reference and profile is None:  # a repeat of the last native call: one check, one native call
+            out = _executor.run_repeat(self, x, batch_size, check_finite, executor)
+            if out is not None:
+                return out
         native = _executor.choice(executor) == "native" and not reference
         required = native and executor is not None
         x = self._check_input(x, check_finite)
