@@ -7,7 +7,9 @@ onnxruntime and the QONNX quantizers in NumPy, in the graph's precision: float32
 Brevitas export. ``precision="float64"`` runs a float64 copy of the same graph
 (:func:`float64_graph`) through the same executor: the yardstick for rounding ties, since a
 float64 run computes every value before a quantizer to ~1e-15 relative, where float32
-convolutions (in any summation order) are off by a few float32 ulps. onnxruntime has no
+convolutions (in any summation order) are off by a few float32 ulps. Only the activations
+change precision: weights keep the integer levels the float32 graph gives them (see
+:func:`_run_quant_in_float64`), dequantized exactly. onnxruntime has no
 float64 kernel for some ops (``Conv``, ``AveragePool`` and ``GlobalAveragePool`` in
 onnxruntime 1.32); for exactly those nodes (detected by onnxruntime's NOT_IMPLEMENTED, never
 assumed) the executor runs onnx's NumPy reference implementation
@@ -95,18 +97,28 @@ def _run_on_reference_evaluator(node, context, opset_version):
         context[o] = v
 
 
-def _run_quant_in_float64(node, context):
-    """A QONNX ``Quant`` node on qonnx's own ``int_quant`` function, the one its ``Quant`` op calls,
-    without the op's final cast of the result to float32: the dequantized values stay
-    ``level * scale`` in float64 (the float32 run rounds them to float32)."""
+def _run_quant_in_float64(node, context, constants):
+    """A QONNX ``Quant`` node in float64 on qonnx's own ``int_quant`` function (the one its
+    ``Quant`` op calls, without the op's final cast of the result to float32): the output is
+    ``(level - zero point) * scale`` in float64.
+
+    On a constant (a name in ``constants``: weights, biases) the levels are those of the float32
+    graph, ``int_quant`` on the float32 values: they are part of the model (Brevitas computes
+    them in float32 when it trains and exports, lowbit reads them the same way), and a weight
+    within float32 rounding of a tie (``w / scale = k + 1/2``) would otherwise get another level
+    in float64. On an activation everything is float64."""
     from qonnx.custom_op.general.intquant import int_quant
     from qonnx.custom_op.registry import getCustomOp
 
     op = getCustomOp(node)
-    x, scale, zeropt, bitwidth = (context[i] for i in node.input[:4])
-    context[node.output[0]] = np.asarray(int_quant(x, scale, zeropt, bitwidth, op.get_nodeattr("signed"),
-                                                   op.get_nodeattr("narrow"), op.get_nodeattr("rounding_mode")),
-                                         np.float64)
+    attrs = (op.get_nodeattr("signed"), op.get_nodeattr("narrow"), op.get_nodeattr("rounding_mode"))
+    args = [np.asarray(context[i], np.float64) for i in node.input[:4]]
+    if node.input[0] in constants:
+        out32 = np.asarray(int_quant(*(a.astype(np.float32) for a in args), *attrs), np.float64)
+        out = np.rint(out32 / args[1]) * args[1]   # (level - zero point) is exact: |out32| has 24 bits
+    else:
+        out = np.asarray(int_quant(*args, *attrs), np.float64)
+    context[node.output[0]] = out
 
 
 @contextlib.contextmanager
@@ -114,7 +126,7 @@ def _float64_execution(used: Counter):
     """Within this block, qonnx's ``execute_onnx`` runs a :func:`float64_graph` in float64 throughout:
 
     * a ``Quant`` node: :func:`_run_quant_in_float64` (qonnx's ``Quant`` op casts its output to
-      float32 whatever its input's type);
+      float32 whatever its input's type; weights keep the float32 graph's integer levels);
     * a standard node that onnxruntime has no kernel for (its NOT_IMPLEMENTED error, e.g.
       ``Conv`` in float64): onnx's reference evaluator, counting the op types in ``used``;
     * everything else as qonnx runs it (onnxruntime, or qonnx's NumPy ops for ``Trunc`` and
@@ -129,11 +141,13 @@ def _float64_execution(used: Counter):
 
     original = onnx_exec.execute_node
     no_ort_kernel = set()
+    constants = {}   # id(graph) -> names of its initializers
 
     def execute_node(node, context, graph, opset_version, return_full_exec_context=False):
         key = (node.domain, node.op_type)
         if node.op_type == "Quant" and is_custom_op(node.domain, node.op_type):
-            _run_quant_in_float64(node, context)
+            names = constants.setdefault(id(graph), {t.name for t in graph.initializer})
+            _run_quant_in_float64(node, context, names)
         elif key in no_ort_kernel:
             used[node.op_type] += 1
             _run_on_reference_evaluator(node, context, opset_version)
