@@ -49,7 +49,8 @@ def measure(name, n_inputs, repeats, latency=True):
         bz.export(name, path)
         t_export = time.perf_counter() - t0
         x = bz.inputs(name, n_inputs, seed=1)
-        bs = min(n_inputs, 8) if bz.ZOO[name][2] <= 224 else 1   # 416x416: float64 im2col takes GBs per image
+        h = bz.ZOO[name][2]   # batches that keep qonnx's float32 and float64 contexts to a few GB
+        bs = min(n_inputs, 8) if h <= 32 else 4 if h <= 224 else 1
         p = compare_precisions(path, x, batch_size=bs)
         iso = lbq.compare_qonnx(path, x, batch_size=bs, isolate=True)
         m = p["model"]
