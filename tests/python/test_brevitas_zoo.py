@@ -391,10 +391,22 @@ def _zoo_parity(name, n, tmp_path, dynamo=False, end_to_end_min=0.99, batch_size
 FLOAT64_TIE_BOUND = 1e-4
 
 
+# ProxylessNAS (residual adds between 4-bit layers, random weights) amplifies a single tie flip into
+# a different top-1 on some inputs, and lowbit's float32 epilogue (float32(acc) * scale + bias, then
+# * 1/step) flips a few ties too: in the 4b model 4 codes of channel 100 at Quant_108_out0, where the
+# exact value is -0.50000005 steps (code -1) and lowbit computes 0. End to end lowbit agreed with the
+# float64 run on 6 of 8 inputs (qonnx's float32 run on 2, 6 and 1 of 8: 4b, 4b5b, 4b round_avgpool;
+# docs/brevitas.md). For these the test asserts that every first departure from the float64 run is
+# at a tie and that lowbit is no further from it than qonnx's float32 run, not 99%.
+FLOAT64_TOP1_BELOW_99 = {"quant_proxylessnas_mobile14_4b", "quant_proxylessnas_mobile14_4b5b",
+                         "quant_proxylessnas_mobile14_4b_round_avgpool"}
+
+
 def _float64_yardstick(name, path, n, batch_size=8):
     """lowbit, qonnx's float32 run and qonnx's float64 run end to end (compare_precisions): lowbit
-    agrees with the float64 run on >= 99% top-1, and every sample's first code that differs from
-    it sits at a rounding tie of the exact value. Returns the comparison."""
+    agrees with the float64 run on >= 99% top-1 (FLOAT64_TOP1_BELOW_99: at least as well as qonnx's
+    float32 run does), and every sample's first code that differs from the float64 run (lowbit's
+    and qonnx float32's) sits at a rounding tie of the exact value. Returns the comparison."""
     import brevitas_zoo as bz
     from lowbit.qonnx_parity import compare_precisions
 
@@ -402,7 +414,10 @@ def _float64_yardstick(name, path, n, batch_size=8):
     print(f"{name}: top-1 {p['top1']}, codes differing {p['codes_differ']} of {p['codes_total']}, first "
           f"differing {p['first_differing']}, tie distance (float64) {p['tie_distance']}, reference evaluator "
           f"{p['reference_evaluator_ops']}")
-    assert p["top1"]["lowbit_vs_float64"] >= 0.99, p["top1"]
+    if name in FLOAT64_TOP1_BELOW_99:
+        assert p["top1"]["lowbit_vs_float64"] >= p["top1"]["float32_vs_float64"], p["top1"]
+    else:
+        assert p["top1"]["lowbit_vs_float64"] >= 0.99, p["top1"]
     for pair in ("lowbit_vs_float64", "float32_vs_float64"):
         assert p["tie_distance"][pair] is None or p["tie_distance"][pair] <= FLOAT64_TIE_BOUND, p["tie_distance"]
     return p
@@ -482,7 +497,7 @@ def test_zoo_large(name, tmp_path):
         # (later independent ties start their own cascades, so the continued run is only closer)
         assert cont[:, 0].sum() < cont[:, 1].sum(), t["continued"]
     # the exact yardstick: qonnx's executor in float64
-    _float64_yardstick(name, tmp_path / f"{name}.onnx", n)
+    _float64_yardstick(name, tmp_path / f"{name}.onnx", n, batch_size=4 if n == 8 else n)  # 224x224: 4 at a time
     if name in END_TO_END_UNBOUNDED:
         return
     assert r["top1_agreement"] >= min(0.99, self_agree) - 2.0 / n
@@ -490,15 +505,19 @@ def test_zoo_large(name, tmp_path):
 
 @needs_brevitas
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["quant_vgg11", "quant_vgg11_bn"])
-def test_zoo_vgg(name, tmp_path):
+@pytest.mark.parametrize("depth", [11, 13, 16, 19])
+@pytest.mark.parametrize("bn", ["", "_bn"])
+def test_zoo_vgg(depth, bn, tmp_path):
     """The zoo's VGGs (8-bit weights and activations, float first conv, 416x416 inputs: QuantVGG's
-    classifier needs a 13x13 feature map) import like the others; vgg13/16/19 (and their _bn
-    variants) add only more of the same layers. Minutes each on 2 cores: 2 inputs."""
+    classifier needs a 13x13 feature map) import like the others. Minutes each on 2 cores: 2 inputs
+    against qonnx's float32 run, 1 against its float64 run (its im2col takes GBs per image)."""
+    name = f"quant_vgg{depth}{bn}"
     r, iso, _ = _zoo_parity(name, 2, tmp_path, end_to_end_min=0.5)
     ops = [n.op for n in r["model"].nodes]
-    assert ops.count("conv_f32") == 1 and ops.count("conv") == 7 and ops.count("linear") == 3
+    convs = {11: 8, 13: 10, 16: 13, 19: 16}[depth]
+    assert ops.count("conv_f32") == 1 and ops.count("conv") == convs - 1 and ops.count("linear") == 3
     assert iso["top1_agreement"] == 1.0
+    _float64_yardstick(name, tmp_path / f"{name}.onnx", 1, batch_size=1)
 
 
 # ProxylessNAS (residual adds between 4-bit layers, random weights): the ~10 codes that differ at
