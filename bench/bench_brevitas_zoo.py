@@ -72,6 +72,7 @@ def measure(name, n_inputs, repeats, latency=True):
                "codes_differ_vs_float64": p["codes_differ"]["lowbit_vs_float64"],
                "codes_differ_float32_vs_float64": p["codes_differ"]["float32_vs_float64"],
                "first_differing_vs_float64": p["first_differing"]["lowbit_vs_float64"],
+               "first_differing_float32_vs_float64": p["first_differing"]["float32_vs_float64"],
                "tie_distance_vs_float64": p["tie_distance"]["lowbit_vs_float64"],
                "reference_evaluator_ops": p["reference_evaluator_ops"],
                "top1_isolated": iso["top1_agreement"], "codes_differ_isolated": iso["codes_differ"],
