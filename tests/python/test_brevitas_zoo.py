@@ -211,7 +211,7 @@ def test_float64_run_of_qonnx_executor():
     """precision="float64" runs qonnx's executor on the float64 graph: the nodes onnxruntime has no
     float64 kernel for run on onnx's reference evaluator, qonnx's own execute_node is restored
     afterwards, and the result is the float32 run's within float32 rounding."""
-    import qonnx.core.onnx_exec as onnx_exec
+    from qonnx.core import onnx_exec
 
     rng = np.random.default_rng(2)
     model = _float_layers_graph(rng)

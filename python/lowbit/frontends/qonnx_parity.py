@@ -135,8 +135,8 @@ def _float64_execution(used: Counter):
     A node that still produces float32 raises (the run would silently mix precisions).
     qonnx's executor looks ``execute_node`` up in its module for every node, so that is where
     this goes; it is restored on exit."""
-    import qonnx.core.onnx_exec as onnx_exec
     from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
+    from qonnx.core import onnx_exec
     from qonnx.custom_op.registry import is_custom_op
 
     original = onnx_exec.execute_node
