@@ -398,8 +398,13 @@ FLOAT64_TIE_BOUND = 1e-4
 # float64 run on 6 of 8 inputs (qonnx's float32 run on 2, 6 and 1 of 8: 4b, 4b5b, 4b round_avgpool;
 # docs/brevitas.md). For these the test asserts that every first departure from the float64 run is
 # at a tie and that lowbit is no further from it than qonnx's float32 run, not 99%.
+# The VGGs likewise: their first conv reads the float image and runs in float32 in lowbit too
+# (conv_f32), so lowbit and qonnx's float32 run both flip a few ties at its quantizer (VGG-13: 21
+# and 18 codes of 11M), and the random-weight logits' top two lie within 0.5% of each other, so
+# the cascade through 12 8-bit layers moved top-1 on the one input measured, for both.
 FLOAT64_TOP1_BELOW_99 = {"quant_proxylessnas_mobile14_4b", "quant_proxylessnas_mobile14_4b5b",
-                         "quant_proxylessnas_mobile14_4b_round_avgpool"}
+                         "quant_proxylessnas_mobile14_4b_round_avgpool",
+                         *(f"quant_vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn"))}
 
 
 def _float64_yardstick(name, path, n, batch_size=8):
