@@ -1,6 +1,6 @@
 """Parity of lowbit with qonnx's own executor (needs the ``qonnx`` package): :func:`qonnx_execute`,
-:func:`compare_qonnx`, :func:`compare_precisions` and :func:`trace_divergence`, all importable
-from ``lowbit.qonnx``.
+:func:`compare_qonnx` and :func:`trace_divergence` (importable from ``lowbit.qonnx`` too),
+:func:`compare_precisions` and :func:`float64_graph`.
 
 qonnx's executor (``execute_onnx``) runs the graph node by node, every standard ONNX node on
 onnxruntime and the QONNX quantizers in NumPy, in the graph's precision: float32 for a
