@@ -3,18 +3,23 @@
 
     python bench/bench_brevitas_zoo.py                       # every model of tests/python/brevitas_zoo.py
     python bench/bench_brevitas_zoo.py --models cnv_2w2a tfc_2w2a --inputs 32
+    python bench/bench_brevitas_zoo.py --models quant_mobilenet_v1_4b --no-latency   # parity columns only
     python bench/bench_brevitas_zoo.py --report bench/results/brevitas_zoo.json   # re-render the table
 
 For each model (built, calibrated and exported like the tests do: random weights, BatchNorm
 statistics moved by 3 train-mode passes, ``export_qonnx(..., dynamo=False)``, into a temporary
-directory): ``lowbit.from_qonnx``; the kernel each conv/linear ran; top-1 agreement with
-qonnx's executor on ``--inputs`` random inputs end to end and layer by layer
-(``compare_qonnx(isolate=True)``); and ``lowbit.qonnx.bench_qonnx`` (batch 1, one thread,
-lowbit and onnxruntime on the same file's float lowering interleaved, median of ``--repeats``).
+directory): ``lowbit.from_qonnx``; the kernel each conv/linear ran; top-1 agreement on
+``--inputs`` random inputs, end to end, of lowbit with qonnx's executor in float32 (the graph as
+exported) and in float64 (``lowbit.qonnx_parity.compare_precisions``: the yardstick for rounding
+ties), and of qonnx's float32 run with its float64 run; the codes that differ end to end from the
+float64 run (lowbit's, qonnx float32's); agreement layer by layer (``compare_qonnx(isolate=True)``);
+and ``lowbit.qonnx.bench_qonnx`` (batch 1, one thread, lowbit and onnxruntime on the same file's
+float lowering interleaved, median of ``--repeats``).
 Writes bench/results/brevitas_zoo.{json,md}: the rows of the models measured replace theirs in an
-existing JSON file, the others stay (each row records when it was measured, ``measured``).
-The models of ``brevitas_zoo.HEAVY`` (the 416x416 VGGs: minutes each on 2 cores) run only when
-named with ``--models``; they use 2 inputs.
+existing JSON file, the others stay (each row records when it was measured, ``measured``; with
+``--no-latency`` only the parity columns are replaced and the row's latency and ``measured`` stay,
+``parity_measured`` says when). The models of ``brevitas_zoo.HEAVY`` (the 416x416 VGGs: minutes
+each on 2 cores) run only when named with ``--models``; they use 2 inputs.
 """
 from __future__ import annotations
 
@@ -33,9 +38,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
 
 
-def measure(name, n_inputs, repeats):
+def measure(name, n_inputs, repeats, latency=True):
     import brevitas_zoo as bz
     import lowbit.qonnx as lbq
+    from lowbit.qonnx_parity import compare_precisions
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"{name}.onnx")
@@ -43,10 +49,11 @@ def measure(name, n_inputs, repeats):
         bz.export(name, path)
         t_export = time.perf_counter() - t0
         x = bz.inputs(name, n_inputs, seed=1)
-        bs = min(n_inputs, 32)
-        r = lbq.compare_qonnx(path, x, batch_size=bs)
+        h = bz.ZOO[name][2]   # batches that keep qonnx's float32 and float64 contexts to a few GB
+        bs = min(n_inputs, 8) if h <= 32 else 4 if h <= 224 else 1
+        p = compare_precisions(path, x, batch_size=bs)
         iso = lbq.compare_qonnx(path, x, batch_size=bs, isolate=True)
-        m = r["model"]
+        m = p["model"]
         m.run(x[:1])
         kernels = Counter()
         bits = Counter()
@@ -57,27 +64,53 @@ def measure(name, n_inputs, repeats):
             elif nd.op in ("conv_f32", "linear_f32"):
                 kernels[nd.kernel] += 1
                 bits["F32"] += 1
-        b = lbq.bench_qonnx(path, threads=1, batch=1, repeats=repeats, print_fn=None)
-    return {"model": name, "inputs": n_inputs, "export_s": t_export, "layers": dict(bits), "kernels": dict(kernels),
-            "top1_end_to_end": r["top1_agreement"], "top1_isolated": iso["top1_agreement"],
-            "codes_differ_isolated": iso["codes_differ"], "codes_total": iso["codes_total"],
-            "codes_differ_end_to_end": r["codes_differ"], "lowbit_ms": b["lowbit_ms"],
-            "onnxruntime_float_ms": b["onnxruntime_float_ms"], "speedup_vs_float": b["speedup_vs_float"],
-            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "repeats": repeats}
+        row = {"model": name, "inputs": n_inputs, "export_s": t_export, "layers": dict(bits),
+               "kernels": dict(kernels), "top1_end_to_end": p["top1"]["lowbit_vs_float32"],
+               "top1_vs_float64": p["top1"]["lowbit_vs_float64"],
+               "top1_float32_vs_float64": p["top1"]["float32_vs_float64"],
+               "codes_differ_end_to_end": p["codes_differ"]["lowbit_vs_float32"],
+               "codes_differ_vs_float64": p["codes_differ"]["lowbit_vs_float64"],
+               "codes_differ_float32_vs_float64": p["codes_differ"]["float32_vs_float64"],
+               "first_differing_vs_float64": p["first_differing"]["lowbit_vs_float64"],
+               "first_differing_float32_vs_float64": p["first_differing"]["float32_vs_float64"],
+               "tie_distance_vs_float64": p["tie_distance"]["lowbit_vs_float64"],
+               "reference_evaluator_ops": p["reference_evaluator_ops"],
+               "top1_isolated": iso["top1_agreement"], "codes_differ_isolated": iso["codes_differ"],
+               "codes_total": iso["codes_total"],
+               "parity_measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        if latency:
+            b = lbq.bench_qonnx(path, threads=1, batch=1, repeats=repeats, print_fn=None)
+            row.update(lowbit_ms=b["lowbit_ms"], onnxruntime_float_ms=b["onnxruntime_float_ms"],
+                       speedup_vs_float=b["speedup_vs_float"], measured=row["parity_measured"], repeats=repeats)
+    return row
 
 
 def render(rows, meta):
     lines = [f"# Brevitas zoo on lowbit ({meta})", "",
-             "| model | layers (bits) | kernels | top-1 vs qonnx, end to end | top-1, layer by layer | codes differing "
-             "(layer by layer) | lowbit ms | onnxruntime float ms | speedup | measured |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| model | layers (bits) | kernels | top-1 vs qonnx float32, end to end | top-1 vs qonnx float64, "
+             "end to end | top-1 qonnx float32 vs float64 | codes differing from float64 (lowbit / qonnx float32) | "
+             "top-1, layer by layer | codes differing (layer by layer) | lowbit ms | onnxruntime float ms | speedup | "
+             "measured |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+
+    def measured(r):   # when the latency was measured ("first run": before rows recorded it)
+        if "lowbit_ms" not in r:
+            return f"agreement only, {r['parity_measured']}"
+        return r.get("measured", "first run")
+
+    def opt(r, key, fmt="{:.3f}"):
+        return fmt.format(r[key]) if r.get(key) is not None else "-"
+
     for r in rows:
         layers = ", ".join(f"{k} x{v}" for k, v in sorted(r["layers"].items()))
         kernels = ", ".join(f"{k} x{v}" for k, v in sorted(r["kernels"].items()))
+        f64_codes = (f"{r['codes_differ_vs_float64']} / {r['codes_differ_float32_vs_float64']} of {r['codes_total']}"
+                     if "codes_differ_vs_float64" in r else "-")
         lines.append(f"| {r['model']} | {layers} | {kernels} | {r['top1_end_to_end']:.3f} ({r['inputs']}) | "
+                     f"{opt(r, 'top1_vs_float64')} | {opt(r, 'top1_float32_vs_float64')} | {f64_codes} | "
                      f"{r['top1_isolated']:.3f} | {r['codes_differ_isolated']} of {r['codes_total']} | "
-                     f"{r['lowbit_ms']:.2f} | {r['onnxruntime_float_ms']:.2f} | {r['speedup_vs_float']:.2f}x | "
-                     f"{r.get('measured', 'first run')} |")
+                     f"{opt(r, 'lowbit_ms', '{:.2f}')} | {opt(r, 'onnxruntime_float_ms', '{:.2f}')} | "
+                     f"{opt(r, 'speedup_vs_float', '{:.2f}x')} | {measured(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -88,6 +121,8 @@ def main():
     ap.add_argument("--models", nargs="*", default=[k for k in bz.ZOO if k not in bz.NOT_RUN | bz.HEAVY])
     ap.add_argument("--inputs", type=int, default=32, help="random inputs for the parity columns (224x224: 8)")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--no-latency", action="store_true",
+                    help="measure only the parity columns; keep the rows' latency (and 'measured') as they are")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "brevitas_zoo.json"))
     ap.add_argument("--report", help="re-render the Markdown table of this JSON file")
     args = ap.parse_args()
@@ -100,7 +135,7 @@ def main():
             h = bz.ZOO[name][2]
             n = args.inputs if h <= 32 else min(args.inputs, 8 if h <= 224 else 2)
             print(f"{name} ...", flush=True)
-            rows.append(measure(name, n, args.repeats))
+            rows.append(measure(name, n, args.repeats, latency=not args.no_latency))
             print(json.dumps(rows[-1]), flush=True)
         import platform
 
@@ -111,10 +146,14 @@ def main():
         if os.path.exists(args.out):   # keep the rows of the models not measured now
             old = json.load(open(args.out))
             new = {r["model"] for r in rows}
+            if args.no_latency:   # the latency of an existing row stays
+                before = {r["model"]: r for r in old["rows"]}
+                rows = [{**before.get(r["model"], {}), **r} for r in rows]
             rows = [r for r in old["rows"] if r["model"] not in new] + rows
             order = list(bz.ZOO)
             rows.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
-            meta = old["meta"] + f"; rows measured {time.strftime('%Y-%m-%d', time.gmtime())}: {', '.join(sorted(new))}"
+            what = "parity columns of rows" if args.no_latency else "rows"
+            meta = old["meta"] + f"; {what} measured {time.strftime('%Y-%m-%d', time.gmtime())}: {', '.join(sorted(new))}"
         data = {"meta": meta, "rows": rows}
         with open(args.out, "w") as f:
             json.dump(data, f, indent=1)
