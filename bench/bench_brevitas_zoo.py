@@ -38,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
 
 
-def measure(name, n_inputs, repeats, latency=True):
+def measure(name, n_inputs, repeats, latency=True, parity=True):
     import brevitas_zoo as bz
     import lowbit.qonnx as lbq
     from lowbit.qonnx_parity import compare_precisions
@@ -51,9 +51,12 @@ def measure(name, n_inputs, repeats, latency=True):
         x = bz.inputs(name, n_inputs, seed=1)
         h = bz.ZOO[name][2]   # batches that keep qonnx's float32 and float64 contexts to a few GB
         bs = min(n_inputs, 8) if h <= 32 else 4 if h <= 224 else 1
-        p = compare_precisions(path, x, batch_size=bs)
-        iso = lbq.compare_qonnx(path, x, batch_size=bs, isolate=True)
-        m = p["model"]
+        if parity:
+            p = compare_precisions(path, x, batch_size=bs)
+            iso = lbq.compare_qonnx(path, x, batch_size=bs, isolate=True)
+            m = p["model"]
+        else:
+            m = lbq.from_qonnx(path)
         m.run(x[:1])
         kernels = Counter()
         bits = Counter()
@@ -64,8 +67,10 @@ def measure(name, n_inputs, repeats, latency=True):
             elif nd.op in ("conv_f32", "linear_f32"):
                 kernels[nd.kernel] += 1
                 bits["F32"] += 1
-        row = {"model": name, "inputs": n_inputs, "export_s": t_export, "layers": dict(bits),
-               "kernels": dict(kernels), "top1_end_to_end": p["top1"]["lowbit_vs_float32"],
+        row = {"model": name, "export_s": t_export, "layers": dict(bits), "kernels": dict(kernels),
+               "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        if parity:
+            row.update({"inputs": n_inputs, "top1_end_to_end": p["top1"]["lowbit_vs_float32"],
                "top1_vs_float64": p["top1"]["lowbit_vs_float64"],
                "top1_float32_vs_float64": p["top1"]["float32_vs_float64"],
                "codes_differ_end_to_end": p["codes_differ"]["lowbit_vs_float32"],
@@ -77,11 +82,12 @@ def measure(name, n_inputs, repeats, latency=True):
                "reference_evaluator_ops": p["reference_evaluator_ops"],
                "top1_isolated": iso["top1_agreement"], "codes_differ_isolated": iso["codes_differ"],
                "codes_total": iso["codes_total"],
-               "parity_measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+               "parity_measured": row.pop("measured")})
         if latency:
             b = lbq.bench_qonnx(path, threads=1, batch=1, repeats=repeats, print_fn=None)
             row.update(lowbit_ms=b["lowbit_ms"], onnxruntime_float_ms=b["onnxruntime_float_ms"],
-                       speedup_vs_float=b["speedup_vs_float"], measured=row["parity_measured"], repeats=repeats)
+                       speedup_vs_float=b["speedup_vs_float"], measured=row.get("parity_measured", row.get("measured")),
+                       repeats=repeats)
     return row
 
 
@@ -123,9 +129,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--no-latency", action="store_true",
                     help="measure only the parity columns; keep the rows' latency (and 'measured') as they are")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="measure only the latency (and the kernels each layer runs); keep the rows' parity columns")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "brevitas_zoo.json"))
     ap.add_argument("--report", help="re-render the Markdown table of this JSON file")
     args = ap.parse_args()
+    if args.no_latency and args.latency_only:
+        ap.error("--no-latency and --latency-only exclude each other: together they measure nothing")
     if args.report:
         data = json.load(open(args.report))
     else:
@@ -135,7 +145,7 @@ def main():
             h = bz.ZOO[name][2]
             n = args.inputs if h <= 32 else min(args.inputs, 8 if h <= 224 else 2)
             print(f"{name} ...", flush=True)
-            rows.append(measure(name, n, args.repeats, latency=not args.no_latency))
+            rows.append(measure(name, n, args.repeats, latency=not args.no_latency, parity=not args.latency_only))
             print(json.dumps(rows[-1]), flush=True)
         import platform
 
@@ -146,13 +156,14 @@ def main():
         if os.path.exists(args.out):   # keep the rows of the models not measured now
             old = json.load(open(args.out))
             new = {r["model"] for r in rows}
-            if args.no_latency:   # the latency of an existing row stays
+            if args.no_latency or args.latency_only:   # the columns not measured now stay
                 before = {r["model"]: r for r in old["rows"]}
                 rows = [{**before.get(r["model"], {}), **r} for r in rows]
             rows = [r for r in old["rows"] if r["model"] not in new] + rows
             order = list(bz.ZOO)
             rows.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
-            what = "parity columns of rows" if args.no_latency else "rows"
+            what = ("parity columns of rows" if args.no_latency else
+                    "latency and kernels of rows" if args.latency_only else "rows")
             meta = old["meta"] + f"; {what} measured {time.strftime('%Y-%m-%d', time.gmtime())}: {', '.join(sorted(new))}"
         data = {"meta": meta, "rows": rows}
         with open(args.out, "w") as f:
