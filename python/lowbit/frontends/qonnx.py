@@ -64,7 +64,7 @@ from .lowering import batchnorm_affine, layer_node, lower, quantize_node, unique
 from ..quant import ROUNDING, UniformGrid, bits_for, grid_levels, int_range
 from ..runtime.model import Model, Node
 
-__all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "qonnx_execute",
+__all__ = ["QonnxConversionError", "from_qonnx", "to_float_onnx", "compare_qonnx", "compare_precisions", "qonnx_execute",
            "trace_divergence", "bench_qonnx", "quant_numpy", "SUPPORTED_OPS"]
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brevitas", "qonnx.custom_op")
@@ -1456,4 +1456,4 @@ def from_qonnx(model, requant_in_epilogue: bool = True, input_scale=None, input_
 # names stay importable from here (the package imports this module first, so these see it whole).
 from .qonnx_bench import bench_qonnx  # noqa: E402
 from .qonnx_float import to_float_onnx  # noqa: E402
-from .qonnx_parity import _qonnx_executor, compare_qonnx, qonnx_execute, trace_divergence  # noqa: E402,F401
+from .qonnx_parity import _qonnx_executor, compare_precisions, compare_qonnx, qonnx_execute, trace_divergence  # noqa: E402,F401
