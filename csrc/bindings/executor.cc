@@ -29,6 +29,9 @@ namespace py = pybind11;
 namespace lowbit {
 namespace {
 
+QuantizeParams quantize_params(bool binary, float step, int qn, int qp, bool pre, float pre_step,
+                               float pre_inv_div);
+
 using runtime::Plan;
 
 // ExecutorPlan.run(check_finite=True) found a NaN or Inf in x (a ValueError in Python:
@@ -93,11 +96,13 @@ class PlanHandle {
   }
 
   // ep = (out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax,
-  //       out, out_col, out_stride, residual, residual_col, residual_stride)
-  // for an M x N block of columns [out_col, out_col + N) of rows of out_stride elements.
+  //       out, out_col, out_stride, residual, residual_col, residual_stride[, codes])
+  // for an M x N block of columns [out_col, out_col + N) of rows of out_stride elements;
+  // codes (float32 outputs only): None or (buffer, col, stride, step, qn, qp), the second
+  // output (Epilogue::codes: the quantize rule of QuantizeParams applied to the float output).
   runtime::EpilogueSpec epilogue(const py::tuple& ep, size_t M, size_t N, Tier tier, std::vector<int>* reads,
                                  std::vector<int>* writes) {
-    if (ep.size() != 14) throw py::value_error("epilogue: expected a 14-tuple");
+    if (ep.size() != 14 && ep.size() != 15) throw py::value_error("epilogue: expected a 14- or 15-tuple");
     runtime::EpilogueSpec e;
     const std::string kind = ep[0].cast<std::string>();
     if (kind == "float32") {
@@ -145,6 +150,22 @@ class PlanHandle {
       if (e.residual_col + N > e.residual_stride) throw py::value_error("residual: columns outside its rows");
       need(e.residual, checked_product({M, e.residual_stride, 4}, "residual"), "residual");
       reads->push_back(e.residual);
+    }
+    if (ep.size() == 15 && !ep[14].is_none()) {
+      const py::tuple q = ep[14].cast<py::tuple>();
+      if (q.size() != 6 || e.kind != OutKind::float32)
+        throw py::value_error("epilogue: codes must be (buffer, col, stride, step, qn, qp) of a float32 output");
+      const QuantizeParams p = quantize_params(false, q[3].cast<float>(), q[4].cast<int>(), q[5].cast<int>(), false,
+                                               1.0f, 1.0f);
+      e.codes = q[0].cast<int>();
+      e.codes_col = q[1].cast<size_t>();
+      e.codes_stride = q[2].cast<size_t>();
+      e.codes_step = p.step;
+      e.codes_qn = p.qn;
+      e.codes_qp = p.qp;
+      if (e.codes_col + N > e.codes_stride) throw py::value_error("epilogue: codes columns outside their rows");
+      need(e.codes, checked_product({M, e.codes_stride}, "epilogue codes"), "epilogue codes");
+      writes->push_back(e.codes);
     }
     e.simd = tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too (as the Python path)
     return e;

@@ -212,6 +212,7 @@ bool run_grouped_conv(const GroupedConvCall& call, const GemmGeometry& gg) {
       if (e.residual) e.residual += grp * opg;
       const size_t elem = e.kind == OutKind::float32 ? sizeof(float) : sizeof(uint8_t);
       e.out = static_cast<uint8_t*>(call.epilogue.out) + grp * opg * elem;
+      if (e.codes) e.codes += grp * opg;
     }
     run_gemm(gemm, gg);
   }

@@ -55,6 +55,9 @@ void float_row(const Epilogue& e, const int32_t* row, const float* res, size_t m
   const RowEpilogue<kResidual> r(e, res);
   float* const out = static_cast<float*>(e.out) + m * e.out_stride;
   for (size_t n = n0; n < nvec; n += 8) _mm256_storeu_ps(out + n, r.value(row + (n - n0), n));
+  // the second output: the standalone quantizer on the row just written (still in L1)
+  if (e.codes && n0 < nvec)
+    quantize_codes__avx2(out + n0, nvec - n0, e.codes_step, e.codes_qn, e.codes_qp, e.codes + m * e.codes_stride + n0);
 }
 
 template <bool kResidual>

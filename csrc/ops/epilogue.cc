@@ -28,6 +28,9 @@ void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_st
       v = v > e.clamp_hi ? e.clamp_hi : v;
       if (e.kind == OutKind::float32) {
         static_cast<float*>(e.out)[m * e.out_stride + n] = v;
+        if (e.codes)
+          quantize_codes__scalar(&static_cast<float*>(e.out)[m * e.out_stride + n], 1, e.codes_step, e.codes_qn,
+                                 e.codes_qp, e.codes + m * e.codes_stride + n);
       } else {
         float q = v * e.inv_step;
         q = q == q ? q : float(e.qmin);  // NaN (e.g. inf - inf) -> code 0, as the AVX2 path and the reference

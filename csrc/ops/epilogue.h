@@ -11,6 +11,11 @@
 //   code output:   q = nearbyint(v * inv_step)   multiply rounded, then round half to even
 //                  out[m, n] = uint8(min(max(q, qmin), qmax) - qmin)
 //                  a NaN q (a NaN or infinite residual) gives code 0 (q = qmin)
+//   second output (float32 kind with `codes` set): codes[m, n] = the code that
+//                  quantize_codes(&out[m, n], 1, codes_step, codes_qn, codes_qp)
+//                  gives for the float output just written (the standalone
+//                  quantizer's true division, not inv_step), so a layer whose
+//                  float output is also quantized writes both in one pass.
 //
 // No FMA contraction anywhere (this file is built with -ffp-contract=off and
 // every step is a separate statement). All parameters are finite (checked by
@@ -34,6 +39,10 @@ struct Epilogue {
   int32_t qmin = 0, qmax = 0;
   void* out = nullptr;  // float32 [M, N] or uint8 [M, N]
   size_t out_stride = 0;  // elements
+  uint8_t* codes = nullptr;  // second output (float32 kind only): uint8 [M, codes_stride] or null
+  size_t codes_stride = 0;
+  float codes_step = 1;
+  int32_t codes_qn = 0, codes_qp = 0;  // -128 <= codes_qn <= codes_qp <= codes_qn + 255
   bool simd = true;       // AVX2 path when built and the CPU has it (same results)
 };
 

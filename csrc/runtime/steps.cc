@@ -29,6 +29,13 @@ Epilogue EpilogueSpec::make(const Context& c) const {
   else
     e.out = c.at<uint8_t>(out) + out_col;
   e.out_stride = out_stride;
+  if (codes >= 0) {
+    e.codes = c.at<uint8_t>(codes) + codes_col;
+    e.codes_stride = codes_stride;
+    e.codes_step = codes_step;
+    e.codes_qn = codes_qn;
+    e.codes_qp = codes_qp;
+  }
   e.simd = simd;
   return e;
 }

@@ -33,6 +33,10 @@ struct EpilogueSpec {
   size_t out_col = 0, out_stride = 0;
   int residual = -1;
   size_t residual_col = 0, residual_stride = 0;
+  int codes = -1;  // the second output (Epilogue::codes) or -1
+  size_t codes_col = 0, codes_stride = 0;
+  float codes_step = 1;
+  int32_t codes_qn = 0, codes_qp = 0;
   bool simd = true;
 
   Epilogue make(const Context& c) const;

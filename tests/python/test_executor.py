@@ -628,3 +628,99 @@ def test_dot_family_im2col_levels_threads():
         lowbit.set_num_threads(before)
     for other in runs[1:]:
         _same(other, runs[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# A layer's epilogue writing a quantize node's codes too (attrs['quantize_output'])
+
+def _dual_blocks(seed, cout, groups, binary_input):
+    """ResNet-like: every layer's float output is read by a quantize node and by a later residual
+    (or add), and names that quantize node in ``quantize_output``: a padded 3x3 conv (on {-1, +1}
+    codes when ``binary_input``: the padding-correction path), a grouped 3x3 conv + residual, a
+    depthwise 3x3 + residual, a linear layer read by a quantizer and an add."""
+    rng = np.random.default_rng(seed)
+    c3 = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+    lv = list(range(4))
+    q0 = _q("q0", "input", 1, 0.5, binary=True) if binary_input else _q("q0", "input", 2, 0.3)
+    nodes = [Node("input", "input", [], {"channels": 4, "height": 7, "width": 7}), q0,
+             _layer(rng, "c1", "conv", ["q0"], (cout, 4, 3, 3), 2, [-1, 1] if binary_input else lv, **c3),
+             _q("q1", "c1", 2, 0.3),
+             _layer(rng, "c2", "conv", ["q1", "c1"], (cout, cout // groups, 3, 3), 2, lv, **dict(c3, groups=groups)),
+             _q("q2", "c2", 2, 0.25),
+             _layer(rng, "c3", "conv", ["q2", "c2"], (cout, 1, 3, 3), 2, lv, clamp=(None, None),
+                    **dict(c3, groups=cout)),
+             _q("q3", "c3", 2, 0.2, signed=True),
+             Node("flat", "flatten", ["q3"]),
+             _layer(rng, "l1", "linear", ["flat"], (11, cout * 49), 2, range(-2, 2), clamp=(None, None)),
+             _q("q4", "l1", 4, 0.1, signed=True),
+             _layer(rng, "l2", "linear", ["q4"], (11, 11), 2, range(-8, 8), clamp=(None, None)),
+             Node("sum", "add", ["l1", "l2"])]
+    for n in nodes:
+        if n.name in ("c1", "c2", "c3", "l1"):
+            n.attrs["quantize_output"] = "q" + str(1 + ("c1", "c2", "c3", "l1").index(n.name))
+    return Model(nodes)
+
+
+@pytest.mark.parametrize("cout,groups", [(13, 1), (16, 2), (24, 4)])
+@pytest.mark.parametrize("binary_input", [False, True])
+@pytest.mark.parametrize("isa", ["scalar", None])
+def test_quantize_output_bit_identical(cout, groups, binary_input, isa):
+    """Native (the epilogue writes the codes, no quantize step), Python path and reference give
+    the same bytes, and the same as the native run without the attribute (the quantize steps)."""
+    m = _dual_blocks(3, cout, groups, binary_input)
+    x = _images(3, size=7, seed=5)[:, :3].repeat(2, axis=1)[:, :4] * 2
+    with lowbit.use(isa=isa):
+        on = check(m, x)
+        assert lbx.status(m) == ("native", None)
+        try:
+            for t in (2, 3):  # the tasks' tiles write their rows' codes
+                lowbit.set_num_threads(t)
+                _same(m.run(x, executor="native"), on, f"{t} threads")
+        finally:
+            lowbit.set_num_threads(0)
+        steps = lbx.plan_for(m, (3, 4, 7, 7)).step_names
+        assert not {"q1", "q2", "q3", "q4"} & set(steps) and "q0" in steps
+        for n in m.nodes:
+            n.attrs.pop("quantize_output", None)
+        m.__dict__.pop("_memo", None)
+        off = m.run(x, executor="native")
+        assert {"q1", "q2", "q3", "q4"} <= set(lbx.plan_for(m, (3, 4, 7, 7)).step_names)
+    _same(on, off, "quantize_output on vs off")
+
+
+def test_quantize_output_must_name_a_plain_quantizer_of_the_layer():
+    nodes = _dual_blocks(4, 8, 1, False).nodes
+    for bad in ("q2", "nowhere", "flat", "q0"):
+        nodes[2].attrs["quantize_output"] = bad
+        with pytest.raises(ValueError, match="quantize_output"):
+            Model(nodes)
+    nodes[2].attrs["quantize_output"] = 3
+    with pytest.raises(ValueError, match="quantize_output"):
+        Model(nodes)
+
+
+@pytest.mark.parametrize("bits", [(2, 2, None), (2, 2, 8), (4, 3, None)])
+def test_quantize_output_on_a_converted_resnet(bits):
+    """lowbit.qat's ResNet converted: each block output read by a residual and quantizers has its
+    first quantizer written by the block's last layer; the bytes are those of the quantize steps."""
+    torch = pytest.importorskip("torch")
+    from lowbit import models, qat
+
+    w_bits, a_bits, first_last = bits
+    torch.manual_seed(0)
+    q = qat.prepare(models.fmnist_resnet(8), w_bits, a_bits, first_last_bits=first_last)
+    q.train()
+    with torch.no_grad():
+        q(torch.randn(8, 1, 28, 28))
+        q.layer2.downsample[0].act_quant.step.mul_(1.1)  # two quantizers read layer1's output (as training does)
+    q.eval()
+    m = lowbit.convert(q, torch.zeros(2, 1, 28, 28))
+    marked = {n.name: n.attrs["quantize_output"] for n in m.nodes if n.attrs.get("quantize_output")}
+    assert {"stem.0", "layer1.conv2"} <= set(marked)
+    assert not set(marked.values()) & set(lbx.plan_for(m, (3, 1, 28, 28)).step_names)
+    x = np.random.default_rng(2).normal(size=(3, 1, 28, 28)).astype(np.float32)
+    on = check(m, x)
+    for name in marked:
+        m.node(name).attrs["quantize_output"] = None
+    m.__dict__.pop("_memo", None)
+    _same(on, m.run(x, executor="native"), "quantize_output on vs off")

@@ -229,6 +229,40 @@ def test_per_channel_requant_divides_scale_and_bias_or_gets_an_affine():
     np.testing.assert_array_equal(g.nodes[-2].arrays["scale"], np.float32([2.0, 4.0]))
 
 
+@pytest.mark.parametrize("case", ["two_readers", "disabled", "keep", "binary", "pre_step", "per_channel",
+                                  "second_quantizer", "not_a_layer"])
+def test_a_quantizer_that_stays_may_be_written_by_its_layers_epilogue(case):
+    """A plain quantize node reading a layer's float output (read by others too) is named by that
+    layer's quantize_output (the first such quantizer only); binary, Trunc, per-channel quantizers
+    and quantizers of other values are not."""
+    q1 = quant("q1", "c", 4, -8, 7, 0.25)
+    nodes = [inp(), quant("q0", "x"), conv("c", "q0"), q1, Node("s", "add", ["c", "x"]), Node("j", "add", ["s", "q1"])]
+    enabled, want = True, "q1"
+    if case == "disabled":
+        enabled = False
+    elif case == "keep":
+        q1.attrs["keep"] = True
+    elif case == "binary":
+        q1.attrs.update(bits=1, qn=-1, qp=1, binary=True, levels=[-1, 1])
+        want = None
+    elif case == "pre_step":
+        q1.attrs.update(pre_step=0.125, pre_div=2.0)
+        want = None
+    elif case == "per_channel":
+        q1.attrs["channel_steps"] = [0.5, 0.25]
+        want = None
+    elif case == "second_quantizer":
+        nodes.insert(4, quant("q2", "c", 2, 0, 3, 0.5))
+        nodes.append(Node("k", "add", ["j", "q2"]))
+    elif case == "not_a_layer":
+        q1.inputs = ["x"]
+        want = None
+    g = graph(nodes)
+    lw.place_requant(g, enabled)
+    assert "q1" in [n.name for n in g.nodes] and g.nodes[2].attrs["requant"] is None
+    assert g.nodes[2].attrs.get("quantize_output") == want
+
+
 # ---- order / finalize / lower ------------------------------------------------------------------
 
 def test_order_is_stable_and_refuses_cycles_and_unknown_inputs():

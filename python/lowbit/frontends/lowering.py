@@ -246,7 +246,8 @@ def place_requant(g: Graph, requant_in_epilogue: bool = True):
     ``attrs['requant'] = {bits, step, signed}`` and emits those codes (per-channel steps: scale
     and bias are divided by them in float64 and ``requant['channel_steps']`` records them). With
     ``requant_in_epilogue=False`` nothing folds. Every quantize with ``channel_steps`` that stays
-    a node gets an ``affine`` in front multiplying by ``float32(1 / step[c])``."""
+    a node gets an ``affine`` in front multiplying by ``float32(1 / step[c])``; any other that
+    stays a node may be named by the layer it reads (:func:`_mark_quantize_output`)."""
     for q in [n for n in g.nodes if n.op == "quantize"]:
         chan = q.attrs.get("channel_steps")
         layer = g.sole_reader_layer(q.inputs[0], q)
@@ -269,6 +270,22 @@ def place_requant(g: Graph, requant_in_epilogue: bool = True):
                         "bias": np.zeros_like(steps)})
             g.nodes.insert(g.nodes.index(q), pre)
             q.inputs[0] = name
+        else:
+            _mark_quantize_output(g, q)
+
+
+def _mark_quantize_output(g: Graph, q: Node):
+    """Quantize node q stays a node: when it reads a conv/linear's float output (which other nodes read
+    too) with the plain rule (not binary, no Trunc pre-rounding), and that layer names no quantizer yet,
+    the layer gets ``attrs['quantize_output'] = q.name``: the native executor then writes q's codes from
+    the layer's epilogue, with q's own division rule (the same bytes, one pass over the output)."""
+    a = q.attrs
+    layer = next((n for n in g.nodes if n.name == q.inputs[0]), None)
+    if layer is None or layer.op not in _LAYERS or layer.attrs.get("requant") or \
+            layer.attrs.get("quantize_output") is not None or a.get("binary") or a.get("pre_step") is not None \
+            or a.get("channel_steps") is not None:
+        return
+    layer.attrs["quantize_output"] = q.name
 
 
 def order(g: Graph):

@@ -151,6 +151,8 @@ class _Builder:
         op, a = n.op, n.attrs
         if op == "input":
             return
+        if op == "quantize" and n.name in self.vals:
+            return  # written by the layer it reads, as its epilogue's second output (_dual_codes)
         if op == "quantize":
             out = self._quantize(i, n, args[0])
         elif op == "dequantize":
@@ -348,7 +350,7 @@ class _Builder:
         m = x.shape[0]
         check_elements((m, cout), "output")
         out = self._output(i, n, ep, (m, cout))
-        ep_args = self._ep(ep, out, 0, cout, residual, m * cout)
+        ep_args = self._ep(ep, out, 0, cout, residual, m * cout) + (self._dual_codes(n, out, 0, cout),)
         bound = _prepare(self._probe(x), weights, m, weights.K)
         self._gemm_direct(i, x.buf, m, weights.K, bound, ep_args)
         self.kernels[n.name] = bound.kern["name"]
@@ -360,6 +362,26 @@ class _Builder:
             return self._f32(i, shape)
         return _Value("codes", shape, self.core.buffer(int(np.prod(shape))), r.bits, r.codebook(),
                       n.attrs["requant"]["step"])
+
+    def _dual_codes(self, n, out, col, stride):
+        """The epilogue's second output (the 15th item of its tuple) when layer n has
+        ``attrs['quantize_output']`` (set by lowbit.lowering.place_requant): the codes of that
+        ``quantize`` node, which reads n's float output, written by n's epilogue with the
+        node's own rule (so its step is skipped); None otherwise."""
+        name = n.attrs.get("quantize_output")
+        if name is None:
+            return None
+        q = self.model._by_name.get(name)
+        if q is None or q.op != "quantize" or q.inputs != [n.name] or out.kind != "f32" or \
+                q.attrs.get("binary") or q.attrs.get("pre_step") is not None:
+            raise Unsupported(f"node {n.name!r}: quantize_output {name!r} is not a plain quantize of its float "
+                              "output (graph error)")
+        a = q.attrs
+        v = self.vals.get(name)
+        if v is None:  # a grouped conv's later groups reuse the first group's buffer
+            v = self.vals[name] = _Value("codes", out.shape, self.core.buffer(out.size), a["bits"], a["levels"],
+                                         a["step"])
+        return (v.buf, col, stride, float(np.float32(a["step"])), a["qn"], a["qp"])
 
     def _ep(self, ep, out, col, stride, residual, size, scale=None, bias=None):
         """The epilogue tuple of ExecutorPlan (columns [col, col + N) of rows of `stride`)."""
@@ -392,7 +414,7 @@ class _Builder:
         pa = self._probe(x)
         if (weights.groups > 1 or weights.depthwise) and convmod._native_grouping_allowed(weights.depthwise):
             fn, (index, bits, a_levels, wl), extra, name = convmod._native_call(pa, weights)
-            ep_args = self._ep(ep, out, 0, cout, residual, m * cout)
+            ep_args = self._ep(ep, out, 0, cout, residual, m * cout) + (self._dual_codes(n, out, 0, cout),)
             if fn is _core.dwconv:
                 self.core.dwconv(i, index, x.buf, geometry, bits, a_levels, wl, ep_args)
             else:
@@ -414,7 +436,7 @@ class _Builder:
                 self.core.channel_slice(i, x.buf, src, npix, c, g * cg, (g + 1) * cg)
             sl = slice(g * opg, (g + 1) * opg)
             ep_args = self._ep(ep, out, g * opg, cout, residual, m * cout, np.ascontiguousarray(ep.scale[sl]),
-                               np.ascontiguousarray(ep.bias[sl]))
+                               np.ascontiguousarray(ep.bias[sl])) + (self._dual_codes(n, out, g * opg, cout),)
             if not fused:
                 sums = _Value("f32", (m, opg), self.core.buffer(4 * m * opg))  # int32 sums
                 final_ep, ep_args = ep_args, ("int32", ep_args[1], ep_args[2], 0.0, 0.0) + _EPILOGUE_DEFAULTS + (

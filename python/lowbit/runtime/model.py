@@ -63,6 +63,11 @@ in its epilogue (codes stay packed between layers); an output that also feeds
 a float op (a residual add, pooling, a second quantizer) is emitted as float32
 and quantized by a ``quantize`` node per quantizer, with torch's division
 semantics. Residual adds fold into the epilogue of the later conv of the pair.
+A layer with ``attrs['quantize_output']`` (set by
+:func:`lowbit.lowering.place_requant`) names one such ``quantize`` node reading
+its float output: the native executor writes that node's codes from the
+layer's epilogue with the node's own rule (the same bytes; no separate step);
+the Python path and the reference run the node as usual.
 
 Execution
 ---------
@@ -353,7 +358,8 @@ _ATTRS["linear"] = [("w_bits", _bits, "1, 2, 3, 4 or 8", _MISSING), ("a_bits", _
                     ("a_codebook", lambda v: isinstance(v, (list, tuple)), "a list of ints", _MISSING),
                     ("clamp", _clamp_pair, "[lo, hi] (numbers or null, lo <= hi)", [None, None]),
                     ("requant", _requant, "null or {bits, step > 0, signed}", None),
-                    ("residual", lambda v: isinstance(v, bool), "a bool", False)]
+                    ("residual", lambda v: isinstance(v, bool), "a bool", False),
+                    ("quantize_output", lambda v: v is None or isinstance(v, str), "null or a node name", None)]
 _ATTRS["conv_f32"] = [("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
                       ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
                       ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
@@ -652,6 +658,14 @@ class Model:
                     raise ValueError(f"graph: node {n.name!r} reads {src!r}, which is not computed before it")
             self._check_node(n)
             self._by_name[n.name] = n
+        for n in self.nodes:
+            name = n.attrs.get("quantize_output") if n.op in _QUANTIZED else None
+            q = self._by_name.get(name)
+            if name is not None and (q is None or q.op != "quantize" or q.inputs != [n.name] or q.attrs["binary"]
+                                     or q.attrs.get("pre_step") is not None or n.attrs["requant"] is not None):
+                raise ValueError(f"node {n.name!r} ({n.op}): attribute 'quantize_output' is {name!r}, expected the "
+                                 "name of a plain (not binary, no pre_step) quantize node reading this layer's "
+                                 "float output")
 
     @staticmethod
     def _check_node(n: Node):
