@@ -71,6 +71,28 @@ void interleave3_u8__avx2(const uint8_t* planes, size_t len, uint8_t* out) {
     for (size_t c = 0; c < 3; ++c) out[3 * i + c] = planes[c * len + i];
 }
 
+// The taps of a pooling window that lie inside the image along one axis:
+// kernel offsets [k0, k0 + n) for output coordinate o (n = 0: none).
+struct TapRange {
+  size_t k0, n;
+};
+static TapRange taps_inside(size_t o, size_t stride, size_t dil, size_t pad, size_t k, size_t extent) {
+  size_t k0 = 0, k1 = 0;
+  for (size_t t = 0; t < k; ++t) {
+    const ptrdiff_t i = ptrdiff_t(o * stride + t * dil) - ptrdiff_t(pad);
+    if (i < 0) k0 = t + 1;
+    if (i >= 0 && i < ptrdiff_t(extent)) k1 = t + 1;
+  }
+  return {k0, k1 > k0 ? k1 - k0 : 0};
+}
+
+// Element offset of the first in-image tap of window (b, oy, ox); only
+// meaningful when both ranges are non-empty.
+static size_t first_tap(const ConvGeometry& g, size_t b, size_t oy, size_t ox, TapRange ry, TapRange rx) {
+  const size_t iy = oy * g.sh + ry.k0 * g.dh - g.ph, ix = ox * g.sw + rx.k0 * g.dw - g.pw;
+  return ((b * g.H + iy) * g.W + ix) * g.C;
+}
+
 // maxpool_nhwc_f32 (ops/pack.h) 8 channels at a time, up to 64 channels
 // (8 registers) per pass over the window; the channel tail runs the scalar
 // rule in the same tap order.
@@ -79,27 +101,13 @@ void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out) {
   const size_t row_step = g.dh * g.W * C, col_step = g.dw * C;
   auto task = [&](size_t r) {  // one output row: image b, output y oy
     const size_t b = r / g.OH, oy = r % g.OH;
-    // the kernel rows inside the image (the same for the whole output row)
-    size_t ky0 = 0, ky1 = 0;
-    for (size_t ky = 0; ky < g.kh; ++ky) {
-      const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
-      if (iy < 0) ky0 = ky + 1;
-      if (iy >= 0 && iy < ptrdiff_t(g.H)) ky1 = ky + 1;
-    }
+    const TapRange ry = taps_inside(oy, g.sh, g.dh, g.ph, g.kh, g.H);  // the same for the whole row
     float* o = out + r * g.OW * C;
     for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
-      size_t kx0 = 0, kx1 = 0;
-      for (size_t kx = 0; kx < g.kw; ++kx) {
-        const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
-        if (ix < 0) kx0 = kx + 1;
-        if (ix >= 0 && ix < ptrdiff_t(g.W)) kx1 = kx + 1;
-      }
-      const size_t nky = ky1 > ky0 ? ky1 - ky0 : 0, nkx = kx1 > kx0 ? kx1 - kx0 : 0;
-      const float* first = x;  // the first in-image tap (unused when there is none)
-      if (nky && nkx) {
-        const size_t iy = oy * g.sh + ky0 * g.dh - g.ph, ix = ox * g.sw + kx0 * g.dw - g.pw;
-        first = x + ((b * g.H + iy) * g.W + ix) * C;
-      }
+      const TapRange rx = taps_inside(ox, g.sw, g.dw, g.pw, g.kw, g.W);
+      const size_t nky = ry.n, nkx = rx.n;
+      // the first in-image tap (unused when there is none)
+      const float* first = nky && nkx ? x + first_tap(g, b, oy, ox, ry, rx) : x;
       size_t c = 0;
       for (; c + 64 <= cvec; c += 64) max_channels<8>(first + c, nky, row_step, nkx, col_step, o + c);
       if (c + 32 <= cvec) {
@@ -135,26 +143,13 @@ void maxpool_nhwc_u8__avx2(const uint8_t* x, const ConvGeometry& g, uint8_t* out
   const size_t row_step = g.dh * g.W * C, col_step = g.dw * C;
   auto task = [&](size_t r) {  // one output row: image b, output y oy
     const size_t b = r / g.OH, oy = r % g.OH;
-    size_t ky0 = 0, ky1 = 0;  // the kernel rows inside the image
-    for (size_t ky = 0; ky < g.kh; ++ky) {
-      const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
-      if (iy < 0) ky0 = ky + 1;
-      if (iy >= 0 && iy < ptrdiff_t(g.H)) ky1 = ky + 1;
-    }
+    const TapRange ry = taps_inside(oy, g.sh, g.dh, g.ph, g.kh, g.H);  // the same for the whole row
     uint8_t* o = out + r * g.OW * C;
     for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
-      size_t kx0 = 0, kx1 = 0;
-      for (size_t kx = 0; kx < g.kw; ++kx) {
-        const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
-        if (ix < 0) kx0 = kx + 1;
-        if (ix >= 0 && ix < ptrdiff_t(g.W)) kx1 = kx + 1;
-      }
-      const size_t nky = ky1 > ky0 ? ky1 - ky0 : 0, nkx = kx1 > kx0 ? kx1 - kx0 : 0;
-      const uint8_t* first = x;  // the first in-image tap (unused when there is none)
-      if (nky && nkx) {
-        const size_t iy = oy * g.sh + ky0 * g.dh - g.ph, ix = ox * g.sw + kx0 * g.dw - g.pw;
-        first = x + ((b * g.H + iy) * g.W + ix) * C;
-      }
+      const TapRange rx = taps_inside(ox, g.sw, g.dw, g.pw, g.kw, g.W);
+      const size_t nky = ry.n, nkx = rx.n;
+      // the first in-image tap (unused when there is none)
+      const uint8_t* first = nky && nkx ? x + first_tap(g, b, oy, ox, ry, rx) : x;
       size_t c = 0;
       for (; c < cvec; c += 128) {
         const int nv = int(std::min<size_t>(4, (cvec - c) / 32));

@@ -45,3 +45,25 @@ def small_cnn(seed=0, w_bits=2, a_bits=2, channels=3, size=12, width=16, classes
 
 def images(seed, n, channels=3, size=12) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, (n, channels, size, size)).astype(np.float32)
+
+
+def conv_nhwc_float64(x, w, b, stride, pad, dil, groups):
+    """float64 direct NHWC convolution, weights (Cout, Cin/groups, kh, kw): the oracle the
+    float32 layers are compared with (another summation order, far more precision)."""
+    x = x.astype(np.float64)
+    n, h, wd, c = x.shape
+    cout, cg, kh, kw = w.shape
+    xp = np.zeros((n, h + 2 * pad[0], wd + 2 * pad[1], c))
+    xp[:, pad[0]:pad[0] + h, pad[1]:pad[1] + wd] = x
+    oh = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wd + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.zeros((n, oh, ow, cout))
+    opg = cout // groups
+    for o in range(cout):
+        gi = o // opg
+        for ky in range(kh):
+            for kx in range(kw):
+                patch = xp[:, ky * dil[0]:ky * dil[0] + stride[0] * (oh - 1) + 1:stride[0],
+                           kx * dil[1]:kx * dil[1] + stride[1] * (ow - 1) + 1:stride[1], gi * cg:(gi + 1) * cg]
+                out[..., o] += patch @ w[o, :, ky, kx].astype(np.float64)
+    return out + b

@@ -26,6 +26,7 @@ optional_import("onnxruntime")
 import lowbit  # noqa: E402
 import lowbit.qonnx as lbq  # noqa: E402
 from lowbit.floatops import conv2d_f32  # noqa: E402
+from numpy_models import conv_nhwc_float64  # noqa: E402
 from parity import check_qonnx_parity  # noqa: E402  (tests/python is on the path, as for conftest)
 from test_qonnx import G as QonnxGraph  # noqa: E402
 
@@ -111,26 +112,6 @@ def test_input_scaling_is_exact():
 # ---------------------------------------------------------------------------------------------
 # Float32 layers
 
-def _conv_ref(x, w, b, stride, pad, dil, groups):
-    """float64 direct NHWC convolution (the oracle for conv2d_f32)."""
-    x = x.astype(np.float64)
-    n, h, wd, c = x.shape
-    cout, cg, kh, kw = w.shape
-    xp = np.zeros((n, h + 2 * pad[0], wd + 2 * pad[1], c))
-    xp[:, pad[0]:pad[0] + h, pad[1]:pad[1] + wd] = x
-    oh = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (wd + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
-    out = np.zeros((n, oh, ow, cout))
-    opg = cout // groups
-    for o in range(cout):
-        gi = o // opg
-        for ky in range(kh):
-            for kx in range(kw):
-                patch = xp[:, ky * dil[0]:ky * dil[0] + stride[0] * (oh - 1) + 1:stride[0],
-                           kx * dil[1]:kx * dil[1] + stride[1] * (ow - 1) + 1:stride[1], gi * cg:(gi + 1) * cg]
-                out[..., o] += patch @ w[o, :, ky, kx].astype(np.float64)
-    return out + b
-
 
 @pytest.mark.parametrize("cin,cout,k,stride,pad,dil,groups", [
     (3, 8, 3, 1, 1, 1, 1), (3, 16, 7, 2, 3, 1, 1), (8, 8, 3, 2, 1, 1, 8), (8, 16, 3, 1, 2, 2, 4),
@@ -141,7 +122,7 @@ def test_conv2d_f32(cin, cout, k, stride, pad, dil, groups):
     w = rng.standard_normal((cout, cin // groups, k, k)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
     out = conv2d_f32(x, w, b, (stride, stride), (pad, pad), (dil, dil), groups)
-    ref = _conv_ref(x, w, b, (stride, stride), (pad, pad), (dil, dil), groups)
+    ref = conv_nhwc_float64(x, w, b, (stride, stride), (pad, pad), (dil, dil), groups)
     assert out.dtype == np.float32 and out.shape == ref.shape
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     with pytest.raises(ValueError, match="groups"):

@@ -8,32 +8,12 @@ import pytest
 import lowbit
 from lowbit import _core
 from lowbit.runtime import floatops
+from numpy_models import conv_nhwc_float64
 
 
 def _bytes_equal(a, b, what=""):
     assert a.dtype == b.dtype == np.float32 and a.shape == b.shape, what
     assert a.tobytes() == b.tobytes(), what
-
-
-def _conv64(x, w, b, stride, pad, dil, groups):
-    """float64 direct NHWC convolution (an oracle in another order)."""
-    x = x.astype(np.float64)
-    n, h, wd, c = x.shape
-    cout, cg, kh, kw = w.shape
-    xp = np.zeros((n, h + 2 * pad[0], wd + 2 * pad[1], c))
-    xp[:, pad[0]:pad[0] + h, pad[1]:pad[1] + wd] = x
-    oh = (h + 2 * pad[0] - dil[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (wd + 2 * pad[1] - dil[1] * (kw - 1) - 1) // stride[1] + 1
-    out = np.zeros((n, oh, ow, cout))
-    opg = cout // groups
-    for o in range(cout):
-        gi = o // opg
-        for ky in range(kh):
-            for kx in range(kw):
-                patch = xp[:, ky * dil[0]:ky * dil[0] + stride[0] * (oh - 1) + 1:stride[0],
-                           kx * dil[1]:kx * dil[1] + stride[1] * (ow - 1) + 1:stride[1], gi * cg:(gi + 1) * cg]
-                out[..., o] += patch @ w[o, :, ky, kx].astype(np.float64)
-    return out + b
 
 
 def _all_ways(x, w, b, stride, pad, dil, groups):
@@ -73,7 +53,7 @@ def test_conv_tiers_reference_and_float64(b, h, w, cin, cout, k, stride, pad, di
     bias = rng.standard_normal(cout).astype(np.float32)
     args = ((stride, stride), (pad, pad), (dil, dil), groups)
     out = _all_ways(x, wt, bias, *args)
-    ref = _conv64(x, wt, bias, *args)
+    ref = conv_nhwc_float64(x, wt, bias, *args)
     kdim = k * k * cin // groups
     np.testing.assert_allclose(out, ref, rtol=0, atol=4e-7 * kdim * (1 + np.abs(ref).max()))
     # without a bias: the chain alone
@@ -89,7 +69,7 @@ def test_conv_unequal_axes(stride, pad, dil):
     wt = rng.standard_normal((24, 3, 3, 4)).astype(np.float32)
     bias = rng.standard_normal(24).astype(np.float32)
     out = _all_ways(x, wt, bias, stride, pad, dil, 1)
-    ref = _conv64(x, wt, bias, stride, pad, dil, 1)
+    ref = conv_nhwc_float64(x, wt, bias, stride, pad, dil, 1)
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * (1 + np.abs(ref).max()))
 
 
