@@ -171,6 +171,35 @@ class PlanHandle {
     return e;
   }
 
+  // Hands pack step `s` (groups kind) to gemm step `producer`, whose epilogue writes its codes in
+  // whole rows; see GemmStep::store for what runs then, and ExecutorPlan.pack for who calls this.
+  void fuse_pack(size_t producer, std::unique_ptr<runtime::PackStep> s) {
+    if (plan_.finalized()) throw py::value_error("plan: already finalized");
+    if (producer >= plan_.num_steps()) throw py::value_error("pack: producer is not a step of this plan");
+    auto* g = dynamic_cast<runtime::GemmStep*>(plan_.mutable_step(producer));
+    if (!g || g->store) throw py::value_error("pack: producer must be a gemm step with no fused pack yet");
+    const runtime::EpilogueSpec& e = g->ep;
+    // the codes the epilogue writes: its output (codes) or second output (float32 with codes), whole rows
+    int codes = -1;
+    size_t col = 0, stride = 0;
+    int32_t top = 0;  // the largest code it can write
+    if (e.kind == OutKind::codes) {
+      codes = e.out, col = e.out_col, stride = e.out_stride, top = e.qmax - e.qmin;
+    } else if (e.kind == OutKind::float32 && e.codes >= 0) {
+      codes = e.codes, col = e.codes_col, stride = e.codes_stride, top = e.codes_qp - e.codes_qn;
+    }
+    if (s->kind != runtime::PackStep::Kind::groups || codes != s->src || col != 0 || stride != s->K ||
+        g->M != s->M || g->N != s->K)
+      throw py::value_error("pack: the producer's epilogue does not write these codes in whole rows");
+    if (size_t(g->kernel->nr) % size_t(s->group) != 0)
+      throw py::value_error("pack: the producer's column tiles do not start on a packing group");
+    if (top >= (1 << s->bits)) throw py::value_error("pack: the producer's codes may not fit in bits");
+    s->index = producer;  // runs inside the producer step
+    const int dst = s->dst;
+    g->store = std::move(s);
+    plan_.add_write(producer, dst);
+  }
+
   Plan plan_;
 
  private:
@@ -536,7 +565,10 @@ void bind_executor(py::module_& m) {
            })
       .def("pack",
            [](PlanHandle& h, int node, const std::string& kind, int src, int dst, size_t M, size_t K, int bits,
-              int group, int shift, size_t out_stride, int tier, size_t pad_rows, int pad_code, py::object levels) {
+              int group, int shift, size_t out_stride, int tier, size_t pad_rows, int pad_code, py::object levels,
+              long producer) {
+             // producer: -1 (a pack step of its own), or the index of the gemm step whose epilogue writes
+             // the codes `src`: that step's tasks then pack each tile they finish (GemmStep::store)
              auto s = std::make_unique<PackStep>();
              if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8))
                throw py::value_error("pack: bits must be 1-4 or 8");
@@ -593,7 +625,11 @@ void bind_executor(py::module_& m) {
              s->tier = Tier(tier);
              s->pad_rows = pad_rows;
              s->pad_code = pad_code;
-             h.add(std::move(s), "pack", node, {src}, writes);
+             if (producer < 0) {
+               h.add(std::move(s), "pack", node, {src}, writes);
+               return;
+             }
+             h.fuse_pack(size_t(producer), std::move(s));
            })
       .def("gemm",
            [](PlanHandle& h, int node, size_t kernel_index, const py::array& w, const py::array& tables, size_t M,
@@ -844,6 +880,17 @@ void bind_executor(py::module_& m) {
                              [](const PlanHandle& h) {
                                std::vector<std::string> out(h.plan_.num_steps());
                                for (size_t i = 0; i < out.size(); ++i) out[i] = h.plan_.step_kind(i);
+                               return out;
+                             })
+      .def_property_readonly("num_steps", [](const PlanHandle& h) { return h.plan_.num_steps(); })
+      .def_property_readonly("fused_packs",
+                             [](const PlanHandle& h) {
+                               // the gemm steps that pack their output for the next layer (GemmStep::store)
+                               std::vector<size_t> out;
+                               for (size_t i = 0; i < h.plan_.num_steps(); ++i) {
+                                 const auto* g = dynamic_cast<const runtime::GemmStep*>(&h.plan_.step(i));
+                                 if (g && g->store) out.push_back(i);
+                               }
                                return out;
                              })
       .def_property_readonly("step_nodes",

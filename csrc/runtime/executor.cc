@@ -65,6 +65,21 @@ void Plan::add_step(std::unique_ptr<Step> step) {
   steps_.push_back(std::move(step));
 }
 
+Step* Plan::mutable_step(size_t i) {
+  if (finalized_) throw std::logic_error("executor plan: mutable_step after finalize");
+  return steps_.at(i).get();
+}
+
+void Plan::add_write(size_t i, int id) {
+  if (finalized_) throw std::logic_error("executor plan: add_write after finalize");
+  if (i >= steps_.size() || id < 0 || size_t(id) >= buffers_.size())
+    throw std::out_of_range("executor plan: unknown step or buffer");
+  Buffer& b = buffers_[size_t(id)];
+  b.first = b.first < 0 ? int(i) : std::min(b.first, int(i));
+  b.last = std::max(b.last, int(i));
+  steps_[i]->writes.push_back(id);
+}
+
 void Plan::finalize() {
   if (finalized_) return;
   // Greedy placement, largest first: each buffer goes to the lowest aligned

@@ -82,6 +82,12 @@ class Plan {
   // Appends a step (its reads/writes must name existing buffers).
   void add_step(std::unique_ptr<Step> step);
   size_t num_steps() const { return steps_.size(); }
+  const Step& step(size_t i) const { return *steps_.at(i); }
+  // Step i, to extend before finalize (e.g. GemmStep::store); a buffer it
+  // then writes must be declared with add_write().
+  Step* mutable_step(size_t i);
+  // Records that step i writes buffer `id` (its life grows to cover step i).
+  void add_write(size_t i, int id);
   int step_node(size_t i) const { return steps_[i]->node; }
   const char* step_kind(size_t i) const { return steps_[i]->kind; }
 
