@@ -333,6 +333,31 @@ void bind_executor(py::module_& m) {
       "dw, OH, OW): simd=False runs the scalar rule, True its AVX2 twin where the CPU has it (identical results)",
       py::arg("x"), py::arg("geometry"), py::arg("simd"));
   m.def(
+      "executor_pack_groups_block",
+      [](const py::array_t<uint8_t, py::array::c_style>& codes, size_t m0, size_t m1, size_t n0, size_t n1, int bits,
+         int group, int shift, py::array_t<uint8_t, py::array::c_style>& out, size_t out_bytes, int tier) {
+        if (codes.ndim() != 2 || m0 > m1 || m1 > size_t(codes.shape(0)) || n0 >= n1 || n1 > size_t(codes.shape(1)))
+          throw py::value_error("codes: expected a 2-D array holding rows [m0, m1) x columns [n0, n1)");
+        if (bits < 1 || bits > 8 || group < 1 || shift < 0 || shift > 2 || group * bits + shift > 8)
+          throw py::value_error("bits/group/shift: expected group * bits + shift <= 8, shift 0..2");
+        const size_t packed = (n1 - n0 + size_t(group) - 1) / size_t(group);
+        if (out.ndim() != 2 || size_t(out.shape(0)) != m1 - m0 || out_bytes < packed ||
+            out_bytes > size_t(out.shape(1)))
+          throw py::value_error("out: expected (m1 - m0, out_stride) bytes with ceil(K/group) <= out_bytes <= out_stride");
+        if (tier < 0 || tier >= kNumTiers) throw py::value_error("tier: out of range");
+        const Tier t = std::min(Tier(tier), best_tier());
+        const size_t stride = size_t(codes.shape(1));
+        const uint8_t* src = codes.data() + m0 * stride + n0;
+        uint8_t* dst = out.mutable_data();
+        const size_t out_stride = size_t(out.shape(1));
+        py::gil_scoped_release release;
+        return pack_groups_block(src, stride, m1 - m0, n1 - n0, bits, group, shift, dst, out_stride, out_bytes, t);
+      },
+      "pack_groups_block (ops/pack.h) of codes rows [m0, m1) x columns [n0, n1) into `out` (out_bytes a row); "
+      "False when a code is >= 2**bits. tier: 0 scalar, 1 the AVX2 packer where the CPU has it",
+      py::arg("codes"), py::arg("m0"), py::arg("m1"), py::arg("n0"), py::arg("n1"), py::arg("bits"), py::arg("group"),
+      py::arg("shift"), py::arg("out"), py::arg("out_bytes"), py::arg("tier"));
+  m.def(
       "maxpool_nhwc_codes",
       [](const py::array_t<uint8_t, py::array::c_style>& x, const py::tuple& geometry, bool simd) {
         const ConvGeometry g = geometry_of(geometry);
