@@ -18,6 +18,11 @@ inline const uint8_t* read_limit(const uint8_t* codes, size_t codes_stride, size
   return codes_stride == K ? codes + M * K : row + K;
 }
 
+// Whether no code OR-ed into `seen` has a bit at or above `bits`.
+inline bool in_range(__m256i seen, int bits) {
+  return _mm256_testz_si256(seen, _mm256_set1_epi8(char(0xFF << bits))) != 0;
+}
+
 // 32 codes -> 32/group bytes, each shifted left by `shift` (the packed bytes
 // are < 2**(8 - shift), so 16-bit lane shifts never carry into the next byte).
 // Returns the number of bytes written.
@@ -156,13 +161,9 @@ bool pack_groups36(const uint8_t* codes, size_t codes_stride, size_t M, size_t K
       j += bytes;
       k += n;
     }
-    std::memset(dst + j, 0, out_bytes - j);
+    if (j < out_bytes) std::memset(dst + j, 0, out_bytes - j);
   }
-  alignas(32) uint8_t lanes[32];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), seen);
-  unsigned all = 0;
-  for (uint8_t b : lanes) all |= b;
-  return (all >> bits) == 0;
+  return in_range(seen, bits);
 }
 
 }  // namespace
@@ -200,13 +201,9 @@ bool pack_groups__avx2(const uint8_t* codes, size_t codes_stride, size_t M, size
       std::memcpy(dst + j, packed, tail_bytes);
       j += tail_bytes;
     }
-    std::memset(dst + j, 0, out_bytes - j);
+    if (j < out_bytes) std::memset(dst + j, 0, out_bytes - j);
   }
-  alignas(32) uint8_t lanes[32];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), seen);
-  unsigned all = 0;
-  for (uint8_t b : lanes) all |= b;
-  return (all >> bits) == 0;
+  return in_range(seen, bits);
 }
 
 }  // namespace lowbit

@@ -33,7 +33,7 @@ bool pack_groups__scalar(const uint8_t* codes, size_t codes_stride, size_t M, si
       }
       dst[j++] = uint8_t(v << shift);
     }
-    std::memset(dst + j, 0, out_bytes - j);
+    if (j < out_bytes) std::memset(dst + j, 0, out_bytes - j);
   }
   return (seen >> bits) == 0;
 }
