@@ -275,7 +275,7 @@ def test_executor_maxpool_simd_and_scalar_match_numpy(rng, shape, window):
     geometry = (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
     scalar = _core.executor_maxpool_nhwc(x, geometry, False)
     assert_same(_core.executor_maxpool_nhwc(x, geometry, True), scalar)
-    # the native rule keeps the first NaN met in (ky, kx) order; NumPy's may keep another NaN of the
+    # the native rule keeps the last NaN met in (ky, kx) order; NumPy's may keep another NaN of the
     # window (another sign bit), so against NumPy the values (NaN positions included) are compared
     assert np.array_equal(scalar, want, equal_nan=True)
 
