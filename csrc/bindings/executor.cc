@@ -35,22 +35,10 @@ QuantizeParams quantize_params(bool binary, float step, int qn, int qp, bool pre
 using runtime::Plan;
 
 // ExecutorPlan.run(check_finite=True) found a NaN or Inf in x (a ValueError in Python:
-// _core.NonFiniteInput); nothing ran.
+// _core.NonFiniteInput); the output was not written.
 struct NonFiniteInput : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-
-// Whether all n floats are finite: no value has every exponent bit set (NaN, +-Inf).
-// Branch-free, so the compiler vectorizes it.
-bool all_finite(const float* x, size_t n) {
-  uint32_t bad = 0;
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof(bits));
-    bad |= uint32_t((bits & 0x7f800000u) == 0x7f800000u);
-  }
-  return bad == 0;
-}
 
 template <class T>
 const T* array_data(const py::array& a, const char* name, size_t min_count) {
@@ -955,8 +943,12 @@ void bind_executor(py::module_& m) {
             bool finite = true;
             {
               py::gil_scoped_release release;
-              if (check_finite) finite = all_finite(static_cast<const float*>(in_ptr), size_t(x.size()));
-              if (finite) bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu);
+              // the input quantizer checks the values as it reads them, when the plan starts with it
+              const bool in_plan = check_finite && h.plan_.first_step_checks_input();
+              if (check_finite && !in_plan)
+                finite = all_finite_f32(static_cast<const float*>(in_ptr), size_t(x.size()));
+              if (finite) bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu, in_plan);
+              if (bad == Plan::kNonFiniteInput) finite = false;
             }
             if (!finite)
               throw NonFiniteInput("x: expected finite values, got NaN or Inf (pass check_finite=False to skip this check)");
@@ -970,8 +962,8 @@ void bind_executor(py::module_& m) {
           },
           py::arg("x"), py::arg("out"), py::arg("profile") = false, py::arg("check_finite") = false,
           "Runs the plan (GIL released; thread-safe). profile: True (wall clock) or 'thread_cpu' returns "
-          "each step's seconds. check_finite: raise NonFiniteInput (a ValueError), running nothing, when x "
-          "holds a NaN or Inf");
+          "each step's seconds. check_finite: raise NonFiniteInput (a ValueError) when x holds a NaN or Inf "
+          "(checked before the plan runs, or by its input quantizer, which then stops it; out is not written)");
   py::register_exception<NonFiniteInput>(m, "NonFiniteInput", PyExc_ValueError);
 }
 

@@ -62,6 +62,9 @@ struct Context {
   std::unique_ptr<uint8_t, void (*)(void*)> arena{nullptr, nullptr};
   std::vector<uint8_t*> ptr;  // per buffer: this context's address (boundary buffers set per run)
   std::vector<std::vector<const uint8_t*>> indirection;  // per step: pointer arrays (empty when unused)
+  // This run checks the input for NaN and Inf in its first step (Plan::run's
+  // check_finite); that step sets `nonfinite` and stops the run on one.
+  bool check_finite = false, nonfinite = false;
 
   template <class T>
   T* at(int buffer) const {
@@ -102,10 +105,18 @@ class Plan {
   // the boundary buffers' sizes). `seconds`, when given, receives each
   // step's time: wall clock (steady_clock), or with `thread_cpu` the calling
   // thread's CPU time (meaningful at one thread, where every step computes
-  // on the caller; benchmarks on shared machines). Returns -1, or the index
-  // of the step that found an out-of-range code. Thread-safe (see above);
-  // call without the GIL.
-  long run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu = false);
+  // on the caller; benchmarks on shared machines). `check_finite` (only for
+  // a plan whose first_step_checks_input()): that step also checks the
+  // input, and a NaN or Inf stops the run there (kNonFiniteInput; the output
+  // is not written). Returns -1, kNonFiniteInput, or the index of the step
+  // that found an out-of-range code. Thread-safe (see above); call without
+  // the GIL.
+  static constexpr long kNonFiniteInput = -2;
+  long run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu = false,
+           bool check_finite = false);
+  // Whether step 0 is the quantizer of the whole NCHW input (QuantizeStep
+  // with nchw), which can check the input as it reads it.
+  bool first_step_checks_input() const;
 
  private:
   std::unique_ptr<Context> make_context() const;

@@ -41,6 +41,12 @@ Epilogue EpilogueSpec::make(const Context& c) const {
 }
 
 bool QuantizeStep::run(Context& c) const {
+  if (nchw && c.check_finite) {  // the plan's first step checks the caller's input as it reads it
+    std::atomic<bool> nonfinite{false};
+    quantize_nchw_to_nhwc(c.at<const float>(src), B, C, H, W, params, c.at<uint8_t>(dst), &nonfinite);
+    c.nonfinite = nonfinite.load();
+    return !c.nonfinite;
+  }
   if (nchw)
     quantize_nchw_to_nhwc(c.at<const float>(src), B, C, H, W, params, c.at<uint8_t>(dst));
   else
