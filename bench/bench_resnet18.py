@@ -25,8 +25,9 @@ kernels (GEMM with its fused epilogue), the epilogue's share (the same epilogue 
 over the layer's int32 sums), native activation packing and im2col gathers, NumPy graph ops (input quantization, pooling, adds),
 and the rest = Python/NumPy glue. That breakdown is of the Python executor (node by node); the
 native executor (lowbit.executor, one native call per forward pass, the default) gets its own from
-its per-step timers: GEMM/conv steps (kernels with their fused epilogue), packing, graph ops, and
-the rest (entering and leaving the call); its share outside the GEMM/conv steps is given twice:
+its per-step timers: GEMM/conv steps (kernels with their fused epilogue; a GEMM whose output codes
+the next layer packs also packs them, tile by tile, inside its step: docs/runtime.md), packing, graph
+ops, and the rest (entering and leaving the call); its share outside the GEMM/conv steps is given twice:
 from the per-step medians summed by kind (a sum of medians, below the median of the sums on a
 noisy machine: the difference lands in "between steps"), and paired within each repeat (the
 kernel steps' sum of one profiled run over the m(x) time measured just before it; median over

@@ -35,22 +35,10 @@ QuantizeParams quantize_params(bool binary, float step, int qn, int qp, bool pre
 using runtime::Plan;
 
 // ExecutorPlan.run(check_finite=True) found a NaN or Inf in x (a ValueError in Python:
-// _core.NonFiniteInput); nothing ran.
+// _core.NonFiniteInput); the output was not written.
 struct NonFiniteInput : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-
-// Whether all n floats are finite: no value has every exponent bit set (NaN, +-Inf).
-// Branch-free, so the compiler vectorizes it.
-bool all_finite(const float* x, size_t n) {
-  uint32_t bad = 0;
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof(bits));
-    bad |= uint32_t((bits & 0x7f800000u) == 0x7f800000u);
-  }
-  return bad == 0;
-}
 
 template <class T>
 const T* array_data(const py::array& a, const char* name, size_t min_count) {
@@ -169,6 +157,35 @@ class PlanHandle {
     }
     e.simd = tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too (as the Python path)
     return e;
+  }
+
+  // Hands pack step `s` (groups kind) to gemm step `producer`, whose epilogue writes its codes in
+  // whole rows; see GemmStep::store for what runs then, and ExecutorPlan.pack for who calls this.
+  void fuse_pack(size_t producer, std::unique_ptr<runtime::PackStep> s) {
+    if (plan_.finalized()) throw py::value_error("plan: already finalized");
+    if (producer >= plan_.num_steps()) throw py::value_error("pack: producer is not a step of this plan");
+    auto* g = dynamic_cast<runtime::GemmStep*>(plan_.mutable_step(producer));
+    if (!g || g->store) throw py::value_error("pack: producer must be a gemm step with no fused pack yet");
+    const runtime::EpilogueSpec& e = g->ep;
+    // the codes the epilogue writes: its output (codes) or second output (float32 with codes), whole rows
+    int codes = -1;
+    size_t col = 0, stride = 0;
+    int32_t top = 0;  // the largest code it can write
+    if (e.kind == OutKind::codes) {
+      codes = e.out, col = e.out_col, stride = e.out_stride, top = e.qmax - e.qmin;
+    } else if (e.kind == OutKind::float32 && e.codes >= 0) {
+      codes = e.codes, col = e.codes_col, stride = e.codes_stride, top = e.codes_qp - e.codes_qn;
+    }
+    if (s->kind != runtime::PackStep::Kind::groups || codes != s->src || col != 0 || stride != s->K ||
+        g->M != s->M || g->N != s->K)
+      throw py::value_error("pack: the producer's epilogue does not write these codes in whole rows");
+    if (size_t(g->kernel->nr) % size_t(s->group) != 0)
+      throw py::value_error("pack: the producer's column tiles do not start on a packing group");
+    if (top >= (1 << s->bits)) throw py::value_error("pack: the producer's codes may not fit in bits");
+    s->index = producer;  // runs inside the producer step
+    const int dst = s->dst;
+    g->store = std::move(s);
+    plan_.add_write(producer, dst);
   }
 
   Plan plan_;
@@ -303,6 +320,31 @@ void bind_executor(py::module_& m) {
       "The executor's max pooling step on NHWC float32 x with geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, "
       "dw, OH, OW): simd=False runs the scalar rule, True its AVX2 twin where the CPU has it (identical results)",
       py::arg("x"), py::arg("geometry"), py::arg("simd"));
+  m.def(
+      "executor_pack_groups_block",
+      [](const py::array_t<uint8_t, py::array::c_style>& codes, size_t m0, size_t m1, size_t n0, size_t n1, int bits,
+         int group, int shift, py::array_t<uint8_t, py::array::c_style>& out, size_t out_bytes, int tier) {
+        if (codes.ndim() != 2 || m0 > m1 || m1 > size_t(codes.shape(0)) || n0 >= n1 || n1 > size_t(codes.shape(1)))
+          throw py::value_error("codes: expected a 2-D array holding rows [m0, m1) x columns [n0, n1)");
+        if (bits < 1 || bits > 8 || group < 1 || shift < 0 || shift > 2 || group * bits + shift > 8)
+          throw py::value_error("bits/group/shift: expected group * bits + shift <= 8, shift 0..2");
+        const size_t packed = (n1 - n0 + size_t(group) - 1) / size_t(group);
+        if (out.ndim() != 2 || size_t(out.shape(0)) != m1 - m0 || out_bytes < packed ||
+            out_bytes > size_t(out.shape(1)))
+          throw py::value_error("out: expected (m1 - m0, out_stride) bytes with ceil(K/group) <= out_bytes <= out_stride");
+        if (tier < 0 || tier >= kNumTiers) throw py::value_error("tier: out of range");
+        const Tier t = std::min(Tier(tier), best_tier());
+        const size_t stride = size_t(codes.shape(1));
+        const uint8_t* src = codes.data() + m0 * stride + n0;
+        uint8_t* dst = out.mutable_data();
+        const size_t out_stride = size_t(out.shape(1));
+        py::gil_scoped_release release;
+        return pack_groups_block(src, stride, m1 - m0, n1 - n0, bits, group, shift, dst, out_stride, out_bytes, t);
+      },
+      "pack_groups_block (ops/pack.h) of codes rows [m0, m1) x columns [n0, n1) into `out` (out_bytes a row); "
+      "False when a code is >= 2**bits. tier: 0 scalar, 1 the AVX2 packer where the CPU has it",
+      py::arg("codes"), py::arg("m0"), py::arg("m1"), py::arg("n0"), py::arg("n1"), py::arg("bits"), py::arg("group"),
+      py::arg("shift"), py::arg("out"), py::arg("out_bytes"), py::arg("tier"));
   m.def(
       "maxpool_nhwc_codes",
       [](const py::array_t<uint8_t, py::array::c_style>& x, const py::tuple& geometry, bool simd) {
@@ -536,7 +578,10 @@ void bind_executor(py::module_& m) {
            })
       .def("pack",
            [](PlanHandle& h, int node, const std::string& kind, int src, int dst, size_t M, size_t K, int bits,
-              int group, int shift, size_t out_stride, int tier, size_t pad_rows, int pad_code, py::object levels) {
+              int group, int shift, size_t out_stride, int tier, size_t pad_rows, int pad_code, py::object levels,
+              long producer) {
+             // producer: -1 (a pack step of its own), or the index of the gemm step whose epilogue writes
+             // the codes `src`: that step's tasks then pack each tile they finish (GemmStep::store)
              auto s = std::make_unique<PackStep>();
              if (!(bits == 1 || bits == 2 || bits == 3 || bits == 4 || bits == 8))
                throw py::value_error("pack: bits must be 1-4 or 8");
@@ -593,7 +638,11 @@ void bind_executor(py::module_& m) {
              s->tier = Tier(tier);
              s->pad_rows = pad_rows;
              s->pad_code = pad_code;
-             h.add(std::move(s), "pack", node, {src}, writes);
+             if (producer < 0) {
+               h.add(std::move(s), "pack", node, {src}, writes);
+               return;
+             }
+             h.fuse_pack(size_t(producer), std::move(s));
            })
       .def("gemm",
            [](PlanHandle& h, int node, size_t kernel_index, const py::array& w, const py::array& tables, size_t M,
@@ -846,6 +895,17 @@ void bind_executor(py::module_& m) {
                                for (size_t i = 0; i < out.size(); ++i) out[i] = h.plan_.step_kind(i);
                                return out;
                              })
+      .def_property_readonly("num_steps", [](const PlanHandle& h) { return h.plan_.num_steps(); })
+      .def_property_readonly("fused_packs",
+                             [](const PlanHandle& h) {
+                               // the gemm steps that pack their output for the next layer (GemmStep::store)
+                               std::vector<size_t> out;
+                               for (size_t i = 0; i < h.plan_.num_steps(); ++i) {
+                                 const auto* g = dynamic_cast<const runtime::GemmStep*>(&h.plan_.step(i));
+                                 if (g && g->store) out.push_back(i);
+                               }
+                               return out;
+                             })
       .def_property_readonly("step_nodes",
                              [](const PlanHandle& h) {
                                std::vector<int> out(h.plan_.num_steps());
@@ -883,8 +943,12 @@ void bind_executor(py::module_& m) {
             bool finite = true;
             {
               py::gil_scoped_release release;
-              if (check_finite) finite = all_finite(static_cast<const float*>(in_ptr), size_t(x.size()));
-              if (finite) bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu);
+              // the input quantizer checks the values as it reads them, when the plan starts with it
+              const bool in_plan = check_finite && h.plan_.first_step_checks_input();
+              if (check_finite && !in_plan)
+                finite = all_finite_f32(static_cast<const float*>(in_ptr), size_t(x.size()));
+              if (finite) bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu, in_plan);
+              if (bad == Plan::kNonFiniteInput) finite = false;
             }
             if (!finite)
               throw NonFiniteInput("x: expected finite values, got NaN or Inf (pass check_finite=False to skip this check)");
@@ -898,8 +962,8 @@ void bind_executor(py::module_& m) {
           },
           py::arg("x"), py::arg("out"), py::arg("profile") = false, py::arg("check_finite") = false,
           "Runs the plan (GIL released; thread-safe). profile: True (wall clock) or 'thread_cpu' returns "
-          "each step's seconds. check_finite: raise NonFiniteInput (a ValueError), running nothing, when x "
-          "holds a NaN or Inf");
+          "each step's seconds. check_finite: raise NonFiniteInput (a ValueError) when x holds a NaN or Inf "
+          "(checked before the plan runs, or by its input quantizer, which then stops it; out is not written)");
   py::register_exception<NonFiniteInput>(m, "NonFiniteInput", PyExc_ValueError);
 }
 

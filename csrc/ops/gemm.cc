@@ -148,7 +148,10 @@ void run_task(void* ctx, size_t index) {
       for (size_t n = n0; n < n1; ++n) row[n - on0] = int32_t(uint32_t(row[n - on0]) - uint32_t(c.col_correction[n]));
     }
   }
-  if (fused) apply_epilogue(c.epilogue, out, out_stride, m0, m1, n0, n1);
+  if (fused) {
+    apply_epilogue(c.epilogue, out, out_stride, m0, m1, n0, n1);
+    if (c.after_tile) c.after_tile(c.after_tile_ctx, m0, m1, n0, n1);
+  }
 }
 
 }  // namespace

@@ -69,6 +69,14 @@ struct GemmCall {
   int32_t* c = nullptr;
   size_t c_stride = 0;
   Epilogue epilogue;
+  // With a fused epilogue: called by each task right after its tile's
+  // epilogue, after_tile(after_tile_ctx, m0, m1, n0, n1), when the outputs of
+  // rows [m0, m1) x columns [n0, n1) are final and still in that core's cache
+  // (the executor packs them there for the next layer's kernel). Tiles are
+  // disjoint; it may run on any pool thread, for several tiles at once. n0 is
+  // a multiple of the kernel's NR, and n1 too unless n1 == N.
+  void (*after_tile)(void* ctx, size_t m0, size_t m1, size_t n0, size_t n1) = nullptr;
+  void* after_tile_ctx = nullptr;
 };
 
 // Whether run_gemm runs an M x N x k_steps problem on the calling thread

@@ -39,6 +39,33 @@ inline void max_channels(const float* first, size_t nky, size_t row_step, size_t
   for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + 8 * j, m[j]);
 }
 
+// max_channels for windows without NaN, at one vmaxps per tap and vector:
+// max_ps(v, m) = v > m ? v : m is max_rule when v is not NaN (equal values,
+// +0 and -0 included, keep m, the earlier tap). So that a NaN is never missed,
+// every tap is also added into sum[j] (running sums carried over the
+// channels and pixels of an output row): a NaN tap makes that sum NaN for
+// good. The caller redoes the row with max_channels when a sum is NaN
+// (which +inf and -inf taps, or an overflow to both, can also cause: then the
+// exact rule merely runs when it was not needed).
+template <int NV>
+inline void max_channels_unless_nan(const float* first, size_t nky, size_t row_step, size_t nkx, size_t col_step,
+                                    float* o, __m256* sum) {
+  __m256 m[NV], s[NV];
+  for (int j = 0; j < NV; ++j) m[j] = _mm256_set1_ps(-INFINITY), s[j] = sum[j];
+  for (size_t ky = 0; ky < nky; ++ky) {
+    const float* row = first + ky * row_step;
+    for (size_t kx = 0; kx < nkx; ++kx) {
+      const float* p = row + kx * col_step;
+      for (int j = 0; j < NV; ++j) {
+        const __m256 v = _mm256_loadu_ps(p + 8 * j);
+        m[j] = _mm256_max_ps(v, m[j]);
+        s[j] = _mm256_add_ps(s[j], v);
+      }
+    }
+  }
+  for (int j = 0; j < NV; ++j) _mm256_storeu_ps(o + 8 * j, m[j]), sum[j] = s[j];
+}
+
 }  // namespace
 
 void interleave3_u8__avx2(const uint8_t* planes, size_t len, uint8_t* out) {
@@ -93,44 +120,59 @@ static size_t first_tap(const ConvGeometry& g, size_t b, size_t oy, size_t ox, T
   return ((b * g.H + iy) * g.W + ix) * g.C;
 }
 
-// maxpool_nhwc_f32 (ops/pack.h) 8 channels at a time, up to 64 channels
-// (8 registers) per pass over the window; the channel tail runs the scalar
-// rule in the same tap order.
+// maxpool_nhwc_f32 (ops/pack.h) 8 channels at a time; the channel tail runs
+// the scalar rule in the same tap order. Each output row runs first with
+// max_channels_unless_nan (32 channels per pass over the window), and again
+// with the exact rule (max_channels, up to 64 channels per pass) when one of
+// its windows may hold a NaN.
 void maxpool_nhwc_f32__avx2(const float* x, const ConvGeometry& g, float* out) {
   const size_t C = g.C, cvec = C / 8 * 8;
   const size_t row_step = g.dh * g.W * C, col_step = g.dw * C;
+  // the output pixel's vector channels, with the fast rule (sum: its 4 NaN sentinels) or the exact one
+  auto vector_channels = [&](const float* first, size_t nky, size_t nkx, float* o, __m256* sum) {
+    size_t c = 0;
+    if (sum) {
+      // 32 channels a pass: 4 maxima and 4 sums stay in registers (measured on the AVX2 EPYC: faster
+      // than 8 maxima and 8 sums, which spill, and than a sum per vector of channels)
+      for (; c + 32 <= cvec; c += 32) max_channels_unless_nan<4>(first + c, nky, row_step, nkx, col_step, o + c, sum);
+      if (c + 16 <= cvec) max_channels_unless_nan<2>(first + c, nky, row_step, nkx, col_step, o + c, sum), c += 16;
+      if (c + 8 <= cvec) max_channels_unless_nan<1>(first + c, nky, row_step, nkx, col_step, o + c, sum), c += 8;
+      return;
+    }
+    for (; c + 64 <= cvec; c += 64) max_channels<8>(first + c, nky, row_step, nkx, col_step, o + c);
+    if (c + 32 <= cvec) max_channels<4>(first + c, nky, row_step, nkx, col_step, o + c), c += 32;
+    if (c + 16 <= cvec) max_channels<2>(first + c, nky, row_step, nkx, col_step, o + c), c += 16;
+    if (c + 8 <= cvec) max_channels<1>(first + c, nky, row_step, nkx, col_step, o + c), c += 8;
+  };
   auto task = [&](size_t r) {  // one output row: image b, output y oy
     const size_t b = r / g.OH, oy = r % g.OH;
     const TapRange ry = taps_inside(oy, g.sh, g.dh, g.ph, g.kh, g.H);  // the same for the whole row
-    float* o = out + r * g.OW * C;
-    for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
-      const TapRange rx = taps_inside(ox, g.sw, g.dw, g.pw, g.kw, g.W);
-      const size_t nky = ry.n, nkx = rx.n;
-      // the first in-image tap (unused when there is none)
-      const float* first = nky && nkx ? x + first_tap(g, b, oy, ox, ry, rx) : x;
-      size_t c = 0;
-      for (; c + 64 <= cvec; c += 64) max_channels<8>(first + c, nky, row_step, nkx, col_step, o + c);
-      if (c + 32 <= cvec) {
-        max_channels<4>(first + c, nky, row_step, nkx, col_step, o + c);
-        c += 32;
+    float* const row_out = out + r * g.OW * C;
+    // pass 0: the fast rule with its NaN sentinels; pass 1 (only when a sentinel is NaN): the exact rule
+    for (int pass = 0; pass < 2; ++pass) {
+      __m256 sum[4];
+      for (__m256& s : sum) s = _mm256_setzero_ps();
+      float* o = row_out;
+      for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
+        const TapRange rx = taps_inside(ox, g.sw, g.dw, g.pw, g.kw, g.W);
+        const size_t nky = ry.n, nkx = rx.n;
+        // the first in-image tap (unused when there is none)
+        const float* first = nky && nkx ? x + first_tap(g, b, oy, ox, ry, rx) : x;
+        vector_channels(first, nky, nkx, o, pass == 0 ? sum : nullptr);
+        for (size_t c = cvec; c < C; ++c) {
+          float m = -INFINITY;
+          for (size_t ky = 0; ky < nky; ++ky)
+            for (size_t kx = 0; kx < nkx; ++kx) {
+              const float v = first[ky * row_step + kx * col_step + c];
+              m = (v > m || v != v) ? v : m;
+            }
+          o[c] = m;
+        }
       }
-      if (c + 16 <= cvec) {
-        max_channels<2>(first + c, nky, row_step, nkx, col_step, o + c);
-        c += 16;
-      }
-      if (c + 8 <= cvec) {
-        max_channels<1>(first + c, nky, row_step, nkx, col_step, o + c);
-        c += 8;
-      }
-      for (; c < C; ++c) {
-        float m = -INFINITY;
-        for (size_t ky = 0; ky < nky; ++ky)
-          for (size_t kx = 0; kx < nkx; ++kx) {
-            const float v = first[ky * row_step + kx * col_step + c];
-            m = (v > m || v != v) ? v : m;
-          }
-        o[c] = m;
-      }
+      if (pass == 1) break;
+      __m256 nan = _mm256_setzero_ps();
+      for (const __m256& s : sum) nan = _mm256_or_ps(nan, _mm256_cmp_ps(s, s, _CMP_UNORD_Q));
+      if (_mm256_movemask_ps(nan) == 0) break;  // no window held a NaN: the fast rule's results are exact
     }
   };
   parallel_for(g.B * g.OH, task);

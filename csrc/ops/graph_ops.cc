@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/cpu_features.h"
 #include "core/thread_pool.h"
@@ -91,8 +92,22 @@ void quantize_f32(const float* x, size_t n, const QuantizeParams& p, uint8_t* ou
   for_blocks(n, [&](size_t i0, size_t i1) { quantize_serial(x + i0, i1 - i0, p, out + i0); });
 }
 
+bool all_finite_f32(const float* x, size_t n) {
+  uint32_t bad = 0;  // branch-free, so the compiler vectorizes it
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof(bits));
+    bad |= uint32_t((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
 void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t W, const QuantizeParams& p,
-                           uint8_t* out) {
+                           uint8_t* out, std::atomic<bool>* nonfinite) {
+  // the values of a chunk just quantized (still in L1), checked when asked
+  auto check = [nonfinite](const float* v, size_t n) {
+    if (nonfinite && !all_finite_f32(v, n)) nonfinite->store(true, std::memory_order_relaxed);
+  };
   if (C <= kFewChannels) {
     // Few channels (an image): each channel's run of a row is quantized where it lies (contiguous, the
     // vector rule), then the codes are interleaved into NHWC -- a byte transpose instead of a float gather.
@@ -107,9 +122,13 @@ void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t 
         const size_t len = std::min(pixels, W - x0);
         if (C == 1) {  // NHWC is NCHW
           quantize_serial(src + x0, len, p, dst + x0);
+          check(src + x0, len);
           continue;
         }
-        for (size_t c = 0; c < C; ++c) quantize_serial(src + c * H * W + x0, len, p, codes + c * len);
+        for (size_t c = 0; c < C; ++c) {
+          quantize_serial(src + c * H * W + x0, len, p, codes + c * len);
+          check(src + c * H * W + x0, len);
+        }
         if (C == 3) {
 #if LOWBIT_HAVE_X86_KERNELS
           if (p.simd && best_tier() >= Tier::avx2) {
@@ -141,6 +160,7 @@ void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t 
         for (size_t xx = x0; xx < x1; ++xx)
           for (size_t c = c0; c < c1; ++c) t[len++] = src[c * plane + xx];
         quantize_serial(t, len, p, dst + x0 * C + c0);
+        check(t, len);
       }
     }
   });

@@ -9,6 +9,7 @@
 // stated; nothing here allocates or throws. Functions taking a ThreadPool
 // may split work across it; results never depend on the thread count.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -36,7 +37,12 @@ void quantize_f32(const float* x, size_t n, const QuantizeParams& p, uint8_t* ou
 // The same rule reading NCHW float32 x (B, C, H, W) and writing NHWC codes
 // (the model input's transpose fused into its first quantizer).
 void quantize_nchw_to_nhwc(const float* x, size_t B, size_t C, size_t H, size_t W, const QuantizeParams& p,
-                           uint8_t* out);
+                           uint8_t* out, std::atomic<bool>* nonfinite = nullptr);
+// With `nonfinite` set, quantize_nchw_to_nhwc also stores true there when a
+// value of x is NaN or +-Inf (checked chunk by chunk as it is read, so the
+// executor's input check needs no pass of its own); the codes are the same.
+// Whether all n floats are finite: no value has every exponent bit set.
+bool all_finite_f32(const float* x, size_t n);
 
 #if LOWBIT_HAVE_X86_KERNELS
 // quantize_nchw_to_nhwc's byte transpose of three channel planes (an RGB

@@ -10,6 +10,19 @@
 namespace lowbit {
 namespace {
 
+// How far a row's vector loads may read (the masked tail of a row reads on
+// into the next): to the end of the codes when the rows are contiguous,
+// else to the end of the row (a block of a wider matrix: the bytes between
+// its rows belong to others).
+inline const uint8_t* read_limit(const uint8_t* codes, size_t codes_stride, size_t M, size_t K, const uint8_t* row) {
+  return codes_stride == K ? codes + M * K : row + K;
+}
+
+// Whether no code OR-ed into `seen` has a bit at or above `bits`.
+inline bool in_range(__m256i seen, int bits) {
+  return _mm256_testz_si256(seen, _mm256_set1_epi8(char(0xFF << bits))) != 0;
+}
+
 // 32 codes -> 32/group bytes, each shifted left by `shift` (the packed bytes
 // are < 2**(8 - shift), so 16-bit lane shifts never carry into the next byte).
 // Returns the number of bytes written.
@@ -123,13 +136,13 @@ inline int pack96(const uint8_t* src, int valid, int bits, int group, __m128i sh
   return 16;
 }
 
-bool pack_groups36(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
-                   size_t out_stride) {
+bool pack_groups36(const uint8_t* codes, size_t codes_stride, size_t M, size_t K, int bits, int group, int shift,
+                   uint8_t* out, size_t out_stride, size_t out_bytes) {
   __m256i seen = _mm256_setzero_si256();
   const __m128i shift_count = _mm_cvtsi32_si128(shift);
-  const uint8_t* codes_end = codes + M * K;
   for (size_t m = 0; m < M; ++m) {
-    const uint8_t* row = codes + m * K;
+    const uint8_t* row = codes + m * codes_stride;
+    const uint8_t* codes_end = read_limit(codes, codes_stride, M, K, row);
     uint8_t* dst = out + m * out_stride;
     size_t j = 0, k = 0;
     for (; k + 104 <= K; k += 96) j += size_t(pack96<false>(row + k, 96, bits, group, shift_count, dst + j, &seen));
@@ -148,30 +161,27 @@ bool pack_groups36(const uint8_t* codes, size_t M, size_t K, int bits, int group
       j += bytes;
       k += n;
     }
-    std::memset(dst + j, 0, out_stride - j);
+    if (j < out_bytes) std::memset(dst + j, 0, out_bytes - j);
   }
-  alignas(32) uint8_t lanes[32];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), seen);
-  unsigned all = 0;
-  for (uint8_t b : lanes) all |= b;
-  return (all >> bits) == 0;
+  return in_range(seen, bits);
 }
 
 }  // namespace
 
-bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
-                       size_t out_stride) {
-  if (group == 3 || group == 6) return pack_groups36(codes, M, K, bits, group, shift, out, out_stride);
+bool pack_groups__avx2(const uint8_t* codes, size_t codes_stride, size_t M, size_t K, int bits, int group,
+                       int shift, uint8_t* out, size_t out_stride, size_t out_bytes) {
+  if (group == 3 || group == 6)
+    return pack_groups36(codes, codes_stride, M, K, bits, group, shift, out, out_stride, out_bytes);
   __m256i seen = _mm256_setzero_si256();
   const size_t kvec = K / 32 * 32, tail = K - kvec;
   const size_t tail_bytes = (tail + size_t(group) - 1) / size_t(group);
-  const uint8_t* codes_end = codes + M * K;
   // lanes < tail: keeps a row's last codes and zeroes the bytes read past it
   const __m256i tail_mask = _mm256_cmpgt_epi8(
       _mm256_set1_epi8(char(tail)), _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
                                                      19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31));
   for (size_t m = 0; m < M; ++m) {
-    const uint8_t* row = codes + m * K;
+    const uint8_t* row = codes + m * codes_stride;
+    const uint8_t* codes_end = read_limit(codes, codes_stride, M, K, row);
     uint8_t* dst = out + m * out_stride;
     size_t j = 0;
     for (size_t k = 0; k < kvec; k += 32)
@@ -191,13 +201,9 @@ bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int g
       std::memcpy(dst + j, packed, tail_bytes);
       j += tail_bytes;
     }
-    std::memset(dst + j, 0, out_stride - j);
+    if (j < out_bytes) std::memset(dst + j, 0, out_bytes - j);
   }
-  alignas(32) uint8_t lanes[32];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), seen);
-  unsigned all = 0;
-  for (uint8_t b : lanes) all |= b;
-  return (all >> bits) == 0;
+  return in_range(seen, bits);
 }
 
 }  // namespace lowbit

@@ -9,12 +9,12 @@
 
 namespace lowbit {
 
-bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
-                         size_t out_stride) {
+bool pack_groups__scalar(const uint8_t* codes, size_t codes_stride, size_t M, size_t K, int bits, int group,
+                         int shift, uint8_t* out, size_t out_stride, size_t out_bytes) {
   unsigned seen = 0;  // OR of all codes: any bit >= `bits` means out of range
   const size_t g = size_t(group), full = K / g;
   for (size_t m = 0; m < M; ++m) {
-    const uint8_t* row = codes + m * K;
+    const uint8_t* row = codes + m * codes_stride;
     uint8_t* dst = out + m * out_stride;
     for (size_t j = 0; j < full; ++j) {
       unsigned v = 0;
@@ -33,7 +33,7 @@ bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int
       }
       dst[j++] = uint8_t(v << shift);
     }
-    std::memset(dst + j, 0, out_stride - j);
+    if (j < out_bytes) std::memset(dst + j, 0, out_bytes - j);
   }
   return (seen >> bits) == 0;
 }
@@ -129,18 +129,31 @@ void maxpool_nhwc_f32(const float* x, const ConvGeometry& g, float* out) {
   parallel_for(g.B * g.OH, task);
 }
 
-bool pack_groups_serial(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
-                        size_t out_stride, Tier tier) {
+bool pack_groups_block(const uint8_t* codes, size_t codes_stride, size_t M, size_t K, int bits, int group, int shift,
+                       uint8_t* out, size_t out_stride, size_t out_bytes, Tier tier) {
 #if LOWBIT_HAVE_X86_KERNELS
   const bool vector_group = group == 1 || group == 2 || group == 3 || group == 4 || group == 6 || group == 8;
-  if (tier >= Tier::avx2 && vector_group) return pack_groups__avx2(codes, M, K, bits, group, shift, out, out_stride);
+  if (tier >= Tier::avx2 && vector_group)
+    return pack_groups__avx2(codes, codes_stride, M, K, bits, group, shift, out, out_stride, out_bytes);
 #endif
 #if LOWBIT_HAVE_ARM_KERNELS
   const bool vector_group = group == 1 || group == 2 || group == 4 || group == 8;
-  if (tier >= Tier::neon && vector_group) return pack_groups__neon(codes, M, K, bits, group, shift, out, out_stride);
+  if (tier >= Tier::neon && vector_group) {
+    if (codes_stride == K && out_bytes == out_stride)
+      return pack_groups__neon(codes, M, K, bits, group, shift, out, out_stride);
+    bool ok = true;  // a block of a wider matrix: row by row (the NEON packer reads whole rows of K codes)
+    for (size_t m = 0; m < M; ++m)
+      ok &= pack_groups__neon(codes + m * codes_stride, 1, K, bits, group, shift, out + m * out_stride, out_bytes);
+    return ok;
+  }
 #endif
   (void)tier;
-  return pack_groups__scalar(codes, M, K, bits, group, shift, out, out_stride);
+  return pack_groups__scalar(codes, codes_stride, M, K, bits, group, shift, out, out_stride, out_bytes);
+}
+
+bool pack_groups_serial(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
+                        size_t out_stride, Tier tier) {
+  return pack_groups_block(codes, K, M, K, bits, group, shift, out, out_stride, out_stride, tier);
 }
 
 bool pack_groups(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,

@@ -42,11 +42,22 @@ void im2col_nhwc(const uint8_t* x, const ConvGeometry& g, uint8_t pad_code, uint
 // in a window gives NaN (NumPy's maximum).
 void maxpool_nhwc_f32(const float* x, const ConvGeometry& g, float* out);
 
-bool pack_groups__scalar(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
-                         size_t out_stride);
+// pack_groups_serial on an M x K block of a wider codes matrix (e.g. the
+// tile of a layer's output codes that a GEMM task has just written): row m
+// of the block starts at codes + m * codes_stride (codes_stride >= K), and
+// output row m (at out + m * out_stride) gets exactly out_bytes bytes, the
+// packed codes then zeros (ceil(K/group) <= out_bytes <= out_stride); the
+// bytes after them are left alone. Only the block's own codes are read
+// (never the bytes between its rows: other threads may be writing them).
+bool pack_groups_block(const uint8_t* codes, size_t codes_stride, size_t M, size_t K, int bits, int group, int shift,
+                       uint8_t* out, size_t out_stride, size_t out_bytes, Tier tier);
+
+// The tiers' block packers (pack_groups_block's contract).
+bool pack_groups__scalar(const uint8_t* codes, size_t codes_stride, size_t M, size_t K, int bits, int group,
+                         int shift, uint8_t* out, size_t out_stride, size_t out_bytes);
 #if LOWBIT_HAVE_X86_KERNELS
-bool pack_groups__avx2(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,
-                       size_t out_stride);
+bool pack_groups__avx2(const uint8_t* codes, size_t codes_stride, size_t M, size_t K, int bits, int group,
+                       int shift, uint8_t* out, size_t out_stride, size_t out_bytes);
 #endif
 #if LOWBIT_HAVE_ARM_KERNELS
 bool pack_groups__neon(const uint8_t* codes, size_t M, size_t K, int bits, int group, int shift, uint8_t* out,

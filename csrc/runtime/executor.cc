@@ -1,5 +1,7 @@
 #include "runtime/executor.h"
 
+#include "runtime/steps.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -63,6 +65,21 @@ void Plan::add_step(std::unique_ptr<Step> step) {
     }
   }
   steps_.push_back(std::move(step));
+}
+
+Step* Plan::mutable_step(size_t i) {
+  if (finalized_) throw std::logic_error("executor plan: mutable_step after finalize");
+  return steps_.at(i).get();
+}
+
+void Plan::add_write(size_t i, int id) {
+  if (finalized_) throw std::logic_error("executor plan: add_write after finalize");
+  if (i >= steps_.size() || id < 0 || size_t(id) >= buffers_.size())
+    throw std::out_of_range("executor plan: unknown step or buffer");
+  Buffer& b = buffers_[size_t(id)];
+  b.first = b.first < 0 ? int(i) : std::min(b.first, int(i));
+  b.last = std::max(b.last, int(i));
+  steps_[i]->writes.push_back(id);
 }
 
 void Plan::finalize() {
@@ -135,7 +152,13 @@ void Plan::release(std::unique_ptr<Context> ctx) {
   idle_.push_back(std::move(ctx));
 }
 
-long Plan::run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu) {
+bool Plan::first_step_checks_input() const {
+  if (steps_.empty() || input_ < 0) return false;
+  const auto* q = dynamic_cast<const QuantizeStep*>(steps_[0].get());
+  return q && q->nchw && q->src == input_;
+}
+
+long Plan::run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu, bool check_finite) {
   if (!finalized_) throw std::logic_error("executor plan: run before finalize");
   std::unique_ptr<Context> ctx = acquire();
   struct Return {  // hands the context back even when a step throws (std::bad_alloc)
@@ -145,10 +168,14 @@ long Plan::run(const void* input, void* output, std::vector<double>* seconds, bo
   } give_back{this, ctx};
   if (input_ >= 0) ctx->ptr[size_t(input_)] = static_cast<uint8_t*>(const_cast<void*>(input));
   if (output_ >= 0) ctx->ptr[size_t(output_)] = static_cast<uint8_t*>(output);
+  if (check_finite && !first_step_checks_input())
+    throw std::logic_error("executor plan: check_finite needs a first step that reads the whole input");
+  ctx->check_finite = check_finite;
+  ctx->nonfinite = false;
   if (seconds) seconds->assign(steps_.size(), 0.0);
   for (size_t i = 0; i < steps_.size(); ++i) {
     const double t0 = seconds ? now_seconds(thread_cpu) : 0.0;
-    if (!steps_[i]->run(*ctx)) return long(i);
+    if (!steps_[i]->run(*ctx)) return ctx->nonfinite ? kNonFiniteInput : long(i);
     if (seconds) (*seconds)[i] = now_seconds(thread_cpu) - t0;
   }
   return -1;

@@ -62,6 +62,9 @@ struct Context {
   std::unique_ptr<uint8_t, void (*)(void*)> arena{nullptr, nullptr};
   std::vector<uint8_t*> ptr;  // per buffer: this context's address (boundary buffers set per run)
   std::vector<std::vector<const uint8_t*>> indirection;  // per step: pointer arrays (empty when unused)
+  // This run checks the input for NaN and Inf in its first step (Plan::run's
+  // check_finite); that step sets `nonfinite` and stops the run on one.
+  bool check_finite = false, nonfinite = false;
 
   template <class T>
   T* at(int buffer) const {
@@ -82,6 +85,12 @@ class Plan {
   // Appends a step (its reads/writes must name existing buffers).
   void add_step(std::unique_ptr<Step> step);
   size_t num_steps() const { return steps_.size(); }
+  const Step& step(size_t i) const { return *steps_.at(i); }
+  // Step i, to extend before finalize (e.g. GemmStep::store); a buffer it
+  // then writes must be declared with add_write().
+  Step* mutable_step(size_t i);
+  // Records that step i writes buffer `id` (its life grows to cover step i).
+  void add_write(size_t i, int id);
   int step_node(size_t i) const { return steps_[i]->node; }
   const char* step_kind(size_t i) const { return steps_[i]->kind; }
 
@@ -96,10 +105,18 @@ class Plan {
   // the boundary buffers' sizes). `seconds`, when given, receives each
   // step's time: wall clock (steady_clock), or with `thread_cpu` the calling
   // thread's CPU time (meaningful at one thread, where every step computes
-  // on the caller; benchmarks on shared machines). Returns -1, or the index
-  // of the step that found an out-of-range code. Thread-safe (see above);
-  // call without the GIL.
-  long run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu = false);
+  // on the caller; benchmarks on shared machines). `check_finite` (only for
+  // a plan whose first_step_checks_input()): that step also checks the
+  // input, and a NaN or Inf stops the run there (kNonFiniteInput; the output
+  // is not written). Returns -1, kNonFiniteInput, or the index of the step
+  // that found an out-of-range code. Thread-safe (see above); call without
+  // the GIL.
+  static constexpr long kNonFiniteInput = -2;
+  long run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu = false,
+           bool check_finite = false);
+  // Whether step 0 is the quantizer of the whole NCHW input (QuantizeStep
+  // with nchw), which can check the input as it reads it.
+  bool first_step_checks_input() const;
 
  private:
   std::unique_ptr<Context> make_context() const;

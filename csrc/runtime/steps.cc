@@ -41,6 +41,12 @@ Epilogue EpilogueSpec::make(const Context& c) const {
 }
 
 bool QuantizeStep::run(Context& c) const {
+  if (nchw && c.check_finite) {  // the plan's first step checks the caller's input as it reads it
+    std::atomic<bool> nonfinite{false};
+    quantize_nchw_to_nhwc(c.at<const float>(src), B, C, H, W, params, c.at<uint8_t>(dst), &nonfinite);
+    c.nonfinite = nonfinite.load();
+    return !c.nonfinite;
+  }
   if (nchw)
     quantize_nchw_to_nhwc(c.at<const float>(src), B, C, H, W, params, c.at<uint8_t>(dst));
   else
@@ -194,17 +200,27 @@ bool ChannelSliceStep::run(Context& c) const {
   return true;
 }
 
+bool PackStep::store_tile(Context& c, size_t m0, size_t m1, size_t n0, size_t n1) const {
+  const size_t g = size_t(group);
+  const size_t bytes = n1 == K ? out_stride - n0 / g : (n1 - n0) / g;  // the last tile zeroes the row tail
+  return pack_groups_block(c.at<const uint8_t>(src) + m0 * K + n0, K, m1 - m0, n1 - n0, bits, group, shift,
+                           c.at<uint8_t>(dst) + m0 * out_stride + n0 / g, out_stride, bytes, tier);
+}
+
+void PackStep::write_pad_rows(Context& c) const {
+  if (pad_rows == 0) return;
+  uint8_t* first = c.at<uint8_t>(dst) + M * out_stride;
+  pack_groups_serial(pad_codes.data(), 1, K, bits, group, shift, first, out_stride, tier);
+  for (size_t r = 1; r < pad_rows; ++r) std::memcpy(first + r * out_stride, first, out_stride);
+}
+
 bool PackStep::run(Context& c) const {
   const uint8_t* codes = c.at<const uint8_t>(src);
   uint8_t* out = c.at<uint8_t>(dst);
   switch (kind) {
     case Kind::groups: {
       if (!pack_groups(codes, M, K, bits, group, shift, out, out_stride, tier)) return false;
-      if (pad_rows > 0) {
-        uint8_t* first = out + M * out_stride;
-        pack_groups_serial(pad_codes.data(), 1, K, bits, group, shift, first, out_stride, tier);
-        for (size_t r = 1; r < pad_rows; ++r) std::memcpy(first + r * out_stride, first, out_stride);
-      }
+      write_pad_rows(c);
       return true;
     }
     case Kind::dotgemm: {
@@ -304,8 +320,21 @@ bool GemmStep::run(Context& c) const {
     call.c = static_cast<int32_t*>(call.epilogue.out);
     call.c_stride = ep.out_stride;
   }
+  struct StoreCtx {
+    const PackStep* step;
+    Context* context;
+    std::atomic<bool> bad{false};
+  } store_ctx{store.get(), &c};
+  if (store) {
+    call.after_tile = [](void* ctx, size_t m0, size_t m1, size_t n0, size_t n1) {
+      StoreCtx& sc = *static_cast<StoreCtx*>(ctx);
+      if (!sc.step->store_tile(*sc.context, m0, m1, n0, n1)) sc.bad.store(true, std::memory_order_relaxed);
+    };
+    call.after_tile_ctx = &store_ctx;
+  }
   run_gemm(call, geometry);
-  return !(codes >= 0 && pack.bad.load());
+  if (store) store->write_pad_rows(c);
+  return !(codes >= 0 && pack.bad.load()) && !store_ctx.bad.load();
 }
 
 bool PadCorrectionStep::run(Context& c) const {

@@ -151,6 +151,15 @@ struct PackStep : Step {
   int plane_codes = -1, plane_out = -1;
   std::vector<uint8_t> pad_codes;  // K copies of pad_code (groups)
   bool run(Context& c) const override;
+
+  // The same packing done by the step that writes the codes (GemmStep::store;
+  // groups kind only): store_tile packs the codes of rows [m0, m1) x columns
+  // [n0, n1) into their bytes of the packed rows (n0 a multiple of `group`,
+  // n1 too unless n1 == K; the tile with n1 == K also zeroes the row tails);
+  // write_pad_rows writes the pad rows. Together, over a partition of the
+  // M x K codes, they write exactly the bytes run() writes.
+  bool store_tile(Context& c, size_t m0, size_t m1, size_t n0, size_t n1) const;
+  void write_pad_rows(Context& c) const;
 };
 
 // One GEMM (ops/gemm.h) with the fused epilogue: packed activations in
@@ -177,6 +186,12 @@ struct GemmStep : Step {
   // im2col gather (its dst is `a`) right before multiplying them.
   std::unique_ptr<Im2colStep> gather;
   EpilogueSpec ep;
+  // When set, the next layer's activation packing of this step's output codes
+  // (its src: ep.out, or ep.codes for a float32 output with codes; whole rows
+  // of N codes): each task packs the tile it has just finished
+  // (GemmCall::after_tile, PackStep::store_tile) instead of a later pack step
+  // re-reading every code; the pad rows are written after the GEMM.
+  std::unique_ptr<PackStep> store;
   void prepare(Context& c) const override;
   bool run(Context& c) const override;
 };

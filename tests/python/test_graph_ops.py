@@ -275,6 +275,35 @@ def test_executor_maxpool_simd_and_scalar_match_numpy(rng, shape, window):
     geometry = (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
     scalar = _core.executor_maxpool_nhwc(x, geometry, False)
     assert_same(_core.executor_maxpool_nhwc(x, geometry, True), scalar)
-    # the native rule keeps the first NaN met in (ky, kx) order; NumPy's may keep another NaN of the
+    # the native rule keeps the last NaN met in (ky, kx) order; NumPy's may keep another NaN of the
     # window (another sign bit), so against NumPy the values (NaN positions included) are compared
     assert np.array_equal(scalar, want, equal_nan=True)
+
+
+# The AVX2 max pool runs each output row with vmaxps (exact without NaN) and redoes the row with the
+# exact rule when a NaN sentinel fires: rows without any special value, rows whose only specials are
+# +-0 ties and infinities (+inf and -inf together fire the sentinel without a NaN), and a lone NaN in
+# one row -- each against the scalar rule, byte for byte.
+@pytest.mark.parametrize("shape", [(1, 9, 10, 64), (2, 7, 6, 40), (1, 5, 11, 13), (1, 4, 4, 8), (1, 6, 6, 3)])
+@pytest.mark.parametrize("fill", ["plain", "zeros_and_infs", "one_nan", "neg_inf_only"])
+def test_executor_maxpool_fast_rows_match_scalar(rng, shape, fill):
+    x = rng.normal(size=shape).astype(np.float32)
+    flat = x.reshape(-1)
+    if fill == "zeros_and_infs":
+        pick = rng.integers(0, 5, flat.size)
+        flat[pick == 0] = -0.0
+        flat[pick == 1] = 0.0
+        flat[pick == 2] = np.inf
+        flat[pick == 3] = -np.inf
+    elif fill == "one_nan":
+        flat[rng.integers(0, flat.size)] = np.float32(np.nan) * np.float32(-1)
+    elif fill == "neg_inf_only":
+        flat[:] = -np.inf
+    b, h, w, c = shape
+    for (kh, kw), (sh, sw), (ph, pw) in [((3, 3), (2, 2), (1, 1)), ((2, 2), (1, 1), (0, 0)), ((3, 1), (1, 2), (1, 0))]:
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        geometry = (b, h, w, c, kh, kw, sh, sw, ph, pw, 1, 1, oh, ow)
+        scalar = _core.executor_maxpool_nhwc(x, geometry, False)
+        assert_same(_core.executor_maxpool_nhwc(x, geometry, True), scalar)
+        if fill == "one_nan" and (kh, sh, ph) == (3, 2, 1):  # windows that cover every input pixel
+            assert np.isnan(scalar).any()

@@ -3,6 +3,8 @@ run, a call with an input of the same shape goes straight to the cached plan. It
 must give the full path's bytes, its errors and its reports, and step aside for
 anything else (another shape, dtype, layout, batch split, dispatch state or
 executor)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -90,3 +92,33 @@ def test_repeat_follows_the_dispatch_state(monkeypatch):
     monkeypatch.setenv("LOWBIT_EXECUTOR", "python")
     assert not _repeat_taken(m, x)
     assert m(x).tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("cin", [1, 3, 20])  # the input quantizer's one-plane, few-channel and gather paths
+@pytest.mark.parametrize("isa", [None, "scalar"])
+def test_input_quantizer_checks_the_input(cin, isa):
+    """A plan whose first step quantizes the NCHW input checks it there (no pass of its own):
+    a NaN or Inf anywhere (first and last value, every channel) raises NonFiniteInput and leaves
+    the output unwritten; Model.__call__ then names the index as before."""
+    from lowbit import _core
+    from test_fused_pack import chain
+
+    m = chain(cin, 8)
+    x = np.random.default_rng(cin).normal(size=(2, cin, 9, 9)).astype(np.float32)
+    with lowbit.use(isa=isa):
+        want = m(x)
+        plan = lbx.plan_for(m, x.shape)
+        assert plan.core.step_kinds[0] == "quantize"
+        spots = [(0, 0, 0, 0), (1, cin - 1, 8, 8)] + [(1, c, 4, 3) for c in range(cin)]
+        for spot in spots:
+            for bad in (np.nan, np.inf, -np.inf):
+                y = x.copy()
+                y[spot] = bad
+                out = np.full(plan.out_shape, 7.0, np.float32)
+                with pytest.raises(_core.NonFiniteInput, match="expected finite values"):
+                    plan.core.run(y, out, False, True)
+                assert (out == 7.0).all()
+                with pytest.raises(ValueError, match=r"expected finite values.*" + re.escape(str(spot))):
+                    m(y)
+        assert m(x).tobytes() == want.tobytes()  # the plan runs on after a refused input
+        assert plan.core.run(x, np.empty(plan.out_shape, np.float32), False, True) is None

@@ -39,6 +39,10 @@ CHOICES = ("native", "python")
 NATIVE_OPS = ("input", "quantize", "dequantize", "conv", "linear", "add", "clamp", "affine", "maxpool", "avgpool",
               "adaptive_avgpool", "flatten", "conv_f32", "linear_f32", "concat", "pad")
 _EPILOGUE_DEFAULTS = (1.0, 0, 0)  # inv_step, qmin, qmax of a float32 output
+# Whether a layer's activation packing may run inside the GEMM that writes its codes, tile by tile
+# (_Builder._fusable_producer); False gives every packing a step of its own. Both write the same
+# bytes; tests and benchmarks compare them (plans are cached: rebuild after changing it).
+FUSE_PACKING = True
 _BUILD_LOCK = threading.Lock()
 
 
@@ -113,6 +117,9 @@ class _Builder:
         self.kernels = {}
         self.float_layers = set()  # names of the conv_f32 / linear_f32 nodes in self.kernels
         self.packed = {}       # (codes buffer, packing) -> (packed buffer, row bytes): one pack per rule
+        # codes buffer -> (gemm step, rows, kernel NR, largest code) of the GEMM whose epilogue writes those
+        # codes in whole rows and has no fused pack yet (_pack may hand it the next layer's packing)
+        self.codes_producers = {}
         self.nhwc_input = None
         self.output_buf = None
         self.last = len(model.nodes) - 1
@@ -486,9 +493,24 @@ class _Builder:
         stride = p.cols * p.elem
         buf = self.core.buffer((m + pad_rows) * stride)
         self.core.pack(i, p.kind, src, buf, m, k, p.bits, p.group, p.code_shift, p.cols, tier, pad_rows, pad_code,
-                       p.levels)
+                       p.levels, self._fusable_producer(src, m, p))
         hit = self.packed[key] = (buf, stride)
         return hit
+
+    def _fusable_producer(self, src, m, p):
+        """The gemm step that can do packing ``p`` of the (m, k) codes in buffer ``src`` tile by
+        tile as its epilogue writes them (GemmStep::store; the same bytes as a pack step),
+        or -1: a groups packing of codes that one GEMM writes in whole rows, whose column
+        tiles (multiples of its kernel's NR) start on a packing group, and whose codes all
+        fit in ``p.bits`` bits (so the packer never meets an out-of-range code there)."""
+        producer = self.codes_producers.get(src)
+        if producer is None or p.kind != "groups" or not FUSE_PACKING:
+            return -1
+        step, rows, nr, top = producer
+        if rows != m or nr % p.group or top >= 1 << p.bits:
+            return -1
+        del self.codes_producers[src]  # one fused pack per producer
+        return step
 
     def _im2col_levels(self, i, src, npix, geometry, pad_code, m, k, bound, ep_args):
         """The im2col GEMM of a dot-family layer on levels: the input map's (npix, cg) codes
@@ -502,7 +524,7 @@ class _Builder:
         # the map's rows are contiguous (out_cols == K): packed as B*H rows of W*cg values (long rows for the
         # packer, rows to share between threads), the same bytes as npix rows of cg
         b, h, w = geometry[:3]
-        self.core.pack(i, p.kind, src, level_map, b * h, w * cg, p.bits, 0, 0, w * cg, tier, 0, 0, levels)
+        self.core.pack(i, p.kind, src, level_map, b * h, w * cg, p.bits, 0, 0, w * cg, tier, 0, 0, levels, -1)
         abuf = self.core.buffer(m * cols * elem)
         k_steps, correction = bound.direct(k)
         # the GEMM's tasks gather their own rows (still in cache when multiplied)
@@ -528,6 +550,16 @@ class _Builder:
         self.core.gemm(i, bound.kern["index"], bound.w_layout, bound.tables, m, n, k_steps, bound.flush8,
                        bound.flush16, correction, bound.code_shift, bound.col_correction, abuf, a_stride, offsets,
                        seg_steps, codes, k, bits, group, ep_args, gather)
+        # the codes this epilogue writes in whole rows (ep_args: _ep's tuple + the second output), if any
+        step, nr = self.core.num_steps - 1, bound.kern["nr"]
+        if ep_args[0] == "codes":
+            (qmin, qmax), (out, col, stride) = ep_args[6:8], ep_args[8:11]
+            if col == 0 and stride == n:
+                self.codes_producers[out] = (step, m, nr, qmax - qmin)
+        elif ep_args[0] == "float32" and len(ep_args) > 14 and ep_args[14] is not None:
+            out, col, stride, _, qn, qp = ep_args[14]
+            if col == 0 and stride == n:
+                self.codes_producers[out] = (step, m, nr, qp - qn)
 
     # ---- the output ----
     def finish(self):
