@@ -96,13 +96,15 @@ class PlanHandle {
   }
 
   // ep = (out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax,
-  //       out, out_col, out_stride, residual, residual_col, residual_stride[, codes])
+  //       out, out_col, out_stride, residual, residual_col, residual_stride[, codes
+  //       [, step64, scale64, bias64]])
   // for an M x N block of columns [out_col, out_col + N) of rows of out_stride elements;
   // codes (float32 outputs only): None or (buffer, col, stride, step, qn, qp), the second
   // output (Epilogue::codes: the quantize rule of QuantizeParams applied to the float output).
   runtime::EpilogueSpec epilogue(const py::tuple& ep, size_t M, size_t N, Tier tier, std::vector<int>* reads,
                                  std::vector<int>* writes) {
-    if (ep.size() != 14 && ep.size() != 15) throw py::value_error("epilogue: expected a 14- or 15-tuple");
+    if (ep.size() != 14 && ep.size() != 15 && ep.size() != 18)
+      throw py::value_error("epilogue: expected a 14-, 15- or 18-tuple");
     runtime::EpilogueSpec e;
     const std::string kind = ep[0].cast<std::string>();
     if (kind == "float32") {
@@ -151,7 +153,7 @@ class PlanHandle {
       need(e.residual, checked_product({M, e.residual_stride, 4}, "residual"), "residual");
       reads->push_back(e.residual);
     }
-    if (ep.size() == 15 && !ep[14].is_none()) {
+    if (ep.size() >= 15 && !ep[14].is_none()) {
       const py::tuple q = ep[14].cast<py::tuple>();
       if (q.size() != 6 || e.kind != OutKind::float32)
         throw py::value_error("epilogue: codes must be (buffer, col, stride, step, qn, qp) of a float32 output");
@@ -166,6 +168,17 @@ class PlanHandle {
       if (e.codes_col + N > e.codes_stride) throw py::value_error("epilogue: codes columns outside their rows");
       need(e.codes, checked_product({M, e.codes_stride}, "epilogue codes"), "epilogue codes");
       writes->push_back(e.codes);
+    }
+    // codes output: the float64 parameters of its exact requantization (ops/epilogue.h): step64 (0: from
+    // inv_step), scale64 and bias64 (None: the float32 ones)
+    if (ep.size() == 18 && e.kind == OutKind::codes) {
+      e.step64 = ep[15].cast<double>();
+      check_step64(e.step64, e.inv_step);
+      if (!ep[16].is_none()) e.scale64 = keep<double>(ep[16].cast<py::array>(), "scale64", N);
+      if (!ep[17].is_none()) e.bias64 = keep<double>(ep[17].cast<py::array>(), "bias64", N);
+      for (size_t i = 0; i < N; ++i)  // finite, and rounding to the float32 ones (as lowbit.Epilogue checks)
+        if ((e.scale64 && !rounds_to(e.scale64[i], e.scale[i])) || (e.bias64 && !rounds_to(e.bias64[i], e.bias[i])))
+          throw py::value_error("scale64/bias64: expected finite values that round to scale/bias");
     }
     e.simd = tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too (as the Python path)
     return e;

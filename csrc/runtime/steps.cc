@@ -37,6 +37,9 @@ Epilogue EpilogueSpec::make(const Context& c) const {
     e.codes_qp = codes_qp;
   }
   e.simd = simd;
+  e.scale64 = scale64;
+  e.bias64 = bias64;
+  e.step64 = step64;
   return e;
 }
 

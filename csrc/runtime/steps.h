@@ -38,6 +38,10 @@ struct EpilogueSpec {
   float codes_step = 1;
   int32_t codes_qn = 0, codes_qp = 0;
   bool simd = true;
+  // codes output: the float64 parameters (Epilogue::scale64, bias64, step64)
+  const double* scale64 = nullptr;
+  const double* bias64 = nullptr;
+  double step64 = 0;
 
   Epilogue make(const Context& c) const;
 };

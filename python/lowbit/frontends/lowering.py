@@ -317,13 +317,17 @@ def order(g: Graph):
 
 def finalize(g: Graph, error=ValueError):
     """Contract: conv/linear ``scale``/``bias`` and affine arrays become float32 (rounded once);
-    a non-finite epilogue value raises ``error`` naming the node; IR-only attributes
-    (:data:`IR_ATTRS`) are removed."""
+    a conv/linear that requantizes keeps the float64 values too, as ``scale64``/``bias64``
+    (its epilogue decides codes from them: lowbit.Epilogue); a non-finite epilogue value
+    raises ``error`` naming the node; IR-only attributes (:data:`IR_ATTRS`) are removed."""
     for n in g.nodes:
         if n.op in _LAYERS or n.op == "affine":
             with np.errstate(over="ignore"):   # an overflow to inf is reported below
                 for k in ("scale", "bias"):
-                    n.arrays[k] = np.asarray(n.arrays[k]).astype(np.float32)
+                    exact = np.asarray(n.arrays[k], np.float64)
+                    n.arrays[k] = exact.astype(np.float32)
+                    if n.op in _LAYERS and n.attrs.get("requant") and np.all(np.isfinite(n.arrays[k])):
+                        n.arrays[k + "64"] = exact
             if n.op in _LAYERS and not (np.all(np.isfinite(n.arrays["scale"]))
                                         and np.all(np.isfinite(n.arrays["bias"]))):
                 raise error(f"node {n.name!r}: non-finite folded scale/bias (a BatchNorm with running_var + "

@@ -911,7 +911,8 @@ class Model:
         ep = n._cache.get("epilogue")
         if ep is None:
             ep = n._cache["epilogue"] = Epilogue(n.arrays["scale"], n.arrays["bias"], _bounds(n.attrs),
-                                                 self._requant(n.attrs))
+                                                 self._requant(n.attrs), scale64=n.arrays.get("scale64"),
+                                                 bias64=n.arrays.get("bias64"))
         return ep
 
     def _weights(self, n: Node):
@@ -985,7 +986,8 @@ class Model:
         lo, hi = _bounds(a)
         rq = self._requant(a)
         res = None if residual is None else residual.reshape(acc.shape)
-        y = _ref.epilogue(acc, n.arrays["scale"], n.arrays["bias"], res, lo, hi, rq)
+        y = _ref.epilogue(acc, n.arrays["scale"], n.arrays["bias"], res, lo, hi, rq, n.arrays.get("scale64"),
+                          n.arrays.get("bias64"))
         n.kernel = "numpy-reference"
         y = y.reshape(out_shape)
         if rq is None:
