@@ -1036,12 +1036,13 @@ py::array_t<float> adaptive_avgpool_nhwc_py(const py::array& x, size_t oh, size_
 py::array epilogue_py(const py::array& acc, const py::object& scale, const py::object& bias,
                       const py::object& residual_obj, float clamp_lo, float clamp_hi, const std::string& out_kind,
                       float inv_step, int qmin, int qmax, double step64, const py::object& scale64,
-                      const py::object& bias64) {
+                      const py::object& bias64, bool simd) {
   require_array<int32_t>(acc, "acc", 2, "int32");
   const size_t M = size_t(acc.shape(0)), N = size_t(acc.shape(1));
   const EpilogueSpec spec(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax, step64, scale64, bias64);
   Epilogue e;
   py::array out = spec.bind(e, M, N, residual_obj);
+  e.simd = simd;  // False: the scalar epilogue (the same results)
   const int32_t* src = static_cast<const int32_t*>(acc.data());
   {
     py::gil_scoped_release release;
@@ -1253,7 +1254,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("epilogue", &epilogue_py, py::arg("acc"), py::arg("scale"), py::arg("bias"), py::arg("residual") = py::none(),
         py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("out_kind") = "float32",
         py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0, py::arg("step64") = 0.0,
-        py::arg("scale64") = py::none(), py::arg("bias64") = py::none());
+        py::arg("scale64") = py::none(), py::arg("bias64") = py::none(), py::arg("simd") = true);
   m.def(
       "lookup_rates",
       [](double seconds) {
