@@ -345,6 +345,11 @@ bool FloatConvStep::run(Context& c) const {
   return true;
 }
 
+bool ExactFloatFixStep::run(Context& c) const {
+  fix_float_quantize_ties(*spec, c.at<const float>(x), g, c.at<const float>(y), c.at<uint8_t>(codes));
+  return true;
+}
+
 bool ConcatStep::run(Context& c) const {
   size_t out_row = 0;
   for (size_t w : row_bytes) out_row += w;

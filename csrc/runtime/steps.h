@@ -227,6 +227,16 @@ struct FloatConvStep : Step {
   bool run(Context& c) const override;
 };
 
+// The exact codes of a `quantize` node fed by a float layer (lowbit.exact_float):
+// fix_float_quantize_ties (ops/float_gemm.h) on the layer's input x, the node's
+// float32 input y and its codes, after the node's quantize step.
+struct ExactFloatFixStep : Step {
+  const ExactFloatQuantize* spec = nullptr;
+  int x = -1, y = -1, codes = -1;
+  ConvGeometry g{};
+  bool run(Context& c) const override;
+};
+
 // `concat` node (runtime.concat_channels): row r of the output is row r of
 // every input in order, input i contributing row_bytes[i] bytes (its last
 // axis: float32 channels or codes).

@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from .. import _core, _dispatch
+from .. import _core, exact_float, _dispatch
 from .. import conv as convmod
 from . import floatops
 from ..ops import _prepare
@@ -155,6 +155,10 @@ class _Builder:
             return  # written by the layer it reads, as its epilogue's second output (_dual_codes)
         if op == "quantize":
             out = self._quantize(i, n, args[0])
+            if a.get("exact_float"):   # near ties decided in float64 (lowbit.exact_float)
+                x = self._float_input(args[1], f"node {n.name!r} (exact_float)")
+                self.core.exact_float_fix(i, exact_float.spec(self.model, n), x.buf, args[0].buf, out.buf,
+                                          exact_float.geometry(self.model, n, x.shape))
         elif op == "dequantize":
             x = args[0]
             if x.kind != "codes":
