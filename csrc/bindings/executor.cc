@@ -377,7 +377,7 @@ void bind_executor(py::module_& m) {
       .def(
           "fix",
           [](const ExactFloatSpec& spec, const py::array& x, const py::array& y, py::array& codes,
-             const py::tuple& geometry) {
+             const py::tuple& geometry, bool simd) {
             const ConvGeometry g = geometry_of(geometry);
             spec.check(g);
             const size_t out = checked_product({g.B, g.OH, g.OW, spec.p.cout}, "output");
@@ -388,9 +388,9 @@ void bind_executor(py::module_& m) {
               throw py::value_error("codes: expected a writeable C-contiguous uint8 array of the output's size");
             uint8_t* cs = static_cast<uint8_t*>(codes.mutable_data());
             py::gil_scoped_release release;
-            return fix_float_quantize_ties(spec.p, xs, g, ys, cs);
+            return fix_float_quantize_ties(spec.p, xs, g, ys, cs, simd);
           },
-          py::arg("x"), py::arg("y"), py::arg("codes"), py::arg("geometry"),
+          py::arg("x"), py::arg("y"), py::arg("codes"), py::arg("geometry"), py::arg("simd") = true,
           "Rewrites the codes (in place) of the outputs near a rounding tie; returns how many");
   m.def(
       "executor_maxpool_nhwc",
@@ -899,7 +899,8 @@ void bind_executor(py::module_& m) {
              h.add(std::move(s), "conv_f32", node, {src}, {dst});
            })
       .def("exact_float_fix",
-           [](PlanHandle& h, int node, const py::object& spec_obj, int x, int y, int codes, const py::tuple& geometry) {
+           [](PlanHandle& h, int node, const py::object& spec_obj, int x, int y, int codes, const py::tuple& geometry,
+              bool simd) {
              // spec: an ExactFloatSpec (kept alive with the plan); the quantize node's input y and codes
              const ExactFloatSpec& spec = spec_obj.cast<const ExactFloatSpec&>();
              auto s = std::make_unique<runtime::ExactFloatFixStep>();
@@ -914,6 +915,7 @@ void bind_executor(py::module_& m) {
              s->x = x;
              s->y = y;
              s->codes = codes;
+             s->simd = simd;
              h.add(std::move(s), "exact_float_fix", node, {x, y, codes}, {codes});
            })
       .def("concat",

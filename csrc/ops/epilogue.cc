@@ -51,13 +51,13 @@ namespace {
 constexpr float kDeltaSigma = 0x1p-20f, kDeltaT = 0x1p-21f, kDeltaAbs = 0x1p-120f;
 }  // namespace
 
-bool near_tie(float t32, float magnitude, float inv_step, int32_t qmin, int32_t qmax) {
+bool near_tie(float t32, float rounded, float magnitude, float inv_step, int32_t qmin, int32_t qmax) {
   float delta = magnitude * inv_step;
   delta = delta * kDeltaSigma;
   float at = t32 < 0 ? -t32 : t32;
   delta = delta + at * kDeltaT;
   delta = delta + (inv_step * kDeltaAbs + kDeltaAbs);
-  const float frac = t32 - std::nearbyint(t32);  // exact: |t32 - rint(t32)| <= 1/2 (0 once |t32| >= 2^23)
+  const float frac = t32 - rounded;  // exact: |t32 - rint(t32)| <= 1/2 (0 once |t32| >= 2^23)
   const float dist = 0.5f - (frac < 0 ? -frac : frac);
   const bool inside = dist > delta;
   const bool above = t32 - (float(qmax) - 0.5f) > delta;
@@ -102,12 +102,12 @@ void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_st
       } else {
         uint8_t& out = static_cast<uint8_t*>(e.out)[m * e.out_stride + n];
         const float t = v * e.inv_step;
+        float q = std::nearbyint(t);
         float magnitude = (p < 0 ? -p : p) + (e.bias[n] < 0 ? -e.bias[n] : e.bias[n]);
         magnitude = magnitude + (r < 0 ? -r : r);
-        if (near_tie(t, magnitude, e.inv_step, e.qmin, e.qmax)) {
+        if (near_tie(t, q, magnitude, e.inv_step, e.qmin, e.qmax)) {
           out = exact_code(e, src[n - n0], n, r);
         } else {  // provably the formula's code (near_tie): t's nearest integer, clamped
-          float q = std::nearbyint(t);
           q = q < float(e.qmin) ? float(e.qmin) : q;
           q = q > float(e.qmax) ? float(e.qmax) : q;
           out = uint8_t(int32_t(q) - e.qmin);

@@ -83,10 +83,11 @@ void quantize_codes__scalar(const float* x, size_t n, float step, int32_t qn, in
 uint8_t exact_code(const Epilogue& e, int32_t acc, size_t n, float residual);
 
 // Whether the float32 t32 = float32(v32 * inv_step) might round (and clamp)
-// to another code than the float64 t of the formula above. `magnitude`:
-// |float32(acc) * scale[n]| + |bias[n]| + |residual| (float32, as computed).
-// False only when provably the same code (derivation in epilogue.cc).
-bool near_tie(float t32, float magnitude, float inv_step, int32_t qmin, int32_t qmax);
+// to another code than the float64 t of the formula above. `rounded`:
+// nearbyint(t32); `magnitude`: |float32(acc) * scale[n]| + |bias[n]| +
+// |residual| (float32, as computed). False only when provably the same code
+// (derivation in epilogue.cc).
+bool near_tie(float t32, float rounded, float magnitude, float inv_step, int32_t qmin, int32_t qmax);
 
 void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1,
                             size_t n0, size_t n1);

@@ -122,11 +122,18 @@ struct ExactFloatQuantize {
 
 // y: the quantize node's float32 input, (B, OH, OW, cout); codes: its codes, the
 // same layout, rewritten where near a tie; x: the layer's NHWC input under g.
+// `simd`: the AVX2 scan when the CPU has it (the same outputs recomputed).
 // Returns the number of outputs recomputed.
 size_t fix_float_quantize_ties(const ExactFloatQuantize& p, const float* x, const ConvGeometry& g, const float* y,
-                               uint8_t* codes);
+                               uint8_t* codes, bool simd = true);
+// The scan of one row of n outputs: near[c] = 1 where output c is within the bound
+// of a rounding boundary (delta[c]: its channel's part); returns whether any is.
+bool float_quantize_near_row(const float* y, size_t n, const float* delta, float inv, float hi_edge, float lo_edge,
+                             uint8_t* near);
 
 #if LOWBIT_HAVE_X86_KERNELS
+bool float_quantize_near_row__avx2(const float* y, size_t n, const float* delta, float inv, float hi_edge,
+                                   float lo_edge, uint8_t* near);
 void float_gemm_tiles__avx2(const FloatTile* tiles, size_t ntiles, const float* panels, size_t p0, size_t p1,
                             const float* bias, size_t N, float* out, size_t ldo);
 void float_dwconv_rows__avx2(const float* x, const ConvGeometry& g, const float* w, const float* bias, size_t r0,

@@ -7,6 +7,8 @@
 
 #include "ops/float_gemm.h"
 
+#include "core/cpu_features.h"
+
 namespace lowbit {
 
 namespace {
@@ -67,8 +69,29 @@ uint8_t exact_code(const ExactFloatQuantize& p, const float* x, const ConvGeomet
 // t'. The test uses 2 delta_c + 2^-20 |t32| + 2^-120 (more than twice each term,
 // which covers the float32 evaluation of the test and underflow): outside it,
 // t32, t' and T round (and clamp) to the same code, as in ops/epilogue.cc.
+bool float_quantize_near_row(const float* y, size_t n, const float* delta, float inv, float hi_edge, float lo_edge,
+                             uint8_t* near) {
+  // t32's nearest integer by (t + 1.5 * 2^23) - 1.5 * 2^23 (round half to even) on t clamped to
+  // +-2^22: exact there; a |t32| beyond that is far past an end of the code range (|qn|, |qp| <=
+  // 255), which the edge tests see, and a NaN t32 makes d NaN: every comparison fails (near).
+  const float magic = 12582912.0f, big = 4194304.0f;
+  uint8_t any = 0;
+  for (size_t c = 0; c < n; ++c) {
+    const float t = y[c] * inv;
+    const float d = delta[c] + (std::fabs(t) * 0x1p-20f + 0x1p-120f);
+    const float tc = std::min(std::max(t, -big), big);
+    const float r = (tc + magic) - magic;
+    const float dist = 0.5f - std::fabs(tc - r);
+    // bitwise, not short-circuit: no branch in the loop
+    const uint8_t is_near = uint8_t(!(dist > d) & !(t - hi_edge > d) & !(lo_edge - t > d));
+    near[c] = is_near;
+    any |= is_near;
+  }
+  return any != 0;
+}
+
 size_t fix_float_quantize_ties(const ExactFloatQuantize& p, const float* x, const ConvGeometry& g, const float* y,
-                               uint8_t* codes) {
+                               uint8_t* codes, bool simd) {
   const size_t K = g.kh * g.kw * p.cg, n_in = g.B * g.H * g.W * g.C;
   double xmax = 0;
   for (size_t i = 0; i < n_in; ++i) {
@@ -89,18 +112,27 @@ size_t fix_float_quantize_ties(const ExactFloatQuantize& p, const float* x, cons
     delta[c] = d <= 3e38 ? static_cast<float>(d) : static_cast<float>(d == d ? INFINITY : NAN);
   }
   const float inv = static_cast<float>(1.0 / p.step64), hi_edge = float(p.qp) - 0.5f, lo_edge = float(p.qn) + 0.5f;
+#if LOWBIT_HAVE_X86_KERNELS
+  const bool avx2 = simd && best_tier() >= Tier::avx2;
+#else
+  const bool avx2 = false;
+  (void)simd;
+#endif
+  std::vector<uint8_t> near(p.cout);
   size_t fixed = 0;
   const size_t M = g.B * g.OH * g.OW;
   for (size_t m = 0; m < M; ++m) {
     const float* yr = y + m * p.cout;
+#if LOWBIT_HAVE_X86_KERNELS
+    const bool any = avx2 ? float_quantize_near_row__avx2(yr, p.cout, delta.data(), inv, hi_edge, lo_edge, near.data())
+                          : float_quantize_near_row(yr, p.cout, delta.data(), inv, hi_edge, lo_edge, near.data());
+#else
+    const bool any = float_quantize_near_row(yr, p.cout, delta.data(), inv, hi_edge, lo_edge, near.data());
+#endif
+    if (!any) continue;
+    const size_t b = m / (g.OH * g.OW), oy = m / g.OW % g.OH, ox = m % g.OW;
     for (size_t c = 0; c < p.cout; ++c) {
-      const float t = yr[c] * inv;
-      const float at = t < 0 ? -t : t;
-      const float d = delta[c] + (at * 0x1p-20f + 0x1p-120f);
-      const float frac = t - std::nearbyint(t);
-      const float dist = 0.5f - (frac < 0 ? -frac : frac);
-      if (dist > d || t - hi_edge > d || lo_edge - t > d) continue;
-      const size_t b = m / (g.OH * g.OW), oy = m / g.OW % g.OH, ox = m % g.OW;
+      if (!near[c]) continue;
       codes[m * p.cout + c] = exact_code(p, x, g, b, oy, ox, c);
       ++fixed;
     }

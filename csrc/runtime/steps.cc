@@ -346,7 +346,7 @@ bool FloatConvStep::run(Context& c) const {
 }
 
 bool ExactFloatFixStep::run(Context& c) const {
-  fix_float_quantize_ties(*spec, c.at<const float>(x), g, c.at<const float>(y), c.at<uint8_t>(codes));
+  fix_float_quantize_ties(*spec, c.at<const float>(x), g, c.at<const float>(y), c.at<uint8_t>(codes), simd);
   return true;
 }
 

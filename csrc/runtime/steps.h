@@ -234,6 +234,7 @@ struct ExactFloatFixStep : Step {
   const ExactFloatQuantize* spec = nullptr;
   int x = -1, y = -1, codes = -1;
   ConvGeometry g{};
+  bool simd = true;  // the AVX2 scan when the CPU has it (false under a forced scalar tier)
   bool run(Context& c) const override;
 };
 

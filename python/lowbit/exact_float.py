@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
+from .runtime import floatops
 
 __all__ = ["spec", "fix", "reference_codes", "geometry"]
 
@@ -101,7 +102,8 @@ def fix(model, node, codes: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndar
     decided by the formula; ``x``: the layer's float32 input (NHWC, or (B, K))."""
     x = np.ascontiguousarray(x, np.float32)
     codes = np.array(codes, np.uint8, order="C")
-    spec(model, node).fix(x, np.ascontiguousarray(y, np.float32), codes, geometry(model, node, x.shape))
+    spec(model, node).fix(x, np.ascontiguousarray(y, np.float32), codes, geometry(model, node, x.shape),
+                          floatops.simd())
     return codes
 
 

@@ -29,13 +29,16 @@ def model(nodes, output):
 
 
 def run_all(m, x):
-    """Native executor, Python path and reference: the same bytes; returns the output."""
-    native = m.run(x)
-    python = m.run(x, executor="python")
+    """Native executor and Python path on every tier, and the reference: the same bytes;
+    returns the output."""
     ref = m.run(x, reference=True)
-    np.testing.assert_array_equal(native, python)
-    np.testing.assert_array_equal(native, ref)
-    return native
+    for tier in lowbit.supported_tiers():
+        with lowbit.use(isa=tier):
+            native = m.run(x)
+            python = m.run(x, executor="python")
+        np.testing.assert_array_equal(native, ref, err_msg=tier)
+        np.testing.assert_array_equal(python, ref, err_msg=tier)
+    return ref
 
 
 def test_a_tie_the_float32_sum_cannot_see_is_decided_in_float64():

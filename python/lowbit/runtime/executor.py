@@ -158,7 +158,7 @@ class _Builder:
             if a.get("exact_float"):   # near ties decided in float64 (lowbit.exact_float)
                 x = self._float_input(args[1], f"node {n.name!r} (exact_float)")
                 self.core.exact_float_fix(i, exact_float.spec(self.model, n), x.buf, args[0].buf, out.buf,
-                                          exact_float.geometry(self.model, n, x.shape))
+                                          exact_float.geometry(self.model, n, x.shape), floatops.simd())
         elif op == "dequantize":
             x = args[0]
             if x.kind != "codes":
