@@ -1,6 +1,6 @@
 // AVX2 twin of the epilogue (ops/epilogue.h): the same float32 operations in
 // the same order, 8 outputs at a time; code outputs near a rounding boundary
-// (near_tie, the same float32 test) are rewritten by exact_code, as the scalar
+// (tie_bound, the same float32 test) are rewritten by exact_code, as the scalar
 // epilogue does. The clamps are vmaxps(lo, v) and
 // vminps(hi, v): vmaxps(a, b) returns a > b ? a : b (b when either is NaN or
 // both are zeros), which is exactly the scalar `v < lo ? lo : v` (signed
@@ -18,24 +18,23 @@ namespace {
 // otherwise reload the Epilogue's fields every 8 outputs.
 template <bool kResidual>
 struct RowEpilogue {
-  __m256 lo, hi, inv, qlo, qhi, qhi_edge, qlo_edge, delta_abs, sign, half;
+  __m256 lo, hi, inv, qlo, qhi, bound_scale, bound_offset, sign, half;
   __m256i qmin;
   const float* scale;
   const float* bias;
   const float* res;
 
-  RowEpilogue(const Epilogue& e, const float* residual_row)
+  RowEpilogue(const Epilogue& e, const float* residual_row, const TieBound& b)
       : lo(_mm256_set1_ps(e.clamp_lo)), hi(_mm256_set1_ps(e.clamp_hi)), inv(_mm256_set1_ps(e.inv_step)),
         qlo(_mm256_set1_ps(float(e.qmin))), qhi(_mm256_set1_ps(float(e.qmax))),
-        qhi_edge(_mm256_set1_ps(float(e.qmax) - 0.5f)), qlo_edge(_mm256_set1_ps(float(e.qmin) + 0.5f)),
-        delta_abs(_mm256_set1_ps(e.inv_step * 0x1p-120f + 0x1p-120f)), sign(_mm256_set1_ps(-0.0f)),
+        bound_scale(_mm256_set1_ps(b.scale)), bound_offset(_mm256_set1_ps(b.offset)), sign(_mm256_set1_ps(-0.0f)),
         half(_mm256_set1_ps(0.5f)), qmin(_mm256_set1_epi32(e.qmin)), scale(e.scale), bias(e.bias),
         res(residual_row) {}
 
   __m256 abs(__m256 x) const { return _mm256_andnot_ps(sign, x); }
 
   // Outputs n .. n + 7 as float32 (v); with `magnitude`, also |p| + |bias| + |residual|
-  // (the Sigma of near_tie, in its order)
+  // (the magnitude of the tie bound, in the scalar epilogue's order)
   __m256 value(const int32_t* acc, size_t n, __m256* magnitude = nullptr) const {
     const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc))),
                                    _mm256_loadu_ps(scale + n));
@@ -52,23 +51,18 @@ struct RowEpilogue {
   }
 
   // Outputs n .. n + 7 as codes 0 .. 255 in int32 lanes, and in `ties` (bit j: lane j)
-  // the lanes that near_tie (epilogue.cc) sends to exact_code: the same float32
-  // operations in the same order. The other lanes' codes are the formula's.
+  // the lanes whose code the tie bound (epilogue.cc) cannot vouch for, which
+  // exact_code decides: the scalar epilogue's float32 operations in its order.
   __m256i code(const int32_t* acc, size_t n, int* ties) const {
     __m256 magnitude;
     const __m256 t = _mm256_mul_ps(value(acc, n, &magnitude), inv);
-    __m256 q = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 delta = _mm256_mul_ps(_mm256_mul_ps(magnitude, inv), _mm256_set1_ps(0x1p-20f));
-    delta = _mm256_add_ps(delta, _mm256_mul_ps(abs(t), _mm256_set1_ps(0x1p-21f)));
-    delta = _mm256_add_ps(delta, delta_abs);
-    const __m256 dist = _mm256_sub_ps(half, abs(_mm256_sub_ps(t, q)));
-    __m256 safe = _mm256_cmp_ps(dist, delta, _CMP_GT_OQ);  // NaN: false
-    safe = _mm256_or_ps(safe, _mm256_cmp_ps(_mm256_sub_ps(t, qhi_edge), delta, _CMP_GT_OQ));
-    safe = _mm256_or_ps(safe, _mm256_cmp_ps(_mm256_sub_ps(qlo_edge, t), delta, _CMP_GT_OQ));
-    *ties = ~_mm256_movemask_ps(safe) & 0xff;
-    // a NaN t is a near tie: its lane's code here is garbage, rewritten by fix_ties
-    q = _mm256_max_ps(qlo, q);
-    q = _mm256_min_ps(qhi, q);
+    __m256 tc = _mm256_max_ps(qlo, t);  // t < qmin ? qmin : t (a NaN t passes)
+    tc = _mm256_min_ps(qhi, tc);
+    const __m256 q = _mm256_round_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 delta = _mm256_add_ps(_mm256_mul_ps(magnitude, bound_scale), bound_offset);
+    const __m256 dist = _mm256_sub_ps(half, abs(_mm256_sub_ps(tc, q)));
+    *ties = ~_mm256_movemask_ps(_mm256_cmp_ps(dist, delta, _CMP_GT_OQ)) & 0xff;  // NaN: a tie
+    // a NaN lane's code here is garbage, rewritten by fix_ties
     return _mm256_sub_epi32(_mm256_cvttps_epi32(q), qmin);
   }
 };
@@ -76,7 +70,7 @@ struct RowEpilogue {
 // Columns [n0, nvec) of row m (nvec - n0 a multiple of 8); row[n - n0] is column n's sum.
 template <bool kResidual>
 void float_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec) {
-  const RowEpilogue<kResidual> r(e, res);
+  const RowEpilogue<kResidual> r(e, res, TieBound{});
   float* const out = static_cast<float*>(e.out) + m * e.out_stride;
   for (size_t n = n0; n < nvec; n += 8) _mm256_storeu_ps(out + n, r.value(row + (n - n0), n));
   // the second output: the standalone quantizer on the row just written (still in L1)
@@ -93,8 +87,9 @@ void fix_ties(const Epilogue& e, const int32_t* acc, const float* res, uint8_t* 
 }
 
 template <bool kResidual>
-void codes_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec) {
-  const RowEpilogue<kResidual> r(e, res);
+void codes_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec,
+               const TieBound& bound) {
+  const RowEpilogue<kResidual> r(e, res, bound);
   uint8_t* const out = static_cast<uint8_t*>(e.out) + m * e.out_stride;
   size_t n = n0;
   // 32 codes a store: the packs interleave the 128-bit lanes (c0 c1 c2 c3 lo | hi), the permute restores order
@@ -128,11 +123,12 @@ void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stri
                           size_t n1) {
   const size_t nvec = n0 + (n1 - n0) / 8 * 8;
   const bool codes = e.kind != OutKind::float32;  // anything else writes codes, as the scalar twin
+  const TieBound bound = codes ? tie_bound(e) : TieBound{};
   for (size_t m = m0; m < m1; ++m) {
     const int32_t* row = acc + (m - m0) * acc_stride;  // row[n - n0] for n in [n0, n1)
     const float* res = e.residual ? e.residual + m * e.residual_stride : nullptr;
     if (codes)
-      res ? codes_row<true>(e, row, res, m, n0, nvec) : codes_row<false>(e, row, res, m, n0, nvec);
+      res ? codes_row<true>(e, row, res, m, n0, nvec, bound) : codes_row<false>(e, row, res, m, n0, nvec, bound);
     else
       res ? float_row<true>(e, row, res, m, n0, nvec) : float_row<false>(e, row, res, m, n0, nvec);
     if (nvec < n1) apply_epilogue__scalar(e, row + (nvec - n0), acc_stride, m, m + 1, nvec, n1);

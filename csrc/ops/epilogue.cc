@@ -1,5 +1,6 @@
 #include "ops/epilogue.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/cpu_features.h"
@@ -32,37 +33,33 @@ void apply_epilogue(const Epilogue& e, const int32_t* acc, size_t acc_stride, si
 //  both sides), so the clamped values differ by no more.
 //  * t32 = float32(v * inv): |t32 - v/step| <= 3.0001u |t32|,
 //    and |v/step - V/step| <= 6u Sigma/step <= 6.0002u Sigma*inv.
+//  * |t32| <= |clamped v| inv (1 + u) <= (Sigma (1 + 2u) + C) inv (1 + u), with C the
+//    larger magnitude of the finite clamp bounds (0 if none): the clamp moves v to a
+//    bound or leaves it.
 //  * the float64 evaluation of T: at most 5 roundings of 2^-53 relative on values
 //    bounded by Sigma (1 + 7u): |T - exact| <= 2^-50 Sigma*inv.
 //  * underflow (subnormal intermediate results) adds at most 2^-149 absolute per
 //    float32 operation on v, i.e. 4 * 2^-149 * inv in t, and 2^-149 on t32.
-// Total: |t32 - T| <= 6.01u Sigma*inv + 3.01u |t32| + 2^-146 inv + 2^-149.
-// delta below is 2^-20 Sigma*inv + 2^-21 |t32| + 2^-120 inv + 2^-120: more than
-// twice each term, which also covers the float32 evaluation of delta itself
-// (5 roundings: relative error under 6u) and of the distances it is compared
-// with (t32 - rint(t32) is exact; each other subtraction is off by at most u
-// relative, so a computed distance d > delta means a true one > delta / (1 + u)).
-// Then if t32 is farther than delta from every half-integer, T lies in the same
-// open interval between two half-integers and rounds to the same integer; if
-// t32 - (qmax - 1/2) > delta, both round to at least qmax and clamp to qmax
-// (likewise qmin). A NaN or infinite t32 (or delta) fails every comparison: a
-// near tie, computed exactly.
-namespace {
-constexpr float kDeltaSigma = 0x1p-20f, kDeltaT = 0x1p-21f, kDeltaAbs = 0x1p-120f;
-}  // namespace
-
-bool near_tie(float t32, float rounded, float magnitude, float inv_step, int32_t qmin, int32_t qmax) {
-  float delta = magnitude * inv_step;
-  delta = delta * kDeltaSigma;
-  float at = t32 < 0 ? -t32 : t32;
-  delta = delta + at * kDeltaT;
-  delta = delta + (inv_step * kDeltaAbs + kDeltaAbs);
-  const float frac = t32 - rounded;  // exact: |t32 - rint(t32)| <= 1/2 (0 once |t32| >= 2^23)
-  const float dist = 0.5f - (frac < 0 ? -frac : frac);
-  const bool inside = dist > delta;
-  const bool above = t32 - (float(qmax) - 0.5f) > delta;
-  const bool below = (float(qmin) + 0.5f) - t32 > delta;
-  return !(inside || above || below);
+// Total: |t32 - T| <= 9.04u (Sigma + C) inv + 2^-146 inv + 2^-149. The test uses
+// delta = Sigma * (2^-19 inv) + (C * (2^-19 inv) + (2^-120 inv + 2^-120)) (TieBound:
+// 32u, more than three times the first term, which also covers the float32
+// evaluation of delta itself, a few roundings). It rounds tc = t32 clamped to
+// [qmin, qmax] (a NaN stays NaN) to q = rint(tc), and trusts q when
+// 1/2 - |tc - q| > delta (tc - q is exact; the other subtraction is off by at most
+// u relative). Then T rounds (and clamps) to q: if t32 lies in the range, T is
+// within delta of t32, inside the same open interval between two half-integers;
+// if t32 > qmax (tc = qmax, which needs delta < 1/2), T > qmax - 1/2, so T rounds
+// to at least qmax and clamps to qmax (likewise below qmin). A NaN or infinite
+// t32 or delta fails the comparison: a near tie, computed exactly.
+TieBound tie_bound(const Epilogue& e) {
+  float c = 0;
+  if (std::isfinite(e.clamp_lo)) c = std::max(c, std::fabs(e.clamp_lo));
+  if (std::isfinite(e.clamp_hi)) c = std::max(c, std::fabs(e.clamp_hi));
+  TieBound b;
+  b.scale = e.inv_step * 0x1p-19f;
+  if (!(b.scale >= 0x1p-126f)) b.scale = INFINITY;  // a subnormal scale would lose the bound: every output exact
+  b.offset = c * b.scale + (e.inv_step * 0x1p-120f + 0x1p-120f);
+  return b;
 }
 
 uint8_t exact_code(const Epilogue& e, int32_t acc, size_t n, float residual) {
@@ -84,6 +81,7 @@ uint8_t exact_code(const Epilogue& e, int32_t acc, size_t n, float residual) {
 
 void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1,
                             size_t n0, size_t n1) {
+  const TieBound bound = e.kind != OutKind::float32 ? tie_bound(e) : TieBound{};
   for (size_t m = m0; m < m1; ++m) {
     const int32_t* src = acc + (m - m0) * acc_stride;
     const float* res = e.residual ? e.residual + m * e.residual_stride : nullptr;
@@ -102,16 +100,17 @@ void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_st
       } else {
         uint8_t& out = static_cast<uint8_t*>(e.out)[m * e.out_stride + n];
         const float t = v * e.inv_step;
-        float q = std::nearbyint(t);
+        float tc = t < float(e.qmin) ? float(e.qmin) : t;  // a NaN stays NaN
+        tc = tc > float(e.qmax) ? float(e.qmax) : tc;
+        const float q = std::nearbyint(tc);
         float magnitude = (p < 0 ? -p : p) + (e.bias[n] < 0 ? -e.bias[n] : e.bias[n]);
         magnitude = magnitude + (r < 0 ? -r : r);
-        if (near_tie(t, q, magnitude, e.inv_step, e.qmin, e.qmax)) {
-          out = exact_code(e, src[n - n0], n, r);
-        } else {  // provably the formula's code (near_tie): t's nearest integer, clamped
-          q = q < float(e.qmin) ? float(e.qmin) : q;
-          q = q > float(e.qmax) ? float(e.qmax) : q;
+        const float delta = magnitude * bound.scale + bound.offset;
+        const float frac = tc - q;
+        if (0.5f - (frac < 0 ? -frac : frac) > delta)  // provably the formula's code (tie_bound)
           out = uint8_t(int32_t(q) - e.qmin);
-        }
+        else
+          out = exact_code(e, src[n - n0], n, r);
       }
     }
   }

@@ -28,7 +28,7 @@
 // rounding. The kernels do not compute it for every output: they compute
 // t32 = float32(v32 * inv_step) from the float32 v above, and round t32,
 // unless t32 lies within a proven bound `delta` of a rounding boundary
-// (near_tie below: the bound and its derivation); only those outputs, a few
+// (tie_bound below; the derivation is in epilogue.cc); only those outputs, a few
 // in a million in practice, are computed in float64. So every tier's codes
 // equal the float64 formula exactly.
 //
@@ -82,12 +82,15 @@ void quantize_codes__scalar(const float* x, size_t n, float step, int32_t qn, in
 // `residual`: its residual value, ignored without a residual).
 uint8_t exact_code(const Epilogue& e, int32_t acc, size_t n, float residual);
 
-// Whether the float32 t32 = float32(v32 * inv_step) might round (and clamp)
-// to another code than the float64 t of the formula above. `rounded`:
-// nearbyint(t32); `magnitude`: |float32(acc) * scale[n]| + |bias[n]| +
-// |residual| (float32, as computed). False only when provably the same code
-// (derivation in epilogue.cc).
-bool near_tie(float t32, float rounded, float magnitude, float inv_step, int32_t qmin, int32_t qmax);
+// The near-tie bound of a code output (derivation in epilogue.cc): the fast
+// path's code q = rint(clamp(t32, qmin, qmax)) of t32 = float32(v32 * inv_step)
+// is the formula's when 1/2 - |clamp(t32) - q| > magnitude * scale + offset,
+// magnitude = |float32(acc) * scale[n]| + |bias[n]| (+ |residual|) as computed
+// in float32; otherwise exact_code decides.
+struct TieBound {
+  float scale = 0, offset = 0;
+};
+TieBound tie_bound(const Epilogue& e);
 
 void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1,
                             size_t n0, size_t n1);
