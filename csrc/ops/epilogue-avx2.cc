@@ -59,7 +59,9 @@ struct RowEpilogue {
     __m256 tc = _mm256_max_ps(qlo, t);  // t < qmin ? qmin : t (a NaN t passes)
     tc = _mm256_min_ps(qhi, tc);
     const __m256 q = _mm256_round_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m256 delta = _mm256_add_ps(_mm256_mul_ps(magnitude, bound_scale), bound_offset);
+    // one fused multiply-add: delta is a bound, not a value the codes are computed from, and
+    // the FMA's single rounding keeps it within the derivation's margin (epilogue.cc)
+    const __m256 delta = _mm256_fmadd_ps(magnitude, bound_scale, bound_offset);
     const __m256 dist = _mm256_sub_ps(half, abs(_mm256_sub_ps(tc, q)));
     *ties = ~_mm256_movemask_ps(_mm256_cmp_ps(dist, delta, _CMP_GT_OQ)) & 0xff;  // NaN: a tie
     // a NaN lane's code here is garbage, rewritten by fix_ties
