@@ -272,7 +272,7 @@ class ExactFloatSpec {
  public:
   ExactFloatSpec(const py::array& w, const py::object& conv_bias, const py::object& scale32, const py::object& bias32,
                  const py::object& scale64, const py::object& bias64, double clamp_lo, double clamp_hi, double step,
-                 int qn, int qp, size_t groups, const py::object& divisors) {
+                 int qn, int qp, size_t groups, const py::object& divisors, const py::object& w64) {
     if (w.ndim() != 4) throw py::value_error("w: expected (cout, cin / groups, kh, kw)");
     const size_t cout = size_t(w.shape(0));
     if (groups == 0 || cout == 0 || cout % groups) throw py::value_error("groups: expected a divisor of cout");
@@ -301,6 +301,13 @@ class ExactFloatSpec {
     if (!(std::isfinite(step) && step > 0 && static_cast<double>(static_cast<float>(step)) == step))
       throw py::value_error("step: expected a finite float32 value > 0");
     if (qn < -128 || qp < qn || qp - qn > 255) throw py::value_error("qn/qp: expected -128 <= qn <= qp <= qn + 255");
+    if (!w64.is_none()) {
+      const size_t n = size_t(w.size());
+      p.w64 = keep<double>(w64.cast<py::array>(), "w64", n);
+      for (size_t i = 0; i < n; ++i)
+        if (!rounds_to(p.w64[i], p.w[i]))
+          throw py::value_error("w64: expected finite values that round to the float32 weights w");
+    }
     if (!divisors.is_none()) {
       p.divisor64 = keep<double>(divisors.cast<py::array>(), "divisors", cout);
       for (size_t c = 0; c < cout; ++c)
@@ -370,10 +377,11 @@ void bind_executor(py::module_& m) {
   py::class_<ExactFloatSpec>(m, "ExactFloatSpec",
                              "The exact codes of a quantize node fed by a float layer (lowbit.exact_float)")
       .def(py::init<const py::array&, const py::object&, const py::object&, const py::object&, const py::object&,
-                    const py::object&, double, double, double, int, int, size_t, const py::object&>(),
+                    const py::object&, double, double, double, int, int, size_t, const py::object&,
+                    const py::object&>(),
            py::arg("w"), py::arg("conv_bias"), py::arg("scale32"), py::arg("bias32"), py::arg("scale64"),
            py::arg("bias64"), py::arg("clamp_lo"), py::arg("clamp_hi"), py::arg("step"), py::arg("qn"), py::arg("qp"),
-           py::arg("groups"), py::arg("divisors") = py::none())
+           py::arg("groups"), py::arg("divisors") = py::none(), py::arg("w64") = py::none())
       .def(
           "fix",
           [](const ExactFloatSpec& spec, const py::array& x, const py::array& y, py::array& codes,

@@ -95,7 +95,8 @@ void float_dwconv_rows_scalar(const float* x, const ConvGeometry& g, const float
 // of the float64 formula, as a float64 run of the source model decides them:
 //
 //   z = (((0 + x_0 * w_0) + x_1 * w_1) + ... + x_{K-1} * w_{K-1}) + conv_bias[c]
-//       in float64, in the layer's chain order above (a padded tap reads 0)
+//       in float64, in the layer's chain order above (a padded tap reads 0),
+//       w the exact weights w64 when given (float32(w64) == w), else w
 //   v = z * scale64[c] + bias64[c]          (the affine's float64 values; none: v = z)
 //   v = min(max(v, clamp_lo), clamp_hi)
 //   code = min(max(rint(v / d[c]), qn), qp) - qn   (NaN: code 0)
@@ -108,6 +109,7 @@ void float_dwconv_rows_scalar(const float* x, const ConvGeometry& g, const float
 // (derivation in float_gemm_exact.cc) and rewrites their codes.
 struct ExactFloatQuantize {
   const float* w = nullptr;          // (cout, cg, kh, kw), the layer's weights
+  const double* w64 = nullptr;       // the same, exact (float32(w64) == w), or null (w)
   const float* conv_bias = nullptr;  // cout values or null
   const double* scale64 = nullptr;   // cout values or null (no affine)
   const double* bias64 = nullptr;    // cout values or null (no affine)

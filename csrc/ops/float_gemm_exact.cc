@@ -17,7 +17,7 @@ namespace {
 uint8_t exact_code(const ExactFloatQuantize& p, const float* x, const ConvGeometry& g, size_t b, size_t oy, size_t ox,
                    size_t c) {
   const size_t opg = p.cout / p.groups, c0 = c / opg * p.cg;
-  const float* w = p.w + c * p.cg * g.kh * g.kw;  // (cg, kh, kw) of channel c
+  const size_t wc = c * p.cg * g.kh * g.kw;  // channel c's (cg, kh, kw) weights start here
   double z = 0.0;
   for (size_t ky = 0; ky < g.kh; ++ky) {
     const long iy = long(oy * g.sh + ky * g.dh) - long(g.ph);
@@ -27,7 +27,8 @@ uint8_t exact_code(const ExactFloatQuantize& p, const float* x, const ConvGeomet
       const float* px = inside ? x + ((b * g.H + size_t(iy)) * g.W + size_t(ix)) * g.C + c0 : nullptr;
       for (size_t ci = 0; ci < p.cg; ++ci) {
         const double xv = inside ? static_cast<double>(px[ci]) : 0.0;
-        const double prod = xv * static_cast<double>(w[(ci * g.kh + ky) * g.kw + kx]);
+        const size_t k = wc + (ci * g.kh + ky) * g.kw + kx;
+        const double prod = xv * (p.w64 ? p.w64[k] : static_cast<double>(p.w[k]));
         z = z + prod;
       }
     }
@@ -53,9 +54,11 @@ uint8_t exact_code(const ExactFloatQuantize& p, const float* x, const ConvGeomet
 // The bound. u = 2^-24; K = kh * kw * cg, the chain length; Xmax = max |x| over
 // the whole input; for channel c: W1 = sum |w| of its K weights, b = conv_bias,
 // S, B = scale64, bias64 (1, 0 without an affine), s, b32 their float32 values.
-//  * the float32 chain (K rounded products, K + 1 rounded sums, ops/float_gemm.h):
-//    |z32 - Z| <= gamma_{K+1} (sum |x_i w_i| + |b|) <= gamma_{K+1} (Xmax W1 + |b|),
-//    gamma_n = n u / (1 - n u); and |z32| <= M = (Xmax W1 + |b|)(1 + gamma_{K+1}).
+//  * the float32 chain (K rounded products, K + 1 rounded sums, ops/float_gemm.h),
+//    on float32 weights within u relative of the exact ones (w64):
+//    |z32 - Z| <= gamma_{K+2} (sum |x_i w_i| + |b|) <= gamma_{K+2} (Xmax W1 + |b|),
+//    gamma_n = n u / (1 - n u), W1 = (1 + 2^-23) sum |w|; and |z32| <= M = (Xmax W1 + |b|)
+//    (1 + gamma_{K+2}).
 //  * the float32 affine a = (z32 * s) + b32 (two roundings; s, b32 rounded from S, B):
 //    |a - (Z S + B)| <= |z32 - Z| |S| + 3.001u M |S| + 2.001u |B|.
 //  * the clamp is 1-Lipschitz; the float64 formula's own rounding is at most
@@ -64,7 +67,7 @@ uint8_t exact_code(const ExactFloatQuantize& p, const float* x, const ConvGeomet
 //    float32(1 / step)) tested here are each within 2.001u |t| of y / step; with
 //    per-channel steps d[c], y is float32(v * float32(1 / d[c])) (step 1): 2.001u
 //    |y| more.
-// Hence |t32 - T| <= delta_c + 6.01u |t32| with delta_c = [gamma_{K+1}(Xmax W1 + |b|)|S|
+// Hence |t32 - T| <= delta_c + 6.01u |t32| with delta_c = [gamma_{K+2}(Xmax W1 + |b|)|S|
 // + 3.001u M |S| + 2.001u |B| + (K + 5) 2^-52 (M |S| + |B|)] / d[c], and likewise for
 // t'. The test uses 2 delta_c + 2^-20 |t32| + 2^-120 (more than twice each term,
 // which covers the float32 evaluation of the test and underflow): outside it,
@@ -98,11 +101,12 @@ size_t fix_float_quantize_ties(const ExactFloatQuantize& p, const float* x, cons
     const double a = std::fabs(static_cast<double>(x[i]));
     if (!(a <= xmax)) xmax = a == a ? a : INFINITY;  // a NaN input: no bound (every output is recomputed)
   }
-  const double u = 0x1p-24, gamma = (K + 1) * u / (1 - (K + 1) * u);
+  const double u = 0x1p-24, gamma = (K + 2) * u / (1 - (K + 2) * u);
   std::vector<float> delta(p.cout);
   for (size_t c = 0; c < p.cout; ++c) {
     double w1 = 0;
     for (size_t k = 0; k < K; ++k) w1 += std::fabs(static_cast<double>(p.w[c * K + k]));
+    w1 = w1 * (1 + 0x1p-23);  // the exact weights are within u of these
     const double b = p.conv_bias ? std::fabs(static_cast<double>(p.conv_bias[c])) : 0.0;
     const double S = p.scale64 ? std::fabs(p.scale64[c]) : 1.0, B = p.bias64 ? std::fabs(p.bias64[c]) : 0.0;
     const double sum = xmax * w1 + b, M = sum * (1 + gamma);

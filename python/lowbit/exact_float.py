@@ -9,7 +9,8 @@ the layer, the affine or None, the clamp; the layer's input becomes the node's s
 and the node's codes are then those of the float64 formula (csrc/ops/float_gemm.h)::
 
     z = (((0 + x_0 * w_0) + x_1 * w_1) + ... + x_{K-1} * w_{K-1}) + conv_bias[c]   (float64,
-        the layer's chain order, a padded tap reads 0)
+        the layer's chain order, a padded tap reads 0; w: the layer's exact float64 weights
+        ``w64`` where it has them, e.g. a QONNX import's ``level * scale``, else its float32 ones)
     v = z * scale64[c] + bias64[c]   (the affine's float64 values; none: v = z)
     v = min(max(v, clamp_lo), clamp_hi)
     code = min(max(rint(v / d[c]), qn), qp) - qn   (NaN: code 0)
@@ -43,11 +44,14 @@ def _parts(model, node):
 
 
 def _weights(layer):
-    """The layer's weights as (cout, cg, kh, kw) float32 and its groups (a linear: 1x1)."""
+    """The layer's weights as (cout, cg, kh, kw) float32, their exact float64 values (``w64``,
+    e.g. a QONNX import's ``level * scale``; else the float32 ones) and its groups (a linear: 1x1)."""
     w = np.ascontiguousarray(layer.arrays["w"], np.float32)
+    w64 = layer.arrays.get("w64")
+    w64 = w.astype(np.float64) if w64 is None else np.ascontiguousarray(w64, np.float64).reshape(w.shape)
     if layer.op == "linear_f32":
-        return w.reshape(w.shape + (1, 1)), 1
-    return w, int(layer.attrs.get("groups", 1))
+        return w.reshape(w.shape + (1, 1)), w64.reshape(w.shape + (1, 1)), 1
+    return w, w64, int(layer.attrs.get("groups", 1))
 
 
 def _affine64(affine):
@@ -66,12 +70,12 @@ def spec(model, node):
     s = node._cache.get("exact_float")
     if s is None:
         layer, affine, (lo, hi) = _parts(model, node)
-        w, groups = _weights(layer)
+        w, w64, groups = _weights(layer)
         bias = layer.arrays.get("bias")
         a = node.attrs
         s = node._cache["exact_float"] = _core.ExactFloatSpec(
             w, None if bias is None else np.ascontiguousarray(bias, np.float32), *_affine64(affine), lo, hi,
-            float(np.float32(a["step"])), int(a["qn"]), int(a["qp"]), groups, _divisors(node))
+            float(np.float32(a["step"])), int(a["qn"]), int(a["qp"]), groups, _divisors(node), w64)
     return s
 
 
@@ -85,7 +89,7 @@ def geometry(model, node, x_shape):
     """The layer's 14-number geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW) on
     NHWC input of ``x_shape`` (a linear layer's (B, K): a 1x1 map)."""
     layer, _, _ = _parts(model, node)
-    w, _ = _weights(layer)
+    w = _weights(layer)[0]
     kh, kw = w.shape[2:]
     if layer.op == "linear_f32":
         return (x_shape[0], 1, 1, x_shape[1], 1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
@@ -111,7 +115,7 @@ def reference_codes(model, node, x: np.ndarray) -> np.ndarray:
     """The formula for every output in NumPy, step by step: (B, OH, OW, cout) uint8 (a linear
     layer: (B, cout))."""
     layer, affine, (lo, hi) = _parts(model, node)
-    w, groups = _weights(layer)
+    w, w64, groups = _weights(layer)
     x = np.asarray(x, np.float32)
     g = geometry(model, node, x.shape)
     b, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
@@ -120,7 +124,6 @@ def reference_codes(model, node, x: np.ndarray) -> np.ndarray:
     cout, cg = w.shape[:2]
     opg = cout // groups
     z = np.zeros((b, oh, ow, cout), np.float64)
-    w64 = w.astype(np.float64)
     for ky in range(kh):
         for kx in range(kw):
             patch = xp[:, ky * dh: ky * dh + sh * (oh - 1) + 1: sh, kx * dw: kx * dw + sw * (ow - 1) + 1: sw, :]

@@ -125,3 +125,18 @@ def test_bad_exact_float_attribute_is_rejected():
     with pytest.raises(ValueError, match="divisors"):
         lowbit._core.ExactFloatSpec(w, None, None, None, None, None, -np.inf, np.inf, 1.0, 0, 15, 1,
                                     np.float64([0.0]))
+
+
+def test_exact_weights_decide_where_the_float32_weights_would_tie():
+    # w64 = 1/2 + 2^-30 (e.g. a QONNX level * scale), w = float32(w64) = 1/2: with x = 1 the
+    # formula's z is 1/2 + 2^-30 (code 1); from the float32 weight it would be a tie (code 0)
+    w64 = np.float64([0.5 + 2.0 ** -30]).reshape(1, 1, 1, 1)
+    layer = conv_f32("c", "x", w64.astype(np.float32))
+    layer.arrays["w64"] = w64
+    nodes = [Node("x", "input", [], {"channels": 1, "height": 2, "width": 2}), layer, quant("q", "c", step=1.0)]
+    m = model(nodes, "q")
+    np.testing.assert_array_equal(run_all(m, np.ones((1, 1, 2, 2), np.float32)), 1.0)
+    m._by_name["c"].arrays["w64"] = np.float64([0.25]).reshape(1, 1, 1, 1)   # not what w was rounded from
+    m._by_name["q"]._cache.clear()
+    with pytest.raises(ValueError, match="w64"):
+        m.run(np.ones((1, 1, 2, 2), np.float32), executor="python")
