@@ -4,6 +4,7 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstddef>
 #include <initializer_list>
 #include <string>
@@ -29,6 +30,23 @@ inline size_t checked_product(std::initializer_list<size_t> dims, const char* wh
 }
 
 // ValueError unless this CPU has every feature of `tier` (kernel `name` needs it).
+// The float64 step of a code epilogue (ops/epilogue.h): 0 (none: 1 / inv_step),
+// or finite > 0 with |inv_step * step64 - 1| <= 2^-23 (inv_step is 1 / step rounded
+// to float32: the near-tie bound of ops/epilogue.cc relies on it).
+inline void check_step64(double step64, float inv_step) {
+  if (step64 == 0) return;
+  const double err = static_cast<double>(inv_step) * step64 - 1.0;
+  if (!(std::isfinite(step64) && step64 > 0 && err <= 0x1p-23 && err >= -0x1p-23))
+    throw pybind11::value_error("step64: expected 0 or the requantization step (finite > 0, with inv_step its "
+                                "reciprocal rounded to float32), got " + std::to_string(step64) +
+                                " for inv_step " + std::to_string(inv_step));
+}
+
+// Whether float64 `v` is finite and rounds to float32 `r` (no conversion out of range).
+inline bool rounds_to(double v, float r) {
+  return std::isfinite(v) && std::fabs(v) <= 3.4028234663852886e38 && static_cast<float>(v) == r;
+}
+
 inline void require_tier(Tier tier, const char* name) {
   if ((cpu_features() & tier_required_features(tier)) != tier_required_features(tier))
     throw pybind11::value_error(std::string("kernel ") + name + " needs CPU features this machine lacks");

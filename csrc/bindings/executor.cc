@@ -84,13 +84,15 @@ class PlanHandle {
   }
 
   // ep = (out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax,
-  //       out, out_col, out_stride, residual, residual_col, residual_stride[, codes])
+  //       out, out_col, out_stride, residual, residual_col, residual_stride[, codes
+  //       [, step64, scale64, bias64]])
   // for an M x N block of columns [out_col, out_col + N) of rows of out_stride elements;
   // codes (float32 outputs only): None or (buffer, col, stride, step, qn, qp), the second
   // output (Epilogue::codes: the quantize rule of QuantizeParams applied to the float output).
   runtime::EpilogueSpec epilogue(const py::tuple& ep, size_t M, size_t N, Tier tier, std::vector<int>* reads,
                                  std::vector<int>* writes) {
-    if (ep.size() != 14 && ep.size() != 15) throw py::value_error("epilogue: expected a 14- or 15-tuple");
+    if (ep.size() != 14 && ep.size() != 15 && ep.size() != 18)
+      throw py::value_error("epilogue: expected a 14-, 15- or 18-tuple");
     runtime::EpilogueSpec e;
     const std::string kind = ep[0].cast<std::string>();
     if (kind == "float32") {
@@ -139,7 +141,7 @@ class PlanHandle {
       need(e.residual, checked_product({M, e.residual_stride, 4}, "residual"), "residual");
       reads->push_back(e.residual);
     }
-    if (ep.size() == 15 && !ep[14].is_none()) {
+    if (ep.size() >= 15 && !ep[14].is_none()) {
       const py::tuple q = ep[14].cast<py::tuple>();
       if (q.size() != 6 || e.kind != OutKind::float32)
         throw py::value_error("epilogue: codes must be (buffer, col, stride, step, qn, qp) of a float32 output");
@@ -154,6 +156,17 @@ class PlanHandle {
       if (e.codes_col + N > e.codes_stride) throw py::value_error("epilogue: codes columns outside their rows");
       need(e.codes, checked_product({M, e.codes_stride}, "epilogue codes"), "epilogue codes");
       writes->push_back(e.codes);
+    }
+    // codes output: the float64 parameters of its exact requantization (ops/epilogue.h): step64 (0: from
+    // inv_step), scale64 and bias64 (None: the float32 ones)
+    if (ep.size() == 18 && e.kind == OutKind::codes) {
+      e.step64 = ep[15].cast<double>();
+      check_step64(e.step64, e.inv_step);
+      if (!ep[16].is_none()) e.scale64 = keep<double>(ep[16].cast<py::array>(), "scale64", N);
+      if (!ep[17].is_none()) e.bias64 = keep<double>(ep[17].cast<py::array>(), "bias64", N);
+      for (size_t i = 0; i < N; ++i)  // finite, and rounding to the float32 ones (as lowbit.Epilogue checks)
+        if ((e.scale64 && !rounds_to(e.scale64[i], e.scale[i])) || (e.bias64 && !rounds_to(e.bias64[i], e.bias[i])))
+          throw py::value_error("scale64/bias64: expected finite values that round to scale/bias");
     }
     e.simd = tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too (as the Python path)
     return e;
@@ -270,6 +283,82 @@ ConvGeometry float_conv_geometry(const FloatConv& conv, const std::vector<size_t
   return g;
 }
 
+// The parameters of fix_float_quantize_ties (ops/float_gemm.h) for one quantize
+// node, checked once, with the arrays they point into (lowbit.exact_float).
+class ExactFloatSpec {
+ public:
+  ExactFloatSpec(const py::array& w, const py::object& conv_bias, const py::object& scale32, const py::object& bias32,
+                 const py::object& scale64, const py::object& bias64, double clamp_lo, double clamp_hi, double step,
+                 int qn, int qp, size_t groups, const py::object& divisors, const py::object& w64) {
+    if (w.ndim() != 4) throw py::value_error("w: expected (cout, cin / groups, kh, kw)");
+    const size_t cout = size_t(w.shape(0));
+    if (groups == 0 || cout == 0 || cout % groups) throw py::value_error("groups: expected a divisor of cout");
+    p.w = keep<float>(w, "w", checked_product({cout, size_t(w.shape(1)), size_t(w.shape(2)), size_t(w.shape(3))},
+                                              "w"));
+    p.cout = cout;
+    p.cg = size_t(w.shape(1));
+    p.groups = groups;
+    kh = size_t(w.shape(2));
+    kw = size_t(w.shape(3));
+    if (!conv_bias.is_none()) p.conv_bias = keep<float>(conv_bias.cast<py::array>(), "conv_bias", cout);
+    if (scale64.is_none() != bias64.is_none() || scale64.is_none() != scale32.is_none() ||
+        scale32.is_none() != bias32.is_none())
+      throw py::value_error("scale32/bias32/scale64/bias64: give all four (an affine) or none");
+    if (!scale64.is_none()) {
+      p.scale32 = keep<float>(scale32.cast<py::array>(), "scale32", cout);
+      p.bias32 = keep<float>(bias32.cast<py::array>(), "bias32", cout);
+      p.scale64 = keep<double>(scale64.cast<py::array>(), "scale64", cout);
+      p.bias64 = keep<double>(bias64.cast<py::array>(), "bias64", cout);
+      for (size_t c = 0; c < cout; ++c)
+        if (!rounds_to(p.scale64[c], p.scale32[c]) || !rounds_to(p.bias64[c], p.bias32[c]))
+          throw py::value_error("scale64/bias64: expected finite values that round to scale32/bias32");
+    }
+    if (std::isnan(clamp_lo) || std::isnan(clamp_hi) || clamp_lo > clamp_hi)
+      throw py::value_error("clamp_lo/clamp_hi: expected clamp_lo <= clamp_hi (no NaN)");
+    if (!(std::isfinite(step) && step > 0 && static_cast<double>(static_cast<float>(step)) == step))
+      throw py::value_error("step: expected a finite float32 value > 0");
+    if (qn < -128 || qp < qn || qp - qn > 255) throw py::value_error("qn/qp: expected -128 <= qn <= qp <= qn + 255");
+    if (!w64.is_none()) {
+      const size_t n = size_t(w.size());
+      p.w64 = keep<double>(w64.cast<py::array>(), "w64", n);
+      for (size_t i = 0; i < n; ++i)
+        if (!rounds_to(p.w64[i], p.w[i]))
+          throw py::value_error("w64: expected finite values that round to the float32 weights w");
+    }
+    if (!divisors.is_none()) {
+      p.divisor64 = keep<double>(divisors.cast<py::array>(), "divisors", cout);
+      for (size_t c = 0; c < cout; ++c)
+        if (!(std::isfinite(p.divisor64[c]) && p.divisor64[c] > 0))
+          throw py::value_error("divisors: expected finite values > 0");
+    }
+    p.clamp_lo = clamp_lo;
+    p.clamp_hi = clamp_hi;
+    p.step64 = step;
+    p.qn = qn;
+    p.qp = qp;
+  }
+
+  // Throws unless g is a geometry of these weights.
+  void check(const ConvGeometry& g) const {
+    if (g.C != p.groups * p.cg || g.kh != kh || g.kw != kw)
+      throw py::value_error("exact_float: geometry does not match the layer's weights");
+  }
+
+  ExactFloatQuantize p;
+  size_t kh = 0, kw = 0;
+
+ private:
+  template <class T>
+  const T* keep(const py::array& a, const char* name, size_t count) {
+    if (size_t(a.size()) != count) throw py::value_error(std::string(name) + ": expected " + std::to_string(count) +
+                                                        " values");
+    const T* d = array_data<T>(a, name, count);
+    kept_.push_back(a);
+    return d;
+  }
+  std::vector<py::object> kept_;
+};
+
 }  // namespace
 
 void bind_executor(py::module_& m) {
@@ -302,6 +391,32 @@ void bind_executor(py::module_& m) {
       .def_readonly("groups", &FloatConv::groups)
       .def_readonly("depthwise", &FloatConv::depthwise)
       .def_readonly("K", &FloatConv::K);
+  py::class_<ExactFloatSpec>(m, "ExactFloatSpec",
+                             "The exact codes of a quantize node fed by a float layer (lowbit.exact_float)")
+      .def(py::init<const py::array&, const py::object&, const py::object&, const py::object&, const py::object&,
+                    const py::object&, double, double, double, int, int, size_t, const py::object&,
+                    const py::object&>(),
+           py::arg("w"), py::arg("conv_bias"), py::arg("scale32"), py::arg("bias32"), py::arg("scale64"),
+           py::arg("bias64"), py::arg("clamp_lo"), py::arg("clamp_hi"), py::arg("step"), py::arg("qn"), py::arg("qp"),
+           py::arg("groups"), py::arg("divisors") = py::none(), py::arg("w64") = py::none())
+      .def(
+          "fix",
+          [](const ExactFloatSpec& spec, const py::array& x, const py::array& y, py::array& codes,
+             const py::tuple& geometry, bool simd) {
+            const ConvGeometry g = geometry_of(geometry);
+            spec.check(g);
+            const size_t out = checked_product({g.B, g.OH, g.OW, spec.p.cout}, "output");
+            const float* xs = array_data<float>(x, "x", g.B * g.H * g.W * g.C);
+            const float* ys = array_data<float>(y, "y", out);
+            if (!codes.dtype().is(py::dtype::of<uint8_t>()) || !(codes.flags() & py::array::c_style) ||
+                !codes.writeable() || size_t(codes.size()) != out)
+              throw py::value_error("codes: expected a writeable C-contiguous uint8 array of the output's size");
+            uint8_t* cs = static_cast<uint8_t*>(codes.mutable_data());
+            py::gil_scoped_release release;
+            return fix_float_quantize_ties(spec.p, xs, g, ys, cs, simd);
+          },
+          py::arg("x"), py::arg("y"), py::arg("codes"), py::arg("geometry"), py::arg("simd") = true,
+          "Rewrites the codes (in place) of the outputs near a rounding tie; returns how many");
   m.def(
       "executor_maxpool_nhwc",
       [](const py::array_t<float, py::array::c_style | py::array::forcecast>& x, const py::tuple& geometry,
@@ -839,6 +954,26 @@ void bind_executor(py::module_& m) {
              s->dst = dst;
              s->simd = simd;
              h.add(std::move(s), "conv_f32", node, {src}, {dst});
+           })
+      .def("exact_float_fix",
+           [](PlanHandle& h, int node, const py::object& spec_obj, int x, int y, int codes, const py::tuple& geometry,
+              bool simd) {
+             // spec: an ExactFloatSpec (kept alive with the plan); the quantize node's input y and codes
+             const ExactFloatSpec& spec = spec_obj.cast<const ExactFloatSpec&>();
+             auto s = std::make_unique<runtime::ExactFloatFixStep>();
+             s->g = geometry_of(geometry);
+             spec.check(s->g);
+             const ConvGeometry& g = s->g;
+             h.need(x, checked_product({g.B, g.H, g.W, g.C, 4}, "exact_float input"), "exact_float input");
+             h.need(y, checked_product({g.B, g.OH, g.OW, spec.p.cout, 4}, "exact_float y"), "exact_float y");
+             h.need(codes, checked_product({g.B, g.OH, g.OW, spec.p.cout}, "exact_float codes"), "exact_float codes");
+             h.keep_object(spec_obj);
+             s->spec = &spec.p;
+             s->x = x;
+             s->y = y;
+             s->codes = codes;
+             s->simd = simd;
+             h.add(std::move(s), "exact_float_fix", node, {x, y, codes}, {codes});
            })
       .def("concat",
            [](PlanHandle& h, int node, const std::vector<int>& srcs, const std::vector<size_t>& row_bytes, int dst,

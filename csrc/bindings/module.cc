@@ -231,9 +231,12 @@ void check_codes_py(const py::array& codes, int bits, const std::string& name, c
 
 class EpilogueSpec {
  public:
+  // step64, scale64, bias64: a code epilogue's float64 parameters (ops/epilogue.h; 0 / None: from
+  // inv_step / the float32 scale and bias)
   EpilogueSpec(const std::string& out_kind, const py::object& scale_obj, const py::object& bias_obj, float clamp_lo,
-               float clamp_hi, float inv_step, int qmin, int qmax)
-      : clamp_lo_(clamp_lo), clamp_hi_(clamp_hi), inv_step_(inv_step), qmin_(qmin), qmax_(qmax) {
+               float clamp_hi, float inv_step, int qmin, int qmax, double step64 = 0,
+               const py::object& scale64_obj = py::none(), const py::object& bias64_obj = py::none())
+      : clamp_lo_(clamp_lo), clamp_hi_(clamp_hi), inv_step_(inv_step), qmin_(qmin), qmax_(qmax), step64_(step64) {
     if (out_kind == "float32") {
       kind_ = OutKind::float32;
     } else if (out_kind == "codes") {
@@ -251,6 +254,11 @@ class EpilogueSpec {
                             std::to_string(bias_.shape(0)));
     if (std::isnan(clamp_lo) || std::isnan(clamp_hi) || clamp_lo > clamp_hi)
       throw py::value_error("clamp_lo/clamp_hi: expected clamp_lo <= clamp_hi (no NaN)");
+    if (kind_ == OutKind::codes) {
+      check_step64(step64, inv_step);
+      scale64_ = checked_vector64(scale64_obj, "scale64", scale_);
+      bias64_ = checked_vector64(bias64_obj, "bias64", bias_);
+    }
   }
 
   OutKind kind() const { return kind_; }
@@ -282,6 +290,9 @@ class EpilogueSpec {
     e.inv_step = inv_step_;
     e.qmin = qmin_;
     e.qmax = qmax_;
+    e.step64 = step64_;
+    e.scale64 = scale64_.size() ? static_cast<const double*>(scale64_.data()) : nullptr;
+    e.bias64 = bias64_.size() ? static_cast<const double*>(bias64_.data()) : nullptr;
     e.out_stride = N;
     if (kind_ == OutKind::float32) {
       py::array_t<float> o = empty_aligned<float>(M, N);
@@ -305,20 +316,59 @@ class EpilogueSpec {
     return a;
   }
 
+  // An empty array for None, or a finite float64 array that rounds to the float32
+  // `rounded` (the near-tie bound of ops/epilogue.cc relies on it)
+  static py::array checked_vector64(const py::object& obj, const char* name, const py::array& rounded) {
+    const py::ssize_t n = rounded.shape(0);
+    if (obj.is_none()) return py::array_t<double>(0);
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error(std::string(name) + ": expected None or a 1-D float64 NumPy array");
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    require_array<double>(a, name, 1, "float64");
+    if (a.shape(0) != n)
+      throw py::value_error(std::string(name) + ": expected " + std::to_string(n) + " values (as scale), got " +
+                            std::to_string(a.shape(0)));
+    const double* v = static_cast<const double*>(a.data());
+    const float* r = static_cast<const float*>(rounded.data());
+    for (py::ssize_t i = 0; i < n; ++i) {
+      if (!std::isfinite(v[i])) throw py::value_error(std::string(name) + ": expected finite values");
+      if (!rounds_to(v[i], r[i]))
+        throw py::value_error(std::string(name) + ": expected the float64 values the float32 parameters were "
+                              "rounded from");
+    }
+    return a;
+  }
+
   OutKind kind_;
-  py::array scale_, bias_;
+  py::array scale_, bias_, scale64_, bias64_;  // scale64_/bias64_: empty when not given
   float clamp_lo_, clamp_hi_, inv_step_;
   int qmin_, qmax_;
+  double step64_;
 };
 
 // Epilogue arguments of the one-shot bindings: int32 output (none), or an EpilogueSpec.
 std::unique_ptr<EpilogueSpec> epilogue_from_args(const std::string& out_kind, const py::object& scale,
                                                  const py::object& bias, float clamp_lo, float clamp_hi,
-                                                 float inv_step, int qmin, int qmax) {
+                                                 float inv_step, int qmin, int qmax, double step64 = 0,
+                                                 const py::object& scale64 = py::none(),
+                                                 const py::object& bias64 = py::none()) {
   if (out_kind == "int32") return nullptr;
   if (out_kind != "float32" && out_kind != "codes")
     throw py::value_error("out_kind: expected 'int32', 'float32' or 'codes'");
-  return std::make_unique<EpilogueSpec>(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  return std::make_unique<EpilogueSpec>(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax, step64,
+                                        scale64, bias64);
+}
+
+// epilogue_from_args with the float64 parameters as trailing positional arguments
+// `exact`: () or (step64, scale64, bias64) (dwconv, conv_grouped).
+std::unique_ptr<EpilogueSpec> epilogue_from_args_exact(const std::string& out_kind, const py::object& scale,
+                                                       const py::object& bias, float clamp_lo, float clamp_hi,
+                                                       float inv_step, int qmin, int qmax, const py::args& exact) {
+  if (exact.size() != 0 && exact.size() != 3)
+    throw py::type_error("expected the nine epilogue arguments, then none or (step64, scale64, bias64)");
+  if (exact.size() == 0) return epilogue_from_args(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  return epilogue_from_args(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax, exact[0].cast<double>(),
+                            exact[1], exact[2]);
 }
 
 // The output of a GEMM-shaped op: int32 (no epilogue; *c set) or the epilogue's.
@@ -637,10 +687,12 @@ py::array gemm_py(size_t kernel_index, const py::object& a_obj, const py::array&
                   uint32_t a_code_shift, const py::object& a_offsets_obj, size_t seg_steps, const std::string& out_kind,
                   const py::object& scale_obj, const py::object& bias_obj, const py::object& residual_obj,
                   float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax,
-                  const py::object& col_correction_obj) {
+                  const py::object& col_correction_obj, double step64, const py::object& scale64,
+                  const py::object& bias64) {
   const PreparedGemm prepared(kernel_index, w, tables, N, flush8, flush16, a_code_shift, col_correction_obj, 0,
                               k_steps, correction, 0, 0);
-  const auto ep = epilogue_from_args(out_kind, scale_obj, bias_obj, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  const auto ep = epilogue_from_args(out_kind, scale_obj, bias_obj, clamp_lo, clamp_hi, inv_step, qmin, qmax, step64,
+                                     scale64, bias64);
   return prepared.run(a_obj, M, k_steps, correction, ep.get(), residual_obj, a_offsets_obj, seg_steps);
 }
 
@@ -651,11 +703,13 @@ py::array gemm_codes_py(size_t kernel_index, const py::array& codes, int bits, i
                         const py::array& tables, size_t N, size_t k_steps, uint32_t flush8, uint32_t flush16,
                         int64_t correction, uint32_t a_code_shift, const std::string& out_kind,
                         const py::object& scale_obj, const py::object& bias_obj, const py::object& residual_obj,
-                        float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
+                        float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax, double step64,
+                        const py::object& scale64, const py::object& bias64) {
   require_array<uint8_t>(codes, "a", 2, "uint8");
   const PreparedGemm prepared(kernel_index, w, tables, N, flush8, flush16, a_code_shift, py::none(),
                               size_t(codes.shape(1)), k_steps, correction, bits, group);
-  const auto ep = epilogue_from_args(out_kind, scale_obj, bias_obj, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  const auto ep = epilogue_from_args(out_kind, scale_obj, bias_obj, clamp_lo, clamp_hi, inv_step, qmin, qmax, step64,
+                                     scale64, bias64);
   return prepared.codes(codes, ep.get(), residual_obj);
 }
 
@@ -981,12 +1035,14 @@ py::array_t<float> adaptive_avgpool_nhwc_py(const py::array& x, size_t oh, size_
 // between the GEMM and the epilogue (e.g. padding with a nonzero level).
 py::array epilogue_py(const py::array& acc, const py::object& scale, const py::object& bias,
                       const py::object& residual_obj, float clamp_lo, float clamp_hi, const std::string& out_kind,
-                      float inv_step, int qmin, int qmax) {
+                      float inv_step, int qmin, int qmax, double step64, const py::object& scale64,
+                      const py::object& bias64, bool simd) {
   require_array<int32_t>(acc, "acc", 2, "int32");
   const size_t M = size_t(acc.shape(0)), N = size_t(acc.shape(1));
-  const EpilogueSpec spec(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  const EpilogueSpec spec(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax, step64, scale64, bias64);
   Epilogue e;
   py::array out = spec.bind(e, M, N, residual_obj);
+  e.simd = simd;  // False: the scalar epilogue (the same results)
   const int32_t* src = static_cast<const int32_t*>(acc.data());
   {
     py::gil_scoped_release release;
@@ -1046,7 +1102,7 @@ py::array dwconv_py(size_t kernel_index, const py::array& x, int bits, const py:
                     const py::array& w_levels, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph, size_t pw,
                     size_t dh, size_t dw, const std::string& out_kind, const py::object& scale,
                     const py::object& bias, const py::object& residual, float clamp_lo, float clamp_hi,
-                    float inv_step, int qmin, int qmax) {
+                    float inv_step, int qmin, int qmax, const py::args& exact) {
   const DwconvKernelInfo& k = usable_dwconv_kernel(kernel_index);
   DwconvCall call;
   call.kernel = &k;
@@ -1067,7 +1123,7 @@ py::array dwconv_py(size_t kernel_index, const py::array& x, int bits, const py:
     max_w = std::max(max_w, std::abs(v));
   }
   call.tap_flush = dwconv_tap_flush(max_a, max_w);
-  const auto ep = epilogue_from_args(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  const auto ep = epilogue_from_args_exact(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax, exact);
   py::array out = gemm_output(ep.get(), call.epilogue, call.g.B * call.g.OH * call.g.OW, call.g.C, residual, &call.c,
                               k.tier);
   bool ok;
@@ -1085,7 +1141,8 @@ py::array conv_grouped_py(size_t kernel_index, const py::array& x, int bits, con
                           const py::array& w, size_t groups, size_t cout, size_t kh, size_t kw, size_t sh, size_t sw,
                           size_t ph, size_t pw, size_t dh, size_t dw, const std::string& out_kind,
                           const py::object& scale, const py::object& bias, const py::object& residual,
-                          float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax) {
+                          float clamp_lo, float clamp_hi, float inv_step, int qmin, int qmax,
+                          const py::args& exact) {
   const KernelInfo& k = usable_kernel(kernel_index);
   if (std::string(k.family) != "dotgemm")
     throw py::value_error(std::string("conv_grouped: kernel ") + k.name + " is not a dotgemm kernel");
@@ -1109,7 +1166,7 @@ py::array conv_grouped_py(size_t kernel_index, const py::array& x, int bits, con
                           std::to_string(groups) + " dotgemm layouts) for kernel " + k.name);
   call.x = static_cast<const uint8_t*>(x.data());
   call.w = static_cast<const uint8_t*>(w.data());
-  const auto ep = epilogue_from_args(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax);
+  const auto ep = epilogue_from_args_exact(out_kind, scale, bias, clamp_lo, clamp_hi, inv_step, qmin, qmax, exact);
   py::array out = gemm_output(ep.get(), call.epilogue, call.g.B * call.g.OH * call.g.OW, cout, residual, &call.c,
                               k.tier);
   bool ok;
@@ -1148,18 +1205,22 @@ PYBIND11_MODULE(_core, m) {
         py::arg("correction"), py::arg("a_code_shift") = 0, py::arg("out_kind") = "int32",
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f,
-        py::arg("qmin") = 0, py::arg("qmax") = 0);
+        py::arg("qmin") = 0, py::arg("qmax") = 0, py::arg("step64") = 0.0, py::arg("scale64") = py::none(),
+        py::arg("bias64") = py::none());
   m.def("gemm", &gemm_py, py::arg("kernel_index"), py::arg("a"), py::arg("w"), py::arg("tables"), py::arg("M"),
         py::arg("N"), py::arg("k_steps"), py::arg("flush8"), py::arg("flush16"), py::arg("correction"),
         py::arg("a_code_shift") = 0, py::arg("a_offsets") = py::none(), py::arg("seg_steps") = 0, py::arg("out_kind") = "int32",
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("residual") = py::none(),
         py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f,
-        py::arg("qmin") = 0, py::arg("qmax") = 0, py::arg("col_correction") = py::none());
+        py::arg("qmin") = 0, py::arg("qmax") = 0, py::arg("col_correction") = py::none(), py::arg("step64") = 0.0,
+        py::arg("scale64") = py::none(), py::arg("bias64") = py::none());
   // the prepared GEMM call path (docs/architecture.md, "One GEMM call")
   py::class_<EpilogueSpec>(m, "GemmEpilogue", "A fused epilogue's parameters, checked once (lowbit.Epilogue.native)")
-      .def(py::init<const std::string&, const py::object&, const py::object&, float, float, float, int, int>(),
+      .def(py::init<const std::string&, const py::object&, const py::object&, float, float, float, int, int, double,
+                    const py::object&, const py::object&>(),
            py::arg("out_kind"), py::arg("scale"), py::arg("bias"), py::arg("clamp_lo") = -INFINITY,
-           py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0);
+           py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0,
+           py::arg("step64") = 0.0, py::arg("scale64") = py::none(), py::arg("bias64") = py::none());
   py::class_<PreparedGemm>(m, "PreparedGemm", "One GEMM's weight side, checked once (ops.Bound.native)")
       .def(py::init<size_t, const py::array&, const py::array&, size_t, uint32_t, uint32_t, uint32_t,
                     const py::object&, size_t, size_t, int64_t, int, int>(),
@@ -1192,7 +1253,8 @@ PYBIND11_MODULE(_core, m) {
           py::arg("a"), py::arg("epilogue") = py::none(), py::arg("residual") = py::none());
   m.def("epilogue", &epilogue_py, py::arg("acc"), py::arg("scale"), py::arg("bias"), py::arg("residual") = py::none(),
         py::arg("clamp_lo") = -INFINITY, py::arg("clamp_hi") = INFINITY, py::arg("out_kind") = "float32",
-        py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0);
+        py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0, py::arg("step64") = 0.0,
+        py::arg("scale64") = py::none(), py::arg("bias64") = py::none(), py::arg("simd") = true);
   m.def(
       "lookup_rates",
       [](double seconds) {

@@ -209,6 +209,8 @@ bool run_grouped_conv(const GroupedConvCall& call, const GemmGeometry& gg) {
       e = call.epilogue;
       e.scale += grp * opg;
       e.bias += grp * opg;
+      if (e.scale64) e.scale64 += grp * opg;
+      if (e.bias64) e.bias64 += grp * opg;
       if (e.residual) e.residual += grp * opg;
       const size_t elem = e.kind == OutKind::float32 ? sizeof(float) : sizeof(uint8_t);
       e.out = static_cast<uint8_t*>(call.epilogue.out) + grp * opg * elem;

@@ -2,20 +2,35 @@
 // (lowbit.reference.epilogue) matches it bit for bit. For output (m, n) with
 // exact int32 sum acc:
 //
+// float output (float32 arithmetic, every step rounded):
 //   v = float32(acc)                      round to nearest even
 //   v = v * scale[n]                      float32 multiply, rounded
 //   v = v + bias[n]                       float32 add, rounded
 //   v = v + residual[m, n]                (if a residual is given) float32 add
 //   v = min(max(v, clamp_lo), clamp_hi)   ReLU: (0, +inf); ReLU6: (0, 6)
-//   float output:  out[m, n] = v
-//   code output:   q = nearbyint(v * inv_step)   multiply rounded, then round half to even
-//                  out[m, n] = uint8(min(max(q, qmin), qmax) - qmin)
-//                  a NaN q (a NaN or infinite residual) gives code 0 (q = qmin)
+//   out[m, n] = v
 //   second output (float32 kind with `codes` set): codes[m, n] = the code that
 //                  quantize_codes(&out[m, n], 1, codes_step, codes_qn, codes_qp)
 //                  gives for the float output just written (the standalone
 //                  quantizer's true division, not inv_step), so a layer whose
 //                  float output is also quantized writes both in one pass.
+//
+// code output: decided in float64 (exact_code below), every step rounded:
+//   v = double(acc) * scale64[n]          (scale64 null: double(scale[n]))
+//   v = v + bias64[n]                     (bias64 null: double(bias[n]))
+//   v = v + double(residual[m, n])        (if a residual is given)
+//   v = min(max(v, clamp_lo), clamp_hi)
+//   t = v / step64                        a true division (step64 0: 1 / double(inv_step))
+//   q = nearbyint(t)                      round half to even; a NaN t gives q = qmin
+//   out[m, n] = uint8(min(max(q, qmin), qmax) - qmin)
+// This is the value a float64 run of the source model (BatchNorm folded in
+// float64, then x / step and round half to even) decides, up to float64
+// rounding. The kernels do not compute it for every output: they compute
+// t32 = float32(v32 * inv_step) from the float32 v above, and round t32,
+// unless t32 lies within a proven bound `delta` of a rounding boundary
+// (tie_bound below; the derivation is in epilogue.cc); only those outputs
+// (ProxylessNAS 4b: 236 of 6.9M a forward pass) are computed in float64. So
+// every tier's codes equal the float64 formula exactly.
 //
 // No FMA contraction anywhere (this file is built with -ffp-contract=off and
 // every step is a separate statement). All parameters are finite (checked by
@@ -37,6 +52,11 @@ struct Epilogue {
   float clamp_lo = 0, clamp_hi = 0;
   float inv_step = 1;
   int32_t qmin = 0, qmax = 0;
+  // code output's float64 parameters (see above): the values the float32
+  // scale/bias were rounded from (null: the float32 ones), the step (0: from inv_step)
+  const double* scale64 = nullptr;  // [N] or null
+  const double* bias64 = nullptr;   // [N] or null
+  double step64 = 0;
   void* out = nullptr;  // float32 [M, N] or uint8 [M, N]
   size_t out_stride = 0;  // elements
   uint8_t* codes = nullptr;  // second output (float32 kind only): uint8 [M, codes_stride] or null
@@ -57,6 +77,20 @@ void apply_epilogue(const Epilogue& e, const int32_t* acc, size_t acc_stride, si
 // built and the CPU has it (identical results).
 void quantize_codes(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out, bool simd = true);
 void quantize_codes__scalar(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out);
+
+// The code of output (m, n) by the float64 formula above (`acc`: its sum;
+// `residual`: its residual value, ignored without a residual).
+uint8_t exact_code(const Epilogue& e, int32_t acc, size_t n, float residual);
+
+// The near-tie bound of a code output (derivation in epilogue.cc): the fast
+// path's code q = rint(clamp(t32, qmin, qmax)) of t32 = float32(v32 * inv_step)
+// is the formula's when 1/2 - |clamp(t32) - q| > magnitude * scale + offset,
+// magnitude = |float32(acc) * scale[n]| + |bias[n]| (+ |residual|) as computed
+// in float32; otherwise exact_code decides.
+struct TieBound {
+  float scale = 0, offset = 0;
+};
+TieBound tie_bound(const Epilogue& e);
 
 void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1,
                             size_t n0, size_t n1);

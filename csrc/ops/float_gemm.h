@@ -21,7 +21,9 @@
 // (B, OH, OW, cout) float32, weights arrive in ONNX order
 // (cout, cg, kh, kw). A linear layer is the 1x1 convolution of a 1x1 map.
 #pragma once
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "ops/pack.h"  // ConvGeometry
@@ -86,7 +88,54 @@ void float_gemm_tiles_scalar(const FloatTile* tiles, size_t ntiles, const float*
 // of weights w (taps x C), bias (C or null).
 void float_dwconv_rows_scalar(const float* x, const ConvGeometry& g, const float* w, const float* bias, size_t r0,
                               size_t r1, float* out);
+// ---- Exact codes of a quantizer fed by a float layer (lowbit.exact_float).
+//
+// A `quantize` node (step, qn..qp, round half to even) whose float32 input y is
+// clamp(affine(conv_f32(x))) (the affine and the clamp optional) writes the codes
+// of the float64 formula, as a float64 run of the source model decides them:
+//
+//   z = (((0 + x_0 * w_0) + x_1 * w_1) + ... + x_{K-1} * w_{K-1}) + conv_bias[c]
+//       in float64, in the layer's chain order above (a padded tap reads 0),
+//       w the exact weights w64 when given (float32(w64) == w), else w
+//   v = z * scale64[c] + bias64[c]          (the affine's float64 values; none: v = z)
+//   v = min(max(v, clamp_lo), clamp_hi)
+//   code = min(max(rint(v / d[c]), qn), qp) - qn   (NaN: code 0)
+//
+// d[c] = step64, or the quantizer's per-channel step divisor64[c] (the node then
+// reads y already multiplied by float32(1 / divisor64[c]) and has step 1).
+//
+// The quantize node computed codes from y; fix_float_quantize_ties recomputes
+// only the outputs whose y lies within a proven bound of a rounding boundary
+// (derivation in float_gemm_exact.cc) and rewrites their codes.
+struct ExactFloatQuantize {
+  const float* w = nullptr;          // (cout, cg, kh, kw), the layer's weights
+  const double* w64 = nullptr;       // the same, exact (float32(w64) == w), or null (w)
+  const float* conv_bias = nullptr;  // cout values or null
+  const double* scale64 = nullptr;   // cout values or null (no affine)
+  const double* bias64 = nullptr;    // cout values or null (no affine)
+  const float* scale32 = nullptr;    // the affine's float32 values (null: no affine)
+  const float* bias32 = nullptr;
+  double clamp_lo = -INFINITY, clamp_hi = INFINITY;
+  double step64 = 1;
+  const double* divisor64 = nullptr;  // cout per-channel steps or null
+  int32_t qn = 0, qp = 0;
+  size_t cout = 0, cg = 0, groups = 1;
+};
+
+// y: the quantize node's float32 input, (B, OH, OW, cout); codes: its codes, the
+// same layout, rewritten where near a tie; x: the layer's NHWC input under g.
+// `simd`: the AVX2 scan when the CPU has it (the same outputs recomputed).
+// Returns the number of outputs recomputed.
+size_t fix_float_quantize_ties(const ExactFloatQuantize& p, const float* x, const ConvGeometry& g, const float* y,
+                               uint8_t* codes, bool simd = true);
+// The scan of one row of n outputs: near[c] = 1 where output c is within the bound
+// of a rounding boundary (delta[c]: its channel's part); returns whether any is.
+bool float_quantize_near_row(const float* y, size_t n, const float* delta, float inv, float hi_edge, float lo_edge,
+                             uint8_t* near);
+
 #if LOWBIT_HAVE_X86_KERNELS
+bool float_quantize_near_row__avx2(const float* y, size_t n, const float* delta, float inv, float hi_edge,
+                                   float lo_edge, uint8_t* near);
 void float_gemm_tiles__avx2(const FloatTile* tiles, size_t ntiles, const float* panels, size_t p0, size_t p1,
                             const float* bias, size_t N, float* out, size_t ldo);
 void float_dwconv_rows__avx2(const float* x, const ConvGeometry& g, const float* w, const float* bias, size_t r0,

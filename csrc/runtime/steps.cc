@@ -37,6 +37,9 @@ Epilogue EpilogueSpec::make(const Context& c) const {
     e.codes_qp = codes_qp;
   }
   e.simd = simd;
+  e.scale64 = scale64;
+  e.bias64 = bias64;
+  e.step64 = step64;
   return e;
 }
 
@@ -368,6 +371,11 @@ bool GroupedConvStep::run(Context& c) const {
 
 bool FloatConvStep::run(Context& c) const {
   conv->run(c.at<const float>(src), g, c.at<float>(dst), simd);
+  return true;
+}
+
+bool ExactFloatFixStep::run(Context& c) const {
+  fix_float_quantize_ties(*spec, c.at<const float>(x), g, c.at<const float>(y), c.at<uint8_t>(codes), simd);
   return true;
 }
 

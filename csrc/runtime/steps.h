@@ -38,6 +38,10 @@ struct EpilogueSpec {
   float codes_step = 1;
   int32_t codes_qn = 0, codes_qp = 0;
   bool simd = true;
+  // codes output: the float64 parameters (Epilogue::scale64, bias64, step64)
+  const double* scale64 = nullptr;
+  const double* bias64 = nullptr;
+  double step64 = 0;
 
   Epilogue make(const Context& c) const;
 };
@@ -235,6 +239,17 @@ struct FloatConvStep : Step {
   int src = -1, dst = -1;
   ConvGeometry g{};
   bool simd = true;  // the AVX2 tier when the CPU has it (false under a forced scalar tier)
+  bool run(Context& c) const override;
+};
+
+// The exact codes of a `quantize` node fed by a float layer (lowbit.exact_float):
+// fix_float_quantize_ties (ops/float_gemm.h) on the layer's input x, the node's
+// float32 input y and its codes, after the node's quantize step.
+struct ExactFloatFixStep : Step {
+  const ExactFloatQuantize* spec = nullptr;
+  int x = -1, y = -1, codes = -1;
+  ConvGeometry g{};
+  bool simd = true;  // the AVX2 scan when the CPU has it (false under a forced scalar tier)
   bool run(Context& c) const override;
 };
 

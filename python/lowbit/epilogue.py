@@ -1,11 +1,22 @@
 """The fused GEMM epilogue (exact spec: csrc/ops/epilogue.h).
 
-For output (m, n) with exact int32 sum acc, in float32 with every step rounded
-(no FMA), exactly as :func:`lowbit.reference.epilogue` computes it::
+For output (m, n) with exact int32 sum acc, exactly as :func:`lowbit.reference.epilogue`
+computes it, every step rounded (no FMA). A float output, in float32::
 
     v = float32(acc) * scale[n] + bias[n] (+ residual[m, n])
     v = min(max(v, clamp_lo), clamp_hi)
-    float output, or codes: q = rint(v * inv_step) clamped to [qmin, qmax], code = q - qmin
+
+A code output, decided in float64 from the float64 parameters (``scale64``/``bias64``: the
+values ``scale``/``bias`` were rounded from, when the layer has them; else the float32
+ones) and the requantization step ``Requant.step64``::
+
+    v = float64(acc) * scale64[n] + bias64[n] (+ float64(residual[m, n]))
+    v = min(max(v, clamp_lo), clamp_hi)
+    q = round_half_even(v / step64) (NaN: qmin) clamped to [qmin, qmax], code = q - qmin
+
+The kernels compute the float32 value and fall back to this float64 formula only where the
+float32 value lies within a proven bound of a rounding boundary (csrc/ops/epilogue.cc), so
+their codes equal the formula's everywhere.
 """
 from __future__ import annotations
 
@@ -51,6 +62,11 @@ class Requant:
     def inv_step(self) -> np.float32:
         return inv_step(self.step)
 
+    @property
+    def step64(self) -> float:
+        """The step the codes are decided with (float64 holding float32(step), as inv_step uses)."""
+        return float(np.float32(self.step))
+
     def codebook(self) -> np.ndarray:
         return np.arange(self.qmin, self.qmax + 1, dtype=np.int32)
 
@@ -59,7 +75,8 @@ class Epilogue:
     """Per-output-channel scale and bias, optional residual, clamp, then float32
     output or requantization into the next layer's codes."""
 
-    def __init__(self, scale, bias=None, activation="none", requant: Requant | None = None, residual=None):
+    def __init__(self, scale, bias=None, activation="none", requant: Requant | None = None, residual=None,
+                 scale64=None, bias64=None):
         self.scale = np.ascontiguousarray(scale, dtype=np.float32).reshape(-1)
         n = self.scale.shape[0]
         self.bias = (np.zeros(n, np.float32) if bias is None
@@ -79,10 +96,14 @@ class Epilogue:
         self.clamp_lo, self.clamp_hi = np.float32(lo), np.float32(hi)
         self.requant = requant
         self.residual = None if residual is None else np.ascontiguousarray(residual, dtype=np.float32)
+        self.scale64 = _exact_values(scale64, self.scale, "scale64")
+        self.bias64 = _exact_values(bias64, self.bias, "bias64")
 
     def slice(self, n0: int, n1: int) -> "Epilogue":
         """The epilogue of output channels [n0, n1) (grouped convolution)."""
-        e = Epilogue(self.scale[n0:n1], self.bias[n0:n1], (self.clamp_lo, self.clamp_hi), self.requant)
+        e = Epilogue(self.scale[n0:n1], self.bias[n0:n1], (self.clamp_lo, self.clamp_hi), self.requant,
+                     scale64=None if self.scale64 is None else self.scale64[n0:n1],
+                     bias64=None if self.bias64 is None else self.bias64[n0:n1])
         if self.residual is not None:
             e.residual = np.ascontiguousarray(self.residual[:, n0:n1])
         return e
@@ -94,7 +115,7 @@ class Epilogue:
             raise ValueError(f"epilogue: residual shape {self.residual.shape}, expected {(m, n)}")
 
     # Fields the native form (native()) is built from: setting one drops it.
-    _NATIVE_FIELDS = frozenset(("scale", "bias", "clamp_lo", "clamp_hi", "requant"))
+    _NATIVE_FIELDS = frozenset(("scale", "bias", "clamp_lo", "clamp_hi", "requant", "scale64", "bias64"))
 
     def __setattr__(self, name, value):
         if name in self._NATIVE_FIELDS:
@@ -125,13 +146,31 @@ class Epilogue:
     def native_args(self) -> tuple:
         """The epilogue arguments of the one-shot bindings (_core.gemm, dwconv,
         conv_grouped), in their positional order
-        (out_kind, scale, bias, residual, clamp_lo, clamp_hi, inv_step, qmin, qmax)."""
+        (out_kind, scale, bias, residual, clamp_lo, clamp_hi, inv_step, qmin, qmax,
+        step64, scale64, bias64); the last six only for a code output."""
         if self.requant is None:
             return ("float32", self.scale, self.bias, self.residual, float(self.clamp_lo), float(self.clamp_hi))
         return ("codes", self.scale, self.bias, self.residual, float(self.clamp_lo), float(self.clamp_hi),
-                float(self.requant.inv_step), self.requant.qmin, self.requant.qmax)
+                float(self.requant.inv_step), self.requant.qmin, self.requant.qmax, self.requant.step64,
+                self.scale64, self.bias64)
 
     def kwargs(self) -> dict:
         """native_args() by name (the keywords of ``_core.epilogue``)."""
-        return dict(zip(("out_kind", "scale", "bias", "residual", "clamp_lo", "clamp_hi", "inv_step", "qmin", "qmax"),
-                        self.native_args()))
+        return dict(zip(("out_kind", "scale", "bias", "residual", "clamp_lo", "clamp_hi", "inv_step", "qmin", "qmax",
+                         "step64", "scale64", "bias64"), self.native_args()))
+
+
+def _exact_values(values, rounded: np.ndarray, name: str):
+    """None, or ``values`` as a finite float64 array whose float32 rounding is ``rounded``
+    (the fast path's bound relies on it)."""
+    if values is None:
+        return None
+    v = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    if v.shape != rounded.shape:
+        raise ValueError(f"{name}: expected {rounded.shape[0]} values (one per output channel), got {v.shape[0]}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name}: expected finite values")
+    with np.errstate(over="ignore"):
+        if not np.array_equal(v.astype(np.float32), rounded):
+            raise ValueError(f"{name}: expected the float64 values the float32 parameters were rounded from")
+    return v

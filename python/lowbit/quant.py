@@ -103,13 +103,14 @@ def inv_step(step) -> np.float32:
     return np.float32(1.0) / np.float32(step)
 
 
-def requantize(v: np.ndarray, inv: np.float32, qmin: int, qmax: int) -> np.ndarray:
-    """Epilogue requantization of float32 ``v``: ``q = rint(v * inv)`` (NaN -> qmin), clamped to
-    [qmin, qmax], code ``q - qmin`` (uint8)."""
-    q = np.rint(v * np.float32(inv))
-    q = np.where(np.isnan(q), np.float32(qmin), q)
-    q = np.where(q < qmin, np.float32(qmin), q)
-    q = np.where(q > qmax, np.float32(qmax), q)
+def requantize(v: np.ndarray, step64: float, qmin: int, qmax: int) -> np.ndarray:
+    """Epilogue requantization of float64 ``v`` (csrc/ops/epilogue.h): ``q = rint(v / step64)``
+    (a float64 true division, round half to even; NaN -> qmin), clamped to [qmin, qmax], code
+    ``q - qmin`` (uint8)."""
+    q = np.rint(np.divide(np.asarray(v, np.float64), np.float64(step64), dtype=np.float64))
+    q = np.where(np.isnan(q), np.float64(qmin), q)
+    q = np.where(q < qmin, np.float64(qmin), q)
+    q = np.where(q > qmax, np.float64(qmax), q)
     return (q.astype(np.int32) - qmin).astype(np.uint8)
 
 

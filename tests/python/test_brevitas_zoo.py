@@ -691,6 +691,7 @@ def test_trace_divergence_finds_a_real_difference():
     dw = [n for n in lb.nodes if n.op == "conv"][1]
     dw.arrays["bias"] = dw.arrays["bias"] + np.float32(0.3) * np.asarray(dw.attrs["requant"]["channel_steps"],
                                                                          np.float32)
+    dw.arrays["bias64"] = dw.arrays["bias"].astype(np.float64)   # the float64 values the codes are decided with
     t = lbq.trace_divergence(model, x, lowbit_model=lb)
     assert t["tensor"] == lb.meta["qonnx_codes"][dw.name]
     assert len(t["positions"]) > 0 and np.all(t["lowbit_codes"] > t["qonnx_codes"])   # the bias moved up

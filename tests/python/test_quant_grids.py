@@ -37,6 +37,8 @@ def test_quantize_rounds_half_to_even_with_a_true_division():
 def test_requantize_and_dequantize():
     rq = Requant(2, 0.5, signed=True)
     assert (rq.qmin, rq.qmax) == quant.int_range(2, True) and rq.inv_step == np.float32(2.0)
-    v = np.float32([[-5.0, -0.25, 0.25, 0.75, np.nan, 9.0]])
-    np.testing.assert_array_equal(quant.requantize(v, rq.inv_step, rq.qmin, rq.qmax), [[0, 2, 2, 3, 0, 3]])
+    assert rq.step64 == 0.5
+    # v / 0.5 = -10, -0.5, 0.5, 1.5, NaN, 18 -> -2 (clamped), -0 (half to even), 0, 2, NaN (-> qmin), 1 (clamped)
+    v = np.float64([[-5.0, -0.25, 0.25, 0.75, np.nan, 9.0]])
+    np.testing.assert_array_equal(quant.requantize(v, rq.step64, rq.qmin, rq.qmax), [[0, 2, 2, 3, 0, 3]])
     np.testing.assert_array_equal(quant.dequantize([-2, -1, 0, 1], np.uint8([0, 3]), 0.5), np.float32([-1.0, 0.5]))

@@ -35,7 +35,7 @@ from ..runtime.model import Node
 
 __all__ = ["lower", "Graph", "batchnorm_affine", "unique_name", "layer_node", "quantize_node", "remove_identities",
            "fold_affines", "fuse_residuals", "fold_clamps", "remove_dead", "requant_before_maxpool", "place_requant",
-           "order", "finalize", "IR_ATTRS"]
+           "order", "finalize", "IR_ATTRS", "mark_exact_float_quantizers"]
 
 _LAYERS = ("conv", "linear")
 IR_ATTRS = ("keep", "bn", "origin")   # lowering-only attributes (``bn`` only on affine nodes), removed by finalize
@@ -288,6 +288,34 @@ def _mark_quantize_output(g: Graph, q: Node):
     layer.attrs["quantize_output"] = q.name
 
 
+def mark_exact_float_quantizers(g: Graph):
+    """Contract: a plain ``quantize`` node Q (not binary, no Trunc pre-rounding) whose input is
+    ``clamp(affine(L))``, ``affine(L)``, ``clamp(L)`` or ``L`` for a ``conv_f32``/``linear_f32``
+    node L (with per-channel steps: behind the affine :func:`place_requant` puts in front) gets ``attrs['exact_float'] = {layer, affine, clamp}``
+    (the names of L and of the affine or None, the clamp bounds) and L's input as its second
+    input: its codes are then decided by the float64 formula of :mod:`lowbit.exact_float` (the
+    values the nodes compute are unchanged; :func:`finalize` keeps that affine's float64
+    ``scale64``/``bias64``). Nothing else changes."""
+    by_name = {n.name: n for n in g.nodes}
+    for q in [n for n in g.nodes if n.op == "quantize"]:
+        a = q.attrs
+        if a.get("binary") or a.get("pre_step") is not None or len(q.inputs) != 1:
+            continue
+        src, clamp, affine = by_name.get(q.inputs[0]), [None, None], None
+        if a.get("channel_steps") is not None:   # the division by the steps: place_requant's affine
+            if not (src is not None and src.op == "affine" and src.name.startswith(f"{q.name}.per_channel_scale")):
+                continue
+            src = by_name.get(src.inputs[0])
+        if src is not None and src.op == "clamp":
+            clamp, src = list(src.attrs["clamp"]), by_name.get(src.inputs[0])
+        if src is not None and src.op == "affine":
+            affine, src = src, by_name.get(src.inputs[0])
+        if src is None or src.op not in ("conv_f32", "linear_f32"):
+            continue
+        q.inputs.append(src.inputs[0])
+        a["exact_float"] = {"layer": src.name, "affine": None if affine is None else affine.name, "clamp": clamp}
+
+
 def order(g: Graph):
     """Contract: the nodes in a topological order that keeps the given order wherever it is
     already valid (a node moves later only to follow an input defined after it); the output is
@@ -317,13 +345,21 @@ def order(g: Graph):
 
 def finalize(g: Graph, error=ValueError):
     """Contract: conv/linear ``scale``/``bias`` and affine arrays become float32 (rounded once);
-    a non-finite epilogue value raises ``error`` naming the node; IR-only attributes
-    (:data:`IR_ATTRS`) are removed."""
+    a conv/linear that requantizes keeps the float64 values too, as ``scale64``/``bias64``
+    (its epilogue decides codes from them: lowbit.Epilogue); a non-finite epilogue value
+    raises ``error`` naming the node; IR-only attributes (:data:`IR_ATTRS`) are removed. An
+    affine that an exact float quantizer names (:func:`mark_exact_float_quantizers`) keeps its
+    float64 values too."""
+    exact_affines = {n.attrs["exact_float"]["affine"] for n in g.nodes if n.attrs.get("exact_float")}
     for n in g.nodes:
         if n.op in _LAYERS or n.op == "affine":
             with np.errstate(over="ignore"):   # an overflow to inf is reported below
                 for k in ("scale", "bias"):
-                    n.arrays[k] = np.asarray(n.arrays[k]).astype(np.float32)
+                    exact = np.asarray(n.arrays[k], np.float64)
+                    n.arrays[k] = exact.astype(np.float32)
+                    keep64 = (n.op in _LAYERS and n.attrs.get("requant")) or n.name in exact_affines
+                    if keep64 and np.all(np.isfinite(n.arrays[k])):
+                        n.arrays[k + "64"] = exact
             if n.op in _LAYERS and not (np.all(np.isfinite(n.arrays["scale"]))
                                         and np.all(np.isfinite(n.arrays["bias"]))):
                 raise error(f"node {n.name!r}: non-finite folded scale/bias (a BatchNorm with running_var + "
@@ -347,6 +383,7 @@ def lower(nodes, output: str, requant_in_epilogue: bool = True, error=ValueError
     if pool_codes:
         requant_before_maxpool(g)
     place_requant(g, requant_in_epilogue)
+    mark_exact_float_quantizers(g)
     try:
         order(g)
     except ValueError as exc:

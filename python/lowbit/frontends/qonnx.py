@@ -899,10 +899,12 @@ class _Converter:
             return False
         return self._input_chan(x) is None or one_input_channel
 
-    def _float_layer(self, n, op, x: _Act, w, bias, extra, out_shape, where, extra_pad=None):
+    def _float_layer(self, n, op, x: _Act, w, bias, extra, out_shape, where, extra_pad=None, wq=None):
         """A ``conv_f32``/``linear_f32`` node: float32 weights (dequantized exactly as QONNX
         does, or float ones) applied to the float value of x. Its output is a plain float
-        activation: what follows (BatchNorm, Relu, Quant) becomes separate float nodes."""
+        activation: what follows (BatchNorm, Relu, Quant) becomes separate float nodes.
+        ``wq``: the weights' _QConst, whose exact float64 values ``ints * scale`` become
+        ``arrays['w64']`` (lowbit.exact_float decides ties from them)."""
         w = np.asarray(w, np.float32)
         if not np.all(np.isfinite(w)):
             raise QonnxConversionError(f"{where}: non-finite weights")
@@ -911,7 +913,10 @@ class _Converter:
         if extra_pad is not None and any(extra_pad):
             fl = self._pad_float(fl, extra_pad, "zero", where)
         attrs = {"source": f"{n.name or n.output[0]} ({n.op_type})", "module": n.name or n.output[0], **extra}
-        name = self.add(n.name or n.output[0], op, [fl], attrs, {"w": np.ascontiguousarray(w), "bias": b})
+        arrays = {"w": np.ascontiguousarray(w), "bias": b}
+        if isinstance(wq, _QConst) and wq.ints is not None:
+            arrays["w64"] = np.asarray(wq.ints, np.float64) * wq.scale.astype(np.float64)
+        name = self.add(n.name or n.output[0], op, [fl], attrs, arrays)
         self.vals[n.output[0]] = _Act(out_shape, fl=name)
 
     def op_Conv(self, n, a, where):
@@ -950,7 +955,7 @@ class _Converter:
         oh, ow = _out_hw(in_hw, [kh, kw], stride, pad, dil, where=where)
         extra = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups}
         if not self._runs_on_integers(x, wq, cg == 1):
-            self._float_layer(n, "conv_f32", x, wv, bias, extra, (None, cout, oh, ow), where, extra_pad)
+            self._float_layer(n, "conv_f32", x, wv, bias, extra, (None, cout, oh, ow), where, extra_pad, wq)
             return
         codes, bits, levels, w_scale = self._weights(wq, where)
         self._layer(n, "conv", x, codes, bits, levels, w_scale, bias, extra, (None, cout, oh, ow), where,

@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from .. import _core, _dispatch
+from .. import _core, exact_float, _dispatch
 from .. import conv as convmod
 from . import floatops
 from ..ops import _prepare
@@ -162,6 +162,10 @@ class _Builder:
             return  # written by the layer it reads, as its epilogue's second output (_dual_codes)
         if op == "quantize":
             out = self._quantize(i, n, args[0])
+            if a.get("exact_float"):   # near ties decided in float64 (lowbit.exact_float)
+                x = self._float_input(args[1], f"node {n.name!r} (exact_float)")
+                self.core.exact_float_fix(i, exact_float.spec(self.model, n), x.buf, args[0].buf, out.buf,
+                                          exact_float.geometry(self.model, n, x.shape), floatops.simd())
         elif op == "dequantize":
             x = args[0]
             if x.kind != "codes":
@@ -357,7 +361,8 @@ class _Builder:
         m = x.shape[0]
         check_elements((m, cout), "output")
         out = self._output(i, n, ep, (m, cout))
-        ep_args = self._ep(ep, out, 0, cout, residual, m * cout) + (self._dual_codes(n, out, 0, cout),)
+        ep_args = self._ep(ep, out, 0, cout, residual, m * cout) + (self._dual_codes(n, out, 0, cout),) + \
+            self._exact(ep)
         bound = _prepare(self._probe(x), weights, m, weights.K)
         self._gemm_direct(i, x.buf, m, weights.K, bound, ep_args)
         self.kernels[n.name] = bound.kern["name"]
@@ -390,10 +395,19 @@ class _Builder:
                                          a["step"])
         return (v.buf, col, stride, float(np.float32(a["step"])), a["qn"], a["qp"])
 
+    @staticmethod
+    def _exact(ep, cols=slice(None)):
+        """The tail of the epilogue tuple (after the second output): a code output's float64
+        parameters (step64, scale64, bias64) of columns ``cols`` (lowbit.Epilogue)."""
+        if ep.requant is None:
+            return (0.0, None, None)
+        return (ep.requant.step64,) + tuple(None if p is None else np.ascontiguousarray(p[cols])
+                                            for p in (ep.scale64, ep.bias64))
+
     def _ep(self, ep, out, col, stride, residual, size, scale=None, bias=None):
         """The epilogue tuple of ExecutorPlan (columns [col, col + N) of rows of `stride`)."""
         kind, s, b, _res, lo, hi, *rq = ep.native_args()
-        rq = tuple(rq) or _EPILOGUE_DEFAULTS
+        rq = tuple(rq[:3]) or _EPILOGUE_DEFAULTS   # the float64 parameters: _exact, after the second output
         res = (None, 0, 0)
         if residual is not None:
             if residual.size != size:
@@ -421,7 +435,8 @@ class _Builder:
         pa = self._probe(x)
         if (weights.groups > 1 or weights.depthwise) and convmod._native_grouping_allowed(weights.depthwise):
             fn, (index, bits, a_levels, wl), extra, name = convmod._native_call(pa, weights)
-            ep_args = self._ep(ep, out, 0, cout, residual, m * cout) + (self._dual_codes(n, out, 0, cout),)
+            ep_args = self._ep(ep, out, 0, cout, residual, m * cout) + (self._dual_codes(n, out, 0, cout),) + \
+                self._exact(ep)
             if fn is _core.dwconv:
                 self.core.dwconv(i, index, x.buf, geometry, bits, a_levels, wl, ep_args)
             else:
@@ -443,7 +458,8 @@ class _Builder:
                 self.core.channel_slice(i, x.buf, src, npix, c, g * cg, (g + 1) * cg)
             sl = slice(g * opg, (g + 1) * opg)
             ep_args = self._ep(ep, out, g * opg, cout, residual, m * cout, np.ascontiguousarray(ep.scale[sl]),
-                               np.ascontiguousarray(ep.bias[sl])) + (self._dual_codes(n, out, g * opg, cout),)
+                               np.ascontiguousarray(ep.bias[sl])) + (self._dual_codes(n, out, g * opg, cout),) + \
+                self._exact(ep, sl)
             if not fused:
                 sums = _Value("f32", (m, opg), self.core.buffer(4 * m * opg))  # int32 sums
                 final_ep, ep_args = ep_args, ("int32", ep_args[1], ep_args[2], 0.0, 0.0) + _EPILOGUE_DEFAULTS + (

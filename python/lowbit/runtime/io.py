@@ -51,7 +51,7 @@ MAGIC = b"LOWBITMD"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIIQ")  # magic, version, header length, data length
 _ALIGN = 16
-_DTYPES = {"<f4": np.float32, "|u1": np.uint8, "<i4": np.int32}
+_DTYPES = {"<f4": np.float32, "|u1": np.uint8, "<i4": np.int32, "<f8": np.float64}  # f8: scale64/bias64
 
 
 class LowbitFormatError(ValueError):

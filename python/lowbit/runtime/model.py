@@ -659,6 +659,7 @@ class Model:
             self._check_node(n)
             self._by_name[n.name] = n
         for n in self.nodes:
+            self._check_exact_float(n)
             name = n.attrs.get("quantize_output") if n.op in _QUANTIZED else None
             q = self._by_name.get(name)
             if name is not None and (q is None or q.op != "quantize" or q.inputs != [n.name] or q.attrs["binary"]
@@ -667,11 +668,30 @@ class Model:
                                  "name of a plain (not binary, no pre_step) quantize node reading this layer's "
                                  "float output")
 
+    def _check_exact_float(self, n: Node):
+        """A quantize node's ``exact_float`` (lowbit.exact_float) names a float layer whose input
+        is the node's second input, and an affine (or None); its clamp is [lo, hi]."""
+        e = n.attrs.get("exact_float") if n.op == "quantize" else None
+        if not e:
+            return
+        layer = self._by_name.get(e.get("layer")) if isinstance(e, dict) else None
+        affine = e.get("affine") if isinstance(e, dict) else None
+        clamp = e.get("clamp") if isinstance(e, dict) else None
+        if layer is None or layer.op not in ("conv_f32", "linear_f32") or layer.inputs[0] != n.inputs[1] or \
+                (affine is not None and getattr(self._by_name.get(affine), "op", None) != "affine") or \
+                not (isinstance(clamp, list) and len(clamp) == 2) or n.attrs["binary"] or \
+                n.attrs.get("pre_step") is not None:
+            raise ValueError(f"node {n.name!r} (quantize): attribute 'exact_float' is {e!r}, expected {{layer: a "
+                             "conv_f32/linear_f32 node whose input is this node's second input, affine: an affine "
+                             "node or None, clamp: [lo, hi]}} on a plain quantize node")
+
     @staticmethod
     def _check_node(n: Node):
         _check_attrs(n)
         need = {"input": 0, "quantize": 1, "dequantize": 1, "add": 2, "clamp": 1, "affine": 1, "maxpool": 1,
                 "avgpool": 1, "adaptive_avgpool": 1, "flatten": 1, "conv_f32": 1, "linear_f32": 1, "pad": 1}
+        if n.op == "quantize" and n.attrs.get("exact_float"):
+            need["quantize"] = 2   # and the float layer's input (lowbit.exact_float)
         if n.op in need and len(n.inputs) != need[n.op]:
             raise ValueError(f"node {n.name!r} ({n.op}): expected {need[n.op]} inputs, got {len(n.inputs)}")
         if n.op == "concat" and len(n.inputs) < 2:
@@ -853,6 +873,12 @@ class Model:
             x = args[0]
             if isinstance(x, CodeTensor):
                 raise RuntimeError(f"node {n.name!r}: quantize got codes")
+            if a.get("exact_float"):   # codes decided in float64 (lowbit.exact_float)
+                from .. import exact_float
+
+                codes = exact_float.reference_codes(self, n, args[1]) if reference else \
+                    exact_float.fix(self, n, quantize(x, a), x, args[1])
+                return CodeTensor(codes, a["bits"], a["levels"], a["step"])
             return CodeTensor(quantize(x, a, native=not reference), a["bits"], a["levels"], a["step"])
         if op == "dequantize":
             return dequantize(args[0], native=not reference)
@@ -911,7 +937,8 @@ class Model:
         ep = n._cache.get("epilogue")
         if ep is None:
             ep = n._cache["epilogue"] = Epilogue(n.arrays["scale"], n.arrays["bias"], _bounds(n.attrs),
-                                                 self._requant(n.attrs))
+                                                 self._requant(n.attrs), scale64=n.arrays.get("scale64"),
+                                                 bias64=n.arrays.get("bias64"))
         return ep
 
     def _weights(self, n: Node):
@@ -985,7 +1012,8 @@ class Model:
         lo, hi = _bounds(a)
         rq = self._requant(a)
         res = None if residual is None else residual.reshape(acc.shape)
-        y = _ref.epilogue(acc, n.arrays["scale"], n.arrays["bias"], res, lo, hi, rq)
+        y = _ref.epilogue(acc, n.arrays["scale"], n.arrays["bias"], res, lo, hi, rq, n.arrays.get("scale64"),
+                          n.arrays.get("bias64"))
         n.kernel = "numpy-reference"
         y = y.reshape(out_shape)
         if rq is None:

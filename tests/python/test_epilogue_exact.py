@@ -1,0 +1,155 @@
+"""Code outputs of the epilogue are decided in float64 (csrc/ops/epilogue.h): on every tier
+they equal lowbit.reference.epilogue, which is the float64 formula, also at and next to
+rounding ties, where the float32 fast path alone would round the other way."""
+import numpy as np
+import pytest
+
+import lowbit
+from lowbit import _core, quant, reference
+
+ACTIVATIONS = {"none": (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0), "band": (-0.75, 1.25)}
+REQUANTS = [lowbit.Requant(2, 0.37, False), lowbit.Requant(2, 0.05, True), lowbit.Requant(4, 0.11),
+            lowbit.Requant(4, 0.2833181619644165), lowbit.Requant(8, 0.013, True), lowbit.Requant(8, 0.0625),
+            lowbit.Requant(1, 0.5)]
+
+
+def float64_codes(acc, scale64, bias64, residual, lo, hi, rq):
+    """The contract written independently, one output at a time in Python floats (IEEE
+    float64; round() rounds half to even)."""
+    out = np.zeros(acc.shape, np.uint8)
+    for m in range(acc.shape[0]):
+        for n in range(acc.shape[1]):
+            v = float(acc[m, n]) * float(scale64[n])
+            v = v + float(bias64[n])
+            if residual is not None:
+                v = v + float(residual[m, n])
+            v = lo if v < lo else v
+            v = hi if v > hi else v
+            t = v / rq.step64
+            q = rq.qmin if t != t else min(max(round(t), rq.qmin), rq.qmax)
+            out[m, n] = q - rq.qmin
+    return out
+
+
+def float32_codes(acc, scale, bias, residual, lo, hi, rq):
+    """The old float32 contract (float32 v, times float32 1/step, rounded): what the fast
+    path alone would give."""
+    v = acc.astype(np.float32) * scale + bias
+    if residual is not None:
+        v = v + residual
+    v = np.minimum(np.maximum(v, np.float32(lo)), np.float32(hi))
+    q = np.rint(v * rq.inv_step)
+    q = np.where(np.isnan(q), rq.qmin, np.clip(q, rq.qmin, rq.qmax))
+    return (q - rq.qmin).astype(np.uint8)
+
+
+def near_tie_case(rng, rq, m, n, big=False, negative=False):
+    """Sums, float64 parameters (and their float32 roundings) that put row 0 of every
+    column at, or within a few float32 ulps of, a rounding tie k + 1/2 of v / step (k inside
+    the code range), the other rows at other sums of the same column. ``big``: sums beyond
+    2^24 (float32(acc) rounds); ``negative``: negative scales."""
+    lim = 1 << 30 if big else 3000
+    acc = rng.integers(-lim, lim, (m, n), dtype=np.int64).astype(np.int32)
+    acc[0] = np.where(acc[0] == 0, 1, acc[0])
+    k = rng.integers(rq.qmin, rq.qmax, n) if rq.qmax > rq.qmin else np.zeros(n, np.int64)
+    target = (k + 0.5) * rq.step64
+    # offsets from the tie, in units of the tie value's float32 spacing: 0 (an exact tie of
+    # the float64 formula), a hair (float64 decides), a few float32 ulps, far
+    ulp = np.spacing(np.abs(target).astype(np.float32)).astype(np.float64) + 1e-30
+    offset = rng.choice([0.0, 1e-6, -1e-6, 0.3, -0.3, 1.0, -1.0, 3.0, -3.0, 64.0], n) * ulp
+    magnitude = rng.uniform(0.5, 4.0, n) * rq.step64 / np.maximum(np.abs(acc[0].astype(np.float64)), 1.0)
+    scale64 = -magnitude if negative else magnitude
+    bias64 = target + offset - acc[0].astype(np.float64) * scale64
+    return acc, scale64.astype(np.float32), bias64.astype(np.float32), scale64, bias64
+
+
+@pytest.mark.parametrize("simd", [False, True])
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("big,negative", [(False, False), (False, True), (True, False), (True, True)])
+def test_codes_at_and_next_to_ties_match_the_float64_formula(simd, act, residual, big, negative, rng):
+    lo, hi = ACTIVATIONS[act]
+    m, n = 7, 75   # 64 columns in 32-code stores, 8 in one vector, 3 in the scalar tail
+    hits = 0
+    for rq in REQUANTS:
+        acc, scale, bias, scale64, bias64 = near_tie_case(rng, rq, m, n, big, negative)
+        res = None
+        if residual:   # dequantized codes, as a residual usually is, and a few arbitrary values
+            res = (rng.integers(-8, 8, (m, n)) * np.float32(0.17)).astype(np.float32)
+            res[0] = 0.0
+            res[m - 1, ::5] = rng.standard_normal(len(res[m - 1, ::5])).astype(np.float32)
+        got = _core.epilogue(acc, scale, bias, res, lo, hi, "codes", float(rq.inv_step), rq.qmin, rq.qmax,
+                             rq.step64, scale64, bias64, simd=simd)
+        want = reference.epilogue(acc, scale, bias, res, lo, hi, rq, scale64, bias64)
+        np.testing.assert_array_equal(got, want, err_msg=f"{rq} {act}")
+        np.testing.assert_array_equal(want, float64_codes(acc, scale64, bias64, res, lo, hi, rq))
+        hits += int(np.count_nonzero(want != float32_codes(acc, scale, bias, res, lo, hi, rq)))
+    assert hits > 0   # the case reaches outputs that the float32 rule alone decides otherwise
+
+
+@pytest.mark.parametrize("simd", [False, True])
+def test_exact_ties_round_half_to_even(simd):
+    """Power-of-two parameters: v / step is exactly k + 1/2 for half the sums; every tier
+    rounds those to the even neighbour, without float64 parameters and with them."""
+    acc = np.arange(-40, 40, dtype=np.int32).reshape(4, 20)
+    scale = np.full(20, 0.125, np.float32)
+    bias = np.full(20, 0.0625, np.float32)
+    rq = lowbit.Requant(4, 0.25, True)
+    want = np.clip(np.round((acc * 0.125 + 0.0625) / 0.25), rq.qmin, rq.qmax).astype(int) - rq.qmin
+    for args in ((), (rq.step64, scale.astype(np.float64), bias.astype(np.float64))):
+        got = _core.epilogue(acc, scale, bias, None, -np.inf, np.inf, "codes", float(rq.inv_step), rq.qmin, rq.qmax,
+                             *args, simd=simd)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("tier", lowbit.supported_tiers())
+@pytest.mark.parametrize("strategy", [None, "lutgemm", "dot8", "dotgemm"])
+def test_gemm_codes_with_float64_parameters_every_tier(tier, strategy, rng):
+    """Through lowbit.gemm (the prepared call path): codes from float64 parameters, with and
+    without a residual, equal the reference on every tier and kernel family."""
+    m, n, k = 37, 75, 129
+    a = rng.integers(0, 4, (m, k), dtype=np.uint8)
+    w = rng.integers(0, 4, (n, k), dtype=np.uint8)
+    packed = lowbit.pack_weights(w, 2, [-2, -1, 0, 1])
+    acc = reference.gemm(a, w, 2, 2, None, [-2, -1, 0, 1])
+    for rq in REQUANTS:
+        for act in ("none", "relu6"):
+            for use_res in (False, True):
+                scale64 = rng.random(n) * 0.02 + 1e-3
+                # float64 biases that put column n's value at row n % m on a tie of the grid
+                rows = np.arange(n) % m
+                k_half = rng.integers(rq.qmin, max(rq.qmax, rq.qmin + 1), n) + 0.5
+                bias64 = k_half * rq.step64 - acc[rows, np.arange(n)] * scale64 + rng.choice([0, 1e-9, -1e-9], n)
+                res = (rng.integers(-4, 4, (m, n)) * np.float32(rq.step)).astype(np.float32) if use_res else None
+                ep = lowbit.Epilogue(scale64.astype(np.float32), bias64.astype(np.float32), act, rq, residual=res,
+                                     scale64=scale64, bias64=bias64)
+                with lowbit.use(isa=tier, strategy=strategy):
+                    y = lowbit.gemm(a, packed, 2, epilogue=ep)
+                want = reference.epilogue(acc, ep.scale, ep.bias, res, ep.clamp_lo, ep.clamp_hi, rq, scale64, bias64)
+                np.testing.assert_array_equal(y, want, err_msg=f"{tier} {strategy} {rq} {act} {use_res}")
+
+
+def test_float64_parameter_errors():
+    scale = np.float32([0.1, 0.2])
+    with pytest.raises(ValueError, match="scale64: expected the float64 values"):
+        lowbit.Epilogue(scale, scale64=np.float64([0.1, 0.3]))
+    with pytest.raises(ValueError, match="bias64: expected 2 values"):
+        lowbit.Epilogue(scale, bias64=np.zeros(3))
+    with pytest.raises(ValueError, match="scale64: expected finite"):
+        lowbit.Epilogue(scale, scale64=np.float64([0.1, np.inf]))
+    acc = np.zeros((1, 2), np.int32)
+    rq = lowbit.Requant(4, 0.1)
+    with pytest.raises(ValueError, match="step64"):
+        _core.epilogue(acc, scale, scale, None, -np.inf, np.inf, "codes", float(rq.inv_step), 0, 15, 0.2)
+    with pytest.raises(ValueError, match="scale64: expected the float64 values"):
+        _core.epilogue(acc, scale, scale, None, -np.inf, np.inf, "codes", float(rq.inv_step), 0, 15, rq.step64,
+                       np.float64([0.1, 0.3]))
+    with pytest.raises(TypeError, match="scale64"):
+        _core.epilogue(acc, scale, scale, None, -np.inf, np.inf, "codes", float(rq.inv_step), 0, 15, rq.step64,
+                       scale.copy())
+
+
+def test_requantize_is_the_float64_division():
+    # a value a hair above a tie: float64 sees it, float32 would round it onto the tie
+    v = np.float64([0.25 + 1e-12])
+    assert quant.requantize(v, 0.5, 0, 15)[0] == 1 and np.rint(np.float32(v[0]) / np.float32(0.5)) == 0
