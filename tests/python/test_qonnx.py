@@ -161,6 +161,32 @@ def test_float_output_and_linear_exact():
     assert "dequantize" not in [n.op for n in m.nodes]
 
 
+def test_quant_before_maxpool_folds_into_the_conv_epilogue():
+    """Conv -> Relu -> Quant -> MaxPool -> Conv (VGG's pattern): the importer puts the quantizer
+    behind the pool (they commute); lowering moves it back in front and folds it into the first
+    conv's epilogue, so its codes are decided there (exactly) and the pool runs on codes. Exact
+    against qonnx, and the pooled codes are compared with qonnx's MaxPool output."""
+    rng = np.random.default_rng(3)
+    g = G()
+    q = g.quant("x", 2.0 ** -3, 8, 1, 0)
+    y = g.op("Conv", [q, _qweights(g, rng, (8, 3, 3, 3), 2)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    y = g.quant(g.op("Relu", [y]), 2.0 ** -1, 4, 0, 0)
+    pooled = g.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    y = g.op("Conv", [pooled, _qweights(g, rng, (6, 8, 3, 3), 2)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    model = g.model(y, [1, 3, 8, 8])
+    xin = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    ref, out, m = _run_both(model, xin)
+    np.testing.assert_array_equal(out, ref)
+    mp = [n for n in m.nodes if n.op == "maxpool"][0]
+    first = m.node(mp.inputs[0])
+    assert first.op == "conv" and first.attrs["requant"] == {"bits": 4, "step": 0.5, "signed": False}
+    assert [n.inputs for n in m.nodes if n.op == "quantize"] == [["input"]]   # the input's alone
+    assert m.meta["qonnx_codes"][mp.name] == pooled
+    r = lowbit.qonnx.compare_qonnx(model, xin)
+    # the pooled codes (4 x 8 x 4 x 4) are among the tensors compared (qonnx's cleanup renames them)
+    assert r["codes_differ"] == 0 and 4 * 8 * 4 * 4 in [v["total"] for v in r["code_diff"].values()]
+
+
 @pytest.mark.parametrize("how", ["flatten_axes23", "reducemean_two_steps", "squeeze_negative_axes"])
 def test_unsqueeze_of_a_flattened_map(how):
     """A pooled map flattened to (N, C) and unsqueezed back to (N, C, 1, 1) (in one step or two,

@@ -91,6 +91,7 @@ class Graph:
 
     def __init__(self, nodes, output):
         self.nodes, self.output, self.replaced = list(nodes), output, {}
+        self.moved = {}   # quantize node moved in front of a max pool -> the pool, which now outputs its codes
 
     def readers(self, name):
         """Nodes reading ``name`` (once per input slot); the output counts as one more reader."""
@@ -237,6 +238,7 @@ def requant_before_maxpool(g: Graph):
         q.inputs, pool.inputs = [layer.name], [q.name]
         g.nodes.remove(q)
         g.nodes.insert(g.nodes.index(pool), q)
+        g.moved[q.name] = pool.name
 
 
 def place_requant(g: Graph, requant_in_epilogue: bool = True):

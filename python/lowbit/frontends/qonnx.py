@@ -482,7 +482,8 @@ class _Converter:
         """Codes a conv/linear can read: the act's own codes when they are the canonical
         codes of its grid, else a quantize node (exact for values already on the grid). A
         quantize of the float output of a layer that nothing else reads (``pre_conv``) may
-        become that layer's requantizing epilogue in lowering; any other is ``keep``."""
+        become that layer's requantizing epilogue in lowering, one of a max pool may move in
+        front of it (``requant_before_maxpool``); any other is ``keep``."""
         self._no_pad(act, where)
         if act.perm is not None:
             self.float_of(act, where)  # raises
@@ -494,7 +495,11 @@ class _Converter:
                                        "before it); lowbit runs only quantized convolutions (add an input "
                                        "quantizer, e.g. Brevitas QuantIdentity)")
         if act.pre is not None and act.fl is None:
-            act.cd = self.quantize(act.pre, g, f"{act.name or act.pre}.quant", where, keep=act.pre_conv is None,
+            # not keep: the float output of a layer nothing else reads (lowering may fold the quantizer
+            # into its epilogue), or of a max pool (lowering may move the quantizer in front of it)
+            pooled = any(n.name == act.pre and n.op == "maxpool" for n in self.nodes)
+            act.cd = self.quantize(act.pre, g, f"{act.name or act.pre}.quant", where,
+                                   keep=act.pre_conv is None and not pooled,
                                    **({"origin": act.origin} if act.origin else {}))
             act.pre = act.pre_conv = None
             if act.name:
@@ -608,7 +613,8 @@ class _Converter:
         else:  # pragma: no cover
             raise QonnxConversionError(f"{where}: has no value")
         low = lower(self.nodes, last, self.requant_ok, QonnxConversionError)
-        self.codes_of = {low.replaced.get(k, k): v for k, v in self.codes_of.items()}
+        self.codes_of = {low.replaced.get(low.moved.get(k, k), low.moved.get(k, k)): v
+                         for k, v in self.codes_of.items()}
         low.nodes[0].attrs["spatial_fixed"] = bool(self.spatial_fixed)
         return low.nodes
 

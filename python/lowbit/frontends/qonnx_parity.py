@@ -369,7 +369,10 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
             out = lb._run_node(n, [vals[s] for s in n.inputs], False)
         tensor = qmap.get(n.name)
         if tensor is not None and tensor in ctx:
-            q = n.attrs if n.op == "quantize" else n.attrs["requant"]
+            # the grid: a quantize node's, a requantizing layer's, or for a max pool of codes (lowering
+            # moved its quantizer in front of it) that of the node whose codes it pools
+            src = lb.node(n.inputs[0]) if n.op == "maxpool" else n
+            q = src.attrs if src.op == "quantize" else src.attrs["requant"]
             lv = out.levels.astype(np.int64)
             step = np.asarray(q.get("channel_steps", q["step"]), np.float32).astype(np.float64)
             c = out.codes
