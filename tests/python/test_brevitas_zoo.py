@@ -284,6 +284,42 @@ def test_per_channel_activation_scales_exact(requant):
         assert len(first.attrs["requant"]["channel_steps"]) == 8
 
 
+@pytest.mark.parametrize("requant", [True, False])
+def test_narrow_activation_grids_fold_into_the_epilogue(requant):
+    """Activation grids that are not a full 1/2/3/4/8-bit range (ProxylessNAS 4b5b's 5-bit
+    unsigned quantizers with per-channel scales, a narrow-range signed 4-bit one) are emitted by
+    the producing conv's epilogue (``requant`` with ``qmin``/``qmax``, decided in float64), read
+    by the next conv as 8-bit / 4-bit codes, exactly as qonnx computes them; saved and loaded."""
+    rng = np.random.default_rng(5)
+    g = G()
+    c = 8
+    q = g.quant("x", 2.0 ** -4, 8)
+    y = g.op("Conv", [q, g.qweights(rng, (c, 3, 3, 3), 4, 2.0 ** -3)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    y = g.op("Relu", [y])
+    steps = (2.0 ** -rng.integers(1, 4, (1, c, 1, 1))).astype(np.float32)
+    q = g.quant(y, steps, 5, signed=0)                                   # levels 0..31, per channel
+    y = g.op("Conv", [q, g.qweights(rng, (c, 1, 3, 3), 4, 2.0 ** -3)], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+             group=c)                                                    # depthwise, as in ProxylessNAS
+    q = g.quant(y, 2.0 ** -2, 4, signed=1, narrow=1)                     # levels -7..7
+    y = g.op("Conv", [q, g.qweights(rng, (4, c, 3, 3), 2, 2.0 ** -2)], kernel_shape=[3, 3])
+    model = g.model(y, [1, 3, 8, 8])
+    x = rng.standard_normal((32, 3, 8, 8)).astype(np.float32)
+    r = lbq.compare_qonnx(model, x, batch_size=32, requant_in_epilogue=requant)
+    assert r["codes_differ"] == 0, r["code_diff"]
+    assert r["logit_absdiff_max"] == 0.0
+    m = r["model"]
+    convs = [n for n in m.nodes if n.op == "conv"]
+    assert [n.attrs["a_bits"] for n in convs] == [8, 8, 4]
+    if requant:
+        assert [n.op for n in m.nodes].count("quantize") == 1   # the input quantizer alone
+        first, second = convs[0].attrs["requant"], convs[1].attrs["requant"]
+        assert (first["bits"], first["qmin"], first["qmax"], len(first["channel_steps"])) == (8, 0, 31, c)
+        assert (second["bits"], second["qmin"], second["qmax"]) == (4, -7, 7)
+    back = lowbit.io.from_bytes(lowbit.io.to_bytes(m))   # the model file keeps qmin/qmax
+    assert [n.attrs.get("requant") for n in back.nodes] == [n.attrs.get("requant") for n in m.nodes]
+    np.testing.assert_array_equal(back(x), m(x))
+
+
 def test_per_channel_zero_point_is_refused():
     g = G()
     q = g.op("Quant", ["x", g.c(0.1), g.c(np.zeros((1, 3, 1, 1))), g.c(4)], domain=QD, signed=1, narrow=0,
