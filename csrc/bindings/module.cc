@@ -1215,13 +1215,17 @@ PYBIND11_MODULE(_core, m) {
         py::arg("qmin") = 0, py::arg("qmax") = 0, py::arg("col_correction") = py::none(), py::arg("step64") = 0.0,
         py::arg("scale64") = py::none(), py::arg("bias64") = py::none());
   // the prepared GEMM call path (docs/architecture.md, "One GEMM call")
-  py::class_<EpilogueSpec>(m, "GemmEpilogue", "A fused epilogue's parameters, checked once (lowbit.Epilogue.native)")
+  // module_local (every class here and in executor.cc): two builds of _core can live in one process
+  // (bench/bench_executor.py --baseline), each with its own types
+  py::class_<EpilogueSpec>(m, "GemmEpilogue", py::module_local(),
+                           "A fused epilogue's parameters, checked once (lowbit.Epilogue.native)")
       .def(py::init<const std::string&, const py::object&, const py::object&, float, float, float, int, int, double,
                     const py::object&, const py::object&>(),
            py::arg("out_kind"), py::arg("scale"), py::arg("bias"), py::arg("clamp_lo") = -INFINITY,
            py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0,
            py::arg("step64") = 0.0, py::arg("scale64") = py::none(), py::arg("bias64") = py::none());
-  py::class_<PreparedGemm>(m, "PreparedGemm", "One GEMM's weight side, checked once (ops.Bound.native)")
+  py::class_<PreparedGemm>(m, "PreparedGemm", py::module_local(),
+                           "One GEMM's weight side, checked once (ops.Bound.native)")
       .def(py::init<size_t, const py::array&, const py::array&, size_t, uint32_t, uint32_t, uint32_t,
                     const py::object&, size_t, size_t, int64_t, int, int>(),
            py::arg("kernel_index"), py::arg("w"), py::arg("tables"), py::arg("N"), py::arg("flush8"),
