@@ -169,6 +169,7 @@ class PlanHandle {
           throw py::value_error("scale64/bias64: expected finite values that round to scale/bias");
     }
     e.simd = tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too (as the Python path)
+    if (e.kind == OutKind::codes) e.fast = code_constants(e.params(), N);
     return e;
   }
 

@@ -1,10 +1,11 @@
 // AVX2 twin of the epilogue (ops/epilogue.h): the same float32 operations in
-// the same order, 8 outputs at a time; code outputs near a rounding boundary
-// (tie_bound, the same float32 test) are rewritten by exact_code, as the scalar
-// epilogue does. The clamps are vmaxps(lo, v) and
-// vminps(hi, v): vmaxps(a, b) returns a > b ? a : b (b when either is NaN or
-// both are zeros), which is exactly the scalar `v < lo ? lo : v` (signed
-// zeros and NaN too); likewise vminps(hi, v) = `v > hi ? hi : v`.
+// the same order, 8 outputs at a time; code outputs take the fast path of
+// CodeConstants with the same float32 values as the scalar fast_code, and the
+// lanes its near-tie test cannot vouch for are rewritten by exact_code. The clamps
+// are vmaxps(lo, v) and vminps(hi, v): vmaxps(a, b) returns a > b ? a : b (b
+// when either is NaN or both are zeros), which is exactly the scalar
+// `v < lo ? lo : v` (signed zeros and NaN too); likewise vminps(hi, v) =
+// `v > hi ? hi : v`.
 #include <immintrin.h>
 
 #include "ops/epilogue.h"
@@ -13,58 +14,68 @@ namespace lowbit {
 
 namespace {
 
-// The epilogue of one row (kResidual: the row has a residual), its parameters read
-// once into locals: through the uint8_t stores of codes the compiler would
-// otherwise reload the Epilogue's fields every 8 outputs.
+// The float epilogue of one row (kResidual: the row has a residual), its parameters read once.
 template <bool kResidual>
 struct RowEpilogue {
-  __m256 lo, hi, inv, qlo, qhi, bound_scale, bound_offset, sign, half;
-  __m256i qmin;
+  __m256 lo, hi;
   const float* scale;
   const float* bias;
   const float* res;
 
-  RowEpilogue(const Epilogue& e, const float* residual_row, const TieBound& b)
-      : lo(_mm256_set1_ps(e.clamp_lo)), hi(_mm256_set1_ps(e.clamp_hi)), inv(_mm256_set1_ps(e.inv_step)),
-        qlo(_mm256_set1_ps(float(e.qmin))), qhi(_mm256_set1_ps(float(e.qmax))),
-        bound_scale(_mm256_set1_ps(b.scale)), bound_offset(_mm256_set1_ps(b.offset)), sign(_mm256_set1_ps(-0.0f)),
-        half(_mm256_set1_ps(0.5f)), qmin(_mm256_set1_epi32(e.qmin)), scale(e.scale), bias(e.bias),
+  RowEpilogue(const Epilogue& e, const float* residual_row)
+      : lo(_mm256_set1_ps(e.clamp_lo)), hi(_mm256_set1_ps(e.clamp_hi)), scale(e.scale), bias(e.bias),
         res(residual_row) {}
 
-  __m256 abs(__m256 x) const { return _mm256_andnot_ps(sign, x); }
-
-  // Outputs n .. n + 7 as float32 (v); with `magnitude`, also |p| + |bias| + |residual|
-  // (the magnitude of the tie bound, in the scalar epilogue's order)
-  __m256 value(const int32_t* acc, size_t n, __m256* magnitude = nullptr) const {
+  // Outputs n .. n + 7 as float32
+  __m256 value(const int32_t* acc, size_t n) const {
     const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc))),
                                    _mm256_loadu_ps(scale + n));
-    const __m256 b = _mm256_loadu_ps(bias + n);
-    __m256 v = _mm256_add_ps(p, b);
-    if (magnitude) *magnitude = _mm256_add_ps(abs(p), abs(b));
-    if (kResidual) {
-      const __m256 r = _mm256_loadu_ps(res + n);
-      v = _mm256_add_ps(v, r);
-      if (magnitude) *magnitude = _mm256_add_ps(*magnitude, abs(r));
-    }
+    __m256 v = _mm256_add_ps(p, _mm256_loadu_ps(bias + n));
+    if (kResidual) v = _mm256_add_ps(v, _mm256_loadu_ps(res + n));
     v = _mm256_max_ps(lo, v);  // lo > v ? lo : v, i.e. exactly v < lo ? lo : v (NaN, signed zeros)
     return _mm256_min_ps(hi, v);  // hi < v ? hi : v
   }
+};
+
+// The code fast path of one row (CodeConstants; the scalar fast_code's float32
+// values), its parameters read once into locals: through the uint8_t stores of
+// codes the compiler would otherwise reload them every 8 outputs.
+template <bool kResidual>
+struct RowCodes {
+  __m256 lo, hi, residual_scale, residual_bound, slope, sign;
+  __m256i qmin;
+  const float* scale;
+  const float* bias;
+  const float* limit;
+  const float* res;
+
+  // k0: column n's constants are k's at k0 + n
+  RowCodes(const Epilogue& e, const CodeConstants& k, size_t k0, const float* residual_row)
+      : lo(_mm256_set1_ps(k.lo)), hi(_mm256_set1_ps(k.hi)), residual_scale(_mm256_set1_ps(k.residual_scale)),
+        residual_bound(_mm256_set1_ps(k.residual_bound)), slope(_mm256_set1_ps(kTieSlope)),
+        sign(_mm256_set1_ps(-0.0f)), qmin(_mm256_set1_epi32(e.qmin)), scale(k.scale.data() + k0),
+        bias(k.bias.data() + k0), limit(k.limit.data() + k0), res(residual_row) {}
+
+  __m256 abs(__m256 x) const { return _mm256_andnot_ps(sign, x); }
 
   // Outputs n .. n + 7 as codes 0 .. 255 in int32 lanes, and in `ties` (bit j: lane j)
-  // the lanes whose code the tie bound (epilogue.cc) cannot vouch for, which
-  // exact_code decides: the scalar epilogue's float32 operations in its order.
+  // the lanes whose code the test cannot vouch for, which exact_code decides.
   __m256i code(const int32_t* acc, size_t n, int* ties) const {
-    __m256 magnitude;
-    const __m256 t = _mm256_mul_ps(value(acc, n, &magnitude), inv);
-    __m256 tc = _mm256_max_ps(qlo, t);  // t < qmin ? qmin : t (a NaN t passes)
-    tc = _mm256_min_ps(qhi, tc);
+    const __m256 a = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc)));
+    __m256 t = _mm256_fmadd_ps(a, _mm256_loadu_ps(scale + n), _mm256_loadu_ps(bias + n));
+    __m256 r;
+    if (kResidual) {
+      r = _mm256_loadu_ps(res + n);
+      t = _mm256_fmadd_ps(r, residual_scale, t);
+    }
+    __m256 tc = _mm256_max_ps(lo, t);  // lo > t ? lo : t (a NaN t passes)
+    tc = _mm256_min_ps(hi, tc);
     const __m256 q = _mm256_round_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    // one fused multiply-add: delta is a bound, not a value the codes are computed from, and
-    // the FMA's single rounding keeps it within the derivation's margin (epilogue.cc)
-    const __m256 delta = _mm256_fmadd_ps(magnitude, bound_scale, bound_offset);
-    const __m256 dist = _mm256_sub_ps(half, abs(_mm256_sub_ps(tc, q)));
-    *ties = ~_mm256_movemask_ps(_mm256_cmp_ps(dist, delta, _CMP_GT_OQ)) & 0xff;  // NaN: a tie
-    // a NaN lane's code here is garbage, rewritten by fix_ties
+    __m256 lim = _mm256_fnmadd_ps(abs(tc), slope, _mm256_loadu_ps(limit + n));  // limit[n] - |tc| kTieSlope
+    if (kResidual) lim = _mm256_fnmadd_ps(abs(r), residual_bound, lim);
+    const __m256 trusted = _mm256_cmp_ps(abs(_mm256_sub_ps(tc, q)), lim, _CMP_LT_OQ);  // NaN: not trusted
+    *ties = ~_mm256_movemask_ps(trusted) & 0xff;
+    // an untrusted lane's code here may be garbage (NaN), rewritten by fix_ties
     return _mm256_sub_epi32(_mm256_cvttps_epi32(q), qmin);
   }
 };
@@ -72,7 +83,7 @@ struct RowEpilogue {
 // Columns [n0, nvec) of row m (nvec - n0 a multiple of 8); row[n - n0] is column n's sum.
 template <bool kResidual>
 void float_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec) {
-  const RowEpilogue<kResidual> r(e, res, TieBound{});
+  const RowEpilogue<kResidual> r(e, res);
   float* const out = static_cast<float*>(e.out) + m * e.out_stride;
   for (size_t n = n0; n < nvec; n += 8) _mm256_storeu_ps(out + n, r.value(row + (n - n0), n));
   // the second output: the standalone quantizer on the row just written (still in L1)
@@ -89,9 +100,9 @@ void fix_ties(const Epilogue& e, const int32_t* acc, const float* res, uint8_t* 
 }
 
 template <bool kResidual>
-void codes_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec,
-               const TieBound& bound) {
-  const RowEpilogue<kResidual> r(e, res, bound);
+void codes_row(const Epilogue& e, const CodeConstants& k, size_t k0, const int32_t* row, const float* res, size_t m,
+               size_t n0, size_t nvec) {
+  const RowCodes<kResidual> r(e, k, k0, res);
   uint8_t* const out = static_cast<uint8_t*>(e.out) + m * e.out_stride;
   size_t n = n0;
   // 32 codes a store: the packs interleave the 128-bit lanes (c0 c1 c2 c3 lo | hi), the permute restores order
@@ -123,17 +134,26 @@ void codes_row(const Epilogue& e, const int32_t* row, const float* res, size_t m
 
 void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
                           size_t n1) {
-  const size_t nvec = n0 + (n1 - n0) / 8 * 8;
   const bool codes = e.kind != OutKind::float32;  // anything else writes codes, as the scalar twin
-  const TieBound bound = codes ? tie_bound(e) : TieBound{};
+  CodeConstants local;
+  const CodeConstants* k = e.fast;
+  size_t k0 = e.fast_column;  // column n's constants: k0 + n
+  if (codes && !k) k = &(local = code_constants(e, n1)), k0 = 0;
+  if (codes && !k->usable) return apply_epilogue__scalar(e, acc, acc_stride, m0, m1, n0, n1);  // every code exact
+  const size_t nvec = n0 + (n1 - n0) / 8 * 8;
   for (size_t m = m0; m < m1; ++m) {
     const int32_t* row = acc + (m - m0) * acc_stride;  // row[n - n0] for n in [n0, n1)
     const float* res = e.residual ? e.residual + m * e.residual_stride : nullptr;
     if (codes)
-      res ? codes_row<true>(e, row, res, m, n0, nvec, bound) : codes_row<false>(e, row, res, m, n0, nvec, bound);
+      res ? codes_row<true>(e, *k, k0, row, res, m, n0, nvec) : codes_row<false>(e, *k, k0, row, res, m, n0, nvec);
     else
       res ? float_row<true>(e, row, res, m, n0, nvec) : float_row<false>(e, row, res, m, n0, nvec);
-    if (nvec < n1) apply_epilogue__scalar(e, row + (nvec - n0), acc_stride, m, m + 1, nvec, n1);
+    if (nvec < n1) {
+      Epilogue tail = e;
+      tail.fast = k;  // the constants just made, not made again for one row's tail
+      tail.fast_column = k0;
+      apply_epilogue__scalar(tail, row + (nvec - n0), acc_stride, m, m + 1, nvec, n1);
+    }
   }
 }
 

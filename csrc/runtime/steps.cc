@@ -10,20 +10,30 @@
 namespace lowbit {
 namespace runtime {
 
-Epilogue EpilogueSpec::make(const Context& c) const {
+Epilogue EpilogueSpec::params() const {
   Epilogue e;
   e.kind = kind;
   e.scale = scale;
   e.bias = bias;
-  if (residual >= 0) {
-    e.residual = c.at<float>(residual) + residual_col;
-    e.residual_stride = residual_stride;
-  }
   e.clamp_lo = clamp_lo;
   e.clamp_hi = clamp_hi;
   e.inv_step = inv_step;
   e.qmin = qmin;
   e.qmax = qmax;
+  e.simd = simd;
+  e.scale64 = scale64;
+  e.bias64 = bias64;
+  e.step64 = step64;
+  if (kind == OutKind::codes) e.fast = &fast;
+  return e;
+}
+
+Epilogue EpilogueSpec::make(const Context& c) const {
+  Epilogue e = params();
+  if (residual >= 0) {
+    e.residual = c.at<float>(residual) + residual_col;
+    e.residual_stride = residual_stride;
+  }
   if (kind == OutKind::float32 || kind == OutKind::int32)
     e.out = c.at<float>(out) + out_col;  // int32: the GEMM writes GemmCall::c (set from this address)
   else
@@ -36,10 +46,6 @@ Epilogue EpilogueSpec::make(const Context& c) const {
     e.codes_qn = codes_qn;
     e.codes_qp = codes_qp;
   }
-  e.simd = simd;
-  e.scale64 = scale64;
-  e.bias64 = bias64;
-  e.step64 = step64;
   return e;
 }
 
