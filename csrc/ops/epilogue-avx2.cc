@@ -43,17 +43,16 @@ struct RowEpilogue {
 template <bool kResidual>
 struct RowCodes {
   __m256 lo, hi, residual_scale, residual_bound, slope, sign;
-  __m256i qmin;
   const float* scale;
   const float* bias;
   const float* limit;
   const float* res;
 
   // k0: column n's constants are k's at k0 + n
-  RowCodes(const Epilogue& e, const CodeConstants& k, size_t k0, const float* residual_row)
+  RowCodes(const CodeConstants& k, size_t k0, const float* residual_row)
       : lo(_mm256_set1_ps(k.lo)), hi(_mm256_set1_ps(k.hi)), residual_scale(_mm256_set1_ps(k.residual_scale)),
         residual_bound(_mm256_set1_ps(k.residual_bound)), slope(_mm256_set1_ps(kTieSlope)),
-        sign(_mm256_set1_ps(-0.0f)), qmin(_mm256_set1_epi32(e.qmin)), scale(k.scale.data() + k0),
+        sign(_mm256_set1_ps(-0.0f)), scale(k.scale.data() + k0),
         bias(k.bias.data() + k0), limit(k.limit.data() + k0), res(residual_row) {}
 
   __m256 abs(__m256 x) const { return _mm256_andnot_ps(sign, x); }
@@ -70,13 +69,13 @@ struct RowCodes {
     }
     __m256 tc = _mm256_max_ps(lo, t);  // lo > t ? lo : t (a NaN t passes)
     tc = _mm256_min_ps(hi, tc);
-    const __m256 q = _mm256_round_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 lim = _mm256_fnmadd_ps(abs(tc), slope, _mm256_loadu_ps(limit + n));  // limit[n] - |tc| kTieSlope
+    const __m256 q = _mm256_round_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // the code
+    __m256 lim = _mm256_fnmadd_ps(tc, slope, _mm256_loadu_ps(limit + n));  // limit[n] - tc kTieSlope (tc >= 0)
     if (kResidual) lim = _mm256_fnmadd_ps(abs(r), residual_bound, lim);
     const __m256 trusted = _mm256_cmp_ps(abs(_mm256_sub_ps(tc, q)), lim, _CMP_LT_OQ);  // NaN: not trusted
     *ties = ~_mm256_movemask_ps(trusted) & 0xff;
     // an untrusted lane's code here may be garbage (NaN), rewritten by fix_ties
-    return _mm256_sub_epi32(_mm256_cvttps_epi32(q), qmin);
+    return _mm256_cvttps_epi32(q);
   }
 };
 
@@ -102,7 +101,7 @@ void fix_ties(const Epilogue& e, const int32_t* acc, const float* res, uint8_t* 
 template <bool kResidual>
 void codes_row(const Epilogue& e, const CodeConstants& k, size_t k0, const int32_t* row, const float* res, size_t m,
                size_t n0, size_t nvec) {
-  const RowCodes<kResidual> r(e, k, k0, res);
+  const RowCodes<kResidual> r(k, k0, res);
   uint8_t* const out = static_cast<uint8_t*>(e.out) + m * e.out_stride;
   size_t n = n0;
   // 32 codes a store: the packs interleave the 128-bit lanes (c0 c1 c2 c3 lo | hi), the permute restores order

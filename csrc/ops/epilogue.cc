@@ -33,48 +33,53 @@ void shift_columns(Epilogue& e, size_t k) {
 // float32; A = acc, S = scale64[n] (or double(scale[n])), B = bias64[n] (or
 // double(bias[n])), r the residual (R = double(r)), step the formula's float64
 // step (step64, or 1 / double(inv_step)), s = 1 / step (a real number).
-// code_constants computes in float64 and rounds once: S' = f32(S / step),
-// B' = f32(B / step), I' = residual_scale = f32(1 / step), Lf = lo / step,
-// Hf = hi / step (float64, as exact_code divides a clamped value),
-// Lq = max(Lf, qmin), Hq = min(Hf, qmax), lo32 = f32(Lq), hi32 = f32(Hq).
-// It marks the whole fast path unusable unless Lq <= Hq and I' lies in
-// [2^-100, 2^100], and a column always exact (limit[n] = -inf) unless
-// |S'| <= 2^64 and |B'| <= 2^64.
+// The fast path computes t - qmin, the code itself (so no abs and no
+// subtraction per lane). code_constants computes in float64 and rounds once
+// to float32: S' = f32(S / step), B' = f32(B / step - qmin), I' =
+// residual_scale = f32(1 / step), Lf = lo / step, Hf = hi / step (float64, as
+// exact_code divides a clamped value), Lq = max(Lf, qmin), Hq = min(Hf, qmax),
+// lo32 = f32(Lq - qmin), hi32 = f32(Hq - qmin). It marks the whole fast path
+// unusable unless Lq <= Hq, I' lies in [2^-100, 2^100] and |qmin| <= 255, and a
+// column always exact (limit[n] = -inf) unless |S'| <= 2^64 and |B'| <= 2^64.
 //
 // 1. The clamps. Division by step > 0 (rounded) is monotone, so the formula's
 //    t is T = clamp(Tu, Lf, Hf) with Tu = fl64(V / step), V the formula's
 //    unclamped float64 value; Lq <= Hq gives Lf <= Hf. rint is monotone and
-//    keeps integers, so the code is rint(clamp(clamp(Tu, Lf, Hf), qmin, qmax))
-//    = rint(F), F = clamp(Tu, Lq, Hq) (two clamps whose bounds overlap, Lq <= Hq,
-//    are one clamp to the intersection). Rounding is monotone: qmin <= lo32 <=
-//    hi32 <= qmax, and |lo32 - Lq|, |hi32 - Hq| <= Ec (code_constants computes
-//    Ec exactly: 0 when the bounds are integers, as for ReLU).
+//    keeps integers, so the code is rint(clamp(clamp(Tu, Lf, Hf), qmin, qmax)) -
+//    qmin = rint(F), F = clamp(Tu - qmin, Lq - qmin, Hq - qmin) (two clamps
+//    whose bounds overlap, Lq <= Hq, are one clamp to the intersection; qmin is
+//    an integer). Rounding is monotone: 0 <= lo32 <= hi32 <= qmax - qmin, and
+//    |lo32 - (Lq - qmin)|, |hi32 - (Hq - qmin)| <= Ec (code_constants computes
+//    Ec, to 2^-45: 0 when the bounds are integers, as for ReLU).
 // 2. The error of t. Take a lane the test trusts (4. shows r is then finite
 //    with R' = |r| I' < 2^18; the column's |S'|, |B'| <= 2^64): every value is
-//    finite (|t| < 2^96). With P = A S s, Bs = B s, Rs = R s, X = P + Bs + Rs
-//    (exact reals) and x1 = f32(A) S' + B', x2 = r I' + t1 (exact reals):
+//    finite (|t| < 2^96). With P = A S s, Bs = B s - qmin, Rs = R s,
+//    X = P + Bs + Rs (exact reals) and x1 = f32(A) S' + B', x2 = r I' + t1:
 //     * |f32(A) S' - P| <= 2.0001u |P| + 2^-119 (f32(A) and S' each one rounding
 //       of 2^-53 + u relative, or 2^-150 absolute where S' is subnormal, times
-//       |A| < 2^31); |B' - Bs| <= 1.0001u |Bs| + 2^-150; |r I' - Rs| <= 1.0001u |Rs|;
+//       |A| < 2^31); |B' - Bs| <= 1.0001u |Bs| + 2^-44 (B / step rounds in float64
+//       before qmin is taken off: 2^-53 (|Bs| + 255)); |r I' - Rs| <= 1.0001u |Rs|;
 //     * the fmas: |t1 - x1| <= u |x1| + 2^-150, |t - x2| <= u |x2| + 2^-150
 //       (without a residual t = t1, x2 = t1, r = 0);
-//     * so |t - X| <= u|x2| + u|x1| + 2.0001u|P| + 1.0001u(|Bs| + |Rs|) + 2^-118,
+//     * so |t - X| <= u|x2| + u|x1| + 2.0001u|P| + 1.0001u(|Bs| + |Rs|) + 2^-43,
 //       and with |x2| <= |t|(1 + 1.0001u) (+ 2^-149), |x1| <= |x2| + R' (+ ...),
-//       |P| <= (|x1| + |B'|)(1 + 2.001u), |Bs| <= |B'|(1 + 1.0002u) + 2^-149,
-//       |Rs| <= R'(1 + 1.0002u):  |t - X| <= 4.01u (|t| + R') + 3.01u |B'| + 2^-117;
-//     * Tu (four float64 roundings of values at most (|A S| + |B| + |R|)(1 + 2^-50),
-//       then times s <= 2^101; subnormals 2^-1074 each): |Tu - X| <=
-//       2^-50 (|P| + |Bs| + |Rs|) + 2^-960 <= 2^-48 (|t| + R' + |B'|) + 2^-960.
-//    Total: |t - Tu| <= E(t) = c |t| + k, c = 4.02u, k = 4.02u R' + 3.02u |B'| + 2^-116.
+//       |P| <= (|x1| + |B'|)(1 + 2.001u), |Bs| <= |B'|(1 + 1.0002u) + 2^-43,
+//       |Rs| <= R'(1 + 1.0002u):  |t - X| <= 4.01u (|t| + R') + 3.01u |B'| + 2^-42;
+//     * Tu - qmin (four float64 roundings of values at most (|A S| + |B| + |R|)
+//       (1 + 2^-50), then times s <= 2^101; subnormals 2^-1074 each): |Tu - qmin - X|
+//       <= 2^-50 (|P| + |B s| + |Rs|) + 2^-960 <= 2^-48 (|t| + R' + |B'| + |qmin|) + 2^-960.
+//    Total: |t - (Tu - qmin)| <= E(t) = c |t| + k, c = 4.02u,
+//    k = 4.02u R' + 3.02u |B'| + 2^-39.
 // 3. The clamp of t: tc = min(hi32, max(lo32, t)). Then |F - tc| <= E(tc) + Ec:
 //    within [lo32, hi32], tc = t and clamping is 1-Lipschitz in the value and
 //    in the bounds; for t > hi32 (tc = hi32), t - E(t) is increasing in t (c < 1),
-//    so Tu >= hi32 - E(hi32), hence hi32 + Ec >= Hq >= F >= min(Hq, Tu) >=
-//    tc - E(tc) - Ec; t < lo32 likewise.
+//    so Tu - qmin >= hi32 - E(hi32), hence hi32 + Ec >= Hq - qmin >= F >=
+//    min(Hq - qmin, Tu - qmin) >= tc - E(tc) - Ec; t < lo32 likewise. tc >= 0
+//    (or NaN; -0 where t is -0 and lo32 +0), so |tc| is tc.
 // 4. The test. frac = tc - q is exact (q = rint(tc) is 0 or within a factor 2
 //    of tc). The code is trusted when |frac| < limit, where
 //      limit[n] = f32(1/2 - K[n]),  K[n] = kTieSlope |B'| + 2^-22 + 2 Ec (in float64),
-//      limit = fma(-|tc|, kTieSlope, limit[n]), then fma(-|r|, kTieSlope I', limit).
+//      limit = fma(-tc, kTieSlope, limit[n]), then fma(-|r|, kTieSlope I', limit).
 //    If limit > |frac| >= 0, every intermediate limit is > 0 (taking a
 //    nonnegative amount from a value <= 0 stays <= 0, and rounding is monotone)
 //    and <= 1/2, so each of the roundings (the double K, f32, the fmas; kTieSlope
@@ -82,23 +87,27 @@ void shift_columns(Epilogue& e, size_t k) {
 //      |frac| < 1/2 - kTieSlope (|tc| + R' + |B'|) - 2^-22 - 2 Ec + 4 * 2^-26.
 //    In particular R' < 2^18 (r is finite; an infinite or NaN r, or a NaN tc,
 //    makes limit -inf or NaN and fails the strict comparison). As kTieSlope =
-//    2^-19 = 32u > 4.02u and 2^-116 + 4 * 2^-26 < 2^-22:
+//    2^-19 = 32u > 4.02u and 2^-39 + 2^-45 + 4 * 2^-26 < 2^-22:
 //      |frac| + |F - tc| < 1/2,
 //    so F lies strictly inside (q - 1/2, q + 1/2): rint(F) = q, the formula's code
-//    (q lies in [qmin, qmax] since tc does). Any lane the test does not trust is
-//    computed by exact_code. The test costs one abs, one fma and a compare a lane
-//    (two more with a residual); the kTieSlope margin sends about 2^-18 |tc| of the
-//    lanes to exact_code.
+//    (q lies in [0, qmax - qmin] since tc does). Any lane the test does not trust
+//    is computed by exact_code. The test costs one fma and a compare a lane (an
+//    abs and an fma more with a residual); the kTieSlope margin sends about
+//    2^-18 (|tc| + |B'|) of the lanes to exact_code.
 CodeConstants code_constants(const Epilogue& e, size_t columns) {
   CodeConstants c;
   const double step = e.step64 != 0 ? e.step64 : 1.0 / static_cast<double>(e.inv_step);
   const double lo = std::max(static_cast<double>(e.clamp_lo) / step, static_cast<double>(e.qmin));  // Lq (NaN: NaN)
   const double hi = std::min(static_cast<double>(e.clamp_hi) / step, static_cast<double>(e.qmax));  // Hq
   c.residual_scale = static_cast<float>(1.0 / step);
-  if (!(lo <= hi) || !(c.residual_scale >= 0x1p-100f && c.residual_scale <= 0x1p100f)) return c;  // all exact
-  c.lo = static_cast<float>(lo);
-  c.hi = static_cast<float>(hi);
-  const double clamp_error = std::max(std::fabs(double(c.lo) - lo), std::fabs(double(c.hi) - hi));  // Ec
+  if (!(lo <= hi) || !(c.residual_scale >= 0x1p-100f && c.residual_scale <= 0x1p100f) || e.qmin < -255 ||
+      e.qmin > 255)
+    return c;  // every code exact
+  const double qmin = static_cast<double>(e.qmin);
+  c.lo = static_cast<float>(lo - qmin);
+  c.hi = static_cast<float>(hi - qmin);
+  const double clamp_error =  // Ec
+      std::max(std::fabs(double(c.lo) - (lo - qmin)), std::fabs(double(c.hi) - (hi - qmin)));
   c.residual_bound = kTieSlope * c.residual_scale;
   c.scale.resize(columns);
   c.bias.resize(columns);
@@ -107,7 +116,7 @@ CodeConstants code_constants(const Epilogue& e, size_t columns) {
     const double scale = e.scale64 ? e.scale64[n] : static_cast<double>(e.scale[n]);
     const double bias = e.bias64 ? e.bias64[n] : static_cast<double>(e.bias[n]);
     c.scale[n] = static_cast<float>(scale / step);
-    c.bias[n] = static_cast<float>(bias / step);
+    c.bias[n] = static_cast<float>(bias / step - qmin);
     const bool bounded = std::fabs(c.scale[n]) <= 0x1p64f && std::fabs(c.bias[n]) <= 0x1p64f;
     const double K = double(kTieSlope) * std::fabs(double(c.bias[n])) + 0x1p-22 + 2 * clamp_error;
     c.limit[n] = bounded ? static_cast<float>(0.5 - K) : -INFINITY;
@@ -146,10 +155,10 @@ inline uint8_t fast_code(const Epilogue& e, const CodeConstants& k, size_t k0, i
   if (residual) t = std::fma(*residual, k.residual_scale, t);
   float tc = k.lo > t ? k.lo : t;  // a NaN t passes
   tc = k.hi < tc ? k.hi : tc;
-  const float q = std::nearbyint(tc);
-  float limit = std::fma(-std::fabs(tc), kTieSlope, k.limit[k0 + n]);
+  const float q = std::nearbyint(tc);  // the code
+  float limit = std::fma(-tc, kTieSlope, k.limit[k0 + n]);  // tc >= 0
   if (residual) limit = std::fma(-std::fabs(*residual), k.residual_bound, limit);
-  if (std::fabs(tc - q) < limit) return uint8_t(int32_t(q) - e.qmin);  // provably the formula's code
+  if (std::fabs(tc - q) < limit) return uint8_t(int32_t(q));  // provably the formula's code
   return exact_code(e, acc, n, residual ? *residual : 0.0f);
 }
 

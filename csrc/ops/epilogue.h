@@ -96,23 +96,25 @@ void quantize_codes__scalar(const float* x, size_t n, float step, int32_t qn, in
 uint8_t exact_code(const Epilogue& e, int32_t acc, size_t n, float residual);
 
 // The fast path of a code output (derivation and soundness: epilogue.cc). For
-// output (m, n) with sum acc and residual r, in float32:
+// output (m, n) with sum acc and residual r, in float32 (t is the formula's
+// t - qmin, so q is the code):
 //   t  = fma(float32(acc), scale[n], bias[n])        (one rounding)
 //   t  = fma(r, residual_scale, t)                    (with a residual)
-//   tc = min(hi, max(lo, t))                          (a NaN t stays NaN)
+//   tc = min(hi, max(lo, t))                          (a NaN t stays NaN; tc >= 0)
 //   q  = rint(tc)                                     (round half to even)
-//   limit = fma(-|tc|, kTieSlope, limit[n])           (with a residual, then
+//   limit = fma(-tc, kTieSlope, limit[n])             (with a residual, then
 //   limit = fma(-|r|, residual_bound, limit))
-// and the code is q - qmin when |tc - q| < limit; otherwise exact_code decides.
+// and the code is q when |tc - q| < limit; otherwise exact_code decides.
 // Each tier computes exactly these float32 values (so they pick the same
 // outputs for exact_code, although any sound choice gives the same codes).
 constexpr float kTieSlope = 0x1p-19f;
 struct CodeConstants {
   bool usable = false;  // false: exact_code decides every output
-  float lo = 0, hi = 0;  // float32(max(clamp_lo / step, qmin)), float32(min(clamp_hi / step, qmax)): lo <= hi
+  // float32(max(clamp_lo / step, qmin) - qmin), float32(min(clamp_hi / step, qmax) - qmin): 0 <= lo <= hi
+  float lo = 0, hi = 0;
   float residual_scale = 0;  // float32(1 / step)
   float residual_bound = 0;  // kTieSlope * residual_scale
-  // per column: float32(scale64[n] / step), float32(bias64[n] / step), and the test's
+  // per column: float32(scale64[n] / step), float32(bias64[n] / step - qmin), and the test's
   // limit float32(1/2 - K[n]) (-inf: the column is always exact)
   std::vector<float> scale, bias, limit;
 };

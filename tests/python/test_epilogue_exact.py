@@ -45,20 +45,20 @@ def float32_codes(acc, scale, bias, residual, lo, hi, rq):
 
 
 def fast_rule_codes(acc, scale64, bias64, residual, lo, hi, rq):
-    """What the fast path alone (csrc/ops/epilogue.cc, code_constants: t from per-column
+    """What the fast path alone (csrc/ops/epilogue.cc, code_constants: t - qmin from per-column
     constants, clamped, rounded; no near-tie test) would give. Its single-rounding fmas are
     emulated in float64 (the product is exact there; one extra rounding at worst), which is
     close enough to count the outputs where that rule departs from the formula."""
     step = np.float64(rq.step64)
     s = (np.asarray(scale64, np.float64) / step).astype(np.float32).astype(np.float64)
-    b = (np.asarray(bias64, np.float64) / step).astype(np.float32).astype(np.float64)
-    t = (acc.astype(np.float32).astype(np.float64) * s + b).astype(np.float32)
+    b = (np.asarray(bias64, np.float64) / step - rq.qmin).astype(np.float32).astype(np.float64)
+    t = (acc.astype(np.float32).astype(np.float64) * s + b).astype(np.float32)   # t - qmin
     if residual is not None:
         t = (residual.astype(np.float64) * np.float64(np.float32(1 / step)) + t.astype(np.float64)).astype(np.float32)
-    t_lo = np.float32(max(np.float64(np.float32(lo)) / step, rq.qmin))
-    t_hi = np.float32(min(np.float64(np.float32(hi)) / step, rq.qmax))
+    t_lo = np.float32(max(np.float64(np.float32(lo)) / step, rq.qmin) - rq.qmin)
+    t_hi = np.float32(min(np.float64(np.float32(hi)) / step, rq.qmax) - rq.qmin)
     q = np.rint(np.minimum(np.maximum(t, t_lo), t_hi))
-    return (np.where(np.isnan(q), rq.qmin, q) - rq.qmin).astype(np.uint8)
+    return np.where(np.isnan(q), 0, q).astype(np.uint8)
 
 
 def near_tie_case(rng, rq, m, n, big=False, negative=False):
@@ -245,8 +245,8 @@ def test_nonfinite_and_huge_residuals(rng):
 
 def test_huge_per_column_constants_and_extreme_steps(rng):
     """scale / step or bias / step beyond 2^64 (or float32) make a column exact; a step
-    whose inverse lies outside [2^-100, 2^100] makes every output exact: the codes are the
-    formula's either way."""
+    whose inverse lies outside [2^-100, 2^100], or a code range starting beyond +-255,
+    makes every output exact: the codes are the formula's either way."""
     m, n = 4, 19
     acc = rng.integers(-50, 50, (m, n), dtype=np.int32)
     acc[0] = 0
@@ -255,6 +255,6 @@ def test_huge_per_column_constants_and_extreme_steps(rng):
     scale[[1, 5, 9]] = np.float32([1e30, -3e38, 2e19])
     bias[[2, 9, 12]] = np.float32([1e30, -3e38, 1e20])
     for rq in (_grid(0.25, 0, 15), _grid(1e-30, -128, 127), _grid(1e-35, 0, 255), _grid(1e35, 0, 3),
-               _grid(3e-31, -8, 7)):
+               _grid(3e-31, -8, 7), _grid(0.01, 300, 310), _grid(0.02, -400, -390)):
         for lo, hi in ((-np.inf, np.inf), (0.0, 6.0)):
             _check_codes(acc, scale, bias, None, lo, hi, rq)
