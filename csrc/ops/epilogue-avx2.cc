@@ -14,6 +14,30 @@ namespace lowbit {
 
 namespace {
 
+// quantize_codes' rule 8 lanes at a time: the scalar rule's clamps `q < lo ? lo : q`
+// and `q > hi ? hi : q` are vmaxps(lo, q) and vminps(hi, q) (a NaN q passes through
+// both, as above); (q + 1.5 * 2^23) - 1.5 * 2^23 on the clamped q (|q| <= 255) is
+// roundps to nearest even; a NaN then gives code 0.
+struct QuantizeLanes {
+  __m256 div, lo, hi;
+  __m256i offset;
+  QuantizeLanes(float step, int32_t qn, int32_t qp)
+      : div(_mm256_set1_ps(step)), lo(_mm256_set1_ps(float(qn))), hi(_mm256_set1_ps(float(qp))),
+        offset(_mm256_set1_epi32(qn)) {}
+
+  // Codes of x[0 .. 8) stored to out[0 .. 8)
+  void store(__m256 x, uint8_t* out) const {
+    __m256 q = _mm256_div_ps(x, div);
+    q = _mm256_max_ps(lo, q);
+    q = _mm256_min_ps(hi, q);
+    q = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm256_blendv_ps(q, lo, _mm256_cmp_ps(q, q, _CMP_UNORD_Q));  // NaN -> code 0
+    const __m256i c = _mm256_sub_epi32(_mm256_cvttps_epi32(q), offset);  // 0 .. 255
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(w, w));
+  }
+};
+
 // The float epilogue of one row (kResidual: the row has a residual), its parameters read once.
 template <bool kResidual>
 struct RowEpilogue {
@@ -84,10 +108,18 @@ template <bool kResidual>
 void float_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec) {
   const RowEpilogue<kResidual> r(e, res);
   float* const out = static_cast<float*>(e.out) + m * e.out_stride;
-  for (size_t n = n0; n < nvec; n += 8) _mm256_storeu_ps(out + n, r.value(row + (n - n0), n));
-  // the second output: the standalone quantizer on the row just written (still in L1)
-  if (e.codes && n0 < nvec)
-    quantize_codes__avx2(out + n0, nvec - n0, e.codes_step, e.codes_qn, e.codes_qp, e.codes + m * e.codes_stride + n0);
+  if (!e.codes) {
+    for (size_t n = n0; n < nvec; n += 8) _mm256_storeu_ps(out + n, r.value(row + (n - n0), n));
+    return;
+  }
+  // the second output: the standalone quantizer's codes of the values just stored
+  const QuantizeLanes quantize(e.codes_step, e.codes_qn, e.codes_qp);
+  uint8_t* const codes = e.codes + m * e.codes_stride;
+  for (size_t n = n0; n < nvec; n += 8) {
+    const __m256 v = r.value(row + (n - n0), n);
+    _mm256_storeu_ps(out + n, v);
+    quantize.store(v, codes + n);
+  }
 }
 
 // Rewrites the codes of the near-tie lanes (bits of `ties`) of columns n .. n + 7 (rare).
@@ -156,24 +188,10 @@ void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stri
   }
 }
 
-// The scalar rule's clamps `q < lo ? lo : q` and `q > hi ? hi : q` are
-// vmaxps(lo, q) and vminps(hi, q) (a NaN q passes through both, as above);
-// (q + 1.5 * 2^23) - 1.5 * 2^23 on the clamped q (|q| <= 255) is roundps to
-// nearest even; a NaN then gives code 0.
 void quantize_codes__avx2(const float* x, size_t n, float step, int32_t qn, int32_t qp, uint8_t* out) {
-  const __m256 div = _mm256_set1_ps(step), lo = _mm256_set1_ps(float(qn)), hi = _mm256_set1_ps(float(qp));
-  const __m256i offset = _mm256_set1_epi32(qn);
+  const QuantizeLanes quantize(step, qn, qp);
   const size_t nvec = n / 8 * 8;
-  for (size_t i = 0; i < nvec; i += 8) {
-    __m256 q = _mm256_div_ps(_mm256_loadu_ps(x + i), div);
-    q = _mm256_max_ps(lo, q);
-    q = _mm256_min_ps(hi, q);
-    q = _mm256_round_ps(q, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    q = _mm256_blendv_ps(q, lo, _mm256_cmp_ps(q, q, _CMP_UNORD_Q));  // NaN -> code 0
-    const __m256i c = _mm256_sub_epi32(_mm256_cvttps_epi32(q), offset);  // 0 .. 255
-    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + i), _mm_packus_epi16(w, w));
-  }
+  for (size_t i = 0; i < nvec; i += 8) quantize.store(_mm256_loadu_ps(x + i), out + i);
   if (nvec < n) quantize_codes__scalar(x + nvec, n - nvec, step, qn, qp, out + nvec);
 }
 
