@@ -38,20 +38,18 @@ struct QuantizeLanes {
   }
 };
 
-// The float epilogue of one row (kResidual: the row has a residual), its parameters read once.
+// The float epilogue (kResidual: with a residual), its parameters read once per call.
 template <bool kResidual>
 struct RowEpilogue {
   __m256 lo, hi;
   const float* scale;
   const float* bias;
-  const float* res;
 
-  RowEpilogue(const Epilogue& e, const float* residual_row)
-      : lo(_mm256_set1_ps(e.clamp_lo)), hi(_mm256_set1_ps(e.clamp_hi)), scale(e.scale), bias(e.bias),
-        res(residual_row) {}
+  explicit RowEpilogue(const Epilogue& e)
+      : lo(_mm256_set1_ps(e.clamp_lo)), hi(_mm256_set1_ps(e.clamp_hi)), scale(e.scale), bias(e.bias) {}
 
-  // Outputs n .. n + 7 as float32
-  __m256 value(const int32_t* acc, size_t n) const {
+  // Outputs n .. n + 7 as float32 (res: the row's residual)
+  __m256 value(const int32_t* acc, const float* res, size_t n) const {
     const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc))),
                                    _mm256_loadu_ps(scale + n));
     __m256 v = _mm256_add_ps(p, _mm256_loadu_ps(bias + n));
@@ -61,29 +59,28 @@ struct RowEpilogue {
   }
 };
 
-// The code fast path of one row (CodeConstants; the scalar fast_code's float32
-// values), its parameters read once into locals: through the uint8_t stores of
-// codes the compiler would otherwise reload them every 8 outputs.
+// The code fast path (CodeConstants; the scalar fast_code's float32 values), its
+// parameters read once per call into locals: through the uint8_t stores of codes
+// the compiler would otherwise reload them every 8 outputs.
 template <bool kResidual>
 struct RowCodes {
   __m256 lo, hi, residual_scale, residual_bound, slope, sign;
   const float* scale;
   const float* bias;
   const float* limit;
-  const float* res;
 
   // k0: column n's constants are k's at k0 + n
-  RowCodes(const CodeConstants& k, size_t k0, const float* residual_row)
+  RowCodes(const CodeConstants& k, size_t k0)
       : lo(_mm256_set1_ps(k.lo)), hi(_mm256_set1_ps(k.hi)), residual_scale(_mm256_set1_ps(k.residual_scale)),
         residual_bound(_mm256_set1_ps(k.residual_bound)), slope(_mm256_set1_ps(kTieSlope)),
-        sign(_mm256_set1_ps(-0.0f)), scale(k.scale.data() + k0),
-        bias(k.bias.data() + k0), limit(k.limit.data() + k0), res(residual_row) {}
+        sign(_mm256_set1_ps(-0.0f)), scale(k.scale.data() + k0), bias(k.bias.data() + k0),
+        limit(k.limit.data() + k0) {}
 
   __m256 abs(__m256 x) const { return _mm256_andnot_ps(sign, x); }
 
-  // Outputs n .. n + 7 as codes 0 .. 255 in int32 lanes, and in `ties` (bit j: lane j)
-  // the lanes whose code the test cannot vouch for, which exact_code decides.
-  __m256i code(const int32_t* acc, size_t n, int* ties) const {
+  // Outputs n .. n + 7 as codes 0 .. 255 in int32 lanes (res: the row's residual), and in
+  // `ties` (bit j: lane j) the lanes whose code the test cannot vouch for, which exact_code decides.
+  __m256i code(const int32_t* acc, const float* res, size_t n, int* ties) const {
     const __m256 a = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc)));
     __m256 t = _mm256_fmadd_ps(a, _mm256_loadu_ps(scale + n), _mm256_loadu_ps(bias + n));
     __m256 r;
@@ -103,22 +100,28 @@ struct RowCodes {
   }
 };
 
-// Columns [n0, nvec) of row m (nvec - n0 a multiple of 8); row[n - n0] is column n's sum.
+// Rows [m0, m1) x columns [n0, nvec) (nvec - n0 a multiple of 8); acc row m - m0 holds
+// the sums of columns n0 .. of row m.
 template <bool kResidual>
-void float_row(const Epilogue& e, const int32_t* row, const float* res, size_t m, size_t n0, size_t nvec) {
-  const RowEpilogue<kResidual> r(e, res);
-  float* const out = static_cast<float*>(e.out) + m * e.out_stride;
-  if (!e.codes) {
-    for (size_t n = n0; n < nvec; n += 8) _mm256_storeu_ps(out + n, r.value(row + (n - n0), n));
-    return;
-  }
-  // the second output: the standalone quantizer's codes of the values just stored
-  const QuantizeLanes quantize(e.codes_step, e.codes_qn, e.codes_qp);
-  uint8_t* const codes = e.codes + m * e.codes_stride;
-  for (size_t n = n0; n < nvec; n += 8) {
-    const __m256 v = r.value(row + (n - n0), n);
-    _mm256_storeu_ps(out + n, v);
-    quantize.store(v, codes + n);
+void float_rows(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1, size_t n0,
+                size_t nvec) {
+  const RowEpilogue<kResidual> r(e);
+  const QuantizeLanes quantize(e.codes_step, e.codes_qn, e.codes_qp);  // the second output's
+  for (size_t m = m0; m < m1; ++m) {
+    const int32_t* row = acc + (m - m0) * acc_stride;  // row[n - n0]: column n
+    const float* res = kResidual ? e.residual + m * e.residual_stride : nullptr;
+    float* const out = static_cast<float*>(e.out) + m * e.out_stride;
+    if (!e.codes) {
+      for (size_t n = n0; n < nvec; n += 8) _mm256_storeu_ps(out + n, r.value(row + (n - n0), res, n));
+      continue;
+    }
+    // the second output: the standalone quantizer's codes of the values just stored
+    uint8_t* const codes = e.codes + m * e.codes_stride;
+    for (size_t n = n0; n < nvec; n += 8) {
+      const __m256 v = r.value(row + (n - n0), res, n);
+      _mm256_storeu_ps(out + n, v);
+      quantize.store(v, codes + n);
+    }
   }
 }
 
@@ -131,33 +134,37 @@ void fix_ties(const Epilogue& e, const int32_t* acc, const float* res, uint8_t* 
 }
 
 template <bool kResidual>
-void codes_row(const Epilogue& e, const CodeConstants& k, size_t k0, const int32_t* row, const float* res, size_t m,
-               size_t n0, size_t nvec) {
-  const RowCodes<kResidual> r(k, k0, res);
-  uint8_t* const out = static_cast<uint8_t*>(e.out) + m * e.out_stride;
-  size_t n = n0;
+void codes_rows(const Epilogue& e, const CodeConstants& k, size_t k0, const int32_t* acc, size_t acc_stride,
+                size_t m0, size_t m1, size_t n0, size_t nvec) {
+  const RowCodes<kResidual> r(k, k0);
   // 32 codes a store: the packs interleave the 128-bit lanes (c0 c1 c2 c3 lo | hi), the permute restores order
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  for (; n + 32 <= nvec; n += 32) {
-    const int32_t* a = row + (n - n0);
-    int t0, t1, t2, t3;
-    const __m256i c01 = _mm256_packs_epi32(r.code(a, n, &t0), r.code(a + 8, n + 8, &t1));
-    const __m256i c23 = _mm256_packs_epi32(r.code(a + 16, n + 16, &t2), r.code(a + 24, n + 24, &t3));
-    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(c01, c23), order);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + n), bytes);
-    if (__builtin_expect((t0 | t1 | t2 | t3) != 0, 0)) {
-      fix_ties(e, a, res, out, n, t0);
-      fix_ties(e, a + 8, res, out, n + 8, t1);
-      fix_ties(e, a + 16, res, out, n + 16, t2);
-      fix_ties(e, a + 24, res, out, n + 24, t3);
+  for (size_t m = m0; m < m1; ++m) {
+    const int32_t* row = acc + (m - m0) * acc_stride;  // row[n - n0]: column n
+    const float* res = kResidual ? e.residual + m * e.residual_stride : nullptr;
+    uint8_t* const out = static_cast<uint8_t*>(e.out) + m * e.out_stride;
+    size_t n = n0;
+    for (; n + 32 <= nvec; n += 32) {
+      const int32_t* a = row + (n - n0);
+      int t0, t1, t2, t3;
+      const __m256i c01 = _mm256_packs_epi32(r.code(a, res, n, &t0), r.code(a + 8, res, n + 8, &t1));
+      const __m256i c23 = _mm256_packs_epi32(r.code(a + 16, res, n + 16, &t2), r.code(a + 24, res, n + 24, &t3));
+      const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(c01, c23), order);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + n), bytes);
+      if (__builtin_expect((t0 | t1 | t2 | t3) != 0, 0)) {
+        fix_ties(e, a, res, out, n, t0);
+        fix_ties(e, a + 8, res, out, n + 8, t1);
+        fix_ties(e, a + 16, res, out, n + 16, t2);
+        fix_ties(e, a + 24, res, out, n + 24, t3);
+      }
     }
-  }
-  for (; n < nvec; n += 8) {
-    int ties;
-    const __m256i c = r.code(row + (n - n0), n, &ties);
-    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(out + n), _mm_packus_epi16(w, w));
-    if (__builtin_expect(ties != 0, 0)) fix_ties(e, row + (n - n0), res, out, n, ties);
+    for (; n < nvec; n += 8) {
+      int ties;
+      const __m256i c = r.code(row + (n - n0), res, n, &ties);
+      const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + n), _mm_packus_epi16(w, w));
+      if (__builtin_expect(ties != 0, 0)) fix_ties(e, row + (n - n0), res, out, n, ties);
+    }
   }
 }
 
@@ -172,19 +179,19 @@ void apply_epilogue__avx2(const Epilogue& e, const int32_t* acc, size_t acc_stri
   if (codes && !k) k = &(local = code_constants(e, n1)), k0 = 0;
   if (codes && !k->usable) return apply_epilogue__scalar(e, acc, acc_stride, m0, m1, n0, n1);  // every code exact
   const size_t nvec = n0 + (n1 - n0) / 8 * 8;
-  for (size_t m = m0; m < m1; ++m) {
-    const int32_t* row = acc + (m - m0) * acc_stride;  // row[n - n0] for n in [n0, n1)
-    const float* res = e.residual ? e.residual + m * e.residual_stride : nullptr;
+  if (nvec > n0) {
     if (codes)
-      res ? codes_row<true>(e, *k, k0, row, res, m, n0, nvec) : codes_row<false>(e, *k, k0, row, res, m, n0, nvec);
+      e.residual ? codes_rows<true>(e, *k, k0, acc, acc_stride, m0, m1, n0, nvec)
+                 : codes_rows<false>(e, *k, k0, acc, acc_stride, m0, m1, n0, nvec);
     else
-      res ? float_row<true>(e, row, res, m, n0, nvec) : float_row<false>(e, row, res, m, n0, nvec);
-    if (nvec < n1) {
-      Epilogue tail = e;
-      tail.fast = k;  // the constants just made, not made again for one row's tail
-      tail.fast_column = k0;
-      apply_epilogue__scalar(tail, row + (nvec - n0), acc_stride, m, m + 1, nvec, n1);
-    }
+      e.residual ? float_rows<true>(e, acc, acc_stride, m0, m1, n0, nvec)
+                 : float_rows<false>(e, acc, acc_stride, m0, m1, n0, nvec);
+  }
+  if (nvec < n1) {  // the last n1 - nvec < 8 columns of every row
+    Epilogue tail = e;
+    tail.fast = k;  // the constants just made, not made again
+    tail.fast_column = k0;
+    apply_epilogue__scalar(tail, acc + (nvec - n0), acc_stride, m0, m1, nvec, n1);
   }
 }
 
