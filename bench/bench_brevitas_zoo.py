@@ -32,10 +32,17 @@ import time
 import warnings
 from collections import Counter
 
-import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "python"))
+from common import fingerprint  # noqa: E402  (bench/ is on the path when a script here runs)
+
+
+def stamp():
+    """When a column was measured, and on which commit (``+`` when the tree had changes)."""
+    fp = fingerprint()
+    commit = (fp["git_commit"] or "unknown")[:7] + ("+" if fp["git_dirty"] else "")
+    return f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {commit}"
 
 
 def measure(name, n_inputs, repeats, latency=True, parity=True):
@@ -68,7 +75,7 @@ def measure(name, n_inputs, repeats, latency=True, parity=True):
                 kernels[nd.kernel] += 1
                 bits["F32"] += 1
         row = {"model": name, "export_s": t_export, "layers": dict(bits), "kernels": dict(kernels),
-               "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+               "measured": stamp()}
         if parity:
             row.update({"inputs": n_inputs, "top1_end_to_end": p["top1"]["lowbit_vs_float32"],
                "top1_vs_float64": p["top1"]["lowbit_vs_float64"],
@@ -91,18 +98,24 @@ def measure(name, n_inputs, repeats, latency=True, parity=True):
     return row
 
 
+def describe(meta):
+    """The header line of the table: the machine (bench/common.py fingerprint, ``lowbit info``)
+    the rows were measured on. An old file's meta was a free-text string."""
+    if isinstance(meta, str):
+        return meta
+    isa = " ".join(f for f, on in meta["isa"].items() if on)
+    return (f"{meta['cpu_model']} ({isa}), lowbit ISA tier {meta['tier_cap']}, batch 1, 1 thread, latency the "
+            f"median of {meta['repeats']} interleaved rounds")
+
+
 def render(rows, meta):
-    lines = [f"# Brevitas zoo on lowbit ({meta})", "",
+    lines = ["# Brevitas zoo on lowbit", "", f"Machine: {describe(meta)}.", "",
+             "Each row says when (and at which commit) its parity columns and its latency were measured.", "",
              "| model | layers (bits) | kernels | top-1 vs qonnx float32, end to end | top-1 vs qonnx float64, "
              "end to end | top-1 qonnx float32 vs float64 | codes differing from float64 (lowbit / qonnx float32) | "
              "top-1, layer by layer | codes differing (layer by layer) | lowbit ms | onnxruntime float ms | speedup | "
-             "measured |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-
-    def measured(r):   # when the latency was measured ("first run": before rows recorded it)
-        if "lowbit_ms" not in r:
-            return f"agreement only, {r['parity_measured']}"
-        return r.get("measured", "first run")
+             "parity measured | latency measured |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
 
     def opt(r, key, fmt="{:.3f}"):
         return fmt.format(r[key]) if r.get(key) is not None else "-"
@@ -116,7 +129,8 @@ def render(rows, meta):
                      f"{opt(r, 'top1_vs_float64')} | {opt(r, 'top1_float32_vs_float64')} | {f64_codes} | "
                      f"{r['top1_isolated']:.3f} | {r['codes_differ_isolated']} of {r['codes_total']} | "
                      f"{opt(r, 'lowbit_ms', '{:.2f}')} | {opt(r, 'onnxruntime_float_ms', '{:.2f}')} | "
-                     f"{opt(r, 'speedup_vs_float', '{:.2f}x')} | {measured(r)} |")
+                     f"{opt(r, 'speedup_vs_float', '{:.2f}x')} | {r.get('parity_measured', '-')} | "
+                     f"{r.get('measured', '-') if 'lowbit_ms' in r else '-'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,14 +161,17 @@ def main():
             print(f"{name} ...", flush=True)
             rows.append(measure(name, n, args.repeats, latency=not args.no_latency, parity=not args.latency_only))
             print(json.dumps(rows[-1]), flush=True)
-        import platform
-
         import lowbit
 
-        meta = f"{platform.machine()} {platform.processor() or ''}, ISA tier {lowbit.info()['tier_cap']}, batch 1, " \
-               f"1 thread, median of {args.repeats}"
+        fp = fingerprint()
+        meta = {"cpu_model": fp["cpu_model"], "isa": fp["isa"], "tier_cap": lowbit.info()["tier_cap"],
+                "repeats": args.repeats}
         if os.path.exists(args.out):   # keep the rows of the models not measured now
             old = json.load(open(args.out))
+            if isinstance(old["meta"], dict) and (old["meta"]["cpu_model"], old["meta"]["tier_cap"]) != \
+                    (meta["cpu_model"], meta["tier_cap"]):
+                sys.exit(f"{args.out} holds rows measured on {describe(old['meta'])}; this machine is "
+                         f"{describe(meta)}: write to another --out")
             new = {r["model"] for r in rows}
             if args.no_latency or args.latency_only:   # the columns not measured now stay
                 before = {r["model"]: r for r in old["rows"]}
@@ -162,9 +179,6 @@ def main():
             rows = [r for r in old["rows"] if r["model"] not in new] + rows
             order = list(bz.ZOO)
             rows.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
-            what = ("parity columns of rows" if args.no_latency else
-                    "latency and kernels of rows" if args.latency_only else "rows")
-            meta = old["meta"] + f"; {what} measured {time.strftime('%Y-%m-%d', time.gmtime())}: {', '.join(sorted(new))}"
         data = {"meta": meta, "rows": rows}
         with open(args.out, "w") as f:
             json.dump(data, f, indent=1)

@@ -15,5 +15,9 @@ if ! ninja -C "$BUILD_DIR" >"$LOG" 2>&1; then
   echo "dev-build: compile failed (full log: $LOG)" >&2
   exit 1
 fi
-cp "$BUILD_DIR"/_core*.so python/lowbit/
+# copy, then rename over the old module: a process that has the old one loaded keeps its file
+for so in "$BUILD_DIR"/_core*.so; do
+  cp "$so" "python/lowbit/.$(basename "$so").tmp"
+  mv -f "python/lowbit/.$(basename "$so").tmp" "python/lowbit/$(basename "$so")"
+done
 echo "built $(ls "$BUILD_DIR"/_core*.so) -> python/lowbit/"

@@ -175,23 +175,8 @@ void maxpool_nhwc(const float* x, const ConvGeometry& g, float* out, bool simd) 
 }
 
 void maxpool_nhwc_u8__scalar(const uint8_t* x, const ConvGeometry& g, uint8_t* out) {
-  const size_t C = g.C;
-  for_rows(g.B * g.OH, g.OW * g.kh * g.kw * C, [&](size_t r) {  // one output row: image b, output y oy
-    const size_t b = r / g.OH, oy = r % g.OH;
-    uint8_t* o = out + r * g.OW * C;
-    for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
-      std::fill(o, o + C, uint8_t(0));
-      for (size_t ky = 0; ky < g.kh; ++ky) {
-        const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
-        if (iy < 0 || iy >= ptrdiff_t(g.H)) continue;
-        for (size_t kx = 0; kx < g.kw; ++kx) {
-          const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
-          if (ix < 0 || ix >= ptrdiff_t(g.W)) continue;
-          const uint8_t* v = x + ((b * g.H + size_t(iy)) * g.W + size_t(ix)) * C;
-          for (size_t c = 0; c < C; ++c) o[c] = std::max(o[c], v[c]);
-        }
-      }
-    }
+  for_rows(g.B * g.OH, g.OW * g.kh * g.kw * g.C, [&](size_t r) {
+    maxpool_row_nhwc(x, g, r, out, uint8_t(0), [](uint8_t o, uint8_t v) { return std::max(o, v); });
   });
 }
 

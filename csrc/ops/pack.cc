@@ -108,25 +108,10 @@ void im2col_nhwc(const uint8_t* x, const ConvGeometry& g, uint8_t pad_code, uint
 }
 
 void maxpool_nhwc_f32(const float* x, const ConvGeometry& g, float* out) {
-  const size_t C = g.C;
-  auto task = [&](size_t r) {  // one output row: image b, output y oy
-    const size_t b = r / g.OH, oy = r % g.OH;
-    float* o = out + r * g.OW * C;
-    for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
-      for (size_t c = 0; c < C; ++c) o[c] = -INFINITY;
-      for (size_t ky = 0; ky < g.kh; ++ky) {
-        const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
-        if (iy < 0 || iy >= ptrdiff_t(g.H)) continue;
-        for (size_t kx = 0; kx < g.kw; ++kx) {
-          const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
-          if (ix < 0 || ix >= ptrdiff_t(g.W)) continue;
-          const float* v = x + ((b * g.H + size_t(iy)) * g.W + size_t(ix)) * C;
-          for (size_t c = 0; c < C; ++c) o[c] = (v[c] > o[c] || v[c] != v[c]) ? v[c] : o[c];
-        }
-      }
-    }
+  auto row = [&](size_t r) {
+    maxpool_row_nhwc(x, g, r, out, -INFINITY, [](float o, float v) { return (v > o || v != v) ? v : o; });
   };
-  parallel_for(g.B * g.OH, task);
+  parallel_for(g.B * g.OH, row);
 }
 
 bool pack_groups_block(const uint8_t* codes, size_t codes_stride, size_t M, size_t K, int bits, int group, int shift,

@@ -42,6 +42,29 @@ void im2col_nhwc(const uint8_t* x, const ConvGeometry& g, uint8_t pad_code, uint
 // in a window gives NaN (NumPy's maximum).
 void maxpool_nhwc_f32(const float* x, const ConvGeometry& g, float* out);
 
+// The scalar max-pool walk of one output row r (image r / OH, output y r % OH)
+// of NHWC x: each output pixel's C values start at `lowest` and take
+// o = larger(o, v) for the C values v of every window tap inside the image, in
+// (ky, kx) order (taps outside never count). out points at the whole output.
+template <class T, class Larger>
+void maxpool_row_nhwc(const T* x, const ConvGeometry& g, size_t r, T* out, T lowest, Larger larger) {
+  const size_t C = g.C, b = r / g.OH, oy = r % g.OH;
+  T* o = out + r * g.OW * C;
+  for (size_t ox = 0; ox < g.OW; ++ox, o += C) {
+    for (size_t c = 0; c < C; ++c) o[c] = lowest;
+    for (size_t ky = 0; ky < g.kh; ++ky) {
+      const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+      if (iy < 0 || iy >= ptrdiff_t(g.H)) continue;
+      for (size_t kx = 0; kx < g.kw; ++kx) {
+        const ptrdiff_t ix = ptrdiff_t(ox * g.sw + kx * g.dw) - ptrdiff_t(g.pw);
+        if (ix < 0 || ix >= ptrdiff_t(g.W)) continue;
+        const T* v = x + ((b * g.H + size_t(iy)) * g.W + size_t(ix)) * C;
+        for (size_t c = 0; c < C; ++c) o[c] = larger(o[c], v[c]);
+      }
+    }
+  }
+}
+
 // pack_groups_serial on an M x K block of a wider codes matrix (e.g. the
 // tile of a layer's output codes that a GEMM task has just written): row m
 // of the block starts at codes + m * codes_stride (codes_stride >= K), and

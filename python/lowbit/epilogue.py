@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .quant import int_range, inv_step
+from .quant import grid_levels, int_range, inv_step
 
 _ACTIVATIONS = {"none": (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0)}
 
@@ -34,29 +34,37 @@ _ACTIVATIONS = {"none": (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0,
 class Requant:
     """Requantize into ``bits``-bit codes of a uniform grid qmin..qmax with step ``step``.
 
-    ``signed``: qmin = -2**(bits-1), qmax = 2**(bits-1) - 1; else 0 .. 2**bits - 1.
-    The codes' integer codebook is ``qmin .. qmax`` (code c stands for qmin + c).
+    By default the full range of ``bits``: ``signed``: qmin = -2**(bits-1), qmax = 2**(bits-1) - 1;
+    else 0 .. 2**bits - 1. ``qmin``/``qmax`` may narrow it to any integer range of at most
+    2**bits levels (a 5-bit grid 0..31 in 8-bit codes, a narrow-range -7..7 in 4-bit codes).
+    Code c stands for level qmin + c; the codebook (:meth:`codebook`) pads the codes no output
+    takes, like :func:`lowbit.quant.grid_levels`.
     """
     bits: int
     step: float
     signed: bool = False
+    qmin: int | None = None
+    qmax: int | None = None
 
     def __post_init__(self):
         if self.bits not in (1, 2, 3, 4, 8):
             raise ValueError(f"bits: expected 1, 2, 3, 4 or 8, got {self.bits}")
-        if self.signed and self.bits == 1:
+        if self.signed and self.bits == 1 and self.qmin is None:
             raise NotImplementedError("signed 1-bit requantization ({-s, +s}) is not a uniform grid; "
                                       "use unsigned 1-bit ({0, s}) or 2+ bits")
         if not (np.isfinite(self.step) and self.step > 0):
             raise ValueError(f"step: expected a finite value > 0, got {self.step}")
-
-    @property
-    def qmin(self) -> int:
-        return int_range(self.bits, self.signed)[0]
-
-    @property
-    def qmax(self) -> int:
-        return int_range(self.bits, self.signed)[1]
+        lo, hi = int_range(self.bits, self.signed)
+        self.qmin = lo if self.qmin is None else self.qmin
+        self.qmax = hi if self.qmax is None else self.qmax
+        for name in ("qmin", "qmax"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name}: expected an int, got {v!r}")
+            setattr(self, name, int(v))
+        if not (-128 <= self.qmin < self.qmax <= 255 and self.qmax - self.qmin < (1 << self.bits)):
+            raise ValueError(f"qmin/qmax: expected -128 <= qmin < qmax <= 255 with at most {1 << self.bits} levels "
+                             f"for {self.bits}-bit codes, got {self.qmin}..{self.qmax}")
 
     @property
     def inv_step(self) -> np.float32:
@@ -68,7 +76,7 @@ class Requant:
         return float(np.float32(self.step))
 
     def codebook(self) -> np.ndarray:
-        return np.arange(self.qmin, self.qmax + 1, dtype=np.int32)
+        return np.asarray(grid_levels(range(self.qmin, self.qmax + 1), self.bits), dtype=np.int32)
 
 
 class Epilogue:

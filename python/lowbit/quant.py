@@ -151,14 +151,17 @@ class UniformGrid:
 
     def requant(self):
         """The ``requant`` attribute of an epilogue that emits this grid's codes ({bits, step,
-        signed}: the full signed or unsigned range of ``bits``), or None when no epilogue can."""
+        signed}, plus ``qmin``/``qmax`` when the levels are not the full signed or unsigned range
+        of ``bits``: see :class:`lowbit.Requant`), or None when no epilogue can (binary grids)."""
         b = self.bits
-        if self.binary or b is None or self.n != (1 << b):
+        if self.binary or b is None:
             return None
         for signed in (False, True):
             if (self.qn, self.qp) == int_range(b, signed) and not (signed and b == 1):
                 return {"bits": b, "step": self.step, "signed": signed}
-        return None
+        if self.n < 2:
+            return None
+        return {"bits": b, "step": self.step, "signed": self.qn < 0, "qmin": self.qn, "qmax": self.qp}
 
 
 def _levels(levels, bits, name: str):

@@ -10,7 +10,11 @@ from lowbit import _core, quant, reference
 ACTIVATIONS = {"none": (-np.inf, np.inf), "relu": (0.0, np.inf), "relu6": (0.0, 6.0), "band": (-0.75, 1.25)}
 REQUANTS = [lowbit.Requant(2, 0.37, False), lowbit.Requant(2, 0.05, True), lowbit.Requant(4, 0.11),
             lowbit.Requant(4, 0.2833181619644165), lowbit.Requant(8, 0.013, True), lowbit.Requant(8, 0.0625),
-            lowbit.Requant(1, 0.5)]
+            lowbit.Requant(1, 0.5),
+            # narrowed ranges: a 5-bit grid in 8-bit codes, a narrow-range signed 4-bit grid,
+            # a signed 5-bit grid (all fold into epilogues since the 5-bit ProxylessNAS)
+            lowbit.Requant(8, 0.07, False, 0, 31), lowbit.Requant(4, 0.3, True, -7, 7),
+            lowbit.Requant(8, 0.021, True, -16, 15)]
 
 
 def float64_codes(acc, scale64, bias64, residual, lo, hi, rq):
@@ -258,3 +262,22 @@ def test_huge_per_column_constants_and_extreme_steps(rng):
                _grid(3e-31, -8, 7), _grid(0.01, 300, 310), _grid(0.02, -400, -390)):
         for lo, hi in ((-np.inf, np.inf), (0.0, 6.0)):
             _check_codes(acc, scale, bias, None, lo, hi, rq)
+
+
+def test_narrowed_requant_ranges():
+    """qmin/qmax narrow a Requant to any integer range of at most 2**bits levels; the codebook
+    pads the codes no output takes (as quant.grid_levels does); anything else is refused."""
+    rq = lowbit.Requant(8, 0.07, False, 0, 31)
+    assert (rq.qmin, rq.qmax) == (0, 31)
+    cb = rq.codebook()
+    assert cb.shape == (256,) and list(cb[:32]) == list(range(32)) and not cb[32:].any()
+    assert list(lowbit.Requant(4, 0.3, True, -7, 7).codebook()) == list(range(-7, 8)) + [0]
+    assert list(lowbit.Requant(4, 0.3, True).codebook()) == list(range(-8, 8))
+    for qmin, qmax in ((0, 16), (3, 3), (-129, 0), (200, 256)):
+        with pytest.raises(ValueError, match="qmin/qmax: expected"):
+            lowbit.Requant(4, 0.3, False, qmin, qmax)
+    with pytest.raises(ValueError, match="qmin: expected an int"):
+        lowbit.Requant(4, 0.3, False, 0.5, 3)
+    assert quant.UniformGrid(0.1, 0, 31).requant() == {"bits": 8, "step": quant.UniformGrid(0.1, 0, 31).step,
+                                                       "signed": False, "qmin": 0, "qmax": 31}
+    assert "qmin" not in quant.UniformGrid(0.1, -8, 7).requant()

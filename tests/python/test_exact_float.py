@@ -58,6 +58,32 @@ def test_a_tie_the_float32_sum_cannot_see_is_decided_in_float64():
     assert y32 == np.float32(0.5) and np.rint(y32) == 0.0
 
 
+@pytest.mark.parametrize("clamp", [False, True])
+def test_a_quantizer_behind_a_max_pool_of_a_float_layer_moves_in_front(clamp):
+    """conv_f32 -> (ReLU) -> maxpool -> quantize (how the QONNX importer lowers VGG-11's
+    Relu -> Quant -> MaxPool after its float first conv): lowering moves the quantizer in front of
+    the pool, so it is decided in float64 like any quantizer of a float layer, and the pool takes
+    the largest code. The float32 values alone would tie (0.5) and round every window to 0."""
+    w = np.float32([0.5, 2.0 ** -30]).reshape(1, 2, 1, 1)
+    nodes = [Node("x", "input", [], {"channels": 2, "height": 2, "width": 4}), conv_f32("c", "x", w)]
+    if clamp:
+        nodes.append(Node("r", "clamp", ["c"], {"clamp": [0.0, None]}))
+    nodes += [Node("p", "maxpool", [nodes[-1].name], {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0],
+                                                      "dilation": [1, 1]}),
+              quant("q", "p", step=1.0)]
+    g = lw.lower(nodes, "q")
+    assert [n.op for n in g.nodes] == ["input", "conv_f32"] + ["clamp"] * clamp + ["quantize", "maxpool"]
+    assert g.output == "p" and g.moved == {"q": "p"}
+    m = lowbit.Model(g.nodes)
+    assert m._by_name["q"].attrs["exact_float"]["layer"] == "c"
+    x = np.ones((1, 2, 2, 4), np.float32)   # NCHW: the conv computes 1/2 + x[channel 1] * 2^-30
+    x[0, 1, :, :2] = -1.0    # the left window: 1/2 - 2^-30 at all four positions (code 0)
+    x[0, 1, 0, 2] = -1.0     # the right window: 1/2 - 2^-30 at one position, 1/2 + 2^-30 at three (code 1)
+    out = run_all(m, x)
+    assert out.shape == (1, 1, 1, 2)
+    np.testing.assert_array_equal(out.ravel(), [0.0, 1.0])
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("groups,stride,padding", [(1, 2, 1), (2, 1, 1), (4, 1, 0)])
 @pytest.mark.parametrize("clamp", [None, (0.0, None), (0.0, 6.0)])

@@ -182,7 +182,17 @@ def test_requant_moves_into_the_epilogue():
     assert g.nodes[3].inputs == ["c"] and g.replaced == {"q1": "c"}
 
 
-@pytest.mark.parametrize("case", ["disabled", "binary", "narrow", "trunc_levels", "pre_step", "keep", "two_readers",
+def test_narrow_grid_requant_moves_into_the_epilogue():
+    """A grid that is not a full range (narrow -7..7 at 4 bits) folds too: requant gets qmin/qmax."""
+    q1 = quant("q1", "c", 4, -7, 7, 0.25)
+    q1.attrs["levels"] = list(range(-7, 8)) + [0]
+    g = graph([inp(), quant("q0", "x"), conv("c", "q0"), q1, conv("c2", "q1")])
+    lw.place_requant(g)
+    assert ops(g) == [("x", "input"), ("q0", "quantize"), ("c", "conv"), ("c2", "conv")]
+    assert g.nodes[2].attrs["requant"] == {"bits": 4, "step": 0.25, "signed": True, "qmin": -7, "qmax": 7}
+
+
+@pytest.mark.parametrize("case", ["disabled", "binary", "trunc_levels", "pre_step", "keep", "two_readers",
                                   "layer_is_output", "not_a_layer"])
 def test_requant_stays_a_quantize_node(case):
     q1 = quant("q1", "c", 4, -8, 7, 0.25)
@@ -192,8 +202,6 @@ def test_requant_stays_a_quantize_node(case):
         enabled = False
     elif case == "binary":
         q1.attrs.update(bits=1, qn=-1, qp=1, binary=True, levels=[-1, 1])
-    elif case == "narrow":
-        q1.attrs.update(qn=-7, levels=list(range(-7, 8)) + [0])
     elif case == "trunc_levels":
         q1.attrs["levels"] = [2 * v for v in range(-8, 8)]
     elif case == "pre_step":

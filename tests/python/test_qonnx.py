@@ -642,7 +642,10 @@ def test_brevitas_signed_1bit_quant_vs_pytorch(fmnist, tmp_path):
     out = lb(x)
     assert np.mean(t.argmax(1) == out.argmax(1)) >= 0.995
     assert np.mean(np.abs(out - t) <= 1e-4 * (1 + np.abs(t))) >= 0.99
-    a1 = [n for n in lb.nodes if n.op == "quantize" and n.attrs["bits"] == 1][0]
-    assert a1.attrs["levels"] == [-1, 0]
+    # the signed 1-bit grid {-1, 0} (levels -1..0, not +-1): c1's epilogue emits its codes
+    # (requant qmin -1, qmax 0) and c2 reads them as 1-bit codes of the codebook [-1, 0]
+    c1, c2 = [n for n in lb.nodes if n.op == "conv"]
+    assert (c1.attrs["requant"]["bits"], c1.attrs["requant"]["qmin"], c1.attrs["requant"]["qmax"]) == (1, -1, 0)
+    assert c2.attrs["a_bits"] == 1 and c2.attrs["a_codebook"] == [-1, 0]
     ref = lbq.qonnx_execute(model, x, batch_size=250)  # the executor reads it as +-1
     assert np.abs(ref - t).max() > 10 * np.abs(out - t).max()

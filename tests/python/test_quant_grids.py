@@ -18,8 +18,15 @@ def test_int_range_and_levels():
 
 @pytest.mark.parametrize("qn, qp, binary, requant", [(0, 3, False, {"bits": 2, "step": 0.5, "signed": False}),
                                                      (-8, 7, False, {"bits": 4, "step": 0.5, "signed": True}),
-                                                     (-7, 7, False, None), (-1, 0, False, None),
-                                                     (-1, 1, True, None), (0, 2, False, None)])
+                                                     (-7, 7, False, {"bits": 4, "step": 0.5, "signed": True,
+                                                                     "qmin": -7, "qmax": 7}),
+                                                     (-1, 0, False, {"bits": 1, "step": 0.5, "signed": True,
+                                                                     "qmin": -1, "qmax": 0}),
+                                                     (0, 31, False, {"bits": 8, "step": 0.5, "signed": False,
+                                                                     "qmin": 0, "qmax": 31}),
+                                                     (-1, 1, True, None),
+                                                     (0, 2, False, {"bits": 2, "step": 0.5, "signed": False,
+                                                                    "qmin": 0, "qmax": 2})])
 def test_uniform_grid_requant(qn, qp, binary, requant):
     g = quant.UniformGrid(0.5, qn, qp, binary)
     assert g.requant() == requant

@@ -190,11 +190,16 @@ def remove_dead(g: Graph):
     g.nodes = [n for n in g.nodes if n.name in need]
 
 
+def _plain_rule(q: Node) -> bool:
+    """Whether quantize node q divides, rounds and clamps (not binary, no Trunc pre-rounding)."""
+    return not q.attrs.get("binary") and q.attrs.get("pre_step") is None
+
+
 def _epilogue_grid(q: Node):
     """The grid of quantize node q when a requantizing epilogue can emit exactly its codes
     (a full signed/unsigned range, the plain codebook, no Trunc pre-rounding), else None."""
     a = q.attrs
-    if a.get("binary") or a.get("pre_step") is not None:
+    if not _plain_rule(q):
         return None
     grid = UniformGrid(a["step"], a["qn"], a["qp"], chan=a.get("channel_steps"))
     if grid.requant() is None or list(a["levels"]) != grid.levels():
@@ -211,31 +216,41 @@ def _divisible(layer: Node) -> bool:
 
 def requant_before_maxpool(g: Graph):
     """Contract: a ``maxpool`` node P read by one ``quantize`` node Q alone (not ``keep``; P is
-    not the model output), whose input is a conv/linear L read by P alone (not the model output)
-    with no residual and still open for a requantization, where an epilogue can emit Q's grid
-    (:func:`_epilogue_grid`; per-channel steps also :func:`_divisible`), is reordered: Q reads L,
-    P reads Q, and Q's readers (and the output) read P -- so :func:`place_requant` can fold Q into
-    L's epilogue and P pools 1-byte codes instead of float32 values. Any other maxpool stays.
+    not the model output) is reordered -- Q reads P's input, P reads Q, and Q's readers (and the
+    output) read P, so P pools 1-byte codes instead of float32 values -- in two cases:
 
-    Exact: a quantizer's code is a non-decreasing function of its input (a division by a
-    positive step, rounding, clamping; per-channel steps act per channel, as pooling does), so the
-    code of a window's maximum is the largest code of the window; padding (-inf, never the
-    maximum) stands for the lowest code; and L's output has no NaN (its exact integer sums
-    times a finite scale plus a finite bias, no residual), the one value whose code (0) would
-    not be the largest code of a window holding it."""
+    * P's input is a conv/linear L read by P alone (not the model output) with no residual and
+      still open for a requantization, and an epilogue can emit Q's grid (:func:`_epilogue_grid`;
+      per-channel steps also :func:`_divisible`): :func:`place_requant` then folds Q into L's
+      epilogue;
+    * P's input is a float layer's output, ``L``, ``affine(L)``, ``clamp(L)`` or
+      ``clamp(affine(L))`` for a ``conv_f32``/``linear_f32`` L (:func:`_float_layer_of`), and Q
+      uses the plain rule (not binary, no Trunc pre-rounding): :func:`mark_exact_float_quantizers`
+      then decides Q's codes in float64, as for any quantizer of a float layer.
+
+    Any other maxpool stays. Exact: a quantizer's code is a non-decreasing function of its input
+    (a division by a positive step, rounding, clamping; per-channel steps act per channel, as
+    pooling does), so the code of a window's maximum is the largest code of the window; padding
+    (-inf, never the maximum) stands for the lowest code. A NaN, whose code (0) would not be the
+    largest code of a window holding it, does not occur: an integer layer's output is its exact
+    sums times a finite scale plus a finite bias, and a float layer's output from a finite input
+    (the executor refuses any other) is NaN only where its float32 sums overflow (inputs near
+    float32's largest values), where a pooled NaN has no defined code either."""
     for pool in [n for n in g.nodes if n.op == "maxpool"]:
         readers = g.readers(pool.name)
         q = readers[0] if len(readers) == 1 else None
-        if q is None or q.op != "quantize" or q.attrs.get("keep") or _epilogue_grid(q) is None:
+        if q is None or q.op != "quantize" or q.attrs.get("keep"):
             continue
         layer = g.sole_reader_layer(pool.inputs[0], pool)
-        if layer is None or layer.attrs["residual"] or not _open_for(layer, "requant") or \
-                (q.attrs.get("channel_steps") is not None and not _divisible(layer)):
+        on_layer = layer is not None and not layer.attrs["residual"] and _open_for(layer, "requant") and \
+            _epilogue_grid(q) is not None and (q.attrs.get("channel_steps") is None or _divisible(layer))
+        on_float_layer = _plain_rule(q) and _float_layer_of(g, pool.inputs[0])[0] is not None
+        if not (on_layer or on_float_layer):
             continue
         for n in g.nodes:
             n.inputs = [pool.name if i == q.name else i for i in n.inputs]
         g.output = pool.name if g.output == q.name else g.output
-        q.inputs, pool.inputs = [layer.name], [q.name]
+        q.inputs, pool.inputs = [pool.inputs[0]], [q.name]
         g.nodes.remove(q)
         g.nodes.insert(g.nodes.index(pool), q)
         g.moved[q.name] = pool.name
@@ -284,38 +299,52 @@ def _mark_quantize_output(g: Graph, q: Node):
     a = q.attrs
     layer = next((n for n in g.nodes if n.name == q.inputs[0]), None)
     if layer is None or layer.op not in _LAYERS or layer.attrs.get("requant") or \
-            layer.attrs.get("quantize_output") is not None or a.get("binary") or a.get("pre_step") is not None \
+            layer.attrs.get("quantize_output") is not None or not _plain_rule(q) \
             or a.get("channel_steps") is not None:
         return
     layer.attrs["quantize_output"] = q.name
 
 
+def _float_layer_of(g: Graph, value):
+    """(L, affine node or None, clamp bounds) when ``value`` is ``L``, ``affine(L)``,
+    ``clamp(L)`` or ``clamp(affine(L))`` for a ``conv_f32``/``linear_f32`` node L, else
+    (None, None, None)."""
+    by_name = {n.name: n for n in g.nodes}
+    src, clamp, affine = by_name.get(value), [None, None], None
+    if src is not None and src.op == "clamp":
+        clamp, src = list(src.attrs["clamp"]), by_name.get(src.inputs[0])
+    if src is not None and src.op == "affine":
+        affine, src = src, by_name.get(src.inputs[0])
+    if src is None or src.op not in ("conv_f32", "linear_f32"):
+        return None, None, None
+    return src, affine, clamp
+
+
 def mark_exact_float_quantizers(g: Graph):
-    """Contract: a plain ``quantize`` node Q (not binary, no Trunc pre-rounding) whose input is
-    ``clamp(affine(L))``, ``affine(L)``, ``clamp(L)`` or ``L`` for a ``conv_f32``/``linear_f32``
-    node L (with per-channel steps: behind the affine :func:`place_requant` puts in front) gets ``attrs['exact_float'] = {layer, affine, clamp}``
+    """Contract: a plain ``quantize`` node Q (:func:`_plain_rule`) whose input is a float layer's
+    output (:func:`_float_layer_of`: ``clamp(affine(L))``, ``affine(L)``, ``clamp(L)`` or ``L`` for
+    a ``conv_f32``/``linear_f32`` node L; with per-channel steps: behind the affine
+    :func:`place_requant` puts in front) gets ``attrs['exact_float'] = {layer, affine, clamp}``
     (the names of L and of the affine or None, the clamp bounds) and L's input as its second
     input: its codes are then decided by the float64 formula of :mod:`lowbit.exact_float` (the
     values the nodes compute are unchanged; :func:`finalize` keeps that affine's float64
     ``scale64``/``bias64``). Nothing else changes."""
     by_name = {n.name: n for n in g.nodes}
     for q in [n for n in g.nodes if n.op == "quantize"]:
-        a = q.attrs
-        if a.get("binary") or a.get("pre_step") is not None or len(q.inputs) != 1:
+        if not _plain_rule(q) or len(q.inputs) != 1:
             continue
-        src, clamp, affine = by_name.get(q.inputs[0]), [None, None], None
-        if a.get("channel_steps") is not None:   # the division by the steps: place_requant's affine
+        value = q.inputs[0]
+        if q.attrs.get("channel_steps") is not None:   # the division by the steps: place_requant's affine
+            src = by_name.get(value)
             if not (src is not None and src.op == "affine" and src.name.startswith(f"{q.name}.per_channel_scale")):
                 continue
-            src = by_name.get(src.inputs[0])
-        if src is not None and src.op == "clamp":
-            clamp, src = list(src.attrs["clamp"]), by_name.get(src.inputs[0])
-        if src is not None and src.op == "affine":
-            affine, src = src, by_name.get(src.inputs[0])
-        if src is None or src.op not in ("conv_f32", "linear_f32"):
+            value = src.inputs[0]
+        layer, affine, clamp = _float_layer_of(g, value)
+        if layer is None:
             continue
-        q.inputs.append(src.inputs[0])
-        a["exact_float"] = {"layer": src.name, "affine": None if affine is None else affine.name, "clamp": clamp}
+        q.inputs.append(layer.inputs[0])
+        q.attrs["exact_float"] = {"layer": layer.name, "affine": None if affine is None else affine.name,
+                                  "clamp": clamp}
 
 
 def order(g: Graph):

@@ -321,9 +321,15 @@ def _clamp_pair(v) -> bool:
 
 
 def _requant(v) -> bool:
-    return v is None or (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step"))
-                         and v["step"] > 0 and isinstance(v.get("signed"), bool)
-                         and not (v["bits"] == 1 and v["signed"]))
+    if v is None:
+        return True
+    if not (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step")) and v["step"] > 0
+            and isinstance(v.get("signed"), bool)):
+        return False
+    if "qmin" not in v and "qmax" not in v:
+        return not (v["bits"] == 1 and v["signed"])
+    lo, hi = v.get("qmin"), v.get("qmax")
+    return _is_int(lo) and _is_int(hi) and -128 <= lo < hi <= 255 and hi - lo < (1 << v["bits"])
 
 
 _MISSING = object()
@@ -357,7 +363,7 @@ _ATTRS["linear"] = [("w_bits", _bits, "1, 2, 3, 4 or 8", _MISSING), ("a_bits", _
                     ("w_codebook", lambda v: isinstance(v, (list, tuple)), "a list of ints", _MISSING),
                     ("a_codebook", lambda v: isinstance(v, (list, tuple)), "a list of ints", _MISSING),
                     ("clamp", _clamp_pair, "[lo, hi] (numbers or null, lo <= hi)", [None, None]),
-                    ("requant", _requant, "null or {bits, step > 0, signed}", None),
+                    ("requant", _requant, "null or {bits, step > 0, signed[, qmin, qmax]}", None),
                     ("residual", lambda v: isinstance(v, bool), "a bool", False),
                     ("quantize_output", lambda v: v is None or isinstance(v, str), "null or a node name", None)]
 _ATTRS["conv_f32"] = [("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
@@ -931,7 +937,7 @@ class Model:
     @staticmethod
     def _requant(a):
         r = a.get("requant")
-        return None if r is None else Requant(r["bits"], r["step"], r["signed"])
+        return None if r is None else Requant(r["bits"], r["step"], r["signed"], r.get("qmin"), r.get("qmax"))
 
     def _epilogue(self, n: Node):
         ep = n._cache.get("epilogue")
