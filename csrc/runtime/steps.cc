@@ -155,8 +155,9 @@ inline void copy_run(uint8_t* d, const uint8_t* s, size_t n) {
 inline int copy_run_class(size_t n) { return n >= 16 && n <= 32 ? 3 : n >= 8 && n <= 16 ? 2 : n >= 4 && n <= 8 ? 1 : 0; }
 
 // Output row m of the gather (output pixel (b, oy, ox)), any pixel: padding
-// taps get `pad`, consecutive valid taps of one kernel row (dw == 1) are one copy.
-template <class T>
+// taps get `pad`, consecutive valid taps of one kernel row (dw == 1) are one
+// copy (copy_run<kRun>, kw * C elements).
+template <class T, int kRun>
 void im2col_row(const T* x, const ConvGeometry& g, T pad, size_t b, size_t oy, size_t ox, T* o) {
   const size_t C = g.C;
   const ptrdiff_t ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
@@ -168,8 +169,8 @@ void im2col_row(const T* x, const ConvGeometry& g, T pad, size_t b, size_t oy, s
     }
     const T* row = x + (b * g.H + size_t(iy)) * g.W * C;
     if (g.dw == 1 && ix0 >= 0 && ix0 + ptrdiff_t(g.kw) <= ptrdiff_t(g.W)) {
-      copy_short(reinterpret_cast<uint8_t*>(o), reinterpret_cast<const uint8_t*>(row + size_t(ix0) * C),
-                 g.kw * C * sizeof(T));
+      copy_run<kRun>(reinterpret_cast<uint8_t*>(o), reinterpret_cast<const uint8_t*>(row + size_t(ix0) * C),
+                     g.kw * C * sizeof(T));
       continue;
     }
     for (size_t kx = 0; kx < g.kw; ++kx) {
@@ -216,7 +217,7 @@ void im2col_rows(const T* x, const ConvGeometry& g, T pad, size_t out_stride, si
       for (size_t ky = 0; ky < g.kh; ++ky)
         copy_run<kRun>(ob + ky * run, reinterpret_cast<const uint8_t*>(src + ky * tap_row), run);
     } else {
-      im2col_row(x, g, pad, b, oy, ox, o);
+      im2col_row<T, kRun>(x, g, pad, b, oy, ox, o);
       std::fill(o + g.kh * g.kw * g.C, o + out_stride, T(0));
     }
     if (++ox == g.OW) {  // the next output pixel (no divisions per row)
