@@ -177,7 +177,8 @@ void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_st
       uint8_t* out = static_cast<uint8_t*>(e.out) + m * e.out_stride;
       for (size_t n = n0; n < n1; ++n) {
         const float r = res ? res[n] : 0.0f;
-        out[n] = k->usable ? fast_code(e, *k, k0, src[n - n0], n, res ? &r : nullptr) : exact_code(e, src[n - n0], n, r);
+        out[n] = k->usable ? fast_code(e, *k, k0, src[n - n0], n, res ? &r : nullptr)
+                           : exact_code(e, src[n - n0], n, r);
       }
       continue;
     }

@@ -26,12 +26,13 @@
 // This is the value a float64 run of the source model (BatchNorm folded in
 // float64, then x / step and round half to even) decides, up to float64
 // rounding. The kernels do not compute it for every output: a fast path
-// computes t directly in float32 from per-column constants (CodeConstants:
-// t = fma(float32(acc), scale64[n] / step, bias64[n] / step) (+ residual / step),
-// clamped to the merged clamp and code range) and rounds it, unless t lies
-// within a proven bound of a rounding boundary (the derivation is in
-// epilogue.cc); only those outputs (a handful a forward pass) are computed in
-// float64 by exact_code. So every tier's codes equal the float64 formula exactly.
+// computes t - qmin directly in float32 from per-column constants
+// (CodeConstants: fma(float32(acc), scale64[n] / step, bias64[n] / step - qmin)
+// (+ residual / step), clamped once to the clamp and code range) and rounds
+// it, unless it lies within a proven bound of a rounding boundary (the
+// derivation is in epilogue.cc); only those outputs (about 2^-18 (|t| +
+// |bias / step|) of them) are computed in float64 by exact_code. So every
+// tier's codes equal the float64 formula exactly.
 //
 // Float outputs: no FMA contraction anywhere (this file is built with
 // -ffp-contract=off and every step is a separate statement); the code fast

@@ -152,7 +152,9 @@ inline void copy_run(uint8_t* d, const uint8_t* s, size_t n) {
   std::memcpy(d + n - w, s + n - w, w);
 }
 
-inline int copy_run_class(size_t n) { return n >= 16 && n <= 32 ? 3 : n >= 8 && n <= 16 ? 2 : n >= 4 && n <= 8 ? 1 : 0; }
+inline int copy_run_class(size_t n) {
+  return n >= 16 && n <= 32 ? 3 : n >= 8 && n <= 16 ? 2 : n >= 4 && n <= 8 ? 1 : 0;
+}
 
 // Output row m of the gather (output pixel (b, oy, ox)), any pixel: padding
 // taps get `pad`, consecutive valid taps of one kernel row (dw == 1) are one
