@@ -116,6 +116,10 @@ def baseline_contender(lb, m, x):
         mb = lb.load(os.path.join(d, "m.lowbit"))
     assert mb.run(x, executor="native").tobytes() == m.run(x, executor="native").tobytes(), \
         "the baseline build computes other bytes"
+    # the loaded model and its native plan are the baseline build's own (not this checkout's)
+    core = lb.executor.plan_for(mb, x.shape).core
+    assert type(mb).__module__.startswith("lowbit_baseline.") and isinstance(core, lb._core.ExecutorPlan) \
+        and not isinstance(core, lowbit._core.ExecutorPlan), "the baseline model does not run on the baseline build"
     return {"lowbit native (baseline)": lambda: mb.run(x, executor="native")}
 
 

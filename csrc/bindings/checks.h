@@ -32,7 +32,7 @@ inline size_t checked_product(std::initializer_list<size_t> dims, const char* wh
 // ValueError unless this CPU has every feature of `tier` (kernel `name` needs it).
 // The float64 step of a code epilogue (ops/epilogue.h): 0 (none: 1 / inv_step),
 // or finite > 0 with |inv_step * step64 - 1| <= 2^-23 (inv_step is 1 / step rounded
-// to float32: the near-tie bound of ops/epilogue.cc relies on it).
+// to float32: the two must describe one grid).
 inline void check_step64(double step64, float inv_step) {
   if (step64 == 0) return;
   const double err = static_cast<double>(inv_step) * step64 - 1.0;

@@ -169,6 +169,7 @@ class PlanHandle {
           throw py::value_error("scale64/bias64: expected finite values that round to scale/bias");
     }
     e.simd = tier > Tier::scalar;  // a forced scalar tier runs the scalar epilogue too (as the Python path)
+    if (e.kind == OutKind::codes) e.fast = code_constants(e.params(), N);
     return e;
   }
 
@@ -362,7 +363,7 @@ class ExactFloatSpec {
 }  // namespace
 
 void bind_executor(py::module_& m) {
-  py::class_<FloatConv>(m, "FloatConv",
+  py::class_<FloatConv>(m, "FloatConv", py::module_local(),
                         "A float32 convolution / linear layer with its weights packed once (conv_f32 / linear_f32 "
                         "nodes; summation order: docs/runtime.md)")
       .def(py::init(&make_float_conv), py::arg("w"), py::arg("bias"), py::arg("groups") = 1,
@@ -391,7 +392,7 @@ void bind_executor(py::module_& m) {
       .def_readonly("groups", &FloatConv::groups)
       .def_readonly("depthwise", &FloatConv::depthwise)
       .def_readonly("K", &FloatConv::K);
-  py::class_<ExactFloatSpec>(m, "ExactFloatSpec",
+  py::class_<ExactFloatSpec>(m, "ExactFloatSpec", py::module_local(),
                              "The exact codes of a quantize node fed by a float layer (lowbit.exact_float)")
       .def(py::init<const py::array&, const py::object&, const py::object&, const py::object&, const py::object&,
                     const py::object&, double, double, double, int, int, size_t, const py::object&,
@@ -491,7 +492,7 @@ void bind_executor(py::module_& m) {
   using runtime::PoolStep;
   using runtime::QuantizeStep;
 
-  py::class_<PlanHandle>(m, "ExecutorPlan",
+  py::class_<PlanHandle>(m, "ExecutorPlan", py::module_local(),
                          "A lowbit.Model lowered to native steps for one input shape (built by lowbit.executor)")
       .def(py::init<>())
       .def("buffer", &PlanHandle::buffer, "A new arena buffer of nbytes bytes; returns its id")
@@ -1099,7 +1100,7 @@ void bind_executor(py::module_& m) {
           "Runs the plan (GIL released; thread-safe). profile: True (wall clock) or 'thread_cpu' returns "
           "each step's seconds. check_finite: raise NonFiniteInput (a ValueError) when x holds a NaN or Inf "
           "(checked before the plan runs, or by its input quantizer, which then stops it; out is not written)");
-  py::register_exception<NonFiniteInput>(m, "NonFiniteInput", PyExc_ValueError);
+  py::register_local_exception<NonFiniteInput>(m, "NonFiniteInput", PyExc_ValueError);
 }
 
 }  // namespace lowbit

@@ -258,6 +258,9 @@ class EpilogueSpec {
       check_step64(step64, inv_step);
       scale64_ = checked_vector64(scale64_obj, "scale64", scale_);
       bias64_ = checked_vector64(bias64_obj, "bias64", bias_);
+      Epilogue e;
+      fill_params(e);
+      fast_ = code_constants(e, size_t(scale_.shape(0)));
     }
   }
 
@@ -269,9 +272,6 @@ class EpilogueSpec {
     if (size_t(scale_.shape(0)) != N)
       throw py::value_error("epilogue: scale has " + std::to_string(scale_.shape(0)) +
                             " values but the layer has " + std::to_string(N) + " outputs");
-    e.kind = kind_;
-    e.scale = static_cast<const float*>(scale_.data());
-    e.bias = static_cast<const float*>(bias_.data());
     e.residual = nullptr;
     if (!residual_obj.is_none()) {
       if (!py::isinstance<py::array>(residual_obj))
@@ -285,14 +285,7 @@ class EpilogueSpec {
       e.residual = static_cast<const float*>(res.data());  // the caller's object keeps it alive for the call
       e.residual_stride = N;
     }
-    e.clamp_lo = clamp_lo_;
-    e.clamp_hi = clamp_hi_;
-    e.inv_step = inv_step_;
-    e.qmin = qmin_;
-    e.qmax = qmax_;
-    e.step64 = step64_;
-    e.scale64 = scale64_.size() ? static_cast<const double*>(scale64_.data()) : nullptr;
-    e.bias64 = bias64_.size() ? static_cast<const double*>(bias64_.data()) : nullptr;
+    fill_params(e);
     e.out_stride = N;
     if (kind_ == OutKind::float32) {
       py::array_t<float> o = empty_aligned<float>(M, N);
@@ -305,6 +298,22 @@ class EpilogueSpec {
   }
 
  private:
+  // The parameters (no residual, no output); a code output's fast-path constants made once
+  void fill_params(Epilogue& e) const {
+    e.kind = kind_;
+    e.scale = static_cast<const float*>(scale_.data());
+    e.bias = static_cast<const float*>(bias_.data());
+    e.clamp_lo = clamp_lo_;
+    e.clamp_hi = clamp_hi_;
+    e.inv_step = inv_step_;
+    e.qmin = qmin_;
+    e.qmax = qmax_;
+    e.step64 = step64_;
+    e.scale64 = scale64_.size() ? static_cast<const double*>(scale64_.data()) : nullptr;
+    e.bias64 = bias64_.size() ? static_cast<const double*>(bias64_.data()) : nullptr;
+    e.fast = kind_ == OutKind::codes ? &fast_ : nullptr;
+  }
+
   static py::array checked_vector(const py::object& obj, const char* name) {
     if (!py::isinstance<py::array>(obj))
       throw py::type_error(std::string(name) + ": expected a 1-D float32 NumPy array");
@@ -317,7 +326,7 @@ class EpilogueSpec {
   }
 
   // An empty array for None, or a finite float64 array that rounds to the float32
-  // `rounded` (the near-tie bound of ops/epilogue.cc relies on it)
+  // `rounded` (the contract of lowbit.Epilogue's scale64/bias64)
   static py::array checked_vector64(const py::object& obj, const char* name, const py::array& rounded) {
     const py::ssize_t n = rounded.shape(0);
     if (obj.is_none()) return py::array_t<double>(0);
@@ -344,6 +353,7 @@ class EpilogueSpec {
   float clamp_lo_, clamp_hi_, inv_step_;
   int qmin_, qmax_;
   double step64_;
+  CodeConstants fast_;  // code output: code_constants of the parameters (fill_params)
 };
 
 // Epilogue arguments of the one-shot bindings: int32 output (none), or an EpilogueSpec.
@@ -1215,13 +1225,17 @@ PYBIND11_MODULE(_core, m) {
         py::arg("qmin") = 0, py::arg("qmax") = 0, py::arg("col_correction") = py::none(), py::arg("step64") = 0.0,
         py::arg("scale64") = py::none(), py::arg("bias64") = py::none());
   // the prepared GEMM call path (docs/architecture.md, "One GEMM call")
-  py::class_<EpilogueSpec>(m, "GemmEpilogue", "A fused epilogue's parameters, checked once (lowbit.Epilogue.native)")
+  // module_local (every class here and in executor.cc): two builds of _core can live in one process
+  // (bench/bench_executor.py --baseline), each with its own types
+  py::class_<EpilogueSpec>(m, "GemmEpilogue", py::module_local(),
+                           "A fused epilogue's parameters, checked once (lowbit.Epilogue.native)")
       .def(py::init<const std::string&, const py::object&, const py::object&, float, float, float, int, int, double,
                     const py::object&, const py::object&>(),
            py::arg("out_kind"), py::arg("scale"), py::arg("bias"), py::arg("clamp_lo") = -INFINITY,
            py::arg("clamp_hi") = INFINITY, py::arg("inv_step") = 1.0f, py::arg("qmin") = 0, py::arg("qmax") = 0,
            py::arg("step64") = 0.0, py::arg("scale64") = py::none(), py::arg("bias64") = py::none());
-  py::class_<PreparedGemm>(m, "PreparedGemm", "One GEMM's weight side, checked once (ops.Bound.native)")
+  py::class_<PreparedGemm>(m, "PreparedGemm", py::module_local(),
+                           "One GEMM's weight side, checked once (ops.Bound.native)")
       .def(py::init<size_t, const py::array&, const py::array&, size_t, uint32_t, uint32_t, uint32_t,
                     const py::object&, size_t, size_t, int64_t, int, int>(),
            py::arg("kernel_index"), py::arg("w"), py::arg("tables"), py::arg("N"), py::arg("flush8"),

@@ -205,16 +205,8 @@ bool run_grouped_conv(const GroupedConvCall& call, const GemmGeometry& gg) {
       gemm.c = call.c + grp * opg;
       gemm.c_stride = call.cout;
     } else {
-      Epilogue& e = gemm.epilogue;
-      e = call.epilogue;
-      e.scale += grp * opg;
-      e.bias += grp * opg;
-      if (e.scale64) e.scale64 += grp * opg;
-      if (e.bias64) e.bias64 += grp * opg;
-      if (e.residual) e.residual += grp * opg;
-      const size_t elem = e.kind == OutKind::float32 ? sizeof(float) : sizeof(uint8_t);
-      e.out = static_cast<uint8_t*>(call.epilogue.out) + grp * opg * elem;
-      if (e.codes) e.codes += grp * opg;
+      gemm.epilogue = call.epilogue;
+      shift_columns(gemm.epilogue, grp * opg);
     }
     run_gemm(gemm, gg);
   }

@@ -15,51 +15,114 @@ void apply_epilogue(const Epilogue& e, const int32_t* acc, size_t acc_stride, si
   apply_epilogue__scalar(e, acc, acc_stride, m0, m1, n0, n1);
 }
 
+void shift_columns(Epilogue& e, size_t k) {
+  e.scale += k;
+  e.bias += k;
+  if (e.scale64) e.scale64 += k;
+  if (e.bias64) e.bias64 += k;
+  e.fast_column += k;
+  if (e.residual) e.residual += k;
+  const size_t elem = e.kind == OutKind::float32 ? sizeof(float) : sizeof(uint8_t);
+  e.out = static_cast<uint8_t*>(e.out) + k * elem;
+  if (e.codes) e.codes += k;
+}
+
 // ---- Exact requantization: the float32 fast path and its near-tie test.
 //
-// Notation: u = 2^-24 (float32 unit roundoff), A = acc, S = scale64[n],
-// B = bias64[n], R = double(r) the residual, T = the formula's t computed in
-// float64, Sigma = |p| + |b| + |r| with the float32 values the fast path
-// computes (p = float32(float32(A) * s), s = float32(S), b = float32(B)), and
-// inv = inv_step = (1 / step64)(1 + e3) with |e3| <= 2u (lowbit.quant.inv_step
-// rounds 1 / step to float32; the bindings check |inv_step * step64 - 1| <= 2^-23;
-// with step64 0 the formula's step is 1 / double(inv_step)).
+// Notation: u = 2^-24 (float32 unit roundoff); f32(x) rounds a double to
+// float32; A = acc, S = scale64[n] (or double(scale[n])), B = bias64[n] (or
+// double(bias[n])), r the residual (R = double(r)), step the formula's float64
+// step (step64, or 1 / double(inv_step)), s = 1 / step (a real number).
+// The fast path computes t - qmin, the code itself (so no abs and no
+// subtraction per lane). code_constants computes in float64 and rounds once
+// to float32: S' = f32(S / step), B' = f32(B / step - qmin), I' =
+// residual_scale = f32(1 / step), Lf = lo / step, Hf = hi / step (float64, as
+// exact_code divides a clamped value), Lq = max(Lf, qmin), Hq = min(Hf, qmax),
+// lo32 = f32(Lq - qmin), hi32 = f32(Hq - qmin). It marks the whole fast path
+// unusable unless Lq <= Hq, I' lies in [2^-100, 2^100] and |qmin| <= 255, and a
+// column always exact (limit[n] = -inf) unless |S'| <= 2^64 and |B'| <= 2^64.
 //
-//  * p = A*S*(1+e0)(1+e1)(1+e2) (float32(A), the rounding of S, the product):
-//    |p - A*S| <= 3.0001u |A*S| <= 3.0002u |p|;
-//  * |b - B| <= u|B| <= 1.0001u |b|;  w = float32(p + b): |w - (p + b)| <= u(|p| + |b|);
-//  * v = float32(w + r): |v - (w + r)| <= u|w + r| <= 1.0001u Sigma;
-//  so |v - (A*S + B + R)| <= 6u Sigma. The clamp is 1-Lipschitz (same bounds on
-//  both sides), so the clamped values differ by no more.
-//  * t32 = float32(v * inv): |t32 - v/step| <= 3.0001u |t32|,
-//    and |v/step - V/step| <= 6u Sigma/step <= 6.0002u Sigma*inv.
-//  * |t32| <= |clamped v| inv (1 + u) <= (Sigma (1 + 2u) + C) inv (1 + u), with C the
-//    larger magnitude of the finite clamp bounds (0 if none): the clamp moves v to a
-//    bound or leaves it.
-//  * the float64 evaluation of T: at most 5 roundings of 2^-53 relative on values
-//    bounded by Sigma (1 + 7u): |T - exact| <= 2^-50 Sigma*inv.
-//  * underflow (subnormal intermediate results) adds at most 2^-149 absolute per
-//    float32 operation on v, i.e. 4 * 2^-149 * inv in t, and 2^-149 on t32.
-// Total: |t32 - T| <= 9.04u (Sigma + C) inv + 2^-146 inv + 2^-149. The test uses
-// delta = Sigma * (2^-19 inv) + (C * (2^-19 inv) + (2^-120 inv + 2^-120)) (TieBound:
-// 32u, more than three times the first term, which also covers the float32
-// evaluation of delta itself, a few roundings). It rounds tc = t32 clamped to
-// [qmin, qmax] (a NaN stays NaN) to q = rint(tc), and trusts q when
-// 1/2 - |tc - q| > delta (tc - q is exact; the other subtraction is off by at most
-// u relative). Then T rounds (and clamps) to q: if t32 lies in the range, T is
-// within delta of t32, inside the same open interval between two half-integers;
-// if t32 > qmax (tc = qmax, which needs delta < 1/2), T > qmax - 1/2, so T rounds
-// to at least qmax and clamps to qmax (likewise below qmin). A NaN or infinite
-// t32 or delta fails the comparison: a near tie, computed exactly.
-TieBound tie_bound(const Epilogue& e) {
-  float c = 0;
-  if (std::isfinite(e.clamp_lo)) c = std::max(c, std::fabs(e.clamp_lo));
-  if (std::isfinite(e.clamp_hi)) c = std::max(c, std::fabs(e.clamp_hi));
-  TieBound b;
-  b.scale = e.inv_step * 0x1p-19f;
-  if (!(b.scale >= 0x1p-126f)) b.scale = INFINITY;  // a subnormal scale would lose the bound: every output exact
-  b.offset = c * b.scale + (e.inv_step * 0x1p-120f + 0x1p-120f);
-  return b;
+// 1. The clamps. Division by step > 0 (rounded) is monotone, so the formula's
+//    t is T = clamp(Tu, Lf, Hf) with Tu = fl64(V / step), V the formula's
+//    unclamped float64 value; Lq <= Hq gives Lf <= Hf. rint is monotone and
+//    keeps integers, so the code is rint(clamp(clamp(Tu, Lf, Hf), qmin, qmax)) -
+//    qmin = rint(F), F = clamp(Tu - qmin, Lq - qmin, Hq - qmin) (two clamps
+//    whose bounds overlap, Lq <= Hq, are one clamp to the intersection; qmin is
+//    an integer). Rounding is monotone: 0 <= lo32 <= hi32 <= qmax - qmin, and
+//    |lo32 - (Lq - qmin)|, |hi32 - (Hq - qmin)| <= Ec (code_constants computes
+//    Ec, to 2^-45: 0 when the bounds are integers, as for ReLU).
+// 2. The error of t. Take a lane the test trusts (4. shows r is then finite
+//    with R' = |r| I' < 2^18; the column's |S'|, |B'| <= 2^64): every value is
+//    finite (|t| < 2^96). With P = A S s, Bs = B s - qmin, Rs = R s,
+//    X = P + Bs + Rs (exact reals) and x1 = f32(A) S' + B', x2 = r I' + t1:
+//     * |f32(A) S' - P| <= 2.0001u |P| + 2^-119 (f32(A) and S' each one rounding
+//       of 2^-53 + u relative, or 2^-150 absolute where S' is subnormal, times
+//       |A| < 2^31); |B' - Bs| <= 1.0001u |Bs| + 2^-44 (B / step rounds in float64
+//       before qmin is taken off: 2^-53 (|Bs| + 255)); |r I' - Rs| <= 1.0001u |Rs|;
+//     * the fmas: |t1 - x1| <= u |x1| + 2^-150, |t - x2| <= u |x2| + 2^-150
+//       (without a residual t = t1, x2 = t1, r = 0);
+//     * so |t - X| <= u|x2| + u|x1| + 2.0001u|P| + 1.0001u(|Bs| + |Rs|) + 2^-43,
+//       and with |x2| <= |t|(1 + 1.0001u) (+ 2^-149), |x1| <= |x2| + R' (+ ...),
+//       |P| <= (|x1| + |B'|)(1 + 2.001u), |Bs| <= |B'|(1 + 1.0002u) + 2^-43,
+//       |Rs| <= R'(1 + 1.0002u):  |t - X| <= 4.01u (|t| + R') + 3.01u |B'| + 2^-42;
+//     * Tu - qmin (four float64 roundings of values at most (|A S| + |B| + |R|)
+//       (1 + 2^-50), then times s <= 2^101; subnormals 2^-1074 each): |Tu - qmin - X|
+//       <= 2^-50 (|P| + |B s| + |Rs|) + 2^-960 <= 2^-48 (|t| + R' + |B'| + |qmin|) + 2^-960.
+//    Total: |t - (Tu - qmin)| <= E(t) = c |t| + k, c = 4.02u,
+//    k = 4.02u R' + 3.02u |B'| + 2^-39.
+// 3. The clamp of t: tc = min(hi32, max(lo32, t)). Then |F - tc| <= E(tc) + Ec:
+//    within [lo32, hi32], tc = t and clamping is 1-Lipschitz in the value and
+//    in the bounds; for t > hi32 (tc = hi32), t - E(t) is increasing in t (c < 1),
+//    so Tu - qmin >= hi32 - E(hi32), hence hi32 + Ec >= Hq - qmin >= F >=
+//    min(Hq - qmin, Tu - qmin) >= tc - E(tc) - Ec; t < lo32 likewise. tc >= 0
+//    (or NaN; -0 where t is -0 and lo32 +0), so |tc| is tc.
+// 4. The test. frac = tc - q is exact (q = rint(tc) is 0 or within a factor 2
+//    of tc). The code is trusted when |frac| < limit, where
+//      limit[n] = f32(1/2 - K[n]),  K[n] = kTieSlope |B'| + 2^-22 + 2 Ec (in float64),
+//      limit = fma(-tc, kTieSlope, limit[n]), then fma(-|r|, kTieSlope I', limit).
+//    If limit > |frac| >= 0, every intermediate limit is > 0 (taking a
+//    nonnegative amount from a value <= 0 stays <= 0, and rounding is monotone)
+//    and <= 1/2, so each of the roundings (the double K, f32, the fmas; kTieSlope
+//    I' is exact) errs by at most 2^-26, and
+//      |frac| < 1/2 - kTieSlope (|tc| + R' + |B'|) - 2^-22 - 2 Ec + 4 * 2^-26.
+//    In particular R' < 2^18 (r is finite; an infinite or NaN r, or a NaN tc,
+//    makes limit -inf or NaN and fails the strict comparison). As kTieSlope =
+//    2^-19 = 32u > 4.02u and 2^-39 + 2^-45 + 4 * 2^-26 < 2^-22:
+//      |frac| + |F - tc| < 1/2,
+//    so F lies strictly inside (q - 1/2, q + 1/2): rint(F) = q, the formula's code
+//    (q lies in [0, qmax - qmin] since tc does). Any lane the test does not trust
+//    is computed by exact_code. The test costs one fma and a compare a lane (an
+//    abs and an fma more with a residual); the kTieSlope margin sends about
+//    2^-18 (|tc| + |B'|) of the lanes to exact_code.
+CodeConstants code_constants(const Epilogue& e, size_t columns) {
+  CodeConstants c;
+  const double step = e.step64 != 0 ? e.step64 : 1.0 / static_cast<double>(e.inv_step);
+  const double lo = std::max(static_cast<double>(e.clamp_lo) / step, static_cast<double>(e.qmin));  // Lq (NaN: NaN)
+  const double hi = std::min(static_cast<double>(e.clamp_hi) / step, static_cast<double>(e.qmax));  // Hq
+  c.residual_scale = static_cast<float>(1.0 / step);
+  if (!(lo <= hi) || !(c.residual_scale >= 0x1p-100f && c.residual_scale <= 0x1p100f) || e.qmin < -255 ||
+      e.qmin > 255)
+    return c;  // every code exact
+  const double qmin = static_cast<double>(e.qmin);
+  c.lo = static_cast<float>(lo - qmin);
+  c.hi = static_cast<float>(hi - qmin);
+  const double clamp_error =  // Ec
+      std::max(std::fabs(double(c.lo) - (lo - qmin)), std::fabs(double(c.hi) - (hi - qmin)));
+  c.residual_bound = kTieSlope * c.residual_scale;
+  c.scale.resize(columns);
+  c.bias.resize(columns);
+  c.limit.resize(columns);
+  for (size_t n = 0; n < columns; ++n) {
+    const double scale = e.scale64 ? e.scale64[n] : static_cast<double>(e.scale[n]);
+    const double bias = e.bias64 ? e.bias64[n] : static_cast<double>(e.bias[n]);
+    c.scale[n] = static_cast<float>(scale / step);
+    c.bias[n] = static_cast<float>(bias / step - qmin);
+    const bool bounded = std::fabs(c.scale[n]) <= 0x1p64f && std::fabs(c.bias[n]) <= 0x1p64f;
+    const double K = double(kTieSlope) * std::fabs(double(c.bias[n])) + 0x1p-22 + 2 * clamp_error;
+    c.limit[n] = bounded ? static_cast<float>(0.5 - K) : -INFINITY;
+  }
+  c.usable = true;
+  return c;
 }
 
 uint8_t exact_code(const Epilogue& e, int32_t acc, size_t n, float residual) {
@@ -79,39 +142,56 @@ uint8_t exact_code(const Epilogue& e, int32_t acc, size_t n, float residual) {
   return uint8_t(int32_t(q) - e.qmin);
 }
 
+namespace {
+
+// The fast path of one code output (epilogue.h, CodeConstants), in the AVX2 twin's
+// order: the same float32 values (fmaf is the single-rounding vfmadd, vmaxps(lo, t)
+// is `lo > t ? lo : t`, vminps(hi, t) is `hi < t ? hi : t`); exact_code where the
+// test cannot vouch for q. Column n's constants are at k0 + n; `residual`: the output's
+// residual, or null.
+inline uint8_t fast_code(const Epilogue& e, const CodeConstants& k, size_t k0, int32_t acc, size_t n,
+                         const float* residual) {
+  float t = std::fma(static_cast<float>(acc), k.scale[k0 + n], k.bias[k0 + n]);
+  if (residual) t = std::fma(*residual, k.residual_scale, t);
+  float tc = k.lo > t ? k.lo : t;  // a NaN t passes
+  tc = k.hi < tc ? k.hi : tc;
+  const float q = std::nearbyint(tc);  // the code
+  float limit = std::fma(-tc, kTieSlope, k.limit[k0 + n]);  // tc >= 0
+  if (residual) limit = std::fma(-std::fabs(*residual), k.residual_bound, limit);
+  if (std::fabs(tc - q) < limit) return uint8_t(int32_t(q));  // provably the formula's code
+  return exact_code(e, acc, n, residual ? *residual : 0.0f);
+}
+
+}  // namespace
+
 void apply_epilogue__scalar(const Epilogue& e, const int32_t* acc, size_t acc_stride, size_t m0, size_t m1,
                             size_t n0, size_t n1) {
-  const TieBound bound = e.kind != OutKind::float32 ? tie_bound(e) : TieBound{};
+  CodeConstants local;
+  const CodeConstants* k = e.fast;
+  size_t k0 = e.fast_column;  // column n's constants: k0 + n
+  if (e.kind != OutKind::float32 && !k) k = &(local = code_constants(e, n1)), k0 = 0;
   for (size_t m = m0; m < m1; ++m) {
     const int32_t* src = acc + (m - m0) * acc_stride;
     const float* res = e.residual ? e.residual + m * e.residual_stride : nullptr;
+    if (e.kind != OutKind::float32) {
+      uint8_t* out = static_cast<uint8_t*>(e.out) + m * e.out_stride;
+      for (size_t n = n0; n < n1; ++n) {
+        const float r = res ? res[n] : 0.0f;
+        out[n] = k->usable ? fast_code(e, *k, k0, src[n - n0], n, res ? &r : nullptr)
+                           : exact_code(e, src[n - n0], n, r);
+      }
+      continue;
+    }
     for (size_t n = n0; n < n1; ++n) {
       const float p = static_cast<float>(src[n - n0]) * e.scale[n];
       float v = p + e.bias[n];
-      const float r = res ? res[n] : 0.0f;
-      if (res) v = v + r;
+      if (res) v = v + res[n];
       v = v < e.clamp_lo ? e.clamp_lo : v;
       v = v > e.clamp_hi ? e.clamp_hi : v;
-      if (e.kind == OutKind::float32) {
-        static_cast<float*>(e.out)[m * e.out_stride + n] = v;
-        if (e.codes)
-          quantize_codes__scalar(&static_cast<float*>(e.out)[m * e.out_stride + n], 1, e.codes_step, e.codes_qn,
-                                 e.codes_qp, e.codes + m * e.codes_stride + n);
-      } else {
-        uint8_t& out = static_cast<uint8_t*>(e.out)[m * e.out_stride + n];
-        const float t = v * e.inv_step;
-        float tc = t < float(e.qmin) ? float(e.qmin) : t;  // a NaN stays NaN
-        tc = tc > float(e.qmax) ? float(e.qmax) : tc;
-        const float q = std::nearbyint(tc);
-        float magnitude = (p < 0 ? -p : p) + (e.bias[n] < 0 ? -e.bias[n] : e.bias[n]);
-        magnitude = magnitude + (r < 0 ? -r : r);
-        const float delta = magnitude * bound.scale + bound.offset;
-        const float frac = tc - q;
-        if (0.5f - (frac < 0 ? -frac : frac) > delta)  // provably the formula's code (tie_bound)
-          out = uint8_t(int32_t(q) - e.qmin);
-        else
-          out = exact_code(e, src[n - n0], n, r);
-      }
+      static_cast<float*>(e.out)[m * e.out_stride + n] = v;
+      if (e.codes)
+        quantize_codes__scalar(&static_cast<float*>(e.out)[m * e.out_stride + n], 1, e.codes_step, e.codes_qn,
+                               e.codes_qp, e.codes + m * e.codes_stride + n);
     }
   }
 }

@@ -10,20 +10,30 @@
 namespace lowbit {
 namespace runtime {
 
-Epilogue EpilogueSpec::make(const Context& c) const {
+Epilogue EpilogueSpec::params() const {
   Epilogue e;
   e.kind = kind;
   e.scale = scale;
   e.bias = bias;
-  if (residual >= 0) {
-    e.residual = c.at<float>(residual) + residual_col;
-    e.residual_stride = residual_stride;
-  }
   e.clamp_lo = clamp_lo;
   e.clamp_hi = clamp_hi;
   e.inv_step = inv_step;
   e.qmin = qmin;
   e.qmax = qmax;
+  e.simd = simd;
+  e.scale64 = scale64;
+  e.bias64 = bias64;
+  e.step64 = step64;
+  if (kind == OutKind::codes) e.fast = &fast;
+  return e;
+}
+
+Epilogue EpilogueSpec::make(const Context& c) const {
+  Epilogue e = params();
+  if (residual >= 0) {
+    e.residual = c.at<float>(residual) + residual_col;
+    e.residual_stride = residual_stride;
+  }
   if (kind == OutKind::float32 || kind == OutKind::int32)
     e.out = c.at<float>(out) + out_col;  // int32: the GEMM writes GemmCall::c (set from this address)
   else
@@ -36,10 +46,6 @@ Epilogue EpilogueSpec::make(const Context& c) const {
     e.codes_qn = codes_qn;
     e.codes_qp = codes_qp;
   }
-  e.simd = simd;
-  e.scale64 = scale64;
-  e.bias64 = bias64;
-  e.step64 = step64;
   return e;
 }
 
@@ -136,38 +142,86 @@ inline void copy_short(uint8_t* d, const uint8_t* s, size_t n) {
   }
 }
 
+// copy_short for an n of the size class kRun (copy_run_class), fixed at compile
+// time: 1: n in [4, 8], 2: [8, 16], 3: [16, 32], 0: any n (copy_short itself).
+template <int kRun>
+inline void copy_run(uint8_t* d, const uint8_t* s, size_t n) {
+  constexpr size_t w = kRun == 1 ? 4 : kRun == 2 ? 8 : 16;
+  if (kRun == 0) return copy_short(d, s, n);
+  std::memcpy(d, s, w);
+  std::memcpy(d + n - w, s + n - w, w);
+}
+
+inline int copy_run_class(size_t n) {
+  return n >= 16 && n <= 32 ? 3 : n >= 8 && n <= 16 ? 2 : n >= 4 && n <= 8 ? 1 : 0;
+}
+
+// Output row m of the gather (output pixel (b, oy, ox)), any pixel: padding
+// taps get `pad`, consecutive valid taps of one kernel row (dw == 1) are one
+// copy (copy_run<kRun>, kw * C elements).
+template <class T, int kRun>
+void im2col_row(const T* x, const ConvGeometry& g, T pad, size_t b, size_t oy, size_t ox, T* o) {
+  const size_t C = g.C;
+  const ptrdiff_t ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
+  for (size_t ky = 0; ky < g.kh; ++ky, o += g.kw * C) {
+    const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
+    if (iy < 0 || iy >= ptrdiff_t(g.H)) {
+      std::fill(o, o + g.kw * C, pad);
+      continue;
+    }
+    const T* row = x + (b * g.H + size_t(iy)) * g.W * C;
+    if (g.dw == 1 && ix0 >= 0 && ix0 + ptrdiff_t(g.kw) <= ptrdiff_t(g.W)) {
+      copy_run<kRun>(reinterpret_cast<uint8_t*>(o), reinterpret_cast<const uint8_t*>(row + size_t(ix0) * C),
+                     g.kw * C * sizeof(T));
+      continue;
+    }
+    for (size_t kx = 0; kx < g.kw; ++kx) {
+      const ptrdiff_t ix = ix0 + ptrdiff_t(kx * g.dw);
+      if (ix >= 0 && ix < ptrdiff_t(g.W))
+        copy_short(reinterpret_cast<uint8_t*>(o + kx * C), reinterpret_cast<const uint8_t*>(row + size_t(ix) * C),
+                   C * sizeof(T));
+      else
+        std::fill(o + kx * C, o + (kx + 1) * C, pad);
+    }
+  }
+}
+
+// First output coordinate whose taps along one axis all lie inside the input
+// (o * s - p >= 0), and one past the last (o * s - p + span <= n, span the
+// kernel's extent): interior pixels are [lo, hi) on both axes (empty: lo >= hi).
+inline void interior_range(size_t n, size_t out, size_t s, size_t p, size_t span, size_t* lo, size_t* hi) {
+  *lo = (p + s - 1) / s;
+  *hi = n + p >= span ? std::min(out, (n + p - span) / s + 1) : 0;
+}
+
 // im2col_nhwc's rows [m0, m1) (row m: output pixel m of B*OH*OW) on
 // elements of type T, each row written into out_stride elements (the tail
-// zeroed); consecutive valid taps of one kernel row (dw == 1) are one copy.
-template <class T>
-void im2col_strided(const T* x, const ConvGeometry& g, T pad, size_t out_stride, size_t m0, size_t m1, T* out) {
-  const size_t C = g.C, K = g.kh * g.kw * C;
+// zeroed). A pixel whose taps all lie inside the input (with dw == 1) copies
+// its kh kernel rows of kw * C elements with copy_run<kRun> and zeroes the
+// tail with 16-byte stores made before the copies (those reaching into the data
+// are overwritten by it), branching on nothing; other pixels take im2col_row.
+template <class T, int kRun>
+void im2col_rows(const T* x, const ConvGeometry& g, T pad, size_t out_stride, size_t m0, size_t m1, T* out) {
+  static constexpr uint8_t kZeros[16] = {};
+  const size_t row_elems = g.W * g.C, run = g.kw * g.C * sizeof(T), tap_row = g.dh * row_elems;
+  const size_t k_bytes = g.kh * run, row_bytes = out_stride * sizeof(T);
+  size_t oy_lo, oy_hi, ox_lo, ox_hi;
+  interior_range(g.H, g.OH, g.sh, g.ph, (g.kh - 1) * g.dh + 1, &oy_lo, &oy_hi);
+  interior_range(g.W, g.OW, g.sw, g.pw, g.kw, &ox_lo, &ox_hi);
+  if (g.dw != 1 || row_bytes < 16) ox_hi = 0;  // every pixel through im2col_row
   size_t ox = m0 % g.OW, oy = (m0 / g.OW) % g.OH, b = m0 / (g.OW * g.OH);  // output pixel m, stepped below
   for (size_t m = m0; m < m1; ++m) {
     T* o = out + m * out_stride;
-    const ptrdiff_t ix0 = ptrdiff_t(ox * g.sw) - ptrdiff_t(g.pw);
-    for (size_t ky = 0; ky < g.kh; ++ky, o += g.kw * C) {
-      const ptrdiff_t iy = ptrdiff_t(oy * g.sh + ky * g.dh) - ptrdiff_t(g.ph);
-      if (iy < 0 || iy >= ptrdiff_t(g.H)) {
-        std::fill(o, o + g.kw * C, pad);
-        continue;
-      }
-      const T* row = x + (b * g.H + size_t(iy)) * g.W * C;
-      if (g.dw == 1 && ix0 >= 0 && ix0 + ptrdiff_t(g.kw) <= ptrdiff_t(g.W)) {
-        copy_short(reinterpret_cast<uint8_t*>(o), reinterpret_cast<const uint8_t*>(row + size_t(ix0) * C),
-                   g.kw * C * sizeof(T));
-        continue;
-      }
-      for (size_t kx = 0; kx < g.kw; ++kx) {
-        const ptrdiff_t ix = ix0 + ptrdiff_t(kx * g.dw);
-        if (ix >= 0 && ix < ptrdiff_t(g.W))
-          copy_short(reinterpret_cast<uint8_t*>(o + kx * C), reinterpret_cast<const uint8_t*>(row + size_t(ix) * C),
-                     C * sizeof(T));
-        else
-          std::fill(o + kx * C, o + (kx + 1) * C, pad);
-      }
+    if (oy >= oy_lo && oy < oy_hi && ox >= ox_lo && ox < ox_hi) {
+      uint8_t* ob = reinterpret_cast<uint8_t*>(o);
+      for (size_t z = k_bytes; z < row_bytes; z += 16) std::memcpy(ob + std::min(z, row_bytes - 16), kZeros, 16);
+      const T* src = x + (b * g.H + oy * g.sh - g.ph) * row_elems + (ox * g.sw - g.pw) * g.C;
+      for (size_t ky = 0; ky < g.kh; ++ky)
+        copy_run<kRun>(ob + ky * run, reinterpret_cast<const uint8_t*>(src + ky * tap_row), run);
+    } else {
+      im2col_row<T, kRun>(x, g, pad, b, oy, ox, o);
+      std::fill(o + g.kh * g.kw * g.C, o + out_stride, T(0));
     }
-    std::fill(out + m * out_stride + K, out + (m + 1) * out_stride, T(0));
     if (++ox == g.OW) {  // the next output pixel (no divisions per row)
       ox = 0;
       if (++oy == g.OH) {
@@ -175,6 +229,16 @@ void im2col_strided(const T* x, const ConvGeometry& g, T pad, size_t out_stride,
         ++b;
       }
     }
+  }
+}
+
+template <class T>
+void im2col_strided(const T* x, const ConvGeometry& g, T pad, size_t out_stride, size_t m0, size_t m1, T* out) {
+  switch (copy_run_class(g.kw * g.C * sizeof(T))) {
+    case 1: return im2col_rows<T, 1>(x, g, pad, out_stride, m0, m1, out);
+    case 2: return im2col_rows<T, 2>(x, g, pad, out_stride, m0, m1, out);
+    case 3: return im2col_rows<T, 3>(x, g, pad, out_stride, m0, m1, out);
+    default: return im2col_rows<T, 0>(x, g, pad, out_stride, m0, m1, out);
   }
 }
 

@@ -42,7 +42,12 @@ struct EpilogueSpec {
   const double* scale64 = nullptr;
   const double* bias64 = nullptr;
   double step64 = 0;
+  // codes output: the fast path's constants (code_constants of params(), made when the
+  // plan is built; left unusable, every code is computed by exact_code)
+  CodeConstants fast;
 
+  // The parameters without the buffers; make: with this context's buffers.
+  Epilogue params() const;
   Epilogue make(const Context& c) const;
 };
 

@@ -58,6 +58,9 @@ DW_CASES = [
     (1, 2, 3, 17, 5, 1, 2, 1),       # H and W smaller than the kernel
     (2, 6, 5, 32, 3, (2, 1), (0, 1), (1, 2)),
     (1, 4, 4, 48, 1, 1, 0, 1),       # 1x1 depthwise (a per-channel scale)
+    (1, 8, 12, 32, 3, (1, 2), 1, (2, 1)),  # 3x3 rows of neighbouring pixels, 2 pixels apart, rows 2 apart
+    (2, 7, 13, 16, (1, 9), 1, (0, 4), 1),   # 1 x 9: also three rows of 3 neighbouring pixels
+    (1, 13, 5, 16, (9, 1), 1, (4, 0), 1),   # 9 x 1
 ]
 
 
@@ -67,12 +70,13 @@ DW_CASES = [
 def test_depthwise_exact_on_every_tier(tier, case, cbs):
     rng = _seed("dw", case, cbs)
     b, h, w, c, k, s, p, d = case
+    k, kw = k if isinstance(k, tuple) else (k, k)
     a_bits, a_cb, w_cb = 2, None, None
     if cbs == "signed":
         a_cb = w_cb = SIGNED2
     elif cbs == "bipolar_a":
         a_bits, a_cb, w_cb = 1, BIPOLAR, SIGNED2
-    got, want, ran = _run(rng, b, h, w, c, c, k, s, p, d, c, a_bits=a_bits, a_cb=a_cb, w_cb=w_cb, tier=tier)
+    got, want, ran = _run(rng, b, h, w, c, c, k, s, p, d, c, a_bits=a_bits, a_cb=a_cb, w_cb=w_cb, tier=tier, kw=kw)
     assert got.dtype == np.int32 and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
     names = {k["name"]: k for k in lowbit.dwconv_kernels()}

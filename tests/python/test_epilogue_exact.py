@@ -30,6 +30,7 @@ def float64_codes(acc, scale64, bias64, residual, lo, hi, rq):
             v = lo if v < lo else v
             v = hi if v > hi else v
             t = v / rq.step64
+            t = min(max(t, rq.qmin - 1), rq.qmax + 1)   # the same code; an infinite t becomes finite
             q = rq.qmin if t != t else min(max(round(t), rq.qmin), rq.qmax)
             out[m, n] = q - rq.qmin
     return out
@@ -45,6 +46,23 @@ def float32_codes(acc, scale, bias, residual, lo, hi, rq):
     q = np.rint(v * rq.inv_step)
     q = np.where(np.isnan(q), rq.qmin, np.clip(q, rq.qmin, rq.qmax))
     return (q - rq.qmin).astype(np.uint8)
+
+
+def fast_rule_codes(acc, scale64, bias64, residual, lo, hi, rq):
+    """What the fast path alone (csrc/ops/epilogue.cc, code_constants: t - qmin from per-column
+    constants, clamped, rounded; no near-tie test) would give. Its single-rounding fmas are
+    emulated in float64 (the product is exact there; one extra rounding at worst), which is
+    close enough to count the outputs where that rule departs from the formula."""
+    step = np.float64(rq.step64)
+    s = (np.asarray(scale64, np.float64) / step).astype(np.float32).astype(np.float64)
+    b = (np.asarray(bias64, np.float64) / step - rq.qmin).astype(np.float32).astype(np.float64)
+    t = (acc.astype(np.float32).astype(np.float64) * s + b).astype(np.float32)   # t - qmin
+    if residual is not None:
+        t = (residual.astype(np.float64) * np.float64(np.float32(1 / step)) + t.astype(np.float64)).astype(np.float32)
+    t_lo = np.float32(max(np.float64(np.float32(lo)) / step, rq.qmin) - rq.qmin)
+    t_hi = np.float32(min(np.float64(np.float32(hi)) / step, rq.qmax) - rq.qmin)
+    q = np.rint(np.minimum(np.maximum(t, t_lo), t_hi))
+    return np.where(np.isnan(q), 0, q).astype(np.uint8)
 
 
 def near_tie_case(rng, rq, m, n, big=False, negative=False):
@@ -74,7 +92,7 @@ def near_tie_case(rng, rq, m, n, big=False, negative=False):
 def test_codes_at_and_next_to_ties_match_the_float64_formula(simd, act, residual, big, negative, rng):
     lo, hi = ACTIVATIONS[act]
     m, n = 7, 75   # 64 columns in 32-code stores, 8 in one vector, 3 in the scalar tail
-    hits = 0
+    hits = fast_hits = 0
     for rq in REQUANTS:
         acc, scale, bias, scale64, bias64 = near_tie_case(rng, rq, m, n, big, negative)
         res = None
@@ -88,7 +106,9 @@ def test_codes_at_and_next_to_ties_match_the_float64_formula(simd, act, residual
         np.testing.assert_array_equal(got, want, err_msg=f"{rq} {act}")
         np.testing.assert_array_equal(want, float64_codes(acc, scale64, bias64, res, lo, hi, rq))
         hits += int(np.count_nonzero(want != float32_codes(acc, scale, bias, res, lo, hi, rq)))
+        fast_hits += int(np.count_nonzero(want != fast_rule_codes(acc, scale64, bias64, res, lo, hi, rq)))
     assert hits > 0   # the case reaches outputs that the float32 rule alone decides otherwise
+    assert fast_hits > 0   # ... and outputs that the kernels' fast path alone would round the other way
 
 
 @pytest.mark.parametrize("simd", [False, True])
@@ -157,6 +177,91 @@ def test_requantize_is_the_float64_division():
     # a value a hair above a tie: float64 sees it, float32 would round it onto the tie
     v = np.float64([0.25 + 1e-12])
     assert quant.requantize(v, 0.5, 0, 15)[0] == 1 and np.rint(np.float32(v[0]) / np.float32(0.5)) == 0
+
+
+def _grid(step, qmin, qmax):
+    """A requantization grid with any code range (reference.epilogue reads these fields)."""
+    import types
+    step = float(np.float32(step))
+    return types.SimpleNamespace(step64=step, inv_step=quant.inv_step(step), qmin=qmin, qmax=qmax)
+
+
+def _check_codes(acc, scale, bias, res, lo, hi, rq, scale64=None, bias64=None):
+    scale64 = scale.astype(np.float64) if scale64 is None else scale64
+    bias64 = bias.astype(np.float64) if bias64 is None else bias64
+    want = float64_codes(acc, scale64, bias64, res, lo, hi, rq)
+    np.testing.assert_array_equal(reference.epilogue(acc, scale, bias, res, lo, hi, rq, scale64, bias64), want)
+    for simd in (False, True):
+        got = _core.epilogue(acc, scale, bias, res, lo, hi, "codes", float(rq.inv_step), rq.qmin, rq.qmax,
+                             rq.step64, scale64, bias64, simd=simd)
+        np.testing.assert_array_equal(got, want, err_msg=f"simd={simd}")
+
+
+@pytest.mark.parametrize("step", [0.25, 0.37, 0.2833181619644165])
+@pytest.mark.parametrize("grid", [(0, 15), (-8, 7), (-1, 1)])
+def test_clamp_bounds_on_and_next_to_ties(step, grid, rng):
+    """The fast path merges the clamps into t's bounds (clamp_lo / step, clamp_hi / step,
+    rounded to float32): clamp bounds that sit on a rounding tie of v / step, or a float32
+    ulp or two beside one, give the float64 formula's codes on every tier."""
+    rq = _grid(step, *grid)
+    m, n = 6, 40
+    acc = rng.integers(-400, 400, (m, n), dtype=np.int32)
+    scale = rng.uniform(0.01, 0.05, n).astype(np.float32)
+    bias = rng.normal(0, 0.5, n).astype(np.float32)
+    for k in range(rq.qmin, rq.qmax):
+        tie = (k + 0.5) * rq.step64
+        for ulps in (0, 1, -1, 2, -2):
+            edge = np.float32(tie)
+            for _ in range(abs(ulps)):
+                edge = np.nextafter(edge, np.float32(np.sign(ulps) * np.inf))
+            _check_codes(acc, scale, bias, None, float(edge), np.inf, rq)
+            _check_codes(acc, scale, bias, None, -np.inf, float(edge), rq)
+            _check_codes(acc, scale, bias, None, float(np.float32(tie - 2 * rq.step64)), float(edge), rq)
+
+
+def test_clamps_outside_the_code_range(rng):
+    """Clamps whose range misses the code range (every code qmin, or every code qmax) or
+    touches it at one end: the fast path's merged bounds are empty or a single point."""
+    m, n = 5, 27
+    acc = rng.integers(-300, 300, (m, n), dtype=np.int32)
+    scale = rng.uniform(0.01, 0.05, n).astype(np.float32)
+    bias = rng.normal(0, 1, n).astype(np.float32)
+    rq = _grid(0.5, 0, 3)
+    for lo, hi in ((-2.0, -1.0), (-2.0, -0.25), (-2.0, -0.2500001), (-2.0, 0.0), (10.0, 20.0), (1.5, 20.0),
+                   (1.75, 1.75), (1.74, 1.76), (0.3, 0.3)):
+        _check_codes(acc, scale, bias, None, lo, hi, rq)
+
+
+def test_nonfinite_and_huge_residuals(rng):
+    """Residuals that are NaN, infinite, or so large that t's error bound fails: those
+    outputs are decided by the float64 formula (a NaN gives code 0)."""
+    m, n = 6, 35
+    acc = rng.integers(-3000, 3000, (m, n), dtype=np.int32)
+    scale = rng.uniform(0.001, 0.01, n).astype(np.float32)
+    bias = rng.normal(0, 1, n).astype(np.float32)
+    res = rng.normal(0, 1, (m, n)).astype(np.float32)
+    special = np.float32([np.nan, np.inf, -np.inf, 3e38, -3e38, 1e7, -1e7, 2.5e5, 0.0, -0.0])
+    res.flat[rng.choice(m * n, 60, replace=False)] = rng.choice(special, 60)
+    for rq in (_grid(0.37, 0, 3), _grid(0.05, -128, 127)):
+        for lo, hi in ((-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0)):
+            _check_codes(acc, scale, bias, res, lo, hi, rq)
+
+
+def test_huge_per_column_constants_and_extreme_steps(rng):
+    """scale / step or bias / step beyond 2^64 (or float32) make a column exact; a step
+    whose inverse lies outside [2^-100, 2^100], or a code range starting beyond +-255,
+    makes every output exact: the codes are the formula's either way."""
+    m, n = 4, 19
+    acc = rng.integers(-50, 50, (m, n), dtype=np.int32)
+    acc[0] = 0
+    scale = rng.uniform(0.01, 0.05, n).astype(np.float32)
+    bias = rng.normal(0, 1, n).astype(np.float32)
+    scale[[1, 5, 9]] = np.float32([1e30, -3e38, 2e19])
+    bias[[2, 9, 12]] = np.float32([1e30, -3e38, 1e20])
+    for rq in (_grid(0.25, 0, 15), _grid(1e-30, -128, 127), _grid(1e-35, 0, 255), _grid(1e35, 0, 3),
+               _grid(3e-31, -8, 7), _grid(0.01, 300, 310), _grid(0.02, -400, -390)):
+        for lo, hi in ((-np.inf, np.inf), (0.0, 6.0)):
+            _check_codes(acc, scale, bias, None, lo, hi, rq)
 
 
 def test_narrowed_requant_ranges():

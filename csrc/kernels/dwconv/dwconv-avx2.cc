@@ -60,6 +60,42 @@ inline void block_i16_once(const DwconvRowArgs& a, const int16_t* x, size_t c, i
   }
 }
 
+// block_i16_once for 3 x 3 taps whose kernel rows are 3 neighbouring input
+// pixels (tap ky * 3 + kx at tap_off[3 ky] + kx * Cp, i.e. dw == 1) and output
+// pixels SW input pixels apart (x_step = SW * Cp): output pixel p reads input
+// pixel p * SW + kx of each kernel row, so one kernel row needs only
+// (PX - 1) * SW + 3 loads for all PX pixels (the same products, summed in the same
+// int16 order: tap by tap).
+template <int PX, int SW>
+inline void block_3x3_rows(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_t* out) {
+  constexpr int kIn = (PX - 1) * SW + 3;
+  __m256i acc[PX];
+  for (int p = 0; p < PX; ++p) acc[p] = _mm256_setzero_si256();
+  const size_t Cp = a.Cp;
+  for (size_t ky = 0; ky < 3; ++ky) {
+    const int16_t* r = x + a.tap_off[3 * ky] + c;
+    __m256i in[kIn];
+    for (int i = 0; i < kIn; ++i) in[i] = load16(r + size_t(i) * Cp);
+    for (int kx = 0; kx < 3; ++kx) {
+      const __m256i wv = load16(a.w + (3 * ky + size_t(kx)) * Cp + c);
+      for (int p = 0; p < PX; ++p) acc[p] = _mm256_add_epi16(acc[p], _mm256_mullo_epi16(in[p * SW + kx], wv));
+    }
+  }
+  for (int p = 0; p < PX; ++p) {
+    int32_t* o = out + size_t(p) * Cp + c;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[p])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[p], 1)));
+  }
+}
+
+// Whether the 9 taps are 3 kernel rows of 3 neighbouring input pixels (block_3x3_rows).
+inline bool taps_3x3_rows(const DwconvRowArgs& a) {
+  if (a.taps != 9) return false;
+  for (size_t t = 0; t < 9; ++t)
+    if (a.tap_off[t] != a.tap_off[t / 3 * 3] + t % 3 * a.Cp) return false;
+  return true;
+}
+
 // Wide levels (max|a| * max|w| > 32767): int32 products, 8 channels a vector.
 inline void block_i32(const DwconvRowArgs& a, const int16_t* x, size_t c, int32_t* out) {
   for (size_t h = 0; h < 16; h += 8) {
@@ -90,6 +126,8 @@ void row_blocks(const DwconvRowArgs& a) {
 
 void dwconv_row__avx2(const DwconvRowArgs& a) {
   if (a.tap_flush > 0 && a.taps <= size_t(a.tap_flush)) {
+    if (taps_3x3_rows(a) && a.x_step == a.Cp) return row_blocks<block_3x3_rows<4, 1>, block_3x3_rows<1, 1>>(a);
+    if (taps_3x3_rows(a) && a.x_step == 2 * a.Cp) return row_blocks<block_3x3_rows<4, 2>, block_3x3_rows<1, 2>>(a);
     if (a.taps == 9) return row_blocks<block_i16_once<4, 9>, block_i16_once<1, 9>>(a);
     return row_blocks<block_i16_once<4, 0>, block_i16_once<1, 0>>(a);
   }
