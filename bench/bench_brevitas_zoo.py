@@ -104,8 +104,8 @@ def describe(meta):
     if isinstance(meta, str):
         return meta
     isa = " ".join(f for f, on in meta["isa"].items() if on)
-    return (f"{meta['cpu_model']} ({isa}), lowbit ISA tier {meta['tier_cap']}, batch 1, 1 thread, latency the "
-            f"median of {meta['repeats']} interleaved rounds")
+    return (f"{meta['cpu_model']} ({isa}), lowbit ISA tier {meta['tier_cap']}; latency at batch 1, 1 thread, "
+            f"lowbit and onnxruntime interleaved, the median of the rounds each row names")
 
 
 def render(rows, meta):
@@ -116,6 +116,12 @@ def render(rows, meta):
              "top-1, layer by layer | codes differing (layer by layer) | lowbit ms | onnxruntime float ms | speedup | "
              "parity measured | latency measured |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+
+    def latency_measured(r):
+        if "lowbit_ms" not in r:
+            return "-"
+        rounds = f", median of {r['repeats']}" if r.get("repeats") else ""
+        return f"{r.get('measured', 'first run')}{rounds}"
 
     def opt(r, key, fmt="{:.3f}"):
         return fmt.format(r[key]) if r.get(key) is not None else "-"
@@ -130,7 +136,7 @@ def render(rows, meta):
                      f"{r['top1_isolated']:.3f} | {r['codes_differ_isolated']} of {r['codes_total']} | "
                      f"{opt(r, 'lowbit_ms', '{:.2f}')} | {opt(r, 'onnxruntime_float_ms', '{:.2f}')} | "
                      f"{opt(r, 'speedup_vs_float', '{:.2f}x')} | {r.get('parity_measured', '-')} | "
-                     f"{r.get('measured', '-') if 'lowbit_ms' in r else '-'} |")
+                     f"{latency_measured(r)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -164,8 +170,7 @@ def main():
         import lowbit
 
         fp = fingerprint()
-        meta = {"cpu_model": fp["cpu_model"], "isa": fp["isa"], "tier_cap": lowbit.info()["tier_cap"],
-                "repeats": args.repeats}
+        meta = {"cpu_model": fp["cpu_model"], "isa": fp["isa"], "tier_cap": lowbit.info()["tier_cap"]}
         if os.path.exists(args.out):   # keep the rows of the models not measured now
             old = json.load(open(args.out))
             if isinstance(old["meta"], dict) and (old["meta"]["cpu_model"], old["meta"]["tier_cap"]) != \
