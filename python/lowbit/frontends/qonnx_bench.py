@@ -15,17 +15,20 @@ __all__ = ["bench_qonnx"]
 
 
 def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmup: int = 5,
-                qdq: bool = False, print_fn=print) -> dict:
+                qdq: bool = False, fastest: bool = False, print_fn=print) -> dict:
     """Latency of a QONNX model under lowbit and under onnxruntime (float32, every
     quantizer lowered to float ops by :func:`to_float_onnx`), same input, at
     ``batch`` images and ``threads`` threads; with ``qdq`` also onnxruntime on
     qonnx's QuantizeLinear/Clip/DequantizeLinear lowering (``QuantToQCDQ``; 8-bit
-    and narrower only). One process, runs interleaved, median of ``repeats``.
+    and narrower only); with ``fastest`` also lowbit under ``lowbit.use(strategy="fastest")``
+    (dot products where the lookup tables are exact but slower, e.g. 4-bit weights; the
+    outputs are checked byte-identical). One process, runs interleaved, median of ``repeats``.
     Returns a dict with milliseconds and ``speedup_vs_float`` (ort float / lowbit);
     prints a short report through ``print_fn`` (None: silent)."""
     import onnxruntime as ort
 
-    from .. import get_num_threads, set_num_threads
+    from .. import get_num_threads, set_num_threads, use
+    from .._dispatch import FASTEST
 
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
@@ -65,6 +68,11 @@ def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmu
     set_num_threads(threads)
     try:
         runners = {"lowbit": lambda: lb(x), **runners}
+        if fastest:
+            def run_fastest():
+                with use(strategy=FASTEST):
+                    return lb(x)
+            runners["lowbit_fastest"] = run_fastest
         for _ in range(warmup):
             for f in runners.values():
                 f()
@@ -85,6 +93,11 @@ def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmu
            "speedup_vs_float": ms["onnxruntime_float"] / ms["lowbit"],
            "top1_agree_float": float(np.mean(ref.reshape(batch, -1).argmax(1) == mine.reshape(batch, -1).argmax(1))),
            "layers": lb._bit_counts()}
+    if fastest:
+        if not np.array_equal(runners["lowbit_fastest"](), mine):
+            raise AssertionError("lowbit under strategy='fastest' gave other outputs (a kernel is not exact)")
+        res["lowbit_fastest_ms"] = ms["lowbit_fastest"]
+        res["speedup_fastest_vs_float"] = ms["onnxruntime_float"] / ms["lowbit_fastest"]
     if qdq:
         res["onnxruntime_qdq_ms"] = ms["onnxruntime_qdq"]
         res["speedup_vs_qdq"] = ms["onnxruntime_qdq"] / ms["lowbit"]
@@ -93,6 +106,9 @@ def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmu
                  f"  lowbit              {ms['lowbit']:9.3f} ms   ({', '.join(f'{k}: {v}' for k, v in res['layers'].items())})",
                  f"  onnxruntime float32 {ms['onnxruntime_float']:9.3f} ms   lowbit is "
                  f"{res['speedup_vs_float']:.2f}x faster"]
+        if fastest:
+            lines.append(f"  lowbit 'fastest'    {ms['lowbit_fastest']:9.3f} ms   lowbit is "
+                         f"{res['speedup_fastest_vs_float']:.2f}x faster than onnxruntime float32")
         if qdq:
             lines.append(f"  onnxruntime QDQ     {ms['onnxruntime_qdq']:9.3f} ms   lowbit is "
                          f"{res['speedup_vs_qdq']:.2f}x faster")
