@@ -49,6 +49,12 @@ def test_default_keeps_lookup_families_fastest_may_leave_them(cache_dir):
     assert measured and all(o[1].name in ops.LOOKUP_FAMILIES for o in measured)
     *_, measured = ops._plan_uncached(2, 2, cb, cb, None, "fastest")
     assert {o[1].name for o in measured} >= {"grouplut", "dot8"}
+    # W4A4 with an exact table (unsigned 4-bit activations x signed 4-bit weights): one MAC per
+    # lookup, which plan.slow names slower than dot8, so the measured pool holds both
+    w4 = np.arange(-8, 8, dtype=np.int32)
+    *_, measured = ops._plan_uncached(4, 4, w4, np.arange(16, dtype=np.int32), None, None)
+    assert {o[1].name for o in measured} >= {"grouplut", "dot8"}
+    assert {o[1].name for o in measured} <= set(ops.LOOKUP_FAMILIES) | {"dot8"}
     *_, measured = ops._plan_uncached(4, 4, np.arange(16, dtype=np.int32), np.arange(16, dtype=np.int32), None, None)
     assert {o[1].name for o in measured} <= {"dot8", "dotgemm"}  # no exact table: the dot families
 
