@@ -393,7 +393,13 @@ def _zoo_parity(name, n, tmp_path, dynamo=False, end_to_end_min=0.99, batch_size
     iso = check_qonnx_parity(path, x, batch_size=min(n, batch_size), isolate=True, rel=1e-4)
     m = r["model"]
     ref = r["reference_logits"]
-    assert len(np.unique(ref.argmax(1))) >= 2, "degenerate model: qonnx predicts one class for every input"
+    # not a degenerate model (a constant output would make top-1 agreement vacuous): with 8 or more
+    # inputs at least two predicted classes; with fewer (the 416x416 VGGs run on 2, and VGG-11's
+    # random weights predict class 727 for both) logits that move with the input
+    if n >= 8:
+        assert len(np.unique(ref.argmax(1))) >= 2, "degenerate model: qonnx predicts one class for every input"
+    else:
+        assert np.abs(ref - ref[:1]).max() > 1e-3 * np.abs(ref).max(), "degenerate model: constant logits"
     assert iso["codes_differ"] <= 1e-5 * iso["codes_total"], iso["codes_differ"]
     assert r["top1_agreement"] >= end_to_end_min, r["top1_agreement"]
     _low_bit_layers_on_lowbit_kernels(m)
