@@ -12,6 +12,7 @@ Two measures (see lowbit.qonnx.compare_qonnx; the assertions are tests/python/pa
   is ~1e-6; end to end such a difference cascades through the later layers of a deep
   random-weight network, exactly as it does between qonnx runs on inputs one ulp apart.
 """
+import copy
 import warnings
 
 import numpy as np
@@ -318,6 +319,14 @@ def test_narrow_activation_grids_fold_into_the_epilogue(requant):
     back = lowbit.io.from_bytes(lowbit.io.to_bytes(m))   # the model file keeps qmin/qmax
     assert [n.attrs.get("requant") for n in back.nodes] == [n.attrs.get("requant") for n in m.nodes]
     np.testing.assert_array_equal(back(x), m(x))
+    if requant:   # a range wider than the code width, or an empty one, is refused by the model
+        for qmin, qmax in ((0, 16), (3, 3), (0.5, 7)):
+            nodes = [lowbit.runtime.Node(n.name, n.op, list(n.inputs), copy.deepcopy(n.attrs), n.arrays)
+                     for n in m.nodes]
+            layer = next(n for n in nodes if n.name == convs[1].name)
+            layer.attrs["requant"] = {**layer.attrs["requant"], "bits": 4, "qmin": qmin, "qmax": qmax}
+            with pytest.raises(ValueError, match="attribute 'requant'"):
+                lowbit.Model(nodes)
 
 
 def test_per_channel_zero_point_is_refused():

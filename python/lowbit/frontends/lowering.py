@@ -197,7 +197,8 @@ def _plain_rule(q: Node) -> bool:
 
 def _epilogue_grid(q: Node):
     """The grid of quantize node q when a requantizing epilogue can emit exactly its codes
-    (a full signed/unsigned range, the plain codebook, no Trunc pre-rounding), else None."""
+    (a uniform integer range, :meth:`UniformGrid.requant`; the plain codebook; no Trunc
+    pre-rounding), else None."""
     a = q.attrs
     if not _plain_rule(q):
         return None

@@ -321,15 +321,23 @@ def _clamp_pair(v) -> bool:
 
 
 def _requant(v) -> bool:
+    """A ``requant`` attribute: None, or the fields of a valid :class:`lowbit.Requant` (which checks
+    bits, step and the qmin/qmax range)."""
     if v is None:
         return True
-    if not (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step")) and v["step"] > 0
+    if not (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step"))
             and isinstance(v.get("signed"), bool)):
         return False
-    if "qmin" not in v and "qmax" not in v:
-        return not (v["bits"] == 1 and v["signed"])
-    lo, hi = v.get("qmin"), v.get("qmax")
-    return _is_int(lo) and _is_int(hi) and -128 <= lo < hi <= 255 and hi - lo < (1 << v["bits"])
+    try:
+        _requant_of(v)
+    except (ValueError, NotImplementedError):
+        return False
+    return True
+
+
+def _requant_of(r: dict) -> Requant:
+    """The Requant of a ``requant`` attribute (qmin/qmax optional: the full range of bits)."""
+    return Requant(r["bits"], r["step"], r["signed"], r.get("qmin"), r.get("qmax"))
 
 
 _MISSING = object()
@@ -937,7 +945,7 @@ class Model:
     @staticmethod
     def _requant(a):
         r = a.get("requant")
-        return None if r is None else Requant(r["bits"], r["step"], r["signed"], r.get("qmin"), r.get("qmax"))
+        return None if r is None else _requant_of(r)
 
     def _epilogue(self, n: Node):
         ep = n._cache.get("epilogue")
