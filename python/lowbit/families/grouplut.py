@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import Family, Packing, Plan, pad_codes
+from ._common import Family, Packing, Plan
 from .dot8 import Dot8
 
 
@@ -63,10 +63,9 @@ class Grouplut(Family):
     @classmethod
     def weight_layout(cls, codes, plan, kernel):
         bw, _, gw = plan.params
-        n, k = codes.shape
-        g = cls.k_steps(k, plan)
+        g = cls.k_steps(codes.shape[1], plan)
         lanes = cls.LANES
-        c = pad_codes(codes, -(-n // lanes) * lanes, g * gw).reshape(-1, g, gw).astype(np.uint8)
+        c = cls.pad_to_tiles(codes, plan, lanes).reshape(-1, g, gw)
         idx = np.zeros(c.shape[:2], np.uint8)
         for j in range(gw):
             idx |= c[:, :, j] << (bw * j)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import codebook as cbmod
-from ._common import Family, Packing, Plan, pad_codes
+from ._common import Family, Packing, Plan
 
 
 class Lutgemm(Family):
@@ -25,9 +25,8 @@ class Lutgemm(Family):
 
     @staticmethod
     def weight_layout(codes, plan, kernel):
-        n, k = codes.shape
-        steps = Lutgemm.k_steps(k, plan)
-        c = pad_codes(codes, -(-n // kernel["nr"]) * kernel["nr"], steps * Lutgemm.STEP)
+        steps = Lutgemm.k_steps(codes.shape[1], plan)
+        c = Lutgemm.pad_to_tiles(codes, plan, kernel["nr"])
         c = c.reshape(c.shape[0], -1, 4)
         # nibble-swapped: w1 at [1:0], w0 at [3:2], w3 at [5:4], w2 at [7:6]
         packed = (c[:, :, 1] | (c[:, :, 0] << 2) | (c[:, :, 3] << 4) | (c[:, :, 2] << 6)).astype(np.uint8)
