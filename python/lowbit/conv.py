@@ -1,30 +1,14 @@
-"""Convolution and linear layers on packed low-bit codes.
+"""Convolution and linear layers on packed low-bit codes (design: docs/architecture.md,
+"Convolution", and docs/depthwise.md).
 
 Activations are NHWC codes. A convolution is an implicit GEMM with
-M = B*OH*OW output pixels, N = Cout, K = kh*kw*Cin in (ky, kx, cin) order.
-When the chosen kernel takes indirect activations (grouplut) and Cin is a
-multiple of its group size, the input is packed once and each output row reads
-its kh*kw input pixels through an indirection buffer (as QNNPACK does): no
-im2col copy. Otherwise an im2col copy of the codes is made (documented
-fallback; still exact).
-
-Grouped and depthwise convolutions are one native call per layer
-(csrc/ops/conv.h, docs/depthwise.md): depthwise (groups == Cin == Cout) on a
-``dwconv`` kernel (:func:`dwconv_kernels`), other groupings as one dotgemm GEMM
-per group inside C++. Both decode the codes to zero-padded int16 levels, so
-they need no padding correction. Under ``lowbit.use(kernel=...)`` or
-``use(strategy=<family>)`` they run group by group on the forced GEMM kernel
-instead (each group a GEMM, as before); under ``use(strategy="fastest")`` so do
-grouped layers that are not depthwise.
-
-A call costs little more than the native work: everything that does not
-depend on the activation values (checked geometry, tap table, the GEMM's
-ops.Bound, pad code, k_steps and correction, indirection offsets, the native
-grouped/depthwise plan) is prepared on the first call and cached on the
-ConvWeights per (input shape, stride/padding/dilation, activation
-bits/codebook, dispatch state) (:class:`_PreparedConv`). On grouplut kernels
-the input is packed and read through the tap table inside one native call
-(``_core.PreparedGemm.conv_codes``).
+M = B*OH*OW output pixels, N = Cout, K = kh*kw*Cin in (ky, kx, cin) order: read
+through an indirection buffer when the kernel takes one (``Family.indirect_step``),
+else from an im2col copy of the codes (documented fallback; still exact). Grouped
+and depthwise layers are one native call (:func:`_native_call`), or one GEMM per
+group under a forced kernel or family (:func:`_native_grouping_allowed`).
+Everything that does not depend on the activation values is prepared on the first
+call and cached on the ConvWeights (:class:`_PreparedConv`).
 
 Padding inserts the value 0. If the activation codebook has a code for 0, the
 padding reads that code; if not (e.g. bipolar {-1, +1}), padding reads code 0
@@ -76,10 +60,7 @@ class ConvWeights:
         if min(w_codes.shape) < 1:
             raise ValueError(f"w_codes: expected every dimension >= 1, got shape {w_codes.shape}")
         # validates bits, the code range and the codebook
-        self._packed = PackedWeights.from_codes(w_codes.reshape(w_codes.shape[0], -1), bits, codebook)
-        self.bits, self.codebook = self._packed.bits, self._packed.codebook
-        self._parts = None
-        self._native = {}  # decoded levels / layouts of the native paths, per key
+        self._set_packed(PackedWeights.from_codes(w_codes.reshape(w_codes.shape[0], -1), bits, codebook))
 
     @classmethod
     def from_packed(cls, packed: PackedWeights, shape, groups: int = 1) -> "ConvWeights":
@@ -94,10 +75,13 @@ class ConvWeights:
                              f"({packed.N}, {packed.K}) codes, got {shape}")
         cw = cls.__new__(cls)
         cw._set_groups(shape, groups)
-        cw._packed, cw.bits, cw.codebook = packed, packed.bits, packed.codebook
-        cw._parts = None
-        cw._native = {}
+        cw._set_packed(packed)
         return cw
+
+    def _set_packed(self, packed: PackedWeights) -> None:
+        self._packed, self.bits, self.codebook = packed, packed.bits, packed.codebook
+        self._parts = None
+        self._native = {}  # decoded levels / layouts of the native paths, per key
 
     def _set_groups(self, shape, groups) -> None:
         cout, cg, kh, kw = shape
@@ -198,14 +182,8 @@ def pack_activations_nhwc(x, bits: int, codebook=None) -> PackedActivations:
         check_elements(x.shape, "x")  # raises
     b, h, w, c = x.shape
     codes = np.ascontiguousarray(x).reshape(b * h * w, c)
-    _core.check_codes(codes, bits, "a_codes", "bits")  # as packing's range check (same message), natively
-    pa = PackedActivations(codes, bits, cb)
-    pa._codebook_key = cb_key
-    pa.shape = (b, h, w, c)
-    return pa
-
-
-_OFFSET_CACHE = {}
+    _core.check_codes(codes, bits, "a_codes", "bits")  # as PackedActivations.from_codes checks the range
+    return PackedActivations(codes, bits, cb, (b, h, w, c), cb_key)
 
 
 def _output_size(h, w, kh, kw, stride, padding, dilation):
@@ -218,12 +196,10 @@ def _output_size(h, w, kh, kw, stride, padding, dilation):
     return oh, ow
 
 
+@functools.lru_cache(maxsize=64)
 def _tap_rows(b, h, w, kh, kw, stride, padding, dilation):
-    """(M, kh*kw) input pixel index of each output pixel's taps, -1 for padding."""
-    key = (b, h, w, kh, kw, stride, padding, dilation)
-    hit = _OFFSET_CACHE.get(key)
-    if hit is not None:
-        return hit
+    """((M, kh*kw) input pixel index of each output pixel's taps, -1 for padding; OH; OW), cached
+    (shared: read only)."""
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     oh, ow = _output_size(h, w, kh, kw, stride, padding, dilation)
     iy = (np.arange(oh) * sh - ph)[:, None] + (np.arange(kh) * dh)[None, :]  # (oh, kh)
@@ -235,9 +211,6 @@ def _tap_rows(b, h, w, kh, kw, stride, padding, dilation):
     pix = np.where(valid, pix, -1)
     rows = (pix[None] + np.where(valid, np.arange(b)[:, None, None, None, None] * h * w, 0))
     rows = np.where(valid[None], rows, -1).reshape(b * oh * ow, kh * kw).astype(np.int64)
-    if len(_OFFSET_CACHE) > 64:
-        _OFFSET_CACHE.clear()
-    _OFFSET_CACHE[key] = (rows, oh, ow)
     return rows, oh, ow
 
 
@@ -256,10 +229,8 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
         epilogue.check(weights.cout, prepared.m)
     y = prepared.run(pa, weights, epilogue)
     if epilogue is not None and epilogue.requant is not None:
-        out = PackedActivations(y.reshape(prepared.m, weights.cout), epilogue.requant.bits,
-                                epilogue.requant.codebook())
-        out.shape = prepared.out_shape
-        return out
+        return PackedActivations(y.reshape(prepared.m, weights.cout), epilogue.requant.bits,
+                                 epilogue.requant.codebook(), prepared.out_shape)
     return y.reshape(prepared.out_shape)
 
 
@@ -276,9 +247,7 @@ def _prepared_conv(pa, weights, stride, padding, dilation) -> "_PreparedConv":
     key = None
     if type(stride) in _KEYABLE and type(padding) in _KEYABLE and type(dilation) in _KEYABLE:
         key = (pa.shape, stride, padding, dilation, pa.bits, pa.codebook_key, _dispatch.state(), native)
-        calls = weights.__dict__.get("_prepared_calls")
-        if calls is None:
-            calls = weights.__dict__["_prepared_calls"] = {}
+        calls = weights.__dict__.setdefault("_prepared_calls", {})
         try:
             hit = calls.get(key)
         except TypeError:  # e.g. a tuple holding a list: unhashable, never cached
@@ -325,8 +294,16 @@ class _PreparedConv:
 
     def run(self, pa, weights, epilogue):
         """(M, Cout) int32, float32 or codes."""
-        if self.groups is None:
-            return _conv_native(pa, weights, self.stride, self.padding, self.dilation, epilogue, self.m)
+        if self.groups is None:  # grouped or depthwise in one native call
+            fn, (index, bits, a_levels, w), extra, name = _native_call(pa, weights)
+            # the epilogue arguments in the bindings' positional order (padded for int32/float32 output)
+            ep = _INT32_OUTPUT if epilogue is None else epilogue.native_args()
+            ep = ep + _NO_REQUANT[len(ep) - 6:]
+            # bad codes raise ValueError natively ("x: expected every code in [0, 2**a_bits) ...")
+            y = fn(index, pa.codes.reshape(pa.shape), bits, a_levels, w, *extra, weights.kh, weights.kw, *self.stride,
+                   *self.padding, *self.dilation, *ep)
+            _dispatch.set_last_kernel(name)
+            return y
         if len(self.groups) == 1:
             return self.groups[0].run(pa, weights, epilogue)
         cg, opg = weights.cin_per_group, weights.cout // weights.groups
@@ -389,24 +366,8 @@ def _native_call(pa, weights) -> tuple:
     return hit
 
 
-def _conv_native(pa, weights, stride, padding, dilation, epilogue, m):
-    """Grouped or depthwise convolution in one native call: (M, Cout) int32, float32 or codes."""
-    fn, (index, bits, a_levels, w), extra, name = _native_call(pa, weights)
-    # the epilogue arguments in the bindings' positional order (all nine, padded for int32/float32 output)
-    ep = _INT32_OUTPUT if epilogue is None else epilogue.native_args()
-    ep = ep + _NO_REQUANT[len(ep) - 6:]
-    # bad codes raise ValueError natively ("x: expected every code in [0, 2**a_bits) ...")
-    y = fn(index, pa.codes.reshape(pa.shape), bits, a_levels, w, *extra, weights.kh, weights.kw, *stride,
-           *padding, *dilation, *ep)
-    _dispatch.set_last_kernel(name)
-    return y
-
-
 def _channel_slice(pa, c0, c1):
-    codes = np.ascontiguousarray(pa.codes[:, c0:c1])
-    out = PackedActivations(codes, pa.bits, pa.codebook)
-    out.shape = pa.shape[:3] + (c1 - c0,)
-    return out
+    return PackedActivations(np.ascontiguousarray(pa.codes[:, c0:c1]), pa.bits, pa.codebook, pa.shape[:3] + (c1 - c0,))
 
 
 def pad_code(a_codebook) -> tuple:
