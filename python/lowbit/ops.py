@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from . import _core, _dispatch
+from . import _core, _dispatch, autotune
 from . import codebook as cbmod
 from .families import FAMILIES, PREFERENCE
 from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, _as_code_matrix, check_elements
@@ -34,8 +34,6 @@ def _plan_for(bw, ba, cb_w, cb_a, shape=None):
     plan, fam, kern, reasons, measured, kmax = hit
     if shape is None or len(measured) < 2 or not _dispatch.autotune_enabled():
         return plan, fam, kern, reasons, kmax
-    from . import autotune
-
     by_name = {o[2]["name"]: o for o in measured}
     rec = autotune.choose(tuple(by_name), bw, ba, cb_w, cb_a, *shape)
     plan, fam, kern = by_name[rec["kernel"]]
@@ -152,9 +150,6 @@ class Bound:
     # whether native.codes() runs this GEMM straight from (M, K) codes (grouplut families)
     fused_codes: bool = dataclasses.field(default=False, compare=False, repr=False)
 
-    def k_steps(self, k: int) -> int:
-        return self.fam.k_steps(k, self.plan)
-
     def correction(self, k_steps: int, padded_terms: int) -> int:
         """What the driver subtracts (mod 2**32) from every output: the padding
         terms plus step_bias for each of the k_steps lookups."""
@@ -165,7 +160,7 @@ class Bound:
         """(k_steps, correction) of a plain (M, k) x (N, k) GEMM, cached per k."""
         hit = self._direct.get(k)
         if hit is None:
-            k_steps = self.k_steps(k)
+            k_steps = self.fam.k_steps(k, self.plan)
             hit = self._direct[k] = (
                 k_steps, self.correction(k_steps, (self.fam.padded_k(k, self.plan) - k) * self.pad_product))
         return hit
@@ -178,8 +173,7 @@ class Bound:
         """The native GEMM on packed activations ``a`` (direct, or indirect with ``a_offsets``)."""
         if n != self.native.N:
             raise ValueError(f"n: expected the weights' N={self.native.N}, got {n}")
-        ep, residual = _native_epilogue(epilogue)
-        y = self.native.run(a, m, k_steps, correction, ep, residual, a_offsets, seg_steps)
+        y = self.native.run(a, m, k_steps, correction, *_native_epilogue(epilogue), a_offsets, seg_steps)
         _dispatch.set_last_kernel(self.kern["name"])
         return y
 
@@ -190,8 +184,7 @@ class Bound:
         if n != self.native.N or (k_steps, correction) != self.direct(self.native.K):
             raise ValueError("run_codes: n, k_steps and correction must be the direct GEMM's "
                              f"({self.native.N}, {self.direct(self.native.K)}), got ({n}, ({k_steps}, {correction}))")
-        ep, residual = _native_epilogue(epilogue)
-        y = self.native.codes(codes, ep, residual)
+        y = self.native.codes(codes, *_native_epilogue(epilogue))
         _dispatch.set_last_kernel(self.kern["name"])
         return y
 
@@ -230,10 +223,8 @@ def _prepare(pa: PackedActivations, packed: PackedWeights, m: int, k: int) -> Bo
 def _prepare_setting(bits: int, codebook: np.ndarray, codebook_key: bytes, packed: PackedWeights, m: int,
                      k: int) -> Bound:
     state = _dispatch.state()
-    cls = None
-    if state[3]:  # autotuning: the shape class (= autotune.shape_class) is part of the key
-        cls = ((m - 1).bit_length() if m > 0 else 0, (k - 1).bit_length() if k > 0 else 0)
-    key = (bits, codebook_key, state, cls)
+    # autotuning (state[3]): the shape class is part of the key
+    key = (bits, codebook_key, state, autotune.shape_class(m, packed.N, k) if state[3] else None)
     bound = packed._bound.get(key)
     if bound is None:
         bound = packed._bound[key] = _bind(packed, bits, codebook, (m, packed.N, k))
