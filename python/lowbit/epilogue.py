@@ -54,11 +54,8 @@ class Requant:
                                       "use unsigned 1-bit ({0, s}) or 2+ bits")
         if not (np.isfinite(self.step) and self.step > 0):
             raise ValueError(f"step: expected a finite value > 0, got {self.step}")
-        lo, hi = int_range(self.bits, self.signed)
-        self.qmin = lo if self.qmin is None else self.qmin
-        self.qmax = hi if self.qmax is None else self.qmax
-        for name in ("qmin", "qmax"):
-            v = getattr(self, name)
+        for name, full in zip(("qmin", "qmax"), int_range(self.bits, self.signed)):  # None: the full range
+            v = full if getattr(self, name) is None else getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise ValueError(f"{name}: expected an int, got {v!r}")
             setattr(self, name, int(v))
