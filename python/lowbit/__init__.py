@@ -39,9 +39,7 @@ def info() -> dict:
         chosen_name = chosen["name"]
     except Exception as exc:  # a bad LOWBIT_ISA still lets info() report
         chosen_name = f"error: {exc}"
-    ks = kernels()
-    for k in ks:
-        k["selected_for_w2a2"] = k["name"] == chosen_name
+    ks = [dict(k, selected_for_w2a2=k["name"] == chosen_name) for k in kernels()]
     return {
         "version": __version__,
         "features": cpu_features(),
