@@ -25,7 +25,7 @@ from . import _core, _dispatch
 from . import codebook as cbmod
 from .epilogue import Epilogue
 from .families import FAMILIES
-from .ops import _activation_setting, _prepare, gemm
+from .ops import _activation_setting, _native_epilogue, _prepare, gemm
 from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements, unpack_dense
 
 
@@ -141,9 +141,8 @@ class ConvWeights:
         """(kh*kw, Cout/groups) sums of weight levels per tap (for padding corrections), built once."""
         sums = self.__dict__.setdefault("_column_sums", {})
         if g not in sums:
-            p = self.parts[g]
-            vals = self.codebook.astype(np.int64)[p.codes()].reshape(p.N, self.kh * self.kw, self.cin_per_group)
-            sums[g] = vals.sum(axis=2).T
+            vals = self.codebook.astype(np.int64)[self._kernel_rows(g)]
+            sums[g] = vals.reshape(-1, self.kh * self.kw, self.cin_per_group).sum(axis=2).T
         return sums[g]
 
     def dw_levels(self) -> np.ndarray:
@@ -414,10 +413,10 @@ class _GroupGemm:
 
     def run(self, pa, weights, epilogue):
         bound, m, fused = self.bound, self.m, self.fused
+        ep = epilogue if fused else None  # else applied below, after the padding correction
         if self.indirect and self.packs_natively:
-            ep = epilogue if fused else None
             y = bound.native.conv_codes(pa.codes, self.rows, self.seg, self.k_steps, self.correction, self.pad_code,
-                                        None if ep is None else ep.native(), None if ep is None else ep.residual)
+                                        *_native_epilogue(ep))
             _dispatch.set_last_kernel(bound.kern["name"])
         elif self.indirect:
             buf = pa.packed(self.pack_key, self._pack_input)
@@ -426,13 +425,12 @@ class _GroupGemm:
             if offsets is None:
                 # pixel index (the pad pixel for -1) x the bytes a packed pixel takes
                 offsets = self.offsets = np.where(self.rows >= 0, self.rows, npix) * (buf.size // (npix + 1))
-            y = bound.run(buf, m, self.n, self.k_steps, self.correction, epilogue if fused else None,
-                          a_offsets=offsets, seg_steps=self.seg)
+            y = bound.run(buf, m, self.n, self.k_steps, self.correction, ep, a_offsets=offsets, seg_steps=self.seg)
         else:
             # documented fallback: im2col copy of the codes, then the plain GEMM
             b, h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw) = self.geometry
             cols = _core.im2col_nhwc(pa.codes, b, h, w, kh, kw, sh, sw, ph, pw, dh, dw, self.pad_code)
-            y = bound.run(bound.pack(cols), m, self.n, self.k_steps, self.correction, epilogue if fused else None)
+            y = bound.run(bound.pack(cols), m, self.n, self.k_steps, self.correction, ep)
         if fused:
             return y
         # No code stands for 0: padding read cbA[0]; remove it exactly.
