@@ -106,12 +106,10 @@ class Epilogue:
 
     def slice(self, n0: int, n1: int) -> "Epilogue":
         """The epilogue of output channels [n0, n1) (grouped convolution)."""
-        e = Epilogue(self.scale[n0:n1], self.bias[n0:n1], (self.clamp_lo, self.clamp_hi), self.requant,
-                     scale64=None if self.scale64 is None else self.scale64[n0:n1],
-                     bias64=None if self.bias64 is None else self.bias64[n0:n1])
-        if self.residual is not None:
-            e.residual = np.ascontiguousarray(self.residual[:, n0:n1])
-        return e
+        return Epilogue(self.scale[n0:n1], self.bias[n0:n1], (self.clamp_lo, self.clamp_hi), self.requant,
+                        None if self.residual is None else self.residual[:, n0:n1],
+                        None if self.scale64 is None else self.scale64[n0:n1],
+                        None if self.bias64 is None else self.bias64[n0:n1])
 
     def check(self, n: int, m: int) -> None:
         if self.scale.shape[0] != n:

@@ -89,10 +89,7 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
             reasons.append(f"{name}: no {plan.table_kind} kernel at or below tier {_dispatch.tier_cap()}")
             continue
         order = next(i for i, (f, kind) in enumerate(PREFERENCE) if f == name and kind in (None, plan.table_kind))
-        # plan.slow (a dot family measured faster) does not reorder the fixed
-        # order: without autotuning, layers of 1-4 bits run on the lookup-table
-        # kernels whenever those are exact (explain() points to
-        # use(strategy=plan.slow)); autotuning measures plan.slow too (below)
+        # plan.slow (a dot family measured faster) never reorders the fixed order (docs/kernels.md)
         reasons.append(f"{name}: {plan.why} (best kernel {found[0]['name']})")
         options += [(k["tier_rank"] == 0, order, -k["tier_rank"], plan, fam, k) for k in found]
     if not options:
@@ -109,11 +106,9 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
     if plan.slow:
         reasons.append(f"note: with these bit widths/codebooks {plan.slow} measured faster on the reference "
                        f"machine: autotuning times it too, or lowbit.use(strategy={plan.slow!r})")
-    # What autotuning may measure: SIMD kernels (scalar twins only where no
-    # SIMD kernel qualifies) of the lookup families when one is exact and
-    # neither a family nor "fastest" was asked for, plus the dot family the
-    # chosen table plan names as measured faster (plan.slow: 3-4-bit weights,
-    # W2A4), so a machine where it is faster runs it; of every family otherwise.
+    # What autotuning may measure (docs/kernels.md): SIMD kernels (scalar twins only where none
+    # qualifies) of the lookup families plus plan.slow when a lookup family is exact and neither a
+    # family nor "fastest" was asked for; of every family otherwise.
     pool = [o for o in options if not o[0]] or options
     if forced_family is None and not fastest and any(o[4].name in LOOKUP_FAMILIES for o in pool):
         pool = [o for o in pool if o[4].name in LOOKUP_FAMILIES or o[4].name == plan.slow]
