@@ -1,15 +1,6 @@
-"""Family dot8: exact byte dot products with int16 accumulators (no tables).
-
-Activation codes are decoded to uint8 levels and weight codes to int8 levels;
-``vpmaddubsw`` adds four k per output channel straight into int16 lanes, which
-are widened to int32 only every ``flush16`` steps. It applies when activation
-levels are in [0, 255], weight levels in [-128, 127] and
-2 * max|a| * max|w| <= 32767: every 1-4-bit pair with the default codebooks,
-W1-4 x A8 (unsigned activations) and W8 with small activation levels. Wider
-products, and signed 8-bit activations (stored as level + 128, with a
-per-channel correction), are "i32" plans: only the int32-accumulating kernels
-run them (VNNI ``vpdpbusd``, the scalar twin); without VNNI dispatch moves on
-to dotgemm.
+"""Family dot8: exact uint8 x int8 byte dot products with int16 accumulators (no tables;
+the family's idea and reach: docs/kernels.md). Wider products and signed 8-bit activations
+are "i32" plans, which only the int32-accumulating kernels run (VNNI, the scalar twin).
 
 Layouts and the accumulator bound: csrc/kernels/dot8/dot8.h.
 """

@@ -1,11 +1,6 @@
-"""Family dotgemm: the exact general path (no tables).
-
-Codes are decoded to int16 levels (weights here, once per layout; activations
-per call by the native packer) and multiplied with int16 x int16 -> int32 pair
-dot products (vpmaddwd on AVX2, vpdpwssd on AVX-512 VNNI). It computes every
-bit width (1-4 and 8) with every integer codebook in [-128, 255] exactly, so
-it is dispatch's last resort: 8-bit layers, and 1-4-bit pairs whose products
-are too large for the table families.
+"""Family dotgemm: the exact general path (no tables; docs/kernels.md): int16 levels,
+int16 x int16 -> int32 pair dot products, every bit width with every integer codebook in
+[-128, 255], hence dispatch's last resort.
 
 Layouts and the accumulator bound: csrc/kernels/dotgemm/dotgemm.h.
 """
