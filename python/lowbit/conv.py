@@ -205,12 +205,10 @@ def _tap_rows(b, h, w, kh, kw, stride, padding, dilation):
     ix = (np.arange(ow) * sw - pw)[:, None] + (np.arange(kw) * dw)[None, :]  # (ow, kw)
     vy = (iy >= 0) & (iy < h)
     vx = (ix >= 0) & (ix < w)
-    pix = (iy[:, None, :, None] * w + ix[None, :, None, :])  # (oh, ow, kh, kw)
+    pix = iy[:, None, :, None] * w + ix[None, :, None, :]  # (oh, ow, kh, kw)
     valid = vy[:, None, :, None] & vx[None, :, None, :]
-    pix = np.where(valid, pix, -1)
-    rows = (pix[None] + np.where(valid, np.arange(b)[:, None, None, None, None] * h * w, 0))
-    rows = np.where(valid[None], rows, -1).reshape(b * oh * ow, kh * kw).astype(np.int64)
-    return rows, oh, ow
+    rows = np.where(valid, pix + np.arange(b)[:, None, None, None, None] * (h * w), -1)  # (b, oh, ow, kh, kw)
+    return rows.reshape(b * oh * ow, kh * kw).astype(np.int64), oh, ow
 
 
 def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: Epilogue | None = None,
