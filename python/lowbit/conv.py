@@ -101,14 +101,11 @@ class ConvWeights:
         """The (Cout, Cin/groups, kh, kw) uint8 codes, unpacked anew (not kept)."""
         return self._packed.codes().reshape(self.cout, self.cin_per_group, self.kh, self.kw)
 
-    def _kernel_rows(self, g: int | None = None) -> np.ndarray:
-        """(rows, kh*kw*Cin/groups) codes in (ky, kx, cin) order, all Cout rows or group
-        ``g``'s block, unpacked anew (not kept)."""
+    def _kernel_rows(self, g: int) -> np.ndarray:
+        """(Cout/groups, kh*kw*Cin/groups) codes of group ``g`` in (ky, kx, cin) order, unpacked anew
+        (not kept)."""
         opg = self.cout // self.groups
-        payload = self._packed.payload
-        if g is not None:
-            payload = payload[g * opg:(g + 1) * opg]
-        codes = unpack_dense(payload, self._packed.K, self.bits)
+        codes = unpack_dense(self._packed.payload[g * opg:(g + 1) * opg], self._packed.K, self.bits)
         n = codes.shape[0]
         return np.ascontiguousarray(codes.reshape(n, self.cin_per_group, self.kh, self.kw).transpose(0, 2, 3, 1)
                                     .reshape(n, self.kh * self.kw * self.cin_per_group))
@@ -147,12 +144,12 @@ class ConvWeights:
 
     def dw_levels(self) -> np.ndarray:
         """Depthwise weight levels, (kh*kw, Cp) int16 with Cp = Cout rounded up to 16, zero padded
-        (the dwconv kernels' layout, csrc/kernels/dwconv/dwconv.h)."""
+        (the dwconv kernels' layout, csrc/kernels/dwconv/dwconv.h); depthwise weights only."""
         hit = self._native.get("dw")
         if hit is None:
             cp = -(-self.cout // 16) * 16
             hit = np.zeros((self.kh * self.kw, cp), np.int16)
-            hit[:, :self.cout] = self.codebook[self._kernel_rows()].T
+            hit[:, :self.cout] = self.codebook[self._packed.codes()].T  # one channel a row: (ky, kx) order
             self._native["dw"] = hit
         return hit
 
