@@ -218,8 +218,10 @@ def _prepare(pa: PackedActivations, packed: PackedWeights, m: int, k: int) -> Bo
 def _prepare_setting(bits: int, codebook: np.ndarray, codebook_key: bytes, packed: PackedWeights, m: int,
                      k: int) -> Bound:
     state = _dispatch.state()
-    # autotuning (state[3]): the shape class is part of the key
-    key = (bits, codebook_key, state, autotune.shape_class(m, packed.N, k) if state[3] else None)
+    cls = None
+    if state[3]:  # autotuning: the shape class (as autotune.shape_class, inline: a call's hot path) is in the key
+        cls = ((m - 1).bit_length() if m > 0 else 0, (k - 1).bit_length() if k > 0 else 0)
+    key = (bits, codebook_key, state, cls)
     bound = packed._bound.get(key)
     if bound is None:
         bound = packed._bound[key] = _bind(packed, bits, codebook, (m, packed.N, k))
