@@ -76,13 +76,9 @@ def cache_path():
     return pathlib.Path(d) / f"dispatch-{digest}.json"
 
 
-def bucket(x: int) -> int:
-    """x rounded up to a power of two (the shape class of one dimension)."""
-    return 1 << max(0, int(x) - 1).bit_length()
-
-
 def shape_class(m: int, n: int, k: int) -> tuple:
-    return bucket(m), bucket(n), bucket(k)
+    """(M, N, K) each rounded up to a power of two."""
+    return tuple(1 << max(0, int(x) - 1).bit_length() for x in (m, n, k))
 
 
 def _read(path) -> dict:
