@@ -25,7 +25,7 @@ from . import _core, _dispatch
 from . import codebook as cbmod
 from .epilogue import Epilogue
 from .families import FAMILIES
-from .ops import _activation_setting, _native_epilogue, _prepare, gemm
+from .ops import _activation_setting, _prepare, gemm
 from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements, unpack_dense
 
 
@@ -241,7 +241,9 @@ def _prepared_conv(pa, weights, stride, padding, dilation) -> "_PreparedConv":
     key = None
     if type(stride) in _KEYABLE and type(padding) in _KEYABLE and type(dilation) in _KEYABLE:
         key = (pa.shape, stride, padding, dilation, pa.bits, pa.codebook_key, _dispatch.state(), native)
-        calls = weights.__dict__.setdefault("_prepared_calls", {})
+        calls = weights.__dict__.get("_prepared_calls")
+        if calls is None:  # (not setdefault: that builds a dict on every call)
+            calls = weights.__dict__["_prepared_calls"] = {}
         try:
             hit = calls.get(key)
         except TypeError:  # e.g. a tuple holding a list: unhashable, never cached
@@ -411,7 +413,7 @@ class _GroupGemm:
         ep = epilogue if fused else None  # else applied below, after the padding correction
         if self.indirect and self.packs_natively:
             y = bound.native.conv_codes(pa.codes, self.rows, self.seg, self.k_steps, self.correction, self.pad_code,
-                                        *_native_epilogue(ep))
+                                        None if ep is None else ep.native(), None if ep is None else ep.residual)
             _dispatch.set_last_kernel(bound.kern["name"])
         elif self.indirect:
             buf = pa.packed(self.pack_key, self._pack_input)

@@ -168,7 +168,8 @@ class Bound:
         """The native GEMM on packed activations ``a`` (direct, or indirect with ``a_offsets``)."""
         if n != self.native.N:
             raise ValueError(f"n: expected the weights' N={self.native.N}, got {n}")
-        y = self.native.run(a, m, k_steps, correction, *_native_epilogue(epilogue), a_offsets, seg_steps)
+        ep, residual = _native_epilogue(epilogue)  # (no *-unpacking in the call: slower on this hot path)
+        y = self.native.run(a, m, k_steps, correction, ep, residual, a_offsets, seg_steps)
         _dispatch.set_last_kernel(self.kern["name"])
         return y
 

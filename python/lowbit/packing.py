@@ -14,7 +14,6 @@ unpacks anew on each call; layouts are built from it once per kernel.
 """
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 
@@ -37,7 +36,9 @@ MAX_ELEMENTS = 2**31 - 1
 def check_elements(shape, name: str) -> None:
     """Raise ValueError (before any allocation) when an array of ``shape``
     would exceed :data:`MAX_ELEMENTS` elements."""
-    count = math.prod(int(s) for s in shape)
+    count = 1
+    for s in shape:
+        count *= int(s)
     if count > MAX_ELEMENTS:
         raise ValueError(f"{name}: shape {tuple(int(s) for s in shape)} has {count} elements, more than "
                          f"lowbit's limit of {MAX_ELEMENTS} (2**31 - 1) per array; split the batch")

@@ -104,8 +104,8 @@ class DotFamily(Family):
     def packing(cls, plan, k):
         """Activation levels, k_steps steps of STEP levels a row."""
         levels = np.frombuffer(plan.params[3], cls.A_DTYPE)
-        return Packing(cls.name, plan.params[1], cls.STEP * cls.k_steps(k, plan), elem=levels.itemsize,
-                       levels=levels)
+        # positional (group 0, code_shift 0, elem = bytes a level): a NamedTuple's keywords cost on every call
+        return Packing(cls.name, plan.params[1], cls.STEP * cls.k_steps(k, plan), 0, 0, levels.itemsize, levels)
 
     @classmethod
     def pack_activations(cls, codes, plan, tier_rank, pad_rows=0, pad_code=0):
@@ -125,7 +125,7 @@ class DotFamily(Family):
             raise
         if pad_rows:
             out[-pad_rows:, :k] = p.levels[pad_code]
-        return out.view(np.uint8)
+        return out if p.elem == 1 else out.view(np.uint8)  # levels wider than a byte as their bytes
 
     @staticmethod
     def padded_k(k, plan):
