@@ -303,8 +303,8 @@ def explain(M: int, N: int, K: int, *, a_bits: int, w_bits: int, a_codebook=None
     ba = cbmod.check_bits(a_bits, "a_bits")
     cb_w = cbmod.normalize(w_codebook, bw, "w_codebook")
     cb_a = cbmod.normalize(a_codebook, ba, "a_codebook")
-    plan, fam, kern, reasons, _ = _plan_for(bw, ba, cb_w, cb_a, (int(M), int(N), int(K)))
+    _, _, kern, reasons, kmax = _plan_for(bw, ba, cb_w, cb_a, (int(M), int(N), int(K)))
     lines = [f"GEMM M={M} N={N} K={K} W{bw}A{ba}: kernel {kern['name']} (tier cap {_dispatch.tier_cap()})"]
     lines += [f"  - {r}" for r in reasons]
-    lines.append(f"  - K_max for these codebooks: {cbmod.k_max(cb_a, cb_w)}")
+    lines.append(f"  - K_max for these codebooks: {kmax}")
     return "\n".join(lines)
