@@ -232,11 +232,9 @@ _PREPARED_LIMIT = 64  # prepared calls kept per ConvWeights (input shapes x sett
 
 
 def _prepared_conv(pa, weights, stride, padding, dilation) -> "_PreparedConv":
-    """The _PreparedConv of these weights for ``pa``'s shape and activation
-    setting, the stride/padding/dilation and the dispatch state: built (and
-    every argument checked) on the first call, then looked up. Arguments are
-    keyed as passed; only ints and tuples are (anything else is checked and
-    prepared anew each call, as a float must keep raising)."""
+    """The cached _PreparedConv of this call (every argument checked when it is built). Arguments
+    are keyed as passed; only ints and tuples are (anything else is checked and prepared anew
+    each call, as a float must keep raising)."""
     native = (weights.groups > 1 or weights.depthwise) and _native_grouping_allowed(weights.depthwise)
     key = None
     if type(stride) in _KEYABLE and type(padding) in _KEYABLE and type(dilation) in _KEYABLE:
@@ -322,12 +320,9 @@ _NO_REQUANT = (1.0, 0, 0)  # inv_step, qmin, qmax when the output is not codes
 
 
 def _native_grouping_allowed(depthwise: bool) -> bool:
-    """Whether a grouped layer runs natively (one call) rather than group by group.
-
-    Not when a GEMM kernel or family is forced. Under use(strategy="fastest")
-    depthwise layers stay on dwconv (made for them), while other grouped
-    layers run group by group so that each group's GEMM gets the measured
-    family (e.g. dot8, which the native grouped path, on dotgemm, does not use)."""
+    """Whether a grouped layer runs natively (one call) rather than group by group: not when a
+    GEMM kernel or family is forced; under use(strategy="fastest") only depthwise layers (why:
+    docs/depthwise.md)."""
     kernel, strategy = _dispatch.forced_kernel()
     return kernel is None and (strategy is None or (depthwise and strategy == _dispatch.FASTEST))
 
