@@ -39,9 +39,7 @@ def info() -> dict:
         chosen_name = chosen["name"]
     except Exception as exc:  # a bad LOWBIT_ISA still lets info() report
         chosen_name = f"error: {exc}"
-    ks = kernels()
-    for k in ks:
-        k["selected_for_w2a2"] = k["name"] == chosen_name
+    ks = [dict(k, selected_for_w2a2=k["name"] == chosen_name) for k in kernels()]
     return {
         "version": __version__,
         "features": cpu_features(),
@@ -71,15 +69,9 @@ from .frontends.qonnx import from_qonnx  # noqa: E402  (onnx/qonnx are imported 
 
 __all__ += ["ConversionError", "LowbitFormatError", "Model", "convert", "load", "from_qonnx"]
 
-# Package layout (docs/architecture.md): the core (ops, conv, packing, epilogue,
-# families, dispatch, quant, reference) lives here; lowbit.runtime holds the
-# Model, its native executor and file format; lowbit.frontends the PyTorch and
-# QONNX front ends and their shared lowering; lowbit.train what needs PyTorch
-# for training (qat, models, datasets); lowbit.apps the applications (cli,
-# demo, scoring, ray). Short names, one table: lowbit.qat is lowbit.train.qat,
-# as an attribute (loaded on first use, so `import lowbit` stays NumPy-only) and
-# as an import (`import lowbit.qat`, `from lowbit.convert import compare`;
-# _ShortNameFinder returns the real module).
+# Short names (package layout: docs/architecture.md), one table: lowbit.qat is lowbit.train.qat,
+# as an attribute (loaded on first use, so `import lowbit` stays NumPy-only) and as an import
+# (`import lowbit.qat`, `from lowbit.convert import compare`; _ShortNameFinder returns the real module).
 _SHORT_NAMES = {"qat": "train.qat", "models": "train.models", "datasets": "train.datasets", "cli": "apps.cli",
                 "demo": "apps.demo", "scoring": "apps.scoring", "ray": "apps.ray", "convert": "frontends.pytorch",
                 "qonnx": "frontends.qonnx", "qonnx_float": "frontends.qonnx_float",

@@ -1,15 +1,13 @@
-"""Kernel choice measured on the machine at hand.
+"""Kernel choice measured on the machine at hand (why and when: docs/kernels.md,
+"Measured on the machine at hand").
 
-When more than one registry kernel can compute a GEMM exactly (several lookup
-families, or one family at several ISA tiers: grouplut's AVX2 kernel against
-grouplut6's AVX-512 one), a fixed order calibrated on some other CPU picks
-wrong on others. So the first GEMM of each *shape class* (bit widths,
-codebooks, tier cap, thread count, and M, N, K rounded up to powers of two)
-times every candidate on a trial GEMM of that class (the first shape seen,
-capped in size), contenders interleaved round-robin, and keeps the one with
-the lowest time: the minimum over the runs, which other processes on the
-machine can only make longer (the medians are recorded too). Results never depend on the
-choice: every kernel is exact.
+The first GEMM of each *shape class* (bit widths, codebooks, tier cap, thread
+count, and M, N, K rounded up to powers of two) times every candidate on a trial
+GEMM of that class (the first shape seen, capped at TRIAL_MACS multiply-adds a
+run), contenders interleaved round-robin, and keeps the one with the lowest time:
+the minimum over TRIAL_RUNS runs after a warm-up, which other processes can only
+make longer (the medians are recorded too). Results never depend on the choice:
+every kernel is exact.
 
 The choice is cached in memory and on disk, in one JSON file per CPU model,
 feature set and lowbit version:
@@ -23,9 +21,6 @@ feature set and lowbit version:
 * ``LOWBIT_AUTOTUNE=0`` (read at import) or ``lowbit.use(autotune=False)``
   turns measuring off: the fixed order of :data:`lowbit.families.PREFERENCE`
   applies, as it always does where only one kernel qualifies.
-
-A trial costs well under a second per shape class (at most ~1e8
-multiply-adds per run, 1 warm-up + 7 timed runs per candidate).
 """
 from __future__ import annotations
 
@@ -81,13 +76,9 @@ def cache_path():
     return pathlib.Path(d) / f"dispatch-{digest}.json"
 
 
-def bucket(x: int) -> int:
-    """x rounded up to a power of two (the shape class of one dimension)."""
-    return 1 << max(0, int(x) - 1).bit_length()
-
-
 def shape_class(m: int, n: int, k: int) -> tuple:
-    return bucket(m), bucket(n), bucket(k)
+    """(M, N, K) each rounded up to a power of two."""
+    return tuple(1 << max(0, int(x) - 1).bit_length() for x in (m, n, k))
 
 
 def _read(path) -> dict:

@@ -6,6 +6,8 @@ values may be in [-128, 255] (uint8 or int8 data); ``None`` means 0..255.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 SUPPORTED_BITS = (1, 2, 3, 4, 8)
@@ -21,16 +23,11 @@ def check_bits(bits, name: str = "bits") -> int:
     return int(bits)
 
 
-_DEFAULTS = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _default(bits: int) -> np.ndarray:
     """The default codebook 0 .. 2**bits - 1 (shared, read-only)."""
-    cb = _DEFAULTS.get(bits)
-    if cb is None:
-        cb = np.arange(1 << bits, dtype=np.int32)
-        cb.flags.writeable = False
-        _DEFAULTS[bits] = cb
+    cb = np.arange(1 << bits, dtype=np.int32)
+    cb.flags.writeable = False
     return cb
 
 

@@ -1,30 +1,14 @@
-"""Convolution and linear layers on packed low-bit codes.
+"""Convolution and linear layers on packed low-bit codes (design: docs/architecture.md,
+"Convolution", and docs/depthwise.md).
 
 Activations are NHWC codes. A convolution is an implicit GEMM with
-M = B*OH*OW output pixels, N = Cout, K = kh*kw*Cin in (ky, kx, cin) order.
-When the chosen kernel takes indirect activations (grouplut) and Cin is a
-multiple of its group size, the input is packed once and each output row reads
-its kh*kw input pixels through an indirection buffer (as QNNPACK does): no
-im2col copy. Otherwise an im2col copy of the codes is made (documented
-fallback; still exact).
-
-Grouped and depthwise convolutions are one native call per layer
-(csrc/ops/conv.h, docs/depthwise.md): depthwise (groups == Cin == Cout) on a
-``dwconv`` kernel (:func:`dwconv_kernels`), other groupings as one dotgemm GEMM
-per group inside C++. Both decode the codes to zero-padded int16 levels, so
-they need no padding correction. Under ``lowbit.use(kernel=...)`` or
-``use(strategy=<family>)`` they run group by group on the forced GEMM kernel
-instead (each group a GEMM, as before); under ``use(strategy="fastest")`` so do
-grouped layers that are not depthwise.
-
-A call costs little more than the native work: everything that does not
-depend on the activation values (checked geometry, tap table, the GEMM's
-ops.Bound, pad code, k_steps and correction, indirection offsets, the native
-grouped/depthwise plan) is prepared on the first call and cached on the
-ConvWeights per (input shape, stride/padding/dilation, activation
-bits/codebook, dispatch state) (:class:`_PreparedConv`). On grouplut kernels
-the input is packed and read through the tap table inside one native call
-(``_core.PreparedGemm.conv_codes``).
+M = B*OH*OW output pixels, N = Cout, K = kh*kw*Cin in (ky, kx, cin) order: read
+through an indirection buffer when the kernel takes one (``Family.indirect_step``),
+else from an im2col copy of the codes (documented fallback; still exact). Grouped
+and depthwise layers are one native call (:func:`_native_call`), or one GEMM per
+group under a forced kernel or family (:func:`_native_grouping_allowed`).
+Everything that does not depend on the activation values is prepared on the first
+call and cached on the ConvWeights (:class:`_PreparedConv`).
 
 Padding inserts the value 0. If the activation codebook has a code for 0, the
 padding reads that code; if not (e.g. bipolar {-1, +1}), padding reads code 0
@@ -76,10 +60,7 @@ class ConvWeights:
         if min(w_codes.shape) < 1:
             raise ValueError(f"w_codes: expected every dimension >= 1, got shape {w_codes.shape}")
         # validates bits, the code range and the codebook
-        self._packed = PackedWeights.from_codes(w_codes.reshape(w_codes.shape[0], -1), bits, codebook)
-        self.bits, self.codebook = self._packed.bits, self._packed.codebook
-        self._parts = None
-        self._native = {}  # decoded levels / layouts of the native paths, per key
+        self._set_packed(PackedWeights.from_codes(w_codes.reshape(w_codes.shape[0], -1), bits, codebook))
 
     @classmethod
     def from_packed(cls, packed: PackedWeights, shape, groups: int = 1) -> "ConvWeights":
@@ -94,10 +75,13 @@ class ConvWeights:
                              f"({packed.N}, {packed.K}) codes, got {shape}")
         cw = cls.__new__(cls)
         cw._set_groups(shape, groups)
-        cw._packed, cw.bits, cw.codebook = packed, packed.bits, packed.codebook
-        cw._parts = None
-        cw._native = {}
+        cw._set_packed(packed)
         return cw
+
+    def _set_packed(self, packed: PackedWeights) -> None:
+        self._packed, self.bits, self.codebook = packed, packed.bits, packed.codebook
+        self._parts = None
+        self._native = {}  # decoded levels / layouts of the native paths, per key
 
     def _set_groups(self, shape, groups) -> None:
         cout, cg, kh, kw = shape
@@ -117,14 +101,11 @@ class ConvWeights:
         """The (Cout, Cin/groups, kh, kw) uint8 codes, unpacked anew (not kept)."""
         return self._packed.codes().reshape(self.cout, self.cin_per_group, self.kh, self.kw)
 
-    def _kernel_rows(self, g: int | None = None) -> np.ndarray:
-        """(rows, kh*kw*Cin/groups) codes in (ky, kx, cin) order, all Cout rows or group
-        ``g``'s block, unpacked anew (not kept)."""
+    def _kernel_rows(self, g: int) -> np.ndarray:
+        """(Cout/groups, kh*kw*Cin/groups) codes of group ``g`` in (ky, kx, cin) order, unpacked anew
+        (not kept)."""
         opg = self.cout // self.groups
-        payload = self._packed.payload
-        if g is not None:
-            payload = payload[g * opg:(g + 1) * opg]
-        codes = unpack_dense(payload, self._packed.K, self.bits)
+        codes = unpack_dense(self._packed.payload[g * opg:(g + 1) * opg], self._packed.K, self.bits)
         n = codes.shape[0]
         return np.ascontiguousarray(codes.reshape(n, self.cin_per_group, self.kh, self.kw).transpose(0, 2, 3, 1)
                                     .reshape(n, self.kh * self.kw * self.cin_per_group))
@@ -157,19 +138,18 @@ class ConvWeights:
         """(kh*kw, Cout/groups) sums of weight levels per tap (for padding corrections), built once."""
         sums = self.__dict__.setdefault("_column_sums", {})
         if g not in sums:
-            p = self.parts[g]
-            vals = self.codebook.astype(np.int64)[p.codes()].reshape(p.N, self.kh * self.kw, self.cin_per_group)
-            sums[g] = vals.sum(axis=2).T
+            vals = self.codebook.astype(np.int64)[self._kernel_rows(g)]
+            sums[g] = vals.reshape(-1, self.kh * self.kw, self.cin_per_group).sum(axis=2).T
         return sums[g]
 
     def dw_levels(self) -> np.ndarray:
         """Depthwise weight levels, (kh*kw, Cp) int16 with Cp = Cout rounded up to 16, zero padded
-        (the dwconv kernels' layout, csrc/kernels/dwconv/dwconv.h)."""
+        (the dwconv kernels' layout, csrc/kernels/dwconv/dwconv.h); depthwise weights only."""
         hit = self._native.get("dw")
         if hit is None:
             cp = -(-self.cout // 16) * 16
             hit = np.zeros((self.kh * self.kw, cp), np.int16)
-            hit[:, :self.cout] = self.codebook[self._kernel_rows()].T
+            hit[:, :self.cout] = self.codebook[self._packed.codes()].T  # one channel a row: (ky, kx) order
             self._native["dw"] = hit
         return hit
 
@@ -198,14 +178,8 @@ def pack_activations_nhwc(x, bits: int, codebook=None) -> PackedActivations:
         check_elements(x.shape, "x")  # raises
     b, h, w, c = x.shape
     codes = np.ascontiguousarray(x).reshape(b * h * w, c)
-    _core.check_codes(codes, bits, "a_codes", "bits")  # as packing's range check (same message), natively
-    pa = PackedActivations(codes, bits, cb)
-    pa._codebook_key = cb_key
-    pa.shape = (b, h, w, c)
-    return pa
-
-
-_OFFSET_CACHE = {}
+    _core.check_codes(codes, bits, "a_codes", "bits")  # as PackedActivations.from_codes checks the range
+    return PackedActivations(codes, bits, cb, (b, h, w, c), cb_key)
 
 
 def _output_size(h, w, kh, kw, stride, padding, dilation):
@@ -218,27 +192,20 @@ def _output_size(h, w, kh, kw, stride, padding, dilation):
     return oh, ow
 
 
+@functools.lru_cache(maxsize=64)
 def _tap_rows(b, h, w, kh, kw, stride, padding, dilation):
-    """(M, kh*kw) input pixel index of each output pixel's taps, -1 for padding."""
-    key = (b, h, w, kh, kw, stride, padding, dilation)
-    hit = _OFFSET_CACHE.get(key)
-    if hit is not None:
-        return hit
+    """((M, kh*kw) input pixel index of each output pixel's taps, -1 for padding; OH; OW), cached
+    (shared: read only)."""
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     oh, ow = _output_size(h, w, kh, kw, stride, padding, dilation)
     iy = (np.arange(oh) * sh - ph)[:, None] + (np.arange(kh) * dh)[None, :]  # (oh, kh)
     ix = (np.arange(ow) * sw - pw)[:, None] + (np.arange(kw) * dw)[None, :]  # (ow, kw)
     vy = (iy >= 0) & (iy < h)
     vx = (ix >= 0) & (ix < w)
-    pix = (iy[:, None, :, None] * w + ix[None, :, None, :])  # (oh, ow, kh, kw)
+    pix = iy[:, None, :, None] * w + ix[None, :, None, :]  # (oh, ow, kh, kw)
     valid = vy[:, None, :, None] & vx[None, :, None, :]
-    pix = np.where(valid, pix, -1)
-    rows = (pix[None] + np.where(valid, np.arange(b)[:, None, None, None, None] * h * w, 0))
-    rows = np.where(valid[None], rows, -1).reshape(b * oh * ow, kh * kw).astype(np.int64)
-    if len(_OFFSET_CACHE) > 64:
-        _OFFSET_CACHE.clear()
-    _OFFSET_CACHE[key] = (rows, oh, ow)
-    return rows, oh, ow
+    rows = np.where(valid, pix + np.arange(b)[:, None, None, None, None] * (h * w), -1)  # (b, oh, ow, kh, kw)
+    return rows.reshape(b * oh * ow, kh * kw).astype(np.int64), oh, ow
 
 
 def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: Epilogue | None = None,
@@ -256,10 +223,8 @@ def conv2d(x, weights: ConvWeights, stride=1, padding=0, dilation=1, epilogue: E
         epilogue.check(weights.cout, prepared.m)
     y = prepared.run(pa, weights, epilogue)
     if epilogue is not None and epilogue.requant is not None:
-        out = PackedActivations(y.reshape(prepared.m, weights.cout), epilogue.requant.bits,
-                                epilogue.requant.codebook())
-        out.shape = prepared.out_shape
-        return out
+        return PackedActivations(y.reshape(prepared.m, weights.cout), epilogue.requant.bits,
+                                 epilogue.requant.codebook(), prepared.out_shape)
     return y.reshape(prepared.out_shape)
 
 
@@ -267,17 +232,15 @@ _PREPARED_LIMIT = 64  # prepared calls kept per ConvWeights (input shapes x sett
 
 
 def _prepared_conv(pa, weights, stride, padding, dilation) -> "_PreparedConv":
-    """The _PreparedConv of these weights for ``pa``'s shape and activation
-    setting, the stride/padding/dilation and the dispatch state: built (and
-    every argument checked) on the first call, then looked up. Arguments are
-    keyed as passed; only ints and tuples are (anything else is checked and
-    prepared anew each call, as a float must keep raising)."""
+    """The cached _PreparedConv of this call (every argument checked when it is built). Arguments
+    are keyed as passed; only ints and tuples are (anything else is checked and prepared anew
+    each call, as a float must keep raising)."""
     native = (weights.groups > 1 or weights.depthwise) and _native_grouping_allowed(weights.depthwise)
     key = None
     if type(stride) in _KEYABLE and type(padding) in _KEYABLE and type(dilation) in _KEYABLE:
         key = (pa.shape, stride, padding, dilation, pa.bits, pa.codebook_key, _dispatch.state(), native)
         calls = weights.__dict__.get("_prepared_calls")
-        if calls is None:
+        if calls is None:  # (not setdefault: that builds a dict on every call)
             calls = weights.__dict__["_prepared_calls"] = {}
         try:
             hit = calls.get(key)
@@ -325,8 +288,16 @@ class _PreparedConv:
 
     def run(self, pa, weights, epilogue):
         """(M, Cout) int32, float32 or codes."""
-        if self.groups is None:
-            return _conv_native(pa, weights, self.stride, self.padding, self.dilation, epilogue, self.m)
+        if self.groups is None:  # grouped or depthwise in one native call
+            fn, (index, bits, a_levels, w), extra, name = _native_call(pa, weights)
+            # the epilogue arguments in the bindings' positional order (padded for int32/float32 output)
+            ep = _INT32_OUTPUT if epilogue is None else epilogue.native_args()
+            ep = ep + _NO_REQUANT[len(ep) - 6:]
+            # bad codes raise ValueError natively ("x: expected every code in [0, 2**a_bits) ...")
+            y = fn(index, pa.codes.reshape(pa.shape), bits, a_levels, w, *extra, weights.kh, weights.kw, *self.stride,
+                   *self.padding, *self.dilation, *ep)
+            _dispatch.set_last_kernel(name)
+            return y
         if len(self.groups) == 1:
             return self.groups[0].run(pa, weights, epilogue)
         cg, opg = weights.cin_per_group, weights.cout // weights.groups
@@ -349,12 +320,9 @@ _NO_REQUANT = (1.0, 0, 0)  # inv_step, qmin, qmax when the output is not codes
 
 
 def _native_grouping_allowed(depthwise: bool) -> bool:
-    """Whether a grouped layer runs natively (one call) rather than group by group.
-
-    Not when a GEMM kernel or family is forced. Under use(strategy="fastest")
-    depthwise layers stay on dwconv (made for them), while other grouped
-    layers run group by group so that each group's GEMM gets the measured
-    family (e.g. dot8, which the native grouped path, on dotgemm, does not use)."""
+    """Whether a grouped layer runs natively (one call) rather than group by group: not when a
+    GEMM kernel or family is forced; under use(strategy="fastest") only depthwise layers (why:
+    docs/depthwise.md)."""
     kernel, strategy = _dispatch.forced_kernel()
     return kernel is None and (strategy is None or (depthwise and strategy == _dispatch.FASTEST))
 
@@ -389,24 +357,8 @@ def _native_call(pa, weights) -> tuple:
     return hit
 
 
-def _conv_native(pa, weights, stride, padding, dilation, epilogue, m):
-    """Grouped or depthwise convolution in one native call: (M, Cout) int32, float32 or codes."""
-    fn, (index, bits, a_levels, w), extra, name = _native_call(pa, weights)
-    # the epilogue arguments in the bindings' positional order (all nine, padded for int32/float32 output)
-    ep = _INT32_OUTPUT if epilogue is None else epilogue.native_args()
-    ep = ep + _NO_REQUANT[len(ep) - 6:]
-    # bad codes raise ValueError natively ("x: expected every code in [0, 2**a_bits) ...")
-    y = fn(index, pa.codes.reshape(pa.shape), bits, a_levels, w, *extra, weights.kh, weights.kw, *stride,
-           *padding, *dilation, *ep)
-    _dispatch.set_last_kernel(name)
-    return y
-
-
 def _channel_slice(pa, c0, c1):
-    codes = np.ascontiguousarray(pa.codes[:, c0:c1])
-    out = PackedActivations(codes, pa.bits, pa.codebook)
-    out.shape = pa.shape[:3] + (c1 - c0,)
-    return out
+    return PackedActivations(np.ascontiguousarray(pa.codes[:, c0:c1]), pa.bits, pa.codebook, pa.shape[:3] + (c1 - c0,))
 
 
 def pad_code(a_codebook) -> tuple:
@@ -453,8 +405,8 @@ class _GroupGemm:
 
     def run(self, pa, weights, epilogue):
         bound, m, fused = self.bound, self.m, self.fused
+        ep = epilogue if fused else None  # else applied below, after the padding correction
         if self.indirect and self.packs_natively:
-            ep = epilogue if fused else None
             y = bound.native.conv_codes(pa.codes, self.rows, self.seg, self.k_steps, self.correction, self.pad_code,
                                         None if ep is None else ep.native(), None if ep is None else ep.residual)
             _dispatch.set_last_kernel(bound.kern["name"])
@@ -465,13 +417,12 @@ class _GroupGemm:
             if offsets is None:
                 # pixel index (the pad pixel for -1) x the bytes a packed pixel takes
                 offsets = self.offsets = np.where(self.rows >= 0, self.rows, npix) * (buf.size // (npix + 1))
-            y = bound.run(buf, m, self.n, self.k_steps, self.correction, epilogue if fused else None,
-                          a_offsets=offsets, seg_steps=self.seg)
+            y = bound.run(buf, m, self.n, self.k_steps, self.correction, ep, a_offsets=offsets, seg_steps=self.seg)
         else:
             # documented fallback: im2col copy of the codes, then the plain GEMM
             b, h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw) = self.geometry
             cols = _core.im2col_nhwc(pa.codes, b, h, w, kh, kw, sh, sw, ph, pw, dh, dw, self.pad_code)
-            y = bound.run(bound.pack(cols), m, self.n, self.k_steps, self.correction, epilogue if fused else None)
+            y = bound.run(bound.pack(cols), m, self.n, self.k_steps, self.correction, ep)
         if fused:
             return y
         # No code stands for 0: padding read cbA[0]; remove it exactly.

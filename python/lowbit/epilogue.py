@@ -54,11 +54,8 @@ class Requant:
                                       "use unsigned 1-bit ({0, s}) or 2+ bits")
         if not (np.isfinite(self.step) and self.step > 0):
             raise ValueError(f"step: expected a finite value > 0, got {self.step}")
-        lo, hi = int_range(self.bits, self.signed)
-        self.qmin = lo if self.qmin is None else self.qmin
-        self.qmax = hi if self.qmax is None else self.qmax
-        for name in ("qmin", "qmax"):
-            v = getattr(self, name)
+        for name, full in zip(("qmin", "qmax"), int_range(self.bits, self.signed)):  # None: the full range
+            v = full if getattr(self, name) is None else getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise ValueError(f"{name}: expected an int, got {v!r}")
             setattr(self, name, int(v))
@@ -109,12 +106,10 @@ class Epilogue:
 
     def slice(self, n0: int, n1: int) -> "Epilogue":
         """The epilogue of output channels [n0, n1) (grouped convolution)."""
-        e = Epilogue(self.scale[n0:n1], self.bias[n0:n1], (self.clamp_lo, self.clamp_hi), self.requant,
-                     scale64=None if self.scale64 is None else self.scale64[n0:n1],
-                     bias64=None if self.bias64 is None else self.bias64[n0:n1])
-        if self.residual is not None:
-            e.residual = np.ascontiguousarray(self.residual[:, n0:n1])
-        return e
+        return Epilogue(self.scale[n0:n1], self.bias[n0:n1], (self.clamp_lo, self.clamp_hi), self.requant,
+                        None if self.residual is None else self.residual[:, n0:n1],
+                        None if self.scale64 is None else self.scale64[n0:n1],
+                        None if self.bias64 is None else self.bias64[n0:n1])
 
     def check(self, n: int, m: int) -> None:
         if self.scale.shape[0] != n:

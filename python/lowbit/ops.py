@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from . import _core, _dispatch
+from . import _core, _dispatch, autotune
 from . import codebook as cbmod
 from .families import FAMILIES, PREFERENCE
 from .packing import MAX_ELEMENTS, PackedActivations, PackedWeights, _as_code_matrix, check_elements
@@ -34,8 +34,6 @@ def _plan_for(bw, ba, cb_w, cb_a, shape=None):
     plan, fam, kern, reasons, measured, kmax = hit
     if shape is None or len(measured) < 2 or not _dispatch.autotune_enabled():
         return plan, fam, kern, reasons, kmax
-    from . import autotune
-
     by_name = {o[2]["name"]: o for o in measured}
     rec = autotune.choose(tuple(by_name), bw, ba, cb_w, cb_a, *shape)
     plan, fam, kern = by_name[rec["kernel"]]
@@ -91,10 +89,7 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
             reasons.append(f"{name}: no {plan.table_kind} kernel at or below tier {_dispatch.tier_cap()}")
             continue
         order = next(i for i, (f, kind) in enumerate(PREFERENCE) if f == name and kind in (None, plan.table_kind))
-        # plan.slow (a dot family measured faster) does not reorder the fixed
-        # order: without autotuning, layers of 1-4 bits run on the lookup-table
-        # kernels whenever those are exact (explain() points to
-        # use(strategy=plan.slow)); autotuning measures plan.slow too (below)
+        # plan.slow (a dot family measured faster) never reorders the fixed order (docs/kernels.md)
         reasons.append(f"{name}: {plan.why} (best kernel {found[0]['name']})")
         options += [(k["tier_rank"] == 0, order, -k["tier_rank"], plan, fam, k) for k in found]
     if not options:
@@ -111,11 +106,9 @@ def _plan_uncached(bw, ba, cb_w, cb_a, forced_kernel, forced_family):
     if plan.slow:
         reasons.append(f"note: with these bit widths/codebooks {plan.slow} measured faster on the reference "
                        f"machine: autotuning times it too, or lowbit.use(strategy={plan.slow!r})")
-    # What autotuning may measure: SIMD kernels (scalar twins only where no
-    # SIMD kernel qualifies) of the lookup families when one is exact and
-    # neither a family nor "fastest" was asked for, plus the dot family the
-    # chosen table plan names as measured faster (plan.slow: 3-4-bit weights,
-    # W2A4), so a machine where it is faster runs it; of every family otherwise.
+    # What autotuning may measure (docs/kernels.md): SIMD kernels (scalar twins only where none
+    # qualifies) of the lookup families plus plan.slow when a lookup family is exact and neither a
+    # family nor "fastest" was asked for; of every family otherwise.
     pool = [o for o in options if not o[0]] or options
     if forced_family is None and not fastest and any(o[4].name in LOOKUP_FAMILIES for o in pool):
         pool = [o for o in pool if o[4].name in LOOKUP_FAMILIES or o[4].name == plan.slow]
@@ -152,9 +145,6 @@ class Bound:
     # whether native.codes() runs this GEMM straight from (M, K) codes (grouplut families)
     fused_codes: bool = dataclasses.field(default=False, compare=False, repr=False)
 
-    def k_steps(self, k: int) -> int:
-        return self.fam.k_steps(k, self.plan)
-
     def correction(self, k_steps: int, padded_terms: int) -> int:
         """What the driver subtracts (mod 2**32) from every output: the padding
         terms plus step_bias for each of the k_steps lookups."""
@@ -165,7 +155,7 @@ class Bound:
         """(k_steps, correction) of a plain (M, k) x (N, k) GEMM, cached per k."""
         hit = self._direct.get(k)
         if hit is None:
-            k_steps = self.k_steps(k)
+            k_steps = self.fam.k_steps(k, self.plan)
             hit = self._direct[k] = (
                 k_steps, self.correction(k_steps, (self.fam.padded_k(k, self.plan) - k) * self.pad_product))
         return hit
@@ -178,7 +168,7 @@ class Bound:
         """The native GEMM on packed activations ``a`` (direct, or indirect with ``a_offsets``)."""
         if n != self.native.N:
             raise ValueError(f"n: expected the weights' N={self.native.N}, got {n}")
-        ep, residual = _native_epilogue(epilogue)
+        ep, residual = _native_epilogue(epilogue)  # (no *-unpacking in the call: slower on this hot path)
         y = self.native.run(a, m, k_steps, correction, ep, residual, a_offsets, seg_steps)
         _dispatch.set_last_kernel(self.kern["name"])
         return y
@@ -190,8 +180,7 @@ class Bound:
         if n != self.native.N or (k_steps, correction) != self.direct(self.native.K):
             raise ValueError("run_codes: n, k_steps and correction must be the direct GEMM's "
                              f"({self.native.N}, {self.direct(self.native.K)}), got ({n}, ({k_steps}, {correction}))")
-        ep, residual = _native_epilogue(epilogue)
-        y = self.native.codes(codes, ep, residual)
+        y = self.native.codes(codes, *_native_epilogue(epilogue))
         _dispatch.set_last_kernel(self.kern["name"])
         return y
 
@@ -231,7 +220,7 @@ def _prepare_setting(bits: int, codebook: np.ndarray, codebook_key: bytes, packe
                      k: int) -> Bound:
     state = _dispatch.state()
     cls = None
-    if state[3]:  # autotuning: the shape class (= autotune.shape_class) is part of the key
+    if state[3]:  # autotuning: the shape class (as autotune.shape_class, inline: a call's hot path) is in the key
         cls = ((m - 1).bit_length() if m > 0 else 0, (k - 1).bit_length() if k > 0 else 0)
     key = (bits, codebook_key, state, cls)
     bound = packed._bound.get(key)
@@ -314,8 +303,8 @@ def explain(M: int, N: int, K: int, *, a_bits: int, w_bits: int, a_codebook=None
     ba = cbmod.check_bits(a_bits, "a_bits")
     cb_w = cbmod.normalize(w_codebook, bw, "w_codebook")
     cb_a = cbmod.normalize(a_codebook, ba, "a_codebook")
-    plan, fam, kern, reasons, _ = _plan_for(bw, ba, cb_w, cb_a, (int(M), int(N), int(K)))
+    _, _, kern, reasons, kmax = _plan_for(bw, ba, cb_w, cb_a, (int(M), int(N), int(K)))
     lines = [f"GEMM M={M} N={N} K={K} W{bw}A{ba}: kernel {kern['name']} (tier cap {_dispatch.tier_cap()})"]
     lines += [f"  - {r}" for r in reasons]
-    lines.append(f"  - K_max for these codebooks: {cbmod.k_max(cb_a, cb_w)}")
+    lines.append(f"  - K_max for these codebooks: {kmax}")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import zlib
 
 import numpy as np
 
+from . import _core
 from . import codebook as cbmod
 
 _MAGIC = b"LOWBITPW"
@@ -52,12 +53,6 @@ def _as_code_matrix(codes, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected a 2-D array, got {codes.ndim}-D with shape {codes.shape}")
     check_elements(codes.shape, name)
     return np.ascontiguousarray(codes)  # strided input is copied, never misread
-
-
-def _check_range(codes: np.ndarray, bits: int, name: str) -> None:
-    if codes.size and int(codes.max()) >= (1 << bits):
-        raise ValueError(f"{name}: expected every code in [0, {1 << bits}) for bits={bits}, "
-                         f"got max {int(codes.max())}")
 
 
 def pack_dense(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -100,7 +95,7 @@ class PackedWeights:
         codes = _as_code_matrix(w_codes, "w_codes")
         if codes.shape[0] < 1 or codes.shape[1] < 1:
             raise ValueError(f"w_codes: expected shape (N, K) with N, K >= 1, got {codes.shape}")
-        _check_range(codes, bits, "w_codes")
+        _core.check_codes(codes, bits, "w_codes", "bits")
         cb = cbmod.normalize(codebook, bits, "codebook")
         return cls(pack_dense(codes, bits), codes.shape[0], codes.shape[1], bits, cb)
 
@@ -209,14 +204,14 @@ class PackedActivations:
     """Activation codes (M x K, ``bits`` each) validated once, with every packed
     form a kernel asked for cached, so one pack serves many GEMMs."""
 
-    def __init__(self, codes: np.ndarray, bits: int, codebook: np.ndarray):
+    def __init__(self, codes: np.ndarray, bits: int, codebook: np.ndarray, shape=None, codebook_key=None):
         self.codes = codes
         self.M, self.K = codes.shape
         self.bits = bits
         self.codebook = codebook
-        self.shape = None  # (B, H, W, C) when the rows are NHWC pixels
+        self.shape = shape  # (B, H, W, C) when the rows are NHWC pixels
         self._packed = {}
-        self._codebook_key = None
+        self._codebook_key = codebook_key  # codebook.tobytes(), when the caller has it
 
     @property
     def codebook_key(self) -> bytes:
@@ -232,7 +227,7 @@ class PackedActivations:
         bits = cbmod.check_bits(bits, "bits")
         codes = _as_code_matrix(a_codes, "a_codes")
         if validate:
-            _check_range(codes, bits, "a_codes")
+            _core.check_codes(codes, bits, "a_codes", "bits")
         return cls(codes, bits, cbmod.normalize(codebook, bits, "codebook"))
 
     def packed(self, key, builder):

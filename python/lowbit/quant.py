@@ -63,10 +63,7 @@ def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple:
 
 def bits_for(n: int):
     """The narrowest supported code width (1, 2, 3, 4, 8) with 2^bits >= n levels; None if none."""
-    for b in cbmod.SUPPORTED_BITS:
-        if n <= (1 << b):
-            return b
-    return None
+    return next((b for b in cbmod.SUPPORTED_BITS if n <= (1 << b)), None)
 
 
 def grid_levels(levels, bits: int) -> list:
@@ -108,9 +105,7 @@ def requantize(v: np.ndarray, step64: float, qmin: int, qmax: int) -> np.ndarray
     (a float64 true division, round half to even; NaN -> qmin), clamped to [qmin, qmax], code
     ``q - qmin`` (uint8)."""
     q = np.rint(np.divide(np.asarray(v, np.float64), np.float64(step64), dtype=np.float64))
-    q = np.where(np.isnan(q), np.float64(qmin), q)
-    q = np.where(q < qmin, np.float64(qmin), q)
-    q = np.where(q > qmax, np.float64(qmax), q)
+    q = np.clip(np.where(np.isnan(q), np.float64(qmin), q), np.float64(qmin), np.float64(qmax))
     return (q.astype(np.int32) - qmin).astype(np.uint8)
 
 

@@ -27,33 +27,25 @@ def gemm(a_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None) -> 
                                                                               "w_codebook").T, "gemm")
 
 
-def _float64(p32, p64):
-    """A parameter in float64: ``p64``, or the float32 ``p32`` widened when ``p64`` is None."""
-    return np.asarray(p32, np.float32).astype(np.float64) if p64 is None else np.asarray(p64, np.float64)
-
-
 def epilogue(acc, scale, bias, residual=None, clamp_lo=-np.inf, clamp_hi=np.inf, requant=None, scale64=None,
              bias64=None):
     """The epilogue of csrc/ops/epilogue.h in NumPy, step by step: a float output in float32; a
     code output (``requant``) in float64 from ``scale64``/``bias64`` (None: the float32
     ``scale``/``bias``) and ``requant.step64``."""
-    lo, hi = np.float32(clamp_lo), np.float32(clamp_hi)
-    if requant is not None:
-        v = np.asarray(acc, np.int32).astype(np.float64)
-        v = v * _float64(scale, scale64)[None, :]
-        v = v + _float64(bias, bias64)[None, :]
-        if residual is not None:
-            v = v + np.asarray(residual, np.float32).astype(np.float64)
-        v = np.where(v < np.float64(lo), np.float64(lo), v)
-        v = np.where(v > np.float64(hi), np.float64(hi), v)
-        return quant.requantize(v, requant.step64, requant.qmin, requant.qmax)
-    v = np.asarray(acc, np.int32).astype(np.float32)
-    v = v * np.asarray(scale, np.float32)[None, :]
-    v = v + np.asarray(bias, np.float32)[None, :]
+    ftype = np.float64 if requant is not None else np.float32  # every step below in this precision
+    if requant is None:
+        scale64 = bias64 = None  # a float output uses the float32 parameters only
+    scale = np.asarray(scale, np.float32).astype(ftype) if scale64 is None else np.asarray(scale64, np.float64)
+    bias = np.asarray(bias, np.float32).astype(ftype) if bias64 is None else np.asarray(bias64, np.float64)
+    lo, hi = ftype(np.float32(clamp_lo)), ftype(np.float32(clamp_hi))
+    v = np.asarray(acc, np.int32).astype(ftype)
+    v = v * scale[None, :]
+    v = v + bias[None, :]
     if residual is not None:
-        v = v + np.asarray(residual, np.float32)
+        v = v + np.asarray(residual, np.float32).astype(ftype)
     v = np.where(v < lo, lo, v)
-    return np.where(v > hi, hi, v)
+    v = np.where(v > hi, hi, v)
+    return v if requant is None else quant.requantize(v, requant.step64, requant.qmin, requant.qmax)
 
 
 def conv2d(x_codes, w_codes, a_bits, w_bits, a_codebook=None, w_codebook=None, stride=1, padding=0, dilation=1,

@@ -16,14 +16,8 @@ from .lutgemm import Lutgemm
 FAMILIES = {"lutgemm": Lutgemm, "grouplut": Grouplut, "grouplut6": Grouplut6, "bitserial": Bitserial,
             "dot8": Dot8, "dotgemm": Dotgemm}
 
-# Automatic choice, fastest first as measured (bench/results, docs/kernels.md):
-# the first (family, table kind) here that can compute the GEMM exactly wins,
-# with its best kernel at or below the tier cap; a family that only has its
-# scalar twin at the cap yields to one with SIMD kernels. None matches any
-# table kind. grouplut6 (AVX-512 VBMI) comes after grouplut: on the one
-# AVX-512 machine measured (Xeon, bench/results/device-*), grouplut's AVX2
-# kernel was faster end to end. dotgemm computes everything exactly; lutgemm's
-# int16 (split) tables are slower than dotgemm's int16 multiply-adds.
+# The dispatch rule's fixed order, fastest first as measured (docs/kernels.md): the first
+# (family, table kind) here that can compute the GEMM exactly wins. None matches any table kind.
 PREFERENCE = (("grouplut", "i8"), ("grouplut6", "i8"), ("lutgemm", "i8"), ("bitserial", "i8"), ("dot8", None),
               ("dotgemm", None),
               ("lutgemm", "split"))

@@ -76,37 +76,62 @@ class Family:
         one pixel), or None."""
         return None
 
-
-def tile_levels(levels: np.ndarray, nr: int, step: int) -> np.ndarray:
-    """The dot families' kernel-layout weights: (N, K) levels -> tiles of nr
-    channels, [tile][k step][channel][step levels], zero padded in N and K,
-    as bytes."""
-    n, k = levels.shape
-    s = -(-k // step)
-    lv = np.zeros((-(-n // nr) * nr, step * s), levels.dtype)
-    lv[:n, :k] = levels
-    lv = lv.reshape(-1, nr, s, step).transpose(0, 2, 1, 3)
-    return np.ascontiguousarray(lv).view(np.uint8).reshape(-1)
+    @classmethod
+    def pad_to_tiles(cls, values, plan, nr):
+        """(N, K) codes or levels, zero-padded (same dtype) to whole tiles of nr rows and whole k steps."""
+        n, k = values.shape
+        out = np.zeros((-(-n // nr) * nr, cls.k_steps(k, plan) * cls.step(plan)), values.dtype)
+        out[:n, :k] = values
+        return out
 
 
-def pack_levels(native, codes, p: Packing, tier_rank, pad_rows=0):
-    """The dot families' native level packers (``_core.dotgemm_pack_activations``,
-    ``_core.dot8_pack_activations``) of Packing ``p``: (M, K) codes -> (M + pad_rows,
-    cols) levels (the pad rows hold level 0), with out-of-range codes reported
-    against the caller's argument name."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
-    bits = p.bits
-    try:
-        return native(codes, bits, np.ascontiguousarray(p.levels), p.cols, int(tier_rank), int(pad_rows))
-    except ValueError as exc:
-        if "codes:" in str(exc):
-            raise ValueError(f"a_codes: expected every code in [0, {1 << bits}) for bits={bits}, "
-                             f"got max {int(codes.max())}") from None
-        raise
+class DotFamily(Family):
+    """The dot families (dot8, dotgemm): no tables. Weight and activation codes are
+    decoded to levels (``plan.params[2]``/``[3]``: the codebooks as bytes of W_DTYPE/A_DTYPE)
+    and summed in dot products of STEP levels; padding holds level 0. Subclasses set
+    W_DTYPE, A_DTYPE and NATIVE_PACKER (their ``_core.<family>_pack_activations``)."""
 
+    @classmethod
+    def weight_layout(cls, codes, plan, kernel):
+        """Tiles of NR channels: [tile][k step][channel][STEP] weight levels, zero padded in N and K,
+        as bytes."""
+        nr = int(kernel["nr"])
+        lv = cls.pad_to_tiles(np.frombuffer(plan.params[2], cls.W_DTYPE)[codes], plan, nr)
+        lv = lv.reshape(-1, nr, lv.shape[1] // cls.STEP, cls.STEP).transpose(0, 2, 1, 3)
+        return np.ascontiguousarray(lv).view(np.uint8).reshape(-1)
 
-def pad_codes(codes: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Zero-pad an (R, K) code matrix to (rows, cols)."""
-    out = np.zeros((rows, cols), np.uint8)
-    out[: codes.shape[0], : codes.shape[1]] = codes
-    return out
+    @classmethod
+    def packing(cls, plan, k):
+        """Activation levels, k_steps steps of STEP levels a row."""
+        levels = np.frombuffer(plan.params[3], cls.A_DTYPE)
+        # positional (group 0, code_shift 0, elem = bytes a level): a NamedTuple's keywords cost on every call
+        return Packing(cls.name, plan.params[1], cls.STEP * cls.k_steps(k, plan), 0, 0, levels.itemsize, levels)
+
+    @classmethod
+    def pack_activations(cls, codes, plan, tier_rank, pad_rows=0, pad_code=0):
+        """(M + pad_rows, cols * elem) bytes of activation levels (native, multi-threaded); the
+        pad rows (a convolution's all-padding pixel) hold the level of pad_code for k < K, as if
+        K copies of pad_code had been packed. Out-of-range codes are reported against a_codes."""
+        k = np.shape(codes)[1]
+        p = cls.packing(plan, k)
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        try:
+            out = cls.NATIVE_PACKER(codes, p.bits, np.ascontiguousarray(p.levels), p.cols, int(tier_rank),
+                                    int(pad_rows))
+        except ValueError as exc:
+            if "codes:" in str(exc):
+                raise ValueError(f"a_codes: expected every code in [0, {1 << p.bits}) for bits={p.bits}, "
+                                 f"got max {int(codes.max())}") from None
+            raise
+        if pad_rows:
+            out[-pad_rows:, :k] = p.levels[pad_code]
+        return out if p.elem == 1 else out.view(np.uint8)  # levels wider than a byte as their bytes
+
+    @staticmethod
+    def padded_k(k, plan):
+        return k  # padding holds level 0 (not the level of code 0): nothing to correct
+
+    @staticmethod
+    def tables(cb_w, cb_a, plan):
+        # No tables; flush8/flush16 are unused (no narrow accumulators).
+        return np.zeros(1, np.int8), 1, 1, 0

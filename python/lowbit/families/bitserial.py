@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._common import Family, Packing, Plan, pad_codes
+from ._common import Family, Packing, Plan
 
 
 class Bitserial(Family):
@@ -27,9 +27,7 @@ class Bitserial(Family):
 
     @staticmethod
     def weight_layout(codes, plan, kernel):
-        n, k = codes.shape
-        steps = Bitserial.k_steps(k, plan)
-        c = pad_codes(codes, -(-n // kernel["nr"]) * kernel["nr"], steps * Bitserial.STEP)
+        c = Bitserial.pad_to_tiles(codes, plan, kernel["nr"])
         bits = np.packbits(c, axis=1, bitorder="little")                     # (rows, 32*steps)
         trailer = np.zeros((c.shape[0], 32), np.uint8)
         trailer[:, :4] = c.sum(axis=1, dtype=np.uint32)[:, None].view(np.uint8)  # popc(W[n]), little-endian

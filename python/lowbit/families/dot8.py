@@ -1,15 +1,6 @@
-"""Family dot8: exact byte dot products with int16 accumulators (no tables).
-
-Activation codes are decoded to uint8 levels and weight codes to int8 levels;
-``vpmaddubsw`` adds four k per output channel straight into int16 lanes, which
-are widened to int32 only every ``flush16`` steps. It applies when activation
-levels are in [0, 255], weight levels in [-128, 127] and
-2 * max|a| * max|w| <= 32767: every 1-4-bit pair with the default codebooks,
-W1-4 x A8 (unsigned activations) and W8 with small activation levels. Wider
-products, and signed 8-bit activations (stored as level + 128, with a
-per-channel correction), are "i32" plans: only the int32-accumulating kernels
-run them (VNNI ``vpdpbusd``, the scalar twin); without VNNI dispatch moves on
-to dotgemm.
+"""Family dot8: exact uint8 x int8 byte dot products with int16 accumulators (no tables;
+the family's idea and reach: docs/kernels.md). Wider products and signed 8-bit activations
+are "i32" plans, which only the int32-accumulating kernels run (VNNI, the scalar twin).
 
 Layouts and the accumulator bound: csrc/kernels/dot8/dot8.h.
 """
@@ -18,14 +9,16 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core
-from ._common import Family, Packing, Plan, pack_levels, tile_levels
+from ._common import DotFamily, Plan
 
 INT16_MAX = 32767
 
 
-class Dot8(Family):
+class Dot8(DotFamily):
     name = "dot8"
     STEP = 4  # one k step = one quad of byte levels
+    W_DTYPE, A_DTYPE = np.int8, np.uint8
+    NATIVE_PACKER = _core.dot8_pack_activations
 
     # Signed 8-bit activations (levels in [-128, 127], e.g. a network's input
     # image): stored as level + 128 (uint8), and the driver subtracts
@@ -62,29 +55,6 @@ class Dot8(Family):
                     f"exact uint8 x int8 byte dot products, int16 accumulators widened every {flush16} k quads"), None
 
     @staticmethod
-    def weight_layout(codes, plan, kernel):
-        """Tiles of NR channels: [tile][k quad][channel][4] int8 levels, zero padded."""
-        return tile_levels(np.frombuffer(plan.params[2], np.int8)[codes], int(kernel["nr"]), Dot8.STEP)
-
-    @staticmethod
-    def packing(plan, k):
-        """Uint8 levels, k_steps quads a row."""
-        return Packing("dot8", plan.params[1], Dot8.STEP * Dot8.k_steps(k, plan),
-                       levels=np.frombuffer(plan.params[3], np.uint8))
-
-    @staticmethod
-    def pack_activations(codes, plan, tier_rank, pad_rows=0, pad_code=0):
-        """(M + pad_rows, 4 * k_steps) uint8 levels (native, multi-threaded); the
-        pad rows (a convolution's all-padding pixel) hold the level of
-        pad_code for k < K, as if K copies of pad_code had been packed."""
-        k = np.shape(codes)[1]
-        p = Dot8.packing(plan, k)
-        out = pack_levels(_core.dot8_pack_activations, codes, p, tier_rank, pad_rows)
-        if pad_rows:
-            out[-pad_rows:, :k] = p.levels[pad_code]
-        return out
-
-    @staticmethod
     def indirect_step(plan):
         return Dot8.STEP
 
@@ -102,7 +72,3 @@ class Dot8(Family):
             return None
         sums = np.frombuffer(plan.params[2], np.int8).astype(np.int64)[codes].sum(axis=1) * offset
         return ((sums + 2**31) % 2**32 - 2**31).astype(np.int32)
-
-    @staticmethod
-    def padded_k(k, plan):
-        return k  # padding holds level 0 (not the level of code 0): nothing to correct

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import Family, Packing, Plan, pad_codes
+from ._common import Family, Packing, Plan
 from .dot8 import Dot8
 
 
@@ -41,10 +41,8 @@ class Grouplut(Family):
             if bw * gw <= cls.INDEX_BITS and ba * gw <= 8:
                 tmax = int(np.abs(cls._table(cb_w, cb_a, bw, ba, gw)).max())
                 if tmax <= 127:
-                    # Measured (bench/results/allpairs_t1.md): one MAC per lookup (W3, W4), or
-                    # entries > 31 (int8 lanes widened every one or two lookups: W2A4), run
-                    # slower than dot8's byte dot products; entries > 63 slower than dotgemm
-                    # too. explain() says so; dispatch keeps the tables.
+                    # one MAC per lookup, or entries > 31 (> 63), measured slower than dot8 (dotgemm):
+                    # docs/kernels.md, the dispatch rule; explain() says so, dispatch keeps the tables
                     slow = ""
                     if (gw == 1 or tmax > 31) and Dot8.plan(bw, ba, cb_w, cb_a)[0] is not None:
                         slow = "dot8"
@@ -63,10 +61,9 @@ class Grouplut(Family):
     @classmethod
     def weight_layout(cls, codes, plan, kernel):
         bw, _, gw = plan.params
-        n, k = codes.shape
-        g = cls.k_steps(k, plan)
+        g = cls.k_steps(codes.shape[1], plan)
         lanes = cls.LANES
-        c = pad_codes(codes, -(-n // lanes) * lanes, g * gw).reshape(-1, g, gw).astype(np.uint8)
+        c = cls.pad_to_tiles(codes, plan, lanes).reshape(-1, g, gw)
         idx = np.zeros(c.shape[:2], np.uint8)
         for j in range(gw):
             idx |= c[:, :, j] << (bw * j)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import codebook as cbmod
-from ._common import Family, Packing, Plan, pad_codes
+from ._common import Family, Packing, Plan
 
 
 class Lutgemm(Family):
@@ -25,9 +25,8 @@ class Lutgemm(Family):
 
     @staticmethod
     def weight_layout(codes, plan, kernel):
-        n, k = codes.shape
-        steps = Lutgemm.k_steps(k, plan)
-        c = pad_codes(codes, -(-n // kernel["nr"]) * kernel["nr"], steps * Lutgemm.STEP)
+        steps = Lutgemm.k_steps(codes.shape[1], plan)
+        c = Lutgemm.pad_to_tiles(codes, plan, kernel["nr"])
         c = c.reshape(c.shape[0], -1, 4)
         # nibble-swapped: w1 at [1:0], w0 at [3:2], w3 at [5:4], w2 at [7:6]
         packed = (c[:, :, 1] | (c[:, :, 0] << 2) | (c[:, :, 3] << 4) | (c[:, :, 2] << 6)).astype(np.uint8)
@@ -39,15 +38,10 @@ class Lutgemm(Family):
     def _masked_planes(packed, steps):
         """Layout 1: per pair of 16-byte steps (or the odd last step), the planes
         W & 0x03, W & 0x0C, (W >> 4) & 0x03, (W >> 4) & 0x0C."""
-        rows = packed.shape[0]
         hi = packed >> 4
         planes = [packed & 0x03, packed & 0x0C, hi & 0x03, hi & 0x0C]
-        chunks = []
-        for s in range(0, steps, 2):
-            width = 16 * min(2, steps - s)
-            sl = slice(16 * s, 16 * s + width)
-            chunks.extend(p[:, sl] for p in planes)
-        return np.concatenate(chunks, axis=1).reshape(rows, 64 * steps)
+        # a slice past the row's end stops there: the odd last step is 16 bytes wide
+        return np.concatenate([p[:, 16 * s:16 * s + 32] for s in range(0, steps, 2) for p in planes], axis=1)
 
     @staticmethod
     def packing(plan, k):
