@@ -24,7 +24,7 @@ def main():
     lowbit.set_num_threads(1)
     tiers = [t for t in ("scalar", "avx2") if t in lowbit.supported_tiers()]
     rng = np.random.default_rng(0)
-    print(f"| M x K | bits | group | " + " | ".join(f"{t} us" for t in tiers) + " | speedup |")
+    print("| M x K | bits | group | " + " | ".join(f"{t} us" for t in tiers) + " | speedup |")
     print("|---|---:|---:|" + "---:|" * len(tiers) + "---:|")
     for m, k, bits, group in CASES:
         codes = rng.integers(0, 1 << bits, (m, k), dtype=np.uint8)

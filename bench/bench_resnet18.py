@@ -53,7 +53,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import REPO, fingerprint  # noqa: E402
+from common import REPO, fingerprint, time_interleaved  # noqa: E402
 
 RESULTS = HERE / "results"
 NAMES = {"torch_fp32": "torch fp32", "torch_int8_x86": "torch int8 x86", "torch_int8_qnnpack": "torch int8 qnnpack",
@@ -197,35 +197,14 @@ def callables(models, x):
 
 
 def time_interleaved2(fns, rounds, warmup, min_time):
-    """Like bench/common.time_interleaved (round-robin, rotating start, batches >= min_time, median),
-    recording both wall time (perf_counter) and this thread's CPU time (thread_time) per call.
-    At one thread every contender computes on the calling thread (checked: thread/wall ~ 1 on an
-    idle machine), so CPU time is the figure that other work on a shared machine disturbs least."""
-    reps, out = {}, {}
-    for name, fn in fns.items():
-        try:
-            for _ in range(warmup):
-                fn()
-            t0 = time.perf_counter()
-            fn()
-            reps[name] = max(1, int(np.ceil(min_time / max(time.perf_counter() - t0, 1e-9))))
-        except Exception as e:  # noqa: BLE001 - a failing contender is reported, not fatal
-            out[name] = {"error": f"{type(e).__name__}: {e}"}
-    names = list(reps)
-    wall, cpu = {n: [] for n in names}, {n: [] for n in names}
-    for r in range(rounds):
-        for i in range(len(names)):
-            name = names[(i + r) % len(names)]
-            fn, n = fns[name], reps[name]
-            t0, c0 = time.perf_counter(), time.thread_time()
-            for _ in range(n):
-                fn()
-            c1, t1 = time.thread_time(), time.perf_counter()
-            wall[name].append((t1 - t0) / n)
-            cpu[name].append((c1 - c0) / n)
-    for n in names:
-        out[n] = {"wall_median_ms": 1e3 * float(np.median(wall[n])), "wall_min_ms": 1e3 * min(wall[n]),
-                  "cpu_median_ms": 1e3 * float(np.median(cpu[n])), "reps": reps[n]}
+    """bench/common.time_interleaved (round-robin, rotating start, batches >= min_time, median) in
+    milliseconds: wall time and this thread's CPU time per call. At one thread every contender
+    computes on the calling thread (checked: thread/wall ~ 1 on an idle machine), so CPU time is
+    the figure that other work on a shared machine disturbs least."""
+    out = {}
+    for name, st in time_interleaved(fns, rounds, warmup, min_time).items():
+        out[name] = st if "error" in st else {"wall_median_ms": 1e3 * st["median_s"], "wall_min_ms": 1e3 * st["min_s"],
+                                              "cpu_median_ms": 1e3 * st["cpu_median_s"], "reps": st["reps"]}
     return out
 
 

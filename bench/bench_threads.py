@@ -155,7 +155,7 @@ def main():
           "| layer | M | N | K | " + " | ".join(f"{t} thr GOPS" for t in counts)
           + f" | x at {counts[-1]} | x of {counts[-1]} independent streams |",
           "|---|---:|---:|---:|" + "---:|" * (len(counts) + 2)]
-    md += [f"| lookup loop, no memory traffic | | | | "
+    md += ["| lookup loop, no memory traffic | | | | "
            + " | ".join("" for _ in counts) + f" | {ceiling[counts[-1]]:.2f} | |"]
     md += [f"| {r['name']} | {r['M']} | {r['N']} | {r['K']} | " + " | ".join(f"{r['gops'][t]:.0f}" for t in counts)
            + f" | {r['scaling'][counts[-1]]:.2f} | "

@@ -1,12 +1,12 @@
-"""Machine fingerprint, interleaved timing, GOPS and geometric means."""
+"""Machine fingerprint, interleaved timing (lowbit.apps.timing, re-exported), GOPS and geometric means."""
 import math
 import os
 import platform
-import statistics
 import subprocess
 import time
-from contextlib import nullcontext
 from pathlib import Path
+
+from lowbit.apps.timing import time_interleaved  # noqa: F401 - the bench scripts' protocol
 
 REPO = Path(__file__).resolve().parent.parent
 ISA_FLAGS = ["sse4_2", "avx", "avx2", "fma", "bmi2", "f16c", "avx_vnni", "avx512f", "avx512bw",
@@ -60,46 +60,6 @@ def fingerprint():
     except Exception:  # noqa: BLE001
         pass
     return fp
-
-
-def time_interleaved(contenders, rounds=9, warmup=1, min_time=0.02):
-    """Time named callables round-robin and return {name: stats}.
-
-    contenders: {name: fn} or {name: (fn, ctx_factory)}; ctx_factory() is entered around
-    each batch of calls (e.g. lowbit.use(kernel=...)), so its cost is not per call.
-    Each callable first runs `warmup` times plus once more to size its batch so that a
-    batch lasts >= min_time. Then every round runs one batch of each callable (the start
-    position rotates between rounds) and records seconds per call. Stats: median_s, min_s,
-    reps (calls per batch), samples. A callable that raises is dropped: {"error": msg}.
-    """
-    items = {n: (c if isinstance(c, tuple) else (c, nullcontext)) for n, c in contenders.items()}
-    reps, out = {}, {}
-    for name, (fn, ctx) in items.items():
-        try:
-            with ctx():
-                for _ in range(warmup):
-                    fn()
-                t0 = time.perf_counter()
-                fn()
-                dt = time.perf_counter() - t0
-            reps[name] = max(1, math.ceil(min_time / max(dt, 1e-9)))
-        except Exception as e:  # noqa: BLE001 - a failing contender is reported, not fatal
-            out[name] = {"error": f"{type(e).__name__}: {e}"}
-    names = list(reps)
-    samples = {n: [] for n in names}
-    for r in range(rounds):
-        for i in range(len(names)):
-            name = names[(i + r) % len(names)]
-            fn, ctx = items[name]
-            with ctx():
-                t0 = time.perf_counter()
-                for _ in range(reps[name]):
-                    fn()
-                samples[name].append((time.perf_counter() - t0) / reps[name])
-    for n in names:
-        out[n] = {"median_s": statistics.median(samples[n]), "min_s": min(samples[n]),
-                  "reps": reps[n], "samples": samples[n]}
-    return out
 
 
 def gops(m, n, k, seconds):

@@ -21,12 +21,13 @@ import argparse
 import copy
 import io as _io
 import os
-import statistics
 import sys
 import time
 import warnings
 
 import numpy as np
+
+from .timing import time_interleaved
 
 
 def _p(*a):
@@ -95,28 +96,6 @@ def _torch_call(model, engine=None):
         with torch.no_grad():
             return model(xt)
     return f
-
-
-def _time_interleaved(fns, x, rounds, min_time, clock=time.perf_counter):
-    """{name: median seconds per call}; callables run round-robin, each batch >= min_time.
-    ``clock``: time.thread_time at one thread (every contender computes on the calling
-    thread, and other work on the machine disturbs it least), else time.perf_counter."""
-    reps, samples = {}, {k: [] for k in fns}
-    for k, f in fns.items():
-        f(x)
-        t0 = time.perf_counter()
-        f(x)
-        dt = max(time.perf_counter() - t0, 1e-6)
-        reps[k] = max(1, int(min_time / dt))
-    names = list(fns)
-    for r in range(rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            f, n = fns[k], reps[k]
-            t0 = clock()
-            for _ in range(n):
-                f(x)
-            samples[k].append((clock() - t0) / n)
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def _state_bytes(model) -> int:
@@ -200,7 +179,7 @@ def run(args) -> dict:
            "(float rounding at requantization boundaries)")
 
     # ---- speed --------------------------------------------------------------------------
-    clock = time.thread_time if args.threads == 1 else time.perf_counter
+    stat = "cpu_median_s" if args.threads == 1 else "median_s"  # timing.time_interleaved's figures
     _p(f"\nSpeed ({args.threads} thread(s); interleaved rounds, median "
        f"{'thread CPU time' if args.threads == 1 else 'wall time'}; lowbit includes input quantization "
        "and packing, torch int8 includes input quantization):")
@@ -211,8 +190,11 @@ def run(args) -> dict:
     speed = {}
     for bs in (1, 64):
         xt = torch.from_numpy(np.ascontiguousarray(x[:bs]))
-        tx = _time_interleaved(fns, xt, rounds=args.rounds, min_time=args.min_time, clock=clock)
-        speed[bs] = tx
+        stats = time_interleaved({k: (lambda f=f: f(xt)) for k, f in fns.items()}, args.rounds, 1, args.min_time)
+        failed = {k: st["error"] for k, st in stats.items() if "error" in st}
+        if failed:
+            sys.exit(f"lowbit demo: timing failed: {failed}")
+        speed[bs] = {k: st[stat] for k, st in stats.items()}
     base = speed[1]["torch fp32"]
     _p(f"  {'model':<18} {'batch 1 latency':>16} {'batch 64 images/s':>18} {'vs fp32 (b1)':>13} "
        f"{'vs qnnpack (b1)':>16}")
