@@ -237,21 +237,15 @@ class _Builder:
         if n.op == "linear_f32":
             if len(x.shape) != 2 or x.shape[1] != w.shape[1]:
                 raise Unsupported(f"node {n.name!r}: linear_f32 input shape {x.shape} (graph error)")
-            b, k = x.shape
-            geometry = (b, 1, 1, k, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
-            out = self._f32(i, (b, layer.cout))
+            geometry = floatops.geometry((x.shape[0], 1, 1, x.shape[1]), (1, 1))  # a 1x1 map
+            out = self._f32(i, (x.shape[0], layer.cout))
         else:
             a = n.attrs
             if len(x.shape) != 4 or x.shape[3] != w.shape[1] * a["groups"]:
                 raise Unsupported(f"node {n.name!r}: conv_f32 input shape {x.shape} (graph error)")
-            b, h, wd, c = x.shape
-            kh, kw = w.shape[2:]
-            stride = convmod._pair(a["stride"], "stride")
-            padding = convmod._pair(a["padding"], "padding")
-            dilation = convmod._pair(a["dilation"], "dilation")
-            oh, ow = convmod._output_size(h, wd, kh, kw, stride, padding, dilation)
+            geometry = floatops.geometry(x.shape, w.shape[2:], a["stride"], a["padding"], a["dilation"])
+            b, oh, ow = geometry[0], geometry[12], geometry[13]
             check_elements((b, oh, ow, layer.cout), "output")
-            geometry = (b, h, wd, c, kh, kw, *stride, *padding, *dilation, oh, ow)
             out = self._f32(i, (b, oh, ow, layer.cout))
         self.core.conv_f32(i, layer, x.buf, out.buf, geometry, floatops.simd())
         self.kernels[n.name] = layer.kernel_name(floatops.simd())
@@ -321,12 +315,11 @@ class _Builder:
         return out
 
     def _pool(self, i, n, x):
-        from .model import _pool_geometry
-
         a = n.attrs
         if len(x.shape) != 4:
             raise Unsupported(f"node {n.name!r}: {n.op} needs NHWC input")
-        geometry = _pool_geometry(x.shape, a if n.op == "maxpool" else {**a, "dilation": (1, 1)})
+        dilation = a["dilation"] if n.op == "maxpool" else (1, 1)
+        geometry = floatops.geometry(x.shape, a["kernel"], a["stride"], a["padding"], dilation, "pooling")
         b, oh, ow, c = geometry[0], geometry[12], geometry[13], geometry[3]
         if x.kind == "codes":  # a quantized value pooled: the largest code (model.maxpool)
             out = _Value("codes", (b, oh, ow, c), self.core.buffer(b * oh * ow * c), x.bits, x.levels, x.step)
@@ -422,16 +415,13 @@ class _Builder:
         b, h, w, c = x.shape
         if c != weights.cin_per_group * weights.groups:
             raise ValueError(f"x: expected {weights.cin_per_group * weights.groups} input channels, got {c}")
-        stride = convmod._pair(a["stride"], "stride")
-        padding = convmod._pair(a["padding"], "padding")
-        dilation = convmod._pair(a["dilation"], "dilation")
         kh, kw = weights.kh, weights.kw
-        oh, ow = convmod._output_size(h, w, kh, kw, stride, padding, dilation)
+        geometry = floatops.geometry(x.shape, (kh, kw), a["stride"], a["padding"], a["dilation"])
+        stride, padding, dilation, (oh, ow) = geometry[6:8], geometry[8:10], geometry[10:12], geometry[12:]
         m = b * oh * ow
         check_elements((m, cout), "output")
         check_elements((m, kh * kw), "x (tap table)")
         out = self._output(i, n, ep, (b, oh, ow, cout))
-        geometry = (b, h, w, c, kh, kw, *stride, *padding, *dilation, oh, ow)
         pa = self._probe(x)
         if (weights.groups > 1 or weights.depthwise) and convmod._native_grouping_allowed(weights.depthwise):
             fn, (index, bits, a_levels, wl), extra, name = convmod._native_call(pa, weights)
@@ -480,7 +470,7 @@ class _Builder:
             else:  # the im2col copy, then the plain GEMM (as conv._GroupGemm)
                 k = taps * cg
                 check_elements((m, k), "x (im2col copy)")
-                g_geometry = (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow)
+                g_geometry = (b, h, w, cg) + geometry[4:]
                 if bound.plan.family in ("dotgemm", "dot8"):
                     self._im2col_levels(i, src, npix, g_geometry, pad_code, m, k, bound, ep_args)
                 else:

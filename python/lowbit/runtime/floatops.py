@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import _core, _dispatch
 
-__all__ = ["conv2d_f32", "linear_f32", "layer", "simd"]
+__all__ = ["conv2d_f32", "geometry", "linear_f32", "layer", "simd", "taps"]
 
 
 def simd() -> bool:
@@ -83,42 +83,48 @@ def linear_f32(x, w, bias=None, native=True, prepared=None) -> np.ndarray:
     return out.reshape(x.shape[0], w.shape[0])
 
 
-# ---- the NumPy reference ---------------------------------------------------------------------
-
-def _taps(x, kh, kw, stride, padding, dilation):
-    """Zero-padded NHWC ``x`` -> list of the (B, OH, OW, C) strided views of each kernel tap
-    (row-major over ky, kx) and the output size."""
-    b, h, w, c = x.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+def geometry(shape, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), what="x"):
+    """The 14-number geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW) of a window op
+    (a convolution, a pooling) on NHWC ``shape``; ValueError naming ``what`` when the input is too small."""
+    b, h, w, c = (int(v) for v in shape)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (tuple(int(v) for v in p) for p in (kernel, stride, padding, dilation))
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     if oh < 1 or ow < 1:
-        raise ValueError(f"conv2d_f32: x: input {h}x{w} is too small for a {kh}x{kw} kernel")
+        raise ValueError(f"{what}: input {h}x{w} is too small for a {kh}x{kw} window")
+    return (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+
+
+def taps(x, g, pad_value=0.0) -> list:
+    """The (B, OH, OW, C) strided views of each kernel tap (row-major over ky, kx) of NHWC ``x``
+    padded with ``pad_value``, for the :func:`geometry` ``g`` of its shape."""
+    b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
     if ph or pw:
-        xp = np.zeros((b, h + 2 * ph, w + 2 * pw, c), np.float32)
+        xp = np.full((b, h + 2 * ph, w + 2 * pw, c), pad_value, x.dtype)
         xp[:, ph:ph + h, pw:pw + w] = x
     else:
         xp = x
-    taps = [xp[:, ky * dh:ky * dh + sh * (oh - 1) + 1:sh, kx * dw:kx * dw + sw * (ow - 1) + 1:sw]
+    return [xp[:, ky * dh:ky * dh + sh * (oh - 1) + 1:sh, kx * dw:kx * dw + sw * (ow - 1) + 1:sw]
             for ky in range(kh) for kx in range(kw)]
-    return taps, oh, ow
 
+
+# ---- the NumPy reference ---------------------------------------------------------------------
 
 def _reference_conv(x, w, bias, stride, padding, dilation, groups):
-    b, _, _, c = x.shape
     cout, cg, kh, kw = w.shape
-    taps, oh, ow = _taps(x, kh, kw, stride, padding, dilation)
-    out = np.zeros((b, oh, ow, cout), np.float32)
+    geo = geometry(x.shape, (kh, kw), stride, padding, dilation, "conv2d_f32: x")
+    views = taps(x, geo)
+    out = np.zeros((geo[0], geo[12], geo[13], cout), np.float32)
     if cg == 1 and cout == groups:      # depthwise: the chain over the taps, all channels at once
         wt = w.reshape(cout, kh * kw)
-        for t, v in enumerate(taps):
+        for t, v in enumerate(views):
             out += v * wt[:, t]
     else:
         opg = cout // groups
         for g in range(groups):
             acc = out[..., g * opg:(g + 1) * opg]
             wg = w[g * opg:(g + 1) * opg].transpose(2, 3, 1, 0).reshape(kh * kw * cg, opg)  # k = (ky, kx, c)
-            for t, v in enumerate(taps):
+            for t, v in enumerate(views):
                 for ci in range(cg):
                     acc += v[..., g * cg + ci, None] * wg[t * cg + ci]
     if bias is not None:

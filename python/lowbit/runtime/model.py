@@ -475,52 +475,21 @@ def dequantize(c: CodeTensor, native: bool = True) -> np.ndarray:
     return _quant.dequantize(c.levels, c.codes, c.step)
 
 
-def _pool_windows(x, kernel, stride, padding, dilation, pad_value):
-    """Yield the (B, OH, OW, C) strided views of each kernel tap of padded NHWC x."""
-    b, h, w, c = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"pooling: input {h}x{w} is too small for a {kh}x{kw} window")
-    if ph or pw:
-        xp = np.full((b, h + 2 * ph, w + 2 * pw, c), pad_value, x.dtype)
-        xp[:, ph:ph + h, pw:pw + w] = x
-    else:
-        xp = x
-    for ky in range(kh):
-        for kx in range(kw):
-            y0, x0 = ky * dh, kx * dw
-            yield xp[:, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw], (oh, ow)
-
-
-def _pool_geometry(shape, attrs):
-    """The native pooling geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW) of NHWC ``shape``."""
-    b, h, w, c = shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"]
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"pooling: input {h}x{w} is too small for a {kh}x{kw} window")
-    return (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-
-
 def maxpool(x, attrs, native: bool = True):
     """NHWC max pooling of float32 values, or of uint8 codes (a quantized value pooled: see
     :func:`lowbit.lowering.requant_before_maxpool`): the native kernel, else (and as the
     reference) the NumPy version below. Padding never wins: it is -inf for floats and code 0,
     the lowest code (the code of -inf), for codes."""
+    g = _floatops.geometry(x.shape, attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"], "pooling")
     if native and isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 4:
-        return _core.maxpool_nhwc_codes(np.ascontiguousarray(x), _pool_geometry(x.shape, attrs), True)
+        return _core.maxpool_nhwc_codes(np.ascontiguousarray(x), g, True)
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"]
         try:
-            return _core.maxpool_nhwc(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw)
+            return _core.maxpool_nhwc(np.ascontiguousarray(x), *g[4:12])
         except ValueError as exc:
             raise ValueError(f"pooling: {exc}") from None
     out = None
-    for v, _ in _pool_windows(x, attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"],
-                              0 if x.dtype == np.uint8 else -np.inf):
+    for v in _floatops.taps(x, g, 0 if x.dtype == np.uint8 else -np.inf):
         out = v.copy() if out is None else np.maximum(out, v, out=out)
     return out
 
@@ -530,25 +499,21 @@ def avgpool(x, attrs, native: bool = True):
     tap's value, 0.0 for padding, as the start), divided by the window size (or, without
     count_include_pad, by its in-image taps), rounded to float32. ``native``: ``_core.avgpool_nhwc``
     for float32 input; the NumPy lines below are the reference."""
-    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
+    g = _floatops.geometry(x.shape, attrs["kernel"], attrs["stride"], attrs["padding"], what="pooling")
+    _, h, w, _, kh, kw, sh, sw, ph, pw = g[:10]
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4:
         try:
             return _core.avgpool_nhwc(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw,
                                       bool(attrs["count_include_pad"]))
         except ValueError as exc:
             raise ValueError(f"pooling: {exc}") from None
-    acc, ones = None, None
-    for v, (oh, ow) in _pool_windows(x.astype(np.float64), attrs["kernel"], attrs["stride"], attrs["padding"],
-                                     (1, 1), 0.0):
+    acc = None
+    for v in _floatops.taps(x.astype(np.float64), g):
         acc = v.copy() if acc is None else acc + v
     if attrs["count_include_pad"] or (ph == 0 and pw == 0):
         return (acc / (kh * kw)).astype(np.float32)
-    # divisor = number of non-padding taps of each window
-    b, h, w, c = x.shape
-    one = np.ones((1, h, w, 1))
-    for v, _ in _pool_windows(one, attrs["kernel"], attrs["stride"], attrs["padding"], (1, 1), 0.0):
-        ones = v.copy() if ones is None else ones + v
-    return (acc / ones).astype(np.float32)
+    in_image_taps = sum(_floatops.taps(np.ones((1, h, w, 1)), (1, h, w, 1) + g[4:]))
+    return (acc / in_image_taps).astype(np.float32)
 
 
 def adaptive_avgpool(x, attrs, native: bool = True):
@@ -580,17 +545,11 @@ def adaptive_avgpool(x, attrs, native: bool = True):
 
 def _flatten(v, native: bool = True):
     """NHWC (B, H, W, C) -> (B, C*H*W) in NCHW order, float or codes (native: ``_core.flatten_nhwc``)."""
-    if isinstance(v, CodeTensor):
-        c = v.codes
-        if c.ndim == 4:
-            c = _core.flatten_nhwc(np.ascontiguousarray(c)) if native else \
-                np.ascontiguousarray(c.transpose(0, 3, 1, 2)).reshape(c.shape[0], -1)
-        return CodeTensor(c, v.bits, v.levels, v.step)
-    if v.ndim == 4:
-        if native and v.dtype == np.float32:
-            return _core.flatten_nhwc(np.ascontiguousarray(v))
-        return np.ascontiguousarray(v.transpose(0, 3, 1, 2)).reshape(v.shape[0], -1)
-    return v
+    arr = v.codes if isinstance(v, CodeTensor) else v
+    if arr.ndim == 4:
+        arr = _core.flatten_nhwc(np.ascontiguousarray(arr)) if native and arr.dtype in (np.uint8, np.float32) \
+            else np.ascontiguousarray(arr.transpose(0, 3, 1, 2)).reshape(arr.shape[0], -1)
+    return CodeTensor(arr, v.bits, v.levels, v.step) if isinstance(v, CodeTensor) else arr
 
 
 def concat_channels(values, name="concat"):
