@@ -168,7 +168,7 @@ class NodeArrays(collections.abc.MutableMapping):
     """A node's arrays by key (a dict-like mapping).
 
     The weight codes of a quantized layer (``"w_codes"``) are kept bit-packed
-    once its Model has validated them (:meth:`pack_codes`): reading
+    once its Model has validated them (as :class:`PackedCodes`): reading
     ``arrays["w_codes"]`` then returns a new unpacked uint8 array (the
     caller's; the node keeps only the packed form), and :meth:`stored` /
     :meth:`shape` give the stored form and the shape without unpacking.
@@ -202,12 +202,6 @@ class NodeArrays(collections.abc.MutableMapping):
     def shape(self, key) -> tuple:
         """The (logical) shape of array ``key``, without unpacking."""
         return tuple(self._data[key].shape)
-
-    def pack_codes(self, key: str, bits: int) -> None:
-        """Keep array ``key`` (uint8 codes, already validated for ``bits``) bit-packed from now on."""
-        value = self._data[key]
-        if not isinstance(value, PackedCodes):
-            self._data[key] = PackedCodes.pack(value, bits)
 
     def __repr__(self):
         return f"NodeArrays({ {k: (type(v).__name__, tuple(v.shape)) for k, v in self._data.items()} })"
@@ -306,8 +300,8 @@ def _pos_int(v) -> bool:
     return _is_int(v) and 1 <= v <= MAX_ELEMENTS
 
 
-def _nonneg_int(v) -> bool:
-    return _is_int(v) and 0 <= v <= MAX_ELEMENTS
+def _level(v) -> bool:
+    return _is_int(v) and -128 <= v <= 255
 
 
 def _bits(v) -> bool:
@@ -323,10 +317,8 @@ def _clamp_pair(v) -> bool:
 def _requant(v) -> bool:
     """A ``requant`` attribute: None, or the fields of a valid :class:`lowbit.Requant` (which checks
     bits, step and the qmin/qmax range)."""
-    if v is None:
-        return True
-    if not (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step"))
-            and isinstance(v.get("signed"), bool)):
+    if v is not None and not (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step"))
+                              and isinstance(v.get("signed"), bool)):
         return False
     try:
         _requant_of(v)
@@ -335,65 +327,65 @@ def _requant(v) -> bool:
     return True
 
 
-def _requant_of(r: dict) -> Requant:
-    """The Requant of a ``requant`` attribute (qmin/qmax optional: the full range of bits)."""
-    return Requant(r["bits"], r["step"], r["signed"], r.get("qmin"), r.get("qmax"))
+def _requant_of(r) -> Requant | None:
+    """The Requant of a ``requant`` attribute, None for None (qmin/qmax optional: the full range of bits)."""
+    return None if r is None else Requant(r["bits"], r["step"], r["signed"], r.get("qmin"), r.get("qmax"))
 
 
-_MISSING = object()
-# op -> (attribute, check, what is expected, default or _MISSING when required)
+# (check, what is expected) of an attribute's value
+_POS_INT = (_pos_int, "an int >= 1")
+_POS_PAIR = (_is_pair(_pos_int), "a pair of ints >= 1")
+_BITS = (_bits, "1, 2, 3, 4 or 8")
+_BOOL = (lambda v: isinstance(v, bool), "a bool")
+_LEVEL = (_level, "an int in [-128, 255]")
+_CLAMP = (_clamp_pair, "[lo, hi] (numbers or null, lo <= hi)")
+_CODEBOOK = (lambda v: isinstance(v, (list, tuple)), "a list of ints")
+_STRIDE_PADDING = [("stride", *_POS_PAIR),
+                   ("padding", _is_pair(lambda v: _is_int(v) and 0 <= v <= MAX_ELEMENTS), "a pair of ints >= 0")]
+# op -> [(attribute, check, what is expected[, default: the attribute is optional])]
 _ATTRS = {
-    "input": [("channels", _pos_int, "an int >= 1", _MISSING), ("height", _pos_int, "an int >= 1", _MISSING),
-              ("width", _pos_int, "an int >= 1", _MISSING)],
-    "quantize": [("bits", _bits, "1, 2, 3, 4 or 8", _MISSING), ("step", lambda v: _is_finite(v) and v > 0,
-                                                                 "a finite number > 0", _MISSING),
-                 ("qn", lambda v: _is_int(v) and -128 <= v <= 255, "an int in [-128, 255]", _MISSING),
-                 ("qp", lambda v: _is_int(v) and -128 <= v <= 255, "an int in [-128, 255]", _MISSING),
-                 ("binary", lambda v: isinstance(v, bool), "a bool", False),
-                 ("levels", lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and -128 <= x <= 255 for x in v),
-                  "a list of ints in [-128, 255]", _MISSING)],
-    "clamp": [("clamp", _clamp_pair, "[lo, hi] (numbers or null, lo <= hi)", _MISSING)],
-    "maxpool": [("kernel", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                ("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
-                ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING)],
-    "avgpool": [("kernel", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                ("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
-                ("count_include_pad", lambda v: isinstance(v, bool), "a bool", _MISSING)],
-    "pad": [("pads", lambda v: isinstance(v, (list, tuple)) and len(v) == 4 and all(_nonneg_int(x) for x in v),
-             "[top, left, bottom, right] ints >= 0", _MISSING),
+    "input": [("channels", *_POS_INT), ("height", *_POS_INT), ("width", *_POS_INT)],
+    "quantize": [("bits", *_BITS), ("step", lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+                 ("qn", *_LEVEL), ("qp", *_LEVEL), ("binary", *_BOOL, False),
+                 ("levels", lambda v: isinstance(v, (list, tuple)) and all(map(_level, v)),
+                  "a list of ints in [-128, 255]")],
+    "clamp": [("clamp", *_CLAMP)],
+    "maxpool": [("kernel", *_POS_PAIR), *_STRIDE_PADDING, ("dilation", *_POS_PAIR)],
+    "avgpool": [("kernel", *_POS_PAIR), *_STRIDE_PADDING, ("count_include_pad", *_BOOL)],
+    "pad": [("pads", lambda v: isinstance(v, (list, tuple)) and len(v) == 4
+             and all(_is_int(x) and 0 <= x <= MAX_ELEMENTS for x in v), "[top, left, bottom, right] ints >= 0"),
             ("fill", lambda v: v in ("zero", "-inf"), "'zero' or '-inf'", "zero")],
-    "adaptive_avgpool": [("output_size", _is_pair(lambda x: x is None or _pos_int(x)), "a pair of ints >= 1 or null",
-                          _MISSING)],
+    "adaptive_avgpool": [("output_size", _is_pair(lambda x: x is None or _pos_int(x)), "a pair of ints >= 1 or null")],
+    "linear": [("w_bits", *_BITS), ("a_bits", *_BITS), ("w_codebook", *_CODEBOOK), ("a_codebook", *_CODEBOOK),
+               ("clamp", *_CLAMP, [None, None]),
+               ("requant", _requant, "null or {bits, step > 0, signed[, qmin, qmax]}", None),
+               ("residual", *_BOOL, False),
+               ("quantize_output", lambda v: v is None or isinstance(v, str), "null or a node name", None)],
+    "conv_f32": [*_STRIDE_PADDING, ("dilation", *_POS_PAIR), ("groups", *_POS_INT)],
 }
-_ATTRS["linear"] = [("w_bits", _bits, "1, 2, 3, 4 or 8", _MISSING), ("a_bits", _bits, "1, 2, 3, 4 or 8", _MISSING),
-                    ("w_codebook", lambda v: isinstance(v, (list, tuple)), "a list of ints", _MISSING),
-                    ("a_codebook", lambda v: isinstance(v, (list, tuple)), "a list of ints", _MISSING),
-                    ("clamp", _clamp_pair, "[lo, hi] (numbers or null, lo <= hi)", [None, None]),
-                    ("requant", _requant, "null or {bits, step > 0, signed[, qmin, qmax]}", None),
-                    ("residual", lambda v: isinstance(v, bool), "a bool", False),
-                    ("quantize_output", lambda v: v is None or isinstance(v, str), "null or a node name", None)]
-_ATTRS["conv_f32"] = [("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                      ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
-                      ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                      ("groups", _pos_int, "an int >= 1", _MISSING)]
-_ATTRS["conv"] = _ATTRS["linear"] + [("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                                     ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
-                                     ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                                     ("groups", _pos_int, "an int >= 1", _MISSING)]
+_ATTRS["conv"] = _ATTRS["linear"] + _ATTRS["conv_f32"]
 
 
-def _check_attrs(n) -> None:
-    """Types and ranges of the attributes node `n` runs with; ValueError naming the node otherwise."""
-    for key, ok, expected, default in _ATTRS.get(n.op, ()):
+def _check_node(n: Node) -> None:
+    """Node ``n``'s attributes (types and ranges; an optional one missing gets its default),
+    input count and arrays; ValueError naming the node otherwise. From then on a quantized
+    layer keeps its weight codes packed."""
+    for key, ok, expected, *default in _ATTRS.get(n.op, ()):
         if key not in n.attrs:
-            if default is _MISSING:
+            if not default:
                 raise ValueError(f"node {n.name!r} ({n.op}): missing attribute {key!r}")
-            n.attrs[key] = default
+            n.attrs[key] = default[0]
         elif not ok(n.attrs[key]):
             raise ValueError(f"node {n.name!r} ({n.op}): attribute {key!r} is {n.attrs[key]!r}, expected {expected}")
     a = n.attrs
+    if n.op == "concat":
+        if len(n.inputs) < 2:
+            raise ValueError(f"node {n.name!r} (concat): expected 2 or more inputs, got {len(n.inputs)}")
+    else:  # a second input: a quantized layer's residual, an exact_float quantizer's float layer input
+        second = a["residual"] if n.op in _QUANTIZED else n.op == "quantize" and a.get("exact_float")
+        want = {"input": 0, "add": 2}.get(n.op, 1) + bool(second)
+        if len(n.inputs) != want:
+            raise ValueError(f"node {n.name!r} ({n.op}): expected {want} inputs, got {len(n.inputs)}")
     if n.op == "quantize":
         if not a["qn"] <= a["qp"] or len(a["levels"]) != 1 << a["bits"] or (a["binary"] and a["bits"] != 1):
             raise ValueError(f"node {n.name!r} (quantize): inconsistent bits={a['bits']}, qn={a['qn']}, "
@@ -402,21 +394,46 @@ def _check_attrs(n) -> None:
             raise ValueError(f"node {n.name!r} (quantize): qn..qp = {a['qn']}..{a['qp']} needs more than "
                              f"{a['bits']} bits")
     if n.op in _QUANTIZED:
-        for side in ("w", "a"):
+        for side in ("w", "a"):  # the codebook's size for the bits, integer levels in range
             try:
                 cbmod.normalize(a[f"{side}_codebook"], a[f"{side}_bits"], f"{side}_codebook")
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"node {n.name!r} ({n.op}): {exc}") from None
+        w = n.arrays.stored("w_codes") if "w_codes" in n.arrays else None
+        if isinstance(w, PackedCodes) and w.packed.bits != a["w_bits"]:
+            w = w.unpack()  # packed at another width (a foreign file): checked and repacked below
+        if not isinstance(w, (np.ndarray, PackedCodes)) or w.dtype != np.uint8:
+            raise ValueError(f"node {n.name!r}: missing uint8 'w_codes'")
+        shape = w.shape
+        if (n.op == "conv" and len(shape) != 4) or (n.op == "linear" and len(shape) != 2) or 0 in shape:
+            raise ValueError(f"node {n.name!r}: w_codes has shape {shape}")
+        if n.op == "conv" and shape[0] % a["groups"]:
+            raise ValueError(f"node {n.name!r}: groups={a['groups']} does not divide Cout={shape[0]}")
         for key in ("scale", "bias"):
             arr = n.arrays.get(key)
-            if isinstance(arr, np.ndarray) and arr.dtype == np.float32 and not np.isfinite(arr).all():
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != (shape[0],):
+                raise ValueError(f"node {n.name!r}: '{key}' must be float32 of shape ({shape[0]},)")
+            if not np.isfinite(arr).all():
                 raise ValueError(f"node {n.name!r} ({n.op}): {key!r} has non-finite values")
+        if isinstance(w, np.ndarray):  # codes packed at w_bits are in range by construction
+            if int(w.max()) >= (1 << a["w_bits"]):
+                raise ValueError(f"node {n.name!r}: weight code out of range for {a['w_bits']} bits")
+            n.arrays["w_codes"] = PackedCodes.pack(w, a["w_bits"])  # from now on the node keeps only packed codes
+    if n.op in _FLOAT_LAYERS:
+        w, b = n.arrays.get("w"), n.arrays.get("bias")
+        nd = 4 if n.op == "conv_f32" else 2
+        if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != nd:
+            raise ValueError(f"node {n.name!r}: 'w' must be a {nd}-D float32 array")
+        if not isinstance(b, np.ndarray) or b.dtype != np.float32 or b.shape != (w.shape[0],):
+            raise ValueError(f"node {n.name!r}: 'bias' must be float32 of shape ({w.shape[0]},)")
     if n.op == "affine":
         for key in ("scale", "bias"):
             arr = n.arrays.get(key)
             if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != 1 \
                     or not np.isfinite(arr).all():
                 raise ValueError(f"node {n.name!r} (affine): {key!r} must be a finite 1-D float32 array")
+        if n.arrays["scale"].shape != n.arrays["bias"].shape:
+            raise ValueError(f"node {n.name!r}: affine needs 'scale' and 'bias' of one shape")
 
 
 def _bounds(attrs):
@@ -629,7 +646,7 @@ class Model:
             for src in n.inputs:
                 if src not in self._by_name:
                     raise ValueError(f"graph: node {n.name!r} reads {src!r}, which is not computed before it")
-            self._check_node(n)
+            _check_node(n)
             self._by_name[n.name] = n
         for n in self.nodes:
             self._check_exact_float(n)
@@ -657,57 +674,6 @@ class Model:
             raise ValueError(f"node {n.name!r} (quantize): attribute 'exact_float' is {e!r}, expected {{layer: a "
                              "conv_f32/linear_f32 node whose input is this node's second input, affine: an affine "
                              "node or None, clamp: [lo, hi]}} on a plain quantize node")
-
-    @staticmethod
-    def _check_node(n: Node):
-        _check_attrs(n)
-        need = {"input": 0, "quantize": 1, "dequantize": 1, "add": 2, "clamp": 1, "affine": 1, "maxpool": 1,
-                "avgpool": 1, "adaptive_avgpool": 1, "flatten": 1, "conv_f32": 1, "linear_f32": 1, "pad": 1}
-        if n.op == "quantize" and n.attrs.get("exact_float"):
-            need["quantize"] = 2   # and the float layer's input (lowbit.exact_float)
-        if n.op in need and len(n.inputs) != need[n.op]:
-            raise ValueError(f"node {n.name!r} ({n.op}): expected {need[n.op]} inputs, got {len(n.inputs)}")
-        if n.op == "concat" and len(n.inputs) < 2:
-            raise ValueError(f"node {n.name!r} (concat): expected 2 or more inputs, got {len(n.inputs)}")
-        if n.op in _QUANTIZED:
-            a = n.attrs
-            want = 1 + bool(a.get("residual"))
-            if len(n.inputs) != want:
-                raise ValueError(f"node {n.name!r} ({n.op}): expected {want} inputs, got {len(n.inputs)}")
-            w = n.arrays.stored("w_codes") if "w_codes" in n.arrays else None
-            if isinstance(w, PackedCodes) and w.packed.bits != a["w_bits"]:
-                w = w.unpack()  # packed at another width (a foreign file): checked and repacked below
-            if not isinstance(w, (np.ndarray, PackedCodes)) or w.dtype != np.uint8:
-                raise ValueError(f"node {n.name!r}: missing uint8 'w_codes'")
-            shape = w.shape
-            if (n.op == "conv" and len(shape) != 4) or (n.op == "linear" and len(shape) != 2) or 0 in shape:
-                raise ValueError(f"node {n.name!r}: w_codes has shape {shape}")
-            if n.op == "conv" and shape[0] % a["groups"]:
-                raise ValueError(f"node {n.name!r}: groups={a['groups']} does not divide Cout={shape[0]}")
-            cout = shape[0]
-            for key in ("scale", "bias"):
-                arr = n.arrays.get(key)
-                if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != (cout,):
-                    raise ValueError(f"node {n.name!r}: '{key}' must be float32 of shape ({cout},)")
-            # codes packed at w_bits are in range by construction
-            if isinstance(w, np.ndarray) and int(w.max()) >= (1 << a["w_bits"]):
-                raise ValueError(f"node {n.name!r}: weight code out of range for {a['w_bits']} bits")
-            if len(a["w_codebook"]) != 1 << a["w_bits"] or len(a["a_codebook"]) != 1 << a["a_bits"]:
-                raise ValueError(f"node {n.name!r}: codebook sizes do not match the bit widths")
-            if isinstance(w, np.ndarray):
-                n.arrays["w_codes"] = w
-                n.arrays.pack_codes("w_codes", a["w_bits"])  # from now on the node keeps only packed codes
-        if n.op in _FLOAT_LAYERS:
-            w, b = n.arrays.get("w"), n.arrays.get("bias")
-            nd = 4 if n.op == "conv_f32" else 2
-            if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != nd:
-                raise ValueError(f"node {n.name!r}: 'w' must be a {nd}-D float32 array")
-            if not isinstance(b, np.ndarray) or b.dtype != np.float32 or b.shape != (w.shape[0],):
-                raise ValueError(f"node {n.name!r}: 'bias' must be float32 of shape ({w.shape[0]},)")
-        if n.op == "affine":
-            c = n.arrays.get("scale")
-            if c is None or n.arrays.get("bias") is None or c.shape != n.arrays["bias"].shape:
-                raise ValueError(f"node {n.name!r}: affine needs 'scale' and 'bias' of one shape")
 
     def node(self, name: str) -> Node:
         return self._by_name[name]
@@ -901,16 +867,11 @@ class Model:
         raise AssertionError(op)
 
     # ---- conv / linear -----------------------------------------------------------------------
-    @staticmethod
-    def _requant(a):
-        r = a.get("requant")
-        return None if r is None else _requant_of(r)
-
     def _epilogue(self, n: Node):
         ep = n._cache.get("epilogue")
         if ep is None:
             ep = n._cache["epilogue"] = Epilogue(n.arrays["scale"], n.arrays["bias"], _bounds(n.attrs),
-                                                 self._requant(n.attrs), scale64=n.arrays.get("scale64"),
+                                                 _requant_of(n.attrs["requant"]), scale64=n.arrays.get("scale64"),
                                                  bias64=n.arrays.get("bias64"))
         return ep
 
@@ -983,7 +944,7 @@ class Model:
             acc = _ref.gemm(x.codes, w, a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"])
             out_shape = acc.shape
         lo, hi = _bounds(a)
-        rq = self._requant(a)
+        rq = _requant_of(a["requant"])
         res = None if residual is None else residual.reshape(acc.shape)
         y = _ref.epilogue(acc, n.arrays["scale"], n.arrays["bias"], res, lo, hi, rq, n.arrays.get("scale64"),
                           n.arrays.get("bias64"))
