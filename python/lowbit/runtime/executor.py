@@ -94,6 +94,10 @@ class _Value:
     def size(self) -> int:
         return int(np.prod(self.shape))
 
+    @property
+    def itemsize(self) -> int:
+        return 1 if self.kind == "codes" else 4
+
 
 class NativePlan:
     """A built plan: the native plan, the output shape, and what the nodes report."""
@@ -135,6 +139,20 @@ class _Builder:
             return _Value("f32", shape, self.output_buf)
         return _Value("f32", shape, self.core.buffer(nbytes))
 
+    def _codes(self, shape, bits, levels, step):
+        """A new codes value of ``shape`` on the grid (bits, levels, step)."""
+        return _Value("codes", shape, self.core.buffer(int(np.prod(shape))), bits, levels, step)
+
+    def _like(self, i, v, shape):
+        """A new value of ``shape`` of v's kind: codes on v's grid, or float32 (_f32)."""
+        return self._codes(shape, v.bits, v.levels, v.step) if v.kind == "codes" else self._f32(i, shape)
+
+    def _dequantize(self, i, x):
+        """float32(level) * float32(step) of codes value ``x`` into a new float32 value (_f32)."""
+        out = self._f32(i, x.shape)
+        self.core.dequantize(i, x.buf, out.buf, x.size, np.asarray(x.levels, np.int32), float(np.float32(x.step)))
+        return out
+
     def _float_input(self, v, what):
         if v.kind == "codes":
             raise Unsupported(f"{what} got codes; expected float (graph error)")
@@ -170,8 +188,7 @@ class _Builder:
             x = args[0]
             if x.kind != "codes":
                 raise Unsupported(f"node {n.name!r}: dequantize got float")
-            out = self._f32(i, x.shape)
-            self.core.dequantize(i, x.buf, out.buf, x.size, np.asarray(x.levels, np.int32), float(np.float32(x.step)))
+            out = self._dequantize(i, x)
         elif op in ("conv", "linear"):
             out = self._quantized(i, n, args)
         elif op in ("conv_f32", "linear_f32"):
@@ -182,16 +199,11 @@ class _Builder:
             out = self._pad(i, n, args[0])
         elif op == "flatten":
             x = args[0] if args[0].kind != "input" else self._float_input(args[0], "flatten")
-            if len(x.shape) != 4:
-                out = x  # already (B, F): the same buffer
-            else:
+            out = x  # already (B, F): the same buffer
+            if len(x.shape) == 4:
                 b, h, w, c = x.shape
-                if x.kind == "codes":
-                    out = _Value("codes", (b, c * h * w), self.core.buffer(x.size), x.bits, x.levels, x.step)
-                    self.core.layout(i, "flatten_u8", x.buf, out.buf, [b, h, w, c])
-                else:
-                    out = self._f32(i, (b, c * h * w))
-                    self.core.layout(i, "flatten_f32", x.buf, out.buf, [b, h, w, c])
+                out = self._like(i, x, (b, c * h * w))
+                self.core.layout(i, "flatten_u8" if x.kind == "codes" else "flatten_f32", x.buf, out.buf, [b, h, w, c])
         elif op == "maxpool" and args[0].kind == "codes":
             out = self._pool(i, n, args[0])
         else:
@@ -263,11 +275,8 @@ class _Builder:
             if any(v.bits != first.bits or list(v.levels) != list(first.levels) or v.step != first.step
                    for v in vals[1:]):
                 raise Unsupported(f"node {n.name!r}: concat of codes of different grids (graph error)")
-            out, elem = _Value("codes", shape, self.core.buffer(int(np.prod(shape))), first.bits, first.levels,
-                               first.step), 1
-        else:
-            out, elem = self._f32(i, shape), 4
-        self.core.concat(i, [v.buf for v in vals], [elem * v.shape[-1] for v in vals], out.buf,
+        out = self._like(i, first, shape)
+        self.core.concat(i, [v.buf for v in vals], [out.itemsize * v.shape[-1] for v in vals], out.buf,
                          int(np.prod(first.shape[:-1])))
         return out
 
@@ -286,12 +295,11 @@ class _Builder:
             zero = np.flatnonzero(np.asarray(x.levels) == 0)
             if fill != "zero" or zero.size == 0:
                 raise Unsupported(f"node {n.name!r}: pad of codes with {fill} (graph error)")
-            out = _Value("codes", shape, self.core.buffer(int(np.prod(shape))), x.bits, x.levels, x.step)
-            elem, fill_bytes = 1, bytes([int(zero[0])])
+            fill_bytes = bytes([int(zero[0])])
         else:
-            out, elem = self._f32(i, shape), 4
             fill_bytes = np.float32(0.0 if fill == "zero" else -np.inf).tobytes()
-        self.core.pad(i, x.buf, out.buf, [b, h, w, c], elem, [t, l, bo, r], fill_bytes)
+        out = self._like(i, x, shape)
+        self.core.pad(i, x.buf, out.buf, [b, h, w, c], out.itemsize, [t, l, bo, r], fill_bytes)
         return out
 
     def _quantize(self, i, n, x):
@@ -302,16 +310,11 @@ class _Builder:
         pre_step = float(np.float32(a["pre_step"])) if pre else 1.0
         pre_inv_div = float(np.float32(1.0 / a["pre_div"])) if pre else 1.0
         step = 1.0 if pre else float(np.float32(a["step"]))
-        simd = _dispatch.tier_rank(_dispatch.tier_cap()) > 0  # a forced scalar tier runs the scalar quantizer
-        if x.kind == "input":
-            b, c, h, w = x.shape
-            out = _Value("codes", (b, h, w, c), self.core.buffer(x.size), a["bits"], a["levels"], a["step"])
-            self.core.quantize(i, x.buf, out.buf, x.size, [b, c, h, w], bool(a.get("binary")), step, a["qn"],
-                               a["qp"], pre, pre_step, pre_inv_div, simd)
-        else:
-            out = _Value("codes", x.shape, self.core.buffer(x.size), a["bits"], a["levels"], a["step"])
-            self.core.quantize(i, x.buf, out.buf, x.size, None, bool(a.get("binary")), step, a["qn"], a["qp"], pre,
-                               pre_step, pre_inv_div, simd)
+        nchw = list(x.shape) if x.kind == "input" else None  # the model input: read NCHW, written NHWC
+        shape = (nchw[0], *nchw[2:], nchw[1]) if nchw else x.shape
+        out = self._codes(shape, a["bits"], a["levels"], a["step"])
+        self.core.quantize(i, x.buf, out.buf, x.size, nchw, bool(a.get("binary")), step, a["qn"], a["qp"], pre,
+                           pre_step, pre_inv_div, floatops.simd())  # a forced scalar tier: the scalar quantizer
         return out
 
     def _pool(self, i, n, x):
@@ -320,15 +323,11 @@ class _Builder:
             raise Unsupported(f"node {n.name!r}: {n.op} needs NHWC input")
         dilation = a["dilation"] if n.op == "maxpool" else (1, 1)
         geometry = floatops.geometry(x.shape, a["kernel"], a["stride"], a["padding"], dilation, "pooling")
-        b, oh, ow, c = geometry[0], geometry[12], geometry[13], geometry[3]
-        if x.kind == "codes":  # a quantized value pooled: the largest code (model.maxpool)
-            out = _Value("codes", (b, oh, ow, c), self.core.buffer(b * oh * ow * c), x.bits, x.levels, x.step)
-            kind = "max_codes"
-        else:
-            out = self._f32(i, (b, oh, ow, c))
-            kind = "max" if n.op == "maxpool" else "avg"
+        out = self._like(i, x, (geometry[0], geometry[12], geometry[13], geometry[3]))
+        # codes: a quantized value pooled, the largest code (model.maxpool)
+        kind = "max_codes" if x.kind == "codes" else "max" if n.op == "maxpool" else "avg"
         self.core.pool(i, kind, x.buf, out.buf, geometry, bool(a.get("count_include_pad")),
-                       _dispatch.tier_rank(_dispatch.tier_cap()) > 0)  # a forced scalar tier: the scalar rule
+                       floatops.simd())  # a forced scalar tier: the scalar rule
         return out
 
     def _quantized(self, i, n, args):
@@ -354,8 +353,7 @@ class _Builder:
         m = x.shape[0]
         check_elements((m, cout), "output")
         out = self._output(i, n, ep, (m, cout))
-        ep_args = self._ep(ep, out, 0, cout, residual, m * cout) + (self._dual_codes(n, out, 0, cout),) + \
-            self._exact(ep)
+        ep_args = self._ep(n, ep, out, residual)
         bound = _prepare(self._probe(x), weights, m, weights.K)
         self._gemm_direct(i, x.buf, m, weights.K, bound, ep_args)
         self.kernels[n.name] = bound.kern["name"]
@@ -365,50 +363,39 @@ class _Builder:
         r = ep.requant
         if r is None:
             return self._f32(i, shape)
-        return _Value("codes", shape, self.core.buffer(int(np.prod(shape))), r.bits, r.codebook(),
-                      n.attrs["requant"]["step"])
+        return self._codes(shape, r.bits, r.codebook(), n.attrs["requant"]["step"])
 
     def _dual_codes(self, n, out, col, stride):
-        """The epilogue's second output (the 15th item of its tuple) when layer n has
-        ``attrs['quantize_output']`` (set by lowbit.lowering.place_requant): the codes of that
-        ``quantize`` node, which reads n's float output, written by n's epilogue with the
-        node's own rule (so its step is skipped); None otherwise."""
+        """The epilogue's second output when layer n has ``attrs['quantize_output']`` (set by
+        lowbit.lowering.place_requant; Model checked that it names a plain quantize node reading
+        n's float output): that node's codes, written by n's epilogue with the node's own rule
+        (so its step is skipped); None otherwise."""
         name = n.attrs.get("quantize_output")
         if name is None:
             return None
-        q = self.model._by_name.get(name)
-        if q is None or q.op != "quantize" or q.inputs != [n.name] or out.kind != "f32" or \
-                q.attrs.get("binary") or q.attrs.get("pre_step") is not None:
-            raise Unsupported(f"node {n.name!r}: quantize_output {name!r} is not a plain quantize of its float "
-                              "output (graph error)")
-        a = q.attrs
+        a = self.model.node(name).attrs
         v = self.vals.get(name)
         if v is None:  # a grouped conv's later groups reuse the first group's buffer
-            v = self.vals[name] = _Value("codes", out.shape, self.core.buffer(out.size), a["bits"], a["levels"],
-                                         a["step"])
+            v = self.vals[name] = self._codes(out.shape, a["bits"], a["levels"], a["step"])
         return (v.buf, col, stride, float(np.float32(a["step"])), a["qn"], a["qp"])
 
-    @staticmethod
-    def _exact(ep, cols=slice(None)):
-        """The tail of the epilogue tuple (after the second output): a code output's float64
-        parameters (step64, scale64, bias64) of columns ``cols`` (lowbit.Epilogue)."""
-        if ep.requant is None:
-            return (0.0, None, None)
-        return (ep.requant.step64,) + tuple(None if p is None else np.ascontiguousarray(p[cols])
-                                            for p in (ep.scale64, ep.bias64))
-
-    def _ep(self, ep, out, col, stride, residual, size, scale=None, bias=None):
-        """The epilogue tuple of ExecutorPlan (columns [col, col + N) of rows of `stride`)."""
-        kind, s, b, _res, lo, hi, *rq = ep.native_args()
-        rq = tuple(rq[:3]) or _EPILOGUE_DEFAULTS   # the float64 parameters: _exact, after the second output
+    def _ep(self, n, ep, out, residual, cols=slice(None)):
+        """The epilogue tuple of ExecutorPlan for layer ``n`` writing columns ``cols`` (all, or one
+        group's) of ``out``'s rows: ep's kind, scale, bias, clamp and (inv_step, qmin, qmax), the
+        output's and the residual's (buffer, first column, row stride), the second output
+        (:meth:`_dual_codes`), then a code output's float64 (step64, scale64, bias64)."""
+        kind, scale, bias, _, lo, hi, *rq = ep.native_args()
+        rq = rq or (*_EPILOGUE_DEFAULTS, 0.0, None, None)
+        col, stride = cols.start or 0, out.shape[-1]
         res = (None, 0, 0)
         if residual is not None:
-            if residual.size != size:
+            if residual.size != out.size:
                 raise Unsupported(f"residual of shape {residual.shape} does not match the output (graph error)")
             res = (residual.buf, col, stride)
-        s = s if scale is None else scale
-        b = b if bias is None else bias
-        return (kind, s, b, lo, hi) + rq + (out.buf, col, stride) + res
+        scale, bias, scale64, bias64 = (None if p is None else np.ascontiguousarray(p[cols])
+                                        for p in (scale, bias, *rq[4:]))
+        return (kind, scale, bias, lo, hi, *rq[:3], out.buf, col, stride, *res, self._dual_codes(n, out, col, stride),
+                rq[3], scale64, bias64)
 
     def _conv(self, i, n, x, residual, ep, weights, cout):
         a = n.attrs
@@ -425,8 +412,7 @@ class _Builder:
         pa = self._probe(x)
         if (weights.groups > 1 or weights.depthwise) and convmod._native_grouping_allowed(weights.depthwise):
             fn, (index, bits, a_levels, wl), extra, name = convmod._native_call(pa, weights)
-            ep_args = self._ep(ep, out, 0, cout, residual, m * cout) + (self._dual_codes(n, out, 0, cout),) + \
-                self._exact(ep)
+            ep_args = self._ep(n, ep, out, residual)
             if fn is _core.dwconv:
                 self.core.dwconv(i, index, x.buf, geometry, bits, a_levels, wl, ep_args)
             else:
@@ -446,10 +432,7 @@ class _Builder:
             if weights.groups > 1:  # group by group (a forced kernel or family): a contiguous channel slice
                 src = self.core.buffer(npix * cg)
                 self.core.channel_slice(i, x.buf, src, npix, c, g * cg, (g + 1) * cg)
-            sl = slice(g * opg, (g + 1) * opg)
-            ep_args = self._ep(ep, out, g * opg, cout, residual, m * cout, np.ascontiguousarray(ep.scale[sl]),
-                               np.ascontiguousarray(ep.bias[sl])) + (self._dual_codes(n, out, g * opg, cout),) + \
-                self._exact(ep, sl)
+            ep_args = self._ep(n, ep, out, residual, slice(g * opg, (g + 1) * opg))
             if not fused:
                 sums = _Value("f32", (m, opg), self.core.buffer(4 * m * opg))  # int32 sums
                 final_ep, ep_args = ep_args, ("int32", ep_args[1], ep_args[2], 0.0, 0.0) + _EPILOGUE_DEFAULTS + (
@@ -575,13 +558,7 @@ class _Builder:
         if v.kind == "input":
             raise Unsupported("the model output is its input")
         if v.kind == "codes":
-            if len(v.shape) == 2:
-                out = self.core.output(4 * v.size)
-                self.core.dequantize(i, v.buf, out, v.size, np.asarray(v.levels, np.int32), float(np.float32(v.step)))
-                return v.shape
-            f = _Value("f32", v.shape, self.core.buffer(4 * v.size))
-            self.core.dequantize(i, v.buf, f.buf, v.size, np.asarray(v.levels, np.int32), float(np.float32(v.step)))
-            v = f
+            v = self._dequantize(i, v)  # (B, F) straight into the output (_f32)
         if len(v.shape) == 4:
             b, h, w, c = v.shape
             self.core.layout(i, "nhwc_to_nchw", v.buf, self.core.output(4 * v.size), [b, h, w, c])
@@ -610,9 +587,7 @@ def plan_for(model, shape, state=None) -> NativePlan:
     (``state``: _dispatch.state() when the caller has it); raises Unsupported (cached
     too) when some node has no native step."""
     memo = model.__dict__.setdefault("_memo", {})
-    cache = memo.get("native_plans")
-    if cache is None:
-        cache = memo.setdefault("native_plans", collections.OrderedDict())
+    cache = memo.setdefault("native_plans", collections.OrderedDict())
     key = (tuple(shape), _dispatch.state() if state is None else state)
     hit = cache.get(key)
     if hit is None:
