@@ -79,6 +79,7 @@ test check node by node.
 """
 from __future__ import annotations
 
+import collections
 import collections.abc
 import copy
 import math
@@ -89,6 +90,8 @@ import numpy as np
 
 from .. import _core, _dispatch
 from .. import codebook as cbmod
+from .. import conv as _conv
+from .. import exact_float as _exact_float
 from . import executor as _executor
 from . import floatops as _floatops
 from .. import quant as _quant
@@ -102,6 +105,7 @@ OPS = ("input", "quantize", "dequantize", "conv", "linear", "add", "clamp", "aff
        "adaptive_avgpool", "flatten", "conv_f32", "linear_f32", "concat", "pad")
 _QUANTIZED = ("conv", "linear")
 _FLOAT_LAYERS = ("conv_f32", "linear_f32")
+_LAYERS = _QUANTIZED + _FLOAT_LAYERS
 
 
 class CodeTensor:
@@ -126,12 +130,9 @@ class CodeTensor:
         """PackedActivations for the kernels: NHWC for 4-D codes, (M, K) for 2-D."""
         if self.packed is None:
             c = np.ascontiguousarray(self.codes)
+            self.packed = PackedActivations(c.reshape(-1, c.shape[3]) if c.ndim == 4 else c, self.bits, self.levels)
             if c.ndim == 4:
-                pa = PackedActivations(c.reshape(-1, c.shape[3]), self.bits, self.levels)
-                pa.shape = c.shape
-            else:
-                pa = PackedActivations(c, self.bits, self.levels)
-            self.packed = pa
+                self.packed.shape = c.shape
         return self.packed
 
 
@@ -478,9 +479,8 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
         # the power of two pre_div, rounded half to even like the rest
         x = np.rint(np.divide(x, np.float32(attrs["pre_step"]), dtype=np.float32))
         x *= np.float32(1.0 / attrs["pre_div"])
-        attrs = dict(attrs, step=1.0)
-    qn = attrs["qn"]
-    return _quant.quantize_codes(x, attrs["step"], qn, attrs["qp"])
+        return _quant.quantize_codes(x, 1.0, attrs["qn"], attrs["qp"])
+    return _quant.quantize_codes(x, attrs["step"], attrs["qn"], attrs["qp"])
 
 
 def dequantize(c: CodeTensor, native: bool = True) -> np.ndarray:
@@ -558,6 +558,9 @@ def adaptive_avgpool(x, attrs, native: bool = True):
                     acc = tap if acc is None else acc + tap
             out[:, i, j] = acc / ((y1 - y0) * (x1 - x0))
     return out
+
+
+_POOLS = {"maxpool": maxpool, "avgpool": avgpool, "adaptive_avgpool": adaptive_avgpool}
 
 
 def _flatten(v, native: bool = True):
@@ -794,10 +797,7 @@ class Model:
 
     def _last_use(self):
         if "last_use" not in self.__dict__.setdefault("_memo", {}):
-            last = {}
-            for i, n in enumerate(self.nodes):
-                for s in n.inputs:
-                    last[s] = i
+            last = {s: i for i, n in enumerate(self.nodes) for s in n.inputs}  # the index of its last reader
             by_index = {}
             final = self.nodes[-1].name
             for s, i in last.items():
@@ -807,23 +807,20 @@ class Model:
         return self._memo["last_use"]
 
     def _run_node(self, n: Node, args, reference: bool):
-        op, a = n.op, n.attrs
+        op, a, x = n.op, n.attrs, args[0] if args else None
         if op == "quantize":
-            x = args[0]
             if isinstance(x, CodeTensor):
                 raise RuntimeError(f"node {n.name!r}: quantize got codes")
-            if a.get("exact_float"):   # codes decided in float64 (lowbit.exact_float)
-                from .. import exact_float
-
-                codes = exact_float.reference_codes(self, n, args[1]) if reference else \
-                    exact_float.fix(self, n, quantize(x, a), x, args[1])
-                return CodeTensor(codes, a["bits"], a["levels"], a["step"])
-            return CodeTensor(quantize(x, a, native=not reference), a["bits"], a["levels"], a["step"])
+            if not a.get("exact_float"):
+                codes = quantize(x, a, native=not reference)
+            else:  # codes decided in float64 (lowbit.exact_float)
+                codes = _exact_float.reference_codes(self, n, args[1]) if reference else \
+                    _exact_float.fix(self, n, quantize(x, a), x, args[1])
+            return CodeTensor(codes, a["bits"], a["levels"], a["step"])
         if op == "dequantize":
-            return dequantize(args[0], native=not reference)
+            return dequantize(x, native=not reference)
         if op in _QUANTIZED:
             return self._run_quantized(n, args, reference)
-        x = args[0]
         if op == "flatten":
             return _flatten(x, native=not reference)
         if op == "concat":
@@ -834,15 +831,15 @@ class Model:
             return CodeTensor(maxpool(x.codes, a, native=not reference), x.bits, x.levels, x.step)
         if isinstance(x, CodeTensor):
             raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
+        if op in _POOLS:
+            return _POOLS[op](x, a, native=not reference)
         if op in _FLOAT_LAYERS:
-            n.kernel = "numpy-reference" if reference else _floatops.layer(n).kernel_name(_floatops.simd())
-        if op == "conv_f32":
+            prepared = None if reference else _floatops.layer(n)
+            n.kernel = "numpy-reference" if reference else prepared.kernel_name(_floatops.simd())
+            if op == "linear_f32":
+                return _floatops.linear_f32(x, n.arrays["w"], n.arrays["bias"], not reference, prepared)
             return _floatops.conv2d_f32(x, n.arrays["w"], n.arrays["bias"], a["stride"], a["padding"], a["dilation"],
-                                        a["groups"], native=not reference,
-                                        prepared=None if reference else _floatops.layer(n))
-        if op == "linear_f32":
-            return _floatops.linear_f32(x, n.arrays["w"], n.arrays["bias"], native=not reference,
-                                        prepared=None if reference else _floatops.layer(n))
+                                        a["groups"], not reference, prepared)
         native = not reference and x.dtype == np.float32
         if op == "add":
             y = args[1]
@@ -858,12 +855,6 @@ class Model:
             if native and x.ndim >= 1 and x.shape[-1] == n.arrays["scale"].shape[0]:
                 return _core.affine(np.ascontiguousarray(x), n.arrays["scale"], n.arrays["bias"])
             return (x * n.arrays["scale"] + n.arrays["bias"]).astype(np.float32)
-        if op == "maxpool":
-            return maxpool(x, a, native=native)
-        if op == "avgpool":
-            return avgpool(x, a, native=native)
-        if op == "adaptive_avgpool":
-            return adaptive_avgpool(x, a, native=native)
         raise AssertionError(op)
 
     # ---- conv / linear -----------------------------------------------------------------------
@@ -879,15 +870,13 @@ class Model:
         """ConvWeights / PackedWeights, built on first use (packing is cached inside them)."""
         w = n._cache.get("weights")
         if w is None:
-            from ..conv import ConvWeights
-
             a = n.attrs
             codes = n.arrays.stored("w_codes")
             if isinstance(codes, PackedCodes):  # shared with the node: no copy of the codes
                 packed = codes.packed.with_codebook(a["w_codebook"])
             else:  # codes assigned after validation: packed (and range-checked) here
                 packed = PackedWeights.from_codes(codes.reshape(codes.shape[0], -1), a["w_bits"], a["w_codebook"])
-            w = ConvWeights.from_packed(packed, codes.shape, a["groups"]) if n.op == "conv" else packed
+            w = _conv.ConvWeights.from_packed(packed, codes.shape, a["groups"]) if n.op == "conv" else packed
             n._cache["weights"] = w
         return w
 
@@ -900,59 +889,40 @@ class Model:
             raise RuntimeError(f"node {n.name!r}: input codes are {x.bits}-bit {x.levels.tolist()}, expected "
                                f"{a['a_bits']}-bit {a['a_codebook']}")
         residual = args[1] if len(args) > 1 else None
-        conv = n.op == "conv"
-        if conv:
-            if x.codes.ndim != 4:
-                raise ValueError(f"node {n.name!r}: conv needs NHWC codes, got shape {x.codes.shape}")
-            b, h, w, _ = x.codes.shape
-        elif x.codes.ndim != 2:
-            raise ValueError(f"node {n.name!r}: linear needs (B, K) input, got shape {x.codes.shape}")
-        cout = n.arrays.shape("w_codes")[0]
+        if x.codes.ndim != (4 if n.op == "conv" else 2):
+            raise ValueError(f"node {n.name!r}: {n.op} needs {'NHWC codes' if n.op == 'conv' else '(B, K) input'}, "
+                             f"got shape {x.codes.shape}")
         if reference:
             return self._run_reference(n, x, residual)
         ep = self._epilogue(n)
         if residual is not None:
             # a shallow copy: the parameters were validated once when the node's epilogue was built
             ep = copy.copy(ep)
-            ep.residual = np.ascontiguousarray(residual.reshape(-1, cout), dtype=np.float32)
-        weights = self._weights(n)
-        if conv:
-            from ..conv import conv2d
-
-            y = conv2d(x.as_packed(), weights, a["stride"], a["padding"], a["dilation"], epilogue=ep)
+            ep.residual = np.ascontiguousarray(residual.reshape(-1, n.arrays.shape("w_codes")[0]), dtype=np.float32)
+        if n.op == "conv":
+            y = _conv.conv2d(x.as_packed(), self._weights(n), a["stride"], a["padding"], a["dilation"], epilogue=ep)
         else:
-            from ..conv import linear
-
-            y = linear(x.as_packed(), weights, epilogue=ep)
+            y = _conv.linear(x.as_packed(), self._weights(n), epilogue=ep)
         n.kernel = _dispatch.last_kernel()
         if isinstance(y, PackedActivations):
-            r = a["requant"]
-            shape = y.shape if y.shape is not None else y.codes.shape
-            codes = y.codes.reshape(shape)
-            return CodeTensor(codes, r["bits"], y.codebook, r["step"], packed=y)
+            codes = y.codes.reshape(y.shape if y.shape is not None else y.codes.shape)
+            return CodeTensor(codes, a["requant"]["bits"], y.codebook, a["requant"]["step"], packed=y)
         return y
 
     def _run_reference(self, n: Node, x: CodeTensor, residual):
         a = n.attrs
         w = n.arrays["w_codes"]
-        if n.op == "conv":
-            acc = _ref.conv2d(x.codes, w, a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"],
-                              tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
-            out_shape = acc.shape
-            acc = acc.reshape(-1, w.shape[0])
-        else:
-            acc = _ref.gemm(x.codes, w, a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"])
-            out_shape = acc.shape
+        grids = (a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"])
+        acc = _ref.gemm(x.codes, w, *grids) if n.op == "linear" else _ref.conv2d(
+            x.codes, w, *grids, tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
+        out_shape, acc = acc.shape, acc.reshape(-1, w.shape[0])  # (M, Cout) sums
         lo, hi = _bounds(a)
         rq = _requant_of(a["requant"])
         res = None if residual is None else residual.reshape(acc.shape)
         y = _ref.epilogue(acc, n.arrays["scale"], n.arrays["bias"], res, lo, hi, rq, n.arrays.get("scale64"),
-                          n.arrays.get("bias64"))
+                          n.arrays.get("bias64")).reshape(out_shape)
         n.kernel = "numpy-reference"
-        y = y.reshape(out_shape)
-        if rq is None:
-            return y
-        return CodeTensor(y, rq.bits, rq.codebook(), rq.step)
+        return y if rq is None else CodeTensor(y, rq.bits, rq.codebook(), rq.step)
 
     # ---- reporting ---------------------------------------------------------------------------
     @property
@@ -982,40 +952,28 @@ class Model:
 
     def layers(self) -> list:
         """One dict per node: name, op, bits, kernel (after a run), output shape, bytes."""
-        rows = []
-        for n in self.nodes:
-            a = n.attrs
-            bits = ""
-            if n.op in _QUANTIZED:
-                bits = f"W{a['w_bits']}A{a['a_bits']}"
-            elif n.op == "quantize":
-                bits = f"A{a['bits']}"
-            elif n.op in _FLOAT_LAYERS:
-                bits = "F32"
-            rows.append({"name": n.name, "op": n.op, "bits": bits, "detail": self._detail(n),
-                         "kernel": n.kernel if n.op in _QUANTIZED or n.op in _FLOAT_LAYERS else None,
-                         "out_shape": n.out_shape, "bytes": n.weight_bytes(), "inputs": list(n.inputs),
-                         "source": a.get("source")})
-        return rows
+        return [{"name": n.name, "op": n.op, "bits": self._bits(n), "detail": self._detail(n),
+                 "kernel": n.kernel if n.op in _LAYERS else None, "out_shape": n.out_shape, "bytes": n.weight_bytes(),
+                 "inputs": list(n.inputs), "source": n.attrs.get("source")} for n in self.nodes]
+
+    @staticmethod
+    def _bits(n: Node) -> str:
+        """W{w_bits}A{a_bits} of a quantized layer, F32 of a float layer, A{bits} of a quantizer, else ''."""
+        if n.op in _QUANTIZED:
+            return f"W{n.attrs['w_bits']}A{n.attrs['a_bits']}"
+        return "F32" if n.op in _FLOAT_LAYERS else f"A{n.attrs['bits']}" if n.op == "quantize" else ""
 
     @staticmethod
     def _detail(n: Node) -> str:
         a = n.attrs
-        if n.op == "conv":
-            w = n.arrays.stored("w_codes")
-            s = (f"{w.shape[2]}x{w.shape[3]} {w.shape[1] * a['groups']}->{w.shape[0]} s{a['stride'][0]}"
-                 f" p{a['padding'][0]}" + (f" d{a['dilation'][0]}" if max(a["dilation"]) > 1 else "")
-                 + (f" g{a['groups']}" if a["groups"] > 1 else ""))
-        elif n.op == "linear":
-            w = n.arrays.stored("w_codes")
-            s = f"{w.shape[1]}->{w.shape[0]}"
-        elif n.op == "conv_f32":
-            w = n.arrays["w"]
-            return (f"{w.shape[2]}x{w.shape[3]} {w.shape[1] * a['groups']}->{w.shape[0]} s{a['stride'][0]}"
-                    f" p{a['padding'][0]}" + (f" g{a['groups']}" if a["groups"] > 1 else "") + " float32")
-        elif n.op == "linear_f32":
-            w = n.arrays["w"]
-            return f"{w.shape[1]}->{w.shape[0]} float32"
+        if n.op in _LAYERS:
+            w = n.arrays.shape("w" if n.op in _FLOAT_LAYERS else "w_codes")
+            s = f"{w[1]}->{w[0]}" if len(w) == 2 else (
+                f"{w[2]}x{w[3]} {w[1] * a['groups']}->{w[0]} s{a['stride'][0]} p{a['padding'][0]}"
+                + (f" d{a['dilation'][0]}" if max(a["dilation"]) > 1 else "")
+                + (f" g{a['groups']}" if a["groups"] > 1 else ""))
+            if n.op in _FLOAT_LAYERS:
+                return s + " float32"
         elif n.op == "quantize":
             kind = "signed" if a["signed"] else "unsigned"
             return f"{kind} step={a['step']:.6g}"
@@ -1073,15 +1031,8 @@ class Model:
             print_fn(text)
         return text
 
-    def _bit_counts(self):
-        out = {}
-        for n in self.nodes:
-            if n.op in _QUANTIZED:
-                k = f"W{n.attrs['w_bits']}A{n.attrs['a_bits']}"
-                out[k] = out.get(k, 0) + 1
-            elif n.op in _FLOAT_LAYERS:
-                out["F32"] = out.get("F32", 0) + 1
-        return out
+    def _bit_counts(self) -> dict:
+        return dict(collections.Counter(self._bits(n) for n in self.nodes if n.op in _LAYERS))
 
     def __repr__(self):
         return (f"lowbit.Model({len(self.nodes)} nodes, input {self.input_shape}, "
