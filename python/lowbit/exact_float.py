@@ -88,11 +88,7 @@ def _divisors(node):
 def geometry(model, node, x_shape):
     """The layer's 14-number geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW) on
     NHWC input of ``x_shape`` (a linear layer's (B, K): a 1x1 map)."""
-    layer = _parts(model, node)[0]
-    if layer.op == "linear_f32":
-        return floatops.geometry((x_shape[0], 1, 1, x_shape[1]), (1, 1))
-    a = layer.attrs
-    return floatops.geometry(x_shape, layer.arrays["w"].shape[2:], a["stride"], a["padding"], a["dilation"])
+    return floatops.layer_geometry(_parts(model, node)[0], x_shape)
 
 
 def fix(model, node, codes: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:

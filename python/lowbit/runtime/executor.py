@@ -245,20 +245,13 @@ class _Builder:
         """conv_f32 / linear_f32: the node's prepared FloatConv (floatops.layer, the one the
         Python path runs) as one step."""
         x = self._float_input(x, f"node {n.name!r} ({n.op})")
-        layer, w = floatops.layer(n), n.arrays["w"]
-        if n.op == "linear_f32":
-            if len(x.shape) != 2 or x.shape[1] != w.shape[1]:
-                raise Unsupported(f"node {n.name!r}: linear_f32 input shape {x.shape} (graph error)")
-            geometry = floatops.geometry((x.shape[0], 1, 1, x.shape[1]), (1, 1))  # a 1x1 map
-            out = self._f32(i, (x.shape[0], layer.cout))
-        else:
-            a = n.attrs
-            if len(x.shape) != 4 or x.shape[3] != w.shape[1] * a["groups"]:
-                raise Unsupported(f"node {n.name!r}: conv_f32 input shape {x.shape} (graph error)")
-            geometry = floatops.geometry(x.shape, w.shape[2:], a["stride"], a["padding"], a["dilation"])
-            b, oh, ow = geometry[0], geometry[12], geometry[13]
-            check_elements((b, oh, ow, layer.cout), "output")
-            out = self._f32(i, (b, oh, ow, layer.cout))
+        layer, w, conv = floatops.layer(n), n.arrays["w"], n.op == "conv_f32"
+        if len(x.shape) != (4 if conv else 2) or x.shape[-1] != w.shape[1] * (n.attrs["groups"] if conv else 1):
+            raise Unsupported(f"node {n.name!r}: {n.op} input shape {x.shape} (graph error)")
+        geometry = floatops.layer_geometry(n, x.shape)
+        shape = (x.shape[0], *geometry[12:], layer.cout) if conv else (x.shape[0], layer.cout)
+        check_elements(shape, "output")
+        out = self._f32(i, shape)
         self.core.conv_f32(i, layer, x.buf, out.buf, geometry, floatops.simd())
         self.kernels[n.name] = layer.kernel_name(floatops.simd())
         self.float_layers.add(n.name)
@@ -574,12 +567,12 @@ def _build(model, shape) -> NativePlan:
         b.node(i, n)
     out_shape = b.finish()
     b.core.finalize()
-    names = [n.name for n in model.nodes]
     shapes = {}
-    for n in model.nodes:
+    for n in model.nodes:  # the input reports its NHWC view, as on the Python path
         v = b.vals[n.name]
         shapes[n.name] = (v.shape[0], v.shape[2], v.shape[3], v.shape[1]) if v.kind == "input" else v.shape
-    return NativePlan(b.core, out_shape, b.kernels, shapes, [names[j] for j in b.core.step_nodes], b.float_layers)
+    step_names = [model.nodes[j].name for j in b.core.step_nodes]
+    return NativePlan(b.core, out_shape, b.kernels, shapes, step_names, b.float_layers)
 
 
 def plan_for(model, shape, state=None) -> NativePlan:
@@ -594,14 +587,10 @@ def plan_for(model, shape, state=None) -> NativePlan:
         with _BUILD_LOCK:
             hit = cache.get(key)
             if hit is None:
-                reason = why_not(model)
-                if reason:
-                    hit = Unsupported(reason)
-                else:
-                    try:
-                        hit = _build(model, shape)
-                    except Unsupported as exc:
-                        hit = exc
+                try:  # an op without a native step raises Unsupported too (_Builder.node, as why_not says)
+                    hit = _build(model, shape)
+                except Unsupported as exc:
+                    hit = exc
                 cache[key] = hit
                 while len(cache) > PLAN_CACHE_SIZE:
                     cache.popitem(last=False)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import _core, _dispatch
 
-__all__ = ["conv2d_f32", "geometry", "linear_f32", "layer", "simd", "taps"]
+__all__ = ["conv2d_f32", "geometry", "layer", "layer_geometry", "linear_f32", "simd", "taps"]
 
 
 def simd() -> bool:
@@ -93,6 +93,15 @@ def geometry(shape, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), what
     if oh < 1 or ow < 1:
         raise ValueError(f"{what}: input {h}x{w} is too small for a {kh}x{kw} window")
     return (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+
+
+def layer_geometry(node, x_shape):
+    """The :func:`geometry` of float layer ``node`` on NHWC input of ``x_shape`` (a linear layer's
+    (B, K): the 1x1 convolution of a 1x1 map)."""
+    if node.op == "linear_f32":
+        return geometry((x_shape[0], 1, 1, x_shape[1]), (1, 1))
+    a = node.attrs
+    return geometry(x_shape, node.arrays["w"].shape[2:], a["stride"], a["padding"], a["dilation"])
 
 
 def taps(x, g, pad_value=0.0) -> list:
