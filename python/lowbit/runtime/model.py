@@ -57,25 +57,17 @@ Ops (inputs -> output):
 The model output is the value of the last node: float32 (B, F) logits (a 4-D
 output is returned as NCHW).
 
-Representation choices (see docs/pipeline.md): a conv/linear whose output is
-read only by quantized layers that share one activation quantizer requantizes
-in its epilogue (codes stay packed between layers); an output that also feeds
-a float op (a residual add, pooling, a second quantizer) is emitted as float32
-and quantized by a ``quantize`` node per quantizer, with torch's division
-semantics. Residual adds fold into the epilogue of the later conv of the pair.
-A layer with ``attrs['quantize_output']`` (set by
-:func:`lowbit.lowering.place_requant`) names one such ``quantize`` node reading
-its float output: the native executor writes that node's codes from the
-layer's epilogue with the node's own rule (the same bytes; no separate step);
-the Python path and the reference run the node as usual.
+Which values stay codes (a layer requantizing in its epilogue) and which are float32 read by
+``quantize`` nodes is the lowering's choice (docs/pipeline.md). A layer's ``attrs['quantize_output']``
+(set by :func:`lowbit.lowering.place_requant`) names one plain ``quantize`` node reading its float
+output: the native executor writes that node's codes from the layer's epilogue with the node's own
+rule (the same bytes); the Python path and the reference run the node as usual.
 
 Execution
 ---------
-``m(x)`` runs the kernels. :meth:`Model.run_reference` runs the same graph with
-the slow NumPy oracles (:func:`lowbit.reference.conv2d`, ``reference.gemm`` and
-``reference.epilogue``); the two agree bit for bit on every code and every
-float (the epilogue is specified exactly), which :meth:`Model.trace` lets a
-test check node by node.
+``m(x)`` runs the kernels; :meth:`Model.run_reference` runs the same graph with the NumPy
+oracles (:mod:`lowbit.reference`). The two agree bit for bit on every code and every float
+(the epilogue is specified exactly), which :meth:`Model.trace` lets a test check node by node.
 """
 from __future__ import annotations
 
