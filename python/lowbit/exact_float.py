@@ -58,10 +58,8 @@ def _affine64(affine):
     if affine is None:
         return None, None, None, None
     s32, b32 = (np.ascontiguousarray(affine.arrays[k], np.float32) for k in ("scale", "bias"))
-    s64 = affine.arrays.get("scale64")
-    b64 = affine.arrays.get("bias64")
-    s64 = s32.astype(np.float64) if s64 is None else np.ascontiguousarray(s64, np.float64)
-    b64 = b32.astype(np.float64) if b64 is None else np.ascontiguousarray(b64, np.float64)
+    s64, b64 = (np.ascontiguousarray(v32 if affine.arrays.get(k) is None else affine.arrays[k], np.float64)
+                for k, v32 in (("scale64", s32), ("bias64", b32)))  # the float32 values where none are given
     return s32, b32, s64, b64
 
 
@@ -123,8 +121,7 @@ def reference_codes(model, node, x: np.ndarray) -> np.ndarray:
     v = z
     if affine is not None:
         _, _, s64, b64 = _affine64(affine)
-        v = v * s64
-        v = v + b64
+        v = v * s64 + b64
     v = np.where(v < lo, lo, v)
     v = np.where(v > hi, hi, v)
     a = node.attrs

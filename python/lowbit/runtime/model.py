@@ -17,42 +17,26 @@ NumPy ``arrays``. A value flowing between nodes is either
   path keeps the :class:`lowbit.PackedActivations` inside it, so packing done
   for one consumer is reused).
 
-Ops (inputs -> output):
+Ops (inputs -> output; the functions named state the exact arithmetic):
 
-``input``           NCHW float32 from the caller -> NHWC float32 (a view)
-``quantize``        float -> codes. LSQ exactly as torch computes it:
-                    ``q = round_half_even(clamp(x / step, Qn, Qp))`` in float32
-                    with a true division (1-bit signed: ``code = x >= 0``); with
-                    ``pre_step``/``pre_div`` (QONNX Trunc): ``x / step`` is
-                    ``round_half_even(x / pre_step) / pre_div`` instead
-``dequantize``      codes -> float: ``float32(level) * float32(step)``
-``conv``            codes [, float residual] -> float or codes. ``lowbit.conv2d``
-                    with the fused :class:`lowbit.Epilogue`: scale, bias (folded
-                    BatchNorm), + residual, clamp (ReLU/ReLU6/clamp), then float32
-                    or requantized codes (``attrs['requant']``)
-``linear``          codes (B, K) -> float or codes, ``lowbit.linear`` + epilogue
-``conv_f32``        float -> float: float32 convolution of a layer whose input is not
-                    quantized (``arrays['w']`` (Cout, Cin/groups, kh, kw), ``arrays['bias']``;
-                    :func:`lowbit.floatops.conv2d_f32`: the native float32 kernel, one fixed
-                    summation order that the reference reproduces; docs/runtime.md)
-``linear_f32``      float (B, K) -> float, ``x @ w.T + bias`` in float32 (the same kernel)
-``add``             float + float -> float (float32 add)
-``clamp``           float -> float (ReLU = clamp(0, inf))
-``affine``          float -> float, per-channel ``x * scale + bias`` (a BatchNorm that
-                    could not be folded into a conv epilogue)
-``maxpool``         float -> float (padding never wins: it is -inf), or codes -> codes of the
-                    same grid (the largest code; a quantizer moved in front of the pool)
-``avgpool``         float -> float (float64 sums, like torch's CPU kernel)
-``adaptive_avgpool`` float -> float (torch's start/end index rule)
-``flatten``         NHWC -> (B, C*H*W) in torch's NCHW order (float or codes)
-``concat``          2 or more values -> their concatenation along the channel (last) axis:
-                    all float32 (NHWC or (B, F)), or all codes of one grid (same bits,
-                    levels and step: the codes are concatenated, which is exact); a
-                    mixture is a graph error (a front end dequantizes first)
-``pad``             float or codes NHWC -> the same, padded by ``attrs['pads']``
-                    ``[top, left, bottom, right]`` with ``attrs['fill']``: ``"zero"``
-                    (float 0.0; codes: the code of level 0, a graph error when the
-                    levels have no 0) or ``"-inf"`` (float only: in front of a max pool)
+``input``             NCHW float32 from the caller -> NHWC float32 (a view)
+``quantize``          float -> codes, LSQ exactly as torch computes it (:func:`quantize`)
+``dequantize``        codes -> float: ``float32(level) * float32(step)``
+``conv``, ``linear``  codes (NHWC, (B, K)) [, float residual] -> float or codes: ``lowbit.conv2d`` /
+                      ``lowbit.linear`` with the fused :class:`lowbit.Epilogue`: scale, bias (folded
+                      BatchNorm), + residual, clamp (ReLU/ReLU6/clamp), then float32 or requantized
+                      codes (``attrs['requant']``)
+``conv_f32``, ``linear_f32``  float -> float: the float32 layers of unquantized inputs, ``arrays['w']``
+                      (Cout, Cin/groups, kh, kw) or (N, K) and ``arrays['bias']`` (:mod:`lowbit.floatops`)
+``add``, ``clamp``, ``affine``  float -> float: float32 add; clamp (ReLU = clamp(0, inf)); per-channel
+                      ``x * scale + bias`` (a BatchNorm that could not be folded into a conv epilogue)
+``maxpool``           float -> float, or codes -> codes of the same grid (:func:`maxpool`)
+``avgpool``, ``adaptive_avgpool``  float -> float (:func:`avgpool`, :func:`adaptive_avgpool`)
+``flatten``           NHWC -> (B, C*H*W) in torch's NCHW order (float or codes)
+``concat``            2 or more values, all float32 or all codes of one grid -> one, along the channel
+                      (last) axis (:func:`concat_channels`)
+``pad``               float or codes NHWC -> the same, padded by ``attrs['pads']`` with ``attrs['fill']``
+                      (:func:`pad_nhwc`)
 
 The model output is the value of the last node: float32 (B, F) logits (a 4-D
 output is returned as NCHW).
@@ -453,7 +437,9 @@ def _to_numpy(x):
 
 def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     """LSQ codes of float32 ``x``: clamp(round_half_even(x / step), Qn, Qp) - Qn, computed in
-    float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0).
+    float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0). With
+    ``pre_step``/``pre_div`` (QONNX Trunc with ROUND), ``x / step`` is ``round_half_even(x / pre_step)
+    / pre_div`` (pre_div a power of two: the division is exact, by a multiplication).
     ``native``: the native op (``_core.quantize``; an NHWC view of NCHW memory, the model
     input, is read in place by ``_core.quantize_nchw_to_nhwc``). :func:`lowbit.quant.quantize_codes`
     is the reference; the two agree bit for bit."""
@@ -467,8 +453,6 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     if attrs.get("binary"):
         return _quant.quantize_codes(x, 1.0, 0, 1, binary=True)
     if attrs.get("pre_step") is not None:
-        # QONNX Trunc with ROUND: integers at the input step first, then the exact division by
-        # the power of two pre_div, rounded half to even like the rest
         x = np.rint(np.divide(x, np.float32(attrs["pre_step"]), dtype=np.float32))
         x *= np.float32(1.0 / attrs["pre_div"])
         return _quant.quantize_codes(x, 1.0, attrs["qn"], attrs["qp"])
@@ -595,20 +579,17 @@ def pad_nhwc(x, pads, fill="zero", name="pad"):
     if isinstance(x, CodeTensor):
         if fill != "zero":
             raise RuntimeError(f"node {name!r}: pad of codes with {fill} (graph error)")
-        zero = np.flatnonzero(x.levels == 0)
-        if zero.size == 0:
+        fill, has_zero = _conv.pad_code(x.levels)  # the code of level 0
+        if not has_zero:
             raise RuntimeError(f"node {name!r}: pad of codes whose levels {x.levels.tolist()} have no 0 "
                                "(graph error)")
-        fill = zero[0]
     else:
         fill = np.float32(0.0 if fill == "zero" else -np.inf)
     bn, h, w, c = arr.shape
     check_elements((bn, h + t + b, w + l + r, c), "pad output")
     out = np.full((bn, h + t + b, w + l + r, c), fill, arr.dtype)
     out[:, t:t + h, l:l + w] = arr
-    if isinstance(x, CodeTensor):
-        return CodeTensor(out, x.bits, x.levels, x.step)
-    return out
+    return CodeTensor(out, x.bits, x.levels, x.step) if isinstance(x, CodeTensor) else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,9 +640,8 @@ class Model:
         e = n.attrs.get("exact_float") if n.op == "quantize" else None
         if not e:
             return
-        layer = self._by_name.get(e.get("layer")) if isinstance(e, dict) else None
-        affine = e.get("affine") if isinstance(e, dict) else None
-        clamp = e.get("clamp") if isinstance(e, dict) else None
+        d = e if isinstance(e, dict) else {}
+        layer, affine, clamp = self._by_name.get(d.get("layer")), d.get("affine"), d.get("clamp")
         if layer is None or layer.op not in ("conv_f32", "linear_f32") or layer.inputs[0] != n.inputs[1] or \
                 (affine is not None and getattr(self._by_name.get(affine), "op", None) != "affine") or \
                 not (isinstance(clamp, list) and len(clamp) == 2) or n.attrs["binary"] or \
@@ -761,23 +741,18 @@ class Model:
             if out is not None:
                 return out
         self.__dict__.setdefault("_memo", {})["reported"] = None  # the nodes now report this run
-        vals = {}
+        vals = {} if record is None else record  # a record keeps every value
         last_use = self._last_use()
         clock = time.perf_counter
         for i, n in enumerate(self.nodes):
             t0 = clock() if profile is not None else 0.0
-            if n.op == "input":
-                out = x.transpose(0, 2, 3, 1)
-            else:
-                args = [vals[s] for s in n.inputs]
-                out = self._run_node(n, args, reference)
+            out = x.transpose(0, 2, 3, 1) if n.op == "input" else \
+                self._run_node(n, [vals[s] for s in n.inputs], reference)
             if profile is not None:
                 profile[n.name] = profile.get(n.name, 0.0) + clock() - t0
             n.out_shape = tuple(out.shape)
             vals[n.name] = out
-            if record is not None:
-                record[n.name] = out
-            else:
+            if record is None:
                 for s in last_use.get(i, ()):
                     del vals[s]
         out = vals[self.nodes[-1].name]
