@@ -29,29 +29,16 @@ def simd() -> bool:
     return _dispatch.tier_rank(_dispatch.tier_cap()) > 0
 
 
-def _check(x, w, groups, what):
-    x = np.asarray(x, np.float32)
-    w = np.asarray(w, np.float32)
-    if x.ndim != 4 or w.ndim != 4:
-        raise ValueError(f"{what}: expected NHWC x and (Cout, Cin / groups, kh, kw) w, got {x.shape} and {w.shape}")
-    cout, cg = w.shape[:2]
-    if groups < 1 or cg * groups != x.shape[3] or cout % groups:
-        raise ValueError(f"{what}: weights {w.shape} with groups={groups} do not fit {x.shape[3]} input channels")
-    return x, w
-
-
 def layer(node):
     """The node's prepared native layer (``_core.FloatConv``), built on first use: a
     ``linear_f32`` is the 1x1 convolution of a 1x1 map."""
     conv = node._cache.get("float_conv")
     if conv is None:
         w = np.ascontiguousarray(node.arrays["w"], np.float32)
-        bias = np.ascontiguousarray(node.arrays["bias"], np.float32)
         if node.op == "linear_f32":
-            conv = _core.FloatConv(np.ascontiguousarray(w.reshape(w.shape + (1, 1))), bias, 1)
-        else:
-            conv = _core.FloatConv(w, bias, int(node.attrs["groups"]))
-        node._cache["float_conv"] = conv
+            w = w.reshape(w.shape + (1, 1))
+        conv = node._cache["float_conv"] = _core.FloatConv(w, np.ascontiguousarray(node.arrays["bias"], np.float32),
+                                                           int(node.attrs.get("groups", 1)))
     return conv
 
 
@@ -60,7 +47,12 @@ def conv2d_f32(x, w, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), 
     """float32 NHWC convolution: ``x`` (B, H, W, C), ``w`` (Cout, C // groups, kh, kw) (ONNX
     layout), zero padding; returns (B, OH, OW, Cout) float32 in the order above.
     ``prepared``: the layer's ``_core.FloatConv`` (else built for this call)."""
-    x, w = _check(x, w, groups, "conv2d_f32")
+    x = np.asarray(x, np.float32)
+    w = np.asarray(w, np.float32)
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"conv2d_f32: expected NHWC x and (Cout, Cin / groups, kh, kw) w, got {x.shape} and {w.shape}")
+    if groups < 1 or w.shape[1] * groups != x.shape[3] or w.shape[0] % groups:
+        raise ValueError(f"conv2d_f32: weights {w.shape} with groups={groups} do not fit {x.shape[3]} input channels")
     stride, padding, dilation = (tuple(int(v) for v in p) for p in (stride, padding, dilation))
     if native:
         conv = prepared if prepared is not None else _core.FloatConv(

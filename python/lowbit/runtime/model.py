@@ -58,6 +58,7 @@ from __future__ import annotations
 import collections
 import collections.abc
 import copy
+import functools
 import math
 import numbers
 import time
@@ -481,10 +482,8 @@ def maxpool(x, attrs, native: bool = True):
             return _core.maxpool_nhwc(np.ascontiguousarray(x), *g[4:12])
         except ValueError as exc:
             raise ValueError(f"pooling: {exc}") from None
-    out = None
-    for v in _floatops.taps(x, g, 0 if x.dtype == np.uint8 else -np.inf):
-        out = v.copy() if out is None else np.maximum(out, v, out=out)
-    return out
+    views = _floatops.taps(x, g, 0 if x.dtype == np.uint8 else -np.inf)
+    return functools.reduce(np.maximum, views[1:], views[0].copy())
 
 
 def avgpool(x, attrs, native: bool = True):
@@ -500,9 +499,7 @@ def avgpool(x, attrs, native: bool = True):
                                       bool(attrs["count_include_pad"]))
         except ValueError as exc:
             raise ValueError(f"pooling: {exc}") from None
-    acc = None
-    for v in _floatops.taps(x.astype(np.float64), g):
-        acc = v.copy() if acc is None else acc + v
+    acc = functools.reduce(np.add, _floatops.taps(x.astype(np.float64), g))  # in tap order
     if attrs["count_include_pad"] or (ph == 0 and pw == 0):
         return (acc / (kh * kw)).astype(np.float32)
     in_image_taps = sum(_floatops.taps(np.ones((1, h, w, 1)), (1, h, w, 1) + g[4:]))
@@ -527,12 +524,8 @@ def adaptive_avgpool(x, attrs, native: bool = True):
         y0, y1 = (i * h) // oh, -((-(i + 1) * h) // oh)
         for j in range(ow):
             x0, x1 = (j * w) // ow, -((-(j + 1) * w) // ow)
-            acc = None
-            for y in range(y0, y1):
-                for xx in range(x0, x1):
-                    tap = x[:, y, xx].astype(np.float64)
-                    acc = tap if acc is None else acc + tap
-            out[:, i, j] = acc / ((y1 - y0) * (x1 - x0))
+            cell = x[:, y0:y1, x0:x1].astype(np.float64).reshape(b, -1, c)  # its taps in row-major order
+            out[:, i, j] = functools.reduce(np.add, cell.transpose(1, 0, 2)) / ((y1 - y0) * (x1 - x0))
     return out
 
 
