@@ -1,21 +1,14 @@
 """The native whole-graph executor of :class:`lowbit.Model` (docs/runtime.md).
 
-A Model's forward pass on the kernel path is one native call
-(``_core.ExecutorPlan.run``, GIL released) instead of a Python loop over
-nodes. This module lowers a Model, for one input shape and one dispatch
-state, to a plan of native steps. It takes every decision from the Python
-kernel path itself, never re-deriving it: ``ops._prepare`` (the Bound: plan,
-kernel, weight layout, tables, flush bounds, corrections), ``conv._tap_rows``,
-``conv._native_grouping_allowed`` / ``conv._native_call`` (depthwise and
-grouped layers), ``conv.pad_code``, and the fused
-:class:`lowbit.Epilogue` of each node (``Model._epilogue``). So autotuning and
-``lowbit.use(isa=/kernel=/strategy=)`` are honoured, and every integer and
-float is the one the Python path computes.
-
-Plans are cached on the Model (an LRU of :data:`PLAN_CACHE_SIZE`) by input
-shape (B, H, W) and ``_dispatch.state()``. A model, or a node under the
-current dispatch state, that has no native step runs entirely on the Python
-path; :func:`status` says why.
+A Model's forward pass on the kernel path is one native call (``_core.ExecutorPlan.run``, GIL
+released) instead of a Python loop over nodes. This module lowers a Model, for one input shape
+and one dispatch state, to a plan of native steps, taking every decision from the Python kernel
+path itself (``ops._prepare``'s Bound, ``conv._tap_rows``, the depthwise and grouped calls of
+``conv``, ``conv.pad_code``, each node's fused :class:`lowbit.Epilogue`), never re-deriving it:
+autotuning and ``lowbit.use(isa=/kernel=/strategy=)`` are honoured, and every integer and float
+is the one the Python path computes. Plans are cached on the Model (an LRU of
+:data:`PLAN_CACHE_SIZE`) by input shape and ``_dispatch.state()``; a model that has no native
+plan runs on the Python path, and :func:`status` says why.
 """
 from __future__ import annotations
 
@@ -60,11 +53,9 @@ def why_not(model) -> str | None:
 
 def choice(executor=None) -> str:
     """'native' or 'python': the ``executor`` argument, else LOWBIT_EXECUTOR, else 'native'."""
+    what = "LOWBIT_EXECUTOR" if executor is None else "executor"
     if executor is None:
         executor = os.environ.get("LOWBIT_EXECUTOR") or "native"
-        what = "LOWBIT_EXECUTOR"
-    else:
-        what = "executor"
     if executor not in CHOICES:
         raise ValueError(f"{what}: expected 'native' or 'python', got {executor!r}")
     return executor
@@ -109,6 +100,15 @@ class NativePlan:
         self.kernels, self.shapes, self.step_names = kernels, shapes, step_names
         # lowbit's last kernel is a quantized layer's, as on the Python path (float layers leave it alone)
         self.last_kernel = next((k for name, k in reversed(kernels.items()) if name not in float_layers), None)
+
+    def run(self, x, profile=False, check_finite=False):
+        """(logits, per-step seconds when ``profile``) of C-contiguous float32 NCHW ``x``;
+        lowbit.last_kernel() then names the last quantized layer's kernel, as after a Python run."""
+        out = np.empty(self.out_shape, np.float32)
+        seconds = self.core.run(x, out, profile, check_finite)
+        if self.last_kernel is not None:
+            _dispatch.set_last_kernel(self.last_kernel)
+        return out, seconds
 
 
 class _Builder:
@@ -208,23 +208,22 @@ class _Builder:
             out = self._pool(i, n, args[0])
         else:
             x = self._float_input(args[0], f"node {n.name!r} ({op})")
+            if op in ("add", "clamp", "affine"):  # elementwise: an output of x's shape
+                out = self._f32(i, x.shape)
             if op == "add":
                 y = self._float_input(args[1], f"node {n.name!r} (add)")
                 if y.shape != x.shape:
                     raise Unsupported(f"node {n.name!r}: add of shapes {x.shape} and {y.shape} (broadcast)")
-                out = self._f32(i, x.shape)
                 self.core.add(i, x.buf, y.buf, out.buf, x.size)
             elif op == "clamp":
                 from .model import _bounds
 
                 lo, hi = _bounds(a)
-                out = self._f32(i, x.shape)
                 self.core.clamp(i, x.buf, out.buf, x.size, float(lo), float(hi))
             elif op == "affine":
                 scale, bias = n.arrays["scale"], n.arrays["bias"]
                 if x.shape[-1] != scale.shape[0]:
                     raise Unsupported(f"node {n.name!r}: affine of {scale.shape[0]} channels on shape {x.shape}")
-                out = self._f32(i, x.shape)
                 self.core.affine(i, x.buf, out.buf, x.size // scale.shape[0], scale, bias)
             elif op in ("maxpool", "avgpool"):
                 out = self._pool(i, n, x)
@@ -623,14 +622,10 @@ def run_repeat(model, x, batch_size, check_finite, executor):
     if (x.shape != shape or x.dtype is not _FLOAT32 or shape[0] > batch_size or not x.flags.c_contiguous
             or choice(executor) != "native" or _dispatch.state() != state or model._memo["reported"] is not plan):
         return None
-    out = np.empty(plan.out_shape, np.float32)
     try:
-        plan.core.run(x, out, False, check_finite)
+        return plan.run(x, check_finite=check_finite)[0]
     except _core.NonFiniteInput:
         return None
-    if plan.last_kernel is not None:
-        _dispatch.set_last_kernel(plan.last_kernel)
-    return out
 
 
 def run(model, x, profile=None, required=False):
@@ -650,8 +645,7 @@ def run(model, x, profile=None, required=False):
             raise
         return None  # the Python path raises the same error with its own message
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty(plan.out_shape, np.float32)
-    seconds = plan.core.run(x, out, profile is not None)
+    out, seconds = plan.run(x, profile is not None)
     if profile is not None:
         for name, s in zip(plan.step_names, seconds):
             profile[name] = profile.get(name, 0.0) + s
@@ -663,6 +657,4 @@ def run(model, x, profile=None, required=False):
             model._by_name[name].kernel = kernel
         memo["reported"] = plan
     memo["last_native"] = (x.shape, state, plan)
-    if plan.last_kernel is not None:
-        _dispatch.set_last_kernel(plan.last_kernel)
     return out
