@@ -101,15 +101,6 @@ class NativePlan:
         # lowbit's last kernel is a quantized layer's, as on the Python path (float layers leave it alone)
         self.last_kernel = next((k for name, k in reversed(kernels.items()) if name not in float_layers), None)
 
-    def run(self, x, profile=False, check_finite=False):
-        """(logits, per-step seconds when ``profile``) of C-contiguous float32 NCHW ``x``;
-        lowbit.last_kernel() then names the last quantized layer's kernel, as after a Python run."""
-        out = np.empty(self.out_shape, np.float32)
-        seconds = self.core.run(x, out, profile, check_finite)
-        if self.last_kernel is not None:
-            _dispatch.set_last_kernel(self.last_kernel)
-        return out, seconds
-
 
 class _Builder:
     """Lowers one Model for one NCHW input shape (see the module docstring)."""
@@ -622,10 +613,14 @@ def run_repeat(model, x, batch_size, check_finite, executor):
     if (x.shape != shape or x.dtype is not _FLOAT32 or shape[0] > batch_size or not x.flags.c_contiguous
             or choice(executor) != "native" or _dispatch.state() != state or model._memo["reported"] is not plan):
         return None
+    out = np.empty(plan.out_shape, np.float32)
     try:
-        return plan.run(x, check_finite=check_finite)[0]
+        plan.core.run(x, out, False, check_finite)
     except _core.NonFiniteInput:
         return None
+    if plan.last_kernel is not None:
+        _dispatch.set_last_kernel(plan.last_kernel)
+    return out
 
 
 def run(model, x, profile=None, required=False):
@@ -645,7 +640,8 @@ def run(model, x, profile=None, required=False):
             raise
         return None  # the Python path raises the same error with its own message
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out, seconds = plan.run(x, profile is not None)
+    out = np.empty(plan.out_shape, np.float32)
+    seconds = plan.core.run(x, out, profile is not None)
     if profile is not None:
         for name, s in zip(plan.step_names, seconds):
             profile[name] = profile.get(name, 0.0) + s
@@ -657,4 +653,6 @@ def run(model, x, profile=None, required=False):
             model._by_name[name].kernel = kernel
         memo["reported"] = plan
     memo["last_native"] = (x.shape, state, plan)
+    if plan.last_kernel is not None:
+        _dispatch.set_last_kernel(plan.last_kernel)
     return out
