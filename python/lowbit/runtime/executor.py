@@ -176,10 +176,9 @@ class _Builder:
                 self.core.exact_float_fix(i, exact_float.spec(self.model, n), x.buf, args[0].buf, out.buf,
                                           exact_float.geometry(self.model, n, x.shape), floatops.simd())
         elif op == "dequantize":
-            x = args[0]
-            if x.kind != "codes":
+            if args[0].kind != "codes":
                 raise Unsupported(f"node {n.name!r}: dequantize got float")
-            out = self._dequantize(i, x)
+            out = self._dequantize(i, args[0])
         elif op in ("conv", "linear"):
             out = self._quantized(i, n, args)
         elif op in ("conv_f32", "linear_f32"):
@@ -320,13 +319,10 @@ class _Builder:
             raise Unsupported(f"node {n.name!r}: expected activation codes, got float (graph error)")
         if x.bits != a["a_bits"] or list(x.levels) != list(a["a_codebook"]):
             raise Unsupported(f"node {n.name!r}: input codes do not match its a_bits/a_codebook (graph error)")
-        residual = None
-        if len(args) > 1:
-            residual = self._float_input(args[1], f"node {n.name!r} (residual)")
-        model = self.model
-        ep = model._epilogue(n)
-        weights = model._weights(n)
-        cout = n.arrays["w_codes"].shape[0]
+        residual = self._float_input(args[1], f"node {n.name!r} (residual)") if len(args) > 1 else None
+        ep = self.model._epilogue(n)
+        weights = self.model._weights(n)
+        cout = n.arrays.shape("w_codes")[0]  # (not unpacking the codes)
         if n.op == "conv":
             if len(x.shape) != 4:
                 raise Unsupported(f"node {n.name!r}: conv needs NHWC codes")
@@ -335,18 +331,16 @@ class _Builder:
             raise Unsupported(f"node {n.name!r}: linear input shape {x.shape} (graph error)")
         m = x.shape[0]
         check_elements((m, cout), "output")
-        out = self._output(i, n, ep, (m, cout))
+        out = self._output(i, ep, (m, cout))
         ep_args = self._ep(n, ep, out, residual)
         bound = _prepare(self._probe(x), weights, m, weights.K)
         self._gemm_direct(i, x.buf, m, weights.K, bound, ep_args)
         self.kernels[n.name] = bound.kern["name"]
         return out
 
-    def _output(self, i, n, ep, shape):
+    def _output(self, i, ep, shape):
         r = ep.requant
-        if r is None:
-            return self._f32(i, shape)
-        return self._codes(shape, r.bits, r.codebook(), n.attrs["requant"]["step"])
+        return self._f32(i, shape) if r is None else self._codes(shape, r.bits, r.codebook(), r.step)
 
     def _dual_codes(self, n, out, col, stride):
         """The epilogue's second output when layer n has ``attrs['quantize_output']`` (set by
@@ -391,7 +385,7 @@ class _Builder:
         m = b * oh * ow
         check_elements((m, cout), "output")
         check_elements((m, kh * kw), "x (tap table)")
-        out = self._output(i, n, ep, (b, oh, ow, cout))
+        out = self._output(i, ep, (b, oh, ow, cout))
         pa = self._probe(x)
         if (weights.groups > 1 or weights.depthwise) and convmod._native_grouping_allowed(weights.depthwise):
             fn, (index, bits, a_levels, wl), extra, name = convmod._native_call(pa, weights)
