@@ -118,8 +118,7 @@ class _Builder:
         self.nhwc_input = None
         self.output_buf = None
         self.last = len(model.nodes) - 1
-        b, c, h, w = shape
-        self.vals[model.nodes[0].name] = _Value("input", (b, c, h, w), self.core.input(4 * b * c * h * w))
+        self.vals[model.nodes[0].name] = _Value("input", shape, self.core.input(4 * int(np.prod(shape))))
 
     # ---- buffers and values ----
     def _f32(self, i, shape):
@@ -253,10 +252,9 @@ class _Builder:
         if len({v.kind for v in vals}) != 1 or len({v.shape[:-1] for v in vals}) != 1:
             raise Unsupported(f"node {n.name!r}: concat of {[(v.kind, v.shape) for v in vals]} (graph error)")
         shape = first.shape[:-1] + (sum(v.shape[-1] for v in vals),)
-        if first.kind == "codes":
-            if any(v.bits != first.bits or list(v.levels) != list(first.levels) or v.step != first.step
-                   for v in vals[1:]):
-                raise Unsupported(f"node {n.name!r}: concat of codes of different grids (graph error)")
+        if first.kind == "codes" and any(v.bits != first.bits or list(v.levels) != list(first.levels)
+                                         or v.step != first.step for v in vals[1:]):
+            raise Unsupported(f"node {n.name!r}: concat of codes of different grids (graph error)")
         out = self._like(i, first, shape)
         self.core.concat(i, [v.buf for v in vals], [out.itemsize * v.shape[-1] for v in vals], out.buf,
                          int(np.prod(first.shape[:-1])))
@@ -583,10 +581,9 @@ def plan_for(model, shape, state=None) -> NativePlan:
             cache.move_to_end(key)
         except KeyError:  # evicted by another thread meanwhile
             pass
+    memo["native_reason"] = str(hit) if isinstance(hit, Unsupported) else None
     if isinstance(hit, Unsupported):
-        memo["native_reason"] = str(hit)
         raise hit
-    memo["native_reason"] = None
     return hit
 
 

@@ -87,14 +87,10 @@ def save(model: Model, path) -> None:
     os.replace(tmp, path)
 
 
-def _foreign_hint(data: bytes) -> str:
-    if data[:2] == b"PK":
-        return " (it looks like a zip archive, e.g. a PyTorch checkpoint: convert the model with lowbit.convert)"
-    if data[:6] == b"\x93NUMPY":
-        return " (it looks like a .npy array)"
-    if data[:8] == b"LOWBITPW":
-        return " (it is a PackedWeights payload, not a model: use lowbit.PackedWeights.from_bytes)"
-    return ""
+# the magic of a file often given by mistake -> a hint for the error message
+_FOREIGN = {b"PK": " (it looks like a zip archive, e.g. a PyTorch checkpoint: convert the model with lowbit.convert)",
+            b"\x93NUMPY": " (it looks like a .npy array)",
+            b"LOWBITPW": " (it is a PackedWeights payload, not a model: use lowbit.PackedWeights.from_bytes)"}
 
 
 def from_bytes(data, source: str = "data") -> Model:
@@ -103,7 +99,8 @@ def from_bytes(data, source: str = "data") -> Model:
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         if len(data) < len(MAGIC) and MAGIC.startswith(data):
             raise LowbitFormatError(f"{source}: truncated lowbit model file ({len(data)} bytes)")
-        raise LowbitFormatError(f"{source}: not a lowbit model file (bad magic){_foreign_hint(data)}")
+        hint = next((h for magic, h in _FOREIGN.items() if data.startswith(magic)), "")
+        raise LowbitFormatError(f"{source}: not a lowbit model file (bad magic){hint}")
     if len(data) < _PREFIX.size:
         raise LowbitFormatError(f"{source}: truncated lowbit model file ({len(data)} bytes, shorter than "
                                 f"its {_PREFIX.size}-byte prefix)")
