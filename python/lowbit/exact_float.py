@@ -69,10 +69,9 @@ def spec(model, node):
     if s is None:
         layer, affine, (lo, hi) = _parts(model, node)
         w, w64, groups = _weights(layer)
-        bias = layer.arrays.get("bias")
         a = node.attrs
         s = node._cache["exact_float"] = _core.ExactFloatSpec(
-            w, None if bias is None else np.ascontiguousarray(bias, np.float32), *_affine64(affine), lo, hi,
+            w, np.ascontiguousarray(layer.arrays["bias"], np.float32), *_affine64(affine), lo, hi,
             float(np.float32(a["step"])), int(a["qn"]), int(a["qp"]), groups, _divisors(node), w64)
     return s
 
@@ -115,9 +114,7 @@ def reference_codes(model, node, x: np.ndarray) -> np.ndarray:
             for gi in range(groups):
                 cols = slice(gi * opg, (gi + 1) * opg)
                 z[..., cols] = z[..., cols] + patch[..., gi * cg + ci: gi * cg + ci + 1] * w64[cols, ci, ky, kx]
-    bias = layer.arrays.get("bias")
-    if bias is not None:
-        z = z + np.asarray(bias, np.float32).astype(np.float64)
+    z = z + layer.arrays["bias"].astype(np.float64)  # a float layer has one (Model checks it)
     v = z
     if affine is not None:
         _, _, s64, b64 = _affine64(affine)

@@ -70,9 +70,8 @@ def linear_f32(x, w, bias=None, native=True, prepared=None) -> np.ndarray:
     w = np.asarray(w, np.float32)
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"linear_f32: expected x (B, K) and w (N, K), got {x.shape} and {w.shape}")
-    out = conv2d_f32(x.reshape(x.shape[0], 1, 1, x.shape[1]), w.reshape(w.shape + (1, 1)), bias, native=native,
-                     prepared=prepared)
-    return out.reshape(x.shape[0], w.shape[0])
+    return conv2d_f32(x.reshape(x.shape[0], 1, 1, x.shape[1]), w.reshape(w.shape + (1, 1)), bias, native=native,
+                      prepared=prepared).reshape(x.shape[0], w.shape[0])
 
 
 def geometry(shape, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), what="x"):
