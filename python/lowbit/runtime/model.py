@@ -419,20 +419,6 @@ def _bounds(attrs):
     return (-np.inf if lo is None else np.float32(lo)), (np.inf if hi is None else np.float32(hi))
 
 
-def _to_numpy(x):
-    """float32 NCHW NumPy array from a NumPy array or a torch tensor (duck-typed: no torch import)."""
-    if not isinstance(x, np.ndarray):
-        if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
-            x = x.detach().cpu().numpy()
-        else:
-            raise TypeError(f"x: expected a float32 NCHW numpy.ndarray or torch.Tensor, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        if x.dtype.kind != "f":
-            raise TypeError(f"x: expected float32 values, got dtype {x.dtype}")
-        x = x.astype(np.float32)
-    return x
-
-
 # ---------------------------------------------------------------------------------------------
 # Float ops shared by the kernel path and the reference path (plain NumPy).
 
@@ -549,7 +535,7 @@ def concat_channels(values, name="concat"):
     if any(codes) and not all(codes):
         raise RuntimeError(f"node {name!r}: concat got both codes and float (graph error)")
     arrays = [v.codes if isinstance(v, CodeTensor) else v for v in values]
-    if len({a.shape[:-1] for a in arrays}) != 1 or len({a.ndim for a in arrays}) != 1:
+    if len({a.shape[:-1] for a in arrays}) != 1:  # (so of one ndim too)
         raise ValueError(f"node {name!r}: concat inputs differ off the channel axis: "
                          f"{[tuple(a.shape) for a in arrays]}")
     if not all(codes):
@@ -713,7 +699,17 @@ class Model:
         return {k: (v.codes if isinstance(v, CodeTensor) else v) for k, v in values.items()}
 
     def _check_input(self, x, check_finite: bool = True):
-        x = _to_numpy(x)
+        """``x`` as a float32 NCHW NumPy array (a torch tensor converted, duck-typed: no torch
+        import) of this model's input size, finite unless ``check_finite`` is False."""
+        if not isinstance(x, np.ndarray):
+            if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
+                x = x.detach().cpu().numpy()
+            else:
+                raise TypeError(f"x: expected a float32 NCHW numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            if x.dtype.kind != "f":
+                raise TypeError(f"x: expected float32 values, got dtype {x.dtype}")
+            x = x.astype(np.float32)
         c, h, w = self.input_shape
         if x.ndim != 4:
             raise ValueError(f"x: expected a 4-D NCHW batch (N, {c}, H, W), got shape {x.shape}")
@@ -926,29 +922,24 @@ class Model:
     @staticmethod
     def _detail(n: Node) -> str:
         a = n.attrs
-        if n.op in _LAYERS:
-            w = n.arrays.shape("w" if n.op in _FLOAT_LAYERS else "w_codes")
-            s = f"{w[1]}->{w[0]}" if len(w) == 2 else (
-                f"{w[2]}x{w[3]} {w[1] * a['groups']}->{w[0]} s{a['stride'][0]} p{a['padding'][0]}"
-                + (f" d{a['dilation'][0]}" if max(a["dilation"]) > 1 else "")
-                + (f" g{a['groups']}" if a["groups"] > 1 else ""))
-            if n.op in _FLOAT_LAYERS:
-                return s + " float32"
-        elif n.op == "quantize":
-            kind = "signed" if a["signed"] else "unsigned"
-            return f"{kind} step={a['step']:.6g}"
-        elif n.op == "clamp":
-            lo, hi = a["clamp"]
-            return f"[{lo}, {hi}]"
-        elif n.op in ("maxpool", "avgpool"):
+        if n.op == "quantize":
+            return f"{'signed' if a['signed'] else 'unsigned'} step={a['step']:.6g}"
+        if n.op == "clamp":
+            return f"[{a['clamp'][0]}, {a['clamp'][1]}]"
+        if n.op in ("maxpool", "avgpool"):
             return f"{a['kernel'][0]}x{a['kernel'][1]} s{a['stride'][0]} p{a['padding'][0]}"
-        elif n.op == "adaptive_avgpool":
+        if n.op == "adaptive_avgpool":
             return f"-> {a['output_size']}"
-        else:
+        if n.op not in _LAYERS:
             return ""
-        fused = []
-        if a.get("bn"):
-            fused.append("bn")
+        w = n.arrays.shape("w" if n.op in _FLOAT_LAYERS else "w_codes")
+        s = f"{w[1]}->{w[0]}" if len(w) == 2 else (
+            f"{w[2]}x{w[3]} {w[1] * a['groups']}->{w[0]} s{a['stride'][0]} p{a['padding'][0]}"
+            + (f" d{a['dilation'][0]}" if max(a["dilation"]) > 1 else "")
+            + (f" g{a['groups']}" if a["groups"] > 1 else ""))
+        if n.op in _FLOAT_LAYERS:
+            return s + " float32"
+        fused = ["bn"] if a.get("bn") else []
         if a.get("residual"):
             fused.append("+res")
         lo, hi = a.get("clamp", [None, None])
