@@ -397,8 +397,7 @@ class _Builder:
             return out
         rows, _, _ = convmod._tap_rows(b, h, w, kh, kw, stride, padding, dilation)
         cg, opg, taps = weights.cin_per_group, cout // weights.groups, kh * kw
-        cb_a = pa.codebook
-        pad_code, exact = convmod.pad_code(cb_a)
+        pad_code, exact = convmod.pad_code(pa.codebook)
         fused = exact or max(padding) == 0  # else padding reads code 0: correct the sums, then the epilogue
         one_by_one = kh == kw == 1 and stride == (1, 1) and max(padding) == 0
         npix = b * h * w
@@ -436,7 +435,7 @@ class _Builder:
                     self.core.im2col(i, src, cols, g_geometry, pad_code)
                     self._gemm_direct(i, cols, m, k, bound, ep_args)
             if not fused:  # conv._GroupGemm's correction: cbA[pad code] * the weights under the padded taps
-                table = np.ascontiguousarray(weights.column_sums(g), np.int64) * int(cb_a[pad_code])
+                table = np.ascontiguousarray(weights.column_sums(g), np.int64) * int(pa.codebook[pad_code])
                 self.core.pad_correction(i, sums.buf, m, opg, np.ascontiguousarray(rows < 0, np.uint8), table,
                                          final_ep)
             self.kernels[n.name] = bound.kern["name"]

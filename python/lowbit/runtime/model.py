@@ -754,11 +754,10 @@ class Model:
     def _last_use(self):
         if "last_use" not in self.__dict__.setdefault("_memo", {}):
             last = {s: i for i, n in enumerate(self.nodes) for s in n.inputs}  # the index of its last reader
+            last.pop(self.nodes[-1].name, None)  # the output is kept
             by_index = {}
-            final = self.nodes[-1].name
             for s, i in last.items():
-                if s != final:
-                    by_index.setdefault(i, []).append(s)
+                by_index.setdefault(i, []).append(s)
             self._memo["last_use"] = by_index
         return self._memo["last_use"]
 
@@ -828,10 +827,9 @@ class Model:
         if w is None:
             a = n.attrs
             codes = n.arrays.stored("w_codes")
-            if isinstance(codes, PackedCodes):  # shared with the node: no copy of the codes
-                packed = codes.packed.with_codebook(a["w_codebook"])
-            else:  # codes assigned after validation: packed (and range-checked) here
-                packed = PackedWeights.from_codes(codes.reshape(codes.shape[0], -1), a["w_bits"], a["w_codebook"])
+            if not isinstance(codes, PackedCodes):  # codes assigned after validation: packed (and range-checked) here
+                codes = PackedCodes.pack(codes, a["w_bits"])
+            packed = codes.packed.with_codebook(a["w_codebook"])  # shares the node's packed codes: no copy
             w = _conv.ConvWeights.from_packed(packed, codes.shape, a["groups"]) if n.op == "conv" else packed
             n._cache["weights"] = w
         return w
