@@ -164,10 +164,8 @@ class _Builder:
     def node(self, i, n):
         args = [self.vals[s] for s in n.inputs]
         op, a = n.op, n.attrs
-        if op == "input":
+        if n.name in self.vals:  # the input, or a quantize node the layer it reads writes (_dual_codes)
             return
-        if op == "quantize" and n.name in self.vals:
-            return  # written by the layer it reads, as its epilogue's second output (_dual_codes)
         if op == "quantize":
             out = self._quantize(i, n, args[0])
             if a.get("exact_float"):   # near ties decided in float64 (lowbit.exact_float)
@@ -272,10 +270,10 @@ class _Builder:
         check_elements(shape, "pad output")
         fill = n.attrs["fill"]
         if x.kind == "codes":
-            zero = np.flatnonzero(np.asarray(x.levels) == 0)
-            if fill != "zero" or zero.size == 0:
+            code, has_zero = convmod.pad_code(x.levels)  # the code of level 0
+            if fill != "zero" or not has_zero:
                 raise Unsupported(f"node {n.name!r}: pad of codes with {fill} (graph error)")
-            fill_bytes = bytes([int(zero[0])])
+            fill_bytes = bytes([code])
         else:
             fill_bytes = np.float32(0.0 if fill == "zero" else -np.inf).tobytes()
         out = self._like(i, x, shape)

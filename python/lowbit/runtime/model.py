@@ -500,8 +500,7 @@ def adaptive_avgpool(x, attrs, native: bool = True):
     input; the NumPy lines below are the reference (explicit order, not np.mean's)."""
     b, h, w, c = x.shape
     oh, ow = attrs["output_size"]
-    oh = h if oh is None else oh
-    ow = w if ow is None else ow
+    oh, ow = h if oh is None else oh, w if ow is None else ow  # None: the input's size
     check_elements((b, oh, ow, c), "adaptive_avgpool output")
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
         return _core.adaptive_avgpool_nhwc(np.ascontiguousarray(x), oh, ow)
@@ -954,8 +953,7 @@ class Model:
         Kernels are known after a run; if the model has not run yet and ``example``,
         one image of the example input size (zeros) runs first."""
         if example and any(n.kernel is None for n in self.nodes if n.op in _QUANTIZED):
-            c, h, w = self.input_shape
-            self.run(np.zeros((1, c, h, w), np.float32))
+            self.run(np.zeros((1, *self.input_shape), np.float32))
         rows = self.layers()
         head = f"{'#':>3} {'name':<22} {'op':<16} {'bits':<6} {'detail':<40} {'out shape':<18} {'kernel':<26} {'bytes':>9}"
         lines = [f"lowbit.Model: {len(self.nodes)} nodes, input (N, {', '.join(map(str, self.input_shape))}) "
