@@ -122,9 +122,8 @@ def from_bytes(data, source: str = "data") -> Model:
         graph, tensors = header["graph"], header["tensors"]
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise LowbitFormatError(f"{source}: unreadable header ({exc})") from exc
-    base = _PREFIX.size + hlen
     try:
-        return _build(graph, tensors, data, base, dlen)
+        return _build(graph, tensors, data, _PREFIX.size + hlen, dlen)
     except LowbitFormatError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:

@@ -294,15 +294,12 @@ def _clamp_pair(v) -> bool:
 
 def _requant(v) -> bool:
     """A ``requant`` attribute: None, or the fields of a valid :class:`lowbit.Requant` (which checks
-    bits, step and the qmin/qmax range)."""
-    if v is not None and not (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step"))
-                              and isinstance(v.get("signed"), bool)):
-        return False
+    bits, step and the qmin/qmax range; its fields' types are checked first)."""
     try:
-        _requant_of(v)
+        return v is None or (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step"))
+                             and isinstance(v.get("signed"), bool) and _requant_of(v) is not None)
     except (ValueError, NotImplementedError):
         return False
-    return True
 
 
 def _requant_of(r) -> Requant | None:
@@ -905,12 +902,12 @@ class Model:
 
     def layers(self) -> list:
         """One dict per node: name, op, bits, kernel (after a run), output shape, bytes."""
-        return [{"name": n.name, "op": n.op, "bits": self._bits(n), "detail": self._detail(n),
+        return [{"name": n.name, "op": n.op, "bits": self._bits_label(n), "detail": self._detail(n),
                  "kernel": n.kernel if n.op in _LAYERS else None, "out_shape": n.out_shape, "bytes": n.weight_bytes(),
                  "inputs": list(n.inputs), "source": n.attrs.get("source")} for n in self.nodes]
 
     @staticmethod
-    def _bits(n: Node) -> str:
+    def _bits_label(n: Node) -> str:
         """W{w_bits}A{a_bits} of a quantized layer, F32 of a float layer, A{bits} of a quantizer, else ''."""
         if n.op in _QUANTIZED:
             return f"W{n.attrs['w_bits']}A{n.attrs['a_bits']}"
@@ -979,7 +976,7 @@ class Model:
         return text
 
     def _bit_counts(self) -> dict:
-        return dict(collections.Counter(self._bits(n) for n in self.nodes if n.op in _LAYERS))
+        return dict(collections.Counter(self._bits_label(n) for n in self.nodes if n.op in _LAYERS))
 
     def __repr__(self):
         return (f"lowbit.Model({len(self.nodes)} nodes, input {self.input_shape}, "
