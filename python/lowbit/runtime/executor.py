@@ -212,17 +212,8 @@ class _Builder:
                 if x.shape[-1] != scale.shape[0]:
                     raise Unsupported(f"node {n.name!r}: affine of {scale.shape[0]} channels on shape {x.shape}")
                 self.core.affine(i, x.buf, out.buf, x.size // scale.shape[0], scale, bias)
-            elif op in ("maxpool", "avgpool"):
+            elif op in ("maxpool", "avgpool", "adaptive_avgpool"):
                 out = self._pool(i, n, x)
-            elif op == "adaptive_avgpool":
-                if len(x.shape) != 4:
-                    raise Unsupported(f"node {n.name!r}: adaptive_avgpool needs NHWC input")
-                b, h, w, c = x.shape
-                oh, ow = a["output_size"]
-                oh, ow = h if oh is None else oh, w if ow is None else ow
-                check_elements((b, oh, ow, c), "adaptive_avgpool output")
-                out = self._f32(i, (b, oh, ow, c))
-                self.core.pool(i, "adaptive", x.buf, out.buf, (b, h, w, c, oh, ow), False, True)
             else:
                 raise Unsupported(f"node {n.name!r}: op {op!r} has no native step")
         self.vals[n.name] = out
@@ -299,13 +290,20 @@ class _Builder:
         a = n.attrs
         if len(x.shape) != 4:
             raise Unsupported(f"node {n.name!r}: {n.op} needs NHWC input")
-        dilation = a["dilation"] if n.op == "maxpool" else (1, 1)
-        geometry = floatops.geometry(x.shape, a["kernel"], a["stride"], a["padding"], dilation, "pooling")
-        out = self._like(i, x, (geometry[0], geometry[12], geometry[13], geometry[3]))
-        # codes: a quantized value pooled, the largest code (model.maxpool)
-        kind = "max_codes" if x.kind == "codes" else "max" if n.op == "maxpool" else "avg"
-        self.core.pool(i, kind, x.buf, out.buf, geometry, bool(a.get("count_include_pad")),
-                       floatops.simd())  # a forced scalar tier: the scalar rule
+        b, h, w, c = x.shape
+        if n.op == "adaptive_avgpool":  # geometry (B, H, W, C, OH, OW); a None size keeps the input's
+            oh, ow = a["output_size"]
+            geometry = (b, h, w, c, h if oh is None else oh, w if ow is None else ow)
+            check_elements((b, *geometry[4:], c), "adaptive_avgpool output")
+            kind, simd = "adaptive", True
+        else:
+            dilation = a["dilation"] if n.op == "maxpool" else (1, 1)
+            geometry = floatops.geometry(x.shape, a["kernel"], a["stride"], a["padding"], dilation, "pooling")
+            # codes: a quantized value pooled, the largest code (model.maxpool)
+            kind = "max_codes" if x.kind == "codes" else "max" if n.op == "maxpool" else "avg"
+            simd = floatops.simd()  # a forced scalar tier: the scalar rule
+        out = self._like(i, x, (b, *geometry[-2:], c))
+        self.core.pool(i, kind, x.buf, out.buf, geometry, bool(a.get("count_include_pad")), simd)
         return out
 
     def _quantized(self, i, n, args):

@@ -13,9 +13,7 @@ NumPy ``arrays``. A value flowing between nodes is either
 * **float**: float32, NHWC ``(B, H, W, C)`` for feature maps, ``(B, F)`` after
   flatten/linear; or
 * **codes**: uint8 codes of a uniform integer grid (``attrs['levels']`` of the
-  producer), NHWC or ``(B, F)``, carried as :class:`CodeTensor` (the kernel
-  path keeps the :class:`lowbit.PackedActivations` inside it, so packing done
-  for one consumer is reused).
+  producer), NHWC or ``(B, F)``, carried as :class:`CodeTensor`.
 
 Ops (inputs -> output; the functions named state the exact arithmetic):
 
