@@ -115,10 +115,8 @@ def reference_codes(model, node, x: np.ndarray) -> np.ndarray:
                 cols = slice(gi * opg, (gi + 1) * opg)
                 z[..., cols] = z[..., cols] + patch[..., gi * cg + ci: gi * cg + ci + 1] * w64[cols, ci, ky, kx]
     z = z + layer.arrays["bias"].astype(np.float64)  # a float layer has one (Model checks it)
-    v = z
-    if affine is not None:
-        _, _, s64, b64 = _affine64(affine)
-        v = v * s64 + b64
+    s64, b64 = _affine64(affine)[2:]
+    v = z if affine is None else z * s64 + b64
     v = np.where(v < lo, lo, v)
     v = np.where(v > hi, hi, v)
     a = node.attrs

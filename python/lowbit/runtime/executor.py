@@ -524,17 +524,16 @@ class _Builder:
     def finish(self):
         """Writes the last value into the caller's output (NCHW for 4-D, dequantized codes)."""
         v = self.vals[self.model.nodes[-1].name]
-        i = self.last
         if v.kind == "input":
             raise Unsupported("the model output is its input")
         if v.kind == "codes":
-            v = self._dequantize(i, v)  # (B, F) straight into the output (_f32)
+            v = self._dequantize(self.last, v)  # (B, F) straight into the output (_f32)
         if len(v.shape) == 4:
             b, h, w, c = v.shape
-            self.core.layout(i, "nhwc_to_nchw", v.buf, self.core.output(4 * v.size), [b, h, w, c])
+            self.core.layout(self.last, "nhwc_to_nchw", v.buf, self.core.output(4 * v.size), [b, h, w, c])
             return (b, c, h, w)
         if v.buf != self.output_buf:  # e.g. a flatten that kept its input's buffer
-            self.core.layout(i, "copy", v.buf, self.core.output(4 * v.size), [4 * v.size])
+            self.core.layout(self.last, "copy", v.buf, self.core.output(4 * v.size), [4 * v.size])
         return v.shape
 
 
@@ -544,10 +543,9 @@ def _build(model, shape) -> NativePlan:
         b.node(i, n)
     out_shape = b.finish()
     b.core.finalize()
-    shapes = {}
-    for n in model.nodes:  # the input reports its NHWC view, as on the Python path
-        v = b.vals[n.name]
-        shapes[n.name] = (v.shape[0], v.shape[2], v.shape[3], v.shape[1]) if v.kind == "input" else v.shape
+    shapes = {n.name: b.vals[n.name].shape for n in model.nodes}
+    bn, c, h, w = shape  # the input reports its NHWC view, as on the Python path
+    shapes[model.nodes[0].name] = (bn, h, w, c)
     step_names = [model.nodes[j].name for j in b.core.step_nodes]
     return NativePlan(b.core, out_shape, b.kernels, shapes, step_names, b.float_layers)
 
