@@ -222,7 +222,8 @@ class _Builder:
         """conv_f32 / linear_f32: the node's prepared FloatConv (floatops.layer, the one the
         Python path runs) as one step."""
         x = self._float_input(x, f"node {n.name!r} ({n.op})")
-        layer, w, conv = floatops.layer(n), n.arrays["w"], n.op == "conv_f32"
+        layer, w = floatops.layer(n), n.arrays["w"]
+        conv = n.op == "conv_f32"
         if len(x.shape) != (4 if conv else 2) or x.shape[-1] != w.shape[1] * (n.attrs["groups"] if conv else 1):
             raise Unsupported(f"node {n.name!r}: {n.op} input shape {x.shape} (graph error)")
         geometry = floatops.layer_geometry(n, x.shape)
