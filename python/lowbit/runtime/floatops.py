@@ -12,7 +12,8 @@ output pixel ``m`` in (ky, kx, c) order over the group's channels, padding readi
 tier and its scalar twin); ``native=False`` is the NumPy reference, the same chain
 vectorized over the outputs, one ``k`` at a time. The two agree bit for bit; any other
 float32 convolution (BLAS, onnxruntime, torch) sums in another order and agrees to float
-rounding only.
+rounding only. :func:`geometry` and :func:`taps` (a window op's geometry and tap views) serve
+the pools and :mod:`lowbit.exact_float` too.
 """
 from __future__ import annotations
 
