@@ -58,10 +58,8 @@ def _affine64(affine):
     if affine is None:
         return None, None, None, None
     s32, b32 = (np.ascontiguousarray(affine.arrays[k], np.float32) for k in ("scale", "bias"))
-    s64 = affine.arrays.get("scale64")
-    b64 = affine.arrays.get("bias64")
-    s64 = s32.astype(np.float64) if s64 is None else np.ascontiguousarray(s64, np.float64)
-    b64 = b32.astype(np.float64) if b64 is None else np.ascontiguousarray(b64, np.float64)
+    s64, b64 = (np.ascontiguousarray(v32 if affine.arrays.get(k) is None else affine.arrays[k], np.float64)
+                for k, v32 in (("scale64", s32), ("bias64", b32)))  # the float32 values where none are given
     return s32, b32, s64, b64
 
 
@@ -71,10 +69,9 @@ def spec(model, node):
     if s is None:
         layer, affine, (lo, hi) = _parts(model, node)
         w, w64, groups = _weights(layer)
-        bias = layer.arrays.get("bias")
         a = node.attrs
         s = node._cache["exact_float"] = _core.ExactFloatSpec(
-            w, None if bias is None else np.ascontiguousarray(bias, np.float32), *_affine64(affine), lo, hi,
+            w, np.ascontiguousarray(layer.arrays["bias"], np.float32), *_affine64(affine), lo, hi,
             float(np.float32(a["step"])), int(a["qn"]), int(a["qp"]), groups, _divisors(node), w64)
     return s
 
@@ -88,17 +85,7 @@ def _divisors(node):
 def geometry(model, node, x_shape):
     """The layer's 14-number geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW) on
     NHWC input of ``x_shape`` (a linear layer's (B, K): a 1x1 map)."""
-    layer, _, _ = _parts(model, node)
-    w = _weights(layer)[0]
-    kh, kw = w.shape[2:]
-    if layer.op == "linear_f32":
-        return (x_shape[0], 1, 1, x_shape[1], 1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
-    a = layer.attrs
-    (sh, sw), (ph, pw), (dh, dw) = (tuple(int(v) for v in a[k]) for k in ("stride", "padding", "dilation"))
-    b, h, wd, c = x_shape
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return (b, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+    return floatops.layer_geometry(_parts(model, node)[0], x_shape)
 
 
 def fix(model, node, codes: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -118,27 +105,18 @@ def reference_codes(model, node, x: np.ndarray) -> np.ndarray:
     w, w64, groups = _weights(layer)
     x = np.asarray(x, np.float32)
     g = geometry(model, node, x.shape)
-    b, h, wd, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
-    xp = np.zeros((b, h + 2 * ph, wd + 2 * pw, c), np.float64)
-    xp[:, ph:ph + h, pw:pw + wd, :] = x.reshape(b, h, wd, c)
-    cout, cg = w.shape[:2]
+    b, kw, oh, ow, (cout, cg) = g[0], g[5], g[12], g[13], w.shape[:2]
     opg = cout // groups
     z = np.zeros((b, oh, ow, cout), np.float64)
-    for ky in range(kh):
-        for kx in range(kw):
-            patch = xp[:, ky * dh: ky * dh + sh * (oh - 1) + 1: sh, kx * dw: kx * dw + sw * (ow - 1) + 1: sw, :]
-            for ci in range(cg):
-                for gi in range(groups):
-                    cols = slice(gi * opg, (gi + 1) * opg)
-                    z[..., cols] = z[..., cols] + patch[..., gi * cg + ci: gi * cg + ci + 1] * w64[cols, ci, ky, kx]
-    bias = layer.arrays.get("bias")
-    if bias is not None:
-        z = z + np.asarray(bias, np.float32).astype(np.float64)
-    v = z
-    if affine is not None:
-        _, _, s64, b64 = _affine64(affine)
-        v = v * s64
-        v = v + b64
+    for t, patch in enumerate(floatops.taps(x.reshape(g[:4]).astype(np.float64), g)):  # a padded tap reads 0.0
+        ky, kx = divmod(t, kw)
+        for ci in range(cg):
+            for gi in range(groups):
+                cols = slice(gi * opg, (gi + 1) * opg)
+                z[..., cols] = z[..., cols] + patch[..., gi * cg + ci: gi * cg + ci + 1] * w64[cols, ci, ky, kx]
+    z = z + layer.arrays["bias"].astype(np.float64)  # a float layer has one (Model checks it)
+    s64, b64 = _affine64(affine)[2:]
+    v = z if affine is None else z * s64 + b64
     v = np.where(v < lo, lo, v)
     v = np.where(v > hi, hi, v)
     a = node.attrs

@@ -1,21 +1,14 @@
 """The native whole-graph executor of :class:`lowbit.Model` (docs/runtime.md).
 
-A Model's forward pass on the kernel path is one native call
-(``_core.ExecutorPlan.run``, GIL released) instead of a Python loop over
-nodes. This module lowers a Model, for one input shape and one dispatch
-state, to a plan of native steps. It takes every decision from the Python
-kernel path itself, never re-deriving it: ``ops._prepare`` (the Bound: plan,
-kernel, weight layout, tables, flush bounds, corrections), ``conv._tap_rows``,
-``conv._native_grouping_allowed`` / ``conv._native_call`` (depthwise and
-grouped layers), ``conv.pad_code``, and the fused
-:class:`lowbit.Epilogue` of each node (``Model._epilogue``). So autotuning and
-``lowbit.use(isa=/kernel=/strategy=)`` are honoured, and every integer and
-float is the one the Python path computes.
-
-Plans are cached on the Model (an LRU of :data:`PLAN_CACHE_SIZE`) by input
-shape (B, H, W) and ``_dispatch.state()``. A model, or a node under the
-current dispatch state, that has no native step runs entirely on the Python
-path; :func:`status` says why.
+A Model's forward pass on the kernel path is one native call (``_core.ExecutorPlan.run``, GIL
+released) instead of a Python loop over nodes. This module lowers a Model, for one input shape
+and one dispatch state, to a plan of native steps, taking every decision from the Python kernel
+path itself (``ops._prepare``'s Bound, ``conv._tap_rows``, the depthwise and grouped calls of
+``conv``, ``conv.pad_code``, each node's fused :class:`lowbit.Epilogue`), never re-deriving it:
+autotuning and ``lowbit.use(isa=/kernel=/strategy=)`` are honoured, and every integer and float
+is the one the Python path computes. Plans are cached on the Model (an LRU of
+:data:`PLAN_CACHE_SIZE`) by input shape and ``_dispatch.state()``; a model that has no native
+plan runs on the Python path, and :func:`status` says why.
 """
 from __future__ import annotations
 
@@ -60,11 +53,9 @@ def why_not(model) -> str | None:
 
 def choice(executor=None) -> str:
     """'native' or 'python': the ``executor`` argument, else LOWBIT_EXECUTOR, else 'native'."""
+    what = "LOWBIT_EXECUTOR" if executor is None else "executor"
     if executor is None:
         executor = os.environ.get("LOWBIT_EXECUTOR") or "native"
-        what = "LOWBIT_EXECUTOR"
-    else:
-        what = "executor"
     if executor not in CHOICES:
         raise ValueError(f"{what}: expected 'native' or 'python', got {executor!r}")
     return executor
@@ -93,6 +84,10 @@ class _Value:
     @property
     def size(self) -> int:
         return int(np.prod(self.shape))
+
+    @property
+    def itemsize(self) -> int:
+        return 1 if self.kind == "codes" else 4
 
 
 class NativePlan:
@@ -123,8 +118,7 @@ class _Builder:
         self.nhwc_input = None
         self.output_buf = None
         self.last = len(model.nodes) - 1
-        b, c, h, w = shape
-        self.vals[model.nodes[0].name] = _Value("input", (b, c, h, w), self.core.input(4 * b * c * h * w))
+        self.vals[model.nodes[0].name] = _Value("input", shape, self.core.input(4 * int(np.prod(shape))))
 
     # ---- buffers and values ----
     def _f32(self, i, shape):
@@ -134,6 +128,20 @@ class _Builder:
             self.output_buf = self.core.output(nbytes)
             return _Value("f32", shape, self.output_buf)
         return _Value("f32", shape, self.core.buffer(nbytes))
+
+    def _codes(self, shape, bits, levels, step):
+        """A new codes value of ``shape`` on the grid (bits, levels, step)."""
+        return _Value("codes", shape, self.core.buffer(int(np.prod(shape))), bits, levels, step)
+
+    def _like(self, i, v, shape):
+        """A new value of ``shape`` of v's kind: codes on v's grid, or float32 (_f32)."""
+        return self._codes(shape, v.bits, v.levels, v.step) if v.kind == "codes" else self._f32(i, shape)
+
+    def _dequantize(self, i, x):
+        """float32(level) * float32(step) of codes value ``x`` into a new float32 value (_f32)."""
+        out = self._f32(i, x.shape)
+        self.core.dequantize(i, x.buf, out.buf, x.size, np.asarray(x.levels, np.int32), float(np.float32(x.step)))
+        return out
 
     def _float_input(self, v, what):
         if v.kind == "codes":
@@ -156,10 +164,8 @@ class _Builder:
     def node(self, i, n):
         args = [self.vals[s] for s in n.inputs]
         op, a = n.op, n.attrs
-        if op == "input":
+        if n.name in self.vals:  # the input, or a quantize node the layer it reads writes (_dual_codes)
             return
-        if op == "quantize" and n.name in self.vals:
-            return  # written by the layer it reads, as its epilogue's second output (_dual_codes)
         if op == "quantize":
             out = self._quantize(i, n, args[0])
             if a.get("exact_float"):   # near ties decided in float64 (lowbit.exact_float)
@@ -167,11 +173,9 @@ class _Builder:
                 self.core.exact_float_fix(i, exact_float.spec(self.model, n), x.buf, args[0].buf, out.buf,
                                           exact_float.geometry(self.model, n, x.shape), floatops.simd())
         elif op == "dequantize":
-            x = args[0]
-            if x.kind != "codes":
+            if args[0].kind != "codes":
                 raise Unsupported(f"node {n.name!r}: dequantize got float")
-            out = self._f32(i, x.shape)
-            self.core.dequantize(i, x.buf, out.buf, x.size, np.asarray(x.levels, np.int32), float(np.float32(x.step)))
+            out = self._dequantize(i, args[0])
         elif op in ("conv", "linear"):
             out = self._quantized(i, n, args)
         elif op in ("conv_f32", "linear_f32"):
@@ -182,49 +186,34 @@ class _Builder:
             out = self._pad(i, n, args[0])
         elif op == "flatten":
             x = args[0] if args[0].kind != "input" else self._float_input(args[0], "flatten")
-            if len(x.shape) != 4:
-                out = x  # already (B, F): the same buffer
-            else:
+            out = x  # already (B, F): the same buffer
+            if len(x.shape) == 4:
                 b, h, w, c = x.shape
-                if x.kind == "codes":
-                    out = _Value("codes", (b, c * h * w), self.core.buffer(x.size), x.bits, x.levels, x.step)
-                    self.core.layout(i, "flatten_u8", x.buf, out.buf, [b, h, w, c])
-                else:
-                    out = self._f32(i, (b, c * h * w))
-                    self.core.layout(i, "flatten_f32", x.buf, out.buf, [b, h, w, c])
+                out = self._like(i, x, (b, c * h * w))
+                self.core.layout(i, "flatten_u8" if x.kind == "codes" else "flatten_f32", x.buf, out.buf, [b, h, w, c])
         elif op == "maxpool" and args[0].kind == "codes":
             out = self._pool(i, n, args[0])
         else:
             x = self._float_input(args[0], f"node {n.name!r} ({op})")
+            if op in ("add", "clamp", "affine"):  # elementwise: an output of x's shape
+                out = self._f32(i, x.shape)
             if op == "add":
                 y = self._float_input(args[1], f"node {n.name!r} (add)")
                 if y.shape != x.shape:
                     raise Unsupported(f"node {n.name!r}: add of shapes {x.shape} and {y.shape} (broadcast)")
-                out = self._f32(i, x.shape)
                 self.core.add(i, x.buf, y.buf, out.buf, x.size)
             elif op == "clamp":
                 from .model import _bounds
 
                 lo, hi = _bounds(a)
-                out = self._f32(i, x.shape)
                 self.core.clamp(i, x.buf, out.buf, x.size, float(lo), float(hi))
             elif op == "affine":
                 scale, bias = n.arrays["scale"], n.arrays["bias"]
                 if x.shape[-1] != scale.shape[0]:
                     raise Unsupported(f"node {n.name!r}: affine of {scale.shape[0]} channels on shape {x.shape}")
-                out = self._f32(i, x.shape)
                 self.core.affine(i, x.buf, out.buf, x.size // scale.shape[0], scale, bias)
-            elif op in ("maxpool", "avgpool"):
+            elif op in ("maxpool", "avgpool", "adaptive_avgpool"):
                 out = self._pool(i, n, x)
-            elif op == "adaptive_avgpool":
-                if len(x.shape) != 4:
-                    raise Unsupported(f"node {n.name!r}: adaptive_avgpool needs NHWC input")
-                b, h, w, c = x.shape
-                oh, ow = a["output_size"]
-                oh, ow = h if oh is None else oh, w if ow is None else ow
-                check_elements((b, oh, ow, c), "adaptive_avgpool output")
-                out = self._f32(i, (b, oh, ow, c))
-                self.core.pool(i, "adaptive", x.buf, out.buf, (b, h, w, c, oh, ow), False, True)
             else:
                 raise Unsupported(f"node {n.name!r}: op {op!r} has no native step")
         self.vals[n.name] = out
@@ -234,25 +223,13 @@ class _Builder:
         Python path runs) as one step."""
         x = self._float_input(x, f"node {n.name!r} ({n.op})")
         layer, w = floatops.layer(n), n.arrays["w"]
-        if n.op == "linear_f32":
-            if len(x.shape) != 2 or x.shape[1] != w.shape[1]:
-                raise Unsupported(f"node {n.name!r}: linear_f32 input shape {x.shape} (graph error)")
-            b, k = x.shape
-            geometry = (b, 1, 1, k, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
-            out = self._f32(i, (b, layer.cout))
-        else:
-            a = n.attrs
-            if len(x.shape) != 4 or x.shape[3] != w.shape[1] * a["groups"]:
-                raise Unsupported(f"node {n.name!r}: conv_f32 input shape {x.shape} (graph error)")
-            b, h, wd, c = x.shape
-            kh, kw = w.shape[2:]
-            stride = convmod._pair(a["stride"], "stride")
-            padding = convmod._pair(a["padding"], "padding")
-            dilation = convmod._pair(a["dilation"], "dilation")
-            oh, ow = convmod._output_size(h, wd, kh, kw, stride, padding, dilation)
-            check_elements((b, oh, ow, layer.cout), "output")
-            geometry = (b, h, wd, c, kh, kw, *stride, *padding, *dilation, oh, ow)
-            out = self._f32(i, (b, oh, ow, layer.cout))
+        conv = n.op == "conv_f32"
+        if len(x.shape) != (4 if conv else 2) or x.shape[-1] != w.shape[1] * (n.attrs["groups"] if conv else 1):
+            raise Unsupported(f"node {n.name!r}: {n.op} input shape {x.shape} (graph error)")
+        geometry = floatops.layer_geometry(n, x.shape)
+        shape = (x.shape[0], *geometry[12:], layer.cout) if conv else (x.shape[0], layer.cout)
+        check_elements(shape, "output")
+        out = self._f32(i, shape)
         self.core.conv_f32(i, layer, x.buf, out.buf, geometry, floatops.simd())
         self.kernels[n.name] = layer.kernel_name(floatops.simd())
         self.float_layers.add(n.name)
@@ -265,15 +242,11 @@ class _Builder:
         if len({v.kind for v in vals}) != 1 or len({v.shape[:-1] for v in vals}) != 1:
             raise Unsupported(f"node {n.name!r}: concat of {[(v.kind, v.shape) for v in vals]} (graph error)")
         shape = first.shape[:-1] + (sum(v.shape[-1] for v in vals),)
-        if first.kind == "codes":
-            if any(v.bits != first.bits or list(v.levels) != list(first.levels) or v.step != first.step
-                   for v in vals[1:]):
-                raise Unsupported(f"node {n.name!r}: concat of codes of different grids (graph error)")
-            out, elem = _Value("codes", shape, self.core.buffer(int(np.prod(shape))), first.bits, first.levels,
-                               first.step), 1
-        else:
-            out, elem = self._f32(i, shape), 4
-        self.core.concat(i, [v.buf for v in vals], [elem * v.shape[-1] for v in vals], out.buf,
+        if first.kind == "codes" and any(v.bits != first.bits or list(v.levels) != list(first.levels)
+                                         or v.step != first.step for v in vals[1:]):
+            raise Unsupported(f"node {n.name!r}: concat of codes of different grids (graph error)")
+        out = self._like(i, first, shape)
+        self.core.concat(i, [v.buf for v in vals], [out.itemsize * v.shape[-1] for v in vals], out.buf,
                          int(np.prod(first.shape[:-1])))
         return out
 
@@ -289,15 +262,14 @@ class _Builder:
         check_elements(shape, "pad output")
         fill = n.attrs["fill"]
         if x.kind == "codes":
-            zero = np.flatnonzero(np.asarray(x.levels) == 0)
-            if fill != "zero" or zero.size == 0:
+            code, has_zero = convmod.pad_code(x.levels)  # the code of level 0
+            if fill != "zero" or not has_zero:
                 raise Unsupported(f"node {n.name!r}: pad of codes with {fill} (graph error)")
-            out = _Value("codes", shape, self.core.buffer(int(np.prod(shape))), x.bits, x.levels, x.step)
-            elem, fill_bytes = 1, bytes([int(zero[0])])
+            fill_bytes = bytes([code])
         else:
-            out, elem = self._f32(i, shape), 4
             fill_bytes = np.float32(0.0 if fill == "zero" else -np.inf).tobytes()
-        self.core.pad(i, x.buf, out.buf, [b, h, w, c], elem, [t, l, bo, r], fill_bytes)
+        out = self._like(i, x, shape)
+        self.core.pad(i, x.buf, out.buf, [b, h, w, c], out.itemsize, [t, l, bo, r], fill_bytes)
         return out
 
     def _quantize(self, i, n, x):
@@ -308,34 +280,31 @@ class _Builder:
         pre_step = float(np.float32(a["pre_step"])) if pre else 1.0
         pre_inv_div = float(np.float32(1.0 / a["pre_div"])) if pre else 1.0
         step = 1.0 if pre else float(np.float32(a["step"]))
-        simd = _dispatch.tier_rank(_dispatch.tier_cap()) > 0  # a forced scalar tier runs the scalar quantizer
-        if x.kind == "input":
-            b, c, h, w = x.shape
-            out = _Value("codes", (b, h, w, c), self.core.buffer(x.size), a["bits"], a["levels"], a["step"])
-            self.core.quantize(i, x.buf, out.buf, x.size, [b, c, h, w], bool(a.get("binary")), step, a["qn"],
-                               a["qp"], pre, pre_step, pre_inv_div, simd)
-        else:
-            out = _Value("codes", x.shape, self.core.buffer(x.size), a["bits"], a["levels"], a["step"])
-            self.core.quantize(i, x.buf, out.buf, x.size, None, bool(a.get("binary")), step, a["qn"], a["qp"], pre,
-                               pre_step, pre_inv_div, simd)
+        nchw = list(x.shape) if x.kind == "input" else None  # the model input: read NCHW, written NHWC
+        shape = (nchw[0], *nchw[2:], nchw[1]) if nchw else x.shape
+        out = self._codes(shape, a["bits"], a["levels"], a["step"])
+        self.core.quantize(i, x.buf, out.buf, x.size, nchw, bool(a.get("binary")), step, a["qn"], a["qp"], pre,
+                           pre_step, pre_inv_div, floatops.simd())  # a forced scalar tier: the scalar quantizer
         return out
 
     def _pool(self, i, n, x):
-        from .model import _pool_geometry
-
         a = n.attrs
         if len(x.shape) != 4:
             raise Unsupported(f"node {n.name!r}: {n.op} needs NHWC input")
-        geometry = _pool_geometry(x.shape, a if n.op == "maxpool" else {**a, "dilation": (1, 1)})
-        b, oh, ow, c = geometry[0], geometry[12], geometry[13], geometry[3]
-        if x.kind == "codes":  # a quantized value pooled: the largest code (model.maxpool)
-            out = _Value("codes", (b, oh, ow, c), self.core.buffer(b * oh * ow * c), x.bits, x.levels, x.step)
-            kind = "max_codes"
+        b, h, w, c = x.shape
+        if n.op == "adaptive_avgpool":  # geometry (B, H, W, C, OH, OW); a None size keeps the input's
+            oh, ow = a["output_size"]
+            geometry = (b, h, w, c, h if oh is None else oh, w if ow is None else ow)
+            check_elements((b, *geometry[4:], c), "adaptive_avgpool output")
+            kind, simd = "adaptive", True
         else:
-            out = self._f32(i, (b, oh, ow, c))
-            kind = "max" if n.op == "maxpool" else "avg"
-        self.core.pool(i, kind, x.buf, out.buf, geometry, bool(a.get("count_include_pad")),
-                       _dispatch.tier_rank(_dispatch.tier_cap()) > 0)  # a forced scalar tier: the scalar rule
+            dilation = a["dilation"] if n.op == "maxpool" else (1, 1)
+            geometry = floatops.geometry(x.shape, a["kernel"], a["stride"], a["padding"], dilation, "pooling")
+            # codes: a quantized value pooled, the largest code (model.maxpool)
+            kind = "max_codes" if x.kind == "codes" else "max" if n.op == "maxpool" else "avg"
+            simd = floatops.simd()  # a forced scalar tier: the scalar rule
+        out = self._like(i, x, (b, *geometry[-2:], c))
+        self.core.pool(i, kind, x.buf, out.buf, geometry, bool(a.get("count_include_pad")), simd)
         return out
 
     def _quantized(self, i, n, args):
@@ -345,13 +314,10 @@ class _Builder:
             raise Unsupported(f"node {n.name!r}: expected activation codes, got float (graph error)")
         if x.bits != a["a_bits"] or list(x.levels) != list(a["a_codebook"]):
             raise Unsupported(f"node {n.name!r}: input codes do not match its a_bits/a_codebook (graph error)")
-        residual = None
-        if len(args) > 1:
-            residual = self._float_input(args[1], f"node {n.name!r} (residual)")
-        model = self.model
-        ep = model._epilogue(n)
-        weights = model._weights(n)
-        cout = n.arrays["w_codes"].shape[0]
+        residual = self._float_input(args[1], f"node {n.name!r} (residual)") if len(args) > 1 else None
+        ep = self.model._epilogue(n)
+        weights = self.model._weights(n)
+        cout = n.arrays.shape("w_codes")[0]  # (not unpacking the codes)
         if n.op == "conv":
             if len(x.shape) != 4:
                 raise Unsupported(f"node {n.name!r}: conv needs NHWC codes")
@@ -360,83 +326,65 @@ class _Builder:
             raise Unsupported(f"node {n.name!r}: linear input shape {x.shape} (graph error)")
         m = x.shape[0]
         check_elements((m, cout), "output")
-        out = self._output(i, n, ep, (m, cout))
-        ep_args = self._ep(ep, out, 0, cout, residual, m * cout) + (self._dual_codes(n, out, 0, cout),) + \
-            self._exact(ep)
+        out = self._output(i, ep, (m, cout))
+        ep_args = self._ep(n, ep, out, residual)
         bound = _prepare(self._probe(x), weights, m, weights.K)
         self._gemm_direct(i, x.buf, m, weights.K, bound, ep_args)
         self.kernels[n.name] = bound.kern["name"]
         return out
 
-    def _output(self, i, n, ep, shape):
+    def _output(self, i, ep, shape):
         r = ep.requant
-        if r is None:
-            return self._f32(i, shape)
-        return _Value("codes", shape, self.core.buffer(int(np.prod(shape))), r.bits, r.codebook(),
-                      n.attrs["requant"]["step"])
+        return self._f32(i, shape) if r is None else self._codes(shape, r.bits, r.codebook(), r.step)
 
     def _dual_codes(self, n, out, col, stride):
-        """The epilogue's second output (the 15th item of its tuple) when layer n has
-        ``attrs['quantize_output']`` (set by lowbit.lowering.place_requant): the codes of that
-        ``quantize`` node, which reads n's float output, written by n's epilogue with the
-        node's own rule (so its step is skipped); None otherwise."""
+        """The epilogue's second output when layer n has ``attrs['quantize_output']`` (set by
+        lowbit.lowering.place_requant; Model checked that it names a plain quantize node reading
+        n's float output): that node's codes, written by n's epilogue with the node's own rule
+        (so its step is skipped); None otherwise."""
         name = n.attrs.get("quantize_output")
         if name is None:
             return None
-        q = self.model._by_name.get(name)
-        if q is None or q.op != "quantize" or q.inputs != [n.name] or out.kind != "f32" or \
-                q.attrs.get("binary") or q.attrs.get("pre_step") is not None:
-            raise Unsupported(f"node {n.name!r}: quantize_output {name!r} is not a plain quantize of its float "
-                              "output (graph error)")
-        a = q.attrs
+        a = self.model.node(name).attrs
         v = self.vals.get(name)
         if v is None:  # a grouped conv's later groups reuse the first group's buffer
-            v = self.vals[name] = _Value("codes", out.shape, self.core.buffer(out.size), a["bits"], a["levels"],
-                                         a["step"])
+            v = self.vals[name] = self._codes(out.shape, a["bits"], a["levels"], a["step"])
         return (v.buf, col, stride, float(np.float32(a["step"])), a["qn"], a["qp"])
 
-    @staticmethod
-    def _exact(ep, cols=slice(None)):
-        """The tail of the epilogue tuple (after the second output): a code output's float64
-        parameters (step64, scale64, bias64) of columns ``cols`` (lowbit.Epilogue)."""
-        if ep.requant is None:
-            return (0.0, None, None)
-        return (ep.requant.step64,) + tuple(None if p is None else np.ascontiguousarray(p[cols])
-                                            for p in (ep.scale64, ep.bias64))
-
-    def _ep(self, ep, out, col, stride, residual, size, scale=None, bias=None):
-        """The epilogue tuple of ExecutorPlan (columns [col, col + N) of rows of `stride`)."""
-        kind, s, b, _res, lo, hi, *rq = ep.native_args()
-        rq = tuple(rq[:3]) or _EPILOGUE_DEFAULTS   # the float64 parameters: _exact, after the second output
+    def _ep(self, n, ep, out, residual, cols=slice(None)):
+        """The epilogue tuple of ExecutorPlan for layer ``n`` writing columns ``cols`` (all, or one
+        group's) of ``out``'s rows: ep's kind, scale, bias, clamp and (inv_step, qmin, qmax), the
+        output's and the residual's (buffer, first column, row stride), the second output
+        (:meth:`_dual_codes`), then a code output's float64 (step64, scale64, bias64)."""
+        kind, scale, bias, _, lo, hi, *rq = ep.native_args()
+        rq = rq or (*_EPILOGUE_DEFAULTS, 0.0, None, None)
+        col, stride = cols.start or 0, out.shape[-1]
         res = (None, 0, 0)
         if residual is not None:
-            if residual.size != size:
+            if residual.size != out.size:
                 raise Unsupported(f"residual of shape {residual.shape} does not match the output (graph error)")
             res = (residual.buf, col, stride)
-        s = s if scale is None else scale
-        b = b if bias is None else bias
-        return (kind, s, b, lo, hi) + rq + (out.buf, col, stride) + res
+        scale, bias, scale64, bias64 = (None if p is None else np.ascontiguousarray(p[cols])
+                                        for p in (scale, bias, *rq[4:]))
+        return (kind, scale, bias, lo, hi, *rq[:3], out.buf, col, stride, *res, self._dual_codes(n, out, col, stride),
+                rq[3], scale64, bias64)
 
     def _conv(self, i, n, x, residual, ep, weights, cout):
         a = n.attrs
         b, h, w, c = x.shape
         if c != weights.cin_per_group * weights.groups:
             raise ValueError(f"x: expected {weights.cin_per_group * weights.groups} input channels, got {c}")
-        stride = convmod._pair(a["stride"], "stride")
-        padding = convmod._pair(a["padding"], "padding")
-        dilation = convmod._pair(a["dilation"], "dilation")
         kh, kw = weights.kh, weights.kw
-        oh, ow = convmod._output_size(h, w, kh, kw, stride, padding, dilation)
+        geometry = floatops.geometry(x.shape, (kh, kw), a["stride"], a["padding"], a["dilation"])
+        stride, padding, dilation, (oh, ow) = geometry[6:8], geometry[8:10], geometry[10:12], geometry[12:]
         m = b * oh * ow
         check_elements((m, cout), "output")
         check_elements((m, kh * kw), "x (tap table)")
-        out = self._output(i, n, ep, (b, oh, ow, cout))
-        geometry = (b, h, w, c, kh, kw, *stride, *padding, *dilation, oh, ow)
+        out = self._output(i, ep, (b, oh, ow, cout))
         pa = self._probe(x)
         if (weights.groups > 1 or weights.depthwise) and convmod._native_grouping_allowed(weights.depthwise):
             fn, (index, bits, a_levels, wl), extra, name = convmod._native_call(pa, weights)
-            ep_args = self._ep(ep, out, 0, cout, residual, m * cout) + (self._dual_codes(n, out, 0, cout),) + \
-                self._exact(ep)
+            ep_args = self._ep(n, ep, out, residual)
             if fn is _core.dwconv:
                 self.core.dwconv(i, index, x.buf, geometry, bits, a_levels, wl, ep_args)
             else:
@@ -446,8 +394,7 @@ class _Builder:
             return out
         rows, _, _ = convmod._tap_rows(b, h, w, kh, kw, stride, padding, dilation)
         cg, opg, taps = weights.cin_per_group, cout // weights.groups, kh * kw
-        cb_a = pa.codebook
-        pad_code, exact = convmod.pad_code(cb_a)
+        pad_code, exact = convmod.pad_code(pa.codebook)
         fused = exact or max(padding) == 0  # else padding reads code 0: correct the sums, then the epilogue
         one_by_one = kh == kw == 1 and stride == (1, 1) and max(padding) == 0
         npix = b * h * w
@@ -456,10 +403,7 @@ class _Builder:
             if weights.groups > 1:  # group by group (a forced kernel or family): a contiguous channel slice
                 src = self.core.buffer(npix * cg)
                 self.core.channel_slice(i, x.buf, src, npix, c, g * cg, (g + 1) * cg)
-            sl = slice(g * opg, (g + 1) * opg)
-            ep_args = self._ep(ep, out, g * opg, cout, residual, m * cout, np.ascontiguousarray(ep.scale[sl]),
-                               np.ascontiguousarray(ep.bias[sl])) + (self._dual_codes(n, out, g * opg, cout),) + \
-                self._exact(ep, sl)
+            ep_args = self._ep(n, ep, out, residual, slice(g * opg, (g + 1) * opg))
             if not fused:
                 sums = _Value("f32", (m, opg), self.core.buffer(4 * m * opg))  # int32 sums
                 final_ep, ep_args = ep_args, ("int32", ep_args[1], ep_args[2], 0.0, 0.0) + _EPILOGUE_DEFAULTS + (
@@ -480,7 +424,7 @@ class _Builder:
             else:  # the im2col copy, then the plain GEMM (as conv._GroupGemm)
                 k = taps * cg
                 check_elements((m, k), "x (im2col copy)")
-                g_geometry = (b, h, w, cg, kh, kw, *stride, *padding, *dilation, oh, ow)
+                g_geometry = (b, h, w, cg) + geometry[4:]
                 if bound.plan.family in ("dotgemm", "dot8"):
                     self._im2col_levels(i, src, npix, g_geometry, pad_code, m, k, bound, ep_args)
                 else:
@@ -488,7 +432,7 @@ class _Builder:
                     self.core.im2col(i, src, cols, g_geometry, pad_code)
                     self._gemm_direct(i, cols, m, k, bound, ep_args)
             if not fused:  # conv._GroupGemm's correction: cbA[pad code] * the weights under the padded taps
-                table = np.ascontiguousarray(weights.column_sums(g), np.int64) * int(cb_a[pad_code])
+                table = np.ascontiguousarray(weights.column_sums(g), np.int64) * int(pa.codebook[pad_code])
                 self.core.pad_correction(i, sums.buf, m, opg, np.ascontiguousarray(rows < 0, np.uint8), table,
                                          final_ep)
             self.kernels[n.name] = bound.kern["name"]
@@ -581,23 +525,16 @@ class _Builder:
     def finish(self):
         """Writes the last value into the caller's output (NCHW for 4-D, dequantized codes)."""
         v = self.vals[self.model.nodes[-1].name]
-        i = self.last
         if v.kind == "input":
             raise Unsupported("the model output is its input")
         if v.kind == "codes":
-            if len(v.shape) == 2:
-                out = self.core.output(4 * v.size)
-                self.core.dequantize(i, v.buf, out, v.size, np.asarray(v.levels, np.int32), float(np.float32(v.step)))
-                return v.shape
-            f = _Value("f32", v.shape, self.core.buffer(4 * v.size))
-            self.core.dequantize(i, v.buf, f.buf, v.size, np.asarray(v.levels, np.int32), float(np.float32(v.step)))
-            v = f
+            v = self._dequantize(self.last, v)  # (B, F) straight into the output (_f32)
         if len(v.shape) == 4:
             b, h, w, c = v.shape
-            self.core.layout(i, "nhwc_to_nchw", v.buf, self.core.output(4 * v.size), [b, h, w, c])
+            self.core.layout(self.last, "nhwc_to_nchw", v.buf, self.core.output(4 * v.size), [b, h, w, c])
             return (b, c, h, w)
         if v.buf != self.output_buf:  # e.g. a flatten that kept its input's buffer
-            self.core.layout(i, "copy", v.buf, self.core.output(4 * v.size), [4 * v.size])
+            self.core.layout(self.last, "copy", v.buf, self.core.output(4 * v.size), [4 * v.size])
         return v.shape
 
 
@@ -607,12 +544,11 @@ def _build(model, shape) -> NativePlan:
         b.node(i, n)
     out_shape = b.finish()
     b.core.finalize()
-    names = [n.name for n in model.nodes]
-    shapes = {}
-    for n in model.nodes:
-        v = b.vals[n.name]
-        shapes[n.name] = (v.shape[0], v.shape[2], v.shape[3], v.shape[1]) if v.kind == "input" else v.shape
-    return NativePlan(b.core, out_shape, b.kernels, shapes, [names[j] for j in b.core.step_nodes], b.float_layers)
+    shapes = {n.name: b.vals[n.name].shape for n in model.nodes}
+    bn, c, h, w = shape  # the input reports its NHWC view, as on the Python path
+    shapes[model.nodes[0].name] = (bn, h, w, c)
+    step_names = [model.nodes[j].name for j in b.core.step_nodes]
+    return NativePlan(b.core, out_shape, b.kernels, shapes, step_names, b.float_layers)
 
 
 def plan_for(model, shape, state=None) -> NativePlan:
@@ -620,23 +556,17 @@ def plan_for(model, shape, state=None) -> NativePlan:
     (``state``: _dispatch.state() when the caller has it); raises Unsupported (cached
     too) when some node has no native step."""
     memo = model.__dict__.setdefault("_memo", {})
-    cache = memo.get("native_plans")
-    if cache is None:
-        cache = memo.setdefault("native_plans", collections.OrderedDict())
+    cache = memo.setdefault("native_plans", collections.OrderedDict())
     key = (tuple(shape), _dispatch.state() if state is None else state)
     hit = cache.get(key)
     if hit is None:
         with _BUILD_LOCK:
             hit = cache.get(key)
             if hit is None:
-                reason = why_not(model)
-                if reason:
-                    hit = Unsupported(reason)
-                else:
-                    try:
-                        hit = _build(model, shape)
-                    except Unsupported as exc:
-                        hit = exc
+                try:  # an op without a native step raises Unsupported too (_Builder.node, as why_not says)
+                    hit = _build(model, shape)
+                except Unsupported as exc:
+                    hit = exc
                 cache[key] = hit
                 while len(cache) > PLAN_CACHE_SIZE:
                     cache.popitem(last=False)
@@ -645,10 +575,9 @@ def plan_for(model, shape, state=None) -> NativePlan:
             cache.move_to_end(key)
         except KeyError:  # evicted by another thread meanwhile
             pass
+    memo["native_reason"] = str(hit) if isinstance(hit, Unsupported) else None
     if isinstance(hit, Unsupported):
-        memo["native_reason"] = str(hit)
         raise hit
-    memo["native_reason"] = None
     return hit
 
 

@@ -12,7 +12,8 @@ output pixel ``m`` in (ky, kx, c) order over the group's channels, padding readi
 tier and its scalar twin); ``native=False`` is the NumPy reference, the same chain
 vectorized over the outputs, one ``k`` at a time. The two agree bit for bit; any other
 float32 convolution (BLAS, onnxruntime, torch) sums in another order and agrees to float
-rounding only.
+rounding only. :func:`geometry` and :func:`taps` (a window op's geometry and tap views) serve
+the pools and :mod:`lowbit.exact_float` too.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from .. import _core, _dispatch
 
-__all__ = ["conv2d_f32", "linear_f32", "layer", "simd"]
+__all__ = ["conv2d_f32", "geometry", "layer", "layer_geometry", "linear_f32", "simd", "taps"]
 
 
 def simd() -> bool:
@@ -29,29 +30,16 @@ def simd() -> bool:
     return _dispatch.tier_rank(_dispatch.tier_cap()) > 0
 
 
-def _check(x, w, groups, what):
-    x = np.asarray(x, np.float32)
-    w = np.asarray(w, np.float32)
-    if x.ndim != 4 or w.ndim != 4:
-        raise ValueError(f"{what}: expected NHWC x and (Cout, Cin / groups, kh, kw) w, got {x.shape} and {w.shape}")
-    cout, cg = w.shape[:2]
-    if groups < 1 or cg * groups != x.shape[3] or cout % groups:
-        raise ValueError(f"{what}: weights {w.shape} with groups={groups} do not fit {x.shape[3]} input channels")
-    return x, w
-
-
 def layer(node):
     """The node's prepared native layer (``_core.FloatConv``), built on first use: a
     ``linear_f32`` is the 1x1 convolution of a 1x1 map."""
     conv = node._cache.get("float_conv")
     if conv is None:
         w = np.ascontiguousarray(node.arrays["w"], np.float32)
-        bias = np.ascontiguousarray(node.arrays["bias"], np.float32)
         if node.op == "linear_f32":
-            conv = _core.FloatConv(np.ascontiguousarray(w.reshape(w.shape + (1, 1))), bias, 1)
-        else:
-            conv = _core.FloatConv(w, bias, int(node.attrs["groups"]))
-        node._cache["float_conv"] = conv
+            w = w.reshape(w.shape + (1, 1))
+        conv = node._cache["float_conv"] = _core.FloatConv(w, np.ascontiguousarray(node.arrays["bias"], np.float32),
+                                                           int(node.attrs.get("groups", 1)))
     return conv
 
 
@@ -60,7 +48,12 @@ def conv2d_f32(x, w, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), 
     """float32 NHWC convolution: ``x`` (B, H, W, C), ``w`` (Cout, C // groups, kh, kw) (ONNX
     layout), zero padding; returns (B, OH, OW, Cout) float32 in the order above.
     ``prepared``: the layer's ``_core.FloatConv`` (else built for this call)."""
-    x, w = _check(x, w, groups, "conv2d_f32")
+    x = np.asarray(x, np.float32)
+    w = np.asarray(w, np.float32)
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"conv2d_f32: expected NHWC x and (Cout, Cin / groups, kh, kw) w, got {x.shape} and {w.shape}")
+    if groups < 1 or w.shape[1] * groups != x.shape[3] or w.shape[0] % groups:
+        raise ValueError(f"conv2d_f32: weights {w.shape} with groups={groups} do not fit {x.shape[3]} input channels")
     stride, padding, dilation = (tuple(int(v) for v in p) for p in (stride, padding, dilation))
     if native:
         conv = prepared if prepared is not None else _core.FloatConv(
@@ -78,47 +71,61 @@ def linear_f32(x, w, bias=None, native=True, prepared=None) -> np.ndarray:
     w = np.asarray(w, np.float32)
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"linear_f32: expected x (B, K) and w (N, K), got {x.shape} and {w.shape}")
-    out = conv2d_f32(x.reshape(x.shape[0], 1, 1, x.shape[1]), w.reshape(w.shape + (1, 1)), bias, native=native,
-                     prepared=prepared)
-    return out.reshape(x.shape[0], w.shape[0])
+    return conv2d_f32(x.reshape(x.shape[0], 1, 1, x.shape[1]), w.reshape(w.shape + (1, 1)), bias, native=native,
+                      prepared=prepared).reshape(x.shape[0], w.shape[0])
+
+
+def geometry(shape, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), what="x"):
+    """The 14-number geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW) of a window op
+    (a convolution, a pooling) on NHWC ``shape``; ValueError naming ``what`` when the input is too small."""
+    b, h, w, c = (int(v) for v in shape)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (tuple(int(v) for v in p) for p in (kernel, stride, padding, dilation))
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{what}: input {h}x{w} is too small for a {kh}x{kw} window")
+    return (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
+
+
+def layer_geometry(node, x_shape):
+    """The :func:`geometry` of float layer ``node`` on NHWC input of ``x_shape`` (a linear layer's
+    (B, K): the 1x1 convolution of a 1x1 map)."""
+    if node.op == "linear_f32":
+        return geometry((x_shape[0], 1, 1, x_shape[1]), (1, 1))
+    a = node.attrs
+    return geometry(x_shape, node.arrays["w"].shape[2:], a["stride"], a["padding"], a["dilation"])
+
+
+def taps(x, g, pad_value=0.0) -> list:
+    """The (B, OH, OW, C) strided views of each kernel tap (row-major over ky, kx) of NHWC ``x``
+    padded with ``pad_value``, for the :func:`geometry` ``g`` of its shape."""
+    b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = g
+    if ph or pw:
+        xp = np.full((b, h + 2 * ph, w + 2 * pw, c), pad_value, x.dtype)
+        xp[:, ph:ph + h, pw:pw + w] = x
+    else:
+        xp = x
+    return [xp[:, ky * dh:ky * dh + sh * (oh - 1) + 1:sh, kx * dw:kx * dw + sw * (ow - 1) + 1:sw]
+            for ky in range(kh) for kx in range(kw)]
 
 
 # ---- the NumPy reference ---------------------------------------------------------------------
 
-def _taps(x, kh, kw, stride, padding, dilation):
-    """Zero-padded NHWC ``x`` -> list of the (B, OH, OW, C) strided views of each kernel tap
-    (row-major over ky, kx) and the output size."""
-    b, h, w, c = x.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"conv2d_f32: x: input {h}x{w} is too small for a {kh}x{kw} kernel")
-    if ph or pw:
-        xp = np.zeros((b, h + 2 * ph, w + 2 * pw, c), np.float32)
-        xp[:, ph:ph + h, pw:pw + w] = x
-    else:
-        xp = x
-    taps = [xp[:, ky * dh:ky * dh + sh * (oh - 1) + 1:sh, kx * dw:kx * dw + sw * (ow - 1) + 1:sw]
-            for ky in range(kh) for kx in range(kw)]
-    return taps, oh, ow
-
-
 def _reference_conv(x, w, bias, stride, padding, dilation, groups):
-    b, _, _, c = x.shape
     cout, cg, kh, kw = w.shape
-    taps, oh, ow = _taps(x, kh, kw, stride, padding, dilation)
-    out = np.zeros((b, oh, ow, cout), np.float32)
+    geo = geometry(x.shape, (kh, kw), stride, padding, dilation, "conv2d_f32: x")
+    views = taps(x, geo)
+    out = np.zeros((geo[0], geo[12], geo[13], cout), np.float32)
     if cg == 1 and cout == groups:      # depthwise: the chain over the taps, all channels at once
         wt = w.reshape(cout, kh * kw)
-        for t, v in enumerate(taps):
+        for t, v in enumerate(views):
             out += v * wt[:, t]
     else:
         opg = cout // groups
         for g in range(groups):
             acc = out[..., g * opg:(g + 1) * opg]
             wg = w[g * opg:(g + 1) * opg].transpose(2, 3, 1, 0).reshape(kh * kw * cg, opg)  # k = (ky, kx, c)
-            for t, v in enumerate(taps):
+            for t, v in enumerate(views):
                 for ci in range(cg):
                     acc += v[..., g * cg + ci, None] * wg[t * cg + ci]
     if bias is not None:

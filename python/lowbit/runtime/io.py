@@ -1,31 +1,10 @@
 """Save and load :class:`lowbit.Model` files (NumPy only).
 
-File format, version 1 (all integers little-endian)::
-
-    offset      size  field
-    0           8     magic  b"LOWBITMD"
-    8           4     format version (uint32) = 1
-    12          4     H: header length in bytes (uint32)
-    16          8     D: data length in bytes (uint64)
-    24          H     header: UTF-8 JSON (below)
-    24+H        D     data: the tensors, each starting at a multiple of 16 from the data start
-    24+H+D      4     CRC-32 (zlib.crc32) of bytes [0, 24+H+D)
-
-The file is exactly 28 + H + D bytes. The header JSON is::
-
-    {"format": "lowbit.Model", "format_version": 1, "lowbit_version": "...",
-     "graph": {"version": 1, "meta": {...},
-               "nodes": [{"name", "op", "inputs", "attrs"}, ...]},   # runtime.py docstring
-     "tensors": [{"node", "key", "encoding", "dtype", "shape", "offset", "nbytes"}, ...]}
-
-Tensor encodings:
-
-* ``"packed_weights"``: weight codes of 1-4-bit layers as
-  :meth:`lowbit.PackedWeights.to_bytes` (its own header, codebook and CRC),
-  rows = output channels, K = the remaining axes flattened in C order;
-  ``shape`` is the logical code shape, e.g. (Cout, Cin/groups, kh, kw).
-* ``"raw"``: C-order bytes of ``dtype`` (``<f4`` float32 scale/bias, ``|u1``
-  8-bit weight codes, which are their own dense packing).
+File format version 1, specified in docs/pipeline.md (section 3): a 24-byte prefix (magic
+``b"LOWBITMD"``, format version, header length H, data length D), H bytes of UTF-8 JSON header
+(the graph and the table of tensors), D bytes of tensors each 16-byte aligned from the data
+start ("packed_weights": 1-4-bit weight codes as :meth:`lowbit.PackedWeights.to_bytes`;
+"raw": C-order little-endian bytes), then the CRC-32 of everything before it.
 
 :func:`load` checks, in order: magic (foreign file), format version (files of
 another version are refused, not guessed at), lengths (truncated or extended
@@ -67,8 +46,7 @@ def _encode(arrays, key: str, bits: int | None):
         return "packed_weights", stored.packed.to_bytes()
     arr = arrays[key]
     dt = np.dtype(arr.dtype).newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype
-    code = dt.str
-    if code not in _DTYPES:
+    if dt.str not in _DTYPES:
         raise TypeError(f"cannot store tensor {key!r} of dtype {arr.dtype}")
     return "raw", np.ascontiguousarray(arr, dtype=dt).tobytes()
 
@@ -83,9 +61,8 @@ def to_bytes(model: Model) -> bytes:
             enc, blob = _encode(n.arrays, key, n.attrs.get("w_bits"))
             arr = n.arrays.stored(key)
             pad = (-offset) % _ALIGN
-            if pad:
-                chunks.append(b"\0" * pad)
-                offset += pad
+            chunks.append(b"\0" * pad)
+            offset += pad
             tensors.append({"node": n.name, "key": key, "encoding": enc, "dtype": np.dtype(arr.dtype).str,
                             "shape": list(arr.shape), "offset": offset, "nbytes": len(blob)})
             chunks.append(blob)
@@ -110,14 +87,10 @@ def save(model: Model, path) -> None:
     os.replace(tmp, path)
 
 
-def _foreign_hint(data: bytes) -> str:
-    if data[:2] == b"PK":
-        return " (it looks like a zip archive, e.g. a PyTorch checkpoint: convert the model with lowbit.convert)"
-    if data[:6] == b"\x93NUMPY":
-        return " (it looks like a .npy array)"
-    if data[:8] == b"LOWBITPW":
-        return " (it is a PackedWeights payload, not a model: use lowbit.PackedWeights.from_bytes)"
-    return ""
+# the magic of a file often given by mistake -> a hint for the error message
+_FOREIGN = {b"PK": " (it looks like a zip archive, e.g. a PyTorch checkpoint: convert the model with lowbit.convert)",
+            b"\x93NUMPY": " (it looks like a .npy array)",
+            b"LOWBITPW": " (it is a PackedWeights payload, not a model: use lowbit.PackedWeights.from_bytes)"}
 
 
 def from_bytes(data, source: str = "data") -> Model:
@@ -126,7 +99,8 @@ def from_bytes(data, source: str = "data") -> Model:
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         if len(data) < len(MAGIC) and MAGIC.startswith(data):
             raise LowbitFormatError(f"{source}: truncated lowbit model file ({len(data)} bytes)")
-        raise LowbitFormatError(f"{source}: not a lowbit model file (bad magic){_foreign_hint(data)}")
+        hint = next((h for magic, h in _FOREIGN.items() if data.startswith(magic)), "")
+        raise LowbitFormatError(f"{source}: not a lowbit model file (bad magic){hint}")
     if len(data) < _PREFIX.size:
         raise LowbitFormatError(f"{source}: truncated lowbit model file ({len(data)} bytes, shorter than "
                                 f"its {_PREFIX.size}-byte prefix)")
@@ -148,9 +122,8 @@ def from_bytes(data, source: str = "data") -> Model:
         graph, tensors = header["graph"], header["tensors"]
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
         raise LowbitFormatError(f"{source}: unreadable header ({exc})") from exc
-    base = _PREFIX.size + hlen
     try:
-        return _build(graph, tensors, data, base, dlen)
+        return _build(graph, tensors, data, _PREFIX.size + hlen, dlen)
     except LowbitFormatError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -171,20 +144,18 @@ def _check_structure(graph, tensors) -> None:
     for i, d in enumerate(_expect(graph.get("nodes"), list, "graph.nodes")):
         where = f"graph.nodes[{i}]"
         _expect(d, dict, where)
-        _expect(d.get("name"), str, f"{where}.name")
-        _expect(d.get("op"), str, f"{where}.op")
-        for j, src in enumerate(_expect(d.get("inputs"), list, f"{where}.inputs")):
+        for key, kind in (("name", str), ("op", str), ("inputs", list), ("attrs", dict)):
+            _expect(d.get(key), kind, f"{where}.{key}")
+        for j, src in enumerate(d["inputs"]):
             _expect(src, str, f"{where}.inputs[{j}]")
-        _expect(d.get("attrs"), dict, f"{where}.attrs")
     if graph.get("meta") is not None:
         _expect(graph["meta"], dict, "graph.meta")
     for i, t in enumerate(_expect(tensors, list, "tensors")):
         where = f"tensors[{i}]"
         _expect(t, dict, where)
-        for key in ("node", "key", "encoding", "dtype"):
-            _expect(t.get(key), str, f"{where}.{key}")
-        for key in ("offset", "nbytes"):
-            _expect(t.get(key), int, f"{where}.{key}")
+        for key, kind in (("node", str), ("key", str), ("encoding", str), ("dtype", str), ("offset", int),
+                          ("nbytes", int)):
+            _expect(t.get(key), kind, f"{where}.{key}")
         for j, s in enumerate(_expect(t.get("shape"), list, f"{where}.shape")):
             if _expect(s, int, f"{where}.shape[{j}]") < 0 or s > MAX_ELEMENTS:
                 raise LowbitFormatError(f"{where}.shape[{j}]: expected 0..{MAX_ELEMENTS}, got {s}")

@@ -13,74 +13,50 @@ NumPy ``arrays``. A value flowing between nodes is either
 * **float**: float32, NHWC ``(B, H, W, C)`` for feature maps, ``(B, F)`` after
   flatten/linear; or
 * **codes**: uint8 codes of a uniform integer grid (``attrs['levels']`` of the
-  producer), NHWC or ``(B, F)``, carried as :class:`CodeTensor` (the kernel
-  path keeps the :class:`lowbit.PackedActivations` inside it, so packing done
-  for one consumer is reused).
+  producer), NHWC or ``(B, F)``, carried as :class:`CodeTensor`.
 
-Ops (inputs -> output):
+Ops (inputs -> output; the functions named state the exact arithmetic):
 
-``input``           NCHW float32 from the caller -> NHWC float32 (a view)
-``quantize``        float -> codes. LSQ exactly as torch computes it:
-                    ``q = round_half_even(clamp(x / step, Qn, Qp))`` in float32
-                    with a true division (1-bit signed: ``code = x >= 0``); with
-                    ``pre_step``/``pre_div`` (QONNX Trunc): ``x / step`` is
-                    ``round_half_even(x / pre_step) / pre_div`` instead
-``dequantize``      codes -> float: ``float32(level) * float32(step)``
-``conv``            codes [, float residual] -> float or codes. ``lowbit.conv2d``
-                    with the fused :class:`lowbit.Epilogue`: scale, bias (folded
-                    BatchNorm), + residual, clamp (ReLU/ReLU6/clamp), then float32
-                    or requantized codes (``attrs['requant']``)
-``linear``          codes (B, K) -> float or codes, ``lowbit.linear`` + epilogue
-``conv_f32``        float -> float: float32 convolution of a layer whose input is not
-                    quantized (``arrays['w']`` (Cout, Cin/groups, kh, kw), ``arrays['bias']``;
-                    :func:`lowbit.floatops.conv2d_f32`: the native float32 kernel, one fixed
-                    summation order that the reference reproduces; docs/runtime.md)
-``linear_f32``      float (B, K) -> float, ``x @ w.T + bias`` in float32 (the same kernel)
-``add``             float + float -> float (float32 add)
-``clamp``           float -> float (ReLU = clamp(0, inf))
-``affine``          float -> float, per-channel ``x * scale + bias`` (a BatchNorm that
-                    could not be folded into a conv epilogue)
-``maxpool``         float -> float (padding never wins: it is -inf), or codes -> codes of the
-                    same grid (the largest code; a quantizer moved in front of the pool)
-``avgpool``         float -> float (float64 sums, like torch's CPU kernel)
-``adaptive_avgpool`` float -> float (torch's start/end index rule)
-``flatten``         NHWC -> (B, C*H*W) in torch's NCHW order (float or codes)
-``concat``          2 or more values -> their concatenation along the channel (last) axis:
-                    all float32 (NHWC or (B, F)), or all codes of one grid (same bits,
-                    levels and step: the codes are concatenated, which is exact); a
-                    mixture is a graph error (a front end dequantizes first)
-``pad``             float or codes NHWC -> the same, padded by ``attrs['pads']``
-                    ``[top, left, bottom, right]`` with ``attrs['fill']``: ``"zero"``
-                    (float 0.0; codes: the code of level 0, a graph error when the
-                    levels have no 0) or ``"-inf"`` (float only: in front of a max pool)
+``input``             NCHW float32 from the caller -> NHWC float32 (a view)
+``quantize``          float -> codes, LSQ exactly as torch computes it (:func:`quantize`)
+``dequantize``        codes -> float: ``float32(level) * float32(step)``
+``conv``, ``linear``  codes (NHWC, (B, K)) [, float residual] -> float or codes: ``lowbit.conv2d`` /
+                      ``lowbit.linear`` with the fused :class:`lowbit.Epilogue`: scale, bias (folded
+                      BatchNorm), + residual, clamp (ReLU/ReLU6/clamp), then float32 or requantized
+                      codes (``attrs['requant']``)
+``conv_f32``, ``linear_f32``  float -> float: the float32 layers of unquantized inputs, ``arrays['w']``
+                      (Cout, Cin/groups, kh, kw) or (N, K) and ``arrays['bias']`` (:mod:`lowbit.floatops`)
+``add``, ``clamp``, ``affine``  float -> float: float32 add; clamp (ReLU = clamp(0, inf)); per-channel
+                      ``x * scale + bias`` (a BatchNorm that could not be folded into a conv epilogue)
+``maxpool``           float -> float, or codes -> codes of the same grid (:func:`maxpool`)
+``avgpool``, ``adaptive_avgpool``  float -> float (:func:`avgpool`, :func:`adaptive_avgpool`)
+``flatten``           NHWC -> (B, C*H*W) in torch's NCHW order (float or codes)
+``concat``            2 or more values, all float32 or all codes of one grid -> one, along the channel
+                      (last) axis (:func:`concat_channels`)
+``pad``               float or codes NHWC -> the same, padded by ``attrs['pads']`` with ``attrs['fill']``
+                      (:func:`pad_nhwc`)
 
 The model output is the value of the last node: float32 (B, F) logits (a 4-D
 output is returned as NCHW).
 
-Representation choices (see docs/pipeline.md): a conv/linear whose output is
-read only by quantized layers that share one activation quantizer requantizes
-in its epilogue (codes stay packed between layers); an output that also feeds
-a float op (a residual add, pooling, a second quantizer) is emitted as float32
-and quantized by a ``quantize`` node per quantizer, with torch's division
-semantics. Residual adds fold into the epilogue of the later conv of the pair.
-A layer with ``attrs['quantize_output']`` (set by
-:func:`lowbit.lowering.place_requant`) names one such ``quantize`` node reading
-its float output: the native executor writes that node's codes from the
-layer's epilogue with the node's own rule (the same bytes; no separate step);
-the Python path and the reference run the node as usual.
+Which values stay codes (a layer requantizing in its epilogue) and which are float32 read by
+``quantize`` nodes is the lowering's choice (docs/pipeline.md). A layer's ``attrs['quantize_output']``
+(set by :func:`lowbit.lowering.place_requant`) names one plain ``quantize`` node reading its float
+output: the native executor writes that node's codes from the layer's epilogue with the node's own
+rule (the same bytes); the Python path and the reference run the node as usual.
 
 Execution
 ---------
-``m(x)`` runs the kernels. :meth:`Model.run_reference` runs the same graph with
-the slow NumPy oracles (:func:`lowbit.reference.conv2d`, ``reference.gemm`` and
-``reference.epilogue``); the two agree bit for bit on every code and every
-float (the epilogue is specified exactly), which :meth:`Model.trace` lets a
-test check node by node.
+``m(x)`` runs the kernels; :meth:`Model.run_reference` runs the same graph with the NumPy
+oracles (:mod:`lowbit.reference`). The two agree bit for bit on every code and every float
+(the epilogue is specified exactly), which :meth:`Model.trace` lets a test check node by node.
 """
 from __future__ import annotations
 
+import collections
 import collections.abc
 import copy
+import functools
 import math
 import numbers
 import time
@@ -89,6 +65,8 @@ import numpy as np
 
 from .. import _core, _dispatch
 from .. import codebook as cbmod
+from .. import conv as _conv
+from .. import exact_float as _exact_float
 from . import executor as _executor
 from . import floatops as _floatops
 from .. import quant as _quant
@@ -102,6 +80,7 @@ OPS = ("input", "quantize", "dequantize", "conv", "linear", "add", "clamp", "aff
        "adaptive_avgpool", "flatten", "conv_f32", "linear_f32", "concat", "pad")
 _QUANTIZED = ("conv", "linear")
 _FLOAT_LAYERS = ("conv_f32", "linear_f32")
+_LAYERS = _QUANTIZED + _FLOAT_LAYERS
 
 
 class CodeTensor:
@@ -126,12 +105,9 @@ class CodeTensor:
         """PackedActivations for the kernels: NHWC for 4-D codes, (M, K) for 2-D."""
         if self.packed is None:
             c = np.ascontiguousarray(self.codes)
+            self.packed = PackedActivations(c.reshape(-1, c.shape[3]) if c.ndim == 4 else c, self.bits, self.levels)
             if c.ndim == 4:
-                pa = PackedActivations(c.reshape(-1, c.shape[3]), self.bits, self.levels)
-                pa.shape = c.shape
-            else:
-                pa = PackedActivations(c, self.bits, self.levels)
-            self.packed = pa
+                self.packed.shape = c.shape
         return self.packed
 
 
@@ -168,7 +144,7 @@ class NodeArrays(collections.abc.MutableMapping):
     """A node's arrays by key (a dict-like mapping).
 
     The weight codes of a quantized layer (``"w_codes"``) are kept bit-packed
-    once its Model has validated them (:meth:`pack_codes`): reading
+    once its Model has validated them (as :class:`PackedCodes`): reading
     ``arrays["w_codes"]`` then returns a new unpacked uint8 array (the
     caller's; the node keeps only the packed form), and :meth:`stored` /
     :meth:`shape` give the stored form and the shape without unpacking.
@@ -202,12 +178,6 @@ class NodeArrays(collections.abc.MutableMapping):
     def shape(self, key) -> tuple:
         """The (logical) shape of array ``key``, without unpacking."""
         return tuple(self._data[key].shape)
-
-    def pack_codes(self, key: str, bits: int) -> None:
-        """Keep array ``key`` (uint8 codes, already validated for ``bits``) bit-packed from now on."""
-        value = self._data[key]
-        if not isinstance(value, PackedCodes):
-            self._data[key] = PackedCodes.pack(value, bits)
 
     def __repr__(self):
         return f"NodeArrays({ {k: (type(v).__name__, tuple(v.shape)) for k, v in self._data.items()} })"
@@ -306,8 +276,8 @@ def _pos_int(v) -> bool:
     return _is_int(v) and 1 <= v <= MAX_ELEMENTS
 
 
-def _nonneg_int(v) -> bool:
-    return _is_int(v) and 0 <= v <= MAX_ELEMENTS
+def _level(v) -> bool:
+    return _is_int(v) and -128 <= v <= 255
 
 
 def _bits(v) -> bool:
@@ -322,78 +292,73 @@ def _clamp_pair(v) -> bool:
 
 def _requant(v) -> bool:
     """A ``requant`` attribute: None, or the fields of a valid :class:`lowbit.Requant` (which checks
-    bits, step and the qmin/qmax range)."""
-    if v is None:
-        return True
-    if not (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step"))
-            and isinstance(v.get("signed"), bool)):
-        return False
+    bits, step and the qmin/qmax range; its fields' types are checked first)."""
     try:
-        _requant_of(v)
+        return v is None or (isinstance(v, dict) and _bits(v.get("bits")) and _is_finite(v.get("step"))
+                             and isinstance(v.get("signed"), bool) and _requant_of(v) is not None)
     except (ValueError, NotImplementedError):
         return False
-    return True
 
 
-def _requant_of(r: dict) -> Requant:
-    """The Requant of a ``requant`` attribute (qmin/qmax optional: the full range of bits)."""
-    return Requant(r["bits"], r["step"], r["signed"], r.get("qmin"), r.get("qmax"))
+def _requant_of(r) -> Requant | None:
+    """The Requant of a ``requant`` attribute, None for None (qmin/qmax optional: the full range of bits)."""
+    return None if r is None else Requant(r["bits"], r["step"], r["signed"], r.get("qmin"), r.get("qmax"))
 
 
-_MISSING = object()
-# op -> (attribute, check, what is expected, default or _MISSING when required)
+# (check, what is expected) of an attribute's value
+_POS_INT = (_pos_int, "an int >= 1")
+_POS_PAIR = (_is_pair(_pos_int), "a pair of ints >= 1")
+_BITS = (_bits, "1, 2, 3, 4 or 8")
+_BOOL = (lambda v: isinstance(v, bool), "a bool")
+_LEVEL = (_level, "an int in [-128, 255]")
+_CLAMP = (_clamp_pair, "[lo, hi] (numbers or null, lo <= hi)")
+_CODEBOOK = (lambda v: isinstance(v, (list, tuple)), "a list of ints")
+_STRIDE_PADDING = [("stride", *_POS_PAIR),
+                   ("padding", _is_pair(lambda v: _is_int(v) and 0 <= v <= MAX_ELEMENTS), "a pair of ints >= 0")]
+# op -> [(attribute, check, what is expected[, default: the attribute is optional])]
 _ATTRS = {
-    "input": [("channels", _pos_int, "an int >= 1", _MISSING), ("height", _pos_int, "an int >= 1", _MISSING),
-              ("width", _pos_int, "an int >= 1", _MISSING)],
-    "quantize": [("bits", _bits, "1, 2, 3, 4 or 8", _MISSING), ("step", lambda v: _is_finite(v) and v > 0,
-                                                                 "a finite number > 0", _MISSING),
-                 ("qn", lambda v: _is_int(v) and -128 <= v <= 255, "an int in [-128, 255]", _MISSING),
-                 ("qp", lambda v: _is_int(v) and -128 <= v <= 255, "an int in [-128, 255]", _MISSING),
-                 ("binary", lambda v: isinstance(v, bool), "a bool", False),
-                 ("levels", lambda v: isinstance(v, (list, tuple)) and all(_is_int(x) and -128 <= x <= 255 for x in v),
-                  "a list of ints in [-128, 255]", _MISSING)],
-    "clamp": [("clamp", _clamp_pair, "[lo, hi] (numbers or null, lo <= hi)", _MISSING)],
-    "maxpool": [("kernel", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                ("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
-                ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING)],
-    "avgpool": [("kernel", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                ("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
-                ("count_include_pad", lambda v: isinstance(v, bool), "a bool", _MISSING)],
-    "pad": [("pads", lambda v: isinstance(v, (list, tuple)) and len(v) == 4 and all(_nonneg_int(x) for x in v),
-             "[top, left, bottom, right] ints >= 0", _MISSING),
+    "input": [("channels", *_POS_INT), ("height", *_POS_INT), ("width", *_POS_INT)],
+    "quantize": [("bits", *_BITS), ("step", lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+                 ("qn", *_LEVEL), ("qp", *_LEVEL), ("binary", *_BOOL, False),
+                 ("levels", lambda v: isinstance(v, (list, tuple)) and all(map(_level, v)),
+                  "a list of ints in [-128, 255]")],
+    "clamp": [("clamp", *_CLAMP)],
+    "maxpool": [("kernel", *_POS_PAIR), *_STRIDE_PADDING, ("dilation", *_POS_PAIR)],
+    "avgpool": [("kernel", *_POS_PAIR), *_STRIDE_PADDING, ("count_include_pad", *_BOOL)],
+    "pad": [("pads", lambda v: isinstance(v, (list, tuple)) and len(v) == 4
+             and all(_is_int(x) and 0 <= x <= MAX_ELEMENTS for x in v), "[top, left, bottom, right] ints >= 0"),
             ("fill", lambda v: v in ("zero", "-inf"), "'zero' or '-inf'", "zero")],
-    "adaptive_avgpool": [("output_size", _is_pair(lambda x: x is None or _pos_int(x)), "a pair of ints >= 1 or null",
-                          _MISSING)],
+    "adaptive_avgpool": [("output_size", _is_pair(lambda x: x is None or _pos_int(x)), "a pair of ints >= 1 or null")],
+    "linear": [("w_bits", *_BITS), ("a_bits", *_BITS), ("w_codebook", *_CODEBOOK), ("a_codebook", *_CODEBOOK),
+               ("clamp", *_CLAMP, [None, None]),
+               ("requant", _requant, "null or {bits, step > 0, signed[, qmin, qmax]}", None),
+               ("residual", *_BOOL, False),
+               ("quantize_output", lambda v: v is None or isinstance(v, str), "null or a node name", None)],
+    "conv_f32": [*_STRIDE_PADDING, ("dilation", *_POS_PAIR), ("groups", *_POS_INT)],
 }
-_ATTRS["linear"] = [("w_bits", _bits, "1, 2, 3, 4 or 8", _MISSING), ("a_bits", _bits, "1, 2, 3, 4 or 8", _MISSING),
-                    ("w_codebook", lambda v: isinstance(v, (list, tuple)), "a list of ints", _MISSING),
-                    ("a_codebook", lambda v: isinstance(v, (list, tuple)), "a list of ints", _MISSING),
-                    ("clamp", _clamp_pair, "[lo, hi] (numbers or null, lo <= hi)", [None, None]),
-                    ("requant", _requant, "null or {bits, step > 0, signed[, qmin, qmax]}", None),
-                    ("residual", lambda v: isinstance(v, bool), "a bool", False),
-                    ("quantize_output", lambda v: v is None or isinstance(v, str), "null or a node name", None)]
-_ATTRS["conv_f32"] = [("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                      ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
-                      ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                      ("groups", _pos_int, "an int >= 1", _MISSING)]
-_ATTRS["conv"] = _ATTRS["linear"] + [("stride", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                                     ("padding", _is_pair(_nonneg_int), "a pair of ints >= 0", _MISSING),
-                                     ("dilation", _is_pair(_pos_int), "a pair of ints >= 1", _MISSING),
-                                     ("groups", _pos_int, "an int >= 1", _MISSING)]
+_ATTRS["conv"] = _ATTRS["linear"] + _ATTRS["conv_f32"]
 
 
-def _check_attrs(n) -> None:
-    """Types and ranges of the attributes node `n` runs with; ValueError naming the node otherwise."""
-    for key, ok, expected, default in _ATTRS.get(n.op, ()):
+def _check_node(n: Node) -> None:
+    """Node ``n``'s attributes (types and ranges; an optional one missing gets its default),
+    input count and arrays; ValueError naming the node otherwise. From then on a quantized
+    layer keeps its weight codes packed."""
+    for key, ok, expected, *default in _ATTRS.get(n.op, ()):
         if key not in n.attrs:
-            if default is _MISSING:
+            if not default:
                 raise ValueError(f"node {n.name!r} ({n.op}): missing attribute {key!r}")
-            n.attrs[key] = default
+            n.attrs[key] = default[0]
         elif not ok(n.attrs[key]):
             raise ValueError(f"node {n.name!r} ({n.op}): attribute {key!r} is {n.attrs[key]!r}, expected {expected}")
     a = n.attrs
+    if n.op == "concat":
+        if len(n.inputs) < 2:
+            raise ValueError(f"node {n.name!r} (concat): expected 2 or more inputs, got {len(n.inputs)}")
+    else:  # a second input: a quantized layer's residual, an exact_float quantizer's float layer input
+        second = a["residual"] if n.op in _QUANTIZED else n.op == "quantize" and a.get("exact_float")
+        want = {"input": 0, "add": 2}.get(n.op, 1) + bool(second)
+        if len(n.inputs) != want:
+            raise ValueError(f"node {n.name!r} ({n.op}): expected {want} inputs, got {len(n.inputs)}")
     if n.op == "quantize":
         if not a["qn"] <= a["qp"] or len(a["levels"]) != 1 << a["bits"] or (a["binary"] and a["bits"] != 1):
             raise ValueError(f"node {n.name!r} (quantize): inconsistent bits={a['bits']}, qn={a['qn']}, "
@@ -402,21 +367,46 @@ def _check_attrs(n) -> None:
             raise ValueError(f"node {n.name!r} (quantize): qn..qp = {a['qn']}..{a['qp']} needs more than "
                              f"{a['bits']} bits")
     if n.op in _QUANTIZED:
-        for side in ("w", "a"):
+        for side in ("w", "a"):  # the codebook's size for the bits, integer levels in range
             try:
                 cbmod.normalize(a[f"{side}_codebook"], a[f"{side}_bits"], f"{side}_codebook")
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"node {n.name!r} ({n.op}): {exc}") from None
+        w = n.arrays.stored("w_codes") if "w_codes" in n.arrays else None
+        if isinstance(w, PackedCodes) and w.packed.bits != a["w_bits"]:
+            w = w.unpack()  # packed at another width (a foreign file): checked and repacked below
+        if not isinstance(w, (np.ndarray, PackedCodes)) or w.dtype != np.uint8:
+            raise ValueError(f"node {n.name!r}: missing uint8 'w_codes'")
+        shape = w.shape
+        if (n.op == "conv" and len(shape) != 4) or (n.op == "linear" and len(shape) != 2) or 0 in shape:
+            raise ValueError(f"node {n.name!r}: w_codes has shape {shape}")
+        if n.op == "conv" and shape[0] % a["groups"]:
+            raise ValueError(f"node {n.name!r}: groups={a['groups']} does not divide Cout={shape[0]}")
         for key in ("scale", "bias"):
             arr = n.arrays.get(key)
-            if isinstance(arr, np.ndarray) and arr.dtype == np.float32 and not np.isfinite(arr).all():
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != (shape[0],):
+                raise ValueError(f"node {n.name!r}: '{key}' must be float32 of shape ({shape[0]},)")
+            if not np.isfinite(arr).all():
                 raise ValueError(f"node {n.name!r} ({n.op}): {key!r} has non-finite values")
+        if isinstance(w, np.ndarray):  # codes packed at w_bits are in range by construction
+            if int(w.max()) >= (1 << a["w_bits"]):
+                raise ValueError(f"node {n.name!r}: weight code out of range for {a['w_bits']} bits")
+            n.arrays["w_codes"] = PackedCodes.pack(w, a["w_bits"])  # from now on the node keeps only packed codes
+    if n.op in _FLOAT_LAYERS:
+        w, b = n.arrays.get("w"), n.arrays.get("bias")
+        nd = 4 if n.op == "conv_f32" else 2
+        if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != nd:
+            raise ValueError(f"node {n.name!r}: 'w' must be a {nd}-D float32 array")
+        if not isinstance(b, np.ndarray) or b.dtype != np.float32 or b.shape != (w.shape[0],):
+            raise ValueError(f"node {n.name!r}: 'bias' must be float32 of shape ({w.shape[0]},)")
     if n.op == "affine":
         for key in ("scale", "bias"):
             arr = n.arrays.get(key)
             if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.ndim != 1 \
                     or not np.isfinite(arr).all():
                 raise ValueError(f"node {n.name!r} (affine): {key!r} must be a finite 1-D float32 array")
+        if n.arrays["scale"].shape != n.arrays["bias"].shape:
+            raise ValueError(f"node {n.name!r}: affine needs 'scale' and 'bias' of one shape")
 
 
 def _bounds(attrs):
@@ -424,26 +414,14 @@ def _bounds(attrs):
     return (-np.inf if lo is None else np.float32(lo)), (np.inf if hi is None else np.float32(hi))
 
 
-def _to_numpy(x):
-    """float32 NCHW NumPy array from a NumPy array or a torch tensor (duck-typed: no torch import)."""
-    if not isinstance(x, np.ndarray):
-        if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
-            x = x.detach().cpu().numpy()
-        else:
-            raise TypeError(f"x: expected a float32 NCHW numpy.ndarray or torch.Tensor, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        if x.dtype.kind != "f":
-            raise TypeError(f"x: expected float32 values, got dtype {x.dtype}")
-        x = x.astype(np.float32)
-    return x
-
-
 # ---------------------------------------------------------------------------------------------
 # Float ops shared by the kernel path and the reference path (plain NumPy).
 
 def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     """LSQ codes of float32 ``x``: clamp(round_half_even(x / step), Qn, Qp) - Qn, computed in
-    float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0).
+    float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0). With
+    ``pre_step``/``pre_div`` (QONNX Trunc with ROUND), ``x / step`` is ``round_half_even(x / pre_step)
+    / pre_div`` (pre_div a power of two: the division is exact, by a multiplication).
     ``native``: the native op (``_core.quantize``; an NHWC view of NCHW memory, the model
     input, is read in place by ``_core.quantize_nchw_to_nhwc``). :func:`lowbit.quant.quantize_codes`
     is the reference; the two agree bit for bit."""
@@ -457,13 +435,10 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     if attrs.get("binary"):
         return _quant.quantize_codes(x, 1.0, 0, 1, binary=True)
     if attrs.get("pre_step") is not None:
-        # QONNX Trunc with ROUND: integers at the input step first, then the exact division by
-        # the power of two pre_div, rounded half to even like the rest
         x = np.rint(np.divide(x, np.float32(attrs["pre_step"]), dtype=np.float32))
         x *= np.float32(1.0 / attrs["pre_div"])
-        attrs = dict(attrs, step=1.0)
-    qn = attrs["qn"]
-    return _quant.quantize_codes(x, attrs["step"], qn, attrs["qp"])
+        return _quant.quantize_codes(x, 1.0, attrs["qn"], attrs["qp"])
+    return _quant.quantize_codes(x, attrs["step"], attrs["qn"], attrs["qp"])
 
 
 def dequantize(c: CodeTensor, native: bool = True) -> np.ndarray:
@@ -475,54 +450,21 @@ def dequantize(c: CodeTensor, native: bool = True) -> np.ndarray:
     return _quant.dequantize(c.levels, c.codes, c.step)
 
 
-def _pool_windows(x, kernel, stride, padding, dilation, pad_value):
-    """Yield the (B, OH, OW, C) strided views of each kernel tap of padded NHWC x."""
-    b, h, w, c = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"pooling: input {h}x{w} is too small for a {kh}x{kw} window")
-    if ph or pw:
-        xp = np.full((b, h + 2 * ph, w + 2 * pw, c), pad_value, x.dtype)
-        xp[:, ph:ph + h, pw:pw + w] = x
-    else:
-        xp = x
-    for ky in range(kh):
-        for kx in range(kw):
-            y0, x0 = ky * dh, kx * dw
-            yield xp[:, y0:y0 + sh * (oh - 1) + 1:sh, x0:x0 + sw * (ow - 1) + 1:sw], (oh, ow)
-
-
-def _pool_geometry(shape, attrs):
-    """The native pooling geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW) of NHWC ``shape``."""
-    b, h, w, c = shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"]
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"pooling: input {h}x{w} is too small for a {kh}x{kw} window")
-    return (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
-
-
 def maxpool(x, attrs, native: bool = True):
     """NHWC max pooling of float32 values, or of uint8 codes (a quantized value pooled: see
     :func:`lowbit.lowering.requant_before_maxpool`): the native kernel, else (and as the
     reference) the NumPy version below. Padding never wins: it is -inf for floats and code 0,
     the lowest code (the code of -inf), for codes."""
+    g = _floatops.geometry(x.shape, attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"], "pooling")
     if native and isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 4:
-        return _core.maxpool_nhwc_codes(np.ascontiguousarray(x), _pool_geometry(x.shape, attrs), True)
+        return _core.maxpool_nhwc_codes(np.ascontiguousarray(x), g, True)
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"]
         try:
-            return _core.maxpool_nhwc(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, dh, dw)
+            return _core.maxpool_nhwc(np.ascontiguousarray(x), *g[4:12])
         except ValueError as exc:
             raise ValueError(f"pooling: {exc}") from None
-    out = None
-    for v, _ in _pool_windows(x, attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"],
-                              0 if x.dtype == np.uint8 else -np.inf):
-        out = v.copy() if out is None else np.maximum(out, v, out=out)
-    return out
+    views = _floatops.taps(x, g, 0 if x.dtype == np.uint8 else -np.inf)
+    return functools.reduce(np.maximum, views[1:], views[0].copy())
 
 
 def avgpool(x, attrs, native: bool = True):
@@ -530,25 +472,19 @@ def avgpool(x, attrs, native: bool = True):
     tap's value, 0.0 for padding, as the start), divided by the window size (or, without
     count_include_pad, by its in-image taps), rounded to float32. ``native``: ``_core.avgpool_nhwc``
     for float32 input; the NumPy lines below are the reference."""
-    (kh, kw), (sh, sw), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
+    g = _floatops.geometry(x.shape, attrs["kernel"], attrs["stride"], attrs["padding"], what="pooling")
+    _, h, w, _, kh, kw, sh, sw, ph, pw = g[:10]
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4:
         try:
             return _core.avgpool_nhwc(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw,
                                       bool(attrs["count_include_pad"]))
         except ValueError as exc:
             raise ValueError(f"pooling: {exc}") from None
-    acc, ones = None, None
-    for v, (oh, ow) in _pool_windows(x.astype(np.float64), attrs["kernel"], attrs["stride"], attrs["padding"],
-                                     (1, 1), 0.0):
-        acc = v.copy() if acc is None else acc + v
+    acc = functools.reduce(np.add, _floatops.taps(x.astype(np.float64), g))  # in tap order
     if attrs["count_include_pad"] or (ph == 0 and pw == 0):
         return (acc / (kh * kw)).astype(np.float32)
-    # divisor = number of non-padding taps of each window
-    b, h, w, c = x.shape
-    one = np.ones((1, h, w, 1))
-    for v, _ in _pool_windows(one, attrs["kernel"], attrs["stride"], attrs["padding"], (1, 1), 0.0):
-        ones = v.copy() if ones is None else ones + v
-    return (acc / ones).astype(np.float32)
+    in_image_taps = sum(_floatops.taps(np.ones((1, h, w, 1)), (1, h, w, 1) + g[4:]))
+    return (acc / in_image_taps).astype(np.float32)
 
 
 def adaptive_avgpool(x, attrs, native: bool = True):
@@ -559,8 +495,7 @@ def adaptive_avgpool(x, attrs, native: bool = True):
     input; the NumPy lines below are the reference (explicit order, not np.mean's)."""
     b, h, w, c = x.shape
     oh, ow = attrs["output_size"]
-    oh = h if oh is None else oh
-    ow = w if ow is None else ow
+    oh, ow = h if oh is None else oh, w if ow is None else ow  # None: the input's size
     check_elements((b, oh, ow, c), "adaptive_avgpool output")
     if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
         return _core.adaptive_avgpool_nhwc(np.ascontiguousarray(x), oh, ow)
@@ -569,28 +504,21 @@ def adaptive_avgpool(x, attrs, native: bool = True):
         y0, y1 = (i * h) // oh, -((-(i + 1) * h) // oh)
         for j in range(ow):
             x0, x1 = (j * w) // ow, -((-(j + 1) * w) // ow)
-            acc = None
-            for y in range(y0, y1):
-                for xx in range(x0, x1):
-                    tap = x[:, y, xx].astype(np.float64)
-                    acc = tap if acc is None else acc + tap
-            out[:, i, j] = acc / ((y1 - y0) * (x1 - x0))
+            cell = x[:, y0:y1, x0:x1].astype(np.float64).reshape(b, -1, c)  # its taps in row-major order
+            out[:, i, j] = functools.reduce(np.add, cell.transpose(1, 0, 2)) / ((y1 - y0) * (x1 - x0))
     return out
+
+
+_POOLS = {"maxpool": maxpool, "avgpool": avgpool, "adaptive_avgpool": adaptive_avgpool}
 
 
 def _flatten(v, native: bool = True):
     """NHWC (B, H, W, C) -> (B, C*H*W) in NCHW order, float or codes (native: ``_core.flatten_nhwc``)."""
-    if isinstance(v, CodeTensor):
-        c = v.codes
-        if c.ndim == 4:
-            c = _core.flatten_nhwc(np.ascontiguousarray(c)) if native else \
-                np.ascontiguousarray(c.transpose(0, 3, 1, 2)).reshape(c.shape[0], -1)
-        return CodeTensor(c, v.bits, v.levels, v.step)
-    if v.ndim == 4:
-        if native and v.dtype == np.float32:
-            return _core.flatten_nhwc(np.ascontiguousarray(v))
-        return np.ascontiguousarray(v.transpose(0, 3, 1, 2)).reshape(v.shape[0], -1)
-    return v
+    arr = v.codes if isinstance(v, CodeTensor) else v
+    if arr.ndim == 4:
+        arr = _core.flatten_nhwc(np.ascontiguousarray(arr)) if native and arr.dtype in (np.uint8, np.float32) \
+            else np.ascontiguousarray(arr.transpose(0, 3, 1, 2)).reshape(arr.shape[0], -1)
+    return CodeTensor(arr, v.bits, v.levels, v.step) if isinstance(v, CodeTensor) else arr
 
 
 def concat_channels(values, name="concat"):
@@ -601,7 +529,7 @@ def concat_channels(values, name="concat"):
     if any(codes) and not all(codes):
         raise RuntimeError(f"node {name!r}: concat got both codes and float (graph error)")
     arrays = [v.codes if isinstance(v, CodeTensor) else v for v in values]
-    if len({a.shape[:-1] for a in arrays}) != 1 or len({a.ndim for a in arrays}) != 1:
+    if len({a.shape[:-1] for a in arrays}) != 1:  # (so of one ndim too)
         raise ValueError(f"node {name!r}: concat inputs differ off the channel axis: "
                          f"{[tuple(a.shape) for a in arrays]}")
     if not all(codes):
@@ -624,20 +552,17 @@ def pad_nhwc(x, pads, fill="zero", name="pad"):
     if isinstance(x, CodeTensor):
         if fill != "zero":
             raise RuntimeError(f"node {name!r}: pad of codes with {fill} (graph error)")
-        zero = np.flatnonzero(x.levels == 0)
-        if zero.size == 0:
+        fill, has_zero = _conv.pad_code(x.levels)  # the code of level 0
+        if not has_zero:
             raise RuntimeError(f"node {name!r}: pad of codes whose levels {x.levels.tolist()} have no 0 "
                                "(graph error)")
-        fill = zero[0]
     else:
         fill = np.float32(0.0 if fill == "zero" else -np.inf)
     bn, h, w, c = arr.shape
     check_elements((bn, h + t + b, w + l + r, c), "pad output")
     out = np.full((bn, h + t + b, w + l + r, c), fill, arr.dtype)
     out[:, t:t + h, l:l + w] = arr
-    if isinstance(x, CodeTensor):
-        return CodeTensor(out, x.bits, x.levels, x.step)
-    return out
+    return CodeTensor(out, x.bits, x.levels, x.step) if isinstance(x, CodeTensor) else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,7 +595,7 @@ class Model:
             for src in n.inputs:
                 if src not in self._by_name:
                     raise ValueError(f"graph: node {n.name!r} reads {src!r}, which is not computed before it")
-            self._check_node(n)
+            _check_node(n)
             self._by_name[n.name] = n
         for n in self.nodes:
             self._check_exact_float(n)
@@ -688,9 +613,8 @@ class Model:
         e = n.attrs.get("exact_float") if n.op == "quantize" else None
         if not e:
             return
-        layer = self._by_name.get(e.get("layer")) if isinstance(e, dict) else None
-        affine = e.get("affine") if isinstance(e, dict) else None
-        clamp = e.get("clamp") if isinstance(e, dict) else None
+        d = e if isinstance(e, dict) else {}
+        layer, affine, clamp = self._by_name.get(d.get("layer")), d.get("affine"), d.get("clamp")
         if layer is None or layer.op not in ("conv_f32", "linear_f32") or layer.inputs[0] != n.inputs[1] or \
                 (affine is not None and getattr(self._by_name.get(affine), "op", None) != "affine") or \
                 not (isinstance(clamp, list) and len(clamp) == 2) or n.attrs["binary"] or \
@@ -698,57 +622,6 @@ class Model:
             raise ValueError(f"node {n.name!r} (quantize): attribute 'exact_float' is {e!r}, expected {{layer: a "
                              "conv_f32/linear_f32 node whose input is this node's second input, affine: an affine "
                              "node or None, clamp: [lo, hi]}} on a plain quantize node")
-
-    @staticmethod
-    def _check_node(n: Node):
-        _check_attrs(n)
-        need = {"input": 0, "quantize": 1, "dequantize": 1, "add": 2, "clamp": 1, "affine": 1, "maxpool": 1,
-                "avgpool": 1, "adaptive_avgpool": 1, "flatten": 1, "conv_f32": 1, "linear_f32": 1, "pad": 1}
-        if n.op == "quantize" and n.attrs.get("exact_float"):
-            need["quantize"] = 2   # and the float layer's input (lowbit.exact_float)
-        if n.op in need and len(n.inputs) != need[n.op]:
-            raise ValueError(f"node {n.name!r} ({n.op}): expected {need[n.op]} inputs, got {len(n.inputs)}")
-        if n.op == "concat" and len(n.inputs) < 2:
-            raise ValueError(f"node {n.name!r} (concat): expected 2 or more inputs, got {len(n.inputs)}")
-        if n.op in _QUANTIZED:
-            a = n.attrs
-            want = 1 + bool(a.get("residual"))
-            if len(n.inputs) != want:
-                raise ValueError(f"node {n.name!r} ({n.op}): expected {want} inputs, got {len(n.inputs)}")
-            w = n.arrays.stored("w_codes") if "w_codes" in n.arrays else None
-            if isinstance(w, PackedCodes) and w.packed.bits != a["w_bits"]:
-                w = w.unpack()  # packed at another width (a foreign file): checked and repacked below
-            if not isinstance(w, (np.ndarray, PackedCodes)) or w.dtype != np.uint8:
-                raise ValueError(f"node {n.name!r}: missing uint8 'w_codes'")
-            shape = w.shape
-            if (n.op == "conv" and len(shape) != 4) or (n.op == "linear" and len(shape) != 2) or 0 in shape:
-                raise ValueError(f"node {n.name!r}: w_codes has shape {shape}")
-            if n.op == "conv" and shape[0] % a["groups"]:
-                raise ValueError(f"node {n.name!r}: groups={a['groups']} does not divide Cout={shape[0]}")
-            cout = shape[0]
-            for key in ("scale", "bias"):
-                arr = n.arrays.get(key)
-                if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != (cout,):
-                    raise ValueError(f"node {n.name!r}: '{key}' must be float32 of shape ({cout},)")
-            # codes packed at w_bits are in range by construction
-            if isinstance(w, np.ndarray) and int(w.max()) >= (1 << a["w_bits"]):
-                raise ValueError(f"node {n.name!r}: weight code out of range for {a['w_bits']} bits")
-            if len(a["w_codebook"]) != 1 << a["w_bits"] or len(a["a_codebook"]) != 1 << a["a_bits"]:
-                raise ValueError(f"node {n.name!r}: codebook sizes do not match the bit widths")
-            if isinstance(w, np.ndarray):
-                n.arrays["w_codes"] = w
-                n.arrays.pack_codes("w_codes", a["w_bits"])  # from now on the node keeps only packed codes
-        if n.op in _FLOAT_LAYERS:
-            w, b = n.arrays.get("w"), n.arrays.get("bias")
-            nd = 4 if n.op == "conv_f32" else 2
-            if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim != nd:
-                raise ValueError(f"node {n.name!r}: 'w' must be a {nd}-D float32 array")
-            if not isinstance(b, np.ndarray) or b.dtype != np.float32 or b.shape != (w.shape[0],):
-                raise ValueError(f"node {n.name!r}: 'bias' must be float32 of shape ({w.shape[0]},)")
-        if n.op == "affine":
-            c = n.arrays.get("scale")
-            if c is None or n.arrays.get("bias") is None or c.shape != n.arrays["bias"].shape:
-                raise ValueError(f"node {n.name!r}: affine needs 'scale' and 'bias' of one shape")
 
     def node(self, name: str) -> Node:
         return self._by_name[name]
@@ -820,7 +693,17 @@ class Model:
         return {k: (v.codes if isinstance(v, CodeTensor) else v) for k, v in values.items()}
 
     def _check_input(self, x, check_finite: bool = True):
-        x = _to_numpy(x)
+        """``x`` as a float32 NCHW NumPy array (a torch tensor converted, duck-typed: no torch
+        import) of this model's input size, finite unless ``check_finite`` is False."""
+        if not isinstance(x, np.ndarray):
+            if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
+                x = x.detach().cpu().numpy()
+            else:
+                raise TypeError(f"x: expected a float32 NCHW numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+        if x.dtype != np.float32:
+            if x.dtype.kind != "f":
+                raise TypeError(f"x: expected float32 values, got dtype {x.dtype}")
+            x = x.astype(np.float32)
         c, h, w = self.input_shape
         if x.ndim != 4:
             raise ValueError(f"x: expected a 4-D NCHW batch (N, {c}, H, W), got shape {x.shape}")
@@ -841,23 +724,18 @@ class Model:
             if out is not None:
                 return out
         self.__dict__.setdefault("_memo", {})["reported"] = None  # the nodes now report this run
-        vals = {}
+        vals = {} if record is None else record  # a record keeps every value
         last_use = self._last_use()
         clock = time.perf_counter
         for i, n in enumerate(self.nodes):
             t0 = clock() if profile is not None else 0.0
-            if n.op == "input":
-                out = x.transpose(0, 2, 3, 1)
-            else:
-                args = [vals[s] for s in n.inputs]
-                out = self._run_node(n, args, reference)
+            out = x.transpose(0, 2, 3, 1) if n.op == "input" else \
+                self._run_node(n, [vals[s] for s in n.inputs], reference)
             if profile is not None:
                 profile[n.name] = profile.get(n.name, 0.0) + clock() - t0
             n.out_shape = tuple(out.shape)
             vals[n.name] = out
-            if record is not None:
-                record[n.name] = out
-            else:
+            if record is None:
                 for s in last_use.get(i, ()):
                     del vals[s]
         out = vals[self.nodes[-1].name]
@@ -869,36 +747,29 @@ class Model:
 
     def _last_use(self):
         if "last_use" not in self.__dict__.setdefault("_memo", {}):
-            last = {}
-            for i, n in enumerate(self.nodes):
-                for s in n.inputs:
-                    last[s] = i
+            last = {s: i for i, n in enumerate(self.nodes) for s in n.inputs}  # the index of its last reader
+            last.pop(self.nodes[-1].name, None)  # the output is kept
             by_index = {}
-            final = self.nodes[-1].name
             for s, i in last.items():
-                if s != final:
-                    by_index.setdefault(i, []).append(s)
+                by_index.setdefault(i, []).append(s)
             self._memo["last_use"] = by_index
         return self._memo["last_use"]
 
     def _run_node(self, n: Node, args, reference: bool):
-        op, a = n.op, n.attrs
+        op, a, x = n.op, n.attrs, args[0] if args else None
         if op == "quantize":
-            x = args[0]
             if isinstance(x, CodeTensor):
                 raise RuntimeError(f"node {n.name!r}: quantize got codes")
-            if a.get("exact_float"):   # codes decided in float64 (lowbit.exact_float)
-                from .. import exact_float
-
-                codes = exact_float.reference_codes(self, n, args[1]) if reference else \
-                    exact_float.fix(self, n, quantize(x, a), x, args[1])
-                return CodeTensor(codes, a["bits"], a["levels"], a["step"])
-            return CodeTensor(quantize(x, a, native=not reference), a["bits"], a["levels"], a["step"])
+            if not a.get("exact_float"):
+                codes = quantize(x, a, native=not reference)
+            else:  # codes decided in float64 (lowbit.exact_float)
+                codes = _exact_float.reference_codes(self, n, args[1]) if reference else \
+                    _exact_float.fix(self, n, quantize(x, a), x, args[1])
+            return CodeTensor(codes, a["bits"], a["levels"], a["step"])
         if op == "dequantize":
-            return dequantize(args[0], native=not reference)
+            return dequantize(x, native=not reference)
         if op in _QUANTIZED:
             return self._run_quantized(n, args, reference)
-        x = args[0]
         if op == "flatten":
             return _flatten(x, native=not reference)
         if op == "concat":
@@ -909,15 +780,15 @@ class Model:
             return CodeTensor(maxpool(x.codes, a, native=not reference), x.bits, x.levels, x.step)
         if isinstance(x, CodeTensor):
             raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
+        if op in _POOLS:
+            return _POOLS[op](x, a, native=not reference)
         if op in _FLOAT_LAYERS:
-            n.kernel = "numpy-reference" if reference else _floatops.layer(n).kernel_name(_floatops.simd())
-        if op == "conv_f32":
+            prepared = None if reference else _floatops.layer(n)
+            n.kernel = "numpy-reference" if reference else prepared.kernel_name(_floatops.simd())
+            if op == "linear_f32":
+                return _floatops.linear_f32(x, n.arrays["w"], n.arrays["bias"], not reference, prepared)
             return _floatops.conv2d_f32(x, n.arrays["w"], n.arrays["bias"], a["stride"], a["padding"], a["dilation"],
-                                        a["groups"], native=not reference,
-                                        prepared=None if reference else _floatops.layer(n))
-        if op == "linear_f32":
-            return _floatops.linear_f32(x, n.arrays["w"], n.arrays["bias"], native=not reference,
-                                        prepared=None if reference else _floatops.layer(n))
+                                        a["groups"], not reference, prepared)
         native = not reference and x.dtype == np.float32
         if op == "add":
             y = args[1]
@@ -933,25 +804,14 @@ class Model:
             if native and x.ndim >= 1 and x.shape[-1] == n.arrays["scale"].shape[0]:
                 return _core.affine(np.ascontiguousarray(x), n.arrays["scale"], n.arrays["bias"])
             return (x * n.arrays["scale"] + n.arrays["bias"]).astype(np.float32)
-        if op == "maxpool":
-            return maxpool(x, a, native=native)
-        if op == "avgpool":
-            return avgpool(x, a, native=native)
-        if op == "adaptive_avgpool":
-            return adaptive_avgpool(x, a, native=native)
         raise AssertionError(op)
 
     # ---- conv / linear -----------------------------------------------------------------------
-    @staticmethod
-    def _requant(a):
-        r = a.get("requant")
-        return None if r is None else _requant_of(r)
-
     def _epilogue(self, n: Node):
         ep = n._cache.get("epilogue")
         if ep is None:
             ep = n._cache["epilogue"] = Epilogue(n.arrays["scale"], n.arrays["bias"], _bounds(n.attrs),
-                                                 self._requant(n.attrs), scale64=n.arrays.get("scale64"),
+                                                 _requant_of(n.attrs["requant"]), scale64=n.arrays.get("scale64"),
                                                  bias64=n.arrays.get("bias64"))
         return ep
 
@@ -959,15 +819,12 @@ class Model:
         """ConvWeights / PackedWeights, built on first use (packing is cached inside them)."""
         w = n._cache.get("weights")
         if w is None:
-            from ..conv import ConvWeights
-
             a = n.attrs
             codes = n.arrays.stored("w_codes")
-            if isinstance(codes, PackedCodes):  # shared with the node: no copy of the codes
-                packed = codes.packed.with_codebook(a["w_codebook"])
-            else:  # codes assigned after validation: packed (and range-checked) here
-                packed = PackedWeights.from_codes(codes.reshape(codes.shape[0], -1), a["w_bits"], a["w_codebook"])
-            w = ConvWeights.from_packed(packed, codes.shape, a["groups"]) if n.op == "conv" else packed
+            if not isinstance(codes, PackedCodes):  # codes assigned after validation: packed (and range-checked) here
+                codes = PackedCodes.pack(codes, a["w_bits"])
+            packed = codes.packed.with_codebook(a["w_codebook"])  # shares the node's packed codes: no copy
+            w = _conv.ConvWeights.from_packed(packed, codes.shape, a["groups"]) if n.op == "conv" else packed
             n._cache["weights"] = w
         return w
 
@@ -980,59 +837,40 @@ class Model:
             raise RuntimeError(f"node {n.name!r}: input codes are {x.bits}-bit {x.levels.tolist()}, expected "
                                f"{a['a_bits']}-bit {a['a_codebook']}")
         residual = args[1] if len(args) > 1 else None
-        conv = n.op == "conv"
-        if conv:
-            if x.codes.ndim != 4:
-                raise ValueError(f"node {n.name!r}: conv needs NHWC codes, got shape {x.codes.shape}")
-            b, h, w, _ = x.codes.shape
-        elif x.codes.ndim != 2:
-            raise ValueError(f"node {n.name!r}: linear needs (B, K) input, got shape {x.codes.shape}")
-        cout = n.arrays.shape("w_codes")[0]
+        if x.codes.ndim != (4 if n.op == "conv" else 2):
+            raise ValueError(f"node {n.name!r}: {n.op} needs {'NHWC codes' if n.op == 'conv' else '(B, K) input'}, "
+                             f"got shape {x.codes.shape}")
         if reference:
             return self._run_reference(n, x, residual)
         ep = self._epilogue(n)
         if residual is not None:
             # a shallow copy: the parameters were validated once when the node's epilogue was built
             ep = copy.copy(ep)
-            ep.residual = np.ascontiguousarray(residual.reshape(-1, cout), dtype=np.float32)
-        weights = self._weights(n)
-        if conv:
-            from ..conv import conv2d
-
-            y = conv2d(x.as_packed(), weights, a["stride"], a["padding"], a["dilation"], epilogue=ep)
+            ep.residual = np.ascontiguousarray(residual.reshape(-1, n.arrays.shape("w_codes")[0]), dtype=np.float32)
+        if n.op == "conv":
+            y = _conv.conv2d(x.as_packed(), self._weights(n), a["stride"], a["padding"], a["dilation"], epilogue=ep)
         else:
-            from ..conv import linear
-
-            y = linear(x.as_packed(), weights, epilogue=ep)
+            y = _conv.linear(x.as_packed(), self._weights(n), epilogue=ep)
         n.kernel = _dispatch.last_kernel()
         if isinstance(y, PackedActivations):
-            r = a["requant"]
-            shape = y.shape if y.shape is not None else y.codes.shape
-            codes = y.codes.reshape(shape)
-            return CodeTensor(codes, r["bits"], y.codebook, r["step"], packed=y)
+            codes = y.codes.reshape(y.shape if y.shape is not None else y.codes.shape)
+            return CodeTensor(codes, a["requant"]["bits"], y.codebook, a["requant"]["step"], packed=y)
         return y
 
     def _run_reference(self, n: Node, x: CodeTensor, residual):
         a = n.attrs
         w = n.arrays["w_codes"]
-        if n.op == "conv":
-            acc = _ref.conv2d(x.codes, w, a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"],
-                              tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
-            out_shape = acc.shape
-            acc = acc.reshape(-1, w.shape[0])
-        else:
-            acc = _ref.gemm(x.codes, w, a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"])
-            out_shape = acc.shape
+        grids = (a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"])
+        acc = _ref.gemm(x.codes, w, *grids) if n.op == "linear" else _ref.conv2d(
+            x.codes, w, *grids, tuple(a["stride"]), tuple(a["padding"]), tuple(a["dilation"]), a["groups"])
+        out_shape, acc = acc.shape, acc.reshape(-1, w.shape[0])  # (M, Cout) sums
         lo, hi = _bounds(a)
-        rq = self._requant(a)
+        rq = _requant_of(a["requant"])
         res = None if residual is None else residual.reshape(acc.shape)
         y = _ref.epilogue(acc, n.arrays["scale"], n.arrays["bias"], res, lo, hi, rq, n.arrays.get("scale64"),
-                          n.arrays.get("bias64"))
+                          n.arrays.get("bias64")).reshape(out_shape)
         n.kernel = "numpy-reference"
-        y = y.reshape(out_shape)
-        if rq is None:
-            return y
-        return CodeTensor(y, rq.bits, rq.codebook(), rq.step)
+        return y if rq is None else CodeTensor(y, rq.bits, rq.codebook(), rq.step)
 
     # ---- reporting ---------------------------------------------------------------------------
     @property
@@ -1062,55 +900,38 @@ class Model:
 
     def layers(self) -> list:
         """One dict per node: name, op, bits, kernel (after a run), output shape, bytes."""
-        rows = []
-        for n in self.nodes:
-            a = n.attrs
-            bits = ""
-            if n.op in _QUANTIZED:
-                bits = f"W{a['w_bits']}A{a['a_bits']}"
-            elif n.op == "quantize":
-                bits = f"A{a['bits']}"
-            elif n.op in _FLOAT_LAYERS:
-                bits = "F32"
-            rows.append({"name": n.name, "op": n.op, "bits": bits, "detail": self._detail(n),
-                         "kernel": n.kernel if n.op in _QUANTIZED or n.op in _FLOAT_LAYERS else None,
-                         "out_shape": n.out_shape, "bytes": n.weight_bytes(), "inputs": list(n.inputs),
-                         "source": a.get("source")})
-        return rows
+        return [{"name": n.name, "op": n.op, "bits": self._bits_label(n), "detail": self._detail(n),
+                 "kernel": n.kernel if n.op in _LAYERS else None, "out_shape": n.out_shape, "bytes": n.weight_bytes(),
+                 "inputs": list(n.inputs), "source": n.attrs.get("source")} for n in self.nodes]
+
+    @staticmethod
+    def _bits_label(n: Node) -> str:
+        """W{w_bits}A{a_bits} of a quantized layer, F32 of a float layer, A{bits} of a quantizer, else ''."""
+        if n.op in _QUANTIZED:
+            return f"W{n.attrs['w_bits']}A{n.attrs['a_bits']}"
+        return "F32" if n.op in _FLOAT_LAYERS else f"A{n.attrs['bits']}" if n.op == "quantize" else ""
 
     @staticmethod
     def _detail(n: Node) -> str:
         a = n.attrs
-        if n.op == "conv":
-            w = n.arrays.stored("w_codes")
-            s = (f"{w.shape[2]}x{w.shape[3]} {w.shape[1] * a['groups']}->{w.shape[0]} s{a['stride'][0]}"
-                 f" p{a['padding'][0]}" + (f" d{a['dilation'][0]}" if max(a["dilation"]) > 1 else "")
-                 + (f" g{a['groups']}" if a["groups"] > 1 else ""))
-        elif n.op == "linear":
-            w = n.arrays.stored("w_codes")
-            s = f"{w.shape[1]}->{w.shape[0]}"
-        elif n.op == "conv_f32":
-            w = n.arrays["w"]
-            return (f"{w.shape[2]}x{w.shape[3]} {w.shape[1] * a['groups']}->{w.shape[0]} s{a['stride'][0]}"
-                    f" p{a['padding'][0]}" + (f" g{a['groups']}" if a["groups"] > 1 else "") + " float32")
-        elif n.op == "linear_f32":
-            w = n.arrays["w"]
-            return f"{w.shape[1]}->{w.shape[0]} float32"
-        elif n.op == "quantize":
-            kind = "signed" if a["signed"] else "unsigned"
-            return f"{kind} step={a['step']:.6g}"
-        elif n.op == "clamp":
-            lo, hi = a["clamp"]
-            return f"[{lo}, {hi}]"
-        elif n.op in ("maxpool", "avgpool"):
+        if n.op == "quantize":
+            return f"{'signed' if a['signed'] else 'unsigned'} step={a['step']:.6g}"
+        if n.op == "clamp":
+            return f"[{a['clamp'][0]}, {a['clamp'][1]}]"
+        if n.op in ("maxpool", "avgpool"):
             return f"{a['kernel'][0]}x{a['kernel'][1]} s{a['stride'][0]} p{a['padding'][0]}"
-        elif n.op == "adaptive_avgpool":
+        if n.op == "adaptive_avgpool":
             return f"-> {a['output_size']}"
-        else:
+        if n.op not in _LAYERS:
             return ""
-        fused = []
-        if a.get("bn"):
-            fused.append("bn")
+        w = n.arrays.shape("w" if n.op in _FLOAT_LAYERS else "w_codes")
+        s = f"{w[1]}->{w[0]}" if len(w) == 2 else (
+            f"{w[2]}x{w[3]} {w[1] * a['groups']}->{w[0]} s{a['stride'][0]} p{a['padding'][0]}"
+            + (f" d{a['dilation'][0]}" if max(a["dilation"]) > 1 else "")
+            + (f" g{a['groups']}" if a["groups"] > 1 else ""))
+        if n.op in _FLOAT_LAYERS:
+            return s + " float32"
+        fused = ["bn"] if a.get("bn") else []
         if a.get("residual"):
             fused.append("+res")
         lo, hi = a.get("clamp", [None, None])
@@ -1127,8 +948,7 @@ class Model:
         Kernels are known after a run; if the model has not run yet and ``example``,
         one image of the example input size (zeros) runs first."""
         if example and any(n.kernel is None for n in self.nodes if n.op in _QUANTIZED):
-            c, h, w = self.input_shape
-            self.run(np.zeros((1, c, h, w), np.float32))
+            self.run(np.zeros((1, *self.input_shape), np.float32))
         rows = self.layers()
         head = f"{'#':>3} {'name':<22} {'op':<16} {'bits':<6} {'detail':<40} {'out shape':<18} {'kernel':<26} {'bytes':>9}"
         lines = [f"lowbit.Model: {len(self.nodes)} nodes, input (N, {', '.join(map(str, self.input_shape))}) "
@@ -1153,15 +973,8 @@ class Model:
             print_fn(text)
         return text
 
-    def _bit_counts(self):
-        out = {}
-        for n in self.nodes:
-            if n.op in _QUANTIZED:
-                k = f"W{n.attrs['w_bits']}A{n.attrs['a_bits']}"
-                out[k] = out.get(k, 0) + 1
-            elif n.op in _FLOAT_LAYERS:
-                out["F32"] = out.get("F32", 0) + 1
-        return out
+    def _bit_counts(self) -> dict:
+        return dict(collections.Counter(self._bits_label(n) for n in self.nodes if n.op in _LAYERS))
 
     def __repr__(self):
         return (f"lowbit.Model({len(self.nodes)} nodes, input {self.input_shape}, "
