@@ -122,28 +122,25 @@ def _check_strings(m):
 def _load(model):
     """onnx.ModelProto from a path, bytes, a ModelProto or a qonnx ModelWrapper (copied);
     its names checked to be text (_check_strings)."""
-    return _check_strings(_load_proto(model))
-
-
-def _load_proto(model):
     onnx, _ = _onnx()
     if isinstance(model, (str, os.PathLike)):
         if not os.path.exists(model):
             raise FileNotFoundError(f"model: no such file {os.fspath(model)!r}")
-        return onnx.load(os.fspath(model))
-    if isinstance(model, (bytes, bytearray)):
+        m = onnx.load(os.fspath(model))
+    elif isinstance(model, (bytes, bytearray)):
         try:
-            return onnx.load_from_string(bytes(model))
+            m = onnx.load_from_string(bytes(model))
         except Exception as exc:  # protobuf's DecodeError (and RuntimeWarning-free variants)
             raise ValueError(f"model: the bytes are not a serialized ONNX model ({exc})") from None
-    if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):  # qonnx ModelWrapper
-        model = model.model
-    if isinstance(model, onnx.ModelProto):
+    else:
+        if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):  # qonnx ModelWrapper
+            model = model.model
+        if not isinstance(model, onnx.ModelProto):
+            raise TypeError(f"model: expected a path to a .onnx file, an onnx.ModelProto or a qonnx ModelWrapper, "
+                            f"got {type(model).__name__}")
         m = onnx.ModelProto()
         m.CopyFrom(model)
-        return m
-    raise TypeError(f"model: expected a path to a .onnx file, an onnx.ModelProto or a qonnx ModelWrapper, "
-                    f"got {type(model).__name__}")
+    return _check_strings(m)
 
 
 def _attrs(node) -> dict:
@@ -509,21 +506,17 @@ class _Converter:
         act.cd = self.quantize(fl, g, f"{fl}.quant", where, keep=True)
         return act.cd
 
-    def quantize(self, src, g: UniformGrid, name, where, qn=None, qp=None, levels=None, bits=None, step=None,
-                 keep=True, **extra):
+    def quantize(self, src, g: UniformGrid, name, where, levels=None, keep=True, **extra):
         """A quantize node of float value src onto grid g (per-channel steps: ``channel_steps``,
-        see lowbit.lowering); ``keep``: never folded into an epilogue; ``extra``: more attributes."""
-        bits = g.bits if bits is None else bits
-        if bits is None:
+        see lowbit.lowering); ``levels``: its codebook when not the grid's (a Trunc's truncated
+        levels); ``keep``: never folded into an epilogue; ``extra``: more attributes."""
+        if g.bits is None:
             raise QonnxConversionError(f"{where}: {g.n} quantization levels do not fit 8-bit codes")
-        levels = g.levels() if levels is None else levels
-        _check_levels(levels, bits, where)
-        step = g.step if step is None else step
-        attrs = {"bits": bits, "qn": g.qn if qn is None else qn, "qp": g.qp if qp is None else qp, "step": float(step),
-                 "levels": [int(v) for v in levels], "source": where, "keep": bool(keep)}
-        node = quantize_node(self.uname(name), src, g, **attrs, **extra)
+        levels = g.levels() if levels is None else [int(v) for v in levels]
+        _check_levels(levels, g.bits, where)
+        node = quantize_node(self.uname(name), src, g, levels=levels, source=where, keep=bool(keep), **extra)
         self.nodes.append(node)
-        return _Codes(node.name, bits, levels, step, g.chan)
+        return _Codes(node.name, g.bits, levels, g.step, g.chan)
 
     def _pad_codes(self, cd: _Codes, pads, where):
         """Codes ``cd`` padded explicitly by ``pads`` [top, left, bottom, right] with the code of
@@ -740,8 +733,6 @@ class _Converter:
         out = n.output[0]
         if x.perm is not None:
             self.float_of(x, where)  # raises
-        if g.bits is None:
-            raise QonnxConversionError(f"{where}: {g.n} levels do not fit 8-bit codes")
         _check_levels(g.levels(), g.bits, where)
         conv = self.fusable(src, x)
         fl = self.float_of(x, where)
@@ -797,7 +788,7 @@ class _Converter:
         levels = grid_levels(levels.astype(np.int64).tolist(), bits)
         fl = self.float_of(x, where)
         g_in = UniformGrid(s, qn, qp, signed=signed)
-        cd = self.quantize(fl, g_in, n.name or n.output[0], where, qn=qn, qp=qp, levels=levels, bits=bits, step=s)
+        cd = self.quantize(fl, g_in, n.name or n.output[0], where, levels=levels)
         self.codes_of[cd.node] = n.output[0]
         self.vals[n.output[0]] = _Act(x.shape, cd=cd, grid=grid)
 
