@@ -338,14 +338,7 @@ def _pads(attrs, kernel, in_hw, strides, dilations, where):
     return begin + end
 
 
-def _split_pads(p):
-    """ONNX [top, left, bottom, right] -> (symmetric [ph, pw] a conv/pool applies itself, the
-    rest [top, left, bottom, right] (zero when p is symmetric) for an explicit ``pad`` node)."""
-    sym = [min(p[0], p[2]), min(p[1], p[3])]
-    return sym, [p[0] - sym[0], p[1] - sym[1], p[2] - sym[0], p[3] - sym[1]]
-
-
-def _check_window(in_hw, kernel, stride, pad, dil, where="a QONNX node"):
+def _check_window(in_hw, kernel, stride, pad, dil, where):
     """QonnxConversionError unless a conv/pool window is well formed: two
     sizes each, kernel, stride, dilation >= 1, padding >= 0, input >= 1."""
     for what, v, lo in (("input size", in_hw, 1), ("kernel_shape", kernel, 1), ("strides", stride, 1),
@@ -354,7 +347,7 @@ def _check_window(in_hw, kernel, stride, pad, dil, where="a QONNX node"):
             raise QonnxConversionError(f"{where}: {what} {v} is not supported (expected 2 ints >= {lo})")
 
 
-def _out_hw(in_hw, kernel, stride, pad, dil, ceil=False, where="a QONNX node"):
+def _out_hw(in_hw, kernel, stride, pad, dil, where, ceil=False):
     _check_window(in_hw, kernel, stride, pad, dil, where)
     out = []
     for i in range(2):
@@ -367,6 +360,28 @@ def _out_hw(in_hw, kernel, stride, pad, dil, ceil=False, where="a QONNX node"):
                                        f"dilation {list(dil)}, padding {list(pad)}")
         out.append(o)
     return out
+
+
+def _window(a, kernel, x_shape, where, pool=False):
+    """The window of a conv (or, with ``pool``, a pooling) node with attributes ``a`` and kernel
+    size ``kernel`` over a 4-D input of shape ``x_shape``: (strides, dilations, the symmetric
+    padding [ph, pw] the node applies itself, the rest [top, left, bottom, right] for an explicit
+    ``pad`` node in front (zero when the pads are symmetric), [OH, OW]). A pool's padding must be
+    smaller than its kernel, and its ``ceil_mode`` must not change the output size."""
+    stride = _pair_attr(a.get("strides"), [1, 1])
+    dil = _pair_attr(a.get("dilations"), [1, 1])
+    full = _pads(a, kernel, x_shape[2:], stride, dil, where)
+    pad = [min(full[0], full[2]), min(full[1], full[3])]
+    extra = [full[0] - pad[0], full[1] - pad[1], full[2] - pad[0], full[3] - pad[1]]
+    in_hw = [x_shape[2] + extra[0] + extra[2], x_shape[3] + extra[1] + extra[3]]
+    out = _out_hw(in_hw, kernel, stride, pad, dil, where)
+    if pool and any(p >= k for p, k in zip(full, kernel + kernel)):
+        raise QonnxConversionError(f"{where}: padding {full} must be smaller than the kernel {kernel}")
+    if pool and int(a.get("ceil_mode", 0)) and out != _out_hw(in_hw, kernel, stride, pad, dil, where, ceil=True):
+        if any(extra):
+            raise QonnxConversionError(f"{where}: ceil_mode=1 with asymmetric padding {full} is not supported")
+        raise QonnxConversionError(f"{where}: ceil_mode=1 changes the output size here; not supported")
+    return stride, dil, pad, extra, out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -942,14 +957,10 @@ class _Converter:
         ks = _pair_attr(a.get("kernel_shape"), [kh, kw])
         if ks != [kh, kw]:
             raise QonnxConversionError(f"{where}: kernel_shape {ks} does not match the weights")
-        stride = _pair_attr(a.get("strides"), [1, 1])
-        dil = _pair_attr(a.get("dilations"), [1, 1])
-        pad, extra_pad = _split_pads(_pads(a, [kh, kw], x.shape[2:], stride, dil, where))
-        in_hw = [x.shape[2] + extra_pad[0] + extra_pad[2], x.shape[3] + extra_pad[1] + extra_pad[3]]
+        stride, dil, pad, extra_pad, (oh, ow) = _window(a, [kh, kw], x.shape, where)
         bias = None
         if len(n.input) > 2 and n.input[2]:
             bias = np.asarray(self.const(n.input[2], where, allow_q=False), np.float64).reshape(-1)
-        oh, ow = _out_hw(in_hw, [kh, kw], stride, pad, dil, where=where)
         extra = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups}
         if not self._runs_on_integers(x, wq, cg == 1):
             self._float_layer(n, "conv_f32", x, wv, bias, extra, (None, cout, oh, ow), where, extra_pad, wq)
@@ -1132,46 +1143,47 @@ class _Converter:
         self._clamp(n, lo, hi, where)
 
     # ---- pooling / reshaping -------------------------------------------------------------------
-    def _pool_common(self, n, a, x, where):
+    def _pool_window(self, a, x, where):
+        """(kernel, strides, padding, dilations, output shape, extra pads) of a MaxPool/AveragePool."""
         if len(x.shape) != 4:
             raise QonnxConversionError(f"{where}: expected a 4-D input")
         ks = _pair_attr(a.get("kernel_shape"), None)
-        stride = _pair_attr(a.get("strides"), [1, 1])
-        dil = _pair_attr(a.get("dilations"), [1, 1])
-        full = _pads(a, ks, x.shape[2:], stride, dil, where)
-        if any(p >= k for p, k in zip(full, ks + ks)):
-            raise QonnxConversionError(f"{where}: padding {full} must be smaller than the kernel {ks}")
-        pad, extra_pad = _split_pads(full)
-        in_hw = [x.shape[2] + extra_pad[0] + extra_pad[2], x.shape[3] + extra_pad[1] + extra_pad[3]]
-        oh, ow = _out_hw(in_hw, ks, stride, pad, dil, where=where)
-        if int(a.get("ceil_mode", 0)) and [oh, ow] != _out_hw(in_hw, ks, stride, pad, dil, ceil=True,
-                                                              where=where):
-            if any(extra_pad):
-                raise QonnxConversionError(f"{where}: ceil_mode=1 with asymmetric padding {full} is not supported")
-            raise QonnxConversionError(f"{where}: ceil_mode=1 changes the output size here; not supported")
+        stride, dil, pad, extra_pad, (oh, ow) = _window(a, ks, x.shape, where, pool=True)
         return ks, stride, pad, dil, (None, x.shape[1], oh, ow), extra_pad
 
-    def op_MaxPool(self, n, a, where):
-        x = self.act(n.input[0], where)
-        if len(n.output) > 1 and n.output[1] and self.n_readers[n.output[1]]:
-            raise QonnxConversionError(f"{where}: MaxPool indices output is not supported")
-        ks, stride, pad, dil, shape, extra_pad = self._pool_common(n, a, x, where)
+    def _maxpool(self, n, x: _Act, attrs, shape, extra_pad, where):
+        """A ``maxpool`` node (geometry ``attrs``) of x. The maximum of values on a grid is on the
+        grid (padding is -inf and never wins: no window lies wholly in the padding), and max
+        commutes with a monotone quantizer: a lazily quantized input is pooled first."""
         lazy = x.pre is not None and x.fl is None and x.cd is None and x.perm is None
         src = x.pre if lazy else self.float_of(x, where)
-        if any(extra_pad):   # -inf never wins (no window lies wholly in the padding)
+        if any(extra_pad):
             src = self._pad_float(src, extra_pad, "-inf", where)
-        name = self.add(n.name or n.output[0], "maxpool", [src], {"kernel": ks, "stride": stride, "padding": pad,
-                                                                  "dilation": dil, "source": f"{n.name} (MaxPool)"})
-        # The maximum of values on a grid is on the grid (padding is -inf and never wins), and
-        # max commutes with a monotone quantizer: a lazily quantized input is pooled first.
+        name = self.add(n.name or n.output[0], "maxpool", [src], {**attrs, "source": f"{n.name} ({n.op_type})"})
         if lazy:
             self.vals[n.output[0]] = _Act(shape, grid=x.grid, pre=name, name=n.output[0])
         else:
             self.vals[n.output[0]] = _Act(shape, fl=name, grid=x.grid)
 
+    def op_MaxPool(self, n, a, where):
+        x = self.act(n.input[0], where)
+        if len(n.output) > 1 and n.output[1] and self.n_readers[n.output[1]]:
+            raise QonnxConversionError(f"{where}: MaxPool indices output is not supported")
+        ks, stride, pad, dil, shape, extra_pad = self._pool_window(a, x, where)
+        self._maxpool(n, x, {"kernel": ks, "stride": stride, "padding": pad, "dilation": dil}, shape, extra_pad,
+                      where)
+
+    def op_GlobalMaxPool(self, n, a, where):
+        x = self.act(n.input[0], where)
+        if len(x.shape) != 4:
+            raise QonnxConversionError(f"{where}: expected a 4-D input")
+        self.spatial_fixed = True  # the window is the export-time size
+        self._maxpool(n, x, {"kernel": list(x.shape[2:]), "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1]},
+                      (None, x.shape[1], 1, 1), [0, 0, 0, 0], where)
+
     def op_AveragePool(self, n, a, where):
         x = self.act(n.input[0], where)
-        ks, stride, pad, dil, shape, extra_pad = self._pool_common(n, a, x, where)
+        ks, stride, pad, dil, shape, extra_pad = self._pool_window(a, x, where)
         if dil != [1, 1]:
             raise QonnxConversionError(f"{where}: dilated average pooling is not supported")
         include_pad = bool(int(a.get("count_include_pad", 0)))
@@ -1188,29 +1200,16 @@ class _Converter:
                          "source": f"{n.name} (AveragePool)"})
         self.vals[n.output[0]] = _Act(shape, fl=name)
 
-    def _global(self, n, x, op, where):
+    def _global_avg(self, n, x, where):
+        """An ``adaptive_avgpool`` of 4-D x to 1x1 (GlobalAveragePool, ReduceMean over H and W)."""
         if len(x.shape) != 4:
             raise QonnxConversionError(f"{where}: expected a 4-D input")
-        lazy = op == "maxpool" and x.pre is not None and x.fl is None and x.cd is None and x.perm is None
-        fl = x.pre if lazy else self.float_of(x, where)
-        if op == "maxpool":
-            h, w = x.shape[2:]
-            attrs = {"kernel": [h, w], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1]}
-            self.spatial_fixed = True  # the window is the export-time size
-        else:
-            attrs = {"output_size": [1, 1]}
-        attrs["source"] = f"{n.name} ({n.op_type})"
-        name = self.add(n.name or n.output[0], op, [fl], attrs)
-        if lazy:
-            return _Act((None, x.shape[1], 1, 1), grid=x.grid, pre=name, name=n.output[0])
-        return _Act((None, x.shape[1], 1, 1), fl=name, grid=x.grid if op == "maxpool" else None,
-                    global_pool=op != "maxpool")
+        name = self.add(n.name or n.output[0], "adaptive_avgpool", [self.float_of(x, where)],
+                        {"output_size": [1, 1], "source": f"{n.name} ({n.op_type})"})
+        return _Act((None, x.shape[1], 1, 1), fl=name, global_pool=True)
 
     def op_GlobalAveragePool(self, n, a, where):
-        self.vals[n.output[0]] = self._global(n, self.act(n.input[0], where), "adaptive_avgpool", where)
-
-    def op_GlobalMaxPool(self, n, a, where):
-        self.vals[n.output[0]] = self._global(n, self.act(n.input[0], where), "maxpool", where)
+        self.vals[n.output[0]] = self._global_avg(n, self.act(n.input[0], where), where)
 
     def op_ReduceMean(self, n, a, where):
         x = self.act(n.input[0], where)
@@ -1218,7 +1217,7 @@ class _Converter:
         axes = None if axes is None else sorted(v % 4 for v in axes)
         if len(x.shape) != 4 or axes != [2, 3]:
             raise QonnxConversionError(f"{where}: only a mean over H and W (axes [2, 3]) is supported, got {axes}")
-        out = self._global(n, x, "adaptive_avgpool", where)
+        out = self._global_avg(n, x, where)
         if not int(a.get("keepdims", 1)):
             out = self._flatten(out, n.output[0] + ".flatten", where)
         self.vals[n.output[0]] = out
