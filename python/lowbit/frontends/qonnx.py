@@ -59,6 +59,7 @@ from collections import Counter
 
 import numpy as np
 
+from .. import codebook as cbmod
 from ..errors import ConversionError
 from .lowering import batchnorm_affine, layer_node, lower, quantize_node, unique_name
 from ..quant import ROUNDING, UniformGrid, bits_for, grid_levels, int_range
@@ -391,7 +392,6 @@ class _Converter:
         onnx, nh = _onnx()
         self.input_grid = input_grid   # a declared input quantization (from_qonnx's input_scale), or None
         self.onnx, self.nh = onnx, nh
-        self.model = model
         self.graph = model.graph
         self.requant_ok = bool(requant_in_epilogue)
         self.consts = {}
@@ -446,8 +446,7 @@ class _Converter:
                 continue
             self.is_const[id(n)] = False
             std = n.domain in ("", "ai.onnx")
-            ok = (n.op_type in _QOPS and _is_qop(n)) or (std and n.op_type in SUPPORTED_OPS and
-                                                        n.op_type not in _QOPS)
+            ok = _is_qop(n) or (std and n.op_type in SUPPORTED_OPS and n.op_type not in _QOPS)
             if not ok:
                 key = n.op_type if std or n.domain == "" else f"{n.domain}.{n.op_type}"
                 where.setdefault(key, []).append(n.name or n.output[0])
@@ -614,12 +613,7 @@ class _Converter:
             self.float_of(out, where)  # raises
         if out.fl is None and out.cd is None and out.pre is not None:
             self.codes_of_act(out, where)
-        if out.fl is not None:
-            last = out.fl
-        elif out.cd is not None:
-            last = out.cd.node
-        else:  # pragma: no cover
-            raise QonnxConversionError(f"{where}: has no value")
+        last = out.fl if out.fl is not None else out.cd.node   # every activation has a float value or codes
         low = lower(self.nodes, last, self.requant_ok, QonnxConversionError)
         self.codes_of = {low.replaced.get(low.moved.get(k, k), low.moved.get(k, k)): v
                          for k, v in self.codes_of.items()}
@@ -632,13 +626,10 @@ class _Converter:
         a = _attrs(n)
         if n.op_type == "Constant":
             t = n.attribute[0]
-            if t.name == "value":
-                v = self.nh.to_array(t.t)
-            elif t.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                v = np.array(self.onnx.helper.get_attribute_value(t))
-            else:
+            if t.name not in ("value", "value_float", "value_int", "value_floats", "value_ints"):
                 raise QonnxConversionError(f"{where}: unsupported Constant attribute {t.name}")
-            self.vals[n.output[0]] = v
+            v = self.onnx.helper.get_attribute_value(t)
+            self.vals[n.output[0]] = self.nh.to_array(v) if t.name == "value" else np.array(v)
             return
         if n.op_type == "Quant" and _is_qop(n):
             x = self.const(n.input[0], where, allow_q=False)
@@ -757,18 +748,13 @@ class _Converter:
     def op_Trunc(self, n, a, where):
         x = self.act(n.input[0], where)
         c = [self.const(i, where, allow_q=False) for i in n.input[1:]]
-        if len(c) == 5:     # v2
-            s, zp, in_b, out_s, out_b = c
-            v2 = True
-        elif len(c) == 4:   # v1
-            s, zp, in_b, out_b = c
-            out_s, v2 = s, False
-        else:
+        if len(c) not in (4, 5):
             raise QonnxConversionError(f"{where}: expected 5 or 6 inputs, got {len(n.input)}")
-        s, out_s = _scale(s, "scale", where), _scale(out_s, "output scale", where)
-        z = float(_as_scalar(zp, "zero_point", where))
-        in_bits = _bit_width(in_b, "input bit width", where)
-        out_bits = _bit_width(out_b, "output bit width", where)
+        v2 = len(c) == 5   # v1 has no output scale (it rescales by the scale)
+        s, out_s = _scale(c[0], "scale", where), _scale(c[3] if v2 else c[0], "output scale", where)
+        z = float(_as_scalar(c[1], "zero_point", where))
+        in_bits = _bit_width(c[2], "input bit width", where)
+        out_bits = _bit_width(c[-1], "output bit width", where)
         if z != 0:
             raise QonnxConversionError(f"{where}: a nonzero zero point is not supported for Trunc")
         signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
@@ -783,17 +769,13 @@ class _Converter:
                 raise QonnxConversionError(f"{where}: output scale {out_s} is not scale x 2^k ({s} x {t})")
             levels = r * t
             grid = UniformGrid(out_s, int(r.min()), int(r.max()), signed=signed)
-        else:
+            if not np.all(levels == np.rint(levels)):
+                raise QonnxConversionError(f"{where}: truncated levels are not integers")
+        else:   # every rounding mode maps the increasing q / T to non-decreasing integers
             t = 2.0 ** (in_bits - out_bits)
             qn, qp = int_range(in_bits, signed, narrow)
-            q = np.arange(qn, qp + 1, dtype=np.float64)
-            r = rf(q / t)
-            levels = r
-            grid = None
-            if np.all(np.diff(r) >= 0) and np.all(r == np.rint(r)):
-                grid = UniformGrid(s, int(r.min()), int(r.max()), signed=signed)
-        if not np.all(levels == np.rint(levels)):
-            raise QonnxConversionError(f"{where}: truncated levels are not integers")
+            levels = r = rf(np.arange(qn, qp + 1, dtype=np.float64) / t)
+            grid = UniformGrid(s, int(r.min()), int(r.max()), signed=signed)
         bits = bits_for(qp - qn + 1)
         if bits is None:
             if not v2:
@@ -875,8 +857,6 @@ class _Converter:
         cd = self.codes_of_act(x, where)
         if extra_pad is not None and any(extra_pad):
             cd = self._pad_codes(cd, extra_pad, where)
-        from .. import codebook as cbmod
-
         k = int(np.prod(codes.shape[1:]))
         kmax = cbmod.k_max(np.asarray(cd.levels), np.asarray(levels))
         if k > kmax:
@@ -893,23 +873,15 @@ class _Converter:
                                      **extra))
         self.vals[n.output[0]] = _Act(out_shape, fl=name, conv=name)
 
-    @staticmethod
-    def _input_chan(x: _Act):
-        """Per-channel steps of the codes a layer reading x gets (None: one step)."""
-        if x.cd is not None and (x.grid is None or x.cd.matches(x.grid)):
-            return x.cd.chan
-        return None if x.grid is None else x.grid.chan
-
     def _runs_on_integers(self, x: _Act, wq, one_input_channel: bool):
         """Whether a conv/linear reading x with weights wq runs on lowbit's integer kernels:
         its input and weights are both quantized (integer levels), and per-channel input
         steps occur only where each output channel reads one input channel (depthwise), so
         that they fold into the output scale. Otherwise the layer runs in float32."""
-        if not (isinstance(wq, _QConst) and wq.ints is not None):
+        if not (isinstance(wq, _QConst) and wq.ints is not None) or (x.cd is None and x.grid is None):
             return False
-        if x.cd is None and x.grid is None:
-            return False
-        return self._input_chan(x) is None or one_input_channel
+        own_codes = x.cd is not None and (x.grid is None or x.cd.matches(x.grid))   # else codes of x.grid
+        return (x.cd.chan if own_codes else x.grid.chan) is None or one_input_channel
 
     def _float_layer(self, n, op, x: _Act, w, bias, extra, out_shape, where, extra_pad=None, wq=None):
         """A ``conv_f32``/``linear_f32`` node: float32 weights (dequantized exactly as QONNX
@@ -974,18 +946,15 @@ class _Converter:
         if len(x.shape) != 2:
             raise QonnxConversionError(f"{where}: expected a 2-D (N, K) input, got shape {x.shape} "
                                        "(flatten first)")
+        w = np.asarray(_values(wmat_q), np.float32)
+        if w.ndim != 2 or w.shape[1] != x.shape[1]:
+            raise QonnxConversionError(f"{where}: weight shape {w.shape} does not match the input's K={x.shape[1]}")
         if not self._runs_on_integers(x, wmat_q, False):
-            w = np.asarray(_values(wmat_q), np.float32)
-            if w.ndim != 2 or w.shape[1] != x.shape[1]:
-                raise QonnxConversionError(f"{where}: weight shape {w.shape} does not match the input's K="
-                                           f"{x.shape[1]}")
             if x.colperm is not None:
                 w, x = _to_lowbit_columns(w, x.colperm), x.copy(colperm=None)
             self._float_layer(n, "linear_f32", x, w * np.float32(alpha), bias, {}, (None, w.shape[0]), where)
             return
         codes, bits, levels, w_scale = self._weights(wmat_q, where)
-        if codes.shape[1] != x.shape[1]:
-            raise QonnxConversionError(f"{where}: weight K={codes.shape[1]} does not match the input's {x.shape[1]}")
         if x.colperm is not None:
             codes, x = _to_lowbit_columns(codes, x.colperm), x.copy(colperm=None)
         self._layer(n, "linear", x, np.ascontiguousarray(codes), bits, levels, w_scale * alpha, bias, {},
@@ -1075,21 +1044,15 @@ class _Converter:
             if len(x.shape) < 2:
                 raise QonnxConversionError(f"{where}: {op} of a 1-D activation is not supported")
             c = self._channel_vec(cons[0], x, where)
-        one, zero = np.ones_like(c), np.zeros_like(c)
-        if op == "Add":
-            scale, bias = one, c
-        elif op == "Sub":
-            scale, bias = (-one, c) if const_first else (one, -c)
-        elif op == "Mul":
-            scale, bias = c, zero
-        elif op == "Neg":
-            scale, bias = -one, zero
-        else:  # Div
+        if op == "Div":
             if const_first:
                 raise QonnxConversionError(f"{where}: dividing by an activation (constant / x) is not supported")
             if np.any(c == 0):
                 raise QonnxConversionError(f"{where}: division by zero")
-            scale, bias = 1.0 / c, zero
+            c = 1.0 / c   # then a Mul
+        one, zero = np.ones_like(c), np.zeros_like(c)
+        scale, bias = {"Add": (one, c), "Sub": (-one, c) if const_first else (one, -c), "Mul": (c, zero),
+                       "Div": (c, zero), "Neg": (-one, zero)}[op]
         self._apply_affine(n, src, x, scale, bias, where)
         return True
 
@@ -1369,8 +1332,6 @@ class _Converter:
                                            "channel axis")
             if x.colperm is not None:
                 raise QonnxConversionError(f"{where}: Concat of a transposed flattening is not supported")
-            if x.perm is not None or x.pad is not None:
-                self.float_of(x, where)  # raises (a Transpose or Pad read by something other than its consumer)
         shape = (None, sum(x.shape[1] for x in xs)) + tuple(xs[0].shape[2:])
         name = n.name or n.output[0]
         grids = [x.grid for x in xs]
