@@ -50,12 +50,6 @@ def to_float_onnx(model, dynamic_batch: bool = True):
         new_nodes.append(helper.make_node(op, ins, [out], **kw))
         return out
 
-    def rounding(x, mode, where):
-        op = {"ROUND": "Round", "HALF_EVEN": "Round", "FLOOR": "Floor", "CEIL": "Ceil"}.get((mode or "ROUND").upper())
-        if op is None:
-            raise QonnxConversionError(f"{where}: rounding_mode {mode} has no float ONNX lowering here")
-        return emit(op, [x])
-
     for n in g.node:
         if not (n.op_type in _QOPS and _is_qop(n)):
             new_nodes.append(n)
@@ -105,7 +99,11 @@ def to_float_onnx(model, dynamic_batch: bool = True):
             zp_out = np.asarray(zp, np.float32) / np.float32(t)
         if clip_bits is not None:
             y = emit("Clip", [y] + [const_input(np.float32(v)) for v in int_range(clip_bits, signed, narrow)])
-        y = rounding(y, mode, where)
+        round_op = {"ROUND": "Round", "HALF_EVEN": "Round", "FLOOR": "Floor", "CEIL": "Ceil"}.get(
+            (mode or "ROUND").upper())
+        if round_op is None:
+            raise QonnxConversionError(f"{where}: rounding_mode {mode} has no float ONNX lowering here")
+        y = emit(round_op, [y])
         if shifted:
             y = emit("Sub", [y, const_input(zp_out)])
         new_nodes.append(helper.make_node("Mul", [y, const_input(out_s)], [out]))
