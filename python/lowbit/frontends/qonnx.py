@@ -469,17 +469,19 @@ class _Converter:
         return node.name
 
     # ---- materialization -----------------------------------------------------------------------
-    def _no_pad(self, act: _Act, where):
+    def _check_readable(self, act: _Act, where):
+        """QonnxConversionError for a pending zero Pad (only a Conv reads it) or Transpose (only a
+        flatten into a Gemm/MatMul reads it) of an activation."""
         if act.pad is not None:
             raise QonnxConversionError(f"{where}: reads a Pad of an activation; a zero Pad is supported only right "
                                        "before a Conv (it becomes the conv's padding). Use the conv's own padding")
-
-    def float_of(self, act: _Act, where):
-        self._no_pad(act, where)
         if act.perm is not None:
             raise QonnxConversionError(f"{where}: reads a Transpose(perm={list(act.perm)}) of an activation; "
                                        "transposed activations are supported only before Flatten/Reshape into "
                                        "a Gemm/MatMul")
+
+    def float_of(self, act: _Act, where):
+        self._check_readable(act, where)
         if act.fl is None:
             c = act.cd if act.cd is not None else self.codes_of_act(act, where)
             act.fl = self.add(c.node + ".dequant", "dequantize", [c.node], {"source": "dequantize"})
@@ -495,9 +497,7 @@ class _Converter:
         quantize of the float output of a layer that nothing else reads (``pre_conv``) may
         become that layer's requantizing epilogue in lowering, one of a max pool may move in
         front of it (``requant_before_maxpool``); any other is ``keep``."""
-        self._no_pad(act, where)
-        if act.perm is not None:
-            self.float_of(act, where)  # raises
+        self._check_readable(act, where)
         if act.cd is not None and (act.grid is None or act.cd.matches(act.grid)):
             return act.cd
         g = act.grid
@@ -548,9 +548,7 @@ class _Converter:
 
     # ---- values --------------------------------------------------------------------------------
     def const(self, name, where, allow_q=True):
-        v = self.vals.get(name)
-        if v is None and name in self.consts:
-            v = self.consts[name]
+        v = self.vals.get(name, self.consts.get(name))
         if isinstance(v, _QConst):
             return v if allow_q else v.values
         if isinstance(v, np.ndarray):
@@ -609,8 +607,7 @@ class _Converter:
         where = f"graph output {self.graph.output[0].name!r}"
         if out.colperm is not None:
             raise QonnxConversionError(f"{where}: a transposed flattening as the model output is not supported")
-        if out.perm is not None:
-            self.float_of(out, where)  # raises
+        self._check_readable(out, where)
         if out.fl is None and out.cd is None and out.pre is not None:
             self.codes_of_act(out, where)
         last = out.fl if out.fl is not None else out.cd.node   # every activation has a float value or codes
@@ -667,14 +664,12 @@ class _Converter:
     def _eval(self, n, inputs):
         from onnx.reference import ReferenceEvaluator
 
-        onnx = self.onnx
         names = [f"i{k}" if i else "" for k, i in enumerate(n.input)]
-        node = onnx.helper.make_node(n.op_type, names, [f"o{k}" for k in range(len(n.output))], domain=n.domain)
+        node = self.onnx.helper.make_node(n.op_type, names, [f"o{k}" for k in range(len(n.output))], domain=n.domain)
         node.attribute.extend(n.attribute)
         feeds = {nm: np.asarray(v) for nm, v in zip(names, inputs) if nm}
         try:
-            sess = ReferenceEvaluator(node)
-            out = sess.run(None, feeds)
+            out = ReferenceEvaluator(node).run(None, feeds)
         except Exception as exc:
             raise QonnxConversionError(f"{_desc(n)}: could not fold this constant expression "
                                        f"({type(exc).__name__}: {exc})") from exc
@@ -737,8 +732,6 @@ class _Converter:
 
     def _quant_act(self, n, src, x: _Act, g: UniformGrid, where):
         out = n.output[0]
-        if x.perm is not None:
-            self.float_of(x, where)  # raises
         _check_levels(g.levels(), g.bits, where)
         conv = self.fusable(src, x)
         fl = self.float_of(x, where)
