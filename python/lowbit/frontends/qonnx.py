@@ -146,13 +146,8 @@ def _load(model):
 
 def _attrs(node) -> dict:
     onnx, _ = _onnx()
-    out = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        out[a.name] = v
-    return out
+    values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
 def _is_qop(node) -> bool:
@@ -181,8 +176,7 @@ def quant_numpy(x, scale, zero_point, bits, signed, narrow, rounding_mode="ROUND
     s = np.asarray(scale, np.float32)
     zp = np.asarray(zero_point, np.float32)
     bits = int(round(float(np.asarray(bits).reshape(-1)[0])))
-    y = x / s
-    y = y + zp
+    y = x / s + zp
     lo, hi = (np.float32(v) for v in int_range(bits, signed, narrow))
     y = np.where(y > hi, hi, y)
     y = np.where(y < lo, lo, y)
@@ -984,10 +978,7 @@ class _Converter:
         if c.size == 1:
             return np.full(ch, float(c.reshape(-1)[0]))
         nd = len(x.shape)
-        shape = (1,) * (nd - c.ndim) + c.shape
-        want = [1] * nd
-        want[1] = ch
-        if list(shape) != want:
+        if (1,) * (nd - c.ndim) + c.shape != (1, ch) + (1,) * (nd - 2):
             raise QonnxConversionError(f"{where}: constant of shape {c.shape} is not per-channel for an input "
                                        f"of shape {tuple('N' if d is None else d for d in x.shape)}")
         return c.reshape(-1)

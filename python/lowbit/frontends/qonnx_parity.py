@@ -342,7 +342,7 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
     ``isolate``, continue from qonnx's codes where they determine the levels. With a dict
     ``record``, also store ``record[tensor] = (lowbit's levels, qonnx's levels, step)`` (NCHW
     int64 levels; step float64, broadcastable). Returns the float32 output."""
-    from ..runtime.model import CodeTensor
+    from ..runtime.model import CodeTensor, dequantize
 
     vals = {}
     for n in lb.nodes:
@@ -379,8 +379,6 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
         vals[n.name] = out
     out = vals[lb.nodes[-1].name]
     if isinstance(out, CodeTensor):
-        from ..runtime.model import dequantize
-
         out = dequantize(out)
     if out.ndim == 4:
         out = out.transpose(0, 3, 1, 2)
