@@ -237,15 +237,15 @@ class _QConst:
     (q - zero_point, or None if not integral), ``scale`` broadcast to the full shape,
     the integer range of the grid (or None) and whether it is bipolar."""
 
-    def __init__(self, values, ints, scale, bits, irange, binary=False):
+    def __init__(self, values, ints, scale, irange, binary=False):
         self.values = np.asarray(values, np.float32)
         self.ints = ints
         self.scale = np.broadcast_to(np.asarray(scale, np.float32), self.values.shape).copy()
-        self.bits, self.irange, self.binary = bits, irange, binary
+        self.irange, self.binary = irange, binary
 
     def transform(self, fn):
-        return _QConst(fn(self.values), None if self.ints is None else fn(self.ints), fn(self.scale), self.bits,
-                       self.irange, self.binary)
+        return _QConst(fn(self.values), None if self.ints is None else fn(self.ints), fn(self.scale), self.irange,
+                       self.binary)
 
 
 def _values(v):
@@ -634,13 +634,13 @@ class _Converter:
             if zpa.size == 1 and float(zpa.reshape(-1)[0]).is_integer():
                 z = int(zpa.reshape(-1)[0])
                 irange = tuple(v - z for v in int_range(bits, signed, narrow))
-            self.vals[n.output[0]] = _QConst(y, ints, s, bits, irange)
+            self.vals[n.output[0]] = _QConst(y, ints, s, irange)
             return
         if n.op_type == "BipolarQuant" and _is_qop(n):
             x = self.const(n.input[0], where, allow_q=False)
             s = np.asarray(self.const(n.input[1], where, allow_q=False), np.float32)
             ints = np.where(x >= 0, 1, -1).astype(np.int64)
-            self.vals[n.output[0]] = _QConst((ints.astype(np.float32) * s).astype(np.float32), ints, s, 1, (-1, 1),
+            self.vals[n.output[0]] = _QConst((ints.astype(np.float32) * s).astype(np.float32), ints, s, (-1, 1),
                                              binary=True)
             return
         ins = [self.vals.get(i, self.consts.get(i)) if i else None for i in n.input]
@@ -784,9 +784,8 @@ class _Converter:
         1/(4T), far above float rounding), so they stay exact. ROUND/HALF_EVEN quantize
         ``round(x / scale) / T`` (the node's ``pre_step``/``pre_div``) exactly as QONNX
         does, so a tie q/T = k + 1/2 rounds to even as there."""
-        nonneg = lo >= 0
         offsets = {"FLOOR": -(t - 1) / (2 * t), "CEIL": (t - 1) / (2 * t), "ROUND": 0.0, "HALF_EVEN": 0.0}
-        if nonneg:
+        if lo >= 0:
             offsets.update({"DOWN": offsets["FLOOR"], "UP": offsets["CEIL"], "HALF_UP": 1 / (4 * t),
                             "HALF_DOWN": -1 / (4 * t)})
         if mode not in offsets:
@@ -1185,8 +1184,7 @@ class _Converter:
             if x.perm[0] != 0:
                 raise QonnxConversionError(f"{where}: a Transpose that moves the batch axis is not supported")
             idx = np.arange(c * h * w).reshape(c, h, w).transpose([p - 1 for p in x.perm[1:]]).reshape(-1)
-            base = self._view(x, perm=None, conv=None)
-            out = self._flatten(base, name, where)
+            out = self._flatten(self._view(x, perm=None, conv=None), name, where)
             out.colperm = idx
             return out
         if not (x.global_pool and h == 1 and w == 1):
@@ -1220,9 +1218,7 @@ class _Converter:
         x = self.act(n.input[0], where)
         t = [int(v) for v in np.asarray(self.const(n.input[1], where, allow_q=False)).reshape(-1)]
         feat = int(np.prod(x.shape[1:]))
-        lshape = list(x.shape)
-        if x.perm is not None:
-            lshape = [None] + [x.shape[p] for p in x.perm[1:]]
+        lshape = list(x.shape) if x.perm is None else [None] + [x.shape[p] for p in x.perm[1:]]   # as ONNX sees it
         first_ok = t and (t[0] in (-1, self.export_batch) or (t[0] == 0 and not int(a.get("allowzero", 0))))
         if first_ok and len(t) == 2 and t[1] in (feat, -1) and len(x.shape) == 4:
             self.vals[n.output[0]] = self._flatten(x, n.name or n.output[0], where)
