@@ -432,17 +432,16 @@ class _Converter:
         where = {}   # unsupported op -> the nodes that use it
         self.is_const = {}
         for n in order:
-            c = n.op_type == "Constant" or all(i in const for i in n.input) or \
-                (n.op_type == "CastLike" and n.input[0] in const)  # activations are float32
-            if c and n.op_type != "Trunc":
+            self.is_const[id(n)] = n.op_type != "Trunc" and (
+                n.op_type == "Constant" or all(i in const for i in n.input)
+                or (n.op_type == "CastLike" and n.input[0] in const))  # activations are float32
+            if self.is_const[id(n)]:
                 const.update(n.output)
-                self.is_const[id(n)] = True
                 continue
-            self.is_const[id(n)] = False
             std = n.domain in ("", "ai.onnx")
             ok = _is_qop(n) or (std and n.op_type in SUPPORTED_OPS and n.op_type not in _QOPS)
             if not ok:
-                key = n.op_type if std or n.domain == "" else f"{n.domain}.{n.op_type}"
+                key = n.op_type if std else f"{n.domain}.{n.op_type}"
                 where.setdefault(key, []).append(n.name or n.output[0])
         if where:
             parts = [f"{k} x{len(v)} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
