@@ -59,6 +59,7 @@ from collections import Counter
 
 import numpy as np
 
+from .. import codebook as cbmod
 from ..errors import ConversionError
 from .lowering import batchnorm_affine, layer_node, lower, quantize_node, unique_name
 from ..quant import ROUNDING, UniformGrid, bits_for, grid_levels, int_range
@@ -122,39 +123,31 @@ def _check_strings(m):
 def _load(model):
     """onnx.ModelProto from a path, bytes, a ModelProto or a qonnx ModelWrapper (copied);
     its names checked to be text (_check_strings)."""
-    return _check_strings(_load_proto(model))
-
-
-def _load_proto(model):
     onnx, _ = _onnx()
     if isinstance(model, (str, os.PathLike)):
         if not os.path.exists(model):
             raise FileNotFoundError(f"model: no such file {os.fspath(model)!r}")
-        return onnx.load(os.fspath(model))
-    if isinstance(model, (bytes, bytearray)):
+        m = onnx.load(os.fspath(model))
+    elif isinstance(model, (bytes, bytearray)):
         try:
-            return onnx.load_from_string(bytes(model))
+            m = onnx.load_from_string(bytes(model))
         except Exception as exc:  # protobuf's DecodeError (and RuntimeWarning-free variants)
             raise ValueError(f"model: the bytes are not a serialized ONNX model ({exc})") from None
-    if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):  # qonnx ModelWrapper
-        model = model.model
-    if isinstance(model, onnx.ModelProto):
+    else:
+        if hasattr(model, "model") and isinstance(getattr(model, "model"), onnx.ModelProto):  # qonnx ModelWrapper
+            model = model.model
+        if not isinstance(model, onnx.ModelProto):
+            raise TypeError(f"model: expected a path to a .onnx file, an onnx.ModelProto or a qonnx ModelWrapper, "
+                            f"got {type(model).__name__}")
         m = onnx.ModelProto()
         m.CopyFrom(model)
-        return m
-    raise TypeError(f"model: expected a path to a .onnx file, an onnx.ModelProto or a qonnx ModelWrapper, "
-                    f"got {type(model).__name__}")
+    return _check_strings(m)
 
 
 def _attrs(node) -> dict:
     onnx, _ = _onnx()
-    out = {}
-    for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        out[a.name] = v
-    return out
+    values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
 def _is_qop(node) -> bool:
@@ -183,8 +176,7 @@ def quant_numpy(x, scale, zero_point, bits, signed, narrow, rounding_mode="ROUND
     s = np.asarray(scale, np.float32)
     zp = np.asarray(zero_point, np.float32)
     bits = int(round(float(np.asarray(bits).reshape(-1)[0])))
-    y = x / s
-    y = y + zp
+    y = x / s + zp
     lo, hi = (np.float32(v) for v in int_range(bits, signed, narrow))
     y = np.where(y > hi, hi, y)
     y = np.where(y < lo, lo, y)
@@ -245,15 +237,15 @@ class _QConst:
     (q - zero_point, or None if not integral), ``scale`` broadcast to the full shape,
     the integer range of the grid (or None) and whether it is bipolar."""
 
-    def __init__(self, values, ints, scale, bits, irange, binary=False):
+    def __init__(self, values, ints, scale, irange, binary=False):
         self.values = np.asarray(values, np.float32)
         self.ints = ints
         self.scale = np.broadcast_to(np.asarray(scale, np.float32), self.values.shape).copy()
-        self.bits, self.irange, self.binary = bits, irange, binary
+        self.irange, self.binary = irange, binary
 
     def transform(self, fn):
-        return _QConst(fn(self.values), None if self.ints is None else fn(self.ints), fn(self.scale), self.bits,
-                       self.irange, self.binary)
+        return _QConst(fn(self.values), None if self.ints is None else fn(self.ints), fn(self.scale), self.irange,
+                       self.binary)
 
 
 def _values(v):
@@ -341,14 +333,7 @@ def _pads(attrs, kernel, in_hw, strides, dilations, where):
     return begin + end
 
 
-def _split_pads(p):
-    """ONNX [top, left, bottom, right] -> (symmetric [ph, pw] a conv/pool applies itself, the
-    rest [top, left, bottom, right] (zero when p is symmetric) for an explicit ``pad`` node)."""
-    sym = [min(p[0], p[2]), min(p[1], p[3])]
-    return sym, [p[0] - sym[0], p[1] - sym[1], p[2] - sym[0], p[3] - sym[1]]
-
-
-def _check_window(in_hw, kernel, stride, pad, dil, where="a QONNX node"):
+def _check_window(in_hw, kernel, stride, pad, dil, where):
     """QonnxConversionError unless a conv/pool window is well formed: two
     sizes each, kernel, stride, dilation >= 1, padding >= 0, input >= 1."""
     for what, v, lo in (("input size", in_hw, 1), ("kernel_shape", kernel, 1), ("strides", stride, 1),
@@ -357,7 +342,7 @@ def _check_window(in_hw, kernel, stride, pad, dil, where="a QONNX node"):
             raise QonnxConversionError(f"{where}: {what} {v} is not supported (expected 2 ints >= {lo})")
 
 
-def _out_hw(in_hw, kernel, stride, pad, dil, ceil=False, where="a QONNX node"):
+def _out_hw(in_hw, kernel, stride, pad, dil, where, ceil=False):
     _check_window(in_hw, kernel, stride, pad, dil, where)
     out = []
     for i in range(2):
@@ -372,6 +357,28 @@ def _out_hw(in_hw, kernel, stride, pad, dil, ceil=False, where="a QONNX node"):
     return out
 
 
+def _window(a, kernel, x_shape, where, pool=False):
+    """The window of a conv (or, with ``pool``, a pooling) node with attributes ``a`` and kernel
+    size ``kernel`` over a 4-D input of shape ``x_shape``: (strides, dilations, the symmetric
+    padding [ph, pw] the node applies itself, the rest [top, left, bottom, right] for an explicit
+    ``pad`` node in front (zero when the pads are symmetric), [OH, OW]). A pool's padding must be
+    smaller than its kernel, and its ``ceil_mode`` must not change the output size."""
+    stride = _pair_attr(a.get("strides"), [1, 1])
+    dil = _pair_attr(a.get("dilations"), [1, 1])
+    full = _pads(a, kernel, x_shape[2:], stride, dil, where)
+    pad = [min(full[0], full[2]), min(full[1], full[3])]
+    extra = [full[0] - pad[0], full[1] - pad[1], full[2] - pad[0], full[3] - pad[1]]
+    in_hw = [x_shape[2] + extra[0] + extra[2], x_shape[3] + extra[1] + extra[3]]
+    out = _out_hw(in_hw, kernel, stride, pad, dil, where)
+    if pool and any(p >= k for p, k in zip(full, kernel + kernel)):
+        raise QonnxConversionError(f"{where}: padding {full} must be smaller than the kernel {kernel}")
+    if pool and int(a.get("ceil_mode", 0)) and out != _out_hw(in_hw, kernel, stride, pad, dil, where, ceil=True):
+        if any(extra):
+            raise QonnxConversionError(f"{where}: ceil_mode=1 with asymmetric padding {full} is not supported")
+        raise QonnxConversionError(f"{where}: ceil_mode=1 changes the output size here; not supported")
+    return stride, dil, pad, extra, out
+
+
 # ---------------------------------------------------------------------------------------------
 
 class _Converter:
@@ -379,7 +386,6 @@ class _Converter:
         onnx, nh = _onnx()
         self.input_grid = input_grid   # a declared input quantization (from_qonnx's input_scale), or None
         self.onnx, self.nh = onnx, nh
-        self.model = model
         self.graph = model.graph
         self.requant_ok = bool(requant_in_epilogue)
         self.consts = {}
@@ -426,18 +432,16 @@ class _Converter:
         where = {}   # unsupported op -> the nodes that use it
         self.is_const = {}
         for n in order:
-            c = n.op_type == "Constant" or all(i in const for i in n.input) or \
-                (n.op_type == "CastLike" and n.input[0] in const)  # activations are float32
-            if c and n.op_type != "Trunc":
+            self.is_const[id(n)] = n.op_type != "Trunc" and (
+                n.op_type == "Constant" or all(i in const for i in n.input)
+                or (n.op_type == "CastLike" and n.input[0] in const))  # activations are float32
+            if self.is_const[id(n)]:
                 const.update(n.output)
-                self.is_const[id(n)] = True
                 continue
-            self.is_const[id(n)] = False
             std = n.domain in ("", "ai.onnx")
-            ok = (n.op_type in _QOPS and _is_qop(n)) or (std and n.op_type in SUPPORTED_OPS and
-                                                        n.op_type not in _QOPS)
+            ok = _is_qop(n) or (std and n.op_type in SUPPORTED_OPS and n.op_type not in _QOPS)
             if not ok:
-                key = n.op_type if std or n.domain == "" else f"{n.domain}.{n.op_type}"
+                key = n.op_type if std else f"{n.domain}.{n.op_type}"
                 where.setdefault(key, []).append(n.name or n.output[0])
         if where:
             parts = [f"{k} x{len(v)} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
@@ -458,17 +462,19 @@ class _Converter:
         return node.name
 
     # ---- materialization -----------------------------------------------------------------------
-    def _no_pad(self, act: _Act, where):
+    def _check_readable(self, act: _Act, where):
+        """QonnxConversionError for a pending zero Pad (only a Conv reads it) or Transpose (only a
+        flatten into a Gemm/MatMul reads it) of an activation."""
         if act.pad is not None:
             raise QonnxConversionError(f"{where}: reads a Pad of an activation; a zero Pad is supported only right "
                                        "before a Conv (it becomes the conv's padding). Use the conv's own padding")
-
-    def float_of(self, act: _Act, where):
-        self._no_pad(act, where)
         if act.perm is not None:
             raise QonnxConversionError(f"{where}: reads a Transpose(perm={list(act.perm)}) of an activation; "
                                        "transposed activations are supported only before Flatten/Reshape into "
                                        "a Gemm/MatMul")
+
+    def float_of(self, act: _Act, where):
+        self._check_readable(act, where)
         if act.fl is None:
             c = act.cd if act.cd is not None else self.codes_of_act(act, where)
             act.fl = self.add(c.node + ".dequant", "dequantize", [c.node], {"source": "dequantize"})
@@ -484,9 +490,7 @@ class _Converter:
         quantize of the float output of a layer that nothing else reads (``pre_conv``) may
         become that layer's requantizing epilogue in lowering, one of a max pool may move in
         front of it (``requant_before_maxpool``); any other is ``keep``."""
-        self._no_pad(act, where)
-        if act.perm is not None:
-            self.float_of(act, where)  # raises
+        self._check_readable(act, where)
         if act.cd is not None and (act.grid is None or act.cd.matches(act.grid)):
             return act.cd
         g = act.grid
@@ -509,21 +513,17 @@ class _Converter:
         act.cd = self.quantize(fl, g, f"{fl}.quant", where, keep=True)
         return act.cd
 
-    def quantize(self, src, g: UniformGrid, name, where, qn=None, qp=None, levels=None, bits=None, step=None,
-                 keep=True, **extra):
+    def quantize(self, src, g: UniformGrid, name, where, levels=None, keep=True, **extra):
         """A quantize node of float value src onto grid g (per-channel steps: ``channel_steps``,
-        see lowbit.lowering); ``keep``: never folded into an epilogue; ``extra``: more attributes."""
-        bits = g.bits if bits is None else bits
-        if bits is None:
+        see lowbit.lowering); ``levels``: its codebook when not the grid's (a Trunc's truncated
+        levels); ``keep``: never folded into an epilogue; ``extra``: more attributes."""
+        if g.bits is None:
             raise QonnxConversionError(f"{where}: {g.n} quantization levels do not fit 8-bit codes")
-        levels = g.levels() if levels is None else levels
-        _check_levels(levels, bits, where)
-        step = g.step if step is None else step
-        attrs = {"bits": bits, "qn": g.qn if qn is None else qn, "qp": g.qp if qp is None else qp, "step": float(step),
-                 "levels": [int(v) for v in levels], "source": where, "keep": bool(keep)}
-        node = quantize_node(self.uname(name), src, g, **attrs, **extra)
+        levels = g.levels() if levels is None else [int(v) for v in levels]
+        _check_levels(levels, g.bits, where)
+        node = quantize_node(self.uname(name), src, g, levels=levels, source=where, keep=bool(keep), **extra)
         self.nodes.append(node)
-        return _Codes(node.name, bits, levels, step, g.chan)
+        return _Codes(node.name, g.bits, levels, g.step, g.chan)
 
     def _pad_codes(self, cd: _Codes, pads, where):
         """Codes ``cd`` padded explicitly by ``pads`` [top, left, bottom, right] with the code of
@@ -541,9 +541,7 @@ class _Converter:
 
     # ---- values --------------------------------------------------------------------------------
     def const(self, name, where, allow_q=True):
-        v = self.vals.get(name)
-        if v is None and name in self.consts:
-            v = self.consts[name]
+        v = self.vals.get(name, self.consts.get(name))
         if isinstance(v, _QConst):
             return v if allow_q else v.values
         if isinstance(v, np.ndarray):
@@ -602,16 +600,10 @@ class _Converter:
         where = f"graph output {self.graph.output[0].name!r}"
         if out.colperm is not None:
             raise QonnxConversionError(f"{where}: a transposed flattening as the model output is not supported")
-        if out.perm is not None:
-            self.float_of(out, where)  # raises
+        self._check_readable(out, where)
         if out.fl is None and out.cd is None and out.pre is not None:
             self.codes_of_act(out, where)
-        if out.fl is not None:
-            last = out.fl
-        elif out.cd is not None:
-            last = out.cd.node
-        else:  # pragma: no cover
-            raise QonnxConversionError(f"{where}: has no value")
+        last = out.fl if out.fl is not None else out.cd.node   # every activation has a float value or codes
         low = lower(self.nodes, last, self.requant_ok, QonnxConversionError)
         self.codes_of = {low.replaced.get(low.moved.get(k, k), low.moved.get(k, k)): v
                          for k, v in self.codes_of.items()}
@@ -624,13 +616,10 @@ class _Converter:
         a = _attrs(n)
         if n.op_type == "Constant":
             t = n.attribute[0]
-            if t.name == "value":
-                v = self.nh.to_array(t.t)
-            elif t.name in ("value_float", "value_int", "value_floats", "value_ints"):
-                v = np.array(self.onnx.helper.get_attribute_value(t))
-            else:
+            if t.name not in ("value", "value_float", "value_int", "value_floats", "value_ints"):
                 raise QonnxConversionError(f"{where}: unsupported Constant attribute {t.name}")
-            self.vals[n.output[0]] = v
+            v = self.onnx.helper.get_attribute_value(t)
+            self.vals[n.output[0]] = self.nh.to_array(v) if t.name == "value" else np.array(v)
             return
         if n.op_type == "Quant" and _is_qop(n):
             x = self.const(n.input[0], where, allow_q=False)
@@ -644,13 +633,13 @@ class _Converter:
             if zpa.size == 1 and float(zpa.reshape(-1)[0]).is_integer():
                 z = int(zpa.reshape(-1)[0])
                 irange = tuple(v - z for v in int_range(bits, signed, narrow))
-            self.vals[n.output[0]] = _QConst(y, ints, s, bits, irange)
+            self.vals[n.output[0]] = _QConst(y, ints, s, irange)
             return
         if n.op_type == "BipolarQuant" and _is_qop(n):
             x = self.const(n.input[0], where, allow_q=False)
             s = np.asarray(self.const(n.input[1], where, allow_q=False), np.float32)
             ints = np.where(x >= 0, 1, -1).astype(np.int64)
-            self.vals[n.output[0]] = _QConst((ints.astype(np.float32) * s).astype(np.float32), ints, s, 1, (-1, 1),
+            self.vals[n.output[0]] = _QConst((ints.astype(np.float32) * s).astype(np.float32), ints, s, (-1, 1),
                                              binary=True)
             return
         ins = [self.vals.get(i, self.consts.get(i)) if i else None for i in n.input]
@@ -668,14 +657,12 @@ class _Converter:
     def _eval(self, n, inputs):
         from onnx.reference import ReferenceEvaluator
 
-        onnx = self.onnx
         names = [f"i{k}" if i else "" for k, i in enumerate(n.input)]
-        node = onnx.helper.make_node(n.op_type, names, [f"o{k}" for k in range(len(n.output))], domain=n.domain)
+        node = self.onnx.helper.make_node(n.op_type, names, [f"o{k}" for k in range(len(n.output))], domain=n.domain)
         node.attribute.extend(n.attribute)
         feeds = {nm: np.asarray(v) for nm, v in zip(names, inputs) if nm}
         try:
-            sess = ReferenceEvaluator(node)
-            out = sess.run(None, feeds)
+            out = ReferenceEvaluator(node).run(None, feeds)
         except Exception as exc:
             raise QonnxConversionError(f"{_desc(n)}: could not fold this constant expression "
                                        f"({type(exc).__name__}: {exc})") from exc
@@ -738,10 +725,6 @@ class _Converter:
 
     def _quant_act(self, n, src, x: _Act, g: UniformGrid, where):
         out = n.output[0]
-        if x.perm is not None:
-            self.float_of(x, where)  # raises
-        if g.bits is None:
-            raise QonnxConversionError(f"{where}: {g.n} levels do not fit 8-bit codes")
         _check_levels(g.levels(), g.bits, where)
         conv = self.fusable(src, x)
         fl = self.float_of(x, where)
@@ -751,18 +734,13 @@ class _Converter:
     def op_Trunc(self, n, a, where):
         x = self.act(n.input[0], where)
         c = [self.const(i, where, allow_q=False) for i in n.input[1:]]
-        if len(c) == 5:     # v2
-            s, zp, in_b, out_s, out_b = c
-            v2 = True
-        elif len(c) == 4:   # v1
-            s, zp, in_b, out_b = c
-            out_s, v2 = s, False
-        else:
+        if len(c) not in (4, 5):
             raise QonnxConversionError(f"{where}: expected 5 or 6 inputs, got {len(n.input)}")
-        s, out_s = _scale(s, "scale", where), _scale(out_s, "output scale", where)
-        z = float(_as_scalar(zp, "zero_point", where))
-        in_bits = _bit_width(in_b, "input bit width", where)
-        out_bits = _bit_width(out_b, "output bit width", where)
+        v2 = len(c) == 5   # v1 has no output scale (it rescales by the scale)
+        s, out_s = _scale(c[0], "scale", where), _scale(c[3] if v2 else c[0], "output scale", where)
+        z = float(_as_scalar(c[1], "zero_point", where))
+        in_bits = _bit_width(c[2], "input bit width", where)
+        out_bits = _bit_width(c[-1], "output bit width", where)
         if z != 0:
             raise QonnxConversionError(f"{where}: a nonzero zero point is not supported for Trunc")
         signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
@@ -777,17 +755,13 @@ class _Converter:
                 raise QonnxConversionError(f"{where}: output scale {out_s} is not scale x 2^k ({s} x {t})")
             levels = r * t
             grid = UniformGrid(out_s, int(r.min()), int(r.max()), signed=signed)
-        else:
+            if not np.all(levels == np.rint(levels)):
+                raise QonnxConversionError(f"{where}: truncated levels are not integers")
+        else:   # every rounding mode maps the increasing q / T to non-decreasing integers
             t = 2.0 ** (in_bits - out_bits)
             qn, qp = int_range(in_bits, signed, narrow)
-            q = np.arange(qn, qp + 1, dtype=np.float64)
-            r = rf(q / t)
-            levels = r
-            grid = None
-            if np.all(np.diff(r) >= 0) and np.all(r == np.rint(r)):
-                grid = UniformGrid(s, int(r.min()), int(r.max()), signed=signed)
-        if not np.all(levels == np.rint(levels)):
-            raise QonnxConversionError(f"{where}: truncated levels are not integers")
+            levels = r = rf(np.arange(qn, qp + 1, dtype=np.float64) / t)
+            grid = UniformGrid(s, int(r.min()), int(r.max()), signed=signed)
         bits = bits_for(qp - qn + 1)
         if bits is None:
             if not v2:
@@ -797,7 +771,7 @@ class _Converter:
         levels = grid_levels(levels.astype(np.int64).tolist(), bits)
         fl = self.float_of(x, where)
         g_in = UniformGrid(s, qn, qp, signed=signed)
-        cd = self.quantize(fl, g_in, n.name or n.output[0], where, qn=qn, qp=qp, levels=levels, bits=bits, step=s)
+        cd = self.quantize(fl, g_in, n.name or n.output[0], where, levels=levels)
         self.codes_of[cd.node] = n.output[0]
         self.vals[n.output[0]] = _Act(x.shape, cd=cd, grid=grid)
 
@@ -809,9 +783,8 @@ class _Converter:
         1/(4T), far above float rounding), so they stay exact. ROUND/HALF_EVEN quantize
         ``round(x / scale) / T`` (the node's ``pre_step``/``pre_div``) exactly as QONNX
         does, so a tie q/T = k + 1/2 rounds to even as there."""
-        nonneg = lo >= 0
         offsets = {"FLOOR": -(t - 1) / (2 * t), "CEIL": (t - 1) / (2 * t), "ROUND": 0.0, "HALF_EVEN": 0.0}
-        if nonneg:
+        if lo >= 0:
             offsets.update({"DOWN": offsets["FLOOR"], "UP": offsets["CEIL"], "HALF_UP": 1 / (4 * t),
                             "HALF_DOWN": -1 / (4 * t)})
         if mode not in offsets:
@@ -869,8 +842,6 @@ class _Converter:
         cd = self.codes_of_act(x, where)
         if extra_pad is not None and any(extra_pad):
             cd = self._pad_codes(cd, extra_pad, where)
-        from .. import codebook as cbmod
-
         k = int(np.prod(codes.shape[1:]))
         kmax = cbmod.k_max(np.asarray(cd.levels), np.asarray(levels))
         if k > kmax:
@@ -887,23 +858,15 @@ class _Converter:
                                      **extra))
         self.vals[n.output[0]] = _Act(out_shape, fl=name, conv=name)
 
-    @staticmethod
-    def _input_chan(x: _Act):
-        """Per-channel steps of the codes a layer reading x gets (None: one step)."""
-        if x.cd is not None and (x.grid is None or x.cd.matches(x.grid)):
-            return x.cd.chan
-        return None if x.grid is None else x.grid.chan
-
     def _runs_on_integers(self, x: _Act, wq, one_input_channel: bool):
         """Whether a conv/linear reading x with weights wq runs on lowbit's integer kernels:
         its input and weights are both quantized (integer levels), and per-channel input
         steps occur only where each output channel reads one input channel (depthwise), so
         that they fold into the output scale. Otherwise the layer runs in float32."""
-        if not (isinstance(wq, _QConst) and wq.ints is not None):
+        if not (isinstance(wq, _QConst) and wq.ints is not None) or (x.cd is None and x.grid is None):
             return False
-        if x.cd is None and x.grid is None:
-            return False
-        return self._input_chan(x) is None or one_input_channel
+        own_codes = x.cd is not None and (x.grid is None or x.cd.matches(x.grid))   # else codes of x.grid
+        return (x.cd.chan if own_codes else x.grid.chan) is None or one_input_channel
 
     def _float_layer(self, n, op, x: _Act, w, bias, extra, out_shape, where, extra_pad=None, wq=None):
         """A ``conv_f32``/``linear_f32`` node: float32 weights (dequantized exactly as QONNX
@@ -951,14 +914,10 @@ class _Converter:
         ks = _pair_attr(a.get("kernel_shape"), [kh, kw])
         if ks != [kh, kw]:
             raise QonnxConversionError(f"{where}: kernel_shape {ks} does not match the weights")
-        stride = _pair_attr(a.get("strides"), [1, 1])
-        dil = _pair_attr(a.get("dilations"), [1, 1])
-        pad, extra_pad = _split_pads(_pads(a, [kh, kw], x.shape[2:], stride, dil, where))
-        in_hw = [x.shape[2] + extra_pad[0] + extra_pad[2], x.shape[3] + extra_pad[1] + extra_pad[3]]
+        stride, dil, pad, extra_pad, (oh, ow) = _window(a, [kh, kw], x.shape, where)
         bias = None
         if len(n.input) > 2 and n.input[2]:
             bias = np.asarray(self.const(n.input[2], where, allow_q=False), np.float64).reshape(-1)
-        oh, ow = _out_hw(in_hw, [kh, kw], stride, pad, dil, where=where)
         extra = {"stride": stride, "padding": pad, "dilation": dil, "groups": groups}
         if not self._runs_on_integers(x, wq, cg == 1):
             self._float_layer(n, "conv_f32", x, wv, bias, extra, (None, cout, oh, ow), where, extra_pad, wq)
@@ -972,18 +931,15 @@ class _Converter:
         if len(x.shape) != 2:
             raise QonnxConversionError(f"{where}: expected a 2-D (N, K) input, got shape {x.shape} "
                                        "(flatten first)")
+        w = np.asarray(_values(wmat_q), np.float32)
+        if w.ndim != 2 or w.shape[1] != x.shape[1]:
+            raise QonnxConversionError(f"{where}: weight shape {w.shape} does not match the input's K={x.shape[1]}")
         if not self._runs_on_integers(x, wmat_q, False):
-            w = np.asarray(_values(wmat_q), np.float32)
-            if w.ndim != 2 or w.shape[1] != x.shape[1]:
-                raise QonnxConversionError(f"{where}: weight shape {w.shape} does not match the input's K="
-                                           f"{x.shape[1]}")
             if x.colperm is not None:
                 w, x = _to_lowbit_columns(w, x.colperm), x.copy(colperm=None)
             self._float_layer(n, "linear_f32", x, w * np.float32(alpha), bias, {}, (None, w.shape[0]), where)
             return
         codes, bits, levels, w_scale = self._weights(wmat_q, where)
-        if codes.shape[1] != x.shape[1]:
-            raise QonnxConversionError(f"{where}: weight K={codes.shape[1]} does not match the input's {x.shape[1]}")
         if x.colperm is not None:
             codes, x = _to_lowbit_columns(codes, x.colperm), x.copy(colperm=None)
         self._layer(n, "linear", x, np.ascontiguousarray(codes), bits, levels, w_scale * alpha, bias, {},
@@ -1020,10 +976,7 @@ class _Converter:
         if c.size == 1:
             return np.full(ch, float(c.reshape(-1)[0]))
         nd = len(x.shape)
-        shape = (1,) * (nd - c.ndim) + c.shape
-        want = [1] * nd
-        want[1] = ch
-        if list(shape) != want:
+        if (1,) * (nd - c.ndim) + c.shape != (1, ch) + (1,) * (nd - 2):
             raise QonnxConversionError(f"{where}: constant of shape {c.shape} is not per-channel for an input "
                                        f"of shape {tuple('N' if d is None else d for d in x.shape)}")
         return c.reshape(-1)
@@ -1073,21 +1026,15 @@ class _Converter:
             if len(x.shape) < 2:
                 raise QonnxConversionError(f"{where}: {op} of a 1-D activation is not supported")
             c = self._channel_vec(cons[0], x, where)
-        one, zero = np.ones_like(c), np.zeros_like(c)
-        if op == "Add":
-            scale, bias = one, c
-        elif op == "Sub":
-            scale, bias = (-one, c) if const_first else (one, -c)
-        elif op == "Mul":
-            scale, bias = c, zero
-        elif op == "Neg":
-            scale, bias = -one, zero
-        else:  # Div
+        if op == "Div":
             if const_first:
                 raise QonnxConversionError(f"{where}: dividing by an activation (constant / x) is not supported")
             if np.any(c == 0):
                 raise QonnxConversionError(f"{where}: division by zero")
-            scale, bias = 1.0 / c, zero
+            c = 1.0 / c   # then a Mul
+        one, zero = np.ones_like(c), np.zeros_like(c)
+        scale, bias = {"Add": (one, c), "Sub": (-one, c) if const_first else (one, -c), "Mul": (c, zero),
+                       "Div": (c, zero), "Neg": (-one, zero)}[op]
         self._apply_affine(n, src, x, scale, bias, where)
         return True
 
@@ -1141,46 +1088,47 @@ class _Converter:
         self._clamp(n, lo, hi, where)
 
     # ---- pooling / reshaping -------------------------------------------------------------------
-    def _pool_common(self, n, a, x, where):
+    def _pool_window(self, a, x, where):
+        """(kernel, strides, padding, dilations, output shape, extra pads) of a MaxPool/AveragePool."""
         if len(x.shape) != 4:
             raise QonnxConversionError(f"{where}: expected a 4-D input")
         ks = _pair_attr(a.get("kernel_shape"), None)
-        stride = _pair_attr(a.get("strides"), [1, 1])
-        dil = _pair_attr(a.get("dilations"), [1, 1])
-        full = _pads(a, ks, x.shape[2:], stride, dil, where)
-        if any(p >= k for p, k in zip(full, ks + ks)):
-            raise QonnxConversionError(f"{where}: padding {full} must be smaller than the kernel {ks}")
-        pad, extra_pad = _split_pads(full)
-        in_hw = [x.shape[2] + extra_pad[0] + extra_pad[2], x.shape[3] + extra_pad[1] + extra_pad[3]]
-        oh, ow = _out_hw(in_hw, ks, stride, pad, dil, where=where)
-        if int(a.get("ceil_mode", 0)) and [oh, ow] != _out_hw(in_hw, ks, stride, pad, dil, ceil=True,
-                                                              where=where):
-            if any(extra_pad):
-                raise QonnxConversionError(f"{where}: ceil_mode=1 with asymmetric padding {full} is not supported")
-            raise QonnxConversionError(f"{where}: ceil_mode=1 changes the output size here; not supported")
+        stride, dil, pad, extra_pad, (oh, ow) = _window(a, ks, x.shape, where, pool=True)
         return ks, stride, pad, dil, (None, x.shape[1], oh, ow), extra_pad
 
-    def op_MaxPool(self, n, a, where):
-        x = self.act(n.input[0], where)
-        if len(n.output) > 1 and n.output[1] and self.n_readers[n.output[1]]:
-            raise QonnxConversionError(f"{where}: MaxPool indices output is not supported")
-        ks, stride, pad, dil, shape, extra_pad = self._pool_common(n, a, x, where)
+    def _maxpool(self, n, x: _Act, attrs, shape, extra_pad, where):
+        """A ``maxpool`` node (geometry ``attrs``) of x. The maximum of values on a grid is on the
+        grid (padding is -inf and never wins: no window lies wholly in the padding), and max
+        commutes with a monotone quantizer: a lazily quantized input is pooled first."""
         lazy = x.pre is not None and x.fl is None and x.cd is None and x.perm is None
         src = x.pre if lazy else self.float_of(x, where)
-        if any(extra_pad):   # -inf never wins (no window lies wholly in the padding)
+        if any(extra_pad):
             src = self._pad_float(src, extra_pad, "-inf", where)
-        name = self.add(n.name or n.output[0], "maxpool", [src], {"kernel": ks, "stride": stride, "padding": pad,
-                                                                  "dilation": dil, "source": f"{n.name} (MaxPool)"})
-        # The maximum of values on a grid is on the grid (padding is -inf and never wins), and
-        # max commutes with a monotone quantizer: a lazily quantized input is pooled first.
+        name = self.add(n.name or n.output[0], "maxpool", [src], {**attrs, "source": f"{n.name} ({n.op_type})"})
         if lazy:
             self.vals[n.output[0]] = _Act(shape, grid=x.grid, pre=name, name=n.output[0])
         else:
             self.vals[n.output[0]] = _Act(shape, fl=name, grid=x.grid)
 
+    def op_MaxPool(self, n, a, where):
+        x = self.act(n.input[0], where)
+        if len(n.output) > 1 and n.output[1] and self.n_readers[n.output[1]]:
+            raise QonnxConversionError(f"{where}: MaxPool indices output is not supported")
+        ks, stride, pad, dil, shape, extra_pad = self._pool_window(a, x, where)
+        self._maxpool(n, x, {"kernel": ks, "stride": stride, "padding": pad, "dilation": dil}, shape, extra_pad,
+                      where)
+
+    def op_GlobalMaxPool(self, n, a, where):
+        x = self.act(n.input[0], where)
+        if len(x.shape) != 4:
+            raise QonnxConversionError(f"{where}: expected a 4-D input")
+        self.spatial_fixed = True  # the window is the export-time size
+        self._maxpool(n, x, {"kernel": list(x.shape[2:]), "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1]},
+                      (None, x.shape[1], 1, 1), [0, 0, 0, 0], where)
+
     def op_AveragePool(self, n, a, where):
         x = self.act(n.input[0], where)
-        ks, stride, pad, dil, shape, extra_pad = self._pool_common(n, a, x, where)
+        ks, stride, pad, dil, shape, extra_pad = self._pool_window(a, x, where)
         if dil != [1, 1]:
             raise QonnxConversionError(f"{where}: dilated average pooling is not supported")
         include_pad = bool(int(a.get("count_include_pad", 0)))
@@ -1197,29 +1145,16 @@ class _Converter:
                          "source": f"{n.name} (AveragePool)"})
         self.vals[n.output[0]] = _Act(shape, fl=name)
 
-    def _global(self, n, x, op, where):
+    def _global_avg(self, n, x, where):
+        """An ``adaptive_avgpool`` of 4-D x to 1x1 (GlobalAveragePool, ReduceMean over H and W)."""
         if len(x.shape) != 4:
             raise QonnxConversionError(f"{where}: expected a 4-D input")
-        lazy = op == "maxpool" and x.pre is not None and x.fl is None and x.cd is None and x.perm is None
-        fl = x.pre if lazy else self.float_of(x, where)
-        if op == "maxpool":
-            h, w = x.shape[2:]
-            attrs = {"kernel": [h, w], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1]}
-            self.spatial_fixed = True  # the window is the export-time size
-        else:
-            attrs = {"output_size": [1, 1]}
-        attrs["source"] = f"{n.name} ({n.op_type})"
-        name = self.add(n.name or n.output[0], op, [fl], attrs)
-        if lazy:
-            return _Act((None, x.shape[1], 1, 1), grid=x.grid, pre=name, name=n.output[0])
-        return _Act((None, x.shape[1], 1, 1), fl=name, grid=x.grid if op == "maxpool" else None,
-                    global_pool=op != "maxpool")
+        name = self.add(n.name or n.output[0], "adaptive_avgpool", [self.float_of(x, where)],
+                        {"output_size": [1, 1], "source": f"{n.name} ({n.op_type})"})
+        return _Act((None, x.shape[1], 1, 1), fl=name, global_pool=True)
 
     def op_GlobalAveragePool(self, n, a, where):
-        self.vals[n.output[0]] = self._global(n, self.act(n.input[0], where), "adaptive_avgpool", where)
-
-    def op_GlobalMaxPool(self, n, a, where):
-        self.vals[n.output[0]] = self._global(n, self.act(n.input[0], where), "maxpool", where)
+        self.vals[n.output[0]] = self._global_avg(n, self.act(n.input[0], where), where)
 
     def op_ReduceMean(self, n, a, where):
         x = self.act(n.input[0], where)
@@ -1227,7 +1162,7 @@ class _Converter:
         axes = None if axes is None else sorted(v % 4 for v in axes)
         if len(x.shape) != 4 or axes != [2, 3]:
             raise QonnxConversionError(f"{where}: only a mean over H and W (axes [2, 3]) is supported, got {axes}")
-        out = self._global(n, x, "adaptive_avgpool", where)
+        out = self._global_avg(n, x, where)
         if not int(a.get("keepdims", 1)):
             out = self._flatten(out, n.output[0] + ".flatten", where)
         self.vals[n.output[0]] = out
@@ -1248,8 +1183,7 @@ class _Converter:
             if x.perm[0] != 0:
                 raise QonnxConversionError(f"{where}: a Transpose that moves the batch axis is not supported")
             idx = np.arange(c * h * w).reshape(c, h, w).transpose([p - 1 for p in x.perm[1:]]).reshape(-1)
-            base = self._view(x, perm=None, conv=None)
-            out = self._flatten(base, name, where)
+            out = self._flatten(self._view(x, perm=None, conv=None), name, where)
             out.colperm = idx
             return out
         if not (x.global_pool and h == 1 and w == 1):
@@ -1283,9 +1217,7 @@ class _Converter:
         x = self.act(n.input[0], where)
         t = [int(v) for v in np.asarray(self.const(n.input[1], where, allow_q=False)).reshape(-1)]
         feat = int(np.prod(x.shape[1:]))
-        lshape = list(x.shape)
-        if x.perm is not None:
-            lshape = [None] + [x.shape[p] for p in x.perm[1:]]
+        lshape = list(x.shape) if x.perm is None else [None] + [x.shape[p] for p in x.perm[1:]]   # as ONNX sees it
         first_ok = t and (t[0] in (-1, self.export_batch) or (t[0] == 0 and not int(a.get("allowzero", 0))))
         if first_ok and len(t) == 2 and t[1] in (feat, -1) and len(x.shape) == 4:
             self.vals[n.output[0]] = self._flatten(x, n.name or n.output[0], where)
@@ -1379,8 +1311,6 @@ class _Converter:
                                            "channel axis")
             if x.colperm is not None:
                 raise QonnxConversionError(f"{where}: Concat of a transposed flattening is not supported")
-            if x.perm is not None or x.pad is not None:
-                self.float_of(x, where)  # raises (a Transpose or Pad read by something other than its consumer)
         shape = (None, sum(x.shape[1] for x in xs)) + tuple(xs[0].shape[2:])
         name = n.name or n.output[0]
         grids = [x.grid for x in xs]

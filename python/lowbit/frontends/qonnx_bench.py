@@ -10,6 +10,7 @@ import numpy as np
 
 from .qonnx import _load, from_qonnx
 from .qonnx_float import to_float_onnx
+from .qonnx_parity import _qonnx_executor
 
 __all__ = ["bench_qonnx"]
 
@@ -30,10 +31,9 @@ def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmu
     from .. import get_num_threads, set_num_threads, use
     from .._dispatch import FASTEST
 
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch: expected an int >= 1, got {batch!r}")
+    for name, v in (("threads", threads), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
     src = _load(path)
     t0 = time.perf_counter()
     lb = from_qonnx(src)
@@ -54,13 +54,11 @@ def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmu
     in_name = fl.get_inputs()[0].name
     runners["onnxruntime_float"] = lambda: fl.run(None, {in_name: x})
     if qdq:
-        from qonnx.core.modelwrapper import ModelWrapper
         from qonnx.transformation.qonnx_to_qcdq import QuantToQCDQ
-        from qonnx.util.cleanup import cleanup_model
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mw = cleanup_model(ModelWrapper(_load(src)), override_inpsize=batch).transform(QuantToQCDQ())
+            mw = _qonnx_executor(src, batch).transform(QuantToQCDQ())
         qd = session(to_float_onnx(mw.model, dynamic_batch=False))  # what QuantToQCDQ leaves (Trunc, ...)
         qd_name = qd.get_inputs()[0].name
         runners["onnxruntime_qdq"] = lambda: qd.run(None, {qd_name: x})

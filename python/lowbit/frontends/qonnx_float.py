@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .qonnx import _QOPS, QonnxConversionError, _attrs, _desc, _is_qop, _load, _onnx, quant_numpy
+from .qonnx import QonnxConversionError, _attrs, _desc, _is_qop, _load, _onnx, quant_numpy
 from ..quant import int_range
 
 __all__ = ["to_float_onnx"]
@@ -45,19 +45,13 @@ def to_float_onnx(model, dynamic_batch: bool = True):
         new_inits.append(nh.from_array(np.asarray(v, np.float32), name))
         return name
 
-    def emit(op, ins, **kw):
-        out = cname(op.lower())
-        new_nodes.append(helper.make_node(op, ins, [out], **kw))
+    def emit(op, ins, out=None):
+        out = out or cname(op.lower())
+        new_nodes.append(helper.make_node(op, ins, [out]))
         return out
 
-    def rounding(x, mode, where):
-        op = {"ROUND": "Round", "HALF_EVEN": "Round", "FLOOR": "Floor", "CEIL": "Ceil"}.get((mode or "ROUND").upper())
-        if op is None:
-            raise QonnxConversionError(f"{where}: rounding_mode {mode} has no float ONNX lowering here")
-        return emit(op, [x])
-
     for n in g.node:
-        if not (n.op_type in _QOPS and _is_qop(n)):
+        if not _is_qop(n):
             new_nodes.append(n)
             continue
         where = _desc(n)
@@ -82,7 +76,7 @@ def to_float_onnx(model, dynamic_batch: bool = True):
         if n.op_type == "BipolarQuant":
             s = np.asarray(p[0], np.float32)
             cond = emit("GreaterOrEqual", [x, const_input(np.float32(0))])
-            new_nodes.append(helper.make_node("Where", [cond, const_input(s), const_input(-s)], [out]))
+            emit("Where", [cond, const_input(s), const_input(-s)], out)
             continue
         if len(p) not in ((3,) if n.op_type == "Quant" else (4, 5)):
             raise QonnxConversionError(f"{where}: unexpected number of inputs ({len(ins)})")
@@ -105,10 +99,14 @@ def to_float_onnx(model, dynamic_batch: bool = True):
             zp_out = np.asarray(zp, np.float32) / np.float32(t)
         if clip_bits is not None:
             y = emit("Clip", [y] + [const_input(np.float32(v)) for v in int_range(clip_bits, signed, narrow)])
-        y = rounding(y, mode, where)
+        round_op = {"ROUND": "Round", "HALF_EVEN": "Round", "FLOOR": "Floor", "CEIL": "Ceil"}.get(
+            (mode or "ROUND").upper())
+        if round_op is None:
+            raise QonnxConversionError(f"{where}: rounding_mode {mode} has no float ONNX lowering here")
+        y = emit(round_op, [y])
         if shifted:
             y = emit("Sub", [y, const_input(zp_out)])
-        new_nodes.append(helper.make_node("Mul", [y, const_input(out_s)], [out]))
+        emit("Mul", [y, const_input(out_s)], out)
     # keep initializers that something still reads
     used = {i for n in new_nodes for i in n.input} | {o.name for o in g.output}
     keep = [i for i in g.initializer if i.name in used and i.name not in {x.name for x in new_inits}]

@@ -4,17 +4,9 @@
 
 qonnx's executor (``execute_onnx``) runs the graph node by node, every standard ONNX node on
 onnxruntime and the QONNX quantizers in NumPy, in the graph's precision: float32 for a
-Brevitas export. ``precision="float64"`` runs a float64 copy of the same graph
-(:func:`float64_graph`) through the same executor: the yardstick for rounding ties, since a
-float64 run computes every value before a quantizer to ~1e-15 relative, where float32
-convolutions (in any summation order) are off by a few float32 ulps. Only the activations
-change precision: weights keep the integer levels the float32 graph gives them (see
-:func:`_run_quant_in_float64`), dequantized exactly. onnxruntime has no
-float64 kernel for some ops (``Conv``, ``AveragePool`` and ``GlobalAveragePool`` in
-onnxruntime 1.32); for exactly those nodes (detected by onnxruntime's NOT_IMPLEMENTED, never
-assumed) the executor runs onnx's NumPy reference implementation
-(``onnx.reference.ReferenceEvaluator``: im2col and a float64 matrix product for ``Conv``),
-and the comparison reports which op types did (``reference_evaluator_ops``).
+Brevitas export. ``precision="float64"`` runs :func:`float64_graph` of the same graph through
+the same executor (see :func:`_float64_execution`): the yardstick for rounding ties
+(docs/brevitas.md, "The float64 yardstick").
 """
 from __future__ import annotations
 
@@ -148,16 +140,14 @@ def _float64_execution(used: Counter):
         if node.op_type == "Quant" and is_custom_op(node.domain, node.op_type):
             names = constants.setdefault(id(graph), {t.name for t in graph.initializer})
             _run_quant_in_float64(node, context, names)
-        elif key in no_ort_kernel:
-            used[node.op_type] += 1
-            _run_on_reference_evaluator(node, context, opset_version)
-        else:
+        elif key not in no_ort_kernel:
             try:
                 original(node, context, graph, opset_version, return_full_exec_context)
             except OrtNotImplemented:
                 no_ort_kernel.add(key)
-                used[node.op_type] += 1
-                _run_on_reference_evaluator(node, context, opset_version)
+        if key in no_ort_kernel:
+            used[node.op_type] += 1
+            _run_on_reference_evaluator(node, context, opset_version)
         for o in node.output:
             if o and np.asarray(context[o]).dtype == np.float32:
                 raise RuntimeError(f"float64 run: node {node.name!r} ({node.op_type}) produced float32 {o!r}")
@@ -187,10 +177,7 @@ def _qonnx_batches(model, x, batch_size, precision, used: Counter):
             if precision == "float64":
                 mw = ModelWrapper(float64_graph(mw.model))
             wrappers[len(xb)] = mw
-        if precision == "float64":
-            with _float64_execution(used):
-                ctx = execute_onnx(mw, {mw.graph.input[0].name: xb}, return_full_exec_context=True)
-        else:
+        with _float64_execution(used) if precision == "float64" else contextlib.nullcontext():
             ctx = execute_onnx(mw, {mw.graph.input[0].name: xb}, return_full_exec_context=True)
         yield start, np.asarray(ctx[mw.graph.output[0].name], dtype), ctx
 
@@ -199,7 +186,7 @@ def qonnx_execute(model, x, batch_size: int = 250, full: bool = False, precision
     """Run float32 NCHW ``x`` through qonnx's own executor (``execute_onnx``) after
     ``cleanup_model``; returns the output (or, with ``full``, (output, list of
     per-batch execution contexts)). ``precision="float64"``: on :func:`float64_graph` of the
-    cleaned graph (the output and contexts are then float64; see the module docstring)."""
+    cleaned graph (the output and contexts are then float64; see :func:`_float64_execution`)."""
     outs, ctxs = [], []
     for _, out, ctx in _qonnx_batches(model, np.asarray(x, np.float32), batch_size, precision, Counter()):
         outs.append(out)
@@ -241,8 +228,8 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
 
     ``precision``: ``"float32"`` (the graph as exported) or ``"float64"``: qonnx's executor
     runs :func:`float64_graph` of the cleaned graph (``reference_logits`` are then float64;
-    ``reference_evaluator_ops`` counts the nodes onnx's reference evaluator ran, see the
-    module docstring).
+    ``reference_evaluator_ops`` counts the nodes onnx's reference evaluator ran, see
+    :func:`_float64_execution`).
     """
     _check_precision(precision)
     x = np.asarray(x, np.float32)
@@ -329,12 +316,8 @@ def compare_precisions(model, x, lowbit_model: Model | None = None, batch_size: 
                 flipped[pair] |= differ.reshape(n, -1).any(1)
     lo, l32, l64 = (np.concatenate(logits[k]) for k in ("lowbit", "float32", "float64"))
     lo = lo.reshape(l32.shape)
-
-    def top1(a, b):
-        return float(np.mean(a.reshape(len(a), -1).argmax(1) == b.reshape(len(b), -1).argmax(1)))
-
-    return {"top1": {"lowbit_vs_float32": top1(lo, l32), "lowbit_vs_float64": top1(lo, l64),
-                     "float32_vs_float64": top1(l32, l64)},
+    top1 = {p: agreement(b, a)["top1_agreement"] for p, (a, b) in zip(PAIRS, ((lo, l32), (lo, l64), (l32, l64)))}
+    return {"top1": top1,
             "codes": codes, "codes_differ": {p: sum(r[p] for r in codes.values()) for p in PAIRS},
             "codes_total": sum(r["total"] for r in codes.values()),
             "first_differing": {p: dict(c) for p, c in first_differing.items()}, "tie_distance": tie_distance,
@@ -359,7 +342,7 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
     ``isolate``, continue from qonnx's codes where they determine the levels. With a dict
     ``record``, also store ``record[tensor] = (lowbit's levels, qonnx's levels, step)`` (NCHW
     int64 levels; step float64, broadcastable). Returns the float32 output."""
-    from ..runtime.model import CodeTensor
+    from ..runtime.model import CodeTensor, dequantize
 
     vals = {}
     for n in lb.nodes:
@@ -396,8 +379,6 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
         vals[n.name] = out
     out = vals[lb.nodes[-1].name]
     if isinstance(out, CodeTensor):
-        from ..runtime.model import dequantize
-
         out = dequantize(out)
     if out.ndim == 4:
         out = out.transpose(0, 3, 1, 2)
