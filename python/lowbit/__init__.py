@@ -7,7 +7,7 @@ Core API (NumPy only)::
     pa = lowbit.pack_activations(a_codes, bits=2)                  # pack once, reuse
     y = lowbit.gemm(pa, packed)
 """
-from . import _core, reference
+from . import _core, reference  # noqa: F401  (lowbit.reference: the public NumPy oracles)
 from ._dispatch import cpu_features, kernels, last_kernel, supported_tiers, use
 from .conv import ConvWeights, conv2d, dwconv_kernels, linear, pack_activations_nhwc
 from .epilogue import Epilogue, Requant

@@ -182,13 +182,14 @@ def pack_activations_nhwc(x, bits: int, codebook=None) -> PackedActivations:
     return PackedActivations(codes, bits, cb, (b, h, w, c), cb_key)
 
 
-def _output_size(h, w, kh, kw, stride, padding, dilation):
-    """(OH, OW) of a convolution; raises when the input is too small."""
+def _output_size(h, w, kh, kw, stride, padding, dilation, what="x"):
+    """(OH, OW) of a window op (a convolution, a pooling) with symmetric padding, the one place
+    of this formula; ValueError naming ``what`` when the input is too small."""
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     if oh < 1 or ow < 1:
-        raise ValueError(f"x: input {h}x{w} is too small for a {kh}x{kw} kernel with this padding/dilation")
+        raise ValueError(f"{what}: input {h}x{w} is too small for a {kh}x{kw} window with this padding/dilation")
     return oh, ow
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lowbit
-from lowbit import _core, conv, reference
+from lowbit import conv, reference
 
 
 def _case(rng, cin, cout, k, groups, a_bits=2, w_bits=2, a_codebook=None, w_codebook=None, hw=(6, 5)):

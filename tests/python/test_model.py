@@ -1,5 +1,4 @@
 """lowbit.convert / lowbit.Model / save-load: exactness, errors, agreement with fake-quant."""
-import os
 import struct
 import subprocess
 import zlib

@@ -745,29 +745,34 @@ class _Converter:
             raise QonnxConversionError(f"{where}: a nonzero zero point is not supported for Trunc")
         signed, narrow = bool(a.get("signed", 1)), bool(a.get("narrow", 0))
         rf = _round_fn(a.get("rounding_mode", "FLOOR"), where)
+        # the integer input range q = qn..qp is counted before any array spans it (a 32-bit input has 2^32)
         if v2:
             t = float(2.0 ** np.round(np.log2(np.float64(out_s) / np.float64(s))))
             lo, hi = int_range(out_bits, signed, narrow)
             qn, qp = int(math.floor(lo * t)), int(math.ceil(hi * t))   # clamp(q/T) saturates outside
-            q = np.arange(qn, qp + 1, dtype=np.float64)
-            r = rf(np.clip(q / t, lo, hi))
             if np.float32(np.float32(s) * np.float32(t)) != out_s:
                 raise QonnxConversionError(f"{where}: output scale {out_s} is not scale x 2^k ({s} x {t})")
-            levels = r * t
-            grid = UniformGrid(out_s, int(r.min()), int(r.max()), signed=signed)
-            if not np.all(levels == np.rint(levels)):
-                raise QonnxConversionError(f"{where}: truncated levels are not integers")
-        else:   # every rounding mode maps the increasing q / T to non-decreasing integers
+        else:
             t = 2.0 ** (in_bits - out_bits)
             qn, qp = int_range(in_bits, signed, narrow)
-            levels = r = rf(np.arange(qn, qp + 1, dtype=np.float64) / t)
-            grid = UniformGrid(s, int(r.min()), int(r.max()), signed=signed)
         bits = bits_for(qp - qn + 1)
         if bits is None:
             if not v2:
                 raise QonnxConversionError(f"{where}: {qp - qn + 1} input levels do not fit 8-bit codes")
+            if not (float(lo * t).is_integer() and float(hi * t).is_integer()):  # the range's ends are levels
+                raise QonnxConversionError(f"{where}: truncated levels are not integers")
             return self._trunc_wide(n, x, s, t, lo, hi, signed, str(a.get("rounding_mode", "FLOOR")).upper(),
                                     where)
+        q = np.arange(qn, qp + 1, dtype=np.float64)
+        if v2:
+            r = rf(np.clip(q / t, lo, hi))
+            levels = r * t
+            if not np.all(levels == np.rint(levels)):
+                raise QonnxConversionError(f"{where}: truncated levels are not integers")
+            grid = UniformGrid(out_s, int(r.min()), int(r.max()), signed=signed)
+        else:   # every rounding mode maps the increasing q / T to non-decreasing integers
+            levels = r = rf(q / t)
+            grid = UniformGrid(s, int(r.min()), int(r.max()), signed=signed)
         levels = grid_levels(levels.astype(np.int64).tolist(), bits)
         fl = self.float_of(x, where)
         g_in = UniformGrid(s, qn, qp, signed=signed)
@@ -1188,20 +1193,23 @@ class _Converter:
             return out
         if not (x.global_pool and h == 1 and w == 1):
             self.spatial_fixed = True
+        grid = x.grid
+        if grid is not None and grid.chan is not None:  # feature c*H*W + i has channel c's step
+            grid = UniformGrid(grid.step, grid.qn, grid.qp, grid.binary, grid.signed, np.repeat(grid.chan, h * w))
         if x.pre is not None and x.fl is None and x.cd is None and x.pre_conv is not None and self.requant_ok \
                 and x.grid.requant() is not None:
             self.codes_of_act(x, where)  # requantize in the conv's epilogue, then flatten the codes
         if x.pre is not None and x.fl is None and x.cd is None:
             pre = self.add(name, "flatten", [x.pre], {"source": where})
-            out = _Act((None, c * h * w), grid=x.grid, pre=pre, name=x.name)
-        else:  # flatten whichever representations exist (codes stay codes)
+            out = _Act((None, c * h * w), grid=grid, pre=pre, name=x.name)
+        else:  # flatten whichever representations exist (codes of one step stay codes)
             fl = cd = None
-            if x.cd is not None:
+            if x.cd is not None and x.cd.chan is None:
                 cdn = self.add(name, "flatten", [x.cd.node], {"source": where})
                 cd = _Codes(cdn, x.cd.bits, x.cd.levels, x.cd.step)
-            if x.fl is not None or cd is None:
+            if x.fl is not None or cd is None:  # per-channel codes: their values (float_of applies the steps)
                 fl = self.add(name, "flatten", [self.float_of(x, where)], {"source": where})
-            out = _Act((None, c * h * w), fl=fl, cd=cd, grid=x.grid)
+            out = _Act((None, c * h * w), fl=fl, cd=cd, grid=grid)
         if h == w == 1:
             out.unflat = x
         return out

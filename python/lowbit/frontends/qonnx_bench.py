@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 
+from ..apps.timing import time_interleaved
 from .qonnx import _load, from_qonnx
 from .qonnx_float import to_float_onnx
 from .qonnx_parity import _qonnx_executor
@@ -23,7 +24,8 @@ def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmu
     qonnx's QuantizeLinear/Clip/DequantizeLinear lowering (``QuantToQCDQ``; 8-bit
     and narrower only); with ``fastest`` also lowbit under ``lowbit.use(strategy="fastest")``
     (dot products where the lookup tables are exact but slower, e.g. 4-bit weights; the
-    outputs are checked byte-identical). One process, runs interleaved, median of ``repeats``.
+    outputs are checked byte-identical). One process, runs interleaved
+    (:func:`lowbit.apps.timing.time_interleaved`, one call a round), median of ``repeats`` rounds.
     Returns a dict with milliseconds and ``speedup_vs_float`` (ort float / lowbit);
     prints a short report through ``print_fn`` (None: silent)."""
     import onnxruntime as ort
@@ -62,27 +64,19 @@ def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmu
         qd = session(to_float_onnx(mw.model, dynamic_batch=False))  # what QuantToQCDQ leaves (Trunc, ...)
         qd_name = qd.get_inputs()[0].name
         runners["onnxruntime_qdq"] = lambda: qd.run(None, {qd_name: x})
+    runners = {"lowbit": lambda: lb(x), **runners}
+    if fastest:  # lowbit.use is entered around each timed batch (one call), outside the timed region
+        runners["lowbit_fastest"] = (runners["lowbit"], lambda: use(strategy=FASTEST))
     old = get_num_threads()
     set_num_threads(threads)
     try:
-        runners = {"lowbit": lambda: lb(x), **runners}
-        if fastest:
-            def run_fastest():
-                with use(strategy=FASTEST):
-                    return lb(x)
-            runners["lowbit_fastest"] = run_fastest
-        for _ in range(warmup):
-            for f in runners.values():
-                f()
-        times = {k: [] for k in runners}
-        for _ in range(repeats):
-            for k, f in runners.items():
-                t = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t)
+        stats = time_interleaved(runners, rounds=repeats, warmup=warmup, min_time=0)
     finally:
         set_num_threads(old)
-    ms = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    failed = {k: st["error"] for k, st in stats.items() if "error" in st}
+    if failed:
+        raise RuntimeError(f"bench_qonnx: {failed}")
+    ms = {k: 1e3 * st["median_s"] for k, st in stats.items()}
     ref = fl.run(None, {in_name: x})[0]
     mine = lb(x)
     res = {"model": os.fspath(path) if isinstance(path, (str, os.PathLike)) else type(path).__name__,
@@ -92,7 +86,9 @@ def bench_qonnx(path, threads: int = 1, batch: int = 1, repeats: int = 50, warmu
            "top1_agree_float": float(np.mean(ref.reshape(batch, -1).argmax(1) == mine.reshape(batch, -1).argmax(1))),
            "layers": lb._bit_counts()}
     if fastest:
-        if not np.array_equal(runners["lowbit_fastest"](), mine):
+        with use(strategy=FASTEST):
+            same = np.array_equal(lb(x), mine)
+        if not same:
             raise AssertionError("lowbit under strategy='fastest' gave other outputs (a kernel is not exact)")
         res["lowbit_fastest_ms"] = ms["lowbit_fastest"]
         res["speedup_fastest_vs_float"] = ms["onnxruntime_float"] / ms["lowbit_fastest"]

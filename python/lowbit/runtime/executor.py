@@ -24,13 +24,10 @@ from . import floatops
 from ..ops import _prepare
 from ..packing import PackedActivations, check_elements
 
-__all__ = ["PLAN_CACHE_SIZE", "Unsupported", "status", "why_not"]
+__all__ = ["PLAN_CACHE_SIZE", "Unsupported", "status"]
 
 PLAN_CACHE_SIZE = 8
 CHOICES = ("native", "python")
-# ops with a native step (every op of lowbit.Model today; why_not names any that is not)
-NATIVE_OPS = ("input", "quantize", "dequantize", "conv", "linear", "add", "clamp", "affine", "maxpool", "avgpool",
-              "adaptive_avgpool", "flatten", "conv_f32", "linear_f32", "concat", "pad")
 _EPILOGUE_DEFAULTS = (1.0, 0, 0)  # inv_step, qmin, qmax of a float32 output
 # Whether a layer's activation packing may run inside the GEMM that writes its codes, tile by tile
 # (_Builder._fusable_producer); False gives every packing a step of its own. Both write the same
@@ -41,14 +38,6 @@ _BUILD_LOCK = threading.Lock()
 
 class Unsupported(Exception):
     """The model (or a node under the current dispatch state) has no native step: run on Python."""
-
-
-def why_not(model) -> str | None:
-    """Why ``model`` never runs natively (an op without a native step), or None."""
-    for n in model.nodes:
-        if n.op not in NATIVE_OPS:
-            return f"node {n.name!r}: op {n.op!r} has no native step"
-    return None
 
 
 def choice(executor=None) -> str:
@@ -63,11 +52,11 @@ def choice(executor=None) -> str:
 
 def status(model) -> tuple:
     """(executor, reason): which executor ``model.run`` uses by default and, when it is
-    'python', why (the environment, an op without a native step, or what the last
-    plan build found)."""
+    'python', why (the environment, or what the last plan build found: every op of
+    lowbit.Model has a native step, but a node may not under some dispatch state)."""
     if choice() == "python":
         return "python", "LOWBIT_EXECUTOR=python"
-    reason = why_not(model) or model.__dict__.get("_memo", {}).get("native_reason")
+    reason = model.__dict__.get("_memo", {}).get("native_reason")
     return ("python", reason) if reason else ("native", None)
 
 
@@ -563,7 +552,7 @@ def plan_for(model, shape, state=None) -> NativePlan:
         with _BUILD_LOCK:
             hit = cache.get(key)
             if hit is None:
-                try:  # an op without a native step raises Unsupported too (_Builder.node, as why_not says)
+                try:  # an op without a native step raises Unsupported too (_Builder.node)
                     hit = _build(model, shape)
                 except Unsupported as exc:
                     hit = exc

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _core, _dispatch
+from ..conv import _output_size
 
 __all__ = ["conv2d_f32", "geometry", "layer", "layer_geometry", "linear_f32", "simd", "taps"]
 
@@ -80,10 +81,7 @@ def geometry(shape, kernel, stride=(1, 1), padding=(0, 0), dilation=(1, 1), what
     (a convolution, a pooling) on NHWC ``shape``; ValueError naming ``what`` when the input is too small."""
     b, h, w, c = (int(v) for v in shape)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (tuple(int(v) for v in p) for p in (kernel, stride, padding, dilation))
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if oh < 1 or ow < 1:
-        raise ValueError(f"{what}: input {h}x{w} is too small for a {kh}x{kw} window")
+    oh, ow = _output_size(h, w, kh, kw, (sh, sw), (ph, pw), (dh, dw), what)
     return (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
 
 
