@@ -53,6 +53,12 @@ def _conv_out(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+def _every_window_sees_data(size, out, k, s, p, d):
+    """Whether every pooling window has a tap inside the input (torch's max pool of a window in
+    the padding alone is -inf, an average pool without count_include_pad divides by 0)."""
+    return all(any(0 <= o * s - p + j * d < size for j in range(k)) for o in range(out))
+
+
 def _conv_step(rng, shape, src):
     _, c, h, w = shape
     depthwise = rng.random() < 0.25
@@ -134,7 +140,8 @@ def _pool_step(rng, shape, src):
         d = rng.choice((1, 1, 2)) if kind == "maxpool" else 1
         st = k if s is None else s
         ho, wo = _conv_out(h, k, st, p, d), _conv_out(w, k, st, p, d)
-        if ho >= 1 and wo >= 1:
+        if ho >= 1 and wo >= 1 and _every_window_sees_data(h, ho, k, st, p, d) and \
+                _every_window_sees_data(w, wo, k, st, p, d):
             return {"op": kind, "src": src, "k": k, "stride": s, "padding": p, "dilation": d,
                     "count_include_pad": rng.random() < 0.5, "functional": functional, "out": ("map", c, ho, wo),
                     "refused": []}

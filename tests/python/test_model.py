@@ -369,6 +369,28 @@ def test_inplace_ops_whose_input_is_not_read_again_convert_with_parity():
     assert check_torch_parity(q, m, x)["tie_samples"] == []
 
 
+def test_non_finite_step_and_bad_example_input_are_value_errors():
+    # a max pool window in the padding alone gives -inf in torch; an LSQ quantizer initialised on
+    # it has step inf: a ValueError naming the quantizer (it was one blaming a BatchNorm)
+    class PoolAllPadding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 2, 1)
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(F.max_pool2d(self.c(x), 2, 2, 1, 2).mean((2, 3)))
+
+    q = qat.prepare(PoolAllPadding(), 2, 2)
+    with torch.no_grad():
+        q(torch.randn(4, 1, 1, 1))
+    assert not torch.isfinite(q.fc.act_quant.step)
+    with pytest.raises(ValueError, match="'fc.act_quant' has a non-finite step"):
+        lowbit.convert(q.eval(), torch.zeros(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="fails on example_input of shape \\(1, 3, 4, 4\\)"):
+        lowbit.convert(q, torch.zeros(1, 3, 4, 4))
+
+
 def test_uncalibrated_model_is_rejected():
     q = qat.prepare(models.fmnist_resnet(8), 2, 2, first_last_bits=None)
     with pytest.raises(ValueError, match="not initialised"):

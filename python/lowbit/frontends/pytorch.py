@@ -114,6 +114,9 @@ class _Converter:
         try:
             with torch.no_grad():
                 _Rec(gm).run(self.example)
+        except Exception as exc:   # the model does not run on example_input (wrong channels, too small)
+            raise ValueError(f"lowbit.convert: the model fails on example_input of shape "
+                             f"{tuple(self.example.shape)} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
         finally:
             self.qat.train(was_training)
         self.shapes, self.layer_inputs = shapes, layer_inputs
@@ -323,6 +326,11 @@ class _Converter:
         a_step = float(a_step.reshape(-1)[0])
         cout = m.weight.shape[0]
         w_step = np.broadcast_to(w_step.detach().double().cpu().numpy().reshape(-1), (cout,)).astype(np.float64)
+        for what, step in (("act_quant", a_step), ("weight_quant", w_step)):
+            if not np.all(np.isfinite(step)):
+                raise ValueError(f"lowbit.convert: '{n.target}.{what}' has a non-finite step "
+                                 f"{np.asarray(step).reshape(-1)[~np.isfinite(np.asarray(step).reshape(-1))][0]} "
+                                 "(it was initialised from or trained on non-finite values)")
         wcodes = wcodes.cpu().numpy().astype(np.uint8)
         scale = np.float64(a_step) * w_step
         bias = (m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros(cout))
