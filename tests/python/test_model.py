@@ -391,6 +391,29 @@ def test_non_finite_step_and_bad_example_input_are_value_errors():
         lowbit.convert(q, torch.zeros(1, 3, 4, 4))
 
 
+def test_view_with_a_constant_other_than_the_batch_size_is_refused():
+    # x.view(4, -1) on a batch of 8 puts two samples in each row: it converted to a per-sample
+    # flatten, and the model then failed at run time ("K mismatch")
+    class ViewConst(nn.Module):
+        def __init__(self, rows):
+            super().__init__()
+            self.rows = rows
+            self.c = nn.Conv2d(2, 3, 3, padding=1)
+            self.fc = nn.Linear(3 * 4 * 4 * 8 // rows, 2)
+
+        def forward(self, x):
+            return self.fc(self.c(x).view(self.rows, -1))
+
+    x = torch.randn(8, 2, 4, 4)
+    for rows in (8, 4):
+        q = _calibrate(qat.prepare(ViewConst(rows), 2, 2), (8, 2, 4, 4))
+        if rows == 8:
+            assert check_torch_parity(q, lowbit.convert(q, x), x.numpy())["top1_agreement"] > 0
+        else:
+            with pytest.raises(ConversionError, match="Tensor.view"):
+                lowbit.convert(q, x)
+
+
 def test_uncalibrated_model_is_rejected():
     q = qat.prepare(models.fmnist_resnet(8), 2, 2, first_last_bits=None)
     with pytest.raises(ValueError, match="not initialised"):

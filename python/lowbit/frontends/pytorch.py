@@ -174,16 +174,17 @@ class _Converter:
         arg = _arg_of(n)
         return arg(1, "start_dim", 0) == 1 and arg(2, "end_dim", -1) == -1
 
-    @staticmethod
-    def _view_is_flatten(n):
+    def _view_is_flatten(self, n):
+        """view/reshape to (B, -1): B is x.size(0) or the example's batch size as a constant (any
+        other constant moves samples between rows)."""
         shape = list(n.args[1:])
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = list(shape[0])
         if len(shape) != 2 or shape[1] != -1:
             return False
         first = shape[0]
-        return isinstance(first, int) or (getattr(first, "op", None) == "call_method" and first.target == "size"
-                                          and tuple(first.args[1:]) == (0,))
+        return first == self.example.shape[0] if isinstance(first, int) else \
+            (getattr(first, "op", None) == "call_method" and first.target == "size" and tuple(first.args[1:]) == (0,))
 
     @staticmethod
     def _mean_ok(n):
