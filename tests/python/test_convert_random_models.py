@@ -14,8 +14,10 @@ another width or None.
 A model either converts and then satisfies the rule (with the kernels and with the NumPy
 reference executor; ``m(x)``, the native executor, equals the kernel trace's logits bit for
 bit), or the generator knew it uses a pattern the converter refuses (an asymmetric 'same'
-padding, an in-place op whose input is read again later) and ``lowbit.convert`` raises
-``ConversionError``. Anything else fails the test and prints the model's spec.
+padding, a pool with ceil_mode, an in-place op whose input is read again later) and
+``lowbit.convert`` raises ``ConversionError``. Also random: per-channel or per-tensor weight
+steps, ``requant_in_epilogue``, and (when the model's spatial size is free) a larger input
+than the example's. Anything else fails the test and prints the model's spec.
 
 The default run checks ``DEFAULT_SEEDS`` (40 models, about 20 s on 2 vCPUs). A longer campaign::
 
