@@ -284,6 +284,136 @@ def test_unsupported_layers_are_listed_by_name():
     assert isinstance(ei.value, NotImplementedError)
 
 
+class _ClampInverted(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = torch.clamp(self.c1(x), 1.5, -0.5)        # epilogue clamp: min > max
+        z = self.c2(y) + self.c2(y).clamp(2.0, 0.25)  # clamp node (its input has two readers)
+        return self.fc(z.mean((2, 3)))
+
+
+def test_clamp_with_min_above_max_sets_every_element_to_max():
+    # torch.clamp(x, lo, hi) with lo > hi is hi everywhere; it used to convert to an invalid
+    # clamp [lo, hi] (ValueError from the Model's validation)
+    q = _prepared(_ClampInverted(), (8, 2, 6, 6), 3, 3)
+    x = np.random.default_rng(0).normal(size=(6, 2, 6, 6)).astype(np.float32)
+    m = lowbit.convert(q, x)
+    assert m.node("c1").attrs["clamp"] == [-0.5, -0.5]
+    assert [0.25, 0.25] in [n.attrs.get("clamp") for n in m.nodes]
+    assert check_torch_parity(q, m, x)["tie_samples"] == []
+
+
+class _InplaceReadAgain(nn.Module):
+    """``y += z`` / ``relu_`` change memory that another name of the same tensor reads later."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.c1(x)
+        saved = [y]                # a second name of y's tensor
+        if self.form == "iadd":
+            y += self.c2(y)
+        elif self.form == "relu_":
+            y = y.relu_()
+        elif self.form == "module":
+            y = self.relu(y)
+        elif self.form == "view":
+            y.flatten(1).clamp_(0.0, 1.0)   # writes y's memory through a view
+        z = y + saved[0]           # torch: saved[0] is y's modified memory
+        return self.fc(z.mean((2, 3)))
+
+
+@pytest.mark.parametrize("form", ["iadd", "relu_", "module", "view"])
+def test_inplace_op_on_a_value_read_again_is_refused(form):
+    # fx gives every in-place result a new name (and recorded ``y += z`` as ``y = y + z``), so the
+    # converter read the unmodified value where torch reads the modified memory: wrong outputs
+    q = _prepared(_InplaceReadAgain(form), (8, 2, 6, 6))
+    with pytest.raises(ConversionError, match="in-place .* reads afterwards"):
+        lowbit.convert(q, torch.zeros(1, 2, 6, 6))
+
+
+class _InplaceLastRead(nn.Module):
+    """In-place ops where nothing reads the old value afterwards: the usual ResNet forms."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        identity = self.relu(self.c1(x))
+        out = self.c2(identity)
+        out += identity
+        out = F.relu(out, inplace=True).clamp_(max=3.0)
+        return self.fc(out.mean((2, 3)))
+
+
+def test_inplace_ops_whose_input_is_not_read_again_convert_with_parity():
+    q = _prepared(_InplaceLastRead(), (8, 2, 6, 6), 3, 3)
+    x = np.random.default_rng(1).normal(size=(6, 2, 6, 6)).astype(np.float32)
+    m = lowbit.convert(q, x)
+    assert m.node("c2").attrs["residual"]
+    assert check_torch_parity(q, m, x)["tie_samples"] == []
+
+
+def test_non_finite_step_and_bad_example_input_are_value_errors():
+    # a max pool window in the padding alone gives -inf in torch; an LSQ quantizer initialised on
+    # it has step inf: a ValueError naming the quantizer (it was one blaming a BatchNorm)
+    class PoolAllPadding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 2, 1)
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(F.max_pool2d(self.c(x), 2, 2, 1, 2).mean((2, 3)))
+
+    q = qat.prepare(PoolAllPadding(), 2, 2)
+    with torch.no_grad():
+        q(torch.randn(4, 1, 1, 1))
+    assert not torch.isfinite(q.fc.act_quant.step)
+    with pytest.raises(ValueError, match="'fc.act_quant' has a non-finite step"):
+        lowbit.convert(q.eval(), torch.zeros(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="fails on example_input of shape \\(1, 3, 4, 4\\)"):
+        lowbit.convert(q, torch.zeros(1, 3, 4, 4))
+
+
+def test_view_with_a_constant_other_than_the_batch_size_is_refused():
+    # x.view(4, -1) on a batch of 8 puts two samples in each row: it converted to a per-sample
+    # flatten, and the model then failed at run time ("K mismatch")
+    class ViewConst(nn.Module):
+        def __init__(self, rows):
+            super().__init__()
+            self.rows = rows
+            self.c = nn.Conv2d(2, 3, 3, padding=1)
+            self.fc = nn.Linear(3 * 4 * 4 * 8 // rows, 2)
+
+        def forward(self, x):
+            return self.fc(self.c(x).view(self.rows, -1))
+
+    x = torch.randn(8, 2, 4, 4)
+    for rows in (8, 4):
+        q = _calibrate(qat.prepare(ViewConst(rows), 2, 2), (8, 2, 4, 4))
+        if rows == 8:
+            assert check_torch_parity(q, lowbit.convert(q, x), x.numpy())["top1_agreement"] > 0
+        else:
+            with pytest.raises(ConversionError, match="Tensor.view"):
+                lowbit.convert(q, x)
+
+
 def test_uncalibrated_model_is_rejected():
     q = qat.prepare(models.fmnist_resnet(8), 2, 2, first_last_bits=None)
     with pytest.raises(ValueError, match="not initialised"):

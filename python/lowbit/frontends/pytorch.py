@@ -114,6 +114,9 @@ class _Converter:
         try:
             with torch.no_grad():
                 _Rec(gm).run(self.example)
+        except Exception as exc:   # the model does not run on example_input (wrong channels, too small)
+            raise ValueError(f"lowbit.convert: the model fails on example_input of shape "
+                             f"{tuple(self.example.shape)} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
         finally:
             self.qat.train(was_training)
         self.shapes, self.layer_inputs = shapes, layer_inputs
@@ -171,16 +174,17 @@ class _Converter:
         arg = _arg_of(n)
         return arg(1, "start_dim", 0) == 1 and arg(2, "end_dim", -1) == -1
 
-    @staticmethod
-    def _view_is_flatten(n):
+    def _view_is_flatten(self, n):
+        """view/reshape to (B, -1): B is x.size(0) or the example's batch size as a constant (any
+        other constant moves samples between rows)."""
         shape = list(n.args[1:])
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = list(shape[0])
         if len(shape) != 2 or shape[1] != -1:
             return False
         first = shape[0]
-        return isinstance(first, int) or (getattr(first, "op", None) == "call_method" and first.target == "size"
-                                          and tuple(first.args[1:]) == (0,))
+        return first == self.example.shape[0] if isinstance(first, int) else \
+            (getattr(first, "op", None) == "call_method" and first.target == "size" and tuple(first.args[1:]) == (0,))
 
     @staticmethod
     def _mean_ok(n):
@@ -188,6 +192,47 @@ class _Converter:
         if not isinstance(dim, (tuple, list)):
             return False
         return sorted(d % 4 for d in dim) == [2, 3] and not n.kwargs.get("dtype")
+
+    def _mutated_input(self, n):
+        """The fx node whose memory a supported in-place op ``n`` writes (``relu_``, ``clamp_``,
+        ``add_``, ``x += y``, ``inplace=True`` activations), else None."""
+        if self.kinds.get(n) not in ("act", "add"):
+            return None
+        if n.op == "call_module":
+            inplace = bool(getattr(self.modules[n.target], "inplace", False))
+        elif n.op == "call_method":
+            inplace = n.target.endswith("_")
+        elif n.target is operator.iadd:
+            inplace = True
+        elif n.target in (self.F.relu, self.F.relu6, self.F.hardtanh):   # (x, inplace), (x, min, max, inplace)
+            inplace = bool(_arg_of(n)(3 if n.target is self.F.hardtanh else 1, "inplace", False))
+        else:
+            inplace = False
+        return n.args[0] if inplace and isinstance(n.args[0], self.fx.Node) else None
+
+    def _stale_after_inplace(self):
+        """The translation gives every fx node its own value, but an in-place op changes the
+        memory of its input and of everything sharing it (views: flatten/view/reshape,
+        Identity/Dropout/contiguous/detach, earlier in-place results). A node that reads such
+        a value after the op would see the modified memory in torch: described here (refused)."""
+        order = {n: i for i, n in enumerate(self.graph.nodes)}
+        shares = {}   # fx node -> the first node of its memory
+        for n in self.graph.nodes:
+            src = n.args[0] if n.args and isinstance(n.args[0], self.fx.Node) else None
+            view = self.kinds.get(n) in ("alias", "flatten") and not (n.op == "call_method" and n.target == "clone")
+            shares[n] = shares.get(src, src) if src is not None and (view or self._mutated_input(n) is not None) \
+                else n
+        found = []
+        for n in self.graph.nodes:
+            v = self._mutated_input(n)
+            if v is None:
+                continue
+            before = [m for m in self.graph.nodes if order[m] < order[n] and shares[m] is shares[v]]
+            late = [u for m in before for u in m.users if order[u] > order[n]]
+            if late:
+                found.append(f"in-place {self._describe(n)} modifies '{v.name}', which node "
+                             f"'{min(late, key=order.get).name}' reads afterwards (use the out-of-place form)")
+        return found
 
     def _describe(self, n):
         if n.op == "call_module":
@@ -224,6 +269,7 @@ class _Converter:
             self.kinds[n] = k
         if inputs != 1:
             bad.append(f"{inputs} graph inputs (exactly one NCHW tensor input is supported)")
+        bad += self._stale_after_inplace()
         if bad:
             seen = list(dict.fromkeys(bad))
             raise ConversionError("lowbit.convert: unsupported operations in the model:\n  - " + "\n  - ".join(seen)
@@ -281,6 +327,11 @@ class _Converter:
         a_step = float(a_step.reshape(-1)[0])
         cout = m.weight.shape[0]
         w_step = np.broadcast_to(w_step.detach().double().cpu().numpy().reshape(-1), (cout,)).astype(np.float64)
+        for what, step in (("act_quant", a_step), ("weight_quant", w_step)):
+            if not np.all(np.isfinite(step)):
+                raise ValueError(f"lowbit.convert: '{n.target}.{what}' has a non-finite step "
+                                 f"{np.asarray(step).reshape(-1)[~np.isfinite(np.asarray(step).reshape(-1))][0]} "
+                                 "(it was initialised from or trained on non-finite values)")
         wcodes = wcodes.cpu().numpy().astype(np.uint8)
         scale = np.float64(a_step) * w_step
         bias = (m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros(cout))
@@ -347,7 +398,10 @@ class _Converter:
         for v in (lo, hi):
             if v is not None and not isinstance(v, (int, float)):
                 raise ConversionError(f"lowbit.convert: clamp with tensor bounds (node '{n.name}') is not supported")
-        return (None if lo is None else float(lo)), (None if hi is None else float(hi))
+        lo, hi = (None if lo is None else float(lo)), (None if hi is None else float(hi))
+        if lo is not None and hi is not None and lo > hi:
+            lo = hi   # torch.clamp with min > max sets every element to max
+        return lo, hi
 
     def _op_act(self, n):
         src = self._src(n)

@@ -329,9 +329,18 @@ def _trace(model: nn.Module):
     """fx graph of ``model``; QConv2d/QLinear/LsqQuantizer are leaves (lowbit.convert traces with it too)."""
     from torch import fx
 
+    class _Proxy(fx.Proxy):
+        # fx's Proxy has no __iadd__, so ``x += y`` would be recorded as ``x = x + y``; on a
+        # tensor it writes x's memory, which other names of that tensor see: record operator.iadd
+        def __iadd__(self, other):
+            return self.tracer.create_proxy("call_function", operator.iadd, (self, other), {})
+
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m, qualname):
             return isinstance(m, (QConv2d, QLinear, LsqQuantizer)) or super().is_leaf_module(m, qualname)
+
+        def proxy(self, node):
+            return _Proxy(node, self)
 
     return _Tracer().trace(model)
 
