@@ -342,6 +342,24 @@ def test_per_channel_activation_codes_through_a_flatten(flatten, reader):
         np.testing.assert_array_equal(r["lowbit_logits"], r["reference_logits"].reshape(r["lowbit_logits"].shape))
 
 
+@pytest.mark.parametrize("source", ["quantized_input", "float_input", "maxpool"])
+def test_per_channel_activation_codes_as_the_graph_output(source):
+    """A per-channel activation quantizer as the graph output returns level * step[c] (it returned the
+    levels, as if every step were 1; found by test_qonnx_random_graphs.py)."""
+    rng = np.random.default_rng(22)
+    g = G()
+    x = "x" if source == "float_input" else g.quant("x", 0.02, 8, 1, 0)
+    y = g.op("Conv", [x, _qweights(g, rng, (2, 1, 3, 3), 4, scale=0.1)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    y = g.quant(g.op("Relu", [y]), np.array([0.15, 0.18], np.float32).reshape(1, 2, 1, 1), 6, 0, 1)
+    if source == "maxpool":
+        y = g.op("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+    model = g.model(y, [1, 1, 6, 6])
+    xin = rng.standard_normal((8, 1, 6, 6)).astype(np.float32)
+    r = check_qonnx_parity(model, xin, batch_size=8, rel=0.0)
+    assert r["codes_differ"] == 0 and r["tie_samples"] == []
+    np.testing.assert_array_equal(r["lowbit_logits"], r["reference_logits"])
+
+
 def test_shared_quant_output():
     """One quantized tensor read by a conv, a residual add and a transposed flatten."""
     rng = np.random.default_rng(9)
