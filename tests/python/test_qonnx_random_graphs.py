@@ -100,15 +100,20 @@ class _Gen:
                  rounding_mode=mode)
         return y, shape, float(np.mean(s)) * half / 2, grid
 
-    def weights(self, shape, per_channel_axis0=True):
-        """Quantized (or bipolar) weights of ``shape``; returns (tensor, magnitude of one weight)."""
+    def weights(self, shape, fan_in, per_channel_axis0=True):
+        """Quantized (or bipolar) weights of ``shape``, scaled so that a layer's output has about
+        the magnitude of its input (as in a trained network: large terms that cancel would make
+        the float32 reference itself miss the float64 result by more than the parity rule's
+        relative tolerance); returns (tensor, magnitude of one weight)."""
         rng = self.rng
+        target = 1.5 / np.sqrt(fan_in)
         if self.chance(0.1):
-            return _qweights(self.g, rng, shape, 1, bipolar=True, scale=0.25), 0.25
+            s = self.scale_near(target)
+            return _qweights(self.g, rng, shape, 1, bipolar=True, scale=s), s
         bits = int(self.pick([2, 2, 3, 4, 4, 5, 8]))
         signed = int(self.chance(0.85))
         narrow = int(self.chance(0.5))
-        s = self.scale_near(0.05)
+        s = self.scale_near(2 * target / 2 ** (bits - 1))
         zp = 0.0
         if not signed and self.chance(0.5):
             zp = float(rng.integers(1, 2 ** bits - 1))
@@ -142,7 +147,7 @@ class _Gen:
         ow = (w + pads[1] + pads[3] - eff[1]) // stride[1] + 1
         if oh < 1 or ow < 1:
             pads, stride, dil, oh, ow, k = [0, 0, 0, 0], [1, 1], [1, 1], h, w, 1
-        wt, wmag = self.weights((cout, cin // groups, k, k))
+        wt, wmag = self.weights((cout, cin // groups, k, k), cin // groups * k * k)
         ins = [x, wt]
         if self.chance(0.4):
             ins.append(g.c(rng.uniform(-1, 1, cout) * mag))
@@ -292,7 +297,7 @@ class _Gen:
         x, (n, f), mag, _ = cur
         out = int(rng.integers(2, 17))
         if self.chance(0.5):
-            wt, wmag = self.weights((out, f))
+            wt, wmag = self.weights((out, f), f)
             ins = [x, wt]
             if self.chance(0.5):
                 ins.append(g.c(rng.uniform(-1, 1, out) * mag))
@@ -300,7 +305,7 @@ class _Gen:
             y = g.op("Gemm", ins, transB=1, alpha=alpha)
             wmag *= alpha
         else:
-            wt, wmag = self.weights((f, out), per_channel_axis0=False)
+            wt, wmag = self.weights((f, out), f, per_channel_axis0=False)
             y = g.op("MatMul", [x, wt])
         shape = (n, out)
         mag = mag * wmag * np.sqrt(f)
