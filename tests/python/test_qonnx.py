@@ -360,6 +360,26 @@ def test_per_channel_activation_codes_as_the_graph_output(source):
     np.testing.assert_array_equal(r["lowbit_logits"], r["reference_logits"])
 
 
+def test_residual_add_of_per_channel_codes_into_a_depthwise_conv():
+    """A per-channel quantized map read by a depthwise conv and by the residual Add after it: the
+    Add fuses into the conv, whose residual input (the codes' dequantized, per-channel scaled
+    values) comes after it in the node order; the dead-node pass dropped that input's first node
+    (an 'internal error: lowering' refusal; found by test_qonnx_random_graphs.py)."""
+    rng = np.random.default_rng(23)
+    g = G()
+    y = g.op("Conv", [g.quant("x", 0.0173, 8, 1, 0), _qweights(g, rng, (4, 3, 1, 1), 2, scale=0.43)],
+             kernel_shape=[1, 1])
+    t = g.quant(y, np.array([0.107, 0.123, 0.0931, 0.117], np.float32).reshape(1, 4, 1, 1), 4, 1, 1)
+    z = g.op("Conv", [t, _qweights(g, rng, (4, 1, 3, 3), 2, scale=0.071)], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+             group=4)
+    model = g.model(g.op("Add", [t, z]), [1, 3, 5, 5])
+    xin = rng.standard_normal((16, 3, 5, 5)).astype(np.float32)
+    r = check_qonnx_parity(model, xin, batch_size=16)
+    assert r["code_tensors"] == 2 and len(r["tie_samples"]) <= 2
+    dw = [n for n in r["model"].nodes if n.op == "conv"][1]
+    assert dw.attrs["groups"] == 4 and dw.attrs["residual"]
+
+
 def test_shared_quant_output():
     """One quantized tensor read by a conv, a residual add and a transposed flatten."""
     rng = np.random.default_rng(9)
