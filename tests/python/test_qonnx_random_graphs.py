@@ -185,7 +185,7 @@ class _Gen:
             else:
                 v = rng.uniform(-0.5, 0.5, cshape if per_channel else ()) * mag
             const = g.c(v)
-            y = g.op(kind, [const, y] if kind in ("Mul", "Add") and self.chance(0.3) else [y, const])
+            y = g.op(kind, [const, y] if kind in ("Mul", "Add", "Sub") and self.chance(0.3) else [y, const])
         return y, mag
 
     def clamp(self, y):
@@ -406,10 +406,33 @@ def check_graph(seed: int, float64: bool = True):
             lb = lbq.from_qonnx(lbq._qonnx_executor(model, len(x)).model)
         except lbq.QonnxConversionError as exc:
             return "refused: " + refusal_reason(str(exc))
-        r = check_qonnx_parity(model, x, batch_size=len(x), lowbit_model=lb)
+        try:
+            check_qonnx_parity(model, x, batch_size=len(x), lowbit_model=lb)
+        except AssertionError as exc:
+            if not str(exc).startswith("logits differ"):
+                raise
+            _reference_rounding_only(model, lb, x)
         if float64:
-            check_float64_codes(model, r["model"], x)
+            check_float64_codes(model, lb, x)
     return "converted"
+
+
+def _reference_rounding_only(model, lb, x, rel: float = 1e-5):
+    """After check_qonnx_parity found every code within the rule but a logit of lowbit further
+    than ``rel`` from qonnx's float32 one: passes only when each such logit is one where the
+    float32 reference itself misses qonnx's float64 result by more than ``rel`` (terms that
+    cancel: lowbit's exact integer sum gives 0.0 where float32 gives 1e-4) and lowbit is within
+    ``rel`` of the float64 result, in every sample whose codes agree with the float64 run's."""
+    ties = check_float64_codes(model, lb, x, rel)   # codes and logits against float64
+    ref32 = lbq.qonnx_execute(model, x, batch_size=len(x)).astype(np.float64)
+    ref64 = lbq.qonnx_execute(model, x, batch_size=len(x), precision="float64")
+    out = lb(x).reshape(ref32.shape).astype(np.float64)
+    far = np.abs(out - ref32) > rel * (1 + np.abs(ref32))
+    far[ties] = False
+    reference_off = np.abs(ref32 - ref64) > rel * (1 + np.abs(ref64))
+    assert not (far & ~reference_off).any(), (
+        f"logits differ from qonnx's float32 output beyond float rounding where it agrees with float64: lowbit "
+        f"{out[far & ~reference_off][:4]}, float32 {ref32[far & ~reference_off][:4]}")
 
 
 def refusal_reason(msg: str) -> str:
