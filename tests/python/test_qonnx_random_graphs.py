@@ -90,9 +90,9 @@ class _Gen:
         mode = self.pick(["ROUND", "HALF_EVEN", "FLOOR", "CEIL"], p=[0.84, 0.08, 0.04, 0.04])
         half = 2 ** (bits - 1) if signed else 2 ** bits
         s = self.scale_near(2.5 * mag / half)
-        if allow_per_channel and len(shape) == 4 and self.chance(0.2):
+        if allow_per_channel and self.chance(0.2 if len(shape) == 4 else 0.1):
             c = shape[1]
-            s = (s * rng.uniform(0.5, 2.0, (1, c, 1, 1))).astype(np.float32)
+            s = (s * rng.uniform(0.5, 2.0, (1, c) + (1,) * (len(shape) - 2))).astype(np.float32)
             grid = None
         else:
             grid = (s, bits, signed) if zp == 0.0 and mode in ("ROUND", "HALF_EVEN") else None
@@ -126,7 +126,7 @@ class _Gen:
         return w, float(np.mean(s)) * 2 ** (bits - 1) / 2
 
     # ---- stages on a 4-D map -----------------------------------------------------------------
-    def conv_block(self, cur):
+    def conv_block(self, cur, after_pad=False):
         rng, g = self.rng, self.g
         x, (n, cin, h, w), mag, _ = cur
         groups = 1
@@ -151,7 +151,12 @@ class _Gen:
         ins = [x, wt]
         if self.chance(0.4):
             ins.append(g.c(rng.uniform(-1, 1, cout) * mag))
-        y = g.op("Conv", ins, kernel_shape=[k, k], strides=stride, dilations=dil, pads=pads, group=groups)
+        if self.chance(0.1) and not after_pad and dil == [1, 1]:   # (onnxruntime: no dilated SAME)   # SAME_UPPER / SAME_LOWER: ceil(in / stride) outputs
+            oh, ow = -(-h // stride[0]), -(-w // stride[1])
+            y = g.op("Conv", ins, kernel_shape=[k, k], strides=stride, dilations=dil, group=groups,
+                     auto_pad=self.pick(["SAME_UPPER", "SAME_LOWER"]))
+        else:
+            y = g.op("Conv", ins, kernel_shape=[k, k], strides=stride, dilations=dil, pads=pads, group=groups)
         shape = (n, cout, oh, ow)
         mag = mag * wmag * np.sqrt(cin // groups * k * k)
         y, mag = self.affines(y, shape, mag)
@@ -207,11 +212,16 @@ class _Gen:
     def maxpool(self, cur):
         rng, g = self.rng, self.g
         x, (n, c, h, w), mag, grid = cur
+        if self.chance(0.1):
+            return g.op("GlobalMaxPool", [x]), (n, c, 1, 1), mag, grid
         k = int(rng.integers(1, min(3, h, w) + 1))
         s = int(rng.integers(1, 3))
         pads = [int(v) for v in rng.integers(0, k, 4)] if k > 1 and self.chance(0.4) else [0, 0, 0, 0]
-        oh, ow = (h + pads[0] + pads[2] - k) // s + 1, (w + pads[1] + pads[3] - k) // s + 1
-        y = g.op("MaxPool", [x], kernel_shape=[k, k], strides=[s, s], pads=pads)
+        d = 2 if k > 1 and min(h, w) > 2 * k and self.chance(0.15) else 1
+        extra = {"ceil_mode": 1} if self.chance(0.1) else {}
+        e = d * (k - 1) + 1
+        oh, ow = (_pool_out(size, pads[i], pads[i + 2], e, s, bool(extra)) for i, size in enumerate((h, w)))
+        y = g.op("MaxPool", [x], kernel_shape=[k, k], strides=[s, s], pads=pads, dilations=[d, d], **extra)
         return y, (n, c, oh, ow), mag, grid
 
     def avgpool(self, cur):
@@ -246,7 +256,7 @@ class _Gen:
         x, (n, c, h, w), mag, grid = cur
         t, l, b, r = (int(v) for v in self.rng.integers(0, 3, 4))
         y = self.g.op("Pad", [x, self.g.c(np.array([0, 0, t, l, 0, 0, b, r], np.int64), np.int64)], mode="constant")
-        return self.conv_block((y, (n, c, h + t + b, w + l + r), mag, grid))
+        return self.conv_block((y, (n, c, h + t + b, w + l + r), mag, grid), after_pad=True)
 
     def concat(self, cur):
         """Two or three conv branches of cur, concatenated along channels."""
@@ -275,6 +285,15 @@ class _Gen:
             y = self.clamp(y)
         return self.maybe_quant((y, shape, mag, None), p=0.5)
 
+    def add_maps(self, cur):
+        """Add of cur and an earlier quantized map of the same shape (two activations), then a Quant."""
+        same = [m for m in self.maps if m[1] == cur[1] and m[0] != cur[0]]
+        if not same:
+            return cur
+        other = same[int(self.rng.integers(len(same)))]
+        y = self.g.op("Add", [cur[0], other[0]])
+        return self.maybe_quant((self.clamp(y), cur[1], cur[2] + other[2], None), p=0.8)
+
     def identity(self, cur):
         return (self.g.op("Identity", [cur[0]]),) + tuple(cur[1:])
 
@@ -286,8 +305,9 @@ class _Gen:
             y = g.op("Flatten", [x], axis=1)
         elif r < 0.7:
             y = g.op("Reshape", [x, g.c([1, -1] if self.chance(0.5) else [1, c * h * w], np.int64)])
-        else:   # NHWC flattening
-            t = g.op("Transpose", [x], perm=[0, 2, 3, 1])
+        else:   # a transposed flattening (NHWC, or any order of C, H, W)
+            perm = [0, 2, 3, 1] if self.chance(0.6) else [0] + [int(v) + 1 for v in rng.permutation(3)]
+            t = g.op("Transpose", [x], perm=perm)
             y = g.op("Reshape", [t, g.c([1, -1], np.int64)])
         return y, (n, c * h * w), mag, grid
 
@@ -335,7 +355,7 @@ class _Gen:
             if len(cur[1]) == 4 and cur[3] is not None:
                 self.maps.append(cur[:3])
         map_stages = [(self.conv_block, 5), (self.maxpool, 1.5), (self.avgpool, 1.5), (self.pad, 1),
-                      (self.concat, 1), (self.identity, 0.3)]
+                      (self.concat, 1), (self.add_maps, 0.7), (self.identity, 0.3)]
         fns, weights = zip(*map_stages)
         weights = np.array(weights) / sum(weights)
         for _ in range(int(rng.integers(1, 5))):
@@ -349,6 +369,10 @@ class _Gen:
         r = rng.random()
         if r < 0.7:
             cur = self.flatten(cur)
+            if self.chance(0.15):   # a 2-D Concat of the flattened tensor with itself (through an Identity:
+                twin = self.g.op("Identity", [cur[0]])   # qonnx's cleanup breaks a tensor concatenated twice)
+                y = self.g.op("Concat", [cur[0], twin], axis=int(self.pick([1, -1])))
+                cur = (y, (cur[1][0], 2 * cur[1][1])) + tuple(cur[2:])
             layers = int(rng.integers(1, 4))
             for i in range(layers):
                 if cur[1][1] > 2048:
@@ -359,6 +383,14 @@ class _Gen:
     def inputs(self):
         n = int(self.rng.integers(4, 17))
         return (self.rng.standard_normal([n] + self.in_shape[1:]) * self.x_scale).astype(np.float32)
+
+
+def _pool_out(size, begin, end, extent, stride, ceil):
+    """A pool's output size (ONNX; with ceil_mode the last window must start inside the input or its
+    leading padding)."""
+    num = size + begin + end - extent
+    out = (-(-num // stride) if ceil else num // stride) + 1
+    return out - 1 if ceil and (out - 1) * stride >= size + begin else out
 
 
 def random_graph(seed: int):
