@@ -300,6 +300,16 @@ class _Gen:
         y = self.g.op("Add", [cur[0], other[0]])
         return self.maybe_quant((self.clamp(y), cur[1], cur[2] + other[2], None), p=0.8)
 
+    def pointwise(self, cur):
+        """Affine maps and/or a Relu/Clip straight on the current map (not after a layer), maybe a Quant."""
+        y, mag = self.affines(cur[0], cur[1], cur[2])
+        y = self.clamp(y)
+        return self.maybe_quant((y, cur[1], mag, None), p=0.7)
+
+    def requantize(self, cur):
+        """A Quant of the current tensor (often itself a quantizer's output)."""
+        return self.maybe_quant(cur, p=1.0)
+
     def identity(self, cur):
         return (self.g.op("Identity", [cur[0]]),) + tuple(cur[1:])
 
@@ -361,7 +371,8 @@ class _Gen:
             if len(cur[1]) == 4 and cur[3] is not None:
                 self.maps.append(cur[:3])
         map_stages = [(self.conv_block, 5), (self.maxpool, 1.5), (self.avgpool, 1.5), (self.pad, 1),
-                      (self.concat, 1), (self.add_maps, 0.7), (self.identity, 0.3)]
+                      (self.concat, 1), (self.add_maps, 0.7), (self.pointwise, 0.7), (self.requantize, 0.5),
+                      (self.identity, 0.3)]
         fns, weights = zip(*map_stages)
         weights = np.array(weights) / sum(weights)
         for _ in range(int(rng.integers(1, 5))):
