@@ -377,7 +377,7 @@ class _Gen:
         self.in_shape = list(shape)
         self.x_scale = float(self.pick([0.5, 1.0, 2.0, 3.0]))
         cur = ("x", shape, self.x_scale, None)
-        if self.chance(0.9):
+        if self.exact or self.chance(0.9):   # (a float input makes no graph exact)
             cur = self.act_quant("x", shape, self.x_scale)
             if self.chance(0.7):   # the input quantizer: most often 8 bits
                 self.g.nodes.pop()
