@@ -449,17 +449,15 @@ def check_float64_codes(model, lb, x, rel: float = 1e-5):
     lowbit materializes agrees with the float64 run's, except (at each sample's first differing
     quantizer) within float rounding of a rounding boundary; the logits of samples whose codes
     all agree are within ``rel``. Returns the tie samples."""
-    from collections import Counter as _C
-
     from lowbit.qonnx_parity import _qonnx_batches, _qonnx_executor, _run_against
 
     cleaned = _qonnx_executor(model, len(x)).model
     qmap = lb.meta.get("qonnx_codes", {})
-    (_, ref, ctx), = list(_qonnx_batches(cleaned, x, len(x), "float64", _C()))
+    (_, ref, ctx), = list(_qonnx_batches(cleaned, x, len(x), "float64", Counter()))
     record = {}
     out = _run_against(lb, x, ctx, qmap, {}, False, record)
     records = []
-    graph = _qonnx_executor(model, len(x)).graph
+    graph = cleaned.graph   # the float64 run's tensor names are the cleaned graph's
     for tensor, (ours, theirs, step) in record.items():
         def value_over_step(tensor=tensor, shape=ours.shape, step=step):
             pre, mode = _quantizer_input(graph, tensor, ctx, shape)
