@@ -182,11 +182,16 @@ def fold_clamps(g: Graph):
 
 
 def remove_dead(g: Graph):
-    """Contract: only the nodes the output is computed from remain (their order unchanged)."""
-    need = {g.output}
-    for n in reversed(g.nodes):
-        if n.name in need:
-            need.update(n.inputs)
+    """Contract: only the nodes the output is computed from remain (their order unchanged). The
+    order need not be topological: a fused residual input may be defined after its layer (until
+    :func:`order`)."""
+    by_name = {n.name: n for n in g.nodes}
+    need, todo = set(), [g.output]
+    while todo:
+        name = todo.pop()
+        if name not in need:
+            need.add(name)
+            todo.extend(by_name[name].inputs if name in by_name else ())
     g.nodes = [n for n in g.nodes if n.name in need]
 
 

@@ -603,6 +603,8 @@ class _Converter:
         self._check_readable(out, where)
         if out.fl is None and out.cd is None and out.pre is not None:
             self.codes_of_act(out, where)
+        if out.fl is None and out.cd.chan is not None:   # codes of per-channel steps: the model returns
+            self.float_of(out, where)                      # their values (a dequantize returns level * 1)
         last = out.fl if out.fl is not None else out.cd.node   # every activation has a float value or codes
         low = lower(self.nodes, last, self.requant_ok, QonnxConversionError)
         self.codes_of = {low.replaced.get(low.moved.get(k, k), low.moved.get(k, k)): v
