@@ -380,14 +380,13 @@ def test_residual_add_of_per_channel_codes_into_a_depthwise_conv():
     assert dw.attrs["groups"] == 4 and dw.attrs["residual"]
 
 
-@pytest.mark.xfail(strict=True, reason="open: lowbit rounds x / scale half to even and then shifts by the zero "
-                   "point; QONNX rounds x / scale + zero_point, so an odd zero point sends exact ties the other way")
-@pytest.mark.parametrize("zero_point", [1.0, 3.0])
+@pytest.mark.parametrize("zero_point", [1.0, 3.0, -1.0, 2.0])
 def test_odd_zero_point_rounds_ties_as_qonnx(zero_point):
     """Quant(x, 0.5, z, 4 bits, unsigned) at exact ties x / 0.5 = k + 1/2: QONNX computes
-    round_half_even(x / s + z) - z, which for an odd z is round half to odd of x / s; lowbit's
-    quantize computes round_half_even(x / s) (equal for an even z; found by test_qonnx_random_graphs.py's
-    exact graphs). Every float operation here is exact, so this is not a float rounding tie."""
+    round_half_even(x / s + z) - z, which for an odd z is round half to odd of x / s. The import
+    quantizes x + z * s for an odd z (rounding x / s alone sent these ties the other way; found by
+    test_qonnx_random_graphs.py's exact graphs). Every float operation here is exact, so these
+    are not float rounding ties."""
     g = G()
     model = g.model(g.quant("x", 0.5, 4, 0, 0, zp=zero_point), [1, 1, 2, 4])
     xin = np.array([0.25, 0.75, 1.25, 1.75, -0.25, 0.5, 2.25, 2.75], np.float32).reshape(1, 1, 2, 4)

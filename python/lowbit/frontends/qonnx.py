@@ -715,9 +715,26 @@ class _Converter:
                                        "the Brevitas default, is)")
         bits, signed, narrow = int(bits_f), bool(a.get("signed", 1)), bool(a.get("narrow", 0))
         z = int(z)
-        g = UniformGrid(step, *(v - z for v in int_range(bits, signed, narrow)), signed=signed,
-                  chan=chan)
-        self._quant_act(n, src, x, g, where)
+        lo, hi = int_range(bits, signed, narrow)
+        g = UniformGrid(step, lo - z, hi - z, signed=signed, chan=chan)
+        if z % 2:
+            self._odd_zero_point_quant(n, x, g, UniformGrid(step, lo, hi, signed=signed, chan=chan), z, where)
+        else:
+            self._quant_act(n, src, x, g, where)
+
+    def _odd_zero_point_quant(self, n, x: _Act, g: UniformGrid, shifted: UniformGrid, z: int, where):
+        """Quant with an odd zero point z: QONNX rounds ``x / s + z`` half to even, which at an exact
+        tie of ``x / s`` rounds the other way from ``x / s`` (an even z shifts a tie onto a tie of
+        the same parity, so :meth:`_quant_act` serves it). So ``x + z * s`` (an affine node, per
+        channel with per-channel steps) is quantized onto the ``shifted`` grid qmin..qmax, whose
+        codes stand for the levels of ``g`` (qmin - z .. qmax - z)."""
+        fl = self.float_of(x, where)
+        steps = g.chan if g.chan is not None else np.full(x.shape[1], g.step, np.float32)
+        fl = self.add(fl + ".zero_point", "affine", [fl], {"source": where, "keep": True},
+                      {"scale": np.ones(len(steps), np.float32), "bias": (np.float32(z) * steps).astype(np.float32)})
+        cd = self.quantize(fl, shifted, n.name or n.output[0], where, levels=g.levels())
+        self.codes_of[cd.node] = n.output[0]
+        self.vals[n.output[0]] = _Act(x.shape, cd=cd, grid=g, colperm=x.colperm)
 
     def op_BipolarQuant(self, n, a, where):
         src = n.input[0]
