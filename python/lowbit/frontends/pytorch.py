@@ -328,9 +328,10 @@ class _Converter:
         cout = m.weight.shape[0]
         w_step = np.broadcast_to(w_step.detach().double().cpu().numpy().reshape(-1), (cout,)).astype(np.float64)
         for what, step in (("act_quant", a_step), ("weight_quant", w_step)):
-            if not np.all(np.isfinite(step)):
-                raise ValueError(f"lowbit.convert: '{n.target}.{what}' has a non-finite step "
-                                 f"{np.asarray(step).reshape(-1)[~np.isfinite(np.asarray(step).reshape(-1))][0]} "
+            bad = np.asarray(step, np.float64).reshape(-1)
+            bad = bad[~np.isfinite(bad)]
+            if bad.size:
+                raise ValueError(f"lowbit.convert: '{n.target}.{what}' has a non-finite step {bad[0]} "
                                  "(it was initialised from or trained on non-finite values)")
         wcodes = wcodes.cpu().numpy().astype(np.uint8)
         scale = np.float64(a_step) * w_step
