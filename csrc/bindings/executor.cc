@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -399,25 +400,7 @@ void bind_executor(py::module_& m) {
                     const py::object&>(),
            py::arg("w"), py::arg("conv_bias"), py::arg("scale32"), py::arg("bias32"), py::arg("scale64"),
            py::arg("bias64"), py::arg("clamp_lo"), py::arg("clamp_hi"), py::arg("step"), py::arg("qn"), py::arg("qp"),
-           py::arg("groups"), py::arg("divisors") = py::none(), py::arg("w64") = py::none())
-      .def(
-          "fix",
-          [](const ExactFloatSpec& spec, const py::array& x, const py::array& y, py::array& codes,
-             const py::tuple& geometry, bool simd) {
-            const ConvGeometry g = geometry_of(geometry);
-            spec.check(g);
-            const size_t out = checked_product({g.B, g.OH, g.OW, spec.p.cout}, "output");
-            const float* xs = array_data<float>(x, "x", g.B * g.H * g.W * g.C);
-            const float* ys = array_data<float>(y, "y", out);
-            if (!codes.dtype().is(py::dtype::of<uint8_t>()) || !(codes.flags() & py::array::c_style) ||
-                !codes.writeable() || size_t(codes.size()) != out)
-              throw py::value_error("codes: expected a writeable C-contiguous uint8 array of the output's size");
-            uint8_t* cs = static_cast<uint8_t*>(codes.mutable_data());
-            py::gil_scoped_release release;
-            return fix_float_quantize_ties(spec.p, xs, g, ys, cs, simd);
-          },
-          py::arg("x"), py::arg("y"), py::arg("codes"), py::arg("geometry"), py::arg("simd") = true,
-          "Rewrites the codes (in place) of the outputs near a rounding tie; returns how many");
+           py::arg("groups"), py::arg("divisors") = py::none(), py::arg("w64") = py::none());
   m.def(
       "executor_maxpool_nhwc",
       [](const py::array_t<float, py::array::c_style | py::array::forcecast>& x, const py::tuple& geometry,
@@ -1022,7 +1005,8 @@ void bind_executor(py::module_& m) {
              s->dst = dst;
              h.add(std::move(s), "pad", node, {src}, {dst});
            })
-      .def("finalize", [](PlanHandle& h) { h.plan_.finalize(); })
+      .def("finalize", [](PlanHandle& h, bool keep_all) { h.plan_.finalize(keep_all); }, py::arg("keep_all") = false,
+           "Assigns arena offsets; keep_all: no buffer reuse, so run(keep=...) can copy any value out")
       .def_property_readonly("arena_bytes", [](const PlanHandle& h) { return h.plan_.arena_bytes(); })
       .def_property_readonly("buffer_bytes", [](const PlanHandle& h) { return h.plan_.total_buffer_bytes(); })
       .def_property_readonly("step_kinds",
@@ -1050,14 +1034,20 @@ void bind_executor(py::module_& m) {
                              })
       .def(
           "run",
-          [](PlanHandle& h, const py::array& x, py::array& out, const py::object& profile,
-             bool check_finite) -> py::object {
+          [](PlanHandle& h, const py::array& x, py::array& out, const py::object& profile, bool check_finite,
+             const std::optional<std::vector<int>>& keep) -> py::object {
             // profile: False, True (wall clock) or "thread_cpu" (the caller's CPU time)
             const bool thread_cpu = py::isinstance<py::str>(profile) && profile.cast<std::string>() == "thread_cpu";
             const bool timed = thread_cpu || (py::isinstance<py::bool_>(profile) && profile.cast<bool>());
             if (!timed && !(py::isinstance<py::bool_>(profile) || profile.is_none()))
               throw py::value_error("profile: expected a bool or 'thread_cpu'");
             if (!h.plan_.finalized()) throw py::value_error("plan: run before finalize");
+            if (keep) {
+              if (!(py::isinstance<py::bool_>(profile) && !profile.cast<bool>()) && !profile.is_none())
+                throw py::value_error("keep: a run that copies buffers out is not profiled");
+              for (int id : *keep)
+                if (id < 0 || size_t(id) >= h.plan_.num_buffers()) throw py::value_error("keep: unknown buffer");
+            }
             // the boundary buffers' sizes were fixed by the plan; the arrays must hold them
             for (size_t i = 0; i < h.plan_.num_buffers(); ++i) {
               const runtime::Buffer& b = h.plan_.buffer(int(i));
@@ -1075,6 +1065,7 @@ void bind_executor(py::module_& m) {
             const void* in_ptr = x.data();
             void* out_ptr = out.mutable_data();
             std::vector<double> seconds;
+            std::vector<std::string> copies;
             long bad = -1;
             bool finite = true;
             {
@@ -1083,7 +1074,9 @@ void bind_executor(py::module_& m) {
               const bool in_plan = check_finite && h.plan_.first_step_checks_input();
               if (check_finite && !in_plan)
                 finite = all_finite_f32(static_cast<const float*>(in_ptr), size_t(x.size()));
-              if (finite) bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu, in_plan);
+              if (finite)
+                bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu, in_plan,
+                                  keep ? &*keep : nullptr, &copies);
               if (bad == Plan::kNonFiniteInput) finite = false;
             }
             if (!finite)
@@ -1093,13 +1086,20 @@ void bind_executor(py::module_& m) {
                                     std::to_string(h.plan_.step_node(size_t(bad))) +
                                     "): expected every activation code below 2**bits");
             }
+            if (keep) {
+              py::list values;
+              for (const std::string& c : copies) values.append(py::bytes(c));
+              return std::move(values);
+            }
             if (!timed) return py::none();
             return py::cast(seconds);
           },
           py::arg("x"), py::arg("out"), py::arg("profile") = false, py::arg("check_finite") = false,
+          py::arg("keep") = py::none(),
           "Runs the plan (GIL released; thread-safe). profile: True (wall clock) or 'thread_cpu' returns "
           "each step's seconds. check_finite: raise NonFiniteInput (a ValueError) when x holds a NaN or Inf "
-          "(checked before the plan runs, or by its input quantizer, which then stops it; out is not written)");
+          "(checked before the plan runs, or by its input quantizer, which then stops it; out is not written). keep: "
+          "buffer ids whose bytes the run returns, a bytes object each (a plan finalized with keep_all)");
   py::register_local_exception<NonFiniteInput>(m, "NonFiniteInput", PyExc_ValueError);
 }
 

@@ -82,8 +82,11 @@ void Plan::add_write(size_t i, int id) {
   steps_[i]->writes.push_back(id);
 }
 
-void Plan::finalize() {
+void Plan::finalize(bool keep_all) {
   if (finalized_) return;
+  if (keep_all)
+    for (Buffer& b : buffers_)
+      if (b.first >= 0) b.first = 0, b.last = int(steps_.size());
   // Greedy placement, largest first: each buffer goes to the lowest aligned
   // offset that overlaps no placed buffer whose life overlaps its own.
   std::vector<size_t> order;
@@ -158,7 +161,8 @@ bool Plan::first_step_checks_input() const {
   return q && q->nchw && q->src == input_;
 }
 
-long Plan::run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu, bool check_finite) {
+long Plan::run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu, bool check_finite,
+               const std::vector<int>* copy_out, std::vector<std::string>* copies) {
   if (!finalized_) throw std::logic_error("executor plan: run before finalize");
   std::unique_ptr<Context> ctx = acquire();
   struct Return {  // hands the context back even when a step throws (std::bad_alloc)
@@ -177,6 +181,13 @@ long Plan::run(const void* input, void* output, std::vector<double>* seconds, bo
     const double t0 = seconds ? now_seconds(thread_cpu) : 0.0;
     if (!steps_[i]->run(*ctx)) return ctx->nonfinite ? kNonFiniteInput : long(i);
     if (seconds) (*seconds)[i] = now_seconds(thread_cpu) - t0;
+  }
+  if (copy_out) {
+    copies->clear();
+    for (int id : *copy_out) {
+      const Buffer& b = buffers_.at(size_t(id));
+      copies->emplace_back(reinterpret_cast<const char*>(ctx->ptr[size_t(id)]), b.bytes);
+    }
   }
   return -1;
 }

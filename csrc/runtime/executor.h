@@ -95,7 +95,9 @@ class Plan {
   const char* step_kind(size_t i) const { return steps_[i]->kind; }
 
   // Assigns arena offsets by liveness; no step may be added afterwards.
-  void finalize();
+  // `keep_all`: every arena buffer lives for the whole run (no two share
+  // bytes), so each holds its value after run() (a trace plan).
+  void finalize(bool keep_all = false);
   bool finalized() const { return finalized_; }
   size_t arena_bytes() const { return arena_bytes_; }
   // Sum of the arena buffers' sizes (what the arena would take without reuse).
@@ -112,8 +114,12 @@ class Plan {
   // that found an out-of-range code. Thread-safe (see above); call without
   // the GIL.
   static constexpr long kNonFiniteInput = -2;
+  // `copy_out`, when given: after the last step (and only after a run that
+  // returns -1), the bytes of these buffers are copied into `copies`, one
+  // string each (a trace; meaningful on a plan finalized with keep_all).
   long run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu = false,
-           bool check_finite = false);
+           bool check_finite = false, const std::vector<int>* copy_out = nullptr,
+           std::vector<std::string>* copies = nullptr);
   // Whether step 0 is the quantizer of the whole NCHW input (QuantizeStep
   // with nchw), which can check the input as it reads it.
   bool first_step_checks_input() const;

@@ -19,9 +19,9 @@ with ``d[c]`` the node's step, or its per-channel step ``channel_steps[c]`` (the
 reads y times float32(1 / channel_steps[c]), an affine :func:`lowbit.lowering.place_requant`
 put in front, and has step 1).
 
-The kernels quantize y as before and recompute in float64 only the outputs within a
-proven bound of a rounding boundary (``_core.ExactFloatSpec``); :func:`reference_codes`
-is the formula for every output, in NumPy.
+The native executor quantizes y as before and recomputes in float64 only the outputs within
+a proven bound of a rounding boundary (its ``exact_float_fix`` step, with the node's
+:func:`spec`); :func:`reference_codes` is the formula for every output, in NumPy.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import numpy as np
 from . import _core
 from .runtime import floatops
 
-__all__ = ["spec", "fix", "reference_codes", "geometry"]
+__all__ = ["spec", "reference_codes", "geometry"]
 
 
 def _parts(model, node):
@@ -86,16 +86,6 @@ def geometry(model, node, x_shape):
     """The layer's 14-number geometry (B, H, W, C, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW) on
     NHWC input of ``x_shape`` (a linear layer's (B, K): a 1x1 map)."""
     return floatops.layer_geometry(_parts(model, node)[0], x_shape)
-
-
-def fix(model, node, codes: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """``codes`` (the node's codes of its float32 input ``y``) with the outputs near a tie
-    decided by the formula; ``x``: the layer's float32 input (NHWC, or (B, K))."""
-    x = np.ascontiguousarray(x, np.float32)
-    codes = np.array(codes, np.uint8, order="C")
-    spec(model, node).fix(x, np.ascontiguousarray(y, np.float32), codes, geometry(model, node, x.shape),
-                          floatops.simd())
-    return codes
 
 
 def reference_codes(model, node, x: np.ndarray) -> np.ndarray:

@@ -42,7 +42,7 @@ def _quantizer_input(graph, tensor, ctx, shape):
         t, l, b, r = a.get("pads", [0, 0, 0, 0])
         x = pad_nhwc(pre.transpose(0, 2, 3, 1), [t, l, b, r], "-inf")
         y = maxpool(x, {"kernel": list(a["kernel_shape"]), "stride": list(a.get("strides", [1, 1])),
-                        "padding": [0, 0], "dilation": list(a.get("dilations", [1, 1]))}, native=False)
+                        "padding": [0, 0], "dilation": list(a.get("dilations", [1, 1]))})
         return y.transpose(0, 3, 1, 2).reshape(shape), mode
     mode = next((a.s.decode() for a in producer.attribute if a.name == "rounding_mode"), "ROUND")
     if producer.op_type == "BipolarQuant":

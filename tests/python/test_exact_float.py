@@ -29,15 +29,12 @@ def model(nodes, output):
 
 
 def run_all(m, x):
-    """Native executor and Python path on every tier, and the reference: the same bytes;
-    returns the output."""
+    """The native executor on every tier and the reference: the same bytes; returns the output."""
     ref = m.run(x, reference=True)
     for tier in lowbit.supported_tiers():
         with lowbit.use(isa=tier):
             native = m.run(x)
-            python = m.run(x, executor="python")
         np.testing.assert_array_equal(native, ref, err_msg=tier)
-        np.testing.assert_array_equal(python, ref, err_msg=tier)
     return ref
 
 
@@ -164,5 +161,6 @@ def test_exact_weights_decide_where_the_float32_weights_would_tie():
     np.testing.assert_array_equal(run_all(m, np.ones((1, 1, 2, 2), np.float32)), 1.0)
     m._by_name["c"].arrays["w64"] = np.float64([0.25]).reshape(1, 1, 1, 1)   # not what w was rounded from
     m._by_name["q"]._cache.clear()
+    m.__dict__.pop("_memo", None)  # the plans were built with the old w64
     with pytest.raises(ValueError, match="w64"):
-        m.run(np.ones((1, 1, 2, 2), np.float32), executor="python")
+        m.run(np.ones((1, 1, 2, 2), np.float32))

@@ -1,7 +1,7 @@
 """The native whole-graph executor (lowbit.executor, docs/runtime.md): every
-model runs bit-identically natively, on the Python kernel path and on the
-NumPy reference, under every dispatch setting; unsupported models fall back
-to Python as a whole and say why."""
+model runs bit-identically natively and on the NumPy reference, node by node
+(Model.trace) and end to end, under every dispatch setting; a node it cannot
+plan is refused with a ValueError that names it."""
 import threading
 
 import numpy as np
@@ -21,13 +21,24 @@ def _same(a, b, what=""):
     assert a.tobytes() == b.tobytes(), what
 
 
+def same_traces(m, x):
+    """Every node's value of the native trace equals the reference trace's, byte for byte."""
+    native, ref = m.trace(x), m.trace(x, reference=True)
+    assert list(native) == list(ref) == [n.name for n in m.nodes]
+    for name, v in ref.items():
+        assert native[name].dtype == v.dtype and native[name].shape == v.shape, name
+        assert native[name].tobytes() == np.ascontiguousarray(v).tobytes(), name
+
+
 def check(m, x, batch_size=256, **kw):
-    """Native, Python kernel path and reference agree byte for byte; returns the output."""
-    native = m.run(x, batch_size=batch_size, executor="native", **kw)
-    python = m.run(x, batch_size=batch_size, executor="python", **kw)
+    """Native and reference agree byte for byte, on the output and on every node (the
+    trace of the first batch); returns the output."""
     ref = m.run(x, batch_size=batch_size, reference=True, **kw)
-    _same(native, python, "native vs python")
+    native = m.run(x, batch_size=batch_size, **kw)  # last: the kernels the nodes report
     _same(native, ref, "native vs reference")
+    if len(x):
+        same_traces(m, np.asarray(x)[:batch_size])
+        _same(m.run(x, batch_size=batch_size, **kw), native, "after the trace")
     return native
 
 
@@ -112,10 +123,8 @@ def test_zoo_bit_identical(bits, signed):
     if signed and a_bits == 1:
         pytest.skip("signed 1-bit requantization is not a uniform grid")
     m = zoo(w_bits=w_bits, a_bits=a_bits, signed=signed)
-    assert lbx.status(m) == ("native", None)
     for n in (1, 2, 5):
         check(m, _images(n))
-    assert lbx.status(m) == ("native", None)
 
 
 @pytest.mark.parametrize("count_include_pad", [True, False])
@@ -154,7 +163,7 @@ def test_every_tier_cap(isa):
     with lowbit.use(isa=isa):
         check(m, x)
         check(m8, x)
-        m.run(x, executor="native")
+        m.run(x)
         kernels = [n.kernel for n in m.nodes if n.op in ("conv", "linear")]
     assert all(_dispatch.tier_rank(k.rsplit("__", 1)[1]) <= _dispatch.tier_rank(isa) for k in kernels), kernels
 
@@ -166,14 +175,15 @@ def test_every_forced_kernel(bits):
     z = zoo(seed=9, w_bits=bits[0], a_bits=bits[1])
     x, xz = images(3, 3), _images(3, seed=9)
     ran = 0
+    want = {id(m): m.run_reference(x), id(z): z.run_reference(xz)}
     for k in available_kernels():
         for model, xin in ((m, x), (z, xz)):
             with lowbit.use(kernel=k["name"]):
                 try:
-                    want = model.run(xin, executor="python")
+                    got = model.run(xin)
                 except (ValueError, NotImplementedError, RuntimeError):
-                    continue  # this kernel cannot compute these layers (the Python path says why)
-                _same(model.run(xin, executor="native"), want, k["name"])
+                    continue  # this kernel cannot compute these layers (the plan builder says why)
+                _same(got, want[id(model)], k["name"])
                 assert {n.kernel for n in model.nodes if n.op == "linear"} == {k["name"]}
                 ran += 1
     assert ran >= 1
@@ -186,10 +196,10 @@ def test_strategies(strategy, signed, bits):
     m = zoo(seed=10, w_bits=bits, a_bits=bits, signed=signed)
     with lowbit.use(strategy=strategy):
         try:
-            want = m.run(_images(2), executor="python")
+            got = m.run(_images(2))
         except (ValueError, NotImplementedError):
             pytest.skip(f"{strategy} cannot compute W{bits}A{bits} here")
-        _same(m.run(_images(2), executor="native"), want)
+        _same(got, m.run_reference(_images(2)))
 
 
 def test_autotune_on(tmp_path, monkeypatch):
@@ -201,44 +211,45 @@ def test_autotune_on(tmp_path, monkeypatch):
         m = zoo(seed=11, w_bits=2, a_bits=2)
         x = _images(4, seed=11)
         with lowbit.use(autotune=True):
-            _same(m.run(x, executor="native"), m.run(x, executor="python"))
-            native_kernels = {n.name: n.kernel for n in m.nodes if n.kernel}
-            m.run(x, executor="python")
-            assert native_kernels == {n.name: n.kernel for n in m.nodes if n.kernel}
+            _same(m.run(x), m.run_reference(x))
+            tuned = {n.name: n.kernel for n in m.nodes if n.kernel}
+            same_traces(m, x)  # the trace plan takes the same (tuned) kernels
+            assert tuned == {n.name: n.kernel for n in m.nodes if n.kernel}
         _same(m.run(x), m.run_reference(x))
     finally:
         autotune.clear_memory()
 
 
-def test_kernels_and_shapes_reported_as_the_python_path():
+def test_kernels_and_shapes_reported():
     m = zoo(seed=12)
     x = _images(2)
-    m.run(x, executor="python")
-    want = [(n.kernel, n.out_shape) for n in m.nodes]
-    for n in m.nodes:
-        n.kernel, n.out_shape = None, None
-    m.run(x, executor="native")
-    assert [(n.kernel, n.out_shape) for n in m.nodes] == want
+    m.run(x)
+    trace = m.trace(x)
+    assert [n.out_shape for n in m.nodes] == [trace[n.name].shape for n in m.nodes]
+    layers = [n for n in m.nodes if n.op in ("conv", "linear")]
+    names = {k["name"] for k in lowbit.kernels() + lowbit.dwconv_kernels()}
+    assert all(n.kernel in names for n in layers), [n.kernel for n in layers]
+    assert lowbit.last_kernel() == layers[-1].kernel
     text = m.summary(print_fn=None)
-    assert "executor: native" in text
+    assert all(n.kernel[:26] in text for n in layers)
 
 
 def test_inputs_non_contiguous_and_torch():
     m = zoo(seed=13)
     x = _images(3, seed=13)
-    want = m.run(x, executor="python")
+    want = m.run_reference(x)
     xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # same values, strided
     assert not xt.flags.c_contiguous
-    _same(m.run(xt, executor="native"), want)
-    _same(m.run(x.astype(np.float64), executor="native"), want)
+    _same(m.run(xt), want)
+    _same(m.run(x.astype(np.float64)), want)
     torch = pytest.importorskip("torch")
-    _same(m.run(torch.from_numpy(x), executor="native"), want)
+    _same(m.run(torch.from_numpy(x)), want)
 
 
 def test_two_threads_one_model():
     m = zoo(seed=14)
     xs = [_images(3, seed=s) for s in (1, 2)]
-    want = [m.run(x, executor="python") for x in xs]
+    want = [m.run_reference(x) for x in xs]
     errors, barrier = [], threading.Barrier(2)
 
     def worker(i):
@@ -260,7 +271,7 @@ def test_two_threads_one_model():
 def test_profile_is_per_node():
     m = zoo(seed=15)
     prof = {}
-    m.run(_images(2), profile=prof, executor="native")
+    m.run(_images(2), profile=prof)
     names = {n.name for n in m.nodes}
     assert set(prof) <= names and {"conv1", "dw", "grouped", "fc3"} <= set(prof)
     assert all(v >= 0 for v in prof.values()) and sum(prof.values()) > 0
@@ -281,14 +292,12 @@ def test_float_stem_runs_natively():
     m = _with_float_layer()
     x = images(2, 2)
     check(m, x)
-    assert lbx.status(m) == ("native", None)
-    assert "executor: native" in m.summary(print_fn=None)
-    m.run(x)  # the reference run (last in check) reports numpy-reference
     assert m.node("stem_f32").kernel.startswith("f32gemm_")
 
 
-def test_fallback_to_python_with_reason():
-    """A node the builder cannot lower (an add that broadcasts) sends the model to Python as a whole."""
+def test_a_node_the_executor_cannot_plan_is_refused():
+    """A node the builder cannot lower (an add that broadcasts: neither converter makes one) is
+    refused with a ValueError naming it; the reference still runs the graph."""
     rng = np.random.default_rng(16)
     c3 = {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
     nodes = [Node("input", "input", [], {"channels": 3, "height": 6, "width": 6}),
@@ -299,14 +308,12 @@ def test_fallback_to_python_with_reason():
              Node("flat", "flatten", ["bcast"])]
     m = Model(nodes)
     x = _images(2, size=6)
-    want = m.run(x, executor="python")
-    _same(m.run(x), want)
-    _same(m.run_reference(x), want)
-    ex, why = lbx.status(m)
-    assert ex == "python" and "bcast" in why and "broadcast" in why
-    assert "executor: python" in m.summary(print_fn=None)
-    with pytest.raises(ValueError, match="executor='native'.*bcast"):
-        m.run(x, executor="native")
+    assert m.run_reference(x).shape == (2, 144)
+    for _ in range(2):  # the refusal is cached with the plans, and raised again
+        with pytest.raises(ValueError, match="bcast.*broadcast"):
+            m.run(x)
+    with pytest.raises(ValueError, match="bcast.*broadcast"):
+        m.trace(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,13 +365,10 @@ def float_zoo(seed=0, width=20, size=9, a_bits=2):
 @pytest.mark.parametrize("size", [5, 9, 16])
 def test_float_layers_concat_pad_bit_identical(size):
     m = float_zoo(seed=size, size=size)
-    assert lbx.status(m) == ("native", None)
     for n in (1, 2, 5):
         check(m, _images(n, size=size, seed=n))
-    assert lbx.status(m) == ("native", None)
     kinds = set(lbx.plan_for(m, (5, 3, size, size)).core.step_kinds)
     assert {"conv_f32", "concat", "pad"} <= kinds
-    assert {n.kernel for n in m.nodes if n.op in ("conv_f32", "linear_f32")} == {"numpy-reference"}
     m.run(_images(1, size=size))
     rows = {r["name"]: r for r in m.layers()}
     assert rows["dw"]["kernel"].startswith("f32dwconv_") and rows["fc2"]["kernel"].startswith("f32gemm_")
@@ -374,10 +378,9 @@ def test_float_layers_concat_pad_bit_identical(size):
 def test_float_layers_every_tier_cap(isa):
     m = float_zoo(seed=31)
     x = _images(3, size=9, seed=31)
-    want = m.run(x, executor="python")
+    want = m.run_reference(x)
     with lowbit.use(isa=isa):
         _same(check(m, x), want)  # the scalar twin and the AVX2 tier: the same bits
-        m.run(x, executor="native")
         names = {n.kernel for n in m.nodes if n.op in ("conv_f32", "linear_f32")}
     assert all(k.endswith("_scalar") for k in names) == (isa == "scalar"), names
 
@@ -389,7 +392,7 @@ def test_float_layers_threads():
     try:
         for t in (1, 2, 3):
             lowbit.set_num_threads(t)
-            _same(m.run(x, executor="native"), want, f"{t} threads")
+            _same(m.run(x), want, f"{t} threads")
     finally:
         lowbit.set_num_threads(0)
 
@@ -398,7 +401,7 @@ def test_float_layers_threads():
     (1, 1, 1, 0, 1, 1), (16, 3, 1, 1, 1, 1), (17, 3, 2, 1, 1, 1), (33, 7, 2, 3, 1, 1), (32, 3, 2, 1, 1, 1),
     (6, 3, 1, 2, 2, 3), (3, 3, 1, 1, 1, 3), (6, 3, 2, 0, 1, 3), (3, 5, 1, 2, 1, 3), (9, 1, 2, 0, 1, 1)])
 def test_float_stem_edge_shapes(cout, k, stride, pad, dil, groups):
-    """A float first layer (the zoo's stems: 3 input channels) of every kind: native, Python path and
+    """A float first layer (the zoo's stems: 3 input channels) of every kind: native and
     reference byte for byte, as the model output (NCHW) itself."""
     rng = np.random.default_rng(cout * 7 + k)
     nodes = [Node("input", "input", [], {"channels": 3, "height": 11, "width": 8}),
@@ -429,7 +432,6 @@ def test_codes_pad_and_concat_edges():
              Node("flat", "flatten", ["mp"])]
     m = Model(nodes)
     check(m, _images(3, size=7, seed=3)[:, :, :6])
-    assert lbx.status(m) == ("native", None)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
@@ -447,28 +449,11 @@ def test_no_zero_level_padding_correction(groups, padding):
     m = Model(nodes)
     x = _images(3, size=6)[:, :1].repeat(4, axis=1) + _images(3, size=6, seed=2)[:, :1].repeat(4, axis=1)
     check(m, x)
-    assert lbx.status(m) == ("native", None)
     with lowbit.use(strategy="dotgemm"):  # grouped layers group by group
         check(m, x)
 
 
-def test_env_forces_python(monkeypatch):
-    m = zoo(seed=18)
-    x = _images(2)
-    monkeypatch.setenv("LOWBIT_EXECUTOR", "python")
-    out = m.run(x)
-    assert not m.__dict__.get("_memo", {}).get("native_plans")
-    assert lbx.status(m) == ("python", "LOWBIT_EXECUTOR=python")
-    assert "LOWBIT_EXECUTOR=python" in m.summary(print_fn=None)
-    _same(out, m.run(x, executor="native"))  # an explicit argument wins
-    monkeypatch.setenv("LOWBIT_EXECUTOR", "fast")
-    with pytest.raises(ValueError, match="LOWBIT_EXECUTOR"):
-        m.run(x)
-    with pytest.raises(ValueError, match="executor"):
-        m.run(x, executor="gpu")
-
-
-def test_errors_are_the_python_paths():
+def test_input_errors():
     m = zoo(seed=19)
     with pytest.raises(ValueError, match="channels"):
         m.run(np.zeros((1, 4, 10, 10), np.float32))
@@ -489,20 +474,20 @@ def test_plan_arena_reuses_memory():
 
 @pytest.fixture
 def differential(monkeypatch):
-    """Every default Model.run (m(x)) also runs the Python kernel path and the
-    reference and checks all three agree byte for byte; counts which executor ran."""
-    counts = {"native": 0, "python": 0}
+    """Every default Model.run (m(x)) also runs the reference and the native trace and checks
+    that they agree byte for byte, node by node; counts the checked runs."""
+    counts = {"native": 0}
     run = Model.run
 
-    def checked(self, x, batch_size=256, reference=False, profile=None, check_finite=True, executor=None):
-        if reference or executor is not None:
-            return run(self, x, batch_size, reference, profile, check_finite, executor)
-        ref = run(self, x, batch_size, True, None, check_finite, None)
-        python = run(self, x, batch_size, False, None, check_finite, "python")
-        out = run(self, x, batch_size, False, profile, check_finite, None)  # last: the kernels it reports
-        _same(out, python, "native vs python")
+    def checked(self, x, batch_size=256, reference=False, profile=None, check_finite=True):
+        if reference:
+            return run(self, x, batch_size, reference, profile, check_finite)
+        ref = run(self, x, batch_size, True, None, check_finite)
+        out = run(self, x, batch_size, False, profile, check_finite)  # last: the kernels it reports
         _same(out, ref, "native vs reference")
-        counts[lbx.status(self)[0]] += 1
+        if check_finite and len(x):
+            same_traces(self, np.asarray(x, np.float32)[:batch_size])
+        counts["native"] += 1
         return out
 
     monkeypatch.setattr(Model, "run", checked)
@@ -549,8 +534,7 @@ def test_shipped_demo_model():
     x = datasets.normalize(images_[:70])
     for n in (1, 2, 5):
         check(m, x[:n])
-    _same(m.run(x, batch_size=64), m.run(x, batch_size=64, executor="python"))
-    assert lbx.status(m) == ("native", None)
+    _same(m.run(x, batch_size=64), m.run(x, batch_size=64, reference=True))
 
 
 @pytest.mark.parametrize("requant", [True, False])
@@ -570,7 +554,6 @@ def test_outputs_of_codes_and_of_a_kept_buffer(requant):
     m = Model(nodes)
     out = check(m, _images(3, size=8))
     assert out.shape == (3, 6)
-    assert lbx.status(m) == ("native", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,13 +586,13 @@ def test_dot_family_im2col_levels(geometry, signed, cin):
     for name in names:
         with lowbit.use(kernel=name):
             try:
-                m.run(x, executor="python")
+                m.run(x)
             except ValueError:
-                continue  # this kernel cannot compute 8-bit layers exactly (the Python path says why)
+                continue  # this kernel cannot compute 8-bit layers exactly (the plan builder says why)
             ran.add(name.split("_")[0])
             check(m, x)
             check(m, x[:1, :, :9, :10])
-            m.run(x, executor="native")
+            m.run(x)
             assert m.nodes[-1].kernel == name
     assert ran == {"dot8", "dotgemm"}, ran
 
@@ -665,17 +648,15 @@ def _dual_blocks(seed, cout, groups, binary_input):
 @pytest.mark.parametrize("binary_input", [False, True])
 @pytest.mark.parametrize("isa", ["scalar", None])
 def test_quantize_output_bit_identical(cout, groups, binary_input, isa):
-    """Native (the epilogue writes the codes, no quantize step), Python path and reference give
-    the same bytes, and the same as the native run without the attribute (the quantize steps)."""
+    """Native (the epilogue writes the codes, no quantize step) and reference give the same bytes, and the same as the native run without the attribute (the quantize steps)."""
     m = _dual_blocks(3, cout, groups, binary_input)
     x = _images(3, size=7, seed=5)[:, :3].repeat(2, axis=1)[:, :4] * 2
     with lowbit.use(isa=isa):
         on = check(m, x)
-        assert lbx.status(m) == ("native", None)
         try:
             for t in (2, 3):  # the tasks' tiles write their rows' codes
                 lowbit.set_num_threads(t)
-                _same(m.run(x, executor="native"), on, f"{t} threads")
+                _same(m.run(x), on, f"{t} threads")
         finally:
             lowbit.set_num_threads(0)
         steps = lbx.plan_for(m, (3, 4, 7, 7)).step_names
@@ -683,7 +664,7 @@ def test_quantize_output_bit_identical(cout, groups, binary_input, isa):
         for n in m.nodes:
             n.attrs.pop("quantize_output", None)
         m.__dict__.pop("_memo", None)
-        off = m.run(x, executor="native")
+        off = m.run(x)
         assert {"q1", "q2", "q3", "q4"} <= set(lbx.plan_for(m, (3, 4, 7, 7)).step_names)
     _same(on, off, "quantize_output on vs off")
 
@@ -723,4 +704,4 @@ def test_quantize_output_on_a_converted_resnet(bits):
     for name in marked:
         m.node(name).attrs["quantize_output"] = None
     m.__dict__.pop("_memo", None)
-    _same(on, m.run(x, executor="native"), "quantize_output on vs off")
+    _same(on, m.run(x), "quantize_output on vs off")

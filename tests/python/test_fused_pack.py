@@ -99,7 +99,7 @@ def _unfused(m, x):
     ex.FUSE_PACKING = False
     try:
         m.__dict__.pop("_memo", None)
-        out = m.run(x, executor="native")
+        out = m.run(x)
         core = lbx.plan_for(m, x.shape).core
         assert not core.fused_packs and core.step_kinds.count("pack") == packs + fused
         return out
@@ -118,7 +118,7 @@ def _fused_packs(m, shape):
 def test_fused_packing_bit_identical(width, batch, isa):
     """Channel counts below, at and across the kernels' 64-column tiles (68, 132: a last tile of
     4 columns), and not multiples of the indirect step (6, 13, 70: im2col, nothing to fuse):
-    native with fused packings == native with pack steps == Python == reference, at 1 and 2
+    native with fused packings == native with pack steps == reference, at 1 and 2
     threads."""
     x = _images(batch, size=9, seed=3)[:, :2] * 2
     with lowbit.use(isa=isa):
@@ -129,7 +129,7 @@ def test_fused_packing_bit_identical(width, batch, isa):
                 assert _fused_packs(m, x.shape) >= (3 if dual else 1)
             try:
                 lowbit.set_num_threads(2)
-                _same(m.run(x, executor="native"), on, "2 threads")
+                _same(m.run(x), on, "2 threads")
             finally:
                 lowbit.set_num_threads(0)
             _same(_unfused(m, x), on, "pack steps")
@@ -144,14 +144,14 @@ def test_fused_packing_every_forced_kernel(bits):
     m = chain(3, 24, w_bits=w_bits, a_bits=a_bits)
     x = _images(2, size=9, seed=4)
     ran = fused = 0
+    want = m.run_reference(x)
     for k in available_kernels():
         with lowbit.use(kernel=k["name"]):
             m.__dict__.pop("_memo", None)
             try:
-                want = m.run(x, executor="python")
+                on = m.run(x)
             except (ValueError, NotImplementedError, RuntimeError):
-                continue  # this kernel cannot compute these layers (the Python path says why)
-            on = m.run(x, executor="native")
+                continue  # this kernel cannot compute these layers (the plan builder says why)
             _same(on, want, k["name"])
             fused += _fused_packs(m, x.shape)
             _same(_unfused(m, x), on, f"{k['name']}: pack steps")
@@ -182,7 +182,7 @@ def test_fused_packing_on_a_converted_resnet():
     for t in (2, 3):
         try:
             lowbit.set_num_threads(t)
-            _same(m.run(x, executor="native"), on, f"{t} threads")
+            _same(m.run(x), on, f"{t} threads")
         finally:
             lowbit.set_num_threads(0)
 

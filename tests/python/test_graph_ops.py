@@ -1,6 +1,7 @@
-"""The runtime's native graph ops (csrc/ops/graph_ops.h) against their NumPy
-references in lowbit.runtime: identical dtype, shape and bytes (NaN payloads
-and the sign of zero included), and the bindings' argument checks."""
+"""The runtime's native graph ops (csrc/ops/graph_ops.h, the functions the native executor's
+steps call), through their op-level bindings, against their NumPy references in
+lowbit.runtime (the reference executor's arithmetic): identical dtype, shape and bytes (NaN
+payloads and the sign of zero included), and the bindings' argument checks."""
 import numpy as np
 import pytest
 
@@ -32,6 +33,17 @@ def awkward(rng, shape, step=1.0, lo=-4.0, hi=4.0):
     return x
 
 
+def native_quantize(x, attrs):
+    """_core.quantize with a quantize node's attrs; an NHWC view of NCHW memory (the model
+    input) is read in place by _core.quantize_nchw_to_nhwc."""
+    pre = attrs.get("pre_step")
+    args = (float(np.float32(attrs["step"])), int(attrs["qn"]), int(attrs["qp"]), bool(attrs.get("binary")),
+            None if pre is None else float(pre), None if pre is None else float(attrs["pre_div"]))
+    if x.ndim == 4 and not x.flags.c_contiguous and x.transpose(0, 3, 1, 2).flags.c_contiguous:
+        return _core.quantize_nchw_to_nhwc(x.transpose(0, 3, 1, 2), *args)
+    return _core.quantize(np.ascontiguousarray(x), *args)
+
+
 SHAPES = [(1,), (7,), (1, 1, 1, 1), (2, 3, 5, 1), (1, 4, 4, 3), (3, 2, 7, 9), (2, 300), (1, 2, 2, 300)]
 
 
@@ -43,8 +55,8 @@ SHAPES = [(1,), (7,), (1, 1, 1, 1), (2, 3, 5, 1), (1, 4, 4, 3), (3, 2, 7, 9), (2
 def test_quantize_matches_numpy(rng, shape, qn, qp, step):
     x = awkward(rng, shape, step, qn - 3, qp + 3)
     attrs = {"step": step, "qn": qn, "qp": qp}
-    codes = rt.quantize(x, attrs, native=True)
-    assert_same(codes, rt.quantize(x, attrs, native=False))
+    codes = native_quantize(x, attrs)
+    assert_same(codes, rt.quantize(x, attrs))
     assert codes.max() <= qp - qn
 
 
@@ -52,7 +64,7 @@ def test_quantize_matches_numpy(rng, shape, qn, qp, step):
 def test_binary_quantize_matches_numpy(rng, shape):
     x = awkward(rng, shape)
     attrs = {"step": 1.0, "qn": -1, "qp": 0, "binary": True}
-    assert_same(rt.quantize(x, attrs, native=True), rt.quantize(x, attrs, native=False))
+    assert_same(native_quantize(x, attrs), rt.quantize(x, attrs))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -65,7 +77,7 @@ def test_trunc_pre_step_quantize_matches_numpy(rng, shape, pre_step, pre_div, qn
     flat[::5] = ((rng.integers(qn, qp, flat[::5].size) + 0.5) * pre_div * np.float32(pre_step)).astype(np.float32)
     attrs = {"step": pre_step * pre_div, "qn": qn, "qp": qp, "pre_step": float(np.float32(pre_step)),
              "pre_div": float(pre_div)}
-    assert_same(rt.quantize(x, attrs, native=True), rt.quantize(x, attrs, native=False))
+    assert_same(native_quantize(x, attrs), rt.quantize(x, attrs))
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 7), (1, 1, 4, 9), (2, 300, 2, 3), (1, 600, 1, 2),
@@ -77,12 +89,12 @@ def test_trunc_pre_step_quantize_matches_numpy(rng, shape, pre_step, pre_div, qn
 def test_fused_nchw_quantize_matches_numpy(rng, shape, attrs):
     x = awkward(rng, shape, 0.1)
     nhwc_view = x.transpose(0, 2, 3, 1)  # what the model's input node passes on
-    ref = rt.quantize(np.ascontiguousarray(nhwc_view), attrs, native=False)
+    ref = rt.quantize(np.ascontiguousarray(nhwc_view), attrs)
     pre = attrs.get("pre_step")
     direct = _core.quantize_nchw_to_nhwc(x, float(np.float32(attrs["step"])), attrs["qn"], attrs["qp"],
                                          attrs.get("binary", False), pre, attrs.get("pre_div"))
     assert_same(direct, ref)
-    assert_same(rt.quantize(nhwc_view, attrs, native=True), ref)
+    assert_same(native_quantize(nhwc_view, attrs), ref)
 
 
 # ---- dequantize, layouts, flatten ---------------------------------------------------------------
@@ -96,7 +108,7 @@ def test_dequantize_matches_numpy(rng, bits, shape, step):
     codes.reshape(-1)[0] = (1 << bits) - 1  # the extreme codes
     codes.reshape(-1)[-1] = 0
     c = rt.CodeTensor(codes, bits, levels, step)
-    assert_same(rt.dequantize(c, native=True), rt.dequantize(c, native=False))
+    assert_same(_core.dequantize(codes, np.asarray(levels, np.int32), float(np.float32(step))), rt.dequantize(c))
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 5, 1), (1, 4, 4, 3), (3, 2, 7, 300)])
@@ -104,23 +116,31 @@ def test_layout_changes_and_flatten_match_numpy(rng, shape):
     x = awkward(rng, shape)
     assert_same(_core.nchw_to_nhwc(x), np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
     assert_same(_core.nhwc_to_nchw(x), np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    assert_same(rt._flatten(x, native=True), rt._flatten(x, native=False))
+    assert_same(_core.flatten_nhwc(x), rt._flatten(x))
     codes = rng.integers(0, 256, shape).astype(np.uint8)
     c = rt.CodeTensor(codes, 8, list(range(256)), 0.5)
-    flat, ref = rt._flatten(c, native=True), rt._flatten(c, native=False)
-    assert_same(flat.codes, ref.codes)
-    assert (flat.bits, flat.step, flat.levels.tolist()) == (ref.bits, ref.step, ref.levels.tolist())
+    ref = rt._flatten(c)
+    assert_same(_core.flatten_nhwc(codes), ref.codes)
+    assert (ref.bits, ref.step, ref.levels.tolist()) == (8, 0.5, list(range(256)))
 
 
-# ---- add, clamp, affine (the Model._run_node lines) ---------------------------------------------
+# ---- add, clamp, affine ---------------------------------------------------------------------------
 
 def _node(op, attrs=None, arrays=None, inputs=("x",)):
     return rt.Node("n", op, inputs, attrs, arrays)
 
 
 def _run_both(node, args):
+    """(the native op, the reference executor's node) on ``args``."""
     m = rt.Model.__new__(rt.Model)  # _run_node needs no graph state for these ops
-    return m._run_node(node, args, reference=False), m._run_node(node, args, reference=True)
+    x = args[0]
+    if node.op == "add":
+        native = _core.add(x, args[1])
+    elif node.op == "clamp":
+        native = _core.clamp(x, *(float(b) for b in rt._bounds(node.attrs)))
+    else:
+        native = _core.affine(x, node.arrays["scale"], node.arrays["bias"])
+    return native, m._run_node(node, args)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -166,7 +186,7 @@ def test_avgpool_matches_numpy(rng, shape, kernel, stride, padding, count_includ
     x = awkward(rng, shape) if data == "awkward" else np.full(shape, -0.0, np.float32)  # -0.0 sums keep their sign
     attrs = {"kernel": kernel, "stride": stride, "padding": padding, "count_include_pad": count_include_pad}
     with np.errstate(invalid="ignore", divide="ignore"):
-        assert_same(rt.avgpool(x, attrs, native=True), rt.avgpool(x, attrs, native=False))
+        assert_same(_core.avgpool_nhwc(x, *kernel, *stride, *padding, count_include_pad), rt.avgpool(x, attrs))
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 7, 7, 1), (1, 5, 9, 3), (3, 6, 6, 2), (1, 4, 3, 300)])
@@ -176,7 +196,9 @@ def test_adaptive_avgpool_matches_numpy(rng, shape, output_size, data):
     x = {"awkward": lambda: awkward(rng, shape), "finite": lambda: rng.normal(0, 3, shape).astype(np.float32),
          "zeros": lambda: np.full(shape, -0.0, np.float32)}[data]()
     attrs = {"output_size": list(output_size)}
-    assert_same(rt.adaptive_avgpool(x, attrs, native=True), rt.adaptive_avgpool(x, attrs, native=False))
+    b, h, w, c = shape
+    oh, ow = (h if output_size[0] is None else output_size[0]), (w if output_size[1] is None else output_size[1])
+    assert_same(_core.adaptive_avgpool_nhwc(x, oh, ow), rt.adaptive_avgpool(x, attrs))
 
 
 def test_results_do_not_depend_on_threads(rng):
@@ -271,7 +293,7 @@ def test_executor_maxpool_simd_and_scalar_match_numpy(rng, shape, window):
     if oh < 1 or ow < 1:
         pytest.skip("window larger than the padded map")
     attrs = {"kernel": [kh, kw], "stride": [sh, sw], "padding": [ph, pw], "dilation": [dh, dw]}
-    want = rt.maxpool(x, attrs, native=False)
+    want = rt.maxpool(x, attrs)
     geometry = (b, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
     scalar = _core.executor_maxpool_nhwc(x, geometry, False)
     assert_same(_core.executor_maxpool_nhwc(x, geometry, True), scalar)

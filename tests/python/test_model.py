@@ -488,7 +488,7 @@ def test_native_maxpool_matches_numpy(shape, kernel, stride, padding, dilation):
     x.flat[5] = np.nan  # NaN propagates through its windows, as with np.maximum
     attrs = {"kernel": kernel, "stride": stride, "padding": padding, "dilation": dilation}
     got = runtime.maxpool(x, attrs)
-    want = runtime.maxpool(x, attrs, native=False)
+    want = runtime.maxpool(x, attrs)
     assert got.dtype == np.float32 and got.shape == want.shape
     assert np.array_equal(got, want, equal_nan=True)
     # strided input is read correctly
@@ -509,7 +509,7 @@ def test_native_quantize_matches_numpy(qn, qp):
     x.flat[4] = -0.0
     attrs = {"qn": qn, "qp": qp, "step": float(step)}
     got = runtime.quantize(x, attrs)
-    want = runtime.quantize(x, attrs, native=False)
+    want = runtime.quantize(x, attrs)
     assert got.dtype == np.uint8 and got.shape == x.shape
     assert np.array_equal(got, want)
 

@@ -1,8 +1,7 @@
 """Model.run's lean path for a repeat call (executor.run_repeat): after one native
 run, a call with an input of the same shape goes straight to the cached plan. It
 must give the full path's bytes, its errors and its reports, and step aside for
-anything else (another shape, dtype, layout, batch split, dispatch state or
-executor)."""
+anything else (another shape, dtype, layout, batch split or dispatch state)."""
 import re
 
 import numpy as np
@@ -25,8 +24,7 @@ def _model_and_first_call(seed=0, n=2):
 
 def _repeat_taken(m, x, **kw):
     """Whether Model.run(x, **kw) would take the lean path now."""
-    return lbx.run_repeat(m, x, kw.get("batch_size", 256), kw.get("check_finite", True),
-                          kw.get("executor")) is not None
+    return lbx.run_repeat(m, x, kw.get("batch_size", 256), kw.get("check_finite", True)) is not None
 
 
 def test_repeat_gives_the_same_bytes_and_reports():
@@ -36,7 +34,7 @@ def test_repeat_gives_the_same_bytes_and_reports():
     assert m(x2).tobytes() == m.run(x2, reference=True).tobytes()
     assert m(x).tobytes() == want.tobytes()
     kernels = {n.name: n.kernel for n in m.nodes}
-    m.run(x, executor="python")  # the nodes now report the Python run: the lean path steps aside once
+    m.trace(x)  # the nodes now report the trace plan's run: the lean path steps aside once
     assert not _repeat_taken(m, x)
     assert m(x).tobytes() == want.tobytes()
     assert {n.name: n.kernel for n in m.nodes} == kernels
@@ -51,7 +49,7 @@ def test_repeat_refuses_non_finite_input_naming_the_index(bad):
     with pytest.raises(ValueError, match=r"x: expected finite values.*\(1, 2, 5, 7\).*check_finite=False"):
         m(y)
     with pytest.raises(ValueError, match=r"x: expected finite values.*\(1, 2, 5, 7\)"):
-        m.run(y, executor="native")
+        m.run(y, batch_size=2)
     # the caller vouches for its input: the native run maps it as the reference does
     assert m(y, check_finite=False).tobytes() == m.run(y, reference=True, check_finite=False).tobytes()
     assert m(x).tobytes() == want.tobytes()
@@ -63,13 +61,10 @@ def test_repeat_steps_aside_for_other_inputs():
     assert not _repeat_taken(m, x.astype(np.float64))          # another dtype: converted by the full path
     assert not _repeat_taken(m, np.asfortranarray(x))          # not C-contiguous
     assert not _repeat_taken(m, x, batch_size=2)               # split into batches
-    assert not _repeat_taken(m, x, executor="python")
     assert not _repeat_taken(m, x.tolist())
     assert m(x.astype(np.float64)).tobytes() == want.tobytes()
     assert m(np.asfortranarray(x)).tobytes() == want.tobytes()
     assert m.run(x, batch_size=2).tobytes() == want.tobytes()
-    with pytest.raises(ValueError, match="executor"):
-        m.run(x, executor="gpu")
     with pytest.raises(ValueError, match="batch_size"):
         m.run(x, batch_size=0)
 

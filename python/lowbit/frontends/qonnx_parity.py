@@ -337,19 +337,21 @@ def _quant_input_over_step(graph, tensor, ctx, shape, step):
 
 
 def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
-    """Run ``lb`` on x node by node; at every node whose codes stand for a qonnx tensor in
+    """Run ``lb`` on x: the native executor's trace, or with ``isolate`` node by node on the
+    reference executor (the kernels' results bit for bit); at every node whose codes stand for a qonnx tensor in
     ``ctx``, count the levels that differ (into ``diff[tensor] = [differ, total]``) and, with
     ``isolate``, continue from qonnx's codes where they determine the levels. With a dict
     ``record``, also store ``record[tensor] = (lowbit's levels, qonnx's levels, step)`` (NCHW
     int64 levels; step float64, broadcastable). Returns the float32 output."""
-    from ..runtime.model import CodeTensor, dequantize
+    from ..runtime import executor as _executor
+    from ..runtime.model import CodeTensor, output_array
 
-    vals = {}
+    vals, traced = {}, None if isolate else _executor.trace(lb, lb._check_input(x))
     for n in lb.nodes:
         if n.op == "input":
             out = x.transpose(0, 2, 3, 1)
         else:
-            out = lb._run_node(n, [vals[s] for s in n.inputs], False)
+            out = traced[n.name] if traced is not None else lb._run_node(n, [vals[s] for s in n.inputs])
         tensor = qmap.get(n.name)
         if tensor is not None and tensor in ctx:
             # the grid: a quantize node's, a requantizing layer's, or for a max pool of codes (lowering
@@ -377,12 +379,7 @@ def _run_against(lb: Model, x, ctx, qmap, diff, isolate, record=None):
                 out = CodeTensor(np.ascontiguousarray(cd.transpose(0, 2, 3, 1) if nhwc else cd), out.bits,
                                  out.levels, out.step)
         vals[n.name] = out
-    out = vals[lb.nodes[-1].name]
-    if isinstance(out, CodeTensor):
-        out = dequantize(out)
-    if out.ndim == 4:
-        out = out.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(out, np.float32)
+    return output_array(vals[lb.nodes[-1].name])
 
 
 def trace_divergence(model, x, continue_for: int = 10, lowbit_model: Model | None = None) -> dict | None:

@@ -1,19 +1,17 @@
 """The native whole-graph executor of :class:`lowbit.Model` (docs/runtime.md).
 
-A Model's forward pass on the kernel path is one native call (``_core.ExecutorPlan.run``, GIL
-released) instead of a Python loop over nodes. This module lowers a Model, for one input shape
-and one dispatch state, to a plan of native steps, taking every decision from the Python kernel
-path itself (``ops._prepare``'s Bound, ``conv._tap_rows``, the depthwise and grouped calls of
-``conv``, ``conv.pad_code``, each node's fused :class:`lowbit.Epilogue`), never re-deriving it:
-autotuning and ``lowbit.use(isa=/kernel=/strategy=)`` are honoured, and every integer and float
-is the one the Python path computes. Plans are cached on the Model (an LRU of
-:data:`PLAN_CACHE_SIZE`) by input shape and ``_dispatch.state()``; a model that has no native
-plan runs on the Python path, and :func:`status` says why.
+A Model's forward pass is one native call (``_core.ExecutorPlan.run``, GIL released). This module
+lowers a Model, for one input shape and one dispatch state, to a plan of native steps, taking
+every decision from the op-level API (``lowbit.conv2d``/``linear``/``gemm``) itself
+(``ops._prepare``'s Bound, ``conv._tap_rows``, the depthwise and grouped calls of ``conv``,
+``conv.pad_code``, each node's fused :class:`lowbit.Epilogue`), never re-deriving it: autotuning
+and ``lowbit.use(isa=/kernel=/strategy=)`` are honoured, and every integer and float is the one
+those calls compute. Plans are cached on the Model (an LRU of :data:`PLAN_CACHE_SIZE`) by input
+shape, ``_dispatch.state()`` and whether the plan is a trace (:func:`trace`).
 """
 from __future__ import annotations
 
 import collections
-import os
 import threading
 
 import numpy as np
@@ -24,10 +22,9 @@ from . import floatops
 from ..ops import _prepare
 from ..packing import PackedActivations, check_elements
 
-__all__ = ["PLAN_CACHE_SIZE", "Unsupported", "status"]
+__all__ = ["PLAN_CACHE_SIZE", "Unsupported", "trace"]
 
 PLAN_CACHE_SIZE = 8
-CHOICES = ("native", "python")
 _EPILOGUE_DEFAULTS = (1.0, 0, 0)  # inv_step, qmin, qmax of a float32 output
 # Whether a layer's activation packing may run inside the GEMM that writes its codes, tile by tile
 # (_Builder._fusable_producer); False gives every packing a step of its own. Both write the same
@@ -36,28 +33,9 @@ FUSE_PACKING = True
 _BUILD_LOCK = threading.Lock()
 
 
-class Unsupported(Exception):
-    """The model (or a node under the current dispatch state) has no native step: run on Python."""
-
-
-def choice(executor=None) -> str:
-    """'native' or 'python': the ``executor`` argument, else LOWBIT_EXECUTOR, else 'native'."""
-    what = "LOWBIT_EXECUTOR" if executor is None else "executor"
-    if executor is None:
-        executor = os.environ.get("LOWBIT_EXECUTOR") or "native"
-    if executor not in CHOICES:
-        raise ValueError(f"{what}: expected 'native' or 'python', got {executor!r}")
-    return executor
-
-
-def status(model) -> tuple:
-    """(executor, reason): which executor ``model.run`` uses by default and, when it is
-    'python', why (the environment, or what the last plan build found: every op of
-    lowbit.Model has a native step, but a node may not under some dispatch state)."""
-    if choice() == "python":
-        return "python", "LOWBIT_EXECUTOR=python"
-    reason = model.__dict__.get("_memo", {}).get("native_reason")
-    return ("python", reason) if reason else ("native", None)
+class Unsupported(ValueError):
+    """A node the executor cannot plan: a graph that Model's validation let through but whose
+    values do not fit together (the message names the node)."""
 
 
 class _Value:
@@ -82,12 +60,13 @@ class _Value:
 class NativePlan:
     """A built plan: the native plan, the output shape, and what the nodes report."""
 
-    __slots__ = ("core", "out_shape", "kernels", "shapes", "step_names", "last_kernel")
+    __slots__ = ("core", "out_shape", "kernels", "shapes", "step_names", "last_kernel", "values", "output_buf")
 
     def __init__(self, core, out_shape, kernels, shapes, step_names, float_layers=()):
         self.core, self.out_shape = core, out_shape
         self.kernels, self.shapes, self.step_names = kernels, shapes, step_names
-        # lowbit's last kernel is a quantized layer's, as on the Python path (float layers leave it alone)
+        self.values = self.output_buf = None  # a trace plan's node values and output buffer (_build)
+        # lowbit's last kernel is a quantized layer's, as lowbit.conv2d/linear set it (float layers leave it alone)
         self.last_kernel = next((k for name, k in reversed(kernels.items()) if name not in float_layers), None)
 
 
@@ -208,8 +187,7 @@ class _Builder:
         self.vals[n.name] = out
 
     def _float_layer(self, i, n, x):
-        """conv_f32 / linear_f32: the node's prepared FloatConv (floatops.layer, the one the
-        Python path runs) as one step."""
+        """conv_f32 / linear_f32: the node's prepared FloatConv (floatops.layer) as one step."""
         x = self._float_input(x, f"node {n.name!r} ({n.op})")
         layer, w = floatops.layer(n), n.arrays["w"]
         conv = n.op == "conv_f32"
@@ -527,33 +505,37 @@ class _Builder:
         return v.shape
 
 
-def _build(model, shape) -> NativePlan:
+def _build(model, shape, keep_all=False) -> NativePlan:
     b = _Builder(model, shape)
     for i, n in enumerate(model.nodes):
         b.node(i, n)
     out_shape = b.finish()
-    b.core.finalize()
+    b.core.finalize(keep_all)
     shapes = {n.name: b.vals[n.name].shape for n in model.nodes}
-    bn, c, h, w = shape  # the input reports its NHWC view, as on the Python path
+    bn, c, h, w = shape  # the input reports its NHWC view
     shapes[model.nodes[0].name] = (bn, h, w, c)
     step_names = [model.nodes[j].name for j in b.core.step_nodes]
-    return NativePlan(b.core, out_shape, b.kernels, shapes, step_names, b.float_layers)
+    plan = NativePlan(b.core, out_shape, b.kernels, shapes, step_names, b.float_layers)
+    if keep_all:  # what trace reads back: each node's value (the input node's is the caller's x)
+        plan.values = {n.name: b.vals[n.name] for n in model.nodes[1:]}
+        plan.output_buf = b.output_buf
+    return plan
 
 
-def plan_for(model, shape, state=None) -> NativePlan:
+def plan_for(model, shape, state=None, keep_all=False) -> NativePlan:
     """The cached plan of ``model`` for NCHW ``shape`` under the current dispatch state
-    (``state``: _dispatch.state() when the caller has it); raises Unsupported (cached
-    too) when some node has no native step."""
+    (``state``: _dispatch.state() when the caller has it); ``keep_all``: a trace plan, whose
+    buffers are never reused. Raises Unsupported (cached too) when a node cannot be planned."""
     memo = model.__dict__.setdefault("_memo", {})
     cache = memo.setdefault("native_plans", collections.OrderedDict())
-    key = (tuple(shape), _dispatch.state() if state is None else state)
+    key = (tuple(shape), _dispatch.state() if state is None else state, keep_all)
     hit = cache.get(key)
     if hit is None:
         with _BUILD_LOCK:
             hit = cache.get(key)
             if hit is None:
-                try:  # an op without a native step raises Unsupported too (_Builder.node)
-                    hit = _build(model, shape)
+                try:
+                    hit = _build(model, shape, keep_all)
                 except Unsupported as exc:
                     hit = exc
                 cache[key] = hit
@@ -564,7 +546,6 @@ def plan_for(model, shape, state=None) -> NativePlan:
             cache.move_to_end(key)
         except KeyError:  # evicted by another thread meanwhile
             pass
-    memo["native_reason"] = str(hit) if isinstance(hit, Unsupported) else None
     if isinstance(hit, Unsupported):
         raise hit
     return hit
@@ -573,7 +554,7 @@ def plan_for(model, shape, state=None) -> NativePlan:
 _FLOAT32 = np.dtype(np.float32)
 
 
-def run_repeat(model, x, batch_size, check_finite, executor):
+def run_repeat(model, x, batch_size, check_finite):
     """Model.run's lean path for a repeat call: the logits of ``x`` when it is a
     C-contiguous float32 ndarray of the shape of this model's last native run, in one
     batch, under the same dispatch state (so the same plan, with every shape check
@@ -585,7 +566,7 @@ def run_repeat(model, x, batch_size, check_finite, executor):
         return None
     shape, state, plan = last
     if (x.shape != shape or x.dtype is not _FLOAT32 or shape[0] > batch_size or not x.flags.c_contiguous
-            or choice(executor) != "native" or _dispatch.state() != state or model._memo["reported"] is not plan):
+            or _dispatch.state() != state or model._memo["reported"] is not plan):
         return None
     out = np.empty(plan.out_shape, np.float32)
     try:
@@ -597,22 +578,12 @@ def run_repeat(model, x, batch_size, check_finite, executor):
     return out
 
 
-def run(model, x, profile=None, required=False):
-    """Logits of one batch (x: float32 NCHW, already checked by Model._check_input) from
-    the native plan, or None when the model has no native plan here (then the caller
-    runs the Python path); ``required`` raises ValueError instead. Remembers the plan
-    for :func:`run_repeat`."""
-    try:
-        state = _dispatch.state()
-        plan = plan_for(model, x.shape, state)
-    except Unsupported as exc:
-        if required:
-            raise ValueError(f"executor='native': this model cannot run natively: {exc}") from None
-        return None
-    except (ValueError, RuntimeError, NotImplementedError):
-        if required:
-            raise
-        return None  # the Python path raises the same error with its own message
+def run(model, x, profile=None):
+    """Logits of one batch (x: float32 NCHW, already checked by Model._check_input) from the
+    native plan (built on first use: Unsupported, a ValueError, when a node cannot be planned).
+    Remembers the plan for :func:`run_repeat`."""
+    state = _dispatch.state()
+    plan = plan_for(model, x.shape, state)
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty(plan.out_shape, np.float32)
     seconds = plan.core.run(x, out, profile is not None)
@@ -620,13 +591,44 @@ def run(model, x, profile=None, required=False):
         for name, s in zip(plan.step_names, seconds):
             profile[name] = profile.get(name, 0.0) + s
     memo = model._memo
-    if memo.get("reported") is not plan:  # what the nodes report (Model.layers/summary), as a Python run sets it
+    _report(model, plan)
+    memo["last_native"] = (x.shape, state, plan)
+    if plan.last_kernel is not None:
+        _dispatch.set_last_kernel(plan.last_kernel)
+    return out
+
+
+def _report(model, plan):
+    """What the nodes report (Model.layers/summary): the output shapes and kernels of ``plan``."""
+    memo = model._memo
+    if memo.get("reported") is not plan:
         for n in model.nodes:
             n.out_shape = plan.shapes[n.name]
         for name, kernel in plan.kernels.items():
             model._by_name[name].kernel = kernel
         memo["reported"] = plan
-    memo["last_native"] = (x.shape, state, plan)
+
+
+def trace(model, x) -> dict:
+    """Model.trace on the native executor: {node name: value} of one run of ``x`` (float32 NCHW,
+    checked by Model._check_input) on a plan that keeps every buffer (the same steps, kernels
+    and bytes as the plan Model.run uses; only the arena offsets differ). Values as the
+    reference executor's: float32 arrays, or CodeTensors (NHWC or (B, F)); the input node's
+    is the NHWC view of ``x``."""
+    from .model import CodeTensor
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    plan = plan_for(model, x.shape, keep_all=True)
+    out = np.empty(plan.out_shape, np.float32)
+    ids = sorted({v.buf for v in plan.values.values() if v.buf != plan.output_buf})
+    data = dict(zip(ids, plan.core.run(x, out, False, False, ids)))
+    _report(model, plan)
     if plan.last_kernel is not None:
         _dispatch.set_last_kernel(plan.last_kernel)
-    return out
+    values = {model.nodes[0].name: x.transpose(0, 2, 3, 1)}
+    for name, v in plan.values.items():
+        raw = out if v.buf == plan.output_buf else np.frombuffer(data[v.buf], np.uint8 if v.kind == "codes" else
+                                                                  np.float32)
+        value = raw.reshape(-1)[:v.size].reshape(v.shape).copy()
+        values[name] = CodeTensor(value, v.bits, v.levels, v.step) if v.kind == "codes" else value
+    return values

@@ -43,27 +43,25 @@ Which values stay codes (a layer requantizing in its epilogue) and which are flo
 ``quantize`` nodes is the lowering's choice (docs/pipeline.md). A layer's ``attrs['quantize_output']``
 (set by :func:`lowbit.lowering.place_requant`) names one plain ``quantize`` node reading its float
 output: the native executor writes that node's codes from the layer's epilogue with the node's own
-rule (the same bytes); the Python path and the reference run the node as usual.
+rule (the same bytes); the reference runs the node as usual.
 
 Execution
 ---------
-``m(x)`` runs the kernels; :meth:`Model.run_reference` runs the same graph with the NumPy
-oracles (:mod:`lowbit.reference`). The two agree bit for bit on every code and every float
-(the epilogue is specified exactly), which :meth:`Model.trace` lets a test check node by node.
+``m(x)`` runs the kernels, the whole graph in one native call (:mod:`lowbit.runtime.executor`);
+:meth:`Model.run_reference` runs the same graph node by node with the NumPy oracles
+(:mod:`lowbit.reference`). The two agree bit for bit on every code and every float (the
+epilogue is specified exactly), which :meth:`Model.trace` lets a test check node by node.
 """
 from __future__ import annotations
 
 import collections
 import collections.abc
-import copy
 import functools
 import math
 import numbers
-import time
 
 import numpy as np
 
-from .. import _core, _dispatch
 from .. import codebook as cbmod
 from .. import conv as _conv
 from .. import exact_float as _exact_float
@@ -72,7 +70,7 @@ from . import floatops as _floatops
 from .. import quant as _quant
 from .. import reference as _ref
 from ..epilogue import Epilogue, Requant
-from ..packing import MAX_ELEMENTS, PackedActivations, PackedWeights, check_elements
+from ..packing import MAX_ELEMENTS, PackedWeights, check_elements
 
 __all__ = ["CodeTensor", "Model", "Node", "NodeArrays", "OPS", "PackedCodes"]
 
@@ -85,30 +83,19 @@ _LAYERS = _QUANTIZED + _FLOAT_LAYERS
 
 class CodeTensor:
     """uint8 codes (NHWC or (B, F)) of integer levels ``levels`` (code c stands
-    for levels[c]) with their ``step``; ``packed`` is the PackedActivations
-    they came in (kernel path), reused so a consumer does not repack."""
+    for levels[c]) with their ``step``: a value of the reference executor."""
 
-    __slots__ = ("codes", "bits", "levels", "step", "packed")
+    __slots__ = ("codes", "bits", "levels", "step")
 
-    def __init__(self, codes: np.ndarray, bits: int, levels, step: float, packed=None):
+    def __init__(self, codes: np.ndarray, bits: int, levels, step: float):
         self.codes = codes
         self.bits = int(bits)
         self.levels = np.asarray(levels, dtype=np.int32)
         self.step = float(step)
-        self.packed = packed
 
     @property
     def shape(self):
         return self.codes.shape
-
-    def as_packed(self) -> PackedActivations:
-        """PackedActivations for the kernels: NHWC for 4-D codes, (M, K) for 2-D."""
-        if self.packed is None:
-            c = np.ascontiguousarray(self.codes)
-            self.packed = PackedActivations(c.reshape(-1, c.shape[3]) if c.ndim == 4 else c, self.bits, self.levels)
-            if c.ndim == 4:
-                self.packed.shape = c.shape
-        return self.packed
 
 
 class PackedCodes:
@@ -199,7 +186,7 @@ class Node:
         self.inputs = [str(i) for i in inputs]
         self.attrs = dict(attrs or {})
         self.arrays = arrays or {}
-        self.kernel = None      # registry name of the kernel its last kernel-path run used
+        self.kernel = None      # registry name of the kernel its last native run used
         self.out_shape = None   # output shape of the last run
         self._cache = {}
 
@@ -415,23 +402,14 @@ def _bounds(attrs):
 
 
 # ---------------------------------------------------------------------------------------------
-# Float ops shared by the kernel path and the reference path (plain NumPy).
+# The graph ops' reference arithmetic (plain NumPy): the reference executor runs these, and the
+# native executor's steps (csrc/ops/graph_ops.h) agree with them bit for bit.
 
-def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
+def quantize(x: np.ndarray, attrs) -> np.ndarray:
     """LSQ codes of float32 ``x``: clamp(round_half_even(x / step), Qn, Qp) - Qn, computed in
     float32 with a true division exactly as torch does (signed 1-bit: code = x >= 0). With
     ``pre_step``/``pre_div`` (QONNX Trunc with ROUND), ``x / step`` is ``round_half_even(x / pre_step)
-    / pre_div`` (pre_div a power of two: the division is exact, by a multiplication).
-    ``native``: the native op (``_core.quantize``; an NHWC view of NCHW memory, the model
-    input, is read in place by ``_core.quantize_nchw_to_nhwc``). :func:`lowbit.quant.quantize_codes`
-    is the reference; the two agree bit for bit."""
-    if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
-        pre = attrs.get("pre_step")
-        args = (float(np.float32(attrs["step"])), int(attrs["qn"]), int(attrs["qp"]), bool(attrs.get("binary")),
-                None if pre is None else float(pre), None if pre is None else float(attrs["pre_div"]))
-        if x.ndim == 4 and not x.flags.c_contiguous and x.transpose(0, 3, 1, 2).flags.c_contiguous:
-            return _core.quantize_nchw_to_nhwc(x.transpose(0, 3, 1, 2), *args)
-        return _core.quantize(np.ascontiguousarray(x), *args)
+    / pre_div`` (pre_div a power of two: the division is exact, by a multiplication)."""
     if attrs.get("binary"):
         return _quant.quantize_codes(x, 1.0, 0, 1, binary=True)
     if attrs.get("pre_step") is not None:
@@ -441,45 +419,26 @@ def quantize(x: np.ndarray, attrs, native: bool = True) -> np.ndarray:
     return _quant.quantize_codes(x, attrs["step"], attrs["qn"], attrs["qp"])
 
 
-def dequantize(c: CodeTensor, native: bool = True) -> np.ndarray:
-    """float32(level) * float32(step) of each code (native: ``_core.dequantize``;
-    the reference: :func:`lowbit.quant.dequantize`)."""
-    if native:
-        return _core.dequantize(np.ascontiguousarray(c.codes), np.ascontiguousarray(c.levels),
-                                float(np.float32(c.step)))
+def dequantize(c: CodeTensor) -> np.ndarray:
+    """float32(level) * float32(step) of each code (:func:`lowbit.quant.dequantize`)."""
     return _quant.dequantize(c.levels, c.codes, c.step)
 
 
-def maxpool(x, attrs, native: bool = True):
+def maxpool(x, attrs):
     """NHWC max pooling of float32 values, or of uint8 codes (a quantized value pooled: see
-    :func:`lowbit.lowering.requant_before_maxpool`): the native kernel, else (and as the
-    reference) the NumPy version below. Padding never wins: it is -inf for floats and code 0,
-    the lowest code (the code of -inf), for codes."""
+    :func:`lowbit.lowering.requant_before_maxpool`). Padding never wins: it is -inf for floats
+    and code 0, the lowest code (the code of -inf), for codes."""
     g = _floatops.geometry(x.shape, attrs["kernel"], attrs["stride"], attrs["padding"], attrs["dilation"], "pooling")
-    if native and isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 4:
-        return _core.maxpool_nhwc_codes(np.ascontiguousarray(x), g, True)
-    if native and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4:
-        try:
-            return _core.maxpool_nhwc(np.ascontiguousarray(x), *g[4:12])
-        except ValueError as exc:
-            raise ValueError(f"pooling: {exc}") from None
     views = _floatops.taps(x, g, 0 if x.dtype == np.uint8 else -np.inf)
     return functools.reduce(np.maximum, views[1:], views[0].copy())
 
 
-def avgpool(x, attrs, native: bool = True):
+def avgpool(x, attrs):
     """NHWC average pooling: float64 sums of the window taps in (ky, kx) order (the first
     tap's value, 0.0 for padding, as the start), divided by the window size (or, without
-    count_include_pad, by its in-image taps), rounded to float32. ``native``: ``_core.avgpool_nhwc``
-    for float32 input; the NumPy lines below are the reference."""
+    count_include_pad, by its in-image taps), rounded to float32."""
     g = _floatops.geometry(x.shape, attrs["kernel"], attrs["stride"], attrs["padding"], what="pooling")
-    _, h, w, _, kh, kw, sh, sw, ph, pw = g[:10]
-    if native and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 4:
-        try:
-            return _core.avgpool_nhwc(np.ascontiguousarray(x), kh, kw, sh, sw, ph, pw,
-                                      bool(attrs["count_include_pad"]))
-        except ValueError as exc:
-            raise ValueError(f"pooling: {exc}") from None
+    _, h, w, _, kh, kw, _, _, ph, pw = g[:10]
     acc = functools.reduce(np.add, _floatops.taps(x.astype(np.float64), g))  # in tap order
     if attrs["count_include_pad"] or (ph == 0 and pw == 0):
         return (acc / (kh * kw)).astype(np.float32)
@@ -487,18 +446,15 @@ def avgpool(x, attrs, native: bool = True):
     return (acc / in_image_taps).astype(np.float32)
 
 
-def adaptive_avgpool(x, attrs, native: bool = True):
+def adaptive_avgpool(x, attrs):
     """Output cell (i, j) averages rows [floor(i*H/OH), ceil((i+1)*H/OH)) and columns
     [floor(j*W/OW), ceil((j+1)*W/OW)) (torch's rule): a float64 sum of the cell's taps in
-    row-major (y, x) order, the first tap's value as the start, then one float64 division by
-    the tap count, rounded to float32. ``native``: ``_core.adaptive_avgpool_nhwc`` for float32
-    input; the NumPy lines below are the reference (explicit order, not np.mean's)."""
+    row-major (y, x) order (explicit, not np.mean's), the first tap's value as the start, then
+    one float64 division by the tap count, rounded to float32."""
     b, h, w, c = x.shape
     oh, ow = attrs["output_size"]
     oh, ow = h if oh is None else oh, w if ow is None else ow  # None: the input's size
     check_elements((b, oh, ow, c), "adaptive_avgpool output")
-    if native and isinstance(x, np.ndarray) and x.dtype == np.float32:
-        return _core.adaptive_avgpool_nhwc(np.ascontiguousarray(x), oh, ow)
     out = np.empty((b, oh, ow, c), np.float32)
     for i in range(oh):
         y0, y1 = (i * h) // oh, -((-(i + 1) * h) // oh)
@@ -512,17 +468,24 @@ def adaptive_avgpool(x, attrs, native: bool = True):
 _POOLS = {"maxpool": maxpool, "avgpool": avgpool, "adaptive_avgpool": adaptive_avgpool}
 
 
-def _flatten(v, native: bool = True):
-    """NHWC (B, H, W, C) -> (B, C*H*W) in NCHW order, float or codes (native: ``_core.flatten_nhwc``)."""
+def _flatten(v):
+    """NHWC (B, H, W, C) -> (B, C*H*W) in NCHW order, float or codes."""
     arr = v.codes if isinstance(v, CodeTensor) else v
     if arr.ndim == 4:
-        arr = _core.flatten_nhwc(np.ascontiguousarray(arr)) if native and arr.dtype in (np.uint8, np.float32) \
-            else np.ascontiguousarray(arr.transpose(0, 3, 1, 2)).reshape(arr.shape[0], -1)
+        arr = np.ascontiguousarray(arr.transpose(0, 3, 1, 2)).reshape(arr.shape[0], -1)
     return CodeTensor(arr, v.bits, v.levels, v.step) if isinstance(v, CodeTensor) else arr
 
 
+def output_array(value) -> np.ndarray:
+    """The model output of the last node's reference value: float32, codes dequantized, a 4-D
+    map as NCHW."""
+    if isinstance(value, CodeTensor):
+        value = dequantize(value)
+    return np.ascontiguousarray(value.transpose(0, 3, 1, 2) if value.ndim == 4 else value, dtype=np.float32)
+
+
 def concat_channels(values, name="concat"):
-    """The ``concat`` op (kernel and reference path alike: a copy is exact): float32 arrays, or
+    """The ``concat`` op of the reference executor: float32 arrays, or
     CodeTensors of one grid, joined along the last (channel) axis. RuntimeError for a mixture
     of float and codes or of grids, ValueError for shapes that differ off the channel axis."""
     codes = [isinstance(v, CodeTensor) for v in values]
@@ -648,35 +611,30 @@ class Model:
         return self.run(x, batch_size, False, None, check_finite)
 
     def run(self, x, batch_size: int = 256, reference: bool = False, profile: dict | None = None,
-            check_finite: bool = True, executor: str | None = None) -> np.ndarray:
+            check_finite: bool = True) -> np.ndarray:
         """Logits for float32 NCHW ``x``, ``batch_size`` images at a time (results do
-        not depend on it). ``reference=True`` runs the NumPy oracles instead of the
-        kernels. ``profile``: a dict that receives per-node wall-clock seconds (summed).
-
-        ``executor``: ``"native"`` runs each batch as one native call (lowbit.executor,
-        docs/runtime.md; ValueError when the model has no native plan), ``"python"``
-        node by node in Python; None (default): the ``LOWBIT_EXECUTOR`` environment
-        variable, else native when the model supports it (:meth:`summary` says which
-        and why). Both give identical results.
+        not depend on it): each batch is one native call (:mod:`lowbit.runtime.executor`,
+        docs/runtime.md). ``reference=True`` runs the NumPy oracles instead, node by node.
+        ``profile`` (native only): a dict that receives per-node seconds (summed over the
+        node's native steps and the batches).
 
         ``check_finite`` (default True): NaN or Inf in ``x`` raise ValueError.
         With False the caller vouches for its input: +-Inf clamp to the extreme
         codes, NaN becomes code 0 (docs/robustness.md). An empty batch (N = 0)
         returns an empty result of the right shape."""
         if not reference and profile is None:  # a repeat of the last native call: one check, one native call
-            out = _executor.run_repeat(self, x, batch_size, check_finite, executor)
+            out = _executor.run_repeat(self, x, batch_size, check_finite)
             if out is not None:
                 return out
-        native = _executor.choice(executor) == "native" and not reference
-        required = native and executor is not None
+        if reference and profile is not None:
+            raise ValueError("profile: the reference executor is not profiled (profile a native run)")
         x = self._check_input(x, check_finite)
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
         if len(x) == 0:
             # the output shape of an empty batch: one zero image's, with N = 0
-            return self._execute(np.zeros((1,) + x.shape[1:], np.float32), reference, None, None)[:0]
-        outs = [self._execute(x[i:i + batch_size], reference, None, profile, native, required)
-                for i in range(0, max(len(x), 1), batch_size)]
+            return self._execute(np.zeros((1,) + x.shape[1:], np.float32), reference)[:0]
+        outs = [self._execute(x[i:i + batch_size], reference, profile) for i in range(0, len(x), batch_size)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def run_reference(self, x, batch_size: int = 64) -> np.ndarray:
@@ -684,12 +642,17 @@ class Model:
         return self.run(x, batch_size=batch_size, reference=True)
 
     def trace(self, x, reference: bool = False) -> dict:
-        """{node name: output} for one run: uint8 codes (CodeTensor.codes) or float32 arrays."""
+        """{node name: output} for one run: uint8 codes or float32 arrays, NHWC or (B, F) (the
+        input node: the NHWC view of ``x``). The native executor's trace is a plan of its own that
+        keeps every value (no buffer reuse); ``reference=True`` traces the NumPy oracles."""
         x = self._check_input(x)
         if x.shape[0] == 0:
             raise ValueError("x: empty batch (trace needs at least one image)")
         values = {}
-        self._execute(x, reference, values, None)
+        if reference:
+            self._execute(x, True, None, values)
+        else:
+            values = _executor.trace(self, x)
         return {k: (v.codes if isinstance(v, CodeTensor) else v) for k, v in values.items()}
 
     def _check_input(self, x, check_finite: bool = True):
@@ -718,32 +681,20 @@ class Model:
                              " (pass check_finite=False to skip this check)")
         return x
 
-    def _execute(self, x, reference, record, profile, native=False, required=False):
-        if native:
-            out = _executor.run(self, x, profile, required)
-            if out is not None:
-                return out
-        self.__dict__.setdefault("_memo", {})["reported"] = None  # the nodes now report this run
+    def _execute(self, x, reference, profile=None, record=None):
+        """One batch: the native executor, or (``reference``) the NumPy oracles node by node;
+        ``record`` (reference only) receives every node's value."""
+        if not reference:
+            return _executor.run(self, x, profile)
         vals = {} if record is None else record  # a record keeps every value
         last_use = self._last_use()
-        clock = time.perf_counter
         for i, n in enumerate(self.nodes):
-            t0 = clock() if profile is not None else 0.0
-            out = x.transpose(0, 2, 3, 1) if n.op == "input" else \
-                self._run_node(n, [vals[s] for s in n.inputs], reference)
-            if profile is not None:
-                profile[n.name] = profile.get(n.name, 0.0) + clock() - t0
-            n.out_shape = tuple(out.shape)
+            out = x.transpose(0, 2, 3, 1) if n.op == "input" else self._run_node(n, [vals[s] for s in n.inputs])
             vals[n.name] = out
             if record is None:
                 for s in last_use.get(i, ()):
                     del vals[s]
-        out = vals[self.nodes[-1].name]
-        if isinstance(out, CodeTensor):
-            out = dequantize(out)
-        if out.ndim == 4:
-            out = out.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(out, dtype=np.float32)
+        return output_array(vals[self.nodes[-1].name])
 
     def _last_use(self):
         if "last_use" not in self.__dict__.setdefault("_memo", {}):
@@ -755,54 +706,42 @@ class Model:
             self._memo["last_use"] = by_index
         return self._memo["last_use"]
 
-    def _run_node(self, n: Node, args, reference: bool):
+    def _run_node(self, n: Node, args):
+        """Node ``n``'s value in the reference executor, from its inputs' values ``args``."""
         op, a, x = n.op, n.attrs, args[0] if args else None
         if op == "quantize":
             if isinstance(x, CodeTensor):
                 raise RuntimeError(f"node {n.name!r}: quantize got codes")
-            if not a.get("exact_float"):
-                codes = quantize(x, a, native=not reference)
-            else:  # codes decided in float64 (lowbit.exact_float)
-                codes = _exact_float.reference_codes(self, n, args[1]) if reference else \
-                    _exact_float.fix(self, n, quantize(x, a), x, args[1])
+            # exact_float: codes decided in float64 (lowbit.exact_float)
+            codes = _exact_float.reference_codes(self, n, args[1]) if a.get("exact_float") else quantize(x, a)
             return CodeTensor(codes, a["bits"], a["levels"], a["step"])
         if op == "dequantize":
-            return dequantize(x, native=not reference)
+            return dequantize(x)
         if op in _QUANTIZED:
-            return self._run_quantized(n, args, reference)
+            return self._run_quantized(n, args)
         if op == "flatten":
-            return _flatten(x, native=not reference)
+            return _flatten(x)
         if op == "concat":
             return concat_channels(args, n.name)
         if op == "pad":
             return pad_nhwc(x, a["pads"], a["fill"], n.name)
         if op == "maxpool" and isinstance(x, CodeTensor):  # the largest code is the code of the largest value
-            return CodeTensor(maxpool(x.codes, a, native=not reference), x.bits, x.levels, x.step)
+            return CodeTensor(maxpool(x.codes, a), x.bits, x.levels, x.step)
         if isinstance(x, CodeTensor):
             raise RuntimeError(f"node {n.name!r} ({op}) got codes; expected float")
         if op in _POOLS:
-            return _POOLS[op](x, a, native=not reference)
-        if op in _FLOAT_LAYERS:
-            prepared = None if reference else _floatops.layer(n)
-            n.kernel = "numpy-reference" if reference else prepared.kernel_name(_floatops.simd())
-            if op == "linear_f32":
-                return _floatops.linear_f32(x, n.arrays["w"], n.arrays["bias"], not reference, prepared)
+            return _POOLS[op](x, a)
+        if op == "linear_f32":
+            return _floatops.linear_f32(x, n.arrays["w"], n.arrays["bias"], False)
+        if op == "conv_f32":
             return _floatops.conv2d_f32(x, n.arrays["w"], n.arrays["bias"], a["stride"], a["padding"], a["dilation"],
-                                        a["groups"], not reference, prepared)
-        native = not reference and x.dtype == np.float32
+                                        a["groups"], False)
         if op == "add":
-            y = args[1]
-            if native and y.dtype == np.float32 and y.shape == x.shape:
-                return _core.add(np.ascontiguousarray(x), np.ascontiguousarray(y))
-            return np.add(x, y, dtype=np.float32)
+            return np.add(x, args[1], dtype=np.float32)
         if op == "clamp":
             lo, hi = _bounds(a)
-            if native:
-                return _core.clamp(np.ascontiguousarray(x), float(lo), float(hi))
             return np.minimum(np.maximum(x, np.float32(lo)), np.float32(hi))
         if op == "affine":
-            if native and x.ndim >= 1 and x.shape[-1] == n.arrays["scale"].shape[0]:
-                return _core.affine(np.ascontiguousarray(x), n.arrays["scale"], n.arrays["bias"])
             return (x * n.arrays["scale"] + n.arrays["bias"]).astype(np.float32)
         raise AssertionError(op)
 
@@ -828,7 +767,8 @@ class Model:
             n._cache["weights"] = w
         return w
 
-    def _run_quantized(self, n: Node, args, reference: bool):
+    def _run_quantized(self, n: Node, args):
+        """A conv/linear node in the reference executor: lowbit.reference's sums and epilogue."""
         a = n.attrs
         x = args[0]
         if not isinstance(x, CodeTensor):
@@ -836,29 +776,9 @@ class Model:
         if x.bits != a["a_bits"] or x.levels.tolist() != list(a["a_codebook"]):
             raise RuntimeError(f"node {n.name!r}: input codes are {x.bits}-bit {x.levels.tolist()}, expected "
                                f"{a['a_bits']}-bit {a['a_codebook']}")
-        residual = args[1] if len(args) > 1 else None
         if x.codes.ndim != (4 if n.op == "conv" else 2):
             raise ValueError(f"node {n.name!r}: {n.op} needs {'NHWC codes' if n.op == 'conv' else '(B, K) input'}, "
                              f"got shape {x.codes.shape}")
-        if reference:
-            return self._run_reference(n, x, residual)
-        ep = self._epilogue(n)
-        if residual is not None:
-            # a shallow copy: the parameters were validated once when the node's epilogue was built
-            ep = copy.copy(ep)
-            ep.residual = np.ascontiguousarray(residual.reshape(-1, n.arrays.shape("w_codes")[0]), dtype=np.float32)
-        if n.op == "conv":
-            y = _conv.conv2d(x.as_packed(), self._weights(n), a["stride"], a["padding"], a["dilation"], epilogue=ep)
-        else:
-            y = _conv.linear(x.as_packed(), self._weights(n), epilogue=ep)
-        n.kernel = _dispatch.last_kernel()
-        if isinstance(y, PackedActivations):
-            codes = y.codes.reshape(y.shape if y.shape is not None else y.codes.shape)
-            return CodeTensor(codes, a["requant"]["bits"], y.codebook, a["requant"]["step"], packed=y)
-        return y
-
-    def _run_reference(self, n: Node, x: CodeTensor, residual):
-        a = n.attrs
         w = n.arrays["w_codes"]
         grids = (a["a_bits"], a["w_bits"], a["a_codebook"], a["w_codebook"])
         acc = _ref.gemm(x.codes, w, *grids) if n.op == "linear" else _ref.conv2d(
@@ -866,10 +786,9 @@ class Model:
         out_shape, acc = acc.shape, acc.reshape(-1, w.shape[0])  # (M, Cout) sums
         lo, hi = _bounds(a)
         rq = _requant_of(a["requant"])
-        res = None if residual is None else residual.reshape(acc.shape)
+        res = None if len(args) < 2 else args[1].reshape(acc.shape)
         y = _ref.epilogue(acc, n.arrays["scale"], n.arrays["bias"], res, lo, hi, rq, n.arrays.get("scale64"),
                           n.arrays.get("bias64")).reshape(out_shape)
-        n.kernel = "numpy-reference"
         return y if rq is None else CodeTensor(y, rq.bits, rq.codebook(), rq.step)
 
     # ---- reporting ---------------------------------------------------------------------------
@@ -965,9 +884,6 @@ class Model:
                      + ", ".join(f"{k}: {v}" for k, v in sorted(self._bit_counts().items()))
                      + f"); {self.nbytes_disk} bytes of weights and epilogue parameters on disk, "
                      f"{self.nbytes_resident} resident with the kernel layouts built so far")
-        name, why = _executor.status(self)
-        lines.append("executor: native (one native call per batch, GIL released; lowbit.executor)" if why is None
-                     else f"executor: python (node by node: {why})")
         text = "\n".join(lines)
         if print_fn is not None:
             print_fn(text)
