@@ -135,21 +135,23 @@ def check_torch_parity(qat, model, x, batch_size: int = 250, rel: float = 1e-5, 
     mods = dict(qat.named_modules())
     layers = [n for n in model.nodes if n.op in ("conv", "linear") and hasattr(mods.get(n.attrs.get("module")),
                                                                               "act_quant")]
+    # per module, what its calls quantized, in call order: a module called twice (shared) is two
+    # layers of the model, in the same (execution) order
     captured, handles = {}, []
 
     def nhwc(t):
         return (t.permute(0, 2, 3, 1) if t.dim() == 4 else t).contiguous().cpu().numpy()
 
-    for nd in layers:
-        def hook(module, inputs, name=nd.name):
+    for name in dict.fromkeys(nd.attrs["module"] for nd in layers):
+        def hook(module, inputs, name=name):
             aq, xin = module.act_quant, inputs[0]
 
             def value_over_step():  # computed only where codes differ
                 if aq.binary_signed:
                     return nhwc(xin).astype(np.float64), "SIGN"
                 return nhwc(xin / aq.effective_step(xin)).astype(np.float64), "ROUND"
-            captured[name] = (nhwc(aq.codes(xin)[0]), value_over_step)
-        handles.append(mods[nd.attrs["module"]].register_forward_pre_hook(hook))
+            captured.setdefault(name, []).append((nhwc(aq.codes(xin)[0]), value_over_step))
+        handles.append(mods[name].register_forward_pre_hook(hook))
     x = np.asarray(x, np.float32)
     outs, refs, tie_samples, differ, total = [], [], [], 0, 0
     try:
@@ -159,10 +161,12 @@ def check_torch_parity(qat, model, x, batch_size: int = 250, rel: float = 1e-5, 
                 captured.clear()
                 refs.append(qat(torch.from_numpy(xb)).float().numpy())
                 trace = model.trace(xb, reference=reference)
-                outs.append(np.asarray(trace[model.nodes[-1].name], np.float32))
-                records = []
+                outs.append(model.run(xb, reference=reference))
+                records, calls = [], {}
                 for nd in layers:
-                    theirs, value_over_step = captured[nd.name]
+                    module = nd.attrs["module"]
+                    theirs, value_over_step = captured[module][calls.setdefault(module, 0)]
+                    calls[module] += 1
                     ours = trace[nd.inputs[0]]
                     total += ours.size
                     differ += int(np.count_nonzero(ours != theirs))

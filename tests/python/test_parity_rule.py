@@ -70,3 +70,36 @@ def test_torch_parity_catches_a_wrong_quantizer_step():
     m.__dict__.pop("_memo", None)  # the plans were built with the old step
     with pytest.raises(AssertionError, match="away from a rounding tie"):
         check_torch_parity(q, m, x)
+
+
+def test_torch_parity_of_a_module_called_twice():
+    """A shared layer (one module, two calls) is two layers of the model: each is compared with
+    the codes of its own call, in call order (a capture per module would keep only the last)."""
+    torch = optional_import("torch")
+    import lowbit
+    from lowbit import qat
+    from parity import check_torch_parity
+
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(1, 6, 3, padding=1)
+            self.block = torch.nn.Conv2d(6, 6, 3, padding=1)
+            self.fc = torch.nn.Linear(6 * 8 * 8, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            x = torch.relu(self.block(x))
+            x = torch.relu(self.block(x))  # the same module again, on other inputs
+            return self.fc(torch.flatten(x, 1))
+
+    torch.manual_seed(1)
+    q = qat.prepare(Shared(), 2, 2)
+    q.train()
+    q(torch.randn(16, 1, 8, 8))
+    q.eval()
+    m = lowbit.convert(q, torch.zeros(1, 1, 8, 8))
+    assert [n.attrs.get("module") for n in m.nodes if n.op == "conv"].count("block") == 2
+    x = np.random.default_rng(1).normal(size=(16, 1, 8, 8)).astype(np.float32)
+    r = check_torch_parity(q, m, x)
+    assert r["codes_differ"] == 0 and r["tie_samples"] == [], r["codes_differ"]
