@@ -469,6 +469,24 @@ def test_plan_arena_reuses_memory():
     assert 0 < plan.core.arena_bytes < plan.core.buffer_bytes
 
 
+def test_trace_plan_keeps_every_buffer_and_checks_keep():
+    """The trace plan: the same steps as the run plan, no arena reuse (every buffer its own
+    bytes); ExecutorPlan.run(keep=...) names a bad buffer id, and copies only unprofiled."""
+    m = zoo(seed=20)
+    x = _images(4)
+    m.trace(x)
+    run, trace = lbx.plan_for(m, x.shape), lbx.plan_for(m, x.shape, keep_all=True)
+    assert run.core.step_kinds == trace.core.step_kinds
+    assert trace.core.arena_bytes >= trace.core.buffer_bytes > run.core.arena_bytes
+    out = np.empty(trace.out_shape, np.float32)
+    for bad in ([-1], [10 ** 6]):
+        with pytest.raises(ValueError, match="keep: unknown buffer"):
+            trace.core.run(x, out, False, False, bad)
+    with pytest.raises(ValueError, match="keep: .*not profiled"):
+        trace.core.run(x, out, True, False, [0])
+    assert trace.core.run(x, out, False, False, []) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # The models other test files build, run through a Model.run that checks every call
 
