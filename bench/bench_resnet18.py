@@ -535,7 +535,7 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "e2e_resnet18.json").write_text(json.dumps(doc, indent=1, default=str))
     report(doc, out_dir)
-    print(f"wrote {out_dir / 'e2e_resnet18.json'}, e2e_resnet18.md, e2e_resnet18_layers.png")
+    print(f"wrote {out_dir / 'e2e_resnet18.json'} and e2e_resnet18.md (and the plot, unless skipped above)")
     return 0
 
 
