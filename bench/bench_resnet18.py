@@ -422,7 +422,8 @@ def report(doc, out_dir):
         lines += [f"## Per node (native executor, {r1['threads']} thread, {nbd['clock']})", "",
                   "Each node's native steps (the per-node seconds `m.run(x, profile=d)` reports), medians over "
                   f"{nbd['repeats']} profiled runs, split by step kind (each column its own median). Nodes with no "
-                  "step of their own (their work runs inside a neighbour's step): "
+                  "step of their own (the input, and nodes whose work another node's step does, such as a "
+                  "quantize that the GEMM before it fuses by storing its output as codes): "
                   + (", ".join(f"`{name}`" for name in nbd.get("nodes_without_steps", [])) or "none") + ".", "",
                   "| node | op | bits | kernel | out | steps | ms | GEMM/conv + epilogue | packing | graph op |",
                   "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
