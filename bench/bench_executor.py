@@ -153,7 +153,9 @@ def main():
              f"`{str(fp.get('git_commit'))[:10]}`{' (dirty tree)' if fp.get('git_dirty') else ''}, "
              f"torch {fp.get('torch')}, onnxruntime {fp.get('onnxruntime')}. Medians of {args.rounds} interleaved "
              "rounds; the last column is each contender's thread CPU time over lowbit native's (> 1: lowbit "
-             "native is faster). `python bench/bench_executor.py`.", "",
+             "native is faster). Before timing, lowbit native's output on each timed batch was checked "
+             "byte-identical to the NumPy reference executor's (`m.run_reference(x)`). "
+             "`python bench/bench_executor.py`.", "",
              "CPU flags (`lowbit info`): " + "  ".join(f"{k}{'+' if v else '-'}" for k, v in fp["isa"].items())
              + f"; lowbit dispatch tier cap: {lowbit.info()['tier_cap']}.", ""]
 
