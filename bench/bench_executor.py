@@ -15,7 +15,8 @@ Workloads:
 
 Every contender takes the float32 NCHW batch and returns float32 logits (input
 quantization timed everywhere). Before timing, lowbit's output on the timed batch is checked
-byte-identical to the NumPy reference executor's (``m.run_reference(x)``, the oracle). All run interleaved in one process
+byte-identical to the NumPy reference executor's (``m.run_reference(x)``, the oracle). All
+run interleaved in one process
 (bench_resnet18.time_interleaved2: round robin, rotating start, median of rounds), and the
 figure compared is the calling thread's CPU time: at one thread every contender computes on
 the calling thread, and CPU time is what other work on a shared machine disturbs least (wall
