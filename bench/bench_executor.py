@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Small models end to end, one thread: lowbit's native executor (one native call per
-forward pass, lowbit.executor) and its Python executor (node by node) against torch int8
-(x86 engine) and onnxruntime int8.
+forward pass, lowbit.executor: what ``m(x)`` runs) against torch int8 (x86 engine) and
+onnxruntime int8.
 
 Workloads:
 
@@ -14,7 +14,9 @@ Workloads:
    depthwise-separable residual blocks), batch 1, with bench_dwconv's own contenders.
 
 Every contender takes the float32 NCHW batch and returns float32 logits (input
-quantization timed everywhere). All run interleaved in one process
+quantization timed everywhere). Before timing, lowbit's output on the timed batch is checked
+byte-identical to the NumPy reference executor's (``m.run_reference(x)``, the oracle). All
+run interleaved in one process
 (bench_resnet18.time_interleaved2: round robin, rotating start, median of rounds), and the
 figure compared is the calling thread's CPU time: at one thread every contender computes on
 the calling thread, and CPU time is what other work on a shared machine disturbs least (wall
@@ -78,12 +80,12 @@ def ort_int8(net, x, calib):
     return baselines.ort_int8_static(net, x, [calib[i:i + 1] for i in range(len(calib))])
 
 
-def lowbit_pair(m, x):
-    """The native and the Python executor of one model on one batch (results checked equal)."""
-    a, b = m.run(x, executor="native"), m.run(x, executor="python")
-    assert a.tobytes() == b.tobytes(), "native and Python executors disagree"
-    return {"lowbit native": lambda: m.run(x, executor="native"),
-            "lowbit python": lambda: m.run(x, executor="python")}
+def lowbit_native(m, x):
+    """lowbit's contender: ``m.run(x)`` (the native executor), its output first checked
+    byte-identical to the NumPy reference executor's on the same batch."""
+    if m.run(x).tobytes() != m.run_reference(x).tobytes():
+        raise AssertionError("the native executor and the NumPy reference disagree on the timed batch")
+    return {"lowbit native": lambda: m.run(x)}
 
 
 def baseline_package(path):
@@ -114,13 +116,13 @@ def baseline_contender(lb, m, x):
     with tempfile.TemporaryDirectory() as d:
         m.save(os.path.join(d, "m.lowbit"))
         mb = lb.load(os.path.join(d, "m.lowbit"))
-    assert mb.run(x, executor="native").tobytes() == m.run(x, executor="native").tobytes(), \
+    assert mb.run(x).tobytes() == m.run(x).tobytes(), \
         "the baseline build computes other bytes"
     # the loaded model and its native plan are the baseline build's own (not this checkout's)
     core = lb.executor.plan_for(mb, x.shape).core
     assert type(mb).__module__.startswith("lowbit_baseline.") and isinstance(core, lb._core.ExecutorPlan) \
         and not isinstance(core, lowbit._core.ExecutorPlan), "the baseline model does not run on the baseline build"
-    return {"lowbit native (baseline)": lambda: mb.run(x, executor="native")}
+    return {"lowbit native (baseline)": lambda: mb.run(x)}
 
 
 def table(title, stats, ref="lowbit native"):
@@ -152,7 +154,9 @@ def main():
              f"`{str(fp.get('git_commit'))[:10]}`{' (dirty tree)' if fp.get('git_dirty') else ''}, "
              f"torch {fp.get('torch')}, onnxruntime {fp.get('onnxruntime')}. Medians of {args.rounds} interleaved "
              "rounds; the last column is each contender's thread CPU time over lowbit native's (> 1: lowbit "
-             "native is faster). `python bench/bench_executor.py`.", "",
+             "native is faster). Before timing, lowbit native's output on each timed batch was checked "
+             "byte-identical to the NumPy reference executor's (`m.run_reference(x)`). "
+             "`python bench/bench_executor.py`.", "",
              "CPU flags (`lowbit info`): " + "  ".join(f"{k}{'+' if v else '-'}" for k, v in fp["isa"].items())
              + f"; lowbit dispatch tier cap: {lowbit.info()['tier_cap']}.", ""]
 
@@ -163,7 +167,7 @@ def main():
     fp32 = models.load_fmnist("fp32")
     for batch in (1, 64):
         x = np.ascontiguousarray(calib[:batch])
-        contenders = lowbit_pair(m, x)
+        contenders = lowbit_native(m, x)
         if lb is not None:
             contenders.update(baseline_contender(lb, m, x))
         if batch == 1:
@@ -179,7 +183,7 @@ def main():
     # 2. the depthwise-separable CNN of bench_dwconv.py
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     mdw = bench_dwconv.lowbit_model(x)
-    contenders = lowbit_pair(mdw, x)
+    contenders = lowbit_native(mdw, x)
     if lb is not None:
         contenders.update(baseline_contender(lb, mdw, x))
     contenders["lowbit core run alone"] = core_alone(mdw, x)

@@ -20,20 +20,22 @@ round-robin (``bench/common.time_interleaved``), warm, median of ``--rounds``. E
 takes the float32 NCHW image and returns float32 logits, so input quantization is timed on
 every side (lowbit: quantize + pack; torch/onnxruntime int8: QuantizeLinear).
 
-Then the lowbit model runs again with instrumentation to say where the time goes: native
-kernels (GEMM with its fused epilogue), the epilogue's share (the same epilogue run on its own
-over the layer's int32 sums), native activation packing and im2col gathers, NumPy graph ops (input quantization, pooling, adds),
-and the rest = Python/NumPy glue. That breakdown is of the Python executor (node by node); the
-native executor (lowbit.executor, one native call per forward pass, the default) gets its own from
-its per-step timers: GEMM/conv steps (kernels with their fused epilogue; a GEMM whose output codes
-the next layer packs also packs them, tile by tile, inside its step: docs/runtime.md), packing, graph
-ops, and the rest (entering and leaving the call); its share outside the GEMM/conv steps is given twice:
-from the per-step medians summed by kind (a sum of medians, below the median of the sums on a
-noisy machine: the difference lands in "between steps"), and paired within each repeat (the
-kernel steps' sum of one profiled run over the m(x) time measured just before it; median over
-repeats). ``--lowbit-only`` times just the two lowbit executors.
+Then the lowbit model (which runs on the native executor, lowbit.executor: one native call per
+forward pass) runs again with its per-step timers on, to say where the time goes: GEMM/conv steps
+(kernels with their fused epilogue; a GEMM whose output codes the next layer packs also packs them,
+tile by tile, inside its step: docs/runtime.md), packing, graph ops, the time between steps, and
+entering and leaving the call (Python). At 1 thread the step timers read the calling thread's CPU
+time (as the timings), at more threads the wall clock. Its share outside the GEMM/conv steps is given
+twice: from the per-step medians summed by kind (a sum of medians, below the median of the sums on a
+noisy machine: the difference lands in "between steps"), and paired within each repeat (the kernel
+steps' sum of one profiled run over the m(x) time measured just before it; median over repeats).
+Per node: each node's steps summed within a profiled run (what ``m.run(x, profile=d)`` reports per
+node), split by step kind, medians over ``--breakdown-repeats`` runs. ``--lowbit-only`` times just lowbit.
+The JSON keeps the per-node rows under ``lowbit_native_breakdown.per_node``; ``--report`` renders
+result files of this version and older ones (whose Python-executor breakdown, ``lowbit_breakdown``, and
+"lowbit_w2a2_python" timings it ignores; they have no per-node table).
 Outputs (default): bench/results/e2e_resnet18.{json,md}
-and e2e_resnet18_layers.png (per-layer time, stacked by component).
+and, where matplotlib is installed, e2e_resnet18_layers.png (per-node time, stacked by step kind).
 """
 from __future__ import annotations
 
@@ -57,8 +59,7 @@ from common import REPO, fingerprint, time_interleaved  # noqa: E402
 
 RESULTS = HERE / "results"
 NAMES = {"torch_fp32": "torch fp32", "torch_int8_x86": "torch int8 x86", "torch_int8_qnnpack": "torch int8 qnnpack",
-         "ort_int8": "onnxruntime int8 (QDQ)", "lowbit_w2a2": "lowbit W2A2 (8-bit first/last)",
-         "lowbit_w2a2_python": "lowbit W2A2, Python executor (node by node)"}
+         "ort_int8": "onnxruntime int8 (QDQ)", "lowbit_w2a2": "lowbit W2A2 (8-bit first/last)"}
 
 
 # ------------------------------------------------------------------------------------- models
@@ -181,7 +182,6 @@ def callables(models, x):
             continue
         if name == "lowbit_w2a2":
             out[name] = (lambda m=m: m(x))
-            out[name + "_python"] = (lambda m=m: m.run(x, executor="python"))
         elif name == "ort_int8":
             out[name] = (lambda s=m: s.run(None, {"x": x}))
         else:
@@ -209,133 +209,35 @@ def time_interleaved2(fns, rounds, warmup, min_time):
 
 
 # ------------------------------------------------------------------------------ breakdown
-def breakdown(m, x, repeats, thread_cpu=False):
-    """Where lowbit's time goes: per node and per component (see the module docstring).
+# The native plan's step kinds, grouped for the breakdown; a kind no group names lands in OTHER.
+STEP_GROUPS = {"kernels": ("GEMM and convolution kernels with their fused epilogue (native)",
+                           ("gemm", "dwconv", "conv_grouped")),
+               "packing": ("activation packing, im2col, channel slices (native)", ("pack", "im2col", "channel_slice")),
+               "graph_ops": ("graph ops: quantize, pools, adds, layout (native)",
+                             ("quantize", "dequantize", "layout", "add", "clamp", "affine", "pool"))}
+OTHER = ("other", "other native steps")
 
-    The model runs node by node ``repeats`` times with perf_counter around every node and
-    around the native calls (lowbit._core.gemm and the activation packers, wrapped for the
-    occasion); per-node figures are medians. The fused epilogue's share of a conv/linear is
-    estimated by the same epilogue run on its own (lowbit._core.epilogue, the code the kernels
-    call per tile) over that layer's int32 sums, capped at the layer's native time.
-    ``thread_cpu`` (one thread): the calling thread's CPU time instead of wall time."""
-    from lowbit import _core
-    from lowbit.conv import conv2d, linear
 
-    clock = time.thread_time if thread_cpu else time.perf_counter
-    native = {"gemm": 0.0, "pack": 0.0}
-    originals = {}
-
-    def wrap(name, kind):
-        fn = getattr(_core, name)
-        originals[name] = fn
-
-        def w(*a, **k):
-            t0 = clock()
-            try:
-                return fn(*a, **k)
-            finally:
-                native[kind] += clock() - t0
-        setattr(_core, name, w)
-
-    prepared = getattr(_core, "PreparedGemm", None)  # ops.Bound.native: the GEMM call of the prepared path
-    prepared_originals = {}
-    for name in ("run", "codes", "conv_codes") if prepared is not None else ():
-        fn = prepared_originals[name] = getattr(prepared, name)
-
-        def method(self, *a, _fn=fn, **k):
-            t0 = clock()
-            try:
-                return _fn(self, *a, **k)
-            finally:
-                native["gemm"] += clock() - t0
-        setattr(prepared, name, method)
-    for name in dir(_core):
-        if name in ("gemm", "epilogue", "dwconv", "conv_grouped"):
-            wrap(name, "gemm")
-        elif ("pack" in name or "gather" in name or "im2col" in name) and callable(getattr(_core, name)):
-            wrap(name, "pack")
-    samples = {n.name: {"t": [], "gemm": [], "pack": []} for n in m.nodes}
-    totals, epi = [], {n.name: [] for n in m.nodes if n.op in ("conv", "linear")}
-    try:
-        m(x)
-        for _ in range(repeats):
-            values = {}
-            t_run = clock()
-            for n in m.nodes:
-                g0, p0 = native["gemm"], native["pack"]
-                t0 = clock()
-                if n.op == "input":
-                    values[n.name] = x.transpose(0, 2, 3, 1)
-                else:
-                    values[n.name] = m._run_node(n, [values[s] for s in n.inputs], False)
-                s = samples[n.name]
-                s["t"].append(clock() - t0)
-                s["gemm"].append(native["gemm"] - g0)
-                s["pack"].append(native["pack"] - p0)
-            totals.append(clock() - t_run)
-            for n in m.nodes:  # fused epilogue vs int32 output, same packed input
-                if n.op not in ("conv", "linear"):
-                    continue
-                xin, w, ep, a = values[n.inputs[0]].as_packed(), m._weights(n), m._epilogue(n), n.attrs
-                if a.get("residual"):
-                    ep = copy.copy(ep)
-                    ep.residual = np.ascontiguousarray(values[n.inputs[1]].reshape(-1, len(ep.scale)), np.float32)
-                if n.op == "conv":
-                    acc = conv2d(xin, w, a["stride"], a["padding"], a["dilation"])
-                else:
-                    acc = linear(xin, w)
-                acc = np.ascontiguousarray(acc.reshape(-1, len(ep.scale)))
-                t0 = clock()
-                originals["epilogue"](acc, **ep.kwargs())
-                epi[n.name].append(clock() - t0)
-    finally:
-        for name, fn in originals.items():
-            setattr(_core, name, fn)
-        for name, fn in prepared_originals.items():
-            setattr(prepared, name, fn)
-    med = lambda v: float(np.median(v)) if v else 0.0  # noqa: E731
-    per_node = []
-    for n in m.nodes:
-        s = samples[n.name]
-        t, g, p = med(s["t"]), med(s["gemm"]), med(s["pack"])
-        row = {"name": n.name, "op": n.op, "ms": 1e3 * t, "kernel": n.kernel,
-               "bits": (f"W{n.attrs['w_bits']}A{n.attrs['a_bits']}" if n.op in ("conv", "linear") else ""),
-               "out_shape": list(n.out_shape) if n.out_shape else None}
-        if n.op in ("conv", "linear"):
-            e = min(max(med(epi[n.name]), 0.0), g)
-            row.update(gemm_ms=1e3 * (g - e), epilogue_ms=1e3 * e, pack_ms=1e3 * p,
-                       glue_ms=1e3 * max(0.0, t - g - p))
-        else:
-            row.update(numpy_ms=1e3 * t)
-        per_node.append(row)
-    tot_ms = 1e3 * med(totals)
-    comp = {"kernels (native GEMM, excluding epilogue)": sum(r.get("gemm_ms", 0) for r in per_node),
-            "fused epilogue (scale/bias/residual/clamp/requant)": sum(r.get("epilogue_ms", 0) for r in per_node),
-            "activation packing and im2col gathers (native)": sum(r.get("pack_ms", 0) for r in per_node),
-            "Python/NumPy glue in conv2d/linear (plans, checks, copies)":
-                sum(r.get("glue_ms", 0) for r in per_node),
-            "NumPy graph ops (input quantization, pooling, flatten)":
-                sum(r.get("numpy_ms", 0) for r in per_node if r["op"] != "input")}
-    comp["runtime loop and the rest"] = max(0.0, tot_ms - sum(comp.values()))
-    return {"total_ms": tot_ms, "components_ms": comp, "per_node": per_node, "repeats": repeats}
+def step_group(kind):
+    """The STEP_GROUPS key of a native step kind (OTHER[0] when no group names it)."""
+    return next((g for g, (_, members) in STEP_GROUPS.items() if kind in members), OTHER[0])
 
 
 def native_breakdown(m, x, repeats, thread_cpu):
-    """Where the native executor's time goes. Each repeat times ``m(x)`` whole, the plan's
-    native call alone, and the plan's per-step timers inside the native call; the figures
-    are medians (per step, then summed by step kind), so one disturbed step on this shared
-    machine does not move them. ``thread_cpu`` (one thread: every step computes on the
-    caller): the calling thread's CPU time instead of wall time, as the timings above."""
+    """Where the native executor's time goes, in total and per node. Each repeat times ``m(x)``
+    whole, the plan's native call alone, and the plan's per-step timers inside the native call
+    (what ``m.run(x, profile=d)`` reports per node, on the wall clock); the figures are medians
+    over repeats (per step, then summed by step kind; per node: the node's steps summed within a
+    repeat, then the median), so one disturbed step on this shared machine does not move them.
+    ``thread_cpu`` (one thread: every step computes on the caller): the calling thread's CPU time
+    instead of wall time, as the timings above."""
     from lowbit import executor
 
     m(x)
     plan = executor.plan_for(m, x.shape)
     out = np.empty(plan.out_shape, np.float32)
     kinds = plan.core.step_kinds
-    groups = {"GEMM and convolution kernels with their fused epilogue (native)": ("gemm", "dwconv", "conv_grouped"),
-              "activation packing, im2col, channel slices (native)": ("pack", "im2col", "channel_slice"),
-              "graph ops: quantize, pools, adds, layout (native)":
-                  ("quantize", "dequantize", "layout", "add", "clamp", "affine", "pool")}
+    groups = [step_group(kind) for kind in kinds]
     clock = time.thread_time if thread_cpu else time.perf_counter
     whole, call, steps = [], [], []
     for _ in range(repeats):
@@ -350,28 +252,42 @@ def native_breakdown(m, x, repeats, thread_cpu):
     med = lambda v: 1e3 * float(np.median(v))  # noqa: E731
     per_step = [med(col) for col in zip(*steps)]
     tot, native_call = med(whole), med(call)
-    comp = {k: sum(t for t, kind in zip(per_step, kinds) if kind in members) for k, members in groups.items()}
+    labels = {g: label for g, (label, _) in STEP_GROUPS.items()}
+    labels[OTHER[0]] = OTHER[1]
+    comp = {label: sum(t for t, grp in zip(per_step, groups) if grp == g) for g, label in labels.items()}
+    if not comp[OTHER[1]]:
+        del comp[OTHER[1]]
     comp["between steps inside the native call"] = max(0.0, native_call - sum(per_step))
     comp["entering and leaving the native call (Python: checks, plan lookup, output array)"] = max(
         0.0, tot - native_call)
-    kernels = comp["GEMM and convolution kernels with their fused epilogue (native)"]
+    kernels = comp[STEP_GROUPS["kernels"][0]]
     # The same share paired within each repeat: the kernel steps' sum of its profiled run over its
     # m(x) time (unprofiled, so the step timers' own cost counts nowhere). The figure above compares
     # a sum of per-step medians with a median total, which a noisy machine biases (a sum of medians
     # runs below the median of sums: the gap shows up as "between steps").
-    inside = {kind for k, members in groups.items() if k.startswith("GEMM") for kind in members}
-    paired = [1 - sum(t for t, kind in zip(s, kinds) if kind in inside) / w for s, w in zip(steps, whole)]
+    paired = [1 - sum(t for t, grp in zip(s, groups) if grp == "kernels") / w for s, w in zip(steps, whole)]
+    # Per node: its steps' seconds summed within each repeat (by the plan's step -> node names, as
+    # Model.run's profile= sums them), split by step group; medians over repeats, in ms.
+    per_node, stepless = [], []
+    for n in m.nodes:
+        mine = [i for i, name in enumerate(plan.step_names) if name == n.name]
+        if not mine:  # the input node, and nodes the plan folds into another node's steps
+            stepless.append(n.name)
+            continue
+        row = {"name": n.name, "op": n.op, "kernel": n.kernel, "steps": len(mine),
+               "bits": f"W{n.attrs['w_bits']}A{n.attrs['a_bits']}" if n.op in ("conv", "linear") else "",
+               "out_shape": list(n.out_shape) if n.out_shape else None,
+               "ms": med([sum(s[i] for i in mine) for s in steps])}
+        for g in labels:
+            if any(groups[i] == g for i in mine):
+                row[f"{g}_ms"] = med([sum(s[i] for i in mine if groups[i] == g) for s in steps])
+        per_node.append(row)
     return {"total_ms": tot, "components_ms": comp, "outside_kernels_share": 1 - kernels / tot,
-            "outside_kernels_share_paired": float(np.median(paired)),
-            "steps": len(kinds), "arena_bytes": plan.core.arena_bytes, "buffer_bytes": plan.core.buffer_bytes,
-            "repeats": repeats, "clock": "thread CPU time" if thread_cpu else "wall time"}
-
-
-def python_outside_share(bd):
-    """Share of the Python executor's time outside the GEMM kernels and their fused epilogue."""
-    c = bd["components_ms"]
-    inside = c["kernels (native GEMM, excluding epilogue)"] + c["fused epilogue (scale/bias/residual/clamp/requant)"]
-    return 1 - inside / bd["total_ms"]
+            "outside_kernels_share_paired": float(np.median(paired)), "per_node": per_node,
+            "nodes_without_steps": stepless,
+            "steps": len(kinds), "step_kinds": sorted(set(kinds)), "arena_bytes": plan.core.arena_bytes,
+            "buffer_bytes": plan.core.buffer_bytes, "repeats": repeats,
+            "clock": "thread CPU time" if thread_cpu else "wall time"}
 
 
 # ----------------------------------------------------------------------------------- one run
@@ -413,14 +329,12 @@ def run_one(threads, rounds, min_time, want_ort, out_path, breakdown_repeats, lo
         log(f"  {NAMES.get(k, k):<34} " + (f"{v['median_ms']:9.2f} ms ({v['clock']}; wall {v['wall_median_ms']:.2f})"
                                              if "median_ms" in v else v["error"]))
     info["loadavg_after_timing"] = list(os.getloadavg())
-    log("lowbit breakdown ...")
-    bd = breakdown(m, x, breakdown_repeats, threads == 1)
-    bd["outside_kernels_share"] = python_outside_share(bd)
-    nbd = native_breakdown(m, x, max(breakdown_repeats, 15), threads == 1)
-    log(f"  Python executor: {bd['total_ms']:.2f} ms, {100 * bd['outside_kernels_share']:.1f}% outside GEMM kernels "
-        f"+ fused epilogue; native executor: {nbd['total_ms']:.2f} ms, {100 * nbd['outside_kernels_share']:.1f}% "
-        f"outside ({nbd['steps']} steps, arena {nbd['arena_bytes']:,d} B for {nbd['buffer_bytes']:,d} B of buffers); "
-        f"paired per repeat: {100 * nbd['outside_kernels_share_paired']:.1f}% outside")
+    log("lowbit breakdown (native step timers) ...")
+    nbd = native_breakdown(m, x, breakdown_repeats, threads == 1)
+    log(f"  native executor: {nbd['total_ms']:.2f} ms, {100 * nbd['outside_kernels_share']:.1f}% outside the GEMM/conv "
+        f"kernels and their fused epilogue ({nbd['steps']} steps, arena {nbd['arena_bytes']:,d} B for "
+        f"{nbd['buffer_bytes']:,d} B of buffers); paired per repeat: {100 * nbd['outside_kernels_share_paired']:.1f}% "
+        "outside")
     for k, v in nbd["components_ms"].items():
         log(f"    {k:<72} {v:8.3f} ms")
     sizes = {}
@@ -439,7 +353,7 @@ def run_one(threads, rounds, min_time, want_ort, out_path, breakdown_repeats, lo
 
     sizes["lowbit_w2a2"] = len(lio.to_bytes(m))
     result = {"threads": threads, "batch": 1, "input": [1, 3, 224, 224], "timings": timings, "info": info,
-              "lowbit_breakdown": bd, "lowbit_native_breakdown": nbd, "sizes_bytes": sizes, "rounds": rounds, "min_time_s": min_time,
+              "lowbit_native_breakdown": nbd, "sizes_bytes": sizes, "rounds": rounds, "min_time_s": min_time,
               "lowbit_layers": m.layers(),
               "timed": "float32 NCHW image in, float32 logits out, on every side (input quantization included)"}
     for row in result["lowbit_layers"]:
@@ -496,47 +410,41 @@ def report(doc, out_dir):
         if not nbd:
             continue
         lines += [f"## Native executor ({r['threads']} thread{'s' if r['threads'] > 1 else ''}, "
-                  f"{nbd['total_ms']:.2f} ms per image; {100 * nbd['outside_kernels_share']:.1f}% outside the "
-                  f"GEMM/conv kernels and their fused epilogue, paired per repeat "
-                  f"{100 * nbd.get('outside_kernels_share_paired', float('nan')):.1f}%; Python executor "
-                  f"{100 * r['lowbit_breakdown'].get('outside_kernels_share', float('nan')):.1f}%)", "",
-                  "| component | ms | share |", "|---|---:|---:|"]
+                  f"{nbd['total_ms']:.2f} ms per image, {nbd.get('clock', 'wall time')}; "
+                  f"{100 * nbd['outside_kernels_share']:.1f}% outside the GEMM/conv kernels and their fused "
+                  f"epilogue, paired per repeat {100 * nbd.get('outside_kernels_share_paired', float('nan')):.1f}%)",
+                  "", "| component | ms | share |", "|---|---:|---:|"]
         for k, v in nbd["components_ms"].items():
             lines.append(f"| {k} | {v:.2f} | {100 * v / nbd['total_ms']:.1f}% |")
         lines.append("")
-    for r in runs:
-        bd = r["lowbit_breakdown"]
-        lines += [f"## Where lowbit's time goes (Python executor, {r['threads']} thread{'s' if r['threads'] > 1 else ''}, "
-                  f"{bd['total_ms']:.2f} ms per image)", "", "| component | ms | share |", "|---|---:|---:|"]
-        for k, v in bd["components_ms"].items():
-            lines.append(f"| {k} | {v:.2f} | {100 * v / bd['total_ms']:.1f}% |")
-        lines.append("")
-    bd = r1["lowbit_breakdown"]
-    lines += [f"## Per layer ({r1['threads']} thread)", "",
-              "| node | op | bits | kernel | out | ms | GEMM | epilogue | packing | glue |",
-              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
-    for row in bd["per_node"]:
-        if row["op"] == "input":
-            continue
-        shp = "x".join(map(str, row["out_shape"][1:])) if row.get("out_shape") else ""
-        if row["op"] in ("conv", "linear"):
-            lines.append(f"| {row['name']} | {row['op']} | {row['bits']} | {row['kernel']} | {shp} | "
-                         f"{row['ms']:.3f} | {row['gemm_ms']:.3f} | {row['epilogue_ms']:.3f} | "
-                         f"{row['pack_ms']:.3f} | {row['glue_ms']:.3f} |")
-        else:
-            lines.append(f"| {row['name']} | {row['op']} |  |  | {shp} | {row['ms']:.3f} |  |  |  |  |")
+    nbd = r1.get("lowbit_native_breakdown") or {}
+    if "per_node" in nbd:  # result files from before the per-node native breakdown have none
+        lines += [f"## Per node (native executor, {r1['threads']} thread, {nbd['clock']})", "",
+                  "Each node's native steps (the per-node seconds `m.run(x, profile=d)` reports), medians over "
+                  f"{nbd['repeats']} profiled runs, split by step kind (each column its own median). Nodes with no "
+                  "step of their own (the input, and nodes whose work another node's step does, such as a "
+                  "quantize that the GEMM before it fuses by storing its output as codes): "
+                  + (", ".join(f"`{name}`" for name in nbd.get("nodes_without_steps", [])) or "none") + ".", "",
+                  "| node | op | bits | kernel | out | steps | ms | GEMM/conv + epilogue | packing | graph op |",
+                  "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+        cell = lambda row, g: f"{row[g + '_ms']:.3f}" if g + "_ms" in row else ""  # noqa: E731
+        for row in nbd["per_node"]:
+            shp = "x".join(map(str, row["out_shape"][1:])) if row.get("out_shape") else ""
+            lines.append(f"| {row['name']} | {row['op']} | {row['bits']} | {row['kernel'] or ''} | {shp} | "
+                         f"{row['steps']} | {row['ms']:.3f} | {cell(row, 'kernels')} | {cell(row, 'packing')} | "
+                         f"{cell(row, 'graph_ops')} |")
     info = r1["info"]
     lines += ["", "Load average (1, 5, 15 min) around the timing: " + "; ".join(
         f"{r['threads']} thread(s): {r['info'].get('loadavg_before_timing')} -> {r['info'].get('loadavg_after_timing')}"
         for r in runs) + " (other work shares this machine; multi-thread figures suffer most).",
         "", f"Sanity: lowbit vs its PyTorch fake-quant twin on the timed image: "
-                  f"{info.get('lowbit_vs_fakequant')}.", "",
-              "![per-layer time](e2e_resnet18_layers.png)", ""]
-    (out_dir / "e2e_resnet18.md").write_text("\n".join(lines))
-    try:
+                  f"{info.get('lowbit_vs_fakequant')}.", ""]
+    try:  # the Markdown shows the plot only when this run drew it
         plot(doc, out_dir / "e2e_resnet18_layers.png")
-    except Exception as exc:  # noqa: BLE001
+        lines += ["![per-node time](e2e_resnet18_layers.png)", ""]
+    except Exception as exc:  # noqa: BLE001 - matplotlib is optional
         print(f"plot skipped: {exc}")
+    (out_dir / "e2e_resnet18.md").write_text("\n".join(lines))
 
 
 def plot(doc, path):
@@ -546,24 +454,28 @@ def plot(doc, path):
     import matplotlib.pyplot as plt
 
     r1 = doc["runs"][0]
-    rows = [r for r in r1["lowbit_breakdown"]["per_node"] if r["op"] != "input" and r["ms"] > 0.005]
+    nbd = r1["lowbit_native_breakdown"]
+    rows = [r for r in nbd["per_node"] if r["ms"] > 0.005]
     names = [r["name"] for r in rows]
-    comps = [("gemm_ms", "GEMM kernel", "#1f77b4"), ("epilogue_ms", "fused epilogue", "#ff7f0e"),
-             ("pack_ms", "packing / im2col", "#2ca02c"), ("glue_ms", "Python/NumPy glue", "#d62728"),
-             ("numpy_ms", "NumPy graph op", "#9467bd")]
+    comps = [("kernels_ms", "GEMM/conv kernel + fused epilogue", "#1f77b4"),
+             ("packing_ms", "packing / im2col / channel slice", "#2ca02c"),
+             ("graph_ops_ms", "graph op (quantize, pool, add, layout)", "#9467bd"),
+             ("other_ms", "other native step", "#7f7f7f")]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(15, max(6, 0.28 * len(rows))),
                                   gridspec_kw={"width_ratios": [3, 1.3]})
     left = np.zeros(len(rows))
     for key, label, color in comps:
         vals = np.array([r.get(key, 0.0) for r in rows])
+        if not vals.any():
+            continue
         ax.barh(range(len(rows)), vals, left=left, label=label, color=color)
         left += vals
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{n} ({r['bits'] or r['op']})" for n, r in zip(names, rows)], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("ms per image (batch 1)")
-    ax.set_title(f"lowbit W2A2 ResNet-18, per node, {r1['threads']} thread: "
-                 f"{r1['lowbit_breakdown']['total_ms']:.1f} ms")
+    ax.set_xlabel(f"ms per image (batch 1, {nbd['clock']}, median per node)")
+    ax.set_title(f"lowbit W2A2 ResNet-18, native executor per node, {r1['threads']} thread: "
+                 f"{nbd['total_ms']:.1f} ms")
     ax.legend(loc="lower right", fontsize=8)
     # end-to-end latency per contender and thread count
     keys = [k for k in NAMES if any(k in r["timings"] and "median_ms" in r["timings"][k] for r in doc["runs"])]
@@ -589,9 +501,9 @@ def main(argv=None):
     p.add_argument("--thread-counts", default=None, help="driver: comma list (default: 1 and all cores)")
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--min-time", type=float, default=0.3, help="seconds per timed batch of calls")
-    p.add_argument("--breakdown-repeats", type=int, default=5)
+    p.add_argument("--breakdown-repeats", type=int, default=30, help="profiled native runs (medians)")
     p.add_argument("--no-ort", action="store_true", help="skip onnxruntime")
-    p.add_argument("--lowbit-only", action="store_true", help="time only lowbit's native and Python executors")
+    p.add_argument("--lowbit-only", action="store_true", help="time only lowbit (no torch, no onnxruntime)")
     p.add_argument("--out", default=None, help="one-process mode: result JSON path")
     p.add_argument("--out-dir", default=str(RESULTS), help="driver: where the JSON/Markdown/PNG go")
     p.add_argument("--report", default=None, help="re-render Markdown and PNG from a result JSON")
@@ -624,7 +536,7 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "e2e_resnet18.json").write_text(json.dumps(doc, indent=1, default=str))
     report(doc, out_dir)
-    print(f"wrote {out_dir / 'e2e_resnet18.json'}, e2e_resnet18.md, e2e_resnet18_layers.png")
+    print(f"wrote {out_dir / 'e2e_resnet18.json'} and e2e_resnet18.md (and the plot, unless skipped above)")
     return 0
 
 
