@@ -224,7 +224,9 @@ def compare_qonnx(model, x, lowbit_model: Model | None = None, batch_size: int =
     identical quantized inputs. In a deep network a code that differs at a
     rounding tie changes the inputs of many later codes, and those differences
     grow from layer to layer (qonnx's own executor does the same when its input
-    moves by one float ulp); ``isolate`` measures each layer without that cascade.
+    moves by one float ulp); ``isolate`` measures each layer without that cascade. Codes come
+    from the native executor's trace (:meth:`Model.trace`); with ``isolate`` lowbit runs node by
+    node on its NumPy reference executor (bit for bit the kernels' results, slower).
 
     ``precision``: ``"float32"`` (the graph as exported) or ``"float64"``: qonnx's executor
     runs :func:`float64_graph` of the cleaned graph (``reference_logits`` are then float64;
