@@ -1042,11 +1042,17 @@ void bind_executor(py::module_& m) {
             if (!timed && !(py::isinstance<py::bool_>(profile) || profile.is_none()))
               throw py::value_error("profile: expected a bool or 'thread_cpu'");
             if (!h.plan_.finalized()) throw py::value_error("plan: run before finalize");
+            // keep: a uint8 array per buffer, filled by the run (allocated here, with the GIL)
+            py::list kept;
+            std::vector<std::pair<int, void*>> copy_out;
             if (keep) {
-              if (!(py::isinstance<py::bool_>(profile) && !profile.cast<bool>()) && !profile.is_none())
-                throw py::value_error("keep: a run that copies buffers out is not profiled");
-              for (int id : *keep)
+              if (timed) throw py::value_error("keep: a run that copies buffers out is not profiled");
+              for (int id : *keep) {
                 if (id < 0 || size_t(id) >= h.plan_.num_buffers()) throw py::value_error("keep: unknown buffer");
+                py::array_t<uint8_t> a(py::ssize_t(h.plan_.buffer(id).bytes));
+                copy_out.emplace_back(id, a.mutable_data());
+                kept.append(a);
+              }
             }
             // the boundary buffers' sizes were fixed by the plan; the arrays must hold them
             for (size_t i = 0; i < h.plan_.num_buffers(); ++i) {
@@ -1065,7 +1071,6 @@ void bind_executor(py::module_& m) {
             const void* in_ptr = x.data();
             void* out_ptr = out.mutable_data();
             std::vector<double> seconds;
-            std::vector<std::string> copies;
             long bad = -1;
             bool finite = true;
             {
@@ -1076,7 +1081,7 @@ void bind_executor(py::module_& m) {
                 finite = all_finite_f32(static_cast<const float*>(in_ptr), size_t(x.size()));
               if (finite)
                 bad = h.plan_.run(in_ptr, out_ptr, timed ? &seconds : nullptr, thread_cpu, in_plan,
-                                  keep ? &*keep : nullptr, &copies);
+                                  keep ? &copy_out : nullptr);
               if (bad == Plan::kNonFiniteInput) finite = false;
             }
             if (!finite)
@@ -1086,11 +1091,7 @@ void bind_executor(py::module_& m) {
                                     std::to_string(h.plan_.step_node(size_t(bad))) +
                                     "): expected every activation code below 2**bits");
             }
-            if (keep) {
-              py::list values;
-              for (const std::string& c : copies) values.append(py::bytes(c));
-              return std::move(values);
-            }
+            if (keep) return std::move(kept);
             if (!timed) return py::none();
             return py::cast(seconds);
           },
@@ -1099,7 +1100,7 @@ void bind_executor(py::module_& m) {
           "Runs the plan (GIL released; thread-safe). profile: True (wall clock) or 'thread_cpu' returns "
           "each step's seconds. check_finite: raise NonFiniteInput (a ValueError) when x holds a NaN or Inf "
           "(checked before the plan runs, or by its input quantizer, which then stops it; out is not written). keep: "
-          "buffer ids whose bytes the run returns, a bytes object each (a plan finalized with keep_all)");
+          "buffer ids whose bytes the run returns, a uint8 array each (a plan finalized with keep_all)");
   py::register_local_exception<NonFiniteInput>(m, "NonFiniteInput", PyExc_ValueError);
 }
 

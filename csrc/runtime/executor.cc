@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <new>
 #include <stdexcept>
@@ -162,7 +163,7 @@ bool Plan::first_step_checks_input() const {
 }
 
 long Plan::run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu, bool check_finite,
-               const std::vector<int>* copy_out, std::vector<std::string>* copies) {
+               const std::vector<std::pair<int, void*>>* copy_out) {
   if (!finalized_) throw std::logic_error("executor plan: run before finalize");
   std::unique_ptr<Context> ctx = acquire();
   struct Return {  // hands the context back even when a step throws (std::bad_alloc)
@@ -182,13 +183,8 @@ long Plan::run(const void* input, void* output, std::vector<double>* seconds, bo
     if (!steps_[i]->run(*ctx)) return ctx->nonfinite ? kNonFiniteInput : long(i);
     if (seconds) (*seconds)[i] = now_seconds(thread_cpu) - t0;
   }
-  if (copy_out) {
-    copies->clear();
-    for (int id : *copy_out) {
-      const Buffer& b = buffers_.at(size_t(id));
-      copies->emplace_back(reinterpret_cast<const char*>(ctx->ptr[size_t(id)]), b.bytes);
-    }
-  }
+  if (copy_out)
+    for (const auto& [id, dst] : *copy_out) std::memcpy(dst, ctx->ptr.at(size_t(id)), buffers_.at(size_t(id)).bytes);
   return -1;
 }
 

@@ -25,6 +25,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace lowbit {
@@ -115,11 +116,11 @@ class Plan {
   // the GIL.
   static constexpr long kNonFiniteInput = -2;
   // `copy_out`, when given: after the last step (and only after a run that
-  // returns -1), the bytes of these buffers are copied into `copies`, one
-  // string each (a trace; meaningful on a plan finalized with keep_all).
+  // returns -1), each (buffer id, destination) pair gets a copy of that
+  // buffer's bytes (a trace; meaningful on a plan finalized with keep_all;
+  // each destination holds at least the buffer's size).
   long run(const void* input, void* output, std::vector<double>* seconds, bool thread_cpu = false,
-           bool check_finite = false, const std::vector<int>* copy_out = nullptr,
-           std::vector<std::string>* copies = nullptr);
+           bool check_finite = false, const std::vector<std::pair<int, void*>>* copy_out = nullptr);
   // Whether step 0 is the quantizer of the whole NCHW input (QuantizeStep
   // with nchw), which can check the input as it reads it.
   bool first_step_checks_input() const;

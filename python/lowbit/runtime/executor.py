@@ -626,9 +626,8 @@ def trace(model, x) -> dict:
     if plan.last_kernel is not None:
         _dispatch.set_last_kernel(plan.last_kernel)
     values = {model.nodes[0].name: x.transpose(0, 2, 3, 1)}
-    for name, v in plan.values.items():
-        raw = out if v.buf == plan.output_buf else np.frombuffer(data[v.buf], np.uint8 if v.kind == "codes" else
-                                                                  np.float32)
-        value = raw.reshape(-1)[:v.size].reshape(v.shape).copy()
+    for name, v in plan.values.items():  # (values that share a buffer share its array)
+        raw = out if v.buf == plan.output_buf else data[v.buf].view(np.uint8 if v.kind == "codes" else np.float32)
+        value = raw.reshape(-1)[:v.size].reshape(v.shape)
         values[name] = CodeTensor(value, v.bits, v.levels, v.step) if v.kind == "codes" else value
     return values
